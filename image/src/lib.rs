@@ -1,0 +1,1 @@
+//! Builds the artifacts oasis serves from Debian parts.
