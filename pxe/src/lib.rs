@@ -8,4 +8,5 @@
 //! - [`metrics`]: counters shared by all of the above, rendered in Prometheus text format.
 
 pub mod boot_root;
+pub mod mac;
 pub mod metrics;
