@@ -1,0 +1,360 @@
+//! The DHCP service end to end in memory: messages in, replies out, store writes checked.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dhcproto::v4::relay::{RelayAgentInformation, RelayCode, RelayInfo};
+use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode};
+use dhcproto::Encodable;
+
+use super::conflict::{ConflictCheck, NoCheck};
+use super::store::{Commit, LeaseStore, MemoryStore, Sighting, StoreError};
+use super::*;
+use crate::metrics::{ErrorKind, Metrics};
+use crate::policy::BootPolicy;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+
+fn mac(n: u8) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x00, 0x00, n]
+}
+
+fn config(mode: Mode) -> DhcpConfig {
+    DhcpConfig {
+        mode,
+        interface: "test0".into(),
+        server: SERVER,
+        server_port: 67,
+        client_port: 68,
+        proxy_port: 4011,
+        policy: BootPolicy { server: SERVER, http_port: 80, ipxe_dir: "ipxe".into() },
+        rate_per_sec: 5,
+        rate_burst: 20,
+        reply_delay: Duration::ZERO,
+        tolerate_missing_uuid: true,
+    }
+}
+
+fn full_mode() -> Mode {
+    Mode::Full {
+        pool: Pool {
+            start: Ipv4Addr::new(10, 0, 0, 100),
+            end: Ipv4Addr::new(10, 0, 0, 199),
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            reservations: HashMap::new(),
+            lease_secs: 3600,
+            probation_secs: 600,
+        },
+        authoritative: true,
+        network: NetworkOptions { router: Some(SERVER), dns_servers: vec![SERVER], ..Default::default() },
+    }
+}
+
+fn service(mode: Mode, store: Arc<dyn LeaseStore>, check: Arc<dyn ConflictCheck>) -> (DhcpService, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    (DhcpService::new(config(mode), store, check, metrics.clone()).unwrap(), metrics)
+}
+
+/// What a client puts in its messages.
+#[derive(Clone, Copy)]
+enum Client {
+    Plain,
+    BiosPxe,
+    UefiPxe,
+    Ipxe,
+}
+
+fn message(kind: MessageType, client: Client, n: u8) -> Message {
+    let mut msg = Message::default();
+    msg.set_opcode(Opcode::BootRequest).set_chaddr(&mac(n)).set_xid(0x1000 + u32::from(n));
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    let (class, arch, ipxe) = match client {
+        Client::Plain => (None, None, false),
+        Client::BiosPxe => (Some("PXEClient:Arch:00000:UNDI:002001"), Some(0), false),
+        Client::UefiPxe => (Some("PXEClient:Arch:00007:UNDI:003000"), Some(7), false),
+        Client::Ipxe => (Some("PXEClient:Arch:00000:UNDI:002001"), Some(0), true),
+    };
+    if let Some(class) = class {
+        opts.insert(DhcpOption::ClassIdentifier(class.as_bytes().to_vec()));
+    }
+    if let Some(arch) = arch {
+        opts.insert(DhcpOption::ClientSystemArchitecture(Architecture::from(arch)));
+        opts.insert(DhcpOption::ClientMachineIdentifier(vec![0, 1, 2, 3]));
+    }
+    if ipxe {
+        opts.insert(DhcpOption::UserClass(b"\x04iPXE".to_vec()));
+    }
+    msg
+}
+
+fn request_for(offer: &Message, client: Client, n: u8) -> Message {
+    let mut req = message(MessageType::Request, client, n);
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    req
+}
+
+async fn send(svc: &DhcpService, msg: &Message) -> Vec<Outgoing> {
+    svc.handle(&msg.to_vec().unwrap(), CLIENT, Port::Dhcp).await
+}
+
+async fn one(svc: &DhcpService, msg: &Message) -> Message {
+    let mut replies = send(svc, msg).await;
+    assert_eq!(replies.len(), 1, "expected one reply");
+    replies.remove(0).message
+}
+
+fn file(msg: &Message) -> String {
+    String::from_utf8_lossy(msg.fname().unwrap_or_default()).trim_end_matches('\0').to_string()
+}
+
+#[tokio::test]
+async fn full_mode_dora_gives_ipxe_its_script_and_commits_before_the_ack() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, metrics) = service(full_mode(), store.clone(), Arc::new(NoCheck));
+    let offer = one(&svc, &message(MessageType::Discover, Client::Ipxe, 1)).await;
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 100));
+    assert_eq!(offer.siaddr(), SERVER);
+    assert_eq!(file(&offer), "http://10.0.0.1/boot.ipxe?mac=52-54-00-00-00-01");
+    assert!(store.leases.lock().unwrap().is_empty(), "an OFFER commits nothing");
+
+    let replies = send(&svc, &request_for(&offer, Client::Ipxe, 1)).await;
+    let ack = &replies[0].message;
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), offer.yiaddr());
+    assert_eq!(replies[0].to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+    assert_eq!(ack.opts().get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(3600)));
+    let leases = store.leases.lock().unwrap().clone();
+    assert_eq!(leases.len(), 1);
+    assert_eq!((leases[0].ip, leases[0].state), (offer.yiaddr(), LeaseState::Bound));
+    assert!(metrics.render().contains("oasis_dhcp_leases_in_use 1\n"));
+    assert_eq!(store.sightings.lock().unwrap()[0].arch, Some(0));
+}
+
+#[tokio::test]
+async fn firmware_gets_its_ipxe_build_and_plain_clients_only_an_address() {
+    let (svc, _) = service(full_mode(), Arc::new(MemoryStore::default()), Arc::new(NoCheck));
+    let bios = one(&svc, &message(MessageType::Discover, Client::BiosPxe, 1)).await;
+    assert_eq!(file(&bios), "ipxe/undionly.kpxe");
+    assert_eq!(bios.opts().get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())));
+    assert_eq!(
+        bios.opts().get(OptionCode::ClientMachineIdentifier),
+        Some(&DhcpOption::ClientMachineIdentifier(vec![0, 1, 2, 3]))
+    );
+    let uefi = one(&svc, &message(MessageType::Discover, Client::UefiPxe, 2)).await;
+    assert_eq!(file(&uefi), "ipxe/ipxe.efi");
+    let plain = one(&svc, &message(MessageType::Discover, Client::Plain, 3)).await;
+    assert_eq!(plain.yiaddr(), Ipv4Addr::new(10, 0, 0, 102));
+    assert_eq!(file(&plain), "");
+    assert!(plain.opts().get(OptionCode::BootfileName).is_none());
+}
+
+#[tokio::test]
+async fn leases_survive_a_restart_of_the_service() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(full_mode(), store.clone(), Arc::new(NoCheck));
+    let offer = one(&svc, &message(MessageType::Discover, Client::Ipxe, 1)).await;
+    one(&svc, &request_for(&offer, Client::Ipxe, 1)).await;
+    drop(svc);
+
+    let (restarted, _) = service(full_mode(), store.clone(), Arc::new(NoCheck));
+    // Another machine first: it must not get the first machine's address.
+    let other = one(&restarted, &message(MessageType::Discover, Client::Plain, 2)).await;
+    assert_ne!(other.yiaddr(), offer.yiaddr());
+    // The first machine reboots and asks for its address back (INIT-REBOOT).
+    let mut reboot = message(MessageType::Request, Client::Ipxe, 1);
+    reboot.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    let ack = one(&restarted, &reboot).await;
+    assert_eq!((ack.opts().msg_type(), ack.yiaddr()), (Some(MessageType::Ack), offer.yiaddr()));
+    let again = one(&restarted, &message(MessageType::Discover, Client::Ipxe, 1)).await;
+    assert_eq!(again.yiaddr(), offer.yiaddr());
+}
+
+#[tokio::test]
+async fn release_decline_nak_and_inform() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, _) = service(full_mode(), store.clone(), Arc::new(NoCheck));
+    let offer = one(&svc, &message(MessageType::Discover, Client::Plain, 1)).await;
+    one(&svc, &request_for(&offer, Client::Plain, 1)).await;
+
+    let mut release = message(MessageType::Release, Client::Plain, 1);
+    release.set_ciaddr(offer.yiaddr());
+    release.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    assert!(send(&svc, &release).await.is_empty());
+    assert_eq!(store.leases.lock().unwrap()[0].state, LeaseState::Released);
+
+    let mut decline = message(MessageType::Decline, Client::Plain, 1);
+    decline.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    decline.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    assert!(send(&svc, &decline).await.is_empty());
+    assert_eq!(store.leases.lock().unwrap()[0].state, LeaseState::Declined);
+    let next = one(&svc, &message(MessageType::Discover, Client::Plain, 1)).await;
+    assert_ne!(next.yiaddr(), offer.yiaddr(), "declined address is not offered again");
+
+    let mut steal = message(MessageType::Request, Client::Plain, 2);
+    steal.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 168, 7, 7)));
+    let nak = one(&svc, &steal).await;
+    assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+
+    let mut inform = message(MessageType::Inform, Client::BiosPxe, 3);
+    inform.set_ciaddr(Ipv4Addr::new(10, 0, 0, 50));
+    let replies = send(&svc, &inform).await;
+    assert_eq!(replies[0].to, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 50), 68));
+    assert_eq!(replies[0].message.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(file(&replies[0].message), "ipxe/undionly.kpxe");
+}
+
+#[tokio::test]
+async fn relayed_requests_go_back_to_the_relay_with_option_82() {
+    let (svc, _) = service(full_mode(), Arc::new(MemoryStore::default()), Arc::new(NoCheck));
+    let mut discover = message(MessageType::Discover, Client::BiosPxe, 1);
+    discover.set_giaddr(Ipv4Addr::new(10, 0, 0, 254));
+    let mut info = RelayAgentInformation::default();
+    info.insert(RelayInfo::AgentCircuitId(b"rack1-port7".to_vec()));
+    discover.opts_mut().insert(DhcpOption::RelayAgentInformation(info.clone()));
+    let replies = send(&svc, &discover).await;
+    assert_eq!(replies[0].to, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 254), 67));
+    assert_eq!(replies[0].message.giaddr(), Ipv4Addr::new(10, 0, 0, 254));
+    let echoed = match replies[0].message.opts().get(OptionCode::RelayAgentInformation) {
+        Some(DhcpOption::RelayAgentInformation(i)) => i.get(RelayCode::AgentCircuitId).cloned(),
+        _ => None,
+    };
+    assert_eq!(echoed, Some(RelayInfo::AgentCircuitId(b"rack1-port7".to_vec())));
+
+    discover.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
+    assert!(send(&svc, &discover).await.is_empty(), "no pool for that relay's subnet");
+}
+
+#[tokio::test]
+async fn proxy_mode_answers_boot_clients_only_and_never_hands_out_addresses() {
+    let (svc, _) = service(Mode::Proxy, Arc::new(MemoryStore::default()), Arc::new(NoCheck));
+    let offer = one(&svc, &message(MessageType::Discover, Client::BiosPxe, 1)).await;
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(file(&offer), "ipxe/undionly.kpxe");
+    assert_eq!(offer.opts().get(OptionCode::VendorExtensions), Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255])));
+    assert!(offer.opts().get(OptionCode::AddressLeaseTime).is_none());
+
+    assert!(send(&svc, &message(MessageType::Discover, Client::Plain, 2)).await.is_empty());
+    let mut site_request = message(MessageType::Request, Client::BiosPxe, 1);
+    site_request.opts_mut().insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 0, 2)));
+    site_request.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 77)));
+    assert!(send(&svc, &site_request).await.is_empty(), "requests to the site server are not ours");
+
+    // The PXE boot server port: the client has its address from the site server by now.
+    let mut req = message(MessageType::Request, Client::UefiPxe, 1);
+    req.set_ciaddr(Ipv4Addr::new(10, 0, 0, 77));
+    let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 4011);
+    let replies = svc.handle(&req.to_vec().unwrap(), from, Port::Proxy).await;
+    assert_eq!(replies.len(), 1);
+    assert_eq!((replies[0].to, replies[0].port), (from, Port::Proxy));
+    assert_eq!(replies[0].message.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(file(&replies[0].message), "ipxe/ipxe.efi");
+    assert_eq!(replies[0].message.yiaddr(), Ipv4Addr::UNSPECIFIED);
+}
+
+#[tokio::test]
+async fn malformed_and_truncated_packets_are_counted_and_the_server_keeps_serving() {
+    let (svc, metrics) = service(full_mode(), Arc::new(MemoryStore::default()), Arc::new(NoCheck));
+    let good = message(MessageType::Discover, Client::Ipxe, 1).to_vec().unwrap();
+    let mut bad: Vec<Vec<u8>> = vec![vec![], vec![1], vec![0xff; 300], good[..100].to_vec(), good[..240].to_vec()];
+    // A valid header with an option whose length runs past the end.
+    let mut overrun = good[..240].to_vec();
+    overrun.extend_from_slice(&[53, 200, 1]);
+    bad.push(overrun);
+    // Option 94 with the wrong length, option 93 truncated, option 82 garbage.
+    for opt in [&[94u8, 1, 1][..], &[93, 1, 0], &[82, 3, 1, 9, 9], &[53, 0]] {
+        let mut packet = good[..240].to_vec();
+        packet.extend_from_slice(opt);
+        packet.push(255);
+        bad.push(packet);
+    }
+    let mut flipped = good.clone();
+    for i in (0..flipped.len()).step_by(7) {
+        flipped[i] ^= 0x5a;
+    }
+    bad.push(flipped);
+    for packet in &bad {
+        let _ = svc.handle(packet, CLIENT, Port::Dhcp).await;
+    }
+    let malformed = metrics.error_count(ErrorKind::DhcpMalformed);
+    assert!(malformed >= 6, "only {malformed} counted as malformed");
+    let replies = svc.handle(&good, CLIENT, Port::Dhcp).await;
+    assert_eq!(replies[0].message.opts().msg_type(), Some(MessageType::Offer), "still serving");
+}
+
+#[tokio::test]
+async fn a_flooding_client_is_rate_limited_without_affecting_others() {
+    let (svc, metrics) = service(full_mode(), Arc::new(MemoryStore::default()), Arc::new(NoCheck));
+    let flood = message(MessageType::Discover, Client::Plain, 1);
+    for _ in 0..50 {
+        send(&svc, &flood).await;
+    }
+    assert!(metrics.error_count(ErrorKind::DhcpRateLimited) >= 29);
+    assert_eq!(
+        one(&svc, &message(MessageType::Discover, Client::Plain, 2)).await.opts().msg_type(),
+        Some(MessageType::Offer)
+    );
+}
+
+struct FailingStore;
+
+impl LeaseStore for FailingStore {
+    fn load_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        Ok(vec![])
+    }
+    fn save_lease(&self, _lease: Lease) -> Commit {
+        Box::pin(async { Err("disk full".into()) })
+    }
+    fn record_sighting(&self, _sighting: Sighting) {}
+}
+
+#[tokio::test]
+async fn no_ack_goes_out_when_the_commit_fails() {
+    let (svc, metrics) = service(full_mode(), Arc::new(FailingStore), Arc::new(NoCheck));
+    let offer = one(&svc, &message(MessageType::Discover, Client::Plain, 1)).await;
+    assert!(send(&svc, &request_for(&offer, Client::Plain, 1)).await.is_empty());
+    assert_eq!(metrics.error_count(ErrorKind::StoreWrite), 1);
+}
+
+/// A conflict check that finds the listed addresses in use.
+struct Taken(Vec<Ipv4Addr>);
+
+impl ConflictCheck for Taken {
+    fn in_use(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        let taken = self.0.contains(&ip);
+        Box::pin(async move { taken })
+    }
+}
+
+#[tokio::test]
+async fn addresses_that_answer_the_conflict_check_are_skipped_and_quarantined() {
+    let store = Arc::new(MemoryStore::default());
+    let taken = Taken(vec![Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 101)]);
+    let (svc, metrics) = service(full_mode(), store.clone(), Arc::new(taken));
+    let offer = one(&svc, &message(MessageType::Discover, Client::Plain, 1)).await;
+    assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 0, 0, 102));
+    assert_eq!(metrics.error_count(ErrorKind::DhcpConflict), 2);
+    let declined: Vec<_> =
+        store.leases.lock().unwrap().iter().filter(|l| l.state == LeaseState::Declined).map(|l| l.ip).collect();
+    assert_eq!(declined.len(), 2);
+}
+
+#[tokio::test]
+async fn pxe_clients_without_option_97_are_refused_when_asked() {
+    let mut cfg = config(full_mode());
+    cfg.tolerate_missing_uuid = false;
+    let svc = DhcpService::new(cfg, Arc::new(MemoryStore::default()), Arc::new(NoCheck), Arc::default()).unwrap();
+    let mut discover = message(MessageType::Discover, Client::BiosPxe, 1);
+    discover.opts_mut().remove(OptionCode::ClientMachineIdentifier);
+    let offer = one(&svc, &discover).await;
+    assert_eq!(file(&offer), "", "an address but no boot file");
+    assert_eq!(file(&one(&svc, &message(MessageType::Discover, Client::BiosPxe, 2)).await), "ipxe/undionly.kpxe");
+}

@@ -1,0 +1,103 @@
+//! The raw system calls pxe needs and the standard library lacks: a packet socket for ARP.
+//! Every `unsafe` block of the crate lives here.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+const ETH_P_ARP: u16 = 0x0806;
+
+/// The kernel's index for an interface name.
+pub fn interface_index(name: &str) -> io::Result<u32> {
+    let c_name = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+fn link_address(ifindex: u32, mac: [u8; 6]) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = ETH_P_ARP.to_be();
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&mac);
+    addr
+}
+
+/// A non-blocking `AF_PACKET`/`SOCK_DGRAM` socket that sends and receives ARP payloads (the
+/// kernel adds and strips the Ethernet header) on one interface.
+pub fn arp_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ARP.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr = link_address(ifindex, [0; 6]);
+    // SAFETY: `addr` is a valid sockaddr_ll and the length passed is its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Sends one ARP payload to the Ethernet broadcast address.
+pub fn arp_broadcast(fd: &OwnedFd, ifindex: u32, payload: &[u8]) -> io::Result<()> {
+    let addr = link_address(ifindex, [0xff; 6]);
+    // SAFETY: `payload` is valid for its length, `addr` is a valid sockaddr_ll of the size given.
+    let rc = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one ARP payload; `WouldBlock` when none is waiting.
+pub fn arp_receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Registers a socket that owns its descriptor with the tokio reactor.
+pub fn register<T: AsRawFd + IntoOwned>(socket: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `T: IntoOwned` is implemented only for types that own their descriptor, so it stays
+    // open and unchanged until the AsyncFd (which then owns `socket`) is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register(socket) }.map_err(|e| e.into_parts().1)
+}
+
+/// Marks types that own their file descriptor outright.
+pub trait IntoOwned {}
+impl IntoOwned for OwnedFd {}
+impl IntoOwned for socket2::Socket {}
