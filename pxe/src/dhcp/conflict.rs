@@ -169,7 +169,7 @@ impl IcmpCheck {
             let mut buf = [0u8; 1500];
             loop {
                 let Ok(mut guard) = rx_socket.readable().await else { return };
-                match guard.try_io(|s| ((&mut &*s.get_ref()).read(&mut buf)mut s.get_ref()).read(&mut buf)) {
+                match guard.try_io(|s| (&mut s.get_ref()).read(&mut buf)) {
                     Ok(Ok(n)) => {
                         if let Some(from) = echo_reply_source(&buf[..n], id) {
                             rx_waiters.answered(from);
