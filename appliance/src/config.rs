@@ -1,0 +1,466 @@
+//! `oasis.toml`: the appliance's configuration.
+//!
+//! Two layers, as in dora: [`RawConfig`] is what the file says (serde, defaults, unknown keys
+//! rejected with their name and line), and [`Config`] is what the rest of the code uses, built by
+//! [`Config::from_raw`], which checks that the values make sense together. `docs/oasis.toml` in
+//! the repository documents every key with its default.
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oasis_pxe::dhcp::{NetworkOptions, Pool};
+use oasis_pxe::mac::MacAddr;
+use oasis_pxe::script::BootProfile;
+use oasis_pxe::tftp::TftpConfig;
+use serde::Deserialize;
+
+/// The version of the configuration format this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default = "default_version")]
+    pub version: u32,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub network: RawNetwork,
+    #[serde(default)]
+    pub dhcp: RawDhcp,
+    #[serde(default)]
+    pub tftp: RawTftp,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub boot: RawBoot,
+    pub profile: RawProfile,
+}
+
+fn default_version() -> u32 {
+    CONFIG_VERSION
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/oasis")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub interface: String,
+    pub address: Ipv4Addr,
+    #[serde(default = "default_netmask")]
+    pub netmask: Ipv4Addr,
+}
+
+fn default_netmask() -> Ipv4Addr {
+    Ipv4Addr::new(255, 255, 255, 0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    Full,
+    Proxy,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictCheckKind {
+    Arp,
+    Icmp,
+    Off,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDhcp {
+    pub mode: DhcpMode,
+    pub range: Option<[Ipv4Addr; 2]>,
+    pub router: Option<Ipv4Addr>,
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub domain_name: Option<String>,
+    pub ntp_servers: Vec<Ipv4Addr>,
+    pub lease_time: u32,
+    pub probation: u32,
+    pub authoritative: bool,
+    pub conflict_check: ConflictCheckKind,
+    pub conflict_timeout_ms: u64,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub reply_delay_ms: u64,
+    pub tolerate_missing_uuid: bool,
+    pub port: u16,
+    pub client_port: u16,
+    pub proxy_port: u16,
+    pub reservation: Vec<RawReservation>,
+}
+
+impl Default for RawDhcp {
+    fn default() -> Self {
+        Self {
+            mode: DhcpMode::Full,
+            range: None,
+            router: None,
+            dns_servers: vec![],
+            domain_name: None,
+            ntp_servers: vec![],
+            lease_time: 3600,
+            probation: 600,
+            authoritative: true,
+            conflict_check: ConflictCheckKind::Arp,
+            conflict_timeout_ms: 300,
+            rate_limit: 10,
+            rate_burst: 30,
+            reply_delay_ms: 0,
+            tolerate_missing_uuid: true,
+            port: 67,
+            client_port: 68,
+            proxy_port: 4011,
+            reservation: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReservation {
+    pub mac: MacAddr,
+    pub address: Ipv4Addr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTftp {
+    pub enabled: bool,
+    pub port: u16,
+    pub max_blksize: u16,
+    pub no_blksize: bool,
+    pub max_windowsize: u16,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub max_transfers: usize,
+}
+
+impl Default for RawTftp {
+    fn default() -> Self {
+        let d = TftpConfig::default();
+        Self {
+            enabled: true,
+            port: 69,
+            max_blksize: d.max_blksize,
+            no_blksize: d.no_blksize,
+            max_windowsize: d.max_windowsize,
+            timeout_ms: d.timeout.as_millis() as u64,
+            retries: d.retries,
+            max_transfers: d.max_transfers,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    pub port: u16,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self { port: 80 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBoot {
+    pub root: Option<PathBuf>,
+    pub ipxe_dir: String,
+}
+
+impl Default for RawBoot {
+    fn default() -> Self {
+        Self { root: None, ipxe_dir: "ipxe".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    pub kernel: String,
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub interface: String,
+    pub address: Ipv4Addr,
+    pub netmask: Ipv4Addr,
+    pub dhcp: Option<DhcpSettings>,
+    pub tftp: Option<(u16, TftpConfig)>,
+    pub http_port: u16,
+    /// The directory TFTP and HTTP serve; relative paths in the file are relative to the file.
+    pub boot_root: PathBuf,
+    pub ipxe_dir: String,
+    pub profile: BootProfile,
+}
+
+#[derive(Debug, Clone)]
+pub struct DhcpSettings {
+    /// `None` in proxy mode.
+    pub full: Option<(Pool, NetworkOptions, bool)>,
+    pub conflict_check: ConflictCheckKind,
+    pub conflict_timeout: Duration,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub reply_delay: Duration,
+    pub tolerate_missing_uuid: bool,
+    pub port: u16,
+    pub client_port: u16,
+    pub proxy_port: u16,
+}
+
+/// Where in the file a key is: "line N" for the first line that mentions it.
+fn line_of(text: &str, key: &str) -> String {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(key))
+        .map(|n| format!(" (line {})", n + 1))
+        .unwrap_or_default()
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks configuration text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim().to_string() })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_raw(raw, text, &base).map_err(|message| ConfigError::Invalid { path: path.into(), message })
+    }
+
+    fn from_raw(raw: RawConfig, text: &str, base: &Path) -> Result<Self, String> {
+        if raw.version != CONFIG_VERSION {
+            return Err(format!(
+                "version = {} is not understood by this oasis, which reads version {CONFIG_VERSION}",
+                raw.version
+            ));
+        }
+        let net = &raw.network;
+        if net.interface.is_empty() || net.interface.len() > 15 || net.interface.contains(['/', ' ']) {
+            return Err(format!("network.interface {:?} is not a valid interface name", net.interface));
+        }
+        let mask = u32::from(net.netmask);
+        if mask.leading_ones() + mask.trailing_zeros() != 32 {
+            return Err(format!("network.netmask {} is not a contiguous netmask", net.netmask));
+        }
+        let subnet = |ip: Ipv4Addr| u32::from(ip) & mask;
+        let dhcp = match raw.dhcp.mode {
+            DhcpMode::Off => None,
+            mode => {
+                let d = &raw.dhcp;
+                let full = if mode == DhcpMode::Full {
+                    let Some([start, end]) = d.range else {
+                        return Err(format!(
+                            "dhcp.range is required in full mode{}: e.g. range = [\"10.0.0.100\", \"10.0.0.199\"], or set mode = \"proxy\" beside a site DHCP server",
+                            line_of(text, "mode")
+                        ));
+                    };
+                    if u32::from(start) > u32::from(end) {
+                        return Err(format!("dhcp.range{}: {start} comes after {end}", line_of(text, "range")));
+                    }
+                    if subnet(start) != subnet(end) {
+                        return Err(format!("dhcp.range{}: {start} and {end} are not on one subnet of netmask {}", line_of(text, "range"), net.netmask));
+                    }
+                    let on_interface_subnet = subnet(start) == subnet(net.address);
+                    if on_interface_subnet && (u32::from(start)..=u32::from(end)).contains(&u32::from(net.address)) {
+                        return Err(format!("dhcp.range{} contains the appliance's own address {}", line_of(text, "range"), net.address));
+                    }
+                    if d.lease_time < 60 {
+                        return Err(format!("dhcp.lease_time{} is {} s; use at least 60", line_of(text, "lease_time"), d.lease_time));
+                    }
+                    let mut reservations = HashMap::new();
+                    let mut taken = HashSet::new();
+                    for r in &d.reservation {
+                        if subnet(r.address) != subnet(start) {
+                            return Err(format!("dhcp.reservation for {} has address {} outside the pool's subnet", r.mac, r.address));
+                        }
+                        if r.address == net.address {
+                            return Err(format!("dhcp.reservation for {} has the appliance's own address", r.mac));
+                        }
+                        if !taken.insert(r.address) {
+                            return Err(format!("dhcp.reservation: {} is reserved twice", r.address));
+                        }
+                        if reservations.insert(r.mac, r.address).is_some() {
+                            return Err(format!("dhcp.reservation: {} has two reservations", r.mac));
+                        }
+                    }
+                    let pool = Pool {
+                        start,
+                        end,
+                        netmask: net.netmask,
+                        reservations,
+                        lease_secs: d.lease_time,
+                        probation_secs: d.probation,
+                    };
+                    let options = NetworkOptions {
+                        router: d.router,
+                        dns_servers: d.dns_servers.clone(),
+                        domain_name: d.domain_name.clone(),
+                        ntp_servers: d.ntp_servers.clone(),
+                    };
+                    Some((pool, options, d.authoritative))
+                } else {
+                    None
+                };
+                if d.rate_limit == 0 {
+                    return Err("dhcp.rate_limit must be at least 1 message per second".into());
+                }
+                Some(DhcpSettings {
+                    full,
+                    conflict_check: d.conflict_check,
+                    conflict_timeout: Duration::from_millis(d.conflict_timeout_ms),
+                    rate_limit: d.rate_limit,
+                    rate_burst: d.rate_burst,
+                    reply_delay: Duration::from_millis(d.reply_delay_ms),
+                    tolerate_missing_uuid: d.tolerate_missing_uuid,
+                    port: d.port,
+                    client_port: d.client_port,
+                    proxy_port: d.proxy_port,
+                })
+            }
+        };
+        let t = &raw.tftp;
+        if !(8..=65464).contains(&t.max_blksize) {
+            return Err(format!("tftp.max_blksize {} is outside 8..=65464", t.max_blksize));
+        }
+        if t.max_windowsize == 0 {
+            return Err("tftp.max_windowsize must be at least 1".into());
+        }
+        let tftp = t.enabled.then(|| {
+            (
+                t.port,
+                TftpConfig {
+                    max_blksize: t.max_blksize,
+                    no_blksize: t.no_blksize,
+                    max_windowsize: t.max_windowsize,
+                    timeout: Duration::from_millis(t.timeout_ms.max(1)),
+                    retries: t.retries,
+                    max_transfers: t.max_transfers,
+                },
+            )
+        });
+        let data_dir = base.join(&raw.data_dir);
+        let boot_root = raw.boot.root.map(|r| base.join(r)).unwrap_or_else(|| data_dir.join("boot"));
+        let profile = BootProfile { kernel: raw.profile.kernel, initrd: raw.profile.initrd, cmdline: raw.profile.cmdline };
+        profile.validate().map_err(|e| format!("profile{}: {e}", line_of(text, "cmdline")))?;
+        Ok(Self {
+            data_dir,
+            interface: raw.network.interface,
+            address: raw.network.address,
+            netmask: raw.network.netmask,
+            dhcp,
+            tftp,
+            http_port: raw.http.port,
+            boot_root,
+            ipxe_dir: raw.boot.ipxe_dir,
+            profile,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+data_dir = "state"
+
+[network]
+interface = "br0"
+address = "10.0.0.1"
+
+[dhcp]
+range = ["10.0.0.100", "10.0.0.199"]
+router = "10.0.0.1"
+
+[[dhcp.reservation]]
+mac = "52:54:00:00:00:01"
+address = "10.0.0.50"
+
+[profile]
+kernel = "payload/vmlinuz"
+initrd = "payload/initrd.img"
+cmdline = "console=ttyS0"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/oasis/oasis.toml"))
+    }
+
+    #[test]
+    fn the_documented_example_and_a_minimal_file_parse() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/oasis/state"));
+        assert_eq!(c.boot_root, PathBuf::from("/etc/oasis/state/boot"));
+        let (pool, options, authoritative) = c.dhcp.unwrap().full.unwrap();
+        assert_eq!((pool.start, pool.end, pool.lease_secs), (Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199), 3600));
+        assert_eq!(options.router, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(authoritative);
+        assert_eq!(c.tftp.unwrap().0, 69);
+        let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/oasis.toml")).unwrap();
+        parse(&example).expect("docs/oasis.toml parses");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let text = GOOD.replace("router = ", "routr = ");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `routr`"), "{err}");
+        assert!(err.contains("line 10"), "{err}");
+    }
+
+    #[test]
+    fn nonsense_values_are_explained() {
+        let cases = [
+            (GOOD.replace("\"10.0.0.100\", \"10.0.0.199\"", "\"10.0.0.199\", \"10.0.0.100\""), "comes after"),
+            (GOOD.replace("\"10.0.0.100\", \"10.0.0.199\"", "\"10.0.0.1\", \"10.0.0.199\""), "own address"),
+            (GOOD.replace("range = [\"10.0.0.100\", \"10.0.0.199\"]", ""), "dhcp.range is required"),
+            (GOOD.replace("10.0.0.50", "192.168.0.50"), "outside the pool's subnet"),
+            (GOOD.replace("console=ttyS0", "console=ttyS0\\nshell"), "profile"),
+            (GOOD.replace("address = \"10.0.0.1\"", "address = \"10.0.0.300\""), "invalid"),
+            (GOOD.replace("mac = \"52:54:00:00:00:01\"", "mac = \"52:54:00\""), "not a MAC address"),
+            (format!("version = 2\n{GOOD}"), "version = 2"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "wanted {want:?} in: {err}");
+        }
+    }
+
+    #[test]
+    fn proxy_mode_needs_no_range() {
+        let text = GOOD.replace("range = [\"10.0.0.100\", \"10.0.0.199\"]", "mode = \"proxy\"");
+        let c = parse(&text).unwrap();
+        assert!(c.dhcp.unwrap().full.is_none());
+    }
+}
