@@ -8,5 +8,7 @@
 //! - [`metrics`]: counters shared by all of the above, rendered in Prometheus text format.
 
 pub mod boot_root;
+pub mod http;
 pub mod mac;
 pub mod metrics;
+pub mod script;
