@@ -278,6 +278,10 @@ async fn missing_files_and_unknown_paths_are_404() {
         let r = get(s.addr, target).await;
         assert_eq!(r.status, 404, "{target}");
     }
+    // A known path with a method it does not serve is 405 (with Allow), as HTTP has it.
+    let r = send(s.addr, "POST", "/boot.ipxe?mac=52-54-00-12-34-56", &[]).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(s.machines.boots(mac()), 0);
     // `missing.efi` and `node` (a directory) are the file service's own 404s and are counted; the
     // rest never named a file (an empty wildcard does not match `/boot/{*path}`).
     assert_eq!(s.metrics.error_count(ErrorKind::HttpNotFound), 2);
