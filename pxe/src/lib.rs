@@ -2,12 +2,17 @@
 //!
 //! - [`dhcp`]: DHCPv4, full server or ProxyDHCP, on dhcproto.
 //! - [`policy`]: what a booting client gets, from the options it sent.
+//! - [`tftp`]: a read-only TFTP server (RFC 1350, 2347, 2348, 2349, 7440).
+//! - [`http`]: iPXE scripts, kernels and files with Range and HEAD, and `/metrics`.
+//! - [`script`]: the iPXE scripts themselves.
 //! - [`boot_root`]: the one directory TFTP and HTTP serve from, and the checks that keep them in it.
 //! - [`metrics`]: counters shared by all services, rendered in Prometheus text format.
 
 pub mod boot_root;
 pub mod dhcp;
+pub mod http;
 pub mod mac;
 pub mod metrics;
 pub mod policy;
+pub mod script;
 mod sys;

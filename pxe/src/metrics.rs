@@ -71,10 +71,12 @@ pub enum ErrorKind {
     TftpTimeout,
     /// An HTTP request for a file that is not there, or a name that tried to leave the root.
     HttpNotFound,
+    /// A boot script request whose `mac` parameter was not a MAC address.
+    HttpBadMac,
 }
 
 impl ErrorKind {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::DhcpMalformed,
         Self::DhcpRateLimited,
         Self::DhcpPoolExhausted,
@@ -85,6 +87,7 @@ impl ErrorKind {
         Self::TftpNotFound,
         Self::TftpTimeout,
         Self::HttpNotFound,
+        Self::HttpBadMac,
     ];
 
     fn label(self) -> &'static str {
@@ -99,6 +102,7 @@ impl ErrorKind {
             Self::TftpNotFound => "tftp_not_found",
             Self::TftpTimeout => "tftp_timeout",
             Self::HttpNotFound => "http_not_found",
+            Self::HttpBadMac => "http_bad_mac",
         }
     }
 }
@@ -117,7 +121,7 @@ pub struct Metrics {
     pub http_requests: AtomicU64,
     pub http_transfers: AtomicU64,
     pub http_bytes_sent: AtomicU64,
-    errors: [AtomicU64; 10],
+    errors: [AtomicU64; ErrorKind::ALL.len()],
 }
 
 fn index_of<T: PartialEq>(all: &[T], item: &T) -> usize {

@@ -1,0 +1,57 @@
+//! The iPXE scripts, compared byte for byte with `tests/golden/*.ipxe`.
+//!
+//! After an intended change to a script, rewrite the files with
+//! `OASIS_BLESS=1 cargo test -p oasis-pxe --test script_golden` and review the diff.
+
+use std::path::PathBuf;
+
+use oasis_pxe::mac::MacAddr;
+use oasis_pxe::script::{BootProfile, ScriptRenderer};
+
+const MAC: &str = "52:54:00:12:34:56";
+
+fn renderer(initrd: bool) -> ScriptRenderer {
+    let profile = BootProfile {
+        kernel: "node/vmlinuz-6.1.0-amd64".into(),
+        initrd: initrd.then(|| "node/initrd.img-6.1.0 amd64".into()),
+        cmdline: "console=ttyS0,115200 oasis.api=https://10.0.0.1:8443 oasis.token=t0k3n ip=${net0/ip}".into(),
+    };
+    profile.validate().expect("the golden profile is valid");
+    ScriptRenderer::new("http://10.0.0.1:8080".into(), profile)
+}
+
+fn check(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("OASIS_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}; run with OASIS_BLESS=1 to create it", path.display()));
+    assert!(
+        expected == actual,
+        "{} differs from the rendered script; if the change is intended, rerun with OASIS_BLESS=1\n\
+         --- expected\n{expected}\n--- actual\n{actual}",
+        path.display()
+    );
+}
+
+#[test]
+fn boot_script() {
+    check("boot.ipxe", &renderer(true).render_boot(MAC.parse::<MacAddr>().unwrap()));
+}
+
+#[test]
+fn boot_script_without_initrd() {
+    check("boot-no-initrd.ipxe", &renderer(false).render_boot(MAC.parse::<MacAddr>().unwrap()));
+}
+
+#[test]
+fn chain_script() {
+    check("chain.ipxe", &renderer(true).render_chain());
+}
+
+#[test]
+fn local_script() {
+    check("local.ipxe", &renderer(true).render_local(MAC.parse::<MacAddr>().unwrap()));
+}
