@@ -1,0 +1,117 @@
+//! The admin API on a Unix socket in the data directory (`oasis.sock`, mode 0600): how the CLI
+//! reads a running appliance's state, since the store file is locked by `oasis serve`. Only
+//! root (or the data directory's owner) can reach it, so it needs no token; the HTTP API with
+//! bearer tokens for remote admins comes later.
+//!
+//! Routes, all JSON: `GET /v1/leases`, `GET /v1/machines`, `GET /v1/events?limit=N`,
+//! `PUT /v1/machines/{mac}/boot/{network|local}`.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use oasis_pxe::mac::MacAddr;
+use serde::Deserialize;
+
+use crate::store::{BootMode, Store, StoreError};
+
+/// File name of the socket inside the data directory.
+pub const SOCKET_FILE: &str = "oasis.sock";
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE)
+}
+
+/// Binds the admin socket, replacing a stale one left by a crashed server.
+pub fn listen(data_dir: &Path) -> io::Result<tokio::net::UnixListener> {
+    let path = socket_path(data_dir);
+    if UnixStream::connect(&path).is_ok() {
+        return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("another oasis serve answers on {}", path.display())));
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+struct ApiError(StoreError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (StatusCode::INTERNAL_SERVER_ERROR, self.0.to_string()).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self(e)
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    limit: Option<usize>,
+}
+
+pub fn router(store: Store) -> Router {
+    Router::new()
+        .route("/v1/leases", get(|State(s): State<Store>| async move { Ok::<_, ApiError>(Json(s.leases()?)) }))
+        .route("/v1/machines", get(|State(s): State<Store>| async move { Ok::<_, ApiError>(Json(s.machines()?)) }))
+        .route(
+            "/v1/events",
+            get(|State(s): State<Store>, Query(q): Query<EventsQuery>| async move {
+                Ok::<_, ApiError>(Json(s.events(q.limit.unwrap_or(100))?))
+            }),
+        )
+        .route("/v1/machines/{mac}/boot/{mode}", put(set_boot))
+        .with_state(store)
+}
+
+async fn set_boot(State(store): State<Store>, UrlPath((mac, mode)): UrlPath<(String, String)>) -> Response {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return (StatusCode::BAD_REQUEST, format!("{mac:?} is not a MAC address")).into_response();
+    };
+    let mode = match mode.as_str() {
+        "network" => BootMode::Network,
+        "local" => BootMode::Local,
+        other => return (StatusCode::BAD_REQUEST, format!("boot mode {other:?} is not network or local")).into_response(),
+    };
+    match store.set_boot_mode(mac, mode).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => ApiError(e).into_response(),
+    }
+}
+
+/// A request to a running appliance. `Ok(None)` when none is running (no socket, or nobody
+/// listening on it); the caller then reads the store directly.
+pub fn request(data_dir: &Path, method: &str, path: &str) -> io::Result<Option<Vec<u8>>> {
+    let mut stream = match UnixStream::connect(socket_path(data_dir)) {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: oasis\r\nContent-Length: 0\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed response from oasis serve"))?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let body = response[split + 4..].to_vec();
+    let status = head.split_whitespace().nth(1).unwrap_or("");
+    if !status.starts_with('2') {
+        return Err(io::Error::other(format!("oasis serve answered {status}: {}", String::from_utf8_lossy(&body))));
+    }
+    Ok(Some(body))
+}

@@ -1,0 +1,284 @@
+//! The `oasis` command line: argument definitions and the commands that read state.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use oasis_pxe::dhcp::{Lease, LeaseState};
+use oasis_pxe::mac::MacAddr;
+use serde::de::DeserializeOwned;
+
+use crate::admin;
+use crate::config::Config;
+use crate::store::{Event, Machine, Store};
+
+#[derive(Debug, Parser)]
+#[command(name = "oasis", version, about = "Network boot and self-assembly for disconnected racks")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run DHCP, TFTP and HTTP boot on the configured interface until stopped.
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// List DHCP leases.
+    Leases(StateArgs),
+    /// List machines that have network-booted.
+    Machines(StateArgs),
+    /// Show recent events.
+    Events {
+        #[command(flatten)]
+        state: StateArgs,
+        /// How many of the newest events to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Act on one machine.
+    #[command(subcommand)]
+    Machine(MachineCommand),
+    /// Build what the appliance serves.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and check FILE; print what it configures.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCommand {
+    /// Tell a machine to boot from the network (the boot profile) or from its local disk.
+    Boot {
+        mac: MacAddr,
+        #[arg(value_enum)]
+        target: BootArg,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BootArg {
+    Network,
+    Local,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build artifacts from Debian packages (downloaded with apt-get, never installed).
+    #[command(subcommand)]
+    Build(BuildCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// The iPXE builds (undionly.kpxe, ipxe.efi, snponly.efi) and their SHA256SUMS.
+    Ipxe(BuildArgs),
+    /// A test payload: Debian's kernel and a busybox initramfs that prints a marker and powers off.
+    TestPayload(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Where to write the artifacts.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where downloaded packages are kept between builds.
+    #[arg(long, default_value = "/var/cache/oasis/debian")]
+    pub cache: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The appliance's configuration (its data_dir is used).
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    pub config: Option<PathBuf>,
+    /// The appliance's data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl StateArgs {
+    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(match (&self.config, &self.data_dir) {
+            (Some(file), _) => Config::load(file)?.data_dir,
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => PathBuf::from("/var/lib/oasis"),
+        })
+    }
+}
+
+/// Reads state from the running appliance, or from the store when none runs.
+fn read_state<T: DeserializeOwned>(
+    data_dir: &Path,
+    api_path: &str,
+    direct: impl FnOnce(&Store) -> Result<T, crate::store::StoreError>,
+) -> anyhow::Result<T> {
+    if let Some(body) = admin::request(data_dir, "GET", api_path).context("asking oasis serve")? {
+        return serde_json::from_slice(&body).context("reading the answer of oasis serve");
+    }
+    if !data_dir.join(crate::store::STORE_FILE).exists() {
+        bail!("no oasis state in {}: give --config or --data-dir of an appliance", data_dir.display());
+    }
+    let store = Store::open(data_dir)?;
+    Ok(direct(&store)?)
+}
+
+fn ago(t: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = now.saturating_sub(t);
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+fn until(t: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if t <= now {
+        "expired".into()
+    } else {
+        format!("in {}m", (t - now).div_ceil(60))
+    }
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+pub fn leases(args: &StateArgs) -> anyhow::Result<()> {
+    let mut leases: Vec<Lease> = read_state(&args.data_dir()?, "/v1/leases", Store::leases)?;
+    leases.sort_by_key(|l| l.ip);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&leases)?);
+        return Ok(());
+    }
+    let rows = leases
+        .iter()
+        .map(|l| {
+            let state = match l.state {
+                LeaseState::Bound => "bound",
+                LeaseState::Released => "released",
+                LeaseState::Declined => "declined",
+            };
+            vec![l.ip.to_string(), l.mac.to_string(), state.into(), until(l.expires), ago(l.updated)]
+        })
+        .collect();
+    table(&["ADDRESS", "MAC", "STATE", "EXPIRES", "UPDATED"], rows);
+    Ok(())
+}
+
+pub fn machines(args: &StateArgs) -> anyhow::Result<()> {
+    let mut machines: Vec<Machine> = read_state(&args.data_dir()?, "/v1/machines", Store::machines)?;
+    machines.sort_by_key(|m| m.first_seen);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&machines)?);
+        return Ok(());
+    }
+    let rows = machines
+        .iter()
+        .map(|m| {
+            vec![
+                m.mac.to_string(),
+                m.firmware().into(),
+                m.last_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into()),
+                m.boot_count.to_string(),
+                format!("{:?}", m.boot).to_lowercase(),
+                ago(m.first_seen),
+                ago(m.last_seen),
+            ]
+        })
+        .collect();
+    table(&["MAC", "FIRMWARE", "ADDRESS", "BOOTS", "BOOT FROM", "FIRST SEEN", "LAST SEEN"], rows);
+    Ok(())
+}
+
+pub fn events(args: &StateArgs, limit: usize) -> anyhow::Result<()> {
+    let events: Vec<Event> =
+        read_state(&args.data_dir()?, &format!("/v1/events?limit={limit}"), |s| s.events(limit))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(());
+    }
+    let rows = events.iter().map(|e| vec![e.seq.to_string(), ago(e.at), e.kind.clone(), e.message.clone()]).collect();
+    table(&["SEQ", "WHEN", "KIND", "WHAT"], rows);
+    Ok(())
+}
+
+pub async fn machine_boot(mac: MacAddr, target: BootArg, state: &StateArgs) -> anyhow::Result<()> {
+    let data_dir = state.data_dir()?;
+    let word = match target {
+        BootArg::Network => "network",
+        BootArg::Local => "local",
+    };
+    let path = format!("/v1/machines/{mac}/boot/{word}");
+    if admin::request(&data_dir, "PUT", &path).context("asking oasis serve")?.is_none() {
+        let store = Store::open(&data_dir)?;
+        let mode = match target {
+            BootArg::Network => crate::store::BootMode::Network,
+            BootArg::Local => crate::store::BootMode::Local,
+        };
+        store.set_boot_mode(mac, mode).await?;
+    }
+    println!("{mac} will boot from {}", if word == "local" { "its local disk" } else { "the network" });
+    Ok(())
+}
+
+pub fn config_check(file: &Path) -> anyhow::Result<()> {
+    let c = Config::load(file)?;
+    println!("{}: ok", file.display());
+    println!("  interface {} address {}/{}", c.interface, c.address, u32::from(c.netmask).leading_ones());
+    match &c.dhcp {
+        None => println!("  DHCP off"),
+        Some(d) => match &d.full {
+            Some((pool, _, _)) => println!(
+                "  DHCP full: {} to {}, {} reservations, lease {} s, conflict check {:?}",
+                pool.start,
+                pool.end,
+                pool.reservations.len(),
+                pool.lease_secs,
+                d.conflict_check
+            ),
+            None => println!("  DHCP proxy (boot information only)"),
+        },
+    }
+    match &c.tftp {
+        Some((port, _)) => println!("  TFTP on port {port}"),
+        None => println!("  TFTP off"),
+    }
+    println!("  HTTP on port {}", c.http_port);
+    println!("  boot root {} (iPXE in {}/)", c.boot_root.display(), c.ipxe_dir);
+    println!("  profile: kernel {} initrd {} cmdline {:?}", c.profile.kernel, c.profile.initrd.as_deref().unwrap_or("-"), c.profile.cmdline);
+    println!("  data dir {}", c.data_dir.display());
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! The oasis appliance: `oasis serve` and the commands around it.
+//!
+//! - [`config`]: `oasis.toml`, parsed and checked.
+//! - [`store`]: the redb store of leases, machines and events.
+//! - [`serve`]: runs the network boot services on the store.
+//! - [`admin`]: the admin socket the CLI talks to while `serve` runs.
+//! - [`cli`]: command-line definitions and the state-reading commands.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod serve;
+pub mod store;
+
+use cli::{BuildCommand, Cli, Command, ConfigCommand, ImageCommand, MachineCommand};
+
+/// Runs one command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = config::Config::load(&config)?;
+            serve::run(config).await?;
+        }
+        Command::Config(ConfigCommand::Check { file }) => cli::config_check(&file)?,
+        Command::Leases(state) => cli::leases(&state)?,
+        Command::Machines(state) => cli::machines(&state)?,
+        Command::Events { state, limit } => cli::events(&state, limit)?,
+        Command::Machine(MachineCommand::Boot { mac, target, state }) => cli::machine_boot(mac, target, &state).await?,
+        Command::Image(ImageCommand::Build(build)) => {
+            let manifest = match &build {
+                BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,
+                BuildCommand::TestPayload(a) => oasis_image::payload::build_test_payload(&a.cache, &a.out)?,
+            };
+            for entry in manifest.entries() {
+                println!("{}  {}", entry.sha256, entry.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The exit code for an error: 3 for a bad configuration, 4 for a store in use, 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.downcast_ref::<config::ConfigError>().is_some() {
+        3
+    } else if matches!(err.downcast_ref::<store::StoreError>(), Some(store::StoreError::InUse { .. })) {
+        4
+    } else {
+        1
+    }
+}
