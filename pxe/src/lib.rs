@@ -10,3 +10,4 @@
 pub mod boot_root;
 pub mod mac;
 pub mod metrics;
+pub mod tftp;
