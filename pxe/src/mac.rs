@@ -97,7 +97,8 @@ mod tests {
 
     #[test]
     fn refuses_everything_else() {
-        for s in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:eg", "52:54-00:ab:cd:ef", "52.54.00.ab.cd.ef", "5254:00ab:cdef"] {
+        for s in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:eg", "52:54-00:ab:cd:ef", "52.54.00.ab.cd.ef", "5254:00ab:cdef"]
+        {
             assert!(s.parse::<MacAddr>().is_err(), "{s}");
         }
     }
