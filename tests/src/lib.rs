@@ -1,1 +1,111 @@
 //! Harness for the end-to-end tests: network namespaces, bridges, taps and QEMU machines.
+//!
+//! Everything a test creates lives in network namespaces it made ([`Netns`]); dropping a namespace
+//! kills the processes started in it and deletes it, also when the test panics. Machines ([`Machine`])
+//! are QEMU under TCG with real firmware: SeaBIOS with QEMU's iPXE option ROM, or OVMF with its own
+//! PXE client. [`dnsmasq`] runs dnsmasq as a reference boot server or as a plain site DHCP server.
+
+pub mod assets;
+pub mod dnsmasq;
+pub mod netns;
+pub mod qemu;
+
+pub use assets::{assets, Assets};
+pub use dnsmasq::{Dnsmasq, DnsmasqConfig};
+pub use netns::Netns;
+pub use qemu::{Firmware, Machine, MachineSpec};
+
+/// Errors from the harness.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A command could not be started.
+    #[error("could not run `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A command ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Something did not happen in time.
+    #[error("{what} did not happen within {timeout:?}; last output:\n{tail}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long we waited.
+        timeout: std::time::Duration,
+        /// The end of the relevant log.
+        tail: String,
+    },
+    /// A process ended before what was awaited happened.
+    #[error("{what} exited ({status}) before {awaited}; last output:\n{tail}")]
+    Exited {
+        /// The process.
+        what: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// What was awaited.
+        awaited: String,
+        /// The end of the relevant log.
+        tail: String,
+    },
+    /// The boot assets are missing or damaged.
+    #[error(
+        "boot assets in {dir} are not usable: {reason}; build them with `scripts/build-assets` (or set OASIS_ASSETS)"
+    )]
+    Assets {
+        /// The assets directory.
+        dir: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Result type of the harness.
+pub type Result<T> = std::result::Result<T, HarnessError>;
+
+/// Runs `cmd` to completion; errors carry the command line and its stderr.
+pub fn run(cmd: &mut std::process::Command) -> Result<String> {
+    let command = command_line(cmd);
+    let out = cmd.output().map_err(|source| HarnessError::Spawn { command: command.clone(), source })?;
+    if !out.status.success() {
+        return Err(HarnessError::Failed {
+            command,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The command line of `cmd`, for messages.
+pub fn command_line(cmd: &std::process::Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
