@@ -32,7 +32,10 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub fn listen(data_dir: &Path) -> io::Result<tokio::net::UnixListener> {
     let path = socket_path(data_dir);
     if UnixStream::connect(&path).is_ok() {
-        return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("another oasis serve answers on {}", path.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("another oasis serve answers on {}", path.display()),
+        ));
     }
     match std::fs::remove_file(&path) {
         Ok(()) => {}
@@ -84,7 +87,9 @@ async fn set_boot(State(store): State<Store>, UrlPath((mac, mode)): UrlPath<(Str
     let mode = match mode.as_str() {
         "network" => BootMode::Network,
         "local" => BootMode::Local,
-        other => return (StatusCode::BAD_REQUEST, format!("boot mode {other:?} is not network or local")).into_response(),
+        other => {
+            return (StatusCode::BAD_REQUEST, format!("boot mode {other:?} is not network or local")).into_response()
+        }
     };
     match store.set_boot_mode(mac, mode).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

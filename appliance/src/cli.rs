@@ -224,8 +224,7 @@ pub fn machines(args: &StateArgs) -> anyhow::Result<()> {
 }
 
 pub fn events(args: &StateArgs, limit: usize) -> anyhow::Result<()> {
-    let events: Vec<Event> =
-        read_state(&args.data_dir()?, &format!("/v1/events?limit={limit}"), |s| s.events(limit))?;
+    let events: Vec<Event> = read_state(&args.data_dir()?, &format!("/v1/events?limit={limit}"), |s| s.events(limit))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(());
@@ -278,7 +277,12 @@ pub fn config_check(file: &Path) -> anyhow::Result<()> {
     }
     println!("  HTTP on port {}", c.http_port);
     println!("  boot root {} (iPXE in {}/)", c.boot_root.display(), c.ipxe_dir);
-    println!("  profile: kernel {} initrd {} cmdline {:?}", c.profile.kernel, c.profile.initrd.as_deref().unwrap_or("-"), c.profile.cmdline);
+    println!(
+        "  profile: kernel {} initrd {} cmdline {:?}",
+        c.profile.kernel,
+        c.profile.initrd.as_deref().unwrap_or("-"),
+        c.profile.cmdline
+    );
     println!("  data dir {}", c.data_dir.display());
     Ok(())
 }

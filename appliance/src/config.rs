@@ -237,10 +237,7 @@ pub struct DhcpSettings {
 
 /// Where in the file a key is: "line N" for the first line that mentions it.
 fn line_of(text: &str, key: &str) -> String {
-    text.lines()
-        .position(|l| l.trim_start().starts_with(key))
-        .map(|n| format!(" (line {})", n + 1))
-        .unwrap_or_default()
+    text.lines().position(|l| l.trim_start().starts_with(key)).map(|n| format!(" (line {})", n + 1)).unwrap_or_default()
 }
 
 impl Config {
@@ -252,8 +249,8 @@ impl Config {
 
     /// Parses and checks configuration text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim().to_string() })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string().trim().to_string() })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::from_raw(raw, text, &base).map_err(|message| ConfigError::Invalid { path: path.into(), message })
     }
@@ -289,20 +286,35 @@ impl Config {
                         return Err(format!("dhcp.range{}: {start} comes after {end}", line_of(text, "range")));
                     }
                     if subnet(start) != subnet(end) {
-                        return Err(format!("dhcp.range{}: {start} and {end} are not on one subnet of netmask {}", line_of(text, "range"), net.netmask));
+                        return Err(format!(
+                            "dhcp.range{}: {start} and {end} are not on one subnet of netmask {}",
+                            line_of(text, "range"),
+                            net.netmask
+                        ));
                     }
                     let on_interface_subnet = subnet(start) == subnet(net.address);
                     if on_interface_subnet && (u32::from(start)..=u32::from(end)).contains(&u32::from(net.address)) {
-                        return Err(format!("dhcp.range{} contains the appliance's own address {}", line_of(text, "range"), net.address));
+                        return Err(format!(
+                            "dhcp.range{} contains the appliance's own address {}",
+                            line_of(text, "range"),
+                            net.address
+                        ));
                     }
                     if d.lease_time < 60 {
-                        return Err(format!("dhcp.lease_time{} is {} s; use at least 60", line_of(text, "lease_time"), d.lease_time));
+                        return Err(format!(
+                            "dhcp.lease_time{} is {} s; use at least 60",
+                            line_of(text, "lease_time"),
+                            d.lease_time
+                        ));
                     }
                     let mut reservations = HashMap::new();
                     let mut taken = HashSet::new();
                     for r in &d.reservation {
                         if subnet(r.address) != subnet(start) {
-                            return Err(format!("dhcp.reservation for {} has address {} outside the pool's subnet", r.mac, r.address));
+                            return Err(format!(
+                                "dhcp.reservation for {} has address {} outside the pool's subnet",
+                                r.mac, r.address
+                            ));
                         }
                         if r.address == net.address {
                             return Err(format!("dhcp.reservation for {} has the appliance's own address", r.mac));
@@ -371,7 +383,8 @@ impl Config {
         });
         let data_dir = base.join(&raw.data_dir);
         let boot_root = raw.boot.root.map(|r| base.join(r)).unwrap_or_else(|| data_dir.join("boot"));
-        let profile = BootProfile { kernel: raw.profile.kernel, initrd: raw.profile.initrd, cmdline: raw.profile.cmdline };
+        let profile =
+            BootProfile { kernel: raw.profile.kernel, initrd: raw.profile.initrd, cmdline: raw.profile.cmdline };
         profile.validate().map_err(|e| format!("profile{}: {e}", line_of(text, "cmdline")))?;
         Ok(Self {
             data_dir,
@@ -423,7 +436,10 @@ cmdline = "console=ttyS0"
         assert_eq!(c.data_dir, PathBuf::from("/etc/oasis/state"));
         assert_eq!(c.boot_root, PathBuf::from("/etc/oasis/state/boot"));
         let (pool, options, authoritative) = c.dhcp.unwrap().full.unwrap();
-        assert_eq!((pool.start, pool.end, pool.lease_secs), (Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199), 3600));
+        assert_eq!(
+            (pool.start, pool.end, pool.lease_secs),
+            (Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199), 3600)
+        );
         assert_eq!(options.router, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert!(authoritative);
         assert_eq!(c.tftp.unwrap().0, 69);

@@ -60,8 +60,8 @@ fn check_host(config: &Config) -> Result<[u8; 6], ServeError> {
 /// Checks what the boot root must hold: the profile's files. Missing iPXE builds are only
 /// warned about: a rack of BIOS machines needs no `ipxe.efi`.
 fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
-    let root =
-        BootRoot::new(&config.boot_root).map_err(|source| ServeError::BootRoot { path: config.boot_root.clone(), source })?;
+    let root = BootRoot::new(&config.boot_root)
+        .map_err(|source| ServeError::BootRoot { path: config.boot_root.clone(), source })?;
     let profile = &config.profile;
     for (what, name) in [("kernel", Some(&profile.kernel)), ("initrd", profile.initrd.as_ref())] {
         let Some(name) = name else { continue };
@@ -147,9 +147,11 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     }
 
     let http_addr = SocketAddr::V4(SocketAddrV4::new(config.address, config.http_port));
-    let listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .map_err(|source| ServeError::Listen { what: "HTTP", addr: http_addr, source })?;
+    let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|source| ServeError::Listen {
+        what: "HTTP",
+        addr: http_addr,
+        source,
+    })?;
     let scripts = ScriptRenderer::new(policy.base_url(), config.profile.clone());
     let router = http::router(HttpBoot::new(root.clone(), scripts, Arc::new(store.clone()), metrics.clone()));
     tasks.spawn(async move {

@@ -46,7 +46,9 @@ pub enum StoreError {
     InUse { path: PathBuf },
     #[error("cannot open the store {path}: {source}")]
     Open { path: PathBuf, source: redb::DatabaseError },
-    #[error("the store {path} has schema version {found}; this oasis understands up to {SCHEMA_VERSION}: run a newer oasis")]
+    #[error(
+        "the store {path} has schema version {found}; this oasis understands up to {SCHEMA_VERSION}: run a newer oasis"
+    )]
     TooNew { path: PathBuf, found: u64 },
     #[error("store operation failed: {0}")]
     Db(#[from] redb::Error),

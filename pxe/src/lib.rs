@@ -15,5 +15,5 @@ pub mod mac;
 pub mod metrics;
 pub mod policy;
 pub mod script;
-pub mod tftp;
 mod sys;
+pub mod tftp;
