@@ -5,12 +5,14 @@
 //! are QEMU under TCG with real firmware: SeaBIOS with QEMU's iPXE option ROM, or OVMF with its own
 //! PXE client. [`dnsmasq`] runs dnsmasq as a reference boot server or as a plain site DHCP server.
 
+pub mod appliance;
 pub mod assets;
 pub mod dnsmasq;
 pub mod netns;
 pub mod qemu;
 
-pub use assets::{assets, Assets};
+pub use appliance::{oasis, oasis_bin, Appliance};
+pub use assets::{assets, workspace_root, Assets};
 pub use dnsmasq::{Dnsmasq, DnsmasqConfig};
 pub use netns::Netns;
 pub use qemu::{Firmware, Machine, MachineSpec};

@@ -1,0 +1,151 @@
+//! `oasis serve` inside a test namespace, with a boot root built from the test assets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{assets, workspace_root, Netns};
+
+/// The `oasis` binary under test: `OASIS_BIN`, or the newest build in the workspace's target dir.
+pub fn oasis_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("OASIS_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = workspace_root().join("target");
+    let mut builds: Vec<PathBuf> =
+        ["release", "debug"].iter().map(|p| target.join(p).join("oasis")).filter(|p| p.exists()).collect();
+    builds.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    builds.pop().expect("no oasis binary: run `cargo build --release -p oasis-appliance` (scripts/test does)")
+}
+
+/// The `oasis-tftp` client built beside the `oasis` binary.
+pub fn tftp_client() -> PathBuf {
+    oasis_bin().with_file_name("oasis-tftp")
+}
+
+/// Runs `oasis ARGS` on the host and returns its output.
+pub fn oasis(args: &[&str]) -> Output {
+    Command::new(oasis_bin()).args(args).output().expect("run oasis")
+}
+
+/// A boot root with the iPXE builds under `ipxe/` and the test payload under `payload/`.
+pub fn boot_root(dir: &Path) -> PathBuf {
+    let assets = assets().unwrap_or_else(|e| panic!("{e}"));
+    let root = dir.join("boot");
+    for (from, to) in [(&assets.ipxe, "ipxe"), (&assets.payload, "payload")] {
+        std::fs::create_dir_all(root.join(to)).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), root.join(to).join(entry.file_name())).unwrap();
+        }
+    }
+    root
+}
+
+/// A configuration for the test rack: bridge `br0` with the appliance at 10.0.0.1.
+pub fn rack_config(dir: &Path, dhcp: &str, cmdline: &str) -> PathBuf {
+    let text = format!(
+        r#"data_dir = "{data}"
+
+[network]
+interface = "br0"
+address = "10.0.0.1"
+
+[dhcp]
+{dhcp}
+
+[boot]
+root = "{root}"
+
+[profile]
+kernel = "payload/vmlinuz"
+initrd = "payload/initrd.img"
+cmdline = "{cmdline}"
+"#,
+        data = dir.join("data").display(),
+        root = boot_root(dir).display(),
+    );
+    let path = dir.join("oasis.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `oasis serve`; stopped (SIGTERM, then kill) on drop.
+#[derive(Debug)]
+pub struct Appliance {
+    child: Option<Child>,
+    log: PathBuf,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Appliance {
+    /// Starts `oasis serve --config CONFIG` in `ns` and waits until its admin socket answers.
+    pub fn start(ns: &Netns, config: &Path, log: &Path) -> Appliance {
+        let data_dir = config.parent().unwrap().join("data");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut cmd = ns.command(oasis_bin().to_str().unwrap());
+        cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .env("OASIS_LOG", "info,oasis_pxe=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let child = cmd.spawn().expect("spawn oasis serve");
+        let mut appliance =
+            Appliance { child: Some(child), log: log.to_path_buf(), config: config.to_path_buf(), data_dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(appliance.data_dir.join("oasis.sock")).is_err() {
+            if let Some(status) = appliance.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("oasis serve exited with {status}:\n{}", appliance.log());
+            }
+            assert!(Instant::now() < deadline, "oasis serve did not start:\n{}", appliance.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        appliance
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs an oasis state command (`leases`, `machines`, `events`) against this appliance.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", self.data_dir.to_str().unwrap()]);
+        let out = oasis(&all);
+        assert!(out.status.success(), "oasis {all:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The leases as JSON values.
+    pub fn leases(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli(&["leases", "--json"])).unwrap()
+    }
+
+    /// The bound address of `mac`, if any.
+    pub fn address_of(&self, mac: &str) -> Option<String> {
+        self.leases()
+            .into_iter()
+            .find(|l| l["mac"] == mac && l["state"] == "bound")
+            .map(|l| l["ip"].as_str().unwrap().to_string())
+    }
+
+    /// Stops the server with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
