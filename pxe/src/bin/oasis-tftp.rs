@@ -2,20 +2,32 @@
 //!
 //! ```text
 //! oasis-tftp get HOST:PORT FILE [--blksize N] [--windowsize N] [--timeout SECS] [--parallel N] [--out PATH]
+//! oasis-tftp serve ADDR:PORT DIR [--max-blksize N] [--max-windowsize N] [--no-blksize]
 //! ```
 //!
 //! Prints one line per transfer: bytes, seconds, MB/s (10^6 bytes), and the options the server
 //! granted. With `--parallel N` it runs N copies at once and adds a total line. Without `--out` the
 //! data is discarded; with `--parallel` and `--out`, copy i goes to `PATH.i`.
+//!
+//! `serve` runs the oasis TFTP server on its own (no DHCP, no logs), for benchmarks against it.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use oasis_pxe::tftp::{fetch_into, ClientOptions, Stats};
+use oasis_pxe::boot_root::BootRoot;
+use oasis_pxe::metrics::Metrics;
+use oasis_pxe::tftp::{fetch_into, ClientOptions, Stats, TftpConfig, TftpServer};
 
 const USAGE: &str = "usage: oasis-tftp get HOST:PORT FILE [--blksize N] [--windowsize N] [--timeout SECS] \
-                     [--parallel N] [--out PATH]";
+                     [--parallel N] [--out PATH]\n       \
+                     oasis-tftp serve ADDR:PORT DIR [--max-blksize N] [--max-windowsize N] [--no-blksize]";
+
+#[derive(Debug)]
+enum Command {
+    Get(Args),
+    Serve { addr: SocketAddr, dir: String, config: TftpConfig },
+}
 
 #[derive(Debug)]
 struct Args {
@@ -26,18 +38,56 @@ struct Args {
     out: Option<String>,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+fn parse_command(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
     match args.next().as_deref() {
-        Some("get") => {}
-        Some(other) => return Err(format!("unknown command {other:?}")),
-        None => return Err("no command given".into()),
+        Some("get") => parse_get(args).map(Command::Get),
+        Some("serve") => parse_serve(args),
+        Some(other) => Err(format!("unknown command {other:?}")),
+        None => Err("no command given".into()),
     }
-    let server = args.next().ok_or("no HOST:PORT given")?;
-    let server = server
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {server:?}: {e}"))?
+}
+
+fn resolve(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {text:?}: {e}"))?
         .next()
-        .ok_or_else(|| format!("{server:?} resolves to no address"))?;
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn parse_serve(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let addr = resolve(&args.next().ok_or("no ADDR:PORT given")?)?;
+    let dir = args.next().ok_or("no DIR given")?;
+    let mut config = TftpConfig::default();
+    while let Some(flag) = args.next() {
+        if flag == "--no-blksize" {
+            config.no_blksize = true;
+            continue;
+        }
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = value.parse::<u16>().map_err(|_| format!("{flag} takes a number up to 65535, not {value:?}"))?;
+        match flag.as_str() {
+            "--max-blksize" => config.max_blksize = number,
+            "--max-windowsize" => config.max_windowsize = number,
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    config.check().map_err(|e| e.to_string())?;
+    Ok(Command::Serve { addr, dir, config })
+}
+
+async fn serve(addr: SocketAddr, dir: String, config: TftpConfig) -> Result<(), String> {
+    let root = BootRoot::new(&dir).map_err(|e| format!("cannot serve {dir}: {e}"))?;
+    let server = TftpServer::bind(addr, root, config, std::sync::Arc::new(Metrics::default()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let local = server.local_addr().map_err(|e| e.to_string())?;
+    println!("serving {dir} on {local}");
+    server.run().await;
+    Ok(())
+}
+
+fn parse_get(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let server = resolve(&args.next().ok_or("no HOST:PORT given")?)?;
     let file = args.next().ok_or("no FILE given")?;
     let mut parsed = Args {
         server,
@@ -136,8 +186,8 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
+    let command = match parse_command(std::env::args().skip(1)) {
+        Ok(command) => command,
         Err(e) => {
             eprintln!("oasis-tftp: {e}\n{USAGE}");
             return ExitCode::from(2);
@@ -150,7 +200,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = match command {
+        Command::Get(args) => runtime.block_on(run(args)),
+        Command::Serve { addr, dir, config } => runtime.block_on(serve(addr, dir, config)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("oasis-tftp: {e}");

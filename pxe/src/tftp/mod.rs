@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod config;
+mod gso;
 pub mod log_limit;
 pub mod options;
 pub mod packet;

@@ -95,6 +95,18 @@ impl Refusal {
     }
 }
 
+impl Shared {
+    /// True when a line at this level would be written and the rate limit allows it. The level
+    /// is checked first, so lines filtered out anyway do not use up the limit.
+    fn may_log(&self, loudness: Loudness) -> bool {
+        let enabled = match loudness {
+            Loudness::Debug => tracing::enabled!(tracing::Level::DEBUG),
+            Loudness::Warn => tracing::enabled!(tracing::Level::WARN),
+        };
+        enabled && self.log.allow()
+    }
+}
+
 impl TftpServer {
     /// Binds the request socket. `addr` with port 0 picks a free port (see [`Self::local_addr`]).
     pub async fn bind(addr: SocketAddr, root: BootRoot, config: TftpConfig, metrics: Arc<Metrics>) -> io::Result<Self> {
@@ -120,7 +132,7 @@ impl TftpServer {
             let (n, peer) = match self.socket.recv_from(&mut buf).await {
                 Ok(received) => received,
                 Err(e) => {
-                    if self.shared.log.allow() {
+                    if self.shared.may_log(Loudness::Warn) {
                         tracing::warn!(error = %e, "tftp: receive failed on the request socket");
                     }
                     // Errors here are transient (ICMP echoes, memory pressure); do not spin.
@@ -159,7 +171,7 @@ async fn refuse(shared: &Shared, socket: &UdpSocket, peer: SocketAddr, refusal: 
     if let Some(kind) = kind {
         shared.metrics.error(kind);
     }
-    if shared.log.allow() {
+    if shared.may_log(loudness) {
         match loudness {
             Loudness::Warn => tracing::warn!(%peer, reason = %refusal, "tftp: request refused"),
             Loudness::Debug => tracing::debug!(%peer, reason = %refusal, "tftp: request refused"),
@@ -202,7 +214,9 @@ async fn serve_read(
         Err(e) => return refuse(&shared, &request_socket, peer, &Refusal::Socket(e)).await,
     };
     let negotiated = negotiate(&request.options, size, &shared.config);
-    tracing::debug!(%peer, file = %name, size, ?negotiated, "tftp: transfer started");
+    if shared.may_log(Loudness::Debug) {
+        tracing::debug!(%peer, file = %name, size, ?negotiated, "tftp: transfer started");
+    }
     let metrics = &shared.metrics;
     Metrics::add(&metrics.tftp_transfers_started, 1);
     let transfer = Transfer {
@@ -217,17 +231,21 @@ async fn serve_read(
     match transfer.run().await {
         Ok(bytes) => {
             Metrics::add(&metrics.tftp_transfers_completed, 1);
-            tracing::debug!(%peer, file = %name, bytes, "tftp: transfer completed");
+            if shared.may_log(Loudness::Debug) {
+                tracing::debug!(%peer, file = %name, bytes, "tftp: transfer completed");
+            }
         }
         Err(e @ TransferError::ClientError { .. }) => {
             Metrics::add(&metrics.tftp_transfers_failed, 1);
             // Normal for some firmware: EDK2 asks for tsize alone, reads the OACK, answers with
             // an ERROR and asks again with the options it wants.
-            tracing::debug!(%peer, file = %name, reason = %e, "tftp: client ended the transfer");
+            if shared.may_log(Loudness::Debug) {
+                tracing::debug!(%peer, file = %name, reason = %e, "tftp: client ended the transfer");
+            }
         }
         Err(e) => {
             Metrics::add(&metrics.tftp_transfers_failed, 1);
-            if shared.log.allow() {
+            if shared.may_log(Loudness::Warn) {
                 tracing::warn!(%peer, file = %name, reason = %e, "tftp: transfer failed");
             }
         }

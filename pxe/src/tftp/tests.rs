@@ -406,3 +406,90 @@ async fn bind_refuses_a_config_that_cannot_work() {
         assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
     }
 }
+
+#[tokio::test]
+async fn netascii_is_served_as_bytes_and_timeout_is_granted() {
+    let fx = start(TftpConfig::default(), &[("pxelinux.cfg", 700)]).await;
+    let socket = raw_client().await;
+    let request = Packet::Rrq(Request { filename: b"pxelinux.cfg".to_vec(), mode: Mode::Netascii, options: vec![] });
+    socket.send_to(&request.to_bytes(), fx.addr).await.unwrap();
+    let mut received = Vec::new();
+    loop {
+        let (block, data, from) = recv_data(&socket).await;
+        received.extend_from_slice(&data);
+        socket.send_to(&ack_bytes(block), from).await.unwrap();
+        if data.len() < 512 {
+            break;
+        }
+    }
+    assert!(received == pattern(700));
+    let asked = ClientOptions { timeout: Some(2), ..options(Some(1468), Some(4)) };
+    let (data, stats) = fetch(fx.addr, b"pxelinux.cfg", &asked).await.unwrap();
+    assert!(data == pattern(700));
+    assert_eq!((stats.timeout, stats.tsize), (Some(2), Some(700)));
+}
+
+/// A hand-written server that loses packets, to check the client's side of recovery.
+#[tokio::test]
+async fn the_client_recovers_from_lost_packets() {
+    let listener = raw_client().await;
+    let server = listener.local_addr().unwrap();
+    let file = pattern(512 * 4 + 7);
+    let expected = file.clone();
+    let client = tokio::spawn(async move {
+        let asked = ClientOptions {
+            blksize: Some(512),
+            windowsize: Some(4),
+            resend_after: Duration::from_millis(50),
+            retries: 50,
+            ..ClientOptions::default()
+        };
+        fetch(server, b"f", &asked).await
+    });
+    let (request, peer) = recv(&listener).await;
+    assert!(matches!(Packet::parse(&request), Ok(Packet::Rrq(_))));
+    let tid = raw_client().await;
+    let oack = Packet::Oack { options: vec![("blksize".into(), "512".into()), ("windowsize".into(), "4".into())] };
+    tid.send_to(&oack.to_bytes(), peer).await.unwrap();
+    // The first ACK 0 "is lost": the client must send it again when nothing comes.
+    assert_eq!(next_ack(&tid).await, 0);
+    assert_eq!(next_ack(&tid).await, 0);
+    let block = |n: usize| {
+        let data = &file[(n - 1) * 512..(n * 512).min(file.len())];
+        Packet::Data { block: n as u16, data }.to_bytes()
+    };
+    // Block 2 "is lost": the client acknowledges block 1, and the window restarts there.
+    for n in [1, 3, 4] {
+        tid.send_to(&block(n), peer).await.unwrap();
+    }
+    ack_reaching(&tid, 1).await;
+    for n in [2, 3, 4, 5] {
+        tid.send_to(&block(n), peer).await.unwrap();
+    }
+    ack_reaching(&tid, 5).await;
+    let (data, stats) = client.await.unwrap().unwrap();
+    assert!(data == expected);
+    assert!(stats.resends >= 2, "{stats:?}");
+}
+
+/// The next ACK's block number, skipping anything else.
+async fn next_ack(socket: &UdpSocket) -> u16 {
+    loop {
+        let (packet, _) = recv(socket).await;
+        if let Ok(Packet::Ack { block }) = Packet::parse(&packet) {
+            return block;
+        }
+    }
+}
+
+/// Waits for an ACK of `want`. Repeats of earlier ACKs (the client's timer may fire on a slow
+/// machine) are skipped; an ACK past `want` is a bug.
+async fn ack_reaching(socket: &UdpSocket, want: u16) {
+    loop {
+        let block = next_ack(socket).await;
+        assert!(block <= want, "ACK {block} while waiting for {want}");
+        if block == want {
+            return;
+        }
+    }
+}

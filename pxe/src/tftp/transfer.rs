@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
+use super::gso;
 use super::options::Negotiated;
 use super::packet::{write_data_header, ErrorCode, Packet};
 use crate::metrics::{ErrorKind, Metrics};
@@ -62,9 +63,14 @@ impl Transfer {
         let blksize = usize::from(negotiated.blksize);
         let windowsize = usize::from(negotiated.windowsize);
         // Large reads keep the disk out of the way: one read serves many blocks.
-        let capacity = (blksize * windowsize * 2).clamp(64 * 1024, 1024 * 1024);
+        let capacity = (blksize * windowsize * 8).clamp(256 * 1024, 1024 * 1024);
+        let segment = blksize + 4;
+        // Batching only pays when several blocks fit in one send.
+        let gso = segment * 2 <= gso::MAX_BYTES && windowsize > 1 && gso::enable(&socket, segment as u16).is_ok();
         let mut sender = Sender {
             socket: &socket,
+            gso,
+            batch: Vec::new(),
             reader: BufReader::with_capacity(capacity, file),
             path: &path,
             blksize,
@@ -114,12 +120,11 @@ impl Transfer {
                 waiter.arm();
                 continue;
             };
-            let Some(acked) = sender.acknowledge(ack) else {
+            if sender.acknowledge(ack).is_none() {
                 // A duplicate or old ACK. Answering it would start the Sorcerer's Apprentice
                 // syndrome (every block sent twice from then on); the timer covers real loss.
                 continue;
-            };
-            tracing::trace!(%peer, block = acked, "tftp: ack");
+            }
             waiter.attempt = 0;
             if sender.window.is_empty() && sender.read_all {
                 return Ok(sender.bytes);
@@ -137,6 +142,10 @@ impl Transfer {
 /// The sending half: the window of unacknowledged blocks and the file behind it.
 struct Sender<'a, R> {
     socket: &'a UdpSocket,
+    /// The socket segments large sends (see [`gso`]): a window goes out in one send.
+    gso: bool,
+    /// The packets of one segmented send, back to back.
+    batch: Vec<u8>,
     reader: BufReader<R>,
     path: &'a PathBuf,
     blksize: usize,
@@ -185,13 +194,47 @@ impl<R: AsyncRead + Unpin> Sender<'_, R> {
 
     /// Sends the window; blocks from `first_new` on are sent for the first time.
     async fn send_window(&mut self, first_new: usize, metrics: &Metrics) -> Result<(), TransferError> {
-        for (i, block) in self.window.iter().enumerate() {
-            self.socket.send(&block.packet).await.map_err(TransferError::Socket)?;
-            if i >= first_new {
-                let len = (block.packet.len() - 4) as u64;
-                self.bytes += len;
-                Metrics::add(&metrics.tftp_bytes_sent, len);
+        if self.gso {
+            match self.send_batched().await {
+                Ok(()) => {}
+                // The route cannot segment (no checksum offload, an MTU below the block): from
+                // now on, one send per block.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)) => {
+                    self.gso = false;
+                    self.send_each().await?;
+                }
+                Err(e) => return Err(TransferError::Socket(e)),
             }
+        } else {
+            self.send_each().await?;
+        }
+        for block in self.window.iter().skip(first_new) {
+            let len = (block.packet.len() - 4) as u64;
+            self.bytes += len;
+            Metrics::add(&metrics.tftp_bytes_sent, len);
+        }
+        Ok(())
+    }
+
+    async fn send_each(&self) -> Result<(), TransferError> {
+        for block in &self.window {
+            self.socket.send(&block.packet).await.map_err(TransferError::Socket)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the window in as few sends as the segmentation limits allow. Every packet but the
+    /// file's last is exactly one segment long, and the last is last in the window.
+    async fn send_batched(&mut self) -> io::Result<()> {
+        let segment = self.blksize + 4;
+        let per_send = (gso::MAX_BYTES / segment).min(gso::MAX_SEGMENTS);
+        let mut blocks = self.window.iter().peekable();
+        while blocks.peek().is_some() {
+            self.batch.clear();
+            for block in blocks.by_ref().take(per_send) {
+                self.batch.extend_from_slice(&block.packet);
+            }
+            self.socket.send(&self.batch).await?;
         }
         Ok(())
     }
@@ -253,8 +296,9 @@ impl Waiter<'_> {
             match Packet::parse(&self.buf[..n]) {
                 Ok(Packet::Ack { block }) => return Ok(Some(block)),
                 Ok(Packet::Error { code, message }) => return Err(TransferError::ClientError { code, message }),
-                Ok(other) => tracing::trace!(peer = %self.peer, ?other, "tftp: ignored a packet during a transfer"),
-                Err(e) => tracing::trace!(peer = %self.peer, error = %e, "tftp: ignored a malformed packet"),
+                // Anything else from the client (a repeated request, stray DATA, garbage) is
+                // ignored without a log line: the client could send a flood of it.
+                Ok(_) | Err(_) => {}
             }
         }
     }
