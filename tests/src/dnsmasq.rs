@@ -41,6 +41,10 @@ pub struct DnsmasqConfig {
     pub tftp_root: Option<PathBuf>,
     /// Boot file names by client type; `None` hands out addresses only.
     pub boot: Option<PxeBoot>,
+    /// Also send IPv6 router advertisements for this prefix (e.g. `fd00::1/64`, which is added to the
+    /// interface). iPXE's `autoboot` waits for IPv6 autoconfiguration as well as DHCPv4 before it
+    /// boots; on a segment without a router advertisement that costs about 12 s per iPXE start.
+    pub ipv6_ra: Option<String>,
     /// More dnsmasq arguments.
     pub extra_args: Vec<String>,
 }
@@ -53,6 +57,7 @@ impl DnsmasqConfig {
             dhcp_range: dhcp_range.to_string(),
             tftp_root: None,
             boot: None,
+            ipv6_ra: None,
             extra_args: Vec::new(),
         }
     }
@@ -103,6 +108,11 @@ impl DnsmasqConfig {
                 format!("--dhcp-boot=tag:!ipxe,tag:!efi64,{}", boot.bios),
             ]);
         }
+        if let Some(cidr) = &self.ipv6_ra {
+            let prefix = cidr.split('/').next().unwrap_or(cidr);
+            args.push("--enable-ra".into());
+            args.push(format!("--dhcp-range={prefix},ra-only"));
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }
@@ -121,6 +131,9 @@ impl Dnsmasq {
     pub fn start(netns: &Netns, config: &DnsmasqConfig, work_dir: &Path) -> Result<Dnsmasq> {
         let log = work_dir.join("dnsmasq.log");
         let _ = std::fs::remove_file(&log);
+        if let Some(cidr) = &config.ipv6_ra {
+            netns.ip(&["addr", "add", cidr, "dev", &config.interface, "nodad"])?;
+        }
         let mut cmd = netns.command("dnsmasq");
         cmd.args(config.args(work_dir)).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|source| HarnessError::Spawn { command: command_line(&cmd), source })?;

@@ -22,7 +22,7 @@ fn copy(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
 }
 
-fn boot_payload(firmware: Firmware, mac: &str, timeout: Duration) {
+fn boot_payload(firmware: Firmware, mac: &str, ipv6_ra: bool, timeout: Duration) {
     let assets = assets().unwrap_or_else(|e| panic!("{e}"));
     let work = tempfile::Builder::new().prefix("oasis-harness-").tempdir().unwrap();
     let tftp = work.path().join("tftp");
@@ -40,7 +40,10 @@ fn boot_payload(firmware: Firmware, mac: &str, timeout: Duration) {
     {
         ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
         ns.add_tap("tap0", "br0").unwrap();
-        let config = DnsmasqConfig::pxe("br0", "10.0.0.100,10.0.0.199,255.255.255.0,1h", &tftp, "boot.ipxe");
+        let mut config = DnsmasqConfig::pxe("br0", "10.0.0.100,10.0.0.199,255.255.255.0,1h", &tftp, "boot.ipxe");
+        if ipv6_ra {
+            config.ipv6_ra = Some("fd00::1/64".into());
+        }
         let dnsmasq = Dnsmasq::start(&ns, &config, work.path()).unwrap();
         let serial = work.path().join("serial.log");
         let start = Instant::now();
@@ -58,7 +61,7 @@ fn boot_payload(firmware: Firmware, mac: &str, timeout: Duration) {
         let status = machine.wait_exit(Duration::from_secs(60)).unwrap();
         assert!(status.success(), "QEMU exited with {status}");
         eprintln!(
-            "{firmware:?}: payload booted {:.1} s after power-on, QEMU exited after {:.1} s; cmdline: {cmdline}",
+            "{firmware:?} (IPv6 RA: {ipv6_ra}): payload booted {:.1} s after power-on, QEMU exited after {:.1} s; cmdline: {cmdline}",
             booted.as_secs_f64(),
             start.elapsed().as_secs_f64()
         );
@@ -66,8 +69,9 @@ fn boot_payload(firmware: Firmware, mac: &str, timeout: Duration) {
         if let Some(dir) = std::env::var_os("OASIS_E2E_LOG_DIR") {
             let dir = Path::new(&dir);
             std::fs::create_dir_all(dir).unwrap();
-            std::fs::write(dir.join(format!("{firmware:?}-serial.log")), machine.serial()).unwrap();
-            std::fs::write(dir.join(format!("{firmware:?}-dnsmasq.log")), &dhcp).unwrap();
+            let tag = if ipv6_ra { "-ra" } else { "" };
+            std::fs::write(dir.join(format!("{firmware:?}{tag}-serial.log")), machine.serial()).unwrap();
+            std::fs::write(dir.join(format!("{firmware:?}{tag}-dnsmasq.log")), &dhcp).unwrap();
         }
         assert!(dhcp.contains("DHCPACK"), "dnsmasq acked no lease:\n{dhcp}");
         assert!(dhcp.contains("boot.ipxe"), "iPXE never asked for the script:\n{dhcp}");
@@ -81,12 +85,19 @@ fn boot_payload(firmware: Firmware, mac: &str, timeout: Duration) {
 
 #[test]
 fn bios_ipxe_rom_boots_payload_from_dnsmasq() {
-    boot_payload(Firmware::Bios, "52:54:00:0a:00:01", Duration::from_secs(240));
+    boot_payload(Firmware::Bios, "52:54:00:0a:00:01", false, Duration::from_secs(240));
+}
+
+/// With an IPv6 router advertisement on the segment iPXE stops waiting for IPv6 autoconfiguration
+/// (about 12 s on an IPv4-only segment): the same boot takes about 11 s instead of 23 s.
+#[test]
+fn bios_boot_with_ipv6_router_advertisements() {
+    boot_payload(Firmware::Bios, "52:54:00:0a:00:03", true, Duration::from_secs(240));
 }
 
 #[test]
 fn uefi_ovmf_pxe_chains_ipxe_efi_and_boots_payload_from_dnsmasq() {
-    boot_payload(Firmware::Uefi, "52:54:00:0a:00:02", Duration::from_secs(420));
+    boot_payload(Firmware::Uefi, "52:54:00:0a:00:02", false, Duration::from_secs(420));
 }
 
 #[test]
