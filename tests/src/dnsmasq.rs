@@ -180,3 +180,33 @@ impl Drop for Dnsmasq {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pxe_rules_put_ipxe_before_the_arch_rules() {
+        let config =
+            DnsmasqConfig::pxe("br0", "10.0.0.100,10.0.0.199,255.255.255.0,1h", Path::new("/srv/tftp"), "boot.ipxe");
+        let args = config.args(Path::new("/w"));
+        let boot: Vec<&str> = args.iter().filter(|a| a.starts_with("--dhcp-boot=")).map(String::as_str).collect();
+        assert_eq!(
+            boot,
+            [
+                "--dhcp-boot=tag:ipxe,boot.ipxe",
+                "--dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi",
+                "--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe"
+            ]
+        );
+        assert!(args.contains(&"--tftp-root=/srv/tftp".to_string()));
+        assert!(args.contains(&"--pid-file=/w/dnsmasq.pid".to_string()));
+    }
+
+    #[test]
+    fn addresses_only_has_no_boot_options_or_tftp() {
+        let args = DnsmasqConfig::addresses_only("eth0", "10.0.0.50,10.0.0.60,255.255.255.0,1h").args(Path::new("/w"));
+        assert!(!args.iter().any(|a| a.contains("dhcp-boot") || a.contains("tftp") || a.contains("userclass")));
+        assert!(args.contains(&"--interface=eth0".to_string()));
+    }
+}

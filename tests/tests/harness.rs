@@ -126,3 +126,33 @@ fn namespace_is_removed_even_when_the_test_panics() {
         assert!(!Netns::exists(&name).unwrap(), "{name} left behind");
     }
 }
+
+/// A site DHCP server in its own namespace, joined to the rack bridge by a veth pair, hands out
+/// addresses only: the building block of the proxy-DHCP tests.
+#[test]
+fn site_dhcp_server_in_a_second_namespace_leases_over_the_bridge() {
+    let work = tempfile::Builder::new().prefix("oasis-site-").tempdir().unwrap();
+    let rack = Netns::create("oasis-rack").unwrap();
+    let site = Netns::create("oasis-site").unwrap();
+    let names = [rack.name().to_string(), site.name().to_string()];
+    {
+        rack.add_bridge("br0", None).unwrap();
+        rack.add_veth_to("site0", &site, "eth0").unwrap();
+        rack.attach("site0", "br0").unwrap();
+        site.add_address("eth0", "10.0.0.2/24").unwrap();
+        let config = DnsmasqConfig::addresses_only("eth0", "10.0.0.50,10.0.0.60,255.255.255.0,1h");
+        let dnsmasq = Dnsmasq::start(&site, &config, work.path()).unwrap();
+        let out = rack
+            .exec(&["busybox", "udhcpc", "-i", "br0", "-n", "-q", "-f", "-t", "5", "-T", "1", "-s", "/bin/true"])
+            .unwrap_or_else(|e| panic!("{e}\n--- dnsmasq log ---\n{}", dnsmasq.log()));
+        assert!(out.contains("obtained") || dnsmasq.leases().contains("10.0.0."), "udhcpc said: {out}");
+        let log = dnsmasq.log();
+        assert!(log.contains("DHCPACK(eth0) 10.0.0.5") || log.contains("DHCPACK(eth0) 10.0.0.60"), "{log}");
+        assert!(!log.contains("bootfile-name"), "a site server must not send boot options:\n{log}");
+    }
+    drop(rack);
+    drop(site);
+    for name in names {
+        assert!(!Netns::exists(&name).unwrap(), "{name} left behind");
+    }
+}
