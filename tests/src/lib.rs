@@ -4,6 +4,16 @@
 //! kills the processes started in it and deletes it, also when the test panics. Machines ([`Machine`])
 //! are QEMU under TCG with real firmware: SeaBIOS with QEMU's iPXE option ROM, or OVMF with its own
 //! PXE client. [`dnsmasq`] runs dnsmasq as a reference boot server or as a plain site DHCP server.
+//!
+//! Running the tests (root; QEMU, OVMF, ipxe-qemu, dnsmasq-base and busybox-static installed):
+//!
+//! ```text
+//! scripts/build-assets                       # .cache/assets/{ipxe,payload}, Debian parts in .cache/debian
+//! cargo test -p oasis-e2e --test harness     # boots BIOS and UEFI guests from dnsmasq, about 50 s
+//! ```
+//!
+//! `OASIS_ASSETS` points at another assets directory; `OASIS_E2E_LOG_DIR` keeps the serial and dnsmasq
+//! logs of each boot there.
 
 pub mod appliance;
 pub mod assets;
