@@ -183,9 +183,13 @@ impl Store {
         Ok(Self { db, writes })
     }
 
-    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+    /// Every record of a JSON-valued table, in key order.
+    fn all<K: redb::Key + 'static, T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<K, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(LEASES)?;
+        let table = txn.open_table(table)?;
         let mut out = Vec::new();
         for row in table.iter()? {
             let (_, v) = row?;
@@ -194,15 +198,12 @@ impl Store {
         Ok(out)
     }
 
+    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.all(LEASES)
+    }
+
     pub fn machines(&self) -> Result<Vec<Machine>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(MACHINES)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (_, v) = row?;
-            out.push(serde_json::from_slice(v.value())?);
-        }
-        Ok(out)
+        self.all(MACHINES)
     }
 
     pub fn machine(&self, mac: MacAddr) -> Result<Option<Machine>, StoreError> {
