@@ -160,7 +160,8 @@ impl Machine {
         self.status
     }
 
-    /// Waits until the serial console contains `marker` and returns the whole console log.
+    /// Waits until the serial console contains `marker` and returns the console log so far (which may
+    /// end in the middle of a line the guest is still writing).
     pub fn wait_for_serial(&mut self, marker: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
