@@ -6,7 +6,9 @@
 //!   The NIC gets `romfile=` (no option ROM), so OVMF's own virtio-net driver and PXE client run, as on
 //!   real UEFI hardware: DHCP with client arch 7, TFTP of a UEFI binary.
 //!
-//! The serial console goes to a file; [`Machine::wait_for_serial`] polls it. `-no-reboot` makes a
+//! The serial console goes to a file. Under BIOS, SeaBIOS's serial console (`etc/sercon-port`) mirrors
+//! the text screen there too, so the log shows SeaBIOS's and iPXE's messages before the kernel's;
+//! OVMF writes its console to serial by itself. [`Machine::wait_for_serial`] polls it. `-no-reboot` makes a
 //! guest's reboot or poweroff end QEMU. Dropping a [`Machine`] kills QEMU.
 
 use std::path::{Path, PathBuf};
@@ -72,7 +74,7 @@ pub struct Machine {
     serial_log: PathBuf,
     stderr_log: PathBuf,
     started: Instant,
-    _vars: Option<tempfile::TempDir>,
+    _scratch: tempfile::TempDir,
 }
 
 impl Machine {
@@ -92,16 +94,21 @@ impl Machine {
         cmd.args(["-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot", "-boot", "n"]);
         cmd.arg("-serial").arg(format!("file:{}", spec.serial_log.display()));
         cmd.args(["-netdev", &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap)]);
-        let mut vars = None;
+        let scratch = tempfile::Builder::new().prefix("oasis-qemu-").tempdir().map_err(io(Path::new("/tmp")))?;
         let nic = match spec.firmware {
-            Firmware::Bios => format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", spec.mac),
+            Firmware::Bios => {
+                // SeaBIOS reads the serial console's I/O port (0x3f8, COM1) as a little-endian integer.
+                let sercon = scratch.path().join("sercon-port");
+                std::fs::write(&sercon, 0x3f8u16.to_le_bytes()).map_err(io(&sercon))?;
+                cmd.args(["-fw_cfg", &format!("name=etc/sercon-port,file={}", sercon.display())]);
+                format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", spec.mac)
+            }
             Firmware::Uefi => {
-                let dir = tempfile::Builder::new().prefix("oasis-ovmf-").tempdir().map_err(io(Path::new("/tmp")))?;
+                let dir = &scratch;
                 let copy = dir.path().join("OVMF_VARS_4M.fd");
                 std::fs::copy(OVMF_VARS, &copy).map_err(io(Path::new(OVMF_VARS)))?;
                 cmd.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
                 cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", copy.display())]);
-                vars = Some(dir);
                 format!("virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1", spec.mac)
             }
         };
@@ -115,7 +122,7 @@ impl Machine {
             serial_log: spec.serial_log,
             stderr_log,
             started: Instant::now(),
-            _vars: vars,
+            _scratch: scratch,
         })
     }
 
@@ -153,7 +160,8 @@ impl Machine {
         self.status
     }
 
-    /// Waits until the serial console contains `marker` and returns the whole console log.
+    /// Waits until the serial console contains `marker` and returns the console log so far (which may
+    /// end in the middle of a line the guest is still writing).
     pub fn wait_for_serial(&mut self, marker: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {

@@ -48,18 +48,21 @@ fn boot_payload(firmware: Firmware, mac: &str, ipv6_ra: bool, timeout: Duration)
         let serial = work.path().join("serial.log");
         let start = Instant::now();
         let mut machine = Machine::start(MachineSpec::new(&ns, "tap0", mac, firmware, serial)).unwrap();
-        let log = machine.wait_for_serial(MARKER, timeout).unwrap_or_else(|e| {
+        machine.wait_for_serial(MARKER, timeout).unwrap_or_else(|e| {
             panic!("{firmware:?} boot failed: {e}\n--- dnsmasq log ---\n{}", tail(&dnsmasq.log(), 60))
         });
         let booted = start.elapsed();
-        let cmdline = log.lines().find_map(|l| l.trim_end().strip_prefix("cmdline: ")).unwrap_or_else(|| {
-            let status = machine.wait_exit(Duration::from_secs(30));
-            panic!("no cmdline line after the marker ({status:?}):\n{}", machine.serial())
-        });
-        // Under UEFI, iPXE passes `initrd=initrd.img` on; BIOS iPXE may too.
-        assert!(cmdline.contains(KERNEL_ARGS), "kernel command line is {cmdline:?}");
+        // The payload powers off right after its two lines; read the log once QEMU is gone, so the
+        // `cmdline:` line is complete (the marker may be seen while it is still being written).
         let status = machine.wait_exit(Duration::from_secs(60)).unwrap();
         assert!(status.success(), "QEMU exited with {status}");
+        let log = machine.serial();
+        let cmdline = log
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("cmdline: "))
+            .unwrap_or_else(|| panic!("no `cmdline:` line after the marker:\n{}", tail(&log, 40)));
+        // Under UEFI, iPXE passes `initrd=initrd.img` on; BIOS iPXE may too.
+        assert!(cmdline.contains(KERNEL_ARGS), "kernel command line is {cmdline:?}");
         eprintln!(
             "{firmware:?} (IPv6 RA: {ipv6_ra}): payload booted {:.1} s after power-on, QEMU exited after {:.1} s; cmdline: {cmdline}",
             booted.as_secs_f64(),
