@@ -39,9 +39,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The exit code for an error: 3 for a bad configuration, 4 for a store in use, 1 otherwise.
+/// The exit code for an error: 3 for a configuration to fix (bad file, or one this host does not
+/// match), 4 for a store in use, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.downcast_ref::<config::ConfigError>().is_some() {
+    use serve::ServeError;
+    let host_mismatch = matches!(
+        err.downcast_ref::<ServeError>(),
+        Some(ServeError::NoInterface(_) | ServeError::NoAddress { .. } | ServeError::BootRoot { .. })
+            | Some(ServeError::ProfileFile { .. })
+    );
+    if err.downcast_ref::<config::ConfigError>().is_some() || host_mismatch {
         3
     } else if matches!(err.downcast_ref::<store::StoreError>(), Some(store::StoreError::InUse { .. })) {
         4

@@ -1,4 +1,290 @@
 //! Wire types shared by the node agent and the appliance.
 //!
-//! Empty until the node agent registers with the appliance (issue 3); it exists now so the
-//! workspace has its final shape.
+//! Everything the two exchange is JSON over HTTPS under `/v1`; this crate is the one definition
+//! both sides compile against. A field may be added (old readers ignore it); renaming or removing
+//! one needs a `/v2`.
+//!
+//! The exchange, in order:
+//! 1. The agent reads `oasis.api=`, `oasis.token=` and `oasis.pin=` from its kernel command line
+//!    ([`KernelArgs`]), connects to the API over TLS and refuses the server unless the SHA-256 of
+//!    its certificate's public key matches the pin ([`pin_of`]): a rogue server learns nothing,
+//!    not even the join token.
+//! 2. `POST /v1/register` with a [`RegisterRequest`] (join token, a fresh nonce, the machine's
+//!    WireGuard public key and inventory). The answer, a [`RegisterResponse`], says pending,
+//!    accepted or rejected; the agent repeats the request (new nonce) until it is not pending.
+//! 3. Accepted: the response carries the machine's own credential and its [`LinkConfig`]. The
+//!    agent brings up WireGuard and from then on talks to the appliance only through it, with the
+//!    credential as its bearer token: `POST /v1/agent/heartbeat` ([`Heartbeat`]) and
+//!    `GET /v1/agent/desired?after=REVISION` ([`DesiredState`], answered when the revision moves
+//!    past `after` or after [`WATCH_SECS`]).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The port of the appliance's HTTPS API (registration, agents, admins).
+pub const API_PORT: u16 = 9443;
+/// The UDP port of the appliance's WireGuard interface.
+pub const WIREGUARD_PORT: u16 = 51820;
+/// The largest request body the API reads; anything longer is refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long a desired-state watch is held open before it is answered unchanged.
+pub const WATCH_SECS: u64 = 25;
+/// How often an agent sends a heartbeat over the management link.
+pub const HEARTBEAT_SECS: u64 = 5;
+
+pub const REGISTER_PATH: &str = "/v1/register";
+pub const HEARTBEAT_PATH: &str = "/v1/agent/heartbeat";
+pub const DESIRED_PATH: &str = "/v1/agent/desired";
+
+/// The pin of a public key: `sha256:` and the lowercase hex SHA-256 of its DER
+/// SubjectPublicKeyInfo, as `oasis.pin=` carries it.
+pub fn pin_of(spki_der: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(spki_der)))
+}
+
+/// The agent's parameters from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelArgs {
+    /// Base URL of the appliance's API, e.g. `https://10.0.0.1:9443`.
+    pub api: String,
+    pub token: String,
+    /// `sha256:HEX`, see [`pin_of`].
+    pub pin: String,
+}
+
+/// Why a kernel command line does not start an agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelArgsError {
+    #[error("the kernel command line has no {0}= argument: boot this machine from the oasis appliance")]
+    Missing(&'static str),
+    #[error("oasis.api={0:?} is not an https:// URL")]
+    BadApi(String),
+    #[error("oasis.pin={0:?} is not sha256: followed by 64 hex digits")]
+    BadPin(String),
+}
+
+impl KernelArgs {
+    /// Parses `/proc/cmdline`. Words without `=` (UEFI firmware puts the image name first) and
+    /// unrelated arguments are skipped; a repeated argument takes its last value, as the kernel
+    /// does for its own.
+    pub fn parse(cmdline: &str) -> Result<KernelArgs, KernelArgsError> {
+        let (mut api, mut token, mut pin) = (None, None, None);
+        for word in cmdline.split_ascii_whitespace() {
+            let Some((key, value)) = word.split_once('=') else { continue };
+            match key {
+                "oasis.api" => api = Some(value.to_string()),
+                "oasis.token" => token = Some(value.to_string()),
+                "oasis.pin" => pin = Some(value.to_string()),
+                _ => {}
+            }
+        }
+        let api = api.filter(|a| !a.is_empty()).ok_or(KernelArgsError::Missing("oasis.api"))?;
+        let token = token.filter(|t| !t.is_empty()).ok_or(KernelArgsError::Missing("oasis.token"))?;
+        let pin = pin.ok_or(KernelArgsError::Missing("oasis.pin"))?;
+        if !api.starts_with("https://") {
+            return Err(KernelArgsError::BadApi(api));
+        }
+        let hex = pin.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(KernelArgsError::BadPin(pin));
+        }
+        Ok(KernelArgs { api: api.trim_end_matches('/').to_string(), token, pin })
+    }
+}
+
+/// What a machine is, as its agent reads it from `/sys` and `/proc`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub system: System,
+    pub cpus: u32,
+    pub cpu_model: Option<String>,
+    pub memory_bytes: u64,
+    pub disks: Vec<Disk>,
+    pub nics: Vec<Nic>,
+    pub boot_mode: BootMode,
+}
+
+/// SMBIOS identity (`/sys/class/dmi/id`). Each is `None` when absent, unreadable or a
+/// placeholder such as "To Be Filled By O.E.M." or an all-zero UUID.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct System {
+    pub uuid: Option<String>,
+    pub serial: Option<String>,
+    pub vendor: Option<String>,
+    pub product: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// Kernel name, e.g. `vda`, `nvme0n1`.
+    pub name: String,
+    pub size_bytes: u64,
+    pub model: Option<String>,
+    pub rotational: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nic {
+    pub name: String,
+    /// `aa:bb:cc:dd:ee:ff`
+    pub mac: String,
+    pub driver: Option<String>,
+    pub speed_mbps: Option<u32>,
+    pub link: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    #[default]
+    Bios,
+    Uefi,
+}
+
+/// `POST /v1/register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The join token from `oasis.token=`.
+    pub token: String,
+    /// Random, new for every request: the appliance refuses one it has seen (replay).
+    pub nonce: String,
+    /// The MAC of the interface the machine booted from, `aa:bb:cc:dd:ee:ff`.
+    pub boot_mac: String,
+    /// The machine's WireGuard public key, base64.
+    pub wireguard_key: String,
+    pub agent_version: String,
+    pub inventory: Inventory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineState {
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+impl std::fmt::Display for MachineState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MachineState::Pending => "pending",
+            MachineState::Accepted => "accepted",
+            MachineState::Rejected => "rejected",
+        })
+    }
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub machine_id: String,
+    pub state: MachineState,
+    /// For people: why pending or rejected, what an operator can do.
+    pub message: String,
+    /// Only when accepted: the bearer token for `/v1/agent/*`, valid only from `link.address`.
+    pub credential: Option<String>,
+    /// Only when accepted.
+    pub link: Option<LinkConfig>,
+}
+
+/// The machine's side of its WireGuard management link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkConfig {
+    /// The appliance's WireGuard public key, base64.
+    pub appliance_key: String,
+    /// Where the appliance's WireGuard listens on the rack network.
+    pub endpoint: SocketAddrV4,
+    /// The machine's overlay address.
+    pub address: Ipv4Addr,
+    /// The overlay prefix length; the whole overlay is routed through the link.
+    pub prefix_len: u8,
+    /// The appliance's overlay address: the API is at `https://APPLIANCE_ADDRESS:API_PORT`.
+    pub appliance_address: Ipv4Addr,
+    pub keepalive_secs: u16,
+}
+
+/// `POST /v1/agent/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// What the agent is doing, e.g. `linked`.
+    pub phase: String,
+    pub uptime_secs: u64,
+    pub last_error: Option<String>,
+    /// The desired-state revision the agent has applied.
+    pub applied_revision: u64,
+}
+
+/// What the appliance wants a machine to be. Roles arrive with cluster assembly; until then a
+/// machine is `unassigned`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub revision: u64,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Unassigned,
+}
+
+/// The body of every 4xx/5xx answer from the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn kernel_args_skip_the_image_name_and_other_words() {
+        let line = format!("vmlinuz initrd=initrd.img console=ttyS0 oasis.api=https://10.0.0.1:9443/ oasis.token=abc oasis.pin={PIN} quiet");
+        let args = KernelArgs::parse(&line).unwrap();
+        assert_eq!(args, KernelArgs { api: "https://10.0.0.1:9443".into(), token: "abc".into(), pin: PIN.into() });
+    }
+
+    #[test]
+    fn kernel_args_refuse_what_cannot_be_trusted() {
+        let ok = format!("oasis.api=https://a oasis.token=t oasis.pin={PIN}");
+        assert!(KernelArgs::parse(&ok).is_ok());
+        assert_eq!(KernelArgs::parse("oasis.token=t"), Err(KernelArgsError::Missing("oasis.api")));
+        assert_eq!(
+            KernelArgs::parse(&format!("oasis.api=https://a oasis.token= oasis.pin={PIN}")),
+            Err(KernelArgsError::Missing("oasis.token"))
+        );
+        assert!(matches!(
+            KernelArgs::parse(&format!("oasis.api=http://a oasis.token=t oasis.pin={PIN}")),
+            Err(KernelArgsError::BadApi(_))
+        ));
+        for pin in ["sha256:00", "md5:0123", &PIN.to_uppercase(), &format!("{PIN}0")] {
+            let line = format!("oasis.api=https://a oasis.token=t oasis.pin={pin}");
+            assert!(matches!(KernelArgs::parse(&line), Err(KernelArgsError::BadPin(_))), "{pin}");
+        }
+    }
+
+    #[test]
+    fn pins_are_sha256_of_the_key() {
+        assert_eq!(pin_of(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    }
+
+    #[test]
+    fn wire_names_are_stable() {
+        let r = RegisterResponse {
+            machine_id: "m".into(),
+            state: MachineState::Pending,
+            message: String::new(),
+            credential: None,
+            link: None,
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""state":"pending""#), "{json}");
+        let d = serde_json::to_string(&DesiredState { revision: 1, role: Role::Unassigned }).unwrap();
+        assert_eq!(d, r#"{"revision":1,"role":"unassigned"}"#);
+    }
+}

@@ -57,6 +57,20 @@ pub fn arp_socket(ifindex: u32) -> io::Result<OwnedFd> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    // A packet socket also sees the frames this host sends, our own probes among them: one
+    // wasted wakeup per probe. Kernels before 4.20 lack the option; the parser ignores our
+    // probes anyway (sender address 0.0.0.0), so failing here costs only those wakeups.
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a valid c_int and the length passed is its size.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_IGNORE_OUTGOING,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     Ok(fd)
 }
 

@@ -122,6 +122,8 @@ pub struct LeaseTable {
     offered_ips: HashMap<Ipv4Addr, MacAddr>,
     /// Where the search for a never-used address resumes, as an offset into the range.
     cursor: u32,
+    /// The second of the last sweep of expired offers (they expire on whole seconds).
+    swept_at: u64,
 }
 
 impl LeaseTable {
@@ -138,6 +140,7 @@ impl LeaseTable {
             offers: HashMap::new(),
             offered_ips: HashMap::new(),
             cursor: 0,
+            swept_at: 0,
         };
         for lease in restored {
             table.put(lease);
@@ -251,8 +254,13 @@ impl LeaseTable {
     }
 
     /// Drops offers that ran out, so their addresses can go to others and memory stays bounded
-    /// under a DISCOVER flood.
+    /// under a DISCOVER flood. Sweeps at most once per second: offers expire on whole seconds,
+    /// and every lookup already ignores an offer past its time.
     pub fn expire_offers(&mut self, now: u64) {
+        if self.swept_at == now {
+            return;
+        }
+        self.swept_at = now;
         let offered_ips = &mut self.offered_ips;
         self.offers.retain(|_, o| {
             let keep = o.until > now;

@@ -134,6 +134,8 @@ async fn full_mode_dora_gives_ipxe_its_script_and_commits_before_the_ack() {
     let leases = store.leases.lock().unwrap().clone();
     assert_eq!(leases.len(), 1);
     assert_eq!((leases[0].ip, leases[0].state), (offer.yiaddr(), LeaseState::Bound));
+    assert!(metrics.render().contains("oasis_dhcp_leases_in_use 0\n"), "the gauge waits for its refresh");
+    svc.refresh_gauges();
     assert!(metrics.render().contains("oasis_dhcp_leases_in_use 1\n"));
     assert_eq!(store.sightings.lock().unwrap()[0].arch, Some(0));
 }
