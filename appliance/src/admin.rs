@@ -4,7 +4,8 @@
 //! bearer tokens for remote admins comes later.
 //!
 //! Routes, all JSON: `GET /v1/leases`, `GET /v1/machines`, `GET /v1/events?limit=N`,
-//! `PUT /v1/machines/{mac}/boot/{network|local}`.
+//! `PUT /v1/machines/{mac}/boot/{network|local}`, `POST /v1/machines/{id}/{accept|reject}`,
+//! `DELETE /v1/machines/{id}`.
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -14,12 +15,15 @@ use std::path::{Path, PathBuf};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use oasis_pxe::mac::MacAddr;
 use serde::Deserialize;
 
-use crate::store::{BootMode, Store, StoreError};
+use std::sync::Arc;
+
+use crate::api::{self, Api, MachineView};
+use crate::store::{BootMode, Machine, Store, StoreError};
 
 /// File name of the socket inside the data directory.
 pub const SOCKET_FILE: &str = "oasis.sock";
@@ -66,21 +70,85 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
-pub fn router(store: Store) -> Router {
+/// A machine as `oasis machines` shows it: what its network boots told the appliance, and its
+/// registration if its agent registered.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+pub struct MachineEntry {
+    #[serde(flatten)]
+    pub netboot: Machine,
+    pub registration: Option<MachineView>,
+}
+
+/// Joins netboot records and registrations by boot MAC; registrations without a netboot record
+/// (a store from before a wipe) get an empty one.
+pub fn machine_entries(netboots: Vec<Machine>, registrations: Vec<MachineView>) -> Vec<MachineEntry> {
+    let mut entries: Vec<MachineEntry> =
+        netboots.into_iter().map(|netboot| MachineEntry { netboot, registration: None }).collect();
+    for view in registrations {
+        let mac = view.record.boot_mac;
+        match entries.iter_mut().find(|e| e.netboot.mac == mac) {
+            Some(entry) => entry.registration = Some(view),
+            None => entries.push(MachineEntry {
+                netboot: Machine {
+                    mac,
+                    arch: None,
+                    vendor_class: None,
+                    first_seen: view.record.first_registered,
+                    last_seen: view.record.last_registered,
+                    boot_count: 0,
+                    last_ip: None,
+                    boot: BootMode::Network,
+                },
+                registration: Some(view),
+            }),
+        }
+    }
+    entries.sort_by_key(|e| e.netboot.first_seen);
+    entries
+}
+
+#[derive(Clone)]
+struct Admin {
+    store: Store,
+    api: Arc<Api>,
+}
+
+pub fn router(store: Store, api: Arc<Api>) -> Router {
     Router::new()
-        .route("/v1/leases", get(|State(s): State<Store>| async move { Ok::<_, ApiError>(Json(s.leases()?)) }))
-        .route("/v1/machines", get(|State(s): State<Store>| async move { Ok::<_, ApiError>(Json(s.machines()?)) }))
+        .route("/v1/leases", get(|State(a): State<Admin>| async move { Ok::<_, ApiError>(Json(a.store.leases()?)) }))
+        .route(
+            "/v1/machines",
+            get(|State(a): State<Admin>| async move {
+                let views = api::machine_views(&a.api).await;
+                Ok::<_, ApiError>(Json(machine_entries(a.store.machines()?, views)))
+            }),
+        )
         .route(
             "/v1/events",
-            get(|State(s): State<Store>, Query(q): Query<EventsQuery>| async move {
-                Ok::<_, ApiError>(Json(s.events(q.limit.unwrap_or(100))?))
+            get(|State(a): State<Admin>, Query(q): Query<EventsQuery>| async move {
+                Ok::<_, ApiError>(Json(a.store.events(q.limit.unwrap_or(100))?))
             }),
         )
         .route("/v1/machines/{mac}/boot/{mode}", put(set_boot))
-        .with_state(store)
+        .route(
+            "/v1/machines/{id}/{decision}",
+            post(|State(a): State<Admin>, UrlPath((id, decision)): UrlPath<(String, String)>| async move {
+                api::decide_machine(&a.api, &id, &decision).await.map(Json)
+            }),
+        )
+        .route(
+            "/v1/machines/{id}",
+            delete(|State(a): State<Admin>, UrlPath(id): UrlPath<String>| async move {
+                api::remove_machine(&a.api, &id).await.map(Json)
+            }),
+        )
+        .with_state(Admin { store, api })
 }
 
-async fn set_boot(State(store): State<Store>, UrlPath((mac, mode)): UrlPath<(String, String)>) -> Response {
+async fn set_boot(
+    State(Admin { store, .. }): State<Admin>,
+    UrlPath((mac, mode)): UrlPath<(String, String)>,
+) -> Response {
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return (StatusCode::BAD_REQUEST, format!("{mac:?} is not a MAC address")).into_response();
     };

@@ -9,9 +9,10 @@ use oasis_pxe::dhcp::{Lease, LeaseState};
 use oasis_pxe::mac::MacAddr;
 use serde::de::DeserializeOwned;
 
-use crate::admin;
+use crate::admin::{self, MachineEntry};
+use crate::api::MachineView;
 use crate::config::Config;
-use crate::store::{Event, Machine, Store};
+use crate::store::{Event, Store};
 
 #[derive(Debug, Parser)]
 #[command(name = "oasis", version, about = "Network boot and self-assembly for disconnected racks")]
@@ -32,7 +33,8 @@ pub enum Command {
     Config(ConfigCommand),
     /// List DHCP leases.
     Leases(StateArgs),
-    /// List machines that have network-booted.
+    /// List machines: what their network boots showed and, once their agent registered, their
+    /// state, inventory and management link.
     Machines(StateArgs),
     /// Show recent events.
     Events {
@@ -58,6 +60,25 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum MachineCommand {
+    /// Accept a pending machine (by id, id prefix or boot MAC): it gets its credential and its
+    /// management link on its next registration.
+    Accept {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Reject a machine: it stays refused until removed.
+    Reject {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Forget a machine; it registers as new the next time it boots.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Tell a machine to boot from the network (the boot profile) or from its local disk.
     Boot {
         mac: MacAddr,
@@ -199,27 +220,80 @@ pub fn leases(args: &StateArgs) -> anyhow::Result<()> {
 }
 
 pub fn machines(args: &StateArgs) -> anyhow::Result<()> {
-    let mut machines: Vec<Machine> = read_state(&args.data_dir()?, "/v1/machines", Store::machines)?;
-    machines.sort_by_key(|m| m.first_seen);
+    let entries: Vec<MachineEntry> = read_state(&args.data_dir()?, "/v1/machines", |store| {
+        // Read without a running appliance: no heartbeats or handshakes to show.
+        let views = store
+            .records()?
+            .into_iter()
+            .map(|record| MachineView { record, last_heartbeat: None, handshake_age_secs: None })
+            .collect();
+        Ok(admin::machine_entries(store.machines()?, views))
+    })?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&machines)?);
+        println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
-    let rows = machines
+    let gib = |bytes: u64| format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64);
+    let rows = entries
         .iter()
-        .map(|m| {
-            vec![
+        .map(|e| {
+            let m = &e.netboot;
+            let mut row = vec![
                 m.mac.to_string(),
                 m.firmware().into(),
                 m.last_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into()),
                 m.boot_count.to_string(),
-                format!("{:?}", m.boot).to_lowercase(),
-                ago(m.first_seen),
-                ago(m.last_seen),
-            ]
+            ];
+            match &e.registration {
+                None => {
+                    row.extend(["-".into(), "not registered".into(), "-".into(), "-".into(), "-".into(), "-".into()])
+                }
+                Some(v) => {
+                    let r = &v.record;
+                    let inv = &r.inventory;
+                    let short_id: String = r.id.chars().take(13).collect();
+                    row.extend([
+                        short_id,
+                        r.state.to_string(),
+                        format!(
+                            "{} {}cpu {}",
+                            inv.system.serial.as_deref().unwrap_or("no-serial"),
+                            inv.cpus,
+                            gib(inv.memory_bytes)
+                        ),
+                        r.overlay.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                        v.last_heartbeat.as_ref().map(|h| ago(h.at)).unwrap_or_else(|| "-".into()),
+                        v.handshake_age_secs.map(|s| format!("{s}s ago")).unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+            }
+            row
         })
         .collect();
-    table(&["MAC", "FIRMWARE", "ADDRESS", "BOOTS", "BOOT FROM", "FIRST SEEN", "LAST SEEN"], rows);
+    table(
+        &["MAC", "FIRMWARE", "ADDRESS", "BOOTS", "ID", "STATE", "INVENTORY", "OVERLAY", "HEARTBEAT", "HANDSHAKE"],
+        rows,
+    );
+    Ok(())
+}
+
+/// `oasis machine accept|reject|remove ID`, through the running appliance.
+pub fn machine_decision(id: &str, decision: &str, state: &StateArgs) -> anyhow::Result<()> {
+    let data_dir = state.data_dir()?;
+    let (method, path) = match decision {
+        "remove" => ("DELETE", format!("/v1/machines/{id}")),
+        _ => ("POST", format!("/v1/machines/{id}/{decision}")),
+    };
+    let answer = admin::request(&data_dir, method, &path).context("asking oasis serve")?;
+    if answer.is_none() {
+        bail!("oasis serve is not running on {}: start it, then {decision} the machine", data_dir.display());
+    }
+    let past = match decision {
+        "accept" => "accepted",
+        "reject" => "rejected",
+        _ => "removed",
+    };
+    println!("{id} {past}");
     Ok(())
 }
 

@@ -45,7 +45,14 @@ pub struct RawConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub boot: RawBoot,
-    pub profile: RawProfile,
+    /// Absent: the node image, with the agent's arguments.
+    pub profile: Option<RawProfile>,
+    #[serde(default)]
+    pub registration: RawRegistration,
+    #[serde(default)]
+    pub wireguard: RawWireguard,
+    #[serde(default)]
+    pub api: RawApi,
 }
 
 fn default_version() -> u32 {
@@ -204,6 +211,76 @@ pub struct RawProfile {
     pub cmdline: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptancePolicy {
+    Auto,
+    Allowlist,
+    Manual,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRegistration {
+    pub policy: AcceptancePolicy,
+    /// Serial numbers and boot MACs accepted under `allowlist`.
+    pub allow: Vec<String>,
+}
+
+impl Default for RawRegistration {
+    fn default() -> Self {
+        Self { policy: AcceptancePolicy::Auto, allow: vec![] }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWireguard {
+    pub interface: String,
+    pub port: u16,
+    /// The management overlay, `ADDRESS/LEN`; the appliance takes the first address.
+    pub prefix: String,
+    pub keepalive: u16,
+}
+
+impl Default for RawWireguard {
+    fn default() -> Self {
+        Self {
+            interface: "oasis-wg".into(),
+            port: oasis_proto::WIREGUARD_PORT,
+            prefix: "10.99.0.0/16".into(),
+            keepalive: 15,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    pub port: u16,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        Self { port: oasis_proto::API_PORT }
+    }
+}
+
+/// The node image's profile, served when the file has no `[profile]`.
+pub const NODE_KERNEL: &str = "node/vmlinuz";
+pub const NODE_INITRD: &str = "node/initrd.img";
+
+/// The management links' settings, checked.
+#[derive(Debug, Clone)]
+pub struct WireguardSettings {
+    pub interface: String,
+    pub port: u16,
+    /// The appliance's overlay address.
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub keepalive: u16,
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -218,6 +295,13 @@ pub struct Config {
     pub boot_root: PathBuf,
     pub ipxe_dir: String,
     pub profile: BootProfile,
+    /// Whether the profile boots the node agent, which then gets its arguments appended.
+    pub profile_is_node: bool,
+    pub policy: AcceptancePolicy,
+    pub allow_serials: HashSet<String>,
+    pub allow_macs: HashSet<MacAddr>,
+    pub wireguard: WireguardSettings,
+    pub api_port: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -383,9 +467,63 @@ impl Config {
         });
         let data_dir = base.join(&raw.data_dir);
         let boot_root = raw.boot.root.map(|r| base.join(r)).unwrap_or_else(|| data_dir.join("boot"));
-        let profile =
-            BootProfile { kernel: raw.profile.kernel, initrd: raw.profile.initrd, cmdline: raw.profile.cmdline };
+        let (profile, profile_is_node) = match raw.profile {
+            Some(p) => {
+                let is_node = p.kernel == NODE_KERNEL;
+                (BootProfile { kernel: p.kernel, initrd: p.initrd, cmdline: p.cmdline }, is_node)
+            }
+            None => (
+                BootProfile {
+                    kernel: NODE_KERNEL.into(),
+                    initrd: Some(NODE_INITRD.into()),
+                    cmdline: "console=ttyS0,115200 console=tty0".into(),
+                },
+                true,
+            ),
+        };
         profile.validate().map_err(|e| format!("profile{}: {e}", line_of(text, "cmdline")))?;
+        let (mut allow_serials, mut allow_macs) = (HashSet::new(), HashSet::new());
+        for entry in &raw.registration.allow {
+            match entry.parse::<MacAddr>() {
+                Ok(mac) => allow_macs.insert(mac),
+                Err(_) if !entry.trim().is_empty() => allow_serials.insert(entry.trim().to_lowercase()),
+                Err(_) => return Err(format!("registration.allow{} has an empty entry", line_of(text, "allow"))),
+            };
+        }
+        let w = &raw.wireguard;
+        if w.interface.is_empty() || w.interface.len() > 15 || w.interface.contains(['/', ' ']) {
+            return Err(format!(
+                "wireguard.interface {:?} is not a valid interface name (1 to 15 characters)",
+                w.interface
+            ));
+        }
+        let bad_prefix = || {
+            format!(
+                "wireguard.prefix{} {:?} is not ADDRESS/LENGTH with a length from 8 to 30, e.g. \"10.99.0.0/16\"",
+                line_of(text, "prefix"),
+                w.prefix
+            )
+        };
+        let (prefix_addr, prefix_len) = w.prefix.split_once('/').ok_or_else(bad_prefix)?;
+        let prefix_addr: Ipv4Addr = prefix_addr.parse().map_err(|_| bad_prefix())?;
+        let prefix_len: u8 = prefix_len.parse().ok().filter(|l| (8..=30).contains(l)).ok_or_else(bad_prefix)?;
+        let overlay_mask = u32::MAX << (32 - prefix_len);
+        let overlay_network = u32::from(prefix_addr) & overlay_mask;
+        if u32::from(net.address) & overlay_mask == overlay_network {
+            return Err(format!(
+                "wireguard.prefix{} {} overlaps the rack network address {}: pick another range",
+                line_of(text, "prefix"),
+                w.prefix,
+                net.address
+            ));
+        }
+        let wireguard = WireguardSettings {
+            interface: w.interface.clone(),
+            port: w.port,
+            address: Ipv4Addr::from(overlay_network + 1),
+            prefix_len,
+            keepalive: w.keepalive,
+        };
         Ok(Self {
             data_dir,
             interface: raw.network.interface,
@@ -397,6 +535,12 @@ impl Config {
             boot_root,
             ipxe_dir: raw.boot.ipxe_dir,
             profile,
+            profile_is_node,
+            policy: raw.registration.policy,
+            allow_serials,
+            allow_macs,
+            wireguard,
+            api_port: raw.api.port,
         })
     }
 }
@@ -470,6 +614,29 @@ cmdline = "console=ttyS0"
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.contains(want), "wanted {want:?} in: {err}");
+        }
+    }
+
+    #[test]
+    fn without_a_profile_the_node_image_is_served_and_the_overlay_is_checked() {
+        let text = GOOD.split("[profile]").next().unwrap().to_string();
+        let c = parse(&text).unwrap();
+        assert!(c.profile_is_node);
+        assert_eq!(c.profile.kernel, NODE_KERNEL);
+        assert_eq!(c.wireguard.address, Ipv4Addr::new(10, 99, 0, 1));
+        assert_eq!(c.policy, AcceptancePolicy::Auto);
+        assert!(!parse(GOOD).unwrap().profile_is_node, "a custom profile gets no agent arguments");
+
+        let allow =
+            format!("{text}[registration]\npolicy = \"allowlist\"\nallow = [\"SN-1\", \"52:54:00:00:00:09\"]\n");
+        let c = parse(&allow).unwrap();
+        assert!(c.allow_serials.contains("sn-1"));
+        assert_eq!(c.allow_macs.len(), 1);
+        for (prefix, want) in
+            [("10.0.0.0/8", "overlaps"), ("10.99.0.0", "ADDRESS/LENGTH"), ("10.99.0.0/31", "ADDRESS/LENGTH")]
+        {
+            let err = parse(&format!("{text}[wireguard]\nprefix = \"{prefix}\"\n")).unwrap_err().to_string();
+            assert!(err.contains(want), "{prefix}: {err}");
         }
     }
 

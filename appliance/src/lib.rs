@@ -7,10 +7,14 @@
 //! - [`cli`]: command-line definitions and the state-reading commands.
 
 pub mod admin;
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod identity;
+pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod wireguard;
 
 use cli::{BuildCommand, Cli, Command, ConfigCommand, ImageCommand, MachineCommand};
 
@@ -26,6 +30,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machines(state) => cli::machines(&state)?,
         Command::Events { state, limit } => cli::events(&state, limit)?,
         Command::Machine(MachineCommand::Boot { mac, target, state }) => cli::machine_boot(mac, target, &state).await?,
+        Command::Machine(MachineCommand::Accept { id, state }) => cli::machine_decision(&id, "accept", &state)?,
+        Command::Machine(MachineCommand::Reject { id, state }) => cli::machine_decision(&id, "reject", &state)?,
+        Command::Machine(MachineCommand::Remove { id, state }) => cli::machine_decision(&id, "remove", &state)?,
         Command::Image(ImageCommand::Build(build)) => {
             let manifest = match &build {
                 BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,

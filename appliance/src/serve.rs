@@ -15,8 +15,12 @@ use oasis_pxe::tftp::TftpServer;
 use tokio::task::JoinSet;
 
 use crate::admin;
-use crate::config::{Config, ConflictCheckKind};
+use crate::api::{self, Api};
+use crate::config::{AcceptancePolicy, Config, ConflictCheckKind};
+use crate::identity::Identity;
+use crate::registry::{Overlay, Policy, Registry};
 use crate::store::Store;
+use crate::wireguard::{self, ManagementInterface};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -38,6 +42,12 @@ pub enum ServeError {
     Dhcp(#[from] oasis_pxe::dhcp::DhcpError),
     #[error("the {0} service stopped unexpectedly")]
     Stopped(&'static str),
+    #[error("the appliance's identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("the management network: {0}")]
+    Wireguard(#[from] wireguard::WireguardError),
+    #[error("the API's TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// Checks the interface exists and carries the configured address.
@@ -85,11 +95,58 @@ fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
     Ok(root)
 }
 
+/// Brings up the management interface with a peer for every accepted machine, and the registry.
+async fn start_management(config: &Config, store: &Store, identity: Identity) -> Result<Arc<Api>, ServeError> {
+    let w = &config.wireguard;
+    let interface =
+        ManagementInterface::start(&w.interface, &identity.wireguard_private, w.port, w.address, w.prefix_len).await?;
+    tracing::info!(interface = w.interface, implementation = ?interface.implementation(), address = %w.address, "management network up");
+    let records = store.records()?;
+    for record in records.iter().filter(|r| r.state == oasis_proto::MachineState::Accepted) {
+        if let Some(overlay) = record.overlay {
+            if let Err(e) = interface.add_peer(&record.wireguard_key, overlay) {
+                tracing::error!(machine = %record.id, "WireGuard peer not restored: {e}");
+            }
+        }
+    }
+    let policy = match config.policy {
+        AcceptancePolicy::Auto => Policy::Auto,
+        AcceptancePolicy::Manual => Policy::Manual,
+        AcceptancePolicy::Allowlist => {
+            Policy::Allowlist { serials: config.allow_serials.clone(), macs: config.allow_macs.clone() }
+        }
+    };
+    let overlay = Overlay {
+        appliance: w.address,
+        prefix_len: w.prefix_len,
+        endpoint: SocketAddrV4::new(config.address, w.port),
+        appliance_key: wireguard::public_key(&identity.wireguard_private),
+        keepalive_secs: w.keepalive,
+    };
+    let (desired, _) = tokio::sync::watch::channel(1);
+    Ok(Arc::new(Api {
+        registry: tokio::sync::Mutex::new(Registry::new(policy, overlay, records)),
+        store: store.clone(),
+        identity,
+        wireguard: Some(Arc::new(interface)),
+        desired,
+    }))
+}
+
 /// Runs every service until one fails or the process is told to stop.
 pub async fn run(config: Config) -> Result<(), ServeError> {
     let our_mac = check_host(&config)?;
     let root = check_boot_root(&config)?;
     let store = Store::open(&config.data_dir)?;
+    let identity = Identity::load_or_create(&store, &config.data_dir)?;
+    tracing::info!(pin = %identity.pin, admin_token = %identity.admin_token_fingerprint(), "appliance identity loaded");
+    let mut profile = config.profile.clone();
+    if config.profile_is_node {
+        profile.cmdline =
+            format!("{} {}", profile.cmdline, identity.agent_kernel_args(config.address, config.api_port))
+                .trim()
+                .to_string();
+    }
     let metrics = Arc::new(Metrics::default());
     let policy = BootPolicy { server: config.address, http_port: config.http_port, ipxe_dir: config.ipxe_dir.clone() };
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
@@ -152,7 +209,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         addr: http_addr,
         source,
     })?;
-    let scripts = ScriptRenderer::new(policy.base_url(), config.profile.clone());
+    let scripts = ScriptRenderer::new(policy.base_url(), profile);
     let router = http::router(HttpBoot::new(root.clone(), scripts, Arc::new(store.clone()), metrics.clone()));
     tasks.spawn(async move {
         if let Err(e) = http::serve(listener, router).await {
@@ -162,12 +219,27 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     });
     tracing::info!(addr = %http_addr, "HTTP boot serving");
 
+    let api = start_management(&config, &store, identity).await?;
+    let api_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.api_port));
+    let api_listener = tokio::net::TcpListener::bind(api_addr).await.map_err(|source| ServeError::Listen {
+        what: "API",
+        addr: api_addr,
+        source,
+    })?;
+    let tls = api::tls_config(&api.identity)?;
+    let api_router = api::router(api.clone());
+    tasks.spawn(async move {
+        api::serve(api_listener, tls, api_router).await;
+        "API"
+    });
+    tracing::info!(addr = %api_addr, "API serving (HTTPS)");
+
     let admin_listener = admin::listen(&config.data_dir).map_err(|source| ServeError::Listen {
         what: "admin",
         addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         source,
     })?;
-    let admin_router = admin::router(store.clone());
+    let admin_router = admin::router(store.clone(), api.clone());
     tasks.spawn(async move {
         if let Err(e) = axum::serve(admin_listener, admin_router).await {
             tracing::error!("admin socket failed: {e}");

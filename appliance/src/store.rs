@@ -3,7 +3,11 @@
 //! Tables (schema version [`SCHEMA_VERSION`], kept in `meta`):
 //! - `leases`: IPv4 address (u32) → [`Lease`] as JSON;
 //! - `machines`: MAC (text) → [`Machine`] as JSON;
-//! - `events`: sequence number → [`Event`] as JSON.
+//! - `events`: sequence number → [`Event`] as JSON;
+//! - `registry`: machine id → [`MachineRecord`] as JSON (registered machines; version 2);
+//! - `secrets`: name → bytes (the appliance's keys and tokens, made at first start; version 2).
+//!
+//! A version 1 store is upgraded in place by creating the version 2 tables.
 //!
 //! All writes go through one writer thread that drains every write waiting, applies them in one
 //! transaction and commits once (group commit, two-phase so a torn commit cannot be mistaken for
@@ -24,13 +28,17 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::registry::{Happening, MachineRecord};
+
 /// The version of the table layout and record formats this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
 const MACHINES: TableDefinition<&str, &[u8]> = TableDefinition::new("machines");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const REGISTRY: TableDefinition<&str, &[u8]> = TableDefinition::new("registry");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 /// Most writes folded into one commit.
 const MAX_BATCH: usize = 4096;
@@ -131,13 +139,32 @@ enum Write {
     Sighting(Sighting),
     Boot(MacAddr),
     SetBoot(MacAddr, BootMode, Reply),
+    Record(Box<MachineRecord>, Vec<Happening>, Reply),
+    RemoveRecord(String, Happening, Reply),
+    Event(Happening),
 }
 
 /// The store. Cheap to clone; all clones share one database and one writer.
+///
+/// Field order matters: when the last clone drops, its sender goes first, which ends the writer
+/// thread, then the guard joins it, and only then is the database closed, so the file can be
+/// opened again as soon as the last clone is gone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
     writes: mpsc::Sender<Write>,
+    _writer: Arc<WriterThread>,
+    db: Arc<Database>,
+}
+
+/// Joins the writer thread when the last [`Store`] clone is dropped.
+struct WriterThread(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -166,21 +193,27 @@ impl Store {
                     meta.insert("schema_version", SCHEMA_VERSION)?;
                 }
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::TooNew { path, found: v }),
+                Some(v) if v < SCHEMA_VERSION => {
+                    // Every upgrade so far only adds tables, which the opens below create.
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
                 Some(_) => {}
             }
             txn.open_table(LEASES)?;
             txn.open_table(MACHINES)?;
             txn.open_table(EVENTS)?;
+            txn.open_table(REGISTRY)?;
+            txn.open_table(SECRETS)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
         let (writes, queue) = mpsc::channel();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer(writer_db, queue))
             .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
-        Ok(Self { db, writes })
+        Ok(Self { writes, _writer: Arc::new(WriterThread(Some(thread))), db })
     }
 
     /// Every record of a JSON-valued table, in key order.
@@ -229,6 +262,48 @@ impl Store {
         Ok(out)
     }
 
+    pub fn records(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        self.all(REGISTRY)
+    }
+
+    /// The secret `name`, made by `make` and committed if the store has none yet. For startup,
+    /// before anything else writes.
+    pub fn secret_or_create(&self, name: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        {
+            let txn = self.db.begin_read()?;
+            if let Some(v) = txn.open_table(SECRETS)?.get(name)? {
+                return Ok(v.value().to_vec());
+            }
+        }
+        let value = make();
+        let mut txn = self.db.begin_write()?;
+        txn.set_two_phase_commit(true);
+        txn.open_table(SECRETS)?.insert(name, value.as_slice())?;
+        txn.commit()?;
+        Ok(value)
+    }
+
+    async fn send(&self, write: impl FnOnce(Reply) -> Write) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send(write(tx)).map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?.map_err(StoreError::Commit)
+    }
+
+    /// Commits a machine record and the events about it; resolves once durable.
+    pub async fn save_record(&self, record: MachineRecord, happenings: Vec<Happening>) -> Result<(), StoreError> {
+        self.send(|reply| Write::Record(Box::new(record), happenings, reply)).await
+    }
+
+    /// Forgets a registered machine; resolves once durable.
+    pub async fn remove_record(&self, id: String, happening: Happening) -> Result<(), StoreError> {
+        self.send(|reply| Write::RemoveRecord(id, happening, reply)).await
+    }
+
+    /// Records an event without waiting for its commit.
+    pub fn record_event(&self, happening: Happening) {
+        let _ = self.writes.send(Write::Event(happening));
+    }
+
     /// Commits a lease; resolves once durable.
     pub async fn save_lease(&self, lease: Lease) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -268,7 +343,11 @@ fn writer(db: Arc<Database>, queue: mpsc::Receiver<Write>) {
             tracing::error!("store commit of {} writes failed: {e}", batch.len());
         }
         for write in batch {
-            if let Write::Lease(_, reply) | Write::SetBoot(_, _, reply) = write {
+            if let Write::Lease(_, reply)
+            | Write::SetBoot(_, _, reply)
+            | Write::Record(_, _, reply)
+            | Write::RemoveRecord(_, _, reply) = write
+            {
                 let _ = reply.send(result.clone());
             }
         }
@@ -282,6 +361,7 @@ fn apply(db: &Database, batch: &[Write]) -> Result<(), StoreError> {
         let mut leases = txn.open_table(LEASES)?;
         let mut machines = txn.open_table(MACHINES)?;
         let mut events = txn.open_table(EVENTS)?;
+        let mut registry = txn.open_table(REGISTRY)?;
         let mut next_seq = events.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
         let mut event = |kind: &str, mac: Option<MacAddr>, message: String| -> Result<(), StoreError> {
             let e = Event { seq: next_seq, at: now(), kind: kind.to_string(), mac, message };
@@ -352,6 +432,17 @@ fn apply(db: &Database, batch: &[Write]) -> Result<(), StoreError> {
                     update_machine(&mut machines, *mac, |m| m.boot = *mode)?;
                     event("boot-mode", Some(*mac), format!("{mac} will boot from {mode:?}").to_lowercase())?;
                 }
+                Write::Record(record, happenings, _) => {
+                    registry.insert(record.id.as_str(), serde_json::to_vec(record)?.as_slice())?;
+                    for h in happenings {
+                        event(h.kind, h.mac, h.message.clone())?;
+                    }
+                }
+                Write::RemoveRecord(id, h, _) => {
+                    registry.remove(id.as_str())?;
+                    event(h.kind, h.mac, h.message.clone())?;
+                }
+                Write::Event(h) => event(h.kind, h.mac, h.message.clone())?,
             }
         }
     }

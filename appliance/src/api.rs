@@ -1,0 +1,364 @@
+//! The appliance's HTTPS API on port `oasis_proto::API_PORT`: registration, the agents'
+//! heartbeats and desired-state watch, and the admin endpoints.
+//!
+//! TLS with the appliance's own key (see [`crate::identity`]); agents trust it by its pin.
+//! - `POST /v1/register`: join token in the body; see [`crate::registry`] for the rules.
+//! - `POST /v1/agent/heartbeat`, `GET /v1/agent/desired?after=N`: the machine's credential as
+//!   bearer token, and only from the machine's own overlay address (inside its WireGuard link).
+//! - `GET /v1/machines`, `POST /v1/machines/{id}/accept|reject`, `DELETE /v1/machines/{id}`: the
+//!   admin token as bearer token.
+//!
+//! Every refusal is an [`ErrorBody`] with a status that says which kind: 400 malformed, 401 bad
+//! token or credential, 403 not allowed from there, 404 unknown, 409 replay or duplicate, 413
+//! too large.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use oasis_proto::{
+    DesiredState, ErrorBody, Heartbeat, MachineState, RegisterRequest, Role, MAX_BODY_BYTES, WATCH_SECS,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Mutex};
+use tower::ServiceExt;
+
+use crate::identity::{random_token, Identity};
+use crate::registry::{secrets_equal, Happening, LastHeartbeat, MachineRecord, Registration, Registry};
+use crate::store::Store;
+use crate::wireguard::ManagementInterface;
+
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the API handlers share.
+pub struct Api {
+    pub registry: Mutex<Registry>,
+    pub store: Store,
+    pub identity: Identity,
+    pub wireguard: Option<Arc<ManagementInterface>>,
+    /// The desired-state revision; roles arrive with cluster assembly.
+    pub desired: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Api")
+    }
+}
+
+/// A refusal: status and message.
+#[derive(Debug)]
+pub struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
+    Refusal(status, message.into())
+}
+
+impl From<JsonRejection> for Refusal {
+    fn from(r: JsonRejection) -> Self {
+        let status = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        refuse(status, format!("the request body is not acceptable: {}", r.body_text()))
+    }
+}
+
+fn store_failed(e: impl std::fmt::Display) -> Refusal {
+    tracing::error!("store commit failed: {e}");
+    refuse(StatusCode::SERVICE_UNAVAILABLE, "the appliance could not record this; try again")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+fn source_v4(addr: SocketAddr) -> Ipv4Addr {
+    match addr.ip() {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
+    }
+}
+
+/// The router, with the body limit every route shares.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route(oasis_proto::REGISTER_PATH, post(register))
+        .route(oasis_proto::HEARTBEAT_PATH, post(heartbeat))
+        .route(oasis_proto::DESIRED_PATH, get(desired))
+        .route("/v1/machines", get(list_machines))
+        .route("/v1/machines/{id}/{decision}", post(decide))
+        .route("/v1/machines/{id}", delete(remove))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(api)
+}
+
+async fn register(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> Result<Json<oasis_proto::RegisterResponse>, Refusal> {
+    let Json(req) = body?;
+    let credential = random_token();
+    // One registration at a time: the decision and its commit must not interleave with another
+    // for the same machine, and registrations are rare enough that this costs nothing.
+    let mut registry = api.registry.lock().await;
+    match registry.register(&req, &api.identity.join_token, &credential, now()) {
+        Registration::Refuse { status, message, happening } => {
+            tracing::warn!(%from, "registration refused: {message}");
+            if let Some(h) = happening {
+                api.store.record_event(h);
+            }
+            Err(refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), message))
+        }
+        Registration::Answer { record, response, old_key, happenings } => {
+            for h in &happenings {
+                tracing::info!(%from, "{}", h.message);
+            }
+            api.store.save_record((*record).clone(), happenings).await.map_err(store_failed)?;
+            sync_peer(&api, &record, old_key.as_deref());
+            registry.apply(*record);
+            Ok(Json(response))
+        }
+    }
+}
+
+/// Makes the WireGuard peers match a committed record.
+fn sync_peer(api: &Api, record: &MachineRecord, old_key: Option<&str>) {
+    let Some(wg) = &api.wireguard else { return };
+    if let Some(old) = old_key {
+        if let Err(e) = wg.remove_peer(old) {
+            tracing::warn!(machine = %record.id, "old WireGuard peer not removed: {e}");
+        }
+    }
+    let result = match (record.state, record.overlay) {
+        (MachineState::Accepted, Some(overlay)) => wg.add_peer(&record.wireguard_key, overlay),
+        _ => wg.remove_peer(&record.wireguard_key),
+    };
+    if let Err(e) = result {
+        tracing::error!(machine = %record.id, "WireGuard peer not updated: {e}");
+    }
+}
+
+/// The machine a request comes from, by its credential and source address.
+async fn agent(api: &Api, headers: &HeaderMap, from: SocketAddr) -> Result<String, Refusal> {
+    let credential = bearer(headers).ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "no credential"))?;
+    let registry = api.registry.lock().await;
+    match registry.authenticate(credential, source_v4(from)) {
+        Ok(record) => Ok(record.id.clone()),
+        Err(why) if why.contains("inside") => Err(refuse(StatusCode::FORBIDDEN, why)),
+        Err(why) => Err(refuse(StatusCode::UNAUTHORIZED, why)),
+    }
+}
+
+async fn heartbeat(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<Heartbeat>, JsonRejection>,
+) -> Result<Json<DesiredState>, Refusal> {
+    let id = agent(&api, &headers, from).await?;
+    let Json(beat) = body?;
+    api.registry.lock().await.record_heartbeat(&id, beat, now());
+    Ok(Json(DesiredState { revision: *api.desired.borrow(), role: Role::Unassigned }))
+}
+
+#[derive(Deserialize)]
+struct After {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn desired(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<After>,
+) -> Result<Json<DesiredState>, Refusal> {
+    agent(&api, &headers, from).await?;
+    let mut rx = api.desired.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(WATCH_SECS), rx.wait_for(|rev| *rev > q.after)).await;
+    let revision = *rx.borrow();
+    Ok(Json(DesiredState { revision, role: Role::Unassigned }))
+}
+
+fn admin(api: &Api, headers: &HeaderMap) -> Result<(), Refusal> {
+    match bearer(headers) {
+        Some(token) if secrets_equal(token, &api.identity.admin_token) => Ok(()),
+        Some(_) => Err(refuse(StatusCode::UNAUTHORIZED, "wrong admin token")),
+        None => Err(refuse(StatusCode::UNAUTHORIZED, "admin token required (DATA_DIR/admin-token on the appliance)")),
+    }
+}
+
+/// A registered machine as the API and `oasis machines` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineView {
+    #[serde(flatten)]
+    pub record: MachineRecord,
+    pub last_heartbeat: Option<LastHeartbeatView>,
+    /// Seconds since the last WireGuard handshake with this machine.
+    pub handshake_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastHeartbeatView {
+    pub at: u64,
+    pub heartbeat: Heartbeat,
+}
+
+impl From<&LastHeartbeat> for LastHeartbeatView {
+    fn from(h: &LastHeartbeat) -> Self {
+        LastHeartbeatView { at: h.at, heartbeat: h.heartbeat.clone() }
+    }
+}
+
+/// Every registered machine, with what the running appliance knows about its link.
+pub async fn machine_views(api: &Api) -> Vec<MachineView> {
+    let handshakes = api.wireguard.as_ref().map(|wg| wg.handshake_ages()).unwrap_or_default();
+    let registry = api.registry.lock().await;
+    let mut views: Vec<MachineView> = registry
+        .records()
+        .map(|r| {
+            let mut record = r.clone();
+            // Nothing that authenticates leaves the appliance.
+            record.credential_sha256 = None;
+            record.recent_nonces.clear();
+            MachineView {
+                last_heartbeat: registry.heartbeat_of(&r.id).map(Into::into),
+                handshake_age_secs: handshakes.get(&r.wireguard_key).map(|d| d.as_secs()),
+                record,
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+    views
+}
+
+async fn list_machines(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Vec<MachineView>>, Refusal> {
+    admin(&api, &headers)?;
+    Ok(Json(machine_views(&api).await))
+}
+
+/// An operator's accept or reject; shared with the admin socket.
+pub async fn decide_machine(api: &Api, what: &str, decision: &str) -> Result<MachineRecord, Refusal> {
+    let state = match decision {
+        "accept" => MachineState::Accepted,
+        "reject" => MachineState::Rejected,
+        other => return Err(refuse(StatusCode::NOT_FOUND, format!("no decision {other:?}: accept or reject"))),
+    };
+    let mut registry = api.registry.lock().await;
+    let (record, happening) = registry.decide(what, state).map_err(|e| refuse(StatusCode::NOT_FOUND, e))?;
+    api.store.save_record(record.clone(), vec![happening]).await.map_err(store_failed)?;
+    sync_peer(api, &record, None);
+    registry.apply(record.clone());
+    Ok(record)
+}
+
+/// Forgets a machine; shared with the admin socket.
+pub async fn remove_machine(api: &Api, what: &str) -> Result<MachineRecord, Refusal> {
+    let mut registry = api.registry.lock().await;
+    let id = registry.find(what).map_err(|e| refuse(StatusCode::NOT_FOUND, e))?.id.clone();
+    let record = registry.get(&id).cloned().ok_or_else(|| refuse(StatusCode::NOT_FOUND, "gone"))?;
+    let happening = Happening {
+        kind: "machine-removed",
+        mac: Some(record.boot_mac),
+        message: format!("{id} removed by an operator; it registers as new when it boots again"),
+    };
+    api.store.remove_record(id.clone(), happening).await.map_err(store_failed)?;
+    if let Some(wg) = &api.wireguard {
+        let _ = wg.remove_peer(&record.wireguard_key);
+    }
+    registry.remove(&id);
+    Ok(record)
+}
+
+async fn decide(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path((id, decision)): Path<(String, String)>,
+) -> Result<Json<MachineRecord>, Refusal> {
+    admin(&api, &headers)?;
+    decide_machine(&api, &id, &decision).await.map(Json)
+}
+
+async fn remove(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Refusal> {
+    admin(&api, &headers)?;
+    remove_machine(&api, &id).await.map(|_| StatusCode::NO_CONTENT)
+}
+
+/// The TLS configuration for the API, from the appliance's identity.
+pub fn tls_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let cert = CertificateDer::from(identity.tls_cert_der.clone());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.tls_key_der.clone()));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves the router over TLS on `listener` until the task is dropped. Each connection gets its
+/// own task; a client that stalls its handshake is dropped after [`HANDSHAKE_TIMEOUT`].
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("API accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                router.clone().oneshot(req.map(Body::new))
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "API connection ended: {e}");
+            }
+        });
+    }
+}

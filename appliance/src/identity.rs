@@ -1,0 +1,177 @@
+//! The appliance's identity: the secrets made at its first start and kept in the store.
+//!
+//! - The API's TLS key and self-signed certificate (ECDSA P-256). Agents trust the appliance by
+//!   the pin of this key (`oasis.pin=`, see `oasis_proto::pin_of`), not by a CA chain: a site
+//!   without internet has no public CA, and a pin cannot be spoofed by a rogue DHCP server.
+//! - The join token, which lets a machine register (and nothing more).
+//! - The admin token for the HTTPS admin endpoints, also written to `DATA_DIR/admin-token`
+//!   (mode 0600) for the operator; the CLI on the appliance itself uses the admin socket.
+//! - The WireGuard private key of the management interface.
+
+use std::path::Path;
+
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
+
+/// The file the admin token is written to, in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the stored {0} is unreadable; the store may be damaged")]
+    Damaged(&'static str),
+    #[error("cannot make the API certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// The secrets, loaded.
+#[derive(Clone)]
+pub struct Identity {
+    pub tls_key_der: Vec<u8>,
+    pub tls_cert_der: Vec<u8>,
+    /// `sha256:HEX` of the TLS key's SubjectPublicKeyInfo.
+    pub pin: String,
+    pub join_token: String,
+    pub admin_token: String,
+    pub wireguard_private: [u8; 32],
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets themselves: this may end up in a log.
+        f.debug_struct("Identity").field("pin", &self.pin).finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredTls {
+    key_pkcs8: String,
+    cert: String,
+    spki: String,
+}
+
+/// A random token: 32 lowercase hex digits (128 bits), safe on a kernel command line.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn make_tls() -> Result<StoredTls, rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec!["oasis-appliance".to_string()])?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "oasis appliance");
+    // Far in the future: the pin, not the dates, is what agents check, and a rack may run
+    // for a decade with a wrong clock.
+    params.not_after = rcgen::date_time_ymd(4096, 1, 1);
+    let cert = params.self_signed(&key)?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(StoredTls {
+        key_pkcs8: b64.encode(key.serialize_der()),
+        cert: b64.encode(cert.der()),
+        spki: b64.encode(rcgen::PublicKeyData::subject_public_key_info(&key)),
+    })
+}
+
+impl Identity {
+    /// Loads the identity from the store, making whatever is missing (first start).
+    pub fn load_or_create(store: &Store, data_dir: &Path) -> Result<Identity, IdentityError> {
+        let mut tls_error = None;
+        let tls = store.secret_or_create("api_tls", || match make_tls() {
+            Ok(tls) => serde_json::to_vec(&tls).unwrap_or_default(),
+            Err(e) => {
+                tls_error = Some(e);
+                Vec::new()
+            }
+        });
+        if let Some(e) = tls_error {
+            return Err(e.into());
+        }
+        let tls: StoredTls = serde_json::from_slice(&tls?).map_err(|_| IdentityError::Damaged("API key"))?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let decode = |s: &str| b64.decode(s).map_err(|_| IdentityError::Damaged("API key"));
+        let spki = decode(&tls.spki)?;
+        let text = |name: &'static str| -> Result<String, IdentityError> {
+            let bytes = store.secret_or_create(name, || random_token().into_bytes())?;
+            String::from_utf8(bytes).map_err(|_| IdentityError::Damaged(name))
+        };
+        let join_token = text("join_token")?;
+        let admin_token = text("admin_token")?;
+        let wg = store.secret_or_create("wireguard_private", || {
+            let mut key = [0u8; 32];
+            rand::rng().fill_bytes(&mut key);
+            // Clamped as X25519 wants it, as `wg genkey` does.
+            key[0] &= 248;
+            key[31] = (key[31] & 127) | 64;
+            key.to_vec()
+        })?;
+        let wireguard_private: [u8; 32] = wg.try_into().map_err(|_| IdentityError::Damaged("WireGuard key"))?;
+        let identity = Identity {
+            tls_key_der: decode(&tls.key_pkcs8)?,
+            tls_cert_der: decode(&tls.cert)?,
+            pin: oasis_proto::pin_of(&spki),
+            join_token,
+            admin_token,
+            wireguard_private,
+        };
+        identity.write_admin_token(data_dir)?;
+        Ok(identity)
+    }
+
+    fn write_admin_token(&self, data_dir: &Path) -> Result<(), IdentityError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+            f.write_all(format!("{}\n", self.admin_token).as_bytes())
+        };
+        write().map_err(|source| IdentityError::Write { path: path.clone(), source })
+    }
+
+    /// The first 8 hex digits of the admin token's SHA-256: enough to tell tokens apart on a
+    /// console without showing the token.
+    pub fn admin_token_fingerprint(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.admin_token.as_bytes()))[..8].to_string()
+    }
+
+    /// The kernel arguments that send a node agent to this appliance.
+    pub fn agent_kernel_args(&self, api_host: std::net::Ipv4Addr, api_port: u16) -> String {
+        format!("oasis.api=https://{api_host}:{api_port} oasis.token={} oasis.pin={}", self.join_token, self.pin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_once_then_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let store = Store::open(dir.path()).unwrap();
+            Identity::load_or_create(&store, dir.path()).unwrap()
+        };
+        let store = Store::open(dir.path()).unwrap();
+        let again = Identity::load_or_create(&store, dir.path()).unwrap();
+        assert_eq!(first.pin, again.pin);
+        assert_eq!(first.join_token, again.join_token);
+        assert_eq!(first.wireguard_private, again.wireguard_private);
+        assert_ne!(first.join_token, first.admin_token);
+        assert!(oasis_proto::KernelArgs::parse(&first.agent_kernel_args("10.0.0.1".parse().unwrap(), 9443)).is_ok());
+        let file = std::fs::read_to_string(dir.path().join(ADMIN_TOKEN_FILE)).unwrap();
+        assert_eq!(file.trim(), first.admin_token);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "only root reads the admin token");
+        assert!(!format!("{first:?}").contains(&first.join_token), "Debug shows no secret");
+    }
+}

@@ -1,0 +1,656 @@
+//! Registration: who a registering machine is, whether it may join, and what it is given.
+//!
+//! The [`Registry`] is the decision logic over the machine records, with no I/O: the API hands it
+//! a request, it answers with the records to commit, the events to record and the reply; the
+//! caller commits before it replies. Its rules:
+//!
+//! - **Identity.** A machine is its SMBIOS system UUID; a machine without a usable one (absent or a
+//!   placeholder) is its boot MAC (`mac-aabbccddeeff`).
+//! - **Join token.** Only starts a registration. A wrong one is refused (401) and recorded.
+//! - **Policy.** `auto` accepts every machine with the token; `allowlist` accepts machines whose
+//!   serial or boot MAC is listed and leaves others pending; `manual` leaves every new machine
+//!   pending until an operator accepts it. A rejected machine stays rejected until removed.
+//! - **Credential.** Each registration that finds its machine accepted gets a fresh credential
+//!   (the previous one stops working) and the link configuration. Only its SHA-256 is kept, so a
+//!   copy of the store or a log grants nothing. Rotating the join token does not touch credentials.
+//! - **Replay.** A nonce already seen for that machine is refused (409).
+//! - **A new WireGuard key** for a known machine (it rebooted: netbooted machines make a new key
+//!   each boot) replaces the old one, keeps the machine's state and overlay address, and is an event.
+//! - **A duplicate identity** (the UUID of a registered machine from another boot MAC: cloned
+//!   firmware, or the same machine booting from another NIC) is refused (409) with an event; the
+//!   operator resolves it with `oasis machine remove ID`. Never merged, never a second record.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use oasis_proto::{Heartbeat, Inventory, LinkConfig, MachineState, RegisterRequest, RegisterResponse};
+use oasis_pxe::mac::MacAddr;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How many recent nonces a record keeps for replay detection.
+const NONCES_KEPT: usize = 64;
+/// Largest accepted length of any string in a registration, and of any list.
+const MAX_STRING: usize = 256;
+const MAX_LIST: usize = 256;
+
+/// Who gets accepted without an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Policy {
+    Auto,
+    /// Serial numbers (case-insensitive) and boot MACs.
+    Allowlist {
+        serials: HashSet<String>,
+        macs: HashSet<MacAddr>,
+    },
+    Manual,
+}
+
+impl Policy {
+    /// Why this machine is accepted by policy, or `None` when it waits for an operator.
+    fn accepts(&self, record: &MachineRecord) -> Option<&'static str> {
+        match self {
+            Policy::Auto => Some("acceptance policy auto"),
+            Policy::Allowlist { serials, macs } => {
+                let serial = record.inventory.system.serial.as_deref().map(str::to_lowercase);
+                if serial.is_some_and(|s| serials.contains(&s)) {
+                    Some("serial on the allow-list")
+                } else if macs.contains(&record.boot_mac) {
+                    Some("MAC on the allow-list")
+                } else {
+                    None
+                }
+            }
+            Policy::Manual => None,
+        }
+    }
+
+    fn pending_message(&self, id: &str) -> String {
+        let how = format!("accept it with `oasis machine accept {id}`");
+        match self {
+            Policy::Auto => String::new(),
+            Policy::Allowlist { .. } => format!("not on the allow-list (serial or MAC): {how}"),
+            Policy::Manual => format!("acceptance policy is manual: {how}"),
+        }
+    }
+}
+
+/// One registered machine, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    pub id: String,
+    pub state: MachineState,
+    pub boot_mac: MacAddr,
+    /// Base64 WireGuard public key of the machine's current boot.
+    pub wireguard_key: String,
+    pub inventory: Inventory,
+    pub agent_version: String,
+    /// Given on first acceptance, kept for the machine's life.
+    pub overlay: Option<Ipv4Addr>,
+    /// Hex SHA-256 of the current credential.
+    pub credential_sha256: Option<String>,
+    pub first_registered: u64,
+    pub last_registered: u64,
+    /// Why the machine is in its state, for people.
+    pub reason: String,
+    pub recent_nonces: Vec<String>,
+}
+
+/// A heartbeat as the appliance last heard it; kept in memory only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastHeartbeat {
+    pub at: u64,
+    pub heartbeat: Heartbeat,
+}
+
+/// Something worth an event in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Happening {
+    pub kind: &'static str,
+    pub mac: Option<MacAddr>,
+    pub message: String,
+}
+
+/// The outcome of a registration.
+#[derive(Debug)]
+pub enum Registration {
+    /// Commit `record`, then reply with `response`. `old_key` is a WireGuard key to drop.
+    Answer {
+        record: Box<MachineRecord>,
+        response: RegisterResponse,
+        old_key: Option<String>,
+        happenings: Vec<Happening>,
+    },
+    /// Reply with this status and message; record the happening if any.
+    Refuse { status: u16, message: String, happening: Option<Happening> },
+}
+
+/// The overlay network of the management links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    /// The appliance's own overlay address; the first of the prefix.
+    pub appliance: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The appliance's WireGuard endpoint on the rack network.
+    pub endpoint: SocketAddrV4,
+    pub appliance_key: String,
+    pub keepalive_secs: u16,
+}
+
+impl Overlay {
+    fn network(&self) -> u32 {
+        u32::from(self.appliance) & (u32::MAX << (32 - self.prefix_len))
+    }
+
+    fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let size = 1u32 << (32 - self.prefix_len);
+        let network = self.network();
+        (1..size.saturating_sub(1)).map(move |i| Ipv4Addr::from(network + i))
+    }
+
+    fn link(&self, address: Ipv4Addr) -> LinkConfig {
+        LinkConfig {
+            appliance_key: self.appliance_key.clone(),
+            endpoint: self.endpoint,
+            address,
+            prefix_len: self.prefix_len,
+            appliance_address: self.appliance,
+            keepalive_secs: self.keepalive_secs,
+        }
+    }
+}
+
+/// The machine id for an inventory and boot MAC.
+pub fn machine_id(inventory: &Inventory, boot_mac: MacAddr) -> String {
+    match inventory.system.uuid.as_deref().map(str::to_lowercase) {
+        Some(uuid) if usable_uuid(&uuid) => uuid,
+        _ => format!("mac-{}", boot_mac.to_string().replace(':', "")),
+    }
+}
+
+/// Placeholder UUIDs that many boards share: all zeros, all ones, or the well-known sequence.
+fn usable_uuid(uuid: &str) -> bool {
+    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+    hex.len() == 32
+        && hex.chars().all(|c| c.is_ascii_hexdigit())
+        && !hex.chars().all(|c| c == '0')
+        && !hex.chars().all(|c| c == 'f')
+        && hex != "03000200040005000006000700080009"
+}
+
+/// The SHA-256, hex, of a credential.
+pub fn credential_hash(credential: &str) -> String {
+    hex::encode(Sha256::digest(credential.as_bytes()))
+}
+
+/// Compares secrets without leaking where they differ through timing.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the shape of a registration, before anything else looks at it.
+fn validate(req: &RegisterRequest) -> Result<MacAddr, String> {
+    let mac: MacAddr = req.boot_mac.parse().map_err(|_| format!("boot_mac {:?} is not a MAC address", req.boot_mac))?;
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(&req.wireguard_key)
+        .map_err(|_| "wireguard_key is not base64".to_string())?;
+    if key.len() != 32 {
+        return Err(format!("wireguard_key is {} bytes, a WireGuard key is 32", key.len()));
+    }
+    if !(16..=128).contains(&req.nonce.len()) {
+        return Err("nonce must be 16 to 128 characters".into());
+    }
+    let inv = &req.inventory;
+    let strings = [
+        Some(&req.agent_version),
+        inv.system.uuid.as_ref(),
+        inv.system.serial.as_ref(),
+        inv.system.vendor.as_ref(),
+        inv.system.product.as_ref(),
+        inv.cpu_model.as_ref(),
+    ];
+    let listed = inv
+        .disks
+        .iter()
+        .flat_map(|d| [Some(&d.name), d.model.as_ref()])
+        .chain(inv.nics.iter().flat_map(|n| [Some(&n.name), Some(&n.mac), n.driver.as_ref()]));
+    if strings.into_iter().chain(listed).flatten().any(|s| s.len() > MAX_STRING) {
+        return Err(format!("a string in the registration is longer than {MAX_STRING} bytes"));
+    }
+    if inv.disks.len() > MAX_LIST || inv.nics.len() > MAX_LIST {
+        return Err(format!("more than {MAX_LIST} disks or NICs"));
+    }
+    Ok(mac)
+}
+
+/// The registered machines and the rules above. Lives in memory; every change it makes is
+/// returned to the caller to commit.
+#[derive(Debug)]
+pub struct Registry {
+    pub policy: Policy,
+    pub overlay: Overlay,
+    records: HashMap<String, MachineRecord>,
+    heartbeats: HashMap<String, LastHeartbeat>,
+}
+
+impl Registry {
+    pub fn new(policy: Policy, overlay: Overlay, records: Vec<MachineRecord>) -> Registry {
+        let records = records.into_iter().map(|r| (r.id.clone(), r)).collect();
+        Registry { policy, overlay, records, heartbeats: HashMap::new() }
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &MachineRecord> {
+        self.records.values()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&MachineRecord> {
+        self.records.get(id)
+    }
+
+    pub fn heartbeat_of(&self, id: &str) -> Option<&LastHeartbeat> {
+        self.heartbeats.get(id)
+    }
+
+    /// Finds a machine by id, unique id prefix, or boot MAC.
+    pub fn find(&self, what: &str) -> Result<&MachineRecord, String> {
+        if let Some(r) = self.records.get(what) {
+            return Ok(r);
+        }
+        if let Ok(mac) = what.parse::<MacAddr>() {
+            if let Some(r) = self.records.values().find(|r| r.boot_mac == mac) {
+                return Ok(r);
+            }
+        }
+        let matches: Vec<_> = self.records.values().filter(|r| r.id.starts_with(what)).collect();
+        match matches.as_slice() {
+            [one] => Ok(one),
+            [] => Err(format!("no machine {what:?}: `oasis machines` lists them")),
+            _ => Err(format!("{what:?} matches {} machines: give more of the id", matches.len())),
+        }
+    }
+
+    /// Decides a registration. `token` is the current join token; `credential` a fresh random
+    /// credential, used only if the machine is accepted.
+    pub fn register(&self, req: &RegisterRequest, token: &str, credential: &str, now: u64) -> Registration {
+        if !secrets_equal(&req.token, token) {
+            let mac = req.boot_mac.parse().ok();
+            return Registration::Refuse {
+                status: 401,
+                message: "the join token is wrong: boot the machine from this appliance again; its boot \
+                          script carries the current token"
+                    .into(),
+                happening: Some(Happening {
+                    kind: "registration-refused",
+                    mac,
+                    message: format!("registration from {} refused: wrong join token", req.boot_mac),
+                }),
+            };
+        }
+        let mac = match validate(req) {
+            Ok(mac) => mac,
+            Err(e) => return Registration::Refuse { status: 400, message: e, happening: None },
+        };
+        let id = machine_id(&req.inventory, mac);
+        let mut happenings = vec![];
+        let mut old_key = None;
+        let mut record = match self.records.get(&id) {
+            Some(existing) if existing.boot_mac != mac => {
+                let message = format!(
+                    "machine {id} is already registered from MAC {}; this registration comes from {mac}. Two \
+                     machines share an SMBIOS UUID, or one boots from another NIC: if it is the same machine, \
+                     remove the old record with `oasis machine remove {id}`",
+                    existing.boot_mac
+                );
+                return Registration::Refuse {
+                    status: 409,
+                    message: message.clone(),
+                    happening: Some(Happening { kind: "duplicate-identity", mac: Some(mac), message }),
+                };
+            }
+            Some(existing) if existing.recent_nonces.contains(&req.nonce) => {
+                return Registration::Refuse {
+                    status: 409,
+                    message: "replayed registration: this nonce was already used".into(),
+                    happening: Some(Happening {
+                        kind: "registration-replayed",
+                        mac: Some(mac),
+                        message: format!("replayed registration for {id} refused"),
+                    }),
+                };
+            }
+            Some(existing) => {
+                let mut r = existing.clone();
+                if r.wireguard_key != req.wireguard_key {
+                    old_key = Some(std::mem::replace(&mut r.wireguard_key, req.wireguard_key.clone()));
+                    happenings.push(Happening {
+                        kind: "machine-rekeyed",
+                        mac: Some(mac),
+                        message: format!(
+                            "{id} registered with a new WireGuard key (it rebooted); the old key is dropped"
+                        ),
+                    });
+                }
+                r
+            }
+            None => {
+                happenings.push(Happening {
+                    kind: "machine-registered",
+                    mac: Some(mac),
+                    message: format!("new machine {id} ({mac}) registered"),
+                });
+                MachineRecord {
+                    id: id.clone(),
+                    state: MachineState::Pending,
+                    boot_mac: mac,
+                    wireguard_key: req.wireguard_key.clone(),
+                    inventory: req.inventory.clone(),
+                    agent_version: req.agent_version.clone(),
+                    overlay: None,
+                    credential_sha256: None,
+                    first_registered: now,
+                    last_registered: now,
+                    reason: String::new(),
+                    recent_nonces: vec![],
+                }
+            }
+        };
+        record.inventory = req.inventory.clone();
+        record.agent_version = req.agent_version.clone();
+        record.last_registered = now;
+        record.recent_nonces.push(req.nonce.clone());
+        if record.recent_nonces.len() > NONCES_KEPT {
+            record.recent_nonces.remove(0);
+        }
+        if record.state == MachineState::Pending {
+            match self.policy.accepts(&record) {
+                Some(why) => {
+                    if let Err(e) = self.accept_into(&mut record, why, &mut happenings) {
+                        record.reason = e;
+                    }
+                }
+                None => record.reason = self.policy.pending_message(&id),
+            }
+        }
+        let (credential, link) = match (record.state, record.overlay) {
+            (MachineState::Accepted, Some(address)) => {
+                record.credential_sha256 = Some(credential_hash(credential));
+                (Some(credential.to_string()), Some(self.overlay.link(address)))
+            }
+            _ => (None, None),
+        };
+        let response =
+            RegisterResponse { machine_id: id, state: record.state, message: record.reason.clone(), credential, link };
+        Registration::Answer { record: Box::new(record), response, old_key, happenings }
+    }
+
+    /// Marks a record accepted and gives it an overlay address if it has none.
+    fn accept_into(
+        &self,
+        record: &mut MachineRecord,
+        why: &str,
+        happenings: &mut Vec<Happening>,
+    ) -> Result<(), String> {
+        if record.overlay.is_none() {
+            let used: HashSet<Ipv4Addr> = self.records.values().filter_map(|r| r.overlay).collect();
+            let free = self.overlay.hosts().find(|a| *a != self.overlay.appliance && !used.contains(a));
+            let Some(address) = free else {
+                return Err(format!(
+                    "no free overlay address in the /{} management prefix: widen wireguard.prefix",
+                    self.overlay.prefix_len
+                ));
+            };
+            record.overlay = Some(address);
+        }
+        record.state = MachineState::Accepted;
+        record.reason = why.to_string();
+        happenings.push(Happening {
+            kind: "machine-accepted",
+            mac: Some(record.boot_mac),
+            message: format!("{} accepted ({why})", record.id),
+        });
+        Ok(())
+    }
+
+    /// An operator's decision; returns the changed record and its event.
+    pub fn decide(&self, what: &str, state: MachineState) -> Result<(MachineRecord, Happening), String> {
+        let mut record = self.find(what)?.clone();
+        let mut happenings = vec![];
+        match state {
+            MachineState::Accepted => self.accept_into(&mut record, "accepted by an operator", &mut happenings)?,
+            MachineState::Rejected => {
+                record.state = MachineState::Rejected;
+                record.reason = "rejected by an operator: `oasis machine remove ID` forgets it".into();
+                record.credential_sha256 = None;
+                happenings.push(Happening {
+                    kind: "machine-rejected",
+                    mac: Some(record.boot_mac),
+                    message: format!("{} rejected by an operator", record.id),
+                });
+            }
+            MachineState::Pending => return Err("a machine cannot be set back to pending".into()),
+        }
+        Ok((record, happenings.remove(0)))
+    }
+
+    /// Stores a committed record.
+    pub fn apply(&mut self, record: MachineRecord) {
+        self.records.insert(record.id.clone(), record);
+    }
+
+    pub fn remove(&mut self, id: &str) -> Option<MachineRecord> {
+        self.heartbeats.remove(id);
+        self.records.remove(id)
+    }
+
+    /// The accepted machine a credential belongs to, if it is presented from its overlay address.
+    pub fn authenticate(&self, credential: &str, from: Ipv4Addr) -> Result<&MachineRecord, &'static str> {
+        let hash = credential_hash(credential);
+        let record = self
+            .records
+            .values()
+            .find(|r| r.credential_sha256.as_deref().is_some_and(|h| secrets_equal(h, &hash)))
+            .ok_or("unknown or replaced credential: register again")?;
+        if record.state != MachineState::Accepted {
+            return Err("this machine is not accepted");
+        }
+        if record.overlay != Some(from) {
+            return Err("agent calls are answered only inside the machine's management link");
+        }
+        Ok(record)
+    }
+
+    pub fn record_heartbeat(&mut self, id: &str, heartbeat: Heartbeat, now: u64) {
+        self.heartbeats.insert(id.to_string(), LastHeartbeat { at: now, heartbeat });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use oasis_proto::{Nic, System};
+
+    use super::*;
+
+    const TOKEN: &str = "join-token";
+
+    fn overlay() -> Overlay {
+        Overlay {
+            appliance: Ipv4Addr::new(10, 99, 0, 1),
+            prefix_len: 29,
+            endpoint: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 51820),
+            appliance_key: "A".repeat(43) + "=",
+            keepalive_secs: 15,
+        }
+    }
+
+    fn key(n: u8) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([n; 32])
+    }
+
+    fn request(uuid: &str, mac: &str, key_n: u8, nonce: &str) -> RegisterRequest {
+        RegisterRequest {
+            token: TOKEN.into(),
+            nonce: format!("nonce-{nonce:0>16}"),
+            boot_mac: mac.into(),
+            wireguard_key: key(key_n),
+            agent_version: "0.1.0".into(),
+            inventory: Inventory {
+                system: System { uuid: Some(uuid.into()), serial: Some("SN-1".into()), ..Default::default() },
+                cpus: 2,
+                nics: vec![Nic { name: "eth0".into(), mac: mac.into(), driver: None, speed_mbps: None, link: true }],
+                ..Default::default()
+            },
+        }
+    }
+
+    const UUID: &str = "6F1B2C3D-0000-4000-8000-00000000000A";
+
+    /// Registers and commits, as the API does.
+    fn register(
+        reg: &mut Registry,
+        req: &RegisterRequest,
+    ) -> Result<(RegisterResponse, Vec<Happening>), (u16, String)> {
+        match reg.register(req, TOKEN, &format!("cred-{}", req.nonce), 100) {
+            Registration::Answer { record, response, happenings, .. } => {
+                reg.apply(*record);
+                Ok((response, happenings))
+            }
+            Registration::Refuse { status, message, .. } => Err((status, message)),
+        }
+    }
+
+    #[test]
+    fn auto_accepts_with_a_credential_and_a_link() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        let (resp, events) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
+        assert_eq!(resp.machine_id, UUID.to_lowercase());
+        assert_eq!(resp.state, MachineState::Accepted);
+        let link = resp.link.unwrap();
+        assert_eq!(link.address, Ipv4Addr::new(10, 99, 0, 2));
+        assert_eq!(link.appliance_address, Ipv4Addr::new(10, 99, 0, 1));
+        let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["machine-registered", "machine-accepted"]);
+        let credential = resp.credential.unwrap();
+        assert!(reg.authenticate(&credential, link.address).is_ok());
+        assert!(reg.authenticate(&credential, Ipv4Addr::new(10, 0, 0, 100)).is_err(), "only inside the link");
+    }
+
+    #[test]
+    fn a_wrong_token_malformed_fields_and_replays_are_refused() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        let mut bad = request(UUID, "52:54:00:00:00:01", 1, "1");
+        bad.token = "guess".into();
+        assert!(matches!(reg.register(&bad, TOKEN, "c", 1), Registration::Refuse { status: 401, .. }));
+
+        for (field, mutate) in [
+            ("boot_mac", Box::new(|r: &mut RegisterRequest| r.boot_mac = "nope".into()) as Box<dyn Fn(&mut _)>),
+            ("wireguard_key", Box::new(|r: &mut RegisterRequest| r.wireguard_key = "AAAA".into())),
+            ("nonce", Box::new(|r: &mut RegisterRequest| r.nonce = "short".into())),
+            ("longer than", Box::new(|r: &mut RegisterRequest| r.inventory.system.vendor = Some("x".repeat(300)))),
+        ] {
+            let mut r = request(UUID, "52:54:00:00:00:01", 1, "1");
+            mutate(&mut r);
+            match reg.register(&r, TOKEN, "c", 1) {
+                Registration::Refuse { status: 400, message, .. } => assert!(message.contains(field), "{message}"),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+
+        let first = request(UUID, "52:54:00:00:00:01", 1, "1");
+        register(&mut reg, &first).unwrap();
+        assert_eq!(register(&mut reg, &first).unwrap_err().0, 409, "the same nonce again is a replay");
+        register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "2")).unwrap();
+    }
+
+    #[test]
+    fn manual_waits_for_an_operator_and_allowlist_checks_serial_and_mac() {
+        let mut reg = Registry::new(Policy::Manual, overlay(), vec![]);
+        let (resp, _) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
+        assert_eq!((resp.state, resp.credential, resp.link), (MachineState::Pending, None, None));
+        assert!(resp.message.contains("oasis machine accept"), "{}", resp.message);
+        let (record, event) = reg.decide("6f1b", MachineState::Accepted).unwrap();
+        assert_eq!(event.kind, "machine-accepted");
+        reg.apply(record);
+        let (resp, _) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "2")).unwrap();
+        assert_eq!(resp.state, MachineState::Accepted);
+        assert!(resp.credential.is_some());
+
+        let allow = Policy::Allowlist {
+            serials: HashSet::from(["sn-1".to_string()]),
+            macs: HashSet::from(["52:54:00:00:00:09".parse().unwrap()]),
+        };
+        let mut reg = Registry::new(allow, overlay(), vec![]);
+        let by_serial = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap().0;
+        assert_eq!(by_serial.state, MachineState::Accepted);
+        let mut other = request("6F1B2C3D-0000-4000-8000-00000000000B", "52:54:00:00:00:02", 2, "1");
+        other.inventory.system.serial = Some("SN-2".into());
+        assert_eq!(register(&mut reg, &other).unwrap().0.state, MachineState::Pending);
+        let mut by_mac = request("6F1B2C3D-0000-4000-8000-00000000000C", "52:54:00:00:00:09", 3, "1");
+        by_mac.inventory.system.serial = None;
+        assert_eq!(register(&mut reg, &by_mac).unwrap().0.state, MachineState::Accepted);
+    }
+
+    #[test]
+    fn a_reboot_rekeys_and_keeps_the_address_and_the_old_credential_stops_working() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        let (first, _) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
+        let address = first.link.as_ref().unwrap().address;
+        match reg.register(&request(UUID, "52:54:00:00:00:01", 2, "2"), TOKEN, "cred-2", 200) {
+            Registration::Answer { record, response, old_key, happenings } => {
+                assert_eq!(old_key, Some(key(1)));
+                assert_eq!(happenings[0].kind, "machine-rekeyed");
+                assert_eq!(response.link.unwrap().address, address);
+                reg.apply(*record);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(reg.authenticate(first.credential.as_deref().unwrap(), address).is_err());
+        assert!(reg.authenticate("cred-2", address).is_ok());
+        assert_eq!(reg.records().count(), 1, "one machine, one record");
+    }
+
+    #[test]
+    fn a_duplicate_uuid_from_another_mac_is_refused_not_merged() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
+        match reg.register(&request(UUID, "52:54:00:00:00:02", 2, "1"), TOKEN, "c", 1) {
+            Registration::Refuse { status: 409, message, happening: Some(h) } => {
+                assert!(message.contains("oasis machine remove"), "{message}");
+                assert_eq!(h.kind, "duplicate-identity");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reg.records().count(), 1);
+    }
+
+    #[test]
+    fn placeholder_uuids_fall_back_to_the_mac() {
+        let mac: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        for uuid in ["00000000-0000-0000-0000-000000000000", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "junk"] {
+            let mut inv = Inventory::default();
+            inv.system.uuid = Some(uuid.into());
+            assert_eq!(machine_id(&inv, mac), "mac-525400000001");
+        }
+    }
+
+    #[test]
+    fn the_overlay_runs_out_with_a_clear_message_and_rejection_is_sticky() {
+        // A /29 has 6 hosts; the appliance takes one.
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        for i in 1..=5u8 {
+            let uuid = format!("6F1B2C3D-0000-4000-8000-0000000000{i:02X}");
+            let resp = register(&mut reg, &request(&uuid, &format!("52:54:00:00:00:{i:02x}"), i, "1")).unwrap().0;
+            assert_eq!(resp.state, MachineState::Accepted);
+        }
+        let resp = register(&mut reg, &request(UUID, "52:54:00:00:01:00", 9, "1")).unwrap().0;
+        assert_eq!(resp.state, MachineState::Pending);
+        assert!(resp.message.contains("wireguard.prefix"), "{}", resp.message);
+
+        let (record, _) = reg.decide(&UUID.to_lowercase(), MachineState::Rejected).unwrap();
+        reg.apply(record);
+        let resp = register(&mut reg, &request(UUID, "52:54:00:00:01:00", 9, "2")).unwrap().0;
+        assert_eq!((resp.state, resp.credential), (MachineState::Rejected, None));
+    }
+}

@@ -1,0 +1,176 @@
+//! The appliance's end of the management links: one WireGuard interface, a peer per accepted
+//! machine.
+//!
+//! Kernel WireGuard when the kernel has it (the appliance image's Debian kernel does), otherwise
+//! boringtun in this process over a tun device, configured through the same UAPI socket
+//! (`/var/run/wireguard/NAME.sock`) that `wg(8)` uses. Both are driven by wireguard-control.
+//! boringtun 0.7 cannot modify a peer in place (it panics), so a peer is only ever added or
+//! removed: a machine that rekeys gets its old peer removed and a new one added.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, SystemTime};
+
+use futures::TryStreamExt;
+use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireguardError {
+    #[error("{0:?} is not a usable interface name (at most 15 characters)")]
+    Name(String),
+    #[error("cannot create the WireGuard interface {name}: the kernel has no WireGuard ({kernel}) and the userspace implementation failed too ({userspace})")]
+    Create { name: String, kernel: std::io::Error, userspace: String },
+    #[error("cannot configure the WireGuard interface {name}: {source}")]
+    Configure { name: String, source: std::io::Error },
+    #[error("cannot set the address of {name}: {message}")]
+    Address { name: String, message: String },
+    #[error("{0} is not a WireGuard public key")]
+    Key(String),
+}
+
+/// Which implementation carries the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Implementation {
+    Kernel,
+    Userspace,
+}
+
+/// The management interface, up and configured.
+pub struct ManagementInterface {
+    name: InterfaceName,
+    name_text: String,
+    backend: Backend,
+    /// Keeps boringtun's threads alive; dropping it removes the interface.
+    _userspace: Option<boringtun::device::DeviceHandle>,
+}
+
+impl std::fmt::Debug for ManagementInterface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementInterface").field("name", &self.name_text).field("backend", &self.backend).finish()
+    }
+}
+
+/// The public key of a private key, base64.
+pub fn public_key(private: &[u8; 32]) -> String {
+    Key(*private).get_public().to_base64()
+}
+
+impl ManagementInterface {
+    /// Creates (or takes over) the interface, sets its key and port, its address and brings it up.
+    /// Peers left from a previous run are removed; the caller adds the current ones.
+    pub async fn start(
+        name: &str,
+        private: &[u8; 32],
+        port: u16,
+        address: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<ManagementInterface, WireguardError> {
+        let iface: InterfaceName = name.parse().map_err(|_| WireguardError::Name(name.to_string()))?;
+        let update = || DeviceUpdate::new().set_private_key(Key(*private)).set_listen_port(port).replace_peers();
+        let (backend, userspace) = match update().apply(&iface, Backend::Kernel) {
+            Ok(()) => (Backend::Kernel, None),
+            Err(kernel) => {
+                tracing::info!("no kernel WireGuard ({kernel}); using the embedded userspace implementation");
+                let config = boringtun::device::DeviceConfig {
+                    n_threads: 2,
+                    use_connected_socket: true,
+                    use_multi_queue: false,
+                    uapi_fd: -1,
+                };
+                let handle = boringtun::device::DeviceHandle::new(name, config).map_err(|e| {
+                    WireguardError::Create { name: name.to_string(), kernel, userspace: format!("{e:?}") }
+                })?;
+                update()
+                    .apply(&iface, Backend::Userspace)
+                    .map_err(|source| WireguardError::Configure { name: name.to_string(), source })?;
+                (Backend::Userspace, Some(handle))
+            }
+        };
+        set_address(name, address, prefix_len).await?;
+        Ok(ManagementInterface { name: iface, name_text: name.to_string(), backend, _userspace: userspace })
+    }
+
+    pub fn implementation(&self) -> Implementation {
+        match self.backend {
+            Backend::Userspace => Implementation::Userspace,
+            _ => Implementation::Kernel,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name_text
+    }
+
+    /// Adds the peer of an accepted machine: its key, and its overlay address as the only
+    /// address it may send from.
+    pub fn add_peer(&self, key: &str, overlay: Ipv4Addr) -> Result<(), WireguardError> {
+        let key = Key::from_base64(key).map_err(|_| WireguardError::Key(key.to_string()))?;
+        let peer = PeerConfigBuilder::new(&key).replace_allowed_ips().add_allowed_ip(IpAddr::V4(overlay), 32);
+        self.apply(DeviceUpdate::new().add_peer(peer))
+    }
+
+    pub fn remove_peer(&self, key: &str) -> Result<(), WireguardError> {
+        let key = Key::from_base64(key).map_err(|_| WireguardError::Key(key.to_string()))?;
+        self.apply(DeviceUpdate::new().remove_peer_by_key(&key))
+    }
+
+    fn apply(&self, update: DeviceUpdate) -> Result<(), WireguardError> {
+        update
+            .apply(&self.name, self.backend)
+            .map_err(|source| WireguardError::Configure { name: self.name_text.clone(), source })
+    }
+
+    /// How long ago each peer (by base64 key) last completed a handshake.
+    pub fn handshake_ages(&self) -> HashMap<String, Duration> {
+        let Ok(device) = Device::get(&self.name, self.backend) else { return HashMap::new() };
+        let now = SystemTime::now();
+        device
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let at = p.stats.last_handshake_time?;
+                Some((p.config.public_key.to_base64(), now.duration_since(at).unwrap_or_default()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for ManagementInterface {
+    fn drop(&mut self) {
+        if self.backend == Backend::Kernel {
+            if let Ok(device) = Device::get(&self.name, self.backend) {
+                let _ = device.delete();
+            }
+        }
+    }
+}
+
+/// Gives the interface its address and brings it up, through rtnetlink.
+async fn set_address(name: &str, address: Ipv4Addr, prefix_len: u8) -> Result<(), WireguardError> {
+    let fail = |message: String| WireguardError::Address { name: name.to_string(), message };
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| fail(e.to_string()))?;
+    tokio::spawn(connection);
+    let link = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("the interface vanished".into()))?;
+    let index = link.header.index;
+    // Replace whatever address a previous run left.
+    let mut existing = handle.address().get().set_link_index_filter(index).execute();
+    while let Some(addr) = existing.try_next().await.map_err(|e| fail(e.to_string()))? {
+        let _ = handle.address().del(addr).execute().await;
+    }
+    handle.address().add(index, IpAddr::V4(address), prefix_len).execute().await.map_err(|e| fail(e.to_string()))?;
+    handle
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
