@@ -4,3 +4,5 @@
 pub mod client;
 pub mod inventory;
 pub mod link;
+pub mod session;
+pub mod status;
