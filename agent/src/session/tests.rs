@@ -12,7 +12,7 @@ use crate::link::LinkError;
 
 #[derive(Debug, Clone)]
 enum Call {
-    Register(RegisterRequest),
+    Register(Box<RegisterRequest>),
     Heartbeat(Ipv4Addr, String, Heartbeat),
     Desired(u64),
 }
@@ -36,7 +36,7 @@ impl FakeApi {
 
     fn registrations(&self) -> Vec<RegisterRequest> {
         let calls = self.calls.lock().unwrap();
-        calls.iter().filter_map(|c| if let Call::Register(r) = c { Some(r.clone()) } else { None }).collect()
+        calls.iter().filter_map(|c| if let Call::Register(r) = c { Some(*r.clone()) } else { None }).collect()
     }
 
     fn heartbeats(&self) -> Vec<(Ipv4Addr, String, Heartbeat)> {
@@ -50,7 +50,7 @@ impl FakeApi {
 
 impl Api for Arc<FakeApi> {
     async fn register(&self, request: &RegisterRequest) -> Result<RegisterResponse, ApiError> {
-        self.calls.lock().unwrap().push(Call::Register(request.clone()));
+        self.calls.lock().unwrap().push(Call::Register(Box::new(request.clone())));
         let next = self.registers.lock().unwrap().pop_front();
         match next {
             Some(answer) => answer,
