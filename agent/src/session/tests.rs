@@ -1,0 +1,359 @@
+//! The session against fakes: scripted appliance answers, a link that records what it was told,
+//! a clock that records sleeps instead of sleeping.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use oasis_proto::Role;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::link::LinkError;
+
+#[derive(Debug, Clone)]
+enum Call {
+    Register(Box<RegisterRequest>),
+    Heartbeat(Ipv4Addr, String, Heartbeat),
+    Desired(u64),
+}
+
+/// Answers from scripts; when the register or heartbeat script runs out, it signals `done` and
+/// never answers again, which ends the test.
+#[derive(Default)]
+struct FakeApi {
+    registers: Mutex<VecDeque<Result<RegisterResponse, ApiError>>>,
+    heartbeats: Mutex<VecDeque<Result<(), ApiError>>>,
+    desired: Mutex<VecDeque<Result<DesiredState, ApiError>>>,
+    calls: Mutex<Vec<Call>>,
+    done: Notify,
+}
+
+impl FakeApi {
+    async fn end(&self) -> ! {
+        self.done.notify_one();
+        std::future::pending().await
+    }
+
+    fn registrations(&self) -> Vec<RegisterRequest> {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter_map(|c| if let Call::Register(r) = c { Some(*r.clone()) } else { None }).collect()
+    }
+
+    fn heartbeats(&self) -> Vec<(Ipv4Addr, String, Heartbeat)> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter_map(|c| if let Call::Heartbeat(a, c, h) = c { Some((*a, c.clone(), h.clone())) } else { None })
+            .collect()
+    }
+}
+
+impl Api for Arc<FakeApi> {
+    async fn register(&self, request: &RegisterRequest) -> Result<RegisterResponse, ApiError> {
+        self.calls.lock().unwrap().push(Call::Register(Box::new(request.clone())));
+        let next = self.registers.lock().unwrap().pop_front();
+        match next {
+            Some(answer) => answer,
+            None => self.end().await,
+        }
+    }
+
+    async fn heartbeat(&self, appliance: Ipv4Addr, credential: &str, heartbeat: &Heartbeat) -> Result<(), ApiError> {
+        self.calls.lock().unwrap().push(Call::Heartbeat(appliance, credential.into(), heartbeat.clone()));
+        let next = self.heartbeats.lock().unwrap().pop_front();
+        match next {
+            Some(answer) => answer,
+            None => self.end().await,
+        }
+    }
+
+    async fn desired(&self, _appliance: Ipv4Addr, _credential: &str, after: u64) -> Result<DesiredState, ApiError> {
+        self.calls.lock().unwrap().push(Call::Desired(after));
+        let next = self.desired.lock().unwrap().pop_front();
+        match next {
+            Some(answer) => answer,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[derive(Default)]
+struct FakeLink {
+    configured: Mutex<Vec<LinkConfig>>,
+    failures_left: Mutex<u32>,
+}
+
+impl Link for Arc<FakeLink> {
+    async fn configure(&self, config: &LinkConfig) -> Result<(), LinkError> {
+        let mut failures = self.failures_left.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            return Err(LinkError::BadPrefix(config.prefix_len));
+        }
+        self.configured.lock().unwrap().push(config.clone());
+        Ok(())
+    }
+
+    fn handshake_age(&self) -> Option<Duration> {
+        Some(Duration::from_secs(3))
+    }
+}
+
+#[derive(Default)]
+struct FakeClock {
+    sleeps: Mutex<Vec<Duration>>,
+}
+
+impl Clock for Arc<FakeClock> {
+    async fn sleep(&self, duration: Duration) {
+        self.sleeps.lock().unwrap().push(duration);
+        tokio::task::yield_now().await;
+    }
+
+    fn uptime(&self) -> Duration {
+        self.sleeps.lock().unwrap().iter().sum()
+    }
+}
+
+#[derive(Default)]
+struct FakeConsole {
+    blocks: Mutex<Vec<String>>,
+}
+
+impl Console for Arc<FakeConsole> {
+    fn show(&self, block: &str) {
+        self.blocks.lock().unwrap().push(block.to_string());
+    }
+}
+
+struct Fakes {
+    api: Arc<FakeApi>,
+    link: Arc<FakeLink>,
+    clock: Arc<FakeClock>,
+    console: Arc<FakeConsole>,
+}
+
+impl Fakes {
+    fn new(registers: Vec<Result<RegisterResponse, ApiError>>, heartbeats: Vec<Result<(), ApiError>>) -> Fakes {
+        let api = FakeApi::default();
+        *api.registers.lock().unwrap() = registers.into();
+        *api.heartbeats.lock().unwrap() = heartbeats.into();
+        Fakes { api: Arc::new(api), link: Arc::default(), clock: Arc::default(), console: Arc::default() }
+    }
+
+    /// Runs a session until a script runs out.
+    async fn run(&self) {
+        let identity = Identity {
+            token: "join".into(),
+            boot_mac: "52:54:00:12:34:56".into(),
+            wireguard_key: "machine-key".into(),
+            inventory: Inventory::default(),
+        };
+        let session = Session::new(
+            self.api.clone(),
+            self.link.clone(),
+            self.clock.clone(),
+            self.console.clone(),
+            identity,
+            "ens3 10.0.0.23/24".into(),
+        );
+        tokio::select! {
+            _ = session.run() => {}
+            () = self.api.done.notified() => {}
+        }
+    }
+
+    fn sleeps(&self) -> Vec<Duration> {
+        self.clock.sleeps.lock().unwrap().clone()
+    }
+
+    fn console(&self) -> String {
+        self.console.blocks.lock().unwrap().concat()
+    }
+}
+
+fn config(endpoint: &str) -> LinkConfig {
+    LinkConfig {
+        appliance_key: "appliance-key".into(),
+        endpoint: endpoint.parse().unwrap(),
+        address: "10.99.0.5".parse().unwrap(),
+        prefix_len: 16,
+        appliance_address: "10.99.0.1".parse().unwrap(),
+        keepalive_secs: 15,
+    }
+}
+
+fn answer(state: MachineState, link: Option<LinkConfig>) -> Result<RegisterResponse, ApiError> {
+    Ok(RegisterResponse {
+        machine_id: "m-1".into(),
+        state,
+        message: format!("you are {state}"),
+        credential: link.as_ref().map(|_| "cred".to_string()),
+        link,
+    })
+}
+
+fn unreachable() -> ApiError {
+    ApiError::Unreachable { url: "https://10.0.0.1:9443".into(), reason: "connection refused".into() }
+}
+
+fn within(d: Duration, secs: f64) -> bool {
+    let s = d.as_secs_f64();
+    s >= secs * 0.8 - 1e-9 && s <= secs * 1.2 + 1e-9
+}
+
+#[tokio::test]
+async fn pending_machines_ask_again_with_growing_delays_and_fresh_nonces() {
+    let fakes = Fakes::new(
+        vec![
+            answer(MachineState::Pending, None),
+            answer(MachineState::Pending, None),
+            answer(MachineState::Accepted, Some(config("10.0.0.1:51820"))),
+        ],
+        vec![Ok(())],
+    );
+    fakes.run().await;
+
+    let registrations = fakes.api.registrations();
+    assert_eq!(registrations.len(), 3);
+    let nonces: std::collections::HashSet<_> = registrations.iter().map(|r| r.nonce.clone()).collect();
+    assert_eq!(nonces.len(), 3, "every attempt needs a new nonce");
+    assert!(registrations.iter().all(|r| r.wireguard_key == "machine-key" && r.token == "join"));
+
+    let sleeps = fakes.sleeps();
+    assert!(within(sleeps[0], 1.0) && within(sleeps[1], 2.0), "{sleeps:?}");
+    assert_eq!(*fakes.link.configured.lock().unwrap(), vec![config("10.0.0.1:51820")]);
+    let heartbeats = fakes.api.heartbeats();
+    assert_eq!(heartbeats[0].0, Ipv4Addr::new(10, 99, 0, 1), "heartbeats go through the link");
+    assert_eq!(heartbeats[0].1, "cred");
+    let console = fakes.console();
+    assert!(console.contains("state      pending: waiting for acceptance"), "{console}");
+    assert!(console.contains("state      linked") && console.contains("machine    m-1"), "{console}");
+}
+
+#[tokio::test]
+async fn a_rejected_machine_keeps_asking_slowly() {
+    let fakes = Fakes::new(
+        vec![answer(MachineState::Rejected, None), answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))],
+        vec![Ok(())],
+    );
+    fakes.run().await;
+    assert!(within(fakes.sleeps()[0], 60.0), "{:?}", fakes.sleeps());
+    assert!(fakes.console().contains("REJECTED by the appliance"));
+    assert!(fakes.console().contains("last error you are rejected"));
+}
+
+#[tokio::test]
+async fn registration_errors_are_shown_and_retried() {
+    let pin = ApiError::PinMismatch {
+        url: "https://10.0.0.1:9443".into(),
+        expected: "sha256:aa".into(),
+        found: "sha256:bb".into(),
+    };
+    let refused = ApiError::Refused { status: 401, message: "wrong join token".into() };
+    let fakes = Fakes::new(
+        vec![
+            Err(unreachable()),
+            Err(pin),
+            Err(refused),
+            answer(MachineState::Accepted, Some(config("10.0.0.1:51820"))),
+        ],
+        vec![Ok(())],
+    );
+    fakes.run().await;
+    let console = fakes.console();
+    assert!(console.contains("appliance  UNREACHABLE"), "{console}");
+    assert!(console.contains("connection refused"), "{console}");
+    assert!(console.contains("is not the appliance this machine was booted from"), "{console}");
+    assert!(console.contains("(HTTP 401): wrong join token"), "{console}");
+    let sleeps = fakes.sleeps();
+    assert!(within(sleeps[0], 1.0) && within(sleeps[1], 2.0) && within(sleeps[2], 4.0), "{sleeps:?}");
+    assert_eq!(fakes.api.registrations().len(), 4);
+}
+
+#[tokio::test]
+async fn a_lost_appliance_is_found_again_with_the_same_key_and_the_link_follows_it() {
+    let fakes = Fakes::new(
+        vec![
+            answer(MachineState::Accepted, Some(config("10.0.0.1:51820"))),
+            answer(MachineState::Accepted, Some(config("10.0.0.2:51820"))),
+        ],
+        vec![Ok(()), Err(unreachable()), Err(unreachable()), Err(unreachable()), Ok(())],
+    );
+    fakes.run().await;
+    let registrations = fakes.api.registrations();
+    assert_eq!(registrations.len(), 2, "one re-registration, no more");
+    assert_eq!(registrations[0].wireguard_key, registrations[1].wireguard_key);
+    assert_ne!(registrations[0].nonce, registrations[1].nonce);
+    assert_eq!(*fakes.link.configured.lock().unwrap(), vec![config("10.0.0.1:51820"), config("10.0.0.2:51820")]);
+    assert_eq!(fakes.api.heartbeats().len(), 6, "the last heartbeat runs after the re-registration");
+}
+
+#[tokio::test]
+async fn two_failed_heartbeats_are_not_yet_a_lost_appliance() {
+    let fakes = Fakes::new(
+        vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))],
+        vec![Err(unreachable()), Err(unreachable()), Ok(()), Err(unreachable()), Err(unreachable()), Ok(())],
+    );
+    fakes.run().await;
+    assert_eq!(fakes.api.registrations().len(), 1);
+    assert_eq!(fakes.api.heartbeats().len(), 7);
+}
+
+#[tokio::test]
+async fn a_refused_credential_registers_again_without_touching_an_unchanged_link() {
+    let fakes = Fakes::new(
+        vec![
+            answer(MachineState::Accepted, Some(config("10.0.0.1:51820"))),
+            answer(MachineState::Accepted, Some(config("10.0.0.1:51820"))),
+        ],
+        vec![Err(ApiError::Refused { status: 401, message: "unknown credential".into() }), Ok(())],
+    );
+    fakes.run().await;
+    assert_eq!(fakes.api.registrations().len(), 2);
+    assert_eq!(fakes.link.configured.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_link_that_fails_is_retried() {
+    let fakes = Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(())]);
+    *fakes.link.failures_left.lock().unwrap() = 2;
+    fakes.run().await;
+    assert_eq!(fakes.link.configured.lock().unwrap().len(), 1);
+    assert!(fakes.console().contains("invalid overlay prefix length"), "{}", fakes.console());
+    assert_eq!(fakes.api.heartbeats().len(), 2, "the scripted one and the one that ends the test");
+}
+
+#[tokio::test]
+async fn desired_state_revisions_are_reported_in_heartbeats() {
+    let fakes = Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(())]);
+    *fakes.api.desired.lock().unwrap() =
+        vec![Err(unreachable()), Ok(DesiredState { revision: 4, role: Role::Unassigned })].into();
+    fakes.run().await;
+    let heartbeats = fakes.api.heartbeats();
+    assert_eq!(heartbeats.last().unwrap().2.applied_revision, 4);
+    let watches: Vec<u64> = fakes
+        .api
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|c| if let Call::Desired(after) = c { Some(*after) } else { None })
+        .collect();
+    assert_eq!(watches, vec![0, 0, 4]);
+    assert!(fakes.sleeps().contains(&WATCH_RETRY_DELAY), "a failed watch pauses before the next");
+}
+
+#[test]
+fn backoff_doubles_to_its_cap_with_bounded_jitter() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut backoff = Backoff::new(REGISTER_FIRST_DELAY, REGISTER_MAX_DELAY);
+    for expected in [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0] {
+        let delay = backoff.next_delay(&mut rng);
+        assert!(within(delay, expected), "{delay:?} vs {expected}");
+    }
+    backoff.reset();
+    assert!(within(backoff.next_delay(&mut rng), 1.0));
+    let delays: std::collections::HashSet<_> = (0..20).map(|_| jitter(Duration::from_secs(10), &mut rng)).collect();
+    assert!(delays.len() > 1, "jitter must vary");
+}

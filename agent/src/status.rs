@@ -1,0 +1,105 @@
+//! The status block the agent prints on the machine's console, for whoever stands at the rack.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+/// What the block shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub machine_id: Option<String>,
+    /// The boot interface and its address, e.g. `ens3 10.0.0.23/24`.
+    pub address: String,
+    /// `registering`, `pending`, `rejected`, `linked`, ...
+    pub state: String,
+    /// Whether the last call to the appliance got an answer.
+    pub appliance_reachable: Option<bool>,
+    pub handshake_age: Option<Duration>,
+    pub last_error: Option<String>,
+}
+
+/// Renders `status` as a few lines.
+pub fn render(status: &Status) -> String {
+    let mut out = String::from("---- oasis node agent ----\n");
+    let reach = match status.appliance_reachable {
+        None => "not tried yet",
+        Some(true) => "reachable",
+        Some(false) => "UNREACHABLE",
+    };
+    let handshake = match status.handshake_age {
+        None => "none yet".to_string(),
+        Some(age) => format!("{} s ago", age.as_secs()),
+    };
+    let _ = writeln!(out, "machine    {}", status.machine_id.as_deref().unwrap_or("(not registered)"));
+    let _ = writeln!(out, "address    {}", status.address);
+    let _ = writeln!(out, "state      {}", status.state);
+    let _ = writeln!(out, "appliance  {reach}");
+    let _ = writeln!(out, "wireguard  handshake {handshake}");
+    if let Some(error) = &status.last_error {
+        let _ = writeln!(out, "last error {error}");
+    }
+    out
+}
+
+/// Writes `block` to the console device (`/dev/console` on a node). A console that cannot be
+/// written is not a reason to stop: the error goes to the log instead.
+pub fn print_to(console: &Path, block: &str) {
+    let written =
+        std::fs::OpenOptions::new().append(true).open(console).and_then(|mut f| f.write_all(block.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!("cannot write the status block to {}: {e}", console.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_linked_machine() {
+        let status = Status {
+            machine_id: Some("m-3f2a".into()),
+            address: "ens3 10.0.0.23/24".into(),
+            state: "linked".into(),
+            appliance_reachable: Some(true),
+            handshake_age: Some(Duration::from_millis(12_900)),
+            last_error: None,
+        };
+        assert_eq!(
+            render(&status),
+            "---- oasis node agent ----\n\
+             machine    m-3f2a\n\
+             address    ens3 10.0.0.23/24\n\
+             state      linked\n\
+             appliance  reachable\n\
+             wireguard  handshake 12 s ago\n"
+        );
+    }
+
+    #[test]
+    fn a_machine_that_cannot_reach_the_appliance_says_why() {
+        let status = Status {
+            address: "ens3 (no address)".into(),
+            state: "registering".into(),
+            appliance_reachable: Some(false),
+            last_error: Some("cannot reach the appliance at https://10.0.0.1:9443: connection refused".into()),
+            ..Status::default()
+        };
+        let block = render(&status);
+        assert!(block.contains("machine    (not registered)\n"), "{block}");
+        assert!(block.contains("appliance  UNREACHABLE\n"), "{block}");
+        assert!(block.contains("wireguard  handshake none yet\n"), "{block}");
+        assert!(block.ends_with("last error cannot reach the appliance at https://10.0.0.1:9443: connection refused\n"));
+    }
+
+    #[test]
+    fn printing_appends_to_the_console_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console");
+        std::fs::write(&console, "earlier\n").unwrap();
+        print_to(&console, "block\n");
+        assert_eq!(std::fs::read_to_string(&console).unwrap(), "earlier\nblock\n");
+        print_to(&dir.path().join("missing/console"), "lost\n");
+    }
+}
