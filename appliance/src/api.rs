@@ -362,3 +362,71 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+
+    use super::*;
+    use crate::registry::{Overlay, Policy};
+
+    fn api(dir: &std::path::Path) -> Arc<Api> {
+        let store = Store::open(dir).unwrap();
+        let identity = Identity::load_or_create(&store, dir).unwrap();
+        let overlay = Overlay {
+            appliance: Ipv4Addr::new(10, 99, 0, 1),
+            prefix_len: 24,
+            endpoint: "10.0.0.1:51820".parse().unwrap(),
+            appliance_key: crate::wireguard::public_key(&identity.wireguard_private),
+            keepalive_secs: 15,
+        };
+        let (desired, _) = watch::channel(1);
+        Arc::new(Api {
+            registry: Mutex::new(Registry::new(Policy::Auto, overlay, vec![])),
+            store,
+            identity,
+            wireguard: None,
+            desired,
+        })
+    }
+
+    async fn send(api: &Arc<Api>, method: &str, path: &str, auth: Option<&str>, body: Vec<u8>) -> (StatusCode, String) {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(token) = auth {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let mut req = req.body(Body::from(body)).unwrap();
+        req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 100], 40000))));
+        let res = router(api.clone()).oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn bodies_too_large_or_malformed_are_refused_with_an_error_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path());
+        let (status, body) = send(&api, "POST", "/v1/register", None, vec![b' '; MAX_BODY_BYTES + 1]).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert!(serde_json::from_str::<ErrorBody>(&body).is_ok(), "{body}");
+        let (status, body) = send(&api, "POST", "/v1/register", None, b"{\"token\": 12".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("error"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn admin_endpoints_need_the_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path());
+        assert_eq!(send(&api, "GET", "/v1/machines", None, vec![]).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(send(&api, "GET", "/v1/machines", Some("guess"), vec![]).await.0, StatusCode::UNAUTHORIZED);
+        let join = api.identity.join_token.clone();
+        assert_eq!(send(&api, "GET", "/v1/machines", Some(&join), vec![]).await.0, StatusCode::UNAUTHORIZED);
+        let admin = api.identity.admin_token.clone();
+        let (status, body) = send(&api, "GET", "/v1/machines", Some(&admin), vec![]).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
+        let (status, _) = send(&api, "POST", "/v1/machines/nobody/accept", Some(&admin), vec![]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+}

@@ -40,6 +40,8 @@ pub struct ManagementInterface {
     name: InterfaceName,
     name_text: String,
     backend: Backend,
+    /// The peers configured, by key: an add for a key already there must not reach boringtun.
+    peers: std::sync::Mutex<HashMap<String, Ipv4Addr>>,
     /// Keeps boringtun's threads alive; dropping it removes the interface.
     _userspace: Option<boringtun::device::DeviceHandle>,
 }
@@ -87,7 +89,13 @@ impl ManagementInterface {
             }
         };
         set_address(name, address, prefix_len).await?;
-        Ok(ManagementInterface { name: iface, name_text: name.to_string(), backend, _userspace: userspace })
+        Ok(ManagementInterface {
+            name: iface,
+            name_text: name.to_string(),
+            backend,
+            peers: std::sync::Mutex::new(HashMap::new()),
+            _userspace: userspace,
+        })
     }
 
     pub fn implementation(&self) -> Implementation {
@@ -103,15 +111,29 @@ impl ManagementInterface {
 
     /// Adds the peer of an accepted machine: its key, and its overlay address as the only
     /// address it may send from.
+    /// Does nothing if the peer is already there with that address.
     pub fn add_peer(&self, key: &str, overlay: Ipv4Addr) -> Result<(), WireguardError> {
-        let key = Key::from_base64(key).map_err(|_| WireguardError::Key(key.to_string()))?;
-        let peer = PeerConfigBuilder::new(&key).replace_allowed_ips().add_allowed_ip(IpAddr::V4(overlay), 32);
-        self.apply(DeviceUpdate::new().add_peer(peer))
+        let parsed = Key::from_base64(key).map_err(|_| WireguardError::Key(key.to_string()))?;
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        match peers.get(key) {
+            Some(address) if *address == overlay => return Ok(()),
+            Some(_) => self.apply(DeviceUpdate::new().remove_peer_by_key(&parsed))?,
+            None => {}
+        }
+        let peer = PeerConfigBuilder::new(&parsed).replace_allowed_ips().add_allowed_ip(IpAddr::V4(overlay), 32);
+        self.apply(DeviceUpdate::new().add_peer(peer))?;
+        peers.insert(key.to_string(), overlay);
+        Ok(())
     }
 
+    /// Does nothing if there is no such peer.
     pub fn remove_peer(&self, key: &str) -> Result<(), WireguardError> {
-        let key = Key::from_base64(key).map_err(|_| WireguardError::Key(key.to_string()))?;
-        self.apply(DeviceUpdate::new().remove_peer_by_key(&key))
+        let parsed = Key::from_base64(key).map_err(|_| WireguardError::Key(key.to_string()))?;
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.remove(key).is_some() {
+            self.apply(DeviceUpdate::new().remove_peer_by_key(&parsed))?;
+        }
+        Ok(())
     }
 
     fn apply(&self, update: DeviceUpdate) -> Result<(), WireguardError> {

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{assets, workspace_root, Netns};
@@ -42,8 +43,23 @@ pub fn boot_root(dir: &Path) -> PathBuf {
     root
 }
 
-/// A configuration for the test rack: bridge `br0` with the appliance at 10.0.0.1.
+/// A management interface name no other test uses: boringtun's control socket lives in the
+/// shared `/var/run/wireguard/NAME.sock`, whatever namespace the interface is in.
+pub fn unique_wireguard_name() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!("owg{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A configuration for the test rack: bridge `br0` with the appliance at 10.0.0.1, booting the
+/// test payload.
 pub fn rack_config(dir: &Path, dhcp: &str, cmdline: &str) -> PathBuf {
+    let profile =
+        format!("[profile]\nkernel = \"payload/vmlinuz\"\ninitrd = \"payload/initrd.img\"\ncmdline = \"{cmdline}\"\n");
+    write_config(dir, dhcp, &boot_root(dir), &profile)
+}
+
+/// Writes `DIR/oasis.toml` for the test rack with `extra` (sections) appended.
+pub fn write_config(dir: &Path, dhcp: &str, root: &Path, extra: &str) -> PathBuf {
     let text = format!(
         r#"data_dir = "{data}"
 
@@ -57,13 +73,14 @@ address = "10.0.0.1"
 [boot]
 root = "{root}"
 
-[profile]
-kernel = "payload/vmlinuz"
-initrd = "payload/initrd.img"
-cmdline = "{cmdline}"
+[wireguard]
+interface = "{wg}"
+
+{extra}
 "#,
         data = dir.join("data").display(),
-        root = boot_root(dir).display(),
+        root = root.display(),
+        wg = unique_wireguard_name(),
     );
     let path = dir.join("oasis.toml");
     std::fs::write(&path, text).unwrap();

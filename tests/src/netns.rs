@@ -61,6 +61,25 @@ impl Netns {
         run(self.command(program).args(rest))
     }
 
+    /// Runs `f` on a new thread that has entered this namespace, so the sockets it makes live
+    /// there, and returns what it returns (a panic in `f` is re-raised here).
+    pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        use std::os::fd::AsRawFd;
+        let path = format!("/var/run/netns/{}", self.name);
+        let thread = std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns(2) with a descriptor that stays open for the call; it changes only
+            // this thread's network namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns into {path}: {}", std::io::Error::last_os_error());
+            f()
+        });
+        match thread.join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
     /// Runs `ip -n NAME args…`.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         run(Command::new("ip").args(["-n", &self.name]).args(args))
