@@ -1,0 +1,174 @@
+//! Machines that boot join the appliance: real firmware netboots the node image from `oasis serve`,
+//! the agent registers over pinned HTTPS, is accepted, and brings up its WireGuard management
+//! link (kernel WireGuard in the guest, boringtun on the appliance side, since this host's kernel
+//! has none). Needs root, QEMU and the node image in `$OASIS_ASSETS/node` (scripts/test builds it).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use oasis_e2e::appliance::{boot_root, write_config, Appliance};
+use oasis_e2e::{node_image, tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
+use serde_json::Value;
+
+/// A boot root with the iPXE builds, the test payload and the node image under `node/`.
+fn node_boot_root(dir: &Path) -> std::path::PathBuf {
+    let root = boot_root(dir);
+    let node = node_image().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(root.join("node")).unwrap();
+    for entry in std::fs::read_dir(&node).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), root.join("node").join(entry.file_name())).unwrap();
+    }
+    root
+}
+
+fn registrations(appliance: &Appliance) -> Vec<Value> {
+    let machines: Vec<Value> = serde_json::from_str(&appliance.cli(&["machines", "--json"])).unwrap();
+    machines.into_iter().filter_map(|m| (!m["registration"].is_null()).then(|| m["registration"].clone())).collect()
+}
+
+/// Waits until `ok` holds for the registrations, or fails with the machines' consoles.
+fn wait_until(
+    appliance: &Appliance,
+    machines: &[Machine],
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let regs = registrations(appliance);
+        if ok(&regs) {
+            return regs;
+        }
+        if Instant::now() > deadline {
+            let consoles: Vec<String> = machines.iter().map(|m| tail(&m.serial(), 40)).collect();
+            panic!(
+                "{what}: not within {timeout:?}\nregistrations: {regs:#?}\n--- consoles ---\n{}\n--- appliance ---\n{}",
+                consoles.join("\n-----\n"),
+                tail(&appliance.log(), 60)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn linked(r: &Value) -> bool {
+    r["state"] == "accepted" && r["handshake_age_secs"].as_u64().is_some_and(|a| a < 60) && !r["last_heartbeat"].is_null()
+}
+
+#[test]
+fn three_machines_netboot_register_link_and_reconnect_after_a_restart() {
+    let ns = Netns::create("oasis-join").unwrap();
+    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
+    let work = tempfile::Builder::new().prefix("oasis-join-").tempdir().unwrap();
+    let root = node_boot_root(work.path());
+    let config = write_config(work.path(), "range = [\"10.0.0.100\", \"10.0.0.199\"]", &root, "");
+    let mut appliance = Appliance::start(&ns, &config, &work.path().join("oasis.log"));
+
+    let guests = [
+        ("52:54:00:0c:00:01", Firmware::Bios, "virtio-net-pci"),
+        ("52:54:00:0c:00:02", Firmware::Bios, "e1000"),
+        ("52:54:00:0c:00:03", Firmware::Uefi, "virtio-net-pci"),
+    ];
+    let mut machines = Vec::new();
+    for (i, (mac, firmware, nic)) in guests.iter().enumerate() {
+        let tap = format!("tap{i}");
+        ns.add_tap(&tap, "br0").unwrap();
+        let mut spec = MachineSpec::new(&ns, &tap, mac, *firmware, work.path().join(format!("machine{i}.log")));
+        spec.nic_model = nic.to_string();
+        spec.memory_mb = 512;
+        machines.push(Machine::start(spec).unwrap());
+    }
+
+    let regs = wait_until(&appliance, &machines, Duration::from_secs(600), "3 machines linked", |regs| {
+        regs.len() == 3 && regs.iter().all(linked)
+    });
+    for (mac, _, _) in guests {
+        let r = regs.iter().find(|r| r["boot_mac"] == mac).unwrap_or_else(|| panic!("{mac} not registered"));
+        assert!(r["inventory"]["memory_bytes"].as_u64().unwrap() > 256 << 20, "{r}");
+        assert!(r["inventory"]["nics"].as_array().is_some_and(|n| !n.is_empty()), "{r}");
+        // The overlay carries traffic: the appliance reaches the machine inside its link.
+        let overlay = r["overlay"].as_str().unwrap();
+        ns.exec(&["busybox", "ping", "-c", "2", "-W", "5", overlay])
+            .unwrap_or_else(|e| panic!("{overlay} does not answer over the management link: {e}"));
+    }
+    let uefi = regs.iter().find(|r| r["boot_mac"] == guests[2].0).unwrap();
+    assert_eq!(uefi["inventory"]["boot_mode"], "uefi", "{uefi}");
+
+    // Restart the appliance: every machine reconnects, with no new records.
+    appliance.stop();
+    let restarted = Instant::now();
+    let appliance = Appliance::start(&ns, &config, &work.path().join("oasis.log"));
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let regs = wait_until(&appliance, &machines, Duration::from_secs(180), "reconnect after restart", |regs| {
+        regs.len() == 3
+            && regs.iter().all(|r| linked(r) && r["last_heartbeat"]["at"].as_u64().is_some_and(|t| t >= after))
+    });
+    eprintln!("all 3 machines back on their links {:.1} s after the restart", restarted.elapsed().as_secs_f64());
+    let events = appliance.cli(&["events", "--limit", "500"]);
+    assert_eq!(events.matches("machine-registered").count(), 3, "no machine registered twice:\n{events}");
+    assert_eq!(regs.len(), 3);
+}
+
+#[test]
+fn a_wrong_token_never_joins_and_manual_acceptance_waits_for_an_operator() {
+    let ns = Netns::create("oasis-manual").unwrap();
+    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
+    let work = tempfile::Builder::new().prefix("oasis-manual-").tempdir().unwrap();
+    let root = node_boot_root(work.path());
+    let config = write_config(
+        work.path(),
+        "range = [\"10.0.0.100\", \"10.0.0.199\"]",
+        &root,
+        "[registration]\npolicy = \"manual\"\n",
+    );
+    let appliance = Appliance::start(&ns, &config, &work.path().join("oasis.log"));
+    // The agent arguments exactly as the appliance serves them, once with the token replaced.
+    let script = ns.exec(&["busybox", "wget", "-q", "-O", "-", "http://10.0.0.1/boot.ipxe?mac=52-54-00-0d-00-01"]);
+    let script = script.unwrap();
+    let kernel_line = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let args = oasis_proto::KernelArgs::parse(kernel_line).unwrap();
+    let append = |token: &str| {
+        format!("console=ttyS0 panic=-1 oasis.api={} oasis.token={token} oasis.pin={}", args.api, args.pin)
+    };
+
+    let node = root.join("node");
+    let mut machines = Vec::new();
+    for (i, (mac, token)) in [("52:54:00:0d:00:01", args.token.as_str()), ("52:54:00:0d:00:02", "not-the-token")]
+        .into_iter()
+        .enumerate()
+    {
+        let tap = format!("tap{i}");
+        ns.add_tap(&tap, "br0").unwrap();
+        let mut spec = MachineSpec::new(&ns, &tap, mac, Firmware::Bios, work.path().join(format!("machine{i}.log")));
+        spec.direct_kernel = Some(DirectKernel {
+            kernel: node.join("vmlinuz"),
+            initrd: node.join("initrd.img"),
+            append: append(token),
+        });
+        machines.push(Machine::start(spec).unwrap());
+    }
+
+    let regs = wait_until(&appliance, &machines, Duration::from_secs(300), "the right-token machine pending", |regs| {
+        regs.iter().any(|r| r["boot_mac"] == "52:54:00:0d:00:01" && r["state"] == "pending")
+    });
+    assert!(regs.iter().all(|r| r["boot_mac"] != "52:54:00:0d:00:02"), "a wrong token makes no record: {regs:#?}");
+    // The wrong-token machine keeps being refused, and says why on its console.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !machines[1].serial().contains("401") {
+        assert!(Instant::now() < deadline, "no refusal on the console:\n{}", tail(&machines[1].serial(), 40));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(appliance.cli(&["events"]).contains("registration-refused"));
+    std::thread::sleep(Duration::from_secs(10));
+    let still = registrations(&appliance);
+    assert!(still.iter().all(|r| r["state"] == "pending"), "nothing is accepted without an operator: {still:#?}");
+
+    let id = still[0]["id"].as_str().unwrap().to_string();
+    appliance.cli(&["machine", "accept", &id]);
+    wait_until(&appliance, &machines, Duration::from_secs(180), "accepted machine linked", |regs| {
+        regs.iter().any(|r| r["id"] == id && linked(r))
+    });
+    assert!(registrations(&appliance).iter().all(|r| r["boot_mac"] != "52:54:00:0d:00:02"));
+}
