@@ -79,7 +79,8 @@ fn module_file_name(file: &str) -> Option<(String, &'static str)> {
 pub fn resolve(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<KernelModule>, KmodError> {
     let index = index_files(modules_dir)?;
     let mut done: BTreeMap<String, KernelModule> = BTreeMap::new();
-    let mut queue: Vec<(String, String)> = wanted.iter().map(|w| (normalize(w), "the node image".to_string())).collect();
+    let mut queue: Vec<(String, String)> =
+        wanted.iter().map(|w| (normalize(w), "the node image".to_string())).collect();
     while let Some((name, needed_by)) = queue.pop() {
         if done.contains_key(&name) {
             continue;
@@ -250,10 +251,7 @@ mod tests {
         let line = dep.lines().find(|l| l.starts_with("kernel/virtio_net.ko:")).unwrap();
         let deps: Vec<&str> = line.split_whitespace().skip(1).collect();
         // Loading from the end: virtio, virtio_ring, failover, net_failover.
-        assert_eq!(
-            deps,
-            ["kernel/net_failover.ko", "kernel/failover.ko", "kernel/virtio_ring.ko", "kernel/virtio.ko"]
-        );
+        assert_eq!(deps, ["kernel/net_failover.ko", "kernel/failover.ko", "kernel/virtio_ring.ko", "kernel/virtio.ko"]);
         assert!(dep.contains("kernel/failover.ko:\n"));
         let alias = modules_alias(&modules);
         assert!(alias.contains("alias pci:vvirtio_net* virtio_net\n"), "{alias}");

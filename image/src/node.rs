@@ -33,8 +33,8 @@ pub const MODULES: &[&str] =
 
 /// busybox applets in `/bin`.
 pub const APPLETS: &[&str] = &[
-    "cat", "dmesg", "echo", "ip", "ls", "mkdir", "mount", "poweroff", "ps", "reboot", "sh", "sleep", "sync",
-    "udhcpc", "umount", "uname",
+    "cat", "dmesg", "echo", "ip", "ls", "mkdir", "mount", "poweroff", "ps", "reboot", "sh", "sleep", "sync", "udhcpc",
+    "umount", "uname",
 ];
 
 /// Where the agent lives in the image.
@@ -167,7 +167,8 @@ fn add_overlay(a: &mut Archive, overlay: &Path) -> Result<(), NodeImageError> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = overlay.join(&rel);
-        let mut entries: Vec<_> = fs::read_dir(&dir).map_err(err(&dir))?.collect::<Result<_, _>>().map_err(err(&dir))?;
+        let mut entries: Vec<_> =
+            fs::read_dir(&dir).map_err(err(&dir))?.collect::<Result<_, _>>().map_err(err(&dir))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let path = entry.path();
