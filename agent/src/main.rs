@@ -10,6 +10,7 @@ use oasis_agent::{boot, dhcp};
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
     let argv0 = std::env::args().next().unwrap_or_default();
