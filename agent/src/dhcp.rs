@@ -256,12 +256,31 @@ impl Default for ClientConfig {
     }
 }
 
+/// Stops a udhcpc left running by an earlier agent (one that crashed and was restarted by `/init`),
+/// so that never two clients manage one link. It is found by the pid file udhcpc writes (`-p`) and
+/// only signalled if that process is still a udhcpc.
+fn stop_stale_client(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) else { return };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    // busybox applets run as `busybox` or by their link name.
+    if matches!(comm.trim(), "udhcpc" | "busybox") {
+        tracing::info!(pid, "stopping the DHCP client of an earlier agent");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
 fn spawn_udhcpc(config: &ClientConfig, interface: &str) -> Result<tokio::process::Child, DhcpError> {
+    let pid_file = config.state_dir.join("udhcpc.pid");
+    stop_stale_client(&pid_file);
+    let _ = std::fs::create_dir_all(&config.state_dir);
     let mut cmd = tokio::process::Command::new(&config.udhcpc);
-    // -f: stay in the foreground (our child, renewing); -i: the boot link; -s: our hook;
+    // -f: stay in the foreground (our child, renewing); -i: the boot link; -s: our hook; -p: pid file;
     // -t/-T: 5 discovers 2 s apart per round; -A 3: pause between rounds; no -n: retry for ever.
     cmd.args(["-f", "-i", interface, "-s"])
         .arg(&config.hook)
+        .arg("-p")
+        .arg(&pid_file)
         .args(["-t", "5", "-T", "2", "-A", "3"])
         .env(STATE_DIR_ENV, &config.state_dir)
         .stdin(Stdio::null())
