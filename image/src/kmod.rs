@@ -274,6 +274,55 @@ mod tests {
         assert!(msg.contains("e1000") && msg.contains("node image"), "{msg}");
     }
 
+    /// A fake module: `/bin/true` with a `.modinfo` section (the host's objcopy adds it), written
+    /// to `dir/rel`, then compressed with the host's `xz`/`zstd` if `rel` ends so.
+    fn fake_module(dir: &Path, rel: &str, modinfo: &[&str]) -> Vec<u8> {
+        use std::process::Command;
+        let path = dir.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let info = dir.join("modinfo.bin");
+        fs::write(&info, modinfo.iter().map(|e| format!("{e}\0")).collect::<String>()).unwrap();
+        let ko = dir.join(format!("{}.tmp.ko", rel.replace('/', "_")));
+        let status = Command::new("objcopy")
+            .arg(format!("--add-section=.modinfo={}", info.display()))
+            .arg("/bin/true")
+            .arg(&ko)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let plain = fs::read(&ko).unwrap();
+        let compressor = match rel.rsplit('.').next() {
+            Some("xz") => Some(Command::new("xz").args(["--check=crc32", "-c"]).arg(&ko).output().unwrap().stdout),
+            Some("zst") => Some(Command::new("zstd").args(["-q", "-c"]).arg(&ko).output().unwrap().stdout),
+            _ => None,
+        };
+        fs::write(&path, compressor.unwrap_or_else(|| plain.clone())).unwrap();
+        fs::remove_file(&ko).unwrap();
+        plain
+    }
+
+    #[test]
+    fn resolve_follows_dependencies_and_decompresses_modules() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let nic =
+            fake_module(root, "kernel/drivers/net/my-nic.ko.xz", &["alias=pci:v00001234d*", "depends=lib-a,libb"]);
+        let a = fake_module(root, "kernel/lib/lib-a.ko.zst", &["depends=libb"]);
+        let b = fake_module(root, "kernel/lib/libb.ko", &["depends="]);
+        fake_module(root, "kernel/other/unrelated.ko", &["depends="]);
+        let modules = resolve(root, &["my_nic"]).unwrap();
+        let names: Vec<&str> = modules.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["lib_a", "libb", "my_nic"]);
+        assert_eq!(modules[0].path, "kernel/lib/lib-a.ko");
+        assert_eq!(modules[2].path, "kernel/drivers/net/my-nic.ko");
+        assert_eq!((&modules[0].data, &modules[1].data, &modules[2].data), (&a, &b, &nic));
+        assert_eq!(modules[2].aliases, ["pci:v00001234d*"]);
+        assert_eq!(
+            modules_dep(&modules),
+            "kernel/lib/lib-a.ko: kernel/lib/libb.ko\nkernel/lib/libb.ko:\nkernel/drivers/net/my-nic.ko: kernel/lib/lib-a.ko kernel/lib/libb.ko\n"
+        );
+    }
+
     #[test]
     fn modinfo_of_a_non_elf_is_an_error() {
         assert!(modinfo(b"not an elf").is_err());
