@@ -33,7 +33,7 @@ pub enum DhcpError {
     #[error("udhcpc called the hook with {0}; run the hook only from udhcpc")]
     BadEvent(String),
     /// udhcpc could not be started.
-    #[error("cannot start {program}: {source}; the node image must have busybox with udhcpc")]
+    #[error("cannot start {program}; the node image must have busybox with udhcpc")]
     Spawn {
         /// The program.
         program: String,
@@ -52,7 +52,7 @@ pub enum DhcpError {
     #[error(transparent)]
     Network(#[from] NetworkError),
     /// The lease file could not be written or read.
-    #[error("{path}: {source}")]
+    #[error("cannot write or read the DHCP state file {path}")]
     State {
         /// The file.
         path: PathBuf,
@@ -319,7 +319,7 @@ pub async fn supervise(config: ClientConfig, interface: String, mut child: tokio
             match spawn_udhcpc(&config, &interface) {
                 Ok(child) => break child,
                 Err(e) => {
-                    tracing::error!("{e}");
+                    tracing::error!("{}", crate::drivers::error_chain(&e));
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
             }

@@ -23,7 +23,7 @@ pub const BUSES: &[&str] = &["pci", "virtio"];
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// `modules.dep` or `modules.alias` is missing or unreadable.
-    #[error("{path}: {source}; the node image is incomplete: rebuild it with `oasis image build node`")]
+    #[error("cannot read {path}; the node image is incomplete: rebuild it with `oasis image build node`")]
     Index {
         /// The file.
         path: PathBuf,
@@ -34,7 +34,7 @@ pub enum DriverError {
     #[error("kernel module {0} is not in this node image; rebuild the image with it")]
     Unknown(String),
     /// The kernel refused a module.
-    #[error("loading kernel module {path}: {source}")]
+    #[error("the kernel refused module {path}")]
     Load {
         /// The module file.
         path: PathBuf,
@@ -237,6 +237,18 @@ pub fn device_modaliases(sys: &Path) -> Vec<String> {
     out.into_iter().collect()
 }
 
+/// An error and its sources, `: `-separated, for a log line or a report.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// What [`load_drivers`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DriverReport {
@@ -276,6 +288,7 @@ pub fn load_drivers(sys: &Path, index: &ModuleIndex, loader: &mut impl ModuleLoa
                 match load_with_dependencies(index, &module, loader, &mut loaded) {
                     Ok(()) => report.drivers.push(module),
                     Err(e) => {
+                        let e = error_chain(&e);
                         tracing::warn!("{e}");
                         report.failed.push(format!("{module}: {e}"));
                     }
@@ -289,6 +302,7 @@ pub fn load_drivers(sys: &Path, index: &ModuleIndex, loader: &mut impl ModuleLoa
     match load_with_dependencies(index, WIREGUARD, loader, &mut loaded) {
         Ok(()) => report.wireguard = true,
         Err(e) => {
+            let e = error_chain(&e);
             tracing::warn!("{e}; the management link will need a userspace WireGuard");
             report.failed.push(format!("{WIREGUARD}: {e}"));
         }

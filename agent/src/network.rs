@@ -21,10 +21,10 @@ use crate::dhcp::Lease;
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     /// The netlink socket could not be opened.
-    #[error("cannot open a netlink socket: {0}")]
+    #[error("cannot open a netlink socket")]
     Socket(#[source] std::io::Error),
     /// The kernel refused a netlink request.
-    #[error("{what}: {source}")]
+    #[error("{what} failed")]
     Netlink {
         /// What was asked, with the interface.
         what: String,

@@ -17,7 +17,7 @@ pub const HOST_LIBRARY_DIRS: &[&str] =
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
     /// A file could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,

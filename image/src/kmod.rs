@@ -35,7 +35,7 @@ pub enum KmodError {
         reason: String,
     },
     /// Listing the modules directory failed.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path the OS refused.
         path: PathBuf,

@@ -73,15 +73,23 @@ pub enum NodeImageError {
         count: usize,
     },
     /// The overlay directory is missing or unreadable.
-    #[error("root filesystem overlay {path}: {source}; pass --overlay with the buildroot-overlay/rootfs-overlay directory of the oasis sources")]
+    #[error("cannot read the root filesystem overlay at {path}; pass --overlay with the buildroot-overlay/rootfs-overlay directory of the oasis sources")]
     Overlay {
         /// The path.
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
     },
+    /// The agent binary is missing or unreadable.
+    #[error("cannot read the agent binary {path}; build it with `cargo build --release -p oasis-agent` and pass target/release/oasis-agent to --agent")]
+    Agent {
+        /// The path given.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The output directory could not be created.
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     CreateDir {
         /// The directory.
         path: PathBuf,
@@ -194,6 +202,9 @@ fn add_overlay(a: &mut Archive, overlay: &Path) -> Result<(), NodeImageError> {
 /// `out/initrd.img` and `out/SHA256SUMS` with `agent` as the node agent and `overlay` as the root
 /// filesystem overlay.
 pub fn build_node_image(cache: &Path, agent: &Path, overlay: &Path, out: &Path) -> Result<NodeImage, NodeImageError> {
+    // Check the local inputs before fetching anything.
+    fs::File::open(agent).map_err(|source| NodeImageError::Agent { path: agent.to_path_buf(), source })?;
+    fs::read_dir(overlay).map_err(|source| NodeImageError::Overlay { path: overlay.to_path_buf(), source })?;
     let cache = DebianCache::new(cache)?;
     let kernel_package = cache.resolve_dependency(KERNEL_METAPACKAGE, "linux-image-")?;
     let kernel = cache.fetch(&kernel_package)?;
