@@ -1,10 +1,15 @@
 //! The node agent that every netbooted machine runs: inventory, registration, the WireGuard
 //! management link.
 //!
-//! [`run`] is the entry after the boot phase (drivers, link, DHCP) has brought the machine's
-//! network up and described it in a [`BootInfo`].
+//! The boot phase ([`boot`]) comes first: kernel modules for the devices present ([`drivers`]), the
+//! boot link through rtnetlink ([`network`]) and its DHCP lease ([`dhcp`]). Then [`run`] registers
+//! the machine and keeps its management link, for the life of the machine.
 
+pub mod boot;
 pub mod client;
+pub mod dhcp;
+pub mod drivers;
+pub mod network;
 pub mod inventory;
 pub mod link;
 pub mod session;

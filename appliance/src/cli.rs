@@ -108,6 +108,21 @@ pub enum BuildCommand {
     Ipxe(BuildArgs),
     /// A test payload: Debian's kernel and a busybox initramfs that prints a marker and powers off.
     TestPayload(BuildArgs),
+    /// The node image: Debian's kernel and an initramfs with busybox, NIC and WireGuard modules and
+    /// the node agent.
+    Node(NodeBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeBuildArgs {
+    /// The node agent binary (`target/release/oasis-agent`).
+    #[arg(long)]
+    pub agent: PathBuf,
+    /// The root filesystem overlay (`buildroot-overlay/rootfs-overlay` of the oasis sources).
+    #[arg(long, default_value = oasis_image::node::DEFAULT_OVERLAY)]
+    pub overlay: PathBuf,
+    #[command(flatten)]
+    pub build: BuildArgs,
 }
 
 #[derive(Debug, Args)]

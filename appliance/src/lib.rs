@@ -37,6 +37,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let manifest = match &build {
                 BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,
                 BuildCommand::TestPayload(a) => oasis_image::payload::build_test_payload(&a.cache, &a.out)?,
+                BuildCommand::Node(a) => {
+                    let image =
+                        oasis_image::node::build_node_image(&a.build.cache, &a.agent, &a.overlay, &a.build.out)?;
+                    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                    println!(
+                        "kernel {} {:.1} MiB; initramfs {:.1} MiB compressed, {:.1} MiB uncompressed; {} modules",
+                        image.kernel_version,
+                        mib(image.kernel_bytes),
+                        mib(image.initrd_bytes),
+                        mib(image.initrd_uncompressed_bytes),
+                        image.modules.len()
+                    );
+                    image.manifest
+                }
             };
             for entry in manifest.entries() {
                 println!("{}  {}", entry.sha256, entry.name);

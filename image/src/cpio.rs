@@ -122,6 +122,11 @@ impl Archive {
         self.insert(path, Node::CharDevice { mode: mode & 0o7777, major, minor })
     }
 
+    /// The stored paths (relative, e.g. `bin/sh`), sorted.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
     /// Number of entries (without the trailer).
     pub fn len(&self) -> usize {
         self.entries.len()

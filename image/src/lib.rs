@@ -3,13 +3,17 @@
 //! Debian packages are downloaded with `apt-get download` into a cache directory and unpacked there with
 //! `dpkg-deb -x`; nothing is installed into the build host ([`debian`]). From them come the iPXE binaries
 //! ([`ipxe`]) and the netboot test payload: a Debian kernel and a busybox initramfs written by our own
-//! reproducible cpio writer ([`cpio`], [`payload`]). Every output directory carries a `SHA256SUMS`
+//! reproducible cpio writer ([`cpio`], [`payload`]). The node image ([`node`]) adds the kernel modules a
+//! node needs ([`kmod`]) and the node agent with its shared libraries ([`elf`]). Every output directory carries a `SHA256SUMS`
 //! manifest ([`manifest`]), and every file is written aside, fsynced and renamed into place.
 
 pub mod cpio;
 pub mod debian;
+pub mod elf;
 pub mod ipxe;
+pub mod kmod;
 pub mod manifest;
+pub mod node;
 pub mod payload;
 
 pub use debian::{DebianCache, DebianError, UnpackedPackage};

@@ -22,10 +22,10 @@ pub mod netns;
 pub mod qemu;
 
 pub use appliance::{oasis, oasis_bin, Appliance};
-pub use assets::{assets, workspace_root, Assets};
+pub use assets::{assets, node_image, workspace_root, Assets};
 pub use dnsmasq::{Dnsmasq, DnsmasqConfig};
 pub use netns::Netns;
-pub use qemu::{Firmware, Machine, MachineSpec};
+pub use qemu::{DirectKernel, Firmware, Machine, MachineSpec};
 
 /// Errors from the harness.
 #[derive(Debug, thiserror::Error)]

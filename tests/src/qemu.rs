@@ -49,6 +49,21 @@ pub struct MachineSpec<'a> {
     pub serial_log: PathBuf,
     /// More QEMU arguments.
     pub extra_args: Vec<String>,
+    /// The NIC's QEMU device model: `virtio-net-pci` (default), `e1000`, `e1000e`, …
+    pub nic_model: String,
+    /// Boot this kernel directly (`-kernel/-initrd/-append`) instead of from the network.
+    pub direct_kernel: Option<DirectKernel>,
+}
+
+/// A kernel QEMU loads itself, with no firmware network boot.
+#[derive(Debug, Clone)]
+pub struct DirectKernel {
+    /// The kernel image.
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub append: String,
 }
 
 impl<'a> MachineSpec<'a> {
@@ -62,6 +77,8 @@ impl<'a> MachineSpec<'a> {
             memory_mb: 512,
             serial_log,
             extra_args: Vec::new(),
+            nic_model: "virtio-net-pci".into(),
+            direct_kernel: None,
         }
     }
 }
@@ -101,7 +118,7 @@ impl Machine {
                 let sercon = scratch.path().join("sercon-port");
                 std::fs::write(&sercon, 0x3f8u16.to_le_bytes()).map_err(io(&sercon))?;
                 cmd.args(["-fw_cfg", &format!("name=etc/sercon-port,file={}", sercon.display())]);
-                format!("virtio-net-pci,netdev=n0,mac={},bootindex=1", spec.mac)
+                format!("{},netdev=n0,mac={},bootindex=1", spec.nic_model, spec.mac)
             }
             Firmware::Uefi => {
                 let dir = &scratch;
@@ -109,10 +126,14 @@ impl Machine {
                 std::fs::copy(OVMF_VARS, &copy).map_err(io(Path::new(OVMF_VARS)))?;
                 cmd.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
                 cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", copy.display())]);
-                format!("virtio-net-pci,netdev=n0,mac={},romfile=,bootindex=1", spec.mac)
+                format!("{},netdev=n0,mac={},romfile=,bootindex=1", spec.nic_model, spec.mac)
             }
         };
         cmd.args(["-device", &nic]);
+        if let Some(direct) = &spec.direct_kernel {
+            cmd.arg("-kernel").arg(&direct.kernel).arg("-initrd").arg(&direct.initrd);
+            cmd.args(["-append", &direct.append]);
+        }
         cmd.args(&spec.extra_args);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         let child = cmd.spawn().map_err(|source| HarnessError::Spawn { command: command_line(&cmd), source })?;
