@@ -9,9 +9,9 @@ pub mod boot;
 pub mod client;
 pub mod dhcp;
 pub mod drivers;
-pub mod network;
 pub mod inventory;
 pub mod link;
+pub mod network;
 pub mod session;
 pub mod status;
 

@@ -144,16 +144,25 @@ impl ManagementInterface {
 
     /// How long ago each peer (by base64 key) last completed a handshake.
     pub fn handshake_ages(&self) -> HashMap<String, Duration> {
-        let Ok(device) = Device::get(&self.name, self.backend) else { return HashMap::new() };
-        let now = SystemTime::now();
-        device
-            .peers
-            .iter()
-            .filter_map(|p| {
-                let at = p.stats.last_handshake_time?;
-                Some((p.config.public_key.to_base64(), now.duration_since(at).unwrap_or_default()))
-            })
-            .collect()
+        match self.backend {
+            // wireguard-control prints a line on stdout for every key it does not know, and
+            // boringtun answers with one (own_public_key): read boringtun's answer ourselves.
+            Backend::Userspace => boringtun_handshake_ages(&self.name_text).unwrap_or_default(),
+            _ => {
+                let now = SystemTime::now();
+                match Device::get(&self.name, self.backend) {
+                    Ok(device) => device
+                        .peers
+                        .iter()
+                        .filter_map(|p| {
+                            let at = p.stats.last_handshake_time?;
+                            Some((p.config.public_key.to_base64(), now.duration_since(at).unwrap_or_default()))
+                        })
+                        .collect(),
+                    Err(_) => HashMap::new(),
+                }
+            }
+        }
     }
 }
 
@@ -165,6 +174,36 @@ impl Drop for ManagementInterface {
             }
         }
     }
+}
+
+/// The handshake age of each peer, from boringtun's control socket (the cross-platform UAPI:
+/// `get=1`, answered by `key=value` lines, a peer starting at each `public_key=` in hex). Unlike
+/// the kernel and the UAPI's description, boringtun 0.7 reports `last_handshake_time_sec` as the
+/// time *since* the handshake, not a Unix time.
+fn boringtun_handshake_ages(name: &str) -> std::io::Result<HashMap<String, Duration>> {
+    use std::io::{BufRead, Write};
+    let mut sock = std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{name}.sock"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    sock.write_all(b"get=1\n\n")?;
+    let mut out = HashMap::new();
+    let mut peer: Option<String> = None;
+    for line in std::io::BufReader::new(sock).lines() {
+        let line = line?;
+        if line.is_empty() {
+            break;
+        }
+        let Some((key, value)) = line.split_once('=') else { continue };
+        match key {
+            "public_key" => peer = Key::from_hex(value).ok().map(|k| k.to_base64()),
+            "last_handshake_time_sec" => {
+                if let (Some(p), Ok(secs)) = (&peer, value.parse::<u64>()) {
+                    out.insert(p.clone(), Duration::from_secs(secs));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Gives the interface its address and brings it up, through rtnetlink.
