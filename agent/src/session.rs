@@ -357,6 +357,7 @@ impl<A: Api, L: Link, C: Clock, S: Console> Session<A, L, C, S> {
                         uptime_secs: clock.uptime().as_secs(),
                         last_error: self.reporter.status.last_error.clone(),
                         applied_revision: self.applied_revision,
+                        rss_bytes: own_rss_bytes(),
                     };
                     let result = api.heartbeat(appliance, credential, &heartbeat).await;
                     let handshake_age = self.link.handshake_age();
@@ -442,3 +443,11 @@ impl<S: Console> Reporter<S> {
 
 #[cfg(test)]
 mod tests;
+
+/// This process's resident memory (`VmRSS` in `/proc/self/status`).
+fn own_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -214,6 +214,10 @@ pub struct Heartbeat {
     pub last_error: Option<String>,
     /// The desired-state revision the agent has applied.
     pub applied_revision: u64,
+    /// The agent's resident memory, for `oasis machines` and the benchmarks. Added after v1's
+    /// first release: absent from older agents.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 /// What the appliance wants a machine to be. Roles arrive with cluster assembly; until then a

@@ -69,7 +69,7 @@ fn config_check_refuses_values_it_cannot_use() {
 fn serve_refuses_a_host_that_does_not_match_its_config() {
     let ns = Netns::create("oasis-badcfg").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = appliance::rack_config(dir.path(), "", "console=ttyS0");
+    let config = appliance::rack_config(dir.path(), "range = [\"10.0.0.100\", \"10.0.0.199\"]", "console=ttyS0");
     let serve = |config: &str| {
         let out = ns.command(appliance::oasis_bin().to_str().unwrap()).args(["serve", "--config", config]).output();
         out.unwrap()

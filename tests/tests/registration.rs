@@ -51,7 +51,13 @@ fn heartbeat_from_rack(ns: &Netns, pin: &str, credential: &str) -> Result<(), Ap
     ns.run_inside(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let beat = Heartbeat { phase: "test".into(), uptime_secs: 1, last_error: None, applied_revision: 0 };
+            let beat = Heartbeat {
+                phase: "test".into(),
+                uptime_secs: 1,
+                last_error: None,
+                applied_revision: 0,
+                rss_bytes: None,
+            };
             let rack = Endpoint::parse(API)?;
             ApiClient::new(API, &pin)?.heartbeat(&rack, &credential, &beat).await
         })

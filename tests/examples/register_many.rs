@@ -1,0 +1,93 @@
+//! Many machines registering at once, for `scripts/bench-join`: N simulated agents (no virtual
+//! machines) register with a running appliance through the agent's own pinned client, all at
+//! the same moment, and the time until every one is accepted is printed.
+//!
+//! ```text
+//! register_many API PIN TOKEN COUNT
+//! ```
+//!
+//! Run it where the API is reachable (inside the rack's namespace). Each simulated machine has its
+//! own SMBIOS UUID, MAC and WireGuard key; under the `auto` policy each is accepted on its first
+//! registration. A machine that is refused or not accepted is retried until a minute has passed.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use oasis_agent::client::ApiClient;
+use oasis_proto::{Inventory, MachineState, RegisterRequest, System};
+
+fn request(token: &str, i: u32, attempt: u32) -> RegisterRequest {
+    let mut key = [0u8; 32];
+    key[..4].copy_from_slice(&i.to_be_bytes());
+    key[31] = 0x40;
+    RegisterRequest {
+        token: token.to_string(),
+        nonce: format!("{i:016x}{attempt:016x}"),
+        boot_mac: format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", i >> 24, (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff),
+        wireguard_key: base64::engine::general_purpose::STANDARD.encode(key),
+        agent_version: "bench".into(),
+        inventory: Inventory {
+            system: System {
+                uuid: Some(format!("0b0b0b0b-0000-4000-8000-{i:012x}")),
+                serial: Some(format!("BENCH-{i}")),
+                ..Default::default()
+            },
+            cpus: 4,
+            memory_bytes: 8 << 30,
+            ..Default::default()
+        },
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [api, pin, token, count] = args.as_slice() else {
+        eprintln!("usage: register_many API PIN TOKEN COUNT");
+        std::process::exit(2);
+    };
+    let count: u32 = count.parse().expect("COUNT is a number");
+    let client = std::sync::Arc::new(ApiClient::new(api, pin).expect("a usable API URL"));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        let (client, token) = (client.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for attempt in 0.. {
+                match client.register(&request(&token, i, attempt)).await {
+                    Ok(r) if r.state == MachineState::Accepted && r.credential.is_some() => {
+                        return Ok(started.elapsed())
+                    }
+                    Ok(r) if Instant::now() > deadline => return Err(format!("machine {i}: still {}", r.state)),
+                    Err(e) if Instant::now() > deadline => return Err(format!("machine {i}: {e}")),
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+            unreachable!("the loop returns")
+        }));
+    }
+    let mut times = Vec::new();
+    let mut failures = Vec::new();
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(t) => times.push(t),
+            Err(e) => failures.push(e),
+        }
+    }
+    times.sort();
+    let pct = |p: usize| times.get((times.len() * p / 100).min(times.len().saturating_sub(1))).copied();
+    println!(
+        "{} of {count} accepted in {:.2} s (p50 {:.2} s, max {:.2} s)",
+        times.len(),
+        started.elapsed().as_secs_f64(),
+        pct(50).unwrap_or_default().as_secs_f64(),
+        times.last().copied().unwrap_or_default().as_secs_f64()
+    );
+    for f in failures.iter().take(5) {
+        eprintln!("{f}");
+    }
+    if !failures.is_empty() {
+        std::process::exit(1);
+    }
+}
