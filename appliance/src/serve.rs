@@ -30,8 +30,15 @@ pub enum ServeError {
     NoAddress { address: Ipv4Addr, prefix: u32, interface: String },
     #[error("the boot root {path} is unusable: {source}; create it and put the iPXE builds and the boot profile's files in it")]
     BootRoot { path: PathBuf, source: oasis_pxe::boot_root::PathError },
-    #[error("the boot profile's {what} {name:?} is not in the boot root {root}: {source}")]
-    ProfileFile { what: &'static str, name: String, root: PathBuf, source: oasis_pxe::boot_root::PathError },
+    #[error("the boot profile's {what} {name:?} is not in the boot root {root}: {source}{hint}")]
+    ProfileFile {
+        what: &'static str,
+        name: String,
+        root: PathBuf,
+        source: oasis_pxe::boot_root::PathError,
+        /// What to do about it, when we know.
+        hint: String,
+    },
     #[error("cannot start the {what} service on {addr}: {source}")]
     Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the conflict check on {interface}: {source}")]
@@ -80,6 +87,15 @@ fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
             name: name.clone(),
             root: config.boot_root.clone(),
             source,
+            hint: if config.profile_is_node {
+                format!(
+                    ". Without a [profile], machines boot the node image: build it with `oasis image build node \
+                     --agent /usr/bin/oasis-agent --out {}/node`",
+                    config.boot_root.display()
+                )
+            } else {
+                String::new()
+            },
         })?;
     }
     for binary in ["undionly.kpxe", "ipxe.efi", "snp.efi"] {
