@@ -1,14 +1,21 @@
 //! The appliance's end of the management links: one WireGuard interface, a peer per accepted
 //! machine.
 //!
-//! Kernel WireGuard when the kernel has it (the appliance image's Debian kernel does), otherwise
-//! boringtun in this process over a tun device, configured through the same UAPI socket
-//! (`/var/run/wireguard/NAME.sock`) that `wg(8)` uses. Both are driven by wireguard-control.
+//! Kernel WireGuard (through wireguard-control) when the kernel has it, as the appliance image's
+//! Debian kernel does; otherwise boringtun in this process over a tun device. boringtun is driven
+//! through a private socket pair speaking the cross-platform UAPI text protocol, not through
+//! `/var/run/wireguard/NAME.sock`: in that mode boringtun also takes SIGINT and SIGTERM through a
+//! signalfd and quietly stops the interface when one arrives (we found it eating the SIGTERM meant
+//! for `oasis serve`), and the shared path collides between appliances on one host.
 //! boringtun 0.7 cannot modify a peer in place (it panics), so a peer is only ever added or
 //! removed: a machine that rekeys gets its old peer removed and a new one added.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use futures::TryStreamExt;
@@ -35,26 +42,62 @@ pub enum Implementation {
     Userspace,
 }
 
+/// How the interface is configured.
+enum Control {
+    Kernel(InterfaceName),
+    /// Our end of boringtun's control socket pair, and its device (dropping it stops the
+    /// device's threads and removes the tun interface).
+    Boringtun {
+        uapi: Mutex<BufReader<UnixStream>>,
+        _device: boringtun::device::DeviceHandle,
+    },
+}
+
 /// The management interface, up and configured.
 pub struct ManagementInterface {
-    name: InterfaceName,
-    name_text: String,
-    backend: Backend,
+    name: String,
+    control: Control,
     /// The peers configured, by key: an add for a key already there must not reach boringtun.
-    peers: std::sync::Mutex<HashMap<String, Ipv4Addr>>,
-    /// Keeps boringtun's threads alive; dropping it removes the interface.
-    _userspace: Option<boringtun::device::DeviceHandle>,
+    peers: Mutex<HashMap<String, Ipv4Addr>>,
 }
 
 impl std::fmt::Debug for ManagementInterface {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManagementInterface").field("name", &self.name_text).field("backend", &self.backend).finish()
+        f.debug_struct("ManagementInterface")
+            .field("name", &self.name)
+            .field("implementation", &self.implementation())
+            .finish()
     }
 }
 
 /// The public key of a private key, base64.
 pub fn public_key(private: &[u8; 32]) -> String {
     Key(*private).get_public().to_base64()
+}
+
+/// One UAPI exchange: sends `request` (ending with an empty line), reads `key=value` lines up to
+/// the empty line that ends the answer, and fails unless it carries `errno=0`.
+fn uapi_exchange(uapi: &mut BufReader<UnixStream>, request: &str) -> std::io::Result<Vec<(String, String)>> {
+    uapi.get_mut().write_all(request.as_bytes())?;
+    let mut answer = vec![];
+    loop {
+        let mut line = String::new();
+        if uapi.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the WireGuard device stopped"));
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            answer.push((k.to_string(), v.to_string()));
+        }
+    }
+    match answer.iter().find(|(k, _)| k == "errno").map(|(_, v)| v.as_str()) {
+        Some("0") => Ok(answer),
+        Some(errno) => Err(std::io::Error::other(format!("the WireGuard device refused the change (errno {errno})"))),
+        None => Err(std::io::Error::other("the WireGuard device gave no status")),
+    }
 }
 
 impl ManagementInterface {
@@ -68,60 +111,86 @@ impl ManagementInterface {
         prefix_len: u8,
     ) -> Result<ManagementInterface, WireguardError> {
         let iface: InterfaceName = name.parse().map_err(|_| WireguardError::Name(name.to_string()))?;
-        let update = || DeviceUpdate::new().set_private_key(Key(*private)).set_listen_port(port).replace_peers();
-        let (backend, userspace) = match update().apply(&iface, Backend::Kernel) {
-            Ok(()) => (Backend::Kernel, None),
+        let update = DeviceUpdate::new().set_private_key(Key(*private)).set_listen_port(port).replace_peers();
+        let control = match update.apply(&iface, Backend::Kernel) {
+            Ok(()) => Control::Kernel(iface),
             Err(kernel) => {
                 tracing::info!("no kernel WireGuard ({kernel}); using the embedded userspace implementation");
-                let config = boringtun::device::DeviceConfig {
-                    n_threads: 2,
-                    use_connected_socket: true,
-                    use_multi_queue: false,
-                    uapi_fd: -1,
-                };
-                let handle = boringtun::device::DeviceHandle::new(name, config).map_err(|e| {
-                    WireguardError::Create { name: name.to_string(), kernel, userspace: format!("{e:?}") }
-                })?;
-                update()
-                    .apply(&iface, Backend::Userspace)
-                    .map_err(|source| WireguardError::Configure { name: name.to_string(), source })?;
-                (Backend::Userspace, Some(handle))
+                let failed = |userspace: String| WireguardError::Create { name: name.to_string(), kernel, userspace };
+                Self::start_boringtun(name, private, port).map_err(failed)?
             }
         };
         set_address(name, address, prefix_len).await?;
-        Ok(ManagementInterface {
-            name: iface,
-            name_text: name.to_string(),
-            backend,
-            peers: std::sync::Mutex::new(HashMap::new()),
-            _userspace: userspace,
-        })
+        Ok(ManagementInterface { name: name.to_string(), control, peers: Mutex::new(HashMap::new()) })
+    }
+
+    fn start_boringtun(name: &str, private: &[u8; 32], port: u16) -> Result<Control, String> {
+        let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+        let config = boringtun::device::DeviceConfig {
+            n_threads: 2,
+            use_connected_socket: true,
+            use_multi_queue: false,
+            // boringtun owns this descriptor from here on.
+            uapi_fd: theirs.into_raw_fd(),
+        };
+        let device = boringtun::device::DeviceHandle::new(name, config).map_err(|e| format!("{e:?}"))?;
+        let mut uapi = BufReader::new(ours);
+        uapi.get_mut().set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        let request =
+            format!("set=1\nprivate_key={}\nlisten_port={port}\nreplace_peers=true\n\n", hex::encode(private));
+        uapi_exchange(&mut uapi, &request).map_err(|e| e.to_string())?;
+        Ok(Control::Boringtun { uapi: Mutex::new(uapi), _device: device })
     }
 
     pub fn implementation(&self) -> Implementation {
-        match self.backend {
-            Backend::Userspace => Implementation::Userspace,
-            _ => Implementation::Kernel,
+        match self.control {
+            Control::Kernel(_) => Implementation::Kernel,
+            Control::Boringtun { .. } => Implementation::Userspace,
         }
     }
 
     pub fn name(&self) -> &str {
-        &self.name_text
+        &self.name
+    }
+
+    fn configure_error(&self, source: std::io::Error) -> WireguardError {
+        WireguardError::Configure { name: self.name.clone(), source }
+    }
+
+    /// Sets (`Some`) or removes (`None`) one peer.
+    fn set_peer(&self, key: &Key, overlay: Option<Ipv4Addr>) -> Result<(), WireguardError> {
+        match &self.control {
+            Control::Kernel(iface) => {
+                let update = match overlay {
+                    Some(ip) => DeviceUpdate::new()
+                        .add_peer(PeerConfigBuilder::new(key).replace_allowed_ips().add_allowed_ip(IpAddr::V4(ip), 32)),
+                    None => DeviceUpdate::new().remove_peer_by_key(key),
+                };
+                update.apply(iface, Backend::Kernel).map_err(|e| self.configure_error(e))
+            }
+            Control::Boringtun { uapi, .. } => {
+                let peer = hex::encode(key.as_bytes());
+                let request = match overlay {
+                    Some(ip) => format!("set=1\npublic_key={peer}\nreplace_allowed_ips=true\nallowed_ip={ip}/32\n\n"),
+                    None => format!("set=1\npublic_key={peer}\nremove=true\n\n"),
+                };
+                let mut uapi = uapi.lock().unwrap_or_else(|e| e.into_inner());
+                uapi_exchange(&mut uapi, &request).map(|_| ()).map_err(|e| self.configure_error(e))
+            }
+        }
     }
 
     /// Adds the peer of an accepted machine: its key, and its overlay address as the only
-    /// address it may send from.
-    /// Does nothing if the peer is already there with that address.
+    /// address it may send from. Does nothing if the peer is already there with that address.
     pub fn add_peer(&self, key: &str, overlay: Ipv4Addr) -> Result<(), WireguardError> {
         let parsed = Key::from_base64(key).map_err(|_| WireguardError::Key(key.to_string()))?;
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         match peers.get(key) {
             Some(address) if *address == overlay => return Ok(()),
-            Some(_) => self.apply(DeviceUpdate::new().remove_peer_by_key(&parsed))?,
+            Some(_) => self.set_peer(&parsed, None)?,
             None => {}
         }
-        let peer = PeerConfigBuilder::new(&parsed).replace_allowed_ips().add_allowed_ip(IpAddr::V4(overlay), 32);
-        self.apply(DeviceUpdate::new().add_peer(peer))?;
+        self.set_peer(&parsed, Some(overlay))?;
         peers.insert(key.to_string(), overlay);
         Ok(())
     }
@@ -131,26 +200,17 @@ impl ManagementInterface {
         let parsed = Key::from_base64(key).map_err(|_| WireguardError::Key(key.to_string()))?;
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if peers.remove(key).is_some() {
-            self.apply(DeviceUpdate::new().remove_peer_by_key(&parsed))?;
+            self.set_peer(&parsed, None)?;
         }
         Ok(())
     }
 
-    fn apply(&self, update: DeviceUpdate) -> Result<(), WireguardError> {
-        update
-            .apply(&self.name, self.backend)
-            .map_err(|source| WireguardError::Configure { name: self.name_text.clone(), source })
-    }
-
     /// How long ago each peer (by base64 key) last completed a handshake.
     pub fn handshake_ages(&self) -> HashMap<String, Duration> {
-        match self.backend {
-            // wireguard-control prints a line on stdout for every key it does not know, and
-            // boringtun answers with one (own_public_key): read boringtun's answer ourselves.
-            Backend::Userspace => boringtun_handshake_ages(&self.name_text).unwrap_or_default(),
-            _ => {
+        match &self.control {
+            Control::Kernel(iface) => {
                 let now = SystemTime::now();
-                match Device::get(&self.name, self.backend) {
+                match Device::get(iface, Backend::Kernel) {
                     Ok(device) => device
                         .peers
                         .iter()
@@ -162,38 +222,34 @@ impl ManagementInterface {
                     Err(_) => HashMap::new(),
                 }
             }
+            Control::Boringtun { uapi, .. } => {
+                let mut uapi = uapi.lock().unwrap_or_else(|e| e.into_inner());
+                uapi_exchange(&mut uapi, "get=1\n\n")
+                    .map(|answer| boringtun_handshake_ages(&answer))
+                    .unwrap_or_default()
+            }
         }
     }
 }
 
 impl Drop for ManagementInterface {
     fn drop(&mut self) {
-        if self.backend == Backend::Kernel {
-            if let Ok(device) = Device::get(&self.name, self.backend) {
+        if let Control::Kernel(iface) = &self.control {
+            if let Ok(device) = Device::get(iface, Backend::Kernel) {
                 let _ = device.delete();
             }
         }
     }
 }
 
-/// The handshake age of each peer, from boringtun's control socket (the cross-platform UAPI:
-/// `get=1`, answered by `key=value` lines, a peer starting at each `public_key=` in hex). Unlike
-/// the kernel and the UAPI's description, boringtun 0.7 reports `last_handshake_time_sec` as the
-/// time *since* the handshake, not a Unix time.
-fn boringtun_handshake_ages(name: &str) -> std::io::Result<HashMap<String, Duration>> {
-    use std::io::{BufRead, Write};
-    let mut sock = std::os::unix::net::UnixStream::connect(format!("/var/run/wireguard/{name}.sock"))?;
-    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-    sock.write_all(b"get=1\n\n")?;
+/// The handshake age of each peer in boringtun's answer to `get=1` (a peer starts at each
+/// `public_key=`, in hex). Unlike the kernel and the UAPI's description, boringtun 0.7 reports
+/// `last_handshake_time_sec` as the time *since* the handshake, not a Unix time.
+fn boringtun_handshake_ages(answer: &[(String, String)]) -> HashMap<String, Duration> {
     let mut out = HashMap::new();
     let mut peer: Option<String> = None;
-    for line in std::io::BufReader::new(sock).lines() {
-        let line = line?;
-        if line.is_empty() {
-            break;
-        }
-        let Some((key, value)) = line.split_once('=') else { continue };
-        match key {
+    for (key, value) in answer {
+        match key.as_str() {
             "public_key" => peer = Key::from_hex(value).ok().map(|k| k.to_base64()),
             "last_handshake_time_sec" => {
                 if let (Some(p), Ok(secs)) = (&peer, value.parse::<u64>()) {
@@ -203,7 +259,7 @@ fn boringtun_handshake_ages(name: &str) -> std::io::Result<HashMap<String, Durat
             _ => {}
         }
     }
-    Ok(out)
+    out
 }
 
 /// Gives the interface its address and brings it up, through rtnetlink.
@@ -234,4 +290,27 @@ async fn set_address(name: &str, address: Ipv4Addr, prefix_len: u8) -> Result<()
         .await
         .map_err(|e| fail(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boringtun_reports_handshake_ages_not_times() {
+        let key = Key([7; 32]);
+        let answer: Vec<(String, String)> = [
+            ("private_key", "00".repeat(32)),
+            ("public_key", hex::encode(key.as_bytes())),
+            ("last_handshake_time_sec", "42".to_string()),
+            ("public_key", hex::encode([8u8; 32])),
+            ("errno", "0".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let ages = boringtun_handshake_ages(&answer);
+        assert_eq!(ages.get(&key.to_base64()), Some(&Duration::from_secs(42)));
+        assert_eq!(ages.len(), 1, "a peer without a handshake has no age");
+    }
 }

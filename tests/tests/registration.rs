@@ -160,8 +160,10 @@ fn registration_follows_its_rules_and_survives_a_restart() {
     assert!(!events.contains(&token), "no event shows the join token");
     assert!(!appliance.log().contains(&token), "no log line shows the join token");
 
-    // Restart: the record, its state and its address come back; no second record.
+    // Restart: the record, its state and its address come back; no second record. The server
+    // itself handles the SIGTERM (boringtun once took it and stopped only the WireGuard device).
     appliance.stop();
+    assert!(appliance.log().contains("terminated; stopping"), "SIGTERM reached oasis serve:\n{}", appliance.log());
     let mut appliance = Appliance::start(&ns, &config, &dir.path().join("oasis.log"));
     let again = register(&ns, &pin, request(&token, uuid, "52:54:00:00:00:01", 2, 6)).unwrap();
     assert_eq!((again.state, again.link.unwrap().address), (MachineState::Accepted, link.address));
