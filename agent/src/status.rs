@@ -42,13 +42,31 @@ pub fn render(status: &Status) -> String {
     out
 }
 
-/// Writes `block` to the console device (`/dev/console` on a node). A console that cannot be
-/// written is not a reason to stop: the error goes to the log instead.
+/// Writes `block` to the console device (`/dev/console` on a node). `/dev/console` is only the
+/// last `console=` of the kernel command line, so for it the block goes to every active console
+/// instead (`/sys/class/tty/console/active`, e.g. the screen and the serial port): someone at the
+/// rack may be looking at either. A console that cannot be written is not a reason to stop: the
+/// error goes to the log instead.
 pub fn print_to(console: &Path, block: &str) {
-    let written =
-        std::fs::OpenOptions::new().append(true).open(console).and_then(|mut f| f.write_all(block.as_bytes()));
-    if let Err(e) = written {
-        tracing::warn!("cannot write the status block to {}: {e}", console.display());
+    for target in console_devices(console, Path::new("/sys/class/tty/console/active")) {
+        let written =
+            std::fs::OpenOptions::new().append(true).open(&target).and_then(|mut f| f.write_all(block.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!("cannot write the status block to {}: {e}", target.display());
+        }
+    }
+}
+
+/// The devices behind `console`: every active console for `/dev/console`, else itself.
+fn console_devices(console: &Path, active: &Path) -> Vec<std::path::PathBuf> {
+    if console != Path::new(crate::CONSOLE) {
+        return vec![console.to_path_buf()];
+    }
+    match std::fs::read_to_string(active) {
+        Ok(names) if !names.trim().is_empty() => {
+            names.split_whitespace().map(|name| Path::new("/dev").join(name)).collect()
+        }
+        _ => vec![console.to_path_buf()],
     }
 }
 
@@ -101,5 +119,16 @@ mod tests {
         print_to(&console, "block\n");
         assert_eq!(std::fs::read_to_string(&console).unwrap(), "earlier\nblock\n");
         print_to(&dir.path().join("missing/console"), "lost\n");
+    }
+
+    #[test]
+    fn dev_console_means_every_active_console() {
+        let dir = tempfile::tempdir().unwrap();
+        let active = dir.path().join("active");
+        std::fs::write(&active, "tty0 ttyS0\n").unwrap();
+        let devices = console_devices(Path::new(crate::CONSOLE), &active);
+        assert_eq!(devices, [Path::new("/dev/tty0"), Path::new("/dev/ttyS0")]);
+        assert_eq!(console_devices(Path::new(crate::CONSOLE), &dir.path().join("none")), [Path::new("/dev/console")]);
+        assert_eq!(console_devices(&active, &active), [active.clone()]);
     }
 }
