@@ -129,6 +129,6 @@ mod tests {
         let devices = console_devices(Path::new(crate::CONSOLE), &active);
         assert_eq!(devices, [Path::new("/dev/tty0"), Path::new("/dev/ttyS0")]);
         assert_eq!(console_devices(Path::new(crate::CONSOLE), &dir.path().join("none")), [Path::new("/dev/console")]);
-        assert_eq!(console_devices(&active, &active), [active.clone()]);
+        assert_eq!(console_devices(&active, &active), [active.as_path()]);
     }
 }
