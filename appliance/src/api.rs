@@ -31,7 +31,7 @@ use tokio::sync::{watch, Mutex};
 use tower::ServiceExt;
 
 use crate::identity::{random_token, Identity};
-use crate::registry::{secrets_equal, Happening, LastHeartbeat, MachineRecord, Registration, Registry};
+use crate::registry::{secrets_equal, AuthError, Happening, LastHeartbeat, MachineRecord, Registration, Registry};
 use crate::store::Store;
 use crate::wireguard::ManagementInterface;
 
@@ -165,8 +165,8 @@ async fn agent(api: &Api, headers: &HeaderMap, from: SocketAddr) -> Result<Strin
     let registry = api.registry.lock().await;
     match registry.authenticate(credential, source_v4(from)) {
         Ok(record) => Ok(record.id.clone()),
-        Err(why) if why.contains("inside") => Err(refuse(StatusCode::FORBIDDEN, why)),
-        Err(why) => Err(refuse(StatusCode::UNAUTHORIZED, why)),
+        Err(why @ AuthError::OutsideLink) => Err(refuse(StatusCode::FORBIDDEN, why.to_string())),
+        Err(why) => Err(refuse(StatusCode::UNAUTHORIZED, why.to_string())),
     }
 }
 

@@ -96,6 +96,17 @@ pub struct MachineRecord {
     pub recent_nonces: Vec<String>,
 }
 
+/// Why an agent's call is not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("unknown or replaced credential: register again")]
+    UnknownCredential,
+    #[error("this machine is not accepted")]
+    NotAccepted,
+    #[error("agent calls are answered only inside the machine's management link")]
+    OutsideLink,
+}
+
 /// A heartbeat as the appliance last heard it; kept in memory only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LastHeartbeat {
@@ -445,18 +456,18 @@ impl Registry {
     }
 
     /// The accepted machine a credential belongs to, if it is presented from its overlay address.
-    pub fn authenticate(&self, credential: &str, from: Ipv4Addr) -> Result<&MachineRecord, &'static str> {
+    pub fn authenticate(&self, credential: &str, from: Ipv4Addr) -> Result<&MachineRecord, AuthError> {
         let hash = credential_hash(credential);
         let record = self
             .records
             .values()
             .find(|r| r.credential_sha256.as_deref().is_some_and(|h| secrets_equal(h, &hash)))
-            .ok_or("unknown or replaced credential: register again")?;
+            .ok_or(AuthError::UnknownCredential)?;
         if record.state != MachineState::Accepted {
-            return Err("this machine is not accepted");
+            return Err(AuthError::NotAccepted);
         }
         if record.overlay != Some(from) {
-            return Err("agent calls are answered only inside the machine's management link");
+            return Err(AuthError::OutsideLink);
         }
         Ok(record)
     }
@@ -534,7 +545,8 @@ mod tests {
         assert_eq!(kinds, ["machine-registered", "machine-accepted"]);
         let credential = resp.credential.unwrap();
         assert!(reg.authenticate(&credential, link.address).is_ok());
-        assert!(reg.authenticate(&credential, Ipv4Addr::new(10, 0, 0, 100)).is_err(), "only inside the link");
+        let outside = reg.authenticate(&credential, Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(outside.unwrap_err(), AuthError::OutsideLink, "only inside the link");
     }
 
     #[test]
@@ -606,7 +618,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(reg.authenticate(first.credential.as_deref().unwrap(), address).is_err());
+        let old = reg.authenticate(first.credential.as_deref().unwrap(), address);
+        assert_eq!(old.unwrap_err(), AuthError::UnknownCredential);
         assert!(reg.authenticate("cred-2", address).is_ok());
         assert_eq!(reg.records().count(), 1, "one machine, one record");
     }
