@@ -62,7 +62,7 @@ fn system(sys: &Path) -> System {
     let dmi = sys.join("class/dmi/id");
     let field = |name: &str| read_trimmed(&dmi.join(name)).filter(|v| !is_placeholder(v));
     System {
-        uuid: field("product_uuid").filter(|u| !is_placeholder_uuid(u)).map(|u| u.to_lowercase()),
+        uuid: field("product_uuid").filter(|u| oasis_proto::usable_smbios_uuid(u)).map(|u| u.to_lowercase()),
         serial: field("product_serial"),
         vendor: field("sys_vendor"),
         product: field("product_name"),
@@ -71,16 +71,6 @@ fn system(sys: &Path) -> System {
 
 fn is_placeholder(value: &str) -> bool {
     value.is_empty() || PLACEHOLDERS.iter().any(|p| value.eq_ignore_ascii_case(p))
-}
-
-/// All-zero and all-F UUIDs, and `03000200-0400-0500-0006-000700080009`, which many boards
-/// from one firmware vendor ship unchanged.
-fn is_placeholder_uuid(uuid: &str) -> bool {
-    let digits: String = uuid.chars().filter(|c| *c != '-').collect();
-    digits.len() != 32
-        || digits.chars().all(|c| c == '0')
-        || digits.chars().all(|c| c.eq_ignore_ascii_case(&'f'))
-        || digits == "03000200040005000006000700080009"
 }
 
 fn cpus(proc: &Path) -> (u32, Option<String>) {
@@ -242,9 +232,9 @@ mod tests {
             "03000200-0400-0500-0006-000700080009",
             "not-a-uuid",
         ] {
-            assert!(is_placeholder_uuid(bogus), "{bogus}");
+            assert!(!oasis_proto::usable_smbios_uuid(bogus), "{bogus}");
         }
-        assert!(!is_placeholder_uuid("6a1c3d2e-8f4b-4c1a-9e2d-0b7f5a3c9d18"));
+        assert!(oasis_proto::usable_smbios_uuid("6a1c3d2e-8f4b-4c1a-9e2d-0b7f5a3c9d18"));
         assert!(is_placeholder("To be filled by O.E.M."));
         assert!(!is_placeholder("PowerEdge R650"));
     }

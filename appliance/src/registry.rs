@@ -174,19 +174,9 @@ impl Overlay {
 /// The machine id for an inventory and boot MAC.
 pub fn machine_id(inventory: &Inventory, boot_mac: MacAddr) -> String {
     match inventory.system.uuid.as_deref().map(str::to_lowercase) {
-        Some(uuid) if usable_uuid(&uuid) => uuid,
+        Some(uuid) if oasis_proto::usable_smbios_uuid(&uuid) => uuid,
         _ => format!("mac-{}", boot_mac.to_string().replace(':', "")),
     }
-}
-
-/// Placeholder UUIDs that many boards share: all zeros, all ones, or the well-known sequence.
-fn usable_uuid(uuid: &str) -> bool {
-    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
-    hex.len() == 32
-        && hex.chars().all(|c| c.is_ascii_hexdigit())
-        && !hex.chars().all(|c| c == '0')
-        && !hex.chars().all(|c| c == 'f')
-        && hex != "03000200040005000006000700080009"
 }
 
 /// The SHA-256, hex, of a credential.

@@ -94,6 +94,19 @@ impl KernelArgs {
     }
 }
 
+/// Whether an SMBIOS system UUID identifies one machine: 32 hex digits (dashes ignored), and not
+/// one of the placeholders many boards share: all zeros, all F, or
+/// `03000200-0400-0500-0006-000700080009`, which boards from one firmware vendor ship unchanged.
+/// The agent drops a UUID that fails this; the appliance checks again, since it trusts no agent.
+pub fn usable_smbios_uuid(uuid: &str) -> bool {
+    let digits: String = uuid.chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
+    digits.len() == 32
+        && digits.chars().all(|c| c.is_ascii_hexdigit())
+        && !digits.chars().all(|c| c == '0')
+        && !digits.chars().all(|c| c == 'f')
+        && digits != "03000200040005000006000700080009"
+}
+
 /// What a machine is, as its agent reads it from `/sys` and `/proc`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
