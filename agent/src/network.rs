@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
@@ -151,17 +151,21 @@ impl Netlink {
         self.handle.link().set(message).execute().await.map_err(nl(format!("setting {} up", link.name)))
     }
 
-    /// The IPv4 addresses on a link, with prefix lengths.
-    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetworkError> {
-        let messages: Vec<_> = self
-            .handle
+    /// Every address message of a link.
+    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, NetworkError> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
             .try_collect()
             .await
-            .map_err(nl(format!("listing addresses of link {index}")))?;
+            .map_err(nl(format!("listing addresses of link {index}")))
+    }
+
+    /// The IPv4 addresses on a link, with prefix lengths.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetworkError> {
+        let messages = self.address_messages(index).await?;
         Ok(messages
             .into_iter()
             .filter_map(|m| {
@@ -182,15 +186,7 @@ impl Netlink {
     }
 
     async fn remove_ipv4_except(&self, index: u32, keep: Option<(Ipv4Addr, u8)>) -> Result<(), NetworkError> {
-        let messages: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl(format!("listing addresses of link {index}")))?;
+        let messages = self.address_messages(index).await?;
         for message in messages {
             let v4 = message.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
