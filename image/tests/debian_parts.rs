@@ -3,20 +3,13 @@
 //! repeated runs reuse downloads), else a temporary directory.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use oasis_image::{ipxe, manifest, payload, DebianCache};
 
-fn cache() -> (PathBuf, Option<tempfile::TempDir>) {
-    match std::env::var_os("OASIS_DEBIAN_CACHE") {
-        Some(dir) => (PathBuf::from(dir), None),
-        None => {
-            let tmp = tempfile::tempdir().unwrap();
-            (tmp.path().to_path_buf(), Some(tmp))
-        }
-    }
-}
+mod common;
+
+use common::cache;
 
 #[test]
 fn fetch_reuses_the_cached_download() {

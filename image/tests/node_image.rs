@@ -4,7 +4,7 @@
 //! if set, else a temporary one. Update the golden list with `OASIS_UPDATE_GOLDEN=1`.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oasis_image::node::{self, NodeParts};
 use oasis_image::{manifest, DebianCache};
@@ -12,15 +12,9 @@ use oasis_image::{manifest, DebianCache};
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/node-initramfs.txt");
 const AGENT: &str = "/bin/true";
 
-fn cache() -> (PathBuf, Option<tempfile::TempDir>) {
-    match std::env::var_os("OASIS_DEBIAN_CACHE") {
-        Some(dir) => (PathBuf::from(dir), None),
-        None => {
-            let tmp = tempfile::tempdir().unwrap();
-            (tmp.path().to_path_buf(), Some(tmp))
-        }
-    }
-}
+mod common;
+
+use common::cache;
 
 #[test]
 fn node_initramfs_file_list_matches_the_golden_list() {

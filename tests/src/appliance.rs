@@ -166,3 +166,12 @@ impl Drop for Appliance {
         self.stop();
     }
 }
+
+/// The node agent's kernel arguments exactly as the appliance at 10.0.0.1 serves them in the boot
+/// script of `mac` (`52-54-00-…`), fetched from inside `ns`.
+pub fn agent_args(ns: &Netns, mac: &str) -> oasis_proto::KernelArgs {
+    let url = format!("http://10.0.0.1/boot.ipxe?mac={mac}");
+    let script = ns.exec(&["busybox", "wget", "-q", "-O", "-", &url]).expect("the appliance serves a boot script");
+    let line = script.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("no kernel line:\n{script}"));
+    oasis_proto::KernelArgs::parse(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}

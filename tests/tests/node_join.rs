@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use oasis_e2e::appliance::{boot_root, write_config, Appliance};
+use oasis_e2e::appliance::{agent_args, boot_root, write_config, Appliance};
 use oasis_e2e::{node_image, tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
 use serde_json::Value;
 
@@ -127,10 +127,7 @@ fn a_wrong_token_never_joins_and_manual_acceptance_waits_for_an_operator() {
     );
     let appliance = Appliance::start(&ns, &config, &work.path().join("oasis.log"));
     // The agent arguments exactly as the appliance serves them, once with the token replaced.
-    let script = ns.exec(&["busybox", "wget", "-q", "-O", "-", "http://10.0.0.1/boot.ipxe?mac=52-54-00-0d-00-01"]);
-    let script = script.unwrap();
-    let kernel_line = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
-    let args = oasis_proto::KernelArgs::parse(kernel_line).unwrap();
+    let args = agent_args(&ns, "52-54-00-0d-00-01");
     let append = |token: &str| {
         format!("console=ttyS0 panic=-1 oasis.api={} oasis.token={token} oasis.pin={}", args.api, args.pin)
     };

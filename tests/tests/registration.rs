@@ -8,19 +8,11 @@ use std::path::Path;
 
 use base64::Engine;
 use oasis_agent::client::{ApiClient, ApiError, Endpoint};
-use oasis_e2e::appliance::{boot_root, write_config, Appliance};
+use oasis_e2e::appliance::{agent_args, boot_root, write_config, Appliance};
 use oasis_e2e::Netns;
 use oasis_proto::{Heartbeat, Inventory, MachineState, RegisterRequest, RegisterResponse, System};
 
 const API: &str = "https://10.0.0.1:9443";
-
-/// The kernel arguments the appliance puts in a node's boot script.
-fn agent_args(ns: &Netns) -> oasis_proto::KernelArgs {
-    let script = ns.exec(&["busybox", "wget", "-q", "-O", "-", "http://10.0.0.1/boot.ipxe?mac=52-54-00-00-00-01"]);
-    let script = script.expect("the appliance serves a boot script");
-    let line = script.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("no kernel line:\n{script}"));
-    oasis_proto::KernelArgs::parse(line).unwrap_or_else(|e| panic!("{e}: {line}"))
-}
 
 fn request(token: &str, uuid: &str, mac: &str, key: u8, nonce: u32) -> RegisterRequest {
     RegisterRequest {
@@ -102,7 +94,7 @@ fn registration_follows_its_rules_and_survives_a_restart() {
     let config = write_config(dir.path(), "mode = \"off\"", &root, "[registration]\npolicy = \"manual\"\n");
     let mut appliance = Appliance::start(&ns, &config, &dir.path().join("oasis.log"));
 
-    let args = agent_args(&ns);
+    let args = agent_args(&ns, "52-54-00-00-00-01");
     assert_eq!(args.api, API);
     let (token, pin) = (args.token.clone(), args.pin.clone());
     let uuid = "4c4c4544-0000-4000-8000-000000000001";
