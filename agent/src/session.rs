@@ -358,6 +358,7 @@ impl<A: Api, L: Link, C: Clock, S: Console> Session<A, L, C, S> {
                         last_error: self.reporter.status.last_error.clone(),
                         applied_revision: self.applied_revision,
                         rss_bytes: own_rss_bytes(),
+                        ..Heartbeat::default()
                     };
                     let result = api.heartbeat(appliance, credential, &heartbeat).await;
                     let handshake_age = self.link.handshake_age();

@@ -177,8 +177,13 @@ async fn agent_calls_carry_the_credential() {
     assert!(seen.starts_with("GET /v1/agent/desired?after=6 HTTP/1.1\r\n"), "{seen}");
     assert!(seen.to_ascii_lowercase().contains("authorization: bearer cred-1"), "{seen}");
 
-    let beat =
-        Heartbeat { phase: "linked".into(), uptime_secs: 3, last_error: None, applied_revision: 7, rss_bytes: None };
+    let beat = Heartbeat {
+        phase: "linked".into(),
+        uptime_secs: 3,
+        last_error: None,
+        applied_revision: 7,
+        ..Heartbeat::default()
+    };
     client.heartbeat(&at, "cred-1", &beat).await.unwrap();
     let Seen::Request(seen) = server.seen.recv().await.unwrap() else { panic!() };
     assert!(seen.starts_with("POST /v1/agent/heartbeat HTTP/1.1\r\n"), "{seen}");

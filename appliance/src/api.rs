@@ -23,9 +23,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use oasis_proto::{
-    DesiredState, ErrorBody, Heartbeat, MachineState, RegisterRequest, Role, MAX_BODY_BYTES, WATCH_SECS,
-};
+use oasis_proto::{DesiredState, ErrorBody, Heartbeat, MachineState, RegisterRequest, MAX_BODY_BYTES, WATCH_SECS};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 use tower::ServiceExt;
@@ -179,7 +177,7 @@ async fn heartbeat(
     let id = agent(&api, &headers, from).await?;
     let Json(beat) = body?;
     api.registry.lock().await.record_heartbeat(&id, beat, now());
-    Ok(Json(DesiredState { revision: *api.desired.borrow(), role: Role::Unassigned }))
+    Ok(Json(DesiredState { revision: *api.desired.borrow(), ..DesiredState::default() }))
 }
 
 #[derive(Deserialize)]
@@ -198,7 +196,7 @@ async fn desired(
     let mut rx = api.desired.subscribe();
     let _ = tokio::time::timeout(Duration::from_secs(WATCH_SECS), rx.wait_for(|rev| *rev > q.after)).await;
     let revision = *rx.borrow();
-    Ok(Json(DesiredState { revision, role: Role::Unassigned }))
+    Ok(Json(DesiredState { revision, ..DesiredState::default() }))
 }
 
 fn admin(api: &Api, headers: &HeaderMap) -> Result<(), Refusal> {

@@ -33,10 +33,21 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const WATCH_SECS: u64 = 25;
 /// How often an agent sends a heartbeat over the management link.
 pub const HEARTBEAT_SECS: u64 = 5;
+/// The UDP port of every node's cluster mesh WireGuard interface (node to node).
+pub const MESH_PORT: u16 = 51821;
+/// The name of a node's cluster mesh interface.
+pub const MESH_INTERFACE: &str = "oasis-mesh";
+/// etcd's client and peer ports on every control-plane node.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// Everything the appliance tells an agent to write or fetch lives under this directory.
+pub const NODE_STATE_DIR: &str = "/var/lib/oasis";
 
 pub const REGISTER_PATH: &str = "/v1/register";
 pub const HEARTBEAT_PATH: &str = "/v1/agent/heartbeat";
 pub const DESIRED_PATH: &str = "/v1/agent/desired";
+/// `GET /v1/agent/artifacts/SHA256`: an artifact by its content hash, inside the link only.
+pub const ARTIFACTS_PATH: &str = "/v1/agent/artifacts";
 
 /// The pin of a public key: `sha256:` and the lowercase hex SHA-256 of its DER
 /// SubjectPublicKeyInfo, as `oasis.pin=` carries it.
@@ -219,7 +230,7 @@ pub struct LinkConfig {
 }
 
 /// `POST /v1/agent/heartbeat`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// What the agent is doing, e.g. `linked`.
     pub phase: String,
@@ -231,20 +242,161 @@ pub struct Heartbeat {
     /// first release: absent from older agents.
     #[serde(default)]
     pub rss_bytes: Option<u64>,
+    /// Where this machine's mesh interface can be reached on the rack network (its boot address
+    /// and [`MESH_PORT`]); the appliance gives it to the other nodes as this one's endpoint.
+    #[serde(default)]
+    pub mesh_endpoint: Option<SocketAddrV4>,
+    /// The mesh peers as the kernel reports them.
+    #[serde(default)]
+    pub mesh: Vec<MeshPeerStatus>,
+    /// Every service the desired state asked for.
+    #[serde(default)]
+    pub services: Vec<ServiceStatus>,
 }
 
-/// What the appliance wants a machine to be. Roles arrive with cluster assembly; until then a
-/// machine is `unassigned`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DesiredState {
-    pub revision: u64,
-    pub role: Role,
+pub struct MeshPeerStatus {
+    /// The peer's WireGuard public key, base64.
+    pub key: String,
+    /// Seconds since the last handshake with the peer; `None` when there has been none.
+    pub handshake_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// The [`ServiceSpec::generation`] this status describes.
+    pub generation: u64,
+    pub state: ServiceState,
+    /// Times the agent has restarted the process since the generation began.
+    pub restarts: u32,
+    /// For people: why it failed, what it waits for, the last lines it wrote.
+    pub message: Option<String>,
+    /// Whether the service's data lives on volatile memory (tmpfs): lost when the machine
+    /// powers off.
+    pub volatile_data: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+pub enum ServiceState {
+    /// Fetching or verifying its artifacts.
+    Fetching,
+    /// Artifacts verified and files written; not started because the spec says `run: false`.
+    Prepared,
+    Running,
+    /// The process exited; the agent restarts it after a pause.
+    Exited,
+    /// Cannot be prepared (an artifact does not match its hash, a file cannot be written): the
+    /// agent retries, the message says why.
+    Failed,
+}
+
+/// What the appliance wants a machine to be. Until cluster assembly picks a role for it, a
+/// machine is `unassigned` with no mesh and no services.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub revision: u64,
+    pub role: Role,
+    /// The name of the cluster the machine belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshConfig>,
+    /// The processes the machine runs (etcd, k3s), complete: a service not listed is stopped and
+    /// its files removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Role {
+    #[default]
     Unassigned,
+    ControlPlane,
+    Worker,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Unassigned => "unassigned",
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+/// The node's side of the cluster mesh: a WireGuard interface ([`MESH_INTERFACE`]) with the
+/// machine's own key, listening on [`MESH_PORT`], with every other node as a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshConfig {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub keepalive_secs: u16,
+    pub peers: Vec<MeshPeer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshPeer {
+    pub machine_id: String,
+    /// WireGuard public key, base64.
+    pub key: String,
+    pub endpoint: SocketAddrV4,
+    /// The peer's mesh address; the only address allowed from it.
+    pub address: Ipv4Addr,
+}
+
+/// A process the agent runs and keeps running. The appliance decides everything about it (its
+/// command line, its configuration files); the agent fetches, verifies, writes, starts and
+/// restarts, and reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// `etcd`, `k3s`.
+    pub name: String,
+    /// Changes whenever anything below changes: the agent restarts the process (with fresh files)
+    /// when the generation it runs differs.
+    pub generation: u64,
+    /// Fetched from [`ARTIFACTS_PATH`] and verified before anything starts; the first is the
+    /// program.
+    pub artifacts: Vec<Artifact>,
+    /// Written (replacing what is there) before the process starts.
+    pub files: Vec<FileSpec>,
+    /// Created empty if missing; the service's data. Each must lie under [`NODE_STATE_DIR`].
+    pub data_dirs: Vec<String>,
+    /// The arguments after the program.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// `false`: fetch and write everything, then wait (reported as `prepared`).
+    pub run: bool,
+}
+
+/// A file the appliance serves by content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Lowercase hex SHA-256 of the content; also its name under [`ARTIFACTS_PATH`].
+    pub sha256: String,
+    pub size: u64,
+    /// Where the agent puts it; must lie under [`NODE_STATE_DIR`].
+    pub path: String,
+    /// Unix permission bits, e.g. `0o755`.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpec {
+    /// Must lie under [`NODE_STATE_DIR`].
+    pub path: String,
+    pub mode: u32,
+    pub contents: String,
+}
+
+/// Whether `path` is absolute, lies under [`NODE_STATE_DIR`] and has no `.`, `..` or empty
+/// component: the only paths an agent writes for the appliance.
+pub fn is_node_state_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(NODE_STATE_DIR).and_then(|r| r.strip_prefix('/')) else { return false };
+    !rest.is_empty() && rest.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 /// The body of every 4xx/5xx answer from the API.
@@ -301,7 +453,30 @@ mod tests {
         };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""state":"pending""#), "{json}");
-        let d = serde_json::to_string(&DesiredState { revision: 1, role: Role::Unassigned }).unwrap();
-        assert_eq!(d, r#"{"revision":1,"role":"unassigned"}"#);
+        let d = DesiredState { revision: 1, role: Role::Unassigned, cluster: None, mesh: None, services: vec![] };
+        assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"revision":1,"role":"unassigned"}"#);
+        let old: DesiredState = serde_json::from_str(r#"{"revision":1,"role":"control-plane"}"#).unwrap();
+        assert_eq!(old.role, Role::ControlPlane);
+        let hb: Heartbeat =
+            serde_json::from_str(r#"{"phase":"linked","uptime_secs":1,"last_error":null,"applied_revision":0}"#)
+                .unwrap();
+        assert!(hb.services.is_empty() && hb.mesh_endpoint.is_none());
+    }
+
+    #[test]
+    fn node_state_paths_stay_under_the_state_dir() {
+        assert!(is_node_state_path("/var/lib/oasis/etcd/data"));
+        for bad in [
+            "/var/lib/oasis",
+            "/var/lib/oasis/",
+            "/var/lib/oasisx/a",
+            "/etc/passwd",
+            "/var/lib/oasis/../x",
+            "/var/lib/oasis/a//b",
+            "/var/lib/oasis/./a",
+            "var/lib/oasis/a",
+        ] {
+            assert!(!is_node_state_path(bad), "{bad}");
+        }
     }
 }

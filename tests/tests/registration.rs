@@ -48,7 +48,7 @@ fn heartbeat_from_rack(ns: &Netns, pin: &str, credential: &str) -> Result<(), Ap
                 uptime_secs: 1,
                 last_error: None,
                 applied_revision: 0,
-                rss_bytes: None,
+                ..Heartbeat::default()
             };
             let rack = Endpoint::parse(API)?;
             ApiClient::new(API, &pin)?.heartbeat(&rack, &credential, &beat).await

@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use oasis_proto::Role;
 use tokio::sync::Notify;
 
 use super::*;
@@ -328,7 +327,7 @@ async fn a_link_that_fails_is_retried() {
 async fn desired_state_revisions_are_reported_in_heartbeats() {
     let fakes = Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(())]);
     *fakes.api.desired.lock().unwrap() =
-        vec![Err(unreachable()), Ok(DesiredState { revision: 4, role: Role::Unassigned })].into();
+        vec![Err(unreachable()), Ok(DesiredState { revision: 4, ..DesiredState::default() })].into();
     fakes.run().await;
     let heartbeats = fakes.api.heartbeats();
     assert_eq!(heartbeats.last().unwrap().2.applied_revision, 4);
