@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod assembly;
 pub mod cli;
 pub mod config;
 pub mod identity;

@@ -1,0 +1,427 @@
+//! The membership planner: given what the appliance knows (the machines, the persisted
+//! [`Assembly`], etcd's members as observed this tick), the one next change to make. No I/O and no
+//! clock: the controller observes, asks, executes the one [`Step`], and asks again, so an appliance
+//! restarted between any two steps continues where it was.
+//!
+//! The rules, in the order they are checked:
+//! - Nothing is chosen before `min_machines` machines are alive and none has joined for the settle
+//!   time, so powering the rack on in any order gives the same choice.
+//! - The control plane has `K` members, `K` the largest odd number no greater than the configured
+//!   count and the number of machines that can serve (alive and not passed over, or already a
+//!   member). Members keep their role; open places go to machines in choice order.
+//! - etcd changes one member at a time: bootstrap one member; add a learner only when its machine is
+//!   alive, has etcd ready and a mesh handshake with every member's machine; promote it once it
+//!   answers (etcd itself refuses a learner that is not in sync, and the controller retries); at
+//!   most one learner; quorum checked before every change.
+//! - A learner whose machine dies is removed and its machine passed over (a worker until it boots
+//!   again): its place goes to the next machine. A voter is never removed for being down (that is
+//!   "degraded", and quorum holds); a voter whose machine came back with its data gone (volatile
+//!   storage, new boot) is removed and joins again as a learner.
+//! - More voters than `K` (a learner died and the pool shrank): the newest voter leaves. So the
+//!   cluster never settles with an even number of voters.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use oasis_proto::Role;
+use serde::{Deserialize, Serialize};
+
+/// What the planner is told about one accepted machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: String,
+    /// It heartbeated recently.
+    pub alive: bool,
+    /// Identifies the machine's current boot (its WireGuard key: netbooted machines make a new
+    /// one every boot).
+    pub boot: String,
+    /// `https://MESH_ADDRESS:2380`.
+    pub peer_url: String,
+    /// Its agent reports etcd prepared or running in the current spec.
+    pub etcd_ready: bool,
+    /// Its etcd data does not survive a power cycle.
+    pub volatile: bool,
+    /// Machines it has a recent mesh handshake with.
+    pub meshed_with: BTreeSet<String>,
+}
+
+/// One etcd member as observed this tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    /// Empty until the member has started (etcd learns the name from the member itself).
+    pub name: String,
+    pub peer_url: String,
+    pub learner: bool,
+    /// Its own status endpoint answered this tick.
+    pub healthy: bool,
+}
+
+/// How a member's etcd starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitialState {
+    New,
+    Existing,
+}
+
+/// The start parameters of one member, fixed when it is added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberPlan {
+    /// The boot the member was added in: another boot with volatile data means the data is gone.
+    pub boot: String,
+    pub state: InitialState,
+    /// etcd's `--initial-cluster`, `NAME=PEER_URL,...`.
+    pub initial_cluster: String,
+    /// Counts every plan made, so each has its own data directory (a removed member's data must
+    /// never be reused).
+    pub serial: u64,
+}
+
+/// What the controller persists between ticks and restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assembly {
+    pub roles: BTreeMap<String, Role>,
+    /// etcd's `--initial-cluster-token` once a bootstrap is chosen.
+    pub token: Option<String>,
+    /// etcd has answered at least once since the bootstrap.
+    pub formed: bool,
+    pub members: BTreeMap<String, MemberPlan>,
+    /// Machines that died while joining, with the boot they died in: workers until they boot again.
+    pub passed_over: BTreeMap<String, String>,
+    /// How many member plans have been made.
+    pub plans_made: u64,
+}
+
+/// The settings the planner needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// 1, 3 or 5.
+    pub control_plane: usize,
+    pub min_machines: usize,
+}
+
+/// The one change to make next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to do until something changes; says what is awaited.
+    Wait(String),
+    /// Assembled as configured; nothing to do.
+    Settled,
+    /// New roles for these machines, each with its reason.
+    SetRoles(Vec<(String, Role, String)>),
+    PassOver {
+        machine: String,
+        reason: String,
+    },
+    /// Start a new cluster with this one member.
+    Bootstrap {
+        machine: String,
+    },
+    MarkFormed,
+    AddLearner {
+        machine: String,
+        peer_url: String,
+    },
+    /// Record the start parameters of a member added to etcd.
+    Start {
+        machine: String,
+        initial_cluster: String,
+    },
+    Promote {
+        machine: String,
+        member_id: u64,
+    },
+    /// Remove the member; then forget the machine's plan, and pass the machine over if asked.
+    Remove {
+        member_id: u64,
+        machine: Option<String>,
+        pass_over: bool,
+        reason: String,
+    },
+    /// Forget a plan whose member etcd no longer has.
+    Forget {
+        machine: String,
+    },
+    /// Every member is gone with its data: start again from a bootstrap.
+    Reset {
+        reason: String,
+    },
+}
+
+/// Votes needed for a decision among `voters`.
+pub fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+/// The largest odd number no greater than `n` (0 for 0).
+fn odd_floor(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else if n % 2 == 1 {
+        n
+    } else {
+        n - 1
+    }
+}
+
+fn member_name(machine: &str) -> &str {
+    machine
+}
+
+/// The next step. `nodes` are the accepted machines in choice order; `members` is `None` when no
+/// member answered this tick; `settled` says the settle time has passed since the last machine
+/// was accepted.
+pub fn plan(
+    settings: &Settings,
+    nodes: &[Node],
+    assembly: &Assembly,
+    members: Option<&[Member]>,
+    settled: bool,
+) -> Step {
+    let node = |id: &str| nodes.iter().find(|n| n.id == id);
+    let by_peer = |url: &str| nodes.iter().find(|n| n.peer_url == url);
+    let alive = nodes.iter().filter(|n| n.alive).count();
+
+    if assembly.roles.is_empty() {
+        if alive < settings.min_machines.max(1) {
+            return Step::Wait(format!(
+                "{alive} of {} machines needed before choosing roles",
+                settings.min_machines.max(1)
+            ));
+        }
+        if !settled {
+            return Step::Wait("machines are still arriving (settle time)".into());
+        }
+    }
+
+    // Which machines are members now, as far as we can tell.
+    let observed: Vec<&Member> = members.map(|m| m.iter().collect()).unwrap_or_default();
+    let member_machines: BTreeSet<&str> = observed
+        .iter()
+        .filter_map(|m| by_peer(&m.peer_url).map(|n| n.id.as_str()))
+        .chain(assembly.members.keys().map(String::as_str))
+        .collect();
+    let passed_over = |n: &Node| assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot);
+    let pool = nodes.iter().filter(|n| member_machines.contains(n.id.as_str()) || (n.alive && !passed_over(n))).count();
+    let k = odd_floor(settings.control_plane.min(pool));
+
+    // Roles: members stay control plane; open places go to alive machines in order.
+    let mut control: Vec<&str> =
+        nodes.iter().filter(|n| member_machines.contains(n.id.as_str())).map(|n| n.id.as_str()).collect();
+    for n in nodes {
+        let kept = assembly.roles.get(&n.id) == Some(&Role::ControlPlane) && n.alive && !passed_over(n);
+        if kept && !control.contains(&n.id.as_str()) && control.len() < k {
+            control.push(&n.id);
+        }
+    }
+    for n in nodes {
+        if control.len() >= k {
+            break;
+        }
+        if n.alive && !passed_over(n) && !control.contains(&n.id.as_str()) {
+            control.push(&n.id);
+        }
+    }
+    let mut changes = Vec::new();
+    for n in nodes {
+        let current = assembly.roles.get(&n.id).copied().unwrap_or(Role::Unassigned);
+        let wanted = if control.contains(&n.id.as_str()) {
+            Role::ControlPlane
+        } else if n.alive || current != Role::Unassigned {
+            Role::Worker
+        } else {
+            Role::Unassigned
+        };
+        if wanted != current {
+            let reason = match wanted {
+                Role::ControlPlane => format!(
+                    "control-plane place {} of {k}, next in choice order",
+                    control.iter().position(|c| *c == n.id).unwrap_or(0) + 1
+                ),
+                Role::Worker if passed_over(n) => {
+                    "passed over: died while joining; a worker until it boots again".to_string()
+                }
+                Role::Worker => format!("the control plane's {k} places are taken"),
+                Role::Unassigned => String::new(),
+            };
+            changes.push((n.id.clone(), wanted, reason));
+        }
+    }
+    if !changes.is_empty() {
+        return Step::SetRoles(changes);
+    }
+
+    // No cluster yet: bootstrap on the first control-plane machine that is ready.
+    let Some(_token) = &assembly.token else {
+        let first = nodes.iter().find(|n| control.contains(&n.id.as_str()));
+        return match first {
+            None => Step::Wait("no machine for the control plane".into()),
+            Some(n) if n.alive && n.etcd_ready => Step::Bootstrap { machine: n.id.clone() },
+            Some(n) => Step::Wait(format!("etcd to be ready on {}", n.id)),
+        };
+    };
+    if observed.is_empty() {
+        // Nothing answers. Before formation the bootstrap member may just be starting; a member
+        // whose machine came back with its data gone cannot come back.
+        let lost = |id: &String, plan: &MemberPlan| {
+            node(id).is_some_and(|n| n.alive && n.volatile && n.boot != plan.boot)
+                || (!assembly.formed && node(id).is_none_or(|n| !n.alive))
+        };
+        if !assembly.members.is_empty() && assembly.members.iter().all(|(id, p)| lost(id, p)) {
+            return Step::Reset {
+                reason: if assembly.formed {
+                    "every etcd member lost its data (volatile storage, power cycled): starting a new cluster".into()
+                } else {
+                    "the bootstrap member died before etcd formed: choosing again".into()
+                },
+            };
+        }
+        if assembly.members.is_empty() {
+            return Step::Reset { reason: "no etcd member is planned".into() };
+        }
+        return Step::Wait(if assembly.formed {
+            "no etcd member answers".into()
+        } else {
+            "etcd to start on the bootstrap member".into()
+        });
+    }
+    if !assembly.formed {
+        return Step::MarkFormed;
+    }
+
+    let voters: Vec<&&Member> = observed.iter().filter(|m| !m.learner).collect();
+    let healthy_voters = voters.iter().filter(|m| m.healthy).count();
+    // Every change is committed by a leader, which needs a quorum now.
+    let has_quorum = healthy_voters >= quorum(voters.len());
+    let machine_of = |m: &Member| by_peer(&m.peer_url).map(|n| n.id.clone());
+
+    // A member of no known machine: remove it if quorum allows.
+    if let Some(stray) = observed.iter().find(|m| by_peer(&m.peer_url).is_none()) {
+        let healthy_after = healthy_voters - usize::from(!stray.learner && stray.healthy);
+        let voters_after = voters.len() - usize::from(!stray.learner);
+        if has_quorum && healthy_after >= quorum(voters_after.max(1)) {
+            return Step::Remove {
+                member_id: stray.id,
+                machine: None,
+                pass_over: false,
+                reason: format!("member {} belongs to no accepted machine", stray.peer_url),
+            };
+        }
+        return Step::Wait("quorum to remove an unknown member".into());
+    }
+
+    // Plans whose member is gone (removed before the plan was forgotten).
+    if let Some(id) = assembly.members.keys().find(|id| !observed.iter().any(|m| machine_of(m).as_ref() == Some(*id))) {
+        return Step::Forget { machine: id.clone() };
+    }
+
+    // The learner, if any: start it, promote it, or remove it.
+    if let Some(learner) = observed.iter().find(|m| m.learner) {
+        let machine = machine_of(learner).expect("strays handled above");
+        let n = node(&machine).expect("mapped by peer URL");
+        let plan = assembly.members.get(&machine);
+        let gone = !n.alive || plan.is_some_and(|p| p.boot != n.boot && n.volatile);
+        if gone {
+            if has_quorum {
+                return Step::Remove {
+                    member_id: learner.id,
+                    machine: Some(machine.clone()),
+                    pass_over: !n.alive,
+                    reason: if n.alive {
+                        format!("learner {machine} rebooted and lost its data")
+                    } else {
+                        format!("learner {machine} died while joining")
+                    },
+                };
+            }
+            return Step::Wait(format!("quorum to remove the dead learner {machine}"));
+        }
+        if plan.is_none() {
+            let mut cluster: Vec<String> = observed
+                .iter()
+                .map(|m| format!("{}={}", member_name(&machine_of(m).expect("strays handled above")), m.peer_url))
+                .collect();
+            cluster.sort();
+            return Step::Start { machine, initial_cluster: cluster.join(",") };
+        }
+        if !learner.healthy || learner.name.is_empty() {
+            return Step::Wait(format!("learner {machine} to start"));
+        }
+        if healthy_voters + 1 >= quorum(voters.len() + 1) {
+            return Step::Promote { machine, member_id: learner.id };
+        }
+        return Step::Wait(format!("quorum to promote {machine}: {healthy_voters} of {} voters healthy", voters.len()));
+    }
+
+    if !has_quorum {
+        return Step::Wait(format!(
+            "quorum lost: {healthy_voters} of {} voters healthy; members that lost their data cannot return, \
+             and etcd needs a disaster recovery (--force-new-cluster on a survivor) if they do not",
+            voters.len()
+        ));
+    }
+
+    // A voter that came back without its data: take it out so it can join again.
+    for v in &voters {
+        let machine = machine_of(v).expect("strays handled above");
+        let n = node(&machine).expect("mapped by peer URL");
+        let lost = assembly.members.get(&machine).is_some_and(|p| p.boot != n.boot) && n.volatile && n.alive;
+        if lost {
+            let healthy_after = healthy_voters - usize::from(v.healthy);
+            if has_quorum && voters.len() > 1 && healthy_after >= quorum(voters.len() - 1) {
+                return Step::Remove {
+                    member_id: v.id,
+                    machine: Some(machine.clone()),
+                    pass_over: false,
+                    reason: format!("voter {machine} rebooted and lost its data (volatile storage): it joins again"),
+                };
+            }
+        }
+    }
+
+    // Too many voters: the newest leaves (the plan serials say who is newest).
+    if voters.len() > k.max(1) {
+        let newest = voters
+            .iter()
+            .filter_map(|v| machine_of(v).map(|m| (assembly.members.get(&m).map_or(u64::MAX, |p| p.serial), m, v.id)))
+            .max();
+        if let Some((_, machine, id)) = newest {
+            let healthy_after = healthy_voters - usize::from(voters.iter().any(|v| v.id == id && v.healthy));
+            if has_quorum && healthy_after >= quorum(voters.len() - 1) {
+                return Step::Remove {
+                    member_id: id,
+                    machine: Some(machine.clone()),
+                    pass_over: false,
+                    reason: format!("{} voters for {k} places: {machine} leaves to keep the count odd", voters.len()),
+                };
+            }
+            return Step::Wait("quorum to shrink the control plane".into());
+        }
+    }
+
+    // Grow: the next control-plane machine that is not a member yet.
+    if voters.len() < k {
+        let members_now: BTreeSet<String> = observed.iter().filter_map(|m| machine_of(m)).collect();
+        let candidate = nodes.iter().find(|n| control.contains(&n.id.as_str()) && !members_now.contains(&n.id));
+        let Some(c) = candidate else {
+            return Step::Wait(format!("a machine for control-plane place {} of {k}", voters.len() + 1));
+        };
+        if !c.etcd_ready {
+            return Step::Wait(format!("etcd to be ready on {}", c.id));
+        }
+        if let Some(missing) = members_now.iter().find(|m| !c.meshed_with.contains(*m)) {
+            return Step::Wait(format!("a mesh handshake between {} and {missing}", c.id));
+        }
+        if !has_quorum {
+            return Step::Wait(format!("quorum: {healthy_voters} of {} voters healthy", voters.len()));
+        }
+        return Step::AddLearner { machine: c.id.clone(), peer_url: c.peer_url.clone() };
+    }
+    if healthy_voters < voters.len() {
+        return Step::Wait(format!("degraded: {healthy_voters} of {} voters healthy", voters.len()));
+    }
+    Step::Settled
+}
+
+#[cfg(test)]
+mod tests;

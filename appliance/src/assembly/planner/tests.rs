@@ -1,0 +1,421 @@
+//! The planner against a model of a rack and of etcd's membership rules: examples, then random
+//! sequences of joins, deaths, reboots and appliance restarts.
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// One simulated machine.
+#[derive(Debug, Clone)]
+struct Machine {
+    id: String,
+    powered: bool,
+    boot: u32,
+}
+
+/// One simulated etcd member: its data lives in the boot it started in.
+#[derive(Debug, Clone)]
+struct SimMember {
+    id: u64,
+    machine: usize,
+    learner: bool,
+    /// The boot its etcd started in; `None` until started.
+    started_in: Option<u32>,
+}
+
+/// A rack, etcd as its members see it, and the appliance's persisted state.
+#[derive(Debug, Clone)]
+struct World {
+    settings: Settings,
+    machines: Vec<Machine>,
+    members: Vec<SimMember>,
+    next_member: u64,
+    assembly: Assembly,
+    changes: usize,
+}
+
+fn peer_url(i: usize) -> String {
+    format!("https://10.98.0.{}:2380", i + 2)
+}
+
+impl World {
+    fn new(count: usize, control_plane: usize) -> World {
+        let machines = (0..count).map(|i| Machine { id: format!("m{i}"), powered: true, boot: 0 }).collect();
+        World {
+            settings: Settings { control_plane, min_machines: 1 },
+            machines,
+            members: vec![],
+            next_member: 1,
+            assembly: Assembly::default(),
+            changes: 0,
+        }
+    }
+
+    fn healthy(&self, m: &SimMember) -> bool {
+        let machine = &self.machines[m.machine];
+        machine.powered && m.started_in == Some(machine.boot)
+    }
+
+    fn voters(&self) -> usize {
+        self.members.iter().filter(|m| !m.learner).count()
+    }
+
+    fn healthy_voters(&self) -> usize {
+        self.members.iter().filter(|m| !m.learner && self.healthy(m)).count()
+    }
+
+    fn has_quorum(&self) -> bool {
+        self.voters() > 0 && self.healthy_voters() >= quorum(self.voters())
+    }
+
+    fn nodes(&self) -> Vec<Node> {
+        let alive: BTreeSet<String> = self.machines.iter().filter(|m| m.powered).map(|m| m.id.clone()).collect();
+        self.machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Node {
+                id: m.id.clone(),
+                alive: m.powered,
+                boot: format!("boot{}", m.boot),
+                peer_url: peer_url(i),
+                etcd_ready: m.powered && self.assembly.roles.get(&m.id) == Some(&Role::ControlPlane),
+                volatile: true,
+                meshed_with: if m.powered { alive.clone() } else { BTreeSet::new() },
+            })
+            .collect()
+    }
+
+    fn observed(&self) -> Option<Vec<Member>> {
+        if !self.members.iter().any(|m| self.healthy(m)) {
+            return None;
+        }
+        Some(
+            self.members
+                .iter()
+                .map(|m| Member {
+                    id: m.id,
+                    name: if m.started_in.is_some() { self.machines[m.machine].id.clone() } else { String::new() },
+                    peer_url: peer_url(m.machine),
+                    learner: m.learner,
+                    healthy: self.healthy(m),
+                })
+                .collect(),
+        )
+    }
+
+    /// Agents start etcd where a plan says so (a joining member needs a leader to join).
+    fn agents_act(&mut self) {
+        let quorum_now = self.has_quorum();
+        for i in 0..self.members.len() {
+            let machine = &self.machines[self.members[i].machine];
+            let planned =
+                self.assembly.members.get(&machine.id).is_some_and(|p| p.boot == format!("boot{}", machine.boot));
+            if machine.powered && planned && self.members[i].started_in.is_none() && quorum_now {
+                self.members[i].started_in = Some(machine.boot);
+            }
+        }
+        // A bootstrap plan starts a new one-member cluster.
+        if self.members.is_empty() {
+            if let Some((id, plan)) = self.assembly.members.iter().find(|(_, p)| p.state == InitialState::New) {
+                let i = self.machines.iter().position(|m| m.id == *id).unwrap();
+                let m = &self.machines[i];
+                if m.powered && plan.boot == format!("boot{}", m.boot) {
+                    self.members.push(SimMember {
+                        id: self.next_member,
+                        machine: i,
+                        learner: false,
+                        started_in: Some(m.boot),
+                    });
+                    self.next_member += 1;
+                }
+            }
+        }
+    }
+
+    /// Checks the invariants around one etcd change.
+    fn change(&mut self, apply: impl FnOnce(&mut World) -> Result<(), &'static str>) -> Result<(), &'static str> {
+        let had_quorum = self.has_quorum();
+        let before = self.members.clone();
+        apply(self)?;
+        self.changes += 1;
+        assert!(self.members.iter().filter(|m| m.learner).count() <= 1, "two learners: {:?}", self.members);
+        if had_quorum {
+            assert!(self.has_quorum(), "a change lost quorum: {before:?} -> {:?}", self.members);
+        }
+        Ok(())
+    }
+
+    /// Executes one step as the controller does; `interrupted` drops the store write that
+    /// follows an etcd change, as an appliance restart between the two would.
+    fn execute(&mut self, step: &Step, interrupted: bool) {
+        let a = &mut self.assembly;
+        match step.clone() {
+            Step::Wait(_) | Step::Settled => {}
+            Step::SetRoles(changes) => {
+                for (id, role, _) in changes {
+                    a.roles.insert(id, role);
+                }
+            }
+            Step::PassOver { machine, .. } => {
+                let boot = self.machines.iter().find(|m| m.id == machine).map(|m| format!("boot{}", m.boot)).unwrap();
+                a.passed_over.insert(machine, boot);
+            }
+            Step::Bootstrap { machine } => {
+                let boot = self.machines.iter().find(|m| m.id == machine).map(|m| format!("boot{}", m.boot)).unwrap();
+                a.plans_made += 1;
+                a.token = Some(format!("t{}", a.plans_made));
+                a.members.insert(
+                    machine.clone(),
+                    MemberPlan { boot, state: InitialState::New, initial_cluster: machine, serial: a.plans_made },
+                );
+            }
+            Step::MarkFormed => a.formed = true,
+            Step::Reset { .. } => {
+                a.token = None;
+                a.formed = false;
+                a.members.clear();
+                self.members.clear();
+            }
+            Step::Start { machine, initial_cluster } => {
+                let boot = self.machines.iter().find(|m| m.id == machine).map(|m| format!("boot{}", m.boot)).unwrap();
+                a.plans_made += 1;
+                let serial = a.plans_made;
+                a.members.insert(machine, MemberPlan { boot, state: InitialState::Existing, initial_cluster, serial });
+            }
+            Step::Forget { machine } => {
+                a.members.remove(&machine);
+            }
+            Step::AddLearner { machine, .. } => {
+                let i = self.machines.iter().position(|m| m.id == machine).unwrap();
+                let _ = self.change(|w| {
+                    if w.members.iter().any(|m| m.learner) {
+                        return Err("too many learner members");
+                    }
+                    if !w.has_quorum() {
+                        return Err("no leader");
+                    }
+                    w.members.push(SimMember { id: w.next_member, machine: i, learner: true, started_in: None });
+                    w.next_member += 1;
+                    Ok(())
+                });
+            }
+            Step::Promote { member_id, .. } => {
+                let _ = self.change(|w| {
+                    let Some(i) = w.members.iter().position(|m| m.id == member_id) else { return Err("no member") };
+                    if !w.healthy(&w.members[i]) || !w.has_quorum() {
+                        return Err("learner not ready");
+                    }
+                    w.members[i].learner = false;
+                    Ok(())
+                });
+            }
+            Step::Remove { member_id, machine, pass_over, .. } => {
+                let removed = self.change(|w| {
+                    if !w.has_quorum() {
+                        return Err("no leader");
+                    }
+                    let before = w.members.len();
+                    w.members.retain(|m| m.id != member_id);
+                    if w.members.len() == before {
+                        return Err("no member");
+                    }
+                    Ok(())
+                });
+                if removed.is_ok() && !interrupted {
+                    if let Some(machine) = machine {
+                        self.assembly.members.remove(&machine);
+                        if pass_over {
+                            let boot = self
+                                .machines
+                                .iter()
+                                .find(|m| m.id == machine)
+                                .map(|m| format!("boot{}", m.boot))
+                                .unwrap();
+                            self.assembly.passed_over.insert(machine, boot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, interrupted: bool) -> Step {
+        self.agents_act();
+        let observed = self.observed();
+        let step = plan(&self.settings, &self.nodes(), &self.assembly, observed.as_deref(), true);
+        self.execute(&step, interrupted);
+        step
+    }
+
+    /// Ticks until the planner settles or has nothing to do twice in a row.
+    fn run(&mut self, limit: usize) -> Step {
+        let mut last = Step::Wait(String::new());
+        for _ in 0..limit {
+            let step = self.tick(false);
+            if step == Step::Settled || (matches!(step, Step::Wait(_)) && step == last) {
+                return step;
+            }
+            last = step;
+        }
+        panic!("no settling after {limit} ticks: {last:?}\n{self:#?}");
+    }
+
+    fn voter_machines(&self) -> BTreeSet<String> {
+        self.members.iter().filter(|m| !m.learner).map(|m| self.machines[m.machine].id.clone()).collect()
+    }
+}
+
+#[test]
+fn four_machines_make_three_voters_and_a_worker() {
+    let mut w = World::new(4, 3);
+    assert_eq!(w.run(100), Step::Settled);
+    assert_eq!(w.voter_machines(), ["m0", "m1", "m2"].map(String::from).into());
+    assert_eq!(w.assembly.roles["m3"], Role::Worker);
+    assert!(w.members.iter().all(|m| !m.learner));
+}
+
+#[test]
+fn one_machine_is_a_single_node_cluster_and_two_make_one_voter() {
+    let mut w = World::new(1, 3);
+    assert_eq!(w.run(50), Step::Settled);
+    assert_eq!(w.voters(), 1);
+    let mut w = World::new(2, 3);
+    assert_eq!(w.run(50), Step::Settled);
+    assert_eq!(w.voters(), 1);
+    assert_eq!(w.assembly.roles["m1"], Role::Worker);
+}
+
+#[test]
+fn nothing_is_chosen_before_the_rack_settles_or_min_machines_are_there() {
+    let w = World::new(3, 3);
+    let settings = Settings { control_plane: 3, min_machines: 4 };
+    assert!(matches!(plan(&settings, &w.nodes(), &w.assembly, None, true), Step::Wait(m) if m.contains("3 of 4")));
+    assert!(matches!(plan(&w.settings, &w.nodes(), &w.assembly, None, false), Step::Wait(m) if m.contains("settle")));
+}
+
+#[test]
+fn the_choice_follows_the_order_not_the_arrival() {
+    let mut w = World::new(5, 3);
+    w.machines.reverse();
+    w.run(200);
+    assert_eq!(w.voter_machines(), ["m2", "m3", "m4"].map(String::from).into(), "the first three in choice order");
+}
+
+#[test]
+fn a_learner_that_dies_is_removed_and_the_next_machine_takes_its_place() {
+    let mut w = World::new(4, 3);
+    // Run until m1 is a learner, then power it off.
+    for _ in 0..100 {
+        let step = w.tick(false);
+        if matches!(step, Step::AddLearner { ref machine, .. } if machine == "m1") {
+            break;
+        }
+    }
+    w.machines[1].powered = false;
+    assert_eq!(w.run(100), Step::Settled);
+    assert_eq!(w.voter_machines(), ["m0", "m2", "m3"].map(String::from).into());
+    assert_eq!(w.assembly.roles["m1"], Role::Worker);
+    // It comes back (a new boot): it stays a worker, the cluster has its three.
+    w.machines[1].powered = true;
+    w.machines[1].boot += 1;
+    assert_eq!(w.run(100), Step::Settled);
+    assert_eq!(w.voters(), 3);
+}
+
+#[test]
+fn a_voter_down_is_degraded_and_rejoins_when_it_returns_without_its_data() {
+    let mut w = World::new(3, 3);
+    assert_eq!(w.run(100), Step::Settled);
+    w.machines[2].powered = false;
+    let step = w.run(20);
+    assert!(matches!(&step, Step::Wait(m) if m.starts_with("degraded: 2 of 3")), "{step:?}");
+    assert_eq!(w.voters(), 3, "a voter is not removed for being down");
+    w.machines[2].powered = true;
+    w.machines[2].boot += 1;
+    assert_eq!(w.run(100), Step::Settled);
+    assert_eq!(w.voters(), 3);
+    assert_eq!(w.healthy_voters(), 3);
+}
+
+#[test]
+fn a_learner_the_appliance_forgot_to_record_is_started_not_added_twice() {
+    let mut w = World::new(3, 3);
+    loop {
+        if let Step::AddLearner { .. } = w.tick(false) {
+            break;
+        }
+    }
+    // The plan write after the add never happened; the learner is in etcd.
+    let step = w.tick(false);
+    assert!(matches!(step, Step::Start { ref machine, .. } if machine == "m1"), "{step:?}");
+    assert_eq!(w.run(100), Step::Settled);
+    assert_eq!(w.members.len(), 3);
+}
+
+/// What happens between two ticks.
+#[derive(Debug, Clone)]
+enum Event {
+    Tick,
+    /// The appliance restarts between an etcd change and its store write.
+    InterruptedTick,
+    PowerOff(usize),
+    PowerOn(usize),
+}
+
+fn event(count: usize) -> impl Strategy<Value = Event> {
+    prop_oneof![
+        6 => Just(Event::Tick),
+        1 => Just(Event::InterruptedTick),
+        1 => (0..count).prop_map(Event::PowerOff),
+        1 => (0..count).prop_map(Event::PowerOn),
+    ]
+}
+
+fn scenario() -> impl Strategy<Value = (usize, usize, Vec<Event>)> {
+    (1usize..=6, prop_oneof![Just(1usize), Just(3), Just(5)])
+        .prop_flat_map(|(count, cp)| (Just(count), Just(cp), proptest::collection::vec(event(count), 0..120)))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// Random joins, deaths, reboots and restarts: no change loses quorum, never two learners
+    /// (both asserted inside `change`); once every machine is up and stays up, the cluster
+    /// settles with an odd number of healthy voters, as many as the rack allows - unless a
+    /// majority lost its data, when it waits and changes nothing.
+    #[test]
+    fn membership_stays_safe_and_settles_odd((count, cp, events) in scenario()) {
+        let mut w = World::new(count, cp);
+        for e in events {
+            match e {
+                Event::Tick => { w.tick(false); }
+                Event::InterruptedTick => { w.tick(true); }
+                Event::PowerOff(i) => w.machines[i].powered = false,
+                Event::PowerOn(i) => if !w.machines[i].powered {
+                    w.machines[i].powered = true;
+                    w.machines[i].boot += 1;
+                },
+            }
+        }
+        for m in &mut w.machines {
+            if !m.powered {
+                m.powered = true;
+                m.boot += 1;
+            }
+        }
+        let majority_lost = w.voters() > 0 && !w.has_quorum();
+        let changes_before = w.changes;
+        let last = w.run(400);
+        if majority_lost && w.voters() > 0 && !w.has_quorum() {
+            prop_assert!(matches!(last, Step::Wait(_)), "{last:?}");
+            prop_assert_eq!(w.changes, changes_before, "no change without quorum");
+        } else {
+            prop_assert_eq!(&last, &Step::Settled);
+            let voters = w.voters();
+            prop_assert!(voters % 2 == 1, "settled with {} voters", voters);
+            prop_assert_eq!(w.healthy_voters(), voters);
+            let pool = w.machines.len() - w.assembly.passed_over.iter().filter(|(id, boot)| w.machines.iter().any(|m| m.id == **id && format!("boot{}", m.boot) == **boot)).count();
+            prop_assert_eq!(voters, odd_floor(cp.min(pool).max(1)));
+        }
+    }
+}
