@@ -53,6 +53,8 @@ pub struct RawConfig {
     pub wireguard: RawWireguard,
     #[serde(default)]
     pub api: RawApi,
+    #[serde(default)]
+    pub cluster: RawCluster,
 }
 
 fn default_version() -> u32 {
@@ -266,6 +268,69 @@ impl Default for RawApi {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCluster {
+    pub name: String,
+    pub control_plane: usize,
+    pub min_machines: usize,
+    pub settle_secs: u64,
+    pub prefer: Vec<String>,
+    pub mesh_prefix: String,
+    pub mesh_keepalive: u16,
+    pub dead_after_secs: u64,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            name: "oasis".into(),
+            control_plane: 3,
+            min_machines: 1,
+            settle_secs: 30,
+            prefer: vec![],
+            mesh_prefix: "10.98.0.0/16".into(),
+            mesh_keepalive: 15,
+            dead_after_secs: 30,
+        }
+    }
+}
+
+/// Cluster assembly's settings, checked.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub name: String,
+    pub control_plane: usize,
+    pub min_machines: usize,
+    pub settle: Duration,
+    pub prefer: Vec<crate::assembly::order::Preference>,
+    /// The mesh network; a node's mesh address has the host part of its overlay address.
+    pub mesh_network: Ipv4Addr,
+    pub mesh_prefix_len: u8,
+    pub mesh_keepalive: u16,
+    pub dead_after: Duration,
+}
+
+/// A prefix `ADDRESS/LEN` (length 8 to 30): its network address and length.
+fn parse_prefix(field: &str, value: &str, text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let key = field.rsplit('.').next().unwrap_or(field);
+    let bad = || {
+        format!(
+            "{field}{} {value:?} is not ADDRESS/LENGTH with a length from 8 to 30, e.g. \"10.99.0.0/16\"",
+            line_of(text, key)
+        )
+    };
+    let (addr, len) = value.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().ok().filter(|l| (8..=30).contains(l)).ok_or_else(bad)?;
+    Ok((Ipv4Addr::from(u32::from(addr) & (u32::MAX << (32 - len))), len))
+}
+
+fn overlaps(a: (Ipv4Addr, u8), b: (Ipv4Addr, u8)) -> bool {
+    let mask = u32::MAX << (32 - a.1.min(b.1));
+    u32::from(a.0) & mask == u32::from(b.0) & mask
+}
+
 /// The node image's profile, served when the file has no `[profile]`.
 pub const NODE_KERNEL: &str = "node/vmlinuz";
 pub const NODE_INITRD: &str = "node/initrd.img";
@@ -302,6 +367,7 @@ pub struct Config {
     pub allow_macs: HashSet<MacAddr>,
     pub wireguard: WireguardSettings,
     pub api_port: u16,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -497,19 +563,8 @@ impl Config {
                 w.interface
             ));
         }
-        let bad_prefix = || {
-            format!(
-                "wireguard.prefix{} {:?} is not ADDRESS/LENGTH with a length from 8 to 30, e.g. \"10.99.0.0/16\"",
-                line_of(text, "prefix"),
-                w.prefix
-            )
-        };
-        let (prefix_addr, prefix_len) = w.prefix.split_once('/').ok_or_else(bad_prefix)?;
-        let prefix_addr: Ipv4Addr = prefix_addr.parse().map_err(|_| bad_prefix())?;
-        let prefix_len: u8 = prefix_len.parse().ok().filter(|l| (8..=30).contains(l)).ok_or_else(bad_prefix)?;
-        let overlay_mask = u32::MAX << (32 - prefix_len);
-        let overlay_network = u32::from(prefix_addr) & overlay_mask;
-        if u32::from(net.address) & overlay_mask == overlay_network {
+        let (overlay_network, prefix_len) = parse_prefix("wireguard.prefix", &w.prefix, text)?;
+        if overlaps((overlay_network, prefix_len), (net.address, 32)) {
             return Err(format!(
                 "wireguard.prefix{} {} overlaps the rack network address {}: pick another range",
                 line_of(text, "prefix"),
@@ -517,6 +572,65 @@ impl Config {
                 net.address
             ));
         }
+        let overlay_network = u32::from(overlay_network);
+        let c = &raw.cluster;
+        let name_ok = (1..=63).contains(&c.name.len())
+            && c.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !c.name.starts_with('-');
+        if !name_ok {
+            return Err(format!(
+                "cluster.name{} {:?} must be 1 to 63 lowercase letters, digits or dashes",
+                line_of(text, "name"),
+                c.name
+            ));
+        }
+        if ![1, 3, 5].contains(&c.control_plane) {
+            return Err(format!(
+                "cluster.control_plane{} is {}; it must be 1, 3 or 5 (an odd count keeps etcd's quorum meaningful)",
+                line_of(text, "control_plane"),
+                c.control_plane
+            ));
+        }
+        let prefer = c
+            .prefer
+            .iter()
+            .map(|p| p.parse().map_err(|e| format!("cluster.prefer{}: {e}", line_of(text, "prefer"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mesh = parse_prefix("cluster.mesh_prefix", &c.mesh_prefix, text)?;
+        if mesh.1 > prefix_len {
+            return Err(format!(
+                "cluster.mesh_prefix{} {} is smaller than wireguard.prefix {}: every overlay address needs a mesh address",
+                line_of(text, "mesh_prefix"),
+                c.mesh_prefix,
+                w.prefix
+            ));
+        }
+        if overlaps(mesh, (Ipv4Addr::from(overlay_network), prefix_len)) || overlaps(mesh, (net.address, 32)) {
+            return Err(format!(
+                "cluster.mesh_prefix{} {} overlaps the management overlay or the rack network: pick another range",
+                line_of(text, "mesh_prefix"),
+                c.mesh_prefix
+            ));
+        }
+        if c.dead_after_secs < 3 * oasis_proto::HEARTBEAT_SECS {
+            return Err(format!(
+                "cluster.dead_after_secs{} is {}; use at least {} (three heartbeats)",
+                line_of(text, "dead_after_secs"),
+                c.dead_after_secs,
+                3 * oasis_proto::HEARTBEAT_SECS
+            ));
+        }
+        let cluster = ClusterSettings {
+            name: c.name.clone(),
+            control_plane: c.control_plane,
+            min_machines: c.min_machines.max(1),
+            settle: Duration::from_secs(c.settle_secs),
+            prefer,
+            mesh_network: mesh.0,
+            mesh_prefix_len: mesh.1,
+            mesh_keepalive: c.mesh_keepalive,
+            dead_after: Duration::from_secs(c.dead_after_secs),
+        };
         let wireguard = WireguardSettings {
             interface: w.interface.clone(),
             port: w.port,
@@ -541,6 +655,7 @@ impl Config {
             allow_macs,
             wireguard,
             api_port: raw.api.port,
+            cluster,
         })
     }
 }
@@ -610,6 +725,12 @@ cmdline = "console=ttyS0"
             (GOOD.replace("address = \"10.0.0.1\"", "address = \"10.0.0.300\""), "invalid"),
             (GOOD.replace("mac = \"52:54:00:00:00:01\"", "mac = \"52:54:00\""), "not a MAC address"),
             (format!("version = 2\n{GOOD}"), "version = 2"),
+            (format!("{GOOD}\n[cluster]\ncontrol_plane = 2\n"), "must be 1, 3 or 5"),
+            (format!("{GOOD}\n[cluster]\nname = \"My Rack\"\n"), "lowercase letters"),
+            (format!("{GOOD}\n[cluster]\nprefer = [\"gpus >= 1\"]\n"), "is not a preference"),
+            (format!("{GOOD}\n[cluster]\nmesh_prefix = \"10.99.0.0/24\"\n"), "is smaller than"),
+            (format!("{GOOD}\n[cluster]\nmesh_prefix = \"10.0.0.0/8\"\n"), "overlaps"),
+            (format!("{GOOD}\n[cluster]\ndead_after_secs = 5\n"), "three heartbeats"),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();

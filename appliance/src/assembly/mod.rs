@@ -2,4 +2,5 @@
 //!
 //! - [`planner`]: the next membership change, as a pure function with its safety rules.
 
+pub mod order;
 pub mod planner;
