@@ -5,9 +5,10 @@
 //! - `machines`: MAC (text) → [`Machine`] as JSON;
 //! - `events`: sequence number → [`Event`] as JSON;
 //! - `registry`: machine id → [`MachineRecord`] as JSON (registered machines; version 2);
-//! - `secrets`: name → bytes (the appliance's keys and tokens, made at first start; version 2).
+//! - `secrets`: name → bytes (the appliance's keys and tokens, made at first start; version 2);
+//! - `assembly`: `"assembly"` → the controller's [`Assembly`] as JSON (version 3).
 //!
-//! A version 1 store is upgraded in place by creating the version 2 tables.
+//! Older stores are upgraded in place by creating the newer tables.
 //!
 //! All writes go through one writer thread that drains every write waiting, applies them in one
 //! transaction and commits once (group commit, two-phase so a torn commit cannot be mistaken for
@@ -28,10 +29,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::assembly::planner::Assembly;
 use crate::registry::{Happening, MachineRecord};
 
 /// The version of the table layout and record formats this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
@@ -39,6 +41,8 @@ const MACHINES: TableDefinition<&str, &[u8]> = TableDefinition::new("machines");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const REGISTRY: TableDefinition<&str, &[u8]> = TableDefinition::new("registry");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+const ASSEMBLY: TableDefinition<&str, &[u8]> = TableDefinition::new("assembly");
+const ASSEMBLY_KEY: &str = "assembly";
 
 /// Most writes folded into one commit.
 const MAX_BATCH: usize = 4096;
@@ -142,6 +146,8 @@ enum Write {
     Record(Box<MachineRecord>, Vec<Happening>, Reply),
     RemoveRecord(String, Happening, Reply),
     Event(Happening),
+    Assembly(Box<Assembly>, Vec<Happening>, Reply),
+    Secret(String, Vec<u8>, Reply),
 }
 
 /// The store. Cheap to clone; all clones share one database and one writer.
@@ -204,6 +210,7 @@ impl Store {
             txn.open_table(EVENTS)?;
             txn.open_table(REGISTRY)?;
             txn.open_table(SECRETS)?;
+            txn.open_table(ASSEMBLY)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -283,6 +290,31 @@ impl Store {
         Ok(value)
     }
 
+    /// A secret, if the store has it.
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(SECRETS)?.get(name)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Commits a secret (replacing one of that name); resolves once durable.
+    pub async fn save_secret(&self, name: String, value: Vec<u8>) -> Result<(), StoreError> {
+        self.send(|reply| Write::Secret(name, value, reply)).await
+    }
+
+    /// The controller's persisted state; the default before the first assembly step.
+    pub fn assembly(&self) -> Result<Assembly, StoreError> {
+        let txn = self.db.begin_read()?;
+        match txn.open_table(ASSEMBLY)?.get(ASSEMBLY_KEY)? {
+            Some(v) => Ok(serde_json::from_slice(v.value())?),
+            None => Ok(Assembly::default()),
+        }
+    }
+
+    /// Commits the controller's state and the events explaining the change; resolves once durable.
+    pub async fn save_assembly(&self, assembly: Assembly, happenings: Vec<Happening>) -> Result<(), StoreError> {
+        self.send(|reply| Write::Assembly(Box::new(assembly), happenings, reply)).await
+    }
+
     async fn send(&self, write: impl FnOnce(Reply) -> Write) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.writes.send(write(tx)).map_err(|_| StoreError::WriterGone)?;
@@ -346,7 +378,9 @@ fn writer(db: Arc<Database>, queue: mpsc::Receiver<Write>) {
             if let Write::Lease(_, reply)
             | Write::SetBoot(_, _, reply)
             | Write::Record(_, _, reply)
-            | Write::RemoveRecord(_, _, reply) = write
+            | Write::RemoveRecord(_, _, reply)
+            | Write::Assembly(_, _, reply)
+            | Write::Secret(_, _, reply) = write
             {
                 let _ = reply.send(result.clone());
             }
@@ -362,6 +396,8 @@ fn apply(db: &Database, batch: &[Write]) -> Result<(), StoreError> {
         let mut machines = txn.open_table(MACHINES)?;
         let mut events = txn.open_table(EVENTS)?;
         let mut registry = txn.open_table(REGISTRY)?;
+        let mut assembly = txn.open_table(ASSEMBLY)?;
+        let mut secrets = txn.open_table(SECRETS)?;
         let mut next_seq = events.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
         let mut event = |kind: &str, mac: Option<MacAddr>, message: String| -> Result<(), StoreError> {
             let e = Event { seq: next_seq, at: now(), kind: kind.to_string(), mac, message };
@@ -443,6 +479,15 @@ fn apply(db: &Database, batch: &[Write]) -> Result<(), StoreError> {
                     event(h.kind, h.mac, h.message.clone())?;
                 }
                 Write::Event(h) => event(h.kind, h.mac, h.message.clone())?,
+                Write::Assembly(a, happenings, _) => {
+                    assembly.insert(ASSEMBLY_KEY, serde_json::to_vec(a)?.as_slice())?;
+                    for h in happenings {
+                        event(h.kind, h.mac, h.message.clone())?;
+                    }
+                }
+                Write::Secret(name, value, _) => {
+                    secrets.insert(name.as_str(), value.as_slice())?;
+                }
             }
         }
     }

@@ -2,5 +2,6 @@
 //!
 //! - [`planner`]: the next membership change, as a pure function with its safety rules.
 
+pub mod desired;
 pub mod order;
 pub mod planner;

@@ -14,8 +14,14 @@ const GIB: u64 = 1024 * 1024 * 1024;
 /// One preference, e.g. `cpus >= 4`, `memory_gib >= 16`, `disk_gib >= 100`, `ssd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Preference {
-    AtLeast { what: Quantity, value: u64 },
-    AtMost { what: Quantity, value: u64 },
+    AtLeast {
+        what: Quantity,
+        value: u64,
+    },
+    AtMost {
+        what: Quantity,
+        value: u64,
+    },
     /// Has a non-rotational disk.
     Ssd,
 }
