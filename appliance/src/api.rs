@@ -12,7 +12,9 @@
 //! token or credential, 403 not allowed from there, 404 unknown, 409 replay or duplicate, 413
 //! too large.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +44,25 @@ pub struct Api {
     pub store: Store,
     pub identity: Identity,
     pub wireguard: Option<Arc<ManagementInterface>>,
-    /// The desired-state revision; roles arrive with cluster assembly.
-    pub desired: watch::Sender<u64>,
+    /// Every machine's desired state, published by the assembly controller.
+    pub desired: watch::Sender<Arc<Published>>,
+    /// The files agents may fetch, by SHA-256.
+    pub artifacts: HashMap<String, PathBuf>,
+}
+
+/// Desired states as the controller last published them. The revision moves whenever any
+/// machine's state changes; an agent compares what it gets with what it runs.
+#[derive(Debug, Default)]
+pub struct Published {
+    pub revision: u64,
+    pub states: BTreeMap<String, DesiredState>,
+}
+
+impl Published {
+    fn state_of(&self, id: &str) -> DesiredState {
+        let state = self.states.get(id).cloned().unwrap_or_default();
+        DesiredState { revision: self.revision, ..state }
+    }
 }
 
 impl std::fmt::Debug for Api {
@@ -103,6 +122,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(oasis_proto::REGISTER_PATH, post(register))
         .route(oasis_proto::HEARTBEAT_PATH, post(heartbeat))
         .route(oasis_proto::DESIRED_PATH, get(desired))
+        .route(&format!("{}/{{sha256}}", oasis_proto::ARTIFACTS_PATH), get(artifact))
         .route("/v1/machines", get(list_machines))
         .route("/v1/machines/{id}/{decision}", post(decide))
         .route("/v1/machines/{id}", delete(remove))
@@ -177,7 +197,8 @@ async fn heartbeat(
     let id = agent(&api, &headers, from).await?;
     let Json(beat) = body?;
     api.registry.lock().await.record_heartbeat(&id, beat, now());
-    Ok(Json(DesiredState { revision: *api.desired.borrow(), ..DesiredState::default() }))
+    let state = api.desired.borrow().state_of(&id);
+    Ok(Json(state))
 }
 
 #[derive(Deserialize)]
@@ -192,11 +213,29 @@ async fn desired(
     headers: HeaderMap,
     Query(q): Query<After>,
 ) -> Result<Json<DesiredState>, Refusal> {
-    agent(&api, &headers, from).await?;
+    let id = agent(&api, &headers, from).await?;
     let mut rx = api.desired.subscribe();
-    let _ = tokio::time::timeout(Duration::from_secs(WATCH_SECS), rx.wait_for(|rev| *rev > q.after)).await;
-    let revision = *rx.borrow();
-    Ok(Json(DesiredState { revision, ..DesiredState::default() }))
+    let _ = tokio::time::timeout(Duration::from_secs(WATCH_SECS), rx.wait_for(|d| d.revision > q.after)).await;
+    let state = rx.borrow().state_of(&id);
+    Ok(Json(state))
+}
+
+/// `GET /v1/agent/artifacts/SHA256`: a file the image carries, streamed, to accepted machines
+/// inside their link.
+async fn artifact(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> Result<Response, Refusal> {
+    agent(&api, &headers, from).await?;
+    let path = api.artifacts.get(&sha256).ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no artifact {sha256}")))?;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("artifact {} unreadable: {e}", path.display())))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([(axum::http::header::CONTENT_LENGTH, len.to_string())], body).into_response())
 }
 
 fn admin(api: &Api, headers: &HeaderMap) -> Result<(), Refusal> {
@@ -378,13 +417,14 @@ mod tests {
             appliance_key: crate::wireguard::public_key(&identity.wireguard_private),
             keepalive_secs: 15,
         };
-        let (desired, _) = watch::channel(1);
+        let (desired, _) = watch::channel(Arc::default());
         Arc::new(Api {
             registry: Mutex::new(Registry::new(Policy::Auto, overlay, vec![])),
             store,
             identity,
             wireguard: None,
             desired,
+            artifacts: HashMap::new(),
         })
     }
 

@@ -1,5 +1,6 @@
 //! `oasis serve`: DHCP, TFTP, HTTP boot and the admin socket, on one store, until stopped.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -112,7 +113,12 @@ fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
 }
 
 /// Brings up the management interface with a peer for every accepted machine, and the registry.
-async fn start_management(config: &Config, store: &Store, identity: Identity) -> Result<Arc<Api>, ServeError> {
+async fn start_management(
+    config: &Config,
+    store: &Store,
+    identity: Identity,
+    artifacts: HashMap<String, PathBuf>,
+) -> Result<Arc<Api>, ServeError> {
     let w = &config.wireguard;
     let interface =
         ManagementInterface::start(&w.interface, &identity.wireguard_private, w.port, w.address, w.prefix_len).await?;
@@ -139,13 +145,14 @@ async fn start_management(config: &Config, store: &Store, identity: Identity) ->
         appliance_key: wireguard::public_key(&identity.wireguard_private),
         keepalive_secs: w.keepalive,
     };
-    let (desired, _) = tokio::sync::watch::channel(1);
+    let (desired, _) = tokio::sync::watch::channel(Arc::default());
     Ok(Arc::new(Api {
         registry: tokio::sync::Mutex::new(Registry::new(policy, overlay, records)),
         store: store.clone(),
         identity,
         wireguard: Some(Arc::new(interface)),
         desired,
+        artifacts,
     }))
 }
 
@@ -235,7 +242,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     });
     tracing::info!(addr = %http_addr, "HTTP boot serving");
 
-    let api = start_management(&config, &store, identity).await?;
+    let api = start_management(&config, &store, identity, HashMap::new()).await?;
     let api_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.api_port));
     let api_listener = tokio::net::TcpListener::bind(api_addr).await.map_err(|source| ServeError::Listen {
         what: "API",

@@ -1,7 +1,542 @@
 //! Cluster assembly: the controller that turns accepted machines into a cluster.
 //!
 //! - [`planner`]: the next membership change, as a pure function with its safety rules.
+//! - [`order`]: which machines get control-plane places first.
+//! - [`desired`]: each machine's desired state (role, mesh, etcd's command line).
+//! - [`status`]: the cluster as `oasis cluster status` shows it.
+//!
+//! The [`Controller`] is a reconcile loop: every tick it reads the store and the registry,
+//! observes etcd through each control-plane machine's management address, asks the planner for
+//! one step, executes it (an etcd membership call or a store write, each recorded as an event
+//! with its reason) and publishes every machine's desired state. Nothing it knows lives only in
+//! memory: a restarted appliance picks up where it was.
 
 pub mod desired;
 pub mod order;
 pub mod planner;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use oasis_proto::{Artifact, MachineState, Role, ServiceSpec, ServiceState, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
+use tokio::sync::watch;
+
+use crate::api::{Api, Published};
+use crate::config::ClusterSettings;
+use crate::etcd::{EtcdClient, EtcdError, MemberStatus};
+use crate::pki::ClusterCa;
+use crate::registry::{Happening, LastHeartbeat, MachineRecord};
+use desired::{MemberTls, MeshPlan, Placed};
+use planner::{Assembly, InitialState, Member, MemberPlan, Node, Settings, Step};
+use status::{ClusterStatus, MachineRole, MemberView, MeshPair};
+
+/// Time between two reconcile ticks.
+const TICK: Duration = Duration::from_secs(1);
+/// A mesh handshake older than this does not prove the path (WireGuard renews every 2 minutes
+/// while traffic or keepalives flow).
+const MESH_FRESH_SECS: u64 = 180;
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn event(kind: &'static str, message: String) -> Happening {
+    Happening { kind, mac: None, message }
+}
+
+/// What one tick sees of etcd.
+#[derive(Debug, Default)]
+struct Observation {
+    /// Status by machine, for the machines whose etcd answered.
+    status: HashMap<String, MemberStatus>,
+    /// The member list, from a member that answered.
+    members: Option<Vec<crate::etcd::Member>>,
+}
+
+/// The assembly controller.
+pub struct Controller {
+    settings: ClusterSettings,
+    mesh: MeshPlan,
+    api: Arc<Api>,
+    ca: ClusterCa,
+    etcd: EtcdClient,
+    /// etcd as the node image carries it; `None` when the image has none.
+    etcd_artifact: Option<Artifact>,
+    status: watch::Sender<Arc<ClusterStatus>>,
+    /// The last step's description, to log changes only.
+    last_progress: String,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller").field("cluster", &self.settings.name).finish_non_exhaustive()
+    }
+}
+
+/// One accepted machine with what the registry last heard from it.
+struct Seen {
+    record: MachineRecord,
+    heartbeat: Option<LastHeartbeat>,
+}
+
+impl Controller {
+    pub fn new(
+        settings: ClusterSettings,
+        api: Arc<Api>,
+        ca: ClusterCa,
+        etcd: EtcdClient,
+        etcd_artifact: Option<Artifact>,
+        status: watch::Sender<Arc<ClusterStatus>>,
+    ) -> Controller {
+        let mesh = MeshPlan {
+            network: settings.mesh_network,
+            prefix_len: settings.mesh_prefix_len,
+            keepalive: settings.mesh_keepalive,
+        };
+        Controller { settings, mesh, api, ca, etcd, etcd_artifact, status, last_progress: String::new() }
+    }
+
+    /// Reconciles until the process ends; a failed tick is logged and the next one tries again.
+    pub async fn run(mut self) {
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!("assembly tick failed: {e}");
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    async fn accepted(&self) -> Vec<Seen> {
+        let registry = self.api.registry.lock().await;
+        let mut seen: Vec<Seen> = registry
+            .records()
+            .filter(|r| r.state == MachineState::Accepted && r.overlay.is_some())
+            .map(|r| Seen { record: r.clone(), heartbeat: registry.heartbeat_of(&r.id).cloned() })
+            .collect();
+        drop(registry);
+        seen.sort_by(|a, b| {
+            order::choice_order(
+                &self.settings.prefer,
+                (&a.record.id, &a.record.inventory),
+                (&b.record.id, &b.record.inventory),
+            )
+        });
+        seen
+    }
+
+    fn mesh_ip(&self, s: &Seen) -> Ipv4Addr {
+        self.mesh.address_of(s.record.overlay.expect("accepted machines have an overlay address"))
+    }
+
+    fn alive(&self, s: &Seen, now: u64) -> bool {
+        s.heartbeat.as_ref().is_some_and(|h| now.saturating_sub(h.at) <= self.settings.dead_after.as_secs())
+    }
+
+    fn nodes(&self, seen: &[Seen], now: u64) -> Vec<Node> {
+        let by_key: HashMap<&str, &str> =
+            seen.iter().map(|s| (s.record.wireguard_key.as_str(), s.record.id.as_str())).collect();
+        seen.iter()
+            .map(|s| {
+                let hb = s.heartbeat.as_ref().map(|h| &h.heartbeat);
+                let etcd = hb.and_then(|h| h.services.iter().find(|x| x.name == "etcd"));
+                Node {
+                    id: s.record.id.clone(),
+                    alive: self.alive(s, now),
+                    boot: s.record.wireguard_key.clone(),
+                    peer_url: format!("https://{}:{ETCD_PEER_PORT}", self.mesh_ip(s)),
+                    etcd_ready: etcd.is_some_and(|e| matches!(e.state, ServiceState::Prepared | ServiceState::Running)),
+                    volatile: etcd.is_none_or(|e| e.volatile_data),
+                    meshed_with: hb
+                        .map(|h| {
+                            h.mesh
+                                .iter()
+                                .filter(|p| p.handshake_age_secs.is_some_and(|a| a <= MESH_FRESH_SECS))
+                                .filter_map(|p| by_key.get(p.key.as_str()).map(|id| id.to_string()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    /// Asks every machine that may run etcd for its status, all at once, and one of them for
+    /// the member list.
+    async fn observe(&self, seen: &[Seen], assembly: &Assembly) -> Observation {
+        let asked: Vec<(String, SocketAddr)> = seen
+            .iter()
+            .filter(|s| {
+                assembly.members.contains_key(&s.record.id)
+                    || assembly.roles.get(&s.record.id) == Some(&Role::ControlPlane)
+            })
+            .filter_map(|s| Some((s.record.id.clone(), SocketAddr::new(IpAddr::V4(s.record.overlay?), ETCD_CLIENT_PORT))))
+            .collect();
+        let answers = futures::future::join_all(asked.iter().map(|(_, ep)| self.etcd.status(*ep))).await;
+        let mut observation = Observation::default();
+        for ((id, _), answer) in asked.iter().zip(answers) {
+            if let Ok(status) = answer {
+                observation.status.insert(id.clone(), status);
+            }
+        }
+        // A voter's list first: it is the one that knows the committed membership.
+        let mut askable: Vec<&(String, SocketAddr)> =
+            asked.iter().filter(|(id, _)| observation.status.contains_key(id)).collect();
+        askable.sort_by_key(|(id, _)| observation.status[id].is_learner);
+        for (_, ep) in askable {
+            if let Ok(members) = self.etcd.members(*ep).await {
+                observation.members = Some(members);
+                break;
+            }
+        }
+        observation
+    }
+
+    /// An endpoint to send a membership change to: the leader if known, else any voter.
+    fn change_endpoint(&self, seen: &[Seen], observation: &Observation) -> Option<SocketAddr> {
+        let ep = |id: &str| {
+            seen.iter().find(|s| s.record.id == id).and_then(|s| Some(SocketAddr::new(IpAddr::V4(s.record.overlay?), ETCD_CLIENT_PORT)))
+        };
+        let voters: Vec<(&String, &MemberStatus)> = observation.status.iter().filter(|(_, s)| !s.is_learner).collect();
+        voters
+            .iter()
+            .find(|(_, s)| s.leader == s.member_id)
+            .or_else(|| voters.first())
+            .and_then(|(id, _)| ep(id))
+    }
+
+    async fn tick(&mut self) -> Result<(), String> {
+        let now = now();
+        let seen = self.accepted().await;
+        let mut assembly = self.api.store.assembly().map_err(|e| e.to_string())?;
+
+        let mut endpoints_changed = false;
+        for s in &seen {
+            if let Some(ep) = s.heartbeat.as_ref().and_then(|h| h.heartbeat.mesh_endpoint) {
+                if assembly.endpoints.get(&s.record.id) != Some(&ep) {
+                    assembly.endpoints.insert(s.record.id.clone(), ep);
+                    endpoints_changed = true;
+                }
+            }
+        }
+        if endpoints_changed {
+            self.api.store.save_assembly(assembly.clone(), vec![]).await.map_err(|e| e.to_string())?;
+        }
+
+        let nodes = self.nodes(&seen, now);
+        let observation = self.observe(&seen, &assembly).await;
+        let members: Option<Vec<Member>> = observation.members.as_ref().map(|list| {
+            list.iter()
+                .map(|m| Member {
+                    id: m.id,
+                    name: m.name.clone(),
+                    peer_url: m.peer_urls.first().cloned().unwrap_or_default(),
+                    learner: m.is_learner,
+                    healthy: observation.status.values().any(|s| s.member_id == m.id),
+                })
+                .collect()
+        });
+        let newest_acceptance = seen.iter().map(|s| s.record.first_registered).max().unwrap_or(0);
+        let settled = now.saturating_sub(newest_acceptance) >= self.settings.settle.as_secs();
+        let settings = Settings { control_plane: self.settings.control_plane, min_machines: self.settings.min_machines };
+        let step = if self.etcd_artifact.is_none() {
+            Step::Wait("etcd is not in the node image: rebuild it with `oasis image build node`".into())
+        } else {
+            planner::plan(&settings, &nodes, &assembly, members.as_deref(), settled)
+        };
+        self.execute(&step, &mut assembly, &seen, &observation, now).await?;
+        let progress = match &step {
+            Step::Wait(why) => format!("waiting for {why}"),
+            Step::Settled => "assembled".to_string(),
+            other => format!("{other:?}"),
+        };
+        if progress != self.last_progress {
+            tracing::info!(cluster = %self.settings.name, "assembly: {progress}");
+            self.last_progress = progress.clone();
+        }
+        self.publish(&seen, &assembly).await?;
+        self.publish_status(&seen, &nodes, &assembly, &observation, members.as_deref(), &step, progress, now);
+        Ok(())
+    }
+
+    async fn save(&self, assembly: &Assembly, happenings: Vec<Happening>) -> Result<(), String> {
+        for h in &happenings {
+            tracing::info!(kind = h.kind, "{}", h.message);
+        }
+        self.api.store.save_assembly(assembly.clone(), happenings).await.map_err(|e| e.to_string())
+    }
+
+    async fn execute(
+        &self,
+        step: &Step,
+        assembly: &mut Assembly,
+        seen: &[Seen],
+        observation: &Observation,
+        now: u64,
+    ) -> Result<(), String> {
+        let boot_of = |id: &str| seen.iter().find(|s| s.record.id == id).map(|s| s.record.wireguard_key.clone()).unwrap_or_default();
+        let change_ep = || self.change_endpoint(seen, observation).ok_or_else(|| "no etcd voter answers".to_string());
+        match step.clone() {
+            Step::Wait(_) => Ok(()),
+            Step::Settled => {
+                if assembly.assembled_at.is_none() {
+                    assembly.assembled_at = Some(now);
+                    let voters = assembly.members.len();
+                    let msg = format!("cluster {} assembled: {voters} etcd member(s), all healthy", self.settings.name);
+                    self.save(assembly, vec![event("cluster-assembled", msg)]).await?;
+                }
+                Ok(())
+            }
+            Step::SetRoles(changes) => {
+                let mut happenings = Vec::new();
+                for (id, role, reason) in changes {
+                    happenings.push(event("role", format!("{id} is {role}: {reason}")));
+                    assembly.roles.insert(id, role);
+                }
+                self.save(assembly, happenings).await
+            }
+            Step::PassOver { machine, reason } => {
+                assembly.passed_over.insert(machine.clone(), boot_of(&machine));
+                self.save(assembly, vec![event("passed-over", format!("{machine}: {reason}"))]).await
+            }
+            Step::Bootstrap { machine } => {
+                assembly.plans_made += 1;
+                assembly.token = Some(format!("{}-{now}", self.settings.name));
+                let plan = MemberPlan {
+                    boot: boot_of(&machine),
+                    state: InitialState::New,
+                    initial_cluster: String::new(),
+                    serial: assembly.plans_made,
+                };
+                assembly.members.insert(machine.clone(), plan);
+                self.save(assembly, vec![event("etcd-bootstrap", format!("etcd starts a new cluster on {machine}"))]).await
+            }
+            Step::MarkFormed => {
+                assembly.formed = true;
+                self.save(assembly, vec![event("etcd-formed", "etcd answers: the cluster exists".into())]).await
+            }
+            Step::AddLearner { machine, peer_url } => match self.etcd.add_learner(change_ep()?, &peer_url).await {
+                Ok(member) => {
+                    let msg = format!("{machine} added to etcd as learner {:x} ({peer_url})", member.id);
+                    self.save(assembly, vec![event("etcd-learner", msg)]).await
+                }
+                Err(EtcdError::TooManyLearners) => {
+                    tracing::info!("etcd has a learner already; adding {machine} again next tick");
+                    Ok(())
+                }
+                Err(e) => Err(format!("adding {machine} as a learner: {e}")),
+            },
+            Step::Start { machine, initial_cluster } => {
+                assembly.plans_made += 1;
+                let plan = MemberPlan {
+                    boot: boot_of(&machine),
+                    state: InitialState::Existing,
+                    initial_cluster,
+                    serial: assembly.plans_made,
+                };
+                assembly.members.insert(machine.clone(), plan);
+                self.save(assembly, vec![event("etcd-start", format!("{machine} starts etcd to join the cluster"))]).await
+            }
+            Step::Promote { machine, member_id } => match self.etcd.promote(change_ep()?, member_id).await {
+                Ok(_) => self.save(assembly, vec![event("etcd-promoted", format!("{machine} ({member_id:x}) is a voter"))]).await,
+                Err(EtcdError::LearnerNotReady) => Ok(()),
+                Err(e) => Err(format!("promoting {machine}: {e}")),
+            },
+            Step::Remove { member_id, machine, pass_over, reason } => {
+                match self.etcd.remove(change_ep()?, member_id).await {
+                    Ok(_) | Err(EtcdError::MemberNotFound) => {}
+                    Err(e) => return Err(format!("removing member {member_id:x}: {e}")),
+                }
+                if let Some(machine) = &machine {
+                    assembly.members.remove(machine);
+                    if pass_over {
+                        assembly.passed_over.insert(machine.clone(), boot_of(machine));
+                    }
+                }
+                self.save(assembly, vec![event("etcd-removed", format!("member {member_id:x} removed: {reason}"))]).await
+            }
+            Step::Forget { machine } => {
+                assembly.members.remove(&machine);
+                self.save(assembly, vec![event("etcd-forget", format!("{machine} is no longer an etcd member"))]).await
+            }
+            Step::Reset { reason } => {
+                assembly.token = None;
+                assembly.formed = false;
+                assembly.members.clear();
+                assembly.assembled_at = None;
+                self.save(assembly, vec![event("etcd-reset", reason)]).await
+            }
+        }
+    }
+
+    /// The TLS material of a control-plane machine's etcd: issued once, kept in the store.
+    async fn member_tls(&self, s: &Seen) -> Result<MemberTls, String> {
+        let name = format!("etcd-member/{}", s.record.id);
+        let stored = self.api.store.secret(&name).map_err(|e| e.to_string())?;
+        let (cert, key) = match stored.and_then(|v| String::from_utf8(v).ok()).and_then(|v| {
+            let (c, k) = v.split_once("\n--key--\n")?;
+            Some((c.to_string(), k.to_string()))
+        }) {
+            Some(pair) => pair,
+            None => {
+                let overlay = s.record.overlay.expect("accepted");
+                let ips = [IpAddr::V4(self.mesh_ip(s)), IpAddr::V4(overlay)];
+                let issued = self.ca.issue(&s.record.id, &ips).map_err(|e| e.to_string())?;
+                let value = format!("{}\n--key--\n{}", issued.cert_pem, issued.key_pem);
+                self.api.store.save_secret(name, value.into_bytes()).await.map_err(|e| e.to_string())?;
+                (issued.cert_pem, issued.key_pem)
+            }
+        };
+        Ok(MemberTls { ca: self.ca.ca_pem().to_string(), cert, key })
+    }
+
+    /// Computes every machine's desired state and publishes it when anything changed.
+    async fn publish(&self, seen: &[Seen], assembly: &Assembly) -> Result<(), String> {
+        let placed: Vec<Placed> = seen
+            .iter()
+            .map(|s| Placed {
+                id: s.record.id.clone(),
+                role: assembly.roles.get(&s.record.id).copied().unwrap_or(Role::Unassigned),
+                key: s.record.wireguard_key.clone(),
+                overlay: s.record.overlay.expect("accepted"),
+                mesh_endpoint: assembly.endpoints.get(&s.record.id).copied(),
+            })
+            .collect();
+        let mut services: BTreeMap<String, Vec<ServiceSpec>> = BTreeMap::new();
+        if let Some(etcd) = &self.etcd_artifact {
+            for (s, p) in seen.iter().zip(&placed) {
+                if p.role != Role::ControlPlane {
+                    continue;
+                }
+                // A plan made in another boot of a machine with volatile data cannot run: the
+                // planner removes that member and adds the machine again.
+                let plan = assembly.members.get(&s.record.id).filter(|plan| plan.boot == s.record.wireguard_key);
+                let tls = self.member_tls(s).await?;
+                let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan);
+                services.entry(s.record.id.clone()).or_default().push(spec);
+            }
+        }
+        let states = desired::desired_states(&self.settings.name, &placed, &self.mesh, &services);
+        let changed = self.api.desired.borrow().states != states;
+        if changed {
+            let revision = self.api.desired.borrow().revision + 1;
+            self.api.desired.send_replace(Arc::new(Published { revision, states }));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish_status(
+        &self,
+        seen: &[Seen],
+        nodes: &[Node],
+        assembly: &Assembly,
+        observation: &Observation,
+        members: Option<&[Member]>,
+        step: &Step,
+        progress: String,
+        now: u64,
+    ) {
+        let machine_of_peer = |url: &str| nodes.iter().find(|n| n.peer_url == url).map(|n| n.id.clone());
+        let status_of = |id: u64| observation.status.values().find(|s| s.member_id == id);
+        let members: Vec<MemberView> = members
+            .unwrap_or_default()
+            .iter()
+            .map(|m| {
+                let st = status_of(m.id);
+                MemberView {
+                    id: format!("{:x}", m.id),
+                    machine: machine_of_peer(&m.peer_url),
+                    learner: m.learner,
+                    healthy: m.healthy,
+                    leader: observation.status.values().any(|s| s.leader == m.id && s.leader != 0),
+                    db_size: st.map(|s| s.db_size),
+                    revision: st.map(|s| s.revision),
+                    raft_index: st.map(|s| s.raft_index),
+                }
+            })
+            .collect();
+        let voters = members.iter().filter(|m| !m.learner).count();
+        let healthy = members.iter().filter(|m| !m.learner && m.healthy).count();
+        let pool = nodes.iter().filter(|n| n.alive || assembly.members.contains_key(&n.id)).count();
+        let target = match self.settings.control_plane.min(pool) {
+            0 => 0,
+            n if n % 2 == 0 => n - 1,
+            n => n,
+        };
+        let health = if assembly.roles.is_empty() {
+            "waiting"
+        } else if voters == 0 {
+            "assembling"
+        } else if healthy < planner::quorum(voters) {
+            "quorum lost"
+        } else if healthy < voters {
+            "degraded"
+        } else if *step == Step::Settled {
+            "healthy"
+        } else {
+            "assembling"
+        };
+        let mut warnings = Vec::new();
+        if self.etcd_artifact.is_none() {
+            warnings.push("the node image carries no etcd: rebuild it with `oasis image build node`".into());
+        }
+        let volatile: Vec<&str> = nodes
+            .iter()
+            .filter(|n| assembly.members.contains_key(&n.id) && n.volatile)
+            .map(|n| n.id.as_str())
+            .collect();
+        if !volatile.is_empty() {
+            warnings.push(format!(
+                "etcd data on {} is in memory (tmpfs): a member that powers off loses it and joins again",
+                volatile.join(", ")
+            ));
+        }
+        let mesh: Vec<MeshPair> = seen
+            .iter()
+            .filter_map(|s| Some((s, s.heartbeat.as_ref()?)))
+            .flat_map(|(s, h)| {
+                h.heartbeat.mesh.iter().map(move |p| MeshPair {
+                    from: s.record.id.clone(),
+                    to: seen.iter().find(|o| o.record.wireguard_key == p.key).map(|o| o.record.id.clone()).unwrap_or_else(|| p.key.clone()),
+                    handshake_age_secs: p.handshake_age_secs,
+                })
+            })
+            .collect();
+        let machines = seen
+            .iter()
+            .zip(nodes)
+            .map(|(s, n)| MachineRole {
+                id: s.record.id.clone(),
+                role: assembly.roles.get(&s.record.id).copied().unwrap_or(Role::Unassigned).to_string(),
+                alive: n.alive,
+                mesh_address: (assembly.roles.get(&s.record.id).is_some_and(|r| *r != Role::Unassigned))
+                    .then(|| self.mesh_ip(s).to_string()),
+                etcd: s.heartbeat.as_ref().and_then(|h| {
+                    h.heartbeat.services.iter().find(|x| x.name == "etcd").map(|e| {
+                        let state = serde_json::to_value(e.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                        match &e.message {
+                            Some(m) if e.state != ServiceState::Running => format!("{state}: {m}"),
+                            _ => state,
+                        }
+                    })
+                }),
+            })
+            .collect();
+        let _ = now;
+        self.status.send_replace(Arc::new(ClusterStatus {
+            name: self.settings.name.clone(),
+            health: health.to_string(),
+            progress,
+            kubernetes: "not bundled".into(),
+            control_plane_target: target,
+            machines,
+            members,
+            mesh,
+            assembled_at: assembly.assembled_at,
+            warnings,
+        }));
+    }
+}

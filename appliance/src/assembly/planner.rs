@@ -79,6 +79,7 @@ pub struct MemberPlan {
 
 /// What the controller persists between ticks and restarts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Assembly {
     pub roles: BTreeMap<String, Role>,
     /// etcd's `--initial-cluster-token` once a bootstrap is chosen.
@@ -90,6 +91,11 @@ pub struct Assembly {
     pub passed_over: BTreeMap<String, String>,
     /// How many member plans have been made.
     pub plans_made: u64,
+    /// Where each machine's mesh interface listens, as its agent last reported: kept so that a
+    /// restarted appliance tells every node the same peers before the first heartbeats arrive.
+    pub endpoints: BTreeMap<String, std::net::SocketAddrV4>,
+    /// Unix time the cluster first settled.
+    pub assembled_at: Option<u64>,
 }
 
 /// The settings the planner needs.
