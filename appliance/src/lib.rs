@@ -5,13 +5,17 @@
 //! - [`serve`]: runs the network boot services on the store.
 //! - [`admin`]: the admin socket the CLI talks to while `serve` runs.
 //! - [`cli`]: command-line definitions and the state-reading commands.
+//! - [`pki`]: the cluster CA, which certifies etcd's members and the appliance as their client.
+//! - [`etcd`]: the appliance's etcd client (membership, status, keys).
 
 pub mod admin;
 pub mod api;
 pub mod assembly;
 pub mod cli;
 pub mod config;
+pub mod etcd;
 pub mod identity;
+pub mod pki;
 pub mod registry;
 pub mod serve;
 pub mod store;
