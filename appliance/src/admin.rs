@@ -5,7 +5,9 @@
 //!
 //! Routes, all JSON: `GET /v1/leases`, `GET /v1/machines`, `GET /v1/events?limit=N`,
 //! `PUT /v1/machines/{mac}/boot/{network|local}`, `POST /v1/machines/{id}/{accept|reject}`,
-//! `DELETE /v1/machines/{id}`.
+//! `DELETE /v1/machines/{id}`, `GET /v1/cluster` (the cluster status), and
+//! `GET|POST /v1/cluster/kv?via=MACHINE&key=K[&value=V]` (read or write one etcd key through one
+//! member: how an operator, or a test, checks that the cluster really holds data).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -22,7 +24,11 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::api::{self, Api, MachineView};
+use crate::assembly::status::ClusterStatus;
+use crate::etcd::EtcdClient;
 use crate::store::{BootMode, Machine, Store, StoreError};
 
 /// File name of the socket inside the data directory.
@@ -111,10 +117,57 @@ pub fn machine_entries(netboots: Vec<Machine>, registrations: Vec<MachineView>) 
 struct Admin {
     store: Store,
     api: Arc<Api>,
+    cluster: ClusterHandle,
 }
 
-pub fn router(store: Store, api: Arc<Api>) -> Router {
+/// What the admin socket reaches of cluster assembly.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    pub status: watch::Receiver<Arc<ClusterStatus>>,
+    pub etcd: EtcdClient,
+}
+
+#[derive(Deserialize)]
+struct KvQuery {
+    via: String,
+    key: String,
+    value: Option<String>,
+}
+
+/// One etcd read or write through the member on machine `via`.
+async fn kv(a: &Admin, q: KvQuery, write: bool) -> Response {
+    let overlay = match a.api.registry.lock().await.find(&q.via) {
+        Ok(record) => record.overlay,
+        Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
+    };
+    let Some(overlay) = overlay else {
+        return (StatusCode::CONFLICT, format!("{} has no management address: it is not accepted", q.via)).into_response();
+    };
+    let ep = std::net::SocketAddr::from((overlay, oasis_proto::ETCD_CLIENT_PORT));
+    let result = if write {
+        let value = q.value.unwrap_or_default();
+        a.cluster.etcd.put(ep, q.key.as_bytes(), value.as_bytes()).await.map(|()| Some(value.into_bytes()))
+    } else {
+        a.cluster.etcd.get(ep, q.key.as_bytes()).await
+    };
+    match result {
+        Ok(Some(value)) => (StatusCode::OK, value).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, format!("no key {:?}", q.key)).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("etcd on {}: {e}", q.via)).into_response(),
+    }
+}
+
+pub fn router(store: Store, api: Arc<Api>, cluster: ClusterHandle) -> Router {
     Router::new()
+        .route(
+            "/v1/cluster",
+            get(|State(a): State<Admin>| async move { Json(a.cluster.status.borrow().as_ref().clone()) }),
+        )
+        .route(
+            "/v1/cluster/kv",
+            get(|State(a): State<Admin>, Query(q): Query<KvQuery>| async move { kv(&a, q, false).await })
+                .post(|State(a): State<Admin>, Query(q): Query<KvQuery>| async move { kv(&a, q, true).await }),
+        )
         .route("/v1/leases", get(|State(a): State<Admin>| async move { Ok::<_, ApiError>(Json(a.store.leases()?)) }))
         .route(
             "/v1/machines",
@@ -142,7 +195,7 @@ pub fn router(store: Store, api: Arc<Api>) -> Router {
                 api::remove_machine(&a.api, &id).await.map(Json)
             }),
         )
-        .with_state(Admin { store, api })
+        .with_state(Admin { store, api, cluster })
 }
 
 async fn set_boot(

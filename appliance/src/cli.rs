@@ -50,6 +50,32 @@ pub enum Command {
     /// Build what the appliance serves.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The cluster the rack assembles into.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Roles, etcd members, mesh links, and what assembly is doing or waiting for.
+    Status(StateArgs),
+    /// Read one etcd key through the member on machine VIA.
+    Get {
+        key: String,
+        #[arg(long)]
+        via: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Write one etcd key through the member on machine VIA.
+    Put {
+        key: String,
+        value: String,
+        #[arg(long)]
+        via: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,6 +315,47 @@ pub fn machines(args: &StateArgs) -> anyhow::Result<()> {
         &["MAC", "FIRMWARE", "ADDRESS", "BOOTS", "ID", "STATE", "INVENTORY", "OVERLAY", "HEARTBEAT", "HANDSHAKE"],
         rows,
     );
+    Ok(())
+}
+
+/// `oasis cluster status`, from the running appliance.
+pub fn cluster_status(args: &StateArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir()?;
+    let Some(body) = admin::request(&data_dir, "GET", "/v1/cluster").context("asking oasis serve")? else {
+        bail!("oasis serve is not running on {}: the cluster status comes from it", data_dir.display());
+    };
+    let status: crate::assembly::status::ClusterStatus =
+        serde_json::from_slice(&body).context("reading the answer of oasis serve")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query parameter value.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `oasis cluster get|put KEY [VALUE] --via MACHINE`: prints the value read or written.
+pub fn cluster_kv(key: &str, value: Option<&str>, via: &str, state: &StateArgs) -> anyhow::Result<()> {
+    let data_dir = state.data_dir()?;
+    let mut path = format!("/v1/cluster/kv?via={}&key={}", query_value(via), query_value(key));
+    if let Some(v) = value {
+        path += &format!("&value={}", query_value(v));
+    }
+    let method = if value.is_some() { "POST" } else { "GET" };
+    let Some(body) = admin::request(&data_dir, method, &path).context("asking oasis serve")? else {
+        bail!("oasis serve is not running on {}", data_dir.display());
+    };
+    println!("{}", String::from_utf8_lossy(&body));
     Ok(())
 }
 

@@ -21,7 +21,7 @@ pub mod serve;
 pub mod store;
 pub mod wireguard;
 
-use cli::{BuildCommand, Cli, Command, ConfigCommand, ImageCommand, MachineCommand};
+use cli::{BuildCommand, Cli, ClusterCommand, Command, ConfigCommand, ImageCommand, MachineCommand};
 
 /// Runs one command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -38,6 +38,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machine(MachineCommand::Accept { id, state }) => cli::machine_decision(&id, "accept", &state)?,
         Command::Machine(MachineCommand::Reject { id, state }) => cli::machine_decision(&id, "reject", &state)?,
         Command::Machine(MachineCommand::Remove { id, state }) => cli::machine_decision(&id, "remove", &state)?,
+        Command::Cluster(ClusterCommand::Status(state)) => cli::cluster_status(&state)?,
+        Command::Cluster(ClusterCommand::Get { key, via, state }) => cli::cluster_kv(&key, None, &via, &state)?,
+        Command::Cluster(ClusterCommand::Put { key, value, via, state }) => {
+            cli::cluster_kv(&key, Some(&value), &via, &state)?
+        }
         Command::Image(ImageCommand::Build(build)) => {
             let manifest = match &build {
                 BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,
