@@ -135,7 +135,7 @@ pub enum BuildCommand {
     /// A test payload: Debian's kernel and a busybox initramfs that prints a marker and powers off.
     TestPayload(BuildArgs),
     /// The node image: Debian's kernel and an initramfs with busybox, NIC and WireGuard modules and
-    /// the node agent.
+    /// the node agent; beside it etcd (and k3s with --k3s-bundle), listed in artifacts.json.
     Node(NodeBuildArgs),
 }
 
@@ -147,6 +147,10 @@ pub struct NodeBuildArgs {
     /// The root filesystem overlay (`buildroot-overlay/rootfs-overlay` of the oasis sources).
     #[arg(long, default_value = oasis_image::node::DEFAULT_OVERLAY)]
     pub overlay: PathBuf,
+    /// A directory with the `k3s` binary and k3s-airgap-images-amd64.tar(.gz|.zst) from one k3s
+    /// release: servers then run k3s on oasis's etcd. Without it the cluster is etcd only.
+    #[arg(long, value_name = "DIR")]
+    pub k3s_bundle: Option<PathBuf>,
     #[command(flatten)]
     pub build: BuildArgs,
 }

@@ -48,8 +48,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,
                 BuildCommand::TestPayload(a) => oasis_image::payload::build_test_payload(&a.cache, &a.out)?,
                 BuildCommand::Node(a) => {
-                    let image =
-                        oasis_image::node::build_node_image(&a.build.cache, &a.agent, &a.overlay, &a.build.out)?;
+                    let image = oasis_image::node::build_node_image(
+                        &a.build.cache,
+                        &a.agent,
+                        &a.overlay,
+                        a.k3s_bundle.as_deref(),
+                        &a.build.out,
+                    )?;
                     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
                     println!(
                         "kernel {} {:.1} MiB; initramfs {:.1} MiB compressed, {:.1} MiB uncompressed; {} modules",
@@ -59,6 +64,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         mib(image.initrd_uncompressed_bytes),
                         image.modules.len()
                     );
+                    for artifact in &image.artifacts {
+                        let version = artifact.version.as_deref().unwrap_or("version not recorded");
+                        println!("artifact {} ({version}) {:.1} MiB", artifact.name, mib(artifact.size));
+                    }
+                    if image.artifacts.iter().all(|a| a.name != oasis_image::k3s_bundle::K3S_ARTIFACT) {
+                        println!("kubernetes: not bundled (give --k3s-bundle DIR for k3s)");
+                    }
                     image.manifest
                 }
             };

@@ -42,6 +42,16 @@ pub enum ElfError {
         /// The directories searched.
         dirs: String,
     },
+    /// A program served beside the image needs a library (or loader) the image does not carry.
+    #[error("{program} needs {library}, which the node initramfs does not carry, so it would not start on a node; use a build linked only against what the initramfs has ({carried}), or add the library to the node image")]
+    NotCarried {
+        /// The program.
+        program: PathBuf,
+        /// The missing `DT_NEEDED` name or `PT_INTERP` path.
+        library: String,
+        /// The library names the image carries.
+        carried: String,
+    },
 }
 
 /// A file to put into the image: its path there and where its bytes come from on the build host.
@@ -105,6 +115,35 @@ pub fn runtime_files(program: &Path, dirs: &[&str]) -> Result<Vec<RuntimeFile>, 
     Ok(out.into_values().collect())
 }
 
+/// Checks that `program` can run from the files of an image given by their paths (no leading
+/// `/`, as in an archive): its loader is one of them and every library it names is one of them by
+/// file name, as the loader finds it by soname in its directories. Programs served to nodes beside
+/// the initramfs (etcd) rely on the libraries the initramfs carries for the agent.
+pub fn check_carried<'a>(program: &Path, image_paths: impl IntoIterator<Item = &'a str>) -> Result<(), ElfError> {
+    let paths: Vec<&str> = image_paths.into_iter().collect();
+    let libraries: Vec<&str> = paths
+        .iter()
+        .filter(|p| p.starts_with("lib") || p.starts_with("usr/lib"))
+        .filter_map(|p| p.rsplit('/').next())
+        .filter(|name| name.contains(".so"))
+        .collect();
+    let not_carried = |library: &str| ElfError::NotCarried {
+        program: program.to_path_buf(),
+        library: library.to_string(),
+        carried: libraries.join(", "),
+    };
+    let needs = needs(program)?;
+    if let Some(interp) = &needs.interpreter {
+        if !paths.contains(&interp.trim_start_matches('/')) {
+            return Err(not_carried(interp));
+        }
+    }
+    match needs.libraries.iter().find(|l| !libraries.contains(&l.as_str())) {
+        Some(library) => Err(not_carried(library)),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +177,15 @@ mod tests {
         fs::write(&path, "#!/bin/sh\n").unwrap();
         let err = runtime_files(&path, HOST_LIBRARY_DIRS).unwrap_err();
         assert!(matches!(err, ElfError::NotElf { .. }), "{err}");
+    }
+
+    #[test]
+    fn carried_libraries_are_checked_by_name_and_the_loader_by_path() {
+        let image = ["bin/busybox", "lib64/ld-linux-x86-64.so.2", "lib/x86_64-linux-gnu/libc.so.6"];
+        check_carried(Path::new("/bin/true"), image).unwrap();
+        let err = check_carried(Path::new("/bin/true"), ["lib64/ld-linux-x86-64.so.2"]).unwrap_err();
+        assert!(matches!(&err, ElfError::NotCarried { library, .. } if library == "libc.so.6"), "{err}");
+        let err = check_carried(Path::new("/bin/true"), ["lib/x86_64-linux-gnu/libc.so.6"]).unwrap_err();
+        assert!(err.to_string().contains("/lib64/ld-linux-x86-64.so.2"), "{err}");
     }
 }

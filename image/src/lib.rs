@@ -4,13 +4,17 @@
 //! `dpkg-deb -x`; nothing is installed into the build host ([`debian`]). From them come the iPXE binaries
 //! ([`ipxe`]) and the netboot test payload: a Debian kernel and a busybox initramfs written by our own
 //! reproducible cpio writer ([`cpio`], [`payload`]). The node image ([`node`]) adds the kernel modules a
-//! node needs ([`kmod`]) and the node agent with its shared libraries ([`elf`]). Every output directory carries a `SHA256SUMS`
+//! node needs ([`kmod`]) and the node agent with its shared libraries ([`elf`]); beside it go the
+//! programs the appliance serves to some nodes only, etcd and a k3s bundle ([`k3s_bundle`]), listed
+//! in `artifacts.json` ([`artifacts`]). Every output directory carries a `SHA256SUMS`
 //! manifest ([`manifest`]), and every file is written aside, fsynced and renamed into place.
 
+pub mod artifacts;
 pub mod cpio;
 pub mod debian;
 pub mod elf;
 pub mod ipxe;
+pub mod k3s_bundle;
 pub mod kmod;
 pub mod manifest;
 pub mod node;

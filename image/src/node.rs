@@ -1,7 +1,13 @@
 //! The node image: Debian's kernel and an initramfs that runs the oasis node agent.
 //!
-//! [`build_node_image`] writes `vmlinuz`, `initrd.img` (gzip cpio, by our reproducible writer) and
-//! `SHA256SUMS`. The initramfs holds:
+//! [`build_node_image`] writes `vmlinuz`, `initrd.img` (gzip cpio, by our reproducible writer), the
+//! artifacts the appliance serves to some nodes only, `artifacts.json` listing them
+//! ([`crate::artifacts`]) and `SHA256SUMS` of everything. The artifacts are `etcd` (Debian's
+//! `etcd-server`, for control-plane nodes) and, with a k3s bundle ([`crate::k3s_bundle`]), `k3s` and
+//! its airgap images tarball. They stay out of the initramfs: every node boots it, few need them.
+//! etcd must run on the libraries the initramfs carries for the agent; the build checks that.
+//!
+//! The initramfs holds:
 //!
 //! - static busybox at `/bin/busybox` with the [`APPLETS`] `/init` and the agent use (`udhcpc` is the
 //!   agent's DHCP client);
@@ -19,9 +25,11 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::artifacts::{self, ArtifactEntry, ArtifactsError};
 use crate::cpio::{Archive, CpioError};
 use crate::debian::{DebianCache, DebianError};
 use crate::elf::{self, ElfError};
+use crate::k3s_bundle::{self, K3sBundle, K3sBundleError};
 use crate::kmod::{self, KmodError};
 use crate::manifest::{copy_atomic, write_atomic_with, Manifest, ManifestError};
 use crate::payload::{BUSYBOX_PACKAGE, INITRD, KERNEL, KERNEL_METAPACKAGE};
@@ -41,6 +49,11 @@ pub const APPLETS: &[&str] = &[
 pub const AGENT_PATH: &str = "/usr/bin/oasis-agent";
 /// The link to the agent that udhcpc runs as its script; the agent knows it by this name.
 pub const DHCP_HOOK_PATH: &str = "/usr/libexec/oasis-dhcp-event";
+/// The Debian package etcd comes from, and the program's path in it.
+pub const ETCD_PACKAGE: &str = "etcd-server";
+pub const ETCD_PROGRAM: &str = "/usr/bin/etcd";
+/// etcd's file and artifact name in the output directory.
+pub const ETCD_FILE: &str = "etcd";
 /// The overlay in the source tree (used when no other overlay is given).
 pub const DEFAULT_OVERLAY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../buildroot-overlay/rootfs-overlay");
 
@@ -59,9 +72,15 @@ pub enum NodeImageError {
     /// Resolving kernel modules failed.
     #[error(transparent)]
     Kmod(#[from] KmodError),
-    /// Finding the agent's libraries failed.
+    /// Finding the agent's libraries failed, or etcd needs one the initramfs lacks.
     #[error(transparent)]
     Elf(#[from] ElfError),
+    /// The k3s bundle is not usable.
+    #[error(transparent)]
+    K3sBundle(#[from] K3sBundleError),
+    /// Writing or hashing `artifacts.json` failed.
+    #[error(transparent)]
+    Artifacts(#[from] ArtifactsError),
     /// The kernel package does not have exactly one kernel and one modules directory.
     #[error("package {package} has {count} {what}, expected one; check `dpkg-deb -c` of it")]
     Kernel {
@@ -118,8 +137,10 @@ pub struct NodeParts {
 /// What [`build_node_image`] wrote.
 #[derive(Debug, Clone)]
 pub struct NodeImage {
-    /// The manifest of `vmlinuz` and `initrd.img`.
+    /// The manifest of every file written (`SHA256SUMS`).
     pub manifest: Manifest,
+    /// What `artifacts.json` lists.
+    pub artifacts: Vec<ArtifactEntry>,
     /// The kernel version.
     pub kernel_version: String,
     /// Size of `vmlinuz`.
@@ -198,17 +219,26 @@ fn add_overlay(a: &mut Archive, overlay: &Path) -> Result<(), NodeImageError> {
     Ok(())
 }
 
-/// Fetches Debian's kernel and busybox through the cache at `cache` and writes `out/vmlinuz`,
-/// `out/initrd.img` and `out/SHA256SUMS` with `agent` as the node agent and `overlay` as the root
-/// filesystem overlay.
-pub fn build_node_image(cache: &Path, agent: &Path, overlay: &Path, out: &Path) -> Result<NodeImage, NodeImageError> {
+/// Fetches Debian's kernel, busybox and etcd through the cache at `cache` and writes into `out`:
+/// `vmlinuz`, `initrd.img` (with `agent` as the node agent and `overlay` as the root filesystem
+/// overlay), `etcd`, with `k3s_bundle` also `k3s` and its airgap images tarball, then
+/// `artifacts.json` and `SHA256SUMS`. The bundle is checked before anything is fetched.
+pub fn build_node_image(
+    cache: &Path,
+    agent: &Path,
+    overlay: &Path,
+    k3s_bundle: Option<&Path>,
+    out: &Path,
+) -> Result<NodeImage, NodeImageError> {
     // Check the local inputs before fetching anything.
     fs::File::open(agent).map_err(|source| NodeImageError::Agent { path: agent.to_path_buf(), source })?;
     fs::read_dir(overlay).map_err(|source| NodeImageError::Overlay { path: overlay.to_path_buf(), source })?;
+    let bundle = k3s_bundle.map(k3s_bundle::validate).transpose()?;
     let cache = DebianCache::new(cache)?;
     let kernel_package = cache.resolve_dependency(KERNEL_METAPACKAGE, "linux-image-")?;
     let kernel = cache.fetch(&kernel_package)?;
     let busybox = cache.fetch(BUSYBOX_PACKAGE)?;
+    let etcd = cache.fetch(ETCD_PACKAGE)?;
     fs::create_dir_all(out).map_err(|source| NodeImageError::CreateDir { path: out.to_path_buf(), source })?;
 
     let one = |names: Vec<String>, what: &'static str| match <[String; 1]>::try_from(names) {
@@ -226,6 +256,8 @@ pub fn build_node_image(cache: &Path, agent: &Path, overlay: &Path, out: &Path) 
         overlay: overlay.to_path_buf(),
     };
     let (archive, modules) = node_initramfs(&parts)?;
+    let etcd_program = etcd.file(ETCD_PROGRAM)?;
+    elf::check_carried(&etcd_program, archive.paths())?;
 
     copy_atomic(&kernel.file(&format!("/boot/{vmlinuz}"))?, &out.join(KERNEL), 0o644)?;
     let uncompressed = archive.to_bytes().len() as u64;
@@ -234,7 +266,11 @@ pub fn build_node_image(cache: &Path, agent: &Path, overlay: &Path, out: &Path) 
         archive.write_gzip(&mut buffered)?;
         buffered.flush()
     })?;
-    let manifest = Manifest::for_files(out, &[KERNEL, INITRD])?;
+    let artifacts = write_artifacts(out, &etcd_program, &etcd.version, bundle.as_ref())?;
+
+    let mut names = vec![KERNEL.to_string(), INITRD.to_string(), artifacts::ARTIFACTS_FILE.to_string()];
+    names.extend(artifacts.iter().map(|a| a.file.clone()));
+    let manifest = Manifest::for_files(out, &names)?;
     manifest.write()?;
     let size = |name: &str| fs::metadata(out.join(name)).map(|m| m.len()).unwrap_or(0);
     Ok(NodeImage {
@@ -244,7 +280,40 @@ pub fn build_node_image(cache: &Path, agent: &Path, overlay: &Path, out: &Path) 
         kernel_version: version,
         modules,
         manifest,
+        artifacts,
     })
+}
+
+/// Copies etcd (and the k3s bundle's files) into `out` and writes `artifacts.json`. Bundle files
+/// left from an earlier build with a bundle are removed when this one has none (or another
+/// tarball), so the directory holds exactly what the manifests list.
+fn write_artifacts(
+    out: &Path,
+    etcd_program: &Path,
+    etcd_version: &str,
+    bundle: Option<&K3sBundle>,
+) -> Result<Vec<ArtifactEntry>, NodeImageError> {
+    copy_atomic(etcd_program, &out.join(ETCD_FILE), 0o755)?;
+    let mut entries = vec![ArtifactEntry::of_file(out, ETCD_FILE, ETCD_FILE, Some(etcd_version.to_string()))?];
+    if let Some(bundle) = bundle {
+        copy_atomic(&bundle.program, &out.join(k3s_bundle::K3S_FILE), 0o755)?;
+        copy_atomic(&bundle.images, &out.join(&bundle.images_file), 0o644)?;
+        entries.push(ArtifactEntry::of_file(out, k3s_bundle::K3S_ARTIFACT, k3s_bundle::K3S_FILE, None)?);
+        entries.push(ArtifactEntry::of_file(out, k3s_bundle::AIRGAP_ARTIFACT, &bundle.images_file, None)?);
+    }
+    for stale in std::iter::once(k3s_bundle::K3S_FILE).chain(k3s_bundle::AIRGAP_FILES.iter().copied()) {
+        if !entries.iter().any(|e| e.file == stale) {
+            match fs::remove_file(out.join(stale)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ManifestError::Io { path: out.join(stale), source: e }.into())
+                }
+                _ => {}
+            }
+        }
+    }
+    artifacts::write(out, &entries)?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(entries)
 }
 
 /// The sorted paths of an archive with the kernel version replaced by `KVER`: the golden file list.
