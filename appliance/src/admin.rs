@@ -121,7 +121,7 @@ struct Admin {
 }
 
 /// What the admin socket reaches of cluster assembly.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ClusterHandle {
     pub status: watch::Receiver<Arc<ClusterStatus>>,
     pub etcd: EtcdClient,
@@ -141,7 +141,8 @@ async fn kv(a: &Admin, q: KvQuery, write: bool) -> Response {
         Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
     };
     let Some(overlay) = overlay else {
-        return (StatusCode::CONFLICT, format!("{} has no management address: it is not accepted", q.via)).into_response();
+        return (StatusCode::CONFLICT, format!("{} has no management address: it is not accepted", q.via))
+            .into_response();
     };
     let ep = std::net::SocketAddr::from((overlay, oasis_proto::ETCD_CLIENT_PORT));
     let result = if write {

@@ -229,10 +229,11 @@ async fn artifact(
     Path(sha256): Path<String>,
 ) -> Result<Response, Refusal> {
     agent(&api, &headers, from).await?;
-    let path = api.artifacts.get(&sha256).ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no artifact {sha256}")))?;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("artifact {} unreadable: {e}", path.display())))?;
+    let path =
+        api.artifacts.get(&sha256).ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no artifact {sha256}")))?;
+    let file = tokio::fs::File::open(path).await.map_err(|e| {
+        refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("artifact {} unreadable: {e}", path.display()))
+    })?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok(([(axum::http::header::CONTENT_LENGTH, len.to_string())], body).into_response())

@@ -15,10 +15,15 @@ use oasis_pxe::script::ScriptRenderer;
 use oasis_pxe::tftp::TftpServer;
 use tokio::task::JoinSet;
 
+use oasis_proto::Artifact;
+
 use crate::admin;
 use crate::api::{self, Api};
+use crate::assembly::Controller;
 use crate::config::{AcceptancePolicy, Config, ConflictCheckKind};
+use crate::etcd::EtcdClient;
 use crate::identity::Identity;
+use crate::pki::ClusterCa;
 use crate::registry::{Overlay, Policy, Registry};
 use crate::store::Store;
 use crate::wireguard::{self, ManagementInterface};
@@ -54,6 +59,8 @@ pub enum ServeError {
     Identity(#[from] crate::identity::IdentityError),
     #[error("the management network: {0}")]
     Wireguard(#[from] wireguard::WireguardError),
+    #[error("cluster assembly cannot start: {0}")]
+    Cluster(String),
     #[error("the API's TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -110,6 +117,25 @@ fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
         Err(e) => tracing::warn!("iPXE builds not verified: {e}"),
     }
     Ok(root)
+}
+
+/// The artifacts beside the node image (`node/artifacts.json`), verified, by name. A missing or
+/// damaged set is logged and served as nothing: assembly then says what is missing.
+fn load_node_artifacts(config: &Config) -> HashMap<String, (Artifact, PathBuf)> {
+    let dir = config.boot_root.join("node");
+    match oasis_image::artifacts::verify(&dir) {
+        Ok(entries) => entries
+            .into_iter()
+            .map(|e| {
+                let artifact = Artifact { sha256: e.sha256, size: e.size, path: e.file.clone(), mode: 0o644 };
+                (e.name, (artifact, dir.join(&e.file)))
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!("no node artifacts (etcd, k3s) to serve: {e}");
+            HashMap::new()
+        }
+    }
 }
 
 /// Brings up the management interface with a peer for every accepted machine, and the registry.
@@ -242,7 +268,25 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     });
     tracing::info!(addr = %http_addr, "HTTP boot serving");
 
-    let api = start_management(&config, &store, identity, HashMap::new()).await?;
+    let node_artifacts = load_node_artifacts(&config);
+    let served: HashMap<String, PathBuf> =
+        node_artifacts.values().map(|(a, path)| (a.sha256.clone(), path.clone())).collect();
+    let api = start_management(&config, &store, identity, served).await?;
+    let ca = ClusterCa::load_or_create(&store).map_err(|e| ServeError::Cluster(e.to_string()))?;
+    let etcd = EtcdClient::new(&ca).map_err(|e| ServeError::Cluster(e.to_string()))?;
+    let (cluster_status, status_rx) = tokio::sync::watch::channel(Arc::default());
+    let controller = Controller::new(
+        config.cluster.clone(),
+        api.clone(),
+        ca,
+        etcd.clone(),
+        node_artifacts.get("etcd").map(|(a, _)| a.clone()),
+        cluster_status,
+    );
+    tasks.spawn(async move {
+        controller.run().await;
+        "assembly"
+    });
     let api_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.api_port));
     let api_listener = tokio::net::TcpListener::bind(api_addr).await.map_err(|source| ServeError::Listen {
         what: "API",
@@ -262,7 +306,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         source,
     })?;
-    let admin_router = admin::router(store.clone(), api.clone());
+    let admin_router = admin::router(store.clone(), api.clone(), admin::ClusterHandle { status: status_rx, etcd });
     tasks.spawn(async move {
         if let Err(e) = axum::serve(admin_listener, admin_router).await {
             tracing::error!("admin socket failed: {e}");

@@ -172,7 +172,9 @@ impl Controller {
                 assembly.members.contains_key(&s.record.id)
                     || assembly.roles.get(&s.record.id) == Some(&Role::ControlPlane)
             })
-            .filter_map(|s| Some((s.record.id.clone(), SocketAddr::new(IpAddr::V4(s.record.overlay?), ETCD_CLIENT_PORT))))
+            .filter_map(|s| {
+                Some((s.record.id.clone(), SocketAddr::new(IpAddr::V4(s.record.overlay?), ETCD_CLIENT_PORT)))
+            })
             .collect();
         let answers = futures::future::join_all(asked.iter().map(|(_, ep)| self.etcd.status(*ep))).await;
         let mut observation = Observation::default();
@@ -197,14 +199,12 @@ impl Controller {
     /// An endpoint to send a membership change to: the leader if known, else any voter.
     fn change_endpoint(&self, seen: &[Seen], observation: &Observation) -> Option<SocketAddr> {
         let ep = |id: &str| {
-            seen.iter().find(|s| s.record.id == id).and_then(|s| Some(SocketAddr::new(IpAddr::V4(s.record.overlay?), ETCD_CLIENT_PORT)))
+            seen.iter()
+                .find(|s| s.record.id == id)
+                .and_then(|s| Some(SocketAddr::new(IpAddr::V4(s.record.overlay?), ETCD_CLIENT_PORT)))
         };
         let voters: Vec<(&String, &MemberStatus)> = observation.status.iter().filter(|(_, s)| !s.is_learner).collect();
-        voters
-            .iter()
-            .find(|(_, s)| s.leader == s.member_id)
-            .or_else(|| voters.first())
-            .and_then(|(id, _)| ep(id))
+        voters.iter().find(|(_, s)| s.leader == s.member_id).or_else(|| voters.first()).and_then(|(id, _)| ep(id))
     }
 
     async fn tick(&mut self) -> Result<(), String> {
@@ -240,7 +240,8 @@ impl Controller {
         });
         let newest_acceptance = seen.iter().map(|s| s.record.first_registered).max().unwrap_or(0);
         let settled = now.saturating_sub(newest_acceptance) >= self.settings.settle.as_secs();
-        let settings = Settings { control_plane: self.settings.control_plane, min_machines: self.settings.min_machines };
+        let settings =
+            Settings { control_plane: self.settings.control_plane, min_machines: self.settings.min_machines };
         let step = if self.etcd_artifact.is_none() {
             Step::Wait("etcd is not in the node image: rebuild it with `oasis image build node`".into())
         } else {
@@ -276,7 +277,9 @@ impl Controller {
         observation: &Observation,
         now: u64,
     ) -> Result<(), String> {
-        let boot_of = |id: &str| seen.iter().find(|s| s.record.id == id).map(|s| s.record.wireguard_key.clone()).unwrap_or_default();
+        let boot_of = |id: &str| {
+            seen.iter().find(|s| s.record.id == id).map(|s| s.record.wireguard_key.clone()).unwrap_or_default()
+        };
         let change_ep = || self.change_endpoint(seen, observation).ok_or_else(|| "no etcd voter answers".to_string());
         match step.clone() {
             Step::Wait(_) => Ok(()),
@@ -311,7 +314,8 @@ impl Controller {
                     serial: assembly.plans_made,
                 };
                 assembly.members.insert(machine.clone(), plan);
-                self.save(assembly, vec![event("etcd-bootstrap", format!("etcd starts a new cluster on {machine}"))]).await
+                self.save(assembly, vec![event("etcd-bootstrap", format!("etcd starts a new cluster on {machine}"))])
+                    .await
             }
             Step::MarkFormed => {
                 assembly.formed = true;
@@ -337,10 +341,14 @@ impl Controller {
                     serial: assembly.plans_made,
                 };
                 assembly.members.insert(machine.clone(), plan);
-                self.save(assembly, vec![event("etcd-start", format!("{machine} starts etcd to join the cluster"))]).await
+                self.save(assembly, vec![event("etcd-start", format!("{machine} starts etcd to join the cluster"))])
+                    .await
             }
             Step::Promote { machine, member_id } => match self.etcd.promote(change_ep()?, member_id).await {
-                Ok(_) => self.save(assembly, vec![event("etcd-promoted", format!("{machine} ({member_id:x}) is a voter"))]).await,
+                Ok(_) => {
+                    self.save(assembly, vec![event("etcd-promoted", format!("{machine} ({member_id:x}) is a voter"))])
+                        .await
+                }
                 Err(EtcdError::LearnerNotReady) => Ok(()),
                 Err(e) => Err(format!("promoting {machine}: {e}")),
             },
@@ -355,7 +363,8 @@ impl Controller {
                         assembly.passed_over.insert(machine.clone(), boot_of(machine));
                     }
                 }
-                self.save(assembly, vec![event("etcd-removed", format!("member {member_id:x} removed: {reason}"))]).await
+                self.save(assembly, vec![event("etcd-removed", format!("member {member_id:x} removed: {reason}"))])
+                    .await
             }
             Step::Forget { machine } => {
                 assembly.members.remove(&machine);
@@ -500,7 +509,11 @@ impl Controller {
             .flat_map(|(s, h)| {
                 h.heartbeat.mesh.iter().map(move |p| MeshPair {
                     from: s.record.id.clone(),
-                    to: seen.iter().find(|o| o.record.wireguard_key == p.key).map(|o| o.record.id.clone()).unwrap_or_else(|| p.key.clone()),
+                    to: seen
+                        .iter()
+                        .find(|o| o.record.wireguard_key == p.key)
+                        .map(|o| o.record.id.clone())
+                        .unwrap_or_else(|| p.key.clone()),
                     handshake_age_secs: p.handshake_age_secs,
                 })
             })
@@ -516,7 +529,10 @@ impl Controller {
                     .then(|| self.mesh_ip(s).to_string()),
                 etcd: s.heartbeat.as_ref().and_then(|h| {
                     h.heartbeat.services.iter().find(|x| x.name == "etcd").map(|e| {
-                        let state = serde_json::to_value(e.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                        let state = serde_json::to_value(e.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default();
                         match &e.message {
                             Some(m) if e.state != ServiceState::Running => format!("{state}: {m}"),
                             _ => state,

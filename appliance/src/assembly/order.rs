@@ -119,7 +119,7 @@ mod tests {
         let b = machine(Some("a-1"), 2, false);
         let c = machine(None, 2, false);
         let d = machine(Some("z-9"), 8, true);
-        let mut all = vec![("m-a", &a), ("m-b", &b), ("m-c", &c), ("m-d", &d)];
+        let mut all = [("m-a", &a), ("m-b", &b), ("m-c", &c), ("m-d", &d)];
         all.sort_by(|x, y| choice_order(&[], *x, *y));
         assert_eq!(all.iter().map(|m| m.0).collect::<Vec<_>>(), ["m-b", "m-a", "m-d", "m-c"]);
         let prefs: Vec<Preference> = ["cpus >= 4", "ssd"].iter().map(|p| p.parse().unwrap()).collect();

@@ -75,7 +75,8 @@ impl ClusterStatus {
                 m.etcd.as_deref().unwrap_or("-")
             );
         }
-        out += "\nETCD MEMBER       MACHINE                          KIND     HEALTH     LEADER  DB SIZE     REVISION\n";
+        out +=
+            "\nETCD MEMBER       MACHINE                          KIND     HEALTH     LEADER  DB SIZE     REVISION\n";
         for m in &self.members {
             out += &format!(
                 "{:<17} {:<32} {:<8} {:<10} {:<7} {:<11} {}\n",
