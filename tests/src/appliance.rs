@@ -87,6 +87,19 @@ interface = "{wg}"
     path
 }
 
+/// A boot root with the iPXE builds, the test payload and the node image (with its artifacts)
+/// under `node/`.
+pub fn node_boot_root(dir: &Path) -> PathBuf {
+    let root = boot_root(dir);
+    let node = crate::node_image().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(root.join("node")).unwrap();
+    for entry in std::fs::read_dir(&node).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), root.join("node").join(entry.file_name())).unwrap();
+    }
+    root
+}
+
 /// A running `oasis serve`; stopped (SIGTERM, then kill) on drop.
 #[derive(Debug)]
 pub struct Appliance {

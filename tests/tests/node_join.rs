@@ -3,24 +3,11 @@
 //! link (kernel WireGuard in the guest, boringtun on the appliance side, since this host's kernel
 //! has none). Needs root, QEMU and the node image in `$OASIS_ASSETS/node` (scripts/test builds it).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use oasis_e2e::appliance::{agent_args, boot_root, write_config, Appliance};
-use oasis_e2e::{node_image, tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
+use oasis_e2e::appliance::{agent_args, node_boot_root, write_config, Appliance};
+use oasis_e2e::{tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
 use serde_json::Value;
-
-/// A boot root with the iPXE builds, the test payload and the node image under `node/`.
-fn node_boot_root(dir: &Path) -> std::path::PathBuf {
-    let root = boot_root(dir);
-    let node = node_image().unwrap_or_else(|e| panic!("{e}"));
-    std::fs::create_dir_all(root.join("node")).unwrap();
-    for entry in std::fs::read_dir(&node).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), root.join("node").join(entry.file_name())).unwrap();
-    }
-    root
-}
 
 fn registrations(appliance: &Appliance) -> Vec<Value> {
     let machines: Vec<Value> = serde_json::from_str(&appliance.cli(&["machines", "--json"])).unwrap();

@@ -68,6 +68,9 @@ pub struct Controller {
     status: watch::Sender<Arc<ClusterStatus>>,
     /// The last step's description, to log changes only.
     last_progress: String,
+    /// When this controller started: heartbeats are kept in memory only, so until a full
+    /// `dead_after` has passed, a machine not heard from yet is not taken for dead.
+    started_at: u64,
 }
 
 impl std::fmt::Debug for Controller {
@@ -96,7 +99,17 @@ impl Controller {
             prefix_len: settings.mesh_prefix_len,
             keepalive: settings.mesh_keepalive,
         };
-        Controller { settings, mesh, api, ca, etcd, etcd_artifact, status, last_progress: String::new() }
+        Controller {
+            settings,
+            mesh,
+            api,
+            ca,
+            etcd,
+            etcd_artifact,
+            status,
+            last_progress: String::new(),
+            started_at: now(),
+        }
     }
 
     /// Reconciles until the process ends; a failed tick is logged and the next one tries again.
@@ -132,7 +145,11 @@ impl Controller {
     }
 
     fn alive(&self, s: &Seen, now: u64) -> bool {
-        s.heartbeat.as_ref().is_some_and(|h| now.saturating_sub(h.at) <= self.settings.dead_after.as_secs())
+        let dead_after = self.settings.dead_after.as_secs();
+        match &s.heartbeat {
+            Some(h) => now.saturating_sub(h.at) <= dead_after,
+            None => now.saturating_sub(self.started_at) <= dead_after,
+        }
     }
 
     fn nodes(&self, seen: &[Seen], now: u64) -> Vec<Node> {
