@@ -5,12 +5,14 @@
 //! - [`serve`]: runs the network boot services on the store.
 //! - [`admin`]: the admin socket the CLI talks to while `serve` runs.
 //! - [`cli`]: command-line definitions and the state-reading commands.
+//! - [`k3s`]: the k3s services, CAs and kubeconfig of a cluster with a k3s bundle.
 
 pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod k3s;
 pub mod registry;
 pub mod serve;
 pub mod store;
