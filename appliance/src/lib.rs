@@ -7,6 +7,8 @@
 //! - [`cli`]: command-line definitions and the state-reading commands.
 //! - [`pki`]: the cluster CA, which certifies etcd's members and the appliance as their client.
 //! - [`etcd`]: the appliance's etcd client (membership, status, keys).
+//! - [`assembly`]: the controller that turns accepted machines into a cluster.
+//! - [`k3s`]: the k3s services, CAs and kubeconfig of a cluster with a k3s bundle.
 
 pub mod admin;
 pub mod api;
@@ -15,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod etcd;
 pub mod identity;
+pub mod k3s;
 pub mod pki;
 pub mod registry;
 pub mod serve;
