@@ -20,6 +20,7 @@ pub mod assets;
 pub mod dnsmasq;
 pub mod netns;
 pub mod qemu;
+pub mod rack;
 
 pub use appliance::{oasis, oasis_bin, Appliance};
 pub use assets::{assets, node_image, workspace_root, Assets};

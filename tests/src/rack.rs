@@ -1,0 +1,165 @@
+//! A simulated rack for cluster tests and benchmarks: a namespace with the rack bridge, `oasis
+//! serve`, and machines booting the node image (the kernel loaded directly by QEMU, sparing the
+//! firmware's netboot, which the network_boot and node_join tests prove) that can be powered off
+//! and on again. Each machine has an SMBIOS serial (`SN-1`, `SN-2`, …) to be ordered by and a
+//! real UUID to be identified by, as a real board has.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::appliance::{agent_args, node_boot_root, write_config, Appliance};
+use crate::{tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
+
+/// A simulated rack: a namespace with the rack bridge, the appliance, and machines that can be
+/// powered off and on again (same MAC, serial and UUID; a new boot).
+#[derive(Debug)]
+pub struct Rack {
+    pub ns: Netns,
+    pub work: tempfile::TempDir,
+    config: PathBuf,
+    pub appliance: Appliance,
+    append: String,
+    machines: Vec<Option<Machine>>,
+}
+
+/// Machine `i`'s MAC address.
+pub fn mac(i: usize) -> String {
+    format!("52:54:00:0e:00:{:02x}", i + 1)
+}
+
+/// Machine `i`'s SMBIOS UUID, which is its machine id.
+pub fn uuid(i: usize) -> String {
+    format!("6f3c2a10-0000-4000-8000-{:012x}", i + 1)
+}
+
+impl Rack {
+    /// A rack named `name` (the namespace prefix) with `count` machines powered on and `cluster`
+    /// appended to the appliance's configuration.
+    pub fn new(name: &str, count: usize, cluster: &str) -> Rack {
+        let ns = Netns::create(name).unwrap();
+        ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
+        let work = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().unwrap();
+        let root = node_boot_root(work.path());
+        let config = write_config(work.path(), "range = [\"10.0.0.100\", \"10.0.0.199\"]", &root, cluster);
+        let appliance = Appliance::start(&ns, &config, &work.path().join("oasis.log"));
+        let args = agent_args(&ns, "52-54-00-0e-00-01");
+        let append =
+            format!("console=ttyS0 panic=-1 oasis.api={} oasis.token={} oasis.pin={}", args.api, args.token, args.pin);
+        for i in 0..count {
+            ns.add_tap(&format!("tap{i}"), "br0").unwrap();
+        }
+        let mut rack = Rack { ns, work, config, appliance, append, machines: (0..count).map(|_| None).collect() };
+        for i in 0..count {
+            rack.power_on(i);
+        }
+        rack
+    }
+
+    pub fn node(&self) -> PathBuf {
+        self.work.path().join("boot/node")
+    }
+
+    pub fn power_on(&mut self, i: usize) {
+        let log = self.work.path().join(format!("machine{i}.log"));
+        let mut spec = MachineSpec::new(&self.ns, &format!("tap{i}"), &mac(i), Firmware::Bios, log);
+        spec.memory_mb = 512;
+        // A serial to order by and a real UUID to be identified by, as a real board has.
+        spec.extra_args = vec!["-smbios".into(), format!("type=1,serial=SN-{}", i + 1), "-uuid".into(), uuid(i)];
+        spec.direct_kernel = Some(DirectKernel {
+            kernel: self.node().join("vmlinuz"),
+            initrd: self.node().join("initrd.img"),
+            append: self.append.clone(),
+        });
+        self.machines[i] = Some(Machine::start(spec).unwrap());
+    }
+
+    pub fn power_off(&mut self, i: usize) {
+        self.machines[i] = None;
+    }
+
+    pub fn restart_appliance(&mut self) {
+        self.appliance.stop();
+        self.appliance = Appliance::start(&self.ns, &self.config, &self.work.path().join("oasis.log"));
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.appliance.cli(&["cluster", "status", "--json"])).unwrap()
+    }
+
+    /// The id of machine `i` (its UUID, lowercase).
+    pub fn id(i: usize) -> String {
+        uuid(i)
+    }
+
+    /// Waits until `ok` holds for the cluster status, or fails with everything worth reading.
+    pub fn wait(&self, timeout: Duration, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if ok(&status) {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let consoles: Vec<String> = self.machines.iter().flatten().map(|m| tail(&m.serial(), 30)).collect();
+                panic!(
+                    "{what}: not within {timeout:?}\nstatus:\n{}\n--- events ---\n{}\n--- consoles ---\n{}\n--- appliance ---\n{}",
+                    self.appliance.cli(&["cluster", "status"]),
+                    self.appliance.cli(&["events", "--limit", "60"]),
+                    consoles.join("\n-----\n"),
+                    tail(&self.appliance.log(), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
+    pub fn put(&self, key: &str, value: &str, via: usize) {
+        let out = self.appliance.cli(&["cluster", "put", key, value, "--via", &Self::id(via)]);
+        assert_eq!(out.trim(), value);
+    }
+
+    pub fn get(&self, key: &str, via: usize) -> String {
+        self.appliance.cli(&["cluster", "get", key, "--via", &Self::id(via)]).trim().to_string()
+    }
+}
+
+impl Drop for Rack {
+    fn drop(&mut self) {
+        self.machines.clear();
+    }
+}
+
+/// The machines of the voting etcd members, sorted.
+pub fn voters(status: &Value) -> Vec<String> {
+    let mut v: Vec<String> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["learner"] == false)
+        .filter_map(|m| m["machine"].as_str().map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Machine `i`'s role.
+pub fn role(status: &Value, i: usize) -> String {
+    let id = Rack::id(i);
+    status["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .map_or(String::new(), |m| m["role"].as_str().unwrap().to_string())
+}
+
+/// Healthy, with exactly these machines as voters, every member healthy.
+pub fn healthy_with(status: &Value, machines: &[usize]) -> bool {
+    let mut want: Vec<String> = machines.iter().map(|i| Rack::id(*i)).collect();
+    want.sort();
+    status["health"] == "healthy"
+        && voters(status) == want
+        && status["members"].as_array().unwrap().iter().all(|m| m["healthy"] == true)
+}
