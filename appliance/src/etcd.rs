@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
@@ -136,7 +136,10 @@ impl EtcdClient {
     pub fn with_certificate(ca_pem: &str, cert: &IssuedCert) -> Result<EtcdClient, PkiError> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(ca.map_err(|_| PkiError::Damaged("certificate"))?)?;
+            roots.add(ca.map_err(|_| PkiError::NotPem("CA certificate"))?)?;
+        }
+        if roots.is_empty() {
+            return Err(PkiError::NotPem("CA certificate"));
         }
         let (leaf, key) = cert.to_der()?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -250,7 +253,10 @@ impl EtcdClient {
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| unreachable(format!("reading the answer: {e}")))?
+                .map_err(|e| match e.is::<LengthLimitError>() {
+                    true => EtcdError::BadAnswer(format!("{path}: an answer over {MAX_ANSWER_BYTES} bytes")),
+                    false => unreachable(format!("reading the answer: {e}")),
+                })?
                 .to_bytes();
             Ok::<_, EtcdError>((status, body))
         };
@@ -262,7 +268,7 @@ impl EtcdClient {
             answer = &mut answer => answer?,
             ended = &mut connection => match ended {
                 Err(e) => return Err(unreachable(e.to_string())),
-                // Closed after a complete answer: the body is buffered, read it.
+                // Closed cleanly: whatever answer arrived is handed over (or its reading fails).
                 Ok(()) => answer.await?,
             },
         };
@@ -285,8 +291,8 @@ fn gateway_error(status: u16, body: &[u8]) -> EtcdError {
     };
     let message = error.message.or(error.error).unwrap_or_default();
     let text = message.strip_prefix("etcdserver: ").unwrap_or(&message);
-    // etcd's own messages (api/v3rpc/rpctypes/error.go); "in sync" first, since the voter
-    // message is its prefix.
+    // etcd's own messages (api/v3rpc/rpctypes/error.go), matched whole: the voter message is a
+    // prefix of the "in sync" one.
     match text {
         "too many learner members in cluster" => EtcdError::TooManyLearners,
         "can only promote a learner member which is in sync with leader" => EtcdError::LearnerNotReady,
@@ -446,6 +452,16 @@ mod tests {
         let other = gateway_error(503, body(message, 14).as_bytes());
         assert!(matches!(&other, EtcdError::Refused { code: Some(14), message: m } if m == message), "{other:?}");
         assert!(other.to_string().contains("request timed out"));
+    }
+
+    #[test]
+    fn a_ca_that_is_not_pem_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::load_or_create(&crate::store::Store::open(dir.path()).unwrap()).unwrap();
+        let cert = ca.issue(CLIENT_NAME, &[]).unwrap();
+        let refused = EtcdClient::with_certificate("not a certificate", &cert).unwrap_err();
+        assert!(matches!(refused, PkiError::NotPem(_)), "{refused:?}");
+        assert!(EtcdClient::with_certificate(ca.ca_pem(), &cert).is_ok());
     }
 
     #[test]
