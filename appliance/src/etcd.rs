@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
@@ -54,6 +54,19 @@ pub enum EtcdError {
     NotLearner,
     #[error("etcd already has a member with this peer URL; list the members and use or remove it")]
     PeerUrlExists,
+    /// etcd changes membership only when every voter has been connected to the member asked for
+    /// the last 5 s (`--strict-reconfig-check`, on by default): right after a member starts or is
+    /// promoted, the next change is refused with this for a few seconds.
+    /// Adding or removing a voter needs enough members started (published) to keep quorum
+    /// afterwards; a member added but not yet started counts against it.
+    #[error("etcd refuses the change: too few members have started to keep quorum after it; retry once they are up")]
+    NotEnoughStarted,
+    /// A learner serves no reads or writes; a member just promoted answers this until it has
+    /// applied its promotion.
+    #[error("the member is a learner, which serves no reads or writes; ask a voter")]
+    NotForLearner,
+    #[error("etcd refuses membership changes until every voter has been connected for 5 s; retry shortly")]
+    Unhealthy,
     #[error("etcd refused the request: {message}{}", code.map(|c| format!(" (gRPC code {c})")).unwrap_or_default())]
     Refused { code: Option<i32>, message: String },
     #[error("etcd's answer is not what etcd 3.4 sends: {0}")]
@@ -123,7 +136,10 @@ impl EtcdClient {
     pub fn with_certificate(ca_pem: &str, cert: &IssuedCert) -> Result<EtcdClient, PkiError> {
         let mut roots = rustls::RootCertStore::empty();
         for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(ca.map_err(|_| PkiError::Damaged("certificate"))?)?;
+            roots.add(ca.map_err(|_| PkiError::NotPem("CA certificate"))?)?;
+        }
+        if roots.is_empty() {
+            return Err(PkiError::NotPem("CA certificate"));
         }
         let (leaf, key) = cert.to_der()?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -237,7 +253,10 @@ impl EtcdClient {
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| unreachable(format!("reading the answer: {e}")))?
+                .map_err(|e| match e.is::<LengthLimitError>() {
+                    true => EtcdError::BadAnswer(format!("{path}: an answer over {MAX_ANSWER_BYTES} bytes")),
+                    false => unreachable(format!("reading the answer: {e}")),
+                })?
                 .to_bytes();
             Ok::<_, EtcdError>((status, body))
         };
@@ -249,7 +268,7 @@ impl EtcdClient {
             answer = &mut answer => answer?,
             ended = &mut connection => match ended {
                 Err(e) => return Err(unreachable(e.to_string())),
-                // Closed after a complete answer: the body is buffered, read it.
+                // Closed cleanly: whatever answer arrived is handed over (or its reading fails).
                 Ok(()) => answer.await?,
             },
         };
@@ -272,14 +291,17 @@ fn gateway_error(status: u16, body: &[u8]) -> EtcdError {
     };
     let message = error.message.or(error.error).unwrap_or_default();
     let text = message.strip_prefix("etcdserver: ").unwrap_or(&message);
-    // etcd's own messages (api/v3rpc/rpctypes/error.go); "in sync" first, since the voter
-    // message is its prefix.
+    // etcd's own messages (api/v3rpc/rpctypes/error.go), matched whole: the voter message is a
+    // prefix of the "in sync" one.
     match text {
         "too many learner members in cluster" => EtcdError::TooManyLearners,
         "can only promote a learner member which is in sync with leader" => EtcdError::LearnerNotReady,
         "can only promote a learner member" => EtcdError::NotLearner,
         "member not found" => EtcdError::MemberNotFound,
         "Peer URLs already exists" => EtcdError::PeerUrlExists,
+        "unhealthy cluster" => EtcdError::Unhealthy,
+        "rpc not supported for learner" => EtcdError::NotForLearner,
+        "re-configuration failed due to not enough started members" => EtcdError::NotEnoughStarted,
         _ if message.is_empty() => EtcdError::BadAnswer(format!("HTTP {status} with no error message")),
         _ => EtcdError::Refused { code: error.code, message },
     }
@@ -407,25 +429,39 @@ mod tests {
     #[test]
     fn gateway_errors_map_to_what_the_planner_acts_on() {
         let body = |message: &str, code: i32| json!({ "error": message, "message": message, "code": code }).to_string();
-        let cases: [(&str, i32, fn(&EtcdError) -> bool); 5] = [
-            ("etcdserver: too many learner members in cluster", 9, |e| matches!(e, EtcdError::TooManyLearners)),
-            ("etcdserver: can only promote a learner member which is in sync with leader", 9, |e| {
-                matches!(e, EtcdError::LearnerNotReady)
-            }),
-            ("etcdserver: can only promote a learner member", 9, |e| matches!(e, EtcdError::NotLearner)),
-            ("etcdserver: member not found", 5, |e| matches!(e, EtcdError::MemberNotFound)),
-            ("etcdserver: Peer URLs already exists", 9, |e| matches!(e, EtcdError::PeerUrlExists)),
+        // As etcd 3.4.23 words them, with their gRPC codes.
+        let cases = [
+            ("etcdserver: too many learner members in cluster", 9, EtcdError::TooManyLearners),
+            (
+                "etcdserver: can only promote a learner member which is in sync with leader",
+                9,
+                EtcdError::LearnerNotReady,
+            ),
+            ("etcdserver: can only promote a learner member", 9, EtcdError::NotLearner),
+            ("etcdserver: member not found", 5, EtcdError::MemberNotFound),
+            ("etcdserver: Peer URLs already exists", 9, EtcdError::PeerUrlExists),
+            ("etcdserver: unhealthy cluster", 14, EtcdError::Unhealthy),
+            ("etcdserver: rpc not supported for learner", 14, EtcdError::NotForLearner),
+            ("etcdserver: re-configuration failed due to not enough started members", 9, EtcdError::NotEnoughStarted),
         ];
         for (message, code, expected) in cases {
             let error = gateway_error(412, body(message, code).as_bytes());
-            assert!(expected(&error), "{message} gave {error:?}");
+            assert_eq!(std::mem::discriminant(&error), std::mem::discriminant(&expected), "{message} gave {error:?}");
         }
-        let other = gateway_error(503, body("etcdserver: unhealthy cluster", 14).as_bytes());
-        assert!(
-            matches!(&other, EtcdError::Refused { code: Some(14), message } if message == "etcdserver: unhealthy cluster"),
-            "{other:?}"
-        );
-        assert!(other.to_string().contains("unhealthy cluster"));
+        let message = "etcdserver: request timed out";
+        let other = gateway_error(503, body(message, 14).as_bytes());
+        assert!(matches!(&other, EtcdError::Refused { code: Some(14), message: m } if m == message), "{other:?}");
+        assert!(other.to_string().contains("request timed out"));
+    }
+
+    #[test]
+    fn a_ca_that_is_not_pem_is_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::load_or_create(&crate::store::Store::open(dir.path()).unwrap()).unwrap();
+        let cert = ca.issue(CLIENT_NAME, &[]).unwrap();
+        let refused = EtcdClient::with_certificate("not a certificate", &cert).unwrap_err();
+        assert!(matches!(refused, PkiError::NotPem(_)), "{refused:?}");
+        assert!(EtcdClient::with_certificate(ca.ca_pem(), &cert).is_ok());
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub enum PkiError {
          (a new CA would lock every node out of the cluster)"
     )]
     Damaged(&'static str),
+    #[error("the {0} is not valid PEM; issue it again from the cluster CA")]
+    NotPem(&'static str),
     #[error("cannot make a cluster certificate: {0}")]
     Certificate(#[from] rcgen::Error),
     #[error("the cluster certificate is unusable for TLS: {0}")]
@@ -71,10 +73,10 @@ impl std::fmt::Debug for IssuedCert {
 impl IssuedCert {
     /// The certificate and key in the form rustls takes them.
     pub fn to_der(&self) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), PkiError> {
-        let cert = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-            .map_err(|_| PkiError::Damaged("issued certificate"))?;
+        let cert =
+            CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(|_| PkiError::NotPem("certificate"))?;
         let key =
-            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|_| PkiError::Damaged("issued key"))?;
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|_| PkiError::NotPem("private key"))?;
         Ok((cert, key))
     }
 }
