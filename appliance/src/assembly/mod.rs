@@ -43,6 +43,16 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// etcd's answers that mean "not now": the change is asked for again on a later tick, never
+/// given up. One learner at a time, a learner not yet in sync, voters connected for less than 5 s
+/// (after every promotion), members not started yet.
+fn retried(e: &EtcdError) -> bool {
+    matches!(
+        e,
+        EtcdError::TooManyLearners | EtcdError::LearnerNotReady | EtcdError::Unhealthy | EtcdError::NotEnoughStarted
+    )
+}
+
 fn event(kind: &'static str, message: String) -> Happening {
     Happening { kind, mac: None, message }
 }
@@ -343,8 +353,8 @@ impl Controller {
                     let msg = format!("{machine} added to etcd as learner {:x} ({peer_url})", member.id);
                     self.save(assembly, vec![event("etcd-learner", msg)]).await
                 }
-                Err(EtcdError::TooManyLearners) => {
-                    tracing::info!("etcd has a learner already; adding {machine} again next tick");
+                Err(e) if retried(&e) => {
+                    tracing::info!("adding {machine} as a learner again next tick: {e}");
                     Ok(())
                 }
                 Err(e) => Err(format!("adding {machine} as a learner: {e}")),
@@ -366,12 +376,19 @@ impl Controller {
                     self.save(assembly, vec![event("etcd-promoted", format!("{machine} ({member_id:x}) is a voter"))])
                         .await
                 }
-                Err(EtcdError::LearnerNotReady) => Ok(()),
+                Err(e) if retried(&e) => {
+                    tracing::debug!("promoting {machine} again next tick: {e}");
+                    Ok(())
+                }
                 Err(e) => Err(format!("promoting {machine}: {e}")),
             },
             Step::Remove { member_id, machine, pass_over, reason } => {
                 match self.etcd.remove(change_ep()?, member_id).await {
                     Ok(_) | Err(EtcdError::MemberNotFound) => {}
+                    Err(e) if retried(&e) => {
+                        tracing::info!("removing member {member_id:x} again next tick: {e}");
+                        return Ok(());
+                    }
                     Err(e) => return Err(format!("removing member {member_id:x}: {e}")),
                 }
                 if let Some(machine) = &machine {
