@@ -6,7 +6,7 @@
 //! Routes, all JSON: `GET /v1/leases`, `GET /v1/machines`, `GET /v1/events?limit=N`,
 //! `PUT /v1/machines/{mac}/boot/{network|local}`, `POST /v1/machines/{id}/{accept|reject}`,
 //! `DELETE /v1/machines/{id}`, `GET /v1/cluster` (the cluster status), and
-//! `GET|POST /v1/cluster/kv?via=MACHINE&key=K[&value=V]` (read or write one etcd key through one
+//! `GET /v1/cluster/kubeconfig` (with a k3s bundle), `GET|POST /v1/cluster/kv?via=MACHINE&key=K[&value=V]` (read or write one etcd key through one
 //! member: how an operator, or a test, checks that the cluster really holds data).
 
 use std::io::{self, Read, Write};
@@ -125,6 +125,8 @@ struct Admin {
 pub struct ClusterHandle {
     pub status: watch::Receiver<Arc<ClusterStatus>>,
     pub etcd: EtcdClient,
+    /// The admin kubeconfig, once k3s from a bundle has a server.
+    pub kubeconfig: watch::Receiver<Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +165,19 @@ pub fn router(store: Store, api: Arc<Api>, cluster: ClusterHandle) -> Router {
         .route(
             "/v1/cluster",
             get(|State(a): State<Admin>| async move { Json(a.cluster.status.borrow().as_ref().clone()) }),
+        )
+        .route(
+            "/v1/cluster/kubeconfig",
+            get(|State(a): State<Admin>| async move {
+                match a.cluster.kubeconfig.borrow().clone() {
+                    Some(config) => (StatusCode::OK, config).into_response(),
+                    None => (
+                        StatusCode::NOT_FOUND,
+                        "no kubeconfig: the node image has no k3s bundle, or no k3s server is up yet (oasis cluster status)",
+                    )
+                        .into_response(),
+                }
+            }),
         )
         .route(
             "/v1/cluster/kv",

@@ -59,6 +59,8 @@ pub enum Command {
 pub enum ClusterCommand {
     /// Roles, etcd members, mesh links, and what assembly is doing or waiting for.
     Status(StateArgs),
+    /// Print the admin kubeconfig (images built with a k3s bundle).
+    Kubeconfig(StateArgs),
     /// Read one etcd key through the member on machine VIA.
     Get {
         key: String,
@@ -335,6 +337,16 @@ pub fn cluster_status(args: &StateArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", status.render());
     }
+    Ok(())
+}
+
+/// `oasis cluster kubeconfig`: the admin kubeconfig from the running appliance.
+pub fn cluster_kubeconfig(args: &StateArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir()?;
+    let Some(body) = admin::request(&data_dir, "GET", "/v1/cluster/kubeconfig").context("asking oasis serve")? else {
+        bail!("oasis serve is not running on {}", data_dir.display());
+    };
+    print!("{}", String::from_utf8_lossy(&body));
     Ok(())
 }
 

@@ -33,7 +33,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The service's name in desired state and heartbeats.
 pub const SERVICE_NAME: &str = "k3s";
@@ -391,9 +390,7 @@ fn spec(node: &NodeInputs<'_>, args: Vec<String>, files: Vec<FileSpec>) -> Servi
         env: vec![],
         run: node.run,
     };
-    let json = serde_json::to_vec(&spec).expect("a service spec serializes");
-    let digest = Sha256::digest(&json);
-    spec.generation = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) >> 1;
+    spec.generation = crate::assembly::desired::generation_of(&spec);
     spec
 }
 

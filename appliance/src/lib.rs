@@ -42,6 +42,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machine(MachineCommand::Reject { id, state }) => cli::machine_decision(&id, "reject", &state)?,
         Command::Machine(MachineCommand::Remove { id, state }) => cli::machine_decision(&id, "remove", &state)?,
         Command::Cluster(ClusterCommand::Status(state)) => cli::cluster_status(&state)?,
+        Command::Cluster(ClusterCommand::Kubeconfig(state)) => cli::cluster_kubeconfig(&state)?,
         Command::Cluster(ClusterCommand::Get { key, via, state }) => cli::cluster_kv(&key, None, &via, &state)?,
         Command::Cluster(ClusterCommand::Put { key, value, via, state }) => {
             cli::cluster_kv(&key, Some(&value), &via, &state)?

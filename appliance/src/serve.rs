@@ -19,10 +19,12 @@ use oasis_proto::Artifact;
 
 use crate::admin;
 use crate::api::{self, Api};
-use crate::assembly::Controller;
+use crate::assembly::kubernetes::Kubernetes;
+use crate::assembly::{Controller, Outputs};
 use crate::config::{AcceptancePolicy, Config, ConflictCheckKind};
 use crate::etcd::EtcdClient;
 use crate::identity::Identity;
+use crate::k3s::K3sArtifacts;
 use crate::pki::ClusterCa;
 use crate::registry::{Overlay, Policy, Registry};
 use crate::store::Store;
@@ -119,21 +121,26 @@ fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
     Ok(root)
 }
 
-/// The artifacts beside the node image (`node/artifacts.json`), verified, by name. A missing or
-/// damaged set is logged and served as nothing: assembly then says what is missing.
-fn load_node_artifacts(config: &Config) -> HashMap<String, (Artifact, PathBuf)> {
+/// The artifacts beside the node image (`node/artifacts.json`), verified, by name, and the k3s
+/// bundle among them if there is one. A missing or damaged set is logged and served as nothing:
+/// assembly then says what is missing.
+fn load_node_artifacts(config: &Config) -> (HashMap<String, (Artifact, PathBuf)>, Option<K3sArtifacts>) {
     let dir = config.boot_root.join("node");
     match oasis_image::artifacts::verify(&dir) {
-        Ok(entries) => entries
-            .into_iter()
-            .map(|e| {
-                let artifact = Artifact { sha256: e.sha256, size: e.size, path: e.file.clone(), mode: 0o644 };
-                (e.name, (artifact, dir.join(&e.file)))
-            })
-            .collect(),
+        Ok(entries) => {
+            let bundle = K3sArtifacts::from_entries(&entries);
+            let by_name = entries
+                .into_iter()
+                .map(|e| {
+                    let artifact = Artifact { sha256: e.sha256, size: e.size, path: e.file.clone(), mode: 0o644 };
+                    (e.name, (artifact, dir.join(&e.file)))
+                })
+                .collect();
+            (by_name, bundle)
+        }
         Err(e) => {
             tracing::warn!("no node artifacts (etcd, k3s) to serve: {e}");
-            HashMap::new()
+            (HashMap::new(), None)
         }
     }
 }
@@ -268,20 +275,28 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     });
     tracing::info!(addr = %http_addr, "HTTP boot serving");
 
-    let node_artifacts = load_node_artifacts(&config);
+    let (node_artifacts, k3s_bundle) = load_node_artifacts(&config);
     let served: HashMap<String, PathBuf> =
         node_artifacts.values().map(|(a, path)| (a.sha256.clone(), path.clone())).collect();
     let api = start_management(&config, &store, identity, served).await?;
     let ca = ClusterCa::load_or_create(&store).map_err(|e| ServeError::Cluster(e.to_string()))?;
     let etcd = EtcdClient::new(&ca).map_err(|e| ServeError::Cluster(e.to_string()))?;
     let (cluster_status, status_rx) = tokio::sync::watch::channel(Arc::default());
+    let (kubeconfig, kubeconfig_rx) = tokio::sync::watch::channel(None);
+    let kubernetes = match k3s_bundle {
+        Some(artifacts) => Some(
+            Kubernetes::load_or_create(&store, &ca, &config.cluster.name, artifacts).map_err(ServeError::Cluster)?,
+        ),
+        None => None,
+    };
     let controller = Controller::new(
         config.cluster.clone(),
         api.clone(),
         ca,
         etcd.clone(),
         node_artifacts.get("etcd").map(|(a, _)| a.clone()),
-        cluster_status,
+        kubernetes,
+        Outputs { status: cluster_status, kubeconfig },
     );
     tasks.spawn(async move {
         controller.run().await;
@@ -306,7 +321,11 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         source,
     })?;
-    let admin_router = admin::router(store.clone(), api.clone(), admin::ClusterHandle { status: status_rx, etcd });
+    let admin_router = admin::router(
+        store.clone(),
+        api.clone(),
+        admin::ClusterHandle { status: status_rx, etcd, kubeconfig: kubeconfig_rx },
+    );
     tasks.spawn(async move {
         if let Err(e) = axum::serve(admin_listener, admin_router).await {
             tracing::error!("admin socket failed: {e}");

@@ -40,7 +40,8 @@ fn join_times(events: &[Value]) -> Vec<f64> {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(3);
-    let sizes: Vec<usize> = if args.len() > 1 { args[1..].iter().map(|a| a.parse().unwrap()).collect() } else { vec![1, 3, 5] };
+    let sizes: Vec<usize> =
+        if args.len() > 1 { args[1..].iter().map(|a| a.parse().unwrap()).collect() } else { vec![1, 3, 5] };
     let mut summary = Vec::new();
     for &size in &sizes {
         let voters = size.min(5) - (1 - size.min(5) % 2);

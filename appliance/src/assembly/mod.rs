@@ -12,6 +12,7 @@
 //! memory: a restarted appliance picks up where it was.
 
 pub mod desired;
+pub mod kubernetes;
 pub mod order;
 pub mod planner;
 pub mod status;
@@ -27,9 +28,11 @@ use tokio::sync::watch;
 use crate::api::{Api, Published};
 use crate::config::ClusterSettings;
 use crate::etcd::{EtcdClient, EtcdError, MemberStatus};
+use crate::k3s::{self, ClientCert};
 use crate::pki::ClusterCa;
 use crate::registry::{Happening, LastHeartbeat, MachineRecord};
 use desired::{MemberTls, MeshPlan, Placed};
+use kubernetes::Kubernetes;
 use planner::{Assembly, InitialState, Member, MemberPlan, Node, Settings, Step};
 use status::{ClusterStatus, MachineRole, MemberView, MeshPair};
 
@@ -41,6 +44,12 @@ const MESH_FRESH_SECS: u64 = 180;
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The state a machine's agent last reported for one of its services.
+fn service_state(seen: &[Seen], id: &str, service: &str) -> Option<ServiceState> {
+    let s = seen.iter().find(|s| s.record.id == id)?;
+    s.heartbeat.as_ref()?.heartbeat.services.iter().find(|x| x.name == service).map(|x| x.state)
 }
 
 /// etcd's answers that mean "not now": the change is asked for again on a later tick, never
@@ -75,6 +84,11 @@ pub struct Controller {
     etcd: EtcdClient,
     /// etcd as the node image carries it; `None` when the image has none.
     etcd_artifact: Option<Artifact>,
+    /// k3s and its secrets when the node image carries a k3s bundle, with the admin credential
+    /// the kubeconfig is written for.
+    kubernetes: Option<(Kubernetes, ClientCert)>,
+    /// The admin kubeconfig once a k3s server has a rack address.
+    kubeconfig: watch::Sender<Option<String>>,
     status: watch::Sender<Arc<ClusterStatus>>,
     /// The last step's description, to log changes only.
     last_progress: String,
@@ -87,6 +101,14 @@ impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller").field("cluster", &self.settings.name).finish_non_exhaustive()
     }
+}
+
+/// Where the controller publishes what it knows.
+#[derive(Debug)]
+pub struct Outputs {
+    pub status: watch::Sender<Arc<ClusterStatus>>,
+    /// The admin kubeconfig once k3s from a bundle has a server.
+    pub kubeconfig: watch::Sender<Option<String>>,
 }
 
 /// One accepted machine with what the registry last heard from it.
@@ -102,8 +124,10 @@ impl Controller {
         ca: ClusterCa,
         etcd: EtcdClient,
         etcd_artifact: Option<Artifact>,
-        status: watch::Sender<Arc<ClusterStatus>>,
+        kubernetes: Option<(Kubernetes, ClientCert)>,
+        outputs: Outputs,
     ) -> Controller {
+        let Outputs { status, kubeconfig } = outputs;
         let mesh = MeshPlan {
             network: settings.mesh_network,
             prefix_len: settings.mesh_prefix_len,
@@ -116,6 +140,8 @@ impl Controller {
             ca,
             etcd,
             etcd_artifact,
+            kubernetes,
+            kubeconfig,
             status,
             last_progress: String::new(),
             started_at: now(),
@@ -461,6 +487,27 @@ impl Controller {
                 services.entry(s.record.id.clone()).or_default().push(spec);
             }
         }
+        if let (Some((kubernetes, admin)), Some(_)) = (&self.kubernetes, assembly.assembled_at) {
+            let members: Vec<&str> = assembly.members.keys().map(String::as_str).collect();
+            let rack: HashMap<String, Ipv4Addr> =
+                assembly.endpoints.iter().map(|(id, ep)| (id.clone(), *ep.ip())).collect();
+            let first_server = placed.iter().find(|p| p.role == Role::ControlPlane && members.contains(&p.id.as_str()));
+            let first_running = first_server
+                .is_some_and(|f| service_state(seen, &f.id, k3s::SERVICE_NAME) == Some(ServiceState::Running));
+            let k3s = kubernetes::k3s_services(kubernetes, &placed, &members, &rack, &self.mesh, first_running)
+                .map_err(|e| format!("k3s cannot be configured: {e}"))?;
+            for (id, spec) in k3s {
+                services.entry(id).or_default().push(spec);
+            }
+            let config = first_server
+                .and_then(|f| rack.get(&f.id))
+                .map(|address| k3s::kubeconfig(&self.settings.name, *address, &kubernetes.cas, admin));
+            self.kubeconfig.send_if_modified(|current| {
+                let changed = *current != config;
+                *current = config;
+                changed
+            });
+        }
         let states = desired::desired_states(&self.settings.name, &placed, &self.mesh, &services);
         let changed = self.api.desired.borrow().states != states;
         if changed {
@@ -576,11 +623,28 @@ impl Controller {
             })
             .collect();
         let _ = now;
+        let kubernetes = match &self.kubernetes {
+            None => "not bundled".to_string(),
+            Some(_) if assembly.assembled_at.is_none() => "k3s bundled: starts once etcd is assembled".to_string(),
+            Some(_) => {
+                let count = |role: Role| {
+                    let of_role: Vec<&Seen> =
+                        seen.iter().filter(|s| assembly.roles.get(&s.record.id) == Some(&role)).collect();
+                    let running = of_role
+                        .iter()
+                        .filter(|s| service_state(seen, &s.record.id, k3s::SERVICE_NAME) == Some(ServiceState::Running))
+                        .count();
+                    (running, of_role.len())
+                };
+                let ((servers_up, servers), (agents_up, agents)) = (count(Role::ControlPlane), count(Role::Worker));
+                format!("k3s: {servers_up} of {servers} server(s) and {agents_up} of {agents} agent(s) running")
+            }
+        };
         self.status.send_replace(Arc::new(ClusterStatus {
             name: self.settings.name.clone(),
             health: health.to_string(),
             progress,
-            kubernetes: "not bundled".into(),
+            kubernetes,
             control_plane_target: target,
             machines,
             members,
