@@ -11,7 +11,9 @@ pub mod dhcp;
 pub mod drivers;
 pub mod inventory;
 pub mod link;
+pub mod mesh;
 pub mod network;
+pub mod services;
 pub mod session;
 pub mod status;
 
