@@ -101,9 +101,9 @@ impl WireGuardMesh {
         let current: Vec<PeerConfig> =
             device.as_ref().map(|d| d.peers.iter().map(|p| p.config.clone()).collect()).unwrap_or_default();
         let changes = converge(&current, &wanted);
-        let device_right = device.as_ref().is_some_and(|d| {
-            d.listen_port == Some(MESH_PORT) && d.private_key.as_ref() == Some(&self.private_key)
-        });
+        let device_right = device
+            .as_ref()
+            .is_some_and(|d| d.listen_port == Some(MESH_PORT) && d.private_key.as_ref() == Some(&self.private_key));
         if device_right && changes.is_empty() {
             return Ok(());
         }

@@ -217,7 +217,13 @@ impl Netlink {
     }
 
     /// Makes `address/prefix` the link's only IPv4 address. `name` is for the error message.
-    pub async fn set_ipv4_address(&self, index: u32, name: &str, address: Ipv4Addr, prefix: u8) -> Result<(), NetworkError> {
+    pub async fn set_ipv4_address(
+        &self,
+        index: u32,
+        name: &str,
+        address: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetworkError> {
         self.remove_ipv4_except(index, Some((address, prefix))).await?;
         self.handle
             .address()

@@ -197,7 +197,9 @@ struct Worker {
 enum Wanted {
     Run(ServiceSpec),
     /// Stop and remove everything, except these paths, which another service still lists.
-    Remove { keep: Arc<BTreeSet<String>> },
+    Remove {
+        keep: Arc<BTreeSet<String>>,
+    },
 }
 
 impl<F: Fetcher, L: Launcher> Supervisor<F, L> {
@@ -369,7 +371,11 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
                 delay = RESTART_FIRST_DELAY;
             }
             if !spec.run {
-                self.set(spec.generation, ServiceState::Prepared, Some("prepared; not started: the appliance says not to run it yet".into()));
+                self.set(
+                    spec.generation,
+                    ServiceState::Prepared,
+                    Some("prepared; not started: the appliance says not to run it yet".into()),
+                );
                 self.until_changed().await;
                 if self.closed() {
                     return;

@@ -177,9 +177,8 @@ impl Log {
         if self.size + line.len() as u64 > LOG_LIMIT {
             let mut old = self.path.clone().into_os_string();
             old.push(".1");
-            let reopened = std::fs::rename(&self.path, &old).and_then(|()| {
-                std::fs::OpenOptions::new().create(true).append(true).open(&self.path)
-            });
+            let reopened = std::fs::rename(&self.path, &old)
+                .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(&self.path));
             match reopened {
                 Ok(file) => {
                     self.file = file;

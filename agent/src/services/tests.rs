@@ -149,7 +149,8 @@ impl Rig {
 
     /// Ends the `index`th process as if it exited with status 1 after printing `lines`.
     fn end(&self, index: usize, lines: &[&str]) {
-        let exit = Exit { how: "exited with status 1".into(), last_lines: lines.iter().map(|l| l.to_string()).collect() };
+        let exit =
+            Exit { how: "exited with status 1".into(), last_lines: lines.iter().map(|l| l.to_string()).collect() };
         self.launcher.launched.lock().unwrap()[index].exit.send_replace(Some(exit));
     }
 
