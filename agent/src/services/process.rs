@@ -133,7 +133,9 @@ async fn stop_stale(pid_file: &Path, program: &Path) {
         return;
     }
     tracing::info!(pid, program = %program.display(), "stopping the process an earlier agent started");
+    // Its group, for what it started, and the process itself, in case it is not a group leader.
     let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     while runs_program(pid) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
