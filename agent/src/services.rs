@@ -193,13 +193,23 @@ struct Worker {
 }
 
 /// What a worker is told to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Wanted {
     Run(ServiceSpec),
     /// Stop and remove everything, except these paths, which another service still lists.
     Remove {
         keep: Arc<BTreeSet<String>>,
     },
+}
+
+/// Without the files' contents: they may be secrets (TLS keys).
+impl std::fmt::Debug for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wanted::Run(spec) => write!(f, "Run({} generation {})", spec.name, spec.generation),
+            Wanted::Remove { keep } => f.debug_struct("Remove").field("keep", keep).finish(),
+        }
+    }
 }
 
 impl<F: Fetcher, L: Launcher> Supervisor<F, L> {

@@ -177,7 +177,7 @@ pub struct Cluster<M, V> {
 }
 
 /// Where applying desired state stands.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Applied {
     /// The newest revision received: the next watch asks for anything after it.
     seen_revision: u64,
@@ -187,6 +187,18 @@ struct Applied {
     pending: Option<DesiredState>,
     /// Why `pending` could not be applied.
     error: Option<String>,
+}
+
+/// Without the pending state's files: they may be secrets (TLS keys).
+impl std::fmt::Debug for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applied")
+            .field("seen_revision", &self.seen_revision)
+            .field("revision", &self.revision)
+            .field("pending", &self.pending.as_ref().map(|d| d.revision))
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 impl<M: Mesh, V: Services> Cluster<M, V> {
