@@ -6,8 +6,8 @@
 //! directories created; then, if its spec says `run`, the first artifact is started with the
 //! spec's arguments and environment, its output going to `/var/lib/oasis/log/NAME.log`. When it
 //! exits it is started again after a pause ([`RESTART_FIRST_DELAY`], doubling to
-//! [`RESTART_MAX_DELAY`]); when its generation changes it is stopped, its files rewritten and it
-//! is started again; when it is no longer listed it is stopped (SIGTERM, SIGKILL after
+//! [`RESTART_MAX_DELAY`]); when its generation changes its new artifacts are fetched, then it is
+//! stopped, its files rewritten and it is started again; when it is no longer listed it is stopped (SIGTERM, SIGKILL after
 //! [`STOP_GRACE`]) and its artifacts, files and data directories are removed. Every path must
 //! pass [`is_node_state_path`]: a spec naming any other is refused whole, before anything is
 //! written.
@@ -275,7 +275,8 @@ impl<F: Fetcher, L: Launcher> Services for Supervisor<F, L> {
                 process: None,
                 started: Instant::now(),
                 prepared: None,
-                owned: None,
+                owned_files: BTreeSet::new(),
+                owned_dirs: BTreeSet::new(),
                 launches: 0,
             };
             let task = tokio::spawn(run.run(previous));
@@ -332,8 +333,10 @@ struct ServiceRun<F, L: Launcher> {
     started: Instant,
     /// The spec whose artifacts and files are all in place.
     prepared: Option<ServiceSpec>,
-    /// The last spec that passed validation: any of its paths may exist.
-    owned: Option<ServiceSpec>,
+    /// Artifacts and files this worker may have written, and data directories it may have
+    /// made: what goes when the service is removed.
+    owned_files: BTreeSet<String>,
+    owned_dirs: BTreeSet<String>,
     /// Starts of the process in this generation.
     launches: u32,
 }
@@ -355,11 +358,12 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
                 Wanted::Run(spec) => spec,
             };
             if self.prepared.as_ref() != Some(&spec) {
-                self.stop().await;
                 self.launches = 0;
                 delay = RESTART_FIRST_DELAY;
                 self.set(spec.generation, ServiceState::Fetching, None);
                 if let Err(error) = self.prepare(&spec).await {
+                    // What runs is not what is wanted.
+                    self.stop().await;
                     tracing::warn!(service = %self.name, generation = spec.generation, "cannot prepare: {error}");
                     self.set(spec.generation, ServiceState::Failed, Some(error.to_string()));
                     // A refused spec fails the same way until the appliance changes it.
@@ -487,19 +491,18 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
         self.shared.root.join(path.trim_start_matches('/'))
     }
 
-    /// Fetches the artifacts, writes the files, creates the data directories.
+    /// Fetches the artifacts while the old generation, if any, still runs (no downtime for a
+    /// download; each lands by rename, so a running program is never written into); then stops
+    /// it, removes what the old generation had and this one does not, writes the files and
+    /// creates the data directories. Data directories are never removed here: only when the
+    /// service goes.
     async fn prepare(&mut self, spec: &ServiceSpec) -> Result<(), ServiceError> {
         validate(spec)?;
-        // Files and artifacts the previous generation had and this one does not go.
-        if let Some(old) = &self.owned {
-            let keep: BTreeSet<String> = owned_paths(spec).collect();
-            let stale = old.artifacts.iter().map(|a| &a.path).chain(old.files.iter().map(|f| &f.path));
-            for path in stale.filter(|p| !keep.contains(*p)) {
-                files::remove(&self.shared.root, path);
-            }
-        }
         self.prepared = None;
-        self.owned = Some(spec.clone());
+        let files_now: BTreeSet<String> =
+            spec.artifacts.iter().map(|a| a.path.clone()).chain(spec.files.iter().map(|f| f.path.clone())).collect();
+        self.owned_files.extend(files_now.iter().cloned());
+        self.owned_dirs.extend(spec.data_dirs.iter().cloned());
         for artifact in &spec.artifacts {
             let dest = self.path(&artifact.path);
             files::create_parent(&dest)?;
@@ -516,6 +519,11 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
                 .await
                 .map_err(|source| ServiceError::Fetch { path: artifact.path.clone(), source })?;
         }
+        self.stop().await;
+        for path in self.owned_files.iter().filter(|p| !files_now.contains(*p) && !spec.data_dirs.contains(*p)) {
+            files::remove(&self.shared.root, path);
+        }
+        self.owned_files = files_now;
         for file in &spec.files {
             // The contents may be secrets (TLS keys): only the path is ever logged.
             files::write(&self.path(&file.path), file.contents.as_bytes(), file.mode)?;
@@ -553,8 +561,8 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
     /// Removes what the service owned, except what another service still lists. Only paths
     /// that pass [`is_node_state_path`] are touched.
     fn remove(&mut self, keep: &BTreeSet<String>) {
-        let Some(spec) = self.owned.take() else { return };
-        for path in owned_paths(&spec).filter(|p| !keep.contains(p) && is_node_state_path(p)) {
+        let owned = std::mem::take(&mut self.owned_files).into_iter().chain(std::mem::take(&mut self.owned_dirs));
+        for path in owned.filter(|p| !keep.contains(p) && is_node_state_path(p)) {
             files::remove(&self.shared.root, &path);
         }
         tracing::info!(service = %self.name, "removed");

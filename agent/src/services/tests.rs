@@ -16,6 +16,8 @@ struct FakeFetcher {
     contents: Mutex<HashMap<String, Vec<u8>>>,
     fetched: Mutex<Vec<String>>,
     failures: Mutex<u32>,
+    /// Fetches and signals, in order.
+    events: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeFetcher {
@@ -30,6 +32,7 @@ impl Fetcher for Arc<FakeFetcher> {
     async fn fetch(&self, access: &Access, artifact: &Artifact, dest: &Path) -> Result<(), ArtifactError> {
         assert_eq!(access.credential, "cred");
         self.fetched.lock().unwrap().push(artifact.path.clone());
+        self.events.lock().unwrap().push(format!("fetch {}", artifact.path));
         let mut failures = self.failures.lock().unwrap();
         if *failures > 0 {
             *failures -= 1;
@@ -49,6 +52,7 @@ struct FakeProcess {
     waiting: channel::Receiver<Option<Exit>>,
     signals: Arc<Mutex<Vec<Signal>>>,
     ignores_sigterm: bool,
+    events: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process for FakeProcess {
@@ -58,6 +62,7 @@ impl Process for FakeProcess {
 
     fn signal(&mut self, signal: Signal) {
         self.signals.lock().unwrap().push(signal);
+        self.events.lock().unwrap().push(signal.as_str().to_string());
         if signal == Signal::SIGKILL || !self.ignores_sigterm {
             let how = format!("killed by signal {} ({})", signal as i32, signal.as_str());
             self.exit.send_replace(Some(Exit { how, last_lines: vec![] }));
@@ -77,6 +82,7 @@ struct Launched {
 struct FakeLauncher {
     launched: Mutex<Vec<Launched>>,
     ignores_sigterm: Mutex<bool>,
+    events: Arc<Mutex<Vec<String>>>,
 }
 
 impl Launcher for Arc<FakeLauncher> {
@@ -91,7 +97,13 @@ impl Launcher for Arc<FakeLauncher> {
             exit: exit.clone(),
             signals: signals.clone(),
         });
-        Ok(FakeProcess { exit, waiting, signals, ignores_sigterm: *self.ignores_sigterm.lock().unwrap() })
+        Ok(FakeProcess {
+            exit,
+            waiting,
+            signals,
+            ignores_sigterm: *self.ignores_sigterm.lock().unwrap(),
+            events: self.events.clone(),
+        })
     }
 }
 
@@ -105,7 +117,9 @@ struct Rig {
 impl Rig {
     fn new() -> Rig {
         let root = tempfile::tempdir().unwrap();
-        let (fetcher, launcher) = (Arc::new(FakeFetcher::default()), Arc::new(FakeLauncher::default()));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let fetcher = Arc::new(FakeFetcher { events: events.clone(), ..FakeFetcher::default() });
+        let launcher = Arc::new(FakeLauncher { events, ..FakeLauncher::default() });
         let supervisor = Supervisor::new(root.path().to_path_buf(), fetcher.clone(), launcher.clone());
         supervisor.set_access(Access { appliance: Ipv4Addr::new(10, 99, 0, 1), credential: "cred".into() });
         Rig { root, fetcher, launcher, supervisor }
@@ -305,6 +319,23 @@ async fn a_new_generation_stops_the_process_rewrites_files_and_starts_again() {
     assert!(!rig.path("/var/lib/oasis/etcd/tls").exists());
     assert_eq!(std::fs::read_to_string(rig.path("/var/lib/oasis/etcd/new.conf")).unwrap(), "x");
     assert_eq!(rig.fetcher.fetched.lock().unwrap().len(), 1, "the unchanged program is not fetched again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_program_is_fetched_while_the_old_one_still_runs() {
+    let rig = Rig::new();
+    rig.supervisor.apply(&[rig.spec("etcd", 1)]);
+    until("started", || rig.launches() == 1).await;
+    let mut second = rig.spec("etcd", 2);
+    let program = b"etcd program, version 2";
+    second.artifacts[0].sha256 = rig.fetcher.serve(program);
+    second.artifacts[0].size = program.len() as u64;
+    rig.supervisor.apply(&[second]);
+    until("started again", || rig.launches() == 2).await;
+    let events = rig.fetcher.events.lock().unwrap().clone();
+    let path = "/var/lib/oasis/etcd/bin/etcd";
+    assert_eq!(events, [format!("fetch {path}"), format!("fetch {path}"), "SIGTERM".to_string()]);
+    assert_eq!(std::fs::read(rig.path(path)).unwrap(), program);
 }
 
 #[tokio::test(start_paused = true)]
