@@ -16,17 +16,20 @@
 
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use hyper::{Method, Request, Uri};
+use hyper::{Method, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use oasis_proto::{
-    pin_of, DesiredState, ErrorBody, Heartbeat, RegisterRequest, RegisterResponse, API_PORT, DESIRED_PATH,
-    HEARTBEAT_PATH, MAX_BODY_BYTES, REGISTER_PATH, WATCH_SECS,
+    pin_of, Artifact, DesiredState, ErrorBody, Heartbeat, RegisterRequest, RegisterResponse, API_PORT, ARTIFACTS_PATH,
+    DESIRED_PATH, HEARTBEAT_PATH, MAX_BODY_BYTES, REGISTER_PATH, WATCH_SECS,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -35,6 +38,8 @@ use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -182,6 +187,25 @@ impl ApiClient {
         bearer: Option<&str>,
         body: Bytes,
     ) -> Result<Bytes, ApiError> {
+        let response = self.send(at, url, method, path, bearer, body).await?;
+        Limited::new(response.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+            .map_err(|e| ApiError::Malformed { path: path.to_string(), detail: format!("reading the body: {e}") })
+    }
+
+    /// Sends one request on a fresh pinned connection; a success answer is returned with its body
+    /// unread, any other becomes [`ApiError::Refused`] with the appliance's reason.
+    async fn send(
+        &self,
+        at: &Endpoint,
+        url: &str,
+        method: Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ApiError> {
         let unreachable = |reason: String| ApiError::Unreachable { url: url.to_string(), reason };
         let tcp = TcpStream::connect((at.host.as_str(), at.port)).await.map_err(|e| unreachable(e.to_string()))?;
         let name = ServerName::try_from(at.host.clone()).map_err(|e| unreachable(e.to_string()))?;
@@ -205,20 +229,150 @@ impl ApiClient {
         let request = request.body(Full::new(body)).map_err(|e| unreachable(e.to_string()))?;
         let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let bytes = Limited::new(response.into_body(), MAX_BODY_BYTES)
             .collect()
             .await
-            .map_err(|e| ApiError::Malformed { path: path.to_string(), detail: format!("reading the body: {e}") })?
-            .to_bytes();
-        if status.is_success() {
-            return Ok(bytes);
-        }
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
         let message = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => body.error,
             Err(_) if bytes.is_empty() => "no reason given".to_string(),
             Err(_) => String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
         };
         Err(ApiError::Refused { status: status.as_u16(), message })
+    }
+
+    /// `GET /v1/agent/artifacts/SHA256` from the appliance at `at`, streamed into a temporary file
+    /// beside `artifact`'s destination `dest`, checked against its size and SHA-256 and only then
+    /// renamed into place with its mode (written aside, fsynced, renamed, directory fsynced): a
+    /// half-fetched or wrong file never sits at `dest`. `dest`'s directory must exist.
+    pub async fn artifact(
+        &self,
+        at: &Endpoint,
+        credential: &str,
+        artifact: &Artifact,
+        dest: &Path,
+    ) -> Result<(), ArtifactError> {
+        let path = format!("{ARTIFACTS_PATH}/{}", artifact.sha256);
+        let url = format!("{at}{path}");
+        let timeout = |after| ApiError::Timeout { url: url.clone(), after };
+        let response = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            self.send(at, &url, Method::GET, &path, Some(credential), Bytes::new()),
+        )
+        .await
+        .map_err(|_| timeout(REQUEST_TIMEOUT))??;
+        let partial = PartialFile::new(dest);
+        let mut body = response.into_body();
+        let mut hasher = Sha256::new();
+        let mut received: u64 = 0;
+        let mut file = partial.file().await?;
+        loop {
+            let frame = match tokio::time::timeout(ARTIFACT_IDLE_TIMEOUT, body.frame()).await {
+                Err(_) => return Err(timeout(ARTIFACT_IDLE_TIMEOUT).into()),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let reason = format!("the download broke off after {received} bytes: {e}");
+                    return Err(ApiError::Unreachable { url, reason }.into());
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            received += data.len() as u64;
+            if received > artifact.size {
+                break;
+            }
+            hasher.update(&data);
+            file.write_all(&data).await.map_err(|source| partial.failed(source))?;
+        }
+        if received != artifact.size {
+            return Err(ArtifactError::WrongSize {
+                sha256: artifact.sha256.clone(),
+                expected: artifact.size,
+                received,
+            });
+        }
+        let found = hex::encode(hasher.finalize());
+        if found != artifact.sha256 {
+            return Err(ArtifactError::WrongHash { expected: artifact.sha256.clone(), found });
+        }
+        file.flush().await.map_err(|source| partial.failed(source))?;
+        drop(file);
+        partial.commit(artifact.mode).await
+    }
+}
+
+/// How long an artifact download may go without receiving a byte.
+pub const ARTIFACT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an artifact is not in place.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(
+        "artifact {sha256} should be {expected} bytes, the appliance sent {received}; the download \
+         is retried, and if it keeps failing the appliance's copy is damaged: rebuild its image"
+    )]
+    WrongSize { sha256: String, expected: u64, received: u64 },
+    #[error(
+        "the artifact the appliance sent has SHA-256 {found}, not the {expected} it asked for; it \
+         was discarded. If this repeats the appliance's copy is damaged: rebuild its image"
+    )]
+    WrongHash { expected: String, found: String },
+    #[error("cannot write {}: {source}; check that the node's state directory is writable", .path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// A download in progress: a temporary file beside its destination, removed unless committed.
+#[derive(Debug)]
+struct PartialFile {
+    temp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl PartialFile {
+    fn new(dest: &Path) -> PartialFile {
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temp = dest.with_file_name(format!(".{name}.partial"));
+        PartialFile { temp, dest: dest.to_path_buf(), committed: false }
+    }
+
+    async fn file(&self) -> Result<tokio::io::BufWriter<tokio::fs::File>, ArtifactError> {
+        let file = tokio::fs::File::create(&self.temp).await.map_err(|source| self.failed(source))?;
+        Ok(tokio::io::BufWriter::with_capacity(256 * 1024, file))
+    }
+
+    fn failed(&self, source: std::io::Error) -> ArtifactError {
+        ArtifactError::Write { path: self.temp.clone(), source }
+    }
+
+    /// Gives the file its mode, fsyncs it, renames it into place and fsyncs the directory.
+    async fn commit(mut self, mode: u32) -> Result<(), ArtifactError> {
+        let file = tokio::fs::File::open(&self.temp).await.map_err(|source| self.failed(source))?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).await.map_err(|source| self.failed(source))?;
+        file.sync_all().await.map_err(|source| self.failed(source))?;
+        tokio::fs::rename(&self.temp, &self.dest)
+            .await
+            .map_err(|source| ArtifactError::Write { path: self.dest.clone(), source })?;
+        self.committed = true;
+        if let Some(dir) = self.dest.parent() {
+            let dir = tokio::fs::File::open(dir).await.map_err(|source| self.failed(source))?;
+            dir.sync_all().await.map_err(|source| ArtifactError::Write { path: self.dest.clone(), source })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
     }
 }
 

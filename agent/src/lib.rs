@@ -3,7 +3,9 @@
 //!
 //! The boot phase ([`boot`]) comes first: kernel modules for the devices present ([`drivers`]), the
 //! boot link through rtnetlink ([`network`]) and its DHCP lease ([`dhcp`]). Then [`run`] registers
-//! the machine and keeps its management link, for the life of the machine.
+//! the machine and keeps its management link, for the life of the machine ([`session`]), and
+//! makes it what the appliance wants: a member of the cluster mesh ([`mesh`]) running the
+//! cluster's services ([`services`]).
 
 pub mod boot;
 pub mod client;
@@ -11,7 +13,9 @@ pub mod dhcp;
 pub mod drivers;
 pub mod inventory;
 pub mod link;
+pub mod mesh;
 pub mod network;
+pub mod services;
 pub mod session;
 pub mod status;
 
@@ -24,7 +28,9 @@ use oasis_proto::KernelArgs;
 use crate::client::ApiClient;
 use crate::inventory::Roots;
 use crate::link::{WireGuardLink, INTERFACE};
-use crate::session::{ConsoleFile, Identity, Session, SystemClock};
+use crate::mesh::WireGuardMesh;
+use crate::services::{Spawner, Supervisor};
+use crate::session::{Cluster, ConsoleFile, Identity, Session, SystemClock};
 
 /// Where the status block and fatal messages go on a node.
 pub const CONSOLE: &str = "/dev/console";
@@ -75,8 +81,12 @@ pub async fn run(args: KernelArgs, boot: BootInfo, roots: Roots) -> ! {
         wireguard_key: link.public_key(),
         inventory: inventory::read(&roots),
     };
+    let cluster = Cluster {
+        mesh: WireGuardMesh::new(link.private_key(), &boot.interface),
+        services: Supervisor::new("/".into(), client.clone(), Spawner),
+    };
     let console = ConsoleFile(console.to_path_buf());
-    Session::new(client, link, SystemClock::default(), console, identity, boot.describe()).run().await
+    Session::new(client, link, cluster, SystemClock::default(), console, identity, boot.describe()).run().await
 }
 
 /// Says what is wrong on the console (again every ten minutes, for whoever comes to look) and

@@ -68,6 +68,12 @@ impl WireGuardLink {
         Ok(WireGuardLink { name: parsed, name_text: name.to_string(), private_key: Key::generate_private() })
     }
 
+    /// The machine's private key: the cluster mesh uses it too, so the appliance knows the
+    /// machine by one key.
+    pub fn private_key(&self) -> Key {
+        self.private_key.clone()
+    }
+
     /// The public key, base64, as registration sends it.
     pub fn public_key(&self) -> String {
         self.private_key.get_public().to_base64()

@@ -206,18 +206,38 @@ impl Netlink {
         Ok(())
     }
 
-    /// Gives the link the lease's address (replacing any other IPv4 address) and, if the lease names
-    /// a router, the default route through it.
-    pub async fn apply_lease(&self, index: u32, lease: &Lease) -> Result<(), NetworkError> {
-        let what = format!("{}/{} on {}", lease.address, lease.prefix, lease.interface);
-        self.remove_ipv4_except(index, Some((lease.address, lease.prefix))).await?;
+    /// The link called `name`, if there is one.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NetworkError> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Removes a link (a virtual one: WireGuard, a bridge).
+    pub async fn delete(&self, link: &Link) -> Result<(), NetworkError> {
+        self.handle.link().del(link.index).execute().await.map_err(nl(format!("removing {}", link.name)))
+    }
+
+    /// Makes `address/prefix` the link's only IPv4 address. `name` is for the error message.
+    pub async fn set_ipv4_address(
+        &self,
+        index: u32,
+        name: &str,
+        address: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetworkError> {
+        self.remove_ipv4_except(index, Some((address, prefix))).await?;
         self.handle
             .address()
-            .add(index, IpAddr::V4(lease.address), lease.prefix)
+            .add(index, IpAddr::V4(address), prefix)
             .replace()
             .execute()
             .await
-            .map_err(nl(format!("adding address {what}")))?;
+            .map_err(nl(format!("adding address {address}/{prefix} on {name}")))
+    }
+
+    /// Gives the link the lease's address (replacing any other IPv4 address) and, if the lease names
+    /// a router, the default route through it.
+    pub async fn apply_lease(&self, index: u32, lease: &Lease) -> Result<(), NetworkError> {
+        self.set_ipv4_address(index, &lease.interface, lease.address, lease.prefix).await?;
         if let Some(router) = lease.router {
             let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(router).output_interface(index).build();
             self.handle

@@ -3,11 +3,17 @@
 //! register again over the rack network with the same key and follow the link to wherever the
 //! appliance now is. It never reboots and never makes a second identity.
 //!
-//! Everything outside the agent goes through [`Api`], [`Link`], [`Clock`] and [`Console`], so the
-//! logic is tested against fakes; the real parts are [`ApiClient`], [`WireGuardLink`],
-//! [`SystemClock`] and [`ConsoleFile`].
+//! Each desired state is applied as it arrives: the cluster mesh first, then the services. What
+//! fails is reported (heartbeat `last_error`, the console) and tried again at every heartbeat; it
+//! never ends the session.
+//!
+//! Everything outside the agent goes through [`Api`], [`Link`], [`Mesh`], [`Services`], [`Clock`]
+//! and [`Console`], so the logic is tested against fakes; the real parts are [`ApiClient`],
+//! [`WireGuardLink`], [`WireGuardMesh`], [`Supervisor`], [`SystemClock`] and [`ConsoleFile`].
 //!
 //! [`WireGuardLink`]: crate::link::WireGuardLink
+//! [`WireGuardMesh`]: crate::mesh::WireGuardMesh
+//! [`Supervisor`]: crate::services::Supervisor
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -15,13 +21,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use oasis_proto::{
-    DesiredState, Heartbeat, Inventory, LinkConfig, MachineState, RegisterRequest, RegisterResponse, HEARTBEAT_SECS,
+    DesiredState, Heartbeat, Inventory, LinkConfig, MachineState, RegisterRequest, RegisterResponse, Role,
+    ServiceState, HEARTBEAT_SECS,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::client::{ApiClient, ApiError, Endpoint};
 use crate::link::Link;
+use crate::mesh::Mesh;
+use crate::services::{Access, Services};
 use crate::status::{self, Status};
 
 /// Registration retries start here and double up to [`REGISTER_MAX_DELAY`].
@@ -160,32 +169,106 @@ enum LinkLost {
     CredentialRefused,
 }
 
+/// What makes a machine part of the cluster: its mesh and its services.
+#[derive(Debug)]
+pub struct Cluster<M, V> {
+    pub mesh: M,
+    pub services: V,
+}
+
+/// Where applying desired state stands.
+#[derive(Default)]
+struct Applied {
+    /// The newest revision received: the next watch asks for anything after it.
+    seen_revision: u64,
+    /// The newest revision fully applied, as heartbeats report it.
+    revision: u64,
+    /// A desired state received but not yet applied (its mesh failed): retried every heartbeat.
+    pending: Option<DesiredState>,
+    /// Why `pending` could not be applied.
+    error: Option<String>,
+}
+
+/// Without the pending state's files: they may be secrets (TLS keys).
+impl std::fmt::Debug for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Applied")
+            .field("seen_revision", &self.seen_revision)
+            .field("revision", &self.revision)
+            .field("pending", &self.pending.as_ref().map(|d| d.revision))
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl<M: Mesh, V: Services> Cluster<M, V> {
+    /// Applies the pending desired state, if there is one: the mesh first (the services may need
+    /// it), then the services, which go on in the background. Returns the role applied.
+    async fn apply(&self, applied: &mut Applied) -> Option<Role> {
+        let desired = applied.pending.as_ref()?;
+        if let Err(error) = self.mesh.apply(desired.mesh.as_ref()).await {
+            tracing::warn!(
+                "cannot apply desired state {}: {error}; trying again at the next heartbeat",
+                desired.revision
+            );
+            applied.error = Some(error.to_string());
+            return None;
+        }
+        self.services.apply(&desired.services);
+        tracing::info!(
+            "applied desired state {}: role {}, {} mesh peers, services [{}]",
+            desired.revision,
+            desired.role,
+            desired.mesh.as_ref().map_or(0, |m| m.peers.len()),
+            desired
+                .services
+                .iter()
+                .map(|s| format!("{} generation {}", s.name, s.generation))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        applied.revision = desired.revision;
+        applied.error = None;
+        applied.pending.take().map(|d| d.role)
+    }
+}
+
 /// The agent after its network is up. See the module comment.
 #[derive(Debug)]
-pub struct Session<A, L, C, S> {
+pub struct Session<A, L, M, V, C, S> {
     api: A,
     link: L,
+    cluster: Cluster<M, V>,
     clock: C,
     identity: Identity,
     reporter: Reporter<S>,
     rng: StdRng,
-    applied_revision: u64,
+    applied: Applied,
     /// The config the link was last configured with.
     configured: Option<LinkConfig>,
 }
 
-impl<A: Api, L: Link, C: Clock, S: Console> Session<A, L, C, S> {
+impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, M, V, C, S> {
     /// `address` is what the status block shows for the boot interface, e.g. `ens3 10.0.0.23/24`.
-    pub fn new(api: A, link: L, clock: C, console: S, identity: Identity, address: String) -> Self {
+    pub fn new(
+        api: A,
+        link: L,
+        cluster: Cluster<M, V>,
+        clock: C,
+        console: S,
+        identity: Identity,
+        address: String,
+    ) -> Self {
         let status = Status { address, state: "registering".into(), ..Status::default() };
         Session {
             api,
             link,
+            cluster,
             clock,
             identity,
             reporter: Reporter { console, shown: None, shown_at: Duration::ZERO, status },
             rng: StdRng::from_os_rng(),
-            applied_revision: 0,
+            applied: Applied::default(),
             configured: None,
         }
     }
@@ -325,8 +408,9 @@ impl<A: Api, L: Link, C: Clock, S: Console> Session<A, L, C, S> {
         let appliance = config.appliance_address;
         let heartbeat_every = Duration::from_secs(HEARTBEAT_SECS);
         let mut failures = 0;
-        let (api, clock) = (&self.api, &self.clock);
-        let mut watch = Box::pin(watch_desired(api, clock, appliance, credential, self.applied_revision, false));
+        let (api, clock, cluster) = (&self.api, &self.clock, &self.cluster);
+        cluster.services.set_access(Access { appliance, credential: credential.to_string() });
+        let mut watch = Box::pin(watch_desired(api, clock, appliance, credential, self.applied.seen_revision, false));
         self.reporter.update(clock.uptime(), |s| {
             s.state = "linked".into();
             s.handshake_age = self.link.handshake_age();
@@ -337,11 +421,19 @@ impl<A: Api, L: Link, C: Clock, S: Console> Session<A, L, C, S> {
                 answer = &mut watch => {
                     let failed = match answer {
                         Ok(desired) => {
-                            if desired.revision != self.applied_revision {
-                                tracing::info!("desired state revision {}: role {:?}", desired.revision, desired.role);
+                            if desired.revision != self.applied.seen_revision {
+                                tracing::info!("desired state revision {}: role {}", desired.revision, desired.role);
+                                self.applied.seen_revision = desired.revision;
+                                self.applied.pending = Some(desired);
+                                let role = cluster.apply(&mut self.applied).await;
+                                let error = self.applied.error.clone();
+                                self.reporter.update(clock.uptime(), |s| {
+                                    if role.is_some() {
+                                        s.role = role;
+                                    }
+                                    s.last_error = error;
+                                });
                             }
-                            // Roles arrive with cluster assembly; an unassigned machine has nothing to apply.
-                            self.applied_revision = desired.revision;
                             false
                         }
                         Err(error) => {
@@ -349,16 +441,33 @@ impl<A: Api, L: Link, C: Clock, S: Console> Session<A, L, C, S> {
                             true
                         }
                     };
-                    watch = Box::pin(watch_desired(api, clock, appliance, credential, self.applied_revision, failed));
+                    watch = Box::pin(watch_desired(api, clock, appliance, credential, self.applied.seen_revision, failed));
                 }
                 () = clock.sleep(heartbeat_every) => {
+                    let retried = self.applied.pending.is_some();
+                    let role = cluster.apply(&mut self.applied).await;
+                    let mesh = cluster.mesh.report().await;
+                    let services = cluster.services.status();
+                    let apply_error = self.applied.error.clone();
+                    self.reporter.update(clock.uptime(), |s| {
+                        if role.is_some() {
+                            s.role = role;
+                        }
+                        if retried {
+                            s.last_error = apply_error.clone();
+                        }
+                        s.mesh = (!mesh.peers.is_empty()).then(|| mesh.peers_up());
+                        s.services = services.iter().map(|v| (v.name.clone(), describe(v.state, v.restarts))).collect();
+                    });
                     let heartbeat = Heartbeat {
                         phase: "linked".into(),
                         uptime_secs: clock.uptime().as_secs(),
                         last_error: self.reporter.status.last_error.clone(),
-                        applied_revision: self.applied_revision,
+                        applied_revision: self.applied.revision,
                         rss_bytes: own_rss_bytes(),
-                        ..Heartbeat::default()
+                        mesh_endpoint: mesh.endpoint,
+                        mesh: mesh.peers,
+                        services,
                     };
                     let result = api.heartbeat(appliance, credential, &heartbeat).await;
                     let handshake_age = self.link.handshake_age();
@@ -368,7 +477,7 @@ impl<A: Api, L: Link, C: Clock, S: Console> Session<A, L, C, S> {
                             self.reporter.update(clock.uptime(), |s| {
                                 s.appliance_reachable = Some(true);
                                 s.handshake_age = handshake_age;
-                                s.last_error = None;
+                                s.last_error = apply_error;
                             });
                         }
                         Err(ApiError::Refused { status: 401 | 403, message }) => {
@@ -412,6 +521,22 @@ async fn watch_desired<A: Api, C: Clock>(
         clock.sleep(WATCH_RETRY_DELAY).await;
     }
     api.desired(appliance, credential, after).await
+}
+
+/// A service's state for the status block: `running`, `exited (restarts 3)`.
+fn describe(state: ServiceState, restarts: u32) -> String {
+    let state = match state {
+        ServiceState::Fetching => "fetching",
+        ServiceState::Prepared => "prepared",
+        ServiceState::Running => "running",
+        ServiceState::Exited => "exited",
+        ServiceState::Failed => "FAILED",
+    };
+    if restarts > 0 {
+        format!("{state} (restarts {restarts})")
+    } else {
+        state.to_string()
+    }
 }
 
 /// Whether the appliance answered at all (a refusal is an answer; a pin mismatch is not: that

@@ -5,6 +5,8 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use oasis_proto::Role;
+
 /// What the block shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
@@ -16,6 +18,12 @@ pub struct Status {
     /// Whether the last call to the appliance got an answer.
     pub appliance_reachable: Option<bool>,
     pub handshake_age: Option<Duration>,
+    /// The role the appliance gave the machine, once it has given one.
+    pub role: Option<Role>,
+    /// Mesh peers with a recent handshake, and all mesh peers; `None` without a mesh.
+    pub mesh: Option<(usize, usize)>,
+    /// Each service and its state, e.g. `("etcd", "running")`.
+    pub services: Vec<(String, String)>,
     pub last_error: Option<String>,
 }
 
@@ -36,6 +44,15 @@ pub fn render(status: &Status) -> String {
     let _ = writeln!(out, "state      {}", status.state);
     let _ = writeln!(out, "appliance  {reach}");
     let _ = writeln!(out, "wireguard  handshake {handshake}");
+    if let Some(role) = status.role {
+        let _ = writeln!(out, "role       {role}");
+    }
+    if let Some((up, total)) = status.mesh {
+        let _ = writeln!(out, "mesh       {up}/{total} peers up");
+    }
+    for (name, state) in &status.services {
+        let _ = writeln!(out, "service    {name} {state}");
+    }
     if let Some(error) = &status.last_error {
         let _ = writeln!(out, "last error {error}");
     }
@@ -83,6 +100,7 @@ mod tests {
             appliance_reachable: Some(true),
             handshake_age: Some(Duration::from_millis(12_900)),
             last_error: None,
+            ..Status::default()
         };
         assert_eq!(
             render(&status),
@@ -93,6 +111,29 @@ mod tests {
              appliance  reachable\n\
              wireguard  handshake 12 s ago\n"
         );
+    }
+
+    #[test]
+    fn a_cluster_member() {
+        let status = Status {
+            machine_id: Some("m-3f2a".into()),
+            address: "ens3 10.0.0.23/24".into(),
+            state: "linked".into(),
+            appliance_reachable: Some(true),
+            role: Some(Role::ControlPlane),
+            mesh: Some((2, 3)),
+            services: vec![("etcd".into(), "running".into()), ("k3s".into(), "exited (restarts 2)".into())],
+            last_error: Some("configuring oasis-mesh: adding address failed".into()),
+            ..Status::default()
+        };
+        assert!(render(&status).ends_with(
+            "wireguard  handshake none yet\n\
+             role       control-plane\n\
+             mesh       2/3 peers up\n\
+             service    etcd running\n\
+             service    k3s exited (restarts 2)\n\
+             last error configuring oasis-mesh: adding address failed\n"
+        ));
     }
 
     #[test]

@@ -197,3 +197,97 @@ fn endpoints_parse_the_kernel_argument() {
     assert!(Endpoint::parse("http://10.0.0.1:9443").is_err());
     assert_eq!(Endpoint::overlay("10.99.0.1".parse().unwrap()).to_string(), "https://10.99.0.1:9443");
 }
+
+mod artifacts {
+    use std::os::unix::fs::PermissionsExt;
+
+    use oasis_agent::client::ArtifactError;
+    use oasis_proto::Artifact;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    const CONTENT: &str = "#!/bin/sh\necho an artifact\n";
+
+    fn artifact(content: &str, path: &str) -> Artifact {
+        Artifact {
+            sha256: hex::encode(Sha256::digest(content.as_bytes())),
+            size: content.len() as u64,
+            path: path.into(),
+            mode: 0o750,
+        }
+    }
+
+    /// The directory holds exactly `names`: nothing half-written is left beside them.
+    fn assert_holds(dir: &std::path::Path, names: &[&str]) {
+        let mut found: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        found.sort();
+        assert_eq!(found, names);
+    }
+
+    #[tokio::test]
+    async fn an_artifact_is_fetched_by_hash_with_the_credential_and_given_its_mode() {
+        let mut server = server("200 OK", CONTENT).await;
+        let client = ApiClient::new(&server.url, &server.pin).unwrap();
+        let at = Endpoint::parse(&server.url).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("tool");
+        let wanted = artifact(CONTENT, "/var/lib/oasis/bin/tool");
+        client.artifact(&at, "cred-1", &wanted, &dest).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), CONTENT);
+        assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777, 0o750);
+        assert_holds(dir.path(), &["tool"]);
+        let Seen::Request(seen) = server.seen.recv().await.unwrap() else { panic!() };
+        assert!(seen.starts_with(&format!("GET /v1/agent/artifacts/{} HTTP/1.1\r\n", wanted.sha256)), "{seen}");
+        assert!(seen.to_ascii_lowercase().contains("authorization: bearer cred-1"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_hash_names_both_and_leaves_nothing() {
+        let server = server("200 OK", "#!/bin/sh\necho something else\n").await;
+        let client = ApiClient::new(&server.url, &server.pin).unwrap();
+        let at = Endpoint::parse(&server.url).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tool"), "the old one").unwrap();
+        let wanted = artifact(CONTENT, "/var/lib/oasis/bin/tool");
+        // Same length, other bytes: only the hash can tell.
+        let wanted = Artifact { size: "#!/bin/sh\necho something else\n".len() as u64, ..wanted };
+        let error = client.artifact(&at, "c", &wanted, &dir.path().join("tool")).await.unwrap_err();
+        let ArtifactError::WrongHash { expected, found } = &error else { panic!("{error}") };
+        assert_eq!(expected, &wanted.sha256);
+        assert_eq!(found, &hex::encode(Sha256::digest(b"#!/bin/sh\necho something else\n")));
+        let text = error.to_string();
+        assert!(text.contains(&wanted.sha256) && text.contains(found.as_str()), "{text}");
+        assert_eq!(std::fs::read_to_string(dir.path().join("tool")).unwrap(), "the old one");
+        assert_holds(dir.path(), &["tool"]);
+    }
+
+    #[tokio::test]
+    async fn a_short_or_long_body_is_refused() {
+        for body in ["short", "a body much longer than the artifact should ever be, by far"] {
+            let server = server("200 OK", body).await;
+            let client = ApiClient::new(&server.url, &server.pin).unwrap();
+            let at = Endpoint::parse(&server.url).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let wanted = Artifact { size: 20, ..artifact(CONTENT, "/var/lib/oasis/x") };
+            let error = client.artifact(&at, "c", &wanted, &dir.path().join("x")).await.unwrap_err();
+            assert!(matches!(error, ArtifactError::WrongSize { expected: 20, .. }), "{error}");
+            assert_holds(dir.path(), &[]);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_artifact_is_the_appliance_refusal() {
+        let server = server("404 Not Found", r#"{"error":"no artifact with that hash"}"#).await;
+        let client = ApiClient::new(&server.url, &server.pin).unwrap();
+        let at = Endpoint::parse(&server.url).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let error = client.artifact(&at, "c", &artifact(CONTENT, "/var/lib/oasis/x"), &dir.path().join("x")).await;
+        assert!(
+            matches!(&error, Err(ArtifactError::Api(ApiError::Refused { status: 404, message })) if message == "no artifact with that hash"),
+            "{error:?}"
+        );
+        assert_holds(dir.path(), &[]);
+    }
+}

@@ -6,8 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use oasis_proto::{MeshConfig, MeshPeer, MeshPeerStatus, ServiceSpec, ServiceStatus};
+
 use super::*;
 use crate::link::LinkError;
+use crate::mesh::{MeshError, MeshReport};
 
 #[derive(Debug, Clone)]
 enum Call {
@@ -98,6 +101,68 @@ impl Link for Arc<FakeLink> {
     }
 }
 
+/// Records what it was told, in one list with the services' calls, so the order shows.
+#[derive(Default)]
+struct FakeMesh {
+    calls: Arc<Mutex<Vec<String>>>,
+    failures_left: Mutex<u32>,
+}
+
+impl Mesh for Arc<FakeMesh> {
+    async fn apply(&self, config: Option<&MeshConfig>) -> Result<(), MeshError> {
+        self.calls.lock().unwrap().push(format!("mesh {:?}", config.map(|c| c.peers.len())));
+        let mut failures = self.failures_left.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            return Err(MeshError::BadPrefix(40));
+        }
+        Ok(())
+    }
+
+    async fn report(&self) -> MeshReport {
+        MeshReport {
+            endpoint: Some("10.0.0.23:51821".parse().unwrap()),
+            peers: vec![
+                MeshPeerStatus { key: "peer-a".into(), handshake_age_secs: Some(4) },
+                MeshPeerStatus { key: "peer-b".into(), handshake_age_secs: None },
+            ],
+        }
+    }
+}
+
+#[derive(Default)]
+struct FakeServices {
+    calls: Arc<Mutex<Vec<String>>>,
+    access: Mutex<Option<Access>>,
+    listed: Mutex<Vec<ServiceSpec>>,
+}
+
+impl Services for Arc<FakeServices> {
+    fn set_access(&self, access: Access) {
+        *self.access.lock().unwrap() = Some(access);
+    }
+
+    fn apply(&self, specs: &[ServiceSpec]) {
+        self.calls.lock().unwrap().push(format!("services {}", specs.len()));
+        *self.listed.lock().unwrap() = specs.to_vec();
+    }
+
+    fn status(&self) -> Vec<ServiceStatus> {
+        let listed = self.listed.lock().unwrap();
+        listed
+            .iter()
+            .map(|s| ServiceStatus {
+                name: s.name.clone(),
+                generation: s.generation,
+                state: ServiceState::Running,
+                restarts: 1,
+                message: None,
+                volatile_data: true,
+            })
+            .collect()
+    }
+}
+
 #[derive(Default)]
 struct FakeClock {
     sleeps: Mutex<Vec<Duration>>,
@@ -128,6 +193,8 @@ impl Console for Arc<FakeConsole> {
 struct Fakes {
     api: Arc<FakeApi>,
     link: Arc<FakeLink>,
+    mesh: Arc<FakeMesh>,
+    services: Arc<FakeServices>,
     clock: Arc<FakeClock>,
     console: Arc<FakeConsole>,
 }
@@ -137,7 +204,15 @@ impl Fakes {
         let api = FakeApi::default();
         *api.registers.lock().unwrap() = registers.into();
         *api.heartbeats.lock().unwrap() = heartbeats.into();
-        Fakes { api: Arc::new(api), link: Arc::default(), clock: Arc::default(), console: Arc::default() }
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        Fakes {
+            api: Arc::new(api),
+            link: Arc::default(),
+            mesh: Arc::new(FakeMesh { calls: calls.clone(), ..FakeMesh::default() }),
+            services: Arc::new(FakeServices { calls, ..FakeServices::default() }),
+            clock: Arc::default(),
+            console: Arc::default(),
+        }
     }
 
     /// Runs a session until a script runs out.
@@ -151,6 +226,7 @@ impl Fakes {
         let session = Session::new(
             self.api.clone(),
             self.link.clone(),
+            Cluster { mesh: self.mesh.clone(), services: self.services.clone() },
             self.clock.clone(),
             self.console.clone(),
             identity,
@@ -341,6 +417,86 @@ async fn desired_state_revisions_are_reported_in_heartbeats() {
         .collect();
     assert_eq!(watches, vec![0, 0, 4]);
     assert!(fakes.sleeps().contains(&WATCH_RETRY_DELAY), "a failed watch pauses before the next");
+}
+
+fn cluster_state(revision: u64) -> DesiredState {
+    DesiredState {
+        revision,
+        role: Role::ControlPlane,
+        cluster: Some("rack".into()),
+        mesh: Some(MeshConfig {
+            address: "10.98.0.5".parse().unwrap(),
+            prefix_len: 16,
+            keepalive_secs: 25,
+            peers: vec![MeshPeer {
+                machine_id: "m-2".into(),
+                key: "peer-a".into(),
+                endpoint: "10.0.0.24:51821".parse().unwrap(),
+                address: "10.98.0.6".parse().unwrap(),
+            }],
+        }),
+        services: vec![ServiceSpec {
+            name: "etcd".into(),
+            generation: 3,
+            artifacts: vec![],
+            files: vec![],
+            data_dirs: vec![],
+            args: vec![],
+            env: vec![],
+            run: true,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn desired_state_is_applied_mesh_first_and_reported_in_heartbeats() {
+    let fakes = Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(()), Ok(())]);
+    *fakes.api.desired.lock().unwrap() = vec![Ok(cluster_state(4))].into();
+    fakes.run().await;
+    assert_eq!(*fakes.mesh.calls.lock().unwrap(), ["mesh Some(1)", "services 1"]);
+    let access = fakes.services.access.lock().unwrap().clone().unwrap();
+    assert_eq!(access, Access { appliance: Ipv4Addr::new(10, 99, 0, 1), credential: "cred".into() });
+
+    let heartbeat = fakes.api.heartbeats()[0].2.clone();
+    assert_eq!(heartbeat.applied_revision, 4);
+    assert_eq!(heartbeat.mesh_endpoint, Some("10.0.0.23:51821".parse().unwrap()));
+    assert_eq!(heartbeat.mesh.len(), 2);
+    assert_eq!(heartbeat.services.len(), 1);
+    assert_eq!((heartbeat.services[0].name.as_str(), heartbeat.services[0].generation), ("etcd", 3));
+    assert_eq!(heartbeat.last_error, None);
+    let console = fakes.console();
+    assert!(
+        console.contains("role       control-plane\nmesh       1/2 peers up\nservice    etcd running (restarts 1)\n"),
+        "{console}"
+    );
+}
+
+#[tokio::test]
+async fn a_mesh_that_fails_is_reported_and_retried_and_the_session_goes_on() {
+    let fakes =
+        Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(()), Ok(()), Ok(())]);
+    *fakes.mesh.failures_left.lock().unwrap() = 2;
+    *fakes.api.desired.lock().unwrap() = vec![Ok(cluster_state(4))].into();
+    fakes.run().await;
+    // Tried on arrival and at the first heartbeat; the services wait for the mesh.
+    assert_eq!(*fakes.mesh.calls.lock().unwrap(), ["mesh Some(1)", "mesh Some(1)", "mesh Some(1)", "services 1"]);
+    let heartbeats: Vec<Heartbeat> = fakes.api.heartbeats().into_iter().map(|h| h.2).collect();
+    assert_eq!(heartbeats[0].applied_revision, 0);
+    assert!(heartbeats[0].last_error.as_deref().unwrap().contains("invalid mesh prefix length /40"));
+    assert_eq!(heartbeats[1].applied_revision, 4);
+    assert_eq!(heartbeats[1].last_error, None);
+    assert_eq!(fakes.api.registrations().len(), 1, "a failed apply never costs the link");
+    let watches = fakes.api.calls.lock().unwrap().iter().filter(|c| matches!(c, Call::Desired(_))).count();
+    assert_eq!(watches, 2, "the watch moves on while the apply is retried");
+    assert!(fakes.console().contains("last error the appliance sent an invalid mesh prefix length /40"));
+}
+
+#[tokio::test]
+async fn the_same_revision_is_applied_once() {
+    let fakes = Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(()), Ok(())]);
+    *fakes.api.desired.lock().unwrap() = vec![Ok(cluster_state(4)), Ok(cluster_state(4))].into();
+    fakes.run().await;
+    assert_eq!(*fakes.mesh.calls.lock().unwrap(), ["mesh Some(1)", "services 1"]);
 }
 
 #[test]
