@@ -415,6 +415,9 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
             s.state = "linked".into();
             s.handshake_age = self.link.handshake_age();
         });
+        // The next heartbeat is due at a fixed time, not a fresh interval after whatever else
+        // happened: desired states arriving every second must not starve the heartbeats.
+        let mut next_beat = clock.uptime() + heartbeat_every;
         loop {
             tokio::select! {
                 biased;
@@ -443,7 +446,8 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                     };
                     watch = Box::pin(watch_desired(api, clock, appliance, credential, self.applied.seen_revision, failed));
                 }
-                () = clock.sleep(heartbeat_every) => {
+                () = clock.sleep(next_beat.saturating_sub(clock.uptime())) => {
+                    next_beat = clock.uptime() + heartbeat_every;
                     let retried = self.applied.pending.is_some();
                     let role = cluster.apply(&mut self.applied).await;
                     let mesh = cluster.mesh.report().await;

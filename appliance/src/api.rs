@@ -55,12 +55,19 @@ pub struct Api {
 #[derive(Debug, Default)]
 pub struct Published {
     pub revision: u64,
-    pub states: BTreeMap<String, DesiredState>,
+    /// Each machine's state with the WireGuard key (the boot) it was computed for.
+    pub states: BTreeMap<String, (String, DesiredState)>,
 }
 
 impl Published {
-    fn state_of(&self, id: &str) -> DesiredState {
-        let state = self.states.get(id).cloned().unwrap_or_default();
+    /// The state for a machine in its current boot. A state computed for an earlier boot (the
+    /// machine rebooted since the controller's last tick) is not served: it may start etcd as a
+    /// member whose data this boot does not have. The machine gets nothing until the next tick.
+    fn state_of(&self, id: &str, key: &str) -> DesiredState {
+        let state = match self.states.get(id) {
+            Some((computed_for, state)) if computed_for == key => state.clone(),
+            _ => DesiredState::default(),
+        };
         DesiredState { revision: self.revision, ..state }
     }
 }
@@ -177,12 +184,13 @@ fn sync_peer(api: &Api, record: &MachineRecord, old_key: Option<&str>) {
     }
 }
 
-/// The machine a request comes from, by its credential and source address.
-async fn agent(api: &Api, headers: &HeaderMap, from: SocketAddr) -> Result<String, Refusal> {
+/// The machine a request comes from (its id and current WireGuard key), by its credential and
+/// source address.
+async fn agent(api: &Api, headers: &HeaderMap, from: SocketAddr) -> Result<(String, String), Refusal> {
     let credential = bearer(headers).ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "no credential"))?;
     let registry = api.registry.lock().await;
     match registry.authenticate(credential, source_v4(from)) {
-        Ok(record) => Ok(record.id.clone()),
+        Ok(record) => Ok((record.id.clone(), record.wireguard_key.clone())),
         Err(why @ AuthError::OutsideLink) => Err(refuse(StatusCode::FORBIDDEN, why.to_string())),
         Err(why) => Err(refuse(StatusCode::UNAUTHORIZED, why.to_string())),
     }
@@ -194,10 +202,10 @@ async fn heartbeat(
     headers: HeaderMap,
     body: Result<Json<Heartbeat>, JsonRejection>,
 ) -> Result<Json<DesiredState>, Refusal> {
-    let id = agent(&api, &headers, from).await?;
+    let (id, key) = agent(&api, &headers, from).await?;
     let Json(beat) = body?;
     api.registry.lock().await.record_heartbeat(&id, beat, now());
-    let state = api.desired.borrow().state_of(&id);
+    let state = api.desired.borrow().state_of(&id, &key);
     Ok(Json(state))
 }
 
@@ -213,10 +221,10 @@ async fn desired(
     headers: HeaderMap,
     Query(q): Query<After>,
 ) -> Result<Json<DesiredState>, Refusal> {
-    let id = agent(&api, &headers, from).await?;
+    let (id, key) = agent(&api, &headers, from).await?;
     let mut rx = api.desired.subscribe();
     let _ = tokio::time::timeout(Duration::from_secs(WATCH_SECS), rx.wait_for(|d| d.revision > q.after)).await;
-    let state = rx.borrow().state_of(&id);
+    let state = rx.borrow().state_of(&id, &key);
     Ok(Json(state))
 }
 

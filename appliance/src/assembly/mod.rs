@@ -38,6 +38,10 @@ use status::{ClusterStatus, MachineRole, MemberView, MeshPair};
 
 /// Time between two reconcile ticks.
 const TICK: Duration = Duration::from_secs(1);
+/// After the appliance starts, how much longer than `dead_after` a machine not heard from yet is
+/// still taken for alive: agents find a restarted appliance again within about 16 s (WireGuard
+/// re-handshakes, or the agent registers again after three failed heartbeats).
+const RECONNECT_GRACE_SECS: u64 = 30;
 /// A mesh handshake older than this does not prove the path (WireGuard renews every 2 minutes
 /// while traffic or keepalives flow).
 const MESH_FRESH_SECS: u64 = 180;
@@ -184,7 +188,7 @@ impl Controller {
         let dead_after = self.settings.dead_after.as_secs();
         match &s.heartbeat {
             Some(h) => now.saturating_sub(h.at) <= dead_after,
-            None => now.saturating_sub(self.started_at) <= dead_after,
+            None => now.saturating_sub(self.started_at) <= dead_after + RECONNECT_GRACE_SECS,
         }
     }
 
@@ -508,7 +512,12 @@ impl Controller {
                 changed
             });
         }
-        let states = desired::desired_states(&self.settings.name, &placed, &self.mesh, &services);
+        let keys: HashMap<&str, &str> = placed.iter().map(|p| (p.id.as_str(), p.key.as_str())).collect();
+        let states: BTreeMap<String, (String, oasis_proto::DesiredState)> =
+            desired::desired_states(&self.settings.name, &placed, &self.mesh, &services)
+                .into_iter()
+                .map(|(id, state)| (id.clone(), (keys[id.as_str()].to_string(), state)))
+                .collect();
         let changed = self.api.desired.borrow().states != states;
         if changed {
             let revision = self.api.desired.borrow().revision + 1;
