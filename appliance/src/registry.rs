@@ -435,8 +435,12 @@ impl Registry {
         Ok((record, happenings.remove(0)))
     }
 
-    /// Stores a committed record.
+    /// Stores a committed record. A new WireGuard key is a new boot: the last heartbeat, which
+    /// described the previous boot (its services, its mesh), is forgotten.
     pub fn apply(&mut self, record: MachineRecord) {
+        if self.records.get(&record.id).is_some_and(|old| old.wireguard_key != record.wireguard_key) {
+            self.heartbeats.remove(&record.id);
+        }
         self.records.insert(record.id.clone(), record);
     }
 
@@ -592,6 +596,17 @@ mod tests {
         let mut by_mac = request("6F1B2C3D-0000-4000-8000-00000000000C", "52:54:00:00:00:09", 3, "1");
         by_mac.inventory.system.serial = None;
         assert_eq!(register(&mut reg, &by_mac).unwrap().0.state, MachineState::Accepted);
+    }
+
+    #[test]
+    fn a_reboot_forgets_the_previous_boots_heartbeat() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        let (resp, _) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
+        reg.record_heartbeat(&resp.machine_id, Heartbeat::default(), 10);
+        register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "2")).unwrap();
+        assert!(reg.heartbeat_of(&resp.machine_id).is_some(), "registering again in the same boot keeps it");
+        register(&mut reg, &request(UUID, "52:54:00:00:00:01", 2, "3")).unwrap();
+        assert!(reg.heartbeat_of(&resp.machine_id).is_none());
     }
 
     #[test]

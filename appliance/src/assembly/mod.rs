@@ -184,12 +184,16 @@ impl Controller {
         self.mesh.address_of(s.record.overlay.expect("accepted machines have an overlay address"))
     }
 
+    /// Heard from within `dead_after`: a heartbeat, or a registration (a machine that just booted
+    /// again registers before its first heartbeat, and the last heartbeat of its previous boot
+    /// says nothing about this one).
     fn alive(&self, s: &Seen, now: u64) -> bool {
         let dead_after = self.settings.dead_after.as_secs();
-        match &s.heartbeat {
-            Some(h) => now.saturating_sub(h.at) <= dead_after,
-            None => now.saturating_sub(self.started_at) <= dead_after + RECONNECT_GRACE_SECS,
+        let heard = s.heartbeat.as_ref().map_or(0, |h| h.at).max(s.record.last_registered);
+        if now.saturating_sub(heard) <= dead_after {
+            return true;
         }
+        s.heartbeat.is_none() && now.saturating_sub(self.started_at) <= dead_after + RECONNECT_GRACE_SECS
     }
 
     fn nodes(&self, seen: &[Seen], now: u64) -> Vec<Node> {
