@@ -143,7 +143,12 @@ impl Appliance {
         let mut all = args.to_vec();
         all.extend(["--data-dir", self.data_dir.to_str().unwrap()]);
         let out = oasis(&all);
-        assert!(out.status.success(), "oasis {all:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "oasis {all:?} failed: {}\n--- oasis serve's log ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            crate::tail(&self.log(), 40)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
