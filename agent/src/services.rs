@@ -264,7 +264,10 @@ impl<F: Fetcher, L: Launcher> Services for Supervisor<F, L> {
                 state: ServiceState::Fetching,
                 restarts: 0,
                 message: None,
-                volatile_data: false,
+                // Where the agent keeps everything: on a netboot root, memory. The appliance
+                // needs this before the first data directory exists (a member that rebooted has
+                // lost its data whether or not it runs yet).
+                volatile_data: files::is_volatile(&self.shared.root),
             }));
             let (wanted, receiver) = watch::channel(Wanted::Run((*spec).clone()));
             let run = ServiceRun {
@@ -528,14 +531,14 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
             // The contents may be secrets (TLS keys): only the path is ever logged.
             files::write(&self.path(&file.path), file.contents.as_bytes(), file.mode)?;
         }
-        let mut volatile = false;
+        let mut volatile = files::is_volatile(&self.shared.root);
         for dir in &spec.data_dirs {
             let path = self.path(dir);
             files::create_dir(&path)?;
             volatile |= files::is_volatile(&path);
         }
         self.status.lock().unwrap_or_else(|e| e.into_inner()).volatile_data = volatile;
-        if volatile {
+        if volatile && !spec.data_dirs.is_empty() {
             tracing::warn!(service = %self.name, "its data is on volatile memory and is lost when the machine powers off");
         }
         Ok(())
