@@ -309,11 +309,7 @@ impl Controller {
             planner::plan(&settings, &nodes, &assembly, members.as_deref(), settled)
         };
         self.execute(&step, &mut assembly, &seen, &observation, now).await?;
-        let progress = match &step {
-            Step::Wait(why) => format!("waiting for {why}"),
-            Step::Settled => "assembled".to_string(),
-            other => format!("{other:?}"),
-        };
+        let progress = step.to_string();
         if progress != self.last_progress {
             tracing::info!(cluster = %self.settings.name, "assembly: {progress}");
             self.last_progress = progress.clone();

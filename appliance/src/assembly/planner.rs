@@ -154,6 +154,28 @@ pub enum Step {
     },
 }
 
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Wait(what) => write!(f, "waiting for {what}"),
+            Step::Settled => f.write_str("assembled"),
+            Step::SetRoles(changes) => {
+                let list: Vec<String> = changes.iter().map(|(id, role, _)| format!("{id} {role}")).collect();
+                write!(f, "roles: {}", list.join(", "))
+            }
+            Step::PassOver { machine, reason } => write!(f, "passing over {machine}: {reason}"),
+            Step::Bootstrap { machine } => write!(f, "starting a new etcd cluster on {machine}"),
+            Step::MarkFormed => f.write_str("etcd answers"),
+            Step::AddLearner { machine, .. } => write!(f, "adding {machine} to etcd as a learner"),
+            Step::Start { machine, .. } => write!(f, "starting etcd on {machine} to join"),
+            Step::Promote { machine, .. } => write!(f, "promoting {machine} to voter"),
+            Step::Remove { member_id, reason, .. } => write!(f, "removing etcd member {member_id:x}: {reason}"),
+            Step::Forget { machine } => write!(f, "forgetting the etcd plan of {machine}"),
+            Step::Reset { reason } => f.write_str(reason),
+        }
+    }
+}
+
 /// Votes needed for a decision among `voters`.
 pub fn quorum(voters: usize) -> usize {
     voters / 2 + 1
@@ -196,7 +218,7 @@ pub fn plan(
             ));
         }
         if !settled {
-            return Step::Wait("machines are still arriving (settle time)".into());
+            return Step::Wait("the settle time to pass: machines are still arriving".into());
         }
     }
 
@@ -261,7 +283,7 @@ pub fn plan(
     let Some(_token) = &assembly.token else {
         let first = nodes.iter().find(|n| control.contains(&n.id.as_str()));
         return match first {
-            None => Step::Wait("no machine for the control plane".into()),
+            None => Step::Wait("a machine for the control plane".into()),
             Some(n) if n.alive && n.etcd_ready => Step::Bootstrap { machine: n.id.clone() },
             Some(n) => Step::Wait(format!("etcd to be ready on {}", n.id)),
         };
@@ -286,7 +308,7 @@ pub fn plan(
             return Step::Reset { reason: "no etcd member is planned".into() };
         }
         return Step::Wait(if assembly.formed {
-            "no etcd member answers".into()
+            "an etcd member to answer".into()
         } else {
             "etcd to start on the bootstrap member".into()
         });
@@ -361,8 +383,8 @@ pub fn plan(
 
     if !has_quorum {
         return Step::Wait(format!(
-            "quorum lost: {healthy_voters} of {} voters healthy; members that lost their data cannot return, \
-             and etcd needs a disaster recovery (--force-new-cluster on a survivor) if they do not",
+            "quorum, lost with {healthy_voters} of {} voters healthy: members that lost their data cannot \
+             return, and etcd needs a disaster recovery (--force-new-cluster on a survivor) if they do not",
             voters.len()
         ));
     }
@@ -419,12 +441,15 @@ pub fn plan(
             return Step::Wait(format!("a mesh handshake between {} and {missing}", c.id));
         }
         if !has_quorum {
-            return Step::Wait(format!("quorum: {healthy_voters} of {} voters healthy", voters.len()));
+            return Step::Wait(format!("quorum to add a member: {healthy_voters} of {} voters healthy", voters.len()));
         }
         return Step::AddLearner { machine: c.id.clone(), peer_url: c.peer_url.clone() };
     }
     if healthy_voters < voters.len() {
-        return Step::Wait(format!("degraded: {healthy_voters} of {} voters healthy", voters.len()));
+        return Step::Wait(format!(
+            "the voters that are down (degraded: {healthy_voters} of {} voters healthy)",
+            voters.len()
+        ));
     }
     Step::Settled
 }
