@@ -22,7 +22,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn join_times(events: &[Value]) -> Vec<f64> {
     let mut added = std::collections::HashMap::new();
     let mut times = Vec::new();
-    for e in events.iter().rev() {
+    let mut in_order: Vec<&Value> = events.iter().collect();
+    in_order.sort_by_key(|e| e["seq"].as_u64());
+    for e in in_order {
         let msg = e["message"].as_str().unwrap_or("");
         let at = e["at"].as_u64().unwrap_or(0);
         let machine = msg.split_whitespace().next().unwrap_or("").to_string();

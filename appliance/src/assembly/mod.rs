@@ -315,7 +315,7 @@ impl Controller {
             self.last_progress = progress.clone();
         }
         self.publish(&seen, &assembly).await?;
-        self.publish_status(&seen, &nodes, &assembly, &observation, members.as_deref(), &step, progress, now);
+        self.publish_status(&seen, &nodes, &assembly, &observation, members.as_deref(), &step, progress);
         Ok(())
     }
 
@@ -448,18 +448,16 @@ impl Controller {
     async fn member_tls(&self, s: &Seen) -> Result<MemberTls, String> {
         let name = format!("etcd-member/{}", s.record.id);
         let stored = self.api.store.secret(&name).map_err(|e| e.to_string())?;
-        let (cert, key) = match stored.and_then(|v| String::from_utf8(v).ok()).and_then(|v| {
-            let (c, k) = v.split_once("\n--key--\n")?;
-            Some((c.to_string(), k.to_string()))
-        }) {
-            Some(pair) => pair,
+        let (cert, key): (String, String) = match stored {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("secret {name} is damaged: {e}"))?,
             None => {
                 let overlay = s.record.overlay.expect("accepted");
                 let ips = [IpAddr::V4(self.mesh_ip(s)), IpAddr::V4(overlay)];
                 let issued = self.ca.issue(&s.record.id, &ips).map_err(|e| e.to_string())?;
-                let value = format!("{}\n--key--\n{}", issued.cert_pem, issued.key_pem);
-                self.api.store.save_secret(name, value.into_bytes()).await.map_err(|e| e.to_string())?;
-                (issued.cert_pem, issued.key_pem)
+                let pair = (issued.cert_pem, issued.key_pem);
+                let bytes = serde_json::to_vec(&pair).map_err(|e| e.to_string())?;
+                self.api.store.save_secret(name, bytes).await.map_err(|e| e.to_string())?;
+                pair
             }
         };
         Ok(MemberTls { ca: self.ca.ca_pem().to_string(), cert, key })
@@ -536,7 +534,6 @@ impl Controller {
         members: Option<&[Member]>,
         step: &Step,
         progress: String,
-        now: u64,
     ) {
         let machine_of_peer = |url: &str| nodes.iter().find(|n| n.peer_url == url).map(|n| n.id.clone());
         let status_of = |id: u64| observation.status.values().find(|s| s.member_id == id);
@@ -560,11 +557,7 @@ impl Controller {
         let voters = members.iter().filter(|m| !m.learner).count();
         let healthy = members.iter().filter(|m| !m.learner && m.healthy).count();
         let pool = nodes.iter().filter(|n| n.alive || assembly.members.contains_key(&n.id)).count();
-        let target = match self.settings.control_plane.min(pool) {
-            0 => 0,
-            n if n % 2 == 0 => n - 1,
-            n => n,
-        };
+        let target = planner::places(self.settings.control_plane, pool);
         let health = if assembly.roles.is_empty() {
             "waiting"
         } else if voters == 0 {
@@ -631,7 +624,6 @@ impl Controller {
                 }),
             })
             .collect();
-        let _ = now;
         let kubernetes = match &self.kubernetes {
             None => "not bundled".to_string(),
             Some(_) if assembly.assembled_at.is_none() => "k3s bundled: starts once etcd is assembled".to_string(),

@@ -181,6 +181,12 @@ pub fn quorum(voters: usize) -> usize {
     voters / 2 + 1
 }
 
+/// Control-plane places for a pool of machines that can serve: the largest odd number no
+/// greater than both the configured count and the pool.
+pub fn places(control_plane: usize, pool: usize) -> usize {
+    odd_floor(control_plane.min(pool))
+}
+
 /// The largest odd number no greater than `n` (0 for 0).
 fn odd_floor(n: usize) -> usize {
     if n == 0 {
@@ -190,10 +196,6 @@ fn odd_floor(n: usize) -> usize {
     } else {
         n - 1
     }
-}
-
-fn member_name(machine: &str) -> &str {
-    machine
 }
 
 /// The next step. `nodes` are the accepted machines in choice order; `members` is `None` when no
@@ -231,7 +233,7 @@ pub fn plan(
         .collect();
     let passed_over = |n: &Node| assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot);
     let pool = nodes.iter().filter(|n| member_machines.contains(n.id.as_str()) || (n.alive && !passed_over(n))).count();
-    let k = odd_floor(settings.control_plane.min(pool));
+    let k = places(settings.control_plane, pool);
 
     // Roles: members stay control plane; open places go to alive machines in order.
     let mut control: Vec<&str> =
@@ -367,7 +369,7 @@ pub fn plan(
         if plan.is_none() {
             let mut cluster: Vec<String> = observed
                 .iter()
-                .map(|m| format!("{}={}", member_name(&machine_of(m).expect("strays handled above")), m.peer_url))
+                .map(|m| format!("{}={}", machine_of(m).expect("strays handled above"), m.peer_url))
                 .collect();
             cluster.sort();
             return Step::Start { machine, initial_cluster: cluster.join(",") };
