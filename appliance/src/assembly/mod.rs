@@ -308,8 +308,16 @@ impl Controller {
         } else {
             planner::plan(&settings, &nodes, &assembly, members.as_deref(), settled)
         };
-        self.execute(&step, &mut assembly, &seen, &observation, now).await?;
-        let progress = step.to_string();
+        // A failed step is tried again next tick; the machines still get their desired states.
+        let failed = self.execute(&step, &mut assembly, &seen, &observation, now).await.err();
+        if failed.is_some() {
+            // What was changed in memory may not be committed: publish only what the store holds.
+            assembly = self.api.store.assembly().map_err(|e| e.to_string())?;
+        }
+        let progress = match &failed {
+            Some(e) => format!("{step} failed (retrying): {e}"),
+            None => step.to_string(),
+        };
         if progress != self.last_progress {
             tracing::info!(cluster = %self.settings.name, "assembly: {progress}");
             self.last_progress = progress.clone();
