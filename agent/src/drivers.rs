@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 
 /// The module for the management link.
 pub const WIREGUARD: &str = "wireguard";
+/// The filesystem of the data disk (ext4's driver also mounts the ext2 busybox makes), after
+/// the crc32c implementation ext4 asks the crypto API for (a soft dependency: without it every
+/// ext4 mount fails with ENOENT).
+pub const FILESYSTEM: &[&str] = &["crc32c_generic", "ext4"];
 /// Buses whose devices get drivers.
 pub const BUSES: &[&str] = &["pci", "virtio"];
 
@@ -305,6 +309,13 @@ pub fn load_drivers(sys: &Path, index: &ModuleIndex, loader: &mut impl ModuleLoa
             let e = error_chain(&e);
             tracing::warn!("{e}; the management link will need a userspace WireGuard");
             report.failed.push(format!("{WIREGUARD}: {e}"));
+        }
+    }
+    for module in FILESYSTEM.iter().filter(|m| index.load_order(m).is_ok()) {
+        if let Err(e) = load_with_dependencies(index, module, loader, &mut loaded) {
+            let e = error_chain(&e);
+            tracing::warn!("{e}; a data disk cannot be used");
+            report.failed.push(format!("{module}: {e}"));
         }
     }
     report

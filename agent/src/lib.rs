@@ -10,6 +10,7 @@
 pub mod boot;
 pub mod client;
 pub mod dhcp;
+pub mod disk;
 pub mod drivers;
 pub mod inventory;
 pub mod link;
@@ -84,6 +85,7 @@ pub async fn run(args: KernelArgs, boot: BootInfo, roots: Roots) -> ! {
     let cluster = Cluster {
         mesh: WireGuardMesh::new(link.private_key(), &boot.interface),
         services: Supervisor::new("/".into(), client.clone(), Spawner),
+        disks: std::sync::Arc::new(disk::LocalDisks::default()),
     };
     let console = ConsoleFile(console.to_path_buf());
     Session::new(client, link, cluster, SystemClock::default(), console, identity, boot.describe()).run().await

@@ -169,11 +169,17 @@ enum LinkLost {
     CredentialRefused,
 }
 
-/// What makes a machine part of the cluster: its mesh and its services.
-#[derive(Debug)]
+/// What makes a machine part of the cluster: its mesh, its services and its data disk.
 pub struct Cluster<M, V> {
     pub mesh: M,
     pub services: V,
+    pub disks: std::sync::Arc<dyn crate::disk::DataDisks>,
+}
+
+impl<M: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Cluster<M, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("mesh", &self.mesh).field("services", &self.services).finish_non_exhaustive()
+    }
 }
 
 /// Where applying desired state stands.
@@ -203,7 +209,8 @@ impl std::fmt::Debug for Applied {
 
 impl<M: Mesh, V: Services> Cluster<M, V> {
     /// Applies the pending desired state, if there is one: the mesh first (the services may need
-    /// it), then the services, which go on in the background. Returns the role applied.
+    /// it), then the data disk (their data may live on it), then the services, which go on in the
+    /// background. Returns the role applied.
     async fn apply(&self, applied: &mut Applied) -> Option<Role> {
         let desired = applied.pending.as_ref()?;
         if let Err(error) = self.mesh.apply(desired.mesh.as_ref()).await {
@@ -214,6 +221,7 @@ impl<M: Mesh, V: Services> Cluster<M, V> {
             applied.error = Some(error.to_string());
             return None;
         }
+        self.disks.apply(desired.data_disk.as_ref());
         self.services.apply(&desired.services);
         tracing::info!(
             "applied desired state {}: role {}, {} mesh peers, services [{}]",
@@ -472,6 +480,7 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                         mesh_endpoint: mesh.endpoint,
                         mesh: mesh.peers,
                         services,
+                        data_disk: cluster.disks.status(),
                     };
                     let result = api.heartbeat(appliance, credential, &heartbeat).await;
                     let handshake_age = self.link.handshake_age();

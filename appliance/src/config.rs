@@ -279,6 +279,19 @@ pub struct RawCluster {
     pub mesh_prefix: String,
     pub mesh_keepalive: u16,
     pub dead_after_secs: u64,
+    pub data_disk: DataDiskPolicy,
+}
+
+/// Which local disk control-plane machines keep etcd's data on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataDiskPolicy {
+    /// The largest disk, if it is blank or already oasis's (never another's data).
+    Blank,
+    /// The largest disk, formatted whatever it holds.
+    Wipe,
+    /// None: data in memory.
+    Off,
 }
 
 impl Default for RawCluster {
@@ -292,6 +305,7 @@ impl Default for RawCluster {
             mesh_prefix: "10.98.0.0/16".into(),
             mesh_keepalive: 15,
             dead_after_secs: 30,
+            data_disk: DataDiskPolicy::Blank,
         }
     }
 }
@@ -309,6 +323,7 @@ pub struct ClusterSettings {
     pub mesh_prefix_len: u8,
     pub mesh_keepalive: u16,
     pub dead_after: Duration,
+    pub data_disk: DataDiskPolicy,
 }
 
 /// A prefix `ADDRESS/LEN` (length 8 to 30): its network address and length.
@@ -630,6 +645,7 @@ impl Config {
             mesh_prefix_len: mesh.1,
             mesh_keepalive: c.mesh_keepalive,
             dead_after: Duration::from_secs(c.dead_after_secs),
+            data_disk: c.data_disk,
         };
         let wireguard = WireguardSettings {
             interface: w.interface.clone(),

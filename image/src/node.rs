@@ -35,14 +35,30 @@ use crate::manifest::{copy_atomic, write_atomic_with, Manifest, ManifestError};
 use crate::payload::{BUSYBOX_PACKAGE, INITRD, KERNEL, KERNEL_METAPACKAGE};
 
 /// The kernel modules the node image carries (dependencies are added): NIC drivers for the
-/// hardware racks have, the virtio transport, and WireGuard for the management link.
-pub const MODULES: &[&str] =
-    &["virtio_pci", "virtio_net", "e1000", "e1000e", "igb", "ixgbe", "i40e", "mlx5_core", "wireguard"];
+/// hardware racks have, the virtio transport, WireGuard for the management link and the mesh,
+/// and disk drivers with ext4 for the data disk.
+pub const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "e1000",
+    "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "mlx5_core",
+    "wireguard",
+    "virtio_blk",
+    "ahci",
+    "nvme",
+    "sd_mod",
+    "crc32c_generic",
+    "ext4",
+];
 
 /// busybox applets in `/bin`.
 pub const APPLETS: &[&str] = &[
-    "cat", "dmesg", "echo", "ip", "ls", "mkdir", "mount", "poweroff", "ps", "reboot", "sh", "sleep", "sync", "udhcpc",
-    "umount", "uname",
+    "cat", "dmesg", "echo", "ip", "ls", "mkdir", "mke2fs", "mount", "poweroff", "ps", "reboot", "sh", "sleep", "sync",
+    "udhcpc", "umount", "uname",
 ];
 
 /// Where the agent lives in the image.

@@ -42,6 +42,10 @@ pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
 /// Everything the appliance tells an agent to write or fetch lives under this directory.
 pub const NODE_STATE_DIR: &str = "/var/lib/oasis";
+/// Where a node mounts its data disk ([`DataDisk`]); service data there survives a power cycle.
+pub const DATA_DISK_MOUNT: &str = "/var/lib/oasis/disk";
+/// The label of the filesystem oasis makes on a data disk, and looks for on later boots.
+pub const DATA_DISK_LABEL: &str = "oasis-data";
 
 pub const REGISTER_PATH: &str = "/v1/register";
 pub const HEARTBEAT_PATH: &str = "/v1/agent/heartbeat";
@@ -252,6 +256,20 @@ pub struct Heartbeat {
     /// Every service the desired state asked for.
     #[serde(default)]
     pub services: Vec<ServiceStatus>,
+    /// The data disk the desired state asked for.
+    #[serde(default)]
+    pub data_disk: Option<DataDiskStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDiskStatus {
+    pub device: String,
+    /// Mounted at [`DATA_DISK_MOUNT`].
+    pub mounted: bool,
+    /// This boot made the filesystem (the disk was blank, or wiping was allowed).
+    pub formatted: bool,
+    /// For people: why it is not mounted.
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +325,19 @@ pub struct DesiredState {
     /// its files removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceSpec>,
+    /// A local disk for service data, mounted at [`DATA_DISK_MOUNT`] before services start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disk: Option<DataDisk>,
+}
+
+/// A disk the agent makes into its data disk: it mounts one that already has the
+/// [`DATA_DISK_LABEL`] filesystem, formats a blank one, and formats one holding anything else only
+/// when `wipe` says so (the operator allowed it for accepted machines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDisk {
+    /// Kernel name, e.g. `vda`, `sda`, `nvme0n1`.
+    pub device: String,
+    pub wipe: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -453,7 +484,7 @@ mod tests {
         };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""state":"pending""#), "{json}");
-        let d = DesiredState { revision: 1, role: Role::Unassigned, cluster: None, mesh: None, services: vec![] };
+        let d = DesiredState { revision: 1, ..DesiredState::default() };
         assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"revision":1,"role":"unassigned"}"#);
         let old: DesiredState = serde_json::from_str(r#"{"revision":1,"role":"control-plane"}"#).unwrap();
         assert_eq!(old.role, Role::ControlPlane);

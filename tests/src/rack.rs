@@ -22,6 +22,8 @@ pub struct Rack {
     pub appliance: Appliance,
     append: String,
     machines: Vec<Option<Machine>>,
+    /// Machines with a local disk (a sparse 2 GiB raw image, kept across power cycles).
+    disks: Vec<usize>,
 }
 
 /// Machine `i`'s MAC address.
@@ -38,6 +40,11 @@ impl Rack {
     /// A rack named `name` (the namespace prefix) with `count` machines powered on and `cluster`
     /// appended to the appliance's configuration.
     pub fn new(name: &str, count: usize, cluster: &str) -> Rack {
+        Rack::with_disks(name, count, cluster, &[])
+    }
+
+    /// A rack like [`Rack::new`] where the machines in `disks` have a blank local disk.
+    pub fn with_disks(name: &str, count: usize, cluster: &str, disks: &[usize]) -> Rack {
         let ns = Netns::create(name).unwrap();
         ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
         let work = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().unwrap();
@@ -50,7 +57,15 @@ impl Rack {
         for i in 0..count {
             ns.add_tap(&format!("tap{i}"), "br0").unwrap();
         }
-        let mut rack = Rack { ns, work, config, appliance, append, machines: (0..count).map(|_| None).collect() };
+        let mut rack = Rack {
+            ns,
+            work,
+            config,
+            appliance,
+            append,
+            machines: (0..count).map(|_| None).collect(),
+            disks: disks.to_vec(),
+        };
         for i in 0..count {
             rack.power_on(i);
         }
@@ -67,6 +82,13 @@ impl Rack {
         spec.memory_mb = 512;
         // A serial to order by and a real UUID to be identified by, as a real board has.
         spec.extra_args = vec!["-smbios".into(), format!("type=1,serial=SN-{}", i + 1), "-uuid".into(), uuid(i)];
+        if self.disks.contains(&i) {
+            let disk = self.work.path().join(format!("disk{i}.img"));
+            if !disk.exists() {
+                std::fs::File::create(&disk).unwrap().set_len(2 << 30).unwrap();
+            }
+            spec.extra_args.extend(["-drive".into(), format!("file={},if=virtio,format=raw", disk.display())]);
+        }
         spec.direct_kernel = Some(DirectKernel {
             kernel: self.node().join("vmlinuz"),
             initrd: self.node().join("initrd.img"),

@@ -58,13 +58,26 @@ fn the_rack_assembles_through_a_death_mid_join_a_restart_and_a_power_cycle() {
     );
 }
 
-/// One machine alone is a single-node cluster.
+/// One machine alone is a single-node cluster. Its blank disk is formatted and keeps etcd's
+/// data: powered off and on again, it is the same member with the same data.
 #[test]
-fn one_machine_is_a_single_node_cluster() {
-    let rack = Rack::new("oasis-cl1", 1, "[cluster]\nsettle_secs = 2\n");
+fn one_machine_is_a_single_node_cluster_whose_data_survives_a_power_cycle_on_its_disk() {
+    let mut rack = Rack::with_disks("oasis-cl1", 1, "[cluster]\nsettle_secs = 2\ndead_after_secs = 15\n", &[0]);
     let status = rack.wait(Duration::from_secs(600), "a single healthy member", |s| healthy_with(s, &[0]));
     assert_eq!(status["control_plane_target"], 1);
     assert_eq!(role(&status, 0), "control-plane");
+    assert!(status["machines"][0]["data_disk"].as_str().is_some_and(|d| d.contains("mounted")), "{status:#}");
+    let member = status["members"][0]["id"].clone();
     rack.put("k", "v", 0);
     assert_eq!(rack.get("k", 0), "v");
+
+    rack.power_off(0);
+    rack.wait(Duration::from_secs(300), "the only member down", |s| s["health"] == "quorum lost");
+    rack.power_on(0);
+    let status = rack.wait(Duration::from_secs(600), "healthy again", |s| healthy_with(s, &[0]));
+    assert_eq!(status["members"][0]["id"], member, "the same member, started again from its disk");
+    assert_eq!(rack.get("k", 0), "v");
+    let events = rack.appliance.cli(&["events", "--limit", "500"]);
+    assert_eq!(events.matches("formatted its disk").count(), 1, "formatted once, mounted as it was after:\n{events}");
+    assert!(!events.contains("etcd-removed"), "{events}");
 }

@@ -15,7 +15,7 @@ use crate::mesh::{MeshError, MeshReport};
 #[derive(Debug, Clone)]
 enum Call {
     Register(Box<RegisterRequest>),
-    Heartbeat(Ipv4Addr, String, Heartbeat),
+    Heartbeat(Ipv4Addr, String, Box<Heartbeat>),
     Desired(u64),
 }
 
@@ -45,7 +45,7 @@ impl FakeApi {
         let calls = self.calls.lock().unwrap();
         calls
             .iter()
-            .filter_map(|c| if let Call::Heartbeat(a, c, h) = c { Some((*a, c.clone(), h.clone())) } else { None })
+            .filter_map(|c| if let Call::Heartbeat(a, c, h) = c { Some((*a, c.clone(), (**h).clone())) } else { None })
             .collect()
     }
 }
@@ -61,7 +61,7 @@ impl Api for Arc<FakeApi> {
     }
 
     async fn heartbeat(&self, appliance: Ipv4Addr, credential: &str, heartbeat: &Heartbeat) -> Result<(), ApiError> {
-        self.calls.lock().unwrap().push(Call::Heartbeat(appliance, credential.into(), heartbeat.clone()));
+        self.calls.lock().unwrap().push(Call::Heartbeat(appliance, credential.into(), Box::new(heartbeat.clone())));
         let next = self.heartbeats.lock().unwrap().pop_front();
         match next {
             Some(answer) => answer,
@@ -226,7 +226,11 @@ impl Fakes {
         let session = Session::new(
             self.api.clone(),
             self.link.clone(),
-            Cluster { mesh: self.mesh.clone(), services: self.services.clone() },
+            Cluster {
+                mesh: self.mesh.clone(),
+                services: self.services.clone(),
+                disks: Arc::new(crate::disk::LocalDisks::default()),
+            },
             self.clock.clone(),
             self.console.clone(),
             identity,
@@ -445,6 +449,7 @@ fn cluster_state(revision: u64) -> DesiredState {
             env: vec![],
             run: true,
         }],
+        data_disk: None,
     }
 }
 

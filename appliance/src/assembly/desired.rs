@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use oasis_proto::{
-    Artifact, DesiredState, FileSpec, MeshConfig, MeshPeer, Role, ServiceSpec, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
-    NODE_STATE_DIR,
+    Artifact, DataDisk, DesiredState, FileSpec, MeshConfig, MeshPeer, Role, ServiceSpec, DATA_DISK_MOUNT,
+    ETCD_CLIENT_PORT, ETCD_PEER_PORT, NODE_STATE_DIR,
 };
 
 use sha2::{Digest, Sha256};
@@ -40,6 +40,10 @@ pub struct Placed {
     pub key: String,
     pub overlay: Ipv4Addr,
     pub mesh_endpoint: Option<SocketAddrV4>,
+    /// The disk it is told to use for service data, if any.
+    pub data_disk: Option<DataDisk>,
+    /// Its agent reports that disk mounted: etcd's data goes there and survives a power cycle.
+    pub disk_mounted: bool,
 }
 
 /// A member's TLS material, PEM.
@@ -74,7 +78,8 @@ pub fn etcd_service(
     let mut args = Vec::new();
     let mut data_dirs = Vec::new();
     if let (Some(plan), Some(token)) = (plan, token) {
-        let data_dir = format!("{ETCD_DIR}/member-{}", plan.serial);
+        let data_root = if machine.disk_mounted { format!("{DATA_DISK_MOUNT}/etcd") } else { ETCD_DIR.to_string() };
+        let data_dir = format!("{data_root}/member-{}", plan.serial);
         let initial_cluster = match plan.state {
             InitialState::New => format!("{}={peer_url}", machine.id),
             InitialState::Existing => plan.initial_cluster.clone(),
@@ -177,6 +182,7 @@ pub fn desired_states(
                     cluster: Some(cluster.to_string()),
                     mesh: Some(mesh_config(m, placed, mesh)),
                     services: services.get(&m.id).cloned().unwrap_or_default(),
+                    data_disk: m.data_disk.clone(),
                 }
             };
             (m.id.clone(), state)
@@ -197,6 +203,8 @@ mod tests {
             key: format!("key{n}"),
             overlay: Ipv4Addr::new(10, 99, 0, n),
             mesh_endpoint: Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100 + n), 51821)),
+            data_disk: None,
+            disk_mounted: false,
         }
     }
 
@@ -245,6 +253,9 @@ mod tests {
             assert!(run.args.iter().any(|a| a == want), "{want} missing from {:?}", run.args);
         }
         let again = etcd_service(&m, &MESH, &artifact(), &tls(), Some("rack-1"), Some(&plan));
+        let on_disk = Placed { disk_mounted: true, ..m.clone() };
+        let disk = etcd_service(&on_disk, &MESH, &artifact(), &tls(), Some("rack-1"), Some(&plan));
+        assert_eq!(disk.data_dirs, ["/var/lib/oasis/disk/etcd/member-4"]);
         assert_eq!(again.generation, run.generation, "the same state gives the same generation");
         let key = run.files.iter().find(|f| f.path.ends_with("member-key.pem")).unwrap();
         assert_eq!(key.mode, 0o600);

@@ -142,6 +142,8 @@ mod tests {
             key: format!("k{n}"),
             overlay: Ipv4Addr::new(10, 99, 0, n),
             mesh_endpoint: None,
+            data_disk: None,
+            disk_mounted: false,
         }
     }
 

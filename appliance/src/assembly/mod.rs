@@ -22,11 +22,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use oasis_proto::{Artifact, MachineState, Role, ServiceSpec, ServiceState, ETCD_CLIENT_PORT, ETCD_PEER_PORT};
+use oasis_proto::{
+    Artifact, DataDisk, MachineState, Role, ServiceSpec, ServiceState, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
+};
 use tokio::sync::watch;
 
 use crate::api::{Api, Published};
-use crate::config::ClusterSettings;
+use crate::config::{ClusterSettings, DataDiskPolicy};
 use crate::etcd::{EtcdClient, EtcdError, MemberStatus};
 use crate::k3s::{self, ClientCert};
 use crate::pki::ClusterCa;
@@ -48,6 +50,11 @@ const MESH_FRESH_SECS: u64 = 180;
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Whether the machine's agent reports its data disk mounted (in this boot).
+fn disk_mounted(s: &Seen) -> bool {
+    s.heartbeat.as_ref().and_then(|h| h.heartbeat.data_disk.as_ref()).is_some_and(|d| d.mounted)
 }
 
 /// The state a machine's agent last reported for one of its services.
@@ -96,6 +103,8 @@ pub struct Controller {
     status: watch::Sender<Arc<ClusterStatus>>,
     /// The last step's description, to log changes only.
     last_progress: String,
+    /// Boots (machine, key) whose disk formatting is already an event.
+    formatted: std::collections::HashSet<(String, String)>,
     /// When this controller started: heartbeats are kept in memory only, so until a full
     /// `dead_after` has passed, a machine not heard from yet is not taken for dead.
     started_at: u64,
@@ -148,6 +157,7 @@ impl Controller {
             kubeconfig,
             status,
             last_progress: String::new(),
+            formatted: Default::default(),
             started_at: now(),
         }
     }
@@ -208,8 +218,13 @@ impl Controller {
                     alive: self.alive(s, now),
                     boot: s.record.wireguard_key.clone(),
                     peer_url: format!("https://{}:{ETCD_PEER_PORT}", self.mesh_ip(s)),
-                    etcd_ready: etcd.is_some_and(|e| matches!(e.state, ServiceState::Prepared | ServiceState::Running)),
-                    volatile: etcd.is_none_or(|e| e.volatile_data),
+                    // With a data disk asked for, etcd is ready only once the disk's fate is known:
+                    // the data directory (disk or memory) is fixed when the member is planned.
+                    etcd_ready: etcd.is_some_and(|e| matches!(e.state, ServiceState::Prepared | ServiceState::Running))
+                        && (self.data_disk_for(s, &Assembly::default()).is_none()
+                            || hb.is_some_and(|h| h.data_disk.is_some())),
+                    // Unknown until this boot's first heartbeat: judged then, never before.
+                    volatile: hb.is_some() && !disk_mounted(s),
                     meshed_with: hb
                         .map(|h| {
                             h.mesh
@@ -222,6 +237,17 @@ impl Controller {
                 }
             })
             .collect()
+    }
+
+    /// The disk a control-plane machine keeps etcd's data on: its largest of at least 1 GiB, as
+    /// `[cluster] data_disk` allows. `assembly` gives the roles (the default: as if it were one).
+    fn data_disk_for(&self, s: &Seen, assembly: &Assembly) -> Option<DataDisk> {
+        let role = assembly.roles.get(&s.record.id).copied();
+        if role.is_some() && role != Some(Role::ControlPlane) || self.settings.data_disk == DataDiskPolicy::Off {
+            return None;
+        }
+        let disk = s.record.inventory.disks.iter().filter(|d| d.size_bytes >= 1 << 30).max_by_key(|d| d.size_bytes)?;
+        Some(DataDisk { device: disk.name.clone(), wipe: self.settings.data_disk == DataDiskPolicy::Wipe })
     }
 
     /// Asks every machine that may run etcd for its status, all at once, and one of them for
@@ -286,6 +312,15 @@ impl Controller {
             self.api.store.save_assembly(assembly.clone(), vec![]).await.map_err(|e| e.to_string())?;
         }
 
+        for s in &seen {
+            let disk = s.heartbeat.as_ref().and_then(|h| h.heartbeat.data_disk.as_ref());
+            if let Some(d) = disk.filter(|d| d.formatted) {
+                if self.formatted.insert((s.record.id.clone(), s.record.wireguard_key.clone())) {
+                    let msg = format!("{} formatted its disk {} for etcd's data", s.record.id, d.device);
+                    self.api.store.record_event(event("disk-formatted", msg));
+                }
+            }
+        }
         let nodes = self.nodes(&seen, now);
         let observation = self.observe(&seen, &assembly).await;
         let members: Option<Vec<Member>> = observation.members.as_ref().map(|list| {
@@ -481,6 +516,8 @@ impl Controller {
                 key: s.record.wireguard_key.clone(),
                 overlay: s.record.overlay.expect("accepted"),
                 mesh_endpoint: assembly.endpoints.get(&s.record.id).copied(),
+                data_disk: self.data_disk_for(s, assembly),
+                disk_mounted: disk_mounted(s),
             })
             .collect();
         let mut services: BTreeMap<String, Vec<ServiceSpec>> = BTreeMap::new();
@@ -489,9 +526,13 @@ impl Controller {
                 if p.role != Role::ControlPlane {
                     continue;
                 }
-                // A plan made in another boot of a machine with volatile data cannot run: the
-                // planner removes that member and adds the machine again.
-                let plan = assembly.members.get(&s.record.id).filter(|plan| plan.boot == s.record.wireguard_key);
+                // A plan made in another boot of a machine whose data was in memory cannot run:
+                // the planner removes that member and adds the machine again. With the data on
+                // its disk, the member simply starts again.
+                let plan = assembly
+                    .members
+                    .get(&s.record.id)
+                    .filter(|plan| plan.boot == s.record.wireguard_key || p.disk_mounted);
                 let tls = self.member_tls(s).await?;
                 let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan);
                 services.entry(s.record.id.clone()).or_default().push(spec);
@@ -568,6 +609,9 @@ impl Controller {
         let target = planner::places(self.settings.control_plane, pool);
         let health = if assembly.roles.is_empty() {
             "waiting"
+        } else if voters == 0 && assembly.formed {
+            // Formed, and no member answers: none is up.
+            "quorum lost"
         } else if voters == 0 {
             "assembling"
         } else if healthy < planner::quorum(voters) {
@@ -590,7 +634,7 @@ impl Controller {
             .collect();
         if !volatile.is_empty() {
             warnings.push(format!(
-                "etcd data on {} is in memory (tmpfs): a member that powers off loses it and joins again",
+                "etcd data on {} is in memory (tmpfs, no data disk): a member that powers off loses it and joins again",
                 volatile.join(", ")
             ));
         }
@@ -618,6 +662,13 @@ impl Controller {
                 alive: n.alive,
                 mesh_address: (assembly.roles.get(&s.record.id).is_some_and(|r| *r != Role::Unassigned))
                     .then(|| self.mesh_ip(s).to_string()),
+                data_disk: s.heartbeat.as_ref().and_then(|h| h.heartbeat.data_disk.as_ref()).map(|d| {
+                    match &d.message {
+                        Some(m) => format!("{}: {m}", d.device),
+                        None if d.mounted => format!("{} mounted", d.device),
+                        None => d.device.clone(),
+                    }
+                }),
                 etcd: s.heartbeat.as_ref().and_then(|h| {
                     h.heartbeat.services.iter().find(|x| x.name == "etcd").map(|e| {
                         let state = serde_json::to_value(e.state)

@@ -29,6 +29,9 @@ pub struct MachineRole {
     pub role: String,
     pub alive: bool,
     pub mesh_address: Option<String>,
+    /// The data disk as its agent reports it.
+    #[serde(default)]
+    pub data_disk: Option<String>,
     /// The etcd service's state as its agent reports it.
     pub etcd: Option<String>,
 }
@@ -64,14 +67,15 @@ impl ClusterStatus {
         for w in &self.warnings {
             out += &format!("warning: {w}\n");
         }
-        out += "\nMACHINE                          ROLE           UP   MESH ADDRESS     ETCD\n";
+        out += "\nMACHINE                          ROLE           UP   MESH ADDRESS     DATA DISK     ETCD\n";
         for m in &self.machines {
             out += &format!(
-                "{:<32} {:<14} {:<4} {:<16} {}\n",
+                "{:<32} {:<14} {:<4} {:<16} {:<13} {}\n",
                 m.id,
                 m.role,
                 if m.alive { "yes" } else { "no" },
                 m.mesh_address.as_deref().unwrap_or("-"),
+                m.data_disk.as_deref().unwrap_or("-"),
                 m.etcd.as_deref().unwrap_or("-")
             );
         }

@@ -1,0 +1,176 @@
+//! The data disk: a local disk mounted at [`DATA_DISK_MOUNT`] so that service data (etcd's)
+//! survives a power cycle, which the netboot root (memory) cannot give.
+//!
+//! What is on the disk decides what happens, read from its first bytes:
+//! - an ext2/3/4 filesystem labelled [`DATA_DISK_LABEL`]: made by oasis in an earlier boot,
+//!   mounted as it is;
+//! - all zeros (a new disk): formatted (busybox `mke2fs`), then mounted;
+//! - anything else: left alone unless the desired state says `wipe` (the operator allowed it),
+//!   with a message saying so. Formatting is always logged.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use oasis_proto::{DataDisk, DataDiskStatus, DATA_DISK_LABEL, DATA_DISK_MOUNT};
+
+/// Bytes read to judge a disk: the ext superblock sits at 1024..2048; partition tables and most
+/// filesystem signatures lie within the first 64 KiB.
+const PROBE_BYTES: usize = 64 * 1024;
+const EXT_MAGIC_OFFSET: usize = 1024 + 56;
+const EXT_LABEL_OFFSET: usize = 1024 + 120;
+
+/// What a disk holds, judged from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// The filesystem oasis made.
+    Oasis,
+    Blank,
+    Other,
+}
+
+/// Judges a disk by its first [`PROBE_BYTES`].
+pub fn content_of(head: &[u8]) -> Content {
+    let magic = head.get(EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2);
+    let label = head.get(EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + 16);
+    if let (Some([0x53, 0xef]), Some(label)) = (magic, label) {
+        let label = label.split(|b| *b == 0).next().unwrap_or_default();
+        if label == DATA_DISK_LABEL.as_bytes() {
+            return Content::Oasis;
+        }
+    }
+    if head.iter().all(|b| *b == 0) {
+        Content::Blank
+    } else {
+        Content::Other
+    }
+}
+
+/// The data disk as the session uses it.
+pub trait DataDisks: Send + Sync {
+    /// Makes the data disk what `wanted` says (idempotent; `None` leaves a mounted disk alone:
+    /// data is never unmounted under a running service).
+    fn apply(&self, wanted: Option<&DataDisk>);
+    fn status(&self) -> Option<DataDiskStatus>;
+}
+
+/// The real disks, under `/dev`.
+#[derive(Debug, Default)]
+pub struct LocalDisks {
+    status: Mutex<Option<DataDiskStatus>>,
+}
+
+impl LocalDisks {
+    fn prepare(&self, wanted: &DataDisk) -> DataDiskStatus {
+        let mut status =
+            DataDiskStatus { device: wanted.device.clone(), mounted: false, formatted: false, message: None };
+        let valid = !wanted.device.is_empty() && wanted.device.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !valid {
+            status.message = Some(format!("{:?} is not a disk name", wanted.device));
+            return status;
+        }
+        let device = PathBuf::from("/dev").join(&wanted.device);
+        let mut head = vec![0u8; PROBE_BYTES];
+        if let Err(e) = std::fs::File::open(&device).and_then(|mut f| f.read_exact(&mut head)) {
+            status.message = Some(format!("cannot read {}: {e}", device.display()));
+            return status;
+        }
+        match (content_of(&head), wanted.wipe) {
+            (Content::Oasis, _) => {}
+            (Content::Blank, _) | (Content::Other, true) => {
+                tracing::warn!(device = %device.display(), "formatting the data disk ({DATA_DISK_LABEL})");
+                if let Err(e) = run(Command::new("mke2fs").args(["-q", "-F", "-L", DATA_DISK_LABEL]).arg(&device)) {
+                    status.message = Some(format!("formatting {} failed: {e}", device.display()));
+                    return status;
+                }
+                status.formatted = true;
+            }
+            (Content::Other, false) => {
+                status.message = Some(format!(
+                    "{} holds other data and is left alone; allow wiping it with `data_disk = \"wipe\"` in the appliance's [cluster]",
+                    device.display()
+                ));
+                return status;
+            }
+        }
+        match mount(&device, Path::new(DATA_DISK_MOUNT)) {
+            Ok(()) => status.mounted = true,
+            Err(e) => status.message = Some(format!("mounting {} failed: {e}", device.display())),
+        }
+        status
+    }
+}
+
+impl DataDisks for LocalDisks {
+    fn apply(&self, wanted: Option<&DataDisk>) {
+        let Some(wanted) = wanted else { return };
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if status.as_ref().is_some_and(|s| s.mounted && s.device == wanted.device) {
+            return;
+        }
+        let now = self.prepare(wanted);
+        match &now.message {
+            Some(m) => tracing::warn!("data disk: {m}"),
+            None => {
+                tracing::info!(device = %now.device, formatted = now.formatted, "data disk mounted at {DATA_DISK_MOUNT}")
+            }
+        }
+        *status = Some(now);
+    }
+
+    fn status(&self) -> Option<DataDiskStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// Mounts `device` (ext2, through the ext4 driver) at `target`, unless something is mounted there.
+fn mount(device: &Path, target: &Path) -> Result<(), String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == target.to_str()) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(target).map_err(|e| e.to_string())?;
+    nix::mount::mount(Some(device), target, Some("ext4"), nix::mount::MsFlags::MS_NOATIME, None::<&str>)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext_with_label(label: &str) -> Vec<u8> {
+        let mut head = vec![0u8; PROBE_BYTES];
+        head[EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2].copy_from_slice(&[0x53, 0xef]);
+        head[EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + label.len()].copy_from_slice(label.as_bytes());
+        head
+    }
+
+    #[test]
+    fn disks_are_judged_by_their_first_bytes() {
+        assert_eq!(content_of(&vec![0u8; PROBE_BYTES]), Content::Blank);
+        assert_eq!(content_of(&ext_with_label(DATA_DISK_LABEL)), Content::Oasis);
+        assert_eq!(content_of(&ext_with_label("home")), Content::Other, "someone else's filesystem");
+        let mut mbr = vec![0u8; PROBE_BYTES];
+        mbr[510..512].copy_from_slice(&[0x55, 0xaa]);
+        assert_eq!(content_of(&mbr), Content::Other, "a partition table");
+    }
+
+    #[test]
+    fn a_bad_name_is_refused_before_any_device_is_touched() {
+        let disks = LocalDisks::default();
+        disks.apply(Some(&DataDisk { device: "../sda".into(), wipe: true }));
+        let status = disks.status().unwrap();
+        assert!(!status.mounted && !status.formatted);
+        assert!(status.message.unwrap().contains("not a disk name"));
+    }
+}
