@@ -9,19 +9,8 @@ use std::process::Command;
 use oasis_agent::link::{Link, LinkError, WireGuardLink};
 use oasis_proto::LinkConfig;
 
-/// Runs `f` on a thread of its own inside a new, unnamed network namespace, which disappears
-/// when the thread ends.
-fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        // SAFETY: unshare(2) with CLONE_NEWNET changes only this thread's network namespace; the
-        // thread is ours and ends when `f` returns.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {} (this test needs root)", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
+mod common;
+use common::in_fresh_netns;
 
 #[test]
 fn the_real_link_configures_or_says_the_kernel_lacks_wireguard() {

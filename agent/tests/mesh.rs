@@ -13,19 +13,8 @@ use oasis_agent::mesh::{Mesh, MeshError, MeshReport, WireGuardMesh};
 use oasis_proto::{MeshConfig, MeshPeer, MESH_INTERFACE};
 use wireguard_control::{Backend, Device};
 
-/// Runs `f` on a thread of its own inside a new, unnamed network namespace, which disappears
-/// when the thread ends.
-fn in_fresh_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        // SAFETY: unshare(2) with CLONE_NEWNET changes only this thread's network namespace; the
-        // thread is ours and ends when `f` returns.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {} (this test needs root)", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
+mod common;
+use common::in_fresh_netns;
 
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().unwrap();
