@@ -285,7 +285,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let (kubeconfig, kubeconfig_rx) = tokio::sync::watch::channel(None);
     let kubernetes = match k3s_bundle {
         Some(artifacts) => Some(
-            Kubernetes::load_or_create(&store, &ca, &config.cluster.name, artifacts).map_err(ServeError::Cluster)?,
+            Kubernetes::load_or_create(&store, &ca, &config.cluster.name, artifacts)
+                .await
+                .map_err(ServeError::Cluster)?,
         ),
         None => None,
     };

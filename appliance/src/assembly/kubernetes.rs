@@ -8,14 +8,12 @@ use std::net::Ipv4Addr;
 
 use oasis_proto::{Role, ServiceSpec};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
 use crate::k3s::{self, ClientCert, EtcdClientTls, K3sArtifacts, K3sCas, K3sError, NodeInputs, ServerInputs};
 use crate::pki::ClusterCa;
 use crate::store::Store;
 
 use super::desired::{MeshPlan, Placed};
+use super::kept_secret;
 
 /// What stays the same for the life of the cluster, made once and kept in the store
 /// ([`Kubernetes::load_or_create`]).
@@ -31,36 +29,25 @@ impl Kubernetes {
     /// The cluster's Kubernetes secrets from the store, made at the first start with a bundle:
     /// the root and k3s's CAs, the admin credential, the join token, and k3s's etcd client
     /// certificate from the cluster CA.
-    pub fn load_or_create(
+    pub async fn load_or_create(
         store: &Store,
         ca: &ClusterCa,
         cluster: &str,
         artifacts: K3sArtifacts,
     ) -> Result<(Kubernetes, ClientCert), String> {
-        fn kept<T: Serialize + DeserializeOwned>(
-            store: &Store,
-            name: &str,
-            make: impl FnOnce() -> Result<T, String>,
-        ) -> Result<T, String> {
-            if let Some(bytes) = store.secret(name).map_err(|e| e.to_string())? {
-                return serde_json::from_slice(&bytes).map_err(|e| format!("secret {name} is damaged: {e}"));
-            }
-            // Made before it is stored: a failure stores nothing.
-            let value = make()?;
-            let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-            store.secret_or_create(name, || bytes).map_err(|e| e.to_string())?;
-            Ok(value)
-        }
-        let cas: K3sCas = kept(store, "k3s-cas", || {
+        let cas: K3sCas = kept_secret(store, "k3s-cas", || {
             let root = k3s::kubernetes_root_ca(cluster).map_err(|e| e.to_string())?;
             K3sCas::issue(&root).map_err(|e| e.to_string())
-        })?;
-        let admin: ClientCert = kept(store, "k3s-admin", || k3s::admin_credential(&cas).map_err(|e| e.to_string()))?;
-        let token: String = kept(store, "k3s-token", || Ok(crate::identity::random_token()))?;
-        let (cert_pem, key_pem): (String, String) = kept(store, "k3s-etcd-client", || {
+        })
+        .await?;
+        let admin: ClientCert =
+            kept_secret(store, "k3s-admin", || k3s::admin_credential(&cas).map_err(|e| e.to_string())).await?;
+        let token: String = kept_secret(store, "k3s-token", || Ok(crate::identity::random_token())).await?;
+        let (cert_pem, key_pem): (String, String) = kept_secret(store, "k3s-etcd-client", || {
             let issued = ca.issue("k3s", &[]).map_err(|e| e.to_string())?;
             Ok((issued.cert_pem, issued.key_pem))
-        })?;
+        })
+        .await?;
         let etcd_tls = EtcdClientTls { ca_pem: ca.ca_pem().to_string(), cert_pem, key_pem };
         Ok((Kubernetes { artifacts, token, cas, etcd_tls }, admin))
     }
@@ -145,6 +132,20 @@ mod tests {
             data_disk: None,
             disk_mounted: false,
         }
+    }
+
+    #[tokio::test]
+    async fn the_secrets_are_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ca = ClusterCa::load_or_create(&store).unwrap();
+        let artifacts = || kubernetes().artifacts;
+        let (first, admin) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).await.unwrap();
+        let (again, admin_again) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).await.unwrap();
+        assert_eq!(
+            (first.token, first.cas, first.etcd_tls, admin),
+            (again.token, again.cas, again.etcd_tls, admin_again)
+        );
     }
 
     #[test]

@@ -52,6 +52,22 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// A secret kept in the store as JSON: read back, or made by `make` and committed before it is
+/// used. Made before it is stored, so a failure stores nothing.
+pub async fn kept_secret<T: serde::Serialize + serde::de::DeserializeOwned>(
+    store: &crate::store::Store,
+    name: &str,
+    make: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    if let Some(bytes) = store.secret(name).map_err(|e| e.to_string())? {
+        return serde_json::from_slice(&bytes).map_err(|e| format!("secret {name} is damaged: {e}"));
+    }
+    let value = make()?;
+    let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    store.save_secret(name.to_string(), bytes).await.map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
 /// Whether the machine's agent reports its data disk mounted (in this boot).
 fn disk_mounted(s: &Seen) -> bool {
     s.heartbeat.as_ref().and_then(|h| h.heartbeat.data_disk.as_ref()).is_some_and(|d| d.mounted)
@@ -489,20 +505,14 @@ impl Controller {
 
     /// The TLS material of a control-plane machine's etcd: issued once, kept in the store.
     async fn member_tls(&self, s: &Seen) -> Result<MemberTls, String> {
-        let name = format!("etcd-member/{}", s.record.id);
-        let stored = self.api.store.secret(&name).map_err(|e| e.to_string())?;
-        let (cert, key): (String, String) = match stored {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("secret {name} is damaged: {e}"))?,
-            None => {
+        let (cert, key): (String, String) =
+            kept_secret(&self.api.store, &format!("etcd-member/{}", s.record.id), || {
                 let overlay = s.record.overlay.expect("accepted");
                 let ips = [IpAddr::V4(self.mesh_ip(s)), IpAddr::V4(overlay)];
                 let issued = self.ca.issue(&s.record.id, &ips).map_err(|e| e.to_string())?;
-                let pair = (issued.cert_pem, issued.key_pem);
-                let bytes = serde_json::to_vec(&pair).map_err(|e| e.to_string())?;
-                self.api.store.save_secret(name, bytes).await.map_err(|e| e.to_string())?;
-                pair
-            }
-        };
+                Ok((issued.cert_pem, issued.key_pem))
+            })
+            .await?;
         Ok(MemberTls { ca: self.ca.ca_pem().to_string(), cert, key })
     }
 
