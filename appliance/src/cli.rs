@@ -139,6 +139,38 @@ pub enum BuildCommand {
     /// The node image: Debian's kernel and an initramfs with busybox, NIC and WireGuard modules and
     /// the node agent; beside it etcd (and k3s with --k3s-bundle), listed in artifacts.json.
     Node(NodeBuildArgs),
+    /// The appliance's bootable disk image (BIOS and UEFI): GRUB, Debian's kernel, an initramfs
+    /// that runs `oasis boot`, and the node image and iPXE builds it serves to the rack.
+    Appliance(ApplianceBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplianceBuildArgs {
+    /// The node image directory (`oasis image build node`).
+    #[arg(long, value_name = "DIR")]
+    pub node: PathBuf,
+    /// The iPXE directory (`oasis image build ipxe`).
+    #[arg(long, value_name = "DIR")]
+    pub ipxe: PathBuf,
+    /// A public key (`oasis config keygen`): the appliance then applies only USB configurations
+    /// signed with its private key.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_key: Option<PathBuf>,
+    /// The oasis binary to ship. Default: this one.
+    #[arg(long, value_name = "FILE")]
+    pub oasis: Option<PathBuf>,
+    /// The root filesystem overlay (`buildroot-overlay/rootfs-overlay` of the oasis sources).
+    #[arg(long, default_value = oasis_image::node::DEFAULT_OVERLAY)]
+    pub overlay: PathBuf,
+    /// The appliance's overlay, applied over the other (`buildroot-overlay/appliance-overlay`).
+    #[arg(long, default_value = oasis_image::appliance::DEFAULT_APPLIANCE_OVERLAY)]
+    pub appliance_overlay: PathBuf,
+    /// The disk image to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Where downloaded packages are kept between builds.
+    #[arg(long, default_value = "/var/cache/oasis/debian")]
+    pub cache: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -456,5 +488,41 @@ pub fn config_check(file: &Path) -> anyhow::Result<()> {
         c.profile.cmdline
     );
     println!("  data dir {}", c.data_dir.display());
+    Ok(())
+}
+
+/// `oasis image build appliance`: writes the disk image and says what is in it.
+pub fn build_appliance(a: &ApplianceBuildArgs) -> anyhow::Result<()> {
+    let oasis = match &a.oasis {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?,
+    };
+    let inputs = oasis_image::appliance::ApplianceInputs {
+        oasis,
+        node: a.node.clone(),
+        ipxe: a.ipxe.clone(),
+        overlay: a.overlay.clone(),
+        appliance_overlay: a.appliance_overlay.clone(),
+        trusted_key: a.trusted_key.clone(),
+    };
+    let image = oasis_image::appliance::build_appliance_image(&a.cache, &inputs, &a.out)?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "{}: {:.1} MiB (EFI system partition {:.1} MiB); kernel {}, GRUB {}; initramfs {:.1} MiB compressed, {:.1} MiB uncompressed",
+        image.path.display(),
+        mib(image.bytes),
+        mib(image.esp_bytes),
+        image.kernel_version,
+        image.grub_version,
+        mib(image.initrd_bytes),
+        mib(image.initrd_uncompressed_bytes),
+    );
+    println!(
+        "signed USB configurations: {}",
+        if a.trusted_key.is_some() { "required" } else { "not required (no --trusted-key)" }
+    );
+    for (path, sha256) in &image.esp_files {
+        println!("{sha256}  {path}");
+    }
     Ok(())
 }

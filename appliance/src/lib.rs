@@ -47,8 +47,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::Put { key, value, via, state }) => {
             cli::cluster_kv(&key, Some(&value), &via, &state)?
         }
+        Command::Image(ImageCommand::Build(BuildCommand::Appliance(a))) => cli::build_appliance(&a)?,
         Command::Image(ImageCommand::Build(build)) => {
             let manifest = match &build {
+                BuildCommand::Appliance(_) => unreachable!("matched above"),
                 BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,
                 BuildCommand::TestPayload(a) => oasis_image::payload::build_test_payload(&a.cache, &a.out)?,
                 BuildCommand::Node(a) => {

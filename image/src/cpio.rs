@@ -122,6 +122,11 @@ impl Archive {
         self.insert(path, Node::CharDevice { mode: mode & 0o7777, major, minor })
     }
 
+    /// Whether `path` is in the archive.
+    pub fn contains(&self, path: &str) -> bool {
+        normalize(path).is_ok_and(|p| self.entries.contains_key(&p))
+    }
+
     /// The stored paths (relative, e.g. `bin/sh`), sorted.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)

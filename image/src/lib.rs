@@ -9,10 +9,13 @@
 //! in `artifacts.json` ([`artifacts`]). Every output directory carries a `SHA256SUMS`
 //! manifest ([`manifest`]), and every file is written aside, fsynced and renamed into place.
 
+pub mod appliance;
 pub mod artifacts;
 pub mod cpio;
 pub mod debian;
 pub mod elf;
+pub mod gpt;
+pub mod grub;
 pub mod ipxe;
 pub mod k3s_bundle;
 pub mod kmod;

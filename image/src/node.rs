@@ -202,8 +202,9 @@ pub fn node_initramfs(parts: &NodeParts) -> Result<(Archive, Vec<String>), NodeI
     Ok((a, modules.into_iter().map(|m| m.name).collect()))
 }
 
-/// Adds every file, directory and symlink under `overlay` at the same path in the archive.
-fn add_overlay(a: &mut Archive, overlay: &Path) -> Result<(), NodeImageError> {
+/// Adds every file, directory and symlink under `overlay` at the same path in the archive. A file
+/// or link already in the archive is kept: an overlay added first overrides those added after it.
+pub(crate) fn add_overlay(a: &mut Archive, overlay: &Path) -> Result<(), NodeImageError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |path: &Path| {
         let path = path.to_path_buf();
@@ -220,6 +221,9 @@ fn add_overlay(a: &mut Archive, overlay: &Path) -> Result<(), NodeImageError> {
             let name = rel.join(entry.file_name());
             let archive_path = name.to_string_lossy().into_owned();
             let meta = fs::symlink_metadata(&path).map_err(err(&path))?;
+            if !meta.is_dir() && a.contains(&archive_path) {
+                continue;
+            }
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&path).map_err(err(&path))?;
                 a.symlink(&archive_path, &target.to_string_lossy())?;
