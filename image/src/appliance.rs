@@ -455,8 +455,8 @@ pub fn write_disk(
     let esp = esp_sectors(files)?;
     if ESP_FIRST + esp > DATA_FIRST {
         return Err(ApplianceImageError::TooLarge {
-            mib: esp * SECTOR >> 20,
-            max: (DATA_FIRST - ESP_FIRST) * SECTOR >> 20,
+            mib: (esp * SECTOR) >> 20,
+            max: ((DATA_FIRST - ESP_FIRST) * SECTOR) >> 20,
         });
     }
     let sectors = ESP_FIRST + esp + gpt::FIRST_USABLE - 1;

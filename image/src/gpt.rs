@@ -210,12 +210,12 @@ impl Gpt {
         h[0..8].copy_from_slice(b"EFI PART");
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
         h[12..16].copy_from_slice(&92u32.to_le_bytes());
-        h[24..32].copy_from_slice(&(current as u64).to_le_bytes());
-        h[32..40].copy_from_slice(&(backup as u64).to_le_bytes());
+        h[24..32].copy_from_slice(&current.to_le_bytes());
+        h[32..40].copy_from_slice(&backup.to_le_bytes());
         h[40..48].copy_from_slice(&FIRST_USABLE.to_le_bytes());
         h[48..56].copy_from_slice(&Gpt::last_usable(sectors).to_le_bytes());
         h[56..72].copy_from_slice(&self.disk_guid.0);
-        h[72..80].copy_from_slice(&(entries_lba as u64).to_le_bytes());
+        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
         h[80..84].copy_from_slice(&(ENTRIES as u32).to_le_bytes());
         h[84..88].copy_from_slice(&(ENTRY_SIZE as u32).to_le_bytes());
         h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
