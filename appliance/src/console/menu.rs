@@ -193,6 +193,7 @@ fn show_events(term: &mut dyn Terminal, data_dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 
@@ -224,14 +225,18 @@ mod tests {
         }
     }
 
-    /// Runs the menu on a data directory with no server, answering `script`.
-    fn run(script: &[&str], actions: &Recorder) -> String {
-        let dir = tempfile::tempdir().unwrap();
+    /// Runs the menu on `data_dir`, answering `script`.
+    fn run_in(data_dir: &Path, script: &[&str], actions: &Recorder) -> String {
         let stop = Arc::new(AtomicBool::new(false));
         let mut term = ScriptedTerminal::new(script);
         term.on_exhausted = Some(stop.clone());
-        run_status(&mut term, dir.path(), actions, &stop).unwrap();
+        run_status(&mut term, data_dir, actions, &stop).unwrap();
         term.output
+    }
+
+    /// Runs the menu on a data directory with no server, answering `script`.
+    fn run(script: &[&str], actions: &Recorder) -> String {
+        run_in(tempfile::tempdir().unwrap().path(), script, actions)
     }
 
     #[test]
@@ -263,6 +268,98 @@ mod tests {
         assert_eq!(out.matches(MENU).count(), 4);
         assert!(out.contains("oasis status: oasis serve is not running"));
         assert!(out.contains("oasis: oasis serve is not running; try again in a moment"));
+    }
+
+    /// The real admin router on a Unix socket in `dir`, with one machine pending under the
+    /// manual policy, registered through the real API router.
+    fn admin_with_a_pending_machine(dir: &Path, rt: &tokio::runtime::Runtime) -> Arc<crate::api::Api> {
+        use std::collections::HashMap;
+
+        use axum::extract::ConnectInfo;
+        use tower::ServiceExt;
+
+        use crate::api::Api;
+        use crate::identity::Identity;
+        use crate::registry::{Overlay, Policy, Registry};
+        use crate::store::Store;
+
+        rt.block_on(async {
+            let store = Store::open(dir).unwrap();
+            let identity = Identity::load_or_create(&store, dir).unwrap();
+            let overlay = Overlay {
+                appliance: Ipv4Addr::new(10, 99, 0, 1),
+                prefix_len: 24,
+                endpoint: "10.0.0.1:51820".parse().unwrap(),
+                appliance_key: crate::wireguard::public_key(&identity.wireguard_private),
+                keepalive_secs: 15,
+            };
+            let (desired, _) = tokio::sync::watch::channel(Arc::default());
+            let api = Arc::new(Api {
+                registry: tokio::sync::Mutex::new(Registry::new(Policy::Manual, overlay, vec![])),
+                store: store.clone(),
+                identity,
+                wireguard: None,
+                desired,
+                artifacts: HashMap::new(),
+            });
+            let register = oasis_proto::RegisterRequest {
+                token: api.identity.join_token.clone(),
+                nonce: "nonce-0000000000000001".into(),
+                boot_mac: "52:54:00:00:00:09".into(),
+                wireguard_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32]),
+                agent_version: "0.1.0".into(),
+                inventory: oasis_proto::Inventory {
+                    system: oasis_proto::System {
+                        uuid: Some("6f1b2c3d-0000-4000-8000-000000000009".into()),
+                        serial: Some("SN-9".into()),
+                        ..Default::default()
+                    },
+                    cpus: 2,
+                    ..Default::default()
+                },
+            };
+            let mut req = axum::http::Request::builder()
+                .method("POST")
+                .uri(oasis_proto::REGISTER_PATH)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(serde_json::to_vec(&register).unwrap()))
+                .unwrap();
+            req.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([10, 0, 0, 100], 40000))));
+            let res = crate::api::router(api.clone()).oneshot(req).await.unwrap();
+            assert!(res.status().is_success(), "registration: {}", res.status());
+
+            let ca = crate::pki::ClusterCa::load_or_create(&store).unwrap();
+            let cluster = admin::ClusterHandle {
+                status: tokio::sync::watch::channel(Arc::default()).1,
+                etcd: crate::etcd::EtcdClient::new(&ca).unwrap(),
+                kubeconfig: tokio::sync::watch::channel(None).1,
+            };
+            let listener = admin::listen(dir).unwrap();
+            let router = admin::router(store, api.clone(), cluster);
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            api
+        })
+    }
+
+    #[test]
+    fn a_pending_machine_is_shown_and_accepted_through_the_admin_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let api = admin_with_a_pending_machine(dir.path(), &rt);
+        let id = "6f1b2c3d-0000-4000-8000-000000000009";
+
+        let out = run_in(dir.path(), &["a", "7", ""], &Recorder::default());
+        assert!(out.contains(&format!("pending: {id} (52:54:00:00:00:09, serial SN-9) ([a] accepts it)")), "{out}");
+        assert!(out.contains(&format!("  1) {id} (52:54:00:00:00:09, serial SN-9)\n")), "{out}");
+        assert!(out.contains("error: \"7\" is not a number from 1 to 1"), "{out}");
+        assert!(out.contains(&format!("oasis: accepted {id}")), "{out}");
+        let last_block = out.rsplit("oasis status: ").next().unwrap();
+        assert!(last_block.contains("(1 accepted, 0 pending, 0 rejected)"), "{last_block}");
+        let state = rt.block_on(async { api.registry.lock().await.find(id).unwrap().state });
+        assert_eq!(state, oasis_proto::MachineState::Accepted);
+
+        let out = run_in(dir.path(), &["a"], &Recorder::default());
+        assert!(out.contains("oasis: no machine is waiting for acceptance"), "{out}");
     }
 
     #[test]
