@@ -105,6 +105,15 @@ impl Consoles {
         self.outputs.iter().map(|(path, _)| path.as_path()).collect()
     }
 
+    /// Drops the lines typed so far and not yet read.
+    pub fn discard_typed(&mut self) {
+        while let Ok(message) = self.lines.try_recv() {
+            if let FromReader::Closed = message {
+                self.closed += 1;
+            }
+        }
+    }
+
     /// The devices that could not be opened, each with the reason.
     pub fn skipped(&self) -> &[String] {
         &self.skipped
@@ -189,6 +198,21 @@ mod tests {
         screen.write_all(b"yes\n").unwrap();
         assert_eq!(consoles.read_line().unwrap().as_deref(), Some("yes"));
         assert_eq!(consoles.read_line_within(Duration::from_millis(10)).unwrap(), Input::Nothing);
+    }
+
+    #[test]
+    fn lines_typed_before_are_discarded_and_closed_readers_still_counted() {
+        let (sender, lines) = mpsc::channel();
+        let mut consoles = Consoles { outputs: vec![], lines, readers: 2, closed: 0, skipped: vec![] };
+        sender.send(FromReader::Line("r".into())).unwrap();
+        sender.send(FromReader::Closed).unwrap();
+        sender.send(FromReader::Line("yes".into())).unwrap();
+        consoles.discard_typed();
+        assert_eq!(consoles.read_line_within(Duration::from_millis(1)).unwrap(), Input::Nothing);
+        sender.send(FromReader::Line("p".into())).unwrap();
+        assert_eq!(consoles.read_line_within(Duration::from_secs(10)).unwrap(), Input::Line("p".into()));
+        sender.send(FromReader::Closed).unwrap();
+        assert_eq!(consoles.read_line_within(Duration::from_secs(10)).unwrap(), Input::Closed);
     }
 
     #[test]

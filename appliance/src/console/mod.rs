@@ -52,22 +52,37 @@
 //! starts with a line `oasis status: ...` and ends with the menu line and the prompt `Choice: `:
 //!
 //! ```text
-//! oasis status: cluster oasis healthy
+//! oasis status: cluster oasis healthy                   (cluster NAME HEALTH, as `oasis cluster status`)
 //! progress: ...
-//! machines: 3 registered (3 accepted, 0 pending, 0 rejected), 3 up; 0 booted but not registered
-//! control plane: 3 of 3 places; etcd 3 members, 3 healthy, 0 learners
+//! machines: 4 registered (3 accepted, 1 pending, 0 rejected), 3 up; 1 booted but not registered
+//! pending: ID (MAC, serial SERIAL) ([a] accepts it)     (at most 3, then "pending: and N more")
+//! control plane: 3 of 3 place(s), 0 worker(s); etcd: 3 member(s), 3 healthy, 0 learner(s)
 //! kubernetes: not bundled
-//! rack address: 10.0.0.1/24 on eth0
-//! admin token: sha256 0123456789abcdef
+//! warning: ...                                          (at most 3)
+//! rack address: 10.0.0.1/24 on eth0                     (from DATA_DIR/oasis.toml)
+//! admin token: sha256 0123456789abcdef                  (of the token in DATA_DIR/admin-token)
 //! menu: [a] accept pending  [e] events  [x] export report to USB  [r] reboot  [p] power off
 //! Choice:
 //! ```
 //!
-//! `a` lists the pending machines and asks `Accept which, numbers separated by spaces, or all
-//! [all]: ` (or prints `oasis: no machine is waiting for acceptance`); each accepted one prints
-//! `oasis: accepted ID`. `e` prints the last events. `x` prints `oasis: report exported: ...` or
-//! `oasis: export failed: ...`. `r` and `p` ask `Reboot the appliance, yes or no [no]: ` and
-//! `Power off the appliance, yes or no [no]: ` first.
+//! Without a server on the admin socket the first line is `oasis status: oasis serve is not
+//! running (...)`, followed by the rack address and token lines.
+//!
+//! `a` lists the pending machines (`  1) ID (MAC, serial SERIAL)`) and asks `Accept which,
+//! numbers separated by spaces, all or none [all]: ` (or prints `oasis: no machine is waiting
+//! for acceptance`); each accepted one prints `oasis: accepted ID`. `e` prints the last ten
+//! events (`  #SEQ KIND: MESSAGE`). `x` prints `oasis: report exported: ...` or `oasis: export
+//! failed: ...`. `r` and `p` ask `Reboot the appliance, yes or no [no]: ` and `Power off the
+//! appliance, yes or no [no]: ` first, then print `oasis: rebooting` or `oasis: powering off`
+//! before calling [`ApplianceActions`]. Any other letter prints `error: ...` and the block again.
+//!
+//! # For the supervisor
+//!
+//! Bring the NICs up before [`host_nics`] (a NIC that is down shows no carrier) and keep them up
+//! for the probe, which sends from port 68 and needs no address. The TOML [`first_boot`]
+//! returns relies on the defaults `data_dir = "/var/lib/oasis"` and the boot root
+//! `DATA_DIR/boot`. Lines typed while nobody reads wait in [`Consoles`]; call
+//! [`Consoles::discard_typed`] before [`run_status`] so that they are not taken as commands.
 
 pub mod consoles;
 pub mod menu;
