@@ -4,6 +4,7 @@
 //! - [`store`]: the redb store of leases, machines and events.
 //! - [`serve`]: runs the network boot services on the store.
 //! - [`admin`]: the admin socket the CLI talks to while `serve` runs.
+//! - [`console`]: the serial console: first-boot questions, then the status view and its menu.
 //! - [`cli`]: command-line definitions and the state-reading commands.
 //! - [`pki`]: the cluster CA, which certifies etcd's members and the appliance as their client.
 //! - [`etcd`]: the appliance's etcd client (membership, status, keys).
@@ -15,6 +16,7 @@ pub mod api;
 pub mod assembly;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod etcd;
 pub mod identity;
 pub mod k3s;
