@@ -9,6 +9,7 @@
 //! - [`etcd`]: the appliance's etcd client (membership, status, keys).
 //! - [`assembly`]: the controller that turns accepted machines into a cluster.
 //! - [`k3s`]: the k3s services, CAs and kubeconfig of a cluster with a k3s bundle.
+//! - [`usb`]: configuration from a USB stick labelled `OASIS`, and the report written back to it.
 
 pub mod admin;
 pub mod api;
@@ -22,6 +23,7 @@ pub mod pki;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod usb;
 pub mod wireguard;
 
 use cli::{BuildCommand, Cli, ClusterCommand, Command, ConfigCommand, ImageCommand, MachineCommand};

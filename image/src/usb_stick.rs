@@ -4,7 +4,7 @@
 //!
 //! The image is partitioned like a stick from a shop: an MBR with one FAT partition from 1 MiB to
 //! the end (type 0x0c for FAT32, 0x0e for FAT16). The volume label is in the boot sector and in
-//! the root directory (where Windows and `blkid` look first). Files carry a fixed timestamp and
+//! the root directory (where Windows and `blkid` look first), as fatfs formats it. Files carry a fixed timestamp and
 //! the volume a serial derived from the contents, so the same inputs give the same image.
 //!
 //! [`read_file`] and [`list_dir`] read such an image, partitioned or not (a superfloppy), without
@@ -84,8 +84,6 @@ pub fn build_usb_stick(files: &[(&str, &[u8])], out: &Path, size_mib: u64) -> Re
             options = options.fat_type(fatfs::FatType::Fat32).bytes_per_cluster(512);
         }
         fatfs::format_volume(Slice::new(&mut *file, PARTITION_START, room), options)?;
-        let fat32 = write_root_label(&mut Slice::new(&mut *file, PARTITION_START, room), &label)?;
-        write_mbr(file, total, fat32, volume_id)?;
         let fs = fatfs::FileSystem::new(
             Slice::new(&mut *file, PARTITION_START, room),
             fatfs::FsOptions::new().time_provider(&FIXED_TIME),
@@ -96,7 +94,9 @@ pub fn build_usb_stick(files: &[(&str, &[u8])], out: &Path, size_mib: u64) -> Re
             f.write_all(contents)?;
             f.flush()?;
         }
-        fs.unmount()
+        let fat32 = fs.fat_type() == fatfs::FatType::Fat32;
+        fs.unmount()?;
+        write_mbr(file, total, fat32, volume_id)
     })?;
     Ok(())
 }
@@ -204,32 +204,6 @@ fn write_mbr(file: &mut File, total: u64, fat32: bool, disk_id: u32) -> io::Resu
     mbr[511] = 0xAA;
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&mbr)
-}
-
-/// Writes the volume label entry as the first entry of the freshly formatted volume's root
-/// directory (fatfs writes it in the boot sector only). Returns whether the volume is FAT32.
-fn write_root_label(volume: &mut Slice<&mut File>, label: &[u8; 11]) -> io::Result<bool> {
-    let mut boot = [0u8; 512];
-    volume.seek(SeekFrom::Start(0))?;
-    volume.read_exact(&mut boot)?;
-    let u16_at = |o: usize| u16::from_le_bytes([boot[o], boot[o + 1]]) as u64;
-    let u32_at = |o: usize| u32::from_le_bytes(boot[o..o + 4].try_into().unwrap()) as u64;
-    let (bytes_per_sector, per_cluster, reserved, fats) = (u16_at(11), boot[13] as u64, u16_at(14), boot[16] as u64);
-    let fat_size16 = u16_at(22);
-    let fat32 = fat_size16 == 0;
-    let root_sector = if fat32 {
-        reserved + fats * u32_at(36) + (u32_at(44) - 2) * per_cluster
-    } else {
-        reserved + fats * fat_size16
-    };
-    let mut entry = [0u8; 32];
-    entry[..11].copy_from_slice(label);
-    entry[11] = 0x08; // volume label
-                      // 2000-01-01 00:00, as the files.
-    entry[24..26].copy_from_slice(&(((2000 - 1980) << 9) | (1 << 5) | 1u16).to_le_bytes());
-    volume.seek(SeekFrom::Start(root_sector * bytes_per_sector))?;
-    volume.write_all(&entry)?;
-    Ok(fat32)
 }
 
 /// The timestamp of every file on a built stick: the image depends on its inputs only.
