@@ -36,6 +36,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve::run(config).await?;
         }
         Command::Config(ConfigCommand::Check { file }) => cli::config_check(&file)?,
+        Command::Config(ConfigCommand::Keygen { out }) => cli::config_keygen(&out)?,
+        Command::Config(ConfigCommand::Sign { key, file }) => cli::config_sign(&key, &file)?,
         Command::Leases(state) => cli::leases(&state)?,
         Command::Machines(state) => cli::machines(&state)?,
         Command::Events { state, limit } => cli::events(&state, limit)?,
@@ -51,6 +53,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image(ImageCommand::Build(build)) => {
             let manifest = match &build {
+                BuildCommand::UsbStick(a) => return cli::build_usb_stick(a),
                 BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,
                 BuildCommand::TestPayload(a) => oasis_image::payload::build_test_payload(&a.cache, &a.out)?,
                 BuildCommand::Node(a) => {

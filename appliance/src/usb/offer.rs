@@ -49,10 +49,12 @@ pub fn read_offer(stick_root: &Path, acceptance: &Acceptance) -> Option<Offer> {
             });
         }
         Err(e) => return Some(refused(format!("{CONFIG_FILE} cannot be read: {e}"))),
-        Ok(m) if m.len() > MAX_CONFIG_BYTES => return Some(refused(format!(
+        Ok(m) if m.len() > MAX_CONFIG_BYTES => {
+            return Some(refused(format!(
             "{CONFIG_FILE} is {} bytes, more than a configuration can be ({MAX_CONFIG_BYTES}): is it the right file?",
             m.len()
-        ))),
+        )))
+        }
         Ok(_) => match std::fs::read(&config_path) {
             Ok(b) => b,
             Err(e) => return Some(refused(format!("{CONFIG_FILE} cannot be read: {e}; the stick may be damaged"))),
