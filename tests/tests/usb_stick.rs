@@ -57,7 +57,7 @@ range = ["10.0.0.100", "10.0.0.199"]
 "#;
 
 fn acceptance<'a>(trusted: &'a signature::VerifyingKey, save_as: &'a Path) -> Acceptance<'a> {
-    Acceptance { trusted_key: Some(trusted), save_as, net_class: None }
+    Acceptance { trusted_key: Some(trusted), save_as, net_class: None, data_dir: None }
 }
 
 fn debugfs_cat(image: &Path, path: &str) -> String {

@@ -20,6 +20,7 @@
 //!         trusted_key: trusted.as_ref(),
 //!         save_as: Path::new("/var/lib/oasis/oasis.toml"),
 //!         net_class: Some(Path::new("/sys/class/net")),
+//!         data_dir: Some(Path::new("/var/lib/oasis")),
 //!     };
 //!     let offer = read_offer(mounted.root(), &acceptance);
 //!     // ... apply an accepted offer, then report:

@@ -34,6 +34,9 @@ pub struct Acceptance<'a> {
     /// `/sys/class/net`, to refuse a `network.interface` this machine does not have; `None`
     /// skips that check.
     pub net_class: Option<&'a Path>,
+    /// The data directory the appliance keeps its state in (its data partition): a
+    /// configuration naming another is refused. `None` skips that check.
+    pub data_dir: Option<&'a Path>,
 }
 
 /// Reads and checks the offer on a mounted stick; `None` when it has no `oasis.toml` (a stick
@@ -111,6 +114,16 @@ fn validate(text: &str, acceptance: &Acceptance) -> Result<(), String> {
         }
         ConfigError::Read { source, .. } => format!("{CONFIG_FILE}: {source}"),
     })?;
+    if let Some(want) = acceptance.data_dir {
+        if config.data_dir != want {
+            return Err(format!(
+                "{CONFIG_FILE}: data_dir = {:?}{} is not where this appliance keeps its state ({}): remove the data_dir line",
+                config.data_dir.display().to_string(),
+                line_of(text, "data_dir"),
+                want.display()
+            ));
+        }
+    }
     if let Some(net) = acceptance.net_class {
         if !net.join(&config.interface).exists() {
             let mut names: Vec<String> = std::fs::read_dir(net)
@@ -147,7 +160,12 @@ mod tests {
     }
 
     fn acceptance<'a>(trusted: Option<&'a VerifyingKey>) -> Acceptance<'a> {
-        Acceptance { trusted_key: trusted, save_as: Path::new("/var/lib/oasis/oasis.toml"), net_class: None }
+        Acceptance {
+            trusted_key: trusted,
+            save_as: Path::new("/var/lib/oasis/oasis.toml"),
+            net_class: None,
+            data_dir: Some(Path::new("/var/lib/oasis")),
+        }
     }
 
     fn reason(offer: Offer) -> String {
@@ -220,6 +238,15 @@ mod tests {
         assert!(r.contains("\"eth0\" (line 2) is not on this appliance, which has: enp1s0, enp2s0"), "{r}");
         let fixed = CONFIG.replace("eth0", "enp2s0");
         assert!(matches!(check(fixed.as_bytes(), None, &a), Offer::Accepted { .. }));
+    }
+
+    #[test]
+    fn a_data_dir_off_the_data_partition_is_refused() {
+        let elsewhere = format!("data_dir = \"/tmp/oasis\"\n{CONFIG}");
+        let r = reason(check(elsewhere.as_bytes(), None, &acceptance(None)));
+        assert!(r.contains("data_dir = \"/tmp/oasis\" (line 1) is not where this appliance keeps its state"), "{r}");
+        let same = format!("data_dir = \"/var/lib/oasis\"\n{CONFIG}");
+        assert!(matches!(check(same.as_bytes(), None, &acceptance(None)), Offer::Accepted { .. }));
     }
 
     #[test]
