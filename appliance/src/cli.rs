@@ -28,7 +28,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Check configuration files.
+    /// Check and sign configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// List DHCP leases.
