@@ -28,7 +28,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Check configuration files.
+    /// Check and sign configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// List DHCP leases.
@@ -84,6 +84,18 @@ pub enum ClusterCommand {
 pub enum ConfigCommand {
     /// Parse and check FILE; print what it configures.
     Check { file: PathBuf },
+    /// Make a key pair for signing USB configurations: DIR/oasis-config.key (private, keep it
+    /// off the appliance) and DIR/oasis-config.pub (build it into the appliance image).
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Check FILE and sign it with a private key from `oasis config keygen`: writes FILE.sig.
+    Sign {
+        #[arg(long, value_name = "PRIVATE")]
+        key: PathBuf,
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,6 +154,9 @@ pub enum BuildCommand {
     /// The appliance's bootable disk image (BIOS and UEFI): GRUB, Debian's kernel, an initramfs
     /// that runs `oasis boot`, and the node image and iPXE builds it serves to the rack.
     Appliance(ApplianceBuildArgs),
+    /// A USB stick image (an MBR and a FAT partition labelled OASIS) carrying oasis.toml and,
+    /// with --key (or a FILE.sig beside it), oasis.toml.sig. Write it to a stick with `dd`.
+    UsbStick(UsbStickArgs),
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +186,22 @@ pub struct ApplianceBuildArgs {
     /// Where downloaded packages are kept between builds.
     #[arg(long, default_value = "/var/cache/oasis/debian")]
     pub cache: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UsbStickArgs {
+    /// The configuration to put on the stick; it is checked first.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Sign it with this private key (`oasis config keygen`). Without it, FILE.sig is taken if
+    /// it is beside FILE.
+    #[arg(long, value_name = "PRIVATE")]
+    pub key: Option<PathBuf>,
+    /// The image file to write.
+    #[arg(long, value_name = "IMAGE")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = oasis_image::usb_stick::DEFAULT_SIZE_MIB)]
+    pub size_mib: u64,
 }
 
 #[derive(Debug, Args)]
@@ -524,5 +555,59 @@ pub fn build_appliance(a: &ApplianceBuildArgs) -> anyhow::Result<()> {
     for (path, sha256) in &image.esp_files {
         println!("{sha256}  {path}");
     }
+/// `oasis config keygen --out DIR`.
+pub fn config_keygen(dir: &Path) -> anyhow::Result<()> {
+    let (private, public, key) = crate::usb::signature::keygen(dir)?;
+    println!("key {}", crate::usb::signature::key_id(&key));
+    println!(
+        "  private: {} (keep it secret; sign with `oasis config sign --key {} oasis.toml`)",
+        private.display(),
+        private.display()
+    );
+    println!("  public:  {} (build it into the appliance image as its trusted key)", public.display());
+    Ok(())
+}
+
+/// `oasis config sign --key PRIVATE FILE`.
+pub fn config_sign(key: &Path, file: &Path) -> anyhow::Result<()> {
+    let sig = crate::usb::signature::sign_file(key, file)?;
+    println!("{}: signed, signature in {}", file.display(), sig.display());
+    Ok(())
+}
+
+/// `oasis image build usb-stick`.
+pub fn build_usb_stick(args: &UsbStickArgs) -> anyhow::Result<()> {
+    use crate::usb::signature;
+    use oasis_image::usb_stick::{CONFIG_FILE, SIGNATURE_FILE};
+    let bytes = std::fs::read(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
+    Config::parse(&String::from_utf8_lossy(&bytes), &args.config)?;
+    let mut sig_beside = args.config.as_os_str().to_owned();
+    sig_beside.push(".sig");
+    let sig_beside = PathBuf::from(sig_beside);
+    let (signature, signed_how) = match &args.key {
+        Some(key) => {
+            let key = signature::load_private_key(key)?;
+            let id = signature::key_id(&key.verifying_key());
+            (Some(signature::signature_file(&key, &bytes)), format!("signed with key {id}"))
+        }
+        None if sig_beside.exists() => {
+            let text = std::fs::read_to_string(&sig_beside)
+                .with_context(|| format!("cannot read {}", sig_beside.display()))?;
+            signature::parse_signature(&text, &sig_beside)?;
+            (Some(text), format!("signature from {}", sig_beside.display()))
+        }
+        None => (None, "unsigned (an appliance with a trusted key refuses it)".to_string()),
+    };
+    let mut files: Vec<(&str, &[u8])> = vec![(CONFIG_FILE, &bytes)];
+    if let Some(sig) = &signature {
+        files.push((SIGNATURE_FILE, sig.as_bytes()));
+    }
+    oasis_image::usb_stick::build_usb_stick(&files, &args.out, args.size_mib)?;
+    println!(
+        "{}: {} MiB USB stick, FAT partition labelled {} with {CONFIG_FILE}, {signed_how}",
+        args.out.display(),
+        args.size_mib,
+        oasis_image::usb_stick::LABEL
+    );
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! - [`etcd`]: the appliance's etcd client (membership, status, keys).
 //! - [`assembly`]: the controller that turns accepted machines into a cluster.
 //! - [`k3s`]: the k3s services, CAs and kubeconfig of a cluster with a k3s bundle.
+//! - [`usb`]: configuration from a USB stick labelled `OASIS`, and the report written back to it.
 
 pub mod admin;
 pub mod api;
@@ -24,6 +25,7 @@ pub mod pki;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod usb;
 pub mod wireguard;
 
 use cli::{BuildCommand, Cli, ClusterCommand, Command, ConfigCommand, ImageCommand, MachineCommand};
@@ -36,6 +38,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             serve::run(config).await?;
         }
         Command::Config(ConfigCommand::Check { file }) => cli::config_check(&file)?,
+        Command::Config(ConfigCommand::Keygen { out }) => cli::config_keygen(&out)?,
+        Command::Config(ConfigCommand::Sign { key, file }) => cli::config_sign(&key, &file)?,
         Command::Leases(state) => cli::leases(&state)?,
         Command::Machines(state) => cli::machines(&state)?,
         Command::Events { state, limit } => cli::events(&state, limit)?,
@@ -49,10 +53,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::Put { key, value, via, state }) => {
             cli::cluster_kv(&key, Some(&value), &via, &state)?
         }
-        Command::Image(ImageCommand::Build(BuildCommand::Appliance(a))) => cli::build_appliance(&a)?,
         Command::Image(ImageCommand::Build(build)) => {
             let manifest = match &build {
-                BuildCommand::Appliance(_) => unreachable!("matched above"),
+                BuildCommand::Appliance(a) => return cli::build_appliance(a),
+                BuildCommand::UsbStick(a) => return cli::build_usb_stick(a),
                 BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,
                 BuildCommand::TestPayload(a) => oasis_image::payload::build_test_payload(&a.cache, &a.out)?,
                 BuildCommand::Node(a) => {

@@ -6,7 +6,8 @@
 //! reproducible cpio writer ([`cpio`], [`payload`]). The node image ([`node`]) adds the kernel modules a
 //! node needs ([`kmod`]) and the node agent with its shared libraries ([`elf`]); beside it go the
 //! programs the appliance serves to some nodes only, etcd and a k3s bundle ([`k3s_bundle`]), listed
-//! in `artifacts.json` ([`artifacts`]). Every output directory carries a `SHA256SUMS`
+//! in `artifacts.json` ([`artifacts`]). The USB configuration stick ([`usb_stick`]) is a FAT image
+//! written without mounting. Every output directory carries a `SHA256SUMS`
 //! manifest ([`manifest`]), and every file is written aside, fsynced and renamed into place.
 
 pub mod appliance;
@@ -22,6 +23,7 @@ pub mod kmod;
 pub mod manifest;
 pub mod node;
 pub mod payload;
+pub mod usb_stick;
 
 pub use debian::{DebianCache, DebianError, UnpackedPackage};
 pub use manifest::{Manifest, ManifestEntry, ManifestError};

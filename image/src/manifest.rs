@@ -211,7 +211,14 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut File) -> io::Result
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut file = File::create(&tmp).map_err(ManifestError::io(&tmp))?;
+        // Readable too: builders that lay out a filesystem read back what they wrote.
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(ManifestError::io(&tmp))?;
         fill(&mut file).map_err(ManifestError::io(&tmp))?;
         file.sync_all().map_err(ManifestError::io(&tmp))?;
         drop(file);
