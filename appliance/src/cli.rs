@@ -23,6 +23,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Runs the appliance image: prepares its disk, finds the configuration (USB stick, saved, or
+    /// console questions), runs `oasis serve` and the console. Started by the image's /init.
+    Boot,
     /// Run DHCP, TFTP and HTTP boot on the configured interface until stopped.
     Serve {
         #[arg(long, value_name = "FILE")]
@@ -528,6 +531,10 @@ pub fn build_appliance(a: &ApplianceBuildArgs) -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => std::env::current_exe()?,
     };
+    if let Some(key) = &a.trusted_key {
+        // Refuse a key the appliance could not read, before building anything.
+        crate::usb::signature::load_trusted_key(key)?;
+    }
     let inputs = oasis_image::appliance::ApplianceInputs {
         oasis,
         node: a.node.clone(),
@@ -555,6 +562,9 @@ pub fn build_appliance(a: &ApplianceBuildArgs) -> anyhow::Result<()> {
     for (path, sha256) in &image.esp_files {
         println!("{sha256}  {path}");
     }
+    Ok(())
+}
+
 /// `oasis config keygen --out DIR`.
 pub fn config_keygen(dir: &Path) -> anyhow::Result<()> {
     let (private, public, key) = crate::usb::signature::keygen(dir)?;

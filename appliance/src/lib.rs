@@ -1,5 +1,6 @@
 //! The oasis appliance: `oasis serve` and the commands around it.
 //!
+//! - [`boot`]: `oasis boot`, the appliance image's supervisor: disk, configuration, serve, console.
 //! - [`config`]: `oasis.toml`, parsed and checked.
 //! - [`store`]: the redb store of leases, machines and events.
 //! - [`serve`]: runs the network boot services on the store.
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod api;
 pub mod assembly;
+pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod console;
@@ -33,6 +35,7 @@ use cli::{BuildCommand, Cli, ClusterCommand, Command, ConfigCommand, ImageComman
 /// Runs one command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Boot => tokio::task::spawn_blocking(boot::run).await??,
         Command::Serve { config } => {
             let config = config::Config::load(&config)?;
             serve::run(config).await?;

@@ -16,6 +16,7 @@
 //! logs of each boot there.
 
 pub mod appliance;
+pub mod appliance_vm;
 pub mod assets;
 pub mod dnsmasq;
 pub mod netns;

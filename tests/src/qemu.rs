@@ -53,6 +53,12 @@ pub struct MachineSpec<'a> {
     pub nic_model: String,
     /// Boot this kernel directly (`-kernel/-initrd/-append`) instead of from the network.
     pub direct_kernel: Option<DirectKernel>,
+    /// Boot from the network (true, the default) or from the disks in `extra_args` (the NIC then
+    /// has no boot ROM).
+    pub netboot: bool,
+    /// Also accept input for the serial console on this Unix socket (the log still goes to
+    /// `serial_log`): see [`SerialPort`].
+    pub serial_socket: Option<PathBuf>,
 }
 
 /// A kernel QEMU loads itself, with no firmware network boot.
@@ -79,6 +85,8 @@ impl<'a> MachineSpec<'a> {
             extra_args: Vec::new(),
             nic_model: "virtio-net-pci".into(),
             direct_kernel: None,
+            netboot: true,
+            serial_socket: None,
         }
     }
 }
@@ -108,8 +116,21 @@ impl Machine {
 
         let mut cmd = spec.netns.command("qemu-system-x86_64");
         cmd.args(["-accel", "tcg", "-cpu", "max", "-m", &spec.memory_mb.to_string()]);
-        cmd.args(["-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot", "-boot", "n"]);
-        cmd.arg("-serial").arg(format!("file:{}", spec.serial_log.display()));
+        cmd.args(["-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot"]);
+        cmd.args(["-boot", if spec.netboot { "n" } else { "c" }]);
+        match &spec.serial_socket {
+            None => {
+                cmd.arg("-serial").arg(format!("file:{}", spec.serial_log.display()));
+            }
+            Some(socket) => {
+                cmd.arg("-chardev").arg(format!(
+                    "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+                    socket.display(),
+                    spec.serial_log.display()
+                ));
+                cmd.args(["-serial", "chardev:serial0"]);
+            }
+        }
         cmd.args(["-netdev", &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap)]);
         let scratch = tempfile::Builder::new().prefix("oasis-qemu-").tempdir().map_err(io(Path::new("/tmp")))?;
         let nic = match spec.firmware {
@@ -118,7 +139,11 @@ impl Machine {
                 let sercon = scratch.path().join("sercon-port");
                 std::fs::write(&sercon, 0x3f8u16.to_le_bytes()).map_err(io(&sercon))?;
                 cmd.args(["-fw_cfg", &format!("name=etc/sercon-port,file={}", sercon.display())]);
-                format!("{},netdev=n0,mac={},bootindex=1", spec.nic_model, spec.mac)
+                if spec.netboot {
+                    format!("{},netdev=n0,mac={},bootindex=1", spec.nic_model, spec.mac)
+                } else {
+                    format!("{},netdev=n0,mac={},romfile=", spec.nic_model, spec.mac)
+                }
             }
             Firmware::Uefi => {
                 let dir = &scratch;
@@ -126,7 +151,8 @@ impl Machine {
                 std::fs::copy(OVMF_VARS, &copy).map_err(io(Path::new(OVMF_VARS)))?;
                 cmd.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
                 cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", copy.display())]);
-                format!("{},netdev=n0,mac={},romfile=,bootindex=1", spec.nic_model, spec.mac)
+                let boot = if spec.netboot { ",bootindex=1" } else { "" };
+                format!("{},netdev=n0,mac={},romfile={boot}", spec.nic_model, spec.mac)
             }
         };
         cmd.args(["-device", &nic]);

@@ -22,7 +22,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// Where the appliance image carries its trusted key (absent: configurations need no signature).
-pub const TRUSTED_KEY_PATH: &str = "/etc/oasis/config-signing.pub";
+pub const TRUSTED_KEY_PATH: &str = oasis_image::appliance::TRUSTED_KEY_PATH;
 /// File names `oasis config keygen` writes.
 pub const PRIVATE_KEY_FILE: &str = "oasis-config.key";
 pub const PUBLIC_KEY_FILE: &str = "oasis-config.pub";

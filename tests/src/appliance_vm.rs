@@ -1,0 +1,178 @@
+//! The appliance as a virtual machine booting its own disk image (`oasis image build appliance`),
+//! with an operator at its serial console (expect-style: wait for a prompt, type the answer) and
+//! USB sticks plugged in at boot or later through QEMU's monitor.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::{tail, Firmware, Machine, MachineSpec, Netns};
+
+/// The appliance image `scripts/test` builds: `$OASIS_ASSETS/appliance/appliance.img`.
+pub fn appliance_image() -> PathBuf {
+    let dir = std::env::var_os("OASIS_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join(".cache/assets"));
+    let image = dir.join("appliance/appliance.img");
+    assert!(
+        image.is_file(),
+        "{} is missing: build it with `oasis image build appliance --node DIR/node --ipxe DIR/ipxe --out {}` (scripts/test does)",
+        image.display(),
+        image.display()
+    );
+    image
+}
+
+/// Makes the appliance VM's disk: a sparse copy of `image`, `gib` GiB large (the data partition
+/// fills what the image leaves).
+pub fn appliance_disk(image: &Path, disk: &Path, gib: u64) {
+    let status = std::process::Command::new("cp").arg("--sparse=always").arg(image).arg(disk).status().unwrap();
+    assert!(status.success(), "copying {}", image.display());
+    std::fs::OpenOptions::new().write(true).open(disk).unwrap().set_len(gib << 30).unwrap();
+}
+
+/// What the appliance VM gets.
+#[derive(Debug, Clone)]
+pub struct ApplianceVmSpec {
+    /// Its disk (see [`appliance_disk`]), kept across power cycles.
+    pub disk: PathBuf,
+    /// A USB stick plugged in at power-on.
+    pub stick: Option<PathBuf>,
+    /// BIOS or UEFI.
+    pub firmware: Firmware,
+    /// The rack NIC's MAC.
+    pub mac: String,
+}
+
+/// A running appliance VM.
+#[derive(Debug)]
+pub struct ApplianceVm {
+    pub machine: Machine,
+    serial: UnixStream,
+    monitor: PathBuf,
+    /// How much of the serial log the waits have consumed.
+    seen: usize,
+    sticks: usize,
+}
+
+fn connect(path: &Path, timeout: Duration) -> UnixStream {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {}: {e}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+impl ApplianceVm {
+    /// Powers the appliance on in `ns`, its NIC on `tap`; files go to `work`.
+    pub fn start(ns: &Netns, tap: &str, spec: &ApplianceVmSpec, work: &Path, name: &str) -> ApplianceVm {
+        let log = work.join(format!("{name}.log"));
+        let socket = work.join(format!("{name}.serial"));
+        let monitor = work.join(format!("{name}.monitor"));
+        let mut m = MachineSpec::new(ns, tap, &spec.mac, spec.firmware, log);
+        m.memory_mb = 1024;
+        m.netboot = false;
+        m.serial_socket = Some(socket.clone());
+        m.extra_args = vec![
+            "-drive".into(),
+            format!("file={},if=none,id=disk,format=raw", spec.disk.display()),
+            "-device".into(),
+            "virtio-blk-pci,drive=disk,bootindex=0".into(),
+            "-device".into(),
+            "qemu-xhci,id=xhci".into(),
+            "-chardev".into(),
+            format!("socket,id=mon,path={},server=on,wait=off", monitor.display()),
+            "-mon".into(),
+            "chardev=mon,mode=readline".into(),
+        ];
+        if let Some(stick) = &spec.stick {
+            m.extra_args.extend([
+                "-drive".into(),
+                format!("file={},if=none,id=stick0,format=raw", stick.display()),
+                "-device".into(),
+                "usb-storage,bus=xhci.0,drive=stick0,id=usb0".into(),
+            ]);
+        }
+        let machine = Machine::start(m).unwrap();
+        let serial = connect(&socket, Duration::from_secs(10));
+        ApplianceVm { machine, serial, monitor, seen: 0, sticks: 1 }
+    }
+
+    /// The serial console so far.
+    pub fn serial(&self) -> String {
+        self.machine.serial()
+    }
+
+    /// Waits for `marker` after what earlier waits consumed; consumes up to its end and returns
+    /// the text from the previous position to there.
+    pub fn expect(&mut self, marker: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.machine.serial();
+            if let Some(i) = log.get(self.seen..).and_then(|rest| rest.find(marker)) {
+                let end = self.seen + i + marker.len();
+                let text = log[self.seen..end].to_string();
+                self.seen = end;
+                return text;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "`{marker}` did not appear on the appliance's console within {timeout:?}; console:\n{}",
+                    tail(log.get(self.seen.saturating_sub(2000)..).unwrap_or(&log), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits for `prompt` (consumed), then types `answer` and Enter.
+    pub fn answer(&mut self, prompt: &str, answer: &str, timeout: Duration) {
+        self.expect(prompt, timeout);
+        self.serial.write_all(format!("{answer}\r").as_bytes()).unwrap();
+        self.serial.flush().unwrap();
+    }
+
+    /// Runs a QEMU monitor command and returns its output.
+    pub fn monitor(&self, command: &str) -> String {
+        let mut s = connect(&self.monitor, Duration::from_secs(5));
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let read_prompt = |reader: &mut BufReader<UnixStream>| {
+            let mut out = Vec::new();
+            let mut byte = [0u8; 1];
+            while !out.ends_with(b"(qemu) ") {
+                match reader.read(&mut byte) {
+                    Ok(1) => out.push(byte[0]),
+                    _ => break,
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        read_prompt(&mut reader);
+        s.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let out = read_prompt(&mut reader);
+        let _ = reader.fill_buf();
+        out
+    }
+
+    /// Plugs a USB stick in; returns its id for [`ApplianceVm::unplug`].
+    pub fn plug(&mut self, stick: &Path) -> String {
+        let n = self.sticks;
+        self.sticks += 1;
+        let out = self.monitor(&format!("drive_add 0 if=none,id=stick{n},file={},format=raw", stick.display()));
+        assert!(!out.contains("rror"), "drive_add: {out}");
+        let out = self.monitor(&format!("device_add usb-storage,bus=xhci.0,drive=stick{n},id=usb{n}"));
+        assert!(!out.contains("rror"), "device_add: {out}");
+        format!("usb{n}")
+    }
+
+    /// Pulls a stick out.
+    pub fn unplug(&mut self, id: &str) {
+        let out = self.monitor(&format!("device_del {id}"));
+        assert!(!out.contains("rror"), "device_del: {out}");
+    }
+}

@@ -1,0 +1,218 @@
+//! The appliance as the site gets it: its disk image booting in a VM (BIOS or UEFI), configured
+//! by a USB stick or at its serial console, serving a rack of machines that netboot from it with
+//! their real firmware, in a namespace with no route anywhere else (the rack needs nothing beyond
+//! itself). Needs root, QEMU, and the assets `scripts/test` builds (the appliance image included).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use oasis_e2e::appliance_vm::{appliance_disk, appliance_image, ApplianceVm, ApplianceVmSpec};
+use oasis_e2e::{oasis_bin, Firmware, Machine, MachineSpec, Netns};
+use oasis_image::usb_stick;
+
+const RACK_CONFIG: &str = r#"[network]
+interface = "eth0"
+address = "10.0.0.1"
+
+[dhcp]
+range = ["10.0.0.100", "10.0.0.199"]
+"#;
+
+fn stick(work: &Path, name: &str, config: &str, key: Option<&Path>) -> std::path::PathBuf {
+    let config_path = work.join(format!("{name}.toml"));
+    std::fs::write(&config_path, config).unwrap();
+    let out = work.join(format!("{name}.img"));
+    let mut cmd = Command::new(oasis_bin());
+    cmd.args(["image", "build", "usb-stick", "--config"]).arg(&config_path).arg("--out").arg(&out);
+    if let Some(key) = key {
+        cmd.arg("--key").arg(key);
+    }
+    let output = cmd.output().unwrap();
+    assert!(output.status.success(), "building the stick: {}", String::from_utf8_lossy(&output.stderr));
+    out
+}
+
+fn report_file(stick: &Path, name: &str) -> Option<String> {
+    usb_stick::read_file(stick, &format!("{}/{name}", usb_stick::REPORT_DIR))
+        .unwrap()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A node machine netbooting (BIOS, QEMU's iPXE ROM) from the appliance VM.
+fn node(ns: &Netns, work: &Path, i: usize) -> Machine {
+    let tap = format!("tap{}", i + 1);
+    ns.add_tap(&tap, "br0").unwrap();
+    let mut spec = MachineSpec::new(
+        ns,
+        &tap,
+        &format!("52:54:00:0e:01:{:02x}", i + 1),
+        Firmware::Bios,
+        work.join(format!("node{i}.log")),
+    );
+    spec.memory_mb = 512;
+    spec.extra_args =
+        vec!["-smbios".into(), format!("type=1,serial=SN-{}", i + 1), "-uuid".into(), oasis_e2e::rack::uuid(i + 10)];
+    Machine::start(spec).unwrap()
+}
+
+/// The machines the appliance knows, by id, with when each first registered and its overlay address, through its HTTPS
+/// admin API with the token from the stick's report.
+fn machines_via_api(ns: &Netns, token: &str) -> Vec<(String, String)> {
+    let out = ns
+        .command("curl")
+        .args(["-sk", "--max-time", "10", "-H", &format!("Authorization: Bearer {}", token.trim())])
+        .arg("https://10.0.0.1:9443/v1/machines")
+        .output()
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("admin API answer: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let mut machines: Vec<(String, String)> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (m["id"].as_str().unwrap_or_default().to_string(), format!("{} {}", m["first_registered"], m["overlay"]))
+        })
+        .collect();
+    machines.sort();
+    machines
+}
+
+/// A stick configures the appliance at first boot; three machines netboot from it and form a
+/// cluster; the stick gets the report (applied config, inventory, admin token, cluster status).
+/// Rebooted, the appliance comes back from its data partition: same machines, none new, healthy.
+#[test]
+fn stick_configured_appliance_assembles_the_rack_and_survives_a_reboot() {
+    let ns = Netns::create("oasis-img").unwrap();
+    // The test's own address on the rack, to reach the admin API; no route anywhere else.
+    ns.add_bridge("br0", Some("10.0.0.254/24")).unwrap();
+    ns.add_tap("tap0", "br0").unwrap();
+    let work = tempfile::Builder::new().prefix("oasis-img-").tempdir().unwrap();
+    let config = format!("{RACK_CONFIG}\n[cluster]\ncontrol_plane = 3\nmin_machines = 3\nsettle_secs = 5\n");
+    let stick = stick(work.path(), "stick", &config, None);
+    let disk = work.path().join("appliance-disk.img");
+    appliance_disk(&appliance_image(), &disk, 4);
+    let spec = ApplianceVmSpec {
+        disk: disk.clone(),
+        stick: Some(stick.clone()),
+        firmware: Firmware::Bios,
+        mac: "52:54:00:0a:00:01".into(),
+    };
+    let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance");
+    appliance.expect("oasis boot: created the data partition", Duration::from_secs(180));
+    appliance.expect("configuration is valid", Duration::from_secs(60));
+    appliance.expect("oasis boot: serving", Duration::from_secs(120));
+    appliance.expect("report written to the USB stick", Duration::from_secs(60));
+
+    let _nodes: Vec<Machine> = (0..3).map(|i| node(&ns, work.path(), i)).collect();
+    appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(600));
+    appliance.expect("report written to the USB stick", Duration::from_secs(60));
+
+    let result = report_file(&stick, "result.txt").expect("result.txt on the stick");
+    assert!(result.contains("applied"), "{result}");
+    assert_eq!(report_file(&stick, "applied.toml").as_deref(), Some(config.as_str()));
+    let inventory = report_file(&stick, "inventory.txt").expect("inventory.txt");
+    for i in 1..=3 {
+        assert!(inventory.contains(&format!("SN-{i}")), "{inventory}");
+    }
+    let status = report_file(&stick, "cluster-status.txt").expect("cluster-status.txt");
+    assert!(status.contains("healthy"), "{status}");
+    let token = report_file(&stick, "admin-token").expect("the first boot's report carries the admin token");
+    let before = machines_via_api(&ns, &token);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // Reboot: the store on the data partition brings everything back.
+    appliance.monitor("system_reset");
+    appliance.expect("oasis boot: looking for the appliance disk", Duration::from_secs(120));
+    let boot = appliance.expect("oasis boot: serving", Duration::from_secs(240));
+    assert!(!boot.contains("created the data partition"), "formatted again:\n{boot}");
+    appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(300));
+    assert_eq!(machines_via_api(&ns, &token), before, "machines changed across the reboot");
+}
+
+/// An image built with a trusted key: a malformed config on the stick at boot is refused (the
+/// reason on the console and the stick, with its line), so the console asks its questions and the
+/// operator answers them over the serial port; one machine netboots (UEFI appliance) and becomes
+/// a single-node cluster. Then an unsigned config plugged in is refused, a signed one applied.
+#[test]
+fn console_setup_and_refused_then_signed_usb_configs() {
+    let ns = Netns::create("oasis-con").unwrap();
+    ns.add_bridge("br0", None).unwrap();
+    ns.add_tap("tap0", "br0").unwrap();
+    let work = tempfile::Builder::new().prefix("oasis-con-").tempdir().unwrap();
+    let keys = work.path().join("keys");
+    let out = Command::new(oasis_bin()).args(["config", "keygen", "--out"]).arg(&keys).output().unwrap();
+    assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+    let (private, public) = (keys.join("oasis-config.key"), keys.join("oasis-config.pub"));
+    let image = work.path().join("appliance-signed.img");
+    let assets = oasis_e2e::assets().unwrap();
+    let cache = std::env::var("OASIS_DEBIAN_CACHE").unwrap_or_else(|_| "/var/cache/oasis/debian".into());
+    let out = Command::new(oasis_bin())
+        .args(["image", "build", "appliance", "--node"])
+        .arg(&assets.node)
+        .arg("--ipxe")
+        .arg(&assets.ipxe)
+        .arg("--trusted-key")
+        .arg(&public)
+        .args(["--cache", &cache, "--out"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "building the image: {}", String::from_utf8_lossy(&out.stderr));
+
+    let malformed =
+        stick(work.path(), "malformed", "[network]\ninterface = \"eth0\"\naddress = \"10.0.0.300\"\n", Some(&private));
+    let disk = work.path().join("appliance-disk.img");
+    appliance_disk(&image, &disk, 4);
+    let spec = ApplianceVmSpec {
+        disk,
+        stick: Some(malformed.clone()),
+        firmware: Firmware::Uefi,
+        mac: "52:54:00:0a:00:02".into(),
+    };
+    let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance");
+    let refused = appliance.expect("keeping the last good configuration", Duration::from_secs(240));
+    assert!(refused.contains("REFUSED") && refused.contains("line 3"), "{refused}");
+
+    let t = Duration::from_secs(60);
+    appliance.answer("Rack interface [", "", Duration::from_secs(60));
+    appliance.answer("Appliance address on eth0 [", "10.0.0.1", t);
+    appliance.answer("Netmask [", "", t);
+    appliance.expect("no other DHCP server answered", t);
+    appliance.answer("DHCP mode, full or proxy [", "full", t);
+    appliance.answer("DHCP range, first-last [", "", t);
+    appliance.answer("Cluster name [", "desert", t);
+    appliance.answer("Control-plane machines, 1, 3 or 5 [", "1", t);
+    appliance.answer("Acceptance policy, auto, allowlist or manual [", "auto", t);
+    appliance.answer("Save this setup, yes or redo [", "yes", t);
+    appliance.expect("oasis: setup saved", t);
+    appliance.expect("oasis boot: serving", Duration::from_secs(120));
+    // The refusal went to the stick too, with the line of the error.
+    appliance.expect("report written to the USB stick", t);
+    let result = report_file(&malformed, "result.txt").unwrap();
+    assert!(result.contains("refused") && result.contains("line 3"), "{result}");
+    assert!(report_file(&malformed, "applied.toml").is_none());
+
+    let _node = node(&ns, work.path(), 0);
+    appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(600));
+    appliance.expect("oasis status: cluster desert healthy", Duration::from_secs(60));
+
+    // Hot-plugged: an unsigned config is refused, a signed one applied (and serve restarted).
+    appliance.unplug("usb0");
+    let config = format!("{RACK_CONFIG}\n[cluster]\nname = \"desert\"\ncontrol_plane = 1\n");
+    let unsigned = stick(work.path(), "unsigned", &config, None);
+    let id = appliance.plug(&unsigned);
+    let refused = appliance.expect("keeping the last good configuration", Duration::from_secs(60));
+    assert!(refused.contains("REFUSED") && refused.contains("unsigned"), "{refused}");
+    appliance.expect("report written to the USB stick", t);
+    appliance.unplug(&id);
+    let result = report_file(&unsigned, "result.txt").unwrap();
+    assert!(result.contains("refused") && result.contains("unsigned"), "{result}");
+
+    let signed = stick(work.path(), "signed", &config, Some(&private));
+    appliance.plug(&signed);
+    appliance.expect("configuration is valid and signed", Duration::from_secs(60));
+    appliance.expect("report written to the USB stick", Duration::from_secs(120));
+    assert_eq!(report_file(&signed, "applied.toml").as_deref(), Some(config.as_str()));
+}
