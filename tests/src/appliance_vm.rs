@@ -99,6 +99,10 @@ impl ApplianceVm {
         }
         let machine = Machine::start(m).unwrap();
         let serial = connect(&socket, Duration::from_secs(10));
+        // QEMU also sends the console to the socket; a client that does not read it fills the
+        // socket's buffer and stalls the guest's serial port. The log file keeps it all.
+        let mut drain = serial.try_clone().unwrap();
+        std::thread::spawn(move || std::io::copy(&mut drain, &mut std::io::sink()));
         ApplianceVm { machine, serial, monitor, seen: 0, sticks: 1 }
     }
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use oasis_appliance::usb::signature;
 use oasis_e2e::appliance_vm::{appliance_disk, appliance_image, ApplianceVm, ApplianceVmSpec};
 use oasis_e2e::{oasis_bin, Firmware, Machine, MachineSpec, Netns};
 use oasis_image::usb_stick;
@@ -122,10 +123,16 @@ fn stick_configured_appliance_assembles_the_rack_and_survives_a_reboot() {
     let before = machines_via_api(&ns, &token);
     assert_eq!(before.len(), 3, "{before:?}");
 
-    // Reboot: the store on the data partition brings everything back.
-    appliance.monitor("system_reset");
-    appliance.expect("oasis boot: looking for the appliance disk", Duration::from_secs(120));
-    let boot = appliance.expect("oasis boot: serving", Duration::from_secs(240));
+    // Reboot from the console's menu (QEMU runs with -no-reboot: the VM stops, and is powered on
+    // again on the same disk, without the stick): the store on the data partition brings
+    // everything back.
+    appliance.answer("Choice: ", "r", Duration::from_secs(60));
+    appliance.answer("Reboot the appliance, yes or no [no]: ", "yes", Duration::from_secs(60));
+    appliance.machine.wait_exit(Duration::from_secs(120)).unwrap();
+    drop(appliance);
+    let spec = ApplianceVmSpec { stick: None, ..spec };
+    let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance-rebooted");
+    let boot = appliance.expect("oasis boot: serving", Duration::from_secs(300));
     assert!(!boot.contains("created the data partition"), "formatted again:\n{boot}");
     appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(300));
     assert_eq!(machines_via_api(&ns, &token), before, "machines changed across the reboot");
@@ -161,8 +168,18 @@ fn console_setup_and_refused_then_signed_usb_configs() {
         .unwrap();
     assert!(out.status.success(), "building the image: {}", String::from_utf8_lossy(&out.stderr));
 
-    let malformed =
-        stick(work.path(), "malformed", "[network]\ninterface = \"eth0\"\naddress = \"10.0.0.300\"\n", Some(&private));
+    // Signed, so that what is refused is the file itself; written without `oasis image build
+    // usb-stick`, which checks a configuration before putting it on a stick.
+    let bad = b"[network]\ninterface = \"eth0\"\naddress = \"10.0.0.300\"\n";
+    let key = signature::load_private_key(&private).unwrap();
+    let sig = signature::signature_file(&key, bad);
+    let malformed = work.path().join("malformed.img");
+    usb_stick::build_usb_stick(
+        &[(usb_stick::CONFIG_FILE, bad), (usb_stick::SIGNATURE_FILE, sig.as_bytes())],
+        &malformed,
+        64,
+    )
+    .unwrap();
     let disk = work.path().join("appliance-disk.img");
     appliance_disk(&image, &disk, 4);
     let spec = ApplianceVmSpec {

@@ -258,6 +258,10 @@ pub fn prepare_data_partition(disk: &BootDisk) -> Result<DataPartition, DiskErro
     let device = partition_device(&disk.name, slot + 1);
     wait_for(&device, Duration::from_secs(10))?;
     let dev_str = device.to_string_lossy().into_owned();
+    if in_mount_table(&device, 0) {
+        // `oasis boot` started again after an error: the partition is in use as it was.
+        return Ok(DataPartition { device, created: false, restored: false, grown: false, bytes: 0 });
+    }
     if format {
         run_ok("mke2fs", &["-q", "-F", "-t", "ext4", "-L", DATA_NAME, &dev_str])?;
     } else {
@@ -303,14 +307,27 @@ fn wait_for(path: &Path, timeout: Duration) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Mounts `device` (of filesystem `fstype`) at `target` with `options`, creating `target`.
+/// Whether `path` is in the mount table as a mount point (`field` 1) or a device (`field` 0).
+fn in_mount_table(path: &Path, field: usize) -> bool {
+    let table = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    table.lines().any(|l| l.split_whitespace().nth(field) == Some(&*path.to_string_lossy()))
+}
+
+/// Mounts `device` (of filesystem `fstype`) at `target` with `options`, creating `target`. Already
+/// mounted there (`oasis boot` started again after an error): nothing to do.
 pub fn mount(device: &Path, target: &Path, fstype: &str, options: &str) -> Result<(), DiskError> {
+    if in_mount_table(target, 1) {
+        return Ok(());
+    }
     fs::create_dir_all(target).map_err(io_err(target))?;
     run_ok("mount", &["-t", fstype, "-o", options, &device.to_string_lossy(), &target.to_string_lossy()])
 }
 
-/// Bind-mounts `source` over `target`, read-only.
+/// Bind-mounts `source` over `target`, read-only (unless it is already).
 pub fn bind_read_only(source: &Path, target: &Path) -> Result<(), DiskError> {
+    if in_mount_table(target, 1) {
+        return Ok(());
+    }
     fs::create_dir_all(target).map_err(io_err(target))?;
     let (s, t) = (source.to_string_lossy(), target.to_string_lossy());
     run_ok("mount", &["-o", "bind", &s, &t])?;

@@ -172,6 +172,9 @@ pub struct Supervisor {
     token_for_report: Mutex<bool>,
     /// The configuration text `serve` runs with.
     current: Mutex<String>,
+    /// The stick whose configuration was last applied or refused, and what became of it: a later
+    /// report to the same stick (the cluster is healthy) says it again rather than "report only".
+    last_offer: Mutex<Option<(Stick, Outcome)>>,
 }
 
 impl Supervisor {
@@ -181,6 +184,7 @@ impl Supervisor {
             trusted_key,
             token_for_report: Mutex::new(first_boot),
             current: Mutex::new(String::new()),
+            last_offer: Mutex::new(None),
         }
     }
 
@@ -349,7 +353,16 @@ impl Supervisor {
     /// Writes the report (with `outcome`) to `stick`; says on the console how it went.
     fn report_to(&self, stick: &Stick, outcome: Outcome) {
         let mut report = usb::gather(&self.data_dir);
-        report.outcome = outcome;
+        let mut last_offer = self.last_offer.lock().unwrap_or_else(|e| e.into_inner());
+        report.outcome = match (outcome, last_offer.as_ref()) {
+            (Outcome::ReportOnly, Some((s, earlier))) if s == stick => earlier.clone(),
+            (Outcome::ReportOnly, _) => Outcome::ReportOnly,
+            (offered, _) => {
+                *last_offer = Some((stick.clone(), offered.clone()));
+                offered
+            }
+        };
+        drop(last_offer);
         let mut token_pending = self.token_for_report.lock().unwrap_or_else(|e| e.into_inner());
         if *token_pending {
             report.admin_token = fs::read_to_string(self.data_dir.join(ADMIN_TOKEN_FILE)).ok();
