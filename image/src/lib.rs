@@ -8,11 +8,16 @@
 //! programs the appliance serves to some nodes only, etcd and a k3s bundle ([`k3s_bundle`]), listed
 //! in `artifacts.json` ([`artifacts`]). Every output directory carries a `SHA256SUMS`
 //! manifest ([`manifest`]), and every file is written aside, fsynced and renamed into place.
+//!
+//! [`buildroot_tree`] checks `buildroot-overlay/`, the Buildroot br2-external tree that builds the
+//! same appliance from source, including its genimage disk layout ([`genimage_cfg`]).
 
 pub mod artifacts;
+pub mod buildroot_tree;
 pub mod cpio;
 pub mod debian;
 pub mod elf;
+pub mod genimage_cfg;
 pub mod ipxe;
 pub mod k3s_bundle;
 pub mod kmod;
