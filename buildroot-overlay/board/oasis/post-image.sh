@@ -5,8 +5,8 @@
 #
 # Buildroot passes the images directory as $1 and exports BINARIES_DIR, BUILD_DIR and HOST_DIR.
 # OASIS_BOOT_DIR must name the boot root the appliance serves to the rack (the node image from
-# `oasis image build node`, the iPXE binaries from `oasis image build ipxe`); it is copied to
-# /oasis/boot/ on the EFI system partition.
+# `oasis image build node`, the iPXE binaries from `oasis image build ipxe`, laid out as
+# `oasis image build appliance` lays out /oasis/boot/); it is copied to /oasis/boot/ as it is.
 set -eu
 
 die() {
@@ -41,7 +41,7 @@ done
 [ -n "$grub_boot" ] || die "GRUB's boot.img not found under $work/grub2-*/build-i386-pc/grub-core/: enable BR2_TARGET_GRUB2_I386_PC and rebuild grub2"
 
 boot_root=${OASIS_BOOT_DIR:-}
-[ -n "$boot_root" ] || die "OASIS_BOOT_DIR is not set: build the node image and iPXE binaries into one directory (oasis image build node --out DIR; oasis image build ipxe --out DIR) and export OASIS_BOOT_DIR=DIR"
+[ -n "$boot_root" ] || die "OASIS_BOOT_DIR is not set: build the node image and the iPXE binaries (oasis image build node, oasis image build ipxe), lay them out in one directory as /oasis/boot/ of the appliance image, and export OASIS_BOOT_DIR=that directory"
 [ -d "$boot_root" ] || die "OASIS_BOOT_DIR=$boot_root is not a directory"
 
 # Writes VALUE as 8 bytes, little-endian, at byte OFFSET of FILE, in place.
