@@ -6,15 +6,22 @@
 //! reproducible cpio writer ([`cpio`], [`payload`]). The node image ([`node`]) adds the kernel modules a
 //! node needs ([`kmod`]) and the node agent with its shared libraries ([`elf`]); beside it go the
 //! programs the appliance serves to some nodes only, etcd and a k3s bundle ([`k3s_bundle`]), listed
-//! in `artifacts.json` ([`artifacts`]). The USB configuration stick ([`usb_stick`]) is a FAT image
+//! in `artifacts.json` ([`artifacts`]). The appliance's bootable disk image ([`appliance`]) is a GPT
+//! disk ([`gpt`]) with GRUB for BIOS and UEFI ([`grub`]) and a FAT EFI system partition holding its
+//! kernel, initramfs and everything it serves. The USB configuration stick ([`usb_stick`]) is a FAT image
 //! written without mounting. Every output directory carries a `SHA256SUMS`
 //! manifest ([`manifest`]), and every file is written aside, fsynced and renamed into place.
+//!
+//! [`buildroot_tree`] checks `buildroot-overlay/`, the Buildroot br2-external tree that builds the
+//! same appliance from source, including its genimage disk layout ([`genimage_cfg`]).
 
 pub mod appliance;
 pub mod artifacts;
+pub mod buildroot_tree;
 pub mod cpio;
 pub mod debian;
 pub mod elf;
+pub mod genimage_cfg;
 pub mod gpt;
 pub mod grub;
 pub mod ipxe;
