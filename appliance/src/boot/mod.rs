@@ -325,6 +325,7 @@ impl Supervisor {
             .arg("serve")
             .arg("--config")
             .arg(self.config_path())
+            .env("OASIS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
