@@ -409,32 +409,38 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
     }
 }
 
+/// An API on a fresh store in `dir` (no WireGuard, no artifacts), for tests of what sits on it.
+#[cfg(test)]
+pub(crate) fn test_api(dir: &std::path::Path, policy: crate::registry::Policy) -> Arc<Api> {
+    let store = Store::open(dir).unwrap();
+    let identity = Identity::load_or_create(&store, dir).unwrap();
+    let overlay = crate::registry::Overlay {
+        appliance: Ipv4Addr::new(10, 99, 0, 1),
+        prefix_len: 24,
+        endpoint: "10.0.0.1:51820".parse().unwrap(),
+        appliance_key: crate::wireguard::public_key(&identity.wireguard_private),
+        keepalive_secs: 15,
+    };
+    let (desired, _) = watch::channel(Arc::default());
+    Arc::new(Api {
+        registry: Mutex::new(Registry::new(policy, overlay, vec![])),
+        store,
+        identity,
+        wireguard: None,
+        desired,
+        artifacts: HashMap::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::Request;
 
     use super::*;
-    use crate::registry::{Overlay, Policy};
+    use crate::registry::Policy;
 
     fn api(dir: &std::path::Path) -> Arc<Api> {
-        let store = Store::open(dir).unwrap();
-        let identity = Identity::load_or_create(&store, dir).unwrap();
-        let overlay = Overlay {
-            appliance: Ipv4Addr::new(10, 99, 0, 1),
-            prefix_len: 24,
-            endpoint: "10.0.0.1:51820".parse().unwrap(),
-            appliance_key: crate::wireguard::public_key(&identity.wireguard_private),
-            keepalive_secs: 15,
-        };
-        let (desired, _) = watch::channel(Arc::default());
-        Arc::new(Api {
-            registry: Mutex::new(Registry::new(Policy::Auto, overlay, vec![])),
-            store,
-            identity,
-            wireguard: None,
-            desired,
-            artifacts: HashMap::new(),
-        })
+        test_api(dir, Policy::Auto)
     }
 
     async fn send(api: &Arc<Api>, method: &str, path: &str, auth: Option<&str>, body: Vec<u8>) -> (StatusCode, String) {

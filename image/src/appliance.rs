@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -38,6 +38,7 @@ use crate::grub::{self, GrubError, GrubImages};
 use crate::kmod::{self, KernelModule, KmodError};
 use crate::manifest::{self, ManifestError};
 use crate::node::{add_overlay, NodeImageError};
+use crate::partition::Slice;
 use crate::payload::{BUSYBOX_PACKAGE, KERNEL_METAPACKAGE};
 
 /// First sector of the BIOS boot partition (1 MiB), and its length (1 MiB).
@@ -328,55 +329,6 @@ fn boot_dir_files(dir: &Path, esp_dir: &str) -> Result<Vec<(String, EspSource)>,
     Ok(files)
 }
 
-/// A window onto part of the image file, for the FAT writer.
-struct Region<'a> {
-    file: &'a mut fs::File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Read for Region<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len - self.pos) as usize;
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.read(&mut buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Write for Region<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = (buf.len() as u64).min(self.len - self.pos) as usize;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "end of the partition"));
-        }
-        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
-        let n = self.file.write(&buf[..n])?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Seek for Region<'_> {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let pos = match to {
-            SeekFrom::Start(p) => p as i128,
-            SeekFrom::Current(d) => self.pos as i128 + d as i128,
-            SeekFrom::End(d) => self.len as i128 + d as i128,
-        };
-        if pos < 0 || pos > self.len as i128 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek outside the partition"));
-        }
-        self.pos = pos as u64;
-        Ok(self.pos)
-    }
-}
-
 /// The EFI system partition's size for these files: room for FAT32's minimum, the files (in 4 KiB
 /// clusters) and a quarter more, in whole MiB.
 fn esp_sectors(files: &[(String, EspSource)]) -> Result<u64, ApplianceImageError> {
@@ -396,7 +348,7 @@ fn write_esp(
     files: &[(String, EspSource)],
 ) -> Result<(), ApplianceImageError> {
     let fat = |e: io::Error| ApplianceImageError::Fat(e.to_string());
-    let mut region = Region { file, start: first * SECTOR, len: sectors * SECTOR, pos: 0 };
+    let mut region = Slice::new(file, first * SECTOR, sectors * SECTOR);
     let mut label = [b' '; 11];
     label[..grub::ESP_LABEL.len()].copy_from_slice(grub::ESP_LABEL.as_bytes());
     let options = fatfs::FormatVolumeOptions::new()

@@ -29,6 +29,7 @@ pub mod k3s_bundle;
 pub mod kmod;
 pub mod manifest;
 pub mod node;
+pub mod partition;
 pub mod payload;
 pub mod usb_stick;
 

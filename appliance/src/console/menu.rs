@@ -193,7 +193,6 @@ fn show_events(term: &mut dyn Terminal, data_dir: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 
@@ -273,35 +272,13 @@ mod tests {
     /// The real admin router on a Unix socket in `dir`, with one machine pending under the
     /// manual policy, registered through the real API router.
     fn admin_with_a_pending_machine(dir: &Path, rt: &tokio::runtime::Runtime) -> Arc<crate::api::Api> {
-        use std::collections::HashMap;
-
         use axum::extract::ConnectInfo;
         use tower::ServiceExt;
 
-        use crate::api::Api;
-        use crate::identity::Identity;
-        use crate::registry::{Overlay, Policy, Registry};
-        use crate::store::Store;
+        use crate::registry::Policy;
 
         rt.block_on(async {
-            let store = Store::open(dir).unwrap();
-            let identity = Identity::load_or_create(&store, dir).unwrap();
-            let overlay = Overlay {
-                appliance: Ipv4Addr::new(10, 99, 0, 1),
-                prefix_len: 24,
-                endpoint: "10.0.0.1:51820".parse().unwrap(),
-                appliance_key: crate::wireguard::public_key(&identity.wireguard_private),
-                keepalive_secs: 15,
-            };
-            let (desired, _) = tokio::sync::watch::channel(Arc::default());
-            let api = Arc::new(Api {
-                registry: tokio::sync::Mutex::new(Registry::new(Policy::Manual, overlay, vec![])),
-                store: store.clone(),
-                identity,
-                wireguard: None,
-                desired,
-                artifacts: HashMap::new(),
-            });
+            let api = crate::api::test_api(dir, Policy::Manual);
             let register = oasis_proto::RegisterRequest {
                 token: api.identity.join_token.clone(),
                 nonce: "nonce-0000000000000001".into(),
@@ -328,14 +305,14 @@ mod tests {
             let res = crate::api::router(api.clone()).oneshot(req).await.unwrap();
             assert!(res.status().is_success(), "registration: {}", res.status());
 
-            let ca = crate::pki::ClusterCa::load_or_create(&store).unwrap();
+            let ca = crate::pki::ClusterCa::load_or_create(&api.store).unwrap();
             let cluster = admin::ClusterHandle {
                 status: tokio::sync::watch::channel(Arc::default()).1,
                 etcd: crate::etcd::EtcdClient::new(&ca).unwrap(),
                 kubeconfig: tokio::sync::watch::channel(None).1,
             };
             let listener = admin::listen(dir).unwrap();
-            let router = admin::router(store, api.clone(), cluster);
+            let router = admin::router(api.store.clone(), api.clone(), cluster);
             tokio::spawn(async move { axum::serve(listener, router).await });
             api
         })
