@@ -82,9 +82,10 @@ fn machines_via_api(ns: &Netns, token: &str) -> Vec<(String, String)> {
 
 /// A stick configures the appliance at first boot; three machines netboot from it and form a
 /// cluster; the stick gets the report (applied config, inventory, admin token, cluster status).
-/// Rebooted, the appliance comes back from its data partition: same machines, none new, healthy.
+/// Rebooted from its console, updated (the image written over its disk) and its disk grown, the
+/// appliance comes back from its data partition: same machines, none new, healthy.
 #[test]
-fn stick_configured_appliance_assembles_the_rack_and_survives_a_reboot() {
+fn stick_configured_appliance_assembles_the_rack_and_keeps_it_across_a_reboot_and_an_update() {
     let ns = Netns::create("oasis-img").unwrap();
     // The test's own address on the rack, to reach the admin API; no route anywhere else.
     ns.add_bridge("br0", Some("10.0.0.254/24")).unwrap();
@@ -123,17 +124,27 @@ fn stick_configured_appliance_assembles_the_rack_and_survives_a_reboot() {
     let before = machines_via_api(&ns, &token);
     assert_eq!(before.len(), 3, "{before:?}");
 
-    // Reboot from the console's menu (QEMU runs with -no-reboot: the VM stops, and is powered on
-    // again on the same disk, without the stick): the store on the data partition brings
-    // everything back.
+    // Reboot from the console's menu (QEMU runs with -no-reboot: the VM stops). While it is off,
+    // an update: the image written again over the disk, which also grew by 2 GiB. Powered on
+    // without the stick, the appliance finds its store beyond the image, keeps it and grows it,
+    // and brings everything back.
     appliance.answer("Choice: ", "r", Duration::from_secs(60));
     appliance.answer("Reboot the appliance, yes or no [no]: ", "yes", Duration::from_secs(60));
     appliance.machine.wait_exit(Duration::from_secs(120)).unwrap();
     drop(appliance);
+    let status = Command::new("dd")
+        .arg(format!("if={}", appliance_image().display()))
+        .arg(format!("of={}", disk.display()))
+        .args(["bs=1M", "conv=notrunc", "status=none"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "writing the image over the disk");
+    std::fs::OpenOptions::new().write(true).open(&disk).unwrap().set_len(6 << 30).unwrap();
     let spec = ApplianceVmSpec { stick: None, ..spec };
-    let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance-rebooted");
+    let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance-updated");
     let boot = appliance.expect("oasis boot: serving", Duration::from_secs(300));
     assert!(!boot.contains("created the data partition"), "formatted again:\n{boot}");
+    assert!(boot.contains("found the store of an earlier image on /dev/vda3 and kept it (4.0 GiB)"), "{boot}");
     appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(300));
     assert_eq!(machines_via_api(&ns, &token), before, "machines changed across the reboot");
 }

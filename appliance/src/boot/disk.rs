@@ -267,7 +267,9 @@ pub fn prepare_data_partition(disk: &BootDisk) -> Result<DataPartition, DiskErro
     } else {
         // Preen: fix what is safe to fix without asking. Exit codes 0-2 mean the filesystem is
         // usable; worse is reported but the mount is still tried (the operator sees why it fails).
-        let out = run("e2fsck", &["-p", &dev_str])?;
+        // Before growing, a full check: resize2fs refuses a filesystem not checked since mounted.
+        let args: &[&str] = if grow { &["-f", "-p", &dev_str] } else { &["-p", &dev_str] };
+        let out = run("e2fsck", args)?;
         if out.status.code().is_none_or(|c| c >= 4) {
             let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
             eprintln!("oasis boot: e2fsck found errors it could not fix on {dev_str}: {}", text.trim());

@@ -62,7 +62,10 @@ pub fn run() -> anyhow::Result<()> {
     if data.created {
         say(&format!("oasis boot: created the data partition {} ({gib:.1} GiB)", data.device.display()));
     } else if data.restored {
-        say(&format!("oasis boot: found the store of an earlier image on {} and kept it", data.device.display()));
+        say(&format!(
+            "oasis boot: found the store of an earlier image on {} and kept it ({gib:.1} GiB)",
+            data.device.display()
+        ));
     } else if data.grown {
         say(&format!("oasis boot: grew the data partition {} to {gib:.1} GiB", data.device.display()));
     }
