@@ -82,7 +82,10 @@ pub fn run() -> anyhow::Result<()> {
     let mut consoles = Consoles::open_appliance().context("opening the consoles")?;
 
     let supervisor = Supervisor::new(data_dir.clone(), trusted_key, first_boot);
-    let (config_text, offered) = supervisor.choose_config(&mut consoles)?;
+    // The sticks there now were read (or are being read) for this boot; the watcher reports the
+    // ones that come after, including any plugged in while the console asked its questions.
+    let boot_sticks = sticks_at_boot();
+    let (config_text, offered) = supervisor.choose_config(&boot_sticks, &mut consoles)?;
     supervisor.apply(&config_text)?;
     let mut serve = supervisor.start_serve()?;
     supervisor.wait_for_serve(Duration::from_secs(60));
@@ -96,9 +99,8 @@ pub fn run() -> anyhow::Result<()> {
     let (stick_tx, sticks) = mpsc::channel();
     {
         let stop = stop.clone();
-        let already = usb::scan();
         std::thread::spawn(move || {
-            let watcher = usb::Watcher::after_scan(usb::Scanner::default(), &already);
+            let watcher = usb::Watcher::after_scan(usb::Scanner::default(), &boot_sticks);
             usb::watch(watcher, Duration::from_secs(2), &stop, |stick| {
                 let _ = stick_tx.send(stick);
             });
@@ -150,6 +152,18 @@ pub fn run() -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The sticks plugged in at power-on: USB storage needs a few seconds to enumerate after its
+/// drivers load, so an empty scan is repeated for up to 5 s.
+fn sticks_at_boot() -> Vec<Stick> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut sticks = usb::scan();
+    while sticks.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        sticks = usb::scan();
+    }
+    sticks
 }
 
 fn stop_child(child: &mut Child) {
@@ -258,17 +272,14 @@ impl Supervisor {
 
     /// The configuration for this boot, and the stick that offered one (with what became of it),
     /// to report to once `serve` runs.
-    fn choose_config(&self, consoles: &mut Consoles) -> anyhow::Result<(String, Option<(Stick, Outcome)>)> {
-        // USB sticks need a few seconds to enumerate after their drivers load.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut sticks = usb::scan();
-        while sticks.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(500));
-            sticks = usb::scan();
-        }
+    fn choose_config(
+        &self,
+        sticks: &[Stick],
+        consoles: &mut Consoles,
+    ) -> anyhow::Result<(String, Option<(Stick, Outcome)>)> {
         let saved = fs::read_to_string(self.config_path()).ok();
         let mut offered = None;
-        if let Some(stick) = sticks.into_iter().next() {
+        if let Some(stick) = sticks.first().cloned() {
             say(&format!("oasis boot: USB stick {} found", stick.device.display()));
             match self.read_stick(&stick) {
                 Some(Offer::Accepted { text, signed }) => {
@@ -351,7 +362,8 @@ impl Supervisor {
     }
 
     fn cluster_healthy(&self) -> bool {
-        usb::gather(&self.data_dir).cluster.is_some_and(|c| c.health == "healthy")
+        let Ok(Some(body)) = crate::admin::request(&self.data_dir, "GET", "/v1/cluster") else { return false };
+        serde_json::from_slice::<crate::assembly::status::ClusterStatus>(&body).is_ok_and(|c| c.health == "healthy")
     }
 
     /// Writes the report (with `outcome`) to `stick`; says on the console how it went.
