@@ -136,7 +136,13 @@ impl ApplianceVm {
     /// Waits for `prompt` (consumed), then types `answer` and Enter.
     pub fn answer(&mut self, prompt: &str, answer: &str, timeout: Duration) {
         self.expect(prompt, timeout);
-        self.serial.write_all(format!("{answer}\r").as_bytes()).unwrap();
+        self.type_line(answer);
+    }
+
+    /// Types `line` and Enter on the serial console now (for a menu that is already waiting: its
+    /// prompt may have been consumed by an earlier wait).
+    pub fn type_line(&mut self, line: &str) {
+        self.serial.write_all(format!("{line}\r").as_bytes()).unwrap();
         self.serial.flush().unwrap();
     }
 
