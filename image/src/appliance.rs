@@ -503,7 +503,11 @@ pub fn build_appliance_image(
 
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|source| ApplianceImageError::Output { path: parent.to_path_buf(), source })?;
-    let grub = grub::build(&cache, &cache.dir().join("grub-work"))?;
+    // A work directory of this build's own: two builds sharing a cache must not mix their files.
+    let work = cache.dir().join(format!("grub-work-{}", std::process::id()));
+    let grub = grub::build(&cache, &work);
+    let _ = fs::remove_dir_all(&work);
+    let grub = grub?;
     files.push(("EFI/BOOT/BOOTX64.EFI".into(), EspSource::Bytes(grub.efi_img.clone())));
     files.push((grub::CFG_PATH.into(), EspSource::Bytes(grub::grub_cfg(CMDLINE).into_bytes())));
     files.push((grub::KERNEL_PATH.into(), EspSource::File(kernel.file(&format!("/boot/{vmlinuz}"))?)));
