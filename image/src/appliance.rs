@@ -38,7 +38,7 @@ use crate::grub::{self, GrubError, GrubImages};
 use crate::kmod::{self, KernelModule, KmodError};
 use crate::manifest::{self, ManifestError};
 use crate::node::{add_overlay, NodeImageError};
-use crate::partition::Slice;
+use crate::partition::{Slice, FIXED_TIME};
 use crate::payload::{BUSYBOX_PACKAGE, KERNEL_METAPACKAGE};
 
 /// First sector of the BIOS boot partition (1 MiB), and its length (1 MiB).
@@ -357,7 +357,7 @@ fn write_esp(
         .volume_id(0x0A515B00)
         .bytes_per_cluster(4096);
     fatfs::format_volume(&mut region, options).map_err(fat)?;
-    let fs = fatfs::FileSystem::new(&mut region, fatfs::FsOptions::new()).map_err(fat)?;
+    let fs = fatfs::FileSystem::new(&mut region, fatfs::FsOptions::new().time_provider(&FIXED_TIME)).map_err(fat)?;
     for (path, source) in files {
         let root = fs.root_dir();
         let (dir, name) = match path.rsplit_once('/') {
@@ -539,6 +539,8 @@ pub fn build_appliance_image(
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     fn module(name: &str, depends: &[&str]) -> KernelModule {
@@ -562,6 +564,40 @@ mod tests {
         ];
         let order: Vec<&str> = load_order(&modules).iter().map(|m| m.name.as_str()).collect();
         assert_eq!(order, ["mbcache", "jbd2", "ext4", "fat", "vfat"]);
+    }
+
+    #[test]
+    fn the_disk_is_reproducible_and_its_esp_holds_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core_img = vec![0u8; 1024];
+        core_img[508..510].copy_from_slice(&1u16.to_le_bytes());
+        let grub = GrubImages { boot_img: vec![0xEB; 512], core_img, efi_img: vec![1; 100], version: "test".into() };
+        let files = vec![
+            ("EFI/BOOT/BOOTX64.EFI".to_string(), EspSource::Bytes(vec![1; 100])),
+            ("oasis/boot/node/initrd.img".to_string(), EspSource::Bytes(vec![7; 300_000])),
+        ];
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        write_disk(&a, &grub, &files).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2100)); // FAT times have 2 s steps
+        write_disk(&b, &grub, &files).unwrap();
+        assert!(fs::read(&a).unwrap() == fs::read(&b).unwrap(), "two builds of the same inputs differ");
+
+        let bytes = fs::read(&a).unwrap();
+        assert_eq!(bytes[0], 0xEB, "boot code");
+        assert_eq!(&bytes[0x5c..0x64], &BIOS_BOOT_FIRST.to_le_bytes());
+        let core = (BIOS_BOOT_FIRST * SECTOR) as usize;
+        assert_eq!(&bytes[core + 500..core + 508], &(BIOS_BOOT_FIRST + 1).to_le_bytes());
+        let mut file = fs::File::open(&a).unwrap();
+        let sectors = bytes.len() as u64 / SECTOR;
+        let (table, _) = Gpt::read(&mut file, sectors).unwrap();
+        let (slot, esp) = table.find(ESP_NAME).unwrap();
+        assert_eq!((slot, esp.first_lba, esp.type_guid), (1, ESP_FIRST, gpt::EFI_SYSTEM));
+        let region = Slice::new(file, esp.first_lba * SECTOR, esp.sectors() * SECTOR);
+        let fat = fatfs::FileSystem::new(region, fatfs::FsOptions::new()).unwrap();
+        assert_eq!(fat.volume_label().trim_end(), grub::ESP_LABEL);
+        let mut data = Vec::new();
+        fat.root_dir().open_file("oasis/boot/node/initrd.img").unwrap().read_to_end(&mut data).unwrap();
+        assert_eq!(data, vec![7; 300_000]);
     }
 
     #[test]

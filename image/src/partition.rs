@@ -1,6 +1,6 @@
 //! A window onto one partition of a disk image: reads, writes and seeks confined to it, for the
 //! FAT writer and reader (`fatfs` works on a whole volume) on the appliance's EFI system partition
-//! and on USB stick images.
+//! and on USB stick images; and the fixed clock they are written with.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -63,5 +63,22 @@ impl<T> Seek for Slice<T> {
             }
             _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek outside the partition")),
         }
+    }
+}
+
+/// The clock FAT filesystems are written with: every timestamp is 2000-01-01, so an image
+/// depends on its inputs only.
+#[derive(Debug)]
+pub struct FixedTime;
+
+/// See [`FixedTime`].
+pub static FIXED_TIME: FixedTime = FixedTime;
+
+impl fatfs::TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        fatfs::Date { year: 2000, month: 1, day: 1 }
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        fatfs::DateTime { date: self.get_current_date(), time: fatfs::Time { hour: 0, min: 0, sec: 0, millis: 0 } }
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::{write_atomic_with, ManifestError};
-use crate::partition::Slice;
+use crate::partition::{Slice, FIXED_TIME};
 
 /// The volume label the appliance looks for.
 pub const LABEL: &str = "OASIS";
@@ -207,22 +207,6 @@ fn write_mbr(file: &mut File, total: u64, fat32: bool, disk_id: u32) -> io::Resu
     file.write_all(&mbr)
 }
 
-/// The timestamp of every file on a built stick: the image depends on its inputs only.
-#[derive(Debug)]
-struct FixedTime;
-
-static FIXED_TIME: FixedTime = FixedTime;
-
-impl fatfs::TimeProvider for FixedTime {
-    fn get_current_date(&self) -> fatfs::Date {
-        fatfs::Date { year: 2000, month: 1, day: 1 }
-    }
-    fn get_current_date_time(&self) -> fatfs::DateTime {
-        fatfs::DateTime { date: self.get_current_date(), time: fatfs::Time { hour: 0, min: 0, sec: 0, millis: 0 } }
-    }
-}
-
-/// A window of `len` bytes at `start` of a seekable stream: one partition of a disk image.
 #[cfg(test)]
 mod tests {
     use super::*;
