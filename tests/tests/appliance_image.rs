@@ -149,10 +149,11 @@ fn stick_configured_appliance_assembles_the_rack_and_keeps_it_across_a_reboot_an
     assert_eq!(machines_via_api(&ns, &token), before, "machines changed across the reboot");
 }
 
-/// An image built with a trusted key: a malformed config on the stick at boot is refused (the
-/// reason on the console and the stick, with its line), so the console asks its questions and the
-/// operator answers them over the serial port; one machine netboots (UEFI appliance) and becomes
-/// a single-node cluster. Then an unsigned config plugged in is refused, a signed one applied.
+/// An image built with a trusted key boots (UEFI) with no stick: the console asks its questions
+/// and the operator answers them over the serial port; one machine netboots and becomes a
+/// single-node cluster. Then sticks are plugged in: a malformed config (signed) is refused with
+/// its line, an unsigned one is refused as unsigned, each with the reason on the console and on
+/// the stick; a signed one is applied.
 #[test]
 fn console_setup_and_refused_then_signed_usb_configs() {
     let ns = Netns::create("oasis-con").unwrap();
@@ -193,15 +194,9 @@ fn console_setup_and_refused_then_signed_usb_configs() {
     .unwrap();
     let disk = work.path().join("appliance-disk.img");
     appliance_disk(&image, &disk, 4);
-    let spec = ApplianceVmSpec {
-        disk,
-        stick: Some(malformed.clone()),
-        firmware: Firmware::Uefi,
-        mac: "52:54:00:0a:00:02".into(),
-    };
+    let spec = ApplianceVmSpec { disk, stick: None, firmware: Firmware::Uefi, mac: "52:54:00:0a:00:02".into() };
     let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance");
-    let refused = appliance.expect("keeping the last good configuration", Duration::from_secs(240));
-    assert!(refused.contains("REFUSED") && refused.contains("line 3"), "{refused}");
+    appliance.expect("no configuration yet: answer the questions", Duration::from_secs(240));
 
     let t = Duration::from_secs(60);
     appliance.answer("Rack interface [", "", Duration::from_secs(60));
@@ -216,11 +211,6 @@ fn console_setup_and_refused_then_signed_usb_configs() {
     appliance.answer("Save this setup, yes or redo [", "yes", t);
     appliance.expect("oasis: setup saved", t);
     appliance.expect("oasis boot: serving", Duration::from_secs(120));
-    // The refusal went to the stick too, with the line of the error.
-    appliance.expect("report written to the USB stick", t);
-    let result = report_file(&malformed, "result.txt").unwrap();
-    assert!(result.contains("refused") && result.contains("line 3"), "{result}");
-    assert!(report_file(&malformed, "applied.toml").is_none());
 
     let _node = node(&ns, work.path(), 0);
     appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(600));
@@ -228,8 +218,17 @@ fn console_setup_and_refused_then_signed_usb_configs() {
     // supervisor's line, so it is looked for in the whole console.
     appliance.machine.wait_for_serial("oasis status: cluster desert healthy", Duration::from_secs(60)).unwrap();
 
-    // Hot-plugged: an unsigned config is refused, a signed one applied (and serve restarted).
-    appliance.unplug("usb0");
+    // Hot-plugged: a malformed config is refused with its line; the report says so on the stick.
+    let id = appliance.plug(&malformed);
+    let refused = appliance.expect("keeping the last good configuration", Duration::from_secs(60));
+    assert!(refused.contains("REFUSED") && refused.contains("line 3"), "{refused}");
+    appliance.expect("report written to the USB stick", t);
+    appliance.unplug(&id);
+    let result = report_file(&malformed, "result.txt").unwrap();
+    assert!(result.contains("refused") && result.contains("line 3"), "{result}");
+    assert!(report_file(&malformed, "applied.toml").is_none());
+
+    // An unsigned config is refused, a signed one applied (and serve restarted).
     let config = format!("{RACK_CONFIG}\n[cluster]\nname = \"desert\"\ncontrol_plane = 1\n");
     let unsigned = stick(work.path(), "unsigned", &config, None);
     let id = appliance.plug(&unsigned);
