@@ -2,7 +2,7 @@
 //! with an operator at its serial console (expect-style: wait for a prompt, type the answer) and
 //! USB sticks plugged in at boot or later through QEMU's monitor.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -165,7 +165,6 @@ impl ApplianceVm {
         read_prompt(&mut reader);
         s.write_all(format!("{command}\n").as_bytes()).unwrap();
         let out = read_prompt(&mut reader);
-        let _ = reader.fill_buf();
         out
     }
 
