@@ -164,8 +164,7 @@ impl ApplianceVm {
         };
         read_prompt(&mut reader);
         s.write_all(format!("{command}\n").as_bytes()).unwrap();
-        let out = read_prompt(&mut reader);
-        out
+        read_prompt(&mut reader)
     }
 
     /// Plugs a USB stick in; returns its id for [`ApplianceVm::unplug`].
