@@ -23,7 +23,6 @@
 //! `buildroot-overlay/rootfs-overlay`. The bulky boot files stay on the EFI system partition, which
 //! the appliance mounts read-only, so GRUB loads a small initramfs.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -35,7 +34,7 @@ use crate::debian::{DebianCache, DebianError};
 use crate::elf::{self, ElfError};
 use crate::gpt::{self, Gpt, GptError, Guid, Partition, SECTOR};
 use crate::grub::{self, GrubError, GrubImages};
-use crate::kmod::{self, KernelModule, KmodError};
+use crate::kmod::{self, KmodError};
 use crate::manifest::{self, ManifestError};
 use crate::node::{add_overlay, NodeImageError};
 use crate::partition::{Slice, FIXED_TIME};
@@ -224,33 +223,6 @@ pub struct ApplianceParts {
     pub library_dirs: Vec<String>,
 }
 
-/// The kernel modules in an order that loads each after its dependencies (and otherwise by name).
-pub fn load_order(modules: &[KernelModule]) -> Vec<&KernelModule> {
-    let by_name: BTreeMap<&str, &KernelModule> = modules.iter().map(|m| (m.name.as_str(), m)).collect();
-    let mut done = BTreeSet::new();
-    let mut order = Vec::new();
-    fn visit<'a>(
-        m: &'a KernelModule,
-        by_name: &BTreeMap<&str, &'a KernelModule>,
-        done: &mut BTreeSet<&'a str>,
-        order: &mut Vec<&'a KernelModule>,
-    ) {
-        if !done.insert(m.name.as_str()) {
-            return;
-        }
-        for dep in &m.depends {
-            if let Some(d) = by_name.get(dep.as_str()) {
-                visit(d, by_name, done, order);
-            }
-        }
-        order.push(m);
-    }
-    for m in modules {
-        visit(m, &by_name, &mut done, &mut order);
-    }
-    order
-}
-
 /// Builds the appliance initramfs.
 pub fn appliance_initramfs(parts: &ApplianceParts, inputs: &ApplianceInputs) -> Result<Archive, ApplianceImageError> {
     let mut a = Archive::new();
@@ -271,7 +243,7 @@ pub fn appliance_initramfs(parts: &ApplianceParts, inputs: &ApplianceInputs) -> 
     for module in &modules {
         a.file(&format!("{base}/{}", module.path), 0o644, module.data.clone())?;
     }
-    let order: String = load_order(&modules).iter().map(|m| format!("{}\n", m.path)).collect();
+    let order: String = kmod::load_sequence(&modules).iter().map(|m| format!("{}\n", m.path)).collect();
     a.file(&format!("{base}/{MODULE_ORDER_FILE}"), 0o644, order)?;
 
     let dirs: Vec<&str> = parts.library_dirs.iter().map(String::as_str).collect();
@@ -542,29 +514,6 @@ mod tests {
     use std::io::Read;
 
     use super::*;
-
-    fn module(name: &str, depends: &[&str]) -> KernelModule {
-        KernelModule {
-            name: name.into(),
-            path: format!("kernel/{name}.ko"),
-            depends: depends.iter().map(|d| d.to_string()).collect(),
-            data: vec![],
-            aliases: vec![],
-        }
-    }
-
-    #[test]
-    fn modules_load_after_their_dependencies() {
-        let modules = vec![
-            module("ext4", &["mbcache", "jbd2"]),
-            module("jbd2", &[]),
-            module("mbcache", &[]),
-            module("vfat", &["fat"]),
-            module("fat", &[]),
-        ];
-        let order: Vec<&str> = load_order(&modules).iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(order, ["mbcache", "jbd2", "ext4", "fat", "vfat"]);
-    }
 
     #[test]
     fn the_disk_is_reproducible_and_its_esp_holds_the_files() {

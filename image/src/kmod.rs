@@ -174,24 +174,38 @@ pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, String> {
         .collect())
 }
 
+/// Appends `name`'s dependencies (deepest first), then `name`, to `out`, skipping any in `seen`.
+fn visit(name: &str, by_name: &BTreeMap<&str, &KernelModule>, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
+    if !seen.insert(name.to_string()) {
+        return;
+    }
+    if let Some(module) = by_name.get(name) {
+        for dep in &module.depends {
+            visit(dep, by_name, seen, out);
+        }
+    }
+    out.push(name.to_string());
+}
+
 /// The order in which `name`'s dependencies must be loaded (deepest first), without `name` itself.
 fn load_order(name: &str, by_name: &BTreeMap<&str, &KernelModule>) -> Vec<String> {
-    fn visit(name: &str, by_name: &BTreeMap<&str, &KernelModule>, seen: &mut BTreeSet<String>, out: &mut Vec<String>) {
-        if !seen.insert(name.to_string()) {
-            return;
-        }
-        if let Some(module) = by_name.get(name) {
-            for dep in &module.depends {
-                visit(dep, by_name, seen, out);
-            }
-        }
-        out.push(name.to_string());
-    }
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     visit(name, by_name, &mut seen, &mut out);
     out.pop(); // `name` itself comes last
     out
+}
+
+/// Every module of `modules`, each after its dependencies (otherwise in the order given): the
+/// order to load a whole set with insmod, which knows nothing of dependencies.
+pub fn load_sequence(modules: &[KernelModule]) -> Vec<&KernelModule> {
+    let by_name: BTreeMap<&str, &KernelModule> = modules.iter().map(|m| (m.name.as_str(), m)).collect();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for module in modules {
+        visit(&module.name, &by_name, &mut seen, &mut out);
+    }
+    out.iter().filter_map(|name| by_name.get(name.as_str()).copied()).collect()
 }
 
 /// `modules.dep` in depmod's format: `path: dep-path dep-path…`, each module's dependencies listed
@@ -234,6 +248,19 @@ mod tests {
             aliases: vec![format!("pci:v{name}*")],
             data: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_set_loads_each_module_after_its_dependencies() {
+        let modules = vec![
+            module("ext4", &["mbcache", "jbd2"]),
+            module("jbd2", &[]),
+            module("mbcache", &[]),
+            module("vfat", &["fat"]),
+            module("fat", &[]),
+        ];
+        let order: Vec<&str> = load_sequence(&modules).iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(order, ["mbcache", "jbd2", "ext4", "fat", "vfat"]);
     }
 
     #[test]
