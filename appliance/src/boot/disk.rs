@@ -9,7 +9,7 @@
 //! written to a larger disk, or a VM disk grew), the partition and its filesystem are grown.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use oasis_image::appliance::{DATA_FIRST, DATA_NAME, ESP_NAME};
 use oasis_image::gpt::{self, Gpt, Guid, Partition, SECTOR};
+use oasis_image::partition::Slice;
 
 /// Errors finding or preparing the disk.
 #[derive(Debug, thiserror::Error)]
@@ -187,19 +188,11 @@ pub fn plan_data_partition(
     Ok(DataPlan::Change { table, slot, format: !kept, grow: kept })
 }
 
-/// The ext4 (or ext2/3) volume label of the filesystem starting at byte `offset`, if any.
+/// The ext4 (or ext2/3) volume label of the filesystem starting at byte `offset`, if any: the
+/// superblock read as the USB stick scan reads it, on a window of the disk from `offset`.
 pub fn ext_label(dev: &mut (impl Read + Seek), offset: u64) -> io::Result<Option<String>> {
-    let mut sb = [0u8; 1024];
-    dev.seek(SeekFrom::Start(offset + 1024))?;
-    if dev.read_exact(&mut sb).is_err() {
-        return Ok(None);
-    }
-    if sb[0x38..0x3a] != [0x53, 0xEF] {
-        return Ok(None);
-    }
-    let label = &sb[0x78..0x88];
-    let end = label.iter().position(|&b| b == 0).unwrap_or(label.len());
-    Ok(Some(String::from_utf8_lossy(&label[..end]).into_owned()))
+    let mut window = Slice::new(dev, offset, u64::MAX - offset);
+    Ok(crate::usb::label::ext_label(&mut window)?.flatten())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<std::process::Output, DiskError> {
