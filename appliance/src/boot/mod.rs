@@ -131,14 +131,13 @@ pub fn run() -> anyhow::Result<()> {
         match sticks.recv_timeout(Duration::from_secs(1)) {
             Ok(stick) => {
                 say(&format!("oasis boot: USB stick {} ({}) plugged in", stick.label, stick.device.display()));
-                if let Some(new_text) = actions.take_stick(&stick) {
+                if let Some((text, signed)) = actions.take_stick(&stick) {
                     say("oasis boot: applying the stick's configuration: restarting oasis serve");
                     stop_child(&mut serve);
-                    actions.apply(&new_text)?;
+                    actions.apply(&text)?;
                     serve = actions.start_serve()?;
                     actions.wait_for_serve(Duration::from_secs(60));
-                    actions
-                        .report_to(&stick, Outcome::Applied { text: new_text, signed: actions.trusted_key.is_some() });
+                    actions.report_to(&stick, Outcome::Applied { text, signed });
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -147,9 +146,8 @@ pub fn run() -> anyhow::Result<()> {
         if !reported_healthy && actions.cluster_healthy() {
             reported_healthy = true;
             say("oasis boot: the cluster is healthy");
-            if let Some(stick) = usb::scan().into_iter().next() {
-                actions.report_to(&stick, Outcome::ReportOnly);
-            }
+            // To the stick still plugged in, if any: what the menu's export does.
+            let _ = actions.export_report();
         }
     }
 }
@@ -209,10 +207,6 @@ impl Supervisor {
         self.data_dir.join(CONFIG_FILE)
     }
 
-    fn acceptance(&self) -> (PathBuf, Option<&VerifyingKey>) {
-        (self.config_path(), self.trusted_key.as_ref())
-    }
-
     /// Reads a stick's offer. The reason of a refusal goes to the console (and later the stick).
     fn read_stick(&self, stick: &Stick) -> Option<Offer> {
         let mounted = match usb::mount(stick, Path::new(STICK_MOUNT)) {
@@ -222,9 +216,9 @@ impl Supervisor {
                 return None;
             }
         };
-        let (save_as, key) = self.acceptance();
+        let save_as = self.config_path();
         let acceptance = Acceptance {
-            trusted_key: key,
+            trusted_key: self.trusted_key.as_ref(),
             save_as: &save_as,
             net_class: Some(Path::new("/sys/class/net")),
             data_dir: Some(&self.data_dir),
@@ -247,12 +241,15 @@ impl Supervisor {
         offer
     }
 
-    /// A stick plugged in while running: returns the new configuration to apply, if it brings one
-    /// that differs from the running one; otherwise writes its report now.
-    fn take_stick(&self, stick: &Stick) -> Option<String> {
+    /// A stick plugged in while running: returns the new configuration to apply (and whether it
+    /// was signed), if it brings one that differs from the running one; otherwise writes its
+    /// report now.
+    fn take_stick(&self, stick: &Stick) -> Option<(String, bool)> {
         match self.read_stick(stick) {
-            Some(Offer::Accepted { text, .. }) if text != *self.current.lock().unwrap_or_else(|e| e.into_inner()) => {
-                Some(text)
+            Some(Offer::Accepted { text, signed })
+                if text != *self.current.lock().unwrap_or_else(|e| e.into_inner()) =>
+            {
+                Some((text, signed))
             }
             Some(Offer::Accepted { text, signed }) => {
                 say("oasis boot: the stick's configuration is the one running: nothing to apply");
@@ -310,11 +307,7 @@ impl Supervisor {
     /// Saves `text` as the configuration and puts the rack address on the rack interface.
     fn apply(&self, text: &str) -> anyhow::Result<()> {
         let path = self.config_path();
-        let tmp = path.with_extension("toml.tmp");
-        let mut file = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
+        oasis_image::manifest::write_atomic(&path, text.as_bytes())?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = text.to_string();
         let config = Config::load(&path)?;
         let prefix = u32::from(config.netmask).leading_ones();

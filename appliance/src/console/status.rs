@@ -9,11 +9,10 @@ use sha2::{Digest, Sha256};
 
 use crate::admin::{self, MachineEntry};
 use crate::assembly::status::ClusterStatus;
+use crate::boot::CONFIG_FILE;
 use crate::config::Config;
 use crate::identity::ADMIN_TOKEN_FILE;
 
-/// The file the supervisor saves the applied configuration in, inside the data directory.
-pub const CONFIG_FILE: &str = "oasis.toml";
 /// At most this many pending machines and warnings are listed; the rest are counted.
 const LISTED: usize = 3;
 
