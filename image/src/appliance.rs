@@ -36,7 +36,7 @@ use crate::gpt::{self, Gpt, GptError, Guid, Partition, SECTOR};
 use crate::grub::{self, GrubError, GrubImages};
 use crate::kmod::{self, KmodError};
 use crate::manifest::{self, ManifestError};
-use crate::node::{add_overlay, NodeImageError};
+use crate::node::{add_overlay, kernel_files, NodeImageError};
 use crate::partition::{Slice, FIXED_TIME};
 use crate::payload::{BUSYBOX_PACKAGE, KERNEL_METAPACKAGE};
 
@@ -456,11 +456,7 @@ pub fn build_appliance_image(
     let kernel = cache.fetch(&kernel_package)?;
     let busybox = cache.fetch(BUSYBOX_PACKAGE)?;
     let e2fsprogs = cache.fetch("e2fsprogs")?;
-    let vmlinuz = kernel.list("/boot", "vmlinuz-")?;
-    let versions = kernel.list("/lib/modules", "")?;
-    let (Some(vmlinuz), Some(version)) = (vmlinuz.first(), versions.first()) else {
-        return Err(NodeImageError::Kernel { package: kernel.name.clone(), what: "kernels", count: 0 }.into());
-    };
+    let (vmlinuz, version) = kernel_files(&kernel)?;
     let parts = ApplianceParts {
         busybox: busybox.file("/bin/busybox")?,
         modules_dir: kernel.file(&format!("/lib/modules/{version}"))?,
@@ -503,7 +499,7 @@ pub fn build_appliance_image(
         esp_bytes,
         initrd_bytes,
         initrd_uncompressed_bytes,
-        kernel_version: version.clone(),
+        kernel_version: version,
         grub_version: grub.version,
         esp_files,
     })

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use crate::artifacts::{self, ArtifactEntry, ArtifactsError};
 use crate::cpio::{Archive, CpioError};
-use crate::debian::{DebianCache, DebianError};
+use crate::debian::{DebianCache, DebianError, UnpackedPackage};
 use crate::elf::{self, ElfError};
 use crate::k3s_bundle::{self, K3sBundle, K3sBundleError};
 use crate::kmod::{self, KmodError};
@@ -239,6 +239,18 @@ pub(crate) fn add_overlay(a: &mut Archive, overlay: &Path) -> Result<(), NodeIma
     Ok(())
 }
 
+/// The kernel package's one `/boot/vmlinuz-*` file name and its one `/lib/modules/*` version.
+pub(crate) fn kernel_files(kernel: &UnpackedPackage) -> Result<(String, String), NodeImageError> {
+    let one = |names: Vec<String>, what: &'static str| match <[String; 1]>::try_from(names) {
+        Ok([name]) => Ok(name),
+        Err(names) => Err(NodeImageError::Kernel { package: kernel.name.clone(), what, count: names.len() }),
+    };
+    Ok((
+        one(kernel.list("/boot", "vmlinuz-")?, "/boot/vmlinuz-* files")?,
+        one(kernel.list("/lib/modules", "")?, "/lib/modules/* directories")?,
+    ))
+}
+
 /// Fetches Debian's kernel, busybox and etcd through the cache at `cache` and writes into `out`:
 /// `vmlinuz`, `initrd.img` (with `agent` as the node agent and `overlay` as the root filesystem
 /// overlay), `etcd`, with `k3s_bundle` also `k3s` and its airgap images tarball, then
@@ -261,12 +273,7 @@ pub fn build_node_image(
     let etcd = cache.fetch(ETCD_PACKAGE)?;
     fs::create_dir_all(out).map_err(|source| NodeImageError::CreateDir { path: out.to_path_buf(), source })?;
 
-    let one = |names: Vec<String>, what: &'static str| match <[String; 1]>::try_from(names) {
-        Ok([name]) => Ok(name),
-        Err(names) => Err(NodeImageError::Kernel { package: kernel.name.clone(), what, count: names.len() }),
-    };
-    let vmlinuz = one(kernel.list("/boot", "vmlinuz-")?, "/boot/vmlinuz-* files")?;
-    let version = one(kernel.list("/lib/modules", "")?, "/lib/modules/* directories")?;
+    let (vmlinuz, version) = kernel_files(&kernel)?;
     let parts = NodeParts {
         busybox: busybox.file("/bin/busybox")?,
         modules_dir: kernel.file(&format!("/lib/modules/{version}"))?,

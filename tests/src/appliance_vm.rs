@@ -11,10 +11,7 @@ use crate::{tail, Firmware, Machine, MachineSpec, Netns};
 
 /// The appliance image `scripts/test` builds: `$OASIS_ASSETS/appliance/appliance.img`.
 pub fn appliance_image() -> PathBuf {
-    let dir = std::env::var_os("OASIS_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join(".cache/assets"));
-    let image = dir.join("appliance/appliance.img");
+    let image = crate::assets::assets_dir().join("appliance/appliance.img");
     assert!(
         image.is_file(),
         "{} is missing: build it with `oasis image build appliance --node DIR/node --ipxe DIR/ipxe --out {}` (scripts/test does)",

@@ -15,7 +15,8 @@ pub struct Assets {
     pub node: PathBuf,
 }
 
-fn assets_dir() -> PathBuf {
+/// `$OASIS_ASSETS`, or `.cache/assets` at the workspace root.
+pub fn assets_dir() -> PathBuf {
     std::env::var_os("OASIS_ASSETS").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".cache/assets"))
 }
 
