@@ -119,10 +119,62 @@ fn server_id(msg: &Message) -> Option<Ipv4Addr> {
     }
 }
 
-/// Parses a datagram. dhcproto is trusted not to panic, but a parser facing the network is the
-/// last place a panic may take the server down, so one is caught and counted as malformed.
+/// Parses a datagram. Options of a length dhcproto asserts on (a `debug_assert!`, so a panic in
+/// debug builds) are refused first; anything else that panics in the parser is still caught and
+/// counted as malformed, since a parser facing the network is the last place a panic may take
+/// the server down.
 pub fn decode(datagram: &[u8]) -> Option<Message> {
+    if !option_lengths_fit(datagram) {
+        return None;
+    }
     std::panic::catch_unwind(|| Message::from_bytes(datagram).ok()).ok().flatten()
+}
+
+/// Where the options start: after the fixed BOOTP header and the magic cookie.
+const OPTIONS_START: usize = 240;
+
+/// True unless an option in the datagram has a length dhcproto 0.15 asserts on: rapid commit
+/// (80) not empty, client FQDN (81) under 3 bytes, client network interface (94) not 3 bytes,
+/// the bulk leasequery times (152 to 155) not 4 bytes. dhcproto joins consecutive instances of an
+/// option (RFC 3396) before decoding, so the length checked is that of each run.
+fn option_lengths_fit(datagram: &[u8]) -> bool {
+    let fits = |code: u8, len: usize| match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        152..=155 => len == 4,
+        _ => true,
+    };
+    let mut run: Option<(u8, usize)> = None;
+    let mut at = OPTIONS_START;
+    while let Some(&code) = datagram.get(at) {
+        if code == 0 || code == 255 {
+            // Pad ends a run; End ends the options.
+            if let Some((prev, len)) = run.take() {
+                if !fits(prev, len) {
+                    return false;
+                }
+            }
+            if code == 255 {
+                break;
+            }
+            at += 1;
+            continue;
+        }
+        let Some(&len) = datagram.get(at + 1) else { break };
+        let len = usize::from(len);
+        if at + 2 + len > datagram.len() {
+            // dhcproto stops at an option that runs past the end.
+            break;
+        }
+        run = match run {
+            Some((prev, total)) if prev == code => Some((prev, total + len)),
+            Some((prev, total)) if !fits(prev, total) => return false,
+            _ => Some((code, len)),
+        };
+        at += 2 + len;
+    }
+    run.is_none_or(|(code, len)| fits(code, len))
 }
 
 /// The decision logic of the DHCP server, independent of sockets.
@@ -192,7 +244,8 @@ impl DhcpService {
         }
         let kind = message_kind(&msg);
         self.metrics.dhcp_received(kind);
-        let Some(mac) = MacAddr::from_slice(msg.chaddr()) else {
+        let Some(mac) = MacAddr::of_dhcp_client(&msg) else {
+            // Not a 6-byte Ethernet address; an `hlen` over 16 lands here too.
             self.metrics.error(ErrorKind::DhcpMalformed);
             return vec![];
         };
@@ -271,7 +324,7 @@ impl DhcpService {
         if kind != DhcpKind::Discover {
             return vec![];
         }
-        let mut offer = reply::base(msg, MessageType::Offer, self.config.server);
+        let mut offer = reply::base(msg, client.mac, MessageType::Offer, self.config.server);
         if !self.add_boot(&mut offer, client, true) {
             return vec![];
         }
@@ -285,7 +338,7 @@ impl DhcpService {
         if !matches!(msg.opts().msg_type(), Some(MessageType::Request | MessageType::Inform)) {
             return vec![];
         }
-        let mut ack = reply::base(msg, MessageType::Ack, self.config.server);
+        let mut ack = reply::base(msg, client.mac, MessageType::Ack, self.config.server);
         ack.set_ciaddr(msg.ciaddr());
         if !self.add_boot(&mut ack, client, true) {
             return vec![];
@@ -304,7 +357,7 @@ impl DhcpService {
         match kind {
             DhcpKind::Discover => {
                 let Some(ip) = self.choose_free(mac, requested_ip(msg), now).await else { return vec![] };
-                let mut offer = reply::base(msg, MessageType::Offer, self.config.server);
+                let mut offer = reply::base(msg, mac, MessageType::Offer, self.config.server);
                 reply::add_lease(&mut offer, ip, pool.lease_secs, pool.netmask, network);
                 if let Some(client) = boot {
                     self.add_boot(&mut offer, client, false);
@@ -334,7 +387,7 @@ impl DhcpService {
                             tracing::error!(%mac, %ip, "lease not committed, ACK withheld: {e}");
                             return vec![];
                         }
-                        let mut ack = reply::base(msg, MessageType::Ack, self.config.server);
+                        let mut ack = reply::base(msg, mac, MessageType::Ack, self.config.server);
                         ack.set_ciaddr(msg.ciaddr());
                         reply::add_lease(&mut ack, ip, pool.lease_secs, pool.netmask, network);
                         if let Some(client) = boot {
@@ -344,7 +397,7 @@ impl DhcpService {
                     }
                     RequestOutcome::Nak(why) => {
                         tracing::debug!(%mac, "NAK: {why}");
-                        let nak = reply::nak(msg, self.config.server, why);
+                        let nak = reply::nak(msg, mac, self.config.server, why);
                         vec![self.outgoing(msg, nak, false)]
                     }
                     RequestOutcome::Silent => vec![],
@@ -373,7 +426,7 @@ impl DhcpService {
                 vec![]
             }
             DhcpKind::Inform => {
-                let mut ack = reply::base(msg, MessageType::Ack, self.config.server);
+                let mut ack = reply::base(msg, mac, MessageType::Ack, self.config.server);
                 ack.set_ciaddr(msg.ciaddr());
                 reply::add_network(&mut ack, pool.netmask, network);
                 if let Some(client) = boot {

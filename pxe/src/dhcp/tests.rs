@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use dhcproto::v4::relay::{RelayAgentInformation, RelayCode, RelayInfo};
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode};
-use dhcproto::Encodable;
+use dhcproto::{Decodable, Encodable};
 
 use super::conflict::{ConflictCheck, NoCheck};
+use super::server::decode;
 use super::store::{Commit, LeaseStore, MemoryStore, Sighting, StoreError};
 use super::*;
 use crate::metrics::{ErrorKind, Metrics};
@@ -359,4 +360,183 @@ async fn pxe_clients_without_option_97_are_refused_when_asked() {
     let offer = one(&svc, &discover).await;
     assert_eq!(file(&offer), "", "an address but no boot file");
     assert_eq!(file(&one(&svc, &message(MessageType::Discover, Client::BiosPxe, 2)).await), "ipxe/undionly.kpxe");
+}
+
+/// Every mode and port a datagram can reach.
+fn every_mode_and_port() -> Vec<(&'static str, Mode, Port)> {
+    vec![
+        ("full, port 67", full_mode(), Port::Dhcp),
+        ("full, port 4011", full_mode(), Port::Proxy),
+        ("proxy, port 67", Mode::Proxy, Port::Dhcp),
+        ("proxy, port 4011", Mode::Proxy, Port::Proxy),
+    ]
+}
+
+/// Regression (issue 13): dhcproto's `Message::chaddr` slices `chaddr[..hlen]`, so a datagram
+/// whose `hlen` is over 16 panicked its handler. Such datagrams, and any hardware address that
+/// is not a 6-byte Ethernet one, are refused and counted, in every mode and on both ports.
+#[tokio::test]
+async fn hostile_hardware_address_lengths_are_refused_without_a_panic() {
+    let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 68);
+    for (name, mode, port) in every_mode_and_port() {
+        let (svc, metrics) = service(mode, Arc::new(MemoryStore::default()), Arc::new(NoCheck));
+        let mut renew = message(MessageType::Request, Client::BiosPxe, 1);
+        renew.set_ciaddr(Ipv4Addr::new(10, 0, 0, 77));
+        let mut decline = message(MessageType::Decline, Client::BiosPxe, 1);
+        decline.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 100)));
+        let mut release = message(MessageType::Release, Client::BiosPxe, 1);
+        release.set_ciaddr(Ipv4Addr::new(10, 0, 0, 77));
+        let bases = [
+            message(MessageType::Discover, Client::BiosPxe, 1),
+            message(MessageType::Discover, Client::Ipxe, 1),
+            renew,
+            message(MessageType::Inform, Client::UefiPxe, 1),
+            decline,
+            release,
+        ];
+        // (htype, hlen): hlen past the 16-byte field, the sizes of other hardware, other hardware.
+        let headers = [(1u8, 17u8), (1, 255), (1, 128), (1, 16), (1, 0), (1, 5), (1, 7), (6, 6), (32, 6), (0, 6)];
+        let mut sent = 0;
+        for base in &bases {
+            let good = base.to_vec().unwrap();
+            for (htype, hlen) in headers {
+                let mut bad = good.clone();
+                bad[1] = htype;
+                bad[2] = hlen;
+                let replies = svc.handle(&bad, from, port).await;
+                assert!(replies.is_empty(), "{name}: htype {htype} hlen {hlen} was answered");
+                sent += 1;
+            }
+        }
+        assert_eq!(metrics.error_count(ErrorKind::DhcpMalformed), sent, "{name}: every one counted as malformed");
+        // And the server still serves a well-formed client.
+        let good = match port {
+            Port::Dhcp => message(MessageType::Discover, Client::BiosPxe, 2),
+            Port::Proxy => {
+                let mut req = message(MessageType::Request, Client::BiosPxe, 2);
+                req.set_ciaddr(Ipv4Addr::new(10, 0, 0, 78));
+                req
+            }
+        };
+        let replies = svc.handle(&good.to_vec().unwrap(), from, port).await;
+        assert_eq!(replies.len(), 1, "{name}: a good client is still served");
+    }
+}
+
+/// Regression (issue 13): a seeded fuzz of well-formed requests with random header bytes,
+/// random option bytes and random lengths, in every mode and on both ports. None may panic, and
+/// the server answers a good client afterwards. About one in forty of these datagrams carries an
+/// `hlen` over 16, the kind that panicked before.
+#[tokio::test]
+async fn fuzzed_datagrams_never_panic_the_handler() {
+    use rand::{Rng, SeedableRng};
+    let from = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 68);
+    // A pool large enough that the fuzzed DISCOVERs (from random hardware addresses) do not
+    // exhaust it before the good client asks.
+    let wide = |mode| match mode {
+        Mode::Full { authoritative, network, .. } => Mode::Full {
+            pool: Pool {
+                start: Ipv4Addr::new(10, 0, 1, 0),
+                end: Ipv4Addr::new(10, 0, 255, 254),
+                netmask: Ipv4Addr::new(255, 255, 0, 0),
+                reservations: HashMap::new(),
+                lease_secs: 3600,
+                probation_secs: 600,
+            },
+            authoritative,
+            network,
+        },
+        proxy => proxy,
+    };
+    for (name, mode, port) in every_mode_and_port() {
+        let mut cfg = config(wide(mode));
+        (cfg.rate_per_sec, cfg.rate_burst) = (1_000_000, 1_000_000);
+        let metrics = Arc::new(Metrics::default());
+        let svc = DhcpService::new(cfg, Arc::new(MemoryStore::default()), Arc::new(NoCheck), metrics.clone()).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let mut renew = message(MessageType::Request, Client::UefiPxe, 3);
+        renew.set_ciaddr(Ipv4Addr::new(10, 0, 0, 100));
+        let mut relayed = message(MessageType::Discover, Client::Ipxe, 4);
+        relayed.set_giaddr(Ipv4Addr::new(10, 0, 0, 254));
+        let mut info = RelayAgentInformation::default();
+        info.insert(RelayInfo::AgentCircuitId(b"port7".to_vec()));
+        relayed.opts_mut().insert(DhcpOption::RelayAgentInformation(info));
+        let offer = Message::default();
+        let bases: Vec<Vec<u8>> = [
+            message(MessageType::Discover, Client::BiosPxe, 1),
+            request_for(&offer, Client::Ipxe, 2),
+            renew,
+            relayed,
+            message(MessageType::Inform, Client::BiosPxe, 5),
+            message(MessageType::Decline, Client::Plain, 6),
+            message(MessageType::Release, Client::Plain, 7),
+        ]
+        .iter()
+        .map(|m| m.to_vec().unwrap())
+        .collect();
+        let mut long_hlen = 0;
+        for i in 0..8_000 {
+            let mut datagram = bases[i % bases.len()].clone();
+            for _ in 0..rng.random_range(1..=8) {
+                let at = rng.random_range(0..240);
+                datagram[at] = rng.random();
+            }
+            for _ in 0..rng.random_range(0..=4) {
+                let at = rng.random_range(240..datagram.len());
+                datagram[at] = rng.random();
+            }
+            match rng.random_range(0..4) {
+                0 => datagram.truncate(rng.random_range(0..datagram.len())),
+                1 => datagram.extend((0..rng.random_range(1..64)).map(|_| rng.random::<u8>())),
+                _ => {}
+            }
+            long_hlen += usize::from(datagram.get(2).is_some_and(|hlen| *hlen > 16));
+            let _ = svc.handle(&datagram, from, port).await;
+        }
+        assert!(long_hlen > 100, "{name}: the fuzz sent only {long_hlen} datagrams with hlen over 16");
+        let good = match port {
+            Port::Dhcp => message(MessageType::Discover, Client::BiosPxe, 9),
+            Port::Proxy => {
+                let mut req = message(MessageType::Request, Client::BiosPxe, 9);
+                req.set_ciaddr(Ipv4Addr::new(10, 0, 0, 79));
+                req
+            }
+        };
+        assert_eq!(svc.handle(&good.to_vec().unwrap(), from, port).await.len(), 1, "{name}: still serving");
+    }
+}
+
+/// Options of a length dhcproto 0.15 asserts on are refused before dhcproto sees them: the
+/// assertion was caught (the parse runs under `catch_unwind`), but each one printed a panic
+/// message, on a path any client can reach. Runs of a repeated option count as one (RFC 3396).
+#[test]
+fn option_lengths_dhcproto_asserts_on_are_refused_before_parsing() {
+    let good = message(MessageType::Discover, Client::BiosPxe, 1).to_vec().unwrap();
+    let header = &good[..240];
+    let with = |options: &[u8]| {
+        let mut packet = header.to_vec();
+        packet.extend_from_slice(&[53, 1, 1]);
+        packet.extend_from_slice(options);
+        packet.push(255);
+        packet
+    };
+    for bad in [
+        &[80u8, 1, 0][..],
+        &[81, 2, 0, 0],
+        &[94, 2, 1, 2],
+        &[94, 3, 1, 2, 3, 94, 3, 1, 2, 3],
+        &[152, 3, 0, 0, 0],
+        &[155, 5, 0, 0, 0, 0, 0],
+    ] {
+        let packet = with(bad);
+        assert!(decode(&packet).is_none(), "{bad:?}");
+        let dhcproto = std::panic::catch_unwind(|| Message::from_bytes(&packet).map(|_| ()));
+        if cfg!(debug_assertions) {
+            assert!(dhcproto.is_err(), "dhcproto no longer asserts on {bad:?}; the pre-check may go");
+        }
+    }
+    for fine in [&[80u8, 0][..], &[94, 3, 1, 2, 3], &[94, 3, 1, 2, 3, 0, 94, 3, 1, 2, 3], &[152, 4, 0, 0, 0, 1]] {
+        assert!(decode(&with(fine)).is_some(), "{fine:?}");
+    }
+    assert!(decode(&good).is_some());
 }
