@@ -11,10 +11,11 @@ use dhcproto::v4::relay::{RelayAgentInformation, RelayCode, RelayInfo};
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Encodable};
 
-use super::conflict::{ConflictCheck, NoCheck};
+use super::conflict::{ConflictCheck, NoCheck, Probe};
 use super::server::decode;
 use super::store::{Commit, LeaseStore, MemoryStore, Sighting, StoreError};
 use super::*;
+use crate::mac::MacAddr;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::policy::BootPolicy;
 
@@ -190,9 +191,13 @@ async fn release_decline_nak_and_inform() {
     let mut release = message(MessageType::Release, Client::Plain, 1);
     release.set_ciaddr(offer.yiaddr());
     release.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
-    assert!(send(&svc, &release).await.is_empty());
+    let from_lease = SocketAddrV4::new(offer.yiaddr(), 68);
+    assert!(svc.handle(&release.to_vec().unwrap(), from_lease, Port::Dhcp).await.is_empty());
     assert_eq!(store.leases.lock().unwrap()[0].state, LeaseState::Released);
 
+    // The client comes back, gets its address, finds it in use and declines it.
+    let offer = one(&svc, &message(MessageType::Discover, Client::Plain, 1)).await;
+    assert_eq!(one(&svc, &request_for(&offer, Client::Plain, 1)).await.opts().msg_type(), Some(MessageType::Ack));
     let mut decline = message(MessageType::Decline, Client::Plain, 1);
     decline.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
     decline.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
@@ -331,9 +336,9 @@ async fn no_ack_goes_out_when_the_commit_fails() {
 struct Taken(Vec<Ipv4Addr>);
 
 impl ConflictCheck for Taken {
-    fn in_use(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-        let taken = self.0.contains(&ip);
-        Box::pin(async move { taken })
+    fn probe(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+        let probe = if self.0.contains(&ip) { Probe::InUse { by: None } } else { Probe::Free };
+        Box::pin(async move { probe })
     }
 }
 
@@ -539,4 +544,145 @@ fn option_lengths_dhcproto_asserts_on_are_refused_before_parsing() {
         assert!(decode(&with(fine)).is_some(), "{fine:?}");
     }
     assert!(decode(&good).is_some());
+}
+
+/// A conflict check where the listed addresses answer from the given hardware addresses.
+struct AnswersFrom(Vec<(Ipv4Addr, Option<MacAddr>)>);
+
+impl ConflictCheck for AnswersFrom {
+    fn probe(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+        let probe = match self.0.iter().find(|(answering, _)| *answering == ip) {
+            Some(&(_, by)) => Probe::InUse { by },
+            None => Probe::Free,
+        };
+        Box::pin(async move { probe })
+    }
+}
+
+/// A clock the test moves by hand.
+fn manual_clock(start: u64) -> (Arc<std::sync::atomic::AtomicU64>, impl Fn() -> u64 + Send + Sync + 'static) {
+    let now = Arc::new(std::sync::atomic::AtomicU64::new(start));
+    let reader = now.clone();
+    (now, move || reader.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// DISCOVER and REQUEST for client `n`: its bound address.
+async fn bind(svc: &DhcpService, n: u8) -> Ipv4Addr {
+    let offer = one(svc, &message(MessageType::Discover, Client::Plain, n)).await;
+    let ack = one(svc, &request_for(&offer, Client::Plain, n)).await;
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    ack.yiaddr()
+}
+
+fn decline_of(ip: Ipv4Addr, n: u8) -> Message {
+    let mut decline = message(MessageType::Decline, Client::Plain, n);
+    decline.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    decline.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    decline
+}
+
+/// Client `n` renews `ip` from that address: the outcome.
+async fn renew(svc: &DhcpService, ip: Ipv4Addr, n: u8) -> (Option<MessageType>, Ipv4Addr) {
+    let mut renew = message(MessageType::Request, Client::Plain, n);
+    renew.set_ciaddr(ip);
+    let replies = svc.handle(&renew.to_vec().unwrap(), SocketAddrV4::new(ip, 68), Port::Dhcp).await;
+    assert_eq!(replies.len(), 1, "one reply to a renewal");
+    (replies[0].message.opts().msg_type(), replies[0].message.yiaddr())
+}
+
+/// Regression (issue 13): a DECLINE with another client's address took that client's bound
+/// lease away: its next REQUEST was NAKed and the address sat in probation.
+#[tokio::test]
+async fn a_decline_from_anyone_but_the_fresh_holder_is_ignored() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, metrics) = service(full_mode(), store.clone(), Arc::new(NoCheck));
+    let (clock, reader) = manual_clock(1_000_000);
+    let svc = svc.with_clock(reader);
+    let victim = bind(&svc, 1).await;
+
+    // Another machine, under its own hardware address, declines the victim's address.
+    assert!(send(&svc, &decline_of(victim, 2)).await.is_empty());
+    // The victim's own hardware address, but long after its ACK.
+    clock.fetch_add(lease::DECLINE_WINDOW_SECS + 1, std::sync::atomic::Ordering::Relaxed);
+    assert!(send(&svc, &decline_of(victim, 1)).await.is_empty());
+    // An address this server does not hand out, and a DECLINE naming no address.
+    assert!(send(&svc, &decline_of(Ipv4Addr::new(10, 0, 0, 250), 1)).await.is_empty());
+    let mut nameless = decline_of(victim, 1);
+    nameless.opts_mut().remove(OptionCode::RequestedIpAddress);
+    assert!(send(&svc, &nameless).await.is_empty());
+
+    assert_eq!(metrics.error_count(ErrorKind::DhcpDeclineIgnored), 4);
+    assert!(store.leases.lock().unwrap().iter().all(|l| l.state == LeaseState::Bound), "nothing declined");
+    assert_eq!(renew(&svc, victim, 1).await, (Some(MessageType::Ack), victim), "the victim keeps its lease");
+    let other = one(&svc, &message(MessageType::Discover, Client::Plain, 3)).await;
+    assert_ne!(other.yiaddr(), victim, "and nobody else is offered it");
+}
+
+#[tokio::test]
+async fn a_decline_right_after_the_ack_is_honoured_unless_the_address_answers_from_the_decliner() {
+    let holder = MacAddr(mac(1));
+    let store = Arc::new(MemoryStore::default());
+    // Client 1's first address answers from client 1 itself; client 2's from another machine.
+    let check = AnswersFrom(vec![
+        (Ipv4Addr::new(10, 0, 0, 100), Some(holder)),
+        (Ipv4Addr::new(10, 0, 0, 101), Some(MacAddr([0x02, 0, 0, 0, 0, 0x99]))),
+    ]);
+    let (svc, metrics) = service(full_mode(), store.clone(), Arc::new(check));
+    let (clock, reader) = manual_clock(1_000_000);
+    let svc = svc.with_clock(reader);
+    // The conflict check runs before an address new to a client is offered, and these two
+    // answer it; so each client asks for its address straight away, as after a lost OFFER.
+    for (n, last) in [(1, 100), (2, 101)] {
+        let mut select = message(MessageType::Request, Client::Plain, n);
+        select.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, last)));
+        select.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        assert_eq!(one(&svc, &select).await.opts().msg_type(), Some(MessageType::Ack));
+    }
+    clock.fetch_add(5, std::sync::atomic::Ordering::Relaxed);
+
+    // A forged DECLINE of client 1's address, in its window: the address answers from client 1.
+    assert!(send(&svc, &decline_of(Ipv4Addr::new(10, 0, 0, 100), 1)).await.is_empty());
+    assert_eq!(metrics.error_count(ErrorKind::DhcpDeclineIgnored), 1);
+    assert_eq!(renew(&svc, Ipv4Addr::new(10, 0, 0, 100), 1).await.0, Some(MessageType::Ack));
+
+    // Client 2 really found its address taken by another machine.
+    assert!(send(&svc, &decline_of(Ipv4Addr::new(10, 0, 0, 101), 2)).await.is_empty());
+    let declined = store.leases.lock().unwrap().iter().filter(|l| l.state == LeaseState::Declined).count();
+    assert_eq!(declined, 1);
+    assert_eq!(renew(&svc, Ipv4Addr::new(10, 0, 0, 101), 2).await.0, Some(MessageType::Nak));
+}
+
+/// Regression (issue 13): a RELEASE with the holder's hardware address, sent from anywhere,
+/// gave the holder's address back. A client unicasts its RELEASE from the address it releases.
+#[tokio::test]
+async fn a_release_from_another_address_is_ignored() {
+    let store = Arc::new(MemoryStore::default());
+    let (svc, metrics) = service(full_mode(), store.clone(), Arc::new(NoCheck));
+    let victim = bind(&svc, 1).await;
+    let mut release = message(MessageType::Release, Client::Plain, 1);
+    release.set_ciaddr(victim);
+    release.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    let forged = release.to_vec().unwrap();
+    for from in [Ipv4Addr::new(10, 0, 0, 66), Ipv4Addr::UNSPECIFIED] {
+        assert!(svc.handle(&forged, SocketAddrV4::new(from, 68), Port::Dhcp).await.is_empty());
+    }
+    // A relay address that is not where the datagram came from.
+    let mut relayed = release.clone();
+    relayed.set_giaddr(Ipv4Addr::new(10, 0, 0, 254));
+    let relayed = relayed.to_vec().unwrap();
+    assert!(svc.handle(&relayed, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 66), 67), Port::Dhcp).await.is_empty());
+    assert_eq!(metrics.error_count(ErrorKind::DhcpReleaseIgnored), 3);
+    assert_eq!(store.leases.lock().unwrap()[0].state, LeaseState::Bound);
+    assert_eq!(renew(&svc, victim, 1).await, (Some(MessageType::Ack), victim));
+
+    // From the relay it names: honoured.
+    svc.handle(&relayed, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 254), 67), Port::Dhcp).await;
+    assert_eq!(store.leases.lock().unwrap().last().unwrap().state, LeaseState::Released);
+    // From the address itself, but not the holder: ignored.
+    let victim2 = bind(&svc, 2).await;
+    let mut other = message(MessageType::Release, Client::Plain, 3);
+    other.set_ciaddr(victim2);
+    svc.handle(&other.to_vec().unwrap(), SocketAddrV4::new(victim2, 68), Port::Dhcp).await;
+    assert_eq!(metrics.error_count(ErrorKind::DhcpReleaseIgnored), 4);
+    assert_eq!(renew(&svc, victim2, 2).await, (Some(MessageType::Ack), victim2));
 }

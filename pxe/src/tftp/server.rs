@@ -116,7 +116,8 @@ impl TftpServer {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the TFTP socket to {addr}: {e}")))?;
         let local_ip = socket.local_addr()?.ip();
         let permits = Arc::new(Semaphore::new(config.max_transfers));
-        let shared = Shared { root, config, metrics, permits, log: LogLimit::new(LOG_LINES_PER_SECOND), local_ip };
+        let shared =
+            Shared { root, config, metrics, permits, log: LogLimit::new("tftp", LOG_LINES_PER_SECOND), local_ip };
         Ok(Self { socket: Arc::new(socket), shared: Arc::new(shared) })
     }
 
