@@ -192,7 +192,7 @@ impl BootRoot {
                 Ok(fd) => held = Some(fd),
                 Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
                     // A symlink, or a file where a directory should be: say which.
-                    return Err(if is_symlink(dir, part) {
+                    return Err(if was_symlink(dir, part) {
                         PathError::Symlink(name.to_string())
                     } else {
                         PathError::NotFound(name.to_string())
@@ -227,12 +227,14 @@ impl BootRoot {
 /// flag changes nothing); `O_NOCTTY` so that a terminal device cannot become ours.
 const FILE_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
 
-/// True when `name` in `dir` is a symlink (opened with `O_PATH | O_NOFOLLOW`, which opens the
-/// link itself, and `fstat`ed).
-fn is_symlink(dir: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> bool {
+/// Whether `name` in `dir`, which an `openat(O_DIRECTORY | O_NOFOLLOW)` just refused with
+/// `ENOTDIR`, was a symlink rather than a file: it is a symlink now, or a directory now (it was
+/// swapped since). Looked at with `O_PATH | O_NOFOLLOW`, which opens a link itself. For the
+/// message only: the refusal stands either way.
+fn was_symlink(dir: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> bool {
     sys::openat_nofollow(dir, &c_name(name), libc::O_PATH)
         .and_then(|fd| File::from(fd).metadata())
-        .is_ok_and(|meta| meta.file_type().is_symlink())
+        .is_ok_and(|meta| meta.file_type().is_symlink() || meta.is_dir())
 }
 
 /// A C string of a name already checked to hold no NUL byte.
