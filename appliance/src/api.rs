@@ -2,7 +2,8 @@
 //! heartbeats and desired-state watch, and the admin endpoints.
 //!
 //! TLS with the appliance's own key (see [`crate::identity`]); agents trust it by its pin.
-//! - `POST /v1/register`: join token in the body; see [`crate::registry`] for the rules.
+//! - `POST /v1/register`: a per-boot token or the join token in the body, from the claimed
+//!   machine's lease in full DHCP mode; see [`crate::registry`] for the rules.
 //! - `POST /v1/agent/heartbeat`, `GET /v1/agent/desired?after=N`: the machine's credential as
 //!   bearer token, and only from the machine's own overlay address (inside its WireGuard link).
 //! - `GET /v1/machines`, `POST /v1/machines/{id}/accept|reject`, `DELETE /v1/machines/{id}`: the
@@ -31,7 +32,9 @@ use tokio::sync::{watch, Mutex};
 use tower::ServiceExt;
 
 use crate::identity::{random_token, Identity};
-use crate::registry::{secrets_equal, AuthError, Happening, LastHeartbeat, MachineRecord, Registration, Registry};
+use crate::registry::{
+    secrets_equal, AuthError, Happening, LastHeartbeat, Leases, MachineRecord, Registration, Registry, Wire,
+};
 use crate::store::Store;
 use crate::wireguard::ManagementInterface;
 
@@ -48,6 +51,9 @@ pub struct Api {
     pub desired: watch::Sender<Arc<Published>>,
     /// The files agents may fetch, by SHA-256.
     pub artifacts: HashMap<String, PathBuf>,
+    /// This appliance's DHCP hands out the rack's addresses (full mode): a registration must come
+    /// from the claimed machine's lease.
+    pub full_dhcp: bool,
 }
 
 /// Desired states as the controller last published them. The revision moves whenever any
@@ -144,10 +150,11 @@ async fn register(
 ) -> Result<Json<oasis_proto::RegisterResponse>, Refusal> {
     let Json(req) = body?;
     let credential = random_token();
+    let wire = wire_of(&api, &req, source_v4(from))?;
     // One registration at a time: the decision and its commit must not interleave with another
     // for the same machine, and registrations are rare enough that this costs nothing.
     let mut registry = api.registry.lock().await;
-    match registry.register(&req, &api.identity.join_token, &credential, now()) {
+    match registry.register(&req, &api.identity.join_token, &credential, &wire, now()) {
         Registration::Refuse { status, message, happening } => {
             tracing::warn!(%from, "registration refused: {message}");
             if let Some(h) = happening {
@@ -165,6 +172,31 @@ async fn register(
             Ok(Json(response))
         }
     }
+}
+
+/// What the appliance saw on the wire of the machine a registration claims to be (by its boot
+/// MAC, when that parses; the registry refuses it otherwise): its lease in full DHCP mode, its
+/// newest boot script's token, and the management link's handshakes.
+fn wire_of(api: &Api, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, Refusal> {
+    let unreadable = |e: crate::store::StoreError| {
+        tracing::error!("store read failed: {e}");
+        refuse(StatusCode::SERVICE_UNAVAILABLE, "the appliance could not read its store; try again")
+    };
+    let mac = req.boot_mac.parse::<oasis_pxe::mac::MacAddr>().ok();
+    let boot_token = match mac {
+        Some(mac) => api.store.boot_token(mac).map_err(unreadable)?,
+        None => None,
+    };
+    let leases = match (api.full_dhcp, mac) {
+        (false, _) => Leases::NotOurs,
+        (true, Some(mac)) => Leases::Bound(api.store.bound_address(mac, now()).map_err(unreadable)?),
+        (true, None) => Leases::Bound(None),
+    };
+    let handshakes = match &api.wireguard {
+        Some(wg) => wg.handshake_ages().into_iter().map(|(key, age)| (key, age.as_secs())).collect(),
+        None => HashMap::new(),
+    };
+    Ok(Wire { from, leases, boot_token, handshakes })
 }
 
 /// Makes the WireGuard peers match a committed record.
@@ -429,6 +461,7 @@ pub(crate) fn test_api(dir: &std::path::Path, policy: crate::registry::Policy) -
         wireguard: None,
         desired,
         artifacts: HashMap::new(),
+        full_dhcp: false,
     })
 }
 
@@ -466,6 +499,56 @@ mod tests {
         let (status, body) = send(&api, "POST", "/v1/register", None, b"{\"token\": 12".to_vec()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert!(body.contains("error"), "{body}");
+    }
+
+    fn registration(token: &str, nonce: u8) -> Vec<u8> {
+        let req = RegisterRequest {
+            token: token.into(),
+            nonce: format!("nonce-{nonce:016}"),
+            boot_mac: "52:54:00:00:00:07".into(),
+            wireguard_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]),
+            agent_version: "0.1.0".into(),
+            inventory: oasis_proto::Inventory { cpus: 1, ..Default::default() },
+        };
+        serde_json::to_vec(&req).unwrap()
+    }
+
+    #[tokio::test]
+    async fn in_full_mode_registrations_are_checked_against_the_lease_and_the_boot_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut api = api(dir.path());
+        Arc::get_mut(&mut api).unwrap().full_dhcp = true;
+        let join = api.identity.join_token.clone();
+        let mac: oasis_pxe::mac::MacAddr = "52:54:00:00:00:07".parse().unwrap();
+
+        // `send` comes from 10.0.0.100, which nobody has leased yet.
+        let (status, body) = send(&api, "POST", "/v1/register", None, registration(&join, 1)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("holds no address from this appliance"), "{body}");
+        let now = now();
+        let lease = oasis_pxe::dhcp::Lease {
+            ip: Ipv4Addr::new(10, 0, 0, 100),
+            mac,
+            state: oasis_pxe::dhcp::LeaseState::Bound,
+            expires: now + 600,
+            updated: now,
+        };
+        api.store.save_lease(lease).await.unwrap();
+        let (status, body) = send(&api, "POST", "/v1/register", None, registration(&join, 2)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        // The token of this MAC's newest boot script, as the store has it, is accepted too.
+        let store = api.store.clone();
+        let token = crate::registry::BootToken {
+            sha256: crate::registry::credential_hash("its-boot-token"),
+            issued_to: Some(Ipv4Addr::new(10, 0, 0, 100)),
+            issued_at: now,
+        };
+        tokio::task::spawn_blocking(move || store.save_boot_token_blocking(mac, token)).await.unwrap().unwrap();
+        let (status, body) = send(&api, "POST", "/v1/register", None, registration("its-boot-token", 3)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, _) = send(&api, "POST", "/v1/register", None, registration("another-token", 4)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

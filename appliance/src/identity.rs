@@ -3,7 +3,9 @@
 //! - The API's TLS key and self-signed certificate (ECDSA P-256). Agents trust the appliance by
 //!   the pin of this key (`oasis.pin=`, see `oasis_proto::pin_of`), not by a CA chain: a site
 //!   without internet has no public CA, and a pin cannot be spoofed by a rogue DHCP server.
-//! - The join token, which lets a machine register (and nothing more).
+//! - The join token, which lets a machine register (and nothing more). No boot script carries it:
+//!   a netbooted machine registers with its per-boot token (see [`crate::netboot`]); the join
+//!   token is for boot media an operator makes.
 //! - The admin token for the HTTPS admin endpoints, also written to `DATA_DIR/admin-token`
 //!   (mode 0600) for the operator; the CLI on the appliance itself uses the admin socket.
 //! - The WireGuard private key of the management interface.
@@ -143,9 +145,10 @@ impl Identity {
         hex::encode(sha2::Sha256::digest(self.admin_token.as_bytes()))[..8].to_string()
     }
 
-    /// The kernel arguments that send a node agent to this appliance.
+    /// The kernel arguments that send a node agent to this appliance, for every boot script. The
+    /// token (`oasis.token=`) is not among them: each network boot gets its own.
     pub fn agent_kernel_args(&self, api_host: std::net::Ipv4Addr, api_port: u16) -> String {
-        format!("oasis.api=https://{api_host}:{api_port} oasis.token={} oasis.pin={}", self.join_token, self.pin)
+        format!("oasis.api=https://{api_host}:{api_port} oasis.pin={}", self.pin)
     }
 }
 
@@ -166,7 +169,10 @@ mod tests {
         assert_eq!(first.join_token, again.join_token);
         assert_eq!(first.wireguard_private, again.wireguard_private);
         assert_ne!(first.join_token, first.admin_token);
-        assert!(oasis_proto::KernelArgs::parse(&first.agent_kernel_args("10.0.0.1".parse().unwrap(), 9443)).is_ok());
+        let args = first.agent_kernel_args("10.0.0.1".parse().unwrap(), 9443);
+        assert!(!args.contains(&first.join_token) && !args.contains("oasis.token"), "{args}");
+        let with_token = format!("{args} oasis.token=0123456789abcdef0123456789abcdef");
+        assert!(oasis_proto::KernelArgs::parse(&with_token).is_ok());
         let file = std::fs::read_to_string(dir.path().join(ADMIN_TOKEN_FILE)).unwrap();
         assert_eq!(file.trim(), first.admin_token);
         use std::os::unix::fs::PermissionsExt;

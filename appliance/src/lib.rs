@@ -23,6 +23,7 @@ pub mod console;
 pub mod etcd;
 pub mod identity;
 pub mod k3s;
+pub mod netboot;
 pub mod pki;
 pub mod registry;
 pub mod serve;

@@ -6,7 +6,14 @@
 //!
 //! - **Identity.** A machine is its SMBIOS system UUID; a machine without a usable one (absent or a
 //!   placeholder) is its boot MAC (`mac-aabbccddeeff`).
-//! - **Join token.** Only starts a registration. A wrong one is refused (401) and recorded.
+//! - **Tokens.** A registration carries the per-boot token of its claimed boot MAC (the one the
+//!   boot script last served for that MAC carried; see [`crate::netboot`]) or the join token, which
+//!   no boot script carries any more and which boot media made by an operator may. Anything else,
+//!   including another MAC's per-boot token, is refused (401) and recorded. Either only starts a
+//!   registration.
+//! - **The wire.** In full DHCP mode a registration must come from the address leased to the boot
+//!   MAC it claims, and a per-boot token only from the address its script went to (403 otherwise,
+//!   recorded). In proxy mode (or with DHCP off) there is no lease to check against.
 //! - **Policy.** `auto` accepts every machine with the token; `allowlist` accepts machines whose
 //!   serial or boot MAC is listed and leaves others pending; `manual` leaves every new machine
 //!   pending until an operator accepts it. A rejected machine stays rejected until removed.
@@ -16,6 +23,10 @@
 //! - **Replay.** A nonce already seen for that machine is refused (409).
 //! - **A new WireGuard key** for a known machine (it rebooted: netbooted machines make a new key
 //!   each boot) replaces the old one, keeps the machine's state and overlay address, and is an event.
+//!   Not while an accepted machine is alive on its link (a heartbeat or a WireGuard handshake in
+//!   the last [`LINK_SILENCE_SECS`]): a live machine is never re-keyed by a registration alone, so
+//!   that is refused (409) and recorded. A machine that really rebooted is silent by the time its
+//!   agent asks again.
 //! - **A duplicate identity** (the UUID of a registered machine from another boot MAC: cloned
 //!   firmware, or the same machine booting from another NIC) is refused (409) with an event; the
 //!   operator resolves it with `oasis machine remove ID`. Never merged, never a second record.
@@ -27,6 +38,10 @@ use oasis_proto::{Heartbeat, Inventory, LinkConfig, MachineState, RegisterReques
 use oasis_pxe::mac::MacAddr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// How long an accepted machine counts as alive on its link after its last heartbeat or WireGuard
+/// handshake: three missed heartbeats.
+pub const LINK_SILENCE_SECS: u64 = 3 * oasis_proto::HEARTBEAT_SECS;
 
 /// How many recent nonces a record keeps for replay detection.
 const NONCES_KEPT: usize = 64;
@@ -112,6 +127,38 @@ pub enum AuthError {
 pub struct LastHeartbeat {
     pub at: u64,
     pub heartbeat: Heartbeat,
+}
+
+/// The per-boot token last issued for a boot MAC, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootToken {
+    /// Hex SHA-256 of the token; the token itself went out in the boot script only.
+    pub sha256: String,
+    /// The address the boot script went to.
+    pub issued_to: Option<Ipv4Addr>,
+    pub issued_at: u64,
+}
+
+/// What a registration's source address is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leases {
+    /// This appliance hands out no addresses (proxy mode, DHCP off): nothing to check against.
+    NotOurs,
+    /// Full DHCP mode: the address bound to the claimed boot MAC now, if it holds one.
+    Bound(Option<Ipv4Addr>),
+}
+
+/// What the appliance saw on the wire around a registration, looked up by the caller for the
+/// boot MAC the registration claims.
+#[derive(Debug, Clone)]
+pub struct Wire {
+    /// The registration's source address.
+    pub from: Ipv4Addr,
+    pub leases: Leases,
+    /// The per-boot token last issued for the claimed boot MAC.
+    pub boot_token: Option<BootToken>,
+    /// Seconds since the last WireGuard handshake, by peer key (base64).
+    pub handshakes: HashMap<String, u64>,
 }
 
 /// Something worth an event in the store.
@@ -226,6 +273,36 @@ fn validate(req: &RegisterRequest) -> Result<MacAddr, String> {
     Ok(mac)
 }
 
+/// Checks a registration for `mac` against what the appliance handed out on the wire: in full DHCP
+/// mode it comes from `mac`'s lease, and a per-boot token (`boot_token`, when that is what it
+/// carries) from the address its script went to.
+fn check_wire(mac: MacAddr, boot_token: Option<&BootToken>, wire: &Wire) -> Result<(), String> {
+    let Leases::Bound(leased) = wire.leases else { return Ok(()) };
+    let from = wire.from;
+    match leased {
+        Some(address) if address == from => {}
+        Some(address) => {
+            return Err(format!(
+                "{mac} holds {address} on the rack network, and this registration comes from {from}: a machine \
+                 registers from the address this appliance leased it"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "{mac} holds no address from this appliance, and this registration comes from {from}: a machine \
+                 registers from the address this appliance leased it; boot it from this appliance"
+            ))
+        }
+    }
+    match boot_token.and_then(|t| t.issued_to) {
+        Some(issued_to) if issued_to != from => Err(format!(
+            "this boot's token for {mac} went to {issued_to}, and this registration comes from {from}: boot the \
+             machine from this appliance again"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The registered machines and the rules above. Lives in memory; every change it makes is
 /// returned to the caller to commit.
 #[derive(Debug)]
@@ -273,19 +350,28 @@ impl Registry {
     }
 
     /// Decides a registration. `token` is the current join token; `credential` a fresh random
-    /// credential, used only if the machine is accepted.
-    pub fn register(&self, req: &RegisterRequest, token: &str, credential: &str, now: u64) -> Registration {
-        if !secrets_equal(&req.token, token) {
+    /// credential, used only if the machine is accepted; `wire` what was seen of the claimed
+    /// machine on the rack network.
+    pub fn register(
+        &self,
+        req: &RegisterRequest,
+        token: &str,
+        credential: &str,
+        wire: &Wire,
+        now: u64,
+    ) -> Registration {
+        let boot_token = wire.boot_token.as_ref().filter(|t| secrets_equal(&credential_hash(&req.token), &t.sha256));
+        if boot_token.is_none() && !secrets_equal(&req.token, token) {
             let mac = req.boot_mac.parse().ok();
             return Registration::Refuse {
                 status: 401,
-                message: "the join token is wrong: boot the machine from this appliance again; its boot \
-                          script carries the current token"
+                message: "the token is neither this machine's boot token nor the join token: boot the machine \
+                          from this appliance again; its boot script carries a token for that boot"
                     .into(),
                 happening: Some(Happening {
                     kind: "registration-refused",
                     mac,
-                    message: format!("registration from {} refused: wrong join token", req.boot_mac),
+                    message: format!("registration as {} from {} refused: wrong token", req.boot_mac, wire.from),
                 }),
             };
         }
@@ -293,6 +379,17 @@ impl Registry {
             Ok(mac) => mac,
             Err(e) => return Registration::Refuse { status: 400, message: e, happening: None },
         };
+        if let Err(why) = check_wire(mac, boot_token, wire) {
+            return Registration::Refuse {
+                status: 403,
+                message: why.clone(),
+                happening: Some(Happening {
+                    kind: "registration-refused",
+                    mac: Some(mac),
+                    message: format!("registration as {mac} from {} refused: {why}", wire.from),
+                }),
+            };
+        }
         let id = machine_id(&req.inventory, mac);
         let mut happenings = vec![];
         let mut old_key = None;
@@ -324,12 +421,34 @@ impl Registry {
             Some(existing) => {
                 let mut r = existing.clone();
                 if r.wireguard_key != req.wireguard_key {
+                    if let Some(heard) = self.alive_on_link(existing, wire, now) {
+                        return Registration::Refuse {
+                            status: 409,
+                            message: format!(
+                                "machine {id} is alive on its management link ({heard}), and this registration \
+                                 brings a new WireGuard key: a live machine is not re-keyed. A machine that \
+                                 really rebooted is accepted once its old link has been silent for \
+                                 {LINK_SILENCE_SECS} s; its agent keeps asking"
+                            ),
+                            happening: Some(Happening {
+                                kind: "rekey-refused",
+                                mac: Some(mac),
+                                message: format!(
+                                    "a new WireGuard key for {id} from {} refused: the machine is alive on its \
+                                     link ({heard})",
+                                    wire.from
+                                ),
+                            }),
+                        };
+                    }
                     old_key = Some(std::mem::replace(&mut r.wireguard_key, req.wireguard_key.clone()));
                     happenings.push(Happening {
                         kind: "machine-rekeyed",
                         mac: Some(mac),
                         message: format!(
-                            "{id} registered with a new WireGuard key (it rebooted); the old key is dropped"
+                            "{id} registered from {} with a new WireGuard key (it rebooted; its link was silent); \
+                             the old key is dropped",
+                            wire.from
                         ),
                     });
                 }
@@ -384,6 +503,19 @@ impl Registry {
         let response =
             RegisterResponse { machine_id: id, state: record.state, message: record.reason.clone(), credential, link };
         Registration::Answer { record: Box::new(record), response, old_key, happenings }
+    }
+
+    /// How an accepted machine was heard from on its link within [`LINK_SILENCE_SECS`], if it was.
+    fn alive_on_link(&self, record: &MachineRecord, wire: &Wire, now: u64) -> Option<String> {
+        if record.state != MachineState::Accepted {
+            return None;
+        }
+        let recent = |age: u64| age < LINK_SILENCE_SECS;
+        if let Some(age) = self.heartbeats.get(&record.id).map(|h| now.saturating_sub(h.at)).filter(|a| recent(*a)) {
+            return Some(format!("its last heartbeat was {age} s ago"));
+        }
+        let age = wire.handshakes.get(&record.wireguard_key).copied().filter(|a| recent(*a))?;
+        Some(format!("its last WireGuard handshake was {age} s ago"))
     }
 
     /// Marks a record accepted and gives it an overlay address if it has none.
@@ -512,18 +644,45 @@ mod tests {
 
     const UUID: &str = "6F1B2C3D-0000-4000-8000-00000000000A";
 
+    /// A registration from 10.0.0.100 with nothing seen of its machine, as in proxy mode.
+    fn proxy() -> Wire {
+        Wire {
+            from: Ipv4Addr::new(10, 0, 0, 100),
+            leases: Leases::NotOurs,
+            boot_token: None,
+            handshakes: HashMap::new(),
+        }
+    }
+
     /// Registers and commits, as the API does.
     fn register(
         reg: &mut Registry,
         req: &RegisterRequest,
     ) -> Result<(RegisterResponse, Vec<Happening>), (u16, String)> {
-        match reg.register(req, TOKEN, &format!("cred-{}", req.nonce), 100) {
+        register_seen(reg, req, &proxy(), 100).map_err(|(status, message, _)| (status, message))
+    }
+
+    /// A refusal: status, message, event.
+    type Refused = (u16, String, Option<Happening>);
+
+    /// Registers at `now` with `wire`, and commits, as the API does; a refusal with its event.
+    fn register_seen(
+        reg: &mut Registry,
+        req: &RegisterRequest,
+        wire: &Wire,
+        now: u64,
+    ) -> Result<(RegisterResponse, Vec<Happening>), Refused> {
+        match reg.register(req, TOKEN, &format!("cred-{}", req.nonce), wire, now) {
             Registration::Answer { record, response, happenings, .. } => {
                 reg.apply(*record);
                 Ok((response, happenings))
             }
-            Registration::Refuse { status, message, .. } => Err((status, message)),
+            Registration::Refuse { status, message, happening } => Err((status, message, happening)),
         }
+    }
+
+    fn boot_token(token: &str, issued_to: [u8; 4]) -> BootToken {
+        BootToken { sha256: credential_hash(token), issued_to: Some(issued_to.into()), issued_at: 50 }
     }
 
     #[test]
@@ -548,7 +707,7 @@ mod tests {
         let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
         let mut bad = request(UUID, "52:54:00:00:00:01", 1, "1");
         bad.token = "guess".into();
-        assert!(matches!(reg.register(&bad, TOKEN, "c", 1), Registration::Refuse { status: 401, .. }));
+        assert!(matches!(reg.register(&bad, TOKEN, "c", &proxy(), 1), Registration::Refuse { status: 401, .. }));
 
         for (field, mutate) in [
             ("boot_mac", Box::new(|r: &mut RegisterRequest| r.boot_mac = "nope".into()) as Box<dyn Fn(&mut _)>),
@@ -558,7 +717,7 @@ mod tests {
         ] {
             let mut r = request(UUID, "52:54:00:00:00:01", 1, "1");
             mutate(&mut r);
-            match reg.register(&r, TOKEN, "c", 1) {
+            match reg.register(&r, TOKEN, "c", &proxy(), 1) {
                 Registration::Refuse { status: 400, message, .. } => assert!(message.contains(field), "{message}"),
                 other => panic!("{field}: {other:?}"),
             }
@@ -614,7 +773,7 @@ mod tests {
         let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
         let (first, _) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
         let address = first.link.as_ref().unwrap().address;
-        match reg.register(&request(UUID, "52:54:00:00:00:01", 2, "2"), TOKEN, "cred-2", 200) {
+        match reg.register(&request(UUID, "52:54:00:00:00:01", 2, "2"), TOKEN, "cred-2", &proxy(), 200) {
             Registration::Answer { record, response, old_key, happenings } => {
                 assert_eq!(old_key, Some(key(1)));
                 assert_eq!(happenings[0].kind, "machine-rekeyed");
@@ -633,7 +792,7 @@ mod tests {
     fn a_duplicate_uuid_from_another_mac_is_refused_not_merged() {
         let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
         register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
-        match reg.register(&request(UUID, "52:54:00:00:00:02", 2, "1"), TOKEN, "c", 1) {
+        match reg.register(&request(UUID, "52:54:00:00:00:02", 2, "1"), TOKEN, "c", &proxy(), 1) {
             Registration::Refuse { status: 409, message, happening: Some(h) } => {
                 assert!(message.contains("oasis machine remove"), "{message}");
                 assert_eq!(h.kind, "duplicate-identity");
@@ -641,6 +800,134 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(reg.records().count(), 1);
+    }
+
+    #[test]
+    fn a_machine_alive_by_its_heartbeats_is_not_rekeyed_and_keeps_its_credential() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        let (first, _) = register_seen(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1"), &proxy(), 100).unwrap();
+        let (id, address) = (first.machine_id.clone(), first.link.as_ref().unwrap().address);
+        let credential = first.credential.unwrap();
+        reg.record_heartbeat(&id, Heartbeat::default(), 110);
+
+        let impostor = request(UUID, "52:54:00:00:00:01", 9, "2");
+        let (status, message, event) = register_seen(&mut reg, &impostor, &proxy(), 112).unwrap_err();
+        assert_eq!(status, 409);
+        assert!(message.contains("alive on its management link") && message.contains("2 s ago"), "{message}");
+        assert!(message.contains(&format!("silent for {LINK_SILENCE_SECS} s")), "{message}");
+        let event = event.unwrap();
+        assert_eq!((event.kind, event.mac), ("rekey-refused", Some("52:54:00:00:00:01".parse().unwrap())));
+        assert!(event.message.contains("10.0.0.100"), "{}", event.message);
+        assert_eq!(reg.get(&id).unwrap().wireguard_key, key(1), "the live machine keeps its key");
+        assert!(reg.authenticate(&credential, address).is_ok(), "and its credential");
+        assert!(reg.heartbeat_of(&id).is_some());
+
+        // Its own agent registering again in the same boot (same key) is answered.
+        let (again, _) = register_seen(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "3"), &proxy(), 113).unwrap();
+        assert_eq!(again.link.unwrap().address, address);
+
+        // Silent for the whole window: a reboot, taken as one.
+        let rebooted = request(UUID, "52:54:00:00:00:01", 2, "4");
+        let (answer, events) = register_seen(&mut reg, &rebooted, &proxy(), 110 + LINK_SILENCE_SECS).unwrap();
+        assert_eq!(answer.link.unwrap().address, address);
+        assert_eq!(events[0].kind, "machine-rekeyed");
+        assert_eq!(reg.get(&id).unwrap().wireguard_key, key(2));
+    }
+
+    #[test]
+    fn a_machine_alive_by_its_handshakes_is_not_rekeyed() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        let (first, _) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
+        // No heartbeat yet (say the appliance just restarted), but the link shook hands.
+        let mut wire = proxy();
+        wire.handshakes = HashMap::from([(key(1), 4), (key(7), 0)]);
+        let impostor = request(UUID, "52:54:00:00:00:01", 9, "2");
+        let (status, message, _) = register_seen(&mut reg, &impostor, &wire, 200).unwrap_err();
+        assert_eq!(status, 409);
+        assert!(message.contains("handshake was 4 s ago"), "{message}");
+        assert_eq!(reg.get(&first.machine_id).unwrap().wireguard_key, key(1));
+
+        wire.handshakes.insert(key(1), LINK_SILENCE_SECS);
+        let (_, events) = register_seen(&mut reg, &impostor, &wire, 200).unwrap();
+        assert_eq!(events[0].kind, "machine-rekeyed", "another peer's handshake says nothing of this one");
+    }
+
+    #[test]
+    fn a_pending_machine_has_no_link_to_be_alive_on() {
+        let mut reg = Registry::new(Policy::Manual, overlay(), vec![]);
+        register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
+        let mut wire = proxy();
+        wire.handshakes = HashMap::from([(key(1), 0)]);
+        let (_, events) = register_seen(&mut reg, &request(UUID, "52:54:00:00:00:01", 2, "2"), &wire, 100).unwrap();
+        assert_eq!(events[0].kind, "machine-rekeyed");
+    }
+
+    #[test]
+    fn a_machines_own_per_boot_token_is_accepted_and_no_other() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        let mut wire = proxy();
+        wire.boot_token = Some(boot_token("boot-of-01", [10, 0, 0, 100]));
+        let mut req = request(UUID, "52:54:00:00:00:01", 1, "1");
+        req.token = "boot-of-01".into();
+        let (resp, _) = register_seen(&mut reg, &req, &wire, 100).unwrap();
+        assert_eq!(resp.state, MachineState::Accepted);
+
+        // Machine 02's registration is checked against 02's token: 01's does not fit.
+        let mut other = request("6F1B2C3D-0000-4000-8000-00000000000B", "52:54:00:00:00:02", 2, "1");
+        other.token = "boot-of-01".into();
+        wire.boot_token = Some(boot_token("boot-of-02", [10, 0, 0, 101]));
+        let (status, message, event) = register_seen(&mut reg, &other, &wire, 100).unwrap_err();
+        assert_eq!(status, 401);
+        assert!(message.contains("neither this machine's boot token nor the join token"), "{message}");
+        assert_eq!(event.unwrap().kind, "registration-refused");
+        wire.boot_token = None;
+        assert_eq!(register_seen(&mut reg, &other, &wire, 100).unwrap_err().0, 401, "nor with none issued");
+
+        // The join token still works, with or without a per-boot token issued.
+        other.token = TOKEN.into();
+        assert_eq!(register_seen(&mut reg, &other, &wire, 100).unwrap().0.state, MachineState::Accepted);
+        wire.boot_token = Some(boot_token("boot-of-01", [10, 0, 0, 100]));
+        other.nonce = "nonce-0000000000000002".into();
+        assert!(register_seen(&mut reg, &other, &wire, 100).is_ok());
+    }
+
+    #[test]
+    fn in_full_mode_a_registration_comes_from_the_claimed_machines_lease() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        let leased = Ipv4Addr::new(10, 0, 0, 100);
+        let mut wire = Wire { leases: Leases::Bound(Some(leased)), ..proxy() };
+        let req = |nonce: &str| request(UUID, "52:54:00:00:00:01", 1, nonce);
+
+        wire.from = Ipv4Addr::new(10, 0, 0, 101);
+        let (status, message, event) = register_seen(&mut reg, &req("1"), &wire, 100).unwrap_err();
+        assert_eq!(status, 403);
+        assert!(message.contains("52:54:00:00:00:01 holds 10.0.0.100") && message.contains("from 10.0.0.101"));
+        let event = event.unwrap();
+        assert_eq!(event.kind, "registration-refused");
+        assert!(event.message.contains("from 10.0.0.101"), "{}", event.message);
+        wire.leases = Leases::Bound(None);
+        let (status, message, _) = register_seen(&mut reg, &req("1"), &wire, 100).unwrap_err();
+        assert_eq!(status, 403);
+        assert!(message.contains("holds no address from this appliance"), "{message}");
+        assert_eq!(reg.records().count(), 0, "a refusal records no machine");
+
+        // From its lease: answered. A per-boot token only from where its script went.
+        wire.leases = Leases::Bound(Some(leased));
+        wire.from = leased;
+        assert!(register_seen(&mut reg, &req("1"), &wire, 100).is_ok());
+        let mut with_boot_token = req("2");
+        with_boot_token.token = "boot-of-01".into();
+        wire.boot_token = Some(boot_token("boot-of-01", [10, 0, 0, 100]));
+        assert!(register_seen(&mut reg, &with_boot_token, &wire, 100).is_ok());
+        wire.boot_token = Some(boot_token("boot-of-01", [10, 0, 0, 99]));
+        with_boot_token.nonce = "nonce-0000000000000003".into();
+        let (status, message, _) = register_seen(&mut reg, &with_boot_token, &wire, 100).unwrap_err();
+        assert_eq!(status, 403);
+        assert!(message.contains("went to 10.0.0.99"), "{message}");
+
+        // Proxy mode: no lease to check against, from anywhere.
+        let anywhere = Wire { from: Ipv4Addr::new(192, 0, 2, 7), ..proxy() };
+        assert!(register_seen(&mut reg, &req("4"), &anywhere, 100).is_ok());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::config::{AcceptancePolicy, Config, ConflictCheckKind};
 use crate::etcd::EtcdClient;
 use crate::identity::Identity;
 use crate::k3s::K3sArtifacts;
+use crate::netboot::NetbootDirectory;
 use crate::pki::ClusterCa;
 use crate::registry::{Overlay, Policy, Registry};
 use crate::store::Store;
@@ -186,7 +187,13 @@ async fn start_management(
         wireguard: Some(Arc::new(interface)),
         desired,
         artifacts,
+        full_dhcp: full_dhcp(config),
     }))
+}
+
+/// Whether this appliance's DHCP hands out the rack's addresses, so it knows who holds which.
+fn full_dhcp(config: &Config) -> bool {
+    config.dhcp.as_ref().is_some_and(|d| d.full.is_some())
 }
 
 /// Runs every service until one fails or the process is told to stop.
@@ -266,7 +273,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         source,
     })?;
     let scripts = ScriptRenderer::new(policy.base_url(), profile);
-    let router = http::router(HttpBoot::new(root.clone(), scripts, Arc::new(store.clone()), metrics.clone()));
+    let directory = NetbootDirectory::new(store.clone(), full_dhcp(&config), config.profile_is_node);
+    let router = http::router(HttpBoot::new(root.clone(), scripts, Arc::new(directory), metrics.clone()));
     tasks.spawn(async move {
         if let Err(e) = http::serve(listener, router).await {
             tracing::error!("HTTP server failed: {e}");

@@ -6,7 +6,8 @@
 //! - `events`: sequence number → [`Event`] as JSON;
 //! - `registry`: machine id → [`MachineRecord`] as JSON (registered machines; version 2);
 //! - `secrets`: name → bytes (the appliance's keys and tokens, made at first start; version 2);
-//! - `assembly`: `"assembly"` → the controller's [`Assembly`] as JSON (version 3).
+//! - `assembly`: `"assembly"` → the controller's [`Assembly`] as JSON (version 3);
+//! - `boot_tokens`: MAC (text) → the [`BootToken`] its last boot script carried, as JSON (version 4).
 //!
 //! Older stores are upgraded in place by creating the newer tables.
 //!
@@ -30,10 +31,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::assembly::planner::Assembly;
-use crate::registry::{Happening, MachineRecord};
+use crate::registry::{BootToken, Happening, MachineRecord};
 
 /// The version of the table layout and record formats this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
@@ -43,6 +44,7 @@ const REGISTRY: TableDefinition<&str, &[u8]> = TableDefinition::new("registry");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const ASSEMBLY: TableDefinition<&str, &[u8]> = TableDefinition::new("assembly");
 const ASSEMBLY_KEY: &str = "assembly";
+const BOOT_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("boot_tokens");
 
 /// Most writes folded into one commit.
 const MAX_BATCH: usize = 4096;
@@ -148,6 +150,7 @@ enum Write {
     Event(Happening),
     Assembly(Box<Assembly>, Vec<Happening>, Reply),
     Secret(String, Vec<u8>, Reply),
+    BootToken(MacAddr, BootToken, Reply),
 }
 
 /// The store. Cheap to clone; all clones share one database and one writer.
@@ -211,6 +214,7 @@ impl Store {
             txn.open_table(REGISTRY)?;
             txn.open_table(SECRETS)?;
             txn.open_table(ASSEMBLY)?;
+            txn.open_table(BOOT_TOKENS)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -294,6 +298,31 @@ impl Store {
     pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(SECRETS)?.get(name)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The address bound to `mac` at `now` (unix seconds) in the lease table, if it holds one.
+    pub fn bound_address(&self, mac: MacAddr, now: u64) -> Result<Option<Ipv4Addr>, StoreError> {
+        let leases: Vec<Lease> = self.all(LEASES)?;
+        Ok(leases.into_iter().find(|l| l.mac == mac && l.state == LeaseState::Bound && l.expires > now).map(|l| l.ip))
+    }
+
+    /// The per-boot token `mac`'s last boot script carried, if one was issued.
+    pub fn boot_token(&self, mac: MacAddr) -> Result<Option<BootToken>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BOOT_TOKENS)?;
+        let found = table.get(mac.to_string().as_str())?;
+        Ok(match found {
+            Some(v) => Some(serde_json::from_slice(v.value())?),
+            None => None,
+        })
+    }
+
+    /// Commits the per-boot token of `mac`'s newest boot script (replacing the one before) and
+    /// returns once it is durable. Blocks: for the HTTP boot directory, on the blocking pool.
+    pub fn save_boot_token_blocking(&self, mac: MacAddr, token: BootToken) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send(Write::BootToken(mac, token, tx)).map_err(|_| StoreError::WriterGone)?;
+        rx.blocking_recv().map_err(|_| StoreError::WriterGone)?.map_err(StoreError::Commit)
     }
 
     /// Commits a secret (replacing one of that name); resolves once durable.
@@ -380,7 +409,8 @@ fn writer(db: Arc<Database>, queue: mpsc::Receiver<Write>) {
             | Write::Record(_, _, reply)
             | Write::RemoveRecord(_, _, reply)
             | Write::Assembly(_, _, reply)
-            | Write::Secret(_, _, reply) = write
+            | Write::Secret(_, _, reply)
+            | Write::BootToken(_, _, reply) = write
             {
                 let _ = reply.send(result.clone());
             }
@@ -398,6 +428,7 @@ fn apply(db: &Database, batch: &[Write]) -> Result<(), StoreError> {
         let mut registry = txn.open_table(REGISTRY)?;
         let mut assembly = txn.open_table(ASSEMBLY)?;
         let mut secrets = txn.open_table(SECRETS)?;
+        let mut boot_tokens = txn.open_table(BOOT_TOKENS)?;
         let mut next_seq = events.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
         let mut event = |kind: &str, mac: Option<MacAddr>, message: String| -> Result<(), StoreError> {
             let e = Event { seq: next_seq, at: now(), kind: kind.to_string(), mac, message };
@@ -487,6 +518,9 @@ fn apply(db: &Database, batch: &[Write]) -> Result<(), StoreError> {
                 }
                 Write::Secret(name, value, _) => {
                     secrets.insert(name.as_str(), value.as_slice())?;
+                }
+                Write::BootToken(mac, token, _) => {
+                    boot_tokens.insert(mac.to_string().as_str(), serde_json::to_vec(token)?.as_slice())?;
                 }
             }
         }
@@ -620,6 +654,30 @@ mod tests {
         let m = store.machine(mac).unwrap().unwrap();
         assert_eq!((m.arch, m.boot_count, m.boot, m.firmware()), (Some(7), 2, BootMode::Local, "uefi-x64"));
         assert_eq!(store.boot_target(mac), BootTarget::LocalDisk);
+    }
+
+    #[tokio::test]
+    async fn boot_tokens_are_kept_per_mac_and_bound_addresses_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (one, two) = (MacAddr([0x52, 0x54, 0, 0, 0, 1]), MacAddr([0x52, 0x54, 0, 0, 0, 2]));
+        let token =
+            |n: &str| BootToken { sha256: n.into(), issued_to: Some(Ipv4Addr::new(10, 0, 0, 100)), issued_at: 1 };
+        let writer = store.clone();
+        tokio::task::spawn_blocking(move || {
+            writer.save_boot_token_blocking(one, token("a")).unwrap();
+            writer.save_boot_token_blocking(one, token("b")).unwrap();
+        })
+        .await
+        .unwrap();
+        assert_eq!(store.boot_token(one).unwrap(), Some(token("b")), "the newest replaces the one before");
+        assert_eq!(store.boot_token(two).unwrap(), None);
+
+        store.save_lease(lease(100, 1, LeaseState::Bound)).await.unwrap();
+        store.save_lease(lease(101, 2, LeaseState::Released)).await.unwrap();
+        assert_eq!(store.bound_address(one, 4999).unwrap(), Some(Ipv4Addr::new(10, 0, 0, 100)));
+        assert_eq!(store.bound_address(one, 5000).unwrap(), None, "expired");
+        assert_eq!(store.bound_address(two, 1).unwrap(), None, "released");
     }
 
     #[test]

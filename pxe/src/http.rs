@@ -3,7 +3,8 @@
 //!
 //! | request                  | answer                                                             |
 //! |--------------------------|--------------------------------------------------------------------|
-//! | `GET /boot.ipxe?mac=M`   | the boot script for `M`, or the local-disk script if `M` is marked |
+//! | `GET /boot.ipxe?mac=M`   | the boot script for `M`, or the local-disk script if `M` is marked;|
+//! |                          | 403 to a peer the [`MachineDirectory`] does not admit for `M`      |
 //! | `GET /boot.ipxe`         | the chain script, which asks again with iPXE's `${mac:hexhyp}`     |
 //! | `GET`/`HEAD /boot/PATH`  | `PATH` under the boot root, with single byte ranges                |
 //! | `GET /metrics`           | every counter, Prometheus text format 0.0.4                        |
@@ -16,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read as _, Seek as _, SeekFrom};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,14 +50,42 @@ pub enum BootTarget {
     LocalDisk,
 }
 
+/// Why a boot script is not served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptRefusal {
+    /// This peer may not have this machine's script (403). The message says why, for whoever
+    /// fetched it by hand.
+    #[error("{0}")]
+    Forbidden(String),
+    /// What the script would carry could not be recorded (503); the machine asks again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// What HTTP boot needs to know about machines. The appliance implements it on its store.
 ///
-/// Both methods are called on tokio's blocking pool, so an implementation may commit to disk.
+/// Every method is called on tokio's blocking pool, so an implementation may commit to disk. For
+/// one request for `mac`'s script: [`admit`](Self::admit), then [`boot_target`](Self::boot_target)
+/// and [`record_boot`](Self::record_boot), then, for a network boot, [`boot_args`](Self::boot_args).
 pub trait MachineDirectory: Send + Sync + 'static {
     /// Where `mac` should boot from.
     fn boot_target(&self, mac: MacAddr) -> BootTarget;
     /// `mac` fetched its boot script (either kind).
     fn record_boot(&self, mac: MacAddr);
+    /// Whether `peer` (the request's source; `None` when the router runs without [`serve`]) may
+    /// have `mac`'s boot script. The default admits everyone: a directory that knows which address
+    /// each machine holds should admit only that address.
+    fn admit(&self, mac: MacAddr, peer: Option<IpAddr>) -> Result<(), ScriptRefusal> {
+        let _ = (mac, peer);
+        Ok(())
+    }
+    /// Kernel arguments for this one network boot of `mac`, served to `peer`, added after the
+    /// profile's (a per-boot token, say). Whatever they grant must be committed before this
+    /// returns: the machine may use them as soon as the script reaches it. The default adds none.
+    fn boot_args(&self, mac: MacAddr, peer: Option<IpAddr>) -> Result<String, ScriptRefusal> {
+        let _ = (mac, peer);
+        Ok(String::new())
+    }
 }
 
 /// A [`MachineDirectory`] in memory: every machine boots from the network unless marked. For tests,
@@ -160,6 +189,15 @@ fn peer(request: &Request) -> String {
     }
 }
 
+/// The client's IP address, as IPv4 when it is an IPv4-mapped IPv6 address.
+fn peer_ip(request: &Request) -> Option<IpAddr> {
+    let ConnectInfo(addr) = request.extensions().get::<ConnectInfo<SocketAddr>>()?;
+    Some(match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    })
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct BootQuery {
     mac: Option<String>,
@@ -192,14 +230,32 @@ async fn boot_script(State(state): State<Arc<HttpBoot>>, request: Request) -> Re
         }
     };
     let machines = state.machines.clone();
-    let target = tokio::task::spawn_blocking(move || {
+    let from = peer_ip(&request);
+    let decided = tokio::task::spawn_blocking(move || {
+        machines.admit(mac, from)?;
         let target = machines.boot_target(mac);
         machines.record_boot(mac);
-        target
+        let args = match target {
+            BootTarget::Network => machines.boot_args(mac, from)?,
+            BootTarget::LocalDisk => String::new(),
+        };
+        Ok::<_, ScriptRefusal>((target, args))
     })
     .await;
-    let target = match target {
-        Ok(target) => target,
+    let (target, args) = match decided {
+        Ok(Ok(decided)) => decided,
+        Ok(Err(ScriptRefusal::Forbidden(why))) => {
+            // Anyone can send this: counted, and logged at a limited rate.
+            state.metrics.error(ErrorKind::HttpForbidden);
+            if state.warn_limit.allow() {
+                tracing::warn!(%mac, peer = %peer(&request), "boot script refused: {why}");
+            }
+            return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+        }
+        Ok(Err(ScriptRefusal::Unavailable(why))) => {
+            tracing::error!(%mac, "boot script not served: {why}");
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
+        }
         Err(e) => {
             tracing::error!(%mac, "the machine directory failed while looking up the boot target: {e}");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -207,7 +263,13 @@ async fn boot_script(State(state): State<Arc<HttpBoot>>, request: Request) -> Re
     };
     tracing::info!(%mac, peer = %peer(&request), ?target, "serving boot script");
     match target {
-        BootTarget::Network => script_response(state.scripts.render_boot(mac)),
+        BootTarget::Network => match state.scripts.render_boot_with(mac, &args) {
+            Ok(script) => script_response(script),
+            Err(e) => {
+                tracing::error!(%mac, "the boot script's per-boot arguments are unusable: {e}");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        },
         BootTarget::LocalDisk => script_response(state.scripts.render_local(mac)),
     }
 }

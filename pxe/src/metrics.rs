@@ -79,10 +79,12 @@ pub enum ErrorKind {
     HttpNotFound,
     /// A boot script request whose `mac` parameter was not a MAC address.
     HttpBadMac,
+    /// A boot script request from a peer not admitted for that machine (not its lease holder).
+    HttpForbidden,
 }
 
 impl ErrorKind {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::DhcpMalformed,
         Self::DhcpRateLimited,
         Self::DhcpPoolExhausted,
@@ -96,6 +98,7 @@ impl ErrorKind {
         Self::TftpTimeout,
         Self::HttpNotFound,
         Self::HttpBadMac,
+        Self::HttpForbidden,
     ];
 
     fn label(self) -> &'static str {
@@ -113,6 +116,7 @@ impl ErrorKind {
             Self::TftpTimeout => "tftp_timeout",
             Self::HttpNotFound => "http_not_found",
             Self::HttpBadMac => "http_bad_mac",
+            Self::HttpForbidden => "http_forbidden",
         }
     }
 }

@@ -88,27 +88,31 @@ impl BootProfile {
             }
             check_path("initrd", initrd)?;
         }
-        let cmdline = &self.cmdline;
-        if cmdline.len() > MAX_CMDLINE_LEN {
-            return Err(ProfileError::CmdlineTooLong { len: cmdline.len() });
-        }
-        if let Some((at, ch)) = cmdline.char_indices().find(|(_, c)| c.is_control()) {
-            return Err(ProfileError::ControlChar { ch, at });
-        }
-        for token in cmdline.split(' ') {
-            if token.starts_with('#') || matches!(token, "&&" | "||" | ";") {
-                return Err(ProfileError::ScriptToken { token: token.to_string() });
-            }
-        }
-        let mut rest = 0;
-        while let Some(start) = cmdline[rest..].find("${").map(|i| rest + i) {
-            match cmdline[start..].find('}') {
-                Some(end) => rest = start + end + 1,
-                None => return Err(ProfileError::UnclosedSetting { at: start }),
-            }
-        }
-        Ok(())
+        check_cmdline(&self.cmdline)
     }
+}
+
+/// The rules of [`BootProfile::validate`] for a kernel command line, or a part of one.
+fn check_cmdline(cmdline: &str) -> Result<(), ProfileError> {
+    if cmdline.len() > MAX_CMDLINE_LEN {
+        return Err(ProfileError::CmdlineTooLong { len: cmdline.len() });
+    }
+    if let Some((at, ch)) = cmdline.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(ProfileError::ControlChar { ch, at });
+    }
+    for token in cmdline.split(' ') {
+        if token.starts_with('#') || matches!(token, "&&" | "||" | ";") {
+            return Err(ProfileError::ScriptToken { token: token.to_string() });
+        }
+    }
+    let mut rest = 0;
+    while let Some(start) = cmdline[rest..].find("${").map(|i| rest + i) {
+        match cmdline[start..].find('}') {
+            Some(end) => rest = start + end + 1,
+            None => return Err(ProfileError::UnclosedSetting { at: start }),
+        }
+    }
+    Ok(())
 }
 
 fn check_path(field: &'static str, path: &str) -> Result<(), ProfileError> {
@@ -141,6 +145,22 @@ impl ScriptRenderer {
 
     /// The script that boots `mac` over HTTP, retrying a bounded number of times.
     pub fn render_boot(&self, mac: MacAddr) -> String {
+        self.render(mac, "")
+    }
+
+    /// [`render_boot`](Self::render_boot) with `args` added to the profile's kernel arguments: what
+    /// this one boot of this one machine gets (a per-boot token, say). `args` is held to the rules of
+    /// [`BootProfile::validate`], and the command line with it to [`MAX_CMDLINE_LEN`].
+    pub fn render_boot_with(&self, mac: MacAddr, args: &str) -> Result<String, ProfileError> {
+        check_cmdline(args)?;
+        let len = self.profile.cmdline.len() + 1 + args.len();
+        if len > MAX_CMDLINE_LEN {
+            return Err(ProfileError::CmdlineTooLong { len });
+        }
+        Ok(self.render(mac, args))
+    }
+
+    fn render(&self, mac: MacAddr, args: &str) -> String {
         let base = &self.base_url;
         let kernel = encode_path(&self.profile.kernel);
         let mut out = String::with_capacity(1024);
@@ -151,8 +171,13 @@ impl ScriptRenderer {
         out.push_str("inc attempt\n");
         out.push_str("imgfree ||\n");
         let initrd_arg = if self.profile.initrd.is_some() { " initrd=initrd.img" } else { "" };
-        let cmdline =
-            if self.profile.cmdline.is_empty() { String::new() } else { format!(" {}", self.profile.cmdline) };
+        let mut cmdline = String::new();
+        for part in [self.profile.cmdline.as_str(), args] {
+            if !part.is_empty() {
+                cmdline.push(' ');
+                cmdline.push_str(part);
+            }
+        }
         let _ = writeln!(
             out,
             "kernel {base}/boot/{kernel}{initrd_arg}{cmdline} BOOTIF=01-{} || goto failed",
@@ -292,6 +317,22 @@ mod tests {
         assert_eq!(encode_path("node/vmlinuz-6.1.0"), "node/vmlinuz-6.1.0");
         assert_eq!(encode_path("my dir/a${b}#c?d%e"), "my%20dir/a%24%7Bb%7D%23c%3Fd%25e");
         assert_eq!(encode_path("ünï"), "%C3%BCn%C3%AF");
+    }
+
+    #[test]
+    fn per_boot_arguments_follow_the_profiles_and_obey_its_rules() {
+        let r = ScriptRenderer::new("http://10.0.0.1".into(), profile("console=ttyS0"));
+        let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+        let script = r.render_boot_with(mac, "oasis.token=abc").unwrap();
+        assert!(script.contains(" console=ttyS0 oasis.token=abc BOOTIF=01-52-54-00-12-34-56 "), "{script}");
+        assert_eq!(r.render_boot_with(mac, "").unwrap(), r.render_boot(mac));
+        let bare = ScriptRenderer::new("http://10.0.0.1".into(), profile(""));
+        assert!(bare.render_boot_with(mac, "x=1").unwrap().contains("initrd=initrd.img x=1 BOOTIF="));
+        for bad in ["a\nshell", "x ; shell", "#c", "${net0/ip"] {
+            assert!(r.render_boot_with(mac, bad).is_err(), "{bad:?}");
+        }
+        let long = "a".repeat(MAX_CMDLINE_LEN - "console=ttyS0".len());
+        assert!(matches!(r.render_boot_with(mac, &long), Err(ProfileError::CmdlineTooLong { .. })));
     }
 
     #[test]

@@ -3,17 +3,20 @@
 //! The client is a few lines of raw HTTP/1.1 so that request targets such as `/boot/../x` reach the
 //! server exactly as written, with no client-side normalization.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use oasis_pxe::boot_root::BootRoot;
-use oasis_pxe::http::{router, serve, HttpBoot, StaticDirectory, CHUNK_SIZE};
+use oasis_pxe::http::{
+    router, serve, BootTarget, HttpBoot, MachineDirectory, ScriptRefusal, StaticDirectory, CHUNK_SIZE,
+};
 use oasis_pxe::mac::MacAddr;
 use oasis_pxe::metrics::{ErrorKind, Metrics};
 use oasis_pxe::script::{BootProfile, ScriptRenderer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 
 const SECRET: &[u8] = b"SECRET-OUTSIDE-THE-ROOT";
 
@@ -33,6 +36,12 @@ fn kernel_bytes() -> Vec<u8> {
 }
 
 async fn start() -> Server {
+    let machines = Arc::new(StaticDirectory::new());
+    start_with(machines.clone(), machines).await
+}
+
+/// A server whose scripts are decided by `directory`; `machines` is what it delegates to.
+async fn start_with(machines: Arc<StaticDirectory>, directory: Arc<dyn MachineDirectory>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(root.join("node")).unwrap();
@@ -56,8 +65,7 @@ async fn start() -> Server {
     let addr = listener.local_addr().unwrap();
     let scripts = ScriptRenderer::new(format!("http://{addr}"), profile);
     let metrics = Arc::new(Metrics::default());
-    let machines = Arc::new(StaticDirectory::new());
-    let state = HttpBoot::new(BootRoot::new(&root).unwrap(), scripts.clone(), machines.clone(), metrics.clone());
+    let state = HttpBoot::new(BootRoot::new(&root).unwrap(), scripts.clone(), directory, metrics.clone());
     tokio::spawn(serve(listener, router(state)));
     Server { addr, metrics, machines, scripts, kernel, _dir: dir }
 }
@@ -76,7 +84,14 @@ impl Reply {
 }
 
 async fn send(addr: SocketAddr, method: &str, target: &str, extra: &[(&str, &str)]) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    send_from([127, 0, 0, 1].into(), addr, method, target, extra).await
+}
+
+/// [`send`] from the local address `source` (anything in 127/8 is this host's).
+async fn send_from(source: IpAddr, addr: SocketAddr, method: &str, target: &str, extra: &[(&str, &str)]) -> Reply {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
     let mut request = format!("{method} {target} HTTP/1.1\r\nHost: oasis\r\nConnection: close\r\n");
     for (name, value) in extra {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -134,6 +149,86 @@ async fn local_disk_machines_get_the_local_script() {
     assert_eq!(r.status, 200);
     assert_eq!(String::from_utf8(r.body).unwrap(), s.scripts.render_local(mac()));
     assert_eq!(s.machines.boots(mac()), 1, "a local boot is still a boot");
+}
+
+/// A directory that knows which address each machine holds, as the appliance's does in full DHCP
+/// mode: it admits only that address, and gives each network boot a fresh argument.
+struct Gated {
+    machines: Arc<StaticDirectory>,
+    holder: Vec<(MacAddr, IpAddr)>,
+    issued: AtomicU32,
+    broken: AtomicBool,
+}
+
+impl MachineDirectory for Gated {
+    fn boot_target(&self, mac: MacAddr) -> BootTarget {
+        self.machines.boot_target(mac)
+    }
+
+    fn record_boot(&self, mac: MacAddr) {
+        self.machines.record_boot(mac)
+    }
+
+    fn admit(&self, mac: MacAddr, peer: Option<IpAddr>) -> Result<(), ScriptRefusal> {
+        match self.holder.iter().find(|(m, _)| *m == mac) {
+            Some((_, ip)) if Some(*ip) == peer => Ok(()),
+            _ => Err(ScriptRefusal::Forbidden(format!("{mac} is not leased to {peer:?}"))),
+        }
+    }
+
+    fn boot_args(&self, _mac: MacAddr, _peer: Option<IpAddr>) -> Result<String, ScriptRefusal> {
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(ScriptRefusal::Unavailable("the store is gone".into()));
+        }
+        Ok(format!("oasis.token=t{}", self.issued.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+#[tokio::test]
+async fn a_gated_directory_serves_each_script_to_its_holder_only_with_its_own_arguments() {
+    let machines = Arc::new(StaticDirectory::new());
+    let other: MacAddr = "52:54:00:00:00:02".parse().unwrap();
+    let (holder, stranger): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    let gated = Arc::new(Gated {
+        machines: machines.clone(),
+        holder: vec![(mac(), holder), (other, stranger)],
+        issued: AtomicU32::new(0),
+        broken: AtomicBool::new(false),
+    });
+    let s = start_with(machines.clone(), gated.clone()).await;
+    let target = "/boot.ipxe?mac=52-54-00-12-34-56";
+
+    let r = send_from(stranger, s.addr, "GET", target, &[]).await;
+    assert_eq!(r.status, 403);
+    let body = String::from_utf8(r.body).unwrap();
+    assert!(body.contains("is not leased to"), "the refusal says why: {body}");
+    assert!(!body.contains("oasis.token"), "{body}");
+    assert_eq!(s.metrics.error_count(ErrorKind::HttpForbidden), 1);
+    assert_eq!(s.machines.boots(mac()), 0, "a refused request is no boot");
+
+    // The holder gets its script, with a fresh argument each time.
+    for n in 0..2 {
+        let r = send_from(holder, s.addr, "GET", target, &[]).await;
+        assert_eq!(r.status, 200);
+        let want = s.scripts.render_boot_with(mac(), &format!("oasis.token=t{n}")).unwrap();
+        assert_eq!(String::from_utf8(r.body).unwrap(), want);
+    }
+    let theirs = send_from(stranger, s.addr, "GET", "/boot.ipxe?mac=52-54-00-00-00-02", &[]).await;
+    assert_eq!((theirs.status, String::from_utf8(theirs.body).unwrap().contains("oasis.token=t2")), (200, true));
+    assert_eq!(send_from(holder, s.addr, "GET", "/boot.ipxe?mac=52-54-00-00-00-02", &[]).await.status, 403);
+
+    // A local boot carries nothing for this boot; the chain script names no machine.
+    s.machines.mark_local(mac());
+    let local = send_from(holder, s.addr, "GET", target, &[]).await;
+    assert_eq!(String::from_utf8(local.body).unwrap(), s.scripts.render_local(mac()));
+    assert_eq!(send_from(stranger, s.addr, "GET", target, &[]).await.status, 403);
+    assert_eq!(send_from(stranger, s.addr, "GET", "/boot.ipxe", &[]).await.status, 200);
+
+    // What cannot be recorded is not served: the machine asks again.
+    gated.broken.store(true, Ordering::Relaxed);
+    let r = send_from(stranger, s.addr, "GET", "/boot.ipxe?mac=52-54-00-00-00-02", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(s.metrics.error_count(ErrorKind::HttpForbidden), 3);
 }
 
 #[tokio::test]
@@ -223,7 +318,7 @@ async fn if_range_with_another_date_gets_the_whole_file() {
 #[tokio::test]
 async fn head_has_the_headers_and_no_body() {
     let s = start().await;
-    let transfers_before = s.metrics.http_transfers.load(std::sync::atomic::Ordering::Relaxed);
+    let transfers_before = s.metrics.http_transfers.load(Ordering::Relaxed);
     for extra in [&[][..], &[("Range", "bytes=0-9")][..]] {
         let r = send(s.addr, "HEAD", "/boot/node/vmlinuz", extra).await;
         assert_eq!(r.status, 200, "HEAD ignores Range");
@@ -232,7 +327,7 @@ async fn head_has_the_headers_and_no_body() {
         assert!(r.header("last-modified").is_some());
         assert!(r.body.is_empty(), "HEAD sent {} body bytes", r.body.len());
     }
-    assert_eq!(s.metrics.http_transfers.load(std::sync::atomic::Ordering::Relaxed), transfers_before);
+    assert_eq!(s.metrics.http_transfers.load(Ordering::Relaxed), transfers_before);
     let r = send(s.addr, "HEAD", "/boot/missing", &[]).await;
     assert_eq!(r.status, 404);
 }

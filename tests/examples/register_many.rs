@@ -3,18 +3,39 @@
 //! the same moment, and the time until every one is accepted is printed.
 //!
 //! ```text
-//! register_many API PIN TOKEN COUNT
+//! register_many API PIN BOOT_URL COUNT
 //! ```
 //!
 //! Run it where the API is reachable (inside the rack's namespace). Each simulated machine has its
-//! own SMBIOS UUID, MAC and WireGuard key; under the `auto` policy each is accepted on its first
-//! registration. A machine that is refused or not accepted is retried until a minute has passed.
+//! own SMBIOS UUID, MAC and WireGuard key, and first fetches its boot script from `BOOT_URL`
+//! (`http://10.0.0.1`) for its per-boot token, as a netbooted machine does, before the clock
+//! starts; with DHCP off or in proxy mode every address may fetch every script. Under the `auto`
+//! policy each is accepted on its first registration. A machine that is refused or not accepted is
+//! retried until a minute has passed.
 
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use oasis_agent::client::ApiClient;
-use oasis_proto::{Inventory, MachineState, RegisterRequest, System};
+use oasis_proto::{Inventory, KernelArgs, MachineState, RegisterRequest, System};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn mac(i: u32) -> String {
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", i >> 24, (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+}
+
+/// The per-boot token in machine `i`'s boot script.
+async fn boot_token(boot: &str, i: u32) -> String {
+    let host = boot.strip_prefix("http://").expect("BOOT_URL is http://HOST[:PORT]").trim_end_matches('/');
+    let addr = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.expect("the HTTP boot service answers");
+    let target = format!("/boot.ipxe?mac={}", mac(i).replace(':', "-"));
+    stream.write_all(format!("GET {target} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let line = raw.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("no boot script:\n{raw}"));
+    KernelArgs::parse(line).unwrap_or_else(|e| panic!("{e}: {line}")).token
+}
 
 fn request(token: &str, i: u32, attempt: u32) -> RegisterRequest {
     let mut key = [0u8; 32];
@@ -23,7 +44,7 @@ fn request(token: &str, i: u32, attempt: u32) -> RegisterRequest {
     RegisterRequest {
         token: token.to_string(),
         nonce: format!("{i:016x}{attempt:016x}"),
-        boot_mac: format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", i >> 24, (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff),
+        boot_mac: mac(i),
         wireguard_key: base64::engine::general_purpose::STANDARD.encode(key),
         agent_version: "bench".into(),
         inventory: Inventory {
@@ -42,16 +63,20 @@ fn request(token: &str, i: u32, attempt: u32) -> RegisterRequest {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [api, pin, token, count] = args.as_slice() else {
-        eprintln!("usage: register_many API PIN TOKEN COUNT");
+    let [api, pin, boot, count] = args.as_slice() else {
+        eprintln!("usage: register_many API PIN BOOT_URL COUNT");
         std::process::exit(2);
     };
     let count: u32 = count.parse().expect("COUNT is a number");
     let client = std::sync::Arc::new(ApiClient::new(api, pin).expect("a usable API URL"));
+    let mut tokens = Vec::new();
+    for i in 0..count {
+        tokens.push(boot_token(boot, i).await);
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for i in 0..count {
-        let (client, token) = (client.clone(), token.clone());
+    for (i, token) in (0..count).zip(tokens) {
+        let client = client.clone();
         tasks.push(tokio::spawn(async move {
             let deadline = Instant::now() + Duration::from_secs(60);
             for attempt in 0.. {

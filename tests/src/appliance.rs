@@ -185,8 +185,25 @@ impl Drop for Appliance {
     }
 }
 
+/// The node agent's kernel arguments with the join token itself, as boot media an operator makes
+/// carry them (no boot script carries the join token: each network boot gets a token of its own).
+/// Reads the appliance's identity from its store, making it on a first start, so call it before
+/// [`Appliance::start`] or while the appliance is stopped: a running `oasis serve` holds the store.
+pub fn join_args(config: &Path) -> oasis_proto::KernelArgs {
+    use oasis_appliance::config::Config;
+    use oasis_appliance::identity::Identity;
+    use oasis_appliance::store::Store;
+    let config = Config::load(config).unwrap_or_else(|e| panic!("{e}"));
+    let store = Store::open(&config.data_dir)
+        .unwrap_or_else(|e| panic!("{e}: read the join token before Appliance::start or after Appliance::stop"));
+    let identity = Identity::load_or_create(&store, &config.data_dir).unwrap_or_else(|e| panic!("{e}"));
+    let args = identity.agent_kernel_args(config.address, config.api_port);
+    oasis_proto::KernelArgs::parse(&format!("{args} oasis.token={}", identity.join_token)).unwrap()
+}
+
 /// The node agent's kernel arguments exactly as the appliance at 10.0.0.1 serves them in the boot
-/// script of `mac` (`52-54-00-…`), fetched from inside `ns`.
+/// script of `mac` (`52-54-00-…`), fetched from inside `ns`: with a per-boot token for `mac`. In
+/// full DHCP mode only the holder of `mac`'s lease gets the script.
 pub fn agent_args(ns: &Netns, mac: &str) -> oasis_proto::KernelArgs {
     let url = format!("http://10.0.0.1/boot.ipxe?mac={mac}");
     let script = ns.exec(&["busybox", "wget", "-q", "-O", "-", &url]).expect("the appliance serves a boot script");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::appliance::{agent_args, node_boot_root, write_config, Appliance};
+use crate::appliance::{join_args, node_boot_root, write_config, Appliance};
 use crate::{tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
 
 /// A simulated rack: a namespace with the rack bridge, the appliance, and machines that can be
@@ -50,8 +50,9 @@ impl Rack {
         let work = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().unwrap();
         let root = node_boot_root(work.path());
         let config = write_config(work.path(), "range = [\"10.0.0.100\", \"10.0.0.199\"]", &root, cluster);
+        // The machines boot the node image directly, as from boot media: with the join token.
+        let args = join_args(&config);
         let appliance = Appliance::start(&ns, &config, &work.path().join("oasis.log"));
-        let args = agent_args(&ns, "52-54-00-0e-00-01");
         let append =
             format!("console=ttyS0 panic=-1 oasis.api={} oasis.token={} oasis.pin={}", args.api, args.token, args.pin);
         for i in 0..count {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use oasis_e2e::appliance::{agent_args, node_boot_root, write_config, Appliance};
+use oasis_e2e::appliance::{join_args, node_boot_root, write_config, Appliance};
 use oasis_e2e::{tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
 use serde_json::Value;
 
@@ -112,9 +112,10 @@ fn a_wrong_token_never_joins_and_manual_acceptance_waits_for_an_operator() {
         &root,
         "[registration]\npolicy = \"manual\"\n",
     );
+    // The agent arguments as boot media carry them (with the join token: these machines boot the
+    // node image directly), once with the token replaced.
+    let args = join_args(&config);
     let appliance = Appliance::start(&ns, &config, &work.path().join("oasis.log"));
-    // The agent arguments exactly as the appliance serves them, once with the token replaced.
-    let args = agent_args(&ns, "52-54-00-0d-00-01");
     let append = |token: &str| {
         format!("console=ttyS0 panic=-1 oasis.api={} oasis.token={token} oasis.pin={}", args.api, args.pin)
     };

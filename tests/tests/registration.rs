@@ -8,7 +8,7 @@ use std::path::Path;
 
 use base64::Engine;
 use oasis_agent::client::{ApiClient, ApiError, Endpoint};
-use oasis_e2e::appliance::{agent_args, boot_root, write_config, Appliance};
+use oasis_e2e::appliance::{agent_args, boot_root, join_args, write_config, Appliance};
 use oasis_e2e::Netns;
 use oasis_proto::{Heartbeat, Inventory, MachineState, RegisterRequest, RegisterResponse, System};
 
@@ -92,11 +92,16 @@ fn registration_follows_its_rules_and_survives_a_restart() {
     std::fs::write(root.join("node/vmlinuz"), b"kernel").unwrap();
     std::fs::write(root.join("node/initrd.img"), b"initrd").unwrap();
     let config = write_config(dir.path(), "mode = \"off\"", &root, "[registration]\npolicy = \"manual\"\n");
+    // The join token, as boot media carry it: the rules below are about registrations, whatever
+    // their token (tests/tests/hostile_registration.rs has per-boot tokens and leases).
+    let args = join_args(&config);
     let mut appliance = Appliance::start(&ns, &config, &dir.path().join("oasis.log"));
 
-    let args = agent_args(&ns, "52-54-00-00-00-01");
     assert_eq!(args.api, API);
     let (token, pin) = (args.token.clone(), args.pin.clone());
+    let served = agent_args(&ns, "52-54-00-00-00-01");
+    assert_eq!((served.api.as_str(), served.pin.as_str()), (API, pin.as_str()), "boot scripts point here");
+    assert_ne!(served.token, token, "no boot script carries the join token");
     let uuid = "4c4c4544-0000-4000-8000-000000000001";
 
     // A rogue appliance (wrong pin) gets nothing, not even the token.

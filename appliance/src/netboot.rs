@@ -1,0 +1,175 @@
+//! Who may fetch which boot script, and what each network boot carries for itself: the appliance's
+//! [`MachineDirectory`] for HTTP boot, over the store.
+//!
+//! - **Full DHCP mode** (this appliance hands out the rack's addresses): the boot script of MAC `M`
+//!   goes only to the address bound to `M` in the lease table, that is to the machine that got `M`'s
+//!   lease; anyone else gets 403. In proxy mode (a site DHCP server) there is no lease table to ask
+//!   and every peer is served, as before.
+//! - **Per-boot tokens**: when the appliance serves the node image, each network boot script carries
+//!   `oasis.token=` with a fresh random token. Its SHA-256, with the address the script went to, is
+//!   committed before the script is served and replaces the one before for that MAC: a restart
+//!   between the script and the registration loses nothing, and a registration for `M` is accepted
+//!   with the token of `M`'s newest script (see [`crate::registry`]). The join token goes on no
+//!   script.
+
+use std::net::IpAddr;
+
+use oasis_pxe::http::{BootTarget, MachineDirectory, ScriptRefusal};
+use oasis_pxe::mac::MacAddr;
+
+use crate::identity::random_token;
+use crate::registry::{credential_hash, BootToken};
+use crate::store::Store;
+
+/// The directory `oasis serve` gives HTTP boot.
+#[derive(Debug, Clone)]
+pub struct NetbootDirectory {
+    store: Store,
+    /// Full DHCP mode: scripts go to lease holders only.
+    check_leases: bool,
+    /// The profile boots the node agent: scripts carry per-boot tokens.
+    issue_tokens: bool,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn describe(peer: Option<IpAddr>) -> String {
+    peer.map_or_else(|| "an unknown address".to_string(), |p| p.to_string())
+}
+
+impl NetbootDirectory {
+    /// `check_leases` when this appliance's DHCP hands out the rack's addresses (full mode);
+    /// `issue_tokens` when the boot profile is the node image, whose agent registers.
+    pub fn new(store: Store, check_leases: bool, issue_tokens: bool) -> Self {
+        Self { store, check_leases, issue_tokens }
+    }
+}
+
+impl MachineDirectory for NetbootDirectory {
+    fn boot_target(&self, mac: MacAddr) -> BootTarget {
+        self.store.boot_target(mac)
+    }
+
+    fn record_boot(&self, mac: MacAddr) {
+        self.store.record_boot(mac)
+    }
+
+    fn admit(&self, mac: MacAddr, peer: Option<IpAddr>) -> Result<(), ScriptRefusal> {
+        if !self.check_leases {
+            return Ok(());
+        }
+        let leased = self
+            .store
+            .bound_address(mac, now())
+            .map_err(|e| ScriptRefusal::Unavailable(format!("the lease table is unreadable: {e}")))?;
+        match leased {
+            Some(address) if peer == Some(IpAddr::V4(address)) => Ok(()),
+            Some(address) => Err(ScriptRefusal::Forbidden(format!(
+                "the boot script of {mac} goes only to {address}, the address this appliance leased to {mac}; {} \
+                 asked for it",
+                describe(peer)
+            ))),
+            None => Err(ScriptRefusal::Forbidden(format!(
+                "{mac} holds no address from this appliance, and {} asked for its boot script: a machine gets its \
+                 boot script from the address this appliance leased it",
+                describe(peer)
+            ))),
+        }
+    }
+
+    fn boot_args(&self, mac: MacAddr, peer: Option<IpAddr>) -> Result<String, ScriptRefusal> {
+        if !self.issue_tokens {
+            return Ok(String::new());
+        }
+        let token = random_token();
+        let issued_to = match peer {
+            Some(IpAddr::V4(v4)) => Some(v4),
+            _ => None,
+        };
+        let record = BootToken { sha256: credential_hash(&token), issued_to, issued_at: now() };
+        self.store
+            .save_boot_token_blocking(mac, record)
+            .map_err(|e| ScriptRefusal::Unavailable(format!("the boot script's token could not be recorded: {e}")))?;
+        Ok(format!("oasis.token={token}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use oasis_pxe::dhcp::{Lease, LeaseState};
+
+    use super::*;
+
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+
+    fn leased(store: &Store, ip: Ipv4Addr) {
+        let lease = Lease { ip, mac: MAC, state: LeaseState::Bound, expires: now() + 3600, updated: now() };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(store.save_lease(lease)).unwrap();
+    }
+
+    #[test]
+    fn in_full_mode_only_the_lease_holder_gets_the_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let directory = NetbootDirectory::new(store.clone(), true, true);
+        let holder = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100)));
+        match directory.admit(MAC, holder) {
+            Err(ScriptRefusal::Forbidden(why)) => assert!(why.contains("holds no address"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        leased(&store, Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(directory.admit(MAC, holder), Ok(()));
+        let stranger = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 101)));
+        match directory.admit(MAC, stranger) {
+            Err(ScriptRefusal::Forbidden(why)) => {
+                assert!(why.contains("goes only to 10.0.0.100") && why.contains("10.0.0.101 asked"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(directory.admit(MAC, None).is_err(), "an unknown peer is nobody's lease holder");
+
+        let proxy = NetbootDirectory::new(store, false, true);
+        assert_eq!(proxy.admit(MAC, stranger), Ok(()), "proxy mode has no lease to check against");
+    }
+
+    #[test]
+    fn each_network_boot_gets_a_fresh_token_committed_before_it_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100)));
+        let newest = {
+            let store = Store::open(dir.path()).unwrap();
+            let directory = NetbootDirectory::new(store.clone(), false, true);
+            let first = directory.boot_args(MAC, peer).unwrap();
+            let second = directory.boot_args(MAC, peer).unwrap();
+            assert_ne!(first, second);
+            let token = second.strip_prefix("oasis.token=").unwrap();
+            assert_eq!(token.len(), 32);
+            let stored = store.boot_token(MAC).unwrap().unwrap();
+            assert_eq!(stored.sha256, credential_hash(token), "the newest script's token is the one kept");
+            assert_eq!(stored.issued_to, Some(Ipv4Addr::new(10, 0, 0, 100)));
+            assert!(!std::fs::read(dir.path().join(crate::store::STORE_FILE))
+                .unwrap()
+                .windows(token.len())
+                .any(|w| w == token.as_bytes()));
+            second
+        };
+        // Durable: a restart between the script and the registration loses nothing.
+        let store = loop {
+            match Store::open(dir.path()) {
+                Ok(s) => break s,
+                Err(crate::store::StoreError::InUse { .. }) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let token = newest.strip_prefix("oasis.token=").unwrap();
+        assert_eq!(store.boot_token(MAC).unwrap().unwrap().sha256, credential_hash(token));
+
+        let custom = NetbootDirectory::new(store, false, false);
+        assert_eq!(custom.boot_args(MAC, peer).unwrap(), "", "a custom profile carries no token");
+    }
+}
