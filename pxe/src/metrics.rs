@@ -61,6 +61,10 @@ pub enum ErrorKind {
     DhcpConflict,
     /// A store write failed; the reply that depended on it was not sent.
     StoreWrite,
+    /// A stored record was unreadable (damaged) when read.
+    StoreRead,
+    /// A write refused because the data partition is full.
+    StoreFull,
     /// A TFTP packet that did not parse, or an opcode a read-only server refuses.
     TftpMalformed,
     /// A TFTP name that tried to leave the boot root.
@@ -76,12 +80,14 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 13] = [
         Self::DhcpMalformed,
         Self::DhcpRateLimited,
         Self::DhcpPoolExhausted,
         Self::DhcpConflict,
         Self::StoreWrite,
+        Self::StoreRead,
+        Self::StoreFull,
         Self::TftpMalformed,
         Self::TftpTraversal,
         Self::TftpNotFound,
@@ -97,6 +103,8 @@ impl ErrorKind {
             Self::DhcpPoolExhausted => "dhcp_pool_exhausted",
             Self::DhcpConflict => "dhcp_conflict",
             Self::StoreWrite => "store_write",
+            Self::StoreRead => "store_read",
+            Self::StoreFull => "store_full",
             Self::TftpMalformed => "tftp_malformed",
             Self::TftpTraversal => "tftp_traversal",
             Self::TftpNotFound => "tftp_not_found",
