@@ -192,7 +192,9 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
 
 /// Checks the shape of a registration, before anything else looks at it.
 fn validate(req: &RegisterRequest) -> Result<MacAddr, String> {
-    let mac: MacAddr = req.boot_mac.parse().map_err(|_| format!("boot_mac {:?} is not a MAC address", req.boot_mac))?;
+    let mac: MacAddr = req.boot_mac.parse().map_err(|_| {
+        format!("boot_mac {:?} is not a MAC address", crate::store::events::truncate(&req.boot_mac, 40))
+    })?;
     use base64::Engine;
     let key = base64::engine::general_purpose::STANDARD
         .decode(&req.wireguard_key)
@@ -276,7 +278,8 @@ impl Registry {
     /// credential, used only if the machine is accepted.
     pub fn register(&self, req: &RegisterRequest, token: &str, credential: &str, now: u64) -> Registration {
         if !secrets_equal(&req.token, token) {
-            let mac = req.boot_mac.parse().ok();
+            // Only what validates goes into the event: the request is not the appliance's.
+            let mac: Option<MacAddr> = req.boot_mac.parse().ok();
             return Registration::Refuse {
                 status: 401,
                 message: "the join token is wrong: boot the machine from this appliance again; its boot \
@@ -285,13 +288,23 @@ impl Registry {
                 happening: Some(Happening {
                     kind: "registration-refused",
                     mac,
-                    message: format!("registration from {} refused: wrong join token", req.boot_mac),
+                    message: match mac {
+                        Some(mac) => format!("registration as {mac} refused: wrong join token"),
+                        None => "registration refused: wrong join token".into(),
+                    },
                 }),
             };
         }
         let mac = match validate(req) {
             Ok(mac) => mac,
-            Err(e) => return Registration::Refuse { status: 400, message: e, happening: None },
+            Err(e) => {
+                let happening = Happening {
+                    kind: "registration-malformed",
+                    mac: None,
+                    message: format!("registration refused: {e}"),
+                };
+                return Registration::Refuse { status: 400, message: e, happening: Some(happening) };
+            }
         };
         let id = machine_id(&req.inventory, mac);
         let mut happenings = vec![];
@@ -549,6 +562,22 @@ mod tests {
         let mut bad = request(UUID, "52:54:00:00:00:01", 1, "1");
         bad.token = "guess".into();
         assert!(matches!(reg.register(&bad, TOKEN, "c", 1), Registration::Refuse { status: 401, .. }));
+        // Issue 13, defect 5: the refusal's event quoted the request's fields unvalidated.
+        bad.boot_mac = "x".repeat(60_000);
+        match reg.register(&bad, TOKEN, "c", 1) {
+            Registration::Refuse { status: 401, happening: Some(h), .. } => {
+                assert_eq!(h.message, "registration refused: wrong join token");
+            }
+            other => panic!("{other:?}"),
+        }
+        bad.token = TOKEN.into();
+        match reg.register(&bad, TOKEN, "c", 1) {
+            Registration::Refuse { status: 400, message, happening } => {
+                assert!(message.len() < 200, "{}", message.len());
+                assert!(happening.unwrap().message.len() < 250);
+            }
+            other => panic!("{other:?}"),
+        }
 
         for (field, mutate) in [
             ("boot_mac", Box::new(|r: &mut RegisterRequest| r.boot_mac = "nope".into()) as Box<dyn Fn(&mut _)>),

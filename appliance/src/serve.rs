@@ -27,7 +27,7 @@ use crate::identity::Identity;
 use crate::k3s::K3sArtifacts;
 use crate::pki::ClusterCa;
 use crate::registry::{Overlay, Policy, Registry};
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 use crate::wireguard::{self, ManagementInterface};
 
 #[derive(Debug, thiserror::Error)]
@@ -189,11 +189,14 @@ async fn start_management(
     }))
 }
 
-/// Runs every service until one fails or the process is told to stop.
-pub async fn run(config: Config) -> Result<(), ServeError> {
+/// Runs every service until one fails or the process is told to stop. `new_store`: start afresh
+/// if the store is damaged or lost (`oasis serve --new-store`).
+pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     let our_mac = check_host(&config)?;
     let root = check_boot_root(&config)?;
-    let store = Store::open(&config.data_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let options = StoreOptions { events: config.events, new_store, metrics: Some(metrics.clone()) };
+    let store = Store::open_with(&config.data_dir, options)?;
     let identity = Identity::load_or_create(&store, &config.data_dir)?;
     tracing::info!(pin = %identity.pin, admin_token = %identity.admin_token_fingerprint(), "appliance identity loaded");
     let mut profile = config.profile.clone();
@@ -203,7 +206,6 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 .trim()
                 .to_string();
     }
-    let metrics = Arc::new(Metrics::default());
     let policy = BootPolicy { server: config.address, http_port: config.http_port, ipxe_dir: config.ipxe_dir.clone() };
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
 
