@@ -339,7 +339,7 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ServeError::Listen { what: "signal", addr: http_addr, source })?;
-    tokio::select! {
+    let result = tokio::select! {
         stopped = tasks.join_next() => {
             let name = stopped.and_then(Result::ok).unwrap_or("a");
             Err(ServeError::Stopped(name))
@@ -352,5 +352,10 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
             tracing::info!("terminated; stopping");
             Ok(())
         }
+    };
+    // The counts of repeated refusals are written now, not lost with the process.
+    if let Err(e) = store.flush().await {
+        tracing::warn!("the last events were not written: {e}");
     }
+    result
 }

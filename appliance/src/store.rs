@@ -286,6 +286,8 @@ enum Write {
     Untrusted(IpAddr, Happening),
     Assembly(Box<Assembly>, Vec<Happening>, Reply),
     Secret(String, Vec<u8>, Reply),
+    /// Write what the tally holds now (before a shutdown).
+    Flush(Reply),
 }
 
 impl Write {
@@ -296,7 +298,8 @@ impl Write {
             | Write::Record(_, _, reply)
             | Write::RemoveRecord(_, _, reply)
             | Write::Assembly(_, _, reply)
-            | Write::Secret(_, _, reply) => {
+            | Write::Secret(_, _, reply)
+            | Write::Flush(reply) => {
                 let _ = reply.send(result);
             }
             Write::Sighting(_) | Write::Boot(_) | Write::Event(_) | Write::Untrusted(..) => {}
@@ -861,6 +864,12 @@ impl Store {
         let _ = self.writes.send(Write::Untrusted(source, happening));
     }
 
+    /// Writes the counts of repeated events from unauthenticated sources now, rather than when
+    /// their window ends; for a clean shutdown.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.send(Write::Flush).await
+    }
+
     /// Commits a lease; resolves once durable.
     pub async fn save_lease(&self, lease: Lease) -> Result<(), StoreError> {
         self.send(|reply| Write::Lease(lease, reply)).await
@@ -936,6 +945,8 @@ impl<P: Partition> Writer<P> {
 
     /// Applies `batch` (and the tally's due events; all of them when `now` is `None`).
     fn commit(&mut self, batch: Vec<Write>, now: Option<Instant>) {
+        let flush = batch.iter().any(|w| matches!(w, Write::Flush(_)));
+        let now = now.filter(|_| !flush);
         let mut events = vec![];
         let mut writes = vec![];
         for write in batch {
@@ -1186,7 +1197,7 @@ fn apply(
                     event(h.kind, h.mac, h.message.clone())?;
                 }
                 Write::Event(h) => event(h.kind, h.mac, h.message.clone())?,
-                Write::Untrusted(..) => {}
+                Write::Untrusted(..) | Write::Flush(_) => {}
                 Write::Assembly(a, happenings, _) => {
                     put(&mut assembly, ASSEMBLY_KEY, &serde_json::to_vec(a)?)?;
                     for h in happenings {
@@ -1656,6 +1667,22 @@ mod tests {
         );
         assert!(events.iter().all(|e| e.message.len() < 400));
         assert!(size < 2 << 20, "the store is {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_the_tally_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let source: IpAddr = "10.0.0.9".parse().unwrap();
+        for _ in 0..3 {
+            store.record_untrusted(source, happening("wrong join token"));
+        }
+        store.flush().await.unwrap();
+        let messages: Vec<String> = store.events(10).unwrap().into_iter().map(|e| e.message).collect();
+        assert_eq!(
+            messages,
+            ["from 10.0.0.9: wrong join token", "2 more like this from 10.0.0.9 within 10 min: wrong join token"]
+        );
     }
 
     fn open_on(dir: &Path, partition: space::fake::FakePartition) -> Store {
