@@ -141,6 +141,7 @@ fn refused_registrations_in_bulk_cost_a_few_events_and_lose_nothing() {
     let second = request(&token, "4c4c4544-0000-4000-8000-000000000002", "52:54:00:00:00:02", 3, 1);
     assert!(register_all(&ns, &pin, vec![second])[0].is_ok(), "a real machine registers after the flood");
     let after = std::fs::metadata(&store).unwrap().len();
+    eprintln!("500 refused registrations: the store went from {before} to {after} bytes");
     assert!(after <= before + (1 << 20), "the store grew from {before} to {after} bytes");
     let data_dir = appliance.data_dir.to_str().unwrap().to_string();
     let running = events_json(&oasis(&["events", "--json", "--limit", "1000", "--data-dir", &data_dir]));
@@ -314,20 +315,45 @@ fn a_full_data_partition_keeps_renewals_going_and_recovers_when_space_returns() 
     let config = rack(dir.path(), DHCP_FULL);
     let appliance = Appliance::start(&ns, &config, &dir.path().join("oasis.log"));
     let a = client.lease(MAC_A).expect("a lease before the partition fills");
+    let args = agent_args(&ns, "52-54-00-aa-00-01");
 
-    // Something else fills the partition.
-    let filler = data.join("filler");
-    let _ = Command::new("dd").arg("if=/dev/zero").arg(format!("of={}", filler.display())).arg("bs=1M").output();
+    // Something else fills the partition, to the last block.
+    let fillers: Vec<PathBuf> = ["1M", "64K", "4K", "1K"]
+        .iter()
+        .map(|bs| {
+            let filler = data.join(format!("filler-{bs}"));
+            let _ = Command::new("dd")
+                .arg("if=/dev/zero")
+                .arg(format!("of={}", filler.display()))
+                .arg(format!("bs={bs}"))
+                .output();
+            filler
+        })
+        .collect();
     Command::new("sync").status().unwrap();
 
+    // Machines go on registering (each a record and events to commit)...
+    let joining: Vec<RegisterRequest> = (0..200u32)
+        .map(|i| {
+            let uuid = format!("4c4c4544-0000-4000-8000-{:012x}", 0x2000 + i);
+            request(&args.token, &uuid, &format!("52:54:00:bb:{:02x}:{:02x}", i / 256, i % 256), i as u8, i)
+        })
+        .collect();
+    let answers = register_all(&ns, &args.pin, joining);
+    let df = Command::new("df").arg("-B1").arg(&data).output().unwrap();
+    eprintln!("filled up:\n{}", String::from_utf8_lossy(&df.stdout));
+    // ...and the lease held still renews.
+    assert!(client.renew(MAC_A, a), "the lease held renews:\n{}", tail(&appliance.log(), 30));
+    assert!(answers.iter().all(|a| matches!(a, Err(507))), "registrations are refused: {answers:?}");
     assert_eq!(client.lease(MAC_B), None, "a new lease is not acknowledged when it cannot be committed");
     wait_for_log(&appliance, "is full");
-    assert!(client.renew(MAC_A, a), "the lease held renews:\n{}", tail(&appliance.log(), 30));
     let out = oasis(&["machine", "boot", "52:54:00:aa:00:01", "local", "--data-dir", data.to_str().unwrap()]);
     assert!(!out.status.success() && stderr(&out).contains("is full"), "a write refused clearly: {}", stderr(&out));
     assert_eq!(appliance.address_of("52:54:00:aa:00:01"), Some(a.to_string()), "reads go on");
 
-    std::fs::remove_file(&filler).unwrap();
+    for filler in fillers {
+        std::fs::remove_file(filler).unwrap();
+    }
     wait_for_log(&appliance, "has space again");
     let b = client.lease(MAC_B).expect("a new lease once space returned");
     assert_ne!(a, b);
@@ -338,12 +364,25 @@ fn a_full_data_partition_keeps_renewals_going_and_recovers_when_space_returns() 
 
 // ---- a damaged store ----
 
+/// Runs `oasis serve`, which must refuse to start (within 60 s; it is killed if it runs on).
 fn serve_refused(ns: &Netns, config: &Path, store: &Path) -> String {
-    let out = ns
+    let mut child = ns
         .command(oasis_bin().to_str().unwrap())
         .args(["serve", "--config", config.to_str().unwrap()])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("oasis serve started on the store {}:\n{}", store.display(), tail(&stderr(&out), 20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(EXIT_STORE), "{err}");
     assert!(err.contains(&store.display().to_string()), "the message names the store: {err}");
