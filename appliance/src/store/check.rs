@@ -98,7 +98,7 @@ impl StorageBackend for Overlay {
             state.file_valid = state.file_valid.min(len);
             let last = len.div_ceil(PAGE);
             state.pages.retain(|number, _| *number < last);
-            if len % PAGE != 0 {
+            if !len.is_multiple_of(PAGE) {
                 let number = len / PAGE;
                 let mut page = self.page(&state, number)?;
                 page[(len % PAGE) as usize..].fill(0);
