@@ -1685,6 +1685,39 @@ mod tests {
         );
     }
 
+    /// What the writer does after a failed write (redb fails every call until the database is
+    /// reopened): close and open again, readers told `Reopening` meanwhile, and every clone of
+    /// the store working on the reopened database after.
+    #[tokio::test]
+    async fn the_writer_reopens_the_database_under_readers_and_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.save_lease(lease(100, 1, LeaseState::Bound)).await.unwrap();
+        let (space, _) = Space::new(space::fake::FakePartition::new(1 << 30));
+        let writer = Writer {
+            shared: store.shared.clone(),
+            limits: EventLimits::default(),
+            tally: Tally::new(TALLY_WINDOW),
+            space,
+        };
+        let held = store.db().unwrap();
+        let reader = std::thread::spawn(move || {
+            // Held across the reopen, as a long read would be: the reopen waits for it.
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        writer.reopen();
+        reader.join().unwrap();
+        assert_eq!(store.leases().unwrap().len(), 1);
+        let before = Arc::as_ptr(&store.db().unwrap());
+        store.shared.db.write().unwrap().take();
+        assert!(matches!(store.leases(), Err(StoreError::Reopening { .. })));
+        let _ = writer.database().unwrap();
+        assert_ne!(Arc::as_ptr(&store.db().unwrap()), before);
+        store.save_lease(lease(101, 2, LeaseState::Bound)).await.unwrap();
+        assert_eq!(store.leases().unwrap().len(), 2);
+    }
+
     fn open_on(dir: &Path, partition: space::fake::FakePartition) -> Store {
         Store::open_on(dir, StoreOptions::default(), partition).unwrap()
     }
