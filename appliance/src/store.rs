@@ -98,6 +98,8 @@ pub enum StoreError {
     InUse { path: PathBuf },
     #[error("cannot open the store {path}: {source}")]
     Open { path: PathBuf, source: redb::DatabaseError },
+    #[error("cannot open the store {path}: {source} (is the data partition mounted read-only?)")]
+    Access { path: PathBuf, source: std::io::Error },
     #[error(
         "the store {path} has schema version {found}; this oasis understands up to {SCHEMA_VERSION}: run a newer oasis"
     )]
@@ -412,7 +414,7 @@ fn inspect(data_dir: &Path, path: &Path) -> Result<Found, StoreError> {
     let len = match std::fs::metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(StoreError::Damaged { path: path.into(), reason: format!("cannot read it: {e}") }),
+        Err(source) => return Err(StoreError::Access { path: path.into(), source }),
     };
     if len == 0 {
         return match evidence_of_a_store(data_dir) {
@@ -425,7 +427,7 @@ fn inspect(data_dir: &Path, path: &Path) -> Result<Found, StoreError> {
         Ok(check::Checked::Sound(db)) => db,
         Ok(check::Checked::InUse) => return Err(StoreError::InUse { path: path.into() }),
         Ok(check::Checked::Damaged(reason)) => return Err(damaged(reason)),
-        Err(e) => return Err(damaged(format!("cannot read it: {e}"))),
+        Err(source) => return Err(StoreError::Access { path: path.into(), source }),
     };
     scan(&db, path).map_err(|e| match e {
         StoreError::Db(source) => damaged(source.to_string()),
@@ -603,7 +605,8 @@ fn drop_damaged_events(db: &Database, damaged: &[u64]) -> Result<(), StoreError>
             if damaged.len() > 20 { ", …" } else { "" }
         );
         tracing::warn!("{message}");
-        let seq = meta.get(NEXT_EVENT)?.map(|v| v.value()).unwrap_or(1).max(1);
+        let last = events.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+        let seq = meta.get(NEXT_EVENT)?.map(|v| v.value()).unwrap_or(last).max(last);
         let e = Event { seq, at: now(), kind: "store-repaired".into(), mac: None, message };
         bytes += put(&mut events, seq, &serde_json::to_vec(&e)?)?;
         meta.insert(NEXT_EVENT, seq + 1)?;
