@@ -60,8 +60,16 @@ pub fn listen(data_dir: &Path) -> io::Result<tokio::net::UnixListener> {
 struct ApiError(StoreError);
 
 impl IntoResponse for ApiError {
+    /// The store's own message, which says what is wrong and what to do; damage was logged and
+    /// counted by the store.
     fn into_response(self) -> Response {
-        (StatusCode::INTERNAL_SERVER_ERROR, self.0.to_string()).into_response()
+        let status = match &self.0 {
+            StoreError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            e if e.is_damage() => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Reopening { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, self.0.to_string()).into_response()
     }
 }
 
@@ -256,4 +264,24 @@ pub fn request(data_dir: &Path, method: &str, path: &str) -> io::Result<Option<V
         return Err(io::Error::other(format!("oasis serve answered {status}: {}", String::from_utf8_lossy(&body))));
     }
     Ok(Some(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_damaged_store_is_answered_with_what_to_do_not_a_bare_500() {
+        let path = PathBuf::from("/var/lib/oasis/oasis.redb");
+        let damaged =
+            StoreError::Record { path: path.clone(), table: "events", key: "#7".into(), fault: "its seal".into() };
+        let res = ApiError(damaged).into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("/var/lib/oasis/oasis.redb") && text.contains("events record #7"), "{text}");
+        assert!(text.contains("--new-store"), "{text}");
+        let full = ApiError(StoreError::Full { dir: PathBuf::from("/var/lib/oasis") }).into_response();
+        assert_eq!(full.status(), StatusCode::INSUFFICIENT_STORAGE);
+    }
 }

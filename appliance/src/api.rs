@@ -109,7 +109,11 @@ impl From<JsonRejection> for Refusal {
     }
 }
 
-fn store_failed(e: impl std::fmt::Display) -> Refusal {
+fn store_failed(e: crate::store::StoreError) -> Refusal {
+    if let crate::store::StoreError::Full { .. } = e {
+        // Said on the console by the store, once; not per request.
+        return refuse(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
+    }
     tracing::error!("store commit failed: {e}");
     refuse(StatusCode::SERVICE_UNAVAILABLE, "the appliance could not record this; try again")
 }
@@ -156,9 +160,11 @@ async fn register(
     let mut registry = api.registry.lock().await;
     match registry.register(&req, &api.identity.join_token, &credential, &wire, now()) {
         Registration::Refuse { status, message, happening } => {
-            tracing::warn!(%from, "registration refused: {message}");
-            if let Some(h) = happening {
-                api.store.record_event(h);
+            // Counted per source by the store, which logs the first of each kind: a flood of
+            // refusals must not fill the data partition with events or log lines.
+            match happening {
+                Some(h) => api.store.record_untrusted(from.ip(), h),
+                None => tracing::debug!(%from, "registration refused: {message}"),
             }
             Err(refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), message))
         }
@@ -189,7 +195,7 @@ fn wire_of(api: &Api, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, Ref
     };
     let leases = match (api.full_dhcp, mac) {
         (false, _) => Leases::NotOurs,
-        (true, Some(mac)) => Leases::Bound(api.store.bound_address(mac, now()).map_err(unreadable)?),
+        (true, Some(mac)) => Leases::Bound(api.store.bound_address(mac, Some(from), now()).map_err(unreadable)?),
         (true, None) => Leases::Bound(None),
     };
     let handshakes = match &api.wireguard {

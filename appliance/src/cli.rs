@@ -30,6 +30,12 @@ pub enum Command {
     Serve {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// If the store is damaged, or missing where one existed, start afresh with a new one
+        /// (a new identity, no leases or machines) instead of refusing to start. What was there
+        /// is moved aside (`oasis.redb.old-TIME`, `admin-token.old-TIME`), never deleted. A
+        /// sound store is kept whatever this says.
+        #[arg(long)]
+        new_store: bool,
     },
     /// Check and sign configuration files.
     #[command(subcommand)]

@@ -16,6 +16,8 @@ use oasis_pxe::script::BootProfile;
 use oasis_pxe::tftp::TftpConfig;
 use serde::Deserialize;
 
+use crate::store::EventLimits;
+
 /// The version of the configuration format this build reads.
 pub const CONFIG_VERSION: u32 = 1;
 
@@ -55,6 +57,8 @@ pub struct RawConfig {
     pub api: RawApi,
     #[serde(default)]
     pub cluster: RawCluster,
+    #[serde(default)]
+    pub events: RawEvents,
 }
 
 fn default_version() -> u32 {
@@ -282,6 +286,22 @@ pub struct RawCluster {
     pub data_disk: DataDiskPolicy,
 }
 
+/// How many events the store keeps; the oldest go first.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEvents {
+    pub max_count: u64,
+    pub max_age_days: u64,
+    pub max_mib: u64,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        let d = EventLimits::default();
+        Self { max_count: d.max_count, max_age_days: d.max_age.as_secs() / 86_400, max_mib: d.max_bytes >> 20 }
+    }
+}
+
 /// Which local disk control-plane machines keep etcd's data on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -383,6 +403,7 @@ pub struct Config {
     pub wireguard: WireguardSettings,
     pub api_port: u16,
     pub cluster: ClusterSettings,
+    pub events: EventLimits,
 }
 
 #[derive(Debug, Clone)]
@@ -647,6 +668,33 @@ impl Config {
             dead_after: Duration::from_secs(c.dead_after_secs),
             data_disk: c.data_disk,
         };
+        let e = &raw.events;
+        if !(100..=10_000_000).contains(&e.max_count) {
+            return Err(format!(
+                "events.max_count{} is {}; use 100 to 10000000",
+                line_of(text, "max_count"),
+                e.max_count
+            ));
+        }
+        if !(1..=3650).contains(&e.max_age_days) {
+            return Err(format!(
+                "events.max_age_days{} is {}; use 1 to 3650",
+                line_of(text, "max_age_days"),
+                e.max_age_days
+            ));
+        }
+        if !(1..=1024).contains(&e.max_mib) {
+            return Err(format!(
+                "events.max_mib{} is {}; use 1 to 1024 (MiB of the data partition)",
+                line_of(text, "max_mib"),
+                e.max_mib
+            ));
+        }
+        let events = EventLimits {
+            max_count: e.max_count,
+            max_age: Duration::from_secs(e.max_age_days * 86_400),
+            max_bytes: e.max_mib << 20,
+        };
         let wireguard = WireguardSettings {
             interface: w.interface.clone(),
             port: w.port,
@@ -672,6 +720,7 @@ impl Config {
             wireguard,
             api_port: raw.api.port,
             cluster,
+            events,
         })
     }
 }
@@ -719,7 +768,9 @@ cmdline = "console=ttyS0"
         assert!(authoritative);
         assert_eq!(c.tftp.unwrap().0, 69);
         let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/oasis.toml")).unwrap();
-        parse(&example).expect("docs/oasis.toml parses");
+        let documented = parse(&example).expect("docs/oasis.toml parses");
+        assert_eq!(documented.events, EventLimits::default(), "docs/oasis.toml shows the defaults");
+        assert_eq!(c.events, EventLimits::default());
     }
 
     #[test]
@@ -747,6 +798,9 @@ cmdline = "console=ttyS0"
             (format!("{GOOD}\n[cluster]\nmesh_prefix = \"10.99.0.0/24\"\n"), "is smaller than"),
             (format!("{GOOD}\n[cluster]\nmesh_prefix = \"10.0.0.0/8\"\n"), "overlaps"),
             (format!("{GOOD}\n[cluster]\ndead_after_secs = 5\n"), "three heartbeats"),
+            (format!("{GOOD}\n[events]\nmax_count = 10\n"), "events.max_count"),
+            (format!("{GOOD}\n[events]\nmax_age_days = 0\n"), "events.max_age_days"),
+            (format!("{GOOD}\n[events]\nmax_mib = 0\n"), "events.max_mib"),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();

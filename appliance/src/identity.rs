@@ -25,12 +25,15 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub enum IdentityError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the stored {0} is unreadable; the store may be damaged")]
-    Damaged(&'static str),
+    #[error(
+        "the stored {what} in {path} is unreadable: restore the store from a backup, or start afresh with \
+         `oasis serve --new-store`"
+    )]
+    Damaged { what: &'static str, path: std::path::PathBuf },
     #[error("cannot make the API certificate: {0}")]
     Certificate(#[from] rcgen::Error),
-    #[error("cannot write {path}: {source}")]
-    Write { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot write the admin token file {path}: {source}")]
+    Write { path: std::path::PathBuf, source: oasis_image::manifest::ManifestError },
 }
 
 /// The secrets, loaded.
@@ -96,13 +99,14 @@ impl Identity {
         if let Some(e) = tls_error {
             return Err(e.into());
         }
-        let tls: StoredTls = serde_json::from_slice(&tls?).map_err(|_| IdentityError::Damaged("API key"))?;
+        let damaged = |what| IdentityError::Damaged { what, path: store.path().to_path_buf() };
+        let tls: StoredTls = serde_json::from_slice(&tls?).map_err(|_| damaged("API key"))?;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let decode = |s: &str| b64.decode(s).map_err(|_| IdentityError::Damaged("API key"));
+        let decode = |s: &str| b64.decode(s).map_err(|_| damaged("API key"));
         let spki = decode(&tls.spki)?;
         let text = |name: &'static str| -> Result<String, IdentityError> {
             let bytes = store.secret_or_create(name, || random_token().into_bytes())?;
-            String::from_utf8(bytes).map_err(|_| IdentityError::Damaged(name))
+            String::from_utf8(bytes).map_err(|_| damaged(name))
         };
         let join_token = text("join_token")?;
         let admin_token = text("admin_token")?;
@@ -114,7 +118,7 @@ impl Identity {
             key[31] = (key[31] & 127) | 64;
             key.to_vec()
         })?;
-        let wireguard_private: [u8; 32] = wg.try_into().map_err(|_| IdentityError::Damaged("WireGuard key"))?;
+        let wireguard_private: [u8; 32] = wg.try_into().map_err(|_| damaged("WireGuard key"))?;
         let identity = Identity {
             tls_key_der: decode(&tls.key_pkcs8)?,
             tls_cert_der: decode(&tls.cert)?,
@@ -127,15 +131,22 @@ impl Identity {
         Ok(identity)
     }
 
+    /// Writes the admin token file for the operator, unless it already says the token: a start
+    /// on a full data partition must not fail for a file it does not need to change. Written
+    /// aside and renamed (mode 0600), never truncated in place.
     fn write_admin_token(&self, data_dir: &Path) -> Result<(), IdentityError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::PermissionsExt;
         let path = data_dir.join(ADMIN_TOKEN_FILE);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-            f.write_all(format!("{}\n", self.admin_token).as_bytes())
-        };
-        write().map_err(|source| IdentityError::Write { path: path.clone(), source })
+        let text = format!("{}\n", self.admin_token);
+        let private = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o077 == 0);
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == text) && private(&path) {
+            return Ok(());
+        }
+        oasis_image::manifest::write_atomic_with(&path, |f| {
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            std::io::Write::write_all(f, text.as_bytes())
+        })
+        .map_err(|source| IdentityError::Write { path: path.clone(), source })
     }
 
     /// The first 8 hex digits of the admin token's SHA-256: enough to tell tokens apart on a
@@ -179,5 +190,13 @@ mod tests {
         let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "only root reads the admin token");
         assert!(!format!("{first:?}").contains(&first.join_token), "Debug shows no secret");
+
+        // An unchanged token file is left alone (a start on a full partition must not fail on it).
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE)).unwrap().ino();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        Identity::load_or_create(&store, dir.path()).unwrap();
+        assert_eq!(std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE)).unwrap().ino(), inode);
     }
 }

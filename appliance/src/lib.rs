@@ -37,9 +37,9 @@ use cli::{BuildCommand, Cli, ClusterCommand, Command, ConfigCommand, ImageComman
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Boot => tokio::task::spawn_blocking(boot::run).await??,
-        Command::Serve { config } => {
+        Command::Serve { config, new_store } => {
             let config = config::Config::load(&config)?;
-            serve::run(config).await?;
+            serve::run(config, new_store).await?;
         }
         Command::Config(ConfigCommand::Check { file }) => cli::config_check(&file)?,
         Command::Config(ConfigCommand::Keygen { out }) => cli::config_keygen(&out)?,
@@ -98,8 +98,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Exit code of a store that needs its operator: damaged, or missing where one existed.
+pub const EXIT_STORE: i32 = 5;
+
 /// The exit code for an error: 3 for a configuration to fix (bad file, or one this host does not
-/// match), 4 for a store in use, 1 otherwise.
+/// match), 4 for a store in use, [`EXIT_STORE`] (5) for a store damaged or lost, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     use serve::ServeError;
     let host_mismatch = matches!(
@@ -109,9 +112,21 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
     );
     if err.downcast_ref::<config::ConfigError>().is_some() || host_mismatch {
         3
-    } else if matches!(err.downcast_ref::<store::StoreError>(), Some(store::StoreError::InUse { .. })) {
+    } else if matches!(store_error(err), Some(store::StoreError::InUse { .. })) {
         4
+    } else if store_error(err).is_some_and(store::StoreError::is_damage) {
+        EXIT_STORE
     } else {
         1
     }
+}
+
+/// The store error behind `err`, whether `serve` or a command hit it.
+fn store_error(err: &anyhow::Error) -> Option<&store::StoreError> {
+    use serve::ServeError;
+    err.downcast_ref::<store::StoreError>().or(match err.downcast_ref::<ServeError>() {
+        Some(ServeError::Store(e)) => Some(e),
+        Some(ServeError::Identity(identity::IdentityError::Store(e))) => Some(e),
+        _ => None,
+    })
 }

@@ -62,7 +62,14 @@ impl MachineDirectory for NetbootDirectory {
         }
         let leased = self
             .store
-            .bound_address(mac, now())
+            .bound_address(
+                mac,
+                peer.and_then(|p| match p {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                }),
+                now(),
+            )
             .map_err(|e| ScriptRefusal::Unavailable(format!("the lease table is unreadable: {e}")))?;
         match leased {
             Some(address) if peer == Some(IpAddr::V4(address)) => Ok(()),

@@ -239,7 +239,9 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
 
 /// Checks the shape of a registration, before anything else looks at it.
 fn validate(req: &RegisterRequest) -> Result<MacAddr, String> {
-    let mac: MacAddr = req.boot_mac.parse().map_err(|_| format!("boot_mac {:?} is not a MAC address", req.boot_mac))?;
+    let mac: MacAddr = req.boot_mac.parse().map_err(|_| {
+        format!("boot_mac {:?} is not a MAC address", crate::store::events::truncate(&req.boot_mac, 40))
+    })?;
     use base64::Engine;
     let key = base64::engine::general_purpose::STANDARD
         .decode(&req.wireguard_key)
@@ -362,7 +364,8 @@ impl Registry {
     ) -> Registration {
         let boot_token = wire.boot_token.as_ref().filter(|t| secrets_equal(&credential_hash(&req.token), &t.sha256));
         if boot_token.is_none() && !secrets_equal(&req.token, token) {
-            let mac = req.boot_mac.parse().ok();
+            // Only what validates goes into the event: the request is not the appliance's.
+            let mac: Option<MacAddr> = req.boot_mac.parse().ok();
             return Registration::Refuse {
                 status: 401,
                 message: "the token is neither this machine's boot token nor the join token: boot the machine \
@@ -371,13 +374,23 @@ impl Registry {
                 happening: Some(Happening {
                     kind: "registration-refused",
                     mac,
-                    message: format!("registration as {} from {} refused: wrong token", req.boot_mac, wire.from),
+                    message: match mac {
+                        Some(mac) => format!("registration as {mac} from {} refused: wrong token", wire.from),
+                        None => format!("registration from {} refused: wrong token", wire.from),
+                    },
                 }),
             };
         }
         let mac = match validate(req) {
             Ok(mac) => mac,
-            Err(e) => return Registration::Refuse { status: 400, message: e, happening: None },
+            Err(e) => {
+                let happening = Happening {
+                    kind: "registration-malformed",
+                    mac: None,
+                    message: format!("registration refused: {e}"),
+                };
+                return Registration::Refuse { status: 400, message: e, happening: Some(happening) };
+            }
         };
         if let Err(why) = check_wire(mac, boot_token, wire) {
             return Registration::Refuse {
@@ -708,6 +721,22 @@ mod tests {
         let mut bad = request(UUID, "52:54:00:00:00:01", 1, "1");
         bad.token = "guess".into();
         assert!(matches!(reg.register(&bad, TOKEN, "c", &proxy(), 1), Registration::Refuse { status: 401, .. }));
+        // Issue 13, defect 5: the refusal's event quoted the request's fields unvalidated.
+        bad.boot_mac = "x".repeat(60_000);
+        match reg.register(&bad, TOKEN, "c", &proxy(), 1) {
+            Registration::Refuse { status: 401, happening: Some(h), .. } => {
+                assert_eq!(h.message, "registration from 10.0.0.100 refused: wrong token");
+            }
+            other => panic!("{other:?}"),
+        }
+        bad.token = TOKEN.into();
+        match reg.register(&bad, TOKEN, "c", &proxy(), 1) {
+            Registration::Refuse { status: 400, message, happening } => {
+                assert!(message.len() < 200, "{}", message.len());
+                assert!(happening.unwrap().message.len() < 250);
+            }
+            other => panic!("{other:?}"),
+        }
 
         for (field, mutate) in [
             ("boot_mac", Box::new(|r: &mut RegisterRequest| r.boot_mac = "nope".into()) as Box<dyn Fn(&mut _)>),

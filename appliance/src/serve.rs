@@ -28,7 +28,7 @@ use crate::k3s::K3sArtifacts;
 use crate::netboot::NetbootDirectory;
 use crate::pki::ClusterCa;
 use crate::registry::{Overlay, Policy, Registry};
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 use crate::wireguard::{self, ManagementInterface};
 
 #[derive(Debug, thiserror::Error)]
@@ -196,11 +196,14 @@ fn full_dhcp(config: &Config) -> bool {
     config.dhcp.as_ref().is_some_and(|d| d.full.is_some())
 }
 
-/// Runs every service until one fails or the process is told to stop.
-pub async fn run(config: Config) -> Result<(), ServeError> {
+/// Runs every service until one fails or the process is told to stop. `new_store`: start afresh
+/// if the store is damaged or lost (`oasis serve --new-store`).
+pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     let our_mac = check_host(&config)?;
     let root = check_boot_root(&config)?;
-    let store = Store::open(&config.data_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let options = StoreOptions { events: config.events, new_store, metrics: Some(metrics.clone()) };
+    let store = Store::open_with(&config.data_dir, options)?;
     let identity = Identity::load_or_create(&store, &config.data_dir)?;
     tracing::info!(pin = %identity.pin, admin_token = %identity.admin_token_fingerprint(), "appliance identity loaded");
     let mut profile = config.profile.clone();
@@ -210,7 +213,6 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
                 .trim()
                 .to_string();
     }
-    let metrics = Arc::new(Metrics::default());
     let policy = BootPolicy { server: config.address, http_port: config.http_port, ipxe_dir: config.ipxe_dir.clone() };
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
 
@@ -345,7 +347,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| ServeError::Listen { what: "signal", addr: http_addr, source })?;
-    tokio::select! {
+    let result = tokio::select! {
         stopped = tasks.join_next() => {
             let name = stopped.and_then(Result::ok).unwrap_or("a");
             Err(ServeError::Stopped(name))
@@ -358,5 +360,10 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             tracing::info!("terminated; stopping");
             Ok(())
         }
+    };
+    // The counts of repeated refusals are written now, not lost with the process.
+    if let Err(e) = store.flush().await {
+        tracing::warn!("the last events were not written: {e}");
     }
+    result
 }

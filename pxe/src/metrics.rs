@@ -67,6 +67,10 @@ pub enum ErrorKind {
     DhcpReleaseIgnored,
     /// A store write failed; the reply that depended on it was not sent.
     StoreWrite,
+    /// A stored record was unreadable (damaged) when read.
+    StoreRead,
+    /// A write refused because the data partition is full.
+    StoreFull,
     /// A TFTP packet that did not parse, or an opcode a read-only server refuses.
     TftpMalformed,
     /// A TFTP name that tried to leave the boot root.
@@ -84,7 +88,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 16] = [
         Self::DhcpMalformed,
         Self::DhcpRateLimited,
         Self::DhcpPoolExhausted,
@@ -92,6 +96,8 @@ impl ErrorKind {
         Self::DhcpDeclineIgnored,
         Self::DhcpReleaseIgnored,
         Self::StoreWrite,
+        Self::StoreRead,
+        Self::StoreFull,
         Self::TftpMalformed,
         Self::TftpTraversal,
         Self::TftpNotFound,
@@ -110,6 +116,8 @@ impl ErrorKind {
             Self::DhcpDeclineIgnored => "dhcp_decline_ignored",
             Self::DhcpReleaseIgnored => "dhcp_release_ignored",
             Self::StoreWrite => "store_write",
+            Self::StoreRead => "store_read",
+            Self::StoreFull => "store_full",
             Self::TftpMalformed => "tftp_malformed",
             Self::TftpTraversal => "tftp_traversal",
             Self::TftpNotFound => "tftp_not_found",

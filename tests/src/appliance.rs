@@ -112,10 +112,16 @@ pub struct Appliance {
 impl Appliance {
     /// Starts `oasis serve --config CONFIG` in `ns` and waits until its admin socket answers.
     pub fn start(ns: &Netns, config: &Path, log: &Path) -> Appliance {
+        Appliance::start_with(ns, config, log, &[])
+    }
+
+    /// [`Appliance::start`] with more arguments to `oasis serve` (`--new-store`).
+    pub fn start_with(ns: &Netns, config: &Path, log: &Path, args: &[&str]) -> Appliance {
         let data_dir = config.parent().unwrap().join("data");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut cmd = ns.command(oasis_bin().to_str().unwrap());
         cmd.args(["serve", "--config", config.to_str().unwrap()])
+            .args(args)
             .env("OASIS_LOG", "info,oasis_pxe=debug")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

@@ -87,8 +87,8 @@ pub fn run() -> anyhow::Result<()> {
     let boot_sticks = sticks_at_boot();
     let (config_text, offered) = supervisor.choose_config(&boot_sticks, &mut consoles)?;
     supervisor.apply(&config_text)?;
-    let mut serve = supervisor.start_serve()?;
-    supervisor.wait_for_serve(Duration::from_secs(60));
+    let mut serve = supervisor.start_serve(false)?;
+    supervisor.wait_for_serve(&mut serve, Duration::from_secs(60));
     say(&format!("oasis boot: serving; {:.0} s since oasis boot started", started.elapsed().as_secs_f64()));
     if let Some((stick, outcome)) = offered {
         supervisor.report_to(&stick, outcome);
@@ -120,23 +120,35 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     let mut reported_healthy = false;
+    // When `serve` has exited: when to start it again.
+    let mut restart_at: Option<Instant> = None;
     loop {
-        if let Ok(Some(status)) = serve.try_wait() {
-            say(&format!(
-                "oasis boot: oasis serve exited ({status}); see {DATA_DIR}/{SERVE_LOG}; restarting it in 2 s"
-            ));
-            std::thread::sleep(Duration::from_secs(2));
-            serve = actions.start_serve()?;
+        if restart_at.is_none() {
+            if let Ok(Some(status)) = serve.try_wait() {
+                restart_at = Some(Instant::now() + actions.serve_exited(status));
+            }
+        }
+        if let Some(at) = restart_at {
+            let afresh = actions.afresh.swap(false, std::sync::atomic::Ordering::SeqCst);
+            if afresh || Instant::now() >= at {
+                serve = actions.start_serve(afresh)?;
+                restart_at = None;
+                if afresh {
+                    actions.wait_for_serve(&mut serve, Duration::from_secs(60));
+                }
+            }
         }
         match sticks.recv_timeout(Duration::from_secs(1)) {
             Ok(stick) => {
                 say(&format!("oasis boot: USB stick {} ({}) plugged in", stick.label, stick.device.display()));
                 if let Some((text, signed)) = actions.take_stick(&stick) {
                     say("oasis boot: applying the stick's configuration: restarting oasis serve");
-                    stop_child(&mut serve);
+                    if restart_at.take().is_none() {
+                        stop_child(&mut serve);
+                    }
                     actions.apply(&text)?;
-                    serve = actions.start_serve()?;
-                    actions.wait_for_serve(Duration::from_secs(60));
+                    serve = actions.start_serve(false)?;
+                    actions.wait_for_serve(&mut serve, Duration::from_secs(60));
                     actions.report_to(&stick, Outcome::Applied { text, signed });
                 }
             }
@@ -190,6 +202,10 @@ pub struct Supervisor {
     /// The stick whose configuration was last applied or refused, and what became of it: a later
     /// report to the same stick (the cluster is healthy) says it again rather than "report only".
     last_offer: Mutex<Option<(Stick, Outcome)>>,
+    /// Why `serve` last refused the store (said once on the console), while it does.
+    store_refused: Mutex<Option<String>>,
+    /// The console asked to start afresh with a new store.
+    afresh: AtomicBool,
 }
 
 impl Supervisor {
@@ -200,6 +216,8 @@ impl Supervisor {
             token_for_report: Mutex::new(first_boot),
             current: Mutex::new(String::new()),
             last_offer: Mutex::new(None),
+            store_refused: Mutex::new(None),
+            afresh: AtomicBool::new(false),
         }
     }
 
@@ -321,8 +339,30 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Starts `oasis serve` on the saved configuration, its output in [`SERVE_LOG`].
-    fn start_serve(&self) -> anyhow::Result<Child> {
+    /// Says on the console why `serve` exited, with its own error line; returns how long to wait
+    /// before starting it again. A store it refuses waits for the operator (restoring the file,
+    /// or [n] on the menu), so it is tried again only now and then, and said only once.
+    fn serve_exited(&self, status: std::process::ExitStatus) -> Duration {
+        let why = last_error(&self.data_dir.join(SERVE_LOG)).unwrap_or_else(|| "it printed no error".into());
+        if status.code() == Some(crate::EXIT_STORE) {
+            let mut refused = self.store_refused.lock().unwrap_or_else(|e| e.into_inner());
+            if refused.as_deref() != Some(why.as_str()) {
+                say(&format!("oasis boot: oasis serve cannot use its store: {why}"));
+                say("oasis boot: on this appliance: restore the store, or choose [n] on the menu to start afresh");
+                *refused = Some(why);
+            }
+            return Duration::from_secs(30);
+        }
+        *self.store_refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        say(&format!(
+            "oasis boot: oasis serve exited ({status}): {why}; see {DATA_DIR}/{SERVE_LOG}; restarting it in 2 s"
+        ));
+        Duration::from_secs(2)
+    }
+
+    /// Starts `oasis serve` on the saved configuration, its output in [`SERVE_LOG`];
+    /// `new_store` passes `--new-store`.
+    fn start_serve(&self, new_store: bool) -> anyhow::Result<Child> {
         let log_path = self.data_dir.join(SERVE_LOG);
         if log_path.exists() {
             let _ = fs::rename(&log_path, self.data_dir.join(format!("{SERVE_LOG}.1")));
@@ -332,6 +372,7 @@ impl Supervisor {
             .arg("serve")
             .arg("--config")
             .arg(self.config_path())
+            .args(new_store.then_some("--new-store"))
             .env("OASIS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -341,10 +382,13 @@ impl Supervisor {
         Ok(child)
     }
 
-    /// Waits until `serve` answers on its admin socket.
-    fn wait_for_serve(&self, timeout: Duration) -> bool {
+    /// Waits until `serve` answers on its admin socket, or has exited.
+    fn wait_for_serve(&self, serve: &mut Child, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
+            if matches!(serve.try_wait(), Ok(Some(_))) {
+                return false;
+            }
             if matches!(crate::admin::request(&self.data_dir, "GET", "/v1/machines"), Ok(Some(_))) {
                 return true;
             }
@@ -397,6 +441,15 @@ impl Supervisor {
 }
 
 impl ApplianceActions for Supervisor {
+    fn start_afresh(&self) -> Result<String, String> {
+        let answering = matches!(crate::admin::request(&self.data_dir, "GET", "/v1/machines"), Ok(Some(_)));
+        if answering || self.store_refused.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return Err("oasis serve is not refusing its store: there is nothing to start afresh from".into());
+        }
+        self.afresh.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(format!("restarting oasis serve with a new store; the old one is kept aside in {DATA_DIR}"))
+    }
+
     fn export_report(&self) -> Result<String, String> {
         let Some(stick) = usb::scan().into_iter().next() else {
             return Err("no USB stick labelled OASIS is plugged in".into());
@@ -425,10 +478,37 @@ fn shutdown(how: libc::c_int) {
     }
 }
 
+/// The last `error: ` line of `serve`'s log (how `oasis` reports the error it stopped on).
+fn last_error(log: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(log).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(64 << 10))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let tail = String::from_utf8_lossy(&tail);
+    tail.lines().rev().find_map(|l| l.strip_prefix("error: ")).map(str::to_string)
+}
+
 fn run_ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip").args(args).output().context("running ip")?;
     if !out.status.success() {
         anyhow::bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_serve_stopped_on_is_found_in_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(SERVE_LOG);
+        assert_eq!(last_error(&log), None);
+        let noise = "2024 INFO something\n".repeat(5000);
+        fs::write(&log, format!("error: an old one\n{noise}error: the store /x is damaged: do this\n")).unwrap();
+        assert_eq!(last_error(&log).as_deref(), Some("the store /x is damaged: do this"));
+    }
 }

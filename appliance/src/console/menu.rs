@@ -17,13 +17,16 @@ const STOP_CHECK: Duration = Duration::from_millis(500);
 /// Events shown by `e`.
 const EVENTS_SHOWN: usize = 10;
 
-pub const MENU: &str =
-    "menu: [a] accept pending  [e] events  [x] export report to USB  [r] reboot  [p] power off\nChoice: ";
+pub const MENU: &str = "menu: [a] accept pending  [e] events  [x] export report to USB  [n] new store  [r] reboot  \
+                        [p] power off\nChoice: ";
 
 /// What the console asks of the supervisor: things that are not the console's business.
 pub trait ApplianceActions {
     /// Writes the report to the USB stick; what was written, or why not.
     fn export_report(&self) -> Result<String, String>;
+    /// Restarts `oasis serve` with a new store, the refused one kept aside; what happens, or why
+    /// not (only a store `serve` refuses is replaced).
+    fn start_afresh(&self) -> Result<String, String>;
     fn reboot(&self);
     fn power_off(&self);
 }
@@ -97,6 +100,20 @@ fn run_choice(
                 Err(why) => say(term, &format!("oasis: export failed: {why}")),
             }
         }
+        "n" => {
+            say(
+                term,
+                "oasis: a new store means a new appliance: new tokens and keys, no leases, no machines. The \
+                 store oasis serve refuses is kept aside in the data partition.",
+            )?;
+            if confirm(term, "Start afresh with a new store")? {
+                match actions.start_afresh() {
+                    Ok(what) => say(term, &format!("oasis: {what}"))?,
+                    Err(why) => say(term, &format!("oasis: not started afresh: {why}"))?,
+                }
+            }
+            Ok(())
+        }
         "r" => {
             if confirm(term, "Reboot the appliance")? {
                 say(term, "oasis: rebooting")?;
@@ -111,7 +128,7 @@ fn run_choice(
             }
             Ok(())
         }
-        other => say(term, &format!("error: {other:?} is not on the menu: type a, e, x, r or p, then Enter")),
+        other => say(term, &format!("error: {other:?} is not on the menu: type a, e, x, n, r or p, then Enter")),
     }
 }
 
@@ -204,6 +221,7 @@ mod tests {
         exports: AtomicUsize,
         reboots: AtomicUsize,
         power_offs: AtomicUsize,
+        afresh: AtomicUsize,
         export_fails: bool,
     }
 
@@ -215,6 +233,10 @@ mod tests {
             } else {
                 Ok("oasis-report/ on the stick OASIS".into())
             }
+        }
+        fn start_afresh(&self) -> Result<String, String> {
+            self.afresh.fetch_add(1, Ordering::SeqCst);
+            Err("the store is sound: oasis serve uses it".into())
         }
         fn reboot(&self) {
             self.reboots.fetch_add(1, Ordering::SeqCst);
@@ -247,6 +269,15 @@ mod tests {
         assert_eq!(out.matches("Reboot the appliance, yes or no [no]: ").count(), 3, "{out}");
         assert!(out.contains("error: \"maybe\": type yes or no"));
         assert!(out.contains("oasis: rebooting") && out.contains("oasis: powering off"));
+    }
+
+    #[test]
+    fn a_new_store_is_asked_for_twice_and_the_supervisor_answers() {
+        let actions = Recorder::default();
+        let out = run(&["n", "", "n", "yes"], &actions);
+        assert_eq!(actions.afresh.load(Ordering::SeqCst), 1, "{out}");
+        assert!(out.contains("no leases, no machines"), "{out}");
+        assert!(out.contains("oasis: not started afresh: the store is sound"), "{out}");
     }
 
     #[test]
