@@ -13,7 +13,7 @@ use base64::Engine;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use dhcproto::{Decodable, Encodable};
 use oasis_agent::client::{ApiClient, ApiError};
-use oasis_e2e::appliance::{agent_args, boot_root, oasis, oasis_bin, write_config, Appliance};
+use oasis_e2e::appliance::{agent_args, boot_root, join_args, oasis, oasis_bin, write_config, Appliance};
 use oasis_e2e::{tail, Netns};
 use oasis_proto::{Inventory, RegisterRequest, RegisterResponse, System};
 
@@ -103,8 +103,9 @@ fn refused_registrations_in_bulk_cost_a_few_events_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = rack(dir.path(), "mode = \"off\"");
     let log = dir.path().join("oasis.log");
+    // DHCP is off, so the machines carry the join token, as boot media would.
+    let args = join_args(&config);
     let mut appliance = Appliance::start(&ns, &config, &log);
-    let args = agent_args(&ns, "52-54-00-00-00-01");
     let (token, pin) = (args.token.clone(), args.pin.clone());
 
     let first = request(&token, "4c4c4544-0000-4000-8000-000000000001", "52:54:00:00:00:01", 1, 1);
@@ -315,7 +316,8 @@ fn a_full_data_partition_keeps_renewals_going_and_recovers_when_space_returns() 
     let config = rack(dir.path(), DHCP_FULL);
     let appliance = Appliance::start(&ns, &config, &dir.path().join("oasis.log"));
     let a = client.lease(MAC_A).expect("a lease before the partition fills");
-    let args = agent_args(&ns, "52-54-00-aa-00-01");
+    // In full DHCP mode a boot script, and a registration, come from the machine's own lease.
+    let args = agent_args(&client.ns, "52-54-00-aa-00-01");
 
     // Something else fills the partition, to the last block.
     let fillers: Vec<PathBuf> = ["1M", "64K", "4K", "1K"]
@@ -332,14 +334,14 @@ fn a_full_data_partition_keeps_renewals_going_and_recovers_when_space_returns() 
         .collect();
     Command::new("sync").status().unwrap();
 
-    // Machines go on registering (each a record and events to commit)...
+    // A machine goes on registering (each attempt a record and events to commit)...
     let joining: Vec<RegisterRequest> = (0..200u32)
         .map(|i| {
             let uuid = format!("4c4c4544-0000-4000-8000-{:012x}", 0x2000 + i);
-            request(&args.token, &uuid, &format!("52:54:00:bb:{:02x}:{:02x}", i / 256, i % 256), i as u8, i)
+            request(&args.token, &uuid, "52:54:00:aa:00:01", i as u8, i)
         })
         .collect();
-    let answers = register_all(&ns, &args.pin, joining);
+    let answers = register_all(&client.ns, &args.pin, joining);
     let df = Command::new("df").arg("-B1").arg(&data).output().unwrap();
     eprintln!("filled up:\n{}", String::from_utf8_lossy(&df.stdout));
     // ...and the lease held still renews.
