@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use oasis_pxe::boot_root::BootRoot;
+use oasis_pxe::conn::{Guard, Listener, Timeouts};
+use oasis_pxe::conn_limit::Caps;
 use oasis_pxe::http::{router, serve, HttpBoot, StaticDirectory, CHUNK_SIZE};
 use oasis_pxe::mac::MacAddr;
 use oasis_pxe::metrics::{ErrorKind, Metrics};
@@ -58,7 +60,8 @@ async fn start() -> Server {
     let metrics = Arc::new(Metrics::default());
     let machines = Arc::new(StaticDirectory::new());
     let state = HttpBoot::new(BootRoot::new(&root).unwrap(), scripts.clone(), machines.clone(), metrics.clone());
-    tokio::spawn(serve(listener, router(state)));
+    let guard = Guard::new(Listener::HttpBoot, Caps::new(1024, 64), Timeouts::default(), metrics.clone());
+    tokio::spawn(serve(listener, router(state), guard));
     Server { addr, metrics, machines, scripts, kernel, _dir: dir }
 }
 
