@@ -6,7 +6,8 @@
 //!   total, with slots kept for the management overlay. Over a cap a connection is closed at once
 //!   (or an idle one makes room), counted in [`ConnMetrics`], and logged at a limited rate.
 //! - **Handshake timeout**: a TLS client must finish its handshake in [`HANDSHAKE_TIMEOUT`].
-//! - **Header timeout**: hyper's `header_read_timeout` on every request head; the same timer runs
+//! - **Header timeout**: hyper's `header_read_timeout` on every request head (on tokio's clock,
+//!   through a timer that counts the timeouts that fire); the same timer runs
 //!   while a kept-alive connection waits for its next request, so it is the idle timeout too.
 //! - **Body timeout**: a request body must arrive whole within [`BODY_TIMEOUT`] of its head.
 //! - **Send-side guard**: while the server has bytes waiting for a client, the client must take at
@@ -31,7 +32,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt as _;
@@ -458,15 +459,56 @@ impl Connection {
             }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(guard.timeouts.header).max_header_size(MAX_HEADER_BYTES);
+        builder
+            .timer(HeaderTimer(guard.clone()))
+            .header_read_timeout(guard.timeouts.header)
+            .max_header_size(MAX_HEADER_BYTES);
         if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-            if e.is_timeout() {
-                guard.count(ConnEvent::HeaderTimeout);
-            }
             tracing::debug!(?peer, "{}: connection ended: {e}", guard.listener);
         }
     }
 }
+
+/// hyper's timer on tokio's clock, counting the timeouts that fire. The header read timeout is
+/// the only timer an HTTP/1 server connection runs, and hyper closes the connection when it fires,
+/// in some cases (an idle or silent connection) without returning an error that would say so.
+#[derive(Debug, Clone)]
+struct HeaderTimer(Guard);
+
+impl hyper::rt::Timer for HeaderTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(self.now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let sleep = Box::pin(tokio::time::sleep_until(deadline.into()));
+        Box::pin(CountedSleep { sleep, guard: self.0.clone(), fired: false })
+    }
+
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+}
+
+struct CountedSleep {
+    sleep: Pin<Box<Sleep>>,
+    guard: Guard,
+    fired: bool,
+}
+
+impl Future for CountedSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        ready!(self.sleep.as_mut().poll(cx));
+        if !std::mem::replace(&mut self.fired, true) {
+            self.guard.count(ConnEvent::HeaderTimeout);
+        }
+        Poll::Ready(())
+    }
+}
+
+impl hyper::rt::Sleep for CountedSleep {}
 
 /// The error a request body gives when it does not arrive in time.
 #[derive(Debug, thiserror::Error)]
