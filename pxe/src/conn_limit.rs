@@ -8,7 +8,10 @@
 //! its own connections, while a real client, whose request head arrives within milliseconds of
 //! its connection, gets served. A newcomer is refused only when every connection of its class is
 //! busy with a request, and a per-source cap is never worked around by eviction: a source that
-//! holds its share is refused.
+//! holds its share is refused. An evicted connection's socket closes when its task next runs;
+//! [`Caps::closing_max`] bounds how many may be pending at once (the accept loop waits in
+//! [`Limiter::ready`] rather than take a connection it could not make room for), so a listener
+//! never holds more than `total + closing_max()` sockets.
 //!
 //! [`Limiter::admit`] decides; the [`Permit`] it hands out is the connection's slot, given back
 //! when the permit is dropped (when the connection closes). Only bookkeeping lives here; the
@@ -88,6 +91,14 @@ impl Caps {
         Self { reserved, priority: Some(priority), ..self }
     }
 
+    /// How many evicted connections may be on their way out at once. An evicted connection's
+    /// slot goes to its replacement at once, but its socket closes only when its task next runs;
+    /// bounding those keeps the sockets a listener holds at most `total + closing_max()` however
+    /// busy the runtime is. An eighth of the total is far more than a healthy runtime ever has.
+    pub fn closing_max(&self) -> usize {
+        (self.total / 8).max(1)
+    }
+
     /// What sources outside the priority prefix may hold together.
     pub fn ordinary_total(&self) -> usize {
         if self.priority.is_some() {
@@ -113,8 +124,8 @@ impl fmt::Display for Caps {
 pub enum Refusal {
     /// Its source address already holds its per-source cap.
     SourceFull,
-    /// Its class (ordinary, or priority) is at its cap and every connection it could displace is
-    /// busy with a request.
+    /// Its class (ordinary, or priority) is at its cap, and every connection it could displace is
+    /// busy with a request or [`Caps::closing_max`] evicted ones have yet to close.
     Full,
 }
 
@@ -122,7 +133,7 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Refusal::SourceFull => "its address already holds as many connections as one address may",
-            Refusal::Full => "the listener is at its connection cap and every connection is busy with a request",
+            Refusal::Full => "the listener is at its connection cap and cannot make room now",
         })
     }
 }
@@ -145,6 +156,8 @@ struct State {
     held: BTreeMap<u64, Arc<Slot>>,
     by_source: HashMap<IpAddr, usize>,
     priority_held: usize,
+    /// Evicted connections not closed yet.
+    closing: usize,
 }
 
 impl State {
@@ -182,6 +195,8 @@ impl State {
 pub struct Limiter {
     caps: Caps,
     state: Mutex<State>,
+    /// Signalled when an evicted connection closes.
+    closed: Notify,
 }
 
 /// A connection let in.
@@ -195,7 +210,7 @@ pub struct Admitted {
 
 impl Limiter {
     pub fn new(caps: Caps) -> Arc<Self> {
-        Arc::new(Self { caps, state: Mutex::new(State::default()) })
+        Arc::new(Self { caps, state: Mutex::new(State::default()), closed: Notify::new() })
     }
 
     pub fn caps(&self) -> &Caps {
@@ -211,6 +226,20 @@ impl Limiter {
         // The state is counters and a map updated in single steps: a panic elsewhere while the
         // lock was held cannot have left it half-changed.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Completes when an eviction is possible: fewer than [`Caps::closing_max`] evicted
+    /// connections are still closing. The accept loop waits here before accepting, so under a
+    /// churn of evictions new connections wait in the kernel's queue (holding no descriptor)
+    /// instead of being refused.
+    pub async fn ready(&self) {
+        loop {
+            let closed = self.closed.notified();
+            if self.lock().closing < self.caps.closing_max() {
+                return;
+            }
+            closed.await;
+        }
     }
 
     /// Decides on a new connection from `source` (`None` for a Unix socket): a permit, perhaps
@@ -240,9 +269,13 @@ impl Limiter {
         let mut evicted = false;
         if let Some(victim) = victim {
             let victim = victim.ok_or(Refusal::Full)?;
+            if state.closing >= caps.closing_max() {
+                return Err(Refusal::Full);
+            }
             if let Some(slot) = state.remove(victim) {
                 // notify_one keeps the wakeup if the connection's task is not waiting yet.
                 slot.evict.notify_one();
+                state.closing += 1;
                 evicted = true;
             }
         }
@@ -288,8 +321,12 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        // An evicted connection's slot was already given to its replacement.
-        self.limiter.lock().remove(self.slot.seq);
+        let mut state = self.limiter.lock();
+        if state.remove(self.slot.seq).is_none() {
+            // Evicted: its slot was given to its replacement then; now it has closed.
+            state.closing -= 1;
+            self.limiter.closed.notify_one();
+        }
     }
 }
 
@@ -366,7 +403,8 @@ mod tests {
         // The evicted connection closing later does not free a second slot.
         drop(second);
         assert_eq!(limiter.held(), 3);
-        assert!(limiter.admit(ip(5)).unwrap().evicted);
+        let fifth = limiter.admit(ip(5)).unwrap();
+        assert!(fifth.evicted && was_evicted(&third));
     }
 
     #[test]
@@ -386,21 +424,25 @@ mod tests {
         let caps = Caps::new(4, 4).with_reserve(Prefix::new(Ipv4Addr::new(10, 99, 0, 0), 16), 2);
         assert_eq!(caps.ordinary_total(), 2);
         let limiter = Limiter::new(caps);
-        let rack: Vec<Permit> = (1..=2).map(|i| limiter.admit(ip(i)).unwrap().permit).collect();
-        let _busy: Vec<Busy> = rack.iter().map(Permit::busy).collect();
+        let rack1 = limiter.admit(ip(1)).unwrap().permit;
+        let rack2 = limiter.admit(ip(2)).unwrap().permit;
+        let busy = (rack1.busy(), rack2.busy());
         assert_eq!(limiter.admit(ip(3)).unwrap_err(), Refusal::Full, "two slots are left, but they are reserved");
-        let agents: Vec<Permit> = (1..=2).map(|i| limiter.admit(overlay(i)).unwrap().permit).collect();
-        assert!(agents.iter().all(Permit::is_priority));
+        let agent1 = limiter.admit(overlay(1)).unwrap().permit;
+        let agent2 = limiter.admit(overlay(2)).unwrap().permit;
+        assert!(agent1.is_priority() && agent2.is_priority() && !rack1.is_priority());
         assert_eq!(limiter.held(), 4);
-        // The overlay may also displace idle rack connections beyond its reserve, rack ones first.
-        drop(_busy);
-        let more = limiter.admit(overlay(3)).unwrap();
-        assert!(more.evicted && was_evicted(&rack[0]) && !agents.iter().any(was_evicted));
+        // The overlay may also displace idle rack connections beyond its reserve.
+        drop(busy);
+        let agent3 = limiter.admit(overlay(3)).unwrap();
+        assert!(agent3.evicted && was_evicted(&rack1) && !was_evicted(&agent1) && !was_evicted(&agent2));
+        drop(rack1);
         // The overlay now holds three, one borrowed from the rack's share: a rack newcomer takes
         // that one back (the oldest idle agent connection), not the idle rack connection.
-        let rack_again = limiter.admit(ip(9)).unwrap();
-        assert!(rack_again.evicted && was_evicted(&agents[0]) && !was_evicted(&rack[1]));
-        let _all_busy = [rack[1].busy(), agents[1].busy(), more.permit.busy(), rack_again.permit.busy()];
+        let rack9 = limiter.admit(ip(9)).unwrap();
+        assert!(rack9.evicted && was_evicted(&agent1) && !was_evicted(&rack2));
+        drop(agent1);
+        let _busy = [rack2.busy(), agent2.busy(), agent3.permit.busy(), rack9.permit.busy()];
         assert_eq!(limiter.admit(ip(10)).unwrap_err(), Refusal::Full);
         assert_eq!(limiter.admit(overlay(7)).unwrap_err(), Refusal::Full);
     }
@@ -413,6 +455,23 @@ mod tests {
         let agents: Vec<Permit> = (1..=3).map(|i| limiter.admit(overlay(i)).unwrap().permit).collect();
         let rack = limiter.admit(ip(1)).unwrap();
         assert!(rack.evicted && was_evicted(&agents[0]), "no idle rack connection: the oldest idle agent's goes");
+    }
+
+    #[test]
+    fn evictions_wait_while_too_many_evicted_connections_are_still_open() {
+        let limiter = Limiter::new(Caps::new(8, 8));
+        assert_eq!(limiter.caps().closing_max(), 1);
+        let mut held: Vec<Permit> = (1..=8).map(|i| limiter.admit(ip(i)).unwrap().permit).collect();
+        let ninth = limiter.admit(ip(9)).unwrap();
+        assert!(ninth.evicted && was_evicted(&held[0]));
+        assert_eq!(limiter.admit(ip(10)).unwrap_err(), Refusal::Full, "the first evicted one has not closed yet");
+        let mut ready = pin!(limiter.ready());
+        let cx = &mut Context::from_waker(Waker::noop());
+        assert!(ready.as_mut().poll(cx).is_pending(), "the accept loop waits");
+        drop(held.remove(0));
+        assert!(ready.as_mut().poll(cx).is_ready(), "until the evicted connection has closed");
+        let tenth = limiter.admit(ip(10)).unwrap();
+        assert!(tenth.evicted && was_evicted(&held[0]), "once it has, the next one can go");
     }
 
     #[test]
