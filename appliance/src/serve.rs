@@ -228,9 +228,9 @@ fn connection_caps(config: &Config) -> limits::Plan {
 
 /// Runs every service until one fails or the process is told to stop.
 pub async fn run(config: Config) -> Result<(), ServeError> {
-    let caps = connection_caps(&config);
     let our_mac = check_host(&config)?;
     let root = check_boot_root(&config)?;
+    let caps = connection_caps(&config);
     let store = Store::open(&config.data_dir)?;
     let identity = Identity::load_or_create(&store, &config.data_dir)?;
     tracing::info!(pin = %identity.pin, admin_token = %identity.admin_token_fingerprint(), "appliance identity loaded");
