@@ -7,8 +7,8 @@
 //!   (or an idle one makes room), counted in [`ConnMetrics`], and logged at a limited rate.
 //! - **Handshake timeout**: a TLS client must finish its handshake in [`HANDSHAKE_TIMEOUT`].
 //! - **Header timeout**: hyper's `header_read_timeout` on every request head (on tokio's clock,
-//!   through a timer that counts the timeouts that fire); the same timer runs
-//!   while a kept-alive connection waits for its next request, so it is the idle timeout too.
+//!   through a timer that counts the timeouts that fire); the same timer runs while a kept-alive
+//!   connection waits for its next request, so it is the idle timeout too.
 //! - **Body timeout**: a request body must arrive whole within [`BODY_TIMEOUT`] of its head.
 //! - **Send-side guard**: while the server has bytes waiting for a client, the client must take at
 //!   least [`WRITE_MIN_PROGRESS`] per [`WRITE_STALL_TIMEOUT`] of waiting, or the connection ends.
@@ -334,6 +334,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     loop {
+        // While too many evicted connections are still closing, new ones wait in the kernel's
+        // queue (see `Limiter::ready`).
         guard.limiter.ready().await;
         let (io, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
