@@ -22,14 +22,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use oasis_proto::{DesiredState, ErrorBody, Heartbeat, MachineState, RegisterRequest, MAX_BODY_BYTES, WATCH_SECS};
+use oasis_pxe::conn::{self, Guard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
-use tower::ServiceExt;
 
 use crate::identity::{random_token, Identity};
 use crate::registry::{
@@ -37,9 +37,6 @@ use crate::registry::{
 };
 use crate::store::Store;
 use crate::wireguard::ManagementInterface;
-
-/// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the API handlers share.
 pub struct Api {
@@ -407,43 +404,218 @@ pub fn tls_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, rust
     Ok(Arc::new(config))
 }
 
-/// Serves the router over TLS on `listener` until the task is dropped. Each connection gets its
-/// own task; a client that stalls its handshake is dropped after [`HANDSHAKE_TIMEOUT`].
-pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) {
+/// Serves the router over TLS on `listener` under `guard` (connection caps, handshake, header,
+/// body and send timeouts: see [`oasis_pxe::conn`]) until the task is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, router: Router, guard: Guard) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!("API accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    conn::serve(listener, guard, move |tcp| acceptor.accept(tcp), router).await
+}
+
+/// The API's own server against slow and greedy clients over real TLS on loopback (issue 13,
+/// defect 4). Clients bind their loopback source (127.0.0.2, .3, …; 127.0.1.0/24 stands for
+/// the overlay) since the caps count per source. No assertion on durations: each check waits for
+/// the server to act, with a bound only a server that never acts reaches.
+#[cfg(test)]
+mod slow_client_tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+    use std::time::Duration;
+
+    use oasis_pxe::conn::{ConnEvent, Listener, Timeouts};
+    use oasis_pxe::conn_limit::{Caps, Prefix};
+    use oasis_pxe::metrics::Metrics;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    use super::*;
+    use crate::registry::Policy;
+
+    const PATIENCE: Duration = Duration::from_secs(30);
+    const NEVER: Duration = Duration::from_secs(3600);
+    const SHORT: Duration = Duration::from_millis(200);
+
+    struct Server {
+        addr: SocketAddr,
+        api: Arc<Api>,
+        metrics: Arc<Metrics>,
+        client: tokio_rustls::TlsConnector,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Server {
+        fn count(&self, event: ConnEvent) -> u64 {
+            self.metrics.connections.get(Listener::Api, event)
+        }
+
+        async fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
+            let waited = tokio::time::timeout(PATIENCE, async {
+                while !done(self) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            assert!(waited.is_ok(), "the API never {what}:\n{}", self.metrics.render());
+        }
+
+        async fn tcp_from(&self, from: Ipv4Addr) -> TcpStream {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from((from, 0))).unwrap();
+            socket.connect(self.addr).await.unwrap()
+        }
+
+        async fn tls_from(&self, from: Ipv4Addr) -> tokio_rustls::client::TlsStream<TcpStream> {
+            let tcp = self.tcp_from(from).await;
+            let name = rustls::pki_types::ServerName::try_from("oasis-appliance").unwrap();
+            self.client.connect(name, tcp).await.expect("TLS handshake with the API")
+        }
+
+        /// Whether a connection from `from` is closed before its TLS handshake can finish.
+        async fn refused(&self, from: Ipv4Addr) -> bool {
+            let tcp = self.tcp_from(from).await;
+            let name = rustls::pki_types::ServerName::try_from("oasis-appliance").unwrap();
+            let handshake = tokio::time::timeout(PATIENCE, self.client.connect(name, tcp)).await;
+            matches!(handshake, Ok(Err(_)))
+        }
+
+        /// `GET /v1/machines` with the admin token from `from`: the status.
+        async fn list_from(&self, from: Ipv4Addr) -> u16 {
+            let mut tls = self.tls_from(from).await;
+            let request = format!(
+                "GET /v1/machines HTTP/1.1\r\nHost: oasis\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                self.api.identity.admin_token
+            );
+            tls.write_all(request.as_bytes()).await.unwrap();
+            status_of(&read_all(&mut tls).await)
+        }
+    }
+
+    fn status_of(raw: &[u8]) -> u16 {
+        let head = String::from_utf8_lossy(raw);
+        head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {head:?}"))
+    }
+
+    async fn read_all(stream: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+        let mut raw = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, async {
+            let mut buf = [0u8; 4096];
+            // A reset (or a TLS close without close_notify) ends the stream as EOF would.
+            while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                raw.extend_from_slice(&buf[..n]);
             }
+        })
+        .await;
+        assert!(read.is_ok(), "the API never closed the connection; it sent {:?}", String::from_utf8_lossy(&raw));
+        raw
+    }
+
+    /// Whether the server closes `stream` within [`PATIENCE`].
+    async fn closed_by_server(stream: &mut (impl AsyncRead + Unpin)) -> bool {
+        let drain = async {
+            let mut buf = [0u8; 4096];
+            while let Ok(1..) = stream.read(&mut buf).await {}
         };
-        let (acceptor, router) = (acceptor.clone(), router.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                router.clone().oneshot(req.map(Body::new))
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "API connection ended: {e}");
-            }
-        });
+        tokio::time::timeout(PATIENCE, drain).await.is_ok()
+    }
+
+    async fn start(caps: Caps, timeouts: Timeouts) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let api = test_api(dir.path(), Policy::Manual);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let guard = Guard::new(Listener::Api, caps, timeouts, metrics.clone());
+        tokio::spawn(serve(listener, tls_config(&api.identity).unwrap(), router(api.clone()), guard));
+        // The client trusts exactly the appliance's self-signed certificate.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(api.identity.tls_cert_der.clone())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = tokio_rustls::TlsConnector::from(Arc::new(client));
+        Server { addr, api, metrics, client, _dir: dir }
+    }
+
+    fn timeouts() -> Timeouts {
+        Timeouts { handshake: NEVER, header: NEVER, body: NEVER, write_stall: NEVER, write_min_progress: 64 * 1024 }
+    }
+
+    fn ip(a: u8, b: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, a, b)
+    }
+
+    /// The complete head of a registration whose body is `len` bytes.
+    fn register_head(len: usize) -> Vec<u8> {
+        let head = "POST /v1/register HTTP/1.1\r\nHost: oasis\r\nContent-Type: application/json\r\n";
+        format!("{head}Content-Length: {len}\r\n\r\n").into_bytes()
+    }
+
+    async fn slow_head(tls: &mut (impl AsyncWrite + Unpin)) {
+        tls.write_all(b"POST /v1/register HTTP/1.1\r\nHost: oasis\r\nX-Slow: ").await.unwrap();
+        tls.flush().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn slow_handshakes_heads_and_bodies_are_cut_off_while_the_api_answers() {
+        let timeouts = Timeouts { handshake: SHORT, header: SHORT, body: SHORT, ..timeouts() };
+        let s = start(Caps::new(1024, 64), timeouts).await;
+        let mut silent = Vec::new();
+        for _ in 0..5 {
+            silent.push(s.tcp_from(ip(0, 3)).await);
+        }
+        let mut slow = Vec::new();
+        for _ in 0..10 {
+            let mut tls = s.tls_from(ip(0, 4)).await;
+            slow_head(&mut tls).await;
+            slow.push(tls);
+        }
+        // A complete head, then a body that never comes.
+        let mut withheld = s.tls_from(ip(0, 5)).await;
+        withheld.write_all(&register_head(1000)).await.unwrap();
+        withheld.write_all(b"{\"token\"").await.unwrap();
+
+        for (i, tcp) in silent.iter_mut().enumerate() {
+            assert!(closed_by_server(tcp).await, "silent connection {i} was never closed");
+        }
+        for (i, tls) in slow.iter_mut().enumerate() {
+            assert!(closed_by_server(tls).await, "slow-header connection {i} was never closed");
+        }
+        let answer = read_all(&mut withheld).await;
+        assert_eq!(status_of(&answer), 400, "{}", String::from_utf8_lossy(&answer));
+        assert_eq!(s.count(ConnEvent::HandshakeTimeout), 5);
+        assert_eq!(s.count(ConnEvent::HeaderTimeout), 10);
+        assert_eq!(s.count(ConnEvent::BodyTimeout), 1);
+        s.wait_for("released every connection", |s| s.metrics.connections.open(Listener::Api) == 0).await;
+        assert_eq!(s.list_from(ip(0, 2)).await, 200);
+    }
+
+    #[tokio::test]
+    async fn the_rack_never_takes_the_overlay_slots() {
+        let overlay = Prefix::new(ip(1, 0), 24);
+        let s = start(Caps::new(8, 2).with_reserve(overlay, 4), timeouts()).await;
+        // The rack's share (4) held by requests whose bodies never come: busy, not evictable.
+        let mut rack = Vec::new();
+        for from in [ip(0, 3), ip(0, 3), ip(0, 4), ip(0, 4)] {
+            let mut tls = s.tls_from(from).await;
+            tls.write_all(&register_head(100)).await.unwrap();
+            tls.flush().await.unwrap();
+            rack.push(tls);
+        }
+        // A third connection from one rack address: closed at accept.
+        assert!(s.refused(ip(0, 3)).await, "a third connection from one address was let in");
+        // Another rack address, once the four requests are in flight: closed at accept too.
+        s.wait_for("took the rack's requests", |s| s.metrics.connections.requests(Listener::Api) == 4).await;
+        assert!(s.refused(ip(0, 5)).await, "the rack took a slot kept for the overlay");
+        assert_eq!((s.count(ConnEvent::RefusedSource), s.count(ConnEvent::RefusedFull)), (1, 1));
+        // The overlay still has its four: three held, and a real request answered on the fourth.
+        let mut agents = Vec::new();
+        for b in 2..5 {
+            agents.push(s.tls_from(ip(1, b)).await);
+        }
+        assert_eq!(s.list_from(ip(1, 5)).await, 200);
+        assert_eq!(s.metrics.connections.peak(Listener::Api), 8);
+        assert_eq!((s.count(ConnEvent::RefusedFull), s.count(ConnEvent::Evicted)), (1, 0));
     }
 }
 
@@ -474,6 +646,7 @@ pub(crate) fn test_api(dir: &std::path::Path, policy: crate::registry::Policy) -
 #[cfg(test)]
 mod tests {
     use axum::http::Request;
+    use tower::ServiceExt;
 
     use super::*;
     use crate::registry::Policy;

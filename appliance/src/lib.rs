@@ -5,6 +5,7 @@
 //! - [`store`]: the redb store of leases, machines and events.
 //! - [`serve`]: runs the network boot services on the store.
 //! - [`admin`]: the admin socket the CLI talks to while `serve` runs.
+//! - [`limits`]: the descriptor limit and the connection caps sized to fit in it.
 //! - [`console`]: the serial console: first-boot questions, then the status view and its menu.
 //! - [`cli`]: command-line definitions and the state-reading commands.
 //! - [`pki`]: the cluster CA, which certifies etcd's members and the appliance as their client.
@@ -23,6 +24,7 @@ pub mod console;
 pub mod etcd;
 pub mod identity;
 pub mod k3s;
+pub mod limits;
 pub mod netboot;
 pub mod pki;
 pub mod registry;

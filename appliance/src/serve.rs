@@ -1,4 +1,8 @@
 //! `oasis serve`: DHCP, TFTP, HTTP boot and the admin socket, on one store, until stopped.
+//!
+//! The HTTP boot server, the API and the admin socket accept through [`oasis_pxe::conn::serve`],
+//! each under its own connection caps, sized by [`limits::plan`] to fit in the descriptor limit
+//! raised at start.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
@@ -6,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use oasis_pxe::boot_root::BootRoot;
+use oasis_pxe::conn::{self, Guard, Listener, Timeouts};
+use oasis_pxe::conn_limit::Prefix;
 use oasis_pxe::dhcp::conflict::{ArpCheck, ConflictCheck, IcmpCheck, NoCheck};
 use oasis_pxe::dhcp::{DhcpConfig, DhcpServer, DhcpService, Mode};
 use oasis_pxe::http::{self, HttpBoot};
@@ -25,6 +31,7 @@ use crate::config::{AcceptancePolicy, Config, ConflictCheckKind};
 use crate::etcd::EtcdClient;
 use crate::identity::Identity;
 use crate::k3s::K3sArtifacts;
+use crate::limits;
 use crate::netboot::NetbootDirectory;
 use crate::pki::ClusterCa;
 use crate::registry::{Overlay, Policy, Registry};
@@ -191,6 +198,36 @@ async fn start_management(
     }))
 }
 
+/// Raises the descriptor limit and sizes the listeners' connection caps to fit in it.
+fn connection_caps(config: &Config) -> limits::Plan {
+    let tftp_transfers = config.tftp.as_ref().map_or(0, |(_, tftp)| tftp.max_transfers);
+    let nofile = match limits::raise_descriptor_limit() {
+        Ok(limit) => {
+            tracing::info!("descriptor limit {limit}");
+            limit.soft
+        }
+        Err(e) => {
+            // The caps are then sized for the kernel's default soft limit.
+            tracing::warn!("{e}: {}; sizing the connection caps for 1024 descriptors", e.0);
+            1024
+        }
+    };
+    let overlay = Prefix::new(config.wireguard.address, config.wireguard.prefix_len);
+    let plan = limits::plan(nofile, tftp_transfers, overlay);
+    if plan.scaled {
+        tracing::warn!(
+            "the descriptor limit {nofile} is too low for the full connection caps ({} needed with \
+             tftp.max_transfers = {tftp_transfers}): they are scaled down, so fewer machines can boot at \
+             once; raise the limit (LimitNOFILE= in the service, or `ulimit -Hn {}` as root before \
+             starting oasis) or lower tftp.max_transfers",
+            limits::full_need(tftp_transfers),
+            limits::WANTED_NOFILE
+        );
+    }
+    tracing::info!("connection caps: HTTP boot {}; API {}; admin socket {}", plan.http, plan.api, plan.admin.total);
+    plan
+}
+
 /// Whether this appliance's DHCP hands out the rack's addresses, so it knows who holds which.
 fn full_dhcp(config: &Config) -> bool {
     config.dhcp.as_ref().is_some_and(|d| d.full.is_some())
@@ -201,6 +238,7 @@ fn full_dhcp(config: &Config) -> bool {
 pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     let our_mac = check_host(&config)?;
     let root = check_boot_root(&config)?;
+    let caps = connection_caps(&config);
     let metrics = Arc::new(Metrics::default());
     let options = StoreOptions { events: config.events, new_store, metrics: Some(metrics.clone()) };
     let store = Store::open_with(&config.data_dir, options)?;
@@ -277,10 +315,9 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     let scripts = ScriptRenderer::new(policy.base_url(), profile);
     let directory = NetbootDirectory::new(store.clone(), full_dhcp(&config), config.profile_is_node);
     let router = http::router(HttpBoot::new(root.clone(), scripts, Arc::new(directory), metrics.clone()));
+    let guard = Guard::new(Listener::HttpBoot, caps.http.clone(), Timeouts::default(), metrics.clone());
     tasks.spawn(async move {
-        if let Err(e) = http::serve(listener, router).await {
-            tracing::error!("HTTP server failed: {e}");
-        }
+        http::serve(listener, router, guard).await;
         "HTTP"
     });
     tracing::info!(addr = %http_addr, "HTTP boot serving");
@@ -322,8 +359,9 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     })?;
     let tls = api::tls_config(&api.identity)?;
     let api_router = api::router(api.clone());
+    let guard = Guard::new(Listener::Api, caps.api.clone(), Timeouts::default(), metrics.clone());
     tasks.spawn(async move {
-        api::serve(api_listener, tls, api_router).await;
+        api::serve(api_listener, tls, api_router, guard).await;
         "API"
     });
     tracing::info!(addr = %api_addr, "API serving (HTTPS)");
@@ -338,10 +376,9 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
         api.clone(),
         admin::ClusterHandle { status: status_rx, etcd, kubeconfig: kubeconfig_rx },
     );
+    let guard = Guard::new(Listener::Admin, caps.admin.clone(), Timeouts::default(), metrics.clone());
     tasks.spawn(async move {
-        if let Err(e) = axum::serve(admin_listener, admin_router).await {
-            tracing::error!("admin socket failed: {e}");
-        }
+        conn::serve(admin_listener, guard, conn::plain, admin_router).await;
         "admin"
     });
 

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use oasis_pxe::boot_root::BootRoot;
+use oasis_pxe::conn::{Guard, Listener, Timeouts};
+use oasis_pxe::conn_limit::Caps;
 use oasis_pxe::http::{router, serve, HttpBoot, StaticDirectory};
 use oasis_pxe::metrics::Metrics;
 use oasis_pxe::script::{BootProfile, ScriptRenderer};
@@ -20,10 +22,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let profile = BootProfile { kernel: "vmlinuz".into(), initrd: Some("initrd.img".into()), cmdline: String::new() };
     profile.validate()?;
     let scripts = ScriptRenderer::new(format!("http://{addr}"), profile);
-    let state =
-        HttpBoot::new(BootRoot::new(&root)?, scripts, Arc::new(StaticDirectory::new()), Arc::new(Metrics::default()));
+    let metrics = Arc::new(Metrics::default());
+    let state = HttpBoot::new(BootRoot::new(&root)?, scripts, Arc::new(StaticDirectory::new()), metrics.clone());
+    // The appliance's caps for a host with a generous descriptor limit (appliance/src/limits.rs).
+    let guard = Guard::new(Listener::HttpBoot, Caps::new(1024, 32), Timeouts::default(), metrics);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("serving {root} on http://{addr}");
-    serve(listener, router(state)).await?;
+    serve(listener, router(state), guard).await;
     Ok(())
 }

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 
 use crate::boot_root::{BootRoot, PathError};
+use crate::conn::{self, Guard};
 use crate::mac::MacAddr;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::script::ScriptRenderer;
@@ -170,10 +171,11 @@ pub fn router(state: HttpBoot) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until the listener fails. Handlers see each peer's address
-/// (for logs) through `ConnectInfo`.
-pub async fn serve(listener: TcpListener, router: Router) -> io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await
+/// Serves `router` on `listener` under `guard` (connection caps and timeouts, see
+/// [`crate::conn`]) until the task is dropped. Handlers see each peer's address (for logs)
+/// through `ConnectInfo`.
+pub async fn serve(listener: TcpListener, router: Router, guard: Guard) {
+    conn::serve(listener, guard, conn::plain, router).await
 }
 
 async fn count_request(State(state): State<Arc<HttpBoot>>, request: Request, next: Next) -> Response {
@@ -520,18 +522,18 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 /// At most `burst` log lines per `window`: for warnings a flood can trigger. What is not logged is
 /// still counted in the metrics.
 #[derive(Debug)]
-struct LogLimit {
+pub(crate) struct LogLimit {
     burst: u32,
     window: Duration,
     state: Mutex<(Instant, u32)>,
 }
 
 impl LogLimit {
-    fn new(burst: u32, window: Duration) -> Self {
+    pub(crate) fn new(burst: u32, window: Duration) -> Self {
         Self { burst, window, state: Mutex::new((Instant::now(), 0)) }
     }
 
-    fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         let mut state = lock(&self.state);
         let now = Instant::now();
         if now.duration_since(state.0) >= self.window {

@@ -6,9 +6,13 @@
 //! - [`http`]: iPXE scripts, kernels and files with Range and HEAD, and `/metrics`.
 //! - [`script`]: the iPXE scripts themselves.
 //! - [`boot_root`]: the one directory TFTP and HTTP serve from, and the checks that keep them in it.
+//! - [`conn`]: the accept loop every HTTP listener shares: connection caps ([`conn_limit`]),
+//!   header, body and send timeouts.
 //! - [`metrics`]: counters shared by all services, rendered in Prometheus text format.
 
 pub mod boot_root;
+pub mod conn;
+pub mod conn_limit;
 pub mod dhcp;
 pub mod http;
 pub mod mac;

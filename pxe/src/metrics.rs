@@ -144,6 +144,8 @@ pub struct Metrics {
     pub http_transfers: AtomicU64,
     pub http_bytes_sent: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
+    /// Connections of the HTTP boot server, the API and the admin socket.
+    pub connections: crate::conn::ConnMetrics,
 }
 
 fn index_of<T: PartialEq>(all: &[T], item: &T) -> usize {
@@ -217,6 +219,7 @@ impl Metrics {
         for kind in ErrorKind::ALL {
             let _ = writeln!(out, "oasis_errors_total{{kind=\"{}\"}} {}", kind.label(), self.error_count(kind));
         }
+        self.connections.render(&mut out);
         out
     }
 }

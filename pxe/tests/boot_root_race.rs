@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use oasis_pxe::boot_root::BootRoot;
+use oasis_pxe::conn::{Guard, Listener, Timeouts};
+use oasis_pxe::conn_limit::Caps;
 use oasis_pxe::http::{router, serve, HttpBoot, StaticDirectory};
 use oasis_pxe::metrics::Metrics;
 use oasis_pxe::script::{BootProfile, ScriptRenderer};
@@ -127,9 +129,11 @@ async fn http_never_serves_a_file_outside_the_root_while_a_directory_is_swapped_
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let scripts = ScriptRenderer::new(format!("http://{addr}"), profile);
+    let metrics = Arc::new(Metrics::default());
     let state =
-        HttpBoot::new(BootRoot::new(&race.root).unwrap(), scripts, Arc::new(StaticDirectory::new()), Arc::default());
-    tokio::spawn(serve(listener, router(state)));
+        HttpBoot::new(BootRoot::new(&race.root).unwrap(), scripts, Arc::new(StaticDirectory::new()), metrics.clone());
+    let guard = Guard::new(Listener::HttpBoot, Caps::new(1024, 1024), Timeouts::default(), metrics);
+    tokio::spawn(serve(listener, router(state), guard));
 
     let target = format!("/boot/{}", file_name());
     let clients: Vec<_> = (0..CLIENTS)

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use oasis_pxe::boot_root::BootRoot;
+use oasis_pxe::conn::{Guard, Listener, Timeouts};
+use oasis_pxe::conn_limit::Caps;
 use oasis_pxe::http::{
     router, serve, BootTarget, HttpBoot, MachineDirectory, ScriptRefusal, StaticDirectory, CHUNK_SIZE,
 };
@@ -66,7 +68,8 @@ async fn start_with(machines: Arc<StaticDirectory>, directory: Arc<dyn MachineDi
     let scripts = ScriptRenderer::new(format!("http://{addr}"), profile);
     let metrics = Arc::new(Metrics::default());
     let state = HttpBoot::new(BootRoot::new(&root).unwrap(), scripts.clone(), directory, metrics.clone());
-    tokio::spawn(serve(listener, router(state)));
+    let guard = Guard::new(Listener::HttpBoot, Caps::new(1024, 64), Timeouts::default(), metrics.clone());
+    tokio::spawn(serve(listener, router(state), guard));
     Server { addr, metrics, machines, scripts, kernel, _dir: dir }
 }
 
