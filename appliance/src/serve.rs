@@ -92,7 +92,7 @@ fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
     let profile = &config.profile;
     for (what, name) in [("kernel", Some(&profile.kernel)), ("initrd", profile.initrd.as_ref())] {
         let Some(name) = name else { continue };
-        root.resolve(name.as_bytes()).map_err(|source| ServeError::ProfileFile {
+        root.check(name.as_bytes()).map_err(|source| ServeError::ProfileFile {
             what,
             name: name.clone(),
             root: config.boot_root.clone(),
@@ -110,7 +110,7 @@ fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
     }
     for binary in ["undionly.kpxe", "ipxe.efi", "snp.efi"] {
         let name = format!("{}/{binary}", config.ipxe_dir);
-        if root.resolve(name.as_bytes()).is_err() {
+        if root.check(name.as_bytes()).is_err() {
             tracing::warn!("{name} is not in the boot root: clients that need it cannot boot");
         }
     }

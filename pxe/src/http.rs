@@ -9,7 +9,7 @@
 //! | `GET /metrics`           | every counter, Prometheus text format 0.0.4                        |
 //! | anything else            | 404                                                                |
 //!
-//! File names go through [`BootRoot::resolve`]; every refusal is a 404 (see [`path_error_status`]),
+//! Files are opened with [`BootRoot::open`]; every refusal is a 404 (see [`path_error_status`]),
 //! so a probe learns nothing about what lies outside the root.
 
 use std::collections::{HashMap, HashSet};
@@ -17,8 +17,6 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read as _, Seek as _, SeekFrom};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -229,6 +227,7 @@ pub fn path_error_status(err: &PathError) -> StatusCode {
         | PathError::Absolute(_)
         | PathError::ParentDir(_)
         | PathError::Escapes(_)
+        | PathError::Symlink(_)
         | PathError::NotFound(_)
         | PathError::NotAFile(_) => StatusCode::NOT_FOUND,
         PathError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -242,22 +241,11 @@ struct Opened {
     modified: Option<SystemTime>,
 }
 
-/// Resolves and opens `name` under the root. Blocking: run it on the blocking pool.
+/// Opens `name` under the root (beneath its descriptor, following no symlink). Blocking: run it
+/// on the blocking pool.
 fn open_in_root(root: &BootRoot, name: &[u8]) -> Result<Opened, PathError> {
-    let path = root.resolve(name)?;
-    let io_err = |path: &PathBuf| {
-        let path = path.clone();
-        move |source| PathError::Io { path, source }
-    };
-    // `resolve` returned a canonical path, so it has no symlinks; O_NOFOLLOW keeps a symlink swapped
-    // in since then from being followed out of the root.
-    let file =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(io_err(&path))?;
-    let meta = file.metadata().map_err(io_err(&path))?;
-    if !meta.is_file() {
-        return Err(PathError::NotAFile(String::from_utf8_lossy(name).into_owned()));
-    }
-    Ok(Opened { file, len: meta.len(), modified: meta.modified().ok() })
+    let opened = root.open(name)?;
+    Ok(Opened { file: opened.file, len: opened.len, modified: opened.modified })
 }
 
 async fn boot_file(State(state): State<Arc<HttpBoot>>, request: Request) -> Response {
@@ -287,7 +275,7 @@ async fn boot_file(State(state): State<Arc<HttpBoot>>, request: Request) -> Resp
             }
             if err.is_traversal() {
                 if state.warn_limit.allow() {
-                    tracing::warn!(%peer, "refused a file name that tries to leave the boot root: {err}");
+                    tracing::warn!(%peer, "refused a file name to keep the request inside the boot root: {err}");
                 }
             } else if status == StatusCode::NOT_FOUND {
                 tracing::debug!(%peer, "file not served: {err}");

@@ -59,6 +59,12 @@ pub enum ErrorKind {
     DhcpPoolExhausted,
     /// An address answered the conflict check and was not offered.
     DhcpConflict,
+    /// A DHCPDECLINE ignored: the sender did not hold the address, its ACK was not fresh, or
+    /// the address answered from the sender's own hardware address (a forged DECLINE).
+    DhcpDeclineIgnored,
+    /// A DHCPRELEASE ignored: the sender did not hold the address, or the datagram came neither
+    /// from the address nor from a relay (a forged RELEASE).
+    DhcpReleaseIgnored,
     /// A store write failed; the reply that depended on it was not sent.
     StoreWrite,
     /// A TFTP packet that did not parse, or an opcode a read-only server refuses.
@@ -76,11 +82,13 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 13] = [
         Self::DhcpMalformed,
         Self::DhcpRateLimited,
         Self::DhcpPoolExhausted,
         Self::DhcpConflict,
+        Self::DhcpDeclineIgnored,
+        Self::DhcpReleaseIgnored,
         Self::StoreWrite,
         Self::TftpMalformed,
         Self::TftpTraversal,
@@ -96,6 +104,8 @@ impl ErrorKind {
             Self::DhcpRateLimited => "dhcp_rate_limited",
             Self::DhcpPoolExhausted => "dhcp_pool_exhausted",
             Self::DhcpConflict => "dhcp_conflict",
+            Self::DhcpDeclineIgnored => "dhcp_decline_ignored",
+            Self::DhcpReleaseIgnored => "dhcp_release_ignored",
             Self::StoreWrite => "store_write",
             Self::TftpMalformed => "tftp_malformed",
             Self::TftpTraversal => "tftp_traversal",

@@ -1,8 +1,10 @@
-//! The raw system calls pxe needs and the standard library lacks: a packet socket for ARP.
+//! The raw system calls pxe needs and the standard library lacks: a packet socket for ARP, and
+//! opening files beneath a directory descriptor without following symlinks (`openat2`, `openat`).
 //! Every `unsafe` block of the crate lives here.
 
+use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 const ETH_P_ARP: u16 = 0x0806;
 
@@ -115,3 +117,64 @@ pub fn register<T: AsRawFd + IntoOwned>(socket: T) -> io::Result<tokio::io::unix
 pub trait IntoOwned {}
 impl IntoOwned for OwnedFd {}
 impl IntoOwned for socket2::Socket {}
+
+/// `openat2(2)` of the relative `name` beneath the directory `dir`, with `flags` (plus
+/// `O_CLOEXEC`). The kernel resolves every component under `dir` and fails with `ELOOP` at any
+/// symlink on the way (`RESOLVE_NO_SYMLINKS`, `RESOLVE_NO_MAGICLINKS`) and with `EXDEV` if
+/// resolution would leave `dir` (`RESOLVE_BENEATH`), so nothing swapped in meanwhile can lead
+/// the open elsewhere. `ENOSYS` on kernels before 5.6.
+pub fn openat2_beneath(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: open_how is plain old data (three integers); all-zero is a valid value. It is
+    // #[non_exhaustive] in libc, so it is built this way rather than with a literal.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `name` is NUL-terminated and outlives the call, `how` is a valid open_how and the
+    // size passed is its size, `dir` is an open descriptor borrowed for the call. The kernel
+    // writes nothing back.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const libc::open_how,
+            size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `openat(2)` of the single path component `name` in the directory `dir`, with `flags` plus
+/// `O_NOFOLLOW | O_CLOEXEC`: a symlink is not followed (`ELOOP`; `ENOTDIR` with `O_DIRECTORY`;
+/// with `O_PATH` and without `O_DIRECTORY`, the symlink itself is opened).
+pub fn openat_nofollow(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated and outlives the call, `dir` is an open descriptor
+    // borrowed for the call.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Swaps two directory entries atomically (`renameat2(RENAME_EXCHANGE)`): for tests that race a
+/// directory against a symlink.
+#[cfg(test)]
+pub fn rename_exchange(a: &std::path::Path, b: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both paths are NUL-terminated and outlive the call.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

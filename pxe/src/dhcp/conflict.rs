@@ -1,8 +1,11 @@
-//! The conflict check before an address is offered: is anyone already using it?
+//! The conflict check before an address is offered: is anyone already using it? The same probe
+//! vets a DHCPDECLINE: an address that answers from the declining client's own hardware address
+//! is in use by that client, so the DECLINE is forged.
 //!
 //! ARP (RFC 5227 style probe: sender address 0.0.0.0) finds any host on the link, firewalled or
-//! not; ICMP echo (what dnsmasq does) also reaches hosts behind a relay. One socket per check
-//! kind is shared by all probes in flight; a receive task wakes the probe whose address answered.
+//! not, and says which hardware address answered; ICMP echo (what dnsmasq does) also reaches
+//! hosts behind a relay, but cannot say who answered. One socket per check kind is shared by all
+//! probes in flight; a receive task wakes the probe whose address answered.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,12 +20,29 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
+use crate::mac::MacAddr;
 use crate::sys;
 
-/// Answers whether an address is in use.
+/// What probing an address found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing answered within the check's timeout.
+    Free,
+    /// Something answered: from hardware address `by` when the check can tell (ARP can, ICMP
+    /// cannot).
+    InUse { by: Option<MacAddr> },
+}
+
+impl Probe {
+    pub fn in_use(self) -> bool {
+        self != Self::Free
+    }
+}
+
+/// Probes whether an address is in use.
 pub trait ConflictCheck: Send + Sync + 'static {
-    /// Resolves `true` if something answered for `ip` within the check's timeout.
-    fn in_use(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+    /// Resolves once something answered for `ip`, or the check's timeout passed.
+    fn probe(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>>;
 }
 
 /// No check: every address is assumed free.
@@ -30,26 +50,27 @@ pub trait ConflictCheck: Send + Sync + 'static {
 pub struct NoCheck;
 
 impl ConflictCheck for NoCheck {
-    fn in_use(&self, _ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
-        Box::pin(async { false })
+    fn probe(&self, _ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
+        Box::pin(async { Probe::Free })
     }
 }
 
-/// Probes waiting for an answer, by the address they asked about.
+/// Probes waiting for an answer, by the address they asked about. An answer carries the
+/// answering hardware address when the check knows it.
 #[derive(Debug, Default)]
-struct Waiters(Mutex<HashMap<Ipv4Addr, Vec<oneshot::Sender<()>>>>);
+struct Waiters(Mutex<HashMap<Ipv4Addr, Vec<oneshot::Sender<Option<MacAddr>>>>>);
 
 impl Waiters {
-    fn register(&self, ip: Ipv4Addr) -> oneshot::Receiver<()> {
+    fn register(&self, ip: Ipv4Addr) -> oneshot::Receiver<Option<MacAddr>> {
         let (tx, rx) = oneshot::channel();
         self.0.lock().expect("waiters lock").entry(ip).or_default().push(tx);
         rx
     }
 
-    fn answered(&self, ip: Ipv4Addr) {
+    fn answered(&self, ip: Ipv4Addr, by: Option<MacAddr>) {
         if let Some(senders) = self.0.lock().expect("waiters lock").remove(&ip) {
             for tx in senders {
-                let _ = tx.send(());
+                let _ = tx.send(by);
             }
         }
     }
@@ -65,13 +86,15 @@ impl Waiters {
     }
 }
 
-/// Waits for `rx` up to `timeout`; true if it was answered.
-async fn wait(waiters: &Waiters, ip: Ipv4Addr, rx: oneshot::Receiver<()>, timeout: Duration) -> bool {
-    let answered = matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())));
-    if !answered {
-        waiters.forget(ip);
+/// Waits for `rx` up to `timeout`.
+async fn wait(waiters: &Waiters, ip: Ipv4Addr, rx: oneshot::Receiver<Option<MacAddr>>, timeout: Duration) -> Probe {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(by)) => Probe::InUse { by },
+        _ => {
+            waiters.forget(ip);
+            Probe::Free
+        }
     }
-    answered
 }
 
 /// ARP probes on one interface.
@@ -97,8 +120,8 @@ impl ArpCheck {
                 let Ok(mut guard) = rx_fd.readable().await else { return };
                 match guard.try_io(|fd| sys::arp_receive(fd.get_ref(), &mut buf)) {
                     Ok(Ok(n)) => {
-                        if let Some(sender) = arp_sender(&buf[..n]) {
-                            rx_waiters.answered(sender);
+                        if let Some((ip, hardware)) = arp_sender(&buf[..n]) {
+                            rx_waiters.answered(ip, Some(hardware));
                         }
                     }
                     Ok(Err(e)) => tracing::debug!("ARP receive failed: {e}"),
@@ -124,18 +147,19 @@ impl ArpCheck {
     }
 }
 
-/// The sender protocol address of an ARP reply, or of a request from a host that claims an
-/// address (sender address non-zero).
-fn arp_sender(packet: &[u8]) -> Option<Ipv4Addr> {
-    if packet.len() < 28 || packet[2..4] != [0x08, 0x00] || packet[4] != 6 || packet[5] != 4 {
+/// The sender protocol and hardware addresses of an ARP reply, or of a request from a host that
+/// claims an address (sender address non-zero).
+fn arp_sender(packet: &[u8]) -> Option<(Ipv4Addr, MacAddr)> {
+    if packet.len() < 28 || packet[0..4] != [0x00, 0x01, 0x08, 0x00] || packet[4] != 6 || packet[5] != 4 {
         return None;
     }
+    let hardware = MacAddr(packet[8..14].try_into().ok()?);
     let sender = Ipv4Addr::new(packet[14], packet[15], packet[16], packet[17]);
-    (!sender.is_unspecified()).then_some(sender)
+    (!sender.is_unspecified()).then_some((sender, hardware))
 }
 
 impl ConflictCheck for ArpCheck {
-    fn in_use(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+    fn probe(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
         Box::pin(async move {
             let rx = self.waiters.register(ip);
             if let Err(e) = sys::arp_broadcast(self.fd.get_ref(), self.ifindex, &self.probe(ip)) {
@@ -172,7 +196,7 @@ impl IcmpCheck {
                 match guard.try_io(|s| (&mut s.get_ref()).read(&mut buf)) {
                     Ok(Ok(n)) => {
                         if let Some(from) = echo_reply_source(&buf[..n], id) {
-                            rx_waiters.answered(from);
+                            rx_waiters.answered(from, None);
                         }
                     }
                     Ok(Err(e)) => tracing::debug!("ICMP receive failed: {e}"),
@@ -215,7 +239,7 @@ fn internet_checksum(data: &[u8]) -> u16 {
 }
 
 impl ConflictCheck for IcmpCheck {
-    fn in_use(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+    fn probe(&self, ip: Ipv4Addr) -> Pin<Box<dyn Future<Output = Probe> + Send + '_>> {
         Box::pin(async move {
             let rx = self.waiters.register(ip);
             let packet = echo_request(self.id, u16::from_be_bytes([ip.octets()[2], ip.octets()[3]]));
@@ -246,9 +270,10 @@ mod tests {
         assert_eq!(echo_reply_source(&packet[..22], 0x1234), None, "truncated");
 
         let mut arp = [0u8; 28];
-        arp[2..6].copy_from_slice(&[0x08, 0x00, 6, 4]);
+        arp[0..6].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+        arp[8..14].copy_from_slice(&[0x52, 0x54, 0, 0, 0, 9]);
         arp[14..18].copy_from_slice(&[10, 0, 0, 9]);
-        assert_eq!(arp_sender(&arp), Some(Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(arp_sender(&arp), Some((Ipv4Addr::new(10, 0, 0, 9), MacAddr([0x52, 0x54, 0, 0, 0, 9]))));
         arp[14..18].copy_from_slice(&[0, 0, 0, 0]);
         assert_eq!(arp_sender(&arp), None, "another probe is not an answer");
         assert_eq!(arp_sender(&arp[..10]), None);
@@ -257,11 +282,15 @@ mod tests {
     #[tokio::test]
     async fn waiters_are_woken_by_their_address_only() {
         let waiters = Waiters::default();
+        let by = Some(MacAddr([0x52, 0x54, 0, 0, 0, 5]));
         let rx = waiters.register(Ipv4Addr::new(10, 0, 0, 5));
-        waiters.answered(Ipv4Addr::new(10, 0, 0, 6));
-        assert!(!wait(&waiters, Ipv4Addr::new(10, 0, 0, 5), rx, Duration::from_millis(10)).await);
+        waiters.answered(Ipv4Addr::new(10, 0, 0, 6), by);
+        assert_eq!(wait(&waiters, Ipv4Addr::new(10, 0, 0, 5), rx, Duration::from_millis(10)).await, Probe::Free);
         let rx = waiters.register(Ipv4Addr::new(10, 0, 0, 5));
-        waiters.answered(Ipv4Addr::new(10, 0, 0, 5));
-        assert!(wait(&waiters, Ipv4Addr::new(10, 0, 0, 5), rx, Duration::from_millis(10)).await);
+        waiters.answered(Ipv4Addr::new(10, 0, 0, 5), by);
+        assert_eq!(
+            wait(&waiters, Ipv4Addr::new(10, 0, 0, 5), rx, Duration::from_millis(10)).await,
+            Probe::InUse { by }
+        );
     }
 }

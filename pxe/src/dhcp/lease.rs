@@ -11,6 +11,13 @@ use crate::mac::MacAddr;
 /// How long an OFFER holds its address for the client that was offered it.
 pub const OFFER_HOLD_SECS: u64 = 60;
 
+/// How long after the ACK that bound an address its holder may still decline it. A client
+/// checks an address right after the ACK of a SELECTING or INIT-REBOOT request and declines at
+/// once if something else answers for it (RFC 2131 sections 3.1 step 5 and 4.4.1); it does not
+/// check again on renewal. A DECLINE from the holder later than this is someone else using the
+/// holder's hardware address, and is ignored.
+pub const DECLINE_WINDOW_SECS: u64 = 30;
+
 /// A persisted lease record. There is at most one per address.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
@@ -97,6 +104,21 @@ pub enum RequestOutcome {
     Silent,
 }
 
+/// Why a DHCPDECLINE was not honoured (RFC 2131 section 4.3.3: the address must be one the
+/// sender holds or was offered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DeclineRefused {
+    #[error("the address is not one this server hands out")]
+    NotOurs,
+    #[error("the sender neither holds the address nor has an offer of it")]
+    NotHeld,
+    #[error(
+        "the sender's ACK for the address is more than {DECLINE_WINDOW_SECS} s old (or was lost in a restart); \
+         clients decline only right after it"
+    )]
+    Stale,
+}
+
 /// Why no address could be offered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OfferError {
@@ -120,6 +142,10 @@ pub struct LeaseTable {
     by_mac: HashMap<MacAddr, Ipv4Addr>,
     offers: HashMap<MacAddr, Offer>,
     offered_ips: HashMap<Ipv4Addr, MacAddr>,
+    /// When each address was last bound to its holder by a SELECTING or INIT-REBOOT request
+    /// (not a renewal): the ACKs a client may answer with a DECLINE. In memory only; at most
+    /// one entry per address the pool serves.
+    bound_at: HashMap<Ipv4Addr, (MacAddr, u64)>,
     /// Where the search for a never-used address resumes, as an offset into the range.
     cursor: u32,
     /// The second of the last sweep of expired offers (they expire on whole seconds).
@@ -139,6 +165,7 @@ impl LeaseTable {
             by_mac: HashMap::new(),
             offers: HashMap::new(),
             offered_ips: HashMap::new(),
+            bound_at: HashMap::new(),
             cursor: 0,
             swept_at: 0,
         };
@@ -271,9 +298,14 @@ impl LeaseTable {
         });
     }
 
-    fn bind(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Lease {
+    /// Binds `ip` to `mac`. `probed` marks a binding the client checks before using (SELECTING,
+    /// INIT-REBOOT): one it may decline for [`DECLINE_WINDOW_SECS`].
+    fn bind(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64, probed: bool) -> Lease {
         if let Some(offer) = self.offers.remove(&mac) {
             self.offered_ips.remove(&offer.ip);
+        }
+        if probed {
+            self.bound_at.insert(ip, (mac, now));
         }
         let lease =
             Lease { ip, mac, state: LeaseState::Bound, expires: now + u64::from(self.pool.lease_secs), updated: now };
@@ -294,7 +326,7 @@ impl LeaseTable {
                     return RequestOutcome::Silent;
                 }
                 if self.serves(requested) && self.available_to(requested, mac, now) && self.allowed(mac, requested) {
-                    RequestOutcome::Ack(self.bind(mac, requested, now))
+                    RequestOutcome::Ack(self.bind(mac, requested, now, true))
                 } else {
                     RequestOutcome::Nak("requested address is not available")
                 }
@@ -302,7 +334,8 @@ impl LeaseTable {
             RequestKind::InitReboot { requested } | RequestKind::Renewing { ciaddr: requested } => {
                 let ours = self.by_ip.get(&requested).is_some_and(|l| l.mac == mac && l.state != LeaseState::Declined);
                 if ours && self.allowed(mac, requested) && self.available_to(requested, mac, now) {
-                    return RequestOutcome::Ack(self.bind(mac, requested, now));
+                    let probed = matches!(kind, RequestKind::InitReboot { .. });
+                    return RequestOutcome::Ack(self.bind(mac, requested, now, probed));
                 }
                 if !self.pool.on_subnet(requested) {
                     return RequestOutcome::Nak("address is not on this network");
@@ -329,20 +362,46 @@ impl LeaseTable {
     pub fn release(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Option<Lease> {
         let lease = self.by_ip.get(&ip).filter(|l| l.mac == mac && l.state == LeaseState::Bound)?;
         let released = Lease { state: LeaseState::Released, expires: now, updated: now, ..lease.clone() };
+        self.bound_at.remove(&ip);
         self.put(released.clone());
         Some(released)
     }
 
-    /// A DHCPDECLINE, or a conflict check that found `ip` in use: keeps the address out of use
-    /// for the probation period. Returns the record to commit.
-    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Option<Lease> {
+    /// Whether a DHCPDECLINE of `ip` from `mac` at `now` may be honoured: `mac` has an
+    /// outstanding offer of `ip`, or holds it bound by an ACK at most [`DECLINE_WINDOW_SECS`]
+    /// old that the client checks before use (not a renewal's).
+    pub fn may_decline(&self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<(), DeclineRefused> {
         if !self.serves(ip) {
-            return None;
+            return Err(DeclineRefused::NotOurs);
         }
+        if self.offers.get(&mac).is_some_and(|o| o.ip == ip && o.until > now) {
+            return Ok(());
+        }
+        let held = self.by_ip.get(&ip).is_some_and(|l| l.mac == mac && l.state == LeaseState::Bound && l.expires > now);
+        if !held {
+            return Err(DeclineRefused::NotHeld);
+        }
+        match self.bound_at.get(&ip) {
+            Some(&(holder, at)) if holder == mac && now.saturating_sub(at) <= DECLINE_WINDOW_SECS => Ok(()),
+            _ => Err(DeclineRefused::Stale),
+        }
+    }
+
+    /// A DHCPDECLINE: if [`Self::may_decline`] allows it, keeps the address out of use for the
+    /// probation period and returns the record to commit.
+    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Result<Lease, DeclineRefused> {
+        self.may_decline(mac, ip, now)?;
+        Ok(self.quarantine(mac, ip, now))
+    }
+
+    /// A conflict check found `ip` in use: keeps the address out of use for the probation
+    /// period, whoever asked. Returns the record to commit.
+    pub fn quarantine(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) -> Lease {
         if let Some(offer) = self.offers.get(&mac).filter(|o| o.ip == ip).copied() {
             self.offers.remove(&mac);
             self.offered_ips.remove(&offer.ip);
         }
+        self.bound_at.remove(&ip);
         let declined = Lease {
             ip,
             mac,
@@ -351,7 +410,7 @@ impl LeaseTable {
             updated: now,
         };
         self.put(declined.clone());
-        Some(declined)
+        declined
     }
 
     /// Every lease record, for listing.
@@ -482,16 +541,76 @@ mod tests {
     fn release_keeps_the_association_decline_quarantines() {
         let mut t = table(100, 110);
         dora(&mut t, mac(1), 0);
+        assert_eq!(t.release(mac(2), ip(100), 10), None, "only the holder may release");
         let released = t.release(mac(1), ip(100), 10).unwrap();
         assert_eq!(released.state, LeaseState::Released);
-        assert_eq!(t.release(mac(2), ip(100), 10), None, "only the holder may release");
         assert_eq!(t.choose(mac(1), None, 20).unwrap().0, ip(100));
 
+        dora(&mut t, mac(1), 20);
         let declined = t.decline(mac(1), ip(100), 30).unwrap();
         assert_eq!((declined.state, declined.expires), (LeaseState::Declined, 630));
         assert_ne!(t.choose(mac(1), None, 40).unwrap().0, ip(100), "declined address kept out of use");
         assert_ne!(t.choose(mac(2), Some(ip(100)), 40).unwrap().0, ip(100));
-        assert_eq!(t.decline(mac(1), Ipv4Addr::new(8, 8, 8, 8), 40), None, "not ours to quarantine");
+        assert_eq!(t.decline(mac(1), Ipv4Addr::new(8, 8, 8, 8), 40), Err(DeclineRefused::NotOurs));
+    }
+
+    /// Regression (issue 13): a DECLINE took any address out of use for any sender, so one
+    /// datagram could take a machine's bound lease away.
+    #[test]
+    fn only_the_holder_may_decline_and_only_right_after_its_ack() {
+        let mut t = table(100, 110);
+        let lease = dora(&mut t, mac(1), 1000);
+        // Someone else (their own hardware address) declines the holder's address.
+        assert_eq!(t.decline(mac(2), lease.ip, 1001), Err(DeclineRefused::NotHeld));
+        // The holder's hardware address, but long after the ACK: the holder would have declined
+        // at once, so this is someone else using its address.
+        let late = 1000 + DECLINE_WINDOW_SECS + 1;
+        assert_eq!(t.decline(mac(1), lease.ip, late), Err(DeclineRefused::Stale));
+        // A renewal is not checked by the client, so it opens no window.
+        assert!(matches!(t.request(mac(1), RequestKind::Renewing { ciaddr: lease.ip }, late), RequestOutcome::Ack(_)));
+        assert_eq!(t.decline(mac(1), lease.ip, late + 1), Err(DeclineRefused::Stale));
+        // The lease is untouched: its holder renews it again.
+        assert!(matches!(
+            t.request(mac(1), RequestKind::Renewing { ciaddr: lease.ip }, late + 2),
+            RequestOutcome::Ack(ref l) if l.ip == lease.ip
+        ));
+        // An INIT-REBOOT is checked by the client: it may decline right after.
+        let reboot = late + 100;
+        assert!(matches!(
+            t.request(mac(1), RequestKind::InitReboot { requested: lease.ip }, reboot),
+            RequestOutcome::Ack(_)
+        ));
+        assert_eq!(t.decline(mac(1), lease.ip, reboot + DECLINE_WINDOW_SECS).unwrap().state, LeaseState::Declined);
+    }
+
+    #[test]
+    fn an_offered_address_may_be_declined_by_its_client_only() {
+        let mut t = table(100, 110);
+        t.offer(mac(1), ip(100), 0);
+        assert_eq!(t.decline(mac(2), ip(100), 1), Err(DeclineRefused::NotHeld));
+        assert_eq!(t.decline(mac(1), ip(100), OFFER_HOLD_SECS + 1), Err(DeclineRefused::NotHeld), "offer expired");
+        t.offer(mac(1), ip(101), 100);
+        assert_eq!(t.decline(mac(1), ip(101), 101).unwrap().state, LeaseState::Declined);
+        assert_ne!(t.choose(mac(1), None, 102).unwrap().0, ip(101));
+    }
+
+    #[test]
+    fn leases_restored_from_the_store_cannot_be_declined() {
+        let mut t = table(100, 110);
+        let lease = dora(&mut t, mac(1), 1000);
+        let restored = LeaseTable::new(pool(100, 110), SERVER, true, vec![lease.clone()]);
+        // When the ACK went out is not persisted: after a restart a DECLINE is ignored, which at
+        // worst leaves a conflicting address in use until the client notices again.
+        assert_eq!(restored.may_decline(mac(1), lease.ip, 1001), Err(DeclineRefused::Stale));
+    }
+
+    #[test]
+    fn a_conflict_check_quarantines_whoever_asked() {
+        let mut t = table(100, 110);
+        t.offer(mac(1), ip(100), 0);
+        let quarantined = t.quarantine(mac(1), ip(100), 0);
+        assert_eq!((quarantined.state, quarantined.expires), (LeaseState::Declined, 600));
+        assert_ne!(t.choose(mac(1), None, 1).unwrap().0, ip(100));
     }
 
     #[test]

@@ -2,9 +2,13 @@
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
 
+use crate::mac::MacAddr;
 use crate::policy::{BootClient, BootFile, ClientKind};
+
+/// The size of the BOOTP `file` field; longer names go in option 67 only.
+const FILE_FIELD_LEN: usize = 128;
 
 /// PXE vendor option 43, sub-option 6 (PXE_DISCOVERY_CONTROL) = 8: "download the boot file
 /// named in this offer; skip boot server discovery". Without it, some PXE ROMs go looking for a
@@ -20,17 +24,19 @@ pub struct NetworkOptions {
     pub ntp_servers: Vec<Ipv4Addr>,
 }
 
-/// A reply of type `kind` to `req` from `server`: same transaction, client hardware address,
-/// flags and relay address; relay agent information (option 82) echoed as RFC 3046 requires.
-pub fn base(req: &Message, kind: MessageType, server: Ipv4Addr) -> Message {
+/// A reply of type `kind` to `req` from `server`: same transaction, flags and relay address, the
+/// client's hardware address `mac` (read from `req` by [`MacAddr::of_dhcp_client`], never by
+/// dhcproto's unchecked `chaddr`); relay agent information (option 82) echoed as RFC 3046
+/// requires.
+pub fn base(req: &Message, mac: MacAddr, kind: MessageType, server: Ipv4Addr) -> Message {
     let mut reply = Message::default();
     reply
         .set_opcode(Opcode::BootReply)
-        .set_htype(req.htype())
+        .set_htype(HType::Eth)
         .set_xid(req.xid())
         .set_flags(req.flags())
         .set_giaddr(req.giaddr())
-        .set_chaddr(req.chaddr());
+        .set_chaddr(&mac.0);
     let opts = reply.opts_mut();
     opts.insert(DhcpOption::MessageType(kind));
     opts.insert(DhcpOption::ServerIdentifier(server));
@@ -74,7 +80,11 @@ pub fn add_network(reply: &mut Message, netmask: Ipv4Addr, net: &NetworkOptions)
 /// which also carries the PXE discovery control sub-option.
 pub fn add_boot(reply: &mut Message, server: Ipv4Addr, client: &BootClient, file: &BootFile, proxy: bool) {
     reply.set_siaddr(server);
-    reply.set_fname_str(file.name());
+    // dhcproto panics on a `file` field over 128 bytes. A name that long (a long HTTP URL) goes
+    // in option 67 alone, which every client that boots over HTTP reads.
+    if file.name().len() <= FILE_FIELD_LEN {
+        reply.set_fname_str(file.name());
+    }
     let opts = reply.opts_mut();
     opts.insert(DhcpOption::BootfileName(file.name().as_bytes().to_vec()));
     let class: &[u8] = if client.kind == ClientKind::HttpBoot { b"HTTPClient" } else { b"PXEClient" };
@@ -88,8 +98,8 @@ pub fn add_boot(reply: &mut Message, server: Ipv4Addr, client: &BootClient, file
 }
 
 /// A DHCPNAK: no addresses, a message saying why, always broadcast.
-pub fn nak(req: &Message, server: Ipv4Addr, why: &str) -> Message {
-    let mut reply = base(req, MessageType::Nak, server);
+pub fn nak(req: &Message, mac: MacAddr, server: Ipv4Addr, why: &str) -> Message {
+    let mut reply = base(req, mac, MessageType::Nak, server);
     reply.set_flags(Flags::default().set_broadcast());
     reply.opts_mut().insert(DhcpOption::Message(why.to_string()));
     reply

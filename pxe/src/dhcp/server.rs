@@ -14,20 +14,28 @@ use dhcproto::{Decodable, Encodable};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use super::conflict::ConflictCheck;
-use super::lease::{LeaseTable, OfferError, Pool, RequestKind, RequestOutcome};
+use super::conflict::{ConflictCheck, Probe};
+use super::lease::{DeclineRefused, LeaseTable, OfferError, Pool, RequestKind, RequestOutcome};
 use super::ratelimit::RateLimiter;
 use super::reply::{self, NetworkOptions};
 use super::store::{LeaseStore, Sighting, StoreError};
 use crate::mac::MacAddr;
 use crate::metrics::{DhcpKind, ErrorKind, Metrics};
 use crate::policy::{BootClient, BootPolicy};
+use crate::tftp::log_limit::LogLimit;
 
 /// How often the leases-in-use gauge is recomputed.
 const GAUGE_PERIOD: Duration = Duration::from_secs(1);
 
 /// How many addresses a DISCOVER may try when conflict checks find them taken.
 const CONFLICT_RETRIES: usize = 4;
+
+/// Log lines per second about ignored DECLINEs and RELEASEs; the rest are only counted.
+const IGNORED_LOG_LINES_PER_SECOND: u32 = 10;
+
+/// The current time in Unix seconds. The lease table takes time as a parameter; this is where
+/// the service gets it, replaceable in tests.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Full server or ProxyDHCP.
 #[derive(Debug, Clone)]
@@ -119,10 +127,62 @@ fn server_id(msg: &Message) -> Option<Ipv4Addr> {
     }
 }
 
-/// Parses a datagram. dhcproto is trusted not to panic, but a parser facing the network is the
-/// last place a panic may take the server down, so one is caught and counted as malformed.
+/// Parses a datagram. Options of a length dhcproto asserts on (a `debug_assert!`, so a panic in
+/// debug builds) are refused first; anything else that panics in the parser is still caught and
+/// counted as malformed, since a parser facing the network is the last place a panic may take
+/// the server down.
 pub fn decode(datagram: &[u8]) -> Option<Message> {
+    if !option_lengths_fit(datagram) {
+        return None;
+    }
     std::panic::catch_unwind(|| Message::from_bytes(datagram).ok()).ok().flatten()
+}
+
+/// Where the options start: after the fixed BOOTP header and the magic cookie.
+const OPTIONS_START: usize = 240;
+
+/// True unless an option in the datagram has a length dhcproto 0.15 asserts on: rapid commit
+/// (80) not empty, client FQDN (81) under 3 bytes, client network interface (94) not 3 bytes,
+/// the bulk leasequery times (152 to 155) not 4 bytes. dhcproto joins consecutive instances of an
+/// option (RFC 3396) before decoding, so the length checked is that of each run.
+fn option_lengths_fit(datagram: &[u8]) -> bool {
+    let fits = |code: u8, len: usize| match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        152..=155 => len == 4,
+        _ => true,
+    };
+    let mut run: Option<(u8, usize)> = None;
+    let mut at = OPTIONS_START;
+    while let Some(&code) = datagram.get(at) {
+        if code == 0 || code == 255 {
+            // Pad ends a run; End ends the options.
+            if let Some((prev, len)) = run.take() {
+                if !fits(prev, len) {
+                    return false;
+                }
+            }
+            if code == 255 {
+                break;
+            }
+            at += 1;
+            continue;
+        }
+        let Some(&len) = datagram.get(at + 1) else { break };
+        let len = usize::from(len);
+        if at + 2 + len > datagram.len() {
+            // dhcproto stops at an option that runs past the end.
+            break;
+        }
+        run = match run {
+            Some((prev, total)) if prev == code => Some((prev, total + len)),
+            Some((prev, total)) if !fits(prev, total) => return false,
+            _ => Some((code, len)),
+        };
+        at += 2 + len;
+    }
+    run.is_none_or(|(code, len)| fits(code, len))
 }
 
 /// The decision logic of the DHCP server, independent of sockets.
@@ -133,6 +193,8 @@ pub struct DhcpService {
     check: Arc<dyn ConflictCheck>,
     limiter: Mutex<RateLimiter>,
     metrics: Arc<Metrics>,
+    clock: Clock,
+    ignored_log: LogLimit,
 }
 
 impl std::fmt::Debug for DhcpService {
@@ -157,9 +219,22 @@ impl DhcpService {
             Mode::Proxy => None,
         };
         let limiter = Mutex::new(RateLimiter::new(config.rate_per_sec, config.rate_burst));
-        let service = Self { config, table, store, check, limiter, metrics };
+        let clock: Clock = Arc::new(unix_now);
+        let ignored_log = LogLimit::new("dhcp", IGNORED_LOG_LINES_PER_SECOND);
+        let service = Self { config, table, store, check, limiter, metrics, clock, ignored_log };
         service.refresh_gauges();
         Ok(service)
+    }
+
+    /// Replaces the system clock (Unix seconds), for tests of what depends on time passing.
+    pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self.refresh_gauges();
+        self
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
     }
 
     fn table(&self) -> Option<std::sync::MutexGuard<'_, LeaseTable>> {
@@ -171,7 +246,7 @@ impl DhcpService {
     /// CPU at a few thousand exchanges per second.
     pub fn refresh_gauges(&self) {
         if let Some(table) = self.table() {
-            self.metrics.leases_in_use.store(table.in_use(unix_now()) as i64, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.leases_in_use.store(table.in_use(self.now()) as i64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -192,7 +267,8 @@ impl DhcpService {
         }
         let kind = message_kind(&msg);
         self.metrics.dhcp_received(kind);
-        let Some(mac) = MacAddr::from_slice(msg.chaddr()) else {
+        let Some(mac) = MacAddr::of_dhcp_client(&msg) else {
+            // Not a 6-byte Ethernet address; an `hlen` over 16 lands here too.
             self.metrics.error(ErrorKind::DhcpMalformed);
             return vec![];
         };
@@ -212,7 +288,7 @@ impl DhcpService {
         let replies = match (&self.config.mode, port) {
             (_, Port::Proxy) => self.boot_server_reply(&msg, from, boot.as_ref()),
             (Mode::Proxy, Port::Dhcp) => self.proxy_offer(&msg, kind, boot.as_ref()),
-            (Mode::Full { .. }, Port::Dhcp) => self.full(&msg, kind, mac, boot.as_ref()).await,
+            (Mode::Full { .. }, Port::Dhcp) => self.full(&msg, from, kind, mac, boot.as_ref()).await,
         };
         for reply in &replies {
             self.metrics.dhcp_sent(message_kind(&reply.message));
@@ -271,7 +347,7 @@ impl DhcpService {
         if kind != DhcpKind::Discover {
             return vec![];
         }
-        let mut offer = reply::base(msg, MessageType::Offer, self.config.server);
+        let mut offer = reply::base(msg, client.mac, MessageType::Offer, self.config.server);
         if !self.add_boot(&mut offer, client, true) {
             return vec![];
         }
@@ -285,7 +361,7 @@ impl DhcpService {
         if !matches!(msg.opts().msg_type(), Some(MessageType::Request | MessageType::Inform)) {
             return vec![];
         }
-        let mut ack = reply::base(msg, MessageType::Ack, self.config.server);
+        let mut ack = reply::base(msg, client.mac, MessageType::Ack, self.config.server);
         ack.set_ciaddr(msg.ciaddr());
         if !self.add_boot(&mut ack, client, true) {
             return vec![];
@@ -293,18 +369,25 @@ impl DhcpService {
         vec![Outgoing { message: ack, to: from, port: Port::Proxy, delay: self.config.reply_delay }]
     }
 
-    async fn full(&self, msg: &Message, kind: DhcpKind, mac: MacAddr, boot: Option<&BootClient>) -> Vec<Outgoing> {
+    async fn full(
+        &self,
+        msg: &Message,
+        from: SocketAddrV4,
+        kind: DhcpKind,
+        mac: MacAddr,
+        boot: Option<&BootClient>,
+    ) -> Vec<Outgoing> {
         let Mode::Full { pool, network, .. } = &self.config.mode else { return vec![] };
         let relayed = !msg.giaddr().is_unspecified();
         if relayed && !pool.on_subnet(msg.giaddr()) {
             tracing::debug!(giaddr = %msg.giaddr(), "relayed request for a subnet without a pool");
             return vec![];
         }
-        let now = unix_now();
+        let now = self.now();
         match kind {
             DhcpKind::Discover => {
                 let Some(ip) = self.choose_free(mac, requested_ip(msg), now).await else { return vec![] };
-                let mut offer = reply::base(msg, MessageType::Offer, self.config.server);
+                let mut offer = reply::base(msg, mac, MessageType::Offer, self.config.server);
                 reply::add_lease(&mut offer, ip, pool.lease_secs, pool.netmask, network);
                 if let Some(client) = boot {
                     self.add_boot(&mut offer, client, false);
@@ -334,7 +417,7 @@ impl DhcpService {
                             tracing::error!(%mac, %ip, "lease not committed, ACK withheld: {e}");
                             return vec![];
                         }
-                        let mut ack = reply::base(msg, MessageType::Ack, self.config.server);
+                        let mut ack = reply::base(msg, mac, MessageType::Ack, self.config.server);
                         ack.set_ciaddr(msg.ciaddr());
                         reply::add_lease(&mut ack, ip, pool.lease_secs, pool.netmask, network);
                         if let Some(client) = boot {
@@ -344,7 +427,7 @@ impl DhcpService {
                     }
                     RequestOutcome::Nak(why) => {
                         tracing::debug!(%mac, "NAK: {why}");
-                        let nak = reply::nak(msg, self.config.server, why);
+                        let nak = reply::nak(msg, mac, self.config.server, why);
                         vec![self.outgoing(msg, nak, false)]
                     }
                     RequestOutcome::Silent => vec![],
@@ -354,26 +437,18 @@ impl DhcpService {
                 if server_id(msg).is_some_and(|id| id != self.config.server) {
                     return vec![];
                 }
-                let released = self.table().and_then(|mut t| t.release(mac, msg.ciaddr(), now));
-                if let Some(lease) = released {
-                    self.commit_quietly(lease).await;
-                }
+                self.release(msg, from, mac, now).await;
                 vec![]
             }
             DhcpKind::Decline => {
                 if server_id(msg).is_some_and(|id| id != self.config.server) {
                     return vec![];
                 }
-                let Some(ip) = requested_ip(msg) else { return vec![] };
-                tracing::warn!(%mac, %ip, "client declined its address: something else on the network uses it");
-                let declined = self.table().and_then(|mut t| t.decline(mac, ip, now));
-                if let Some(lease) = declined {
-                    self.commit_quietly(lease).await;
-                }
+                self.decline(msg, mac).await;
                 vec![]
             }
             DhcpKind::Inform => {
-                let mut ack = reply::base(msg, MessageType::Ack, self.config.server);
+                let mut ack = reply::base(msg, mac, MessageType::Ack, self.config.server);
                 ack.set_ciaddr(msg.ciaddr());
                 reply::add_network(&mut ack, pool.netmask, network);
                 if let Some(client) = boot {
@@ -382,6 +457,84 @@ impl DhcpService {
                 vec![self.outgoing(msg, ack, false)]
             }
             _ => vec![],
+        }
+    }
+
+    /// A DHCPRELEASE. A client unicasts it from the address it gives back (RFC 2131 section
+    /// 4.4.6), so it is honoured only from that address, or from a relay agent (the datagram's
+    /// source is its `giaddr`), and only for the sender's own bound lease.
+    async fn release(&self, msg: &Message, from: SocketAddrV4, mac: MacAddr, now: u64) {
+        let ip = msg.ciaddr();
+        let source = *from.ip();
+        let relayed = !msg.giaddr().is_unspecified();
+        if source != ip && !(relayed && source == msg.giaddr()) {
+            return self.ignored(
+                ErrorKind::DhcpReleaseIgnored,
+                mac,
+                ip,
+                &format!("it came from {source}, neither the address itself nor the relay it names"),
+            );
+        }
+        match self.table().map(|mut t| t.release(mac, ip, now)) {
+            None => {}
+            Some(Some(lease)) => self.commit_quietly(lease).await,
+            Some(None) => {
+                self.ignored(ErrorKind::DhcpReleaseIgnored, mac, ip, "the sender holds no bound lease of it");
+            }
+        }
+    }
+
+    /// A DHCPDECLINE: the client found its new address in use. Honoured only from the client
+    /// that holds the address (or has an offer of it) right after its ACK
+    /// ([`LeaseTable::may_decline`]); and then, where the conflict check can tell who answers
+    /// (ARP), not when the address answers from the declining client's own hardware address: a
+    /// client that declined does not use the address, so that DECLINE is someone else's forgery.
+    async fn decline(&self, msg: &Message, mac: MacAddr) {
+        let Some(ip) = requested_ip(msg) else {
+            return self.ignored(ErrorKind::DhcpDeclineIgnored, mac, Ipv4Addr::UNSPECIFIED, "it names no address");
+        };
+        let now = self.now();
+        match self.table().map(|t| t.may_decline(mac, ip, now)) {
+            None => return,
+            Some(Err(why)) => return self.declined_ignored(mac, ip, why),
+            Some(Ok(())) => {}
+        }
+        if let Probe::InUse { by: Some(by) } = self.check.probe(ip).await {
+            if by == mac {
+                return self.ignored(
+                    ErrorKind::DhcpDeclineIgnored,
+                    mac,
+                    ip,
+                    "the address answers from the sender's own hardware address, so the sender uses it",
+                );
+            }
+        }
+        // Decided again: the table may have changed while the probe ran.
+        match self.table().map(|mut t| t.decline(mac, ip, self.now())) {
+            None => {}
+            Some(Err(why)) => self.declined_ignored(mac, ip, why),
+            Some(Ok(lease)) => {
+                tracing::warn!(
+                    %mac, %ip,
+                    "client declined its address: something else on the network uses it; kept out of use for the \
+                     probation period"
+                );
+                self.commit_quietly(lease).await;
+            }
+        }
+    }
+
+    fn declined_ignored(&self, mac: MacAddr, ip: Ipv4Addr, why: DeclineRefused) {
+        self.ignored(ErrorKind::DhcpDeclineIgnored, mac, ip, &why.to_string());
+    }
+
+    /// Counts an ignored DECLINE or RELEASE and logs it at debug level within the rate limit:
+    /// anyone on the network can send these.
+    fn ignored(&self, kind: ErrorKind, mac: MacAddr, ip: Ipv4Addr, why: &str) {
+        self.metrics.error(kind);
+        if tracing::enabled!(tracing::Level::DEBUG) && self.ignored_log.allow() {
+            let what = if kind == ErrorKind::DhcpReleaseIgnored { "RELEASE" } else { "DECLINE" };
+            tracing::debug!(%mac, %ip, "{what} ignored: {why}");
         }
     }
 
@@ -407,13 +560,13 @@ impl DhcpService {
                     return None;
                 }
             };
-            if !new_to_client || !self.check.in_use(ip).await {
+            if !new_to_client || !self.check.probe(ip).await.in_use() {
                 return Some(ip);
             }
             self.metrics.error(ErrorKind::DhcpConflict);
             tracing::warn!(%ip, "address answered the conflict check; kept out of use for the probation period");
-            let declined = self.table().and_then(|mut t| t.decline(mac, ip, now));
-            if let Some(lease) = declined {
+            let quarantined = self.table().map(|mut t| t.quarantine(mac, ip, now));
+            if let Some(lease) = quarantined {
                 self.commit_quietly(lease).await;
             }
         }

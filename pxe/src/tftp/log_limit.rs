@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 /// Allows at most `per_second` lines in each one-second window.
 #[derive(Debug)]
 pub struct LogLimit {
+    /// The service whose lines these are (`tftp`, `dhcp`), for the line about suppressed ones.
+    service: &'static str,
     per_second: u32,
     state: Mutex<State>,
 }
@@ -20,8 +22,8 @@ struct State {
 }
 
 impl LogLimit {
-    pub fn new(per_second: u32) -> Self {
-        Self { per_second, state: Mutex::new(State { window_start: Instant::now(), used: 0, suppressed: 0 }) }
+    pub fn new(service: &'static str, per_second: u32) -> Self {
+        Self { service, per_second, state: Mutex::new(State { window_start: Instant::now(), used: 0, suppressed: 0 }) }
     }
 
     /// True when the caller may log a line now.
@@ -30,7 +32,11 @@ impl LogLimit {
         let now = Instant::now();
         if now.duration_since(state.window_start) >= Duration::from_secs(1) {
             if state.suppressed > 0 {
-                tracing::warn!(suppressed = state.suppressed, "tftp: log lines suppressed by the rate limit");
+                tracing::warn!(
+                    suppressed = state.suppressed,
+                    "{}: log lines suppressed by the rate limit",
+                    self.service
+                );
             }
             *state = State { window_start: now, used: 0, suppressed: 0 };
         }
@@ -50,7 +56,7 @@ mod tests {
 
     #[test]
     fn caps_lines_per_window() {
-        let limit = LogLimit::new(3);
+        let limit = LogLimit::new("test", 3);
         let allowed = (0..100).filter(|_| limit.allow()).count();
         // All 100 calls take far less than a second, except on a badly stalled machine, where a
         // new window may open once more.

@@ -1,7 +1,7 @@
 //! The TFTP server: one socket on the well-known port takes requests, and each read request
 //! becomes a task with its own socket ([`super::transfer`]).
 //!
-//! The server is read-only. Every file name goes through [`BootRoot::resolve`]; what a client is
+//! The server is read-only. Every file is opened with [`BootRoot::open`]; what a client is
 //! told when a request is refused, and what is counted, is decided in one place:
 //! [`Refusal::outcome`].
 
@@ -18,7 +18,7 @@ use super::log_limit::LogLimit;
 use super::options::negotiate;
 use super::packet::{ErrorCode, Packet, PacketError, Request};
 use super::transfer::{Transfer, TransferError};
-use crate::boot_root::{BootRoot, PathError};
+use crate::boot_root::{BootRoot, PathError, RootFile};
 use crate::metrics::{ErrorKind, Metrics};
 
 /// Log lines per second from refusals and failed transfers; the rest are only counted.
@@ -116,7 +116,8 @@ impl TftpServer {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the TFTP socket to {addr}: {e}")))?;
         let local_ip = socket.local_addr()?.ip();
         let permits = Arc::new(Semaphore::new(config.max_transfers));
-        let shared = Shared { root, config, metrics, permits, log: LogLimit::new(LOG_LINES_PER_SECOND), local_ip };
+        let shared =
+            Shared { root, config, metrics, permits, log: LogLimit::new("tftp", LOG_LINES_PER_SECOND), local_ip };
         Ok(Self { socket: Arc::new(socket), shared: Arc::new(shared) })
     }
 
@@ -193,15 +194,9 @@ async fn serve_read(
     let name = String::from_utf8_lossy(&request.filename).into_owned();
     let root = shared.root.clone();
     let filename = request.filename;
-    // Resolving and opening touch the disk, so they run off the async workers.
-    let opened = tokio::task::spawn_blocking(move || {
-        let path = root.resolve(&filename)?;
-        let file = std::fs::File::open(&path).map_err(|source| PathError::Io { path: path.clone(), source })?;
-        let size = file.metadata().map_err(|source| PathError::Io { path: path.clone(), source })?.len();
-        Ok::<_, PathError>((path, file, size))
-    })
-    .await;
-    let (path, file, size) = match opened {
+    // Opening touches the disk, so it runs off the async workers.
+    let opened = tokio::task::spawn_blocking(move || root.open(&filename)).await;
+    let RootFile { file, len: size, path, .. } = match opened {
         Ok(Ok(opened)) => opened,
         Ok(Err(e)) => return refuse(&shared, &request_socket, peer, &Refusal::Path(e)).await,
         Err(join) => {
