@@ -1,4 +1,4 @@
-//! Writes the seeds that come from oasis's own builders into `fuzz/corpus/`: USB stick images made
+//! Writes the seeds that come from oasis's own builders into `fuzz/seeds/TARGET/`: USB stick images made
 //! by `oasis_image::usb_stick` (FAT32, FAT16, and the whole partitioned stick), an ext4 superblock
 //! from `mke2fs`, an ISO 9660 descriptor set, GPT disks as `oasis image build appliance` lays them
 //! out (before and after the first boot adds the data partition), and `docs/oasis.toml` signed
@@ -9,14 +9,15 @@
 use std::path::Path;
 use std::process::Command;
 
+use oasis_appliance::usb::label::{identify, FsType};
 use oasis_appliance::usb::signature;
 use oasis_fuzz::{SparseDisk, SECTOR};
 use oasis_image::appliance::{DATA_FIRST, DATA_NAME, ESP_FIRST, ESP_NAME};
 use oasis_image::gpt::{self, Gpt, Guid, Partition};
 
 fn write(target: &str, name: &str, data: &[u8]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
-    std::fs::create_dir_all(&dir).expect("corpus directory");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+    std::fs::create_dir_all(&dir).expect("seeds directory");
     std::fs::write(dir.join(name), data).expect("seed written");
     println!("{target}/{name}: {} bytes", data.len());
 }
@@ -36,14 +37,24 @@ fn sparse(image: &[u8], sectors: usize, disk_sectors: u32) -> Vec<u8> {
     input
 }
 
+/// Writes a `usb_label` seed after checking the label reader sees `want` in it.
+fn label_seed(name: &str, input: Vec<u8>, want: Option<(FsType, &str)>) {
+    let volume = identify(&mut SparseDisk::from_fuzz(&input)).expect("reading memory");
+    let got = volume.map(|v| (v.fs, v.label.unwrap_or_default()));
+    assert_eq!(got, want.map(|(fs, label)| (fs, label.to_string())), "{name}");
+    write("usb_label", name, &input);
+}
+
 fn label_seeds() {
     for (size, name) in [(64, "stick-fat32"), (16, "stick-fat16")] {
         let image = stick(size);
         let partition = &image[1 << 20..];
         // The label needs the boot sector, the start of the FATs and the root directory.
-        write("usb_label", name, &sparse(partition, 16384, (partition.len() / SECTOR) as u32));
+        let oasis = Some((FsType::Vfat, "OASIS"));
+        label_seed(name, sparse(partition, 16384, (partition.len() / SECTOR) as u32), oasis);
         if size == 16 {
-            write("usb_label", "stick-whole-mbr", &sparse(&image, 4096, (image.len() / SECTOR) as u32));
+            // The whole stick: an MBR, which is no filesystem.
+            label_seed("stick-whole-mbr", sparse(&image, 4096, (image.len() / SECTOR) as u32), None);
         }
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -56,7 +67,7 @@ fn label_seeds() {
         .expect("mke2fs (e2fsprogs) is installed");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let image = std::fs::read(&path).expect("the ext4 image");
-    write("usb_label", "ext4-superblock", &sparse(&image, 4, (image.len() / SECTOR) as u32));
+    label_seed("ext4-superblock", sparse(&image, 4, (image.len() / SECTOR) as u32), Some((FsType::Ext4, "OASIS")));
 
     // ISO 9660: an El Torito boot record, the primary volume descriptor, the terminator.
     let mut iso = vec![0u8; 20 * 2048];
@@ -67,7 +78,8 @@ fn label_seeds() {
         d[6] = 1;
     }
     iso[17 * 2048 + 40..17 * 2048 + 72].copy_from_slice(b"OASIS                           ");
-    write("usb_label", "iso9660", &sparse(&iso, iso.len() / SECTOR, (iso.len() / SECTOR) as u32));
+    let input = sparse(&iso, iso.len() / SECTOR, (iso.len() / SECTOR) as u32);
+    label_seed("iso9660", input, Some((FsType::Iso9660, "OASIS")));
 }
 
 fn partition(type_guid: Guid, n: u8, first: u64, last: u64, name: &str) -> Option<Partition> {
@@ -89,7 +101,7 @@ fn gpt_seeds() {
         let mut disk = SparseDisk::zeroed(sectors);
         table.write(&mut disk, sectors).expect("the table writes");
         // Choice byte 1: the target keeps the checksums right after mutating.
-        write("gpt", name, &[&[1u8][..], &encode(&mut disk, sectors)].concat());
+        gpt_seed(name, [&[1u8][..], &encode(&mut disk, sectors)].concat(), &table);
     }
     // A small disk written by the builder, checksums as written (choice byte 0).
     let small = 16384;
@@ -97,7 +109,16 @@ fn gpt_seeds() {
     table.partitions[1] = partition(gpt::EFI_SYSTEM, 2, 4096, 8191, ESP_NAME);
     table.partitions[0] = partition(gpt::BIOS_BOOT, 1, 2048, 4095, "BIOS boot");
     table.write(&mut disk, small).expect("the table writes");
-    write("gpt", "small-disk", &[&[0u8][..], &encode(&mut disk, small)].concat());
+    gpt_seed("small-disk", [&[0u8][..], &encode(&mut disk, small)].concat(), &table);
+}
+
+/// Writes a `gpt` seed after checking the table reads back from it.
+fn gpt_seed(name: &str, input: Vec<u8>, table: &Gpt) {
+    let mut disk = SparseDisk::from_fuzz(&input[1..]);
+    let sectors = disk.len() / SECTOR as u64;
+    let (read, backup) = Gpt::read(&mut disk, sectors).expect("the seed's table reads");
+    assert_eq!((&read, backup), (table, sectors - 1), "{name}");
+    write("gpt", name, &input);
 }
 
 /// The non-zero sectors of a sparse disk as a fuzz input: the first 64 and the last 64 sectors,

@@ -12,6 +12,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use libfuzzer_sys::fuzz_target;
 use oasis_appliance::boot::disk::plan_data_partition;
 use oasis_fuzz::SparseDisk;
+use oasis_image::appliance::{DATA_NAME, ESP_NAME};
 use oasis_image::gpt::{Gpt, SECTOR};
 
 fn crc32(data: &[u8]) -> u32 {
@@ -55,8 +56,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let Ok((table, backup_lba)) = Gpt::read(&mut disk, sectors) else { return };
-    let _ = table.find("OASIS-BOOT");
-    let _ = plan_data_partition(&table, sectors, backup_lba, Some("oasis-data"), "vda");
+    let _ = table.find(ESP_NAME);
+    // With bit 1 set the data partition's filesystem is there (an update), else not (a first boot).
+    let label = (choice & 2 != 0).then_some(DATA_NAME);
+    let _ = plan_data_partition(&table, sectors, backup_lba, label, "vda");
     if table.check(sectors).is_err() {
         return;
     }

@@ -1,8 +1,9 @@
 //! TFTP datagrams on the request port: the packet parser, option negotiation for a read request,
-//! and the boot root's checks on the requested name (lexical, then against the real fixture
-//! directory with symlinks that lead out of it).
+//! and what the server opens for the requested name (`BootRoot::open` on the real fixture
+//! directory, with symlinks that lead out of it).
 #![no_main]
 
+use std::io::Read;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
@@ -36,13 +37,15 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    match root().resolve(&request.filename) {
-        Ok(path) => {
-            assert!(path.starts_with(root().path()), "{:?} resolved outside the root: {path:?}", request.filename);
-            assert!(path.is_file());
+    match root().open(&request.filename) {
+        Ok(mut opened) => {
+            assert!(opened.path.starts_with(root().path()), "{:?} opened {:?}", request.filename, opened.path);
+            let mut contents = Vec::new();
+            opened.file.read_to_end(&mut contents).expect("an opened boot file reads");
+            assert!(!contents.starts_with(b"SECRET"), "{:?} served the file outside the root", request.filename);
         }
         Err(e) => {
-            // A name that is longer than the limit or has a NUL is refused before anything else.
+            // A name longer than the limit is refused before anything else.
             if request.filename.len() > oasis_pxe::boot_root::MAX_NAME_LEN {
                 assert!(e.is_traversal(), "{e}");
             }

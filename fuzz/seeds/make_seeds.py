@@ -1,23 +1,23 @@
 #!/usr/bin/env python3
-"""Writes the hand-made seed inputs under fuzz/corpus/: DHCP exchanges as real firmware sends them,
+"""Writes the hand-made seed inputs under fuzz/seeds/TARGET/: DHCP exchanges as real firmware sends them,
 TFTP requests, HTTP boot targets, registration and heartbeat bodies, and docs/oasis.toml.
 
-The disk seeds (GPT, USB label) and the signed configuration come from the real builders: see
-`fuzz/README.md`. Run from anywhere: `python3 fuzz/seeds/make_seeds.py`. Seeds are small on
-purpose; `cargo fuzz cmin` keeps the corpus minimal after runs.
+The disk seeds (GPT, USB label) and the signed configuration come from the real builders
+(`cargo run --example seeds`). Run from anywhere: `python3 fuzz/seeds/make_seeds.py`. Seeds are
+small on purpose; scripts/fuzz reads them beside the minimised corpus in fuzz/corpus/TARGET/.
 """
 import json
 import os
 import struct
 
 FUZZ = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPUS = os.path.join(FUZZ, "corpus")
+SEEDS = os.path.join(FUZZ, "seeds")
 SEP = b"\n--8<--\n"  # oasis_fuzz::SEPARATOR
 
 
 def write(target, name, data):
-    os.makedirs(os.path.join(CORPUS, target), exist_ok=True)
-    with open(os.path.join(CORPUS, target, name), "wb") as f:
+    os.makedirs(os.path.join(SEEDS, target), exist_ok=True)
+    with open(os.path.join(SEEDS, target, name), "wb") as f:
         f.write(data)
 
 

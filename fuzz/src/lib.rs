@@ -72,8 +72,8 @@ pub fn full_mode() -> Mode {
     }
 }
 
-/// A fresh DHCP service in `mode`, on an in-memory lease store and with no conflict checks, with
-/// the rate limits of `docs/oasis.toml` and `tolerate_missing_uuid` as given.
+/// A fresh DHCP service in `mode`, on an in-memory lease store, with no conflict checks and a
+/// fixed clock, the rate limits of `docs/oasis.toml`, and `tolerate_missing_uuid` as given.
 pub fn dhcp_service(mode: Mode, tolerate_missing_uuid: bool) -> DhcpService {
     let config = DhcpConfig {
         mode,
@@ -91,6 +91,8 @@ pub fn dhcp_service(mode: Mode, tolerate_missing_uuid: bool) -> DhcpService {
     let metrics = Arc::new(Metrics::default());
     DhcpService::new(config, Arc::new(MemoryStore::default()), Arc::new(NoCheck), metrics)
         .expect("an empty memory store always loads")
+        // A fixed clock: the same input meets the same lease times every run.
+        .with_clock(|| 1_700_000_000)
 }
 
 /// A current-thread tokio runtime, for targets that drive async code one input at a time.
