@@ -405,8 +405,9 @@ mod tests {
         assert!(gpt.check(16384).unwrap_err().to_string().contains("outside"));
     }
 
-    /// Found by the `gpt` fuzz target: a disk too small to hold a sector (a card reader with no
-    /// card reports size 0) panicked on `sectors - 1` looking for the backup table.
+    /// Found by the `gpt` fuzz target (at once): a disk too small to hold a sector (a card reader
+    /// with no card reports size 0) overflowed `sectors - 1` looking for the backup table: a panic
+    /// in a debug build, a read at a wrapped offset in a release build.
     #[test]
     fn gpt_read_of_a_disk_without_sectors_is_an_error_not_a_panic() {
         let err = Gpt::read(&mut Cursor::new(Vec::new()), 0).unwrap_err();
@@ -424,8 +425,9 @@ mod tests {
         h[16..20].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Found by the `gpt` fuzz target: a header (checksum right) whose entry array starts at a
-    /// sector past any disk overflowed `lba * 512`; the table at the other end is used instead.
+    /// Found by the `gpt` fuzz target (in seconds): a header (checksum right) whose entry array
+    /// starts at a sector past any disk overflowed `lba * 512`; the table at the other end is used
+    /// instead.
     #[test]
     fn gpt_entries_past_any_disk_are_an_error_not_a_panic() {
         let sectors = 16384;
@@ -439,9 +441,10 @@ mod tests {
         assert!(err.contains("past the end"), "{err}");
     }
 
-    /// Found by the `gpt` fuzz target: a table read with more than 128 entries (another tool's
-    /// layout) passed `check` with a partition in slot 129 or later, and `write`, which writes 128
-    /// entries, dropped it without a word.
+    /// Seen writing the `gpt` fuzz target's round trip (the fuzzer did not reach it in 5 million
+    /// runs): a table read with more than 128 entries (another tool's layout) passed `check` with a
+    /// partition in slot 129 or later, and `write`, which writes 128 entries, dropped it without a
+    /// word.
     #[test]
     fn gpt_partition_past_the_written_entries_is_refused_not_dropped() {
         let mut gpt = table();
