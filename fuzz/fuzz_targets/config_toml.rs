@@ -7,14 +7,16 @@
 #![no_main]
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use libfuzzer_sys::fuzz_target;
 use oasis_appliance::config::Config;
 use oasis_appliance::usb::offer::{check, Acceptance, Offer};
-use oasis_pxe::dhcp::Mode;
+use oasis_pxe::dhcp::conflict::NoCheck;
+use oasis_pxe::dhcp::{DhcpConfig, DhcpService, MemoryStore, Mode};
 use oasis_pxe::mac::MacAddr;
+use oasis_pxe::metrics::Metrics;
 use oasis_pxe::policy::BootPolicy;
 use oasis_pxe::script::ScriptRenderer;
 
@@ -62,7 +64,7 @@ fn servable(config: &Config) {
             }
             None => Mode::Proxy,
         };
-        let dhcp = oasis_pxe::dhcp::DhcpConfig {
+        let dhcp = DhcpConfig {
             mode,
             interface: config.interface.clone(),
             server: config.address,
@@ -75,9 +77,8 @@ fn servable(config: &Config) {
             reply_delay: d.reply_delay,
             tolerate_missing_uuid: d.tolerate_missing_uuid,
         };
-        let store = std::sync::Arc::new(oasis_pxe::dhcp::MemoryStore::default());
-        let metrics = std::sync::Arc::new(oasis_pxe::metrics::Metrics::default());
-        oasis_pxe::dhcp::DhcpService::new(dhcp, store, std::sync::Arc::new(oasis_pxe::dhcp::conflict::NoCheck), metrics)
+        let store = Arc::new(MemoryStore::default());
+        DhcpService::new(dhcp, store, Arc::new(NoCheck), Arc::new(Metrics::default()))
             .expect("a DHCP service from a checked configuration");
     }
     let scripts = ScriptRenderer::new(policy.base_url(), config.profile.clone());

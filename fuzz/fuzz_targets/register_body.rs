@@ -93,7 +93,10 @@ fuzz_target!(|data: &[u8]| {
             if let Some(address) = record.overlay {
                 // Never the appliance's address, never another machine's.
                 assert_ne!(address, registry.overlay.appliance);
-                assert!(before.iter().all(|r| r.id == record.id || r.overlay != Some(address)), "{address} given twice");
+                assert!(
+                    before.iter().all(|r| r.id == record.id || r.overlay != Some(address)),
+                    "{address} given twice"
+                );
             }
             assert!(old_key.is_none_or(|k| k != record.wireguard_key));
             // The agent reads the response back; the store keeps the record as JSON.

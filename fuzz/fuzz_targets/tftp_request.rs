@@ -24,7 +24,12 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(Packet::parse(&packet.to_bytes()).as_ref(), Ok(&packet), "round trip of {packet:?}");
     let (Packet::Rrq(request) | Packet::Wrq(request)) = packet else { return };
 
-    let capped = TftpConfig { max_blksize: 1468, max_windowsize: 8, no_blksize: data.len() % 2 == 0, ..Default::default() };
+    let capped = TftpConfig {
+        max_blksize: 1468,
+        max_windowsize: 8,
+        no_blksize: data.len().is_multiple_of(2),
+        ..Default::default()
+    };
     for config in [TftpConfig::default(), capped] {
         let got = negotiate(&request.options, data.len() as u64, &config);
         assert!((8..=MAX_BLKSIZE).contains(&got.blksize) && got.blksize <= config.max_blksize.max(512));
