@@ -548,25 +548,17 @@ impl Config {
             }
         };
         let t = &raw.tftp;
-        if !(8..=65464).contains(&t.max_blksize) {
-            return Err(format!("tftp.max_blksize {} is outside 8..=65464", t.max_blksize));
-        }
-        if t.max_windowsize == 0 {
-            return Err("tftp.max_windowsize must be at least 1".into());
-        }
-        let tftp = t.enabled.then(|| {
-            (
-                t.port,
-                TftpConfig {
-                    max_blksize: t.max_blksize,
-                    no_blksize: t.no_blksize,
-                    max_windowsize: t.max_windowsize,
-                    timeout: Duration::from_millis(t.timeout_ms.max(1)),
-                    retries: t.retries,
-                    max_transfers: t.max_transfers,
-                },
-            )
-        });
+        let tftp_config = TftpConfig {
+            max_blksize: t.max_blksize,
+            no_blksize: t.no_blksize,
+            max_windowsize: t.max_windowsize,
+            timeout: Duration::from_millis(t.timeout_ms.max(1)),
+            retries: t.retries,
+            max_transfers: t.max_transfers,
+        };
+        // The TFTP server's own check, so `config check` passes nothing `oasis serve` refuses.
+        tftp_config.check().map_err(|e| format!("[tftp]{}: {e}", line_of(text, "[tftp]")))?;
+        let tftp = t.enabled.then_some((t.port, tftp_config));
         let data_dir = base.join(&raw.data_dir);
         let boot_root = raw.boot.root.map(|r| base.join(r)).unwrap_or_else(|| data_dir.join("boot"));
         let (profile, profile_is_node) = match raw.profile {
@@ -829,6 +821,22 @@ cmdline = "console=ttyS0"
             let err = parse(&format!("{text}[wireguard]\nprefix = \"{prefix}\"\n")).unwrap_err().to_string();
             assert!(err.contains(want), "{prefix}: {err}");
         }
+    }
+
+    /// Found by the `config_toml` fuzz target's check that what `config check` passes is
+    /// servable: `max_transfers = 0` passed, and `oasis serve` then refused to start TFTP.
+    #[test]
+    fn tftp_settings_the_tftp_server_refuses_are_refused_here() {
+        for (tftp, want) in [
+            ("max_transfers = 0", "max_transfers is 0"),
+            ("max_blksize = 7", "max_blksize is 7"),
+            ("max_windowsize = 0", "max_windowsize is 0"),
+        ] {
+            let err = parse(&format!("{GOOD}\n[tftp]\n{tftp}\n")).unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains("line"), "{tftp}: {err}");
+        }
+        let c = parse(&format!("{GOOD}\n[tftp]\ntimeout_ms = 0\nmax_transfers = 1\n")).unwrap();
+        c.tftp.unwrap().1.check().expect("a zero timeout is read as the shortest one");
     }
 
     #[test]

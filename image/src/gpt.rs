@@ -171,6 +171,10 @@ impl Gpt {
                 last: p.last_lba,
                 problem: problem.to_string(),
             };
+            // A table read from another tool's layout may have more slots than we write.
+            if i >= ENTRIES {
+                return Err(bad(&format!("is past the {ENTRIES} entries this table is written with")));
+            }
             if p.first_lba < FIRST_USABLE || p.last_lba > last_usable || p.first_lba > p.last_lba {
                 return Err(bad(&format!("is outside the usable sectors {FIRST_USABLE}..={last_usable}")));
             }
@@ -255,16 +259,25 @@ impl Gpt {
     pub fn read(disk: &mut (impl Read + Seek), sectors: u64) -> Result<(Gpt, u64), GptError> {
         match read_at(disk, 1) {
             Ok(found) => Ok(found),
-            Err(primary) => read_at(disk, sectors - 1)
-                .map_err(|backup| GptError::NoTable(format!("primary: {primary}; backup at the disk's end: {backup}"))),
+            Err(primary) => {
+                let Some(last) = sectors.checked_sub(1) else {
+                    return Err(GptError::NoTable(format!("primary: {primary}; no backup: the disk has no sectors")));
+                };
+                read_at(disk, last).map_err(|backup| {
+                    GptError::NoTable(format!("primary: {primary}; backup at the disk's end: {backup}"))
+                })
+            }
         }
     }
 }
 
 /// Reads the header at `lba` and its entries; returns the table and the other header's sector.
 fn read_at(disk: &mut (impl Read + Seek), lba: u64) -> Result<(Gpt, u64), String> {
+    // Sectors as large as the fields allow lie past any disk; their byte offsets overflow.
+    let past_the_end = |what: &str, lba: u64| format!("{what} at sector {lba}, past the end of any disk");
     let mut h = [0u8; SECTOR as usize];
-    disk.seek(SeekFrom::Start(lba * SECTOR)).map_err(|e| e.to_string())?;
+    let at = lba.checked_mul(SECTOR).ok_or_else(|| past_the_end("header", lba))?;
+    disk.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
     disk.read_exact(&mut h).map_err(|e| e.to_string())?;
     if &h[0..8] != b"EFI PART" {
         return Err(format!("no GPT signature at sector {lba}"));
@@ -285,7 +298,8 @@ fn read_at(disk: &mut (impl Read + Seek), lba: u64) -> Result<(Gpt, u64), String
         return Err(format!("{count} entries of {entry_size} bytes"));
     }
     let mut entries = vec![0u8; count * entry_size];
-    disk.seek(SeekFrom::Start(u64_at(72) * SECTOR)).map_err(|e| e.to_string())?;
+    let entries_at = u64_at(72).checked_mul(SECTOR).ok_or_else(|| past_the_end("partition entries", u64_at(72)))?;
+    disk.seek(SeekFrom::Start(entries_at)).map_err(|e| e.to_string())?;
     disk.read_exact(&mut entries).map_err(|e| e.to_string())?;
     if crc32(&entries) != u32_at(88) {
         return Err("partition entries checksum mismatch".into());
@@ -389,6 +403,57 @@ mod tests {
         let mut gpt = table();
         gpt.partitions[1].as_mut().unwrap().last_lba = 16384 - 10;
         assert!(gpt.check(16384).unwrap_err().to_string().contains("outside"));
+    }
+
+    /// Found by the `gpt` fuzz target (at once): a disk too small to hold a sector (a card reader
+    /// with no card reports size 0) overflowed `sectors - 1` looking for the backup table: a panic
+    /// in a debug build, a read at a wrapped offset in a release build.
+    #[test]
+    fn gpt_read_of_a_disk_without_sectors_is_an_error_not_a_panic() {
+        let err = Gpt::read(&mut Cursor::new(Vec::new()), 0).unwrap_err();
+        assert!(matches!(err, GptError::NoTable(_)), "{err}");
+        let err = Gpt::read(&mut Cursor::new(vec![0; 100]), 0).unwrap_err();
+        assert!(err.to_string().contains("no backup"), "{err}");
+    }
+
+    /// Sets field `at` of the header at `lba` and makes its checksum right again.
+    fn patch_header(disk: &mut [u8], lba: u64, at: usize, value: &[u8]) {
+        let h = &mut disk[(lba * SECTOR) as usize..((lba + 1) * SECTOR) as usize];
+        h[at..at + value.len()].copy_from_slice(value);
+        h[16..20].fill(0);
+        let crc = crc32(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+    }
+
+    /// Found by the `gpt` fuzz target (in seconds): a header (checksum right) whose entry array
+    /// starts at a sector past any disk overflowed `lba * 512`; the table at the other end is used
+    /// instead.
+    #[test]
+    fn gpt_entries_past_any_disk_are_an_error_not_a_panic() {
+        let sectors = 16384;
+        let mut disk = Cursor::new(vec![0; (sectors * SECTOR) as usize]);
+        table().write(&mut disk, sectors).unwrap();
+        patch_header(disk.get_mut(), 1, 72, &(u64::MAX / 256).to_le_bytes());
+        let (read, _) = Gpt::read(&mut disk, sectors).unwrap();
+        assert_eq!(read, table(), "the backup table, not a panic");
+        patch_header(disk.get_mut(), sectors - 1, 72, &u64::MAX.to_le_bytes());
+        let err = Gpt::read(&mut disk, sectors).unwrap_err().to_string();
+        assert!(err.contains("past the end"), "{err}");
+    }
+
+    /// Seen writing the `gpt` fuzz target's round trip (the fuzzer did not reach it in 5 million
+    /// runs): a table read with more than 128 entries (another tool's layout) passed `check` with a
+    /// partition in slot 129 or later, and `write`, which writes 128 entries, dropped it without a
+    /// word.
+    #[test]
+    fn gpt_partition_past_the_written_entries_is_refused_not_dropped() {
+        let mut gpt = table();
+        gpt.partitions.resize(256, None);
+        gpt.partitions[200] = Some(Partition { first_lba: 9000, last_lba: 9999, ..gpt.partitions[1].clone().unwrap() });
+        let err = gpt.check(16384).unwrap_err().to_string();
+        assert!(err.contains("partition 201") && err.contains("128 entries"), "{err}");
+        let mut disk = Cursor::new(vec![0; (16384 * SECTOR) as usize]);
+        assert!(gpt.write(&mut disk, 16384).is_err());
     }
 
     #[test]

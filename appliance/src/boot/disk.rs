@@ -155,13 +155,13 @@ pub fn plan_data_partition(
     data_fs_label: Option<&str>,
     disk: &str,
 ) -> Result<DataPlan, DiskError> {
-    let last = Gpt::last_usable(sectors);
     if sectors < DATA_FIRST + (1 << 30) / SECTOR {
         return Err(DiskError::TooSmall {
             disk: disk.to_string(),
             gib: (sectors * SECTOR) as f64 / (1u64 << 30) as f64,
         });
     }
+    let last = Gpt::last_usable(sectors);
     let mut table = table.clone();
     if let Some((slot, p)) = table.find(DATA_NAME).map(|(s, p)| (s, p.clone())) {
         if p.last_lba == last && backup_lba == sectors - 1 {
@@ -391,6 +391,17 @@ mod tests {
     fn a_small_disk_is_refused_with_its_size() {
         let err = plan_data_partition(&image_table(), DATA_FIRST + 100, 0, None, "vda").unwrap_err().to_string();
         assert!(err.contains("at least 3 GiB"), "{err}");
+    }
+
+    /// Seen writing the `gpt` fuzz target: a disk smaller than its own partition tables (a few
+    /// sectors with a valid GPT, as a USB stick may carry) overflowed `Gpt::last_usable` before
+    /// the size check (a panic in a debug build; a release build wrapped, then refused it).
+    #[test]
+    fn a_disk_smaller_than_its_tables_is_refused_not_a_panic() {
+        for sectors in [0, 3, 33] {
+            let err = plan_data_partition(&image_table(), sectors, 0, None, "sdb").unwrap_err();
+            assert!(matches!(err, DiskError::TooSmall { .. }), "{sectors} sectors: {err}");
+        }
     }
 
     #[test]
