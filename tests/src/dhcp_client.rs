@@ -234,13 +234,18 @@ impl DhcpClient {
         Err(last.unwrap_or(DhcpClientError::NoAnswer { what: "DISCOVER", mac: mac_text(self.mac), tries: TRIES }))
     }
 
-    /// A RENEW of `lease` (REQUEST with `ciaddr`, unicast to its server; the address must be on
-    /// an interface), asked again up to [`TRIES`] times while unanswered. Returns the answer,
-    /// ACK or NAK, as the server sent it.
-    pub async fn renew_message(&mut self, lease: &Lease, role: Role) -> Result<Message, DhcpClientError> {
+    /// A RENEW of `ip` (REQUEST with `ciaddr`, unicast to `server`; the address must be on an
+    /// interface), asked again up to [`TRIES`] times while unanswered. Returns the answer, ACK or
+    /// NAK, as the server sent it.
+    pub async fn renew_message(
+        &mut self,
+        ip: Ipv4Addr,
+        server: Ipv4Addr,
+        role: Role,
+    ) -> Result<Message, DhcpClientError> {
         let mut request = self.request(MessageType::Request, role);
-        request.set_ciaddr(lease.ip);
-        let to = SocketAddrV4::new(lease.server, 67);
+        request.set_ciaddr(ip);
+        let to = SocketAddrV4::new(server, 67);
         for _ in 0..TRIES {
             if let Some(answer) = self.exchange(&request, to).await? {
                 return Ok(answer);
@@ -251,7 +256,7 @@ impl DhcpClient {
 
     /// A RENEW of `lease` that must be ACKed for the same address: the renewed lease.
     pub async fn renew(&mut self, lease: &Lease, role: Role) -> Result<Lease, DhcpClientError> {
-        let answer = self.renew_message(lease, role).await?;
+        let answer = self.renew_message(lease.ip, lease.server, role).await?;
         if answer.opts().msg_type() == Some(MessageType::Ack) && answer.yiaddr() == lease.ip {
             Ok(Lease::from_ack(&answer))
         } else {
