@@ -17,6 +17,10 @@ use std::process::ExitCode;
 use oasis_e2e::soak::{run, Outcome, Settings, USAGE};
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let settings = match Settings::from_args(std::env::args().skip(1)) {
         Ok(settings) => settings,
         Err(e) => {

@@ -136,6 +136,15 @@ impl DhcpClient {
         Ok(DhcpClient { socket, mac, xid })
     }
 
+    /// Binds `0.0.0.0:68` on interface `ifname` only, as a real client does: its broadcasts
+    /// leave through that interface whether or not any route points there (a machine that has
+    /// just lost its address has none).
+    pub fn bind_device(mac: [u8; 6], ifname: &str) -> Result<DhcpClient, DhcpClientError> {
+        let client = DhcpClient::bind(mac)?;
+        client.socket.bind_device(Some(ifname.as_bytes())).map_err(DhcpClientError::Socket)?;
+        Ok(client)
+    }
+
     pub fn mac(&self) -> [u8; 6] {
         self.mac
     }

@@ -463,7 +463,7 @@ impl Machine {
         let renewals = async {
             loop {
                 tokio::time::sleep(lease.renew_after).await;
-                let renewed = match DhcpClient::bind(self.mac) {
+                let renewed = match DhcpClient::bind_device(self.mac, "eth0") {
                     Ok(mut dhcp) => dhcp.renew(&lease, Role::Os).await,
                     Err(e) => Err(e),
                 };
@@ -523,7 +523,7 @@ impl Machine {
     }
 
     async fn dhcp(&self, shared: &Shared, role: Role) -> Result<Lease, ()> {
-        let lease = match DhcpClient::bind(self.mac) {
+        let lease = match DhcpClient::bind_device(self.mac, "eth0") {
             Ok(mut dhcp) => dhcp.dora(role).await,
             Err(e) => Err(e),
         };
@@ -725,8 +725,6 @@ fn machine_namespaces(rack: &Netns, settings: &Settings) -> crate::Result<Vec<Ne
         ]))?;
         ip(&rack_name, &["link", "set", &port, "master", "br0", "up"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
-        // No address yet: broadcasts go out eth0 from 0.0.0.0, as a DHCP client's do.
-        ns.ip(&["route", "add", "default", "dev", "eth0"])?;
         Ok(ns)
     };
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -891,11 +889,10 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
         }
     }
     let metrics = if died.is_none() { metrics(&rack) } else { None };
-    let peak = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| status_field(&s, "VmHWM"));
     appliance.stop();
     let log_text = appliance.log();
 
-    let report = report(settings, &samples, &counters, metrics.as_deref(), &log_text, peak, stuck);
+    let report = report(settings, &samples, &counters, metrics.as_deref(), &log_text, stuck);
     print!("{report}");
     let outcome = if interrupted {
         println!("== interrupted: the figures above cover {:.0} s", samples.last().map_or(0.0, |s| s.at.as_secs_f64()));
@@ -950,7 +947,6 @@ fn report(
     counters: &Counters,
     metrics: Option<&str>,
     log: &str,
-    peak_rss_kib: Option<u64>,
     stuck: usize,
 ) -> String {
     let mut out = String::new();
@@ -975,8 +971,8 @@ fn report(
             }
         }
     }
-    if let Some(peak) = peak_rss_kib {
-        let _ = writeln!(out, "   peak RSS          {:>12.1} MiB", peak as f64 / 1024.0);
+    if let Some(highest) = samples.iter().map(|s| s.rss_kib).max() {
+        let _ = writeln!(out, "   highest RSS sampled {:>10.1} MiB", highest as f64 / 1024.0);
     }
     let _ = writeln!(out, "\n== operations{:>31} {:>8} {:>8}", "succeeded", "failed", "failed %");
     for op in Op::ALL {
