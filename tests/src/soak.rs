@@ -20,7 +20,8 @@
 //!    kernel line, a fresh WireGuard key, from the leased address.
 //!
 //! Then the machine renews its lease at every T1 until it reboots (after about
-//! `--reboot-minutes`, give or take half), which is a new boot with a new key. A subset of the
+//! `--reboot-minutes`, give or take half), which is a new boot with a new key; half the reboots
+//! are clean shutdowns that release the lease first. A subset of the
 //! machines (`--linked`, default 24) also bring up their management link and, through it,
 //! heartbeat every [`oasis_proto::HEARTBEAT_SECS`] and hold the desired-state watch, as the agent
 //! does. Not all of them: this host's kernel has no WireGuard, so each link is a userspace
@@ -49,6 +50,7 @@ use std::time::{Duration, Instant};
 use oasis_agent::client::{ApiClient, Endpoint};
 use oasis_proto::{Heartbeat, Inventory, KernelArgs, LinkConfig, MachineState, RegisterRequest, System};
 use rand::{Rng as _, RngCore as _, SeedableRng as _};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use crate::dhcp_client::{mac_text, DhcpClient, Lease, Role};
@@ -178,6 +180,7 @@ impl Settings {
 pub enum Op {
     Dhcp,
     Renewal,
+    Release,
     Tftp,
     Http,
     Registration,
@@ -187,13 +190,14 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 8] =
-        [Op::Dhcp, Op::Renewal, Op::Tftp, Op::Http, Op::Registration, Op::Link, Op::Heartbeat, Op::Watch];
+    pub const ALL: [Op; 9] =
+        [Op::Dhcp, Op::Renewal, Op::Release, Op::Tftp, Op::Http, Op::Registration, Op::Link, Op::Heartbeat, Op::Watch];
 
     pub fn name(self) -> &'static str {
         match self {
             Op::Dhcp => "DHCP exchanges (DORA)",
             Op::Renewal => "DHCP renewals",
+            Op::Release => "DHCP releases (sent)",
             Op::Tftp => "TFTP downloads",
             Op::Http => "HTTP downloads",
             Op::Registration => "registrations",
@@ -215,7 +219,7 @@ struct Tally {
 /// How many of each operation succeeded and failed.
 #[derive(Debug, Default)]
 pub struct Counters {
-    tallies: [Tally; 8],
+    tallies: [Tally; 9],
 }
 
 impl Counters {
@@ -327,6 +331,10 @@ fn newest_event(data_dir: &Path) -> Option<u64> {
     let out = crate::oasis(&["events", "--json", "--limit", "1", "--data-dir", data_dir.to_str()?]);
     let events: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     events.as_array()?.last().map_or(Some(0), |e| e["seq"].as_u64())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Pseudo-random bytes from a fixed seed per file: the same boot root every run.
@@ -506,6 +514,14 @@ impl Machine {
             _ = watches, if linked => Ok(()),
         };
         drop(wireguard);
+        // Half the reboots are clean shutdowns, which release the lease (udhcpc -R).
+        if result.is_ok() && rng.random_bool(0.5) {
+            let released = match DhcpClient::bind_device(self.mac, "eth0") {
+                Ok(mut dhcp) => dhcp.release(&lease).await,
+                Err(e) => Err(e),
+            };
+            let _ = counters.record(Op::Release, &who, released);
+        }
         result
     }
 
@@ -524,8 +540,12 @@ impl Machine {
 
     async fn dhcp(&self, shared: &Shared, role: Role) -> Result<Lease, ()> {
         let lease = match DhcpClient::bind_device(self.mac, "eth0") {
-            Ok(mut dhcp) => dhcp.dora(role).await,
-            Err(e) => Err(e),
+            Ok(mut dhcp) => dhcp.dora(role).await.map_err(|e| e.to_string()),
+            Err(e) => {
+                let holders =
+                    crate::run(Command::new("ip").args(["netns", "exec", &self.ns, "ss", "-uanpe", "sport = :68"]));
+                Err(format!("{role:?}: {e}; {holders:?}"))
+            }
         };
         let lease = shared.counters.record(Op::Dhcp, &self.who(), lease)?;
         self.use_address(shared, &lease)?;
@@ -592,7 +612,7 @@ impl Machine {
         rng.fill_bytes(&mut nonce);
         let request = RegisterRequest {
             token: args.token.clone(),
-            nonce: nonce.iter().map(|b| format!("{b:02x}")).collect(),
+            nonce: hex(&nonce),
             boot_mac: mac_text(self.mac),
             wireguard_key: key.get_public().to_base64(),
             agent_version: "soak".into(),
@@ -785,6 +805,14 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
         std::fs::write(&path, &data).map_err(io_error(&path))?;
         files.insert(name.to_string(), data);
     }
+    // The manifest the appliance checks its iPXE builds against at start-up, as shipped.
+    let sums: String = BOOT_FILES
+        .iter()
+        .filter_map(|(name, _)| name.strip_prefix("ipxe/").map(|file| (file, &files[*name])))
+        .map(|(file, data)| format!("{}  {file}\n", hex(&Sha256::digest(data))))
+        .collect();
+    let manifest = root.join("ipxe/SHA256SUMS");
+    std::fs::write(&manifest, sums).map_err(io_error(&manifest))?;
     let config = dir.join("oasis.toml");
     std::fs::write(&config, config_text(settings)).map_err(io_error(&config))?;
 
@@ -905,12 +933,12 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
         );
         Outcome::Failed
     } else {
-        let problems = problems(settings, &counters, stuck);
+        let problems = problems(settings, &counters, metrics.as_deref(), stuck);
         if problems.is_empty() {
             println!("== PASSED");
             Outcome::Passed
         } else {
-            println!("== FAILED: {}", problems.join("; "));
+            println!("== FAILED: {}\nthe appliance's log ends:\n{}", problems.join("; "), crate::tail(&log_text, 20));
             Outcome::Failed
         }
     };
@@ -995,27 +1023,85 @@ fn report(
             }
         }
     }
-    let count = |level: &str| log.lines().filter(|l| l.contains(level)).count();
+    let lines: Vec<String> = log.lines().map(plain).collect();
+    let level = |line: &str| line.split_whitespace().nth(1).map(str::to_string);
+    let count = |wanted: &str| lines.iter().filter(|l| level(l).as_deref() == Some(wanted)).count();
     let _ = writeln!(
         out,
         "\n== the appliance's log: {} lines, {} WARN, {} ERROR, {} panics",
-        log.lines().count(),
-        count(" WARN "),
-        count(" ERROR "),
-        count("panicked")
+        lines.len(),
+        count("WARN"),
+        count("ERROR"),
+        lines.iter().filter(|l| l.contains("panicked")).count()
     );
-    for line in log.lines().filter(|l| l.contains(" ERROR ") || l.contains("panicked")).take(5) {
-        let _ = writeln!(out, "   {line}");
+    // Each distinct warning and error once (without its time), with how often it came.
+    let mut distinct: Vec<(String, usize)> = Vec::new();
+    for line in &lines {
+        if matches!(level(line).as_deref(), Some("WARN" | "ERROR")) || line.contains("panicked") {
+            let text = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest.trim_start()).to_string();
+            match distinct.iter_mut().find(|(t, _)| *t == text) {
+                Some((_, n)) => *n += 1,
+                None => distinct.push((text, 1)),
+            }
+        }
+    }
+    for (text, n) in distinct.iter().take(8) {
+        let _ = writeln!(out, "   {n:>5} x {text}");
     }
     out
 }
 
-/// Why the run fails, if it does: an operation kind failing too often, or not happening at all.
-fn problems(settings: &Settings, counters: &Counters, stuck: usize) -> Vec<String> {
+/// The non-zero `oasis_errors_total{kind="…"}` counters.
+fn appliance_errors(metrics: &str) -> Vec<(String, u64)> {
+    metrics
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("oasis_errors_total{kind=\"")?;
+            let (kind, value) = rest.split_once("\"} ")?;
+            Some((kind.to_string(), value.trim().parse().ok()?))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// A log line without its terminal colours (the appliance colours its log, even into a file).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Why the run fails, if it does: an operation kind failing too often, or not happening at all,
+/// or the appliance counting errors.
+fn problems(settings: &Settings, counters: &Counters, metrics: Option<&str>, stuck: usize) -> Vec<String> {
     let mut problems = Vec::new();
+    match metrics {
+        None => problems.push("the appliance's /metrics did not answer at the end".to_string()),
+        // Well-behaved clients only: every error the appliance counts is one too many.
+        Some(text) => problems.extend(
+            appliance_errors(text).into_iter().map(|(kind, n)| format!("the appliance counted {n} {kind} errors")),
+        ),
+    }
     for op in Op::ALL {
         let (ok, failed) = counters.get(op);
-        let expected = !matches!(op, Op::Link | Op::Heartbeat | Op::Watch) || settings.linked > 0;
+        // Releases come with reboots, which a short run may not see.
+        let expected = match op {
+            Op::Link | Op::Heartbeat | Op::Watch => settings.linked > 0,
+            Op::Release => false,
+            _ => true,
+        };
         if ok + failed == 0 {
             if expected {
                 problems.push(format!("no {} at all", op.name()));
@@ -1069,6 +1155,20 @@ mod tests {
             ("https://10.0.0.1:9443", "t0k3n", pin.as_str())
         );
         assert!(parse_script("#!ipxe\nexit\n").is_err());
+    }
+
+    #[test]
+    fn the_appliance_errors_are_read_from_its_metrics() {
+        let text = "# HELP oasis_errors_total Errors, by kind.\noasis_errors_total{kind=\"dhcp_malformed\"} 0\n\
+                    oasis_errors_total{kind=\"dhcp_release_ignored\"} 3\noasis_http_requests_total 9\n";
+        assert_eq!(appliance_errors(text), [("dhcp_release_ignored".to_string(), 3)]);
+    }
+
+    #[test]
+    fn log_lines_lose_their_colours() {
+        let line = "\x1b[2m2026-12-06T14:13:55.313627Z\x1b[0m \x1b[33m WARN\x1b[0m \x1b[2moasis_appliance::serve\x1b[0m\x1b[2m:\x1b[0m iPXE";
+        assert_eq!(plain(line), "2026-12-06T14:13:55.313627Z  WARN oasis_appliance::serve: iPXE");
+        assert_eq!(plain("no colour"), "no colour");
     }
 
     #[test]

@@ -35,16 +35,19 @@ pub enum LinkError {
     Ip(#[from] crate::HarnessError),
 }
 
-/// The management link, up; dropping it stops boringtun's thread and removes the tun device.
+/// The management link, up; dropping it stops boringtun's thread and deletes the interface (at
+/// once, so that the next boot's link can take the name).
 pub struct UserspaceLink {
+    ns: String,
     name: String,
-    uapi: BufReader<UnixStream>,
-    _device: boringtun::device::DeviceHandle,
+    /// Closing it stops the device (boringtun exits on the control socket's end of file).
+    uapi: Option<BufReader<UnixStream>>,
+    device: Option<boringtun::device::DeviceHandle>,
 }
 
 impl std::fmt::Debug for UserspaceLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserspaceLink").field("name", &self.name).finish()
+        f.debug_struct("UserspaceLink").field("ns", &self.ns).field("name", &self.name).finish()
     }
 }
 
@@ -80,8 +83,13 @@ impl UserspaceLink {
             uapi_fd: theirs.into_raw_fd(),
         };
         let device = boringtun::device::DeviceHandle::new(name, device_config).map_err(|e| failed(format!("{e:?}")))?;
-        let mut link = UserspaceLink { name: name.to_string(), uapi: BufReader::new(ours), _device: device };
-        link.uapi.get_mut().set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| failed(e.to_string()))?;
+        ours.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| failed(e.to_string()))?;
+        let mut link = UserspaceLink {
+            ns: ns.to_string(),
+            name: name.to_string(),
+            uapi: Some(BufReader::new(ours)),
+            device: Some(device),
+        };
         let request = format!(
             "set=1\nprivate_key={}\nreplace_peers=true\npublic_key={}\nendpoint={}\nallowed_ip={}/{}\n\
              persistent_keepalive_interval={}\n\n",
@@ -102,11 +110,12 @@ impl UserspaceLink {
     /// One UAPI exchange: sends `request`, reads the answer up to the empty line that ends it,
     /// and fails unless it carries `errno=0`.
     fn exchange(&mut self, request: &str) -> std::io::Result<()> {
-        self.uapi.get_mut().write_all(request.as_bytes())?;
+        let uapi = self.uapi.as_mut().expect("the control socket is there until the link is dropped");
+        uapi.get_mut().write_all(request.as_bytes())?;
         let mut errno = None;
         loop {
             let mut line = String::new();
-            if self.uapi.read_line(&mut line)? == 0 {
+            if uapi.read_line(&mut line)? == 0 {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the WireGuard device stopped"));
             }
             let line = line.trim_end();
@@ -121,6 +130,25 @@ impl UserspaceLink {
             Some("0") => Ok(()),
             Some(errno) => Err(std::io::Error::other(format!("errno {errno}"))),
             None => Err(std::io::Error::other("no status in the answer")),
+        }
+    }
+}
+
+impl Drop for UserspaceLink {
+    /// Stops the device and waits (boundedly) for its interface to go with its descriptor; deletes
+    /// it if it stays. Deleted first, the device would find its tun descriptor dead and say so on
+    /// stderr.
+    fn drop(&mut self) {
+        drop(self.uapi.take());
+        drop(self.device.take());
+        let present = || crate::run(Command::new("ip").args(["-n", &self.ns, "link", "show", &self.name])).is_ok();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while present() {
+            if std::time::Instant::now() > deadline {
+                let _ = crate::run(Command::new("ip").args(["-n", &self.ns, "link", "delete", &self.name]));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
