@@ -123,14 +123,20 @@ impl DhcpClient {
         DhcpClient::bind_to(mac, Ipv4Addr::UNSPECIFIED)
     }
 
-    /// Binds `ip:68`.
+    /// Binds `ip:68`, with `SO_REUSEADDR` as busybox udhcpc does. Here it matters because a
+    /// test process is threaded: while another thread forks (to run `ip`, say), the child holds
+    /// a copy of every descriptor until it execs, so a socket just closed can stay bound for a
+    /// moment and the next client's bind would fail with "address in use".
     pub fn bind_to(mac: [u8; 6], ip: Ipv4Addr) -> Result<DhcpClient, DhcpClientError> {
+        use socket2::{Domain, Protocol, Socket, Type};
         // Transaction ids differ between clients and between the clients of one process.
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let socket = std::net::UdpSocket::bind(SocketAddrV4::new(ip, 68)).map_err(DhcpClientError::Socket)?;
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(DhcpClientError::Socket)?;
+        socket.set_reuse_address(true).map_err(DhcpClientError::Socket)?;
         socket.set_broadcast(true).map_err(DhcpClientError::Socket)?;
         socket.set_nonblocking(true).map_err(DhcpClientError::Socket)?;
-        let socket = UdpSocket::from_std(socket).map_err(DhcpClientError::Socket)?;
+        socket.bind(&SocketAddrV4::new(ip, 68).into()).map_err(DhcpClientError::Socket)?;
+        let socket = UdpSocket::from_std(socket.into()).map_err(DhcpClientError::Socket)?;
         let seed = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]).rotate_left(12);
         let xid = seed ^ NEXT.fetch_add(0x0001_0001, Ordering::Relaxed).wrapping_mul(0x9e37_79b9);
         Ok(DhcpClient { socket, mac, xid })

@@ -540,13 +540,10 @@ impl Machine {
 
     async fn dhcp(&self, shared: &Shared, role: Role) -> Result<Lease, ()> {
         let lease = match DhcpClient::bind_device(self.mac, "eth0") {
-            Ok(mut dhcp) => dhcp.dora(role).await.map_err(|e| e.to_string()),
-            Err(e) => {
-                let holders =
-                    crate::run(Command::new("ip").args(["netns", "exec", &self.ns, "ss", "-uanpe", "sport = :68"]));
-                Err(format!("{role:?}: {e}; {holders:?}"))
-            }
-        };
+            Ok(mut dhcp) => dhcp.dora(role).await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| format!("as {role:?}: {e}"));
         let lease = shared.counters.record(Op::Dhcp, &self.who(), lease)?;
         self.use_address(shared, &lease)?;
         Ok(lease)
