@@ -700,6 +700,49 @@ pub async fn http_get(from: Ipv4Addr, url: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// How long registrations may fail without one succeeding before the appliance's threads are
+/// dumped (once).
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// Notices registrations that keep failing without one succeeding: the API is stuck.
+#[derive(Debug, Default)]
+struct StallWatch {
+    /// (succeeded, failed) at the last success, and when.
+    last: (u64, u64),
+    since: Duration,
+    reported: bool,
+}
+
+impl StallWatch {
+    /// True once, when `counts` (succeeded, failed) show only failures for [`STALL`].
+    fn stalled(&mut self, counts: (u64, u64), at: Duration) -> bool {
+        if counts.0 != self.last.0 {
+            (self.last, self.since) = (counts, at);
+            return false;
+        }
+        let stalled = !self.reported && counts.1 > self.last.1 && at.saturating_sub(self.since) >= STALL;
+        self.reported |= stalled;
+        stalled
+    }
+}
+
+/// Every thread's stack of process `pid` (gdb, if installed) into `file`; says where it went.
+fn dump_stacks(pid: u32, file: &Path) -> String {
+    // Bounded: coreutils' timeout stops a gdb that hangs.
+    let out = Command::new("timeout")
+        .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-ex", "thread apply all bt"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(out) if out.status.code() == Some(127) => "not taken: install gdb to get them".to_string(),
+        Ok(out) => match std::fs::write(file, [out.stdout, out.stderr].concat()) {
+            Ok(()) => file.display().to_string(),
+            Err(e) => format!("not written to {}: {e}", file.display()),
+        },
+        Err(e) => format!("not taken ({e})"),
+    }
+}
+
 /// `GET /metrics` from inside the rack, with a plain blocking connection.
 fn metrics(rack: &Netns) -> Option<String> {
     rack.run_inside(|| {
@@ -883,6 +926,7 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
     let mut interrupted = false;
     runtime.block_on(async {
         let mut tick = tokio::time::interval(settings.sample_every);
+        let mut stall = StallWatch::default();
         for n in 0..=total {
             tokio::select! {
                 _ = int.recv() => { interrupted = true; break }
@@ -896,6 +940,14 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
             };
             if n % stride == 0 || n == total {
                 println!("{}", row(&s, &counters));
+            }
+            if stall.stalled(counters.get(Op::Registration), at) {
+                let file = dir.join("appliance-stacks.txt");
+                println!(
+                    "== registrations stopped {} s ago while machines kept trying; the appliance's threads: {}",
+                    STALL.as_secs(),
+                    dump_stacks(pid, &file)
+                );
             }
             samples.push(s);
         }
@@ -1159,6 +1211,21 @@ mod tests {
         let text = "# HELP oasis_errors_total Errors, by kind.\noasis_errors_total{kind=\"dhcp_malformed\"} 0\n\
                     oasis_errors_total{kind=\"dhcp_release_ignored\"} 3\noasis_http_requests_total 9\n";
         assert_eq!(appliance_errors(text), [("dhcp_release_ignored".to_string(), 3)]);
+    }
+
+    #[test]
+    fn a_stall_is_failures_without_a_success_for_a_minute() {
+        let mut watch = StallWatch::default();
+        let secs = Duration::from_secs;
+        assert!(!watch.stalled((10, 0), secs(10)));
+        // No registrations at all (no machine rebooting) is quiet, not stuck.
+        assert!(!watch.stalled((10, 0), secs(100)));
+        assert!(!watch.stalled((10, 5), secs(60)));
+        assert!(watch.stalled((10, 9), secs(71)));
+        assert!(!watch.stalled((10, 20), secs(200)), "reported once");
+        let mut watch = StallWatch::default();
+        assert!(!watch.stalled((10, 0), secs(10)));
+        assert!(!watch.stalled((11, 5), secs(80)), "a success in between");
     }
 
     #[test]
