@@ -112,17 +112,26 @@ pub struct Appliance {
 impl Appliance {
     /// Starts `oasis serve --config CONFIG` in `ns` and waits until its admin socket answers.
     pub fn start(ns: &Netns, config: &Path, log: &Path) -> Appliance {
-        Appliance::start_with(ns, config, log, &[])
+        Appliance::launch(ns, config, log, &[], "info,oasis_pxe=debug")
     }
 
     /// [`Appliance::start`] with more arguments to `oasis serve` (`--new-store`).
     pub fn start_with(ns: &Netns, config: &Path, log: &Path, args: &[&str]) -> Appliance {
+        Appliance::launch(ns, config, log, args, "info,oasis_pxe=debug")
+    }
+
+    /// [`Appliance::start`] with `OASIS_LOG=filter` (`info` is what the appliance ships with).
+    pub fn start_logging(ns: &Netns, config: &Path, log: &Path, filter: &str) -> Appliance {
+        Appliance::launch(ns, config, log, &[], filter)
+    }
+
+    fn launch(ns: &Netns, config: &Path, log: &Path, args: &[&str], filter: &str) -> Appliance {
         let data_dir = config.parent().unwrap().join("data");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut cmd = ns.command(oasis_bin().to_str().unwrap());
         cmd.args(["serve", "--config", config.to_str().unwrap()])
             .args(args)
-            .env("OASIS_LOG", "info,oasis_pxe=debug")
+            .env("OASIS_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out);
@@ -138,6 +147,16 @@ impl Appliance {
             std::thread::sleep(Duration::from_millis(100));
         }
         appliance
+    }
+
+    /// The server's process id (`ip netns exec` runs it in place), while it has not been stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// How the server exited, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn log(&self) -> String {

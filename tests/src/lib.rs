@@ -18,10 +18,13 @@
 pub mod appliance;
 pub mod appliance_vm;
 pub mod assets;
+pub mod dhcp_client;
 pub mod dnsmasq;
 pub mod netns;
 pub mod qemu;
 pub mod rack;
+pub mod soak;
+pub mod wireguard;
 
 pub use appliance::{oasis, oasis_bin, Appliance};
 pub use assets::{assets, node_image, workspace_root, Assets};

@@ -64,20 +64,29 @@ impl Netns {
     /// Runs `f` on a new thread that has entered this namespace, so the sockets it makes live
     /// there, and returns what it returns (a panic in `f` is re-raised here).
     pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        match self.spawn_inside(f).join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Starts `f` on a new thread that has entered this namespace and returns at once; the
+    /// thread's sockets, tun devices and child processes live in the namespace, and so do the
+    /// threads it starts. Join it before the namespace is dropped.
+    pub fn spawn_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         use std::os::fd::AsRawFd;
         let path = format!("/var/run/netns/{}", self.name);
-        let thread = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
             // SAFETY: setns(2) with a descriptor that stays open for the call; it changes only
             // this thread's network namespace.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns into {path}: {}", std::io::Error::last_os_error());
             f()
-        });
-        match thread.join() {
-            Ok(value) => value,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        })
     }
 
     /// Runs `ip -n NAME args…`.

@@ -4,8 +4,8 @@
 //! the boot root swapped for a symlink never makes HTTP or TFTP serve a file from outside.
 //!
 //! Each test makes a rack namespace (bridge `br0`, the appliance at 10.0.0.1) and client
-//! namespaces on veth pairs into the bridge; the DHCP client is a few lines of dhcproto over a
-//! UDP socket on port 68. No virtual machines, no boot assets: the boot root is small files
+//! namespaces on veth pairs into the bridge; the DHCP client is the harness's
+//! ([`oasis_e2e::dhcp_client`]). No virtual machines, no boot assets: the boot root is small files
 //! written here. Needs root.
 
 use std::ffi::CString;
@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
-use dhcproto::{Decodable, Encodable};
+use dhcproto::v4::{DhcpOption, MessageType};
+use dhcproto::Encodable;
 use oasis_e2e::appliance::write_config;
+use oasis_e2e::dhcp_client::{mac_text, message as request, DhcpClient, Role};
 use oasis_e2e::{Appliance, Netns};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -27,8 +28,6 @@ const DHCP: &str = "range = [\"10.0.0.100\", \"10.0.0.199\"]\nconflict_check = \
 const CLIENT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x0d, 0x00, 0x01];
 const ATTACKER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x0d, 0x00, 0x66];
 const ATTACKER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 66);
-/// Longest wait for one DHCP answer before an exchange is tried again.
-const ANSWER_WAIT: Duration = Duration::from_secs(2);
 
 /// The rack: the appliance's namespace, a client's and an attacker's, and the running server.
 struct Rack {
@@ -74,71 +73,25 @@ fn rack(prefix: &str) -> Rack {
     Rack { appliance, client, attacker, dir, _ns: ns }
 }
 
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-fn request(kind: MessageType, mac: [u8; 6], xid: u32) -> Message {
-    let mut msg = Message::default();
-    msg.set_opcode(Opcode::BootRequest).set_chaddr(&mac).set_xid(xid);
-    msg.opts_mut().insert(DhcpOption::MessageType(kind));
-    msg
-}
-
-/// A UDP socket on port 68 at `ip`, for broadcasts, with a read timeout.
-fn client_socket(ip: Ipv4Addr) -> UdpSocket {
-    let socket = UdpSocket::bind(SocketAddrV4::new(ip, 68)).unwrap();
-    socket.set_broadcast(true).unwrap();
-    socket.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
-    socket
-}
-
-/// Sends `msg` to `to` and waits for the answer with the same transaction id.
-fn exchange(socket: &UdpSocket, msg: &Message, to: SocketAddrV4) -> Option<Message> {
-    socket.send_to(&msg.to_vec().unwrap(), to).unwrap();
-    let deadline = Instant::now() + ANSWER_WAIT;
-    let mut buf = [0u8; 1500];
-    while Instant::now() < deadline {
-        let Ok((n, _)) = socket.recv_from(&mut buf) else { return None };
-        if let Ok(reply) = Message::from_bytes(&buf[..n]) {
-            if reply.xid() == msg.xid() && reply.opcode() == Opcode::BootReply {
-                return Some(reply);
-            }
-        }
-    }
-    None
+/// A current-thread runtime for the harness's DHCP client.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 /// DISCOVER, OFFER, REQUEST, ACK from the client's namespace; the address bound. Tries again
 /// when an answer is lost (the server checks new addresses for conflicts before it offers).
 fn dora(client: &Netns, mac: [u8; 6]) -> Ipv4Addr {
     client.run_inside(move || {
-        let socket = client_socket(Ipv4Addr::UNSPECIFIED);
-        let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-        for attempt in 0..5u32 {
-            let mut discover = request(MessageType::Discover, mac, 0x0d00_0000 + attempt);
-            discover.set_flags(Flags::default().set_broadcast());
-            let Some(offer) = exchange(&socket, &discover, broadcast) else { continue };
-            assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer), "{offer:?}");
-            let mut req = request(MessageType::Request, mac, discover.xid());
-            req.set_flags(Flags::default().set_broadcast());
-            req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
-            req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-            let Some(ack) = exchange(&socket, &req, broadcast) else { continue };
-            assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack), "{ack:?}");
-            return ack.yiaddr();
-        }
-        panic!("no lease after 5 attempts");
+        let lease = block_on(async { DhcpClient::bind(mac)?.dora(Role::Os).await });
+        lease.unwrap_or_else(|e| panic!("{e}")).ip
     })
 }
 
 /// A RENEW from the bound address, unicast to the server: the answer's type and address.
 fn renew(client: &Netns, mac: [u8; 6], ip: Ipv4Addr) -> (Option<MessageType>, Ipv4Addr) {
     client.run_inside(move || {
-        let socket = client_socket(Ipv4Addr::UNSPECIFIED);
-        let mut req = request(MessageType::Request, mac, 0x0d10_0000);
-        req.set_ciaddr(ip);
-        let reply = exchange(&socket, &req, SocketAddrV4::new(SERVER, 67)).expect("an answer to the RENEW");
+        let reply = block_on(async { DhcpClient::bind(mac)?.renew_message(ip, SERVER, Role::Os).await });
+        let reply = reply.unwrap_or_else(|e| panic!("an answer to the RENEW: {e}"));
         (reply.opts().msg_type(), reply.yiaddr())
     })
 }

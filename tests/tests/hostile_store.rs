@@ -4,16 +4,16 @@
 //! answers its real clients and that nothing committed is lost. Needs root (namespaces, loop
 //! devices, mount) and the boot assets.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
-use dhcproto::{Decodable, Encodable};
+use dhcproto::v4::MessageType;
 use oasis_agent::client::{ApiClient, ApiError};
 use oasis_e2e::appliance::{agent_args, boot_root, join_args, oasis, oasis_bin, write_config, Appliance};
+use oasis_e2e::dhcp_client::{DhcpClient, Role};
 use oasis_e2e::{tail, Netns};
 use oasis_proto::{Inventory, RegisterRequest, RegisterResponse, System};
 
@@ -174,90 +174,30 @@ fn refused_registrations_in_bulk_cost_a_few_events_and_lose_nothing() {
 
 // ---- DHCP, from a client namespace ----
 
-/// A DHCP client in its own namespace, on a veth whose other end is on the appliance's bridge.
-struct DhcpClient {
+/// A DHCP client (the harness's) in its own namespace, on a veth whose other end is on the
+/// appliance's bridge.
+struct RackClient {
     ns: Netns,
 }
 
-/// A UDP socket on port 68 sending from interface `c0` (no address needed for broadcasts).
-fn client_socket() -> UdpSocket {
-    use std::os::fd::AsRawFd;
-    let socket = UdpSocket::bind("0.0.0.0:68").unwrap();
-    socket.set_broadcast(true).unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let name = b"c0\0";
-    // SAFETY: setsockopt(2) on a descriptor the socket keeps open, reading `name` (NUL
-    // included) for the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            name.as_ptr().cast(),
-            name.len() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_BINDTODEVICE c0: {}", std::io::Error::last_os_error());
-    socket
+/// A current-thread runtime for the harness's DHCP client.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
-fn message(kind: MessageType, mac: [u8; 6], xid: u32) -> Message {
-    let mut msg = Message::default();
-    msg.set_opcode(Opcode::BootRequest).set_chaddr(&mac).set_xid(xid);
-    msg.opts_mut().insert(DhcpOption::MessageType(kind));
-    msg
-}
-
-/// Sends `msg` to `to` once a second until a reply of kind `want` with its xid comes (or a NAK,
-/// or 6 s pass).
-fn exchange(socket: &UdpSocket, msg: &Message, to: SocketAddrV4, want: MessageType) -> Option<Message> {
-    let bytes = msg.to_vec().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < deadline {
-        socket.send_to(&bytes, to).unwrap();
-        let resend = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < resend {
-            let mut buf = [0u8; 1500];
-            let Ok((n, _)) = socket.recv_from(&mut buf) else { continue };
-            let Ok(reply) = Message::from_bytes(&buf[..n]) else { continue };
-            if reply.xid() != msg.xid() {
-                continue;
-            }
-            match reply.opts().msg_type() {
-                Some(kind) if kind == want => return Some(reply),
-                Some(MessageType::Nak) => return None,
-                _ => {}
-            }
-        }
-    }
-    None
-}
-
-fn xid(mac: [u8; 6]) -> u32 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ nanos
-}
-
-impl DhcpClient {
-    fn new(appliance: &Netns) -> DhcpClient {
+impl RackClient {
+    fn new(appliance: &Netns) -> RackClient {
         let ns = Netns::create("oasis-dhcpc").unwrap();
         appliance.add_veth_to("vc0", &ns, "c0").unwrap();
         appliance.attach("vc0", "br0").unwrap();
-        DhcpClient { ns }
+        RackClient { ns }
     }
 
     /// DISCOVER, OFFER, REQUEST, ACK: the address acknowledged to `mac`, if the ACK came. On an
     /// ACK the address goes on `c0`, for the renewal's unicast.
     fn lease(&self, mac: [u8; 6]) -> Option<Ipv4Addr> {
         let acked = self.ns.run_inside(move || {
-            let socket = client_socket();
-            let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
-            let id = xid(mac);
-            let offer = exchange(&socket, &message(MessageType::Discover, mac, id), broadcast, MessageType::Offer)?;
-            let mut req = message(MessageType::Request, mac, id);
-            req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
-            req.opts_mut().insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-            exchange(&socket, &req, broadcast, MessageType::Ack).map(|ack| ack.yiaddr())
+            block_on(async { DhcpClient::bind_device(mac, "c0")?.dora(Role::Os).await }).ok().map(|l| l.ip)
         })?;
         let cidr = format!("{acked}/24");
         if !self.ns.ip(&["-4", "addr", "show", "dev", "c0"]).unwrap().contains(&cidr) {
@@ -269,10 +209,9 @@ impl DhcpClient {
     /// A renewal (RENEWING: ciaddr set, unicast to the server): whether it was acknowledged.
     fn renew(&self, mac: [u8; 6], ip: Ipv4Addr) -> bool {
         self.ns.run_inside(move || {
-            let socket = client_socket();
-            let mut req = message(MessageType::Request, mac, xid(mac));
-            req.set_ciaddr(ip);
-            exchange(&socket, &req, SocketAddrV4::new(SERVER, 67), MessageType::Ack).is_some()
+            let answer =
+                block_on(async { DhcpClient::bind_device(mac, "c0")?.renew_message(ip, SERVER, Role::Os).await });
+            answer.is_ok_and(|m| m.opts().msg_type() == Some(MessageType::Ack))
         })
     }
 }
@@ -312,7 +251,7 @@ fn a_full_data_partition_keeps_renewals_going_and_recovers_when_space_returns() 
     let data = dir.path().join("data");
     let _disk = LoopMount::new(&dir.path().join("data.img"), &data, 64);
     let ns = appliance_ns("oasis-hfull");
-    let client = DhcpClient::new(&ns);
+    let client = RackClient::new(&ns);
     let config = rack(dir.path(), DHCP_FULL);
     let appliance = Appliance::start(&ns, &config, &dir.path().join("oasis.log"));
     let a = client.lease(MAC_A).expect("a lease before the partition fills");
@@ -395,7 +334,7 @@ fn serve_refused(ns: &Netns, config: &Path, store: &Path) -> String {
 #[test]
 fn a_damaged_or_emptied_store_is_refused_unchanged_and_new_store_starts_afresh_keeping_it() {
     let ns = appliance_ns("oasis-hdmg");
-    let client = DhcpClient::new(&ns);
+    let client = RackClient::new(&ns);
     let dir = tempfile::tempdir().unwrap();
     let config = rack(dir.path(), DHCP_FULL);
     let log = dir.path().join("oasis.log");
