@@ -33,7 +33,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::identity::{random_token, Identity};
 use crate::registry::{
-    secrets_equal, AuthError, Happening, LastHeartbeat, Leases, MachineRecord, Registration, Registry, Wire,
+    machine_id, secrets_equal, AuthError, Happening, LastHeartbeat, Leases, MachineRecord, Registration, Registry, Wire,
 };
 use crate::store::Store;
 use crate::wireguard::ManagementInterface;
@@ -151,10 +151,10 @@ async fn register(
 ) -> Result<Json<oasis_proto::RegisterResponse>, Refusal> {
     let Json(req) = body?;
     let credential = random_token();
-    let wire = wire_of(&api, &req, source_v4(from))?;
     // One registration at a time: the decision and its commit must not interleave with another
     // for the same machine, and registrations are rare enough that this costs nothing.
     let mut registry = api.registry.lock().await;
+    let wire = wire_of(&api, &registry, &req, source_v4(from)).await?;
     match registry.register(&req, &api.identity.join_token, &credential, &wire, now()) {
         Registration::Refuse { status, message, happening } => {
             // Counted per source by the store, which logs the first of each kind: a flood of
@@ -170,7 +170,7 @@ async fn register(
                 tracing::info!(%from, "{}", h.message);
             }
             api.store.save_record((*record).clone(), happenings).await.map_err(store_failed)?;
-            sync_peer(&api, &record, old_key.as_deref());
+            sync_peer(&api, &record, old_key).await;
             registry.apply(*record);
             Ok(Json(response))
         }
@@ -180,7 +180,7 @@ async fn register(
 /// What the appliance saw on the wire of the machine a registration claims to be (by its boot
 /// MAC, when that parses; the registry refuses it otherwise): its lease in full DHCP mode, its
 /// newest boot script's token, and the management link's handshakes.
-fn wire_of(api: &Api, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, Refusal> {
+async fn wire_of(api: &Api, registry: &Registry, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, Refusal> {
     let unreadable = |e: crate::store::StoreError| {
         tracing::error!("store read failed: {e}");
         refuse(StatusCode::SERVICE_UNAVAILABLE, "the appliance could not read its store; try again")
@@ -195,27 +195,44 @@ fn wire_of(api: &Api, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, Ref
         (true, Some(mac)) => Leases::Bound(api.store.bound_address(mac, Some(from), now()).map_err(unreadable)?),
         (true, None) => Leases::Bound(None),
     };
-    let handshakes = match &api.wireguard {
-        Some(wg) => wg.handshake_ages().into_iter().map(|(key, age)| (key, age.as_secs())).collect(),
-        None => HashMap::new(),
-    };
+    // Handshakes matter only to a new key for an accepted machine (is the old one still live?),
+    // and asking the device is not free: only then is it asked.
+    let rekeys = mac
+        .and_then(|mac| registry.get(&machine_id(&req.inventory, mac)))
+        .is_some_and(|r| r.state == MachineState::Accepted && r.wireguard_key != req.wireguard_key);
+    let handshakes = if rekeys { handshake_ages(api).await } else { HashMap::new() };
+    let handshakes = handshakes.into_iter().map(|(key, age)| (key, age.as_secs())).collect();
     Ok(Wire { from, leases, boot_token, handshakes })
 }
 
-/// Makes the WireGuard peers match a committed record.
-fn sync_peer(api: &Api, record: &MachineRecord, old_key: Option<&str>) {
-    let Some(wg) = &api.wireguard else { return };
-    if let Some(old) = old_key {
-        if let Err(e) = wg.remove_peer(old) {
-            tracing::warn!(machine = %record.id, "old WireGuard peer not removed: {e}");
+/// Every peer's handshake age, asked of the device off the async workers (a userspace device's
+/// control socket can take up to its timeout to answer).
+async fn handshake_ages(api: &Api) -> HashMap<String, Duration> {
+    let Some(wg) = api.wireguard.clone() else { return HashMap::new() };
+    tokio::task::spawn_blocking(move || wg.handshake_ages()).await.unwrap_or_default()
+}
+
+/// Makes the WireGuard peers match a committed record, off the async workers.
+async fn sync_peer(api: &Api, record: &MachineRecord, old_key: Option<String>) {
+    let Some(wg) = api.wireguard.clone() else { return };
+    let record = record.clone();
+    let synced = tokio::task::spawn_blocking(move || {
+        if let Some(old) = old_key {
+            if let Err(e) = wg.remove_peer(&old) {
+                tracing::warn!(machine = %record.id, "old WireGuard peer not removed: {e}");
+            }
         }
-    }
-    let result = match (record.state, record.overlay) {
-        (MachineState::Accepted, Some(overlay)) => wg.add_peer(&record.wireguard_key, overlay),
-        _ => wg.remove_peer(&record.wireguard_key),
-    };
-    if let Err(e) = result {
-        tracing::error!(machine = %record.id, "WireGuard peer not updated: {e}");
+        let result = match (record.state, record.overlay) {
+            (MachineState::Accepted, Some(overlay)) => wg.add_peer(&record.wireguard_key, overlay),
+            _ => wg.remove_peer(&record.wireguard_key),
+        };
+        if let Err(e) = result {
+            tracing::error!(machine = %record.id, "WireGuard peer not updated: {e}");
+        }
+    })
+    .await;
+    if let Err(e) = synced {
+        tracing::error!("the WireGuard update failed: {e}");
     }
 }
 
@@ -314,7 +331,7 @@ impl From<&LastHeartbeat> for LastHeartbeatView {
 
 /// Every registered machine, with what the running appliance knows about its link.
 pub async fn machine_views(api: &Api) -> Vec<MachineView> {
-    let handshakes = api.wireguard.as_ref().map(|wg| wg.handshake_ages()).unwrap_or_default();
+    let handshakes = handshake_ages(api).await;
     let registry = api.registry.lock().await;
     let mut views: Vec<MachineView> = registry
         .records()
@@ -349,7 +366,7 @@ pub async fn decide_machine(api: &Api, what: &str, decision: &str) -> Result<Mac
     let mut registry = api.registry.lock().await;
     let (record, happening) = registry.decide(what, state).map_err(|e| refuse(StatusCode::NOT_FOUND, e))?;
     api.store.save_record(record.clone(), vec![happening]).await.map_err(store_failed)?;
-    sync_peer(api, &record, None);
+    sync_peer(api, &record, None).await;
     registry.apply(record.clone());
     Ok(record)
 }
@@ -365,8 +382,9 @@ pub async fn remove_machine(api: &Api, what: &str) -> Result<MachineRecord, Refu
         message: format!("{id} removed by an operator; it registers as new when it boots again"),
     };
     api.store.remove_record(id.clone(), happening).await.map_err(store_failed)?;
-    if let Some(wg) = &api.wireguard {
-        let _ = wg.remove_peer(&record.wireguard_key);
+    if let Some(wg) = api.wireguard.clone() {
+        let key = record.wireguard_key.clone();
+        let _ = tokio::task::spawn_blocking(move || wg.remove_peer(&key)).await;
     }
     registry.remove(&id);
     Ok(record)

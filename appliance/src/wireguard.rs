@@ -11,7 +11,7 @@
 //! removed: a machine that rekeys gets its old peer removed and a new one added.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixStream;
@@ -75,9 +75,37 @@ pub fn public_key(private: &[u8; 32]) -> String {
     Key(*private).get_public().to_base64()
 }
 
+/// How long one exchange with boringtun's control socket may take, each way. Bounded so that a
+/// device that stops answering costs its callers this long, never forever: a blocked write (its
+/// socket buffer full of unanswered requests) once held the registry's lock until registrations
+/// and heartbeats all timed out.
+const UAPI_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Throws away whatever the device sent that nobody read: the late answer to an exchange that
+/// timed out. Without this, every later exchange would read the answer to the one before it.
+fn uapi_drain(uapi: &mut BufReader<UnixStream>) -> std::io::Result<()> {
+    let buffered = uapi.buffer().len();
+    uapi.consume(buffered);
+    let stream = uapi.get_mut();
+    stream.set_nonblocking(true)?;
+    let mut scratch = [0u8; 4096];
+    let drained = loop {
+        match stream.read(&mut scratch) {
+            Ok(0) => break Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the WireGuard device stopped")),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    stream.set_nonblocking(false)?;
+    drained
+}
+
 /// One UAPI exchange: sends `request` (ending with an empty line), reads `key=value` lines up to
-/// the empty line that ends the answer, and fails unless it carries `errno=0`.
+/// the empty line that ends the answer, and fails unless it carries `errno=0`. Each direction is
+/// bounded by [`UAPI_TIMEOUT`].
 fn uapi_exchange(uapi: &mut BufReader<UnixStream>, request: &str) -> std::io::Result<Vec<(String, String)>> {
+    uapi_drain(uapi)?;
     uapi.get_mut().write_all(request.as_bytes())?;
     let mut answer = vec![];
     loop {
@@ -135,7 +163,8 @@ impl ManagementInterface {
         };
         let device = boringtun::device::DeviceHandle::new(name, config).map_err(|e| format!("{e:?}"))?;
         let mut uapi = BufReader::new(ours);
-        uapi.get_mut().set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        uapi.get_mut().set_read_timeout(Some(UAPI_TIMEOUT)).map_err(|e| e.to_string())?;
+        uapi.get_mut().set_write_timeout(Some(UAPI_TIMEOUT)).map_err(|e| e.to_string())?;
         let request =
             format!("set=1\nprivate_key={}\nlisten_port={port}\nreplace_peers=true\n\n", hex::encode(private));
         uapi_exchange(&mut uapi, &request).map_err(|e| e.to_string())?;
@@ -312,5 +341,33 @@ mod tests {
         let ages = boringtun_handshake_ages(&answer);
         assert_eq!(ages.get(&key.to_base64()), Some(&Duration::from_secs(42)));
         assert_eq!(ages.len(), 1, "a peer without a handshake has no age");
+    }
+
+    /// Reads one request (up to its empty line) as the device would.
+    fn read_request(device: &mut BufReader<UnixStream>) {
+        let mut line = String::new();
+        while device.read_line(&mut line).unwrap() > 0 && line != "\n" {
+            line.clear();
+        }
+    }
+
+    #[test]
+    fn a_late_answer_is_never_taken_for_the_next_exchanges() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let device = std::thread::spawn(move || {
+            let mut device = BufReader::new(theirs);
+            read_request(&mut device);
+            std::thread::sleep(Duration::from_millis(300));
+            device.get_mut().write_all(b"late=1\nerrno=0\n\n").unwrap();
+            read_request(&mut device);
+            device.get_mut().write_all(b"fresh=1\nerrno=0\n\n").unwrap();
+        });
+        let mut uapi = BufReader::new(ours);
+        assert!(uapi_exchange(&mut uapi, "get=1\n\n").is_err(), "no answer within the timeout");
+        std::thread::sleep(Duration::from_millis(400));
+        let answer = uapi_exchange(&mut uapi, "get=1\n\n").unwrap();
+        assert!(answer.iter().any(|(k, _)| k == "fresh"), "the second exchange read {answer:?}");
+        device.join().unwrap();
     }
 }
