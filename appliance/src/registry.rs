@@ -305,6 +305,18 @@ fn check_wire(mac: MacAddr, boot_token: Option<&BootToken>, wire: &Wire) -> Resu
     }
 }
 
+/// A registration refused by one of the checks, as [`Registration::Refuse`] carries it.
+#[derive(Debug)]
+struct Refused {
+    status: u16,
+    message: String,
+    happening: Option<Happening>,
+}
+
+/// What an admitted registration updates: its boot MAC, the record, the WireGuard key to drop,
+/// and the events so far.
+type Found = (MacAddr, MachineRecord, Option<String>, Vec<Happening>);
+
 /// The registered machines and the rules above. Lives in memory; every change it makes is
 /// returned to the caller to commit.
 #[derive(Debug)]
@@ -362,133 +374,14 @@ impl Registry {
         wire: &Wire,
         now: u64,
     ) -> Registration {
-        let boot_token = wire.boot_token.as_ref().filter(|t| secrets_equal(&credential_hash(&req.token), &t.sha256));
-        if boot_token.is_none() && !secrets_equal(&req.token, token) {
-            // Only what validates goes into the event: the request is not the appliance's.
-            let mac: Option<MacAddr> = req.boot_mac.parse().ok();
-            return Registration::Refuse {
-                status: 401,
-                message: "the token is neither this machine's boot token nor the join token: boot the machine \
-                          from this appliance again; its boot script carries a token for that boot"
-                    .into(),
-                happening: Some(Happening {
-                    kind: "registration-refused",
-                    mac,
-                    message: match mac {
-                        Some(mac) => format!("registration as {mac} from {} refused: wrong token", wire.from),
-                        None => format!("registration from {} refused: wrong token", wire.from),
-                    },
-                }),
-            };
-        }
-        let mac = match validate(req) {
-            Ok(mac) => mac,
-            Err(e) => {
-                let happening = Happening {
-                    kind: "registration-malformed",
-                    mac: None,
-                    message: format!("registration refused: {e}"),
-                };
-                return Registration::Refuse { status: 400, message: e, happening: Some(happening) };
-            }
+        let (mac, mut record, old_key, mut happenings) = match self
+            .admitted(req, token, wire)
+            .and_then(|mac| self.record_for(req, mac, wire, now))
+        {
+            Ok(found) => found,
+            Err(Refused { status, message, happening }) => return Registration::Refuse { status, message, happening },
         };
-        if let Err(why) = check_wire(mac, boot_token, wire) {
-            return Registration::Refuse {
-                status: 403,
-                message: why.clone(),
-                happening: Some(Happening {
-                    kind: "registration-refused",
-                    mac: Some(mac),
-                    message: format!("registration as {mac} from {} refused: {why}", wire.from),
-                }),
-            };
-        }
-        let id = machine_id(&req.inventory, mac);
-        let mut happenings = vec![];
-        let mut old_key = None;
-        let mut record = match self.records.get(&id) {
-            Some(existing) if existing.boot_mac != mac => {
-                let message = format!(
-                    "machine {id} is already registered from MAC {}; this registration comes from {mac}. Two \
-                     machines share an SMBIOS UUID, or one boots from another NIC: if it is the same machine, \
-                     remove the old record with `oasis machine remove {id}`",
-                    existing.boot_mac
-                );
-                return Registration::Refuse {
-                    status: 409,
-                    message: message.clone(),
-                    happening: Some(Happening { kind: "duplicate-identity", mac: Some(mac), message }),
-                };
-            }
-            Some(existing) if existing.recent_nonces.contains(&req.nonce) => {
-                return Registration::Refuse {
-                    status: 409,
-                    message: "replayed registration: this nonce was already used".into(),
-                    happening: Some(Happening {
-                        kind: "registration-replayed",
-                        mac: Some(mac),
-                        message: format!("replayed registration for {id} refused"),
-                    }),
-                };
-            }
-            Some(existing) => {
-                let mut r = existing.clone();
-                if r.wireguard_key != req.wireguard_key {
-                    if let Some(heard) = self.alive_on_link(existing, wire, now) {
-                        return Registration::Refuse {
-                            status: 409,
-                            message: format!(
-                                "machine {id} is alive on its management link ({heard}), and this registration \
-                                 brings a new WireGuard key: a live machine is not re-keyed. A machine that \
-                                 really rebooted is accepted once its old link has been silent for \
-                                 {LINK_SILENCE_SECS} s; its agent keeps asking"
-                            ),
-                            happening: Some(Happening {
-                                kind: "rekey-refused",
-                                mac: Some(mac),
-                                message: format!(
-                                    "a new WireGuard key for {id} from {} refused: the machine is alive on its \
-                                     link ({heard})",
-                                    wire.from
-                                ),
-                            }),
-                        };
-                    }
-                    old_key = Some(std::mem::replace(&mut r.wireguard_key, req.wireguard_key.clone()));
-                    happenings.push(Happening {
-                        kind: "machine-rekeyed",
-                        mac: Some(mac),
-                        message: format!(
-                            "{id} registered from {} with a new WireGuard key (it rebooted; its link was silent); \
-                             the old key is dropped",
-                            wire.from
-                        ),
-                    });
-                }
-                r
-            }
-            None => {
-                happenings.push(Happening {
-                    kind: "machine-registered",
-                    mac: Some(mac),
-                    message: format!("new machine {id} ({mac}) registered"),
-                });
-                MachineRecord {
-                    id: id.clone(),
-                    state: MachineState::Pending,
-                    boot_mac: mac,
-                    wireguard_key: req.wireguard_key.clone(),
-                    inventory: req.inventory.clone(),
-                    agent_version: req.agent_version.clone(),
-                    overlay: None,
-                    credential_sha256: None,
-                    first_registered: now,
-                    last_registered: now,
-                    reason: String::new(),
-                    recent_nonces: vec![],
-                }
-            }
-        };
+        let id = record.id.clone();
         record.inventory = req.inventory.clone();
         record.agent_version = req.agent_version.clone();
         record.last_registered = now;
@@ -513,9 +406,135 @@ impl Registry {
             }
             _ => (None, None),
         };
+        debug_assert_eq!(record.boot_mac, mac);
         let response =
             RegisterResponse { machine_id: id, state: record.state, message: record.reason.clone(), credential, link };
         Registration::Answer { record: Box::new(record), response, old_key, happenings }
+    }
+
+    /// The first checks of a registration, in order: its token (the claimed machine's boot token,
+    /// or the join token), its shape, and what was seen on the wire. The boot MAC it claims.
+    fn admitted(&self, req: &RegisterRequest, token: &str, wire: &Wire) -> Result<MacAddr, Refused> {
+        let boot_token = wire.boot_token.as_ref().filter(|t| secrets_equal(&credential_hash(&req.token), &t.sha256));
+        if boot_token.is_none() && !secrets_equal(&req.token, token) {
+            // Only what validates goes into the event: the request is not the appliance's.
+            let mac: Option<MacAddr> = req.boot_mac.parse().ok();
+            return Err(Refused {
+                status: 401,
+                message: "the token is neither this machine's boot token nor the join token: boot the machine \
+                          from this appliance again; its boot script carries a token for that boot"
+                    .into(),
+                happening: Some(Happening {
+                    kind: "registration-refused",
+                    mac,
+                    message: match mac {
+                        Some(mac) => format!("registration as {mac} from {} refused: wrong token", wire.from),
+                        None => format!("registration from {} refused: wrong token", wire.from),
+                    },
+                }),
+            });
+        }
+        let mac = validate(req).map_err(|e| {
+            let happening =
+                Happening { kind: "registration-malformed", mac: None, message: format!("registration refused: {e}") };
+            Refused { status: 400, message: e, happening: Some(happening) }
+        })?;
+        check_wire(mac, boot_token, wire).map_err(|why| Refused {
+            status: 403,
+            message: why.clone(),
+            happening: Some(Happening {
+                kind: "registration-refused",
+                mac: Some(mac),
+                message: format!("registration as {mac} from {} refused: {why}", wire.from),
+            }),
+        })?;
+        Ok(mac)
+    }
+
+    /// The record an admitted registration updates: the machine's own (with the WireGuard key to
+    /// drop if it rebooted), or a new pending one; refused for a duplicate identity, a replay, or
+    /// a new key for a machine alive on its link.
+    fn record_for(&self, req: &RegisterRequest, mac: MacAddr, wire: &Wire, now: u64) -> Result<Found, Refused> {
+        let id = machine_id(&req.inventory, mac);
+        let Some(existing) = self.records.get(&id) else {
+            let happening = Happening {
+                kind: "machine-registered",
+                mac: Some(mac),
+                message: format!("new machine {id} ({mac}) registered"),
+            };
+            let record = MachineRecord {
+                id: id.clone(),
+                state: MachineState::Pending,
+                boot_mac: mac,
+                wireguard_key: req.wireguard_key.clone(),
+                inventory: req.inventory.clone(),
+                agent_version: req.agent_version.clone(),
+                overlay: None,
+                credential_sha256: None,
+                first_registered: now,
+                last_registered: now,
+                reason: String::new(),
+                recent_nonces: vec![],
+            };
+            return Ok((mac, record, None, vec![happening]));
+        };
+        if existing.boot_mac != mac {
+            let message = format!(
+                "machine {id} is already registered from MAC {}; this registration comes from {mac}. Two \
+                 machines share an SMBIOS UUID, or one boots from another NIC: if it is the same machine, \
+                 remove the old record with `oasis machine remove {id}`",
+                existing.boot_mac
+            );
+            return Err(Refused {
+                status: 409,
+                message: message.clone(),
+                happening: Some(Happening { kind: "duplicate-identity", mac: Some(mac), message }),
+            });
+        }
+        if existing.recent_nonces.contains(&req.nonce) {
+            return Err(Refused {
+                status: 409,
+                message: "replayed registration: this nonce was already used".into(),
+                happening: Some(Happening {
+                    kind: "registration-replayed",
+                    mac: Some(mac),
+                    message: format!("replayed registration for {id} refused"),
+                }),
+            });
+        }
+        let mut record = existing.clone();
+        if record.wireguard_key == req.wireguard_key {
+            return Ok((mac, record, None, vec![]));
+        }
+        if let Some(heard) = self.alive_on_link(existing, wire, now) {
+            return Err(Refused {
+                status: 409,
+                message: format!(
+                    "machine {id} is alive on its management link ({heard}), and this registration brings a new \
+                     WireGuard key: a live machine is not re-keyed. A machine that really rebooted is accepted \
+                     once its old link has been silent for {LINK_SILENCE_SECS} s; its agent keeps asking"
+                ),
+                happening: Some(Happening {
+                    kind: "rekey-refused",
+                    mac: Some(mac),
+                    message: format!(
+                        "a new WireGuard key for {id} from {} refused: the machine is alive on its link ({heard})",
+                        wire.from
+                    ),
+                }),
+            });
+        }
+        let old_key = std::mem::replace(&mut record.wireguard_key, req.wireguard_key.clone());
+        let happening = Happening {
+            kind: "machine-rekeyed",
+            mac: Some(mac),
+            message: format!(
+                "{id} registered from {} with a new WireGuard key (it rebooted; its link was silent); the old key \
+                 is dropped",
+                wire.from
+            ),
+        };
+        Ok((mac, record, Some(old_key), vec![happening]))
     }
 
     /// How an accepted machine was heard from on its link within [`LINK_SILENCE_SECS`], if it was.
