@@ -377,7 +377,8 @@ pub fn plan(
         if !learner.healthy || learner.name.is_empty() {
             return Step::Wait(format!("learner {machine} to start"));
         }
-        if healthy_voters + 1 >= quorum(voters.len() + 1) {
+        // A promotion is committed by a leader (quorum now) and must leave a quorum after.
+        if has_quorum && healthy_voters + 1 >= quorum(voters.len() + 1) {
             return Step::Promote { machine, member_id: learner.id };
         }
         return Step::Wait(format!("quorum to promote {machine}: {healthy_voters} of {} voters healthy", voters.len()));

@@ -354,6 +354,24 @@ fn a_learner_the_appliance_forgot_to_record_is_started_not_added_twice() {
     assert_eq!(w.members.len(), 3);
 }
 
+#[test]
+fn a_learner_is_not_promoted_while_the_voters_have_no_quorum() {
+    let mut w = World::new(3, 3);
+    // Run until the third machine's learner has started: two voters and a ready learner.
+    for _ in 0..100 {
+        w.tick(false);
+        w.agents_act();
+        if w.voters() == 2 && w.members.iter().any(|m| m.learner && w.healthy(m)) {
+            break;
+        }
+    }
+    assert_eq!(w.voters(), 2, "{:?}", w.members);
+    // A voter reboots and loses its data: one of two voters is healthy, there is no leader.
+    w.machines[0].boot += 1;
+    let step = plan(&w.settings, &w.nodes(), &w.assembly, w.observed().as_deref(), true);
+    assert!(matches!(&step, Step::Wait(m) if m.contains("quorum to promote")), "{step:?}");
+}
+
 /// What happens between two ticks.
 #[derive(Debug, Clone)]
 enum Event {
