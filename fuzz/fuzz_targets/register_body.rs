@@ -4,20 +4,28 @@
 //! with machines in every state, so the duplicate, replay, rekey and exhausted-overlay paths are
 //! reachable.
 //!
-//! Input: one byte choosing the body and the acceptance policy, then the JSON body.
+//! Input: one byte choosing the body, the acceptance policy and what the appliance saw on the wire
+//! (proxy mode, or full mode from the leased address, another one or none; the first machine live
+//! on its link or not; a per-boot token issued or not), then the JSON body.
 #![no_main]
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libfuzzer_sys::fuzz_target;
-use oasis_appliance::registry::{MachineRecord, Overlay, Policy, Registration, Registry};
+use oasis_appliance::registry::{
+    credential_hash, BootToken, Leases, MachineRecord, Overlay, Policy, Registration, Registry, Wire,
+};
 use oasis_proto::{Heartbeat, Inventory, MachineState, RegisterRequest, RegisterResponse, System};
 use oasis_pxe::mac::MacAddr;
 
 /// The join token; the seeds carry it.
 const TOKEN: &str = "fuzz-join-token";
 const NOW: u64 = 1_700_000_000;
+/// A per-boot token, issued to [`FROM`] when the input says so.
+const BOOT_TOKEN: &str = "fuzz-boot-token";
+/// Where every registration comes from.
+const FROM: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
 
 fn record(n: u8, state: MachineState, uuid: Option<&str>) -> MachineRecord {
     let boot_mac = MacAddr([0x52, 0x54, 0x00, 0x00, 0x01, n]);
@@ -30,16 +38,38 @@ fn record(n: u8, state: MachineState, uuid: Option<&str>) -> MachineRecord {
         id: oasis_appliance::registry::machine_id(&inventory, boot_mac),
         state,
         boot_mac,
-        wireguard_key: format!("{}{n:02}A=", "A".repeat(41)),
+        wireguard_key: key(n),
         inventory,
         agent_version: "0.1.0".into(),
         overlay: accepted.then(|| Ipv4Addr::new(10, 99, 0, 1 + n)),
-        credential_sha256: accepted.then(|| oasis_appliance::registry::credential_hash(&format!("cred-{n}"))),
+        credential_sha256: accepted.then(|| credential_hash(&format!("cred-{n}"))),
         first_registered: NOW - 100,
         last_registered: NOW - 100,
         reason: String::new(),
         recent_nonces: vec![format!("nonce-used-by-{n:0>10}")],
     }
+}
+
+/// What the appliance saw on the wire, chosen by the input's first byte's upper bits.
+fn wire(choice: u8) -> Wire {
+    let leases = match (choice >> 4) & 3 {
+        0 => Leases::NotOurs,
+        1 => Leases::Bound(Some(FROM)),
+        2 => Leases::Bound(Some(Ipv4Addr::new(10, 0, 0, 50))),
+        _ => Leases::Bound(None),
+    };
+    // The first machine's key was heard 3 s ago: it is alive on its link.
+    let handshakes = if choice & 0x40 != 0 { HashMap::from([(key(1), 3)]) } else { HashMap::new() };
+    let boot_token = (choice & 0x80 != 0).then(|| BootToken {
+        sha256: credential_hash(BOOT_TOKEN),
+        issued_to: Some(FROM),
+        issued_at: NOW - 10,
+    });
+    Wire { from: FROM, leases, boot_token, handshakes }
+}
+
+fn key(n: u8) -> String {
+    format!("{}{n:02}A=", "A".repeat(41))
 }
 
 fn registry(choice: u8) -> Registry {
@@ -73,15 +103,16 @@ fn registry(choice: u8) -> Registry {
 fuzz_target!(|data: &[u8]| {
     let Some((&choice, body)) = data.split_first() else { return };
     let mut registry = registry(choice >> 1);
+    let wire = wire(choice);
     if choice & 1 == 1 {
         heartbeat(&mut registry, body);
         return;
     }
     let Ok(req) = serde_json::from_slice::<RegisterRequest>(body) else { return };
     let before: Vec<MachineRecord> = registry.records().cloned().collect();
-    match registry.register(&req, TOKEN, "fresh-credential", NOW) {
+    match registry.register(&req, TOKEN, "fresh-credential", &wire, NOW) {
         Registration::Refuse { status, message, .. } => {
-            assert!(matches!(status, 400 | 401 | 409), "status {status}: {message}");
+            assert!(matches!(status, 400 | 401 | 403 | 409), "status {status}: {message}");
             assert!(!message.is_empty());
         }
         Registration::Answer { record, response, old_key, .. } => {
@@ -106,7 +137,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(&serde_json::from_slice::<MachineRecord>(&stored).expect("the store reads it"), &*record);
             registry.apply(*record);
             // The same request again is a replay.
-            match registry.register(&req, TOKEN, "another-credential", NOW + 1) {
+            match registry.register(&req, TOKEN, "another-credential", &wire, NOW + 1) {
                 Registration::Refuse { status: 409, .. } => {}
                 other => panic!("a replayed registration was not refused: {other:?}"),
             }
