@@ -21,7 +21,8 @@
 //!
 //! Then the machine renews its lease at every T1 until it reboots (after about
 //! `--reboot-minutes`, give or take half), which is a new boot with a new key; half the reboots
-//! are clean shutdowns that release the lease first. A subset of the
+//! are clean shutdowns that release the lease first, and a linked machine stays off for longer
+//! than its link's silence, as a real one does (else it is refused as an impostor of itself). A subset of the
 //! machines (`--linked`, default 24) also bring up their management link and, through it,
 //! heartbeat every [`oasis_proto::HEARTBEAT_SECS`] and hold the desired-state watch, as the agent
 //! does. Not all of them: this host's kernel has no WireGuard, so each link is a userspace
@@ -521,6 +522,12 @@ impl Machine {
                 Err(e) => Err(e),
             };
             let _ = counters.record(Op::Release, &who, released);
+        }
+        // A real machine is off for longer than its link's silence (firmware, kernel, agent) before
+        // its new boot registers with a new key; a linked machine that came back sooner would be
+        // refused as the impostor of a live one (registry::LINK_SILENCE_SECS).
+        if linked {
+            tokio::time::sleep(Duration::from_secs(oasis_appliance::registry::LINK_SILENCE_SECS + 2)).await;
         }
         result
     }
