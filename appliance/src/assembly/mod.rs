@@ -11,11 +11,16 @@
 //! with its reason) and publishes every machine's desired state. Nothing it knows lives only in
 //! memory: a restarted appliance picks up where it was.
 
+pub mod bookkeeping;
 pub mod desired;
 pub mod kubernetes;
 pub mod order;
 pub mod planner;
 pub mod status;
+pub mod world;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -33,10 +38,12 @@ use crate::etcd::{EtcdClient, EtcdError, MemberStatus};
 use crate::k3s::{self, ClientCert};
 use crate::pki::ClusterCa;
 use crate::registry::{Happening, LastHeartbeat, MachineRecord};
+use bookkeeping::{apply_step, Context, Outcome};
 use desired::{MemberTls, MeshPlan, Placed};
 use kubernetes::Kubernetes;
-use planner::{Assembly, InitialState, Member, MemberPlan, Node, Settings, Step};
+use planner::{Assembly, Member, Node, Settings, Step};
 use status::{ClusterStatus, MachineRole, MemberView, MeshPair};
+use world::{Clock, Etcd, SystemClock};
 
 /// Time between two reconcile ticks.
 const TICK: Duration = Duration::from_secs(1);
@@ -47,10 +54,6 @@ const RECONNECT_GRACE_SECS: u64 = 30;
 /// A mesh handshake older than this does not prove the path (WireGuard renews every 2 minutes
 /// while traffic or keepalives flow).
 const MESH_FRESH_SECS: u64 = 180;
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 /// A secret kept in the store as JSON: read back, or made by `make` and committed before it is
 /// used. Made before it is stored, so a failure stores nothing.
@@ -102,13 +105,14 @@ struct Observation {
     members: Option<Vec<crate::etcd::Member>>,
 }
 
-/// The assembly controller.
-pub struct Controller {
+/// The assembly controller, with etcd and the clock chosen at construction.
+pub struct Controller<E: Etcd = EtcdClient, C: Clock = SystemClock> {
     settings: ClusterSettings,
     mesh: MeshPlan,
     api: Arc<Api>,
     ca: ClusterCa,
-    etcd: EtcdClient,
+    etcd: E,
+    clock: C,
     /// etcd as the node image carries it; `None` when the image has none.
     etcd_artifact: Option<Artifact>,
     /// k3s and its secrets when the node image carries a k3s bundle, with the admin credential
@@ -126,7 +130,7 @@ pub struct Controller {
     started_at: u64,
 }
 
-impl std::fmt::Debug for Controller {
+impl<E: Etcd, C: Clock> std::fmt::Debug for Controller<E, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller").field("cluster", &self.settings.name).finish_non_exhaustive()
     }
@@ -140,23 +144,47 @@ pub struct Outputs {
     pub kubeconfig: watch::Sender<Option<String>>,
 }
 
+/// What the controller works with: the registry and store (through the API), etcd and the clock.
+pub struct World<E: Etcd = EtcdClient, C: Clock = SystemClock> {
+    pub api: Arc<Api>,
+    pub etcd: E,
+    pub clock: C,
+}
+
+/// What the controller hands to machines: the CA that signs etcd members' certificates, and
+/// etcd and k3s as the node image carries them.
+pub struct Provisions {
+    pub ca: ClusterCa,
+    /// `None` when the node image has no etcd.
+    pub etcd_artifact: Option<Artifact>,
+    /// k3s and its secrets when the node image carries a k3s bundle, with the admin credential.
+    pub kubernetes: Option<(Kubernetes, ClientCert)>,
+}
+
+impl<E: Etcd, C: Clock> std::fmt::Debug for World<E, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Provisions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisions").field("etcd_artifact", &self.etcd_artifact).finish_non_exhaustive()
+    }
+}
+
 /// One accepted machine with what the registry last heard from it.
 struct Seen {
     record: MachineRecord,
     heartbeat: Option<LastHeartbeat>,
 }
 
-impl Controller {
-    pub fn new(
-        settings: ClusterSettings,
-        api: Arc<Api>,
-        ca: ClusterCa,
-        etcd: EtcdClient,
-        etcd_artifact: Option<Artifact>,
-        kubernetes: Option<(Kubernetes, ClientCert)>,
-        outputs: Outputs,
-    ) -> Controller {
+impl<E: Etcd, C: Clock> Controller<E, C> {
+    pub fn new(settings: ClusterSettings, world: World<E, C>, provisions: Provisions, outputs: Outputs) -> Self {
         let Outputs { status, kubeconfig } = outputs;
+        let World { api, etcd, clock } = world;
+        let Provisions { ca, etcd_artifact, kubernetes } = provisions;
+        let started_at = clock.now();
         let mesh = MeshPlan {
             network: settings.mesh_network,
             prefix_len: settings.mesh_prefix_len,
@@ -168,13 +196,14 @@ impl Controller {
             api,
             ca,
             etcd,
+            clock,
             etcd_artifact,
             kubernetes,
             kubeconfig,
             status,
             last_progress: String::new(),
             formatted: Default::default(),
-            started_at: now(),
+            started_at,
         }
     }
 
@@ -311,7 +340,7 @@ impl Controller {
     }
 
     async fn tick(&mut self) -> Result<(), String> {
-        let now = now();
+        let now = self.clock.now();
         let seen = self.accepted().await;
         let mut assembly = self.api.store.assembly().map_err(|e| e.to_string())?;
 
@@ -385,6 +414,7 @@ impl Controller {
         self.api.store.save_assembly(assembly.clone(), happenings).await.map_err(|e| e.to_string())
     }
 
+    /// Makes the step's etcd call, if it has one, then records what it changed.
     async fn execute(
         &self,
         step: &Step,
@@ -393,113 +423,55 @@ impl Controller {
         observation: &Observation,
         now: u64,
     ) -> Result<(), String> {
-        let boot_of = |id: &str| {
-            seen.iter().find(|s| s.record.id == id).map(|s| s.record.wireguard_key.clone()).unwrap_or_default()
+        let Some(outcome) = self.call_etcd(step, seen, observation).await? else {
+            return Ok(());
         };
+        let happenings = {
+            let boot_of = |id: &str| {
+                seen.iter().find(|s| s.record.id == id).map(|s| s.record.wireguard_key.clone()).unwrap_or_default()
+            };
+            let ctx = Context { cluster: &self.settings.name, now, boot_of: &boot_of };
+            apply_step(assembly, step, outcome, &ctx)
+        };
+        if happenings.is_empty() {
+            return Ok(());
+        }
+        self.save(assembly, happenings).await
+    }
+
+    /// The etcd call a step makes, if any: `None` when etcd said "not now" (asked again next tick).
+    async fn call_etcd(
+        &self,
+        step: &Step,
+        seen: &[Seen],
+        observation: &Observation,
+    ) -> Result<Option<Outcome>, String> {
         let change_ep = || self.change_endpoint(seen, observation).ok_or_else(|| "no etcd voter answers".to_string());
-        match step.clone() {
-            Step::Wait(_) => Ok(()),
-            Step::Settled => {
-                if assembly.assembled_at.is_none() {
-                    assembly.assembled_at = Some(now);
-                    let voters = assembly.members.len();
-                    let msg = format!("cluster {} assembled: {voters} etcd member(s), all healthy", self.settings.name);
-                    self.save(assembly, vec![event("cluster-assembled", msg)]).await?;
-                }
-                Ok(())
+        let (what, answer) = match step {
+            Step::AddLearner { machine, peer_url } => {
+                let answer = self.etcd.add_learner(change_ep()?, peer_url).await;
+                (format!("adding {machine} as a learner"), answer.map(|m| Outcome::Added { member_id: m.id }))
             }
-            Step::SetRoles(changes) => {
-                let mut happenings = Vec::new();
-                for (id, role, reason) in changes {
-                    happenings.push(event("role", format!("{id} is {role}: {reason}")));
-                    assembly.roles.insert(id, role);
-                }
-                self.save(assembly, happenings).await
+            Step::Promote { machine, member_id } => {
+                let answer = self.etcd.promote(change_ep()?, *member_id).await;
+                (format!("promoting {machine}"), answer.map(|()| Outcome::Done))
             }
-            Step::PassOver { machine, reason } => {
-                assembly.passed_over.insert(machine.clone(), boot_of(&machine));
-                self.save(assembly, vec![event("passed-over", format!("{machine}: {reason}"))]).await
-            }
-            Step::Bootstrap { machine } => {
-                assembly.plans_made += 1;
-                assembly.token = Some(format!("{}-{now}", self.settings.name));
-                let plan = MemberPlan {
-                    boot: boot_of(&machine),
-                    state: InitialState::New,
-                    initial_cluster: String::new(),
-                    serial: assembly.plans_made,
+            Step::Remove { member_id, .. } => {
+                let answer = match self.etcd.remove(change_ep()?, *member_id).await {
+                    Err(EtcdError::MemberNotFound) => Ok(Outcome::AlreadyGone),
+                    other => other.map(|()| Outcome::Done),
                 };
-                assembly.members.insert(machine.clone(), plan);
-                self.save(assembly, vec![event("etcd-bootstrap", format!("etcd starts a new cluster on {machine}"))])
-                    .await
+                (format!("removing member {member_id:x}"), answer)
             }
-            Step::MarkFormed => {
-                assembly.formed = true;
-                self.save(assembly, vec![event("etcd-formed", "etcd answers: the cluster exists".into())]).await
+            _ => return Ok(Some(Outcome::Done)),
+        };
+        match answer {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(e) if retried(&e) => {
+                tracing::info!("{what} again next tick: {e}");
+                Ok(None)
             }
-            Step::AddLearner { machine, peer_url } => match self.etcd.add_learner(change_ep()?, &peer_url).await {
-                Ok(member) => {
-                    let msg = format!("{machine} added to etcd as learner {:x} ({peer_url})", member.id);
-                    self.save(assembly, vec![event("etcd-learner", msg)]).await
-                }
-                Err(e) if retried(&e) => {
-                    tracing::info!("adding {machine} as a learner again next tick: {e}");
-                    Ok(())
-                }
-                Err(e) => Err(format!("adding {machine} as a learner: {e}")),
-            },
-            Step::Start { machine, initial_cluster } => {
-                assembly.plans_made += 1;
-                let plan = MemberPlan {
-                    boot: boot_of(&machine),
-                    state: InitialState::Existing,
-                    initial_cluster,
-                    serial: assembly.plans_made,
-                };
-                assembly.members.insert(machine.clone(), plan);
-                self.save(assembly, vec![event("etcd-start", format!("{machine} starts etcd to join the cluster"))])
-                    .await
-            }
-            Step::Promote { machine, member_id } => match self.etcd.promote(change_ep()?, member_id).await {
-                Ok(_) => {
-                    self.save(assembly, vec![event("etcd-promoted", format!("{machine} ({member_id:x}) is a voter"))])
-                        .await
-                }
-                Err(e) if retried(&e) => {
-                    tracing::debug!("promoting {machine} again next tick: {e}");
-                    Ok(())
-                }
-                Err(e) => Err(format!("promoting {machine}: {e}")),
-            },
-            Step::Remove { member_id, machine, pass_over, reason } => {
-                match self.etcd.remove(change_ep()?, member_id).await {
-                    Ok(_) | Err(EtcdError::MemberNotFound) => {}
-                    Err(e) if retried(&e) => {
-                        tracing::info!("removing member {member_id:x} again next tick: {e}");
-                        return Ok(());
-                    }
-                    Err(e) => return Err(format!("removing member {member_id:x}: {e}")),
-                }
-                if let Some(machine) = &machine {
-                    assembly.members.remove(machine);
-                    if pass_over {
-                        assembly.passed_over.insert(machine.clone(), boot_of(machine));
-                    }
-                }
-                self.save(assembly, vec![event("etcd-removed", format!("member {member_id:x} removed: {reason}"))])
-                    .await
-            }
-            Step::Forget { machine } => {
-                assembly.members.remove(&machine);
-                self.save(assembly, vec![event("etcd-forget", format!("{machine} is no longer an etcd member"))]).await
-            }
-            Step::Reset { reason } => {
-                assembly.token = None;
-                assembly.formed = false;
-                assembly.members.clear();
-                assembly.assembled_at = None;
-                self.save(assembly, vec![event("etcd-reset", reason)]).await
-            }
+            Err(e) => Err(format!("{what}: {e}")),
         }
     }
 

@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::assembly::bookkeeping::{apply_step, Context, Outcome};
 
 /// One simulated machine.
 #[derive(Debug, Clone)]
@@ -32,6 +33,8 @@ struct World {
     next_member: u64,
     assembly: Assembly,
     changes: usize,
+    /// Unix time as the bookkeeping sees it: one second per executed step.
+    clock: u64,
 }
 
 fn peer_url(i: usize) -> String {
@@ -48,6 +51,7 @@ impl World {
             next_member: 1,
             assembly: Assembly::default(),
             changes: 0,
+            clock: 0,
         }
     }
 
@@ -145,98 +149,74 @@ impl World {
         Ok(())
     }
 
-    /// Executes one step as the controller does; `interrupted` drops the store write that
-    /// follows an etcd change, as an appliance restart between the two would.
+    /// Executes one step as the controller does: the etcd call on the simulated etcd, then the
+    /// controller's own bookkeeping; `interrupted` drops the store write that follows an etcd
+    /// change, as an appliance restart between the two would.
     fn execute(&mut self, step: &Step, interrupted: bool) {
-        let a = &mut self.assembly;
-        match step.clone() {
-            Step::Wait(_) | Step::Settled => {}
-            Step::SetRoles(changes) => {
-                for (id, role, _) in changes {
-                    a.roles.insert(id, role);
-                }
-            }
-            Step::PassOver { machine, .. } => {
-                let boot = self.machines.iter().find(|m| m.id == machine).map(|m| format!("boot{}", m.boot)).unwrap();
-                a.passed_over.insert(machine, boot);
-            }
-            Step::Bootstrap { machine } => {
-                let boot = self.machines.iter().find(|m| m.id == machine).map(|m| format!("boot{}", m.boot)).unwrap();
-                a.plans_made += 1;
-                a.token = Some(format!("t{}", a.plans_made));
-                a.members.insert(
-                    machine.clone(),
-                    MemberPlan { boot, state: InitialState::New, initial_cluster: machine, serial: a.plans_made },
-                );
-            }
-            Step::MarkFormed => a.formed = true,
-            Step::Reset { .. } => {
-                a.token = None;
-                a.formed = false;
-                a.members.clear();
-                self.members.clear();
-            }
-            Step::Start { machine, initial_cluster } => {
-                let boot = self.machines.iter().find(|m| m.id == machine).map(|m| format!("boot{}", m.boot)).unwrap();
-                a.plans_made += 1;
-                let serial = a.plans_made;
-                a.members.insert(machine, MemberPlan { boot, state: InitialState::Existing, initial_cluster, serial });
-            }
-            Step::Forget { machine } => {
-                a.members.remove(&machine);
-            }
+        let outcome = match step {
             Step::AddLearner { machine, .. } => {
-                let i = self.machines.iter().position(|m| m.id == machine).unwrap();
-                let _ = self.change(|w| {
+                let i = self.machines.iter().position(|m| m.id == *machine).unwrap();
+                let id = self.next_member;
+                let added = self.change(|w| {
                     if w.members.iter().any(|m| m.learner) {
                         return Err("too many learner members");
                     }
                     if !w.has_quorum() {
                         return Err("no leader");
                     }
-                    w.members.push(SimMember { id: w.next_member, machine: i, learner: true, started_in: None });
+                    w.members.push(SimMember { id, machine: i, learner: true, started_in: None });
                     w.next_member += 1;
                     Ok(())
                 });
+                added.ok().map(|()| Outcome::Added { member_id: id })
             }
             Step::Promote { member_id, .. } => {
-                let _ = self.change(|w| {
-                    let Some(i) = w.members.iter().position(|m| m.id == member_id) else { return Err("no member") };
+                let promoted = self.change(|w| {
+                    let Some(i) = w.members.iter().position(|m| m.id == *member_id) else { return Err("no member") };
                     if !w.healthy(&w.members[i]) || !w.has_quorum() {
                         return Err("learner not ready");
                     }
                     w.members[i].learner = false;
                     Ok(())
                 });
+                promoted.ok().map(|()| Outcome::Done)
             }
-            Step::Remove { member_id, machine, pass_over, .. } => {
+            Step::Remove { member_id, .. } => {
                 let removed = self.change(|w| {
                     if !w.has_quorum() {
                         return Err("no leader");
                     }
                     let before = w.members.len();
-                    w.members.retain(|m| m.id != member_id);
+                    w.members.retain(|m| m.id != *member_id);
                     if w.members.len() == before {
                         return Err("no member");
                     }
                     Ok(())
                 });
-                if removed.is_ok() && !interrupted {
-                    if let Some(machine) = machine {
-                        self.assembly.members.remove(&machine);
-                        if pass_over {
-                            let boot = self
-                                .machines
-                                .iter()
-                                .find(|m| m.id == machine)
-                                .map(|m| format!("boot{}", m.boot))
-                                .unwrap();
-                            self.assembly.passed_over.insert(machine, boot);
-                        }
-                    }
+                match removed {
+                    Ok(()) => Some(Outcome::Done),
+                    // etcd's "member not found": the controller takes it as removed.
+                    Err("no member") => Some(Outcome::AlreadyGone),
+                    Err(_) => None,
                 }
             }
+            Step::Reset { .. } => {
+                // Every member lost its data: the new cluster starts from nothing.
+                self.members.clear();
+                Some(Outcome::Done)
+            }
+            _ => Some(Outcome::Done),
+        };
+        let etcd_change = matches!(step, Step::AddLearner { .. } | Step::Promote { .. } | Step::Remove { .. });
+        let Some(outcome) = outcome else { return };
+        if interrupted && etcd_change {
+            return;
         }
+        self.clock += 1;
+        let machines = self.machines.clone();
+        let boot_of = |id: &str| machines.iter().find(|m| m.id == id).map(|m| format!("boot{}", m.boot)).unwrap();
+        let ctx = Context { cluster: "rack", now: self.clock, boot_of: &boot_of };
+        apply_step(&mut self.assembly, step, outcome, &ctx);
     }
 
     fn tick(&mut self, interrupted: bool) -> Step {
