@@ -42,7 +42,7 @@ use bookkeeping::{apply_step, Context, Outcome};
 use desired::{MemberTls, MeshPlan, Placed};
 use kubernetes::Kubernetes;
 use planner::{Assembly, Member, Node, Settings, Step};
-use status::{ClusterStatus, MachineRole, MemberView, MeshPair};
+use status::{ClusterStatus, MachineSeen, Observed};
 use world::{Clock, Etcd, SystemClock};
 
 /// Time between two reconcile ticks.
@@ -171,6 +171,16 @@ impl std::fmt::Debug for Provisions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Provisions").field("etcd_artifact", &self.etcd_artifact).finish_non_exhaustive()
     }
+}
+
+/// What one tick saw and told, for its status.
+struct TickSeen<'a> {
+    seen: &'a [Seen],
+    nodes: &'a [Node],
+    assembly: &'a Assembly,
+    observation: &'a Observation,
+    members: Option<&'a [Member]>,
+    told: &'a BTreeMap<String, (u64, bool)>,
 }
 
 /// One accepted machine with what the registry last heard from it.
@@ -402,8 +412,16 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             tracing::info!(cluster = %self.settings.name, "assembly: {progress}");
             self.last_progress = progress.clone();
         }
-        self.publish(&seen, &assembly).await?;
-        self.publish_status(&seen, &nodes, &assembly, &observation, members.as_deref(), &step, progress);
+        let told = self.publish(&seen, &assembly).await?;
+        let tick = TickSeen {
+            seen: &seen,
+            nodes: &nodes,
+            assembly: &assembly,
+            observation: &observation,
+            members: members.as_deref(),
+            told: &told,
+        };
+        self.publish_status(tick, &step, progress);
         Ok(())
     }
 
@@ -488,8 +506,9 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         Ok(MemberTls { ca: self.ca.ca_pem().to_string(), cert, key })
     }
 
-    /// Computes every machine's desired state and publishes it when anything changed.
-    async fn publish(&self, seen: &[Seen], assembly: &Assembly) -> Result<(), String> {
+    /// Computes every machine's desired state and publishes it when anything changed; says which
+    /// etcd spec (generation, runs) each machine is told.
+    async fn publish(&self, seen: &[Seen], assembly: &Assembly) -> Result<BTreeMap<String, (u64, bool)>, String> {
         let placed: Vec<Placed> = seen
             .iter()
             .map(|s| Placed {
@@ -503,6 +522,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             })
             .collect();
         let mut services: BTreeMap<String, Vec<ServiceSpec>> = BTreeMap::new();
+        let mut told = BTreeMap::new();
         if let Some(etcd) = &self.etcd_artifact {
             for (s, p) in seen.iter().zip(&placed) {
                 if p.role != Role::ControlPlane {
@@ -517,6 +537,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                     .filter(|plan| plan.boot == s.record.wireguard_key || p.disk_mounted);
                 let tls = self.member_tls(s).await?;
                 let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan);
+                told.insert(s.record.id.clone(), (spec.generation, spec.run));
                 services.entry(s.record.id.clone()).or_default().push(spec);
             }
         }
@@ -552,147 +573,39 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             let revision = self.api.desired.borrow().revision + 1;
             self.api.desired.send_replace(Arc::new(Published { revision, states }));
         }
-        Ok(())
+        Ok(told)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn publish_status(
-        &self,
-        seen: &[Seen],
-        nodes: &[Node],
-        assembly: &Assembly,
-        observation: &Observation,
-        members: Option<&[Member]>,
-        step: &Step,
-        progress: String,
-    ) {
-        let machine_of_peer = |url: &str| nodes.iter().find(|n| n.peer_url == url).map(|n| n.id.clone());
-        let status_of = |id: u64| observation.status.values().find(|s| s.member_id == id);
-        let members: Vec<MemberView> = members
-            .unwrap_or_default()
-            .iter()
-            .map(|m| {
-                let st = status_of(m.id);
-                MemberView {
-                    id: format!("{:x}", m.id),
-                    machine: machine_of_peer(&m.peer_url),
-                    learner: m.learner,
-                    healthy: m.healthy,
-                    leader: observation.status.values().any(|s| s.leader == m.id && s.leader != 0),
-                    db_size: st.map(|s| s.db_size),
-                    revision: st.map(|s| s.revision),
-                    raft_index: st.map(|s| s.raft_index),
-                }
-            })
-            .collect();
-        let voters = members.iter().filter(|m| !m.learner).count();
-        let healthy = members.iter().filter(|m| !m.learner && m.healthy).count();
-        let pool = nodes.iter().filter(|n| n.alive || assembly.members.contains_key(&n.id)).count();
-        let target = planner::places(self.settings.control_plane, pool);
-        let health = if assembly.roles.is_empty() {
-            "waiting"
-        } else if voters == 0 && assembly.formed {
-            // Formed, and no member answers: none is up.
-            "quorum lost"
-        } else if voters == 0 {
-            "assembling"
-        } else if healthy < planner::quorum(voters) {
-            "quorum lost"
-        } else if healthy < voters {
-            "degraded"
-        } else if *step == Step::Settled {
-            "healthy"
-        } else {
-            "assembling"
-        };
-        let mut warnings = Vec::new();
-        if self.etcd_artifact.is_none() {
-            warnings.push("the node image carries no etcd: rebuild it with `oasis image build node`".into());
-        }
-        let volatile: Vec<&str> = nodes
-            .iter()
-            .filter(|n| assembly.members.contains_key(&n.id) && n.volatile)
-            .map(|n| n.id.as_str())
-            .collect();
-        if !volatile.is_empty() {
-            warnings.push(format!(
-                "etcd data on {} is in memory (tmpfs, no data disk): a member that powers off loses it and joins again",
-                volatile.join(", ")
-            ));
-        }
-        let mesh: Vec<MeshPair> = seen
-            .iter()
-            .filter_map(|s| Some((s, s.heartbeat.as_ref()?)))
-            .flat_map(|(s, h)| {
-                h.heartbeat.mesh.iter().map(move |p| MeshPair {
-                    from: s.record.id.clone(),
-                    to: seen
-                        .iter()
-                        .find(|o| o.record.wireguard_key == p.key)
-                        .map(|o| o.record.id.clone())
-                        .unwrap_or_else(|| p.key.clone()),
-                    handshake_age_secs: p.handshake_age_secs,
-                })
-            })
-            .collect();
+    /// Publishes the status of what this tick observed and told the machines.
+    fn publish_status(&self, tick: TickSeen<'_>, step: &Step, progress: String) {
+        let TickSeen { seen, nodes, assembly, observation, members, told } = tick;
         let machines = seen
             .iter()
             .zip(nodes)
-            .map(|(s, n)| MachineRole {
-                id: s.record.id.clone(),
-                role: assembly.roles.get(&s.record.id).copied().unwrap_or(Role::Unassigned).to_string(),
+            .map(|(s, n)| MachineSeen {
+                id: &s.record.id,
+                key: &s.record.wireguard_key,
+                role: assembly.roles.get(&s.record.id).copied().unwrap_or(Role::Unassigned),
                 alive: n.alive,
-                mesh_address: (assembly.roles.get(&s.record.id).is_some_and(|r| *r != Role::Unassigned))
-                    .then(|| self.mesh_ip(s).to_string()),
-                data_disk: s.heartbeat.as_ref().and_then(|h| h.heartbeat.data_disk.as_ref()).map(|d| {
-                    match &d.message {
-                        Some(m) => format!("{}: {m}", d.device),
-                        None if d.mounted => format!("{} mounted", d.device),
-                        None => d.device.clone(),
-                    }
-                }),
-                etcd: s.heartbeat.as_ref().and_then(|h| {
-                    h.heartbeat.services.iter().find(|x| x.name == "etcd").map(|e| {
-                        let state = serde_json::to_value(e.state)
-                            .ok()
-                            .and_then(|v| v.as_str().map(String::from))
-                            .unwrap_or_default();
-                        match &e.message {
-                            Some(m) if e.state != ServiceState::Running => format!("{state}: {m}"),
-                            _ => state,
-                        }
-                    })
-                }),
+                mesh_address: self.mesh_ip(s),
+                peer_url: &n.peer_url,
+                volatile: n.volatile,
+                heartbeat: s.heartbeat.as_ref().map(|h| &h.heartbeat),
+                etcd_told: told.get(&s.record.id).copied(),
             })
             .collect();
-        let kubernetes = match &self.kubernetes {
-            None => "not bundled".to_string(),
-            Some(_) if assembly.assembled_at.is_none() => "k3s bundled: starts once etcd is assembled".to_string(),
-            Some(_) => {
-                let count = |role: Role| {
-                    let of_role: Vec<&Seen> =
-                        seen.iter().filter(|s| assembly.roles.get(&s.record.id) == Some(&role)).collect();
-                    let running = of_role
-                        .iter()
-                        .filter(|s| service_state(seen, &s.record.id, k3s::SERVICE_NAME) == Some(ServiceState::Running))
-                        .count();
-                    (running, of_role.len())
-                };
-                let ((servers_up, servers), (agents_up, agents)) = (count(Role::ControlPlane), count(Role::Worker));
-                format!("k3s: {servers_up} of {servers} server(s) and {agents_up} of {agents} agent(s) running")
-            }
-        };
-        self.status.send_replace(Arc::new(ClusterStatus {
-            name: self.settings.name.clone(),
-            health: health.to_string(),
-            progress,
-            kubernetes,
-            control_plane_target: target,
+        let observed = Observed {
+            cluster: &self.settings.name,
+            control_plane: self.settings.control_plane,
             machines,
+            assembly,
             members,
-            mesh,
-            assembled_at: assembly.assembled_at,
-            warnings,
-        }));
+            statuses: &observation.status,
+            settled: *step == Step::Settled,
+            progress,
+            etcd_bundled: self.etcd_artifact.is_some(),
+            kubernetes_bundled: self.kubernetes.is_some(),
+        };
+        self.status.send_replace(Arc::new(ClusterStatus::observe(&observed)));
     }
 }

@@ -261,8 +261,9 @@ impl Rack {
     /// fresh mesh handshake with every other machine.
     async fn heartbeat(&self, machine: &str) {
         let mut registry = self.api.registry.lock().await;
-        let keys: Vec<String> =
+        let mut keys: Vec<String> =
             registry.records().filter(|r| r.id != machine).map(|r| r.wireguard_key.clone()).collect();
+        keys.sort();
         let services = self
             .etcd_spec(machine)
             .map(|spec| ServiceStatus {
@@ -377,7 +378,7 @@ async fn three_machines_assemble_one_step_at_a_time() {
     let events = rack.event_kinds().len();
     assert_eq!(rack.tick().await, "assembled");
     assert_eq!(rack.event_kinds().len(), events);
-    assert_eq!(rack.status.borrow().health, "healthy");
+    assert_eq!(rack.status.borrow().health, status::Health::Healthy);
 }
 
 #[tokio::test]
@@ -460,7 +461,7 @@ async fn a_voter_down_is_waited_for_and_reported_degraded() {
     rack.etcd.calls();
     let progress = rack.tick().await;
     assert!(progress.starts_with("waiting for the voters that are down"), "{progress}");
-    assert_eq!(rack.status.borrow().health, "degraded");
+    assert_eq!(rack.status.borrow().health, status::Health::Degraded);
     assert!(rack.etcd.calls().is_empty(), "a voter is not removed for being down");
 }
 
@@ -485,4 +486,97 @@ fn reset_forgets_the_cluster_and_when_it_was_assembled() {
     assert_eq!(assembly.assembled_at, None);
     assert!(assembly.members.is_empty() && assembly.token.is_none() && !assembly.formed);
     assert_eq!(assembly.plans_made, 1, "serials keep counting: a removed member's data is never reused");
+}
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/assembly");
+
+fn golden(name: &str, actual: &str) {
+    let path = std::path::Path::new(GOLDEN).join(name);
+    if std::env::var_os("OASIS_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(GOLDEN).unwrap();
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(actual, expected, "{} changed; if that is intended, run with OASIS_UPDATE_GOLDEN=1", path.display());
+}
+
+/// A heartbeat a step behind: etcd prepared for a spec the machine is no longer told.
+async fn stale_heartbeat(rack: &Rack, machine: &str) {
+    prepared_heartbeat(rack, machine, 1).await;
+}
+
+/// A heartbeat whose etcd is prepared for spec `generation`, the agent says why not started.
+async fn prepared_heartbeat(rack: &Rack, machine: &str, generation: u64) {
+    let mut registry = rack.api.registry.lock().await;
+    let mut heartbeat = registry.heartbeat_of(machine).unwrap().heartbeat.clone();
+    heartbeat.services = vec![ServiceStatus {
+        name: "etcd".into(),
+        generation,
+        state: ServiceState::Prepared,
+        restarts: 0,
+        message: Some("prepared; not started: the appliance says not to run it yet".into()),
+        volatile_data: true,
+    }];
+    registry.record_heartbeat(machine, heartbeat, rack.clock.now());
+}
+
+fn etcd_column(rack: &Rack, machine: &str) -> Option<String> {
+    rack.status.borrow().machines.iter().find(|m| m.id == machine).unwrap().etcd.clone()
+}
+
+#[tokio::test]
+async fn a_healthy_status_never_shows_a_voter_as_told_not_to_run() {
+    let mut rack = Rack::new(3).await;
+    rack.assemble().await;
+    // m3's last heartbeat is from before it was told to run; its member answers this tick.
+    stale_heartbeat(&rack, "m3").await;
+    assert_eq!(rack.tick().await, "assembled");
+    let status = rack.status.borrow().clone();
+    assert_eq!(status.health, status::Health::Healthy);
+    assert_eq!(etcd_column(&rack, "m3").as_deref(), Some("running"), "its member answered this tick");
+    let text = status.render();
+    assert!(!text.contains("not to run") && !text.contains("prepared"), "{text}");
+    golden("status-healthy.txt", &text);
+}
+
+#[tokio::test]
+async fn a_member_told_to_run_and_not_answering_yet_is_starting() {
+    let mut rack = Rack::new(3).await;
+    for _ in 0..4 {
+        rack.agents_act().await;
+        rack.tick().await;
+    }
+    assert_eq!(rack.tick().await, "starting etcd on m2 to join");
+    stale_heartbeat(&rack, "m2").await;
+    rack.tick().await;
+    assert_eq!(etcd_column(&rack, "m2").as_deref(), Some("starting"), "not the refusal of the spec before");
+    // An up-to-date report says it in one word, not two.
+    let told = rack.etcd_spec("m3").unwrap().generation;
+    prepared_heartbeat(&rack, "m3", told).await;
+    rack.tick().await;
+    assert_eq!(
+        etcd_column(&rack, "m3").as_deref(),
+        Some("prepared; not started: the appliance says not to run it yet")
+    );
+    golden("status-joining.txt", &rack.status.borrow().render());
+}
+
+#[test]
+fn health_words_are_the_ones_scripts_read() {
+    let words: Vec<String> = [
+        status::Health::Starting,
+        status::Health::Waiting,
+        status::Health::Assembling,
+        status::Health::Healthy,
+        status::Health::Degraded,
+        status::Health::QuorumLost,
+    ]
+    .iter()
+    .map(|h| {
+        let json = serde_json::to_value(h).unwrap();
+        assert_eq!(json.as_str(), Some(h.as_str()));
+        h.to_string()
+    })
+    .collect();
+    assert_eq!(words, ["starting", "waiting", "assembling", "healthy", "degraded", "quorum lost"]);
 }
