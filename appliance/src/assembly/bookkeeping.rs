@@ -2,6 +2,8 @@
 //! pure function, shared by the controller and the planner's simulation, so the simulation
 //! exercises the bookkeeping that ships.
 
+use oasis_proto::Artifact;
+
 use super::planner::{Assembly, InitialState, MemberPlan, Step};
 use crate::registry::Happening;
 
@@ -26,6 +28,8 @@ pub struct Context<'a> {
     pub now: u64,
     /// A machine's current boot (its WireGuard key).
     pub boot_of: &'a dyn Fn(&str) -> String,
+    /// The etcd the node image carries: new members and restarted ones run it.
+    pub etcd: Option<&'a Artifact>,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -72,6 +76,7 @@ pub fn apply_step(assembly: &mut Assembly, step: &Step, outcome: Outcome, ctx: &
                 state: InitialState::New,
                 initial_cluster: String::new(),
                 serial: assembly.plans_made,
+                etcd: ctx.etcd.cloned(),
             };
             assembly.members.insert(machine.clone(), plan);
             vec![event("etcd-bootstrap", format!("etcd starts a new cluster on {machine}"))]
@@ -94,6 +99,7 @@ pub fn apply_step(assembly: &mut Assembly, step: &Step, outcome: Outcome, ctx: &
                 state: InitialState::Existing,
                 initial_cluster: initial_cluster.clone(),
                 serial: assembly.plans_made,
+                etcd: ctx.etcd.cloned(),
             };
             assembly.members.insert(machine.clone(), plan);
             vec![event("etcd-start", format!("{machine} starts etcd to join the cluster"))]
@@ -113,6 +119,11 @@ pub fn apply_step(assembly: &mut Assembly, step: &Step, outcome: Outcome, ctx: &
         Step::Forget { machine } => {
             assembly.members.remove(machine);
             vec![event("etcd-forget", format!("{machine} is no longer an etcd member"))]
+        }
+        Step::Restart { machine, reason } => {
+            let Some(plan) = assembly.members.get_mut(machine) else { return vec![] };
+            plan.etcd = ctx.etcd.cloned();
+            vec![event("etcd-restart", format!("{machine} restarts etcd: {reason}"))]
         }
         Step::Reset { reason } => {
             assembly.token = None;

@@ -261,7 +261,8 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         s.heartbeat.is_none() && now.saturating_sub(self.started_at) <= dead_after + RECONNECT_GRACE_SECS
     }
 
-    fn nodes(&self, seen: &[Seen], now: u64) -> Vec<Node> {
+    /// `running` holds the etcd spec each machine is told for the stored assembly.
+    fn nodes(&self, seen: &[Seen], now: u64, running: &BTreeMap<String, ServiceSpec>) -> Vec<Node> {
         let by_key: HashMap<&str, &str> =
             seen.iter().map(|s| (s.record.wireguard_key.as_str(), s.record.id.as_str())).collect();
         seen.iter()
@@ -289,6 +290,10 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    etcd_current: etcd.is_some_and(|e| {
+                        e.state == ServiceState::Running
+                            && running.get(&s.record.id).is_some_and(|spec| spec.generation == e.generation)
+                    }),
                 }
             })
             .collect()
@@ -376,7 +381,8 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                 }
             }
         }
-        let nodes = self.nodes(&seen, now);
+        let told_before = self.etcd_specs(&seen, &self.placed(&seen, &assembly), &assembly).await?;
+        let nodes = self.nodes(&seen, now, &told_before);
         let observation = self.observe(&seen, &assembly).await;
         let members: Option<Vec<Member>> = observation.members.as_ref().map(|list| {
             list.iter()
@@ -391,8 +397,11 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         });
         let newest_acceptance = seen.iter().map(|s| s.record.first_registered).max().unwrap_or(0);
         let settled = now.saturating_sub(newest_acceptance) >= self.settings.settle.as_secs();
-        let settings =
-            Settings { control_plane: self.settings.control_plane, min_machines: self.settings.min_machines };
+        let settings = Settings {
+            control_plane: self.settings.control_plane,
+            min_machines: self.settings.min_machines,
+            etcd_sha256: self.etcd_artifact.as_ref().map(|a| a.sha256.clone()),
+        };
         let step = if self.etcd_artifact.is_none() {
             Step::Wait("etcd is not in the node image: rebuild it with `oasis image build node`".into())
         } else {
@@ -448,7 +457,8 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             let boot_of = |id: &str| {
                 seen.iter().find(|s| s.record.id == id).map(|s| s.record.wireguard_key.clone()).unwrap_or_default()
             };
-            let ctx = Context { cluster: &self.settings.name, now, boot_of: &boot_of };
+            let ctx =
+                Context { cluster: &self.settings.name, now, boot_of: &boot_of, etcd: self.etcd_artifact.as_ref() };
             apply_step(assembly, step, outcome, &ctx)
         };
         if happenings.is_empty() {
@@ -506,11 +516,33 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         Ok(MemberTls { ca: self.ca.ca_pem().to_string(), cert, key })
     }
 
-    /// Computes every machine's desired state and publishes it when anything changed; says which
-    /// etcd spec (generation, runs) each machine is told.
-    async fn publish(&self, seen: &[Seen], assembly: &Assembly) -> Result<BTreeMap<String, (u64, bool)>, String> {
-        let placed: Vec<Placed> = seen
-            .iter()
+    /// The etcd service each control-plane machine is told to run for `assembly`.
+    async fn etcd_specs(
+        &self,
+        seen: &[Seen],
+        placed: &[Placed],
+        assembly: &Assembly,
+    ) -> Result<BTreeMap<String, ServiceSpec>, String> {
+        let mut specs = BTreeMap::new();
+        let Some(etcd) = &self.etcd_artifact else { return Ok(specs) };
+        for (s, p) in seen.iter().zip(placed) {
+            if p.role != Role::ControlPlane {
+                continue;
+            }
+            // A plan made in another boot of a machine whose data was in memory cannot run:
+            // the planner removes that member and adds the machine again. With the data on
+            // its disk, the member simply starts again.
+            let plan =
+                assembly.members.get(&s.record.id).filter(|plan| plan.boot == s.record.wireguard_key || p.disk_mounted);
+            let tls = self.member_tls(s).await?;
+            let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan);
+            specs.insert(s.record.id.clone(), spec);
+        }
+        Ok(specs)
+    }
+
+    fn placed(&self, seen: &[Seen], assembly: &Assembly) -> Vec<Placed> {
+        seen.iter()
             .map(|s| Placed {
                 id: s.record.id.clone(),
                 role: assembly.roles.get(&s.record.id).copied().unwrap_or(Role::Unassigned),
@@ -520,26 +552,18 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                 data_disk: self.data_disk_for(s, assembly),
                 disk_mounted: disk_mounted(s),
             })
-            .collect();
-        let mut services: BTreeMap<String, Vec<ServiceSpec>> = BTreeMap::new();
+            .collect()
+    }
+
+    /// Computes every machine's desired state and publishes it when anything changed; says which
+    /// etcd spec (generation, runs) each machine is told.
+    async fn publish(&self, seen: &[Seen], assembly: &Assembly) -> Result<BTreeMap<String, (u64, bool)>, String> {
+        let placed = self.placed(seen, assembly);
         let mut told = BTreeMap::new();
-        if let Some(etcd) = &self.etcd_artifact {
-            for (s, p) in seen.iter().zip(&placed) {
-                if p.role != Role::ControlPlane {
-                    continue;
-                }
-                // A plan made in another boot of a machine whose data was in memory cannot run:
-                // the planner removes that member and adds the machine again. With the data on
-                // its disk, the member simply starts again.
-                let plan = assembly
-                    .members
-                    .get(&s.record.id)
-                    .filter(|plan| plan.boot == s.record.wireguard_key || p.disk_mounted);
-                let tls = self.member_tls(s).await?;
-                let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan);
-                told.insert(s.record.id.clone(), (spec.generation, spec.run));
-                services.entry(s.record.id.clone()).or_default().push(spec);
-            }
+        let mut services: BTreeMap<String, Vec<ServiceSpec>> = BTreeMap::new();
+        for (id, spec) in self.etcd_specs(seen, &placed, assembly).await? {
+            told.insert(id.clone(), (spec.generation, spec.run));
+            services.entry(id).or_default().push(spec);
         }
         if let (Some((kubernetes, admin)), Some(_)) = (&self.kubernetes, assembly.assembled_at) {
             let members: Vec<&str> = assembly.members.keys().map(String::as_str).collect();

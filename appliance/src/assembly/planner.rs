@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use oasis_proto::Role;
+use oasis_proto::{Artifact, Role};
 use serde::{Deserialize, Serialize};
 
 /// What the planner is told about one accepted machine.
@@ -42,6 +42,8 @@ pub struct Node {
     pub volatile: bool,
     /// Machines it has a recent mesh handshake with.
     pub meshed_with: BTreeSet<String>,
+    /// Its agent reports etcd running the spec it is told (no restart under way).
+    pub etcd_current: bool,
 }
 
 /// One etcd member as observed this tick.
@@ -75,6 +77,10 @@ pub struct MemberPlan {
     /// Counts every plan made, so each has its own data directory (a removed member's data must
     /// never be reused).
     pub serial: u64,
+    /// The etcd the member runs; `None` in plans stored before restarts were planned (the node
+    /// image's etcd). A new node image's etcd reaches members one [`Step::Restart`] at a time.
+    #[serde(default)]
+    pub etcd: Option<Artifact>,
 }
 
 /// What the controller persists between ticks and restarts.
@@ -104,6 +110,9 @@ pub struct Settings {
     /// 1, 3 or 5.
     pub control_plane: usize,
     pub min_machines: usize,
+    /// The SHA-256 of the etcd the node image carries: members running another are restarted
+    /// with it, one at a time.
+    pub etcd_sha256: Option<String>,
 }
 
 /// The one change to make next.
@@ -152,6 +161,11 @@ pub enum Step {
     Reset {
         reason: String,
     },
+    /// Give the member the node image's etcd: its agent restarts it with the new spec.
+    Restart {
+        machine: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Step {
@@ -172,6 +186,7 @@ impl std::fmt::Display for Step {
             Step::Remove { member_id, reason, .. } => write!(f, "removing etcd member {member_id:x}: {reason}"),
             Step::Forget { machine } => write!(f, "forgetting the etcd plan of {machine}"),
             Step::Reset { reason } => f.write_str(reason),
+            Step::Restart { machine, reason } => write!(f, "restarting etcd on {machine}: {reason}"),
         }
     }
 }
@@ -204,7 +219,8 @@ fn odd_floor(n: usize) -> usize {
 ///
 /// The phases, in the rule order above: [`roles`] (nothing before the rack settles; the
 /// control plane's places), [`bootstrap`] (the first member, until etcd answers), [`membership`]
-/// (strays, forgotten plans, the learner, lost voters, shrinking and growing), then [`settle`].
+/// (strays, forgotten plans, the learner, lost voters, shrinking and growing), [`rollout`] (a new
+/// etcd, one member at a time), then [`settle`].
 /// Each phase either has the step or passes to the next.
 pub fn plan(
     settings: &Settings,
@@ -217,7 +233,11 @@ pub fn plan(
         return wait;
     }
     let rack = Rack::new(settings, nodes, assembly, members);
-    roles(&rack).or_else(|| bootstrap(&rack)).or_else(|| membership(&rack)).unwrap_or_else(|| settle(&rack))
+    roles(&rack)
+        .or_else(|| bootstrap(&rack))
+        .or_else(|| membership(&rack))
+        .or_else(|| rollout(settings, &rack))
+        .unwrap_or_else(|| settle(&rack))
 }
 
 /// Before any role is chosen: enough machines, and none arriving any more.
@@ -538,6 +558,29 @@ fn grow(rack: &Rack<'_>) -> Option<Step> {
         )));
     }
     Some(Step::AddLearner { machine: c.id.clone(), peer_url: c.peer_url.clone() })
+}
+
+/// Rollout: members whose etcd is not the node image's are restarted with it, one at a time, in
+/// choice order: only once every earlier restart runs its new spec, and only while the voters
+/// keep a quorum with that member down (a single member has nothing to carry it and restarts).
+fn rollout(settings: &Settings, rack: &Rack<'_>) -> Option<Step> {
+    let wanted = settings.etcd_sha256.as_deref()?;
+    let outdated =
+        |id: &str| rack.assembly.members.get(id).is_some_and(|p| p.etcd.as_ref().is_none_or(|a| a.sha256 != wanted));
+    let members: Vec<&Node> = rack.nodes.iter().filter(|n| rack.assembly.members.contains_key(&n.id)).collect();
+    let next = members.iter().find(|n| outdated(&n.id))?;
+    if let Some(busy) = members.iter().find(|n| !outdated(&n.id) && n.alive && !n.etcd_current) {
+        return Some(Step::Wait(format!("etcd on {} to run its new spec before the next restart", busy.id)));
+    }
+    let (voters, healthy_voters) = (rack.voters().len(), rack.healthy_voters());
+    let healthy = rack
+        .observed
+        .iter()
+        .any(|m| !m.learner && m.healthy && rack.machine_of(m).as_deref() == Some(next.id.as_str()));
+    if voters <= 1 || healthy_voters - usize::from(healthy) >= quorum(voters) {
+        return Some(Step::Restart { machine: next.id.clone(), reason: "the node image carries another etcd".into() });
+    }
+    Some(Step::Wait(format!("quorum to restart etcd on {}: {healthy_voters} of {voters} voters healthy", next.id)))
 }
 
 /// Settle: all places filled; wait for voters that are down, else nothing to do.

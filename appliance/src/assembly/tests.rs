@@ -469,7 +469,7 @@ async fn a_voter_down_is_waited_for_and_reported_degraded() {
 fn pass_over_records_the_machines_boot() {
     let mut assembly = Assembly::default();
     let boot_of = |id: &str| format!("{id}-boot");
-    let ctx = Context { cluster: "rack", now: 5, boot_of: &boot_of };
+    let ctx = Context { cluster: "rack", now: 5, boot_of: &boot_of, etcd: None };
     let step = Step::PassOver { machine: "m2".into(), reason: "died".into() };
     let happenings = apply_step(&mut assembly, &step, Outcome::Done, &ctx);
     assert_eq!(assembly.passed_over["m2"], "m2-boot");
@@ -479,7 +479,7 @@ fn pass_over_records_the_machines_boot() {
 #[test]
 fn reset_forgets_the_cluster_and_when_it_was_assembled() {
     let boot_of = |id: &str| format!("{id}-boot");
-    let ctx = Context { cluster: "rack", now: 5, boot_of: &boot_of };
+    let ctx = Context { cluster: "rack", now: 5, boot_of: &boot_of, etcd: None };
     let mut assembly = Assembly { assembled_at: Some(3), formed: true, token: Some("t".into()), ..Assembly::default() };
     apply_step(&mut assembly, &Step::Bootstrap { machine: "m1".into() }, Outcome::Done, &ctx);
     apply_step(&mut assembly, &Step::Reset { reason: "gone".into() }, Outcome::Done, &ctx);
@@ -579,4 +579,128 @@ fn health_words_are_the_ones_scripts_read() {
     })
     .collect();
     assert_eq!(words, ["starting", "waiting", "assembling", "healthy", "degraded", "quorum lost"]);
+}
+
+/// A heartbeat whose etcd is in `state` for spec `generation`.
+async fn etcd_report(rack: &Rack, machine: &str, generation: u64, state: ServiceState) {
+    let mut registry = rack.api.registry.lock().await;
+    let mut heartbeat = registry.heartbeat_of(machine).unwrap().heartbeat.clone();
+    heartbeat.services =
+        vec![ServiceStatus { name: "etcd".into(), generation, state, restarts: 0, message: None, volatile_data: true }];
+    registry.record_heartbeat(machine, heartbeat, rack.clock.now());
+}
+
+#[tokio::test]
+async fn a_new_etcd_reaches_every_member_one_restart_at_a_time() {
+    let mut rack = Rack::new(3).await;
+    rack.assemble().await;
+    let old = etcd_artifact();
+    assert!(["m1", "m2", "m3"].iter().all(|m| rack.etcd_spec(m).unwrap().artifacts[0].sha256 == old.sha256));
+    // The appliance comes back with a node image that carries another etcd.
+    let new = Artifact { sha256: "cd".repeat(32), size: 11, ..old.clone() };
+    let (status_tx, status) = watch::channel(Arc::default());
+    let (kubeconfig, _) = watch::channel(None);
+    rack.controller = Controller::new(
+        settings(),
+        World { api: rack.api.clone(), etcd: rack.etcd.clone(), clock: rack.clock.clone() },
+        Provisions {
+            ca: ClusterCa::load_or_create(&rack.api.store).unwrap(),
+            etcd_artifact: Some(new.clone()),
+            kubernetes: None,
+        },
+        Outputs { status: status_tx, kubeconfig },
+    );
+    rack.status = status;
+    rack.etcd.calls();
+    // Agents as they are: a member told another spec than it runs goes down for a round and
+    // comes back on it.
+    let mut running: HashMap<String, u64> =
+        ["m1", "m2", "m3"].iter().map(|m| (m.to_string(), rack.etcd_spec(m).unwrap().generation)).collect();
+    let mut restarting: Option<String> = None;
+    let mut progress = String::new();
+    for _ in 0..40 {
+        for m in ["m1", "m2", "m3"] {
+            let told = rack.etcd_spec(m).unwrap().generation;
+            if restarting.as_deref() == Some(m) {
+                rack.etcd.set_up(&peer_url(m), true);
+                etcd_report(&rack, m, told, ServiceState::Running).await;
+                restarting = None;
+            } else if running[m] != told {
+                rack.etcd.set_up(&peer_url(m), false);
+                etcd_report(&rack, m, told, ServiceState::Fetching).await;
+                running.insert(m.to_string(), told);
+                restarting = Some(m.to_string());
+            } else {
+                etcd_report(&rack, m, told, ServiceState::Running).await;
+            }
+        }
+        let down = rack.etcd.sim().members.iter().filter(|m| !m.up).count();
+        assert!(down <= 1, "{down} members down at once: {:?}", rack.etcd.sim().members);
+        progress = rack.tick().await;
+        if progress == "assembled" && restarting.is_none() {
+            break;
+        }
+    }
+    assert_eq!(progress, "assembled");
+    for m in ["m1", "m2", "m3"] {
+        assert_eq!(rack.etcd_spec(m).unwrap().artifacts[0].sha256, new.sha256, "{m} runs the new etcd");
+    }
+    assert_eq!(rack.event_kinds().iter().filter(|k| *k == "etcd-restart").count(), 3);
+    assert!(rack.etcd.calls().is_empty(), "a restart changes no membership");
+}
+
+#[test]
+fn a_restart_waits_for_a_quorum_without_the_member() {
+    let node = |id: &str, current: bool| Node {
+        id: id.into(),
+        alive: true,
+        boot: "b".into(),
+        peer_url: format!("https://{id}:2380"),
+        etcd_ready: true,
+        volatile: false,
+        meshed_with: ["m1", "m2", "m3"].map(String::from).into(),
+        etcd_current: current,
+    };
+    let old = Some(etcd_artifact());
+    let plan = |serial| planner::MemberPlan {
+        boot: "b".into(),
+        state: planner::InitialState::Existing,
+        initial_cluster: String::new(),
+        serial,
+        etcd: old.clone(),
+    };
+    let nodes = vec![node("m1", true), node("m2", true), node("m3", true)];
+    let assembly = Assembly {
+        roles: nodes.iter().map(|n| (n.id.clone(), Role::ControlPlane)).collect(),
+        token: Some("t".into()),
+        formed: true,
+        members: nodes.iter().zip(1..).map(|(n, i)| (n.id.clone(), plan(i))).collect(),
+        ..Assembly::default()
+    };
+    let member = |i: u64, healthy: bool| Member {
+        id: i,
+        name: format!("m{i}"),
+        peer_url: format!("https://m{i}:2380"),
+        learner: false,
+        healthy,
+    };
+    let settings = Settings { control_plane: 3, min_machines: 1, etcd_sha256: Some("cd".repeat(32)) };
+    // m3 is down: restarting m1 would leave one of three.
+    let members = [member(1, true), member(2, true), member(3, false)];
+    let step = planner::plan(&settings, &nodes, &assembly, Some(&members), true);
+    assert!(matches!(&step, Step::Wait(w) if w.starts_with("quorum to restart etcd on m1")), "{step:?}");
+    // m3 down is the one outdated member left: restarting it costs nothing.
+    let mut rolled = assembly.clone();
+    for m in ["m1", "m2"] {
+        rolled.members.get_mut(m).unwrap().etcd = Some(Artifact { sha256: "cd".repeat(32), ..etcd_artifact() });
+    }
+    let step = planner::plan(&settings, &nodes, &rolled, Some(&members), true);
+    assert!(matches!(&step, Step::Restart { machine, .. } if machine == "m3"), "{step:?}");
+    // A restart under way (m1 not yet on its new spec) holds the next one back.
+    let mut busy = rolled.clone();
+    busy.members.get_mut("m2").unwrap().etcd = old.clone();
+    let nodes = vec![node("m1", false), node("m2", true), node("m3", true)];
+    let all_up = [member(1, true), member(2, true), member(3, true)];
+    let step = planner::plan(&settings, &nodes, &busy, Some(&all_up), true);
+    assert!(matches!(&step, Step::Wait(w) if w.starts_with("etcd on m1 to run its new spec")), "{step:?}");
 }

@@ -45,7 +45,7 @@ impl World {
     fn new(count: usize, control_plane: usize) -> World {
         let machines = (0..count).map(|i| Machine { id: format!("m{i}"), powered: true, boot: 0 }).collect();
         World {
-            settings: Settings { control_plane, min_machines: 1 },
+            settings: Settings { control_plane, min_machines: 1, etcd_sha256: None },
             machines,
             members: vec![],
             next_member: 1,
@@ -85,6 +85,7 @@ impl World {
                 etcd_ready: m.powered && self.assembly.roles.get(&m.id) == Some(&Role::ControlPlane),
                 volatile: true,
                 meshed_with: if m.powered { alive.clone() } else { BTreeSet::new() },
+                etcd_current: m.powered,
             })
             .collect()
     }
@@ -215,7 +216,7 @@ impl World {
         self.clock += 1;
         let machines = self.machines.clone();
         let boot_of = |id: &str| machines.iter().find(|m| m.id == id).map(|m| format!("boot{}", m.boot)).unwrap();
-        let ctx = Context { cluster: "rack", now: self.clock, boot_of: &boot_of };
+        let ctx = Context { cluster: "rack", now: self.clock, boot_of: &boot_of, etcd: None };
         apply_step(&mut self.assembly, step, outcome, &ctx);
     }
 
@@ -268,7 +269,7 @@ fn one_machine_is_a_single_node_cluster_and_two_make_one_voter() {
 #[test]
 fn nothing_is_chosen_before_the_rack_settles_or_min_machines_are_there() {
     let w = World::new(3, 3);
-    let settings = Settings { control_plane: 3, min_machines: 4 };
+    let settings = Settings { control_plane: 3, min_machines: 4, etcd_sha256: None };
     assert!(matches!(plan(&settings, &w.nodes(), &w.assembly, None, true), Step::Wait(m) if m.contains("3 of 4")));
     assert!(
         matches!(plan(&w.settings, &w.nodes(), &w.assembly, None, false), Step::Wait(m) if m.contains("settle time"))
