@@ -560,23 +560,23 @@ fn grow(rack: &Rack<'_>) -> Option<Step> {
     Some(Step::AddLearner { machine: c.id.clone(), peer_url: c.peer_url.clone() })
 }
 
-/// Rollout: members whose etcd is not the node image's are restarted with it, one at a time, in
-/// choice order: only once every earlier restart runs its new spec, and only while the voters
+/// Rollout: members whose etcd is not the node image's are restarted with it, one at a time (a
+/// member that is down first, then in choice order): only once every earlier restart runs its new spec, and only while the voters
 /// keep a quorum with that member down (a single member has nothing to carry it and restarts).
 fn rollout(settings: &Settings, rack: &Rack<'_>) -> Option<Step> {
     let wanted = settings.etcd_sha256.as_deref()?;
     let outdated =
         |id: &str| rack.assembly.members.get(id).is_some_and(|p| p.etcd.as_ref().is_none_or(|a| a.sha256 != wanted));
     let members: Vec<&Node> = rack.nodes.iter().filter(|n| rack.assembly.members.contains_key(&n.id)).collect();
-    let next = members.iter().find(|n| outdated(&n.id))?;
+    let answering =
+        |id: &str| rack.observed.iter().any(|m| !m.learner && m.healthy && rack.machine_of(m).as_deref() == Some(id));
+    // A member that is down already costs nothing to restart: it goes first.
+    let next = members.iter().filter(|n| outdated(&n.id)).min_by_key(|n| answering(&n.id))?;
     if let Some(busy) = members.iter().find(|n| !outdated(&n.id) && n.alive && !n.etcd_current) {
         return Some(Step::Wait(format!("etcd on {} to run its new spec before the next restart", busy.id)));
     }
     let (voters, healthy_voters) = (rack.voters().len(), rack.healthy_voters());
-    let healthy = rack
-        .observed
-        .iter()
-        .any(|m| !m.learner && m.healthy && rack.machine_of(m).as_deref() == Some(next.id.as_str()));
+    let healthy = answering(&next.id);
     if voters <= 1 || healthy_voters - usize::from(healthy) >= quorum(voters) {
         return Some(Step::Restart { machine: next.id.clone(), reason: "the node image carries another etcd".into() });
     }

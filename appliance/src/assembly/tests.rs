@@ -685,20 +685,18 @@ fn a_restart_waits_for_a_quorum_without_the_member() {
         healthy,
     };
     let settings = Settings { control_plane: 3, min_machines: 1, etcd_sha256: Some("cd".repeat(32)) };
-    // m3 is down: restarting m1 would leave one of three.
+    // m3 is down: it goes first (restarting it costs nothing); m1 then waits for m3 to be back.
     let members = [member(1, true), member(2, true), member(3, false)];
     let step = planner::plan(&settings, &nodes, &assembly, Some(&members), true);
-    assert!(matches!(&step, Step::Wait(w) if w.starts_with("quorum to restart etcd on m1")), "{step:?}");
-    // m3 down is the one outdated member left: restarting it costs nothing.
-    let mut rolled = assembly.clone();
-    for m in ["m1", "m2"] {
-        rolled.members.get_mut(m).unwrap().etcd = Some(Artifact { sha256: "cd".repeat(32), ..etcd_artifact() });
-    }
-    let step = planner::plan(&settings, &nodes, &rolled, Some(&members), true);
     assert!(matches!(&step, Step::Restart { machine, .. } if machine == "m3"), "{step:?}");
+    let mut rolled = assembly.clone();
+    rolled.members.get_mut("m3").unwrap().etcd = Some(Artifact { sha256: "cd".repeat(32), ..etcd_artifact() });
+    let nodes_m3_back = vec![node("m1", true), node("m2", true), node("m3", true)];
+    let step = planner::plan(&settings, &nodes_m3_back, &rolled, Some(&members), true);
+    assert!(matches!(&step, Step::Wait(w) if w.starts_with("quorum to restart etcd on m1")), "{step:?}");
     // A restart under way (m1 not yet on its new spec) holds the next one back.
-    let mut busy = rolled.clone();
-    busy.members.get_mut("m2").unwrap().etcd = old.clone();
+    let mut busy = assembly.clone();
+    busy.members.get_mut("m1").unwrap().etcd = Some(Artifact { sha256: "cd".repeat(32), ..etcd_artifact() });
     let nodes = vec![node("m1", false), node("m2", true), node("m3", true)];
     let all_up = [member(1, true), member(2, true), member(3, true)];
     let step = planner::plan(&settings, &nodes, &busy, Some(&all_up), true);

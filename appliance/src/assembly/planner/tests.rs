@@ -22,6 +22,10 @@ struct SimMember {
     learner: bool,
     /// The boot its etcd started in; `None` until started.
     started_in: Option<u32>,
+    /// The etcd it runs (the artifact's hash), once started.
+    version: Option<String>,
+    /// Its agent is restarting it with another etcd: down until the next round.
+    restarting: bool,
 }
 
 /// A rack, etcd as its members see it, and the appliance's persisted state.
@@ -35,6 +39,13 @@ struct World {
     changes: usize,
     /// Unix time as the bookkeeping sees it: one second per executed step.
     clock: u64,
+    /// The etcd the node image carries.
+    image: Artifact,
+    powered_off_since_tick: bool,
+}
+
+fn image(version: u32) -> Artifact {
+    Artifact { sha256: format!("etcd-v{version}"), size: 1, path: "etcd".into(), mode: 0o755 }
 }
 
 fn peer_url(i: usize) -> String {
@@ -45,19 +56,21 @@ impl World {
     fn new(count: usize, control_plane: usize) -> World {
         let machines = (0..count).map(|i| Machine { id: format!("m{i}"), powered: true, boot: 0 }).collect();
         World {
-            settings: Settings { control_plane, min_machines: 1, etcd_sha256: None },
+            settings: Settings { control_plane, min_machines: 1, etcd_sha256: Some(image(0).sha256) },
             machines,
             members: vec![],
             next_member: 1,
             assembly: Assembly::default(),
             changes: 0,
             clock: 0,
+            image: image(0),
+            powered_off_since_tick: false,
         }
     }
 
     fn healthy(&self, m: &SimMember) -> bool {
         let machine = &self.machines[m.machine];
-        machine.powered && m.started_in == Some(machine.boot)
+        machine.powered && m.started_in == Some(machine.boot) && !m.restarting
     }
 
     fn voters(&self) -> usize {
@@ -85,9 +98,23 @@ impl World {
                 etcd_ready: m.powered && self.assembly.roles.get(&m.id) == Some(&Role::ControlPlane),
                 volatile: true,
                 meshed_with: if m.powered { alive.clone() } else { BTreeSet::new() },
-                etcd_current: m.powered,
+                etcd_current: self.etcd_current(i),
             })
             .collect()
+    }
+
+    /// The machine's member runs the etcd of its plan.
+    fn etcd_current(&self, machine: usize) -> bool {
+        let m = &self.machines[machine];
+        let plan = self.assembly.members.get(&m.id).and_then(|p| p.etcd.as_ref()).map(|a| &a.sha256);
+        self.members.iter().filter(|s| s.machine == machine).all(|s| self.healthy(s) && s.version.as_ref() == plan)
+    }
+
+    /// A new node image with another etcd.
+    fn new_image(&mut self) {
+        let next = self.image.sha256.trim_start_matches("etcd-v").parse::<u32>().unwrap() + 1;
+        self.image = image(next);
+        self.settings.etcd_sha256 = Some(self.image.sha256.clone());
     }
 
     fn observed(&self) -> Option<Vec<Member>> {
@@ -113,12 +140,33 @@ impl World {
         let quorum_now = self.has_quorum();
         for i in 0..self.members.len() {
             let machine = &self.machines[self.members[i].machine];
-            let planned =
-                self.assembly.members.get(&machine.id).is_some_and(|p| p.boot == format!("boot{}", machine.boot));
-            if machine.powered && planned && self.members[i].started_in.is_none() && quorum_now {
+            let plan = self.assembly.members.get(&machine.id).filter(|p| p.boot == format!("boot{}", machine.boot));
+            let told = plan.and_then(|p| p.etcd.as_ref()).map(|a| a.sha256.clone());
+            if machine.powered && plan.is_some() && self.members[i].started_in.is_none() && quorum_now {
                 self.members[i].started_in = Some(machine.boot);
+                self.members[i].version = told;
+            } else if machine.powered
+                && self.members[i].started_in == Some(machine.boot)
+                && self.members[i].version != told
+                && plan.is_some()
+            {
+                // Told another etcd: down for a round, then back on it.
+                if self.members[i].restarting {
+                    self.members[i].restarting = false;
+                    self.members[i].version = told;
+                } else {
+                    self.members[i].restarting = true;
+                }
+            } else {
+                self.members[i].restarting = false;
             }
         }
+        // One restart at a time (a machine may die meanwhile: that is not the planner's doing).
+        assert!(self.members.iter().filter(|m| m.restarting).count() <= 1, "two restarts at once: {:?}", self.members);
+        if self.voters() > 1 && quorum_now && !self.powered_off_since_tick {
+            assert!(self.has_quorum(), "a restart lost quorum: {:?} {:?}", self.members, self.machines);
+        }
+        self.powered_off_since_tick = false;
         // A bootstrap plan starts a new one-member cluster.
         if self.members.is_empty() {
             if let Some((id, plan)) = self.assembly.members.iter().find(|(_, p)| p.state == InitialState::New) {
@@ -130,6 +178,8 @@ impl World {
                         machine: i,
                         learner: false,
                         started_in: Some(m.boot),
+                        version: plan.etcd.as_ref().map(|a| a.sha256.clone()),
+                        restarting: false,
                     });
                     self.next_member += 1;
                 }
@@ -165,7 +215,14 @@ impl World {
                     if !w.has_quorum() {
                         return Err("no leader");
                     }
-                    w.members.push(SimMember { id, machine: i, learner: true, started_in: None });
+                    w.members.push(SimMember {
+                        id,
+                        machine: i,
+                        learner: true,
+                        started_in: None,
+                        version: None,
+                        restarting: false,
+                    });
                     w.next_member += 1;
                     Ok(())
                 });
@@ -216,7 +273,8 @@ impl World {
         self.clock += 1;
         let machines = self.machines.clone();
         let boot_of = |id: &str| machines.iter().find(|m| m.id == id).map(|m| format!("boot{}", m.boot)).unwrap();
-        let ctx = Context { cluster: "rack", now: self.clock, boot_of: &boot_of, etcd: None };
+        let image = self.image.clone();
+        let ctx = Context { cluster: "rack", now: self.clock, boot_of: &boot_of, etcd: Some(&image) };
         apply_step(&mut self.assembly, step, outcome, &ctx);
     }
 
@@ -361,6 +419,8 @@ enum Event {
     InterruptedTick,
     PowerOff(usize),
     PowerOn(usize),
+    /// The appliance comes back with a node image that carries another etcd.
+    NewImage,
 }
 
 fn event(count: usize) -> impl Strategy<Value = Event> {
@@ -369,6 +429,7 @@ fn event(count: usize) -> impl Strategy<Value = Event> {
         1 => Just(Event::InterruptedTick),
         1 => (0..count).prop_map(Event::PowerOff),
         1 => (0..count).prop_map(Event::PowerOn),
+        1 => Just(Event::NewImage),
     ]
 }
 
@@ -391,7 +452,8 @@ proptest! {
             match e {
                 Event::Tick => { w.tick(false); }
                 Event::InterruptedTick => { w.tick(true); }
-                Event::PowerOff(i) => w.machines[i].powered = false,
+                Event::NewImage => w.new_image(),
+                Event::PowerOff(i) => { w.machines[i].powered = false; w.powered_off_since_tick = true; }
                 Event::PowerOn(i) => if !w.machines[i].powered {
                     w.machines[i].powered = true;
                     w.machines[i].boot += 1;
@@ -415,6 +477,8 @@ proptest! {
             let voters = w.voters();
             prop_assert!(voters % 2 == 1, "settled with {} voters", voters);
             prop_assert_eq!(w.healthy_voters(), voters);
+            prop_assert!(w.assembly.members.values().all(|p| p.etcd.as_ref() == Some(&w.image)), "settled on an old etcd");
+            prop_assert!(w.members.iter().all(|m| m.version.as_ref() == Some(&w.image.sha256)), "a member runs an old etcd");
             let pool = w.machines.len() - w.assembly.passed_over.iter().filter(|(id, boot)| w.machines.iter().any(|m| m.id == **id && format!("boot{}", m.boot) == **boot)).count();
             prop_assert_eq!(voters, odd_floor(cp.min(pool).max(1)));
         }
