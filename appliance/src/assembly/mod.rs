@@ -3,7 +3,9 @@
 //! - [`planner`]: the next membership change, as a pure function with its safety rules.
 //! - [`order`]: which machines get control-plane places first.
 //! - [`desired`]: each machine's desired state (role, mesh, etcd's command line).
-//! - [`status`]: the cluster as `oasis cluster status` shows it.
+//! - [`status`]: the cluster as `oasis cluster status` shows it, built from one tick's observation.
+//! - [`bookkeeping`]: what each step changes in the persisted assembly, as one pure function.
+//! - [`world`]: etcd and the clock behind traits, chosen at construction (fakes in `tests.rs`).
 //!
 //! The [`Controller`] is a reconcile loop: every tick it reads the store and the registry,
 //! observes etcd through each control-plane machine's management address, asks the planner for

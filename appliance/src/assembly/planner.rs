@@ -19,6 +19,9 @@
 //!   storage, new boot) is removed and joins again as a learner.
 //! - More voters than `K` (a learner died and the pool shrank): the newest voter leaves. So the
 //!   cluster never settles with an even number of voters.
+//! - A node image with another etcd reaches the members by restarts, one member at a time: the
+//!   next only once the last runs its new spec, and only while the voters keep a quorum with that
+//!   member down (a member already down goes first; a single member restarts alone).
 
 use std::collections::{BTreeMap, BTreeSet};
 
