@@ -702,3 +702,22 @@ fn a_restart_waits_for_a_quorum_without_the_member() {
     let step = planner::plan(&settings, &nodes, &busy, Some(&all_up), true);
     assert!(matches!(&step, Step::Wait(w) if w.starts_with("etcd on m1 to run its new spec")), "{step:?}");
 }
+
+#[tokio::test]
+async fn a_machine_not_heard_from_since_the_appliance_started_is_alive_for_the_grace_only() {
+    let mut rack = Rack::new(1).await;
+    // A new boot registered long ago, and no heartbeat since this appliance started.
+    {
+        let mut registry = rack.api.registry.lock().await;
+        let mut record = registry.get("m1").unwrap().clone();
+        record.wireguard_key = "key-m1-1".into();
+        registry.apply(record);
+        assert!(registry.heartbeat_of("m1").is_none());
+    }
+    rack.tick().await;
+    assert!(rack.status.borrow().machines[0].alive, "within dead_after + the reconnect grace of the start");
+    let grace = settings().dead_after.as_secs() + RECONNECT_GRACE_SECS;
+    rack.clock.0.store(START + grace, Ordering::SeqCst);
+    rack.tick().await;
+    assert!(!rack.status.borrow().machines[0].alive, "not heard from for longer than the grace");
+}
