@@ -26,7 +26,8 @@ use oasis_proto::Artifact;
 use crate::admin;
 use crate::api::{self, Api};
 use crate::assembly::kubernetes::Kubernetes;
-use crate::assembly::{Controller, Outputs};
+use crate::assembly::world::SystemClock;
+use crate::assembly::{Controller, Outputs, Provisions, World};
 use crate::config::{AcceptancePolicy, Config, ConflictCheckKind};
 use crate::etcd::EtcdClient;
 use crate::identity::Identity;
@@ -340,11 +341,8 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     };
     let controller = Controller::new(
         config.cluster.clone(),
-        api.clone(),
-        ca,
-        etcd.clone(),
-        node_artifacts.get("etcd").map(|(a, _)| a.clone()),
-        kubernetes,
+        World { api: api.clone(), etcd: etcd.clone(), clock: SystemClock },
+        Provisions { ca, etcd_artifact: node_artifacts.get("etcd").map(|(a, _)| a.clone()), kubernetes },
         Outputs { status: cluster_status, kubeconfig },
     );
     tasks.spawn(async move {

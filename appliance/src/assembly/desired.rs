@@ -123,7 +123,12 @@ pub fn etcd_service(
     let mut spec = ServiceSpec {
         name: "etcd".into(),
         generation: 0,
-        artifacts: vec![Artifact { path: format!("{NODE_STATE_DIR}/bin/etcd"), mode: 0o755, ..etcd.clone() }],
+        // A member runs the etcd of its plan (restarts bring the node image's one, one at a time).
+        artifacts: vec![Artifact {
+            path: format!("{NODE_STATE_DIR}/bin/etcd"),
+            mode: 0o755,
+            ..plan.filter(|_| token.is_some()).and_then(|p| p.etcd.clone()).unwrap_or_else(|| etcd.clone())
+        }],
         files,
         data_dirs,
         args,
@@ -238,7 +243,13 @@ mod tests {
         let prepare = etcd_service(&m, &MESH, &artifact(), &tls(), None, None);
         assert!(!prepare.run && prepare.args.is_empty() && prepare.data_dirs.is_empty());
         assert!(prepare.files.iter().all(|f| oasis_proto::is_node_state_path(&f.path)));
-        let plan = MemberPlan { boot: "k".into(), state: InitialState::New, initial_cluster: String::new(), serial: 4 };
+        let plan = MemberPlan {
+            boot: "k".into(),
+            state: InitialState::New,
+            initial_cluster: String::new(),
+            serial: 4,
+            etcd: None,
+        };
         let run = etcd_service(&m, &MESH, &artifact(), &tls(), Some("rack-1"), Some(&plan));
         assert!(run.run);
         assert_ne!(run.generation, prepare.generation);

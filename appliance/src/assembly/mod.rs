@@ -3,7 +3,9 @@
 //! - [`planner`]: the next membership change, as a pure function with its safety rules.
 //! - [`order`]: which machines get control-plane places first.
 //! - [`desired`]: each machine's desired state (role, mesh, etcd's command line).
-//! - [`status`]: the cluster as `oasis cluster status` shows it.
+//! - [`status`]: the cluster as `oasis cluster status` shows it, built from one tick's observation.
+//! - [`bookkeeping`]: what each step changes in the persisted assembly, as one pure function.
+//! - [`world`]: etcd and the clock behind traits, chosen at construction (fakes in `tests.rs`).
 //!
 //! The [`Controller`] is a reconcile loop: every tick it reads the store and the registry,
 //! observes etcd through each control-plane machine's management address, asks the planner for
@@ -11,11 +13,16 @@
 //! with its reason) and publishes every machine's desired state. Nothing it knows lives only in
 //! memory: a restarted appliance picks up where it was.
 
+pub mod bookkeeping;
 pub mod desired;
 pub mod kubernetes;
 pub mod order;
 pub mod planner;
 pub mod status;
+pub mod world;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -33,10 +40,12 @@ use crate::etcd::{EtcdClient, EtcdError, MemberStatus};
 use crate::k3s::{self, ClientCert};
 use crate::pki::ClusterCa;
 use crate::registry::{Happening, LastHeartbeat, MachineRecord};
+use bookkeeping::{apply_step, Context, Outcome};
 use desired::{MemberTls, MeshPlan, Placed};
 use kubernetes::Kubernetes;
-use planner::{Assembly, InitialState, Member, MemberPlan, Node, Settings, Step};
-use status::{ClusterStatus, MachineRole, MemberView, MeshPair};
+use planner::{Assembly, Member, Node, Settings, Step};
+use status::{ClusterStatus, MachineSeen, Observed};
+use world::{Clock, Etcd, SystemClock};
 
 /// Time between two reconcile ticks.
 const TICK: Duration = Duration::from_secs(1);
@@ -47,10 +56,6 @@ const RECONNECT_GRACE_SECS: u64 = 30;
 /// A mesh handshake older than this does not prove the path (WireGuard renews every 2 minutes
 /// while traffic or keepalives flow).
 const MESH_FRESH_SECS: u64 = 180;
-
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 /// A secret kept in the store as JSON: read back, or made by `make` and committed before it is
 /// used. Made before it is stored, so a failure stores nothing.
@@ -102,13 +107,14 @@ struct Observation {
     members: Option<Vec<crate::etcd::Member>>,
 }
 
-/// The assembly controller.
-pub struct Controller {
+/// The assembly controller, with etcd and the clock chosen at construction.
+pub struct Controller<E: Etcd = EtcdClient, C: Clock = SystemClock> {
     settings: ClusterSettings,
     mesh: MeshPlan,
     api: Arc<Api>,
     ca: ClusterCa,
-    etcd: EtcdClient,
+    etcd: E,
+    clock: C,
     /// etcd as the node image carries it; `None` when the image has none.
     etcd_artifact: Option<Artifact>,
     /// k3s and its secrets when the node image carries a k3s bundle, with the admin credential
@@ -126,7 +132,7 @@ pub struct Controller {
     started_at: u64,
 }
 
-impl std::fmt::Debug for Controller {
+impl<E: Etcd, C: Clock> std::fmt::Debug for Controller<E, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Controller").field("cluster", &self.settings.name).finish_non_exhaustive()
     }
@@ -140,23 +146,57 @@ pub struct Outputs {
     pub kubeconfig: watch::Sender<Option<String>>,
 }
 
+/// What the controller works with: the registry and store (through the API), etcd and the clock.
+pub struct World<E: Etcd = EtcdClient, C: Clock = SystemClock> {
+    pub api: Arc<Api>,
+    pub etcd: E,
+    pub clock: C,
+}
+
+/// What the controller hands to machines: the CA that signs etcd members' certificates, and
+/// etcd and k3s as the node image carries them.
+pub struct Provisions {
+    pub ca: ClusterCa,
+    /// `None` when the node image has no etcd.
+    pub etcd_artifact: Option<Artifact>,
+    /// k3s and its secrets when the node image carries a k3s bundle, with the admin credential.
+    pub kubernetes: Option<(Kubernetes, ClientCert)>,
+}
+
+impl<E: Etcd, C: Clock> std::fmt::Debug for World<E, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Provisions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisions").field("etcd_artifact", &self.etcd_artifact).finish_non_exhaustive()
+    }
+}
+
+/// What one tick saw and told, for its status.
+struct TickSeen<'a> {
+    seen: &'a [Seen],
+    nodes: &'a [Node],
+    assembly: &'a Assembly,
+    observation: &'a Observation,
+    members: Option<&'a [Member]>,
+    told: &'a BTreeMap<String, (u64, bool)>,
+}
+
 /// One accepted machine with what the registry last heard from it.
 struct Seen {
     record: MachineRecord,
     heartbeat: Option<LastHeartbeat>,
 }
 
-impl Controller {
-    pub fn new(
-        settings: ClusterSettings,
-        api: Arc<Api>,
-        ca: ClusterCa,
-        etcd: EtcdClient,
-        etcd_artifact: Option<Artifact>,
-        kubernetes: Option<(Kubernetes, ClientCert)>,
-        outputs: Outputs,
-    ) -> Controller {
+impl<E: Etcd, C: Clock> Controller<E, C> {
+    pub fn new(settings: ClusterSettings, world: World<E, C>, provisions: Provisions, outputs: Outputs) -> Self {
         let Outputs { status, kubeconfig } = outputs;
+        let World { api, etcd, clock } = world;
+        let Provisions { ca, etcd_artifact, kubernetes } = provisions;
+        let started_at = clock.now();
         let mesh = MeshPlan {
             network: settings.mesh_network,
             prefix_len: settings.mesh_prefix_len,
@@ -168,13 +208,14 @@ impl Controller {
             api,
             ca,
             etcd,
+            clock,
             etcd_artifact,
             kubernetes,
             kubeconfig,
             status,
             last_progress: String::new(),
             formatted: Default::default(),
-            started_at: now(),
+            started_at,
         }
     }
 
@@ -222,7 +263,8 @@ impl Controller {
         s.heartbeat.is_none() && now.saturating_sub(self.started_at) <= dead_after + RECONNECT_GRACE_SECS
     }
 
-    fn nodes(&self, seen: &[Seen], now: u64) -> Vec<Node> {
+    /// `running` holds the etcd spec each machine is told for the stored assembly.
+    fn nodes(&self, seen: &[Seen], now: u64, running: &BTreeMap<String, ServiceSpec>) -> Vec<Node> {
         let by_key: HashMap<&str, &str> =
             seen.iter().map(|s| (s.record.wireguard_key.as_str(), s.record.id.as_str())).collect();
         seen.iter()
@@ -250,6 +292,10 @@ impl Controller {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    etcd_current: etcd.is_some_and(|e| {
+                        e.state == ServiceState::Running
+                            && running.get(&s.record.id).is_some_and(|spec| spec.generation == e.generation)
+                    }),
                 }
             })
             .collect()
@@ -311,7 +357,7 @@ impl Controller {
     }
 
     async fn tick(&mut self) -> Result<(), String> {
-        let now = now();
+        let now = self.clock.now();
         let seen = self.accepted().await;
         let mut assembly = self.api.store.assembly().map_err(|e| e.to_string())?;
 
@@ -337,7 +383,8 @@ impl Controller {
                 }
             }
         }
-        let nodes = self.nodes(&seen, now);
+        let told_before = self.etcd_specs(&seen, &self.placed(&seen, &assembly), &assembly).await?;
+        let nodes = self.nodes(&seen, now, &told_before);
         let observation = self.observe(&seen, &assembly).await;
         let members: Option<Vec<Member>> = observation.members.as_ref().map(|list| {
             list.iter()
@@ -352,8 +399,11 @@ impl Controller {
         });
         let newest_acceptance = seen.iter().map(|s| s.record.first_registered).max().unwrap_or(0);
         let settled = now.saturating_sub(newest_acceptance) >= self.settings.settle.as_secs();
-        let settings =
-            Settings { control_plane: self.settings.control_plane, min_machines: self.settings.min_machines };
+        let settings = Settings {
+            control_plane: self.settings.control_plane,
+            min_machines: self.settings.min_machines,
+            etcd_sha256: self.etcd_artifact.as_ref().map(|a| a.sha256.clone()),
+        };
         let step = if self.etcd_artifact.is_none() {
             Step::Wait("etcd is not in the node image: rebuild it with `oasis image build node`".into())
         } else {
@@ -373,8 +423,16 @@ impl Controller {
             tracing::info!(cluster = %self.settings.name, "assembly: {progress}");
             self.last_progress = progress.clone();
         }
-        self.publish(&seen, &assembly).await?;
-        self.publish_status(&seen, &nodes, &assembly, &observation, members.as_deref(), &step, progress);
+        let told = self.publish(&seen, &assembly).await?;
+        let tick = TickSeen {
+            seen: &seen,
+            nodes: &nodes,
+            assembly: &assembly,
+            observation: &observation,
+            members: members.as_deref(),
+            told: &told,
+        };
+        self.publish_status(tick, &step, progress);
         Ok(())
     }
 
@@ -385,6 +443,7 @@ impl Controller {
         self.api.store.save_assembly(assembly.clone(), happenings).await.map_err(|e| e.to_string())
     }
 
+    /// Makes the step's etcd call, if it has one, then records what it changed.
     async fn execute(
         &self,
         step: &Step,
@@ -393,113 +452,56 @@ impl Controller {
         observation: &Observation,
         now: u64,
     ) -> Result<(), String> {
-        let boot_of = |id: &str| {
-            seen.iter().find(|s| s.record.id == id).map(|s| s.record.wireguard_key.clone()).unwrap_or_default()
+        let Some(outcome) = self.call_etcd(step, seen, observation).await? else {
+            return Ok(());
         };
+        let happenings = {
+            let boot_of = |id: &str| {
+                seen.iter().find(|s| s.record.id == id).map(|s| s.record.wireguard_key.clone()).unwrap_or_default()
+            };
+            let ctx =
+                Context { cluster: &self.settings.name, now, boot_of: &boot_of, etcd: self.etcd_artifact.as_ref() };
+            apply_step(assembly, step, outcome, &ctx)
+        };
+        if happenings.is_empty() {
+            return Ok(());
+        }
+        self.save(assembly, happenings).await
+    }
+
+    /// The etcd call a step makes, if any: `None` when etcd said "not now" (asked again next tick).
+    async fn call_etcd(
+        &self,
+        step: &Step,
+        seen: &[Seen],
+        observation: &Observation,
+    ) -> Result<Option<Outcome>, String> {
         let change_ep = || self.change_endpoint(seen, observation).ok_or_else(|| "no etcd voter answers".to_string());
-        match step.clone() {
-            Step::Wait(_) => Ok(()),
-            Step::Settled => {
-                if assembly.assembled_at.is_none() {
-                    assembly.assembled_at = Some(now);
-                    let voters = assembly.members.len();
-                    let msg = format!("cluster {} assembled: {voters} etcd member(s), all healthy", self.settings.name);
-                    self.save(assembly, vec![event("cluster-assembled", msg)]).await?;
-                }
-                Ok(())
+        let (what, answer) = match step {
+            Step::AddLearner { machine, peer_url } => {
+                let answer = self.etcd.add_learner(change_ep()?, peer_url).await;
+                (format!("adding {machine} as a learner"), answer.map(|m| Outcome::Added { member_id: m.id }))
             }
-            Step::SetRoles(changes) => {
-                let mut happenings = Vec::new();
-                for (id, role, reason) in changes {
-                    happenings.push(event("role", format!("{id} is {role}: {reason}")));
-                    assembly.roles.insert(id, role);
-                }
-                self.save(assembly, happenings).await
+            Step::Promote { machine, member_id } => {
+                let answer = self.etcd.promote(change_ep()?, *member_id).await;
+                (format!("promoting {machine}"), answer.map(|()| Outcome::Done))
             }
-            Step::PassOver { machine, reason } => {
-                assembly.passed_over.insert(machine.clone(), boot_of(&machine));
-                self.save(assembly, vec![event("passed-over", format!("{machine}: {reason}"))]).await
-            }
-            Step::Bootstrap { machine } => {
-                assembly.plans_made += 1;
-                assembly.token = Some(format!("{}-{now}", self.settings.name));
-                let plan = MemberPlan {
-                    boot: boot_of(&machine),
-                    state: InitialState::New,
-                    initial_cluster: String::new(),
-                    serial: assembly.plans_made,
+            Step::Remove { member_id, .. } => {
+                let answer = match self.etcd.remove(change_ep()?, *member_id).await {
+                    Err(EtcdError::MemberNotFound) => Ok(Outcome::AlreadyGone),
+                    other => other.map(|()| Outcome::Done),
                 };
-                assembly.members.insert(machine.clone(), plan);
-                self.save(assembly, vec![event("etcd-bootstrap", format!("etcd starts a new cluster on {machine}"))])
-                    .await
+                (format!("removing member {member_id:x}"), answer)
             }
-            Step::MarkFormed => {
-                assembly.formed = true;
-                self.save(assembly, vec![event("etcd-formed", "etcd answers: the cluster exists".into())]).await
+            _ => return Ok(Some(Outcome::Done)),
+        };
+        match answer {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(e) if retried(&e) => {
+                tracing::info!("{what} again next tick: {e}");
+                Ok(None)
             }
-            Step::AddLearner { machine, peer_url } => match self.etcd.add_learner(change_ep()?, &peer_url).await {
-                Ok(member) => {
-                    let msg = format!("{machine} added to etcd as learner {:x} ({peer_url})", member.id);
-                    self.save(assembly, vec![event("etcd-learner", msg)]).await
-                }
-                Err(e) if retried(&e) => {
-                    tracing::info!("adding {machine} as a learner again next tick: {e}");
-                    Ok(())
-                }
-                Err(e) => Err(format!("adding {machine} as a learner: {e}")),
-            },
-            Step::Start { machine, initial_cluster } => {
-                assembly.plans_made += 1;
-                let plan = MemberPlan {
-                    boot: boot_of(&machine),
-                    state: InitialState::Existing,
-                    initial_cluster,
-                    serial: assembly.plans_made,
-                };
-                assembly.members.insert(machine.clone(), plan);
-                self.save(assembly, vec![event("etcd-start", format!("{machine} starts etcd to join the cluster"))])
-                    .await
-            }
-            Step::Promote { machine, member_id } => match self.etcd.promote(change_ep()?, member_id).await {
-                Ok(_) => {
-                    self.save(assembly, vec![event("etcd-promoted", format!("{machine} ({member_id:x}) is a voter"))])
-                        .await
-                }
-                Err(e) if retried(&e) => {
-                    tracing::debug!("promoting {machine} again next tick: {e}");
-                    Ok(())
-                }
-                Err(e) => Err(format!("promoting {machine}: {e}")),
-            },
-            Step::Remove { member_id, machine, pass_over, reason } => {
-                match self.etcd.remove(change_ep()?, member_id).await {
-                    Ok(_) | Err(EtcdError::MemberNotFound) => {}
-                    Err(e) if retried(&e) => {
-                        tracing::info!("removing member {member_id:x} again next tick: {e}");
-                        return Ok(());
-                    }
-                    Err(e) => return Err(format!("removing member {member_id:x}: {e}")),
-                }
-                if let Some(machine) = &machine {
-                    assembly.members.remove(machine);
-                    if pass_over {
-                        assembly.passed_over.insert(machine.clone(), boot_of(machine));
-                    }
-                }
-                self.save(assembly, vec![event("etcd-removed", format!("member {member_id:x} removed: {reason}"))])
-                    .await
-            }
-            Step::Forget { machine } => {
-                assembly.members.remove(&machine);
-                self.save(assembly, vec![event("etcd-forget", format!("{machine} is no longer an etcd member"))]).await
-            }
-            Step::Reset { reason } => {
-                assembly.token = None;
-                assembly.formed = false;
-                assembly.members.clear();
-                assembly.assembled_at = None;
-                self.save(assembly, vec![event("etcd-reset", reason)]).await
-            }
+            Err(e) => Err(format!("{what}: {e}")),
         }
     }
 
@@ -516,10 +518,33 @@ impl Controller {
         Ok(MemberTls { ca: self.ca.ca_pem().to_string(), cert, key })
     }
 
-    /// Computes every machine's desired state and publishes it when anything changed.
-    async fn publish(&self, seen: &[Seen], assembly: &Assembly) -> Result<(), String> {
-        let placed: Vec<Placed> = seen
-            .iter()
+    /// The etcd service each control-plane machine is told to run for `assembly`.
+    async fn etcd_specs(
+        &self,
+        seen: &[Seen],
+        placed: &[Placed],
+        assembly: &Assembly,
+    ) -> Result<BTreeMap<String, ServiceSpec>, String> {
+        let mut specs = BTreeMap::new();
+        let Some(etcd) = &self.etcd_artifact else { return Ok(specs) };
+        for (s, p) in seen.iter().zip(placed) {
+            if p.role != Role::ControlPlane {
+                continue;
+            }
+            // A plan made in another boot of a machine whose data was in memory cannot run:
+            // the planner removes that member and adds the machine again. With the data on
+            // its disk, the member simply starts again.
+            let plan =
+                assembly.members.get(&s.record.id).filter(|plan| plan.boot == s.record.wireguard_key || p.disk_mounted);
+            let tls = self.member_tls(s).await?;
+            let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan);
+            specs.insert(s.record.id.clone(), spec);
+        }
+        Ok(specs)
+    }
+
+    fn placed(&self, seen: &[Seen], assembly: &Assembly) -> Vec<Placed> {
+        seen.iter()
             .map(|s| Placed {
                 id: s.record.id.clone(),
                 role: assembly.roles.get(&s.record.id).copied().unwrap_or(Role::Unassigned),
@@ -529,24 +554,18 @@ impl Controller {
                 data_disk: self.data_disk_for(s, assembly),
                 disk_mounted: disk_mounted(s),
             })
-            .collect();
+            .collect()
+    }
+
+    /// Computes every machine's desired state and publishes it when anything changed; says which
+    /// etcd spec (generation, runs) each machine is told.
+    async fn publish(&self, seen: &[Seen], assembly: &Assembly) -> Result<BTreeMap<String, (u64, bool)>, String> {
+        let placed = self.placed(seen, assembly);
+        let mut told = BTreeMap::new();
         let mut services: BTreeMap<String, Vec<ServiceSpec>> = BTreeMap::new();
-        if let Some(etcd) = &self.etcd_artifact {
-            for (s, p) in seen.iter().zip(&placed) {
-                if p.role != Role::ControlPlane {
-                    continue;
-                }
-                // A plan made in another boot of a machine whose data was in memory cannot run:
-                // the planner removes that member and adds the machine again. With the data on
-                // its disk, the member simply starts again.
-                let plan = assembly
-                    .members
-                    .get(&s.record.id)
-                    .filter(|plan| plan.boot == s.record.wireguard_key || p.disk_mounted);
-                let tls = self.member_tls(s).await?;
-                let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan);
-                services.entry(s.record.id.clone()).or_default().push(spec);
-            }
+        for (id, spec) in self.etcd_specs(seen, &placed, assembly).await? {
+            told.insert(id.clone(), (spec.generation, spec.run));
+            services.entry(id).or_default().push(spec);
         }
         if let (Some((kubernetes, admin)), Some(_)) = (&self.kubernetes, assembly.assembled_at) {
             let members: Vec<&str> = assembly.members.keys().map(String::as_str).collect();
@@ -580,147 +599,39 @@ impl Controller {
             let revision = self.api.desired.borrow().revision + 1;
             self.api.desired.send_replace(Arc::new(Published { revision, states }));
         }
-        Ok(())
+        Ok(told)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn publish_status(
-        &self,
-        seen: &[Seen],
-        nodes: &[Node],
-        assembly: &Assembly,
-        observation: &Observation,
-        members: Option<&[Member]>,
-        step: &Step,
-        progress: String,
-    ) {
-        let machine_of_peer = |url: &str| nodes.iter().find(|n| n.peer_url == url).map(|n| n.id.clone());
-        let status_of = |id: u64| observation.status.values().find(|s| s.member_id == id);
-        let members: Vec<MemberView> = members
-            .unwrap_or_default()
-            .iter()
-            .map(|m| {
-                let st = status_of(m.id);
-                MemberView {
-                    id: format!("{:x}", m.id),
-                    machine: machine_of_peer(&m.peer_url),
-                    learner: m.learner,
-                    healthy: m.healthy,
-                    leader: observation.status.values().any(|s| s.leader == m.id && s.leader != 0),
-                    db_size: st.map(|s| s.db_size),
-                    revision: st.map(|s| s.revision),
-                    raft_index: st.map(|s| s.raft_index),
-                }
-            })
-            .collect();
-        let voters = members.iter().filter(|m| !m.learner).count();
-        let healthy = members.iter().filter(|m| !m.learner && m.healthy).count();
-        let pool = nodes.iter().filter(|n| n.alive || assembly.members.contains_key(&n.id)).count();
-        let target = planner::places(self.settings.control_plane, pool);
-        let health = if assembly.roles.is_empty() {
-            "waiting"
-        } else if voters == 0 && assembly.formed {
-            // Formed, and no member answers: none is up.
-            "quorum lost"
-        } else if voters == 0 {
-            "assembling"
-        } else if healthy < planner::quorum(voters) {
-            "quorum lost"
-        } else if healthy < voters {
-            "degraded"
-        } else if *step == Step::Settled {
-            "healthy"
-        } else {
-            "assembling"
-        };
-        let mut warnings = Vec::new();
-        if self.etcd_artifact.is_none() {
-            warnings.push("the node image carries no etcd: rebuild it with `oasis image build node`".into());
-        }
-        let volatile: Vec<&str> = nodes
-            .iter()
-            .filter(|n| assembly.members.contains_key(&n.id) && n.volatile)
-            .map(|n| n.id.as_str())
-            .collect();
-        if !volatile.is_empty() {
-            warnings.push(format!(
-                "etcd data on {} is in memory (tmpfs, no data disk): a member that powers off loses it and joins again",
-                volatile.join(", ")
-            ));
-        }
-        let mesh: Vec<MeshPair> = seen
-            .iter()
-            .filter_map(|s| Some((s, s.heartbeat.as_ref()?)))
-            .flat_map(|(s, h)| {
-                h.heartbeat.mesh.iter().map(move |p| MeshPair {
-                    from: s.record.id.clone(),
-                    to: seen
-                        .iter()
-                        .find(|o| o.record.wireguard_key == p.key)
-                        .map(|o| o.record.id.clone())
-                        .unwrap_or_else(|| p.key.clone()),
-                    handshake_age_secs: p.handshake_age_secs,
-                })
-            })
-            .collect();
+    /// Publishes the status of what this tick observed and told the machines.
+    fn publish_status(&self, tick: TickSeen<'_>, step: &Step, progress: String) {
+        let TickSeen { seen, nodes, assembly, observation, members, told } = tick;
         let machines = seen
             .iter()
             .zip(nodes)
-            .map(|(s, n)| MachineRole {
-                id: s.record.id.clone(),
-                role: assembly.roles.get(&s.record.id).copied().unwrap_or(Role::Unassigned).to_string(),
+            .map(|(s, n)| MachineSeen {
+                id: &s.record.id,
+                key: &s.record.wireguard_key,
+                role: assembly.roles.get(&s.record.id).copied().unwrap_or(Role::Unassigned),
                 alive: n.alive,
-                mesh_address: (assembly.roles.get(&s.record.id).is_some_and(|r| *r != Role::Unassigned))
-                    .then(|| self.mesh_ip(s).to_string()),
-                data_disk: s.heartbeat.as_ref().and_then(|h| h.heartbeat.data_disk.as_ref()).map(|d| {
-                    match &d.message {
-                        Some(m) => format!("{}: {m}", d.device),
-                        None if d.mounted => format!("{} mounted", d.device),
-                        None => d.device.clone(),
-                    }
-                }),
-                etcd: s.heartbeat.as_ref().and_then(|h| {
-                    h.heartbeat.services.iter().find(|x| x.name == "etcd").map(|e| {
-                        let state = serde_json::to_value(e.state)
-                            .ok()
-                            .and_then(|v| v.as_str().map(String::from))
-                            .unwrap_or_default();
-                        match &e.message {
-                            Some(m) if e.state != ServiceState::Running => format!("{state}: {m}"),
-                            _ => state,
-                        }
-                    })
-                }),
+                mesh_address: self.mesh_ip(s),
+                peer_url: &n.peer_url,
+                volatile: n.volatile,
+                heartbeat: s.heartbeat.as_ref().map(|h| &h.heartbeat),
+                etcd_told: told.get(&s.record.id).copied(),
             })
             .collect();
-        let kubernetes = match &self.kubernetes {
-            None => "not bundled".to_string(),
-            Some(_) if assembly.assembled_at.is_none() => "k3s bundled: starts once etcd is assembled".to_string(),
-            Some(_) => {
-                let count = |role: Role| {
-                    let of_role: Vec<&Seen> =
-                        seen.iter().filter(|s| assembly.roles.get(&s.record.id) == Some(&role)).collect();
-                    let running = of_role
-                        .iter()
-                        .filter(|s| service_state(seen, &s.record.id, k3s::SERVICE_NAME) == Some(ServiceState::Running))
-                        .count();
-                    (running, of_role.len())
-                };
-                let ((servers_up, servers), (agents_up, agents)) = (count(Role::ControlPlane), count(Role::Worker));
-                format!("k3s: {servers_up} of {servers} server(s) and {agents_up} of {agents} agent(s) running")
-            }
-        };
-        self.status.send_replace(Arc::new(ClusterStatus {
-            name: self.settings.name.clone(),
-            health: health.to_string(),
-            progress,
-            kubernetes,
-            control_plane_target: target,
+        let observed = Observed {
+            cluster: &self.settings.name,
+            control_plane: self.settings.control_plane,
             machines,
+            assembly,
             members,
-            mesh,
-            assembled_at: assembly.assembled_at,
-            warnings,
-        }));
+            statuses: &observation.status,
+            settled: *step == Step::Settled,
+            progress,
+            etcd_bundled: self.etcd_artifact.is_some(),
+            kubernetes_bundled: self.kubernetes.is_some(),
+        };
+        self.status.send_replace(Arc::new(ClusterStatus::observe(&observed)));
     }
 }

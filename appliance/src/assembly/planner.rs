@@ -19,10 +19,13 @@
 //!   storage, new boot) is removed and joins again as a learner.
 //! - More voters than `K` (a learner died and the pool shrank): the newest voter leaves. So the
 //!   cluster never settles with an even number of voters.
+//! - A node image with another etcd reaches the members by restarts, one member at a time: the
+//!   next only once the last runs its new spec, and only while the voters keep a quorum with that
+//!   member down (a member already down goes first; a single member restarts alone).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use oasis_proto::Role;
+use oasis_proto::{Artifact, Role};
 use serde::{Deserialize, Serialize};
 
 /// What the planner is told about one accepted machine.
@@ -42,6 +45,8 @@ pub struct Node {
     pub volatile: bool,
     /// Machines it has a recent mesh handshake with.
     pub meshed_with: BTreeSet<String>,
+    /// Its agent reports etcd running the spec it is told (no restart under way).
+    pub etcd_current: bool,
 }
 
 /// One etcd member as observed this tick.
@@ -75,6 +80,10 @@ pub struct MemberPlan {
     /// Counts every plan made, so each has its own data directory (a removed member's data must
     /// never be reused).
     pub serial: u64,
+    /// The etcd the member runs; `None` in plans stored before restarts were planned (the node
+    /// image's etcd). A new node image's etcd reaches members one [`Step::Restart`] at a time.
+    #[serde(default)]
+    pub etcd: Option<Artifact>,
 }
 
 /// What the controller persists between ticks and restarts.
@@ -104,6 +113,9 @@ pub struct Settings {
     /// 1, 3 or 5.
     pub control_plane: usize,
     pub min_machines: usize,
+    /// The SHA-256 of the etcd the node image carries: members running another are restarted
+    /// with it, one at a time.
+    pub etcd_sha256: Option<String>,
 }
 
 /// The one change to make next.
@@ -152,6 +164,11 @@ pub enum Step {
     Reset {
         reason: String,
     },
+    /// Give the member the node image's etcd: its agent restarts it with the new spec.
+    Restart {
+        machine: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Step {
@@ -172,6 +189,7 @@ impl std::fmt::Display for Step {
             Step::Remove { member_id, reason, .. } => write!(f, "removing etcd member {member_id:x}: {reason}"),
             Step::Forget { machine } => write!(f, "forgetting the etcd plan of {machine}"),
             Step::Reset { reason } => f.write_str(reason),
+            Step::Restart { machine, reason } => write!(f, "restarting etcd on {machine}: {reason}"),
         }
     }
 }
@@ -201,6 +219,12 @@ fn odd_floor(n: usize) -> usize {
 /// The next step. `nodes` are the accepted machines in choice order; `members` is `None` when no
 /// member answered this tick; `settled` says the settle time has passed since the last machine
 /// was accepted.
+///
+/// The phases, in the rule order above: [`roles`] (nothing before the rack settles; the
+/// control plane's places), [`bootstrap`] (the first member, until etcd answers), [`membership`]
+/// (strays, forgotten plans, the learner, lost voters, shrinking and growing), [`rollout`] (a new
+/// etcd, one member at a time), then [`settle`].
+/// Each phase either has the step or passes to the next.
 pub fn plan(
     settings: &Settings,
     nodes: &[Node],
@@ -208,54 +232,114 @@ pub fn plan(
     members: Option<&[Member]>,
     settled: bool,
 ) -> Step {
-    let node = |id: &str| nodes.iter().find(|n| n.id == id);
-    let by_peer = |url: &str| nodes.iter().find(|n| n.peer_url == url);
+    if let Some(wait) = arrival(settings, nodes, assembly, settled) {
+        return wait;
+    }
+    let rack = Rack::new(settings, nodes, assembly, members);
+    roles(&rack)
+        .or_else(|| bootstrap(&rack))
+        .or_else(|| membership(&rack))
+        .or_else(|| rollout(settings, &rack))
+        .unwrap_or_else(|| settle(&rack))
+}
+
+/// Before any role is chosen: enough machines, and none arriving any more.
+fn arrival(settings: &Settings, nodes: &[Node], assembly: &Assembly, settled: bool) -> Option<Step> {
+    if !assembly.roles.is_empty() {
+        return None;
+    }
     let alive = nodes.iter().filter(|n| n.alive).count();
+    if alive < settings.min_machines.max(1) {
+        return Some(Step::Wait(format!(
+            "{alive} of {} machines needed before choosing roles",
+            settings.min_machines.max(1)
+        )));
+    }
+    if !settled {
+        return Some(Step::Wait("the settle time to pass: machines are still arriving".into()));
+    }
+    None
+}
 
-    if assembly.roles.is_empty() {
-        if alive < settings.min_machines.max(1) {
-            return Step::Wait(format!(
-                "{alive} of {} machines needed before choosing roles",
-                settings.min_machines.max(1)
-            ));
+/// What every phase reads: the machines, the assembly, etcd's members, and the control plane
+/// the rules give.
+struct Rack<'a> {
+    nodes: &'a [Node],
+    assembly: &'a Assembly,
+    observed: Vec<&'a Member>,
+    /// Control-plane places.
+    k: usize,
+    /// The machines that hold them, members first.
+    control: Vec<&'a str>,
+}
+
+impl<'a> Rack<'a> {
+    fn new(settings: &Settings, nodes: &'a [Node], assembly: &'a Assembly, members: Option<&'a [Member]>) -> Self {
+        let observed: Vec<&Member> = members.map(|m| m.iter().collect()).unwrap_or_default();
+        let by_peer = |url: &str| nodes.iter().find(|n| n.peer_url == url);
+        // Which machines are members now, as far as we can tell.
+        let member_machines: BTreeSet<&str> = observed
+            .iter()
+            .filter_map(|m| by_peer(&m.peer_url).map(|n| n.id.as_str()))
+            .chain(assembly.members.keys().map(String::as_str))
+            .collect();
+        let passed_over = |n: &Node| assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot);
+        let pool =
+            nodes.iter().filter(|n| member_machines.contains(n.id.as_str()) || (n.alive && !passed_over(n))).count();
+        let k = places(settings.control_plane, pool);
+        // Members stay control plane; open places go to alive machines in order.
+        let mut control: Vec<&str> =
+            nodes.iter().filter(|n| member_machines.contains(n.id.as_str())).map(|n| n.id.as_str()).collect();
+        for n in nodes {
+            let kept = assembly.roles.get(&n.id) == Some(&Role::ControlPlane) && n.alive && !passed_over(n);
+            if kept && !control.contains(&n.id.as_str()) && control.len() < k {
+                control.push(&n.id);
+            }
         }
-        if !settled {
-            return Step::Wait("the settle time to pass: machines are still arriving".into());
+        for n in nodes {
+            if control.len() >= k {
+                break;
+            }
+            if n.alive && !passed_over(n) && !control.contains(&n.id.as_str()) {
+                control.push(&n.id);
+            }
         }
+        Rack { nodes, assembly, observed, k, control }
     }
 
-    // Which machines are members now, as far as we can tell.
-    let observed: Vec<&Member> = members.map(|m| m.iter().collect()).unwrap_or_default();
-    let member_machines: BTreeSet<&str> = observed
-        .iter()
-        .filter_map(|m| by_peer(&m.peer_url).map(|n| n.id.as_str()))
-        .chain(assembly.members.keys().map(String::as_str))
-        .collect();
-    let passed_over = |n: &Node| assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot);
-    let pool = nodes.iter().filter(|n| member_machines.contains(n.id.as_str()) || (n.alive && !passed_over(n))).count();
-    let k = places(settings.control_plane, pool);
+    fn node(&self, id: &str) -> Option<&'a Node> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
 
-    // Roles: members stay control plane; open places go to alive machines in order.
-    let mut control: Vec<&str> =
-        nodes.iter().filter(|n| member_machines.contains(n.id.as_str())).map(|n| n.id.as_str()).collect();
-    for n in nodes {
-        let kept = assembly.roles.get(&n.id) == Some(&Role::ControlPlane) && n.alive && !passed_over(n);
-        if kept && !control.contains(&n.id.as_str()) && control.len() < k {
-            control.push(&n.id);
-        }
+    fn machine_of(&self, m: &Member) -> Option<String> {
+        self.nodes.iter().find(|n| n.peer_url == m.peer_url).map(|n| n.id.clone())
     }
-    for n in nodes {
-        if control.len() >= k {
-            break;
-        }
-        if n.alive && !passed_over(n) && !control.contains(&n.id.as_str()) {
-            control.push(&n.id);
-        }
+
+    fn passed_over(&self, n: &Node) -> bool {
+        self.assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot)
     }
+
+    fn voters(&self) -> Vec<&'a Member> {
+        self.observed.iter().copied().filter(|m| !m.learner).collect()
+    }
+
+    fn healthy_voters(&self) -> usize {
+        self.observed.iter().filter(|m| !m.learner && m.healthy).count()
+    }
+
+    /// Every change is committed by a leader, which needs a quorum now.
+    fn has_quorum(&self) -> bool {
+        self.healthy_voters() >= quorum(self.voters().len())
+    }
+}
+
+/// Roles: the control plane's places, members first, then alive machines in choice order.
+fn roles(rack: &Rack<'_>) -> Option<Step> {
+    let k = rack.k;
     let mut changes = Vec::new();
-    for n in nodes {
-        let current = assembly.roles.get(&n.id).copied().unwrap_or(Role::Unassigned);
-        let wanted = if control.contains(&n.id.as_str()) {
+    for n in rack.nodes {
+        let current = rack.assembly.roles.get(&n.id).copied().unwrap_or(Role::Unassigned);
+        let wanted = if rack.control.contains(&n.id.as_str()) {
             Role::ControlPlane
         } else if n.alive || current != Role::Unassigned {
             Role::Worker
@@ -266,9 +350,9 @@ pub fn plan(
             let reason = match wanted {
                 Role::ControlPlane => format!(
                     "control-plane place {} of {k}, next in choice order",
-                    control.iter().position(|c| *c == n.id).unwrap_or(0) + 1
+                    rack.control.iter().position(|c| *c == n.id).unwrap_or(0) + 1
                 ),
-                Role::Worker if passed_over(n) => {
+                Role::Worker if rack.passed_over(n) => {
                     "passed over: died while joining; a worker until it boots again".to_string()
                 }
                 Role::Worker => format!("the control plane's {k} places are taken"),
@@ -277,182 +361,236 @@ pub fn plan(
             changes.push((n.id.clone(), wanted, reason));
         }
     }
-    if !changes.is_empty() {
-        return Step::SetRoles(changes);
-    }
+    (!changes.is_empty()).then_some(Step::SetRoles(changes))
+}
 
-    // No cluster yet: bootstrap on the first control-plane machine that is ready.
-    let Some(_token) = &assembly.token else {
-        let first = nodes.iter().find(|n| control.contains(&n.id.as_str()));
-        return match first {
+/// Bootstrap: the first member on the first ready control-plane machine, until etcd answers.
+fn bootstrap(rack: &Rack<'_>) -> Option<Step> {
+    let assembly = rack.assembly;
+    if assembly.token.is_none() {
+        let first = rack.nodes.iter().find(|n| rack.control.contains(&n.id.as_str()));
+        return Some(match first {
             None => Step::Wait("a machine for the control plane".into()),
             Some(n) if n.alive && n.etcd_ready => Step::Bootstrap { machine: n.id.clone() },
             Some(n) => Step::Wait(format!("etcd to be ready on {}", n.id)),
-        };
-    };
-    if observed.is_empty() {
+        });
+    }
+    if rack.observed.is_empty() {
         // Nothing answers. Before formation the bootstrap member may just be starting; a member
         // whose machine came back with its data gone cannot come back.
         let lost = |id: &String, plan: &MemberPlan| {
-            node(id).is_some_and(|n| n.alive && n.volatile && n.boot != plan.boot)
-                || (!assembly.formed && node(id).is_none_or(|n| !n.alive))
+            rack.node(id).is_some_and(|n| n.alive && n.volatile && n.boot != plan.boot)
+                || (!assembly.formed && rack.node(id).is_none_or(|n| !n.alive))
         };
         if !assembly.members.is_empty() && assembly.members.iter().all(|(id, p)| lost(id, p)) {
-            return Step::Reset {
+            return Some(Step::Reset {
                 reason: if assembly.formed {
                     "every etcd member lost its data (volatile storage, power cycled): starting a new cluster".into()
                 } else {
                     "the bootstrap member died before etcd formed: choosing again".into()
                 },
-            };
+            });
         }
         if assembly.members.is_empty() {
-            return Step::Reset { reason: "no etcd member is planned".into() };
+            return Some(Step::Reset { reason: "no etcd member is planned".into() });
         }
-        return Step::Wait(if assembly.formed {
+        return Some(Step::Wait(if assembly.formed {
             "an etcd member to answer".into()
         } else {
             "etcd to start on the bootstrap member".into()
-        });
+        }));
     }
-    if !assembly.formed {
-        return Step::MarkFormed;
-    }
+    (!assembly.formed).then_some(Step::MarkFormed)
+}
 
-    let voters: Vec<&&Member> = observed.iter().filter(|m| !m.learner).collect();
-    let healthy_voters = voters.iter().filter(|m| m.healthy).count();
-    // Every change is committed by a leader, which needs a quorum now.
-    let has_quorum = healthy_voters >= quorum(voters.len());
-    let machine_of = |m: &Member| by_peer(&m.peer_url).map(|n| n.id.clone());
+/// Membership: one change at a time, quorum checked before each.
+fn membership(rack: &Rack<'_>) -> Option<Step> {
+    strays(rack)
+        .or_else(|| learner(rack))
+        .or_else(|| {
+            let voters = rack.voters();
+            (!rack.has_quorum()).then(|| {
+                Step::Wait(format!(
+                    "quorum, lost with {} of {} voters healthy: members that lost their data cannot \
+                     return, and etcd needs a disaster recovery (--force-new-cluster on a survivor) if they do not",
+                    rack.healthy_voters(),
+                    voters.len()
+                ))
+            })
+        })
+        .or_else(|| lost_voter(rack))
+        .or_else(|| shrink(rack))
+        .or_else(|| grow(rack))
+}
 
-    // A member of no known machine: remove it if quorum allows.
-    if let Some(stray) = observed.iter().find(|m| by_peer(&m.peer_url).is_none()) {
+/// A member of no known machine, or a plan whose member is gone.
+fn strays(rack: &Rack<'_>) -> Option<Step> {
+    let (voters, healthy_voters) = (rack.voters(), rack.healthy_voters());
+    if let Some(stray) = rack.observed.iter().find(|m| rack.machine_of(m).is_none()) {
         let healthy_after = healthy_voters - usize::from(!stray.learner && stray.healthy);
         let voters_after = voters.len() - usize::from(!stray.learner);
-        if has_quorum && healthy_after >= quorum(voters_after.max(1)) {
-            return Step::Remove {
+        if rack.has_quorum() && healthy_after >= quorum(voters_after.max(1)) {
+            return Some(Step::Remove {
                 member_id: stray.id,
                 machine: None,
                 pass_over: false,
                 reason: format!("member {} belongs to no accepted machine", stray.peer_url),
-            };
+            });
         }
-        return Step::Wait("quorum to remove an unknown member".into());
+        return Some(Step::Wait("quorum to remove an unknown member".into()));
     }
-
     // Plans whose member is gone (removed before the plan was forgotten).
-    if let Some(id) = assembly.members.keys().find(|id| !observed.iter().any(|m| machine_of(m).as_ref() == Some(*id))) {
-        return Step::Forget { machine: id.clone() };
-    }
+    let forgotten = rack
+        .assembly
+        .members
+        .keys()
+        .find(|id| !rack.observed.iter().any(|m| rack.machine_of(m).as_ref() == Some(*id)))?;
+    Some(Step::Forget { machine: forgotten.clone() })
+}
 
-    // The learner, if any: start it, promote it, or remove it.
-    if let Some(learner) = observed.iter().find(|m| m.learner) {
-        let machine = machine_of(learner).expect("strays handled above");
-        let n = node(&machine).expect("mapped by peer URL");
-        let plan = assembly.members.get(&machine);
-        let gone = !n.alive || plan.is_some_and(|p| p.boot != n.boot && n.volatile);
-        if gone {
-            if has_quorum {
-                return Step::Remove {
-                    member_id: learner.id,
-                    machine: Some(machine.clone()),
-                    pass_over: !n.alive,
-                    reason: if n.alive {
-                        format!("learner {machine} rebooted and lost its data")
-                    } else {
-                        format!("learner {machine} died while joining")
-                    },
-                };
-            }
-            return Step::Wait(format!("quorum to remove the dead learner {machine}"));
+/// The learner, if any: start it, promote it, or remove it.
+fn learner(rack: &Rack<'_>) -> Option<Step> {
+    let learner = rack.observed.iter().find(|m| m.learner)?;
+    let (voters, healthy_voters, has_quorum) = (rack.voters(), rack.healthy_voters(), rack.has_quorum());
+    let machine = rack.machine_of(learner).expect("strays handled before");
+    let n = rack.node(&machine).expect("mapped by peer URL");
+    let plan = rack.assembly.members.get(&machine);
+    let gone = !n.alive || plan.is_some_and(|p| p.boot != n.boot && n.volatile);
+    if gone {
+        if has_quorum {
+            return Some(Step::Remove {
+                member_id: learner.id,
+                machine: Some(machine.clone()),
+                pass_over: !n.alive,
+                reason: if n.alive {
+                    format!("learner {machine} rebooted and lost its data")
+                } else {
+                    format!("learner {machine} died while joining")
+                },
+            });
         }
-        if plan.is_none() {
-            let mut cluster: Vec<String> = observed
-                .iter()
-                .map(|m| format!("{}={}", machine_of(m).expect("strays handled above"), m.peer_url))
-                .collect();
-            cluster.sort();
-            return Step::Start { machine, initial_cluster: cluster.join(",") };
-        }
-        if !learner.healthy || learner.name.is_empty() {
-            return Step::Wait(format!("learner {machine} to start"));
-        }
-        // A promotion is committed by a leader (quorum now) and must leave a quorum after.
-        if has_quorum && healthy_voters + 1 >= quorum(voters.len() + 1) {
-            return Step::Promote { machine, member_id: learner.id };
-        }
-        return Step::Wait(format!("quorum to promote {machine}: {healthy_voters} of {} voters healthy", voters.len()));
+        return Some(Step::Wait(format!("quorum to remove the dead learner {machine}")));
     }
-
-    if !has_quorum {
-        return Step::Wait(format!(
-            "quorum, lost with {healthy_voters} of {} voters healthy: members that lost their data cannot \
-             return, and etcd needs a disaster recovery (--force-new-cluster on a survivor) if they do not",
-            voters.len()
-        ));
+    if plan.is_none() {
+        let mut cluster: Vec<String> = rack
+            .observed
+            .iter()
+            .map(|m| format!("{}={}", rack.machine_of(m).expect("strays handled before"), m.peer_url))
+            .collect();
+        cluster.sort();
+        return Some(Step::Start { machine, initial_cluster: cluster.join(",") });
     }
+    if !learner.healthy || learner.name.is_empty() {
+        return Some(Step::Wait(format!("learner {machine} to start")));
+    }
+    // A promotion is committed by a leader (quorum now) and must leave a quorum after.
+    if has_quorum && healthy_voters + 1 >= quorum(voters.len() + 1) {
+        return Some(Step::Promote { machine, member_id: learner.id });
+    }
+    Some(Step::Wait(format!("quorum to promote {machine}: {healthy_voters} of {} voters healthy", voters.len())))
+}
 
-    // A voter that came back without its data: take it out so it can join again.
+/// A voter that came back without its data: take it out so it can join again.
+fn lost_voter(rack: &Rack<'_>) -> Option<Step> {
+    let (voters, healthy_voters) = (rack.voters(), rack.healthy_voters());
     for v in &voters {
-        let machine = machine_of(v).expect("strays handled above");
-        let n = node(&machine).expect("mapped by peer URL");
-        let lost = assembly.members.get(&machine).is_some_and(|p| p.boot != n.boot) && n.volatile && n.alive;
+        let machine = rack.machine_of(v).expect("strays handled before");
+        let n = rack.node(&machine).expect("mapped by peer URL");
+        let lost = rack.assembly.members.get(&machine).is_some_and(|p| p.boot != n.boot) && n.volatile && n.alive;
         if lost {
             let healthy_after = healthy_voters - usize::from(v.healthy);
-            if has_quorum && voters.len() > 1 && healthy_after >= quorum(voters.len() - 1) {
-                return Step::Remove {
+            if rack.has_quorum() && voters.len() > 1 && healthy_after >= quorum(voters.len() - 1) {
+                return Some(Step::Remove {
                     member_id: v.id,
                     machine: Some(machine.clone()),
                     pass_over: false,
                     reason: format!("voter {machine} rebooted and lost its data (volatile storage): it joins again"),
-                };
+                });
             }
         }
     }
+    None
+}
 
-    // Too many voters: the newest leaves (the plan serials say who is newest).
-    if voters.len() > k.max(1) {
-        let newest = voters
-            .iter()
-            .filter_map(|v| machine_of(v).map(|m| (assembly.members.get(&m).map_or(u64::MAX, |p| p.serial), m, v.id)))
-            .max();
-        if let Some((_, machine, id)) = newest {
-            let healthy_after = healthy_voters - usize::from(voters.iter().any(|v| v.id == id && v.healthy));
-            if has_quorum && healthy_after >= quorum(voters.len() - 1) {
-                return Step::Remove {
-                    member_id: id,
-                    machine: Some(machine.clone()),
-                    pass_over: false,
-                    reason: format!("{} voters for {k} places: {machine} leaves to keep the count odd", voters.len()),
-                };
-            }
-            return Step::Wait("quorum to shrink the control plane".into());
-        }
+/// Too many voters: the newest leaves (the plan serials say who is newest).
+fn shrink(rack: &Rack<'_>) -> Option<Step> {
+    let (voters, healthy_voters, k) = (rack.voters(), rack.healthy_voters(), rack.k);
+    if voters.len() <= k.max(1) {
+        return None;
     }
+    let (_, machine, id) = voters
+        .iter()
+        .filter_map(|v| {
+            let m = rack.machine_of(v)?;
+            Some((rack.assembly.members.get(&m).map_or(u64::MAX, |p| p.serial), m, v.id))
+        })
+        .max()?;
+    let healthy_after = healthy_voters - usize::from(voters.iter().any(|v| v.id == id && v.healthy));
+    if rack.has_quorum() && healthy_after >= quorum(voters.len() - 1) {
+        return Some(Step::Remove {
+            member_id: id,
+            machine: Some(machine.clone()),
+            pass_over: false,
+            reason: format!("{} voters for {k} places: {machine} leaves to keep the count odd", voters.len()),
+        });
+    }
+    Some(Step::Wait("quorum to shrink the control plane".into()))
+}
 
-    // Grow: the next control-plane machine that is not a member yet.
-    if voters.len() < k {
-        let members_now: BTreeSet<String> = observed.iter().filter_map(|m| machine_of(m)).collect();
-        let candidate = nodes.iter().find(|n| control.contains(&n.id.as_str()) && !members_now.contains(&n.id));
-        let Some(c) = candidate else {
-            return Step::Wait(format!("a machine for control-plane place {} of {k}", voters.len() + 1));
-        };
-        if !c.etcd_ready {
-            return Step::Wait(format!("etcd to be ready on {}", c.id));
-        }
-        if let Some(missing) = members_now.iter().find(|m| !c.meshed_with.contains(*m)) {
-            return Step::Wait(format!("a mesh handshake between {} and {missing}", c.id));
-        }
-        if !has_quorum {
-            return Step::Wait(format!("quorum to add a member: {healthy_voters} of {} voters healthy", voters.len()));
-        }
-        return Step::AddLearner { machine: c.id.clone(), peer_url: c.peer_url.clone() };
+/// Grow: the next control-plane machine that is not a member yet.
+fn grow(rack: &Rack<'_>) -> Option<Step> {
+    let (voters, healthy_voters, k) = (rack.voters(), rack.healthy_voters(), rack.k);
+    if voters.len() >= k {
+        return None;
     }
-    if healthy_voters < voters.len() {
-        return Step::Wait(format!(
-            "the voters that are down (degraded: {healthy_voters} of {} voters healthy)",
+    let members_now: BTreeSet<String> = rack.observed.iter().filter_map(|m| rack.machine_of(m)).collect();
+    let candidate = rack.nodes.iter().find(|n| rack.control.contains(&n.id.as_str()) && !members_now.contains(&n.id));
+    let Some(c) = candidate else {
+        return Some(Step::Wait(format!("a machine for control-plane place {} of {k}", voters.len() + 1)));
+    };
+    if !c.etcd_ready {
+        return Some(Step::Wait(format!("etcd to be ready on {}", c.id)));
+    }
+    if let Some(missing) = members_now.iter().find(|m| !c.meshed_with.contains(*m)) {
+        return Some(Step::Wait(format!("a mesh handshake between {} and {missing}", c.id)));
+    }
+    if !rack.has_quorum() {
+        return Some(Step::Wait(format!(
+            "quorum to add a member: {healthy_voters} of {} voters healthy",
             voters.len()
-        ));
+        )));
+    }
+    Some(Step::AddLearner { machine: c.id.clone(), peer_url: c.peer_url.clone() })
+}
+
+/// Rollout: members whose etcd is not the node image's are restarted with it, one at a time (a
+/// member that is down first, then in choice order): only once every earlier restart runs its new spec, and only while the voters
+/// keep a quorum with that member down (a single member has nothing to carry it and restarts).
+fn rollout(settings: &Settings, rack: &Rack<'_>) -> Option<Step> {
+    let wanted = settings.etcd_sha256.as_deref()?;
+    let outdated =
+        |id: &str| rack.assembly.members.get(id).is_some_and(|p| p.etcd.as_ref().is_none_or(|a| a.sha256 != wanted));
+    let members: Vec<&Node> = rack.nodes.iter().filter(|n| rack.assembly.members.contains_key(&n.id)).collect();
+    let answering =
+        |id: &str| rack.observed.iter().any(|m| !m.learner && m.healthy && rack.machine_of(m).as_deref() == Some(id));
+    // A member that is down already costs nothing to restart: it goes first.
+    let next = members.iter().filter(|n| outdated(&n.id)).min_by_key(|n| answering(&n.id))?;
+    if let Some(busy) = members.iter().find(|n| !outdated(&n.id) && n.alive && !n.etcd_current) {
+        return Some(Step::Wait(format!("etcd on {} to run its new spec before the next restart", busy.id)));
+    }
+    let (voters, healthy_voters) = (rack.voters().len(), rack.healthy_voters());
+    let healthy = answering(&next.id);
+    if voters <= 1 || healthy_voters - usize::from(healthy) >= quorum(voters) {
+        return Some(Step::Restart { machine: next.id.clone(), reason: "the node image carries another etcd".into() });
+    }
+    Some(Step::Wait(format!("quorum to restart etcd on {}: {healthy_voters} of {voters} voters healthy", next.id)))
+}
+
+/// Settle: all places filled; wait for voters that are down, else nothing to do.
+fn settle(rack: &Rack<'_>) -> Step {
+    let (voters, healthy_voters) = (rack.voters().len(), rack.healthy_voters());
+    if healthy_voters < voters {
+        return Step::Wait(format!("the voters that are down (degraded: {healthy_voters} of {voters} voters healthy)"));
     }
     Step::Settled
 }

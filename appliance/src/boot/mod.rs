@@ -400,7 +400,8 @@ impl Supervisor {
 
     fn cluster_healthy(&self) -> bool {
         let Ok(Some(body)) = crate::admin::request(&self.data_dir, "GET", "/v1/cluster") else { return false };
-        serde_json::from_slice::<crate::assembly::status::ClusterStatus>(&body).is_ok_and(|c| c.health == "healthy")
+        serde_json::from_slice::<crate::assembly::status::ClusterStatus>(&body)
+            .is_ok_and(|c| c.health == crate::assembly::status::Health::Healthy)
     }
 
     /// Writes the report (with `outcome`) to `stick`; says on the console how it went.

@@ -129,7 +129,7 @@ pub fn render(view: &View) -> String {
     match &view.serve {
         Serve::Answering { machines, cluster } => {
             let name = if cluster.name.is_empty() { "(unnamed)" } else { &cluster.name };
-            let health = if cluster.health.is_empty() { "starting" } else { &cluster.health };
+            let health = cluster.health.as_str();
             lines.push(format!("oasis status: cluster {name} {health}"));
             if !cluster.progress.is_empty() {
                 lines.push(format!("progress: {}", cluster.progress));

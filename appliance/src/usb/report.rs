@@ -317,7 +317,7 @@ mod tests {
     fn cluster() -> ClusterStatus {
         ClusterStatus {
             name: "rack".into(),
-            health: "healthy".into(),
+            health: crate::assembly::status::Health::Healthy,
             progress: "nothing to do".into(),
             machines: vec![MachineRole {
                 id: "m1".into(),

@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::assembly::bookkeeping::{apply_step, Context, Outcome};
 
 /// One simulated machine.
 #[derive(Debug, Clone)]
@@ -21,6 +22,10 @@ struct SimMember {
     learner: bool,
     /// The boot its etcd started in; `None` until started.
     started_in: Option<u32>,
+    /// The etcd it runs (the artifact's hash), once started.
+    version: Option<String>,
+    /// Its agent is restarting it with another etcd: down until the next round.
+    restarting: bool,
 }
 
 /// A rack, etcd as its members see it, and the appliance's persisted state.
@@ -32,6 +37,15 @@ struct World {
     next_member: u64,
     assembly: Assembly,
     changes: usize,
+    /// Unix time as the bookkeeping sees it: one second per executed step.
+    clock: u64,
+    /// The etcd the node image carries.
+    image: Artifact,
+    powered_off_since_tick: bool,
+}
+
+fn image(version: u32) -> Artifact {
+    Artifact { sha256: format!("etcd-v{version}"), size: 1, path: "etcd".into(), mode: 0o755 }
 }
 
 fn peer_url(i: usize) -> String {
@@ -42,18 +56,21 @@ impl World {
     fn new(count: usize, control_plane: usize) -> World {
         let machines = (0..count).map(|i| Machine { id: format!("m{i}"), powered: true, boot: 0 }).collect();
         World {
-            settings: Settings { control_plane, min_machines: 1 },
+            settings: Settings { control_plane, min_machines: 1, etcd_sha256: Some(image(0).sha256) },
             machines,
             members: vec![],
             next_member: 1,
             assembly: Assembly::default(),
             changes: 0,
+            clock: 0,
+            image: image(0),
+            powered_off_since_tick: false,
         }
     }
 
     fn healthy(&self, m: &SimMember) -> bool {
         let machine = &self.machines[m.machine];
-        machine.powered && m.started_in == Some(machine.boot)
+        machine.powered && m.started_in == Some(machine.boot) && !m.restarting
     }
 
     fn voters(&self) -> usize {
@@ -81,8 +98,23 @@ impl World {
                 etcd_ready: m.powered && self.assembly.roles.get(&m.id) == Some(&Role::ControlPlane),
                 volatile: true,
                 meshed_with: if m.powered { alive.clone() } else { BTreeSet::new() },
+                etcd_current: self.etcd_current(i),
             })
             .collect()
+    }
+
+    /// The machine's member runs the etcd of its plan.
+    fn etcd_current(&self, machine: usize) -> bool {
+        let m = &self.machines[machine];
+        let plan = self.assembly.members.get(&m.id).and_then(|p| p.etcd.as_ref()).map(|a| &a.sha256);
+        self.members.iter().filter(|s| s.machine == machine).all(|s| self.healthy(s) && s.version.as_ref() == plan)
+    }
+
+    /// A new node image with another etcd.
+    fn new_image(&mut self) {
+        let next = self.image.sha256.trim_start_matches("etcd-v").parse::<u32>().unwrap() + 1;
+        self.image = image(next);
+        self.settings.etcd_sha256 = Some(self.image.sha256.clone());
     }
 
     fn observed(&self) -> Option<Vec<Member>> {
@@ -108,12 +140,33 @@ impl World {
         let quorum_now = self.has_quorum();
         for i in 0..self.members.len() {
             let machine = &self.machines[self.members[i].machine];
-            let planned =
-                self.assembly.members.get(&machine.id).is_some_and(|p| p.boot == format!("boot{}", machine.boot));
-            if machine.powered && planned && self.members[i].started_in.is_none() && quorum_now {
+            let plan = self.assembly.members.get(&machine.id).filter(|p| p.boot == format!("boot{}", machine.boot));
+            let told = plan.and_then(|p| p.etcd.as_ref()).map(|a| a.sha256.clone());
+            if machine.powered && plan.is_some() && self.members[i].started_in.is_none() && quorum_now {
                 self.members[i].started_in = Some(machine.boot);
+                self.members[i].version = told;
+            } else if machine.powered
+                && self.members[i].started_in == Some(machine.boot)
+                && self.members[i].version != told
+                && plan.is_some()
+            {
+                // Told another etcd: down for a round, then back on it.
+                if self.members[i].restarting {
+                    self.members[i].restarting = false;
+                    self.members[i].version = told;
+                } else {
+                    self.members[i].restarting = true;
+                }
+            } else {
+                self.members[i].restarting = false;
             }
         }
+        // One restart at a time (a machine may die meanwhile: that is not the planner's doing).
+        assert!(self.members.iter().filter(|m| m.restarting).count() <= 1, "two restarts at once: {:?}", self.members);
+        if self.voters() > 1 && quorum_now && !self.powered_off_since_tick {
+            assert!(self.has_quorum(), "a restart lost quorum: {:?} {:?}", self.members, self.machines);
+        }
+        self.powered_off_since_tick = false;
         // A bootstrap plan starts a new one-member cluster.
         if self.members.is_empty() {
             if let Some((id, plan)) = self.assembly.members.iter().find(|(_, p)| p.state == InitialState::New) {
@@ -125,6 +178,8 @@ impl World {
                         machine: i,
                         learner: false,
                         started_in: Some(m.boot),
+                        version: plan.etcd.as_ref().map(|a| a.sha256.clone()),
+                        restarting: false,
                     });
                     self.next_member += 1;
                 }
@@ -145,98 +200,82 @@ impl World {
         Ok(())
     }
 
-    /// Executes one step as the controller does; `interrupted` drops the store write that
-    /// follows an etcd change, as an appliance restart between the two would.
+    /// Executes one step as the controller does: the etcd call on the simulated etcd, then the
+    /// controller's own bookkeeping; `interrupted` drops the store write that follows an etcd
+    /// change, as an appliance restart between the two would.
     fn execute(&mut self, step: &Step, interrupted: bool) {
-        let a = &mut self.assembly;
-        match step.clone() {
-            Step::Wait(_) | Step::Settled => {}
-            Step::SetRoles(changes) => {
-                for (id, role, _) in changes {
-                    a.roles.insert(id, role);
-                }
-            }
-            Step::PassOver { machine, .. } => {
-                let boot = self.machines.iter().find(|m| m.id == machine).map(|m| format!("boot{}", m.boot)).unwrap();
-                a.passed_over.insert(machine, boot);
-            }
-            Step::Bootstrap { machine } => {
-                let boot = self.machines.iter().find(|m| m.id == machine).map(|m| format!("boot{}", m.boot)).unwrap();
-                a.plans_made += 1;
-                a.token = Some(format!("t{}", a.plans_made));
-                a.members.insert(
-                    machine.clone(),
-                    MemberPlan { boot, state: InitialState::New, initial_cluster: machine, serial: a.plans_made },
-                );
-            }
-            Step::MarkFormed => a.formed = true,
-            Step::Reset { .. } => {
-                a.token = None;
-                a.formed = false;
-                a.members.clear();
-                self.members.clear();
-            }
-            Step::Start { machine, initial_cluster } => {
-                let boot = self.machines.iter().find(|m| m.id == machine).map(|m| format!("boot{}", m.boot)).unwrap();
-                a.plans_made += 1;
-                let serial = a.plans_made;
-                a.members.insert(machine, MemberPlan { boot, state: InitialState::Existing, initial_cluster, serial });
-            }
-            Step::Forget { machine } => {
-                a.members.remove(&machine);
-            }
+        let outcome = match step {
             Step::AddLearner { machine, .. } => {
-                let i = self.machines.iter().position(|m| m.id == machine).unwrap();
-                let _ = self.change(|w| {
+                let i = self.machines.iter().position(|m| m.id == *machine).unwrap();
+                let id = self.next_member;
+                let added = self.change(|w| {
                     if w.members.iter().any(|m| m.learner) {
                         return Err("too many learner members");
                     }
                     if !w.has_quorum() {
                         return Err("no leader");
                     }
-                    w.members.push(SimMember { id: w.next_member, machine: i, learner: true, started_in: None });
+                    w.members.push(SimMember {
+                        id,
+                        machine: i,
+                        learner: true,
+                        started_in: None,
+                        version: None,
+                        restarting: false,
+                    });
                     w.next_member += 1;
                     Ok(())
                 });
+                added.ok().map(|()| Outcome::Added { member_id: id })
             }
             Step::Promote { member_id, .. } => {
-                let _ = self.change(|w| {
-                    let Some(i) = w.members.iter().position(|m| m.id == member_id) else { return Err("no member") };
+                let promoted = self.change(|w| {
+                    let Some(i) = w.members.iter().position(|m| m.id == *member_id) else { return Err("no member") };
                     if !w.healthy(&w.members[i]) || !w.has_quorum() {
                         return Err("learner not ready");
                     }
                     w.members[i].learner = false;
                     Ok(())
                 });
+                promoted.ok().map(|()| Outcome::Done)
             }
-            Step::Remove { member_id, machine, pass_over, .. } => {
+            Step::Remove { member_id, .. } => {
                 let removed = self.change(|w| {
                     if !w.has_quorum() {
                         return Err("no leader");
                     }
                     let before = w.members.len();
-                    w.members.retain(|m| m.id != member_id);
+                    w.members.retain(|m| m.id != *member_id);
                     if w.members.len() == before {
                         return Err("no member");
                     }
                     Ok(())
                 });
-                if removed.is_ok() && !interrupted {
-                    if let Some(machine) = machine {
-                        self.assembly.members.remove(&machine);
-                        if pass_over {
-                            let boot = self
-                                .machines
-                                .iter()
-                                .find(|m| m.id == machine)
-                                .map(|m| format!("boot{}", m.boot))
-                                .unwrap();
-                            self.assembly.passed_over.insert(machine, boot);
-                        }
-                    }
+                match removed {
+                    Ok(()) => Some(Outcome::Done),
+                    // etcd's "member not found": the controller takes it as removed.
+                    Err("no member") => Some(Outcome::AlreadyGone),
+                    Err(_) => None,
                 }
             }
+            Step::Reset { .. } => {
+                // Every member lost its data: the new cluster starts from nothing.
+                self.members.clear();
+                Some(Outcome::Done)
+            }
+            _ => Some(Outcome::Done),
+        };
+        let etcd_change = matches!(step, Step::AddLearner { .. } | Step::Promote { .. } | Step::Remove { .. });
+        let Some(outcome) = outcome else { return };
+        if interrupted && etcd_change {
+            return;
         }
+        self.clock += 1;
+        let machines = self.machines.clone();
+        let boot_of = |id: &str| machines.iter().find(|m| m.id == id).map(|m| format!("boot{}", m.boot)).unwrap();
+        let image = self.image.clone();
+        let ctx = Context { cluster: "rack", now: self.clock, boot_of: &boot_of, etcd: Some(&image) };
+        apply_step(&mut self.assembly, step, outcome, &ctx);
     }
 
     fn tick(&mut self, interrupted: bool) -> Step {
@@ -288,7 +327,7 @@ fn one_machine_is_a_single_node_cluster_and_two_make_one_voter() {
 #[test]
 fn nothing_is_chosen_before_the_rack_settles_or_min_machines_are_there() {
     let w = World::new(3, 3);
-    let settings = Settings { control_plane: 3, min_machines: 4 };
+    let settings = Settings { control_plane: 3, min_machines: 4, etcd_sha256: None };
     assert!(matches!(plan(&settings, &w.nodes(), &w.assembly, None, true), Step::Wait(m) if m.contains("3 of 4")));
     assert!(
         matches!(plan(&w.settings, &w.nodes(), &w.assembly, None, false), Step::Wait(m) if m.contains("settle time"))
@@ -380,6 +419,8 @@ enum Event {
     InterruptedTick,
     PowerOff(usize),
     PowerOn(usize),
+    /// The appliance comes back with a node image that carries another etcd.
+    NewImage,
 }
 
 fn event(count: usize) -> impl Strategy<Value = Event> {
@@ -388,6 +429,7 @@ fn event(count: usize) -> impl Strategy<Value = Event> {
         1 => Just(Event::InterruptedTick),
         1 => (0..count).prop_map(Event::PowerOff),
         1 => (0..count).prop_map(Event::PowerOn),
+        1 => Just(Event::NewImage),
     ]
 }
 
@@ -410,7 +452,8 @@ proptest! {
             match e {
                 Event::Tick => { w.tick(false); }
                 Event::InterruptedTick => { w.tick(true); }
-                Event::PowerOff(i) => w.machines[i].powered = false,
+                Event::NewImage => w.new_image(),
+                Event::PowerOff(i) => { w.machines[i].powered = false; w.powered_off_since_tick = true; }
                 Event::PowerOn(i) => if !w.machines[i].powered {
                     w.machines[i].powered = true;
                     w.machines[i].boot += 1;
@@ -434,6 +477,8 @@ proptest! {
             let voters = w.voters();
             prop_assert!(voters % 2 == 1, "settled with {} voters", voters);
             prop_assert_eq!(w.healthy_voters(), voters);
+            prop_assert!(w.assembly.members.values().all(|p| p.etcd.as_ref() == Some(&w.image)), "settled on an old etcd");
+            prop_assert!(w.members.iter().all(|m| m.version.as_ref() == Some(&w.image.sha256)), "a member runs an old etcd");
             let pool = w.machines.len() - w.assembly.passed_over.iter().filter(|(id, boot)| w.machines.iter().any(|m| m.id == **id && format!("boot{}", m.boot) == **boot)).count();
             prop_assert_eq!(voters, odd_floor(cp.min(pool).max(1)));
         }
