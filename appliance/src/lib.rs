@@ -26,6 +26,7 @@ pub mod identity;
 pub mod k3s;
 pub mod limits;
 pub mod netboot;
+pub mod operator;
 pub mod pki;
 pub mod registry;
 pub mod serve;

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use oasis_proto::Artifact;
 
 use crate::admin;
-use crate::api::{self, Api};
+use crate::api::{self, Api, PeerDevice, PeerQueue};
 use crate::assembly::kubernetes::Kubernetes;
 use crate::assembly::{Controller, Outputs};
 use crate::config::{AcceptancePolicy, Config, ConflictCheckKind};
@@ -187,14 +187,16 @@ async fn start_management(
         keepalive_secs: w.keepalive,
     };
     let (desired, _) = tokio::sync::watch::channel(Arc::default());
+    let interface = Arc::new(interface);
     Ok(Arc::new(Api {
         registry: tokio::sync::Mutex::new(Registry::new(policy, overlay, records)),
         store: store.clone(),
         identity,
-        wireguard: Some(Arc::new(interface)),
+        wireguard: Some(interface.clone()),
         desired,
         artifacts,
         full_dhcp: full_dhcp(config),
+        peers: PeerQueue::new(Some(interface as Arc<dyn PeerDevice>)),
     }))
 }
 
