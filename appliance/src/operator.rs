@@ -7,14 +7,14 @@
 //! they want as an [`Action`] too: [`Action::request`] is the socket request that carries it,
 //! and [`ask`] sends it.
 //!
-//! [`ActionError`] is the protocol table: [`ActionError::status`] (HTTP),
-//! [`exit_code_of`] (the CLI's exit code, from the status a door answered) and
-//! [`ActionError::console_line`]. The registry's registration refusals ([`RefusalKind`]) get
-//! their status here as well ([`refusal_status`]).
+//! [`ActionError`] is the protocol table: [`ActionError::status`] (HTTP) and [`exit_code_of`]
+//! (the CLI's exit code, from the status a door answered); its message, causes included
+//! ([`chain`]), is the error body the CLI prints and the console shows after "oasis: ". The
+//! registry's registration refusals ([`RefusalKind`]) get their status here as well
+//! ([`refusal_status`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -215,11 +215,6 @@ impl ActionError {
     /// The CLI's exit code for this error.
     pub fn exit_code(&self) -> i32 {
         exit_code_of(self.status())
-    }
-
-    /// The line the console shows: the error and its causes, once each.
-    pub fn console_line(&self) -> String {
-        format!("oasis: {}", chain(self))
     }
 }
 
@@ -433,6 +428,3 @@ pub fn ask(data_dir: &Path, action: &Action) -> Result<Option<Vec<u8>>, admin::A
     let (method, path) = action.request();
     admin::request(data_dir, method, &path)
 }
-
-/// How long [`ask`] waits for the appliance, at most, to connect and to answer.
-pub const ASK_TIMEOUT: Duration = admin::REQUEST_TIMEOUT;
