@@ -801,4 +801,118 @@ mod tests {
         let (status, _) = send(&api, "POST", "/v1/machines/nobody/accept", Some(&admin), vec![]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
+
+    /// A registration of machine `mac-525400bb00NN` (NN = `mac`) with the join token.
+    fn registration_from(api: &Api, mac: u8) -> Vec<u8> {
+        let req = RegisterRequest {
+            token: api.identity.join_token.clone(),
+            nonce: format!("nonce-{mac:02x}-0000000000001"),
+            boot_mac: format!("52:54:00:bb:00:{mac:02x}"),
+            wireguard_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [mac; 32]),
+            agent_version: "0.1.0".into(),
+            inventory: oasis_proto::Inventory { cpus: 1, ..Default::default() },
+        };
+        serde_json::to_vec(&req).unwrap()
+    }
+
+    /// Registers pending machines `mac-525400bb00NN` for each NN in `macs`.
+    async fn pending(api: &Arc<Api>, macs: &[u8]) {
+        for &mac in macs {
+            let (status, body) = send(api, "POST", "/v1/register", None, registration_from(api, mac)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ambiguous_name_or_an_exhausted_pool_is_a_conflict_that_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = test_api(dir.path(), Policy::Manual);
+        pending(&api, &[1, 2]).await;
+        let admin = api.identity.admin_token.clone();
+
+        let (status, body) = send(&api, "POST", "/v1/machines/mac-525400bb/accept", Some(&admin), vec![]).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("mac-525400bb0001") && body.contains("mac-525400bb0002"), "{body}");
+        let (status, body) = send(&api, "POST", "/v1/machines/nobody/accept", Some(&admin), vec![]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+        // A /30: the appliance's address and one more.
+        api.registry.lock().await.overlay.prefix_len = 30;
+        let (status, body) = send(&api, "POST", "/v1/machines/mac-525400bb0001/accept", Some(&admin), vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = send(&api, "POST", "/v1/machines/mac-525400bb0002/accept", Some(&admin), vec![]).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("widen wireguard.prefix"), "{body}");
+        let error: ErrorBody = serde_json::from_str(&body).unwrap();
+        assert!(error.error.contains("/30"), "{body}");
+        // The CLI, which reads the status from the admin socket, exits 2: what was asked must change.
+        assert_eq!(crate::operator::exit_code_of(status), 2);
+    }
+
+    /// A WireGuard device that records changes and, when told to, holds the next addition until
+    /// released.
+    #[derive(Default)]
+    struct HeldDevice {
+        changes: std::sync::Mutex<Vec<String>>,
+        hold_next_add: std::sync::atomic::AtomicBool,
+        entered: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
+        release: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl PeerDevice for HeldDevice {
+        fn add_peer(&self, key: &str, _: Ipv4Addr) -> Result<(), crate::wireguard::WireguardError> {
+            if self.hold_next_add.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _ = self.entered.lock().unwrap().as_ref().unwrap().send(());
+                let release = self.release.lock().unwrap().take().unwrap();
+                let _ = release.recv();
+            }
+            self.changes.lock().unwrap().push(format!("add {key}"));
+            Ok(())
+        }
+
+        fn remove_peer(&self, key: &str) -> Result<(), crate::wireguard::WireguardError> {
+            self.changes.lock().unwrap().push(format!("remove {key}"));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_change_after_the_registry_lock_and_in_commit_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut api = test_api(dir.path(), Policy::Manual);
+        let device = Arc::new(HeldDevice::default());
+        Arc::get_mut(&mut api).unwrap().peers = PeerQueue::new(Some(device.clone() as Arc<dyn PeerDevice>));
+        pending(&api, &[1]).await;
+        let id = "mac-525400bb0001";
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 32]);
+        device.changes.lock().unwrap().clear();
+
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *device.entered.lock().unwrap() = Some(entered_tx);
+        *device.release.lock().unwrap() = Some(release_rx);
+        device.hold_next_add.store(true, std::sync::atomic::Ordering::SeqCst);
+        let admin = api.identity.admin_token.clone();
+        let accept = {
+            let (api, admin) = (api.clone(), admin.clone());
+            tokio::spawn(async move { send(&api, "POST", &format!("/v1/machines/{id}/accept"), Some(&admin), vec![]).await })
+        };
+        entered.recv().await.expect("the accept's peer change started");
+        // The device is busy with the accept's peer: the registry is free meanwhile.
+        assert!(api.registry.try_lock().is_ok(), "the registry lock is held while the WireGuard peer changes");
+
+        // A reject committed meanwhile changes its peer only after the accept's change.
+        let reject = {
+            let api = api.clone();
+            tokio::spawn(async move { send(&api, "POST", &format!("/v1/machines/{id}/reject"), Some(&admin), vec![]).await })
+        };
+        while api.registry.lock().await.get(id).unwrap().state != MachineState::Rejected {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*device.changes.lock().unwrap(), Vec::<String>::new(), "the reject's change ran first");
+        release.send(()).unwrap();
+        assert_eq!(accept.await.unwrap().0, StatusCode::OK);
+        assert_eq!(reject.await.unwrap().0, StatusCode::OK);
+        assert_eq!(*device.changes.lock().unwrap(), vec![format!("add {key}"), format!("remove {key}")]);
+    }
 }
