@@ -282,4 +282,44 @@ mod tests {
         let full = ActionError::Store(StoreError::Full { dir: PathBuf::from("/var/lib/oasis") }).into_response();
         assert_eq!(full.status(), StatusCode::INSUFFICIENT_STORAGE);
     }
+
+    #[test]
+    fn a_serve_that_accepts_and_never_answers_is_given_up_on_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        // Accepts, reads nothing, answers nothing, and keeps the connection open.
+        let hung = std::thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+        let asked = {
+            let dir = dir.path().to_path_buf();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(request_within(&dir, "GET", "/v1/machines", Duration::from_millis(100)));
+            });
+            // A bound only a client without a timeout reaches.
+            rx.recv_timeout(Duration::from_secs(60)).expect("the client waited for oasis serve forever")
+        };
+        let _held = hung.join().unwrap().unwrap();
+        let e = asked.expect_err("no answer is not an answer");
+        assert!(matches!(e, AdminError::Timeout { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("did not answer") && text.contains("oasis.sock") && text.contains("restarting"), "{text}");
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_refusal_from_serve_carries_its_status_and_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        let serve = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).unwrap();
+            let body = r#"{"error":"no machine \"x\": `oasis machines` lists them"}"#;
+            write!(stream, "HTTP/1.0 404 Not Found\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+        });
+        let e = request(dir.path(), "POST", "/v1/machines/x/accept").expect_err("a 404 is an error");
+        serve.join().unwrap();
+        assert_eq!(e.to_string(), "no machine \"x\": `oasis machines` lists them");
+        assert_eq!(e.exit_code(), 2);
+    }
 }
