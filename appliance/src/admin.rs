@@ -302,7 +302,10 @@ mod tests {
         let e = asked.expect_err("no answer is not an answer");
         assert!(matches!(e, AdminError::Timeout { .. }), "{e:?}");
         let text = e.to_string();
-        assert!(text.contains("did not answer") && text.contains("oasis.sock") && text.contains("restarting"), "{text}");
+        assert!(
+            text.contains("did not answer") && text.contains("oasis.sock") && text.contains("restarting"),
+            "{text}"
+        );
         assert_eq!(e.exit_code(), 1);
     }
 

@@ -33,9 +33,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::identity::{random_token, Identity};
 use crate::operator::{Action, ActionError, Answer, Operator};
-use crate::registry::{
-    machine_id, secrets_equal, LastHeartbeat, Leases, MachineRecord, Registration, Registry, Wire,
-};
+use crate::registry::{machine_id, secrets_equal, LastHeartbeat, Leases, MachineRecord, Registration, Registry, Wire};
 use crate::store::Store;
 use crate::wireguard::ManagementInterface;
 
@@ -357,9 +355,8 @@ async fn artifact(
 ) -> Result<Response, Refusal> {
     agent(&api, &headers, from).await?;
     let path = api.artifacts.get(&sha256).ok_or(ActionError::NoArtifact(sha256))?;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|source| ActionError::Artifact { path: path.clone(), source })?;
+    let file =
+        tokio::fs::File::open(path).await.map_err(|source| ActionError::Artifact { path: path.clone(), source })?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok(([(axum::http::header::CONTENT_LENGTH, len.to_string())], body).into_response())
@@ -895,7 +892,9 @@ mod tests {
         let admin = api.identity.admin_token.clone();
         let accept = {
             let (api, admin) = (api.clone(), admin.clone());
-            tokio::spawn(async move { send(&api, "POST", &format!("/v1/machines/{id}/accept"), Some(&admin), vec![]).await })
+            tokio::spawn(
+                async move { send(&api, "POST", &format!("/v1/machines/{id}/accept"), Some(&admin), vec![]).await },
+            )
         };
         entered.recv().await.expect("the accept's peer change started");
         // The device is busy with the accept's peer: the registry is free meanwhile.
@@ -904,7 +903,9 @@ mod tests {
         // A reject committed meanwhile changes its peer only after the accept's change.
         let reject = {
             let api = api.clone();
-            tokio::spawn(async move { send(&api, "POST", &format!("/v1/machines/{id}/reject"), Some(&admin), vec![]).await })
+            tokio::spawn(
+                async move { send(&api, "POST", &format!("/v1/machines/{id}/reject"), Some(&admin), vec![]).await },
+            )
         };
         while api.registry.lock().await.get(id).unwrap().state != MachineState::Rejected {
             tokio::task::yield_now().await;

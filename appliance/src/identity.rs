@@ -217,7 +217,8 @@ mod tests {
     fn a_secret_whose_maker_fails_is_not_stored() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let failed = store.secret_or_try_create("made-once", || Err(IdentityError::Damaged { what: "x", path: "p".into() }));
+        let failed =
+            store.secret_or_try_create("made-once", || Err(IdentityError::Damaged { what: "x", path: "p".into() }));
         assert!(matches!(failed, Err(IdentityError::Damaged { .. })));
         assert_eq!(store.secret("made-once").unwrap(), None);
         let made = store.secret_or_try_create("made-once", || Ok::<_, IdentityError>(b"first".to_vec())).unwrap();

@@ -51,8 +51,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machines(state) => cli::machines(&state)?,
         Command::Events { state, limit } => cli::events(&state, limit)?,
         Command::Machine(MachineCommand::Boot { mac, target, state }) => cli::machine_boot(mac, target, &state).await?,
-        Command::Machine(MachineCommand::Accept { id, state }) => cli::machine_decision(&id, Some(operator::Decision::Accept), &state)?,
-        Command::Machine(MachineCommand::Reject { id, state }) => cli::machine_decision(&id, Some(operator::Decision::Reject), &state)?,
+        Command::Machine(MachineCommand::Accept { id, state }) => {
+            cli::machine_decision(&id, Some(operator::Decision::Accept), &state)?
+        }
+        Command::Machine(MachineCommand::Reject { id, state }) => {
+            cli::machine_decision(&id, Some(operator::Decision::Reject), &state)?
+        }
         Command::Machine(MachineCommand::Remove { id, state }) => cli::machine_decision(&id, None, &state)?,
         Command::Cluster(ClusterCommand::Status(state)) => cli::cluster_status(&state)?,
         Command::Cluster(ClusterCommand::Kubeconfig(state)) => cli::cluster_kubeconfig(&state)?,

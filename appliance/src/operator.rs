@@ -72,19 +72,36 @@ pub enum Action {
     Registrations,
     Leases,
     /// The newest `limit` events.
-    Events { limit: usize },
+    Events {
+        limit: usize,
+    },
     /// Accept or reject a machine named by id, unique id prefix or boot MAC.
-    Decide { machine: String, decision: Decision },
+    Decide {
+        machine: String,
+        decision: Decision,
+    },
     /// Forget a machine; it registers as new when it boots again.
-    Remove { machine: String },
+    Remove {
+        machine: String,
+    },
     /// Boot a MAC from the network (the boot profile) or from its local disk.
-    SetBoot { mac: MacAddr, mode: BootMode },
+    SetBoot {
+        mac: MacAddr,
+        mode: BootMode,
+    },
     ClusterStatus,
     Kubeconfig,
     /// Read one etcd key through the member on machine `via`.
-    KvGet { via: String, key: String },
+    KvGet {
+        via: String,
+        key: String,
+    },
     /// Write one etcd key through the member on machine `via`.
-    KvPut { via: String, key: String, value: String },
+    KvPut {
+        via: String,
+        key: String,
+        value: String,
+    },
 }
 
 /// What an action answers.
@@ -125,9 +142,7 @@ pub enum ActionError {
     NoKey(String),
     #[error("etcd on {via} did not answer")]
     Etcd { via: String, source: EtcdError },
-    #[error(
-        "no kubeconfig: the node image has no k3s bundle, or no k3s server is up yet (oasis cluster status)"
-    )]
+    #[error("no kubeconfig: the node image has no k3s bundle, or no k3s server is up yet (oasis cluster status)")]
     NoKubeconfig,
     #[error("this door does not reach cluster assembly: ask the admin socket (`oasis cluster ...` on the appliance)")]
     NoCluster,
@@ -342,7 +357,8 @@ impl Operator {
             };
             api.store.remove_record(record.id.clone(), happening).await?;
             registry.remove(&record.id);
-            let change = api::PeerChange { remove: vec![record.wireguard_key.clone()], add: None, id: record.id.clone() };
+            let change =
+                api::PeerChange { remove: vec![record.wireguard_key.clone()], add: None, id: record.id.clone() };
             (api.peers.after_commit(change), record)
         };
         turn.await;
@@ -361,7 +377,12 @@ impl Operator {
                 cluster.etcd.put(ep, key.as_bytes(), value.as_bytes()).await.map_err(etcd)?;
                 value.into_bytes()
             }
-            None => cluster.etcd.get(ep, key.as_bytes()).await.map_err(etcd)?.ok_or_else(|| ActionError::NoKey(key.into()))?,
+            None => cluster
+                .etcd
+                .get(ep, key.as_bytes())
+                .await
+                .map_err(etcd)?
+                .ok_or_else(|| ActionError::NoKey(key.into()))?,
         };
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
@@ -416,7 +437,12 @@ impl Action {
             }
             Action::KvPut { via, key, value } => (
                 "POST",
-                format!("/v1/cluster/kv?via={}&key={}&value={}", query_value(via), query_value(key), query_value(value)),
+                format!(
+                    "/v1/cluster/kv?via={}&key={}&value={}",
+                    query_value(via),
+                    query_value(key),
+                    query_value(value)
+                ),
             ),
         }
     }

@@ -125,7 +125,8 @@ impl ClusterCa {
             Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem())
         })?;
         let key = KeyPair::from_pem(&key_pem).map_err(|_| PkiError::Damaged("key"))?;
-        let cert_pem = secret_or_make(store, CA_CERT_SECRET, "certificate", || Ok(ca_params()?.self_signed(&key)?.pem()))?;
+        let cert_pem =
+            secret_or_make(store, CA_CERT_SECRET, "certificate", || Ok(ca_params()?.self_signed(&key)?.pem()))?;
         let cert_der =
             CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| PkiError::Damaged("certificate"))?;
         if !keys_match(&cert_der, &key) {

@@ -422,13 +422,11 @@ impl Registry {
         wire: &Wire,
         now: u64,
     ) -> Registration {
-        let (mac, mut record, old_key, mut happenings) = match self
-            .admitted(req, token, wire)
-            .and_then(|mac| self.record_for(req, mac, wire, now))
-        {
-            Ok(found) => found,
-            Err(Refused { kind, message, happening }) => return Registration::Refuse { kind, message, happening },
-        };
+        let (mac, mut record, old_key, mut happenings) =
+            match self.admitted(req, token, wire).and_then(|mac| self.record_for(req, mac, wire, now)) {
+                Ok(found) => found,
+                Err(Refused { kind, message, happening }) => return Registration::Refuse { kind, message, happening },
+            };
         let id = record.id.clone();
         record.inventory = req.inventory.clone();
         record.agent_version = req.agent_version.clone();
@@ -786,7 +784,10 @@ mod tests {
         let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
         let mut bad = request(UUID, "52:54:00:00:00:01", 1, "1");
         bad.token = "guess".into();
-        assert!(matches!(reg.register(&bad, TOKEN, "c", &proxy(), 1), Registration::Refuse { kind: RefusalKind::WrongToken, .. }));
+        assert!(matches!(
+            reg.register(&bad, TOKEN, "c", &proxy(), 1),
+            Registration::Refuse { kind: RefusalKind::WrongToken, .. }
+        ));
         // Issue 13, defect 5: the refusal's event quoted the request's fields unvalidated.
         bad.boot_mac = "x".repeat(60_000);
         match reg.register(&bad, TOKEN, "c", &proxy(), 1) {
@@ -813,7 +814,9 @@ mod tests {
             let mut r = request(UUID, "52:54:00:00:00:01", 1, "1");
             mutate(&mut r);
             match reg.register(&r, TOKEN, "c", &proxy(), 1) {
-                Registration::Refuse { kind: RefusalKind::Malformed, message, .. } => assert!(message.contains(field), "{message}"),
+                Registration::Refuse { kind: RefusalKind::Malformed, message, .. } => {
+                    assert!(message.contains(field), "{message}")
+                }
                 other => panic!("{field}: {other:?}"),
             }
         }
