@@ -28,7 +28,7 @@ use crate::api::{Api, MachineView};
 use crate::assembly::status::ClusterStatus;
 use crate::etcd::EtcdClient;
 use crate::operator::{self, Action, ActionError, Answer, Operator};
-use crate::store::{BootMode, Machine, Store};
+use crate::store::{BootMode, Machine};
 
 /// File name of the socket inside the data directory.
 pub const SOCKET_FILE: &str = "oasis.sock";
@@ -116,9 +116,7 @@ struct KvQuery {
 
 /// The admin socket's routes: each parses its request into an [`Action`] for the one
 /// [`Operator`] and renders the [`Answer`] (JSON, or text for a kubeconfig or an etcd value).
-pub fn router(store: Store, api: Arc<Api>, cluster: ClusterHandle) -> Router {
-    // The store is the API's own; kept as a parameter for the callers that pass it.
-    drop(store);
+pub fn router(api: Arc<Api>, cluster: ClusterHandle) -> Router {
     let op = Operator { api, cluster: Some(cluster) };
     async fn run(op: Operator, action: Result<Action, ActionError>) -> Result<Answer, ActionError> {
         op.handle(action?).await

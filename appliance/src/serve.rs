@@ -373,11 +373,8 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
         addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         source,
     })?;
-    let admin_router = admin::router(
-        store.clone(),
-        api.clone(),
-        admin::ClusterHandle { status: status_rx, etcd, kubeconfig: kubeconfig_rx },
-    );
+    let admin_router =
+        admin::router(api.clone(), admin::ClusterHandle { status: status_rx, etcd, kubeconfig: kubeconfig_rx });
     let guard = Guard::new(Listener::Admin, caps.admin.clone(), Timeouts::default(), metrics.clone());
     tasks.spawn(async move {
         conn::serve(admin_listener, guard, conn::plain, admin_router).await;

@@ -345,7 +345,7 @@ mod tests {
                 kubeconfig: tokio::sync::watch::channel(None).1,
             };
             let listener = admin::listen(dir).unwrap();
-            let router = admin::router(api.store.clone(), api.clone(), cluster);
+            let router = admin::router(api.clone(), cluster);
             tokio::spawn(async move { axum::serve(listener, router).await });
             api
         })
