@@ -7,7 +7,9 @@
 //! `PUT /v1/machines/{mac}/boot/{network|local}`, `POST /v1/machines/{id}/{accept|reject}`,
 //! `DELETE /v1/machines/{id}`, `GET /v1/cluster` (the cluster status), and
 //! `GET /v1/cluster/kubeconfig` (with a k3s bundle), `GET|POST /v1/cluster/kv?via=MACHINE&key=K[&value=V]` (read or write one etcd key through one
-//! member: how an operator, or a test, checks that the cluster really holds data).
+//! member: how an operator, or a test, checks that the cluster really holds data). Each route is
+//! an [`Action`] of the one [`Operator`]; a refusal is an `ErrorBody` with the status of the
+//! operator table ([`ActionError::status`]).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -189,6 +191,11 @@ pub enum AdminError {
 }
 
 impl AdminError {
+    /// The console's line for an action that failed: "oasis: WHAT: why", causes included.
+    pub fn console_line(&self, what: &str) -> String {
+        format!("oasis: {what}: {}", operator::chain(self))
+    }
+
     /// The CLI's exit code (see [`operator::exit_code_of`]).
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -9,9 +9,12 @@
 //! - `GET /v1/machines`, `POST /v1/machines/{id}/accept|reject`, `DELETE /v1/machines/{id}`: the
 //!   admin token as bearer token.
 //!
-//! Every refusal is an [`ErrorBody`] with a status that says which kind: 400 malformed, 401 bad
-//! token or credential, 403 not allowed from there, 404 unknown, 409 replay or duplicate, 413
-//! too large.
+//! Every refusal is an [`oasis_proto::ErrorBody`] with a status that says which kind: 400
+//! malformed, 401 bad token or credential, 403 not allowed from there, 404 unknown, 409 replay,
+//! duplicate, a name that matches several machines or no overlay address left, 413 too large,
+//! 503 or 507 the appliance's own trouble. The statuses come from one table,
+//! [`crate::operator::ActionError::status`]; the admin routes are parsed into
+//! [`crate::operator::Action`]s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -81,9 +84,6 @@ impl std::fmt::Debug for Api {
         f.write_str("Api")
     }
 }
-
-/// What a handler refuses with: the operator table's error ([`ActionError`]) answers it.
-pub type Refusal = ActionError;
 
 impl From<JsonRejection> for ActionError {
     fn from(r: JsonRejection) -> Self {
@@ -238,7 +238,7 @@ async fn register(
     State(api): State<Arc<Api>>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     body: Result<Json<RegisterRequest>, JsonRejection>,
-) -> Result<Json<oasis_proto::RegisterResponse>, Refusal> {
+) -> Result<Json<oasis_proto::RegisterResponse>, ActionError> {
     let Json(req) = body?;
     let credential = random_token();
     // One registration at a time: the decision and its commit must not interleave with another
@@ -275,7 +275,7 @@ async fn register(
 /// What the appliance saw on the wire of the machine a registration claims to be (by its boot
 /// MAC, when that parses; the registry refuses it otherwise): its lease in full DHCP mode, its
 /// newest boot script's token, and the management link's handshakes.
-async fn wire_of(api: &Api, registry: &Registry, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, Refusal> {
+async fn wire_of(api: &Api, registry: &Registry, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, ActionError> {
     let unreadable = ActionError::NotRead;
     let mac = req.boot_mac.parse::<oasis_pxe::mac::MacAddr>().ok();
     let boot_token = match mac {
@@ -306,7 +306,7 @@ async fn handshake_ages(api: &Api) -> HashMap<String, Duration> {
 
 /// The machine a request comes from (its id and current WireGuard key), by its credential and
 /// source address.
-async fn agent(api: &Api, headers: &HeaderMap, from: SocketAddr) -> Result<(String, String), Refusal> {
+async fn agent(api: &Api, headers: &HeaderMap, from: SocketAddr) -> Result<(String, String), ActionError> {
     let credential = bearer(headers).ok_or(ActionError::NoCredential)?;
     let registry = api.registry.lock().await;
     let record = registry.authenticate(credential, source_v4(from))?;
@@ -318,7 +318,7 @@ async fn heartbeat(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<Heartbeat>, JsonRejection>,
-) -> Result<Json<DesiredState>, Refusal> {
+) -> Result<Json<DesiredState>, ActionError> {
     let (id, key) = agent(&api, &headers, from).await?;
     let Json(beat) = body?;
     api.registry.lock().await.record_heartbeat(&id, beat, now());
@@ -337,7 +337,7 @@ async fn desired(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<After>,
-) -> Result<Json<DesiredState>, Refusal> {
+) -> Result<Json<DesiredState>, ActionError> {
     let (id, key) = agent(&api, &headers, from).await?;
     let mut rx = api.desired.subscribe();
     let _ = tokio::time::timeout(Duration::from_secs(WATCH_SECS), rx.wait_for(|d| d.revision > q.after)).await;
@@ -352,7 +352,7 @@ async fn artifact(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(sha256): Path<String>,
-) -> Result<Response, Refusal> {
+) -> Result<Response, ActionError> {
     agent(&api, &headers, from).await?;
     let path = api.artifacts.get(&sha256).ok_or(ActionError::NoArtifact(sha256))?;
     let file =
@@ -362,7 +362,7 @@ async fn artifact(
     Ok(([(axum::http::header::CONTENT_LENGTH, len.to_string())], body).into_response())
 }
 
-fn admin(api: &Api, headers: &HeaderMap) -> Result<(), Refusal> {
+fn admin(api: &Api, headers: &HeaderMap) -> Result<(), ActionError> {
     match bearer(headers) {
         Some(token) if secrets_equal(token, &api.identity.admin_token) => Ok(()),
         Some(_) => Err(ActionError::WrongAdminToken),
@@ -419,7 +419,7 @@ fn operator(api: &Arc<Api>) -> Operator {
     Operator { api: api.clone(), cluster: None }
 }
 
-async fn list_machines(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Answer, Refusal> {
+async fn list_machines(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Answer, ActionError> {
     admin(&api, &headers)?;
     operator(&api).handle(Action::Registrations).await
 }
@@ -428,7 +428,7 @@ async fn decide(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path((id, decision)): Path<(String, String)>,
-) -> Result<Answer, Refusal> {
+) -> Result<Answer, ActionError> {
     admin(&api, &headers)?;
     operator(&api).handle(crate::operator::decide(&id, &decision)?).await
 }
@@ -437,7 +437,7 @@ async fn remove(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<StatusCode, Refusal> {
+) -> Result<StatusCode, ActionError> {
     admin(&api, &headers)?;
     operator(&api).handle(Action::Remove { machine: id }).await.map(|_| StatusCode::NO_CONTENT)
 }

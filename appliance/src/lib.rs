@@ -5,6 +5,9 @@
 //! - [`store`]: the redb store of leases, machines and events.
 //! - [`serve`]: runs the network boot services on the store.
 //! - [`admin`]: the admin socket the CLI talks to while `serve` runs.
+//! - [`operator`]: every operator action, its one handler, and the table from its errors to
+//!   HTTP statuses and exit codes; the HTTPS admin routes, the admin socket, the CLI and the
+//!   console only parse into it.
 //! - [`limits`]: the descriptor limit and the connection caps sized to fit in it.
 //! - [`console`]: the serial console: first-boot questions, then the status view and its menu.
 //! - [`cli`]: command-line definitions and the state-reading commands.

@@ -454,3 +454,54 @@ pub fn ask(data_dir: &Path, action: &Action) -> Result<Option<Vec<u8>>, admin::A
     let (method, path) = action.request();
     admin::request(data_dir, method, &path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::AdminError;
+    use crate::registry::Policy;
+
+    /// Every action a client says goes through the admin socket's router to the handler, and
+    /// its refusals come back with the table's status.
+    #[test]
+    fn actions_travel_through_the_admin_socket_and_refusals_keep_their_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let api = rt.block_on(async {
+            let api = api::test_api(dir.path(), Policy::Manual);
+            let ca = crate::pki::ClusterCa::load_or_create(&api.store).unwrap();
+            let cluster = ClusterHandle {
+                status: tokio::sync::watch::channel(Arc::default()).1,
+                etcd: crate::etcd::EtcdClient::new(&ca).unwrap(),
+                kubeconfig: tokio::sync::watch::channel(None).1,
+            };
+            let listener = admin::listen(dir.path()).unwrap();
+            let router = admin::router(api.clone(), cluster);
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            api
+        });
+        let refused = |action: Action| match ask(dir.path(), &action) {
+            Err(AdminError::Refused { status, message }) => (status.as_u16(), message),
+            other => panic!("{action:?} was not refused: {other:?}"),
+        };
+
+        let mac: MacAddr = "52:54:00:aa:00:01".parse().unwrap();
+        let answer = ask(dir.path(), &Action::SetBoot { mac, mode: BootMode::Local }).unwrap();
+        assert_eq!(answer, Some(vec![]), "204, nothing to say");
+        let machines = ask(dir.path(), &Action::Machines).unwrap().unwrap();
+        let machines: Vec<MachineEntry> = serde_json::from_slice(&machines).unwrap();
+        assert!(machines.iter().any(|m| m.netboot.mac == mac && m.netboot.boot == BootMode::Local), "{machines:?}");
+
+        let (status, message) = refused(Action::Decide { machine: "nobody".into(), decision: Decision::Accept });
+        assert_eq!(status, 404, "{message}");
+        assert!(message.contains("`oasis machines` lists them"), "{message}");
+        let (status, message) = refused(Action::Kubeconfig);
+        assert_eq!(status, 404, "{message}");
+        let (status, message) = refused(Action::KvGet { via: "nobody".into(), key: "k".into() });
+        assert_eq!(status, 404, "{message}");
+        // A path no client makes, through the same table.
+        let e = admin::request(dir.path(), "PUT", "/v1/machines/not-a-mac/boot/local").unwrap_err();
+        assert_eq!((e.exit_code(), e.to_string()), (2, "\"not-a-mac\" is not a MAC address".to_string()));
+        drop(api);
+    }
+}

@@ -184,7 +184,7 @@ fn accept_pending(term: &mut dyn Terminal, data_dir: &Path) -> io::Result<()> {
         match operator::ask(data_dir, &accept) {
             Ok(Some(_)) => say(term, &format!("oasis: accepted {id}"))?,
             Ok(None) => say(term, &format!("oasis: {id} not accepted: oasis serve stopped"))?,
-            Err(e) => say(term, &format!("oasis: {id} not accepted: {e}"))?,
+            Err(e) => say(term, &e.console_line(&format!("{id} not accepted")))?,
         }
     }
     Ok(())
@@ -197,7 +197,7 @@ fn show_events(term: &mut dyn Terminal, data_dir: &Path) -> io::Result<()> {
             Err(e) => return say(term, &format!("oasis: unreadable events: {e}")),
         },
         Ok(None) => return say(term, "oasis: oasis serve is not running; try again in a moment"),
-        Err(e) => return say(term, &format!("oasis: cannot read the events: {e}")),
+        Err(e) => return say(term, &e.console_line("cannot read the events")),
     };
     say(term, &format!("events, newest last ({} shown):", events.len()))?;
     if events.is_empty() {
