@@ -7,29 +7,30 @@
 //! `PUT /v1/machines/{mac}/boot/{network|local}`, `POST /v1/machines/{id}/{accept|reject}`,
 //! `DELETE /v1/machines/{id}`, `GET /v1/cluster` (the cluster status), and
 //! `GET /v1/cluster/kubeconfig` (with a k3s bundle), `GET|POST /v1/cluster/kv?via=MACHINE&key=K[&value=V]` (read or write one etcd key through one
-//! member: how an operator, or a test, checks that the cluster really holds data).
+//! member: how an operator, or a test, checks that the cluster really holds data). Each route is
+//! an [`Action`] of the one [`Operator`]; a refusal is an `ErrorBody` with the status of the
+//! operator table ([`ActionError::status`]).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
-use oasis_pxe::mac::MacAddr;
+use axum::Router;
 use serde::Deserialize;
-
-use std::sync::Arc;
-
 use tokio::sync::watch;
 
-use crate::api::{self, Api, MachineView};
+use crate::api::{Api, MachineView};
 use crate::assembly::status::ClusterStatus;
 use crate::etcd::EtcdClient;
-use crate::store::{BootMode, Machine, Store, StoreError};
+use crate::operator::{self, Action, ActionError, Answer, Operator};
+use crate::store::{BootMode, Machine};
 
 /// File name of the socket inside the data directory.
 pub const SOCKET_FILE: &str = "oasis.sock";
@@ -55,28 +56,6 @@ pub fn listen(data_dir: &Path) -> io::Result<tokio::net::UnixListener> {
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
-}
-
-struct ApiError(StoreError);
-
-impl IntoResponse for ApiError {
-    /// The store's own message, which says what is wrong and what to do; damage was logged and
-    /// counted by the store.
-    fn into_response(self) -> Response {
-        let status = match &self.0 {
-            StoreError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            e if e.is_damage() => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Reopening { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (status, self.0.to_string()).into_response()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        Self(e)
-    }
 }
 
 #[derive(Deserialize)]
@@ -121,13 +100,6 @@ pub fn machine_entries(netboots: Vec<Machine>, registrations: Vec<MachineView>) 
     entries
 }
 
-#[derive(Clone)]
-struct Admin {
-    store: Store,
-    api: Arc<Api>,
-    cluster: ClusterHandle,
-}
-
 /// What the admin socket reaches of cluster assembly.
 #[derive(Debug, Clone)]
 pub struct ClusterHandle {
@@ -144,144 +116,218 @@ struct KvQuery {
     value: Option<String>,
 }
 
-/// One etcd read or write through the member on machine `via`.
-async fn kv(a: &Admin, q: KvQuery, write: bool) -> Response {
-    let overlay = match a.api.registry.lock().await.find(&q.via) {
-        Ok(record) => record.overlay,
-        Err(e) => return (StatusCode::NOT_FOUND, e).into_response(),
-    };
-    let Some(overlay) = overlay else {
-        return (StatusCode::CONFLICT, format!("{} has no management address: it is not accepted", q.via))
-            .into_response();
-    };
-    let ep = std::net::SocketAddr::from((overlay, oasis_proto::ETCD_CLIENT_PORT));
-    let result = if write {
-        let value = q.value.unwrap_or_default();
-        a.cluster.etcd.put(ep, q.key.as_bytes(), value.as_bytes()).await.map(|()| Some(value.into_bytes()))
-    } else {
-        a.cluster.etcd.get(ep, q.key.as_bytes()).await
-    };
-    match result {
-        Ok(Some(value)) => (StatusCode::OK, value).into_response(),
-        Ok(None) => (StatusCode::NOT_FOUND, format!("no key {:?}", q.key)).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("etcd on {}: {e}", q.via)).into_response(),
+/// The admin socket's routes: each parses its request into an [`Action`] for the one
+/// [`Operator`] and renders the [`Answer`] (JSON, or text for a kubeconfig or an etcd value).
+pub fn router(api: Arc<Api>, cluster: ClusterHandle) -> Router {
+    let op = Operator { api, cluster: Some(cluster) };
+    async fn run(op: Operator, action: Result<Action, ActionError>) -> Result<Answer, ActionError> {
+        op.handle(action?).await
     }
-}
-
-pub fn router(store: Store, api: Arc<Api>, cluster: ClusterHandle) -> Router {
     Router::new()
-        .route(
-            "/v1/cluster",
-            get(|State(a): State<Admin>| async move { Json(a.cluster.status.borrow().as_ref().clone()) }),
-        )
-        .route(
-            "/v1/cluster/kubeconfig",
-            get(|State(a): State<Admin>| async move {
-                match a.cluster.kubeconfig.borrow().clone() {
-                    Some(config) => (StatusCode::OK, config).into_response(),
-                    None => (
-                        StatusCode::NOT_FOUND,
-                        "no kubeconfig: the node image has no k3s bundle, or no k3s server is up yet (oasis cluster status)",
-                    )
-                        .into_response(),
-                }
-            }),
-        )
+        .route("/v1/cluster", get(|State(op): State<Operator>| run(op, Ok(Action::ClusterStatus))))
+        .route("/v1/cluster/kubeconfig", get(|State(op): State<Operator>| run(op, Ok(Action::Kubeconfig))))
         .route(
             "/v1/cluster/kv",
-            get(|State(a): State<Admin>, Query(q): Query<KvQuery>| async move { kv(&a, q, false).await })
-                .post(|State(a): State<Admin>, Query(q): Query<KvQuery>| async move { kv(&a, q, true).await }),
-        )
-        .route("/v1/leases", get(|State(a): State<Admin>| async move { Ok::<_, ApiError>(Json(a.store.leases()?)) }))
-        .route(
-            "/v1/machines",
-            get(|State(a): State<Admin>| async move {
-                let views = api::machine_views(&a.api).await;
-                Ok::<_, ApiError>(Json(machine_entries(a.store.machines()?, views)))
+            get(|State(op): State<Operator>, Query(q): Query<KvQuery>| {
+                run(op, Ok(Action::KvGet { via: q.via, key: q.key }))
+            })
+            .post(|State(op): State<Operator>, Query(q): Query<KvQuery>| {
+                let value = q.value.unwrap_or_default();
+                run(op, Ok(Action::KvPut { via: q.via, key: q.key, value }))
             }),
         )
+        .route("/v1/leases", get(|State(op): State<Operator>| run(op, Ok(Action::Leases))))
+        .route("/v1/machines", get(|State(op): State<Operator>| run(op, Ok(Action::Machines))))
         .route(
             "/v1/events",
-            get(|State(a): State<Admin>, Query(q): Query<EventsQuery>| async move {
-                Ok::<_, ApiError>(Json(a.store.events(q.limit.unwrap_or(100))?))
+            get(|State(op): State<Operator>, Query(q): Query<EventsQuery>| {
+                run(op, Ok(Action::Events { limit: q.limit.unwrap_or(100) }))
             }),
         )
-        .route("/v1/machines/{mac}/boot/{mode}", put(set_boot))
+        .route(
+            "/v1/machines/{mac}/boot/{mode}",
+            put(|State(op): State<Operator>, UrlPath((mac, mode)): UrlPath<(String, String)>| {
+                run(op, operator::set_boot(&mac, &mode))
+            }),
+        )
         .route(
             "/v1/machines/{id}/{decision}",
-            post(|State(a): State<Admin>, UrlPath((id, decision)): UrlPath<(String, String)>| async move {
-                api::decide_machine(&a.api, &id, &decision).await.map(Json)
+            post(|State(op): State<Operator>, UrlPath((id, decision)): UrlPath<(String, String)>| {
+                run(op, operator::decide(&id, &decision))
             }),
         )
         .route(
             "/v1/machines/{id}",
-            delete(|State(a): State<Admin>, UrlPath(id): UrlPath<String>| async move {
-                api::remove_machine(&a.api, &id).await.map(Json)
+            delete(|State(op): State<Operator>, UrlPath(id): UrlPath<String>| {
+                run(op, Ok(Action::Remove { machine: id }))
             }),
         )
-        .with_state(Admin { store, api, cluster })
+        .with_state(op)
 }
 
-async fn set_boot(
-    State(Admin { store, .. }): State<Admin>,
-    UrlPath((mac, mode)): UrlPath<(String, String)>,
-) -> Response {
-    let Ok(mac) = mac.parse::<MacAddr>() else {
-        return (StatusCode::BAD_REQUEST, format!("{mac:?} is not a MAC address")).into_response();
-    };
-    let mode = match mode.as_str() {
-        "network" => BootMode::Network,
-        "local" => BootMode::Local,
-        other => {
-            return (StatusCode::BAD_REQUEST, format!("boot mode {other:?} is not network or local")).into_response()
+/// How long a request to the admin socket may take, at most, to connect and to be answered: a
+/// `serve` that hangs must not hang the CLI, the console or the supervisor with it. Generous:
+/// an etcd call through the socket has its own, shorter, bound.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A request to the admin socket that did not get a good answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot reach oasis serve on {path}")]
+    Connect { path: PathBuf, source: io::Error },
+    #[error(
+        "oasis serve on {path} did not answer within {} s: it may be hung; its log (or `oasis boot`'s \
+         console) says more, and restarting it is safe",
+        timeout.as_secs()
+    )]
+    Timeout { path: PathBuf, timeout: Duration },
+    #[error("talking to oasis serve on {path} failed")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("malformed response from oasis serve on {path}")]
+    Malformed { path: PathBuf },
+    /// The appliance answered with an error: its status and message.
+    #[error("{message}")]
+    Refused { status: StatusCode, message: String },
+}
+
+impl AdminError {
+    /// The console's line for an action that failed: "oasis: WHAT: why", causes included.
+    pub fn console_line(&self, what: &str) -> String {
+        format!("oasis: {what}: {}", operator::chain(self))
+    }
+
+    /// The CLI's exit code (see [`operator::exit_code_of`]).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AdminError::Refused { status, .. } => operator::exit_code_of(*status),
+            _ => 1,
         }
-    };
-    match store.set_boot_mode(mac, mode).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => ApiError(e).into_response(),
     }
 }
 
 /// A request to a running appliance. `Ok(None)` when none is running (no socket, or nobody
-/// listening on it); the caller then reads the store directly.
-pub fn request(data_dir: &Path, method: &str, path: &str) -> io::Result<Option<Vec<u8>>> {
-    let mut stream = match UnixStream::connect(socket_path(data_dir)) {
+/// listening on it); the caller then reads the store directly. Bounded by [`REQUEST_TIMEOUT`].
+pub fn request(data_dir: &Path, method: &str, path: &str) -> Result<Option<Vec<u8>>, AdminError> {
+    request_within(data_dir, method, path, REQUEST_TIMEOUT)
+}
+
+/// [`request`] with its bound given.
+pub fn request_within(
+    data_dir: &Path,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, AdminError> {
+    let socket = socket_path(data_dir);
+    let timed_out = |e: &io::Error| matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+    let io_error = |source: io::Error| match timed_out(&source) {
+        true => AdminError::Timeout { path: socket.clone(), timeout },
+        false => AdminError::Io { path: socket.clone(), source },
+    };
+    let mut stream = match connect(&socket, timeout) {
         Ok(s) => s,
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) if timed_out(&e) => return Err(AdminError::Timeout { path: socket, timeout }),
+        Err(source) => return Err(AdminError::Connect { path: socket, source }),
     };
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: oasis\r\nContent-Length: 0\r\n\r\n")?;
+    stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: oasis\r\nContent-Length: 0\r\n\r\n").map_err(io_error)?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
+    stream.read_to_end(&mut response).map_err(io_error)?;
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed response from oasis serve"))?;
+        .ok_or_else(|| AdminError::Malformed { path: socket.clone() })?;
     let head = String::from_utf8_lossy(&response[..split]).to_string();
     let body = response[split + 4..].to_vec();
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if !status.starts_with('2') {
-        return Err(io::Error::other(format!("oasis serve answered {status}: {}", String::from_utf8_lossy(&body))));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<StatusCode>().ok())
+        .ok_or_else(|| AdminError::Malformed { path: socket.clone() })?;
+    if !status.is_success() {
+        // An error body is an `ErrorBody`; anything else is shown as it came.
+        let message = match serde_json::from_slice::<oasis_proto::ErrorBody>(&body) {
+            Ok(e) => e.error,
+            Err(_) => String::from_utf8_lossy(&body).into_owned(),
+        };
+        return Err(AdminError::Refused { status, message });
     }
     Ok(Some(body))
 }
 
+/// Connects to the socket at `path` within `timeout` (a server that stopped accepting leaves
+/// connections in its backlog; a full backlog blocks a plain connect).
+fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let address = socket2::SockAddr::unix(path)?;
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    socket.connect_timeout(&address, timeout)?;
+    Ok(socket.into())
+}
+
 #[cfg(test)]
 mod tests {
+    use axum::response::IntoResponse;
+
     use super::*;
+    use crate::store::StoreError;
 
     #[tokio::test]
     async fn a_damaged_store_is_answered_with_what_to_do_not_a_bare_500() {
         let path = PathBuf::from("/var/lib/oasis/oasis.redb");
         let damaged =
             StoreError::Record { path: path.clone(), table: "events", key: "#7".into(), fault: "its seal".into() };
-        let res = ApiError(damaged).into_response();
+        let res = ActionError::Store(damaged).into_response();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains("/var/lib/oasis/oasis.redb") && text.contains("events record #7"), "{text}");
         assert!(text.contains("--new-store"), "{text}");
-        let full = ApiError(StoreError::Full { dir: PathBuf::from("/var/lib/oasis") }).into_response();
+        let full = ActionError::Store(StoreError::Full { dir: PathBuf::from("/var/lib/oasis") }).into_response();
         assert_eq!(full.status(), StatusCode::INSUFFICIENT_STORAGE);
+    }
+
+    #[test]
+    fn a_serve_that_accepts_and_never_answers_is_given_up_on_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        // Accepts, reads nothing, answers nothing, and keeps the connection open.
+        let hung = std::thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+        let asked = {
+            let dir = dir.path().to_path_buf();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(request_within(&dir, "GET", "/v1/machines", Duration::from_millis(100)));
+            });
+            // A bound only a client without a timeout reaches.
+            rx.recv_timeout(Duration::from_secs(60)).expect("the client waited for oasis serve forever")
+        };
+        let _held = hung.join().unwrap().unwrap();
+        let e = asked.expect_err("no answer is not an answer");
+        assert!(matches!(e, AdminError::Timeout { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("did not answer") && text.contains("oasis.sock") && text.contains("restarting"),
+            "{text}"
+        );
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_refusal_from_serve_carries_its_status_and_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap();
+        let serve = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).unwrap();
+            let body = r#"{"error":"no machine \"x\": `oasis machines` lists them"}"#;
+            write!(stream, "HTTP/1.0 404 Not Found\r\ncontent-length: {}\r\n\r\n{body}", body.len()).unwrap();
+        });
+        let e = request(dir.path(), "POST", "/v1/machines/x/accept").expect_err("a 404 is an error");
+        serve.join().unwrap();
+        assert_eq!(e.to_string(), "no machine \"x\": `oasis machines` lists them");
+        assert_eq!(e.exit_code(), 2);
     }
 }

@@ -9,9 +9,12 @@
 //! - `GET /v1/machines`, `POST /v1/machines/{id}/accept|reject`, `DELETE /v1/machines/{id}`: the
 //!   admin token as bearer token.
 //!
-//! Every refusal is an [`ErrorBody`] with a status that says which kind: 400 malformed, 401 bad
-//! token or credential, 403 not allowed from there, 404 unknown, 409 replay or duplicate, 413
-//! too large.
+//! Every refusal is an [`oasis_proto::ErrorBody`] with a status that says which kind: 400
+//! malformed, 401 bad token or credential, 403 not allowed from there, 404 unknown, 409 replay,
+//! duplicate, a name that matches several machines or no overlay address left, 413 too large,
+//! 503 or 507 the appliance's own trouble. The statuses come from one table,
+//! [`crate::operator::ActionError::status`]; the admin routes are parsed into
+//! [`crate::operator::Action`]s.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -26,15 +29,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use oasis_proto::{DesiredState, ErrorBody, Heartbeat, MachineState, RegisterRequest, MAX_BODY_BYTES, WATCH_SECS};
+use oasis_proto::{DesiredState, Heartbeat, MachineState, RegisterRequest, MAX_BODY_BYTES, WATCH_SECS};
 use oasis_pxe::conn::{self, Guard};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex};
 
 use crate::identity::{random_token, Identity};
-use crate::registry::{
-    machine_id, secrets_equal, AuthError, Happening, LastHeartbeat, Leases, MachineRecord, Registration, Registry, Wire,
-};
+use crate::operator::{Action, ActionError, Answer, Operator};
+use crate::registry::{machine_id, secrets_equal, LastHeartbeat, Leases, MachineRecord, Registration, Registry, Wire};
 use crate::store::Store;
 use crate::wireguard::ManagementInterface;
 
@@ -51,6 +53,8 @@ pub struct Api {
     /// This appliance's DHCP hands out the rack's addresses (full mode): a registration must come
     /// from the claimed machine's lease.
     pub full_dhcp: bool,
+    /// Peer changes of committed records, in commit order, off the registry lock.
+    pub peers: PeerQueue,
 }
 
 /// Desired states as the controller last published them. The revision moves whenever any
@@ -81,38 +85,124 @@ impl std::fmt::Debug for Api {
     }
 }
 
-/// A refusal: status and message.
-#[derive(Debug)]
-pub struct Refusal(StatusCode, String);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
-    }
-}
-
-fn refuse(status: StatusCode, message: impl Into<String>) -> Refusal {
-    Refusal(status, message.into())
-}
-
-impl From<JsonRejection> for Refusal {
+impl From<JsonRejection> for ActionError {
     fn from(r: JsonRejection) -> Self {
-        let status = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            StatusCode::PAYLOAD_TOO_LARGE
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        refuse(status, format!("the request body is not acceptable: {}", r.body_text()))
+        ActionError::Body { too_large: r.status() == StatusCode::PAYLOAD_TOO_LARGE, text: r.body_text() }
     }
 }
 
-fn store_failed(e: crate::store::StoreError) -> Refusal {
-    if let crate::store::StoreError::Full { .. } = e {
-        // Said on the console by the store, once; not per request.
-        return refuse(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
+/// A WireGuard peer change that a committed record asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerChange {
+    /// The machine, for the log.
+    pub id: String,
+    /// Keys to drop, in order.
+    pub remove: Vec<String>,
+    /// The key to add, with the overlay address it may use.
+    pub add: Option<(String, Ipv4Addr)>,
+}
+
+impl PeerChange {
+    /// What makes the peers match `record`; `old_key` is the key of its previous boot.
+    pub fn of(record: &MachineRecord, old_key: Option<String>) -> PeerChange {
+        let mut remove: Vec<String> = old_key.into_iter().collect();
+        let add = match (record.state, record.overlay) {
+            (MachineState::Accepted, Some(overlay)) => Some((record.wireguard_key.clone(), overlay)),
+            _ => {
+                remove.push(record.wireguard_key.clone());
+                None
+            }
+        };
+        PeerChange { id: record.id.clone(), remove, add }
     }
-    tracing::error!("store commit failed: {e}");
-    refuse(StatusCode::SERVICE_UNAVAILABLE, "the appliance could not record this; try again")
+}
+
+/// Where peer changes go: the management interface, or a fake in tests.
+pub trait PeerDevice: Send + Sync {
+    fn add_peer(&self, key: &str, overlay: Ipv4Addr) -> Result<(), crate::wireguard::WireguardError>;
+    fn remove_peer(&self, key: &str) -> Result<(), crate::wireguard::WireguardError>;
+}
+
+impl PeerDevice for ManagementInterface {
+    fn add_peer(&self, key: &str, overlay: Ipv4Addr) -> Result<(), crate::wireguard::WireguardError> {
+        ManagementInterface::add_peer(self, key, overlay)
+    }
+    fn remove_peer(&self, key: &str) -> Result<(), crate::wireguard::WireguardError> {
+        ManagementInterface::remove_peer(self, key)
+    }
+}
+
+/// Peer changes, made after the registry lock is released and in the order their records were
+/// committed.
+///
+/// A change to the device can take a userspace device's control-socket timeout; under the
+/// registry lock it would stall every registration, heartbeat and the controller. Released
+/// first, two changes for one machine could race (accept, then reject: the reject's removal
+/// done first and the accept's addition last would leave a rejected machine a peer). So each
+/// commit takes a turn *while it still holds the registry lock* (turns are handed out in commit
+/// order) and starts a task at once that waits for the turns before it to finish, makes its
+/// change, and ends its turn even if it fails or panics. The task is spawned, not merely
+/// awaited: a request dropped by its client still makes its change and passes the turn on.
+pub struct PeerQueue {
+    device: Option<Arc<dyn PeerDevice>>,
+    next: std::sync::atomic::AtomicU64,
+    done: Arc<watch::Sender<u64>>,
+}
+
+impl std::fmt::Debug for PeerQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerQueue").field("done", &*self.done.borrow()).finish_non_exhaustive()
+    }
+}
+
+/// Ends a turn when dropped.
+struct TurnDone(Arc<watch::Sender<u64>>);
+
+impl Drop for TurnDone {
+    fn drop(&mut self) {
+        self.0.send_modify(|done| *done += 1);
+    }
+}
+
+impl PeerQueue {
+    pub fn new(device: Option<Arc<dyn PeerDevice>>) -> PeerQueue {
+        PeerQueue { device, next: Default::default(), done: Arc::new(watch::channel(0).0) }
+    }
+
+    /// Queues `change` behind every change committed before it. Call with the registry lock
+    /// held, right after the commit; await what it returns after releasing the lock.
+    pub fn after_commit(&self, change: PeerChange) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut done = self.done.subscribe();
+        let finish = TurnDone(self.done.clone());
+        let device = self.device.clone();
+        let task = tokio::spawn(async move {
+            let _finish = finish;
+            // The sender lives as long as the queue's tasks: an error is only a shutdown.
+            let _ = done.wait_for(|d| *d >= turn).await;
+            let Some(device) = device else { return };
+            let changed = tokio::task::spawn_blocking(move || apply_peer_change(device.as_ref(), &change)).await;
+            if let Err(e) = changed {
+                tracing::error!("the WireGuard update failed: {e}");
+            }
+        });
+        async move {
+            let _ = task.await;
+        }
+    }
+}
+
+fn apply_peer_change(device: &dyn PeerDevice, change: &PeerChange) {
+    for key in &change.remove {
+        if let Err(e) = device.remove_peer(key) {
+            tracing::warn!(machine = %change.id, "WireGuard peer not removed: {e}");
+        }
+    }
+    if let Some((key, overlay)) = &change.add {
+        if let Err(e) = device.add_peer(key, *overlay) {
+            tracing::error!(machine = %change.id, "WireGuard peer not added: {e}");
+        }
+    }
 }
 
 fn now() -> u64 {
@@ -148,43 +238,45 @@ async fn register(
     State(api): State<Arc<Api>>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     body: Result<Json<RegisterRequest>, JsonRejection>,
-) -> Result<Json<oasis_proto::RegisterResponse>, Refusal> {
+) -> Result<Json<oasis_proto::RegisterResponse>, ActionError> {
     let Json(req) = body?;
     let credential = random_token();
     // One registration at a time: the decision and its commit must not interleave with another
-    // for the same machine, and registrations are rare enough that this costs nothing.
-    let mut registry = api.registry.lock().await;
-    let wire = wire_of(&api, &registry, &req, source_v4(from)).await?;
-    match registry.register(&req, &api.identity.join_token, &credential, &wire, now()) {
-        Registration::Refuse { status, message, happening } => {
-            // Counted per source by the store, which logs the first of each kind: a flood of
-            // refusals must not fill the data partition with events or log lines.
-            match happening {
-                Some(h) => api.store.record_untrusted(from.ip(), h),
-                None => tracing::debug!(%from, "registration refused: {message}"),
+    // for the same machine, and registrations are rare enough that this costs nothing. The
+    // peer change comes after the lock (see [`PeerQueue`]).
+    let (peer_changed, response) = {
+        let mut registry = api.registry.lock().await;
+        let wire = wire_of(&api, &registry, &req, source_v4(from)).await?;
+        match registry.register(&req, &api.identity.join_token, &credential, &wire, now()) {
+            Registration::Refuse { kind, message, happening } => {
+                // Counted per source by the store, which logs the first of each kind: a flood of
+                // refusals must not fill the data partition with events or log lines.
+                match happening {
+                    Some(h) => api.store.record_untrusted(from.ip(), h),
+                    None => tracing::debug!(%from, "registration refused: {message}"),
+                }
+                return Err(ActionError::Refused { kind, message });
             }
-            Err(refuse(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), message))
-        }
-        Registration::Answer { record, response, old_key, happenings } => {
-            for h in &happenings {
-                tracing::info!(%from, "{}", h.message);
+            Registration::Answer { record, response, old_key, happenings } => {
+                for h in &happenings {
+                    tracing::info!(%from, "{}", h.message);
+                }
+                api.store.save_record((*record).clone(), happenings).await.map_err(ActionError::NotRecorded)?;
+                let change = PeerChange::of(&record, old_key);
+                registry.apply(*record);
+                (api.peers.after_commit(change), response)
             }
-            api.store.save_record((*record).clone(), happenings).await.map_err(store_failed)?;
-            sync_peer(&api, &record, old_key).await;
-            registry.apply(*record);
-            Ok(Json(response))
         }
-    }
+    };
+    peer_changed.await;
+    Ok(Json(response))
 }
 
 /// What the appliance saw on the wire of the machine a registration claims to be (by its boot
 /// MAC, when that parses; the registry refuses it otherwise): its lease in full DHCP mode, its
 /// newest boot script's token, and the management link's handshakes.
-async fn wire_of(api: &Api, registry: &Registry, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, Refusal> {
-    let unreadable = |e: crate::store::StoreError| {
-        tracing::error!("store read failed: {e}");
-        refuse(StatusCode::SERVICE_UNAVAILABLE, "the appliance could not read its store; try again")
-    };
+async fn wire_of(api: &Api, registry: &Registry, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, ActionError> {
+    let unreadable = ActionError::NotRead;
     let mac = req.boot_mac.parse::<oasis_pxe::mac::MacAddr>().ok();
     let boot_token = match mac {
         Some(mac) => api.store.boot_token(mac).map_err(unreadable)?,
@@ -212,40 +304,13 @@ async fn handshake_ages(api: &Api) -> HashMap<String, Duration> {
     tokio::task::spawn_blocking(move || wg.handshake_ages()).await.unwrap_or_default()
 }
 
-/// Makes the WireGuard peers match a committed record, off the async workers.
-async fn sync_peer(api: &Api, record: &MachineRecord, old_key: Option<String>) {
-    let Some(wg) = api.wireguard.clone() else { return };
-    let record = record.clone();
-    let synced = tokio::task::spawn_blocking(move || {
-        if let Some(old) = old_key {
-            if let Err(e) = wg.remove_peer(&old) {
-                tracing::warn!(machine = %record.id, "old WireGuard peer not removed: {e}");
-            }
-        }
-        let result = match (record.state, record.overlay) {
-            (MachineState::Accepted, Some(overlay)) => wg.add_peer(&record.wireguard_key, overlay),
-            _ => wg.remove_peer(&record.wireguard_key),
-        };
-        if let Err(e) = result {
-            tracing::error!(machine = %record.id, "WireGuard peer not updated: {e}");
-        }
-    })
-    .await;
-    if let Err(e) = synced {
-        tracing::error!("the WireGuard update failed: {e}");
-    }
-}
-
 /// The machine a request comes from (its id and current WireGuard key), by its credential and
 /// source address.
-async fn agent(api: &Api, headers: &HeaderMap, from: SocketAddr) -> Result<(String, String), Refusal> {
-    let credential = bearer(headers).ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "no credential"))?;
+async fn agent(api: &Api, headers: &HeaderMap, from: SocketAddr) -> Result<(String, String), ActionError> {
+    let credential = bearer(headers).ok_or(ActionError::NoCredential)?;
     let registry = api.registry.lock().await;
-    match registry.authenticate(credential, source_v4(from)) {
-        Ok(record) => Ok((record.id.clone(), record.wireguard_key.clone())),
-        Err(why @ AuthError::OutsideLink) => Err(refuse(StatusCode::FORBIDDEN, why.to_string())),
-        Err(why) => Err(refuse(StatusCode::UNAUTHORIZED, why.to_string())),
-    }
+    let record = registry.authenticate(credential, source_v4(from))?;
+    Ok((record.id.clone(), record.wireguard_key.clone()))
 }
 
 async fn heartbeat(
@@ -253,7 +318,7 @@ async fn heartbeat(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<Heartbeat>, JsonRejection>,
-) -> Result<Json<DesiredState>, Refusal> {
+) -> Result<Json<DesiredState>, ActionError> {
     let (id, key) = agent(&api, &headers, from).await?;
     let Json(beat) = body?;
     api.registry.lock().await.record_heartbeat(&id, beat, now());
@@ -272,7 +337,7 @@ async fn desired(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<After>,
-) -> Result<Json<DesiredState>, Refusal> {
+) -> Result<Json<DesiredState>, ActionError> {
     let (id, key) = agent(&api, &headers, from).await?;
     let mut rx = api.desired.subscribe();
     let _ = tokio::time::timeout(Duration::from_secs(WATCH_SECS), rx.wait_for(|d| d.revision > q.after)).await;
@@ -287,23 +352,21 @@ async fn artifact(
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(sha256): Path<String>,
-) -> Result<Response, Refusal> {
+) -> Result<Response, ActionError> {
     agent(&api, &headers, from).await?;
-    let path =
-        api.artifacts.get(&sha256).ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no artifact {sha256}")))?;
-    let file = tokio::fs::File::open(path).await.map_err(|e| {
-        refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("artifact {} unreadable: {e}", path.display()))
-    })?;
+    let path = api.artifacts.get(&sha256).ok_or(ActionError::NoArtifact(sha256))?;
+    let file =
+        tokio::fs::File::open(path).await.map_err(|source| ActionError::Artifact { path: path.clone(), source })?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok(([(axum::http::header::CONTENT_LENGTH, len.to_string())], body).into_response())
 }
 
-fn admin(api: &Api, headers: &HeaderMap) -> Result<(), Refusal> {
+fn admin(api: &Api, headers: &HeaderMap) -> Result<(), ActionError> {
     match bearer(headers) {
         Some(token) if secrets_equal(token, &api.identity.admin_token) => Ok(()),
-        Some(_) => Err(refuse(StatusCode::UNAUTHORIZED, "wrong admin token")),
-        None => Err(refuse(StatusCode::UNAUTHORIZED, "admin token required (DATA_DIR/admin-token on the appliance)")),
+        Some(_) => Err(ActionError::WrongAdminToken),
+        None => Err(ActionError::NoAdminToken),
     }
 }
 
@@ -351,61 +414,32 @@ pub async fn machine_views(api: &Api) -> Vec<MachineView> {
     views
 }
 
-async fn list_machines(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Json<Vec<MachineView>>, Refusal> {
+/// The HTTPS door's operator: no cluster assembly behind it.
+fn operator(api: &Arc<Api>) -> Operator {
+    Operator { api: api.clone(), cluster: None }
+}
+
+async fn list_machines(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Answer, ActionError> {
     admin(&api, &headers)?;
-    Ok(Json(machine_views(&api).await))
-}
-
-/// An operator's accept or reject; shared with the admin socket.
-pub async fn decide_machine(api: &Api, what: &str, decision: &str) -> Result<MachineRecord, Refusal> {
-    let state = match decision {
-        "accept" => MachineState::Accepted,
-        "reject" => MachineState::Rejected,
-        other => return Err(refuse(StatusCode::NOT_FOUND, format!("no decision {other:?}: accept or reject"))),
-    };
-    let mut registry = api.registry.lock().await;
-    let (record, happening) = registry.decide(what, state).map_err(|e| refuse(StatusCode::NOT_FOUND, e))?;
-    api.store.save_record(record.clone(), vec![happening]).await.map_err(store_failed)?;
-    sync_peer(api, &record, None).await;
-    registry.apply(record.clone());
-    Ok(record)
-}
-
-/// Forgets a machine; shared with the admin socket.
-pub async fn remove_machine(api: &Api, what: &str) -> Result<MachineRecord, Refusal> {
-    let mut registry = api.registry.lock().await;
-    let id = registry.find(what).map_err(|e| refuse(StatusCode::NOT_FOUND, e))?.id.clone();
-    let record = registry.get(&id).cloned().ok_or_else(|| refuse(StatusCode::NOT_FOUND, "gone"))?;
-    let happening = Happening {
-        kind: "machine-removed",
-        mac: Some(record.boot_mac),
-        message: format!("{id} removed by an operator; it registers as new when it boots again"),
-    };
-    api.store.remove_record(id.clone(), happening).await.map_err(store_failed)?;
-    if let Some(wg) = api.wireguard.clone() {
-        let key = record.wireguard_key.clone();
-        let _ = tokio::task::spawn_blocking(move || wg.remove_peer(&key)).await;
-    }
-    registry.remove(&id);
-    Ok(record)
+    operator(&api).handle(Action::Registrations).await
 }
 
 async fn decide(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path((id, decision)): Path<(String, String)>,
-) -> Result<Json<MachineRecord>, Refusal> {
+) -> Result<Answer, ActionError> {
     admin(&api, &headers)?;
-    decide_machine(&api, &id, &decision).await.map(Json)
+    operator(&api).handle(crate::operator::decide(&id, &decision)?).await
 }
 
 async fn remove(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<StatusCode, Refusal> {
+) -> Result<StatusCode, ActionError> {
     admin(&api, &headers)?;
-    remove_machine(&api, &id).await.map(|_| StatusCode::NO_CONTENT)
+    operator(&api).handle(Action::Remove { machine: id }).await.map(|_| StatusCode::NO_CONTENT)
 }
 
 /// The TLS configuration for the API, from the appliance's identity.
@@ -658,12 +692,14 @@ pub(crate) fn test_api(dir: &std::path::Path, policy: crate::registry::Policy) -
         desired,
         artifacts: HashMap::new(),
         full_dhcp: false,
+        peers: PeerQueue::new(None),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use axum::http::Request;
+    use oasis_proto::ErrorBody;
     use tower::ServiceExt;
 
     use super::*;
@@ -761,5 +797,123 @@ mod tests {
         assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
         let (status, _) = send(&api, "POST", "/v1/machines/nobody/accept", Some(&admin), vec![]).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// A registration of machine `mac-525400bb00NN` (NN = `mac`) with the join token.
+    fn registration_from(api: &Api, mac: u8) -> Vec<u8> {
+        let req = RegisterRequest {
+            token: api.identity.join_token.clone(),
+            nonce: format!("nonce-{mac:02x}-0000000000001"),
+            boot_mac: format!("52:54:00:bb:00:{mac:02x}"),
+            wireguard_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [mac; 32]),
+            agent_version: "0.1.0".into(),
+            inventory: oasis_proto::Inventory { cpus: 1, ..Default::default() },
+        };
+        serde_json::to_vec(&req).unwrap()
+    }
+
+    /// Registers pending machines `mac-525400bb00NN` for each NN in `macs`.
+    async fn pending(api: &Arc<Api>, macs: &[u8]) {
+        for &mac in macs {
+            let (status, body) = send(api, "POST", "/v1/register", None, registration_from(api, mac)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ambiguous_name_or_an_exhausted_pool_is_a_conflict_that_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = test_api(dir.path(), Policy::Manual);
+        pending(&api, &[1, 2]).await;
+        let admin = api.identity.admin_token.clone();
+
+        let (status, body) = send(&api, "POST", "/v1/machines/mac-525400bb/accept", Some(&admin), vec![]).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("mac-525400bb0001") && body.contains("mac-525400bb0002"), "{body}");
+        let (status, body) = send(&api, "POST", "/v1/machines/nobody/accept", Some(&admin), vec![]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+        // A /30: the appliance's address and one more.
+        api.registry.lock().await.overlay.prefix_len = 30;
+        let (status, body) = send(&api, "POST", "/v1/machines/mac-525400bb0001/accept", Some(&admin), vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = send(&api, "POST", "/v1/machines/mac-525400bb0002/accept", Some(&admin), vec![]).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("widen wireguard.prefix"), "{body}");
+        let error: ErrorBody = serde_json::from_str(&body).unwrap();
+        assert!(error.error.contains("/30"), "{body}");
+        // The CLI, which reads the status from the admin socket, exits 2: what was asked must change.
+        assert_eq!(crate::operator::exit_code_of(status), 2);
+    }
+
+    /// A WireGuard device that records changes and, when told to, holds the next addition until
+    /// released.
+    #[derive(Default)]
+    struct HeldDevice {
+        changes: std::sync::Mutex<Vec<String>>,
+        hold_next_add: std::sync::atomic::AtomicBool,
+        entered: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
+        release: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl PeerDevice for HeldDevice {
+        fn add_peer(&self, key: &str, _: Ipv4Addr) -> Result<(), crate::wireguard::WireguardError> {
+            if self.hold_next_add.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _ = self.entered.lock().unwrap().as_ref().unwrap().send(());
+                let release = self.release.lock().unwrap().take().unwrap();
+                let _ = release.recv();
+            }
+            self.changes.lock().unwrap().push(format!("add {key}"));
+            Ok(())
+        }
+
+        fn remove_peer(&self, key: &str) -> Result<(), crate::wireguard::WireguardError> {
+            self.changes.lock().unwrap().push(format!("remove {key}"));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_change_after_the_registry_lock_and_in_commit_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut api = test_api(dir.path(), Policy::Manual);
+        let device = Arc::new(HeldDevice::default());
+        Arc::get_mut(&mut api).unwrap().peers = PeerQueue::new(Some(device.clone() as Arc<dyn PeerDevice>));
+        pending(&api, &[1]).await;
+        let id = "mac-525400bb0001";
+        let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [1u8; 32]);
+        device.changes.lock().unwrap().clear();
+
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *device.entered.lock().unwrap() = Some(entered_tx);
+        *device.release.lock().unwrap() = Some(release_rx);
+        device.hold_next_add.store(true, std::sync::atomic::Ordering::SeqCst);
+        let admin = api.identity.admin_token.clone();
+        let accept = {
+            let (api, admin) = (api.clone(), admin.clone());
+            tokio::spawn(
+                async move { send(&api, "POST", &format!("/v1/machines/{id}/accept"), Some(&admin), vec![]).await },
+            )
+        };
+        entered.recv().await.expect("the accept's peer change started");
+        // The device is busy with the accept's peer: the registry is free meanwhile.
+        assert!(api.registry.try_lock().is_ok(), "the registry lock is held while the WireGuard peer changes");
+
+        // A reject committed meanwhile changes its peer only after the accept's change.
+        let reject = {
+            let api = api.clone();
+            tokio::spawn(
+                async move { send(&api, "POST", &format!("/v1/machines/{id}/reject"), Some(&admin), vec![]).await },
+            )
+        };
+        while api.registry.lock().await.get(id).unwrap().state != MachineState::Rejected {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*device.changes.lock().unwrap(), Vec::<String>::new(), "the reject's change ran first");
+        release.send(()).unwrap();
+        assert_eq!(accept.await.unwrap().0, StatusCode::OK);
+        assert_eq!(reject.await.unwrap().0, StatusCode::OK);
+        assert_eq!(*device.changes.lock().unwrap(), vec![format!("add {key}"), format!("remove {key}")]);
     }
 }

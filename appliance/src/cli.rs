@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::admin::{self, MachineEntry};
 use crate::api::MachineView;
 use crate::config::Config;
+use crate::operator::{self, Action, Decision};
 use crate::store::{Event, Store};
 
 #[derive(Debug, Parser)]
@@ -265,10 +266,10 @@ impl StateArgs {
 /// Reads state from the running appliance, or from the store when none runs.
 fn read_state<T: DeserializeOwned>(
     data_dir: &Path,
-    api_path: &str,
+    action: Action,
     direct: impl FnOnce(&Store) -> Result<T, crate::store::StoreError>,
 ) -> anyhow::Result<T> {
-    if let Some(body) = admin::request(data_dir, "GET", api_path).context("asking oasis serve")? {
+    if let Some(body) = operator::ask(data_dir, &action).context("asking oasis serve")? {
         return serde_json::from_slice(&body).context("reading the answer of oasis serve");
     }
     if !data_dir.join(crate::store::STORE_FILE).exists() {
@@ -300,6 +301,11 @@ fn until(t: u64) -> String {
 
 /// Prints rows under a header, each column as wide as its widest cell.
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    print!("{}", render_table(header, rows));
+}
+
+/// Rows under a header, each column as wide as its widest cell; no cell is ever cut.
+fn render_table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -308,16 +314,17 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
     let line = |cells: Vec<String>| {
         let text: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", text.join("  ").trim_end());
+        format!("{}\n", text.join("  ").trim_end())
     };
-    line(header.iter().map(|h| h.to_string()).collect());
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
-        line(row);
+        out += &line(row);
     }
+    out
 }
 
 pub fn leases(args: &StateArgs) -> anyhow::Result<()> {
-    let mut leases: Vec<Lease> = read_state(&args.data_dir()?, "/v1/leases", Store::leases)?;
+    let mut leases: Vec<Lease> = read_state(&args.data_dir()?, Action::Leases, Store::leases)?;
     leases.sort_by_key(|l| l.ip);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&leases)?);
@@ -339,7 +346,7 @@ pub fn leases(args: &StateArgs) -> anyhow::Result<()> {
 }
 
 pub fn machines(args: &StateArgs) -> anyhow::Result<()> {
-    let entries: Vec<MachineEntry> = read_state(&args.data_dir()?, "/v1/machines", |store| {
+    let entries: Vec<MachineEntry> = read_state(&args.data_dir()?, Action::Machines, |store| {
         // Read without a running appliance: no heartbeats or handshakes to show.
         let views = store
             .records()?
@@ -352,6 +359,12 @@ pub fn machines(args: &StateArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
     }
+    print!("{}", machines_table(&entries));
+    Ok(())
+}
+
+/// The `oasis machines` table.
+fn machines_table(entries: &[MachineEntry]) -> String {
     let gib = |bytes: u64| format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64);
     let rows = entries
         .iter()
@@ -370,9 +383,10 @@ pub fn machines(args: &StateArgs) -> anyhow::Result<()> {
                 Some(v) => {
                     let r = &v.record;
                     let inv = &r.inventory;
-                    let short_id: String = r.id.chars().take(13).collect();
+                    // Whole: an operator types it (`oasis machine accept ID`), and two machines'
+                    // ids may differ only at their end (`mac-525400bb0001`, `mac-525400bb0002`).
                     row.extend([
-                        short_id,
+                        r.id.clone(),
                         r.state.to_string(),
                         format!(
                             "{} {}cpu {}",
@@ -389,17 +403,16 @@ pub fn machines(args: &StateArgs) -> anyhow::Result<()> {
             row
         })
         .collect();
-    table(
+    render_table(
         &["MAC", "FIRMWARE", "ADDRESS", "BOOTS", "ID", "STATE", "INVENTORY", "OVERLAY", "HEARTBEAT", "HANDSHAKE"],
         rows,
-    );
-    Ok(())
+    )
 }
 
 /// `oasis cluster status`, from the running appliance.
 pub fn cluster_status(args: &StateArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir()?;
-    let Some(body) = admin::request(&data_dir, "GET", "/v1/cluster").context("asking oasis serve")? else {
+    let Some(body) = operator::ask(&data_dir, &Action::ClusterStatus).context("asking oasis serve")? else {
         bail!("oasis serve is not running on {}: the cluster status comes from it", data_dir.display());
     };
     let status: crate::assembly::status::ClusterStatus =
@@ -415,32 +428,22 @@ pub fn cluster_status(args: &StateArgs) -> anyhow::Result<()> {
 /// `oasis cluster kubeconfig`: the admin kubeconfig from the running appliance.
 pub fn cluster_kubeconfig(args: &StateArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir()?;
-    let Some(body) = admin::request(&data_dir, "GET", "/v1/cluster/kubeconfig").context("asking oasis serve")? else {
+    let Some(body) = operator::ask(&data_dir, &Action::Kubeconfig).context("asking oasis serve")? else {
         bail!("oasis serve is not running on {}", data_dir.display());
     };
     print!("{}", String::from_utf8_lossy(&body));
     Ok(())
 }
 
-/// Percent-encodes a query parameter value.
-fn query_value(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// `oasis cluster get|put KEY [VALUE] --via MACHINE`: prints the value read or written.
 pub fn cluster_kv(key: &str, value: Option<&str>, via: &str, state: &StateArgs) -> anyhow::Result<()> {
     let data_dir = state.data_dir()?;
-    let mut path = format!("/v1/cluster/kv?via={}&key={}", query_value(via), query_value(key));
-    if let Some(v) = value {
-        path += &format!("&value={}", query_value(v));
-    }
-    let method = if value.is_some() { "POST" } else { "GET" };
-    let Some(body) = admin::request(&data_dir, method, &path).context("asking oasis serve")? else {
+    let (via, key) = (via.to_string(), key.to_string());
+    let action = match value {
+        Some(value) => Action::KvPut { via, key, value: value.to_string() },
+        None => Action::KvGet { via, key },
+    };
+    let Some(body) = operator::ask(&data_dir, &action).context("asking oasis serve")? else {
         bail!("oasis serve is not running on {}", data_dir.display());
     };
     println!("{}", String::from_utf8_lossy(&body));
@@ -448,27 +451,23 @@ pub fn cluster_kv(key: &str, value: Option<&str>, via: &str, state: &StateArgs) 
 }
 
 /// `oasis machine accept|reject|remove ID`, through the running appliance.
-pub fn machine_decision(id: &str, decision: &str, state: &StateArgs) -> anyhow::Result<()> {
+pub fn machine_decision(id: &str, decision: Option<Decision>, state: &StateArgs) -> anyhow::Result<()> {
     let data_dir = state.data_dir()?;
-    let (method, path) = match decision {
-        "remove" => ("DELETE", format!("/v1/machines/{id}")),
-        _ => ("POST", format!("/v1/machines/{id}/{decision}")),
+    let machine = id.to_string();
+    let (action, word, past) = match decision {
+        Some(decision) => (Action::Decide { machine, decision }, decision.word(), decision.past()),
+        None => (Action::Remove { machine }, "remove", "removed"),
     };
-    let answer = admin::request(&data_dir, method, &path).context("asking oasis serve")?;
+    let answer = operator::ask(&data_dir, &action).context("asking oasis serve")?;
     if answer.is_none() {
-        bail!("oasis serve is not running on {}: start it, then {decision} the machine", data_dir.display());
+        bail!("oasis serve is not running on {}: start it, then {word} the machine", data_dir.display());
     }
-    let past = match decision {
-        "accept" => "accepted",
-        "reject" => "rejected",
-        _ => "removed",
-    };
     println!("{id} {past}");
     Ok(())
 }
 
 pub fn events(args: &StateArgs, limit: usize) -> anyhow::Result<()> {
-    let events: Vec<Event> = read_state(&args.data_dir()?, &format!("/v1/events?limit={limit}"), |s| s.events(limit))?;
+    let events: Vec<Event> = read_state(&args.data_dir()?, Action::Events { limit }, |s| s.events(limit))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(());
@@ -484,13 +483,12 @@ pub async fn machine_boot(mac: MacAddr, target: BootArg, state: &StateArgs) -> a
         BootArg::Network => "network",
         BootArg::Local => "local",
     };
-    let path = format!("/v1/machines/{mac}/boot/{word}");
-    if admin::request(&data_dir, "PUT", &path).context("asking oasis serve")?.is_none() {
+    let mode = match target {
+        BootArg::Network => crate::store::BootMode::Network,
+        BootArg::Local => crate::store::BootMode::Local,
+    };
+    if operator::ask(&data_dir, &Action::SetBoot { mac, mode }).context("asking oasis serve")?.is_none() {
         let store = Store::open(&data_dir)?;
-        let mode = match target {
-            BootArg::Network => crate::store::BootMode::Network,
-            BootArg::Local => crate::store::BootMode::Local,
-        };
         store.set_boot_mode(mac, mode).await?;
     }
     println!("{mac} will boot from {}", if word == "local" { "its local disk" } else { "the network" });
@@ -626,4 +624,47 @@ pub fn build_usb_stick(args: &UsbStickArgs) -> anyhow::Result<()> {
         oasis_image::usb_stick::LABEL
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use oasis_proto::MachineState;
+
+    use super::*;
+    use crate::registry::MachineRecord;
+
+    fn record(id: &str, mac: &str) -> MachineRecord {
+        MachineRecord {
+            id: id.into(),
+            state: MachineState::Pending,
+            boot_mac: mac.parse().unwrap(),
+            wireguard_key: String::new(),
+            inventory: Default::default(),
+            agent_version: "0.1.0".into(),
+            overlay: None,
+            credential_sha256: None,
+            first_registered: 1,
+            last_registered: 1,
+            reason: String::new(),
+            recent_nonces: vec![],
+        }
+    }
+
+    #[test]
+    fn the_machines_table_shows_every_id_whole() {
+        let ids = ["mac-525400bb0001", "mac-525400bb0002", "6f1b2c3d-0000-4000-8000-000000000009"];
+        let macs = ["52:54:00:bb:00:01", "52:54:00:bb:00:02", "52:54:00:00:00:09"];
+        let views = ids
+            .iter()
+            .zip(macs)
+            .map(|(id, mac)| MachineView { record: record(id, mac), last_heartbeat: None, handshake_age_secs: None })
+            .collect();
+        let text = machines_table(&admin::machine_entries(vec![], views));
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(rows.len(), ids.len(), "{text}");
+        for (id, mac) in ids.iter().zip(macs) {
+            let row = rows.iter().find(|r| r.starts_with(mac)).unwrap_or_else(|| panic!("no row for {mac}:\n{text}"));
+            assert!(row.split_whitespace().any(|cell| cell == *id), "{id} is not whole in its row:\n{text}");
+        }
+    }
 }

@@ -88,19 +88,21 @@ fn make_tls() -> Result<StoredTls, rcgen::Error> {
 impl Identity {
     /// Loads the identity from the store, making whatever is missing (first start).
     pub fn load_or_create(store: &Store, data_dir: &Path) -> Result<Identity, IdentityError> {
-        let mut tls_error = None;
-        let tls = store.secret_or_create("api_tls", || match make_tls() {
-            Ok(tls) => serde_json::to_vec(&tls).unwrap_or_default(),
-            Err(e) => {
-                tls_error = Some(e);
-                Vec::new()
-            }
-        });
-        if let Some(e) = tls_error {
-            return Err(e.into());
-        }
+        Self::load_or_create_with(store, data_dir, make_tls)
+    }
+
+    /// [`Identity::load_or_create`] with the maker of the TLS key and certificate given. A maker
+    /// that fails stores nothing: the next start tries again.
+    fn load_or_create_with(
+        store: &Store,
+        data_dir: &Path,
+        make_tls: impl FnOnce() -> Result<StoredTls, rcgen::Error>,
+    ) -> Result<Identity, IdentityError> {
+        let tls = store.secret_or_try_create("api_tls", || -> Result<Vec<u8>, IdentityError> {
+            Ok(serde_json::to_vec(&make_tls()?).map_err(StoreError::from)?)
+        })?;
         let damaged = |what| IdentityError::Damaged { what, path: store.path().to_path_buf() };
-        let tls: StoredTls = serde_json::from_slice(&tls?).map_err(|_| damaged("API key"))?;
+        let tls: StoredTls = serde_json::from_slice(&tls).map_err(|_| damaged("API key"))?;
         let b64 = base64::engine::general_purpose::STANDARD;
         let decode = |s: &str| b64.decode(s).map_err(|_| damaged("API key"));
         let spki = decode(&tls.spki)?;
@@ -198,5 +200,29 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         Identity::load_or_create(&store, dir.path()).unwrap();
         assert_eq!(std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE)).unwrap().ino(), inode);
+    }
+
+    #[test]
+    fn a_failed_key_generation_stores_nothing_and_the_next_start_makes_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let failed = Identity::load_or_create_with(&store, dir.path(), || Err(rcgen::Error::KeyGenerationUnavailable));
+        assert!(matches!(failed, Err(IdentityError::Certificate(_))), "{failed:?}");
+        assert_eq!(store.secret("api_tls").unwrap(), None, "a failed maker left a secret behind");
+        let identity = Identity::load_or_create(&store, dir.path()).expect("the next start makes the key");
+        assert!(identity.pin.starts_with("sha256:"), "{}", identity.pin);
+    }
+
+    #[test]
+    fn a_secret_whose_maker_fails_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let failed =
+            store.secret_or_try_create("made-once", || Err(IdentityError::Damaged { what: "x", path: "p".into() }));
+        assert!(matches!(failed, Err(IdentityError::Damaged { .. })));
+        assert_eq!(store.secret("made-once").unwrap(), None);
+        let made = store.secret_or_try_create("made-once", || Ok::<_, IdentityError>(b"first".to_vec())).unwrap();
+        let kept = store.secret_or_try_create("made-once", || Ok::<_, IdentityError>(b"second".to_vec())).unwrap();
+        assert_eq!((made, kept), (b"first".to_vec(), b"first".to_vec()));
     }
 }

@@ -5,6 +5,9 @@
 //! - [`store`]: the redb store of leases, machines and events.
 //! - [`serve`]: runs the network boot services on the store.
 //! - [`admin`]: the admin socket the CLI talks to while `serve` runs.
+//! - [`operator`]: every operator action, its one handler, and the table from its errors to
+//!   HTTP statuses and exit codes; the HTTPS admin routes, the admin socket, the CLI and the
+//!   console only parse into it.
 //! - [`limits`]: the descriptor limit and the connection caps sized to fit in it.
 //! - [`console`]: the serial console: first-boot questions, then the status view and its menu.
 //! - [`cli`]: command-line definitions and the state-reading commands.
@@ -26,6 +29,7 @@ pub mod identity;
 pub mod k3s;
 pub mod limits;
 pub mod netboot;
+pub mod operator;
 pub mod pki;
 pub mod registry;
 pub mod serve;
@@ -50,9 +54,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machines(state) => cli::machines(&state)?,
         Command::Events { state, limit } => cli::events(&state, limit)?,
         Command::Machine(MachineCommand::Boot { mac, target, state }) => cli::machine_boot(mac, target, &state).await?,
-        Command::Machine(MachineCommand::Accept { id, state }) => cli::machine_decision(&id, "accept", &state)?,
-        Command::Machine(MachineCommand::Reject { id, state }) => cli::machine_decision(&id, "reject", &state)?,
-        Command::Machine(MachineCommand::Remove { id, state }) => cli::machine_decision(&id, "remove", &state)?,
+        Command::Machine(MachineCommand::Accept { id, state }) => {
+            cli::machine_decision(&id, Some(operator::Decision::Accept), &state)?
+        }
+        Command::Machine(MachineCommand::Reject { id, state }) => {
+            cli::machine_decision(&id, Some(operator::Decision::Reject), &state)?
+        }
+        Command::Machine(MachineCommand::Remove { id, state }) => cli::machine_decision(&id, None, &state)?,
         Command::Cluster(ClusterCommand::Status(state)) => cli::cluster_status(&state)?,
         Command::Cluster(ClusterCommand::Kubeconfig(state)) => cli::cluster_kubeconfig(&state)?,
         Command::Cluster(ClusterCommand::Get { key, via, state }) => cli::cluster_kv(&key, None, &via, &state)?,
@@ -104,7 +112,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub const EXIT_STORE: i32 = 5;
 
 /// The exit code for an error: 3 for a configuration to fix (bad file, or one this host does not
-/// match), 4 for a store in use, [`EXIT_STORE`] (5) for a store damaged or lost, 1 otherwise.
+/// match), 4 for a store in use, [`EXIT_STORE`] (5) for a store damaged or lost, what the
+/// operator table says for an action a running appliance refused (2 when what was asked must
+/// change: [`operator::exit_code_of`]), 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     use serve::ServeError;
     let host_mismatch = matches!(
@@ -118,6 +128,8 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         4
     } else if store_error(err).is_some_and(store::StoreError::is_damage) {
         EXIT_STORE
+    } else if let Some(refused) = err.chain().find_map(|e| e.downcast_ref::<admin::AdminError>()) {
+        refused.exit_code()
     } else {
         1
     }

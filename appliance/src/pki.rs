@@ -106,22 +106,27 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     Ok(params)
 }
 
-/// The stored secret `name`, or `candidate` stored as it. The candidate is made before asking,
-/// whether it is needed or not (one key or one signature, cheap): a maker failing inside
-/// `Store::secret_or_create` would leave an empty secret behind.
-fn secret_or_store(store: &Store, name: &str, what: &'static str, candidate: String) -> Result<String, PkiError> {
-    let bytes = store.secret_or_create(name, || candidate.into_bytes())?;
+/// The stored secret `name`, or the one `make` makes, stored as it (a maker that fails stores
+/// nothing).
+fn secret_or_make(
+    store: &Store,
+    name: &str,
+    what: &'static str,
+    make: impl FnOnce() -> Result<String, PkiError>,
+) -> Result<String, PkiError> {
+    let bytes = store.secret_or_try_create(name, || make().map(String::into_bytes))?;
     String::from_utf8(bytes).map_err(|_| PkiError::Damaged(what))
 }
 
 impl ClusterCa {
     /// Loads the CA from the store, making it at first start.
     pub fn load_or_create(store: &Store) -> Result<ClusterCa, PkiError> {
-        let new_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem();
-        let key_pem = secret_or_store(store, CA_KEY_SECRET, "key", new_key)?;
+        let key_pem = secret_or_make(store, CA_KEY_SECRET, "key", || {
+            Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem())
+        })?;
         let key = KeyPair::from_pem(&key_pem).map_err(|_| PkiError::Damaged("key"))?;
-        let new_cert = ca_params()?.self_signed(&key)?.pem();
-        let cert_pem = secret_or_store(store, CA_CERT_SECRET, "certificate", new_cert)?;
+        let cert_pem =
+            secret_or_make(store, CA_CERT_SECRET, "certificate", || Ok(ca_params()?.self_signed(&key)?.pem()))?;
         let cert_der =
             CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| PkiError::Damaged("certificate"))?;
         if !keys_match(&cert_der, &key) {

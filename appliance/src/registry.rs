@@ -179,8 +179,52 @@ pub enum Registration {
         old_key: Option<String>,
         happenings: Vec<Happening>,
     },
-    /// Reply with this status and message; record the happening if any.
-    Refuse { status: u16, message: String, happening: Option<Happening> },
+    /// Refuse with this message; record the happening if any. What status answers it is the
+    /// operator table's business ([`crate::operator::ActionError`]), not the registry's.
+    Refuse { kind: RefusalKind, message: String, happening: Option<Happening> },
+}
+
+/// Why a registration was refused, in kinds the protocol table maps to answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The request's shape is wrong (a field that does not parse, a string too long).
+    Malformed,
+    /// Neither the machine's boot token nor the join token.
+    WrongToken,
+    /// Not from where the appliance handed the machine its address or its boot token.
+    WrongPlace,
+    /// A duplicate identity, a replay, or a new key for a machine alive on its link.
+    Conflict,
+}
+
+/// A machine named by an operator that is not exactly one machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FindError {
+    #[error("no machine {0:?}: `oasis machines` lists them")]
+    Unknown(String),
+    #[error("{what:?} matches {} machines ({}): give more of the id", ids.len(), ids.join(", "))]
+    Ambiguous { what: String, ids: Vec<String> },
+}
+
+/// An operator's decision the registry cannot make.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    #[error(transparent)]
+    Find(#[from] FindError),
+    #[error(transparent)]
+    PoolExhausted(#[from] PoolExhausted),
+    #[error("a machine cannot be set back to pending: accept it, reject it, or remove it")]
+    BackToPending,
+}
+
+/// Every address of the management prefix is taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no free overlay address in the /{prefix_len} management prefix: widen wireguard.prefix in oasis.toml, or \
+     remove machines that are gone (`oasis machine remove ID`)"
+)]
+pub struct PoolExhausted {
+    pub prefix_len: u8,
 }
 
 /// The overlay network of the management links.
@@ -308,7 +352,7 @@ fn check_wire(mac: MacAddr, boot_token: Option<&BootToken>, wire: &Wire) -> Resu
 /// A registration refused by one of the checks, as [`Registration::Refuse`] carries it.
 #[derive(Debug)]
 struct Refused {
-    status: u16,
+    kind: RefusalKind,
     message: String,
     happening: Option<Happening>,
 }
@@ -346,7 +390,7 @@ impl Registry {
     }
 
     /// Finds a machine by id, unique id prefix, or boot MAC.
-    pub fn find(&self, what: &str) -> Result<&MachineRecord, String> {
+    pub fn find(&self, what: &str) -> Result<&MachineRecord, FindError> {
         if let Some(r) = self.records.get(what) {
             return Ok(r);
         }
@@ -358,8 +402,12 @@ impl Registry {
         let matches: Vec<_> = self.records.values().filter(|r| r.id.starts_with(what)).collect();
         match matches.as_slice() {
             [one] => Ok(one),
-            [] => Err(format!("no machine {what:?}: `oasis machines` lists them")),
-            _ => Err(format!("{what:?} matches {} machines: give more of the id", matches.len())),
+            [] => Err(FindError::Unknown(what.to_string())),
+            _ => {
+                let mut ids: Vec<String> = matches.iter().map(|r| r.id.clone()).collect();
+                ids.sort();
+                Err(FindError::Ambiguous { what: what.to_string(), ids })
+            }
         }
     }
 
@@ -374,13 +422,11 @@ impl Registry {
         wire: &Wire,
         now: u64,
     ) -> Registration {
-        let (mac, mut record, old_key, mut happenings) = match self
-            .admitted(req, token, wire)
-            .and_then(|mac| self.record_for(req, mac, wire, now))
-        {
-            Ok(found) => found,
-            Err(Refused { status, message, happening }) => return Registration::Refuse { status, message, happening },
-        };
+        let (mac, mut record, old_key, mut happenings) =
+            match self.admitted(req, token, wire).and_then(|mac| self.record_for(req, mac, wire, now)) {
+                Ok(found) => found,
+                Err(Refused { kind, message, happening }) => return Registration::Refuse { kind, message, happening },
+            };
         let id = record.id.clone();
         record.inventory = req.inventory.clone();
         record.agent_version = req.agent_version.clone();
@@ -393,7 +439,7 @@ impl Registry {
             match self.policy.accepts(&record) {
                 Some(why) => {
                     if let Err(e) = self.accept_into(&mut record, why, &mut happenings) {
-                        record.reason = e;
+                        record.reason = e.to_string();
                     }
                 }
                 None => record.reason = self.policy.pending_message(&id),
@@ -420,7 +466,7 @@ impl Registry {
             // Only what validates goes into the event: the request is not the appliance's.
             let mac: Option<MacAddr> = req.boot_mac.parse().ok();
             return Err(Refused {
-                status: 401,
+                kind: RefusalKind::WrongToken,
                 message: "the token is neither this machine's boot token nor the join token: boot the machine \
                           from this appliance again; its boot script carries a token for that boot"
                     .into(),
@@ -437,10 +483,10 @@ impl Registry {
         let mac = validate(req).map_err(|e| {
             let happening =
                 Happening { kind: "registration-malformed", mac: None, message: format!("registration refused: {e}") };
-            Refused { status: 400, message: e, happening: Some(happening) }
+            Refused { kind: RefusalKind::Malformed, message: e, happening: Some(happening) }
         })?;
         check_wire(mac, boot_token, wire).map_err(|why| Refused {
-            status: 403,
+            kind: RefusalKind::WrongPlace,
             message: why.clone(),
             happening: Some(Happening {
                 kind: "registration-refused",
@@ -486,14 +532,14 @@ impl Registry {
                 existing.boot_mac
             );
             return Err(Refused {
-                status: 409,
+                kind: RefusalKind::Conflict,
                 message: message.clone(),
                 happening: Some(Happening { kind: "duplicate-identity", mac: Some(mac), message }),
             });
         }
         if existing.recent_nonces.contains(&req.nonce) {
             return Err(Refused {
-                status: 409,
+                kind: RefusalKind::Conflict,
                 message: "replayed registration: this nonce was already used".into(),
                 happening: Some(Happening {
                     kind: "registration-replayed",
@@ -508,7 +554,7 @@ impl Registry {
         }
         if let Some(heard) = self.alive_on_link(existing, wire, now) {
             return Err(Refused {
-                status: 409,
+                kind: RefusalKind::Conflict,
                 message: format!(
                     "machine {id} is alive on its management link ({heard}), and this registration brings a new \
                      WireGuard key: a live machine is not re-keyed. A machine that really rebooted is accepted \
@@ -556,15 +602,12 @@ impl Registry {
         record: &mut MachineRecord,
         why: &str,
         happenings: &mut Vec<Happening>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PoolExhausted> {
         if record.overlay.is_none() {
             let used: HashSet<Ipv4Addr> = self.records.values().filter_map(|r| r.overlay).collect();
             let free = self.overlay.hosts().find(|a| *a != self.overlay.appliance && !used.contains(a));
             let Some(address) = free else {
-                return Err(format!(
-                    "no free overlay address in the /{} management prefix: widen wireguard.prefix",
-                    self.overlay.prefix_len
-                ));
+                return Err(PoolExhausted { prefix_len: self.overlay.prefix_len });
             };
             record.overlay = Some(address);
         }
@@ -579,7 +622,7 @@ impl Registry {
     }
 
     /// An operator's decision; returns the changed record and its event.
-    pub fn decide(&self, what: &str, state: MachineState) -> Result<(MachineRecord, Happening), String> {
+    pub fn decide(&self, what: &str, state: MachineState) -> Result<(MachineRecord, Happening), DecideError> {
         let mut record = self.find(what)?.clone();
         let mut happenings = vec![];
         match state {
@@ -594,7 +637,7 @@ impl Registry {
                     message: format!("{} rejected by an operator", record.id),
                 });
             }
-            MachineState::Pending => return Err("a machine cannot be set back to pending".into()),
+            MachineState::Pending => return Err(DecideError::BackToPending),
         }
         Ok((record, happenings.remove(0)))
     }
@@ -709,7 +752,9 @@ mod tests {
                 reg.apply(*record);
                 Ok((response, happenings))
             }
-            Registration::Refuse { status, message, happening } => Err((status, message, happening)),
+            Registration::Refuse { kind, message, happening } => {
+                Err((crate::operator::refusal_status(kind).as_u16(), message, happening))
+            }
         }
     }
 
@@ -739,18 +784,21 @@ mod tests {
         let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
         let mut bad = request(UUID, "52:54:00:00:00:01", 1, "1");
         bad.token = "guess".into();
-        assert!(matches!(reg.register(&bad, TOKEN, "c", &proxy(), 1), Registration::Refuse { status: 401, .. }));
+        assert!(matches!(
+            reg.register(&bad, TOKEN, "c", &proxy(), 1),
+            Registration::Refuse { kind: RefusalKind::WrongToken, .. }
+        ));
         // Issue 13, defect 5: the refusal's event quoted the request's fields unvalidated.
         bad.boot_mac = "x".repeat(60_000);
         match reg.register(&bad, TOKEN, "c", &proxy(), 1) {
-            Registration::Refuse { status: 401, happening: Some(h), .. } => {
+            Registration::Refuse { kind: RefusalKind::WrongToken, happening: Some(h), .. } => {
                 assert_eq!(h.message, "registration from 10.0.0.100 refused: wrong token");
             }
             other => panic!("{other:?}"),
         }
         bad.token = TOKEN.into();
         match reg.register(&bad, TOKEN, "c", &proxy(), 1) {
-            Registration::Refuse { status: 400, message, happening } => {
+            Registration::Refuse { kind: RefusalKind::Malformed, message, happening } => {
                 assert!(message.len() < 200, "{}", message.len());
                 assert!(happening.unwrap().message.len() < 250);
             }
@@ -766,7 +814,9 @@ mod tests {
             let mut r = request(UUID, "52:54:00:00:00:01", 1, "1");
             mutate(&mut r);
             match reg.register(&r, TOKEN, "c", &proxy(), 1) {
-                Registration::Refuse { status: 400, message, .. } => assert!(message.contains(field), "{message}"),
+                Registration::Refuse { kind: RefusalKind::Malformed, message, .. } => {
+                    assert!(message.contains(field), "{message}")
+                }
                 other => panic!("{field}: {other:?}"),
             }
         }
@@ -841,7 +891,7 @@ mod tests {
         let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
         register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
         match reg.register(&request(UUID, "52:54:00:00:00:02", 2, "1"), TOKEN, "c", &proxy(), 1) {
-            Registration::Refuse { status: 409, message, happening: Some(h) } => {
+            Registration::Refuse { kind: RefusalKind::Conflict, message, happening: Some(h) } => {
                 assert!(message.contains("oasis machine remove"), "{message}");
                 assert_eq!(h.kind, "duplicate-identity");
             }

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use oasis_proto::Artifact;
 
 use crate::admin;
-use crate::api::{self, Api};
+use crate::api::{self, Api, PeerDevice, PeerQueue};
 use crate::assembly::kubernetes::Kubernetes;
 use crate::assembly::world::SystemClock;
 use crate::assembly::{Controller, Outputs, Provisions, World};
@@ -188,14 +188,16 @@ async fn start_management(
         keepalive_secs: w.keepalive,
     };
     let (desired, _) = tokio::sync::watch::channel(Arc::default());
+    let interface = Arc::new(interface);
     Ok(Arc::new(Api {
         registry: tokio::sync::Mutex::new(Registry::new(policy, overlay, records)),
         store: store.clone(),
         identity,
-        wireguard: Some(Arc::new(interface)),
+        wireguard: Some(interface.clone()),
         desired,
         artifacts,
         full_dhcp: full_dhcp(config),
+        peers: PeerQueue::new(Some(interface as Arc<dyn PeerDevice>)),
     }))
 }
 
@@ -369,11 +371,8 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
         addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
         source,
     })?;
-    let admin_router = admin::router(
-        store.clone(),
-        api.clone(),
-        admin::ClusterHandle { status: status_rx, etcd, kubeconfig: kubeconfig_rx },
-    );
+    let admin_router =
+        admin::router(api.clone(), admin::ClusterHandle { status: status_rx, etcd, kubeconfig: kubeconfig_rx });
     let guard = Guard::new(Listener::Admin, caps.admin.clone(), Timeouts::default(), metrics.clone());
     tasks.spawn(async move {
         conn::serve(admin_listener, guard, conn::plain, admin_router).await;

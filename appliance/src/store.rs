@@ -799,21 +799,36 @@ impl Store {
     /// The secret `name`, made by `make` and committed if the store has none yet. For startup,
     /// before anything else writes.
     pub fn secret_or_create(&self, name: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        self.secret_or_try_create(name, || Ok::<_, StoreError>(make()))
+    }
+
+    /// The secret `name`, or the one `make` makes, committed before it is returned. The way to
+    /// keep every secret made once: a maker that fails commits nothing (no empty secret that
+    /// every later start would find unreadable), and the next start makes it again.
+    pub fn secret_or_try_create<E: From<StoreError>>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Vec<u8>, E> {
         if let Some(value) = self.secret(name)? {
             return Ok(value);
         }
         if self.is_full() {
-            return Err(StoreError::Full { dir: self.shared.data_dir.clone() });
+            return Err(StoreError::Full { dir: self.shared.data_dir.clone() }.into());
         }
         if !self.is_new() {
             tracing::warn!("the store {} had no secret {name:?}: made a new one", self.shared.path.display());
         }
-        let value = make();
-        let db = self.db()?;
-        let mut txn = db.begin_write()?;
-        txn.set_two_phase_commit(true);
-        put(&mut txn.open_table(SECRETS)?, name, &value)?;
-        txn.commit()?;
+        let value = make()?;
+        let commit = || -> Result<(), StoreError> {
+            let db = self.db()?;
+            let mut txn = db.begin_write()?;
+            txn.set_two_phase_commit(true);
+            put(&mut txn.open_table(SECRETS)?, name, &value)?;
+            txn.commit()?;
+            Ok(())
+        };
+        commit()?;
         Ok(value)
     }
 

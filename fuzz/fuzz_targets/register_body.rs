@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libfuzzer_sys::fuzz_target;
 use oasis_appliance::registry::{
-    credential_hash, BootToken, Leases, MachineRecord, Overlay, Policy, Registration, Registry, Wire,
+    credential_hash, BootToken, Leases, MachineRecord, Overlay, Policy, RefusalKind, Registration, Registry, Wire,
 };
 use oasis_proto::{Heartbeat, Inventory, MachineState, RegisterRequest, RegisterResponse, System};
 use oasis_pxe::mac::MacAddr;
@@ -111,7 +111,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(req) = serde_json::from_slice::<RegisterRequest>(body) else { return };
     let before: Vec<MachineRecord> = registry.records().cloned().collect();
     match registry.register(&req, TOKEN, "fresh-credential", &wire, NOW) {
-        Registration::Refuse { status, message, .. } => {
+        Registration::Refuse { kind, message, .. } => {
+            let status = oasis_appliance::operator::refusal_status(kind).as_u16();
             assert!(matches!(status, 400 | 401 | 403 | 409), "status {status}: {message}");
             assert!(!message.is_empty());
         }
@@ -138,7 +139,7 @@ fuzz_target!(|data: &[u8]| {
             registry.apply(*record);
             // The same request again is a replay.
             match registry.register(&req, TOKEN, "another-credential", &wire, NOW + 1) {
-                Registration::Refuse { status: 409, .. } => {}
+                Registration::Refuse { kind: RefusalKind::Conflict, .. } => {}
                 other => panic!("a replayed registration was not refused: {other:?}"),
             }
         }

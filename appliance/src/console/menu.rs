@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::status::{self, Serve};
 use super::terminal::{Input, Terminal};
-use crate::admin;
+use crate::operator::{self, Action, Decision};
 use crate::store::Event;
 
 /// How often the status is read again; a block is printed only when it changed.
@@ -180,23 +180,24 @@ fn accept_pending(term: &mut dyn Terminal, data_dir: &Path) -> io::Result<()> {
     for i in chosen {
         let Some(view) = &pending[i].registration else { continue };
         let id = &view.record.id;
-        match admin::request(data_dir, "POST", &format!("/v1/machines/{id}/accept")) {
+        let accept = Action::Decide { machine: id.clone(), decision: Decision::Accept };
+        match operator::ask(data_dir, &accept) {
             Ok(Some(_)) => say(term, &format!("oasis: accepted {id}"))?,
             Ok(None) => say(term, &format!("oasis: {id} not accepted: oasis serve stopped"))?,
-            Err(e) => say(term, &format!("oasis: {id} not accepted: {e}"))?,
+            Err(e) => say(term, &e.console_line(&format!("{id} not accepted")))?,
         }
     }
     Ok(())
 }
 
 fn show_events(term: &mut dyn Terminal, data_dir: &Path) -> io::Result<()> {
-    let events: Vec<Event> = match admin::request(data_dir, "GET", &format!("/v1/events?limit={EVENTS_SHOWN}")) {
+    let events: Vec<Event> = match operator::ask(data_dir, &Action::Events { limit: EVENTS_SHOWN }) {
         Ok(Some(body)) => match serde_json::from_slice(&body) {
             Ok(events) => events,
             Err(e) => return say(term, &format!("oasis: unreadable events: {e}")),
         },
         Ok(None) => return say(term, "oasis: oasis serve is not running; try again in a moment"),
-        Err(e) => return say(term, &format!("oasis: cannot read the events: {e}")),
+        Err(e) => return say(term, &e.console_line("cannot read the events")),
     };
     say(term, &format!("events, newest last ({} shown):", events.len()))?;
     if events.is_empty() {
@@ -214,6 +215,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::admin;
     use crate::console::terminal::ScriptedTerminal;
 
     #[derive(Default)]
@@ -343,7 +345,7 @@ mod tests {
                 kubeconfig: tokio::sync::watch::channel(None).1,
             };
             let listener = admin::listen(dir).unwrap();
-            let router = admin::router(api.store.clone(), api.clone(), cluster);
+            let router = admin::router(api.clone(), cluster);
             tokio::spawn(async move { axum::serve(listener, router).await });
             api
         })

@@ -1,0 +1,507 @@
+//! The operator interface: every action an operator can take on a running appliance, one
+//! handler for all of them, and one table from their errors to what each door answers.
+//!
+//! Four doors lead here and only parse and render: the HTTPS admin routes ([`crate::api`], with
+//! the admin token), the admin socket ([`crate::admin`]), and, through the socket, the CLI
+//! ([`crate::cli`]) and the console menu ([`crate::console`]). The CLI and the console say what
+//! they want as an [`Action`] too: [`Action::request`] is the socket request that carries it,
+//! and [`ask`] sends it.
+//!
+//! [`ActionError`] is the protocol table: [`ActionError::status`] (HTTP) and [`exit_code_of`]
+//! (the CLI's exit code, from the status a door answered); its message, causes included
+//! ([`chain`]), is the error body the CLI prints and the console shows after "oasis: ". The
+//! registry's registration refusals ([`RefusalKind`]) get their status here as well
+//! ([`refusal_status`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use oasis_proto::{ErrorBody, MachineState};
+use oasis_pxe::dhcp::Lease;
+use oasis_pxe::mac::MacAddr;
+
+use crate::admin::{self, ClusterHandle, MachineEntry};
+use crate::api::{self, Api, MachineView};
+use crate::assembly::status::ClusterStatus;
+use crate::etcd::EtcdError;
+use crate::registry::{AuthError, DecideError, FindError, Happening, MachineRecord, PoolExhausted, RefusalKind};
+use crate::store::{BootMode, Event, StoreError};
+
+/// An operator's accept or reject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Accept,
+    Reject,
+}
+
+impl Decision {
+    /// The word in a request path (`/v1/machines/ID/accept`).
+    pub fn word(self) -> &'static str {
+        match self {
+            Decision::Accept => "accept",
+            Decision::Reject => "reject",
+        }
+    }
+
+    /// What the CLI prints after it: "ID accepted".
+    pub fn past(self) -> &'static str {
+        match self {
+            Decision::Accept => "accepted",
+            Decision::Reject => "rejected",
+        }
+    }
+
+    fn parse(word: &str) -> Result<Decision, ActionError> {
+        match word {
+            "accept" => Ok(Decision::Accept),
+            "reject" => Ok(Decision::Reject),
+            other => Err(ActionError::NoDecision(other.to_string())),
+        }
+    }
+}
+
+/// Everything an operator can do to a running appliance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Every machine: its network boots and, once its agent registered, its registration.
+    Machines,
+    /// Registered machines only (the HTTPS door's `GET /v1/machines`).
+    Registrations,
+    Leases,
+    /// The newest `limit` events.
+    Events {
+        limit: usize,
+    },
+    /// Accept or reject a machine named by id, unique id prefix or boot MAC.
+    Decide {
+        machine: String,
+        decision: Decision,
+    },
+    /// Forget a machine; it registers as new when it boots again.
+    Remove {
+        machine: String,
+    },
+    /// Boot a MAC from the network (the boot profile) or from its local disk.
+    SetBoot {
+        mac: MacAddr,
+        mode: BootMode,
+    },
+    ClusterStatus,
+    Kubeconfig,
+    /// Read one etcd key through the member on machine `via`.
+    KvGet {
+        via: String,
+        key: String,
+    },
+    /// Write one etcd key through the member on machine `via`.
+    KvPut {
+        via: String,
+        key: String,
+        value: String,
+    },
+}
+
+/// What an action answers.
+#[derive(Debug)]
+pub enum Answer {
+    Machines(Vec<MachineEntry>),
+    Registrations(Vec<MachineView>),
+    Leases(Vec<Lease>),
+    Events(Vec<Event>),
+    /// The record an accept, reject or remove changed.
+    Machine(Box<MachineRecord>),
+    /// Done; nothing to say.
+    Done,
+    Cluster(Box<ClusterStatus>),
+    /// Text as it is (a kubeconfig, an etcd value).
+    Text(String),
+}
+
+/// Why an action (or an agent's request to the HTTPS API) was not done. Each variant's row in
+/// the table is [`ActionError::status`].
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error(transparent)]
+    Find(#[from] FindError),
+    #[error(transparent)]
+    PoolExhausted(#[from] PoolExhausted),
+    #[error("a machine cannot be set back to pending: accept it, reject it, or remove it")]
+    BackToPending,
+    #[error("no decision {0:?}: accept or reject")]
+    NoDecision(String),
+    #[error("{0:?} is not a MAC address")]
+    BadMac(String),
+    #[error("boot mode {0:?} is not network or local")]
+    BadBootMode(String),
+    #[error("{0} has no management address: it is not accepted (`oasis machine accept {0}`)")]
+    NotAccepted(String),
+    #[error("no key {0:?}")]
+    NoKey(String),
+    #[error("etcd on {via} did not answer")]
+    Etcd { via: String, source: EtcdError },
+    #[error("no kubeconfig: the node image has no k3s bundle, or no k3s server is up yet (oasis cluster status)")]
+    NoKubeconfig,
+    #[error("this door does not reach cluster assembly: ask the admin socket (`oasis cluster ...` on the appliance)")]
+    NoCluster,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A commit on an agent's behalf failed; logged with its cause, not told to the agent.
+    #[error("the appliance could not record this; try again")]
+    NotRecorded(#[source] StoreError),
+    /// A read on an agent's behalf failed; logged with its cause, not told to the agent.
+    #[error("the appliance could not read its store; try again")]
+    NotRead(#[source] StoreError),
+    /// A registration the registry refused, with its own message.
+    #[error("{message}")]
+    Refused { kind: RefusalKind, message: String },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("no credential")]
+    NoCredential,
+    #[error("admin token required (DATA_DIR/admin-token on the appliance)")]
+    NoAdminToken,
+    #[error("wrong admin token")]
+    WrongAdminToken,
+    #[error("the request body is not acceptable: {text}")]
+    Body { too_large: bool, text: String },
+    #[error("no artifact {0}")]
+    NoArtifact(String),
+    #[error("artifact {path} unreadable")]
+    Artifact { path: PathBuf, source: std::io::Error },
+}
+
+impl From<DecideError> for ActionError {
+    fn from(e: DecideError) -> Self {
+        match e {
+            DecideError::Find(e) => e.into(),
+            DecideError::PoolExhausted(e) => e.into(),
+            DecideError::BackToPending => ActionError::BackToPending,
+        }
+    }
+}
+
+/// The status a registration refusal is answered with.
+pub fn refusal_status(kind: RefusalKind) -> StatusCode {
+    match kind {
+        RefusalKind::Malformed => StatusCode::BAD_REQUEST,
+        RefusalKind::WrongToken => StatusCode::UNAUTHORIZED,
+        RefusalKind::WrongPlace => StatusCode::FORBIDDEN,
+        RefusalKind::Conflict => StatusCode::CONFLICT,
+    }
+}
+
+/// The status for a store error: a full data partition is 507, anything else is the appliance's
+/// trouble and worth another try later (damage needs its operator, and its message says how).
+fn store_status(e: &StoreError) -> StatusCode {
+    match e {
+        StoreError::Full { .. } => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+impl ActionError {
+    /// The protocol table: the HTTP status each error is answered with.
+    pub fn status(&self) -> StatusCode {
+        use ActionError::*;
+        match self {
+            Find(FindError::Unknown(_)) | NoDecision(_) | NoKey(_) | NoKubeconfig | NoArtifact(_) => {
+                StatusCode::NOT_FOUND
+            }
+            // The name is fine, the appliance cannot tell which: the message lists them.
+            Find(FindError::Ambiguous { .. }) => StatusCode::CONFLICT,
+            // Nothing the request can fix: the operator widens the prefix (the message says so).
+            PoolExhausted(_) | BackToPending | NotAccepted(_) => StatusCode::CONFLICT,
+            BadMac(_) | BadBootMode(_) => StatusCode::BAD_REQUEST,
+            Etcd { .. } => StatusCode::BAD_GATEWAY,
+            NoCluster => StatusCode::NOT_IMPLEMENTED,
+            Store(e) | NotRecorded(e) | NotRead(e) => store_status(e),
+            Refused { kind, .. } => refusal_status(*kind),
+            Auth(AuthError::OutsideLink) => StatusCode::FORBIDDEN,
+            Auth(_) | NoCredential | NoAdminToken | WrongAdminToken => StatusCode::UNAUTHORIZED,
+            Body { too_large: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Body { too_large: false, .. } => StatusCode::BAD_REQUEST,
+            Artifact { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The CLI's exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        exit_code_of(self.status())
+    }
+}
+
+/// The CLI's exit code for a door's answer: 2 when what was asked must change (4xx: an unknown
+/// or ambiguous machine, a machine not accepted, a prefix to widen), 1 when the appliance failed
+/// (5xx), 0 for success.
+pub fn exit_code_of(status: StatusCode) -> i32 {
+    if status.is_success() {
+        0
+    } else if status.is_client_error() {
+        2
+    } else {
+        1
+    }
+}
+
+/// An error and its sources, joined with ": ".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let line = cause.to_string();
+        // `#[error(transparent)]` shows its source's message already.
+        if !text.ends_with(&line) {
+            text = format!("{text}: {line}");
+        }
+        next = cause.source();
+    }
+    text
+}
+
+impl IntoResponse for ActionError {
+    fn into_response(self) -> Response {
+        match &self {
+            ActionError::NotRecorded(e) => tracing::error!("store commit failed: {e}"),
+            ActionError::NotRead(e) => tracing::error!("store read failed: {e}"),
+            _ => {}
+        }
+        (self.status(), Json(ErrorBody { error: chain(&self) })).into_response()
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self {
+            Answer::Machines(m) => Json(m).into_response(),
+            Answer::Registrations(m) => Json(m).into_response(),
+            Answer::Leases(l) => Json(l).into_response(),
+            Answer::Events(e) => Json(e).into_response(),
+            Answer::Machine(r) => Json(r).into_response(),
+            Answer::Done => StatusCode::NO_CONTENT.into_response(),
+            Answer::Cluster(s) => Json(s).into_response(),
+            Answer::Text(t) => (StatusCode::OK, t).into_response(),
+        }
+    }
+}
+
+/// The one handler of [`Action`]s.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    pub api: Arc<Api>,
+    /// Cluster assembly, where the door reaches it (the admin socket does, HTTPS does not).
+    pub cluster: Option<ClusterHandle>,
+}
+
+impl Operator {
+    pub async fn handle(&self, action: Action) -> Result<Answer, ActionError> {
+        let store = &self.api.store;
+        Ok(match action {
+            Action::Machines => {
+                let views = api::machine_views(&self.api).await;
+                Answer::Machines(admin::machine_entries(store.machines()?, views))
+            }
+            Action::Registrations => Answer::Registrations(api::machine_views(&self.api).await),
+            Action::Leases => Answer::Leases(store.leases()?),
+            Action::Events { limit } => Answer::Events(store.events(limit)?),
+            Action::Decide { machine, decision } => Answer::Machine(Box::new(self.decide(&machine, decision).await?)),
+            Action::Remove { machine } => Answer::Machine(Box::new(self.remove(&machine).await?)),
+            Action::SetBoot { mac, mode } => {
+                store.set_boot_mode(mac, mode).await?;
+                Answer::Done
+            }
+            Action::ClusterStatus => Answer::Cluster(Box::new(self.cluster()?.status.borrow().as_ref().clone())),
+            Action::Kubeconfig => {
+                Answer::Text(self.cluster()?.kubeconfig.borrow().clone().ok_or(ActionError::NoKubeconfig)?)
+            }
+            Action::KvGet { via, key } => Answer::Text(self.kv(&via, &key, None).await?),
+            Action::KvPut { via, key, value } => Answer::Text(self.kv(&via, &key, Some(value)).await?),
+        })
+    }
+
+    fn cluster(&self) -> Result<&ClusterHandle, ActionError> {
+        self.cluster.as_ref().ok_or(ActionError::NoCluster)
+    }
+
+    /// An accept or reject: decided and committed under the registry lock, the peer changed
+    /// after it (see [`api::PeerQueue`]).
+    async fn decide(&self, machine: &str, decision: Decision) -> Result<MachineRecord, ActionError> {
+        let state = match decision {
+            Decision::Accept => MachineState::Accepted,
+            Decision::Reject => MachineState::Rejected,
+        };
+        let api = &self.api;
+        let peer = {
+            let mut registry = api.registry.lock().await;
+            let (record, happening) = registry.decide(machine, state)?;
+            api.store.save_record(record.clone(), vec![happening]).await?;
+            registry.apply(record.clone());
+            (api.peers.after_commit(api::PeerChange::of(&record, None)), record)
+        };
+        let (turn, record) = peer;
+        turn.await;
+        Ok(record)
+    }
+
+    async fn remove(&self, machine: &str) -> Result<MachineRecord, ActionError> {
+        let api = &self.api;
+        let (turn, record) = {
+            let mut registry = api.registry.lock().await;
+            let record = registry.find(machine)?.clone();
+            let happening = Happening {
+                kind: "machine-removed",
+                mac: Some(record.boot_mac),
+                message: format!("{} removed by an operator; it registers as new when it boots again", record.id),
+            };
+            api.store.remove_record(record.id.clone(), happening).await?;
+            registry.remove(&record.id);
+            let change =
+                api::PeerChange { remove: vec![record.wireguard_key.clone()], add: None, id: record.id.clone() };
+            (api.peers.after_commit(change), record)
+        };
+        turn.await;
+        Ok(record)
+    }
+
+    /// One etcd read or write through the member on machine `via`: the value read or written.
+    async fn kv(&self, via: &str, key: &str, value: Option<String>) -> Result<String, ActionError> {
+        let cluster = self.cluster()?;
+        let overlay = self.api.registry.lock().await.find(via)?.overlay;
+        let overlay = overlay.ok_or_else(|| ActionError::NotAccepted(via.to_string()))?;
+        let ep = std::net::SocketAddr::from((overlay, oasis_proto::ETCD_CLIENT_PORT));
+        let etcd = |source| ActionError::Etcd { via: via.to_string(), source };
+        let bytes = match value {
+            Some(value) => {
+                cluster.etcd.put(ep, key.as_bytes(), value.as_bytes()).await.map_err(etcd)?;
+                value.into_bytes()
+            }
+            None => cluster
+                .etcd
+                .get(ep, key.as_bytes())
+                .await
+                .map_err(etcd)?
+                .ok_or_else(|| ActionError::NoKey(key.into()))?,
+        };
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// Parses the words of a boot path (`/v1/machines/{mac}/boot/{mode}`).
+pub fn set_boot(mac: &str, mode: &str) -> Result<Action, ActionError> {
+    let mac = mac.parse::<MacAddr>().map_err(|_| ActionError::BadMac(mac.to_string()))?;
+    let mode = match mode {
+        "network" => BootMode::Network,
+        "local" => BootMode::Local,
+        other => return Err(ActionError::BadBootMode(other.to_string())),
+    };
+    Ok(Action::SetBoot { mac, mode })
+}
+
+/// Parses `/v1/machines/{id}/{decision}`.
+pub fn decide(machine: &str, decision: &str) -> Result<Action, ActionError> {
+    Ok(Action::Decide { machine: machine.to_string(), decision: Decision::parse(decision)? })
+}
+
+/// Percent-encodes a query parameter value.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Action {
+    /// The admin socket request (method, path) that carries this action.
+    pub fn request(&self) -> (&'static str, String) {
+        match self {
+            Action::Machines | Action::Registrations => ("GET", "/v1/machines".into()),
+            Action::Leases => ("GET", "/v1/leases".into()),
+            Action::Events { limit } => ("GET", format!("/v1/events?limit={limit}")),
+            Action::Decide { machine, decision } => ("POST", format!("/v1/machines/{machine}/{}", decision.word())),
+            Action::Remove { machine } => ("DELETE", format!("/v1/machines/{machine}")),
+            Action::SetBoot { mac, mode } => {
+                let word = match mode {
+                    BootMode::Network => "network",
+                    BootMode::Local => "local",
+                };
+                ("PUT", format!("/v1/machines/{mac}/boot/{word}"))
+            }
+            Action::ClusterStatus => ("GET", "/v1/cluster".into()),
+            Action::Kubeconfig => ("GET", "/v1/cluster/kubeconfig".into()),
+            Action::KvGet { via, key } => {
+                ("GET", format!("/v1/cluster/kv?via={}&key={}", query_value(via), query_value(key)))
+            }
+            Action::KvPut { via, key, value } => (
+                "POST",
+                format!(
+                    "/v1/cluster/kv?via={}&key={}&value={}",
+                    query_value(via),
+                    query_value(key),
+                    query_value(value)
+                ),
+            ),
+        }
+    }
+}
+
+/// Sends `action` to the running appliance's admin socket in `data_dir`: the answer's body, or
+/// `None` when no appliance runs there.
+pub fn ask(data_dir: &Path, action: &Action) -> Result<Option<Vec<u8>>, admin::AdminError> {
+    let (method, path) = action.request();
+    admin::request(data_dir, method, &path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::AdminError;
+    use crate::registry::Policy;
+
+    /// Every action a client says goes through the admin socket's router to the handler, and
+    /// its refusals come back with the table's status.
+    #[test]
+    fn actions_travel_through_the_admin_socket_and_refusals_keep_their_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let api = rt.block_on(async {
+            let api = api::test_api(dir.path(), Policy::Manual);
+            let ca = crate::pki::ClusterCa::load_or_create(&api.store).unwrap();
+            let cluster = ClusterHandle {
+                status: tokio::sync::watch::channel(Arc::default()).1,
+                etcd: crate::etcd::EtcdClient::new(&ca).unwrap(),
+                kubeconfig: tokio::sync::watch::channel(None).1,
+            };
+            let listener = admin::listen(dir.path()).unwrap();
+            let router = admin::router(api.clone(), cluster);
+            tokio::spawn(async move { axum::serve(listener, router).await });
+            api
+        });
+        let refused = |action: Action| match ask(dir.path(), &action) {
+            Err(AdminError::Refused { status, message }) => (status.as_u16(), message),
+            other => panic!("{action:?} was not refused: {other:?}"),
+        };
+
+        let mac: MacAddr = "52:54:00:aa:00:01".parse().unwrap();
+        let answer = ask(dir.path(), &Action::SetBoot { mac, mode: BootMode::Local }).unwrap();
+        assert_eq!(answer, Some(vec![]), "204, nothing to say");
+        let machines = ask(dir.path(), &Action::Machines).unwrap().unwrap();
+        let machines: Vec<MachineEntry> = serde_json::from_slice(&machines).unwrap();
+        assert!(machines.iter().any(|m| m.netboot.mac == mac && m.netboot.boot == BootMode::Local), "{machines:?}");
+
+        let (status, message) = refused(Action::Decide { machine: "nobody".into(), decision: Decision::Accept });
+        assert_eq!(status, 404, "{message}");
+        assert!(message.contains("`oasis machines` lists them"), "{message}");
+        let (status, message) = refused(Action::Kubeconfig);
+        assert_eq!(status, 404, "{message}");
+        let (status, message) = refused(Action::KvGet { via: "nobody".into(), key: "k".into() });
+        assert_eq!(status, 404, "{message}");
+        // A path no client makes, through the same table.
+        let e = admin::request(dir.path(), "PUT", "/v1/machines/not-a-mac/boot/local").unwrap_err();
+        assert_eq!((e.exit_code(), e.to_string()), (2, "\"not-a-mac\" is not a MAC address".to_string()));
+        drop(api);
+    }
+}
