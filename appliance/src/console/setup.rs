@@ -440,7 +440,7 @@ pub fn to_toml(a: &Answers) -> String {
 
 /// Checks that `text` is a valid configuration that says what the operator answered.
 fn check(text: &str, a: &Answers) -> Result<(), String> {
-    let c = Config::parse(text, Path::new(CONFIG_PATH)).map_err(|e| e.to_string())?;
+    let c = Config::parse(text, Path::new(CONFIG_PATH)).map_err(|e| format!("{e}: {}", e.problem()))?;
     let range = c.dhcp.as_ref().and_then(|d| d.full.as_ref()).map(|(pool, _, _)| (pool.start, pool.end));
     let listed = |entry: &String| match entry.parse::<oasis_pxe::mac::MacAddr>() {
         Ok(mac) => c.allow_macs.contains(&mac),

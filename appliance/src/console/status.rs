@@ -65,7 +65,7 @@ pub fn fetch(data_dir: &Path) -> View {
     };
     let rack_address = match Config::load(&data_dir.join(CONFIG_FILE)) {
         Ok(c) => format!("{}/{} on {}", c.address, u32::from(c.netmask).leading_ones(), c.interface),
-        Err(e) => format!("unknown ({e})"),
+        Err(e) => format!("unknown ({e}: {})", e.problem()),
     };
     let admin_token = match token_fingerprint(data_dir) {
         Ok(fingerprint) => format!("sha256 {fingerprint}"),
