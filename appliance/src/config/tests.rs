@@ -129,3 +129,88 @@ fn proxy_mode_needs_no_range() {
     let c = parse(&text).unwrap();
     assert!(c.dhcp.unwrap().full.is_none());
 }
+
+/// The line comes from the parser, not from the first line that starts with the key's name: a
+/// dotted key, a second table of the same name, a key that is in two sections, or the key's
+/// name at the start of a line inside a multi-line string all used to be given no line or the
+/// wrong one.
+#[test]
+fn lines_are_where_the_parser_found_the_value() {
+    let reservation = "\n[[dhcp.reservation]]\nmac = \"52:54:00:00:00:02\"\naddress = \"10.0.0.50\"\n";
+    let cases = [
+        (format!("{GOOD}{reservation}"), "dhcp.reservation (line 21): 10.0.0.50 is reserved twice"),
+        (format!("events.max_count = 10\n{GOOD}"), "events.max_count (line 1) is 10"),
+        (GOOD.replace("interface = \"br0\"", "interface = \"br/0\""), "network.interface (line 5): \"br/0\""),
+        (format!("{GOOD}\n[wireguard]\ninterface = \"wg/0\"\n"), "wireguard.interface (line 22): \"wg/0\""),
+        (
+            GOOD.replace("router = \"10.0.0.1\"", "domain_name = \"\"\"\nname = \"\"\"")
+                + "\n[cluster]\nname = \"My Rack\"\n",
+            "cluster.name (line 23): \"My Rack\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = failure(&text);
+        assert!(err.contains(want), "wanted {want:?} in: {err}");
+    }
+}
+
+/// Names of the profile's files that the boot root refuses whatever it holds: `oasis serve`
+/// stopped at start ("the boot profile's kernel ... is not in the boot root"), after
+/// `config check` had passed them.
+#[test]
+fn profile_files_the_boot_root_can_never_serve_are_refused() {
+    let long = "k".repeat(300);
+    for (kernel, want) in [
+        ("..\\\\vmlinuz", "profile.kernel (line 17): file name \"../vmlinuz\" climbs out of the boot root"),
+        ("\\\\vmlinuz", "is absolute"),
+        (".", "profile.kernel (line 17)"),
+        (long.as_str(), "300 bytes long"),
+    ] {
+        let text = GOOD.replace("kernel = \"payload/vmlinuz\"", &format!("kernel = \"{kernel}\""));
+        let err = failure(&text);
+        assert!(err.contains(want), "{kernel}: wanted {want:?} in: {err}");
+    }
+    let err = failure(&GOOD.replace("initrd = \"payload/initrd.img\"", "initrd = \"a\\u0000b\""));
+    assert!(err.contains("profile.initrd (line 18): file name contains a NUL byte"), "{err}");
+}
+
+/// Two services on one port: the second cannot listen and `oasis serve` stopped at start
+/// (HTTP and the API both listen on TCP; WireGuard, TFTP and DHCP on UDP, WireGuard and TFTP
+/// without sharing).
+#[test]
+fn services_sharing_a_port_are_refused() {
+    for (extra, want) in [
+        ("[api]\nport = 80\n", "api.port (line 22) is 80, which http.port also uses"),
+        ("[http]\nport = 8443\n[api]\nport = 8443\n", "api.port (line 24) is 8443, which http.port also uses"),
+        ("[wireguard]\nport = 69\n", "wireguard.port (line 22) is 69, which tftp.port also uses"),
+        ("[tftp]\nport = 67\n", "tftp.port (line 22) is 67, which dhcp.port also uses"),
+        ("[tftp]\nport = 4011\n", "tftp.port (line 22) is 4011, which dhcp.proxy_port also uses"),
+        ("[wireguard]\nport = 67\n", "the management network and the DHCP server cannot share a UDP port"),
+    ] {
+        let err = failure(&format!("{GOOD}\n{extra}"));
+        assert!(err.contains(want), "wanted {want:?} in: {err}");
+    }
+    // What may share: DHCP's two sockets, a port of a service that is off, and TCP with UDP.
+    for fine in [
+        GOOD.replace("router = \"10.0.0.1\"", "router = \"10.0.0.1\"\nport = 4011\nproxy_port = 4011"),
+        format!("{GOOD}\n[tftp]\nenabled = false\nport = 67\n"),
+        format!("{GOOD}\n[http]\nport = 69\n"),
+    ] {
+        parse(&fine).unwrap_or_else(|e| panic!("{fine}: {e}: {}", e.problem()));
+    }
+}
+
+/// A management interface name that WireGuard (and the kernel) refuses, or the rack
+/// interface's: the management network could not start, and `oasis serve` stopped.
+#[test]
+fn management_interfaces_serve_could_not_create_are_refused() {
+    for (name, want) in [
+        ("wg\\t0", "wireguard.interface (line 22): \"wg\\t0\" is not a valid interface name"),
+        ("wg:0", "is not a valid interface name"),
+        ("..", "is not a valid interface name"),
+        ("br0", "wireguard.interface (line 22) \"br0\" is the rack interface"),
+    ] {
+        let err = failure(&format!("{GOOD}\n[wireguard]\ninterface = \"{name}\"\n"));
+        assert!(err.contains(want), "{name}: wanted {want:?} in: {err}");
+    }
+}
