@@ -81,7 +81,10 @@ pub fn cluster_name(name: &str) -> Result<(), ClusterNameError> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0} control-plane machines: it must be 1, 3 or 5; an odd count keeps etcd's quorum meaningful")]
+#[error(
+    "\"{0}\" is not 1, 3 or 5; the control plane must be 1, 3 or 5 machines, an odd count that keeps etcd's quorum \
+     meaningful"
+)]
 pub struct ControlPlaneError(pub usize);
 
 /// How many control-plane machines a cluster may have.
