@@ -50,7 +50,7 @@ pub enum ConfigError {
     #[error("{path}")]
     Parse { path: PathBuf, source: SyntaxError },
     #[error("{path}")]
-    Invalid { path: PathBuf, source: Invalid },
+    Invalid { path: PathBuf, source: Box<Invalid> },
 }
 
 impl ConfigError {
@@ -69,7 +69,7 @@ impl ConfigError {
 /// The file is not TOML, or not of this schema (an unknown key, a value of the wrong type): the
 /// parser's message, with the line and column.
 #[derive(Debug)]
-pub struct SyntaxError(pub toml::de::Error);
+pub struct SyntaxError(pub Box<toml::de::Error>);
 
 impl fmt::Display for SyntaxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -184,10 +184,11 @@ impl Config {
 
     /// Parses and checks configuration text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), source: SyntaxError(e) })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.into(), source: SyntaxError(Box::new(e)) })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::from_raw(&raw, Lines(text), &base).map_err(|source| ConfigError::Invalid { path: path.into(), source })
+        Self::from_raw(&raw, Lines(text), &base)
+            .map_err(|e| ConfigError::Invalid { path: path.into(), source: Box::new(e) })
     }
 
     /// Checks each section, then what involves several.
