@@ -214,3 +214,20 @@ fn management_interfaces_serve_could_not_create_are_refused() {
         assert!(err.contains(want), "{name}: wanted {want:?} in: {err}");
     }
 }
+
+/// The chain `oasis` prints names each cause once: the OS error used to be in the message and
+/// again as its source ("cannot read X: No such file ...: No such file ...").
+#[test]
+fn a_file_that_cannot_be_read_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.toml");
+    let err = anyhow::Error::from(Config::load(&path).unwrap_err());
+    let printed = format!("{err:#}");
+    assert!(printed.starts_with(&format!("cannot read {}: ", path.display())), "{printed}");
+    assert_eq!(printed.matches("No such file or directory").count(), 1, "{printed}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[network]\ninterface = \"br0\"\naddress = \"10.0.0.300\"\n").unwrap();
+    let printed = format!("{:#}", anyhow::Error::from(Config::load(&bad).unwrap_err()));
+    assert_eq!(printed.matches(&bad.display().to_string()).count(), 1, "{printed}");
+    assert_eq!(printed.matches("invalid").count(), 1, "{printed}");
+}
