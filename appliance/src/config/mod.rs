@@ -9,7 +9,7 @@
 //! assigned, the boot root's files are there) is left to `serve`. `docs/oasis.toml` in the
 //! repository documents every key with its default.
 
-mod across;
+pub mod across;
 mod raw;
 pub mod sections;
 pub mod values;
@@ -26,7 +26,6 @@ use oasis_pxe::mac::MacAddr;
 use oasis_pxe::script::BootProfile;
 use oasis_pxe::tftp::TftpConfig;
 
-pub use across::PortError;
 pub use raw::{
     AcceptancePolicy, ConflictCheckKind, DataDiskPolicy, DhcpMode, RawApi, RawBoot, RawCluster, RawConfig, RawDhcp,
     RawEvents, RawHttp, RawNetwork, RawProfile, RawRegistration, RawReservation, RawTftp, RawWireguard,
