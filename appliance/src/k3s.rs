@@ -493,13 +493,7 @@ mod tests {
     }
 
     fn golden(name: &str, actual: &str) {
-        let path = Path::new(GOLDEN_DIR).join(name);
-        if std::env::var_os("OASIS_UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(GOLDEN_DIR).unwrap();
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(actual, expected, "{} changed; if that is intended, run with OASIS_UPDATE_GOLDEN=1", path.display());
+        oasis_testkit::assert_golden(Path::new(GOLDEN_DIR).join(name), actual);
     }
 
     #[test]

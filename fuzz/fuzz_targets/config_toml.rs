@@ -1,7 +1,8 @@
 //! `oasis.toml` as `oasis serve --config`, `oasis config check` and a USB stick's offer read it:
 //! `Config::parse`, and `usb::offer::check` with the stick's `oasis.toml.sig` against a trusted key.
 //! What parses must be servable: the checks `oasis serve` makes later (the TFTP settings, the DHCP
-//! service, the boot scripts) must not refuse or panic on a configuration `config check` passed.
+//! service, the boot scripts, the boot root's names, the listeners' ports) must not refuse or panic on a
+//! configuration `config check` passed.
 //!
 //! Input: the file's bytes, then optionally the signature file's text after `oasis_fuzz::SEPARATOR`.
 #![no_main]
@@ -81,6 +82,11 @@ fn servable(config: &Config) {
         DhcpService::new(dhcp, store, Arc::new(NoCheck), Arc::new(Metrics::default()))
             .expect("a DHCP service from a checked configuration");
     }
+    let profile = &config.profile;
+    for name in std::iter::once(&profile.kernel).chain(profile.initrd.as_ref()) {
+        oasis_pxe::boot_root::check_name(name.as_bytes()).expect("config check passed a file no boot root can serve");
+    }
+    assert_ne!(config.http_port, config.api_port, "config check passed HTTP and the API on one port");
     let scripts = ScriptRenderer::new(policy.base_url(), config.profile.clone());
     let mac = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
     for script in [scripts.render_boot(mac), scripts.render_chain(), scripts.render_local(mac)] {

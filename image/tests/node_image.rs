@@ -38,11 +38,7 @@ fn node_initramfs_file_list_matches_the_golden_list() {
     };
     let (archive, modules) = node::node_initramfs(&parts).unwrap();
     let list = node::normalized_file_list(&archive, &version).join("\n") + "\n";
-    if std::env::var_os("OASIS_UPDATE_GOLDEN").is_some() {
-        std::fs::write(GOLDEN, &list).unwrap();
-    }
-    let golden = std::fs::read_to_string(GOLDEN).unwrap();
-    assert_eq!(list, golden, "the initramfs file list changed; if that is intended, run with OASIS_UPDATE_GOLDEN=1");
+    oasis_testkit::assert_golden(GOLDEN, &list);
     for wanted in node::MODULES {
         assert!(modules.iter().any(|m| m == wanted), "{wanted} missing from {modules:?}");
     }
@@ -152,11 +148,7 @@ fn a_k3s_bundle_is_copied_listed_and_dropped_again_without_one() {
     let listed: Vec<String> =
         image.artifacts.iter().map(|a| format!("{} {} {}", a.name, a.file, a.version.is_some())).collect();
     let text = format!("files:\n{}\nartifacts (name file has-version):\n{}\n", files.join("\n"), listed.join("\n"));
-    if std::env::var_os("OASIS_UPDATE_GOLDEN").is_some() {
-        std::fs::write(GOLDEN_OUTPUT, &text).unwrap();
-    }
-    let golden = std::fs::read_to_string(GOLDEN_OUTPUT).unwrap();
-    assert_eq!(text, golden, "the node image's output changed; if that is intended, run with OASIS_UPDATE_GOLDEN=1");
+    oasis_testkit::assert_golden(GOLDEN_OUTPUT, &text);
     let k3s = artifacts::find(&image.artifacts, k3s_bundle::K3S_ARTIFACT).unwrap();
     assert_eq!(std::fs::read(out.path().join(&k3s.file)).unwrap(), std::fs::read(bundle.path().join("k3s")).unwrap());
     let manifest_names: Vec<&str> = image.manifest.entries().iter().map(|e| e.name.as_str()).collect();

@@ -242,6 +242,13 @@ fn c_name(bytes: &[u8]) -> CString {
     CString::new(bytes).expect("names with a NUL byte are refused before they are opened")
 }
 
+/// Checks a name as [`BootRoot::open`] does before it touches the disk (not empty, not too long,
+/// no NUL, not absolute, no `..`, naming a file), so a configuration can refuse a name that no
+/// boot root could ever serve.
+pub fn check_name(requested: &[u8]) -> Result<(), PathError> {
+    components(requested).map(drop)
+}
+
 /// The lexical check: the name (lossy, for messages) and its components, each a plain name
 /// (no `.`, `..` or empty components, no separators).
 fn components(requested: &[u8]) -> Result<(String, Vec<&[u8]>), PathError> {

@@ -1,6 +1,7 @@
 //! The raw system calls pxe needs and the standard library lacks: a packet socket for ARP, and
 //! opening files beneath a directory descriptor without following symlinks (`openat2`, `openat`).
-//! Every `unsafe` block of the crate lives here.
+//! Every `unsafe` block of the crate lives here, except the one `setsockopt` that turns on UDP
+//! segmentation offload, beside its use in `tftp::gso`.
 
 use std::ffi::CStr;
 use std::io;

@@ -1,7 +1,7 @@
 //! The iPXE scripts, compared byte for byte with `tests/golden/*.ipxe`.
 //!
 //! After an intended change to a script, rewrite the files with
-//! `OASIS_BLESS=1 cargo test -p oasis-pxe --test script_golden` and review the diff.
+//! `OASIS_UPDATE_GOLDEN=1 cargo test -p oasis-pxe --test script_golden` and review the diff.
 
 use std::path::PathBuf;
 
@@ -24,19 +24,7 @@ fn renderer(initrd: bool) -> ScriptRenderer {
 }
 
 fn check(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    if std::env::var_os("OASIS_BLESS").is_some_and(|v| v == "1") {
-        std::fs::write(&path, actual).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}; run with OASIS_BLESS=1 to create it", path.display()));
-    assert!(
-        expected == actual,
-        "{} differs from the rendered script; if the change is intended, rerun with OASIS_BLESS=1\n\
-         --- expected\n{expected}\n--- actual\n{actual}",
-        path.display()
-    );
+    oasis_testkit::assert_golden(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name), actual);
 }
 
 #[test]

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{HarnessError, Result};
 
-/// The directories `scripts/build-assets` fills.
+/// The directories the assets step of `scripts/test` fills (`oasis image build ...`).
 #[derive(Debug, Clone)]
 pub struct Assets {
     /// iPXE binaries: `undionly.kpxe`, `ipxe.efi`, `snponly.efi`, `SHA256SUMS`.

@@ -8,7 +8,8 @@
 //! Running the tests (root; QEMU, OVMF, ipxe-qemu, dnsmasq-base and busybox-static installed):
 //!
 //! ```text
-//! scripts/build-assets                       # .cache/assets/{ipxe,payload}, Debian parts in .cache/debian
+//! oasis image build ipxe --out .cache/assets/ipxe                 # and test-payload, node, appliance:
+//! oasis image build test-payload --out .cache/assets/payload       # see the assets step of scripts/test
 //! cargo test -p oasis-e2e --test harness     # boots BIOS and UEFI guests from dnsmasq, about 50 s
 //! ```
 //!
@@ -85,7 +86,7 @@ pub enum HarnessError {
     },
     /// The boot assets are missing or damaged.
     #[error(
-        "boot assets in {dir} are not usable: {reason}; build them with `scripts/build-assets` (or set OASIS_ASSETS)"
+        "boot assets in {dir} are not usable: {reason}; build them with `oasis image build` as scripts/test does (or set OASIS_ASSETS)"
     )]
     Assets {
         /// The assets directory.

@@ -65,6 +65,37 @@ fn config_check_refuses_values_it_cannot_use() {
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
 }
 
+/// What `oasis serve` refused only once it was starting its services (two services on one port,
+/// a profile file name no boot root can serve, a management interface WireGuard cannot create),
+/// `oasis config check` refuses too; both say the same thing, with the line, and exit 3. `serve`
+/// stops at the file here, before it looks at this host.
+#[test]
+fn config_check_and_serve_refuse_what_serve_could_not_start_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, extra, want) in [
+        ("ports.toml", "\n[api]\nport = 80\n", "api.port (line 12) is 80, which http.port also uses"),
+        ("udp.toml", "\n[wireguard]\nport = 69\n", "wireguard.port (line 12) is 69, which tftp.port also uses"),
+        (
+            "wg.toml",
+            "\n[wireguard]\ninterface = \"br0\"\n",
+            "wireguard.interface (line 12) \"br0\" is the rack interface",
+        ),
+    ] {
+        let file = write(dir.path(), name, &format!("{GOOD}{extra}"));
+        let check = oasis(&["config", "check", &file]);
+        let serve = oasis(&["serve", "--config", &file]);
+        assert_eq!(check.status.code(), Some(EXIT_CONFIG), "{name}: {}", stderr(&check));
+        assert_eq!(serve.status.code(), Some(EXIT_CONFIG), "{name}: {}", stderr(&serve));
+        assert!(stderr(&check).contains(want), "{name}: wanted {want:?} in: {}", stderr(&check));
+        let line = |out: &Output| stderr(out).lines().find(|l| l.starts_with("error:")).map(str::to_string);
+        assert_eq!(line(&check), line(&serve), "{name}: the same message");
+    }
+    let escape = write(dir.path(), "escape.toml", &GOOD.replace("payload/vmlinuz", "..\\\\vmlinuz"));
+    let out = oasis(&["config", "check", &escape]);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{}", stderr(&out));
+    assert!(stderr(&out).contains("profile.kernel (line 9)"), "{}", stderr(&out));
+}
+
 #[test]
 fn serve_refuses_a_host_that_does_not_match_its_config() {
     let ns = Netns::create("oasis-badcfg").unwrap();

@@ -1,7 +1,7 @@
 //! Proves the harness and the test payload with dnsmasq as the boot server: real firmware in QEMU
 //! (SeaBIOS + QEMU's iPXE ROM, and OVMF's own PXE client chaining to `ipxe.efi`) gets DHCP on a
 //! bridge in a fresh namespace, loads an iPXE script over TFTP, boots the payload kernel and initramfs,
-//! and the payload reports on the serial console. Needs root and `scripts/build-assets`.
+//! and the payload reports on the serial console. Needs root and the boot assets (the assets step of `scripts/test`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};

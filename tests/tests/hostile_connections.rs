@@ -12,7 +12,7 @@
 //! and the boot server, the API and the admin socket all failed until it ended.
 //!
 //! The figures (connections held, requests served) are printed; run with `--nocapture` to see
-//! them. Needs root and the assets `scripts/build-assets` makes.
+//! them. Needs root and the boot assets (the assets step of `scripts/test`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::nics::{Link, Nic};
 use super::probe::DhcpProbe;
 use super::terminal::Terminal;
-use crate::config::{AcceptancePolicy, Config, DhcpMode, CONFIG_VERSION};
+use crate::config::{values, AcceptancePolicy, Config, DhcpMode, CONFIG_VERSION};
 
 /// The rack address proposed when the NIC has none.
 pub const DEFAULT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -118,13 +118,7 @@ fn parse_address(answer: &str) -> Result<Ipv4Addr, String> {
 fn parse_netmask(answer: &str, address: Ipv4Addr) -> Result<u8, String> {
     let bad = || format!("{answer:?} is not a netmask; type e.g. 255.255.255.0, /24 or 24");
     let len = match answer.parse::<Ipv4Addr>() {
-        Ok(mask) => {
-            let bits = u32::from(mask);
-            if bits.leading_ones() + bits.trailing_zeros() != 32 {
-                return Err(format!("{answer} is not a contiguous netmask; type e.g. 255.255.255.0"));
-            }
-            bits.leading_ones() as u8
-        }
+        Ok(mask) => values::netmask_len(mask).map_err(|e| e.to_string())?,
         Err(_) => answer.trim_start_matches('/').parse::<u8>().map_err(|_| bad())?,
     };
     if !(8..=30).contains(&len) {
@@ -166,33 +160,21 @@ fn parse_range(answer: &str, address: Ipv4Addr, prefix_len: u8) -> Result<(Ipv4A
             return Err(format!("{ip} is {what} of the rack network {subnet}/{prefix_len}"));
         }
     }
-    if u32::from(first) > u32::from(last) {
-        return Err(format!("{first} comes after {last}; type the lower address first"));
-    }
-    if (u32::from(first)..=u32::from(last)).contains(&u32::from(address)) {
-        return Err(format!("the range contains the appliance's own address {address}; leave it out"));
-    }
+    values::range(first, last, netmask(prefix_len), address).map_err(|e| e.to_string())?;
     Ok((first, last))
 }
 
 fn parse_cluster_name(answer: &str) -> Result<String, String> {
-    let ok = (1..=63).contains(&answer.len())
-        && answer.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !answer.starts_with('-');
-    if ok {
-        Ok(answer.to_string())
-    } else {
-        Err(format!(
-            "{answer:?} is not a cluster name; use 1 to 63 lowercase letters, digits or dashes, not starting with a dash"
-        ))
-    }
+    values::cluster_name(answer).map_err(|e| e.to_string())?;
+    Ok(answer.to_string())
 }
 
 fn parse_control_plane(answer: &str) -> Result<usize, String> {
-    match answer.parse::<usize>() {
-        Ok(n @ (1 | 3 | 5)) => Ok(n),
-        _ => Err(format!("{answer:?} is not 1, 3 or 5; an odd count keeps etcd's quorum meaningful")),
-    }
+    let count = answer
+        .parse::<usize>()
+        .map_err(|_| format!("{answer:?} is not 1, 3 or 5; an odd count keeps etcd's quorum meaningful"))?;
+    values::control_plane(count).map_err(|e| e.to_string())?;
+    Ok(count)
 }
 
 fn parse_policy(answer: &str) -> Result<AcceptancePolicy, String> {
@@ -440,7 +422,7 @@ pub fn to_toml(a: &Answers) -> String {
 
 /// Checks that `text` is a valid configuration that says what the operator answered.
 fn check(text: &str, a: &Answers) -> Result<(), String> {
-    let c = Config::parse(text, Path::new(CONFIG_PATH)).map_err(|e| e.to_string())?;
+    let c = Config::parse(text, Path::new(CONFIG_PATH)).map_err(|e| format!("{e}: {}", e.problem()))?;
     let range = c.dhcp.as_ref().and_then(|d| d.full.as_ref()).map(|(pool, _, _)| (pool.start, pool.end));
     let listed = |entry: &String| match entry.parse::<oasis_pxe::mac::MacAddr>() {
         Ok(mac) => c.allow_macs.contains(&mac),

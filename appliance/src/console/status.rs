@@ -65,7 +65,7 @@ pub fn fetch(data_dir: &Path) -> View {
     };
     let rack_address = match Config::load(&data_dir.join(CONFIG_FILE)) {
         Ok(c) => format!("{}/{} on {}", c.address, u32::from(c.netmask).leading_ones(), c.interface),
-        Err(e) => format!("unknown ({e})"),
+        Err(e) => format!("unknown ({e}: {})", e.problem()),
     };
     let admin_token = match token_fingerprint(data_dir) {
         Ok(fingerprint) => format!("sha256 {fingerprint}"),
@@ -185,12 +185,7 @@ mod tests {
     }
 
     fn golden(name: &str, actual: &str) {
-        let path = Path::new(FIXTURES).join(name);
-        if std::env::var_os("OASIS_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, actual).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(actual, expected, "{} changed; if that is intended, run with OASIS_UPDATE_GOLDEN=1", path.display());
+        oasis_testkit::assert_golden(Path::new(FIXTURES).join(name), actual);
     }
 
     #[test]

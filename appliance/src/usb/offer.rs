@@ -6,7 +6,8 @@ use std::path::Path;
 use ed25519_dalek::VerifyingKey;
 
 use super::signature;
-use crate::config::{Config, ConfigError};
+use crate::config::sections::{Line, Lines};
+use crate::config::{Config, ConfigError, RawConfig};
 
 pub use oasis_image::usb_stick::{CONFIG_FILE, SIGNATURE_FILE};
 
@@ -109,17 +110,20 @@ pub fn check(bytes: &[u8], signature_text: Option<&str>, acceptance: &Acceptance
 /// The schema of `--config`, and the interface check.
 fn validate(text: &str, acceptance: &Acceptance) -> Result<(), String> {
     let config = Config::parse(text, acceptance.save_as).map_err(|e| match e {
-        ConfigError::Parse { message, .. } | ConfigError::Invalid { message, .. } => {
-            format!("{CONFIG_FILE} is not valid: {message}")
+        ConfigError::Parse { .. } | ConfigError::Invalid { .. } => {
+            format!("{CONFIG_FILE} is not valid: {}", e.problem())
         }
-        ConfigError::Read { source, .. } => format!("{CONFIG_FILE}: {source}"),
+        ConfigError::Read { .. } => format!("{CONFIG_FILE}: {}", e.problem()),
     })?;
+    // It parsed, so it parses again: for where the keys named below are.
+    let raw: Option<RawConfig> = toml::from_str(text).ok();
+    let line = |key: &dyn Fn(&RawConfig) -> Line| raw.as_ref().map(key).unwrap_or_default();
     if let Some(want) = acceptance.data_dir {
         if config.data_dir != want {
             return Err(format!(
                 "{CONFIG_FILE}: data_dir = {:?}{} is not where this appliance keeps its state ({}): remove the data_dir line",
                 config.data_dir.display().to_string(),
-                line_of(text, "data_dir"),
+                line(&|r| Lines(text).of(&r.data_dir)),
                 want.display()
             ));
         }
@@ -135,16 +139,12 @@ fn validate(text: &str, acceptance: &Acceptance) -> Result<(), String> {
             return Err(format!(
                 "{CONFIG_FILE}: network.interface {:?}{} is not on this appliance, which has: {}",
                 config.interface,
-                line_of(text, "interface"),
+                line(&|r| Lines(text).of(&r.network.interface)),
                 if names.is_empty() { "no network interfaces".into() } else { names.join(", ") }
             ));
         }
     }
     Ok(())
-}
-
-fn line_of(text: &str, key: &str) -> String {
-    text.lines().position(|l| l.trim_start().starts_with(key)).map(|n| format!(" (line {})", n + 1)).unwrap_or_default()
 }
 
 #[cfg(test)]

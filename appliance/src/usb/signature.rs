@@ -41,7 +41,7 @@ pub enum SignatureError {
     Exists { path: PathBuf },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid configuration, not signed: {source}")]
+    #[error("{path} is not a valid configuration, not signed")]
     InvalidConfig { path: PathBuf, source: crate::config::ConfigError },
 }
 
@@ -260,7 +260,7 @@ mod tests {
         }
 
         std::fs::write(&config, "[network]\ninterfce = \"eth0\"\n").unwrap();
-        let err = sign_file(&private, &config).unwrap_err().to_string();
+        let err = format!("{:#}", anyhow::Error::from(sign_file(&private, &config).unwrap_err()));
         assert!(err.contains("not signed") && err.contains("interfce"), "{err}");
         assert!(!dir.path().join("oasis.toml.sig").exists());
     }

@@ -7,13 +7,7 @@ use crate::console::terminal::ScriptedTerminal;
 const GOLDEN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/console");
 
 fn golden(name: &str, actual: &str) {
-    let path = Path::new(GOLDEN_DIR).join(name);
-    if std::env::var_os("OASIS_UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(GOLDEN_DIR).unwrap();
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(actual, expected, "{} changed; if that is intended, run with OASIS_UPDATE_GOLDEN=1", path.display());
+    oasis_testkit::assert_golden(Path::new(GOLDEN_DIR).join(name), actual);
 }
 
 /// A probe that reports fixed servers and records which interfaces it was asked about.
@@ -247,5 +241,32 @@ fn default_ranges_leave_the_address_out() {
         let (s, e) = default_range(Ipv4Addr::from(a), len);
         let text = format!("{s}-{e}");
         parse_range(&text, Ipv4Addr::from(a), len).unwrap_or_else(|why| panic!("{a:?}/{len}: {text}: {why}"));
+    }
+}
+
+/// The console's questions and `oasis.toml` go through the same checks: a value refused in one
+/// is refused in the other, in the same words.
+#[test]
+fn the_console_refuses_what_the_file_refuses_in_the_same_words() {
+    let file = "[network]\ninterface = \"eth0\"\naddress = \"172.16.0.1\"\nnetmask = \"255.255.0.0\"\n";
+    let cases: [(Result<(), String>, String); 4] = [
+        (
+            parse_cluster_name("My Rack").map(drop),
+            format!("{file}[dhcp]\nmode = \"proxy\"\n[cluster]\nname = \"My Rack\"\n"),
+        ),
+        (parse_control_plane("2").map(drop), format!("{file}[dhcp]\nmode = \"proxy\"\n[cluster]\ncontrol_plane = 2\n")),
+        (
+            parse_range("172.16.1.10-172.16.0.10", Ipv4Addr::new(172, 16, 0, 1), 16).map(drop),
+            format!("{file}[dhcp]\nrange = [\"172.16.1.10\", \"172.16.0.10\"]\n"),
+        ),
+        (
+            parse_netmask("255.0.255.0", Ipv4Addr::new(172, 16, 0, 1)).map(drop),
+            file.replace("255.255.0.0", "255.0.255.0") + "[dhcp]\nmode = \"proxy\"\n",
+        ),
+    ];
+    for (console, text) in cases {
+        let console = console.expect_err("the console refuses it");
+        let file = Config::parse(&text, Path::new("/var/lib/oasis/oasis.toml")).expect_err("the file is refused");
+        assert!(file.problem().ends_with(&console), "console: {console}\nfile: {}", file.problem());
     }
 }

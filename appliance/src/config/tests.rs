@@ -1,0 +1,233 @@
+use super::*;
+
+const GOOD: &str = r#"
+data_dir = "state"
+
+[network]
+interface = "br0"
+address = "10.0.0.1"
+
+[dhcp]
+range = ["10.0.0.100", "10.0.0.199"]
+router = "10.0.0.1"
+
+[[dhcp.reservation]]
+mac = "52:54:00:00:00:01"
+address = "10.0.0.50"
+
+[profile]
+kernel = "payload/vmlinuz"
+initrd = "payload/initrd.img"
+cmdline = "console=ttyS0"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/oasis/oasis.toml"))
+}
+
+/// The whole message `oasis config check` prints for a file that must fail.
+fn failure(text: &str) -> String {
+    let err = parse(text).expect_err("the file is refused");
+    format!("{err}: {}", err.problem())
+}
+
+#[test]
+fn the_documented_example_and_a_minimal_file_parse() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/etc/oasis/state"));
+    assert_eq!(c.boot_root, PathBuf::from("/etc/oasis/state/boot"));
+    let (pool, options, authoritative) = c.dhcp.unwrap().full.unwrap();
+    assert_eq!(
+        (pool.start, pool.end, pool.lease_secs),
+        (Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199), 3600)
+    );
+    assert_eq!(options.router, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    assert!(authoritative);
+    assert_eq!(c.tftp.unwrap().0, 69);
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/oasis.toml")).unwrap();
+    let documented = parse(&example).expect("docs/oasis.toml parses");
+    assert_eq!(documented.events, EventLimits::default(), "docs/oasis.toml shows the defaults");
+    assert_eq!(c.events, EventLimits::default());
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_line() {
+    let text = GOOD.replace("router = ", "routr = ");
+    let err = failure(&text);
+    assert!(err.contains("unknown field `routr`"), "{err}");
+    assert!(err.contains("line 10"), "{err}");
+}
+
+#[test]
+fn nonsense_values_are_explained() {
+    let cases = [
+        (GOOD.replace("\"10.0.0.100\", \"10.0.0.199\"", "\"10.0.0.199\", \"10.0.0.100\""), "comes after"),
+        (GOOD.replace("\"10.0.0.100\", \"10.0.0.199\"", "\"10.0.0.1\", \"10.0.0.199\""), "own address"),
+        (GOOD.replace("range = [\"10.0.0.100\", \"10.0.0.199\"]", ""), "dhcp.range is required"),
+        (GOOD.replace("10.0.0.50", "192.168.0.50"), "outside the pool's subnet"),
+        (GOOD.replace("console=ttyS0", "console=ttyS0\\nshell"), "profile"),
+        (GOOD.replace("address = \"10.0.0.1\"", "address = \"10.0.0.300\""), "invalid"),
+        (GOOD.replace("mac = \"52:54:00:00:00:01\"", "mac = \"52:54:00\""), "not a MAC address"),
+        (format!("version = 2\n{GOOD}"), "version = 2"),
+        (format!("{GOOD}\n[cluster]\ncontrol_plane = 2\n"), "must be 1, 3 or 5"),
+        (format!("{GOOD}\n[cluster]\nname = \"My Rack\"\n"), "lowercase letters"),
+        (format!("{GOOD}\n[cluster]\nprefer = [\"gpus >= 1\"]\n"), "is not a preference"),
+        (format!("{GOOD}\n[cluster]\nmesh_prefix = \"10.99.0.0/24\"\n"), "is smaller than"),
+        (format!("{GOOD}\n[cluster]\nmesh_prefix = \"10.0.0.0/8\"\n"), "overlaps"),
+        (format!("{GOOD}\n[cluster]\ndead_after_secs = 5\n"), "three heartbeats"),
+        (format!("{GOOD}\n[events]\nmax_count = 10\n"), "events.max_count"),
+        (format!("{GOOD}\n[events]\nmax_age_days = 0\n"), "events.max_age_days"),
+        (format!("{GOOD}\n[events]\nmax_mib = 0\n"), "events.max_mib"),
+    ];
+    for (text, want) in cases {
+        let err = failure(&text);
+        assert!(err.contains(want), "wanted {want:?} in: {err}");
+    }
+}
+
+#[test]
+fn without_a_profile_the_node_image_is_served_and_the_overlay_is_checked() {
+    let text = GOOD.split("[profile]").next().unwrap().to_string();
+    let c = parse(&text).unwrap();
+    assert!(c.profile_is_node);
+    assert_eq!(c.profile.kernel, NODE_KERNEL);
+    assert_eq!(c.wireguard.address, Ipv4Addr::new(10, 99, 0, 1));
+    assert_eq!(c.policy, AcceptancePolicy::Auto);
+    assert!(!parse(GOOD).unwrap().profile_is_node, "a custom profile gets no agent arguments");
+
+    let allow = format!("{text}[registration]\npolicy = \"allowlist\"\nallow = [\"SN-1\", \"52:54:00:00:00:09\"]\n");
+    let c = parse(&allow).unwrap();
+    assert!(c.allow_serials.contains("sn-1"));
+    assert_eq!(c.allow_macs.len(), 1);
+    for (prefix, want) in
+        [("10.0.0.0/8", "overlaps"), ("10.99.0.0", "ADDRESS/LENGTH"), ("10.99.0.0/31", "ADDRESS/LENGTH")]
+    {
+        let err = failure(&format!("{text}[wireguard]\nprefix = \"{prefix}\"\n"));
+        assert!(err.contains(want), "{prefix}: {err}");
+    }
+}
+
+/// Found by the `config_toml` fuzz target's check that what `config check` passes is
+/// servable: `max_transfers = 0` passed, and `oasis serve` then refused to start TFTP.
+#[test]
+fn tftp_settings_the_tftp_server_refuses_are_refused_here() {
+    for (tftp, want) in [
+        ("max_transfers = 0", "max_transfers is 0"),
+        ("max_blksize = 7", "max_blksize is 7"),
+        ("max_windowsize = 0", "max_windowsize is 0"),
+    ] {
+        let err = failure(&format!("{GOOD}\n[tftp]\n{tftp}\n"));
+        assert!(err.contains(want) && err.contains("line"), "{tftp}: {err}");
+    }
+    let c = parse(&format!("{GOOD}\n[tftp]\ntimeout_ms = 0\nmax_transfers = 1\n")).unwrap();
+    c.tftp.unwrap().1.check().expect("a zero timeout is read as the shortest one");
+}
+
+#[test]
+fn proxy_mode_needs_no_range() {
+    let text = GOOD.replace("range = [\"10.0.0.100\", \"10.0.0.199\"]", "mode = \"proxy\"");
+    let c = parse(&text).unwrap();
+    assert!(c.dhcp.unwrap().full.is_none());
+}
+
+/// The line comes from the parser, not from the first line that starts with the key's name: a
+/// dotted key, a second table of the same name, a key that is in two sections, or the key's
+/// name at the start of a line inside a multi-line string all used to be given no line or the
+/// wrong one.
+#[test]
+fn lines_are_where_the_parser_found_the_value() {
+    let reservation = "\n[[dhcp.reservation]]\nmac = \"52:54:00:00:00:02\"\naddress = \"10.0.0.50\"\n";
+    let cases = [
+        (format!("{GOOD}{reservation}"), "dhcp.reservation (line 21): 10.0.0.50 is reserved twice"),
+        (format!("events.max_count = 10\n{GOOD}"), "events.max_count (line 1) is 10"),
+        (GOOD.replace("interface = \"br0\"", "interface = \"br/0\""), "network.interface (line 5): \"br/0\""),
+        (format!("{GOOD}\n[wireguard]\ninterface = \"wg/0\"\n"), "wireguard.interface (line 22): \"wg/0\""),
+        (
+            GOOD.replace("router = \"10.0.0.1\"", "domain_name = \"\"\"\nname = \"\"\"")
+                + "\n[cluster]\nname = \"My Rack\"\n",
+            "cluster.name (line 23): \"My Rack\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = failure(&text);
+        assert!(err.contains(want), "wanted {want:?} in: {err}");
+    }
+}
+
+/// Names of the profile's files that the boot root refuses whatever it holds: `oasis serve`
+/// stopped at start ("the boot profile's kernel ... is not in the boot root"), after
+/// `config check` had passed them.
+#[test]
+fn profile_files_the_boot_root_can_never_serve_are_refused() {
+    let long = "k".repeat(300);
+    for (kernel, want) in [
+        ("..\\\\vmlinuz", "profile.kernel (line 17): file name \"../vmlinuz\" climbs out of the boot root"),
+        ("\\\\vmlinuz", "is absolute"),
+        (".", "profile.kernel (line 17)"),
+        (long.as_str(), "300 bytes long"),
+    ] {
+        let text = GOOD.replace("kernel = \"payload/vmlinuz\"", &format!("kernel = \"{kernel}\""));
+        let err = failure(&text);
+        assert!(err.contains(want), "{kernel}: wanted {want:?} in: {err}");
+    }
+    let err = failure(&GOOD.replace("initrd = \"payload/initrd.img\"", "initrd = \"a\\u0000b\""));
+    assert!(err.contains("profile.initrd (line 18): file name contains a NUL byte"), "{err}");
+}
+
+/// Two services on one port: the second cannot listen and `oasis serve` stopped at start
+/// (HTTP and the API both listen on TCP; WireGuard, TFTP and DHCP on UDP, WireGuard and TFTP
+/// without sharing).
+#[test]
+fn services_sharing_a_port_are_refused() {
+    for (extra, want) in [
+        ("[api]\nport = 80\n", "api.port (line 22) is 80, which http.port also uses"),
+        ("[http]\nport = 8443\n[api]\nport = 8443\n", "api.port (line 24) is 8443, which http.port also uses"),
+        ("[wireguard]\nport = 69\n", "wireguard.port (line 22) is 69, which tftp.port also uses"),
+        ("[tftp]\nport = 67\n", "tftp.port (line 22) is 67, which dhcp.port also uses"),
+        ("[tftp]\nport = 4011\n", "tftp.port (line 22) is 4011, which dhcp.proxy_port also uses"),
+        ("[wireguard]\nport = 67\n", "the management network and the DHCP server cannot share a UDP port"),
+    ] {
+        let err = failure(&format!("{GOOD}\n{extra}"));
+        assert!(err.contains(want), "wanted {want:?} in: {err}");
+    }
+    // What may share: DHCP's two sockets, a port of a service that is off, and TCP with UDP.
+    for fine in [
+        GOOD.replace("router = \"10.0.0.1\"", "router = \"10.0.0.1\"\nport = 4011\nproxy_port = 4011"),
+        format!("{GOOD}\n[tftp]\nenabled = false\nport = 67\n"),
+        format!("{GOOD}\n[http]\nport = 69\n"),
+    ] {
+        parse(&fine).unwrap_or_else(|e| panic!("{fine}: {e}: {}", e.problem()));
+    }
+}
+
+/// A management interface name that WireGuard (and the kernel) refuses, or the rack
+/// interface's: the management network could not start, and `oasis serve` stopped.
+#[test]
+fn management_interfaces_serve_could_not_create_are_refused() {
+    for (name, want) in [
+        ("wg\\t0", "wireguard.interface (line 22): \"wg\\t0\" is not a valid interface name"),
+        ("wg:0", "is not a valid interface name"),
+        ("..", "is not a valid interface name"),
+        ("br0", "wireguard.interface (line 22) \"br0\" is the rack interface"),
+    ] {
+        let err = failure(&format!("{GOOD}\n[wireguard]\ninterface = \"{name}\"\n"));
+        assert!(err.contains(want), "{name}: wanted {want:?} in: {err}");
+    }
+}
+
+/// The chain `oasis` prints names each cause once: the OS error used to be in the message and
+/// again as its source ("cannot read X: No such file ...: No such file ...").
+#[test]
+fn a_file_that_cannot_be_read_names_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.toml");
+    let err = anyhow::Error::from(Config::load(&path).unwrap_err());
+    let printed = format!("{err:#}");
+    assert!(printed.starts_with(&format!("cannot read {}: ", path.display())), "{printed}");
+    assert_eq!(printed.matches("No such file or directory").count(), 1, "{printed}");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[network]\ninterface = \"br0\"\naddress = \"10.0.0.300\"\n").unwrap();
+    let printed = format!("{:#}", anyhow::Error::from(Config::load(&bad).unwrap_err()));
+    assert_eq!(printed.matches(&bad.display().to_string()).count(), 1, "{printed}");
+    assert_eq!(printed.matches("invalid").count(), 1, "{printed}");
+}
