@@ -491,13 +491,7 @@ fn reset_forgets_the_cluster_and_when_it_was_assembled() {
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/assembly");
 
 fn golden(name: &str, actual: &str) {
-    let path = std::path::Path::new(GOLDEN).join(name);
-    if std::env::var_os("OASIS_UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(GOLDEN).unwrap();
-        std::fs::write(&path, actual).unwrap();
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(actual, expected, "{} changed; if that is intended, run with OASIS_UPDATE_GOLDEN=1", path.display());
+    oasis_testkit::assert_golden(std::path::Path::new(GOLDEN).join(name), actual);
 }
 
 /// A heartbeat a step behind: etcd prepared for a spec the machine is no longer told.
