@@ -70,11 +70,11 @@ pub async fn run(args: KernelArgs, boot: BootInfo, roots: Roots) -> ! {
     let console = Path::new(CONSOLE);
     let client = match ApiClient::new(&args.api, &args.pin) {
         Ok(client) => client,
-        Err(e) => halt(console, &e.to_string()).await,
+        Err(e) => halt(console, &oasis_proto::error_chain(&e)).await,
     };
     let link = match WireGuardLink::new(INTERFACE) {
         Ok(link) => link,
-        Err(e) => halt(console, &e.to_string()).await,
+        Err(e) => halt(console, &oasis_proto::error_chain(&e)).await,
     };
     let identity = Identity {
         token: args.token,

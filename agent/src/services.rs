@@ -140,11 +140,11 @@ pub enum ServiceError {
     NoProgram,
     #[error("not linked to the appliance yet: waiting for the management link to fetch artifacts")]
     NotLinked,
-    #[error("fetching {path}: {source}")]
+    #[error("cannot fetch {path}")]
     Fetch { path: String, source: ArtifactError },
-    #[error("cannot write {}: {source}; check that the node's state directory is writable", .path.display())]
+    #[error("cannot write {}; check that the node's state directory is writable", .path.display())]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("cannot start {}: {source}", .program.display())]
+    #[error("cannot start {}", .program.display())]
     Launch { program: PathBuf, source: std::io::Error },
 }
 

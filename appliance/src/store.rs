@@ -94,13 +94,13 @@ const NEXT_STEP: &str = "restore it from a backup (with oasis stopped), or start
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("the store {path} is in use by another oasis process (is `oasis serve` running?)")]
     InUse { path: PathBuf },
-    #[error("cannot open the store {path}: {source}")]
+    #[error("cannot open the store {path}")]
     Open { path: PathBuf, source: redb::DatabaseError },
-    #[error("cannot open the store {path}: {source} (is the data partition mounted read-only?)")]
+    #[error("cannot open the store {path} (is the data partition mounted read-only?)")]
     Access { path: PathBuf, source: std::io::Error },
     #[error(
         "the store {path} has schema version {found}; this oasis understands up to {SCHEMA_VERSION}: run a newer oasis"
@@ -121,7 +121,7 @@ pub enum StoreError {
     Full { dir: PathBuf },
     #[error("the store {path} is being reopened after a failed write; try again")]
     Reopening { path: PathBuf },
-    #[error("cannot move {path} aside: {source}")]
+    #[error("cannot move {path} aside; check that the data partition is writable")]
     SetAside { path: PathBuf, source: std::io::Error },
     #[error("store operation failed: {0}")]
     Db(#[from] redb::Error),

@@ -27,7 +27,7 @@ pub enum WireguardError {
     Name(String),
     #[error("cannot create the WireGuard interface {name}: the kernel has no WireGuard ({kernel}) and the userspace implementation failed too ({userspace})")]
     Create { name: String, kernel: std::io::Error, userspace: String },
-    #[error("cannot configure the WireGuard interface {name}: {source}")]
+    #[error("cannot configure the WireGuard interface {name}")]
     Configure { name: String, source: std::io::Error },
     #[error("cannot set the address of {name}: {message}")]
     Address { name: String, message: String },

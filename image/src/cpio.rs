@@ -38,7 +38,7 @@ pub enum CpioError {
         path: String,
     },
     /// A source file could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file on the build host.
         path: PathBuf,

@@ -33,15 +33,15 @@ const SIGNATURE_KIND: &str = "oasis config signature (ed25519)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not an {want} file ({why}); `oasis config keygen` and `oasis config sign` make them")]
     Format { path: PathBuf, want: &'static str, why: String },
     #[error("{path} already exists: keygen never replaces a key (configs signed with it would be refused); remove it or give another --out")]
     Exists { path: PathBuf },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("{path} is not a valid configuration, not signed: {source}")]
+    #[error("{path} is not a valid configuration, not signed")]
     InvalidConfig { path: PathBuf, source: crate::config::ConfigError },
 }
 

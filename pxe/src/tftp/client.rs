@@ -71,9 +71,9 @@ pub enum ClientError {
     Timeout { server: SocketAddr, retries: u32 },
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
-    #[error("socket error talking to {server}: {source}")]
+    #[error("socket error talking to {server}")]
     Socket { server: SocketAddr, source: io::Error },
-    #[error("cannot write the received data: {0}")]
+    #[error("cannot write the received data")]
     Sink(io::Error),
 }
 
@@ -165,7 +165,12 @@ pub async fn fetch_into<W: AsyncWrite + Unpin>(
         }
         Ok(Packet::Error { code, message }) => return Err(ClientError::Server { code, message }),
         Ok(other) => return Err(ClientError::Protocol(format!("unexpected answer to the request: {other:?}"))),
-        Err(e) => return Err(ClientError::Protocol(format!("malformed answer to the request: {e}"))),
+        Err(e) => {
+            return Err(ClientError::Protocol(format!(
+                "malformed answer to the request: {e}",
+                e = oasis_proto::error_chain(&e)
+            )))
+        }
     }
 
     let mut attempts = 0;

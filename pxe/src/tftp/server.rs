@@ -47,7 +47,7 @@ struct Shared {
 /// the counter it bumps, and how loudly it is logged.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
-    #[error("malformed packet: {0}")]
+    #[error("malformed packet")]
     Malformed(#[from] PacketError),
     #[error("write request for {0:?} on a read-only server")]
     WriteRequest(String),
@@ -111,9 +111,12 @@ impl TftpServer {
     /// Binds the request socket. `addr` with port 0 picks a free port (see [`Self::local_addr`]).
     pub async fn bind(addr: SocketAddr, root: BootRoot, config: TftpConfig, metrics: Arc<Metrics>) -> io::Result<Self> {
         config.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let socket = UdpSocket::bind(addr)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the TFTP socket to {addr}: {e}")))?;
+        let socket = UdpSocket::bind(addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind the TFTP socket to {addr}: {e}", e = oasis_proto::error_chain(&e)),
+            )
+        })?;
         let local_ip = socket.local_addr()?.ip();
         let permits = Arc::new(Semaphore::new(config.max_transfers));
         let shared =
