@@ -260,7 +260,7 @@ mod tests {
         }
 
         std::fs::write(&config, "[network]\ninterfce = \"eth0\"\n").unwrap();
-        let err = sign_file(&private, &config).unwrap_err().to_string();
+        let err = oasis_proto::error_chain(&sign_file(&private, &config).unwrap_err());
         assert!(err.contains("not signed") && err.contains("interfce"), "{err}");
         assert!(!dir.path().join("oasis.toml.sig").exists());
     }
