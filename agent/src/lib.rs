@@ -87,8 +87,8 @@ pub async fn run(args: KernelArgs, boot: BootInfo, roots: Roots) -> ! {
         services: Supervisor::new("/".into(), client.clone(), Spawner),
         disks: std::sync::Arc::new(disk::LocalDisks::default()),
     };
-    let console = ConsoleFile(console.to_path_buf());
-    Session::new(client, link, cluster, SystemClock::default(), console, identity, boot.describe()).run().await
+    let screen = session::Screen { console: ConsoleFile(console.to_path_buf()), address: boot.describe() };
+    Session::new(client, link, cluster, SystemClock::default(), identity, screen).run().await
 }
 
 /// Says what is wrong on the console (again every ten minutes, for whoever comes to look) and

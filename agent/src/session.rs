@@ -257,17 +257,17 @@ pub struct Session<A, L, M, V, C, S> {
     configured: Option<LinkConfig>,
 }
 
+/// Where the session shows its status block.
+#[derive(Debug)]
+pub struct Screen<S> {
+    pub console: S,
+    /// What the status block shows for the boot interface, e.g. `ens3 10.0.0.23/24`.
+    pub address: String,
+}
+
 impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, M, V, C, S> {
-    /// `address` is what the status block shows for the boot interface, e.g. `ens3 10.0.0.23/24`.
-    pub fn new(
-        api: A,
-        link: L,
-        cluster: Cluster<M, V>,
-        clock: C,
-        console: S,
-        identity: Identity,
-        address: String,
-    ) -> Self {
+    pub fn new(api: A, link: L, cluster: Cluster<M, V>, clock: C, identity: Identity, screen: Screen<S>) -> Self {
+        let Screen { console, address } = screen;
         let status = Status { address, state: "registering".into(), ..Status::default() };
         Session {
             api,

@@ -239,9 +239,8 @@ impl Fakes {
                 disks: Arc::new(crate::disk::LocalDisks::default()),
             },
             self.clock.clone(),
-            self.console.clone(),
             identity,
-            "ens3 10.0.0.23/24".into(),
+            Screen { console: self.console.clone(), address: "ens3 10.0.0.23/24".into() },
         );
         tokio::select! {
             _ = session.run() => {}

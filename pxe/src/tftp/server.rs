@@ -177,8 +177,12 @@ async fn refuse(shared: &Shared, socket: &UdpSocket, peer: SocketAddr, refusal: 
     }
     if shared.may_log(loudness) {
         match loudness {
-            Loudness::Warn => tracing::warn!(%peer, reason = %refusal, "tftp: request refused"),
-            Loudness::Debug => tracing::debug!(%peer, reason = %refusal, "tftp: request refused"),
+            Loudness::Warn => {
+                tracing::warn!(%peer, reason = %oasis_proto::error_chain(refusal), "tftp: request refused")
+            }
+            Loudness::Debug => {
+                tracing::debug!(%peer, reason = %oasis_proto::error_chain(refusal), "tftp: request refused")
+            }
         }
     }
     let packet = Packet::Error { code, message: message.into() }.to_bytes();
@@ -238,13 +242,13 @@ async fn serve_read(
             // Normal for some firmware: EDK2 asks for tsize alone, reads the OACK, answers with
             // an ERROR and asks again with the options it wants.
             if shared.may_log(Loudness::Debug) {
-                tracing::debug!(%peer, file = %name, reason = %e, "tftp: client ended the transfer");
+                tracing::debug!(%peer, file = %name, reason = %oasis_proto::error_chain(&e), "tftp: client ended the transfer");
             }
         }
         Err(e) => {
             Metrics::add(&metrics.tftp_transfers_failed, 1);
             if shared.may_log(Loudness::Warn) {
-                tracing::warn!(%peer, file = %name, reason = %e, "tftp: transfer failed");
+                tracing::warn!(%peer, file = %name, reason = %oasis_proto::error_chain(&e), "tftp: transfer failed");
             }
         }
     }
