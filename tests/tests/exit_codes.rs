@@ -48,10 +48,11 @@ fn ok_other_usage_configuration_and_damage_exit_0_1_2_3_5() {
     let out = oasis(&["config", "check", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 
-    // The marker says this data directory had a store; it is gone.
+    // A store that is not a store any more.
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("oasis.redb.created"), "").unwrap();
+    std::fs::write(data.join("oasis.redb"), vec![0x5a; 8192]).unwrap();
     let out = oasis(&["leases", "--data-dir", data.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
 }
