@@ -42,6 +42,8 @@ use crate::wireguard::{self, ManagementInterface};
 pub enum ServeError {
     #[error("network interface {0:?} does not exist on this machine: check network.interface (`ip link` lists them)")]
     NoInterface(String),
+    #[error("cannot read the hardware address of {interface} from {path}")]
+    InterfaceUnreadable { interface: String, path: PathBuf, source: std::io::Error },
     #[error("address {address} is not assigned to this machine: add it, e.g. `ip addr add {address}/{prefix} dev {interface}`")]
     NoAddress { address: Ipv4Addr, prefix: u32, interface: String },
     #[error("the boot root {path} is unusable: create it and put the iPXE builds and the boot profile's files in it")]
@@ -88,7 +90,10 @@ pub enum ServeError {
 /// Checks the interface exists and carries the configured address.
 fn check_host(config: &Config) -> Result<[u8; 6], ServeError> {
     let mac_path = Path::new("/sys/class/net").join(&config.interface).join("address");
-    let mac_text = std::fs::read_to_string(&mac_path).map_err(|_| ServeError::NoInterface(config.interface.clone()))?;
+    let mac_text = std::fs::read_to_string(&mac_path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ServeError::NoInterface(config.interface.clone()),
+        _ => ServeError::InterfaceUnreadable { interface: config.interface.clone(), path: mac_path.clone(), source },
+    })?;
     let mac: oasis_pxe::mac::MacAddr =
         mac_text.trim().parse().map_err(|_| ServeError::NoInterface(config.interface.clone()))?;
     // Binding to an address succeeds only if the address is assigned here.
