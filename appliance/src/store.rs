@@ -367,7 +367,7 @@ impl Shared {
             let mut logged = self.read_error_logged.lock().unwrap_or_else(|p| p.into_inner());
             if logged.is_none_or(|at| at.elapsed() >= READ_ERROR_LOG_PERIOD) {
                 *logged = Some(Instant::now());
-                tracing::error!("{e}");
+                tracing::error!("{e}", e = oasis_proto::error_chain(&e));
             }
         }
         e
@@ -532,7 +532,7 @@ fn write_marker(data_dir: &Path) {
         now()
     );
     if let Err(e) = oasis_image::manifest::write_atomic(&data_dir.join(STORE_MARKER), text.as_bytes()) {
-        tracing::warn!("cannot write {}: {e}", data_dir.join(STORE_MARKER).display());
+        tracing::warn!("cannot write {}: {e}", data_dir.join(STORE_MARKER).display(), e = oasis_proto::error_chain(&e));
     }
 }
 
@@ -1473,7 +1473,7 @@ impl MachineDirectory for Store {
             Ok(Some(m)) if m.boot == BootMode::Local => BootTarget::LocalDisk,
             Ok(_) => BootTarget::Network,
             Err(e) => {
-                tracing::debug!(%mac, "cannot read the machine's boot mode, booting it from the network: {e}");
+                tracing::debug!(%mac, "cannot read the machine's boot mode, booting it from the network: {e}", e = oasis_proto::error_chain(&e));
                 BootTarget::Network
             }
         }
