@@ -211,7 +211,7 @@ impl ApiClient {
         let name = ServerName::try_from(at.host.clone()).map_err(|e| unreachable(e.to_string()))?;
         let tls = self.tls.connect(name, tcp).await.map_err(|e| match pin_mismatch_in(&e) {
             Some(found) => ApiError::PinMismatch { url: url.to_string(), expected: self.pin.clone(), found },
-            None => unreachable(format!("TLS handshake failed: {e}")),
+            None => unreachable(format!("TLS handshake failed: {e}", e = oasis_proto::error_chain(&e))),
         })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
             .await
@@ -275,7 +275,8 @@ impl ApiClient {
                 Err(_) => return Err(timeout(ARTIFACT_IDLE_TIMEOUT).into()),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
-                    let reason = format!("the download broke off after {received} bytes: {e}");
+                    let reason =
+                        format!("the download broke off after {received} bytes: {e}", e = oasis_proto::error_chain(&e));
                     return Err(ApiError::Unreachable { url, reason }.into());
                 }
                 Ok(Some(Ok(frame))) => frame,
@@ -323,7 +324,7 @@ pub enum ArtifactError {
          was discarded. If this repeats the appliance's copy is damaged: rebuild its image"
     )]
     WrongHash { expected: String, found: String },
-    #[error("cannot write {}: {source}; check that the node's state directory is writable", .path.display())]
+    #[error("cannot write {}; check that the node's state directory is writable", .path.display())]
     Write { path: PathBuf, source: std::io::Error },
 }
 

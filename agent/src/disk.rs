@@ -73,7 +73,7 @@ impl LocalDisks {
         let device = PathBuf::from("/dev").join(&wanted.device);
         let mut head = vec![0u8; PROBE_BYTES];
         if let Err(e) = std::fs::File::open(&device).and_then(|mut f| f.read_exact(&mut head)) {
-            status.message = Some(format!("cannot read {}: {e}", device.display()));
+            status.message = Some(format!("cannot read {}: {e}", device.display(), e = oasis_proto::error_chain(&e)));
             return status;
         }
         match (content_of(&head), wanted.wipe) {

@@ -70,11 +70,11 @@ pub async fn run(args: KernelArgs, boot: BootInfo, roots: Roots) -> ! {
     let console = Path::new(CONSOLE);
     let client = match ApiClient::new(&args.api, &args.pin) {
         Ok(client) => client,
-        Err(e) => halt(console, &e.to_string()).await,
+        Err(e) => halt(console, &oasis_proto::error_chain(&e)).await,
     };
     let link = match WireGuardLink::new(INTERFACE) {
         Ok(link) => link,
-        Err(e) => halt(console, &e.to_string()).await,
+        Err(e) => halt(console, &oasis_proto::error_chain(&e)).await,
     };
     let identity = Identity {
         token: args.token,
@@ -87,8 +87,8 @@ pub async fn run(args: KernelArgs, boot: BootInfo, roots: Roots) -> ! {
         services: Supervisor::new("/".into(), client.clone(), Spawner),
         disks: std::sync::Arc::new(disk::LocalDisks::default()),
     };
-    let console = ConsoleFile(console.to_path_buf());
-    Session::new(client, link, cluster, SystemClock::default(), console, identity, boot.describe()).run().await
+    let screen = session::Screen { console: ConsoleFile(console.to_path_buf()), address: boot.describe() };
+    Session::new(client, link, cluster, SystemClock::default(), identity, screen).run().await
 }
 
 /// Says what is wrong on the console (again every ten minutes, for whoever comes to look) and

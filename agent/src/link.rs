@@ -23,11 +23,11 @@ pub const INTERFACE: &str = "oasis0";
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     #[error(
-        "this kernel has no WireGuard (creating {interface} failed: {source}); the node image must \
-         carry the wireguard module: rebuild it with `oasis image build node`"
+        "this kernel has no WireGuard (creating {interface} failed); the node image must carry the \
+         wireguard module: rebuild it with `oasis image build node`"
     )]
     WireGuardUnavailable { interface: String, source: std::io::Error },
-    #[error("configuring WireGuard on {interface} failed: {source}")]
+    #[error("configuring WireGuard on {interface} failed")]
     WireGuard { interface: String, source: std::io::Error },
     #[error("the appliance sent a WireGuard key that is not valid base64 ({key:?}); report this to the appliance's operator")]
     BadApplianceKey { key: String },

@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("oasis-agent: error: {e:#}");
+            eprintln!("oasis-agent: error: {}", oasis_proto::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -35,8 +35,8 @@ async fn run() -> anyhow::Result<()> {
     println!("{}", network.summary());
     let console = Path::new(oasis_agent::CONSOLE);
     let args = match std::fs::read_to_string("/proc/cmdline") {
-        Ok(line) => KernelArgs::parse(&line).map_err(|e| e.to_string()),
-        Err(e) => Err(format!("cannot read /proc/cmdline: {e}")),
+        Ok(line) => KernelArgs::parse(&line).map_err(|e| oasis_proto::error_chain(&e)),
+        Err(e) => Err(format!("cannot read /proc/cmdline: {}", oasis_proto::error_chain(&e))),
     };
     // Without its arguments the agent cannot register; it stays up (udhcpc keeps the lease) and
     // says why on the console.

@@ -28,11 +28,11 @@ pub const PEER_UP_WITHIN: Duration = Duration::from_secs(180);
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {
     #[error(
-        "this kernel has no WireGuard (creating {MESH_INTERFACE} failed: {source}); the node image \
-         must carry the wireguard module: rebuild it with `oasis image build node`"
+        "this kernel has no WireGuard (creating {MESH_INTERFACE} failed); the node image must carry \
+         the wireguard module: rebuild it with `oasis image build node`"
     )]
     WireGuardUnavailable { source: std::io::Error },
-    #[error("configuring WireGuard on {MESH_INTERFACE} failed: {source}")]
+    #[error("configuring WireGuard on {MESH_INTERFACE} failed")]
     WireGuard { source: std::io::Error },
     #[error(
         "the appliance sent mesh peer {machine_id} with a WireGuard key that is not valid base64 \
@@ -41,7 +41,7 @@ pub enum MeshError {
     BadPeerKey { machine_id: String, key: String },
     #[error("the appliance sent an invalid mesh prefix length /{0}")]
     BadPrefix(u8),
-    #[error("configuring {MESH_INTERFACE}: {0}")]
+    #[error("configuring {MESH_INTERFACE} failed")]
     Network(#[from] NetworkError),
 }
 

@@ -140,11 +140,11 @@ pub enum ServiceError {
     NoProgram,
     #[error("not linked to the appliance yet: waiting for the management link to fetch artifacts")]
     NotLinked,
-    #[error("fetching {path}: {source}")]
+    #[error("fetching {path}")]
     Fetch { path: String, source: ArtifactError },
-    #[error("cannot write {}: {source}; check that the node's state directory is writable", .path.display())]
+    #[error("cannot write {}; check that the node's state directory is writable", .path.display())]
     Write { path: PathBuf, source: std::io::Error },
-    #[error("cannot start {}: {source}", .program.display())]
+    #[error("cannot start {}", .program.display())]
     Launch { program: PathBuf, source: std::io::Error },
 }
 
@@ -368,7 +368,7 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
                     // What runs is not what is wanted.
                     self.stop().await;
                     tracing::warn!(service = %self.name, generation = spec.generation, "cannot prepare: {error}");
-                    self.set(spec.generation, ServiceState::Failed, Some(error.to_string()));
+                    self.set(spec.generation, ServiceState::Failed, Some(oasis_proto::error_chain(&error)));
                     // A refused spec fails the same way until the appliance changes it.
                     let retry = !matches!(
                         error,
@@ -410,7 +410,7 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
                     }
                     Err(error) => {
                         tracing::warn!(service = %self.name, "{error}");
-                        self.set(spec.generation, ServiceState::Failed, Some(error.to_string()));
+                        self.set(spec.generation, ServiceState::Failed, Some(oasis_proto::error_chain(&error)));
                         self.pause(&mut delay).await;
                         if self.closed() {
                             return;

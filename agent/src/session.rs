@@ -214,11 +214,12 @@ impl<M: Mesh, V: Services> Cluster<M, V> {
     async fn apply(&self, applied: &mut Applied) -> Option<Role> {
         let desired = applied.pending.as_ref()?;
         if let Err(error) = self.mesh.apply(desired.mesh.as_ref()).await {
+            let error = oasis_proto::error_chain(&error);
             tracing::warn!(
                 "cannot apply desired state {}: {error}; trying again at the next heartbeat",
                 desired.revision
             );
-            applied.error = Some(error.to_string());
+            applied.error = Some(error);
             return None;
         }
         self.disks.apply(desired.data_disk.as_ref());
@@ -256,17 +257,17 @@ pub struct Session<A, L, M, V, C, S> {
     configured: Option<LinkConfig>,
 }
 
+/// Where the session shows its status block.
+#[derive(Debug)]
+pub struct Screen<S> {
+    pub console: S,
+    /// What the status block shows for the boot interface, e.g. `ens3 10.0.0.23/24`.
+    pub address: String,
+}
+
 impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, M, V, C, S> {
-    /// `address` is what the status block shows for the boot interface, e.g. `ens3 10.0.0.23/24`.
-    pub fn new(
-        api: A,
-        link: L,
-        cluster: Cluster<M, V>,
-        clock: C,
-        console: S,
-        identity: Identity,
-        address: String,
-    ) -> Self {
+    pub fn new(api: A, link: L, cluster: Cluster<M, V>, clock: C, identity: Identity, screen: Screen<S>) -> Self {
+        let Screen { console, address } = screen;
         let status = Status { address, state: "registering".into(), ..Status::default() };
         Session {
             api,
@@ -354,10 +355,14 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                 }
                 Err(error) => {
                     let delay = backoff.next_delay(&mut self.rng);
-                    tracing::warn!("registration failed, trying again in {} s: {error}", delay.as_secs());
+                    tracing::warn!(
+                        "registration failed, trying again in {} s: {error}",
+                        delay.as_secs(),
+                        error = oasis_proto::error_chain(&error)
+                    );
                     self.reporter.update(self.clock.uptime(), |s| {
                         s.appliance_reachable = Some(answered(&error));
-                        s.last_error = Some(error.to_string());
+                        s.last_error = Some(oasis_proto::error_chain(&error));
                     });
                     delay
                 }
@@ -400,11 +405,12 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                 }
                 Err(error) => {
                     let delay = backoff.next_delay(&mut self.rng);
+                    let error = oasis_proto::error_chain(&error);
                     tracing::warn!(
                         "cannot bring up the management link, trying again in {} s: {error}",
                         delay.as_secs()
                     );
-                    self.reporter.update(self.clock.uptime(), |s| s.last_error = Some(error.to_string()));
+                    self.reporter.update(self.clock.uptime(), |s| s.last_error = Some(error));
                     self.clock.sleep(delay).await;
                 }
             }
@@ -448,7 +454,7 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                             false
                         }
                         Err(error) => {
-                            tracing::warn!("watching desired state failed: {error}");
+                            tracing::warn!("watching desired state failed: {error}", error = oasis_proto::error_chain(&error));
                             true
                         }
                     };
@@ -503,12 +509,13 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                         Err(error) => {
                             failures += 1;
                             tracing::warn!(
-                                "heartbeat {failures} of {HEARTBEAT_FAILURES_BEFORE_REREGISTER} failed: {error}"
+                                "heartbeat {failures} of {HEARTBEAT_FAILURES_BEFORE_REREGISTER} failed: {}",
+                                oasis_proto::error_chain(&error)
                             );
                             self.reporter.update(clock.uptime(), |s| {
                                 s.appliance_reachable = Some(answered(&error));
                                 s.handshake_age = handshake_age;
-                                s.last_error = Some(error.to_string());
+                                s.last_error = Some(oasis_proto::error_chain(&error));
                             });
                             if failures >= HEARTBEAT_FAILURES_BEFORE_REREGISTER {
                                 return LinkLost::HeartbeatsFailing;

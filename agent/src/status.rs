@@ -69,7 +69,11 @@ pub fn print_to(console: &Path, block: &str) {
         let written =
             std::fs::OpenOptions::new().append(true).open(&target).and_then(|mut f| f.write_all(block.as_bytes()));
         if let Err(e) = written {
-            tracing::warn!("cannot write the status block to {}: {e}", target.display());
+            tracing::warn!(
+                "cannot write the status block to {}: {e}",
+                target.display(),
+                e = oasis_proto::error_chain(&e)
+            );
         }
     }
 }

@@ -193,7 +193,7 @@ pub enum AdminError {
 impl AdminError {
     /// The console's line for an action that failed: "oasis: WHAT: why", causes included.
     pub fn console_line(&self, what: &str) -> String {
-        format!("oasis: {what}: {}", operator::chain(self))
+        format!("oasis: {what}: {}", oasis_proto::error_chain(self))
     }
 
     /// The CLI's exit code (see [`operator::exit_code_of`]).

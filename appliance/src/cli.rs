@@ -16,7 +16,7 @@ use crate::operator::{self, Action, Decision};
 use crate::store::{Event, Store};
 
 #[derive(Debug, Parser)]
-#[command(name = "oasis", version, about = "Network boot and self-assembly for disconnected racks")]
+#[command(name = "oasis", version, about = "Network boot and self-assembly for disconnected racks", after_help = crate::exit::EXIT_CODES_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

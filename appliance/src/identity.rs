@@ -30,9 +30,9 @@ pub enum IdentityError {
          `oasis serve --new-store`"
     )]
     Damaged { what: &'static str, path: std::path::PathBuf },
-    #[error("cannot make the API certificate: {0}")]
+    #[error("cannot make the API certificate")]
     Certificate(#[from] rcgen::Error),
-    #[error("cannot write the admin token file {path}: {source}")]
+    #[error("cannot write the admin token file {path}; check that the data directory is writable")]
     Write { path: std::path::PathBuf, source: oasis_image::manifest::ManifestError },
 }
 

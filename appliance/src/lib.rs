@@ -11,6 +11,7 @@
 //! - [`limits`]: the descriptor limit and the connection caps sized to fit in it.
 //! - [`console`]: the serial console: first-boot questions, then the status view and its menu.
 //! - [`cli`]: command-line definitions and the state-reading commands.
+//! - [`exit`]: the exit codes, read off an error's typed causes.
 //! - [`pki`]: the cluster CA, which certifies etcd's members and the appliance as their client.
 //! - [`etcd`]: the appliance's etcd client (membership, status, keys).
 //! - [`assembly`]: the controller that turns accepted machines into a cluster.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod etcd;
+pub mod exit;
 pub mod identity;
 pub mod k3s;
 pub mod limits;
@@ -111,36 +113,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Exit code of a store that needs its operator: damaged, or missing where one existed.
 pub const EXIT_STORE: i32 = 5;
 
-/// The exit code for an error: 3 for a configuration to fix (bad file, or one this host does not
-/// match), 4 for a store in use, [`EXIT_STORE`] (5) for a store damaged or lost, what the
-/// operator table says for an action a running appliance refused (2 when what was asked must
-/// change: [`operator::exit_code_of`]), 1 otherwise.
+/// The exit code for an error, from the typed causes along its whole chain ([`exit::Exit::of`]):
+/// 2 for a request the running appliance refused as asked, 3 for a configuration to fix (bad
+/// file, or one this host does not match), 4 for a store in use, [`EXIT_STORE`] (5) for a store
+/// damaged or lost, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    use serve::ServeError;
-    let host_mismatch = matches!(
-        err.downcast_ref::<ServeError>(),
-        Some(ServeError::NoInterface(_) | ServeError::NoAddress { .. } | ServeError::BootRoot { .. })
-            | Some(ServeError::ProfileFile { .. })
-    );
-    if err.downcast_ref::<config::ConfigError>().is_some() || host_mismatch {
-        3
-    } else if matches!(store_error(err), Some(store::StoreError::InUse { .. })) {
-        4
-    } else if store_error(err).is_some_and(store::StoreError::is_damage) {
-        EXIT_STORE
-    } else if let Some(refused) = err.chain().find_map(|e| e.downcast_ref::<admin::AdminError>()) {
-        refused.exit_code()
-    } else {
-        1
-    }
-}
-
-/// The store error behind `err`, whether `serve` or a command hit it.
-fn store_error(err: &anyhow::Error) -> Option<&store::StoreError> {
-    use serve::ServeError;
-    err.downcast_ref::<store::StoreError>().or(match err.downcast_ref::<ServeError>() {
-        Some(ServeError::Store(e)) => Some(e),
-        Some(ServeError::Identity(identity::IdentityError::Store(e))) => Some(e),
-        _ => None,
-    })
+    exit::Exit::of(err.as_ref()).code()
 }

@@ -9,12 +9,12 @@ fn main() {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!("error: cannot start the async runtime: {}", oasis_proto::error_chain(&e));
             std::process::exit(1);
         }
     };
     if let Err(err) = runtime.block_on(oasis_appliance::run(cli)) {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", oasis_proto::error_chain(err.as_ref()));
         std::process::exit(oasis_appliance::exit_code(&err));
     }
 }

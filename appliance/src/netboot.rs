@@ -70,7 +70,12 @@ impl MachineDirectory for NetbootDirectory {
                 }),
                 now(),
             )
-            .map_err(|e| ScriptRefusal::Unavailable(format!("the lease table is unreadable: {e}")))?;
+            .map_err(|e| {
+                ScriptRefusal::Unavailable(format!(
+                    "the lease table is unreadable: {e}",
+                    e = oasis_proto::error_chain(&e)
+                ))
+            })?;
         match leased {
             Some(address) if peer == Some(IpAddr::V4(address)) => Ok(()),
             Some(address) => Err(ScriptRefusal::Forbidden(format!(
@@ -96,9 +101,12 @@ impl MachineDirectory for NetbootDirectory {
             _ => None,
         };
         let record = BootToken { sha256: credential_hash(&token), issued_to, issued_at: now() };
-        self.store
-            .save_boot_token_blocking(mac, record)
-            .map_err(|e| ScriptRefusal::Unavailable(format!("the boot script's token could not be recorded: {e}")))?;
+        self.store.save_boot_token_blocking(mac, record).map_err(|e| {
+            ScriptRefusal::Unavailable(format!(
+                "the boot script's token could not be recorded: {e}",
+                e = oasis_proto::error_chain(&e)
+            ))
+        })?;
         Ok(format!("oasis.token={token}"))
     }
 }

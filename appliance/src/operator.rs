@@ -246,21 +246,6 @@ pub fn exit_code_of(status: StatusCode) -> i32 {
     }
 }
 
-/// An error and its sources, joined with ": ".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let line = cause.to_string();
-        // `#[error(transparent)]` shows its source's message already.
-        if !text.ends_with(&line) {
-            text = format!("{text}: {line}");
-        }
-        next = cause.source();
-    }
-    text
-}
-
 impl IntoResponse for ActionError {
     fn into_response(self) -> Response {
         match &self {
@@ -268,7 +253,7 @@ impl IntoResponse for ActionError {
             ActionError::NotRead(e) => tracing::error!("store read failed: {e}"),
             _ => {}
         }
-        (self.status(), Json(ErrorBody { error: chain(&self) })).into_response()
+        (self.status(), Json(ErrorBody { error: oasis_proto::error_chain(&self) })).into_response()
     }
 }
 

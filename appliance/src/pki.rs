@@ -49,9 +49,9 @@ pub enum PkiError {
     Damaged(&'static str),
     #[error("the {0} is not valid PEM; issue it again from the cluster CA")]
     NotPem(&'static str),
-    #[error("cannot make a cluster certificate: {0}")]
+    #[error("cannot make a cluster certificate")]
     Certificate(#[from] rcgen::Error),
-    #[error("the cluster certificate is unusable for TLS: {0}")]
+    #[error("the cluster certificate is unusable for TLS")]
     Tls(#[from] rustls::Error),
 }
 

@@ -28,7 +28,7 @@ use crate::api::{self, Api, PeerDevice, PeerQueue};
 use crate::assembly::kubernetes::Kubernetes;
 use crate::assembly::world::SystemClock;
 use crate::assembly::{Controller, Outputs, Provisions, World};
-use crate::config::{AcceptancePolicy, Config, ConflictCheckKind};
+use crate::config::{AcceptancePolicy, Config, ConflictCheckKind, DhcpSettings};
 use crate::etcd::EtcdClient;
 use crate::identity::Identity;
 use crate::k3s::K3sArtifacts;
@@ -43,11 +43,13 @@ use crate::wireguard::{self, ManagementInterface};
 pub enum ServeError {
     #[error("network interface {0:?} does not exist on this machine: check network.interface (`ip link` lists them)")]
     NoInterface(String),
+    #[error("cannot read the hardware address of {interface} from {path}")]
+    InterfaceUnreadable { interface: String, path: PathBuf, source: std::io::Error },
     #[error("address {address} is not assigned to this machine: add it, e.g. `ip addr add {address}/{prefix} dev {interface}`")]
     NoAddress { address: Ipv4Addr, prefix: u32, interface: String },
-    #[error("the boot root {path} is unusable: {source}; create it and put the iPXE builds and the boot profile's files in it")]
+    #[error("the boot root {path} is unusable: create it and put the iPXE builds and the boot profile's files in it")]
     BootRoot { path: PathBuf, source: oasis_pxe::boot_root::PathError },
-    #[error("the boot profile's {what} {name:?} is not in the boot root {root}: {source}{hint}")]
+    #[error("the boot profile's {what} {name:?} is not in the boot root {root}{hint}")]
     ProfileFile {
         what: &'static str,
         name: String,
@@ -56,30 +58,43 @@ pub enum ServeError {
         /// What to do about it, when we know.
         hint: String,
     },
-    #[error("cannot start the {what} service on {addr}: {source}")]
+    #[error("cannot start the {what} service on {addr}")]
     Listen { what: &'static str, addr: SocketAddr, source: std::io::Error },
-    #[error("cannot start the conflict check on {interface}: {source}")]
+    #[error("cannot open the admin socket {path} (is another `oasis serve` running on this data directory?)")]
+    AdminSocket { path: PathBuf, source: std::io::Error },
+    #[error("cannot watch for SIGTERM, so `oasis serve` could not be stopped cleanly")]
+    Signal { source: std::io::Error },
+    #[error("cannot start the conflict check on {interface}")]
     ConflictCheck { interface: String, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Dhcp(#[from] oasis_pxe::dhcp::DhcpError),
-    #[error("the {0} service stopped unexpectedly")]
-    Stopped(&'static str),
-    #[error("the appliance's identity: {0}")]
+    #[error("the {service} service stopped unexpectedly; restart `oasis serve`")]
+    Stopped { service: &'static str },
+    #[error("the {service} service failed; restart `oasis serve`, and report this")]
+    Panicked { service: &'static str, source: tokio::task::JoinError },
+    #[error("cannot load the appliance's identity")]
     Identity(#[from] crate::identity::IdentityError),
-    #[error("the management network: {0}")]
+    #[error("cannot bring up the management network")]
     Wireguard(#[from] wireguard::WireguardError),
+    #[error("cluster assembly cannot start: the cluster CA is unusable")]
+    ClusterCa(#[source] crate::pki::PkiError),
+    #[error("cluster assembly cannot start: no etcd client")]
+    Etcd(#[source] crate::pki::PkiError),
     #[error("cluster assembly cannot start: {0}")]
-    Cluster(String),
-    #[error("the API's TLS setup failed: {0}")]
+    Kubernetes(String),
+    #[error("the API's TLS setup failed")]
     Tls(#[from] rustls::Error),
 }
 
 /// Checks the interface exists and carries the configured address.
 fn check_host(config: &Config) -> Result<[u8; 6], ServeError> {
     let mac_path = Path::new("/sys/class/net").join(&config.interface).join("address");
-    let mac_text = std::fs::read_to_string(&mac_path).map_err(|_| ServeError::NoInterface(config.interface.clone()))?;
+    let mac_text = std::fs::read_to_string(&mac_path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ServeError::NoInterface(config.interface.clone()),
+        _ => ServeError::InterfaceUnreadable { interface: config.interface.clone(), path: mac_path.clone(), source },
+    })?;
     let mac: oasis_pxe::mac::MacAddr =
         mac_text.trim().parse().map_err(|_| ServeError::NoInterface(config.interface.clone()))?;
     // Binding to an address succeeds only if the address is assigned here.
@@ -236,6 +251,184 @@ fn full_dhcp(config: &Config) -> bool {
     config.dhcp.as_ref().is_some_and(|d| d.full.is_some())
 }
 
+/// The running services, each under its name, so a stop or a panic says which one.
+#[derive(Default)]
+struct Services {
+    tasks: JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Services {
+    fn spawn(&mut self, name: &'static str, service: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(service);
+        self.names.insert(handle.id(), name);
+    }
+
+    fn name(&self, id: tokio::task::Id) -> &'static str {
+        self.names.get(&id).copied().unwrap_or("unnamed")
+    }
+
+    /// Waits for the first service to end, and says which and how: a service ends only on a
+    /// failure, which it logged, or a panic, which is kept as the cause.
+    async fn first_stop(&mut self) -> ServeError {
+        match self.tasks.join_next_with_id().await {
+            Some(Ok((id, ()))) => ServeError::Stopped { service: self.name(id) },
+            Some(Err(source)) => ServeError::Panicked { service: self.name(source.id()), source },
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// The DHCP service's configuration, from `[dhcp]` and the network the appliance serves.
+fn dhcp_config(config: &Config, dhcp: &DhcpSettings, policy: &BootPolicy) -> DhcpConfig {
+    let mode = match &dhcp.full {
+        Some((pool, network, authoritative)) => {
+            Mode::Full { pool: pool.clone(), authoritative: *authoritative, network: network.clone() }
+        }
+        None => Mode::Proxy,
+    };
+    DhcpConfig {
+        mode,
+        interface: config.interface.clone(),
+        server: config.address,
+        server_port: dhcp.port,
+        client_port: dhcp.client_port,
+        proxy_port: dhcp.proxy_port,
+        policy: policy.clone(),
+        rate_per_sec: dhcp.rate_limit,
+        rate_burst: dhcp.rate_burst,
+        reply_delay: dhcp.reply_delay,
+        tolerate_missing_uuid: dhcp.tolerate_missing_uuid,
+    }
+}
+
+/// The check that an address is free before it is offered (full mode only).
+fn conflict_check(
+    config: &Config,
+    dhcp: &DhcpSettings,
+    our_mac: [u8; 6],
+) -> Result<Arc<dyn ConflictCheck>, ServeError> {
+    let failed = |source| ServeError::ConflictCheck { interface: config.interface.clone(), source };
+    Ok(match (dhcp.conflict_check, &dhcp.full) {
+        (_, None) | (ConflictCheckKind::Off, _) => Arc::new(NoCheck),
+        (ConflictCheckKind::Arp, Some(_)) => {
+            Arc::new(ArpCheck::new(&config.interface, our_mac, dhcp.conflict_timeout).map_err(failed)?)
+        }
+        (ConflictCheckKind::Icmp, Some(_)) => {
+            Arc::new(IcmpCheck::new(&config.interface, dhcp.conflict_timeout).map_err(failed)?)
+        }
+    })
+}
+
+/// Binds the admin socket in the data directory.
+fn listen_admin(data_dir: &Path) -> Result<tokio::net::UnixListener, ServeError> {
+    admin::listen(data_dir).map_err(|source| ServeError::AdminSocket { path: admin::socket_path(data_dir), source })
+}
+
+/// What every service starts from, and the services started so far.
+struct Launch<'a> {
+    config: &'a Config,
+    store: Store,
+    metrics: Arc<Metrics>,
+    root: BootRoot,
+    policy: BootPolicy,
+    caps: limits::Plan,
+    services: Services,
+}
+
+impl Launch<'_> {
+    fn start_dhcp(&mut self, our_mac: [u8; 6]) -> Result<(), ServeError> {
+        let Some(d) = &self.config.dhcp else { return Ok(()) };
+        let check = conflict_check(self.config, d, our_mac)?;
+        let dhcp_config = dhcp_config(self.config, d, &self.policy);
+        let service = DhcpService::new(dhcp_config, Arc::new(self.store.clone()), check, self.metrics.clone())?;
+        let server = DhcpServer::bind(service)?;
+        self.services.spawn("DHCP", server.run());
+        let mode = if d.full.is_some() { "full" } else { "proxy" };
+        tracing::info!(interface = %self.config.interface, mode, "DHCP serving");
+        Ok(())
+    }
+
+    async fn start_tftp(&mut self) -> Result<(), ServeError> {
+        let Some((port, tftp_config)) = &self.config.tftp else { return Ok(()) };
+        let addr = SocketAddr::V4(SocketAddrV4::new(self.config.address, *port));
+        let server = TftpServer::bind(addr, self.root.clone(), tftp_config.clone(), self.metrics.clone())
+            .await
+            .map_err(|source| ServeError::Listen { what: "TFTP", addr, source })?;
+        self.services.spawn("TFTP", server.run());
+        tracing::info!(%addr, "TFTP serving {}", self.root.path().display());
+        Ok(())
+    }
+
+    async fn start_http(&mut self, profile: oasis_pxe::script::BootProfile) -> Result<(), ServeError> {
+        let config = self.config;
+        let addr = SocketAddr::V4(SocketAddrV4::new(config.address, config.http_port));
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen {
+            what: "HTTP",
+            addr,
+            source,
+        })?;
+        let scripts = ScriptRenderer::new(self.policy.base_url(), profile);
+        let directory = NetbootDirectory::new(self.store.clone(), full_dhcp(config), config.profile_is_node);
+        let boot = HttpBoot::new(self.root.clone(), scripts, Arc::new(directory), self.metrics.clone());
+        let guard = Guard::new(Listener::HttpBoot, self.caps.http.clone(), Timeouts::default(), self.metrics.clone());
+        self.services.spawn("HTTP", http::serve(listener, http::router(boot), guard));
+        tracing::info!(%addr, "HTTP boot serving");
+        Ok(())
+    }
+
+    /// The cluster CA, the etcd client and the controller that assembles the cluster.
+    async fn start_assembly(
+        &mut self,
+        api: &Arc<Api>,
+        node_artifacts: &HashMap<String, (Artifact, PathBuf)>,
+        k3s_bundle: Option<K3sArtifacts>,
+    ) -> Result<admin::ClusterHandle, ServeError> {
+        let ca = ClusterCa::load_or_create(&self.store).map_err(ServeError::ClusterCa)?;
+        let etcd = EtcdClient::new(&ca).map_err(ServeError::Etcd)?;
+        let (cluster_status, status) = tokio::sync::watch::channel(Arc::default());
+        let (kubeconfig_tx, kubeconfig) = tokio::sync::watch::channel(None);
+        let kubernetes = match k3s_bundle {
+            Some(artifacts) => Some(
+                Kubernetes::load_or_create(&self.store, &ca, &self.config.cluster.name, artifacts)
+                    .await
+                    .map_err(ServeError::Kubernetes)?,
+            ),
+            None => None,
+        };
+        let controller = Controller::new(
+            self.config.cluster.clone(),
+            World { api: api.clone(), etcd: etcd.clone(), clock: SystemClock },
+            Provisions { ca, etcd_artifact: node_artifacts.get("etcd").map(|(a, _)| a.clone()), kubernetes },
+            Outputs { status: cluster_status, kubeconfig: kubeconfig_tx },
+        );
+        self.services.spawn("assembly", controller.run());
+        Ok(admin::ClusterHandle { status, etcd, kubeconfig })
+    }
+
+    async fn start_api(&mut self, api: &Arc<Api>) -> Result<(), ServeError> {
+        let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.config.api_port));
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen {
+            what: "API",
+            addr,
+            source,
+        })?;
+        let tls = api::tls_config(&api.identity)?;
+        let guard = Guard::new(Listener::Api, self.caps.api.clone(), Timeouts::default(), self.metrics.clone());
+        self.services.spawn("API", api::serve(listener, tls, api::router(api.clone()), guard));
+        tracing::info!(%addr, "API serving (HTTPS)");
+        Ok(())
+    }
+
+    fn start_admin(&mut self, api: &Arc<Api>, cluster: admin::ClusterHandle) -> Result<(), ServeError> {
+        let listener = listen_admin(&self.config.data_dir)?;
+        let router = admin::router(api.clone(), cluster);
+        let guard = Guard::new(Listener::Admin, self.caps.admin.clone(), Timeouts::default(), self.metrics.clone());
+        self.services.spawn("admin", conn::serve(listener, guard, conn::plain, router));
+        Ok(())
+    }
+}
+
 /// Runs every service until one fails or the process is told to stop. `new_store`: start afresh
 /// if the store is damaged or lost (`oasis serve --new-store`).
 pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
@@ -255,137 +448,24 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
                 .to_string();
     }
     let policy = BootPolicy { server: config.address, http_port: config.http_port, ipxe_dir: config.ipxe_dir.clone() };
-    let mut tasks: JoinSet<&'static str> = JoinSet::new();
-
-    if let Some(d) = &config.dhcp {
-        let check: Arc<dyn ConflictCheck> = match (d.conflict_check, &d.full) {
-            (_, None) | (ConflictCheckKind::Off, _) => Arc::new(NoCheck),
-            (ConflictCheckKind::Arp, Some(_)) => Arc::new(
-                ArpCheck::new(&config.interface, our_mac, d.conflict_timeout)
-                    .map_err(|source| ServeError::ConflictCheck { interface: config.interface.clone(), source })?,
-            ),
-            (ConflictCheckKind::Icmp, Some(_)) => Arc::new(
-                IcmpCheck::new(&config.interface, d.conflict_timeout)
-                    .map_err(|source| ServeError::ConflictCheck { interface: config.interface.clone(), source })?,
-            ),
-        };
-        let mode = match &d.full {
-            Some((pool, network, authoritative)) => {
-                Mode::Full { pool: pool.clone(), authoritative: *authoritative, network: network.clone() }
-            }
-            None => Mode::Proxy,
-        };
-        let dhcp_config = DhcpConfig {
-            mode,
-            interface: config.interface.clone(),
-            server: config.address,
-            server_port: d.port,
-            client_port: d.client_port,
-            proxy_port: d.proxy_port,
-            policy: policy.clone(),
-            rate_per_sec: d.rate_limit,
-            rate_burst: d.rate_burst,
-            reply_delay: d.reply_delay,
-            tolerate_missing_uuid: d.tolerate_missing_uuid,
-        };
-        let service = DhcpService::new(dhcp_config, Arc::new(store.clone()), check, metrics.clone())?;
-        let server = DhcpServer::bind(service)?;
-        tasks.spawn(async move {
-            server.run().await;
-            "DHCP"
-        });
-        tracing::info!(interface = %config.interface, mode = if d.full.is_some() { "full" } else { "proxy" }, "DHCP serving");
-    }
-
-    if let Some((port, tftp_config)) = &config.tftp {
-        let addr = SocketAddr::V4(SocketAddrV4::new(config.address, *port));
-        let server = TftpServer::bind(addr, root.clone(), tftp_config.clone(), metrics.clone())
-            .await
-            .map_err(|source| ServeError::Listen { what: "TFTP", addr, source })?;
-        tasks.spawn(async move {
-            server.run().await;
-            "TFTP"
-        });
-        tracing::info!(%addr, "TFTP serving {}", root.path().display());
-    }
-
-    let http_addr = SocketAddr::V4(SocketAddrV4::new(config.address, config.http_port));
-    let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|source| ServeError::Listen {
-        what: "HTTP",
-        addr: http_addr,
-        source,
-    })?;
-    let scripts = ScriptRenderer::new(policy.base_url(), profile);
-    let directory = NetbootDirectory::new(store.clone(), full_dhcp(&config), config.profile_is_node);
-    let router = http::router(HttpBoot::new(root.clone(), scripts, Arc::new(directory), metrics.clone()));
-    let guard = Guard::new(Listener::HttpBoot, caps.http.clone(), Timeouts::default(), metrics.clone());
-    tasks.spawn(async move {
-        http::serve(listener, router, guard).await;
-        "HTTP"
-    });
-    tracing::info!(addr = %http_addr, "HTTP boot serving");
-
+    let mut launch =
+        Launch { config: &config, store: store.clone(), metrics, root, policy, caps, services: Services::default() };
+    launch.start_dhcp(our_mac)?;
+    launch.start_tftp().await?;
+    launch.start_http(profile).await?;
     let (node_artifacts, k3s_bundle) = load_node_artifacts(&config);
     let served: HashMap<String, PathBuf> =
         node_artifacts.values().map(|(a, path)| (a.sha256.clone(), path.clone())).collect();
     let api = start_management(&config, &store, identity, served).await?;
-    let ca = ClusterCa::load_or_create(&store).map_err(|e| ServeError::Cluster(e.to_string()))?;
-    let etcd = EtcdClient::new(&ca).map_err(|e| ServeError::Cluster(e.to_string()))?;
-    let (cluster_status, status_rx) = tokio::sync::watch::channel(Arc::default());
-    let (kubeconfig, kubeconfig_rx) = tokio::sync::watch::channel(None);
-    let kubernetes = match k3s_bundle {
-        Some(artifacts) => Some(
-            Kubernetes::load_or_create(&store, &ca, &config.cluster.name, artifacts)
-                .await
-                .map_err(ServeError::Cluster)?,
-        ),
-        None => None,
-    };
-    let controller = Controller::new(
-        config.cluster.clone(),
-        World { api: api.clone(), etcd: etcd.clone(), clock: SystemClock },
-        Provisions { ca, etcd_artifact: node_artifacts.get("etcd").map(|(a, _)| a.clone()), kubernetes },
-        Outputs { status: cluster_status, kubeconfig },
-    );
-    tasks.spawn(async move {
-        controller.run().await;
-        "assembly"
-    });
-    let api_addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.api_port));
-    let api_listener = tokio::net::TcpListener::bind(api_addr).await.map_err(|source| ServeError::Listen {
-        what: "API",
-        addr: api_addr,
-        source,
-    })?;
-    let tls = api::tls_config(&api.identity)?;
-    let api_router = api::router(api.clone());
-    let guard = Guard::new(Listener::Api, caps.api.clone(), Timeouts::default(), metrics.clone());
-    tasks.spawn(async move {
-        api::serve(api_listener, tls, api_router, guard).await;
-        "API"
-    });
-    tracing::info!(addr = %api_addr, "API serving (HTTPS)");
-
-    let admin_listener = admin::listen(&config.data_dir).map_err(|source| ServeError::Listen {
-        what: "admin",
-        addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
-        source,
-    })?;
-    let admin_router =
-        admin::router(api.clone(), admin::ClusterHandle { status: status_rx, etcd, kubeconfig: kubeconfig_rx });
-    let guard = Guard::new(Listener::Admin, caps.admin.clone(), Timeouts::default(), metrics.clone());
-    tasks.spawn(async move {
-        conn::serve(admin_listener, guard, conn::plain, admin_router).await;
-        "admin"
-    });
+    let cluster = launch.start_assembly(&api, &node_artifacts, k3s_bundle).await?;
+    launch.start_api(&api).await?;
+    launch.start_admin(&api, cluster)?;
+    let mut services = launch.services;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|source| ServeError::Listen { what: "signal", addr: http_addr, source })?;
+        .map_err(|source| ServeError::Signal { source })?;
     let result = tokio::select! {
-        stopped = tasks.join_next() => {
-            let name = stopped.and_then(Result::ok).unwrap_or("a");
-            Err(ServeError::Stopped(name))
-        }
+        stopped = services.first_stop() => Err(stopped),
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; stopping");
             Ok(())
@@ -397,7 +477,46 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     };
     // The counts of repeated refusals are written now, not lost with the process.
     if let Err(e) = store.flush().await {
-        tracing::warn!("the last events were not written: {e}");
+        tracing::warn!("the last events were not written: {}", oasis_proto::error_chain(&e));
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_service_is_named_and_its_panic_kept() {
+        let mut services = Services::default();
+        services.spawn("HTTP", std::future::pending());
+        services.spawn("TFTP", async { panic!("the TFTP socket vanished") });
+        let stopped = services.first_stop().await;
+        assert!(matches!(stopped, ServeError::Panicked { service: "TFTP", .. }), "{stopped:?}");
+        let text = oasis_proto::error_chain(&stopped);
+        assert!(text.starts_with("the TFTP service failed"), "{text}");
+        assert!(text.contains("the TFTP socket vanished"), "the panic is kept: {text}");
+    }
+
+    #[tokio::test]
+    async fn a_service_that_returns_is_named() {
+        let mut services = Services::default();
+        services.spawn("HTTP", std::future::pending());
+        services.spawn("DHCP", async {});
+        let stopped = services.first_stop().await;
+        assert_eq!(oasis_proto::error_chain(&stopped), "the DHCP service stopped unexpectedly; restart `oasis serve`");
+    }
+
+    #[tokio::test]
+    async fn an_admin_socket_failure_names_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory with something in it where the socket goes: it cannot be replaced.
+        let path = admin::socket_path(dir.path());
+        std::fs::create_dir_all(path.join("x")).unwrap();
+        let err = listen_admin(dir.path()).unwrap_err();
+        assert!(matches!(&err, ServeError::AdminSocket { path: p, .. } if *p == path), "{err:?}");
+        let text = oasis_proto::error_chain(&err);
+        assert!(text.contains(&path.display().to_string()), "the socket's path is named: {text}");
+        assert!(!text.contains("127.0.0.1"), "{text}");
+    }
 }

@@ -94,13 +94,13 @@ const NEXT_STEP: &str = "restore it from a backup (with oasis stopped), or start
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create the data directory {path}: {source}")]
+    #[error("cannot create the data directory {path}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("the store {path} is in use by another oasis process (is `oasis serve` running?)")]
     InUse { path: PathBuf },
-    #[error("cannot open the store {path}: {source}")]
+    #[error("cannot open the store {path}")]
     Open { path: PathBuf, source: redb::DatabaseError },
-    #[error("cannot open the store {path}: {source} (is the data partition mounted read-only?)")]
+    #[error("cannot open the store {path} (is the data partition mounted read-only?)")]
     Access { path: PathBuf, source: std::io::Error },
     #[error(
         "the store {path} has schema version {found}; this oasis understands up to {SCHEMA_VERSION}: run a newer oasis"
@@ -121,16 +121,25 @@ pub enum StoreError {
     Full { dir: PathBuf },
     #[error("the store {path} is being reopened after a failed write; try again")]
     Reopening { path: PathBuf },
-    #[error("cannot move {path} aside: {source}")]
+    #[error("cannot move {path} aside; check that the data partition is writable")]
     SetAside { path: PathBuf, source: std::io::Error },
-    #[error("store operation failed: {0}")]
+    #[error("the store's database refused the operation")]
     Db(#[from] redb::Error),
-    #[error("a record could not be encoded: {0}")]
+    #[error("a record could not be encoded")]
     Encode(#[from] serde_json::Error),
-    #[error("the commit failed: {0}")]
-    Commit(String),
+    #[error("the store {path} could not record this{}", commit_next_step(source))]
+    Commit { path: PathBuf, source: Arc<StoreError> },
     #[error("the store's writer has stopped")]
     WriterGone,
+}
+
+/// What to do about a failed commit, unless its cause says it already (damage does).
+fn commit_next_step(cause: &StoreError) -> &'static str {
+    if cause.is_damage() {
+        ""
+    } else {
+        ": if the data partition is full, free space on it; otherwise check the disk (`dmesg`) and restart oasis"
+    }
 }
 
 impl StoreError {
@@ -273,7 +282,7 @@ fn put<K: redb::Key + 'static>(
 #[derive(Debug, Clone)]
 enum Refused {
     Full,
-    Failed(String),
+    Failed(Arc<StoreError>),
 }
 
 type Reply = oneshot::Sender<Result<(), Refused>>;
@@ -358,7 +367,7 @@ impl Shared {
             let mut logged = self.read_error_logged.lock().unwrap_or_else(|p| p.into_inner());
             if logged.is_none_or(|at| at.elapsed() >= READ_ERROR_LOG_PERIOD) {
                 *logged = Some(Instant::now());
-                tracing::error!("{e}");
+                tracing::error!("{e}", e = oasis_proto::error_chain(&e));
             }
         }
         e
@@ -523,7 +532,7 @@ fn write_marker(data_dir: &Path) {
         now()
     );
     if let Err(e) = oasis_image::manifest::write_atomic(&data_dir.join(STORE_MARKER), text.as_bytes()) {
-        tracing::warn!("cannot write {}: {e}", data_dir.join(STORE_MARKER).display());
+        tracing::warn!("cannot write {}: {e}", data_dir.join(STORE_MARKER).display(), e = oasis_proto::error_chain(&e));
     }
 }
 
@@ -913,7 +922,7 @@ impl Store {
         match answer {
             Ok(()) => Ok(()),
             Err(Refused::Full) => Err(StoreError::Full { dir: self.shared.data_dir.clone() }),
-            Err(Refused::Failed(why)) => Err(StoreError::Commit(why)),
+            Err(Refused::Failed(source)) => Err(StoreError::Commit { path: self.shared.path.clone(), source }),
         }
     }
 
@@ -1049,7 +1058,7 @@ impl<P: Partition> Writer<P> {
         let db = match self.database() {
             Ok(db) => db,
             Err(e) => {
-                let why = e.to_string();
+                let why = Arc::new(e);
                 for w in writes {
                     w.reply(Err(Refused::Failed(why.clone())));
                 }
@@ -1057,37 +1066,84 @@ impl<P: Partition> Writer<P> {
             }
         };
         let full = self.space.is_full();
-        match apply(&db, &writes, &events, full, &self.limits) {
+        match apply(&db, &self.shared.path, Group { writes: &writes, untrusted: &events, full }, &self.limits) {
             Ok(applied) => self.reply(writes, &applied, Ok(())),
             Err(e) if no_space(&e) => {
-                tracing::error!("a commit of {} writes failed for lack of space: {e}", writes.len());
+                tracing::error!(
+                    "a commit of {} writes failed for lack of space: {}",
+                    writes.len(),
+                    oasis_proto::error_chain(&e)
+                );
                 drop(db);
                 if let Some(change) = self.space.no_space() {
                     self.announce(change);
                 }
                 self.reopen();
                 // Renewals only, now that the reserve is free.
-                match self
-                    .database()
-                    .map_err(|e| e.to_string())
-                    .and_then(|db| apply(&db, &writes, &[], true, &self.limits).map_err(|e| e.to_string()))
-                {
+                let renewals = Group { writes: &writes, untrusted: &[], full: true };
+                match self.database().and_then(|db| apply(&db, &self.shared.path, renewals, &self.limits)) {
                     Ok(applied) => self.reply(writes, &applied, Ok(())),
                     Err(why) => {
-                        tracing::error!("the renewals could not be committed either: {why}");
+                        tracing::error!(
+                            "the renewals could not be committed either: {}",
+                            oasis_proto::error_chain(&why)
+                        );
                         self.reopen();
-                        self.reply(writes, &[], Err(Refused::Failed(why)));
+                        self.reply(writes, &[], Err(Refused::Failed(Arc::new(why))));
                     }
                 }
             }
             Err(e) => {
-                tracing::error!("store commit of {} writes failed: {e}", writes.len());
+                tracing::warn!(
+                    "store commit of {} writes failed: {}; committing each alone",
+                    writes.len(),
+                    oasis_proto::error_chain(&e)
+                );
                 drop(db);
                 // redb fails every call after a failed write until the database is reopened.
                 self.reopen();
-                self.reply(writes, &[], Err(Refused::Failed(e.to_string())));
+                self.commit_each(writes, events, full);
             }
         }
+    }
+
+    /// Commits the writes of a failed group one by one, so a write that fails fails alone and
+    /// its caller is told why; the failure is recorded as an event when the store can take one.
+    fn commit_each(&mut self, writes: Vec<Write>, events: Vec<Happening>, full: bool) {
+        if !events.is_empty() {
+            if let Err(e) = self.commit_alone(&[], &events, full) {
+                tracing::error!("the tallied events were not written: {}", oasis_proto::error_chain(&e));
+            }
+        }
+        for write in writes {
+            let result = match self.commit_alone(std::slice::from_ref(&write), &[], full) {
+                Ok(applied) if applied.first().copied().unwrap_or(true) => Ok(()),
+                Ok(_) => {
+                    self.shared.count(ErrorKind::StoreFull);
+                    Err(Refused::Full)
+                }
+                Err(e) => {
+                    let message = format!("a write was refused: {}", oasis_proto::error_chain(&e));
+                    tracing::error!("{message}");
+                    let event = Happening { kind: "store-write-failed", mac: None, message };
+                    if let Err(e) = self.commit_alone(&[], &[event], full) {
+                        tracing::error!("the failure could not be recorded: {}", oasis_proto::error_chain(&e));
+                    }
+                    Err(Refused::Failed(Arc::new(e)))
+                }
+            };
+            write.reply(result);
+        }
+    }
+
+    /// One transaction of `writes` and `events`; a failure reopens the database for the next.
+    fn commit_alone(&self, writes: &[Write], events: &[Happening], full: bool) -> Result<Vec<bool>, StoreError> {
+        let group = Group { writes, untrusted: events, full };
+        let result = self.database().and_then(|db| apply(&db, &self.shared.path, group, &self.limits));
+        if result.is_err() {
+            self.reopen();
+        }
+        result
     }
 
     /// Tells each caller: `result` to the applied ones, `Full` to the ones refused for space.
@@ -1134,6 +1190,7 @@ impl<P: Partition> Writer<P> {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => {
+                    let e = oasis_proto::error_chain(&e);
                     tracing::error!("cannot reopen the store {}: {e}; retrying at the next write", path.display());
                     return;
                 }
@@ -1153,151 +1210,232 @@ fn renews(previous: Option<&Lease>, lease: &Lease) -> bool {
     previous.is_some_and(|p| p.mac == lease.mac && p.state == LeaseState::Bound && lease.state == LeaseState::Bound)
 }
 
-/// Applies the writes and `untrusted` events in one transaction; returns which writes were
-/// applied. When `full`, only lease renewals are, and no event is written.
-fn apply(
-    db: &Database,
-    batch: &[Write],
-    untrusted: &[Happening],
+/// The tables of one write transaction, and the events it adds.
+struct Tables<'t> {
+    leases: redb::Table<'t, u32, &'static [u8]>,
+    machines: redb::Table<'t, &'static str, &'static [u8]>,
+    events: redb::Table<'t, u64, &'static [u8]>,
+    registry: redb::Table<'t, &'static str, &'static [u8]>,
+    assembly: redb::Table<'t, &'static str, &'static [u8]>,
+    secrets: redb::Table<'t, &'static str, &'static [u8]>,
+    boot_tokens: redb::Table<'t, &'static str, &'static [u8]>,
+    meta: redb::Table<'t, &'static str, u64>,
+    next_seq: u64,
+    /// Bytes of the events added.
+    added: u64,
+    /// Only lease renewals are written, and no event.
     full: bool,
-    limits: &EventLimits,
-) -> Result<Vec<bool>, StoreError> {
-    let mut applied = vec![!full; batch.len()];
-    if full && !batch.iter().any(|w| matches!(w, Write::Lease(..))) {
-        return Ok(applied);
-    }
-    let mut txn = db.begin_write()?;
-    txn.set_two_phase_commit(true);
-    {
-        let mut leases = txn.open_table(LEASES)?;
-        let mut machines = txn.open_table(MACHINES)?;
-        let mut events = txn.open_table(EVENTS)?;
-        let mut registry = txn.open_table(REGISTRY)?;
-        let mut assembly = txn.open_table(ASSEMBLY)?;
-        let mut secrets = txn.open_table(SECRETS)?;
-        let mut boot_tokens = txn.open_table(BOOT_TOKENS)?;
-        let mut meta = txn.open_table(META)?;
-        let mut next_seq = match meta.get(NEXT_EVENT)? {
+    /// The store's file, named by the errors.
+    path: &'t Path,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction, full: bool, path: &'t Path) -> Result<Tables<'t>, StoreError> {
+        let meta = txn.open_table(META)?;
+        let events = txn.open_table(EVENTS)?;
+        let next_seq = match meta.get(NEXT_EVENT)? {
             Some(v) => v.value(),
             None => events.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1),
         };
-        let mut added = 0u64;
-        let mut event = |kind: &str, mac: Option<MacAddr>, message: String| -> Result<(), StoreError> {
-            if full {
-                return Ok(());
+        Ok(Tables {
+            leases: txn.open_table(LEASES)?,
+            machines: txn.open_table(MACHINES)?,
+            events,
+            registry: txn.open_table(REGISTRY)?,
+            assembly: txn.open_table(ASSEMBLY)?,
+            secrets: txn.open_table(SECRETS)?,
+            boot_tokens: txn.open_table(BOOT_TOKENS)?,
+            meta,
+            next_seq,
+            added: 0,
+            full,
+            path,
+        })
+    }
+
+    fn event(&mut self, kind: &str, mac: Option<MacAddr>, message: String) -> Result<(), StoreError> {
+        if self.full {
+            return Ok(());
+        }
+        let e = Event { seq: self.next_seq, at: now(), kind: kind.to_string(), mac, message };
+        self.added += put(&mut self.events, self.next_seq, &serde_json::to_vec(&e)?)?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    fn happenings(&mut self, happenings: &[Happening]) -> Result<(), StoreError> {
+        for h in happenings {
+            self.event(h.kind, h.mac, h.message.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Applies one write; returns whether it was (when full, only a renewal is).
+    fn write(&mut self, write: &Write) -> Result<bool, StoreError> {
+        match write {
+            Write::Lease(lease, _) => return self.lease(lease),
+            _ if self.full => return Ok(false),
+            Write::Sighting(s) => self.sighting(s)?,
+            Write::Boot(mac) => self.update_machine(*mac, |m| {
+                m.boot_count += 1;
+                m.last_seen = now();
+            })?,
+            Write::SetBoot(mac, mode, _) => {
+                self.update_machine(*mac, |m| m.boot = *mode)?;
+                self.event("boot-mode", Some(*mac), format!("{mac} will boot from {mode:?}").to_lowercase())?;
             }
-            let e = Event { seq: next_seq, at: now(), kind: kind.to_string(), mac, message };
-            added += put(&mut events, next_seq, &serde_json::to_vec(&e)?)?;
-            next_seq += 1;
-            Ok(())
+            Write::Record(record, happenings, _) => {
+                put(&mut self.registry, record.id.as_str(), &serde_json::to_vec(record)?)?;
+                self.happenings(happenings)?;
+            }
+            Write::RemoveRecord(id, h, _) => {
+                self.registry.remove(id.as_str())?;
+                self.happenings(std::slice::from_ref(h))?;
+            }
+            Write::Event(h) => self.happenings(std::slice::from_ref(h))?,
+            Write::Untrusted(..) | Write::Flush(_) => {}
+            Write::Assembly(a, happenings, _) => {
+                put(&mut self.assembly, ASSEMBLY_KEY, &serde_json::to_vec(a)?)?;
+                self.happenings(happenings)?;
+            }
+            Write::Secret(name, value, _) => {
+                put(&mut self.secrets, name.as_str(), value)?;
+            }
+            Write::BootToken(mac, token, _) => {
+                put(&mut self.boot_tokens, mac.to_string().as_str(), &serde_json::to_vec(token)?)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// A lease, and the event of its change. When full, only a renewal is written.
+    fn lease(&mut self, lease: &Lease) -> Result<bool, StoreError> {
+        let key = u32::from(lease.ip);
+        // The DHCP server decided this address's lease; an unreadable old one is replaced.
+        let previous: Option<Lease> = match self.leases.get(key)? {
+            Some(v) => decode::<u32, Lease>(self.path, "leases", &key, v.value()).ok(),
+            None => None,
         };
-        for (i, write) in batch.iter().enumerate() {
-            match write {
-                Write::Lease(lease, _) => {
-                    let key = u32::from(lease.ip);
-                    let previous: Option<Lease> = match leases.get(key)? {
-                        Some(v) => decode::<u32, Lease>(Path::new(""), "leases", &key, v.value()).ok(),
-                        None => None,
-                    };
-                    if full {
-                        applied[i] = renews(previous.as_ref(), lease);
-                        if applied[i] {
-                            put(&mut leases, key, &serde_json::to_vec(lease)?)?;
-                        }
-                        continue;
-                    }
-                    put(&mut leases, key, &serde_json::to_vec(lease)?)?;
-                    let changed = previous.as_ref().is_none_or(|p| p.mac != lease.mac || p.state != lease.state);
-                    if changed {
-                        let (kind, what) = match lease.state {
-                            LeaseState::Bound => ("lease-bound", "leased"),
-                            LeaseState::Released => ("lease-released", "released"),
-                            LeaseState::Declined => ("lease-declined", "declined (in use elsewhere)"),
-                        };
-                        event(kind, Some(lease.mac), format!("{} {what} {}", lease.mac, lease.ip))?;
-                    }
-                    if lease.state == LeaseState::Bound {
-                        update_machine(&mut machines, lease.mac, |m| m.last_ip = Some(lease.ip))?;
-                    }
-                }
-                _ if full => {}
-                Write::Sighting(s) => {
-                    let key = s.mac.to_string();
-                    let existing: Option<Machine> = match machines.get(key.as_str())? {
-                        Some(v) => decode::<&str, Machine>(Path::new(""), "machines", &key.as_str(), v.value()).ok(),
-                        None => None,
-                    };
-                    let t = now();
-                    let machine = match existing {
-                        Some(mut m) => {
-                            m.last_seen = t;
-                            m.arch = s.arch.or(m.arch);
-                            m.vendor_class = s.vendor_class.clone().or(m.vendor_class);
-                            m.last_ip = s.ip.or(m.last_ip);
-                            m
-                        }
-                        None if machines.len()? >= MAX_MACHINES => continue,
-                        None => {
-                            event("machine-seen", Some(s.mac), format!("new machine {} network-booting", s.mac))?;
-                            Machine {
-                                mac: s.mac,
-                                arch: s.arch,
-                                vendor_class: s.vendor_class.clone(),
-                                first_seen: t,
-                                last_seen: t,
-                                boot_count: 0,
-                                last_ip: s.ip,
-                                boot: BootMode::Network,
-                            }
-                        }
-                    };
-                    put(&mut machines, key.as_str(), &serde_json::to_vec(&machine)?)?;
-                }
-                Write::Boot(mac) => {
-                    update_machine(&mut machines, *mac, |m| {
-                        m.boot_count += 1;
-                        m.last_seen = now();
-                    })?;
-                }
-                Write::SetBoot(mac, mode, _) => {
-                    update_machine(&mut machines, *mac, |m| m.boot = *mode)?;
-                    event("boot-mode", Some(*mac), format!("{mac} will boot from {mode:?}").to_lowercase())?;
-                }
-                Write::Record(record, happenings, _) => {
-                    put(&mut registry, record.id.as_str(), &serde_json::to_vec(record)?)?;
-                    for h in happenings {
-                        event(h.kind, h.mac, h.message.clone())?;
-                    }
-                }
-                Write::RemoveRecord(id, h, _) => {
-                    registry.remove(id.as_str())?;
-                    event(h.kind, h.mac, h.message.clone())?;
-                }
-                Write::Event(h) => event(h.kind, h.mac, h.message.clone())?,
-                Write::Untrusted(..) | Write::Flush(_) => {}
-                Write::Assembly(a, happenings, _) => {
-                    put(&mut assembly, ASSEMBLY_KEY, &serde_json::to_vec(a)?)?;
-                    for h in happenings {
-                        event(h.kind, h.mac, h.message.clone())?;
-                    }
-                }
-                Write::Secret(name, value, _) => {
-                    put(&mut secrets, name.as_str(), value)?;
-                }
-                Write::BootToken(mac, token, _) => {
-                    put(&mut boot_tokens, mac.to_string().as_str(), &serde_json::to_vec(token)?)?;
+        if self.full {
+            let renewal = renews(previous.as_ref(), lease);
+            if renewal {
+                put(&mut self.leases, key, &serde_json::to_vec(lease)?)?;
+            }
+            return Ok(renewal);
+        }
+        put(&mut self.leases, key, &serde_json::to_vec(lease)?)?;
+        let changed = previous.as_ref().is_none_or(|p| p.mac != lease.mac || p.state != lease.state);
+        if changed {
+            let (kind, what) = match lease.state {
+                LeaseState::Bound => ("lease-bound", "leased"),
+                LeaseState::Released => ("lease-released", "released"),
+                LeaseState::Declined => ("lease-declined", "declined (in use elsewhere)"),
+            };
+            self.event(kind, Some(lease.mac), format!("{} {what} {}", lease.mac, lease.ip))?;
+        }
+        if lease.state == LeaseState::Bound {
+            self.update_machine(lease.mac, |m| m.last_ip = Some(lease.ip))?;
+        }
+        Ok(true)
+    }
+
+    /// The machine stored under `mac`; an unreadable record is an error, never replaced.
+    fn machine(&self, key: &str) -> Result<Option<Machine>, StoreError> {
+        match self.machines.get(key)? {
+            Some(v) => Ok(Some(decode::<&str, Machine>(self.path, "machines", &key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn sighting(&mut self, s: &Sighting) -> Result<(), StoreError> {
+        let key = s.mac.to_string();
+        let t = now();
+        let machine = match self.machine(&key)? {
+            Some(mut m) => {
+                m.last_seen = t;
+                m.arch = s.arch.or(m.arch);
+                m.vendor_class = s.vendor_class.clone().or(m.vendor_class);
+                m.last_ip = s.ip.or(m.last_ip);
+                m
+            }
+            None if self.machines.len()? >= MAX_MACHINES => return Ok(()),
+            None => {
+                self.event("machine-seen", Some(s.mac), format!("new machine {} network-booting", s.mac))?;
+                Machine {
+                    mac: s.mac,
+                    arch: s.arch,
+                    vendor_class: s.vendor_class.clone(),
+                    first_seen: t,
+                    last_seen: t,
+                    boot_count: 0,
+                    last_ip: s.ip,
+                    boot: BootMode::Network,
                 }
             }
+        };
+        put(&mut self.machines, key.as_str(), &serde_json::to_vec(&machine)?)?;
+        Ok(())
+    }
+
+    /// Changes the machine under `mac`, made first if there is none (and room for it).
+    fn update_machine(&mut self, mac: MacAddr, change: impl FnOnce(&mut Machine)) -> Result<(), StoreError> {
+        let key = mac.to_string();
+        let existing = self.machine(&key)?;
+        if existing.is_none() && self.machines.len()? >= MAX_MACHINES {
+            return Ok(());
         }
-        for h in untrusted {
-            event(h.kind, h.mac, h.message.clone())?;
+        let t = now();
+        let mut machine = existing.unwrap_or(Machine {
+            mac,
+            arch: None,
+            vendor_class: None,
+            first_seen: t,
+            last_seen: t,
+            boot_count: 0,
+            last_ip: None,
+            boot: BootMode::Network,
+        });
+        change(&mut machine);
+        put(&mut self.machines, key.as_str(), &serde_json::to_vec(&machine)?)?;
+        Ok(())
+    }
+
+    /// Prunes the events to `limits` and keeps the counters.
+    fn finish(mut self, limits: &EventLimits) -> Result<(), StoreError> {
+        if !self.full {
+            let bytes = self.meta.get(EVENTS_BYTES)?.map(|v| v.value()).unwrap_or(0) + self.added;
+            let bytes = prune(&mut self.events, bytes, limits)?;
+            self.meta.insert(EVENTS_BYTES, bytes)?;
+            self.meta.insert(NEXT_EVENT, self.next_seq)?;
         }
-        if !full {
-            let bytes = meta.get(EVENTS_BYTES)?.map(|v| v.value()).unwrap_or(0) + added;
-            let bytes = prune(&mut events, bytes, limits)?;
-            meta.insert(EVENTS_BYTES, bytes)?;
-            meta.insert(NEXT_EVENT, next_seq)?;
+        Ok(())
+    }
+}
+
+/// What one group commit writes.
+struct Group<'a> {
+    writes: &'a [Write],
+    untrusted: &'a [Happening],
+    full: bool,
+}
+
+/// Applies the writes and `untrusted` events in one transaction; returns which writes were
+/// applied. When `full`, only lease renewals are, and no event is written.
+fn apply(db: &Database, path: &Path, group: Group<'_>, limits: &EventLimits) -> Result<Vec<bool>, StoreError> {
+    let Group { writes, untrusted, full } = group;
+    if full && !writes.iter().any(|w| matches!(w, Write::Lease(..))) {
+        return Ok(vec![false; writes.len()]);
+    }
+    let mut txn = db.begin_write()?;
+    txn.set_two_phase_commit(true);
+    let mut applied = Vec::with_capacity(writes.len());
+    {
+        let mut tables = Tables::open(&txn, full, path)?;
+        for write in writes {
+            applied.push(tables.write(write)?);
         }
+        tables.happenings(untrusted)?;
+        tables.finish(limits)?;
     }
     txn.commit()?;
     Ok(applied)
@@ -1329,37 +1467,6 @@ fn prune(
     }
 }
 
-/// Applies `change` to a machine's record, creating the record if the machine is new (and the
-/// table has room).
-fn update_machine(
-    machines: &mut redb::Table<&str, &[u8]>,
-    mac: MacAddr,
-    change: impl FnOnce(&mut Machine),
-) -> Result<(), StoreError> {
-    let key = mac.to_string();
-    let existing: Option<Machine> = match machines.get(key.as_str())? {
-        Some(v) => decode::<&str, Machine>(Path::new(""), "machines", &key.as_str(), v.value()).ok(),
-        None => None,
-    };
-    if existing.is_none() && machines.len()? >= MAX_MACHINES {
-        return Ok(());
-    }
-    let t = now();
-    let mut machine = existing.unwrap_or(Machine {
-        mac,
-        arch: None,
-        vendor_class: None,
-        first_seen: t,
-        last_seen: t,
-        boot_count: 0,
-        last_ip: None,
-        boot: BootMode::Network,
-    });
-    change(&mut machine);
-    put(machines, key.as_str(), &serde_json::to_vec(&machine)?)?;
-    Ok(())
-}
-
 impl LeaseStore for Store {
     fn load_leases(&self) -> Result<Vec<Lease>, DhcpStoreError> {
         Ok(self.leases()?)
@@ -1381,7 +1488,7 @@ impl MachineDirectory for Store {
             Ok(Some(m)) if m.boot == BootMode::Local => BootTarget::LocalDisk,
             Ok(_) => BootTarget::Network,
             Err(e) => {
-                tracing::debug!(%mac, "cannot read the machine's boot mode, booting it from the network: {e}");
+                tracing::debug!(%mac, "cannot read the machine's boot mode, booting it from the network: {e}", e = oasis_proto::error_chain(&e));
                 BootTarget::Network
             }
         }
@@ -1418,6 +1525,57 @@ mod tests {
 
     fn happening(message: &str) -> Happening {
         Happening { kind: "registration-refused", mac: None, message: message.into() }
+    }
+
+    /// The machines record of `mac`, as stored (sealed).
+    fn raw_machine(store: &Store, mac: MacAddr) -> Vec<u8> {
+        let db = store.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(MACHINES).unwrap();
+        let value = table.get(mac.to_string().as_str()).unwrap().unwrap().value().to_vec();
+        value
+    }
+
+    /// Issue 14: a machine record that could not be read was replaced by a new one (its history
+    /// lost without a word), and one failing write failed every write committed with it.
+    #[tokio::test]
+    async fn an_unreadable_record_is_kept_and_its_write_alone_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let damaged_mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+        store.save_lease(lease(100, 1, LeaseState::Bound)).await.unwrap();
+        {
+            let db = store.db().unwrap();
+            let mut txn = db.begin_write().unwrap();
+            txn.set_two_phase_commit(true);
+            {
+                let mut machines = txn.open_table(MACHINES).unwrap();
+                let key = damaged_mac.to_string();
+                let mut value = machines.get(key.as_str()).unwrap().unwrap().value().to_vec();
+                let last = value.len() - 1;
+                value[last] ^= 0x01;
+                machines.insert(key.as_str(), value.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let damaged = raw_machine(&store, damaged_mac);
+        // Sent together, so the writer may take them in one group.
+        let (refused, other) = tokio::join!(
+            store.set_boot_mode(damaged_mac, BootMode::Local),
+            store.save_lease(lease(101, 2, LeaseState::Bound))
+        );
+        other.expect("an unrelated write is committed");
+        let err = refused.expect_err("the write on the unreadable record fails");
+        let text = oasis_proto::error_chain(&err);
+        let path = dir.path().join(STORE_FILE).display().to_string();
+        assert!(text.starts_with(&format!("the store {path} could not record this")), "{text}");
+        assert!(text.contains(&format!("machines record \"{damaged_mac}\" is unreadable")), "{text}");
+        assert_eq!(raw_machine(&store, damaged_mac), damaged, "the unreadable record is kept as it was");
+        assert!(store.leases().unwrap().iter().any(|l| l.ip == Ipv4Addr::new(10, 0, 0, 101)));
+        let events = store.events(100).unwrap();
+        let failed: Vec<&Event> = events.iter().filter(|e| e.kind == "store-write-failed").collect();
+        assert_eq!(failed.len(), 1, "{events:?}");
+        assert!(failed[0].message.contains(&format!("machines record \"{damaged_mac}\"")), "{}", failed[0].message);
     }
 
     #[tokio::test]

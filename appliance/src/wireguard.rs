@@ -27,10 +27,12 @@ pub enum WireguardError {
     Name(String),
     #[error("cannot create the WireGuard interface {name}: the kernel has no WireGuard ({kernel}) and the userspace implementation failed too ({userspace})")]
     Create { name: String, kernel: std::io::Error, userspace: String },
-    #[error("cannot configure the WireGuard interface {name}: {source}")]
+    #[error("cannot configure the WireGuard interface {name}")]
     Configure { name: String, source: std::io::Error },
-    #[error("cannot set the address of {name}: {message}")]
-    Address { name: String, message: String },
+    #[error("cannot set the address of {name}: {what} failed")]
+    Address { name: String, what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("cannot set the address of {name}: the interface vanished")]
+    Vanished { name: String },
     #[error("{0} is not a WireGuard public key")]
     Key(String),
 }
@@ -293,8 +295,14 @@ fn boringtun_handshake_ages(answer: &[(String, String)]) -> HashMap<String, Dura
 
 /// Gives the interface its address and brings it up, through rtnetlink.
 async fn set_address(name: &str, address: Ipv4Addr, prefix_len: u8) -> Result<(), WireguardError> {
-    let fail = |message: String| WireguardError::Address { name: name.to_string(), message };
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| fail(e.to_string()))?;
+    let fail = |what: &'static str| {
+        move |e: rtnetlink::Error| WireguardError::Address { name: name.to_string(), what, source: Box::new(e) }
+    };
+    let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| WireguardError::Address {
+        name: name.to_string(),
+        what: "opening a netlink socket",
+        source: Box::new(e),
+    })?;
     tokio::spawn(connection);
     let link = handle
         .link()
@@ -303,21 +311,22 @@ async fn set_address(name: &str, address: Ipv4Addr, prefix_len: u8) -> Result<()
         .execute()
         .try_next()
         .await
-        .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| fail("the interface vanished".into()))?;
+        .map_err(fail("finding the interface"))?
+        .ok_or_else(|| WireguardError::Vanished { name: name.to_string() })?;
     let index = link.header.index;
     // Replace whatever address a previous run left.
     let mut existing = handle.address().get().set_link_index_filter(index).execute();
-    while let Some(addr) = existing.try_next().await.map_err(|e| fail(e.to_string()))? {
+    while let Some(addr) = existing.try_next().await.map_err(fail("listing its addresses"))? {
         let _ = handle.address().del(addr).execute().await;
     }
-    handle.address().add(index, IpAddr::V4(address), prefix_len).execute().await.map_err(|e| fail(e.to_string()))?;
+    let add = handle.address().add(index, IpAddr::V4(address), prefix_len).execute().await;
+    add.map_err(fail("adding the address"))?;
     handle
         .link()
         .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
         .execute()
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(fail("bringing the interface up"))?;
     Ok(())
 }
 

@@ -134,7 +134,7 @@ pub enum ApplianceImageError {
     #[error(transparent)]
     Gpt(#[from] GptError),
     /// A boot directory's SHA256SUMS does not match its files.
-    #[error("{dir}: {source}; rebuild it with `oasis image build`")]
+    #[error("the boot directory {dir} does not check against its SHA256SUMS; rebuild it with `oasis image build`")]
     BootDir {
         /// The directory.
         dir: PathBuf,
@@ -142,7 +142,7 @@ pub enum ApplianceImageError {
         source: ManifestError,
     },
     /// An input is missing or unreadable.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Input {
         /// The path.
         path: PathBuf,
@@ -150,7 +150,7 @@ pub enum ApplianceImageError {
         source: io::Error,
     },
     /// Writing the image failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Output {
         /// The path.
         path: PathBuf,

@@ -38,7 +38,7 @@ pub enum CpioError {
         path: String,
     },
     /// A source file could not be read.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         /// The file on the build host.
         path: PathBuf,
@@ -169,18 +169,16 @@ impl Archive {
 
     /// Writes the uncompressed newc archive.
     pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
-        let mut ino = 0u32;
-        for (path, node) in &self.entries {
-            ino += 1;
+        for (ino, (path, node)) in (1u32..).zip(&self.entries) {
             let (mode, nlink, data, rdev): (u32, u32, &[u8], (u32, u32)) = match node {
                 Node::Dir { mode } => (S_IFDIR | mode, 2, &[], (0, 0)),
                 Node::File { mode, data } => (S_IFREG | mode, 1, data, (0, 0)),
                 Node::Symlink { target } => (S_IFLNK | 0o777, 1, target.as_bytes(), (0, 0)),
                 Node::CharDevice { mode, major, minor } => (S_IFCHR | mode, 1, &[], (*major, *minor)),
             };
-            write_entry(out, ino, mode, nlink, rdev, path, data)?;
+            write_entry(out, Header { ino, mode, nlink, rdev }, path, data)?;
         }
-        write_entry(out, 0, 0, 1, (0, 0), TRAILER, &[])
+        write_entry(out, Header { ino: 0, mode: 0, nlink: 1, rdev: (0, 0) }, TRAILER, &[])
     }
 
     /// The uncompressed archive as bytes.
@@ -223,15 +221,17 @@ fn normalize(path: &str) -> Result<String, CpioError> {
     Ok(parts.join("/"))
 }
 
-fn write_entry(
-    out: &mut impl Write,
+/// The fields of a newc header that differ between entries.
+struct Header {
     ino: u32,
     mode: u32,
     nlink: u32,
+    /// The device's major and minor numbers.
     rdev: (u32, u32),
-    name: &str,
-    data: &[u8],
-) -> io::Result<()> {
+}
+
+fn write_entry(out: &mut impl Write, header: Header, name: &str, data: &[u8]) -> io::Result<()> {
+    let Header { ino, mode, nlink, rdev } = header;
     let namesize = name.len() + 1;
     let fields = [
         ino,

@@ -73,7 +73,7 @@ pub enum DebianError {
         path: String,
     },
     /// The cache directory could not be used.
-    #[error("{path}: {source}")]
+    #[error("cannot use the cache path {path}")]
     Io {
         /// The path the OS refused.
         path: PathBuf,

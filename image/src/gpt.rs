@@ -23,7 +23,7 @@ pub const FIRST_USABLE: u64 = 2 + ENTRY_SECTORS;
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
     /// Reading or writing the disk failed.
-    #[error("disk I/O: {0}")]
+    #[error("reading or writing the disk failed")]
     Io(#[from] io::Error),
     /// No valid GPT header at sector 1 (or at the end).
     #[error("no GUID partition table: {0}")]

@@ -52,7 +52,7 @@ pub enum IpxeError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// The output directory could not be created.
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     CreateDir {
         /// The directory.
         path: std::path::PathBuf,

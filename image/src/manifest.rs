@@ -22,7 +22,7 @@ pub const MANIFEST_NAME: &str = "SHA256SUMS";
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("cannot read or write {path}")]
     Io {
         /// The file or directory the OS refused.
         path: PathBuf,

@@ -65,7 +65,7 @@ pub enum PayloadError {
         count: usize,
     },
     /// The output directory could not be created.
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     CreateDir {
         /// The directory.
         path: std::path::PathBuf,

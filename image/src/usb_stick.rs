@@ -49,7 +49,7 @@ pub enum UsbStickError {
     TooLarge { name: String, size: usize, size_mib: u64 },
     #[error(transparent)]
     Write(#[from] ManifestError),
-    #[error("{path}: {source}")]
+    #[error("cannot write {path}")]
     Io { path: PathBuf, source: io::Error },
 }
 

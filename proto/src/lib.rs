@@ -436,8 +436,55 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// An error and each of its causes, once each, joined by `": "`: `a: b: c`. The one way oasis
+/// renders an error as text (on stderr, in a heartbeat's `last_error`, on a console, in an
+/// event). Every message says only its own part and keeps its cause as its `source()`, so nothing
+/// is printed twice; a cause whose text its wrapper already ends with (a `transparent` layer, or
+/// a message that still repeats its source) is skipped.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !part.is_empty() && !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}")]
+    struct ReadError {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("the configuration")]
+        Config(#[source] ReadError),
+        #[error(transparent)]
+        Transparent(#[from] ReadError),
+    }
+
+    #[test]
+    fn error_chain_prints_each_cause_once() {
+        let io = || std::io::Error::from_raw_os_error(2);
+        let read = ReadError { path: "/missing.toml".into(), source: io() };
+        let expected = format!("cannot read /missing.toml: {}", io());
+        assert_eq!(error_chain(&read), expected);
+        let outer = Outer::Config(ReadError { path: "/missing.toml".into(), source: io() });
+        assert_eq!(error_chain(&outer), format!("the configuration: {expected}"));
+        // A transparent layer shows its cause's text; the cause is not added again.
+        let transparent = Outer::from(ReadError { path: "/missing.toml".into(), source: io() });
+        assert_eq!(error_chain(&transparent), expected);
+    }
+
     use super::*;
 
     const PIN: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

@@ -57,7 +57,7 @@ pub enum PathError {
     NotFound(String),
     #[error("{0:?} is not a regular file")]
     NotAFile(String),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: io::Error },
 }
 

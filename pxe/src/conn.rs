@@ -373,7 +373,7 @@ async fn accept_failed(guard: &Guard, e: &io::Error) {
                 guard.listener
             );
         } else {
-            tracing::debug!("{}: accept failed: {e}", guard.listener);
+            tracing::debug!("{}: accept failed: {e}", guard.listener, e = oasis_proto::error_chain(e));
         }
     }
     if exhausted {
@@ -436,7 +436,7 @@ impl Connection {
         let stream = match tokio::time::timeout(guard.timeouts.handshake, handshake(io)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                tracing::debug!(?peer, "{}: handshake failed: {e}", guard.listener);
+                tracing::debug!(?peer, "{}: handshake failed: {e}", guard.listener, e = oasis_proto::error_chain(&e));
                 return;
             }
             Err(_) => {
@@ -467,7 +467,7 @@ impl Connection {
             .header_read_timeout(guard.timeouts.header)
             .max_header_size(MAX_HEADER_BYTES);
         if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-            tracing::debug!(?peer, "{}: connection ended: {e}", guard.listener);
+            tracing::debug!(?peer, "{}: connection ended: {e}", guard.listener, e = oasis_proto::error_chain(&e));
         }
     }
 }

@@ -259,7 +259,7 @@ async fn boot_script(State(state): State<Arc<HttpBoot>>, request: Request) -> Re
             return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response();
         }
         Err(e) => {
-            tracing::error!(%mac, "the machine directory failed while looking up the boot target: {e}");
+            tracing::error!(%mac, "the machine directory failed while looking up the boot target: {e}", e = oasis_proto::error_chain(&e));
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
@@ -268,7 +268,7 @@ async fn boot_script(State(state): State<Arc<HttpBoot>>, request: Request) -> Re
         BootTarget::Network => match state.scripts.render_boot_with(mac, &args) {
             Ok(script) => script_response(script),
             Err(e) => {
-                tracing::error!(%mac, "the boot script's per-boot arguments are unusable: {e}");
+                tracing::error!(%mac, "the boot script's per-boot arguments are unusable: {e}", e = oasis_proto::error_chain(&e));
                 StatusCode::INTERNAL_SERVER_ERROR.into_response()
             }
         },
@@ -398,7 +398,7 @@ fn file_response(metrics: &Arc<Metrics>, method: &Method, headers: &HeaderMap, o
     } else {
         if start > 0 {
             if let Err(e) = file.seek(SeekFrom::Start(start)) {
-                tracing::error!("cannot seek to byte {start} of a boot file: {e}");
+                tracing::error!("cannot seek to byte {start} of a boot file: {e}", e = oasis_proto::error_chain(&e));
                 return StatusCode::INTERNAL_SERVER_ERROR.into_response();
             }
         }

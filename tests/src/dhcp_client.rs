@@ -42,7 +42,7 @@ pub enum Role {
 pub enum DhcpClientError {
     #[error("cannot open a DHCP client socket on port 68: {0}")]
     Socket(std::io::Error),
-    #[error("cannot send the {what} of {mac} to {to}: {source}")]
+    #[error("cannot send the {what} of {mac} to {to}")]
     Send { what: &'static str, mac: String, to: SocketAddrV4, source: std::io::Error },
     #[error("no answer to the {what} of {mac} after {tries} tries of {} s each", ANSWER_WAIT.as_secs())]
     NoAnswer { what: &'static str, mac: String, tries: u32 },

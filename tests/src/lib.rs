@@ -37,7 +37,7 @@ pub use qemu::{DirectKernel, Firmware, Machine, MachineSpec};
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     /// A command could not be started.
-    #[error("could not run `{command}`: {source}")]
+    #[error("could not run `{command}`")]
     Spawn {
         /// The command line.
         command: String,
@@ -55,7 +55,7 @@ pub enum HarnessError {
         stderr: String,
     },
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    #[error("cannot use {path}")]
     Io {
         /// The path.
         path: std::path::PathBuf,

@@ -27,7 +27,7 @@ const MTU: &str = "1420";
 pub enum LinkError {
     #[error("cannot create the userspace WireGuard device {name}: {reason}")]
     Device { name: String, reason: String },
-    #[error("the WireGuard device {name} refused its configuration: {source}")]
+    #[error("the WireGuard device {name} refused its configuration")]
     Configure { name: String, source: std::io::Error },
     #[error("the appliance's WireGuard key {0:?} is not 32 bytes of base64")]
     Key(String),

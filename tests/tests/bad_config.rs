@@ -60,9 +60,13 @@ fn config_check_refuses_values_it_cannot_use() {
         assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{what}: {}", stderr(&out));
         assert!(stderr(&out).contains(what), "{what} is named: {}", stderr(&out));
     }
-    let out = oasis(&["config", "check", &dir.path().join("missing.toml").to_string_lossy()]);
+    let missing = dir.path().join("missing.toml");
+    let out = oasis(&["config", "check", &missing.to_string_lossy()]);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("missing.toml"), "{}", stderr(&out));
+    // The whole line: what failed, then the OS's reason, once.
+    let line = format!("error: cannot read {}: No such file or directory (os error 2)", missing.display());
+    assert_eq!(stderr(&out).lines().last(), Some(line.as_str()), "{}", stderr(&out));
 }
 
 /// What `oasis serve` refused only once it was starting its services (two services on one port,

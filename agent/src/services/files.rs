@@ -92,7 +92,7 @@ pub fn remove(root: &Path, path: &str) {
         Err(e) => Err(e),
     };
     if let Err(e) = removed {
-        tracing::warn!("cannot remove {}: {e}", full.display());
+        tracing::warn!("cannot remove {}: {e}", full.display(), e = oasis_proto::error_chain(&e));
         return;
     }
     let state_dir: PathBuf = root.join(NODE_STATE_DIR.trim_start_matches('/'));

@@ -95,7 +95,7 @@ impl Process for RunningProcess {
         let _ = std::fs::remove_file(&self.pid_file);
         let how = match status {
             Ok(status) => describe(status),
-            Err(e) => format!("could not be waited for: {e}"),
+            Err(e) => format!("could not be waited for: {e}", e = oasis_proto::error_chain(&e)),
         };
         let last_lines = self.log.lock().unwrap_or_else(|e| e.into_inner()).tail.iter().cloned().collect();
         Exit { how, last_lines }
@@ -186,7 +186,9 @@ impl Log {
                     self.file = file;
                     self.size = 0;
                 }
-                Err(e) => tracing::warn!("cannot rotate {}: {e}", self.path.display()),
+                Err(e) => {
+                    tracing::warn!("cannot rotate {}: {e}", self.path.display(), e = oasis_proto::error_chain(&e))
+                }
             }
         }
         if self.file.write_all(line).is_ok() {

@@ -106,6 +106,8 @@ impl Link for Arc<FakeLink> {
 struct FakeMesh {
     calls: Arc<Mutex<Vec<String>>>,
     failures_left: Mutex<u32>,
+    /// Fail as the kernel does, with the refusal as the netlink error's cause.
+    netlink_refuses: Mutex<bool>,
 }
 
 impl Mesh for Arc<FakeMesh> {
@@ -114,6 +116,11 @@ impl Mesh for Arc<FakeMesh> {
         let mut failures = self.failures_left.lock().unwrap();
         if *failures > 0 {
             *failures -= 1;
+            if *self.netlink_refuses.lock().unwrap() {
+                let source = rtnetlink::Error::NamespaceError("Operation not permitted (os error 1)".into());
+                let what = "adding address 10.1.0.4/16 to oasis-mesh".into();
+                return Err(MeshError::Network(crate::network::NetworkError::Netlink { what, source }));
+            }
             return Err(MeshError::BadPrefix(40));
         }
         Ok(())
@@ -232,9 +239,8 @@ impl Fakes {
                 disks: Arc::new(crate::disk::LocalDisks::default()),
             },
             self.clock.clone(),
-            self.console.clone(),
             identity,
-            "ens3 10.0.0.23/24".into(),
+            Screen { console: self.console.clone(), address: "ens3 10.0.0.23/24".into() },
         );
         tokio::select! {
             _ = session.run() => {}
@@ -473,6 +479,24 @@ async fn desired_state_is_applied_mesh_first_and_reported_in_heartbeats() {
     assert!(
         console.contains("role       control-plane\nmesh       1/2 peers up\nservice    etcd running (restarts 1)\n"),
         "{console}"
+    );
+}
+
+#[tokio::test]
+async fn a_netlink_refusal_reaches_the_heartbeat_with_its_cause() {
+    let fakes =
+        Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(()), Ok(()), Ok(())]);
+    *fakes.mesh.failures_left.lock().unwrap() = 2;
+    *fakes.mesh.netlink_refuses.lock().unwrap() = true;
+    *fakes.api.desired.lock().unwrap() = vec![Ok(cluster_state(4))].into();
+    fakes.run().await;
+    let heartbeats: Vec<Heartbeat> = fakes.api.heartbeats().into_iter().map(|h| h.2).collect();
+    let reported = heartbeats[0].last_error.as_deref().unwrap();
+    assert_eq!(
+        reported,
+        "configuring oasis-mesh failed: adding address 10.1.0.4/16 to oasis-mesh failed: Namespace error Operation \
+         not permitted (os error 1)",
+        "the kernel's refusal is reported once, after what was asked"
     );
 }
 

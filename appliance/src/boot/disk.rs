@@ -44,7 +44,7 @@ pub enum DiskError {
         size: u64,
     },
     /// Reading or editing the partition table failed.
-    #[error("partition table of {disk}: {source}")]
+    #[error("cannot read or change the partition table of {disk}")]
     Table {
         /// The disk.
         disk: String,
@@ -60,7 +60,7 @@ pub enum DiskError {
         output: String,
     },
     /// A device or file could not be used.
-    #[error("{path}: {source}")]
+    #[error("cannot use {path}")]
     Io {
         /// The path.
         path: PathBuf,

@@ -114,7 +114,7 @@ pub fn run() -> anyhow::Result<()> {
         let stop = stop.clone();
         std::thread::spawn(move || {
             if let Err(e) = console::run_status(&mut consoles, Path::new(DATA_DIR), actions.as_ref(), &stop) {
-                say(&format!("oasis boot: the console stopped: {e}"));
+                say(&format!("oasis boot: the console stopped: {e}", e = oasis_proto::error_chain(&e)));
             }
         });
     }
@@ -230,7 +230,11 @@ impl Supervisor {
         let mounted = match usb::mount(stick, Path::new(STICK_MOUNT)) {
             Ok(m) => m,
             Err(e) => {
-                say(&format!("oasis boot: cannot read the USB stick {}: {e}", stick.device.display()));
+                say(&format!(
+                    "oasis boot: cannot read the USB stick {}: {e}",
+                    stick.device.display(),
+                    e = oasis_proto::error_chain(&e)
+                ));
                 return None;
             }
         };
@@ -421,11 +425,12 @@ impl Supervisor {
         if *token_pending {
             report.admin_token = fs::read_to_string(self.data_dir.join(ADMIN_TOKEN_FILE)).ok();
         }
-        let result = usb::mount(stick, Path::new(STICK_MOUNT)).map_err(|e| e.to_string()).and_then(|mounted| {
-            let written = usb::write_report(mounted.root(), &report).map_err(|e| e.to_string());
-            let unmounted = mounted.unmount().map_err(|e| e.to_string());
-            written.and(unmounted)
-        });
+        let result =
+            usb::mount(stick, Path::new(STICK_MOUNT)).map_err(|e| oasis_proto::error_chain(&e)).and_then(|mounted| {
+                let written = usb::write_report(mounted.root(), &report).map_err(|e| oasis_proto::error_chain(&e));
+                let unmounted = mounted.unmount().map_err(|e| oasis_proto::error_chain(&e));
+                written.and(unmounted)
+            });
         match result {
             Ok(()) => {
                 if report.admin_token.is_some() {

@@ -64,7 +64,7 @@ impl Consoles {
             let file = match open_one(device) {
                 Ok(file) => file,
                 Err(e) => {
-                    skipped.push(format!("{}: {e}", device.path.display()));
+                    skipped.push(format!("{}: {e}", device.path.display(), e = oasis_proto::error_chain(&e)));
                     continue;
                 }
             };

@@ -85,7 +85,7 @@ pub fn host_nics() -> Vec<Nic> {
                 }
             }
         }
-        Err(e) => tracing::warn!("cannot read the interfaces' addresses: {e}"),
+        Err(e) => tracing::warn!("cannot read the interfaces' addresses: {e}", e = oasis_proto::error_chain(&e)),
     }
     nics
 }

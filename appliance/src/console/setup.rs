@@ -312,7 +312,10 @@ impl Dialogue<'_> {
                 DhcpMode::Proxy
             }
             Err(e) => {
-                self.say(&format!("warning: could not look for another DHCP server on {interface}: {e}"))?;
+                self.say(&format!(
+                    "warning: could not look for another DHCP server on {interface}: {e}",
+                    e = oasis_proto::error_chain(&e)
+                ))?;
                 DhcpMode::Full
             }
         };

@@ -49,10 +49,10 @@ pub fn token_fingerprint(data_dir: &Path) -> std::io::Result<String> {
 fn get<T: serde::de::DeserializeOwned>(data_dir: &Path, path: &str) -> Result<Option<T>, String> {
     match admin::request(data_dir, "GET", path) {
         Ok(None) => Ok(None),
-        Ok(Some(body)) => {
-            serde_json::from_slice(&body).map(Some).map_err(|e| format!("{path}: unreadable answer: {e}"))
-        }
-        Err(e) => Err(format!("{path}: {e}")),
+        Ok(Some(body)) => serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| format!("{path}: unreadable answer: {e}", e = oasis_proto::error_chain(&e))),
+        Err(e) => Err(format!("{path}: {e}", e = oasis_proto::error_chain(&e))),
     }
 }
 
@@ -65,14 +65,14 @@ pub fn fetch(data_dir: &Path) -> View {
     };
     let rack_address = match Config::load(&data_dir.join(CONFIG_FILE)) {
         Ok(c) => format!("{}/{} on {}", c.address, u32::from(c.netmask).leading_ones(), c.interface),
-        Err(e) => format!("unknown ({e}: {})", e.problem()),
+        Err(e) => format!("unknown ({e})", e = oasis_proto::error_chain(&e)),
     };
     let admin_token = match token_fingerprint(data_dir) {
         Ok(fingerprint) => format!("sha256 {fingerprint}"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             "none yet (oasis serve creates it when it first starts)".to_string()
         }
-        Err(e) => format!("unreadable: {e}"),
+        Err(e) => format!("unreadable: {e}", e = oasis_proto::error_chain(&e)),
     };
     View { serve, rack_address, admin_token }
 }

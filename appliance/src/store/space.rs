@@ -182,7 +182,11 @@ impl<P: Partition> Space<P> {
     fn fill(&mut self) -> Change {
         self.full = true;
         if let Err(e) = self.partition.release_reserve() {
-            tracing::error!("cannot delete the reserve {}: {e}", self.partition.dir().join(RESERVE_FILE).display());
+            tracing::error!(
+                "cannot delete the reserve {}: {e}",
+                self.partition.dir().join(RESERVE_FILE).display(),
+                e = oasis_proto::error_chain(&e)
+            );
         }
         Change::Filled { available: self.partition.available().unwrap_or(0) }
     }

@@ -89,7 +89,7 @@ impl Scanner {
                 Ok(Some(v)) => v,
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::debug!(device = %device.display(), "not probed: {e}");
+                    tracing::debug!(device = %device.display(), "not probed: {e}", e = oasis_proto::error_chain(&e));
                     continue;
                 }
             };

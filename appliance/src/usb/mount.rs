@@ -14,11 +14,11 @@ use super::label::FsType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("cannot make the mount point {path}: {source}")]
+    #[error("cannot make the mount point {path}")]
     MountPoint { path: PathBuf, source: std::io::Error },
-    #[error("cannot mount {device} ({fs}) on {target}: {source}{hint}")]
+    #[error("cannot mount {device} ({fs}) on {target}{hint}")]
     Mount { device: PathBuf, fs: FsType, target: PathBuf, source: std::io::Error, hint: &'static str },
-    #[error("cannot unmount {target}: {source}; do not pull the stick yet, its report may be incomplete")]
+    #[error("cannot unmount {target}; do not pull the stick yet, its report may be incomplete")]
     Unmount { target: PathBuf, source: std::io::Error },
 }
 
@@ -102,7 +102,7 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         if self.mounted {
             if let Err(e) = unmount(&self.target, self.made_target) {
-                tracing::error!("{e}");
+                tracing::error!("{e}", e = oasis_proto::error_chain(&e));
             }
         }
     }

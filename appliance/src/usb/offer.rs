@@ -52,7 +52,7 @@ pub fn read_offer(stick_root: &Path, acceptance: &Acceptance) -> Option<Offer> {
                 ),
             });
         }
-        Err(e) => return Some(refused(format!("{CONFIG_FILE} cannot be read: {e}"))),
+        Err(e) => return Some(refused(format!("{CONFIG_FILE} cannot be read: {e}", e = oasis_proto::error_chain(&e)))),
         Ok(m) if m.len() > MAX_CONFIG_BYTES => {
             return Some(refused(format!(
             "{CONFIG_FILE} is {} bytes, more than a configuration can be ({MAX_CONFIG_BYTES}): is it the right file?",
@@ -61,13 +61,20 @@ pub fn read_offer(stick_root: &Path, acceptance: &Acceptance) -> Option<Offer> {
         }
         Ok(_) => match std::fs::read(&config_path) {
             Ok(b) => b,
-            Err(e) => return Some(refused(format!("{CONFIG_FILE} cannot be read: {e}; the stick may be damaged"))),
+            Err(e) => {
+                return Some(refused(format!(
+                    "{CONFIG_FILE} cannot be read: {e}; the stick may be damaged",
+                    e = oasis_proto::error_chain(&e)
+                )))
+            }
         },
     };
     let signature = match std::fs::read_to_string(stick_root.join(SIGNATURE_FILE)) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Some(refused(format!("{SIGNATURE_FILE} cannot be read: {e}"))),
+        Err(e) => {
+            return Some(refused(format!("{SIGNATURE_FILE} cannot be read: {e}", e = oasis_proto::error_chain(&e))))
+        }
     };
     Some(check(&bytes, signature.as_deref(), acceptance))
 }

@@ -59,7 +59,7 @@ pub struct Report {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("cannot write the report to {path}: {source}; the stick may be read-only (ISO 9660), full or damaged")]
+    #[error("cannot write the report to {path}; the stick may be read-only (ISO 9660), full or damaged")]
     Write { path: PathBuf, source: std::io::Error },
 }
 
@@ -75,21 +75,27 @@ pub fn gather(data_dir: &Path) -> Report {
     match ask("/v1/machines") {
         Ok(Some(body)) => match serde_json::from_slice(&body) {
             Ok(machines) => report.machines = Some(machines),
-            Err(e) => report.notes.push(format!("machines: the answer of oasis serve was not understood: {e}")),
+            Err(e) => report.notes.push(format!(
+                "machines: the answer of oasis serve was not understood: {e}",
+                e = oasis_proto::error_chain(&e)
+            )),
         },
         Ok(None) => {
             report.notes.push("oasis serve is not running: no machines, cluster status or kubeconfig".into());
             return report;
         }
-        Err(e) => report.notes.push(format!("machines: {e}")),
+        Err(e) => report.notes.push(format!("machines: {e}", e = oasis_proto::error_chain(&e))),
     }
     match ask("/v1/cluster") {
         Ok(Some(body)) => match serde_json::from_slice(&body) {
             Ok(status) => report.cluster = Some(status),
-            Err(e) => report.notes.push(format!("cluster status: the answer of oasis serve was not understood: {e}")),
+            Err(e) => report.notes.push(format!(
+                "cluster status: the answer of oasis serve was not understood: {e}",
+                e = oasis_proto::error_chain(&e)
+            )),
         },
         Ok(None) => report.notes.push("cluster status: oasis serve stopped answering".into()),
-        Err(e) => report.notes.push(format!("cluster status: {e}")),
+        Err(e) => report.notes.push(format!("cluster status: {e}", e = oasis_proto::error_chain(&e))),
     }
     // No kubeconfig is the usual case (no k3s bundle, or no server yet): the status says why.
     if let Ok(Some(body)) = ask("/v1/cluster/kubeconfig") {

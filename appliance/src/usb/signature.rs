@@ -33,13 +33,13 @@ const SIGNATURE_KIND: &str = "oasis config signature (ed25519)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not an {want} file ({why}); `oasis config keygen` and `oasis config sign` make them")]
     Format { path: PathBuf, want: &'static str, why: String },
     #[error("{path} already exists: keygen never replaces a key (configs signed with it would be refused); remove it or give another --out")]
     Exists { path: PathBuf },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid configuration, not signed")]
     InvalidConfig { path: PathBuf, source: crate::config::ConfigError },
@@ -260,7 +260,7 @@ mod tests {
         }
 
         std::fs::write(&config, "[network]\ninterfce = \"eth0\"\n").unwrap();
-        let err = format!("{:#}", anyhow::Error::from(sign_file(&private, &config).unwrap_err()));
+        let err = oasis_proto::error_chain(&sign_file(&private, &config).unwrap_err());
         assert!(err.contains("not signed") && err.contains("interfce"), "{err}");
         assert!(!dir.path().join("oasis.toml.sig").exists());
     }

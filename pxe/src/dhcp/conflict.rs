@@ -124,7 +124,7 @@ impl ArpCheck {
                             rx_waiters.answered(ip, Some(hardware));
                         }
                     }
-                    Ok(Err(e)) => tracing::debug!("ARP receive failed: {e}"),
+                    Ok(Err(e)) => tracing::debug!("ARP receive failed: {e}", e = oasis_proto::error_chain(&e)),
                     Err(_would_block) => {}
                 }
             }
@@ -163,7 +163,7 @@ impl ConflictCheck for ArpCheck {
         Box::pin(async move {
             let rx = self.waiters.register(ip);
             if let Err(e) = sys::arp_broadcast(self.fd.get_ref(), self.ifindex, &self.probe(ip)) {
-                tracing::debug!("ARP probe for {ip} not sent: {e}");
+                tracing::debug!("ARP probe for {ip} not sent: {e}", e = oasis_proto::error_chain(&e));
             }
             wait(&self.waiters, ip, rx, self.timeout).await
         })
@@ -199,7 +199,7 @@ impl IcmpCheck {
                             rx_waiters.answered(from, None);
                         }
                     }
-                    Ok(Err(e)) => tracing::debug!("ICMP receive failed: {e}"),
+                    Ok(Err(e)) => tracing::debug!("ICMP receive failed: {e}", e = oasis_proto::error_chain(&e)),
                     Err(_would_block) => {}
                 }
             }
@@ -244,7 +244,7 @@ impl ConflictCheck for IcmpCheck {
             let rx = self.waiters.register(ip);
             let packet = echo_request(self.id, u16::from_be_bytes([ip.octets()[2], ip.octets()[3]]));
             if let Err(e) = self.socket.get_ref().send_to(&packet, &SocketAddrV4::new(ip, 0).into()) {
-                tracing::debug!("ICMP probe for {ip} not sent: {e}");
+                tracing::debug!("ICMP probe for {ip} not sent: {e}", e = oasis_proto::error_chain(&e));
             }
             wait(&self.waiters, ip, rx, self.timeout).await
         })

@@ -89,9 +89,9 @@ pub struct Outgoing {
 /// A failure to start the DHCP server.
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
-    #[error("cannot load leases from the store: {0}")]
-    LoadLeases(StoreError),
-    #[error("cannot listen for DHCP on {interface} port {port}: {source}")]
+    #[error("cannot load leases from the store")]
+    LoadLeases(#[source] StoreError),
+    #[error("cannot listen for DHCP on {interface} port {port}")]
     Bind { interface: String, port: u16, source: std::io::Error },
 }
 
@@ -642,7 +642,7 @@ impl DhcpServer {
             let (n, from) = match socket.recv_from(&mut buf).await {
                 Ok(received) => received,
                 Err(e) => {
-                    tracing::warn!("DHCP receive failed: {e}");
+                    tracing::warn!("DHCP receive failed: {e}", e = oasis_proto::error_chain(&e));
                     continue;
                 }
             };
@@ -660,10 +660,12 @@ impl DhcpServer {
                     match out.message.to_vec() {
                         Ok(bytes) => {
                             if let Err(e) = socket.send_to(&bytes, out.to).await {
-                                tracing::warn!(to = %out.to, "DHCP reply not sent: {e}");
+                                tracing::warn!(to = %out.to, "DHCP reply not sent: {e}", e = oasis_proto::error_chain(&e));
                             }
                         }
-                        Err(e) => tracing::error!("DHCP reply could not be encoded: {e}"),
+                        Err(e) => {
+                            tracing::error!("DHCP reply could not be encoded: {e}", e = oasis_proto::error_chain(&e))
+                        }
                     }
                 }
             });

@@ -71,9 +71,9 @@ pub enum ClientError {
     Timeout { server: SocketAddr, retries: u32 },
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
-    #[error("socket error talking to {server}: {source}")]
+    #[error("socket error talking to {server}")]
     Socket { server: SocketAddr, source: io::Error },
-    #[error("cannot write the received data: {0}")]
+    #[error("cannot write the received data")]
     Sink(io::Error),
 }
 
@@ -91,10 +91,40 @@ pub async fn fetch_into<W: AsyncWrite + Unpin>(
     options: &ClientOptions,
     sink: &mut W,
 ) -> Result<Stats, ClientError> {
-    let socket_error = |source| ClientError::Socket { server, source };
     let started = Instant::now();
-    let socket = client_socket(server).map_err(socket_error)?;
+    let socket = client_socket(server).map_err(|source| ClientError::Socket { server, source })?;
+    let stats = Stats {
+        bytes: 0,
+        elapsed: Duration::ZERO,
+        oack: false,
+        blksize: DEFAULT_BLKSIZE,
+        windowsize: 1,
+        tsize: None,
+        timeout: None,
+        resends: 0,
+        server_tid: server,
+    };
+    let mut transfer = Transfer {
+        socket,
+        server,
+        options,
+        resend_after: options.timeout.map_or(options.resend_after, |t| Duration::from_secs(t.into())),
+        stats,
+        buf: vec![0u8; 65536],
+        receiver: Receiver { expected: 1, since_ack: 0, gap_acked: false },
+        sink,
+    };
+    if !transfer.first_answer(&request_bytes(name, options)).await? {
+        transfer.rest().await?;
+        transfer.sink.flush().await.map_err(ClientError::Sink)?;
+    }
+    let mut stats = transfer.stats;
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
 
+/// The read request for `name` with the options asked for.
+fn request_bytes(name: &[u8], options: &ClientOptions) -> Vec<u8> {
     let mut requested = Vec::new();
     if let Some(blksize) = options.blksize {
         requested.push(("blksize".to_string(), blksize.to_string()));
@@ -108,123 +138,131 @@ pub async fn fetch_into<W: AsyncWrite + Unpin>(
     if options.tsize {
         requested.push(("tsize".to_string(), "0".to_string()));
     }
-    let rrq = Packet::Rrq(Request { filename: name.to_vec(), mode: Mode::Octet, options: requested }).to_bytes();
+    Packet::Rrq(Request { filename: name.to_vec(), mode: Mode::Octet, options: requested }).to_bytes()
+}
 
-    let mut stats = Stats {
-        bytes: 0,
-        elapsed: Duration::ZERO,
-        oack: false,
-        blksize: DEFAULT_BLKSIZE,
-        windowsize: 1,
-        tsize: None,
-        timeout: None,
-        resends: 0,
-        server_tid: server,
-    };
-    let mut buf = vec![0u8; 65536];
-    let resend_after = options.timeout.map_or(options.resend_after, |t| Duration::from_secs(t.into()));
+/// One download in progress.
+struct Transfer<'a, W> {
+    socket: UdpSocket,
+    server: SocketAddr,
+    options: &'a ClientOptions,
+    resend_after: Duration,
+    stats: Stats,
+    buf: Vec<u8>,
+    receiver: Receiver,
+    sink: &'a mut W,
+}
 
-    // The first answer fixes the server's TID and tells whether options were granted.
-    socket.send_to(&rrq, server).await.map_err(socket_error)?;
-    let mut attempts = 0;
-    let (first_len, tid) = loop {
-        match tokio::time::timeout(resend_after, socket.recv_from(&mut buf)).await {
-            Ok(Ok((n, from))) if from.ip() == server.ip() => break (n, from),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(socket_error(e)),
-            Err(_) => {
-                attempts += 1;
-                if attempts > options.retries {
-                    return Err(ClientError::Timeout { server, retries: options.retries });
-                }
-                stats.resends += 1;
-                socket.send_to(&rrq, server).await.map_err(socket_error)?;
-            }
-        }
-    };
-    stats.server_tid = tid;
-    socket.connect(tid).await.map_err(socket_error)?;
-
-    let mut receiver = Receiver { expected: 1, since_ack: 0, gap_acked: false };
-    match Packet::parse(&buf[..first_len]) {
-        Ok(Packet::Oack { options: granted }) => {
-            stats.oack = true;
-            apply_oack(&granted, options, &mut stats)?;
-            socket.send(&ack_bytes(0)).await.map_err(socket_error)?;
-        }
-        Ok(Packet::Data { block, data }) => {
-            if block != 1 {
-                return Err(ClientError::Protocol(format!("the first DATA block is {block}, not 1")));
-            }
-            let done = receiver.accept(&socket, &stats, data, sink).await?;
-            stats.bytes += data.len() as u64;
-            if done {
-                stats.elapsed = started.elapsed();
-                return Ok(stats);
-            }
-        }
-        Ok(Packet::Error { code, message }) => return Err(ClientError::Server { code, message }),
-        Ok(other) => return Err(ClientError::Protocol(format!("unexpected answer to the request: {other:?}"))),
-        Err(e) => return Err(ClientError::Protocol(format!("malformed answer to the request: {e}"))),
+impl<W: AsyncWrite + Unpin> Transfer<'_, W> {
+    fn socket_error(&self, source: io::Error) -> ClientError {
+        ClientError::Socket { server: self.server, source }
     }
 
-    let mut attempts = 0;
-    loop {
-        let n = match tokio::time::timeout(resend_after, socket.recv(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(socket_error(e)),
-            Err(_) => {
-                attempts += 1;
-                if attempts > options.retries {
-                    return Err(ClientError::Timeout { server, retries: options.retries });
+    /// Sends the request until the server answers; the first answer fixes the server's TID and
+    /// tells whether options were granted. Returns whether the file is complete already.
+    async fn first_answer(&mut self, rrq: &[u8]) -> Result<bool, ClientError> {
+        let server = self.server;
+        self.socket.send_to(rrq, server).await.map_err(|e| self.socket_error(e))?;
+        let mut attempts = 0;
+        let (first_len, tid) = loop {
+            match tokio::time::timeout(self.resend_after, self.socket.recv_from(&mut self.buf)).await {
+                Ok(Ok((n, from))) if from.ip() == server.ip() => break (n, from),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(self.socket_error(e)),
+                Err(_) => {
+                    attempts += 1;
+                    if attempts > self.options.retries {
+                        return Err(ClientError::Timeout { server, retries: self.options.retries });
+                    }
+                    self.stats.resends += 1;
+                    self.socket.send_to(rrq, server).await.map_err(|e| self.socket_error(e))?;
                 }
-                // Say again where we are; the server resends from there.
-                stats.resends += 1;
-                receiver.since_ack = 0;
-                let last = (receiver.expected - 1) as u16;
-                socket.send(&ack_bytes(last)).await.map_err(socket_error)?;
-                continue;
             }
         };
-        match Packet::parse(&buf[..n]) {
-            Ok(Packet::Data { block, data }) if block == receiver.expected as u16 => {
-                attempts = 0;
-                if data.len() > usize::from(stats.blksize) {
-                    return Err(ClientError::Protocol(format!(
-                        "block {block} carries {} bytes, more than the block size {}",
-                        data.len(),
-                        stats.blksize
-                    )));
-                }
-                let done = receiver.accept(&socket, &stats, data, sink).await?;
-                stats.bytes += data.len() as u64;
-                if done {
-                    break;
-                }
+        self.stats.server_tid = tid;
+        self.socket.connect(tid).await.map_err(|e| self.socket_error(e))?;
+        match Packet::parse(&self.buf[..first_len]) {
+            Ok(Packet::Oack { options: granted }) => {
+                self.stats.oack = true;
+                apply_oack(&granted, self.options, &mut self.stats)?;
+                self.socket.send(&ack_bytes(0)).await.map_err(|source| ClientError::Socket { server, source })?;
+                Ok(false)
             }
-            Ok(Packet::Data { .. }) => {
-                // A gap or a repeat: tell the server once where we are, so it resends from there
-                // (RFC 7440); repeating it for every stray block would flood it.
-                if !receiver.gap_acked {
-                    receiver.gap_acked = true;
-                    receiver.since_ack = 0;
-                    stats.resends += 1;
-                    let last = (receiver.expected - 1) as u16;
-                    socket.send(&ack_bytes(last)).await.map_err(socket_error)?;
+            Ok(Packet::Data { block, data }) => {
+                if block != 1 {
+                    return Err(ClientError::Protocol(format!("the first DATA block is {block}, not 1")));
                 }
+                let done = self.receiver.accept(&self.socket, &self.stats, data, self.sink).await?;
+                self.stats.bytes += data.len() as u64;
+                Ok(done)
             }
-            Ok(Packet::Error { code, message }) => return Err(ClientError::Server { code, message }),
-            // A repeated OACK (our ACK 0 was lost): acknowledge it again.
-            Ok(Packet::Oack { .. }) if receiver.expected == 1 => {
-                stats.resends += 1;
-                socket.send(&ack_bytes(0)).await.map_err(socket_error)?;
+            Ok(Packet::Error { code, message }) => Err(ClientError::Server { code, message }),
+            Ok(other) => Err(ClientError::Protocol(format!("unexpected answer to the request: {other:?}"))),
+            Err(e) => {
+                Err(ClientError::Protocol(format!("malformed answer to the request: {}", oasis_proto::error_chain(&e))))
             }
-            Ok(_) | Err(_) => {}
         }
     }
-    sink.flush().await.map_err(ClientError::Sink)?;
-    stats.elapsed = started.elapsed();
-    Ok(stats)
+
+    /// Receives the blocks after the first answer until the last one.
+    async fn rest(&mut self) -> Result<(), ClientError> {
+        let server = self.server;
+        let socket_error = |source| ClientError::Socket { server, source };
+        let mut attempts = 0;
+        loop {
+            let n = match tokio::time::timeout(self.resend_after, self.socket.recv(&mut self.buf)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(socket_error(e)),
+                Err(_) => {
+                    attempts += 1;
+                    if attempts > self.options.retries {
+                        return Err(ClientError::Timeout { server, retries: self.options.retries });
+                    }
+                    // Say again where we are; the server resends from there.
+                    self.stats.resends += 1;
+                    self.receiver.since_ack = 0;
+                    let last = (self.receiver.expected - 1) as u16;
+                    self.socket.send(&ack_bytes(last)).await.map_err(socket_error)?;
+                    continue;
+                }
+            };
+            match Packet::parse(&self.buf[..n]) {
+                Ok(Packet::Data { block, data }) if block == self.receiver.expected as u16 => {
+                    attempts = 0;
+                    if data.len() > usize::from(self.stats.blksize) {
+                        return Err(ClientError::Protocol(format!(
+                            "block {block} carries {} bytes, more than the block size {}",
+                            data.len(),
+                            self.stats.blksize
+                        )));
+                    }
+                    let done = self.receiver.accept(&self.socket, &self.stats, data, self.sink).await?;
+                    self.stats.bytes += data.len() as u64;
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Ok(Packet::Data { .. }) => {
+                    // A gap or a repeat: tell the server once where we are, so it resends from
+                    // there (RFC 7440); repeating it for every stray block would flood it.
+                    if !self.receiver.gap_acked {
+                        self.receiver.gap_acked = true;
+                        self.receiver.since_ack = 0;
+                        self.stats.resends += 1;
+                        let last = (self.receiver.expected - 1) as u16;
+                        self.socket.send(&ack_bytes(last)).await.map_err(socket_error)?;
+                    }
+                }
+                Ok(Packet::Error { code, message }) => return Err(ClientError::Server { code, message }),
+                // A repeated OACK (our ACK 0 was lost): acknowledge it again.
+                Ok(Packet::Oack { .. }) if self.receiver.expected == 1 => {
+                    self.stats.resends += 1;
+                    self.socket.send(&ack_bytes(0)).await.map_err(socket_error)?;
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+    }
 }
 
 /// The receiving state: the next block expected and the acknowledgement rhythm.

@@ -47,7 +47,7 @@ struct Shared {
 /// the counter it bumps, and how loudly it is logged.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
-    #[error("malformed packet: {0}")]
+    #[error("malformed packet")]
     Malformed(#[from] PacketError),
     #[error("write request for {0:?} on a read-only server")]
     WriteRequest(String),
@@ -111,9 +111,12 @@ impl TftpServer {
     /// Binds the request socket. `addr` with port 0 picks a free port (see [`Self::local_addr`]).
     pub async fn bind(addr: SocketAddr, root: BootRoot, config: TftpConfig, metrics: Arc<Metrics>) -> io::Result<Self> {
         config.check().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let socket = UdpSocket::bind(addr)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the TFTP socket to {addr}: {e}")))?;
+        let socket = UdpSocket::bind(addr).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot bind the TFTP socket to {addr}: {e}", e = oasis_proto::error_chain(&e)),
+            )
+        })?;
         let local_ip = socket.local_addr()?.ip();
         let permits = Arc::new(Semaphore::new(config.max_transfers));
         let shared =
@@ -174,8 +177,12 @@ async fn refuse(shared: &Shared, socket: &UdpSocket, peer: SocketAddr, refusal: 
     }
     if shared.may_log(loudness) {
         match loudness {
-            Loudness::Warn => tracing::warn!(%peer, reason = %refusal, "tftp: request refused"),
-            Loudness::Debug => tracing::debug!(%peer, reason = %refusal, "tftp: request refused"),
+            Loudness::Warn => {
+                tracing::warn!(%peer, reason = %oasis_proto::error_chain(refusal), "tftp: request refused")
+            }
+            Loudness::Debug => {
+                tracing::debug!(%peer, reason = %oasis_proto::error_chain(refusal), "tftp: request refused")
+            }
         }
     }
     let packet = Packet::Error { code, message: message.into() }.to_bytes();
@@ -235,13 +242,13 @@ async fn serve_read(
             // Normal for some firmware: EDK2 asks for tsize alone, reads the OACK, answers with
             // an ERROR and asks again with the options it wants.
             if shared.may_log(Loudness::Debug) {
-                tracing::debug!(%peer, file = %name, reason = %e, "tftp: client ended the transfer");
+                tracing::debug!(%peer, file = %name, reason = %oasis_proto::error_chain(&e), "tftp: client ended the transfer");
             }
         }
         Err(e) => {
             Metrics::add(&metrics.tftp_transfers_failed, 1);
             if shared.may_log(Loudness::Warn) {
-                tracing::warn!(%peer, file = %name, reason = %e, "tftp: transfer failed");
+                tracing::warn!(%peer, file = %name, reason = %oasis_proto::error_chain(&e), "tftp: transfer failed");
             }
         }
     }

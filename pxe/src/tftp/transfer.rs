@@ -31,7 +31,7 @@ pub enum TransferError {
     Timeout { retries: u32 },
     #[error("the client ended the transfer with error {code}: {message:?}")]
     ClientError { code: ErrorCode, message: String },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot talk to the client: {0}")]
     Socket(io::Error),
