@@ -27,10 +27,10 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::api::{Api, MachineView};
-use crate::assembly::status::ClusterStatus;
 use crate::etcd::EtcdClient;
 use crate::operator::{self, Action, ActionError, Answer, Operator};
 use crate::store::{BootMode, Machine};
+use oasis_core::assembly::status::ClusterStatus;
 
 /// File name of the socket inside the data directory.
 pub const SOCKET_FILE: &str = "oasis.sock";

@@ -3,7 +3,7 @@
 //!
 //! TLS with the appliance's own key (see [`crate::identity`]); agents trust it by its pin.
 //! - `POST /v1/register`: a per-boot token or the join token in the body, from the claimed
-//!   machine's lease in full DHCP mode; see [`crate::registry`] for the rules.
+//!   machine's lease in full DHCP mode; see [`oasis_core::registry`] for the rules.
 //! - `POST /v1/agent/heartbeat`, `GET /v1/agent/desired?after=N`: the machine's credential as
 //!   bearer token, and only from the machine's own overlay address (inside its WireGuard link).
 //! - `GET /v1/machines`, `POST /v1/machines/{id}/accept|reject`, `DELETE /v1/machines/{id}`: the
@@ -36,9 +36,11 @@ use tokio::sync::{watch, Mutex};
 
 use crate::identity::{random_token, Identity};
 use crate::operator::{Action, ActionError, Answer, Operator};
-use crate::registry::{machine_id, secrets_equal, LastHeartbeat, Leases, MachineRecord, Registration, Registry, Wire};
 use crate::store::Store;
 use crate::wireguard::ManagementInterface;
+use oasis_core::registry::{
+    machine_id, secrets_equal, LastHeartbeat, Leases, MachineRecord, Registration, Registry, Wire,
+};
 
 /// What the API handlers share.
 pub struct Api {
@@ -277,7 +279,7 @@ async fn register(
 /// newest boot script's token, and the management link's handshakes.
 async fn wire_of(api: &Api, registry: &Registry, req: &RegisterRequest, from: Ipv4Addr) -> Result<Wire, ActionError> {
     let unreadable = ActionError::NotRead;
-    let mac = req.boot_mac.parse::<oasis_pxe::mac::MacAddr>().ok();
+    let mac = req.boot_mac.parse::<oasis_proto::MacAddr>().ok();
     let boot_token = match mac {
         Some(mac) => api.store.boot_token(mac).map_err(unreadable)?,
         None => None,
@@ -479,7 +481,7 @@ mod slow_client_tests {
     use tokio::net::{TcpSocket, TcpStream};
 
     use super::*;
-    use crate::registry::Policy;
+    use oasis_core::registry::Policy;
 
     const PATIENCE: Duration = Duration::from_secs(30);
     const NEVER: Duration = Duration::from_secs(3600);
@@ -671,12 +673,13 @@ mod slow_client_tests {
     }
 }
 
-/// An API on a fresh store in `dir` (no WireGuard, no artifacts), for tests of what sits on it.
-#[cfg(test)]
-pub(crate) fn test_api(dir: &std::path::Path, policy: crate::registry::Policy) -> Arc<Api> {
+/// An API on a fresh store in `dir` (no WireGuard, no artifacts), for tests of what sits on it
+/// (here, and the console's menu in `oasis-boot` through the `test-support` feature).
+#[cfg(any(test, feature = "test-support"))]
+pub fn test_api(dir: &std::path::Path, policy: oasis_core::registry::Policy) -> Arc<Api> {
     let store = Store::open(dir).unwrap();
     let identity = Identity::load_or_create(&store, dir).unwrap();
-    let overlay = crate::registry::Overlay {
+    let overlay = oasis_core::registry::Overlay {
         appliance: Ipv4Addr::new(10, 99, 0, 1),
         prefix_len: 24,
         endpoint: "10.0.0.1:51820".parse().unwrap(),
@@ -703,7 +706,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::registry::Policy;
+    use oasis_core::registry::Policy;
 
     fn api(dir: &std::path::Path) -> Arc<Api> {
         test_api(dir, Policy::Auto)
@@ -752,7 +755,7 @@ mod tests {
         let mut api = api(dir.path());
         Arc::get_mut(&mut api).unwrap().full_dhcp = true;
         let join = api.identity.join_token.clone();
-        let mac: oasis_pxe::mac::MacAddr = "52:54:00:00:00:07".parse().unwrap();
+        let mac: oasis_proto::MacAddr = "52:54:00:00:00:07".parse().unwrap();
 
         // `send` comes from 10.0.0.100, which nobody has leased yet.
         let (status, body) = send(&api, "POST", "/v1/register", None, registration(&join, 1)).await;
@@ -772,8 +775,8 @@ mod tests {
 
         // The token of this MAC's newest boot script, as the store has it, is accepted too.
         let store = api.store.clone();
-        let token = crate::registry::BootToken {
-            sha256: crate::registry::credential_hash("its-boot-token"),
+        let token = oasis_core::registry::BootToken {
+            sha256: oasis_core::registry::credential_hash("its-boot-token"),
             issued_to: Some(Ipv4Addr::new(10, 0, 0, 100)),
             issued_at: now,
         };

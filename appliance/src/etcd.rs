@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::pki::{ClusterCa, IssuedCert, PkiError};
+use oasis_core::assembly::status::MemberStatus;
 
 /// The longest any one call to etcd may take, connecting included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -71,25 +72,6 @@ pub enum EtcdError {
     Refused { code: Option<i32>, message: String },
     #[error("etcd's answer is not what etcd 3.4 sends: {0}")]
     BadAnswer(String),
-}
-
-/// One member's view of itself (`/v3/maintenance/status`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MemberStatus {
-    pub member_id: u64,
-    pub cluster_id: u64,
-    /// The leader's member id as this member knows it; 0 when it knows none.
-    pub leader: u64,
-    pub raft_index: u64,
-    pub raft_term: u64,
-    /// The key-value store's revision at this member.
-    pub revision: u64,
-    pub db_size: u64,
-    pub is_learner: bool,
-    /// The etcd version, e.g. `3.4.23`.
-    pub version: String,
-    /// Alarms and other trouble the member reports (e.g. `NOSPACE`).
-    pub errors: Vec<String>,
 }
 
 /// A cluster member (`/v3/cluster/member/list`).

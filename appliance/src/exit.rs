@@ -7,11 +7,11 @@
 use std::error::Error;
 
 use crate::admin::AdminError;
-use crate::config::ConfigError;
 use crate::identity::IdentityError;
 use crate::pki::PkiError;
 use crate::serve::ServeError;
 use crate::store::StoreError;
+use oasis_core::config::ConfigError;
 
 /// What `oasis` exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,17 +9,17 @@
 //!   `oasis.token=` with a fresh random token. Its SHA-256, with the address the script went to, is
 //!   committed before the script is served and replaces the one before for that MAC: a restart
 //!   between the script and the registration loses nothing, and a registration for `M` is accepted
-//!   with the token of `M`'s newest script (see [`crate::registry`]). The join token goes on no
+//!   with the token of `M`'s newest script (see [`oasis_core::registry`]). The join token goes on no
 //!   script.
 
 use std::net::IpAddr;
 
+use oasis_proto::MacAddr;
 use oasis_pxe::http::{BootTarget, MachineDirectory, ScriptRefusal};
-use oasis_pxe::mac::MacAddr;
 
 use crate::identity::random_token;
-use crate::registry::{credential_hash, BootToken};
 use crate::store::Store;
+use oasis_core::registry::{credential_hash, BootToken};
 
 /// The directory `oasis serve` gives HTTP boot.
 #[derive(Debug, Clone)]

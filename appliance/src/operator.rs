@@ -3,7 +3,8 @@
 //!
 //! Four doors lead here and only parse and render: the HTTPS admin routes ([`crate::api`], with
 //! the admin token), the admin socket ([`crate::admin`]), and, through the socket, the CLI
-//! ([`crate::cli`]) and the console menu ([`crate::console`]). The CLI and the console say what
+//! (the `oasis` binary's `commands/`) and the console menu (`oasis_boot::console`). The CLI and
+//! the console say what
 //! they want as an [`Action`] too: [`Action::request`] is the socket request that carries it,
 //! and [`ask`] sends it.
 //!
@@ -19,16 +20,16 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use oasis_proto::MacAddr;
 use oasis_proto::{ErrorBody, MachineState};
 use oasis_pxe::dhcp::Lease;
-use oasis_pxe::mac::MacAddr;
 
 use crate::admin::{self, ClusterHandle, MachineEntry};
 use crate::api::{self, Api, MachineView};
-use crate::assembly::status::ClusterStatus;
 use crate::etcd::EtcdError;
-use crate::registry::{AuthError, DecideError, FindError, Happening, MachineRecord, PoolExhausted, RefusalKind};
 use crate::store::{BootMode, Event, StoreError};
+use oasis_core::assembly::status::ClusterStatus;
+use oasis_core::registry::{AuthError, DecideError, FindError, Happening, MachineRecord, PoolExhausted, RefusalKind};
 
 /// An operator's accept or reject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,14 +184,9 @@ impl From<DecideError> for ActionError {
     }
 }
 
-/// The status a registration refusal is answered with.
+/// The status a registration refusal is answered with: the registry's protocol says which.
 pub fn refusal_status(kind: RefusalKind) -> StatusCode {
-    match kind {
-        RefusalKind::Malformed => StatusCode::BAD_REQUEST,
-        RefusalKind::WrongToken => StatusCode::UNAUTHORIZED,
-        RefusalKind::WrongPlace => StatusCode::FORBIDDEN,
-        RefusalKind::Conflict => StatusCode::CONFLICT,
-    }
+    StatusCode::from_u16(kind.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 /// The status for a store error: a full data partition is 507, anything else is the appliance's
@@ -444,7 +440,7 @@ pub fn ask(data_dir: &Path, action: &Action) -> Result<Option<Vec<u8>>, admin::A
 mod tests {
     use super::*;
     use crate::admin::AdminError;
-    use crate::registry::Policy;
+    use oasis_core::registry::Policy;
 
     /// Every action a client says goes through the admin socket's router to the handler, and
     /// its refusals come back with the table's status.

@@ -25,19 +25,19 @@ use oasis_proto::Artifact;
 
 use crate::admin;
 use crate::api::{self, Api, PeerDevice, PeerQueue};
-use crate::assembly::kubernetes::Kubernetes;
-use crate::assembly::world::SystemClock;
-use crate::assembly::{Controller, Outputs, Provisions, World};
-use crate::config::{AcceptancePolicy, Config, ConflictCheckKind, DhcpSettings};
+use crate::controller::kubernetes::Kubernetes;
+use crate::controller::world::SystemClock;
+use crate::controller::{Controller, Outputs, Provisions, World};
 use crate::etcd::EtcdClient;
 use crate::identity::Identity;
-use crate::k3s::K3sArtifacts;
 use crate::limits;
 use crate::netboot::NetbootDirectory;
 use crate::pki::ClusterCa;
-use crate::registry::{Overlay, Policy, Registry};
 use crate::store::{Store, StoreOptions};
 use crate::wireguard::{self, ManagementInterface};
+use oasis_core::config::{AcceptancePolicy, Config, ConflictCheckKind, DhcpSettings};
+use oasis_core::k3s::K3sArtifacts;
+use oasis_core::registry::{Overlay, Policy, Registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -95,7 +95,7 @@ fn check_host(config: &Config) -> Result<[u8; 6], ServeError> {
         std::io::ErrorKind::NotFound => ServeError::NoInterface(config.interface.clone()),
         _ => ServeError::InterfaceUnreadable { interface: config.interface.clone(), path: mac_path.clone(), source },
     })?;
-    let mac: oasis_pxe::mac::MacAddr =
+    let mac: oasis_proto::MacAddr =
         mac_text.trim().parse().map_err(|_| ServeError::NoInterface(config.interface.clone()))?;
     // Binding to an address succeeds only if the address is assigned here.
     if StdUdpSocket::bind(SocketAddrV4::new(config.address, 0)).is_err() {

@@ -28,7 +28,6 @@
 //! commit and everything else is refused with [`StoreError::Full`] until space returns.
 
 mod check;
-pub mod events;
 mod seal;
 pub mod space;
 
@@ -38,22 +37,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use oasis_proto::MacAddr;
 use oasis_pxe::dhcp::store::{Commit, LeaseStore, Sighting, StoreError as DhcpStoreError};
 use oasis_pxe::dhcp::{Lease, LeaseState};
 use oasis_pxe::http::{BootTarget, MachineDirectory};
-use oasis_pxe::mac::MacAddr;
 use oasis_pxe::metrics::{ErrorKind, Metrics};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use events::EventLimits;
-use events::{Tally, TALLY_WINDOW};
+pub use oasis_core::events::EventLimits;
+use oasis_core::events::{self, Tally, TALLY_WINDOW};
+pub use oasis_core::records::{BootMode, Event, Machine};
 use space::{Change, DataPartition, Partition, Space};
 
-use crate::assembly::planner::Assembly;
-use crate::registry::{BootToken, Happening, MachineRecord};
+use oasis_core::assembly::planner::Assembly;
+use oasis_core::registry::{BootToken, Happening, MachineRecord};
 
 /// The version of the table layout and record formats this build reads and writes.
 pub const SCHEMA_VERSION: u64 = 4;
@@ -159,55 +158,6 @@ macro_rules! db_err {
     )*};
 }
 db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
-
-/// A machine the appliance has seen network-boot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Machine {
-    pub mac: MacAddr,
-    /// Option 93 of its last boot request.
-    pub arch: Option<u16>,
-    pub vendor_class: Option<String>,
-    pub first_seen: u64,
-    pub last_seen: u64,
-    /// Boot scripts served to it.
-    pub boot_count: u64,
-    pub last_ip: Option<Ipv4Addr>,
-    /// Whether it is told to boot from the network or from its own disk.
-    pub boot: BootMode,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BootMode {
-    Network,
-    Local,
-}
-
-impl Machine {
-    /// A readable name for option 93.
-    pub fn firmware(&self) -> &'static str {
-        use oasis_pxe::policy::arch;
-        match self.arch {
-            None => "unknown",
-            Some(arch::BIOS_X86) => "bios",
-            Some(arch::EFI_BC | arch::EFI_X86_64) => "uefi-x64",
-            Some(arch::EFI_ARM64) => "uefi-arm64",
-            Some(arch::EFI_X86_64_HTTP) => "uefi-x64-http",
-            Some(arch::EFI_ARM64_HTTP) => "uefi-arm64-http",
-            Some(_) => "other",
-        }
-    }
-}
-
-/// Something that happened, for `oasis events`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    pub seq: u64,
-    pub at: u64,
-    pub kind: String,
-    pub mac: Option<MacAddr>,
-    pub message: String,
-}
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use oasis_appliance::usb::label::{identify, FsType};
-use oasis_appliance::usb::signature;
+use oasis_boot::usb::label::{identify, FsType};
+use oasis_boot::usb::signature;
 use oasis_fuzz::{SparseDisk, SECTOR};
 use oasis_image::appliance::{DATA_FIRST, DATA_NAME, ESP_FIRST, ESP_NAME};
 use oasis_image::gpt::{self, Gpt, Guid, Partition};

@@ -15,7 +15,7 @@ use axum::Router;
 use libfuzzer_sys::fuzz_target;
 use oasis_pxe::boot_root::BootRoot;
 use oasis_pxe::http::{router, HttpBoot, StaticDirectory};
-use oasis_pxe::mac::MacAddr;
+use oasis_proto::MacAddr;
 use oasis_pxe::metrics::Metrics;
 use oasis_pxe::script::{BootProfile, ScriptRenderer};
 use tower::ServiceExt;

@@ -13,11 +13,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libfuzzer_sys::fuzz_target;
-use oasis_appliance::registry::{
+use oasis_core::registry::{
     credential_hash, BootToken, Leases, MachineRecord, Overlay, Policy, RefusalKind, Registration, Registry, Wire,
 };
 use oasis_proto::{Heartbeat, Inventory, MachineState, RegisterRequest, RegisterResponse, System};
-use oasis_pxe::mac::MacAddr;
+use oasis_proto::MacAddr;
 
 /// The join token; the seeds carry it.
 const TOKEN: &str = "fuzz-join-token";
@@ -35,7 +35,7 @@ fn record(n: u8, state: MachineState, uuid: Option<&str>) -> MachineRecord {
     };
     let accepted = state == MachineState::Accepted;
     MachineRecord {
-        id: oasis_appliance::registry::machine_id(&inventory, boot_mac),
+        id: oasis_core::registry::machine_id(&inventory, boot_mac),
         state,
         boot_mac,
         wireguard_key: key(n),

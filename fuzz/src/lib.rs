@@ -56,7 +56,7 @@ pub fn full_mode() -> Mode {
             end: Ipv4Addr::new(10, 0, 0, 199),
             netmask: Ipv4Addr::new(255, 255, 255, 0),
             reservations: HashMap::from([(
-                oasis_pxe::mac::MacAddr([0x52, 0x54, 0x00, 0x00, 0x00, 0x42]),
+                oasis_proto::MacAddr([0x52, 0x54, 0x00, 0x00, 0x00, 0x42]),
                 Ipv4Addr::new(10, 0, 0, 50),
             )]),
             lease_secs: 3600,

@@ -18,7 +18,11 @@
 //!    `GET /v1/agent/desired?after=REVISION` ([`DesiredState`], answered when the revision moves
 //!    past `after` or after [`WATCH_SECS`]).
 
+mod mac;
+
 use std::net::{Ipv4Addr, SocketAddrV4};
+
+pub use mac::{MacAddr, ParseMacError};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

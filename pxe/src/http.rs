@@ -34,9 +34,9 @@ use tokio::net::TcpListener;
 
 use crate::boot_root::{BootRoot, PathError};
 use crate::conn::{self, Guard};
-use crate::mac::MacAddr;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::script::ScriptRenderer;
+use oasis_proto::MacAddr;
 
 /// Bytes read from a file per chunk handed to the connection. Large enough that the per-chunk
 /// costs (a blocking-pool hop, an allocation, a `writev`) vanish next to the copy itself.

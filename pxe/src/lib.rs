@@ -11,11 +11,15 @@
 //! - [`metrics`]: counters shared by all services, rendered in Prometheus text format.
 
 pub mod boot_root;
+#[cfg(feature = "serve")]
 pub mod conn;
+#[cfg(feature = "serve")]
 pub mod conn_limit;
 pub mod dhcp;
+#[cfg(feature = "serve")]
 pub mod http;
 pub mod mac;
+#[cfg(feature = "serve")]
 pub mod metrics;
 pub mod policy;
 pub mod script;

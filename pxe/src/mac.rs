@@ -1,95 +1,22 @@
-//! Ethernet hardware addresses, as machines are known by until they register.
-
-use std::fmt;
-use std::str::FromStr;
+//! The client hardware address of a DHCP message. [`MacAddr`] itself lives in `oasis-proto`,
+//! shared with the agent and the appliance.
 
 use dhcproto::v4::{HType, Message};
+use oasis_proto::MacAddr;
 
-/// A 48-bit Ethernet MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// The client hardware address of a DHCP message, when it is an Ethernet address: `htype`
-    /// 1 and `hlen` 6. Anything else (another kind of hardware, or a length a well-formed
-    /// Ethernet client never sends) is `None`, and the message is not served.
-    ///
-    /// This is the one place that reads `chaddr` from a received message: dhcproto's
-    /// [`Message::chaddr`] slices the 16-byte field by `hlen` unchecked and panics on a datagram
-    /// whose `hlen` is over 16, so `hlen` is checked first.
-    pub fn of_dhcp_client(msg: &Message) -> Option<Self> {
-        if msg.htype() != HType::Eth || msg.hlen() != 6 {
-            return None;
-        }
-        let octets: [u8; 6] = msg.chaddr().try_into().ok()?;
-        Some(Self(octets))
+/// The client hardware address of a DHCP message, when it is an Ethernet address: `htype`
+/// 1 and `hlen` 6. Anything else (another kind of hardware, or a length a well-formed
+/// Ethernet client never sends) is `None`, and the message is not served.
+///
+/// This is the one place that reads `chaddr` from a received message: dhcproto's
+/// [`Message::chaddr`] slices the 16-byte field by `hlen` unchecked and panics on a datagram
+/// whose `hlen` is over 16, so `hlen` is checked first.
+pub fn of_dhcp_client(msg: &Message) -> Option<MacAddr> {
+    if msg.htype() != HType::Eth || msg.hlen() != 6 {
+        return None;
     }
-
-    /// `52-54-00-12-34-56`: iPXE's `${mac:hexhyp}` form, safe in URLs and file names.
-    pub fn hyphenated(&self) -> String {
-        self.to_string().replace(':', "-")
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// A string that is not a MAC address.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a MAC address; write it as six hex pairs, like 52:54:00:12:34:56")]
-pub struct ParseMacError(String);
-
-impl FromStr for MacAddr {
-    type Err = ParseMacError;
-
-    /// Accepts `52:54:00:12:34:56`, `52-54-00-12-34-56` and `525400123456`, in either case.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseMacError(s.to_string());
-        let hex: String = if s.len() == 17 {
-            let sep = s.as_bytes()[2];
-            if sep != b':' && sep != b'-' {
-                return Err(err());
-            }
-            let parts: Vec<&str> = s.split(sep as char).collect();
-            if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
-                return Err(err());
-            }
-            parts.concat()
-        } else if s.len() == 12 {
-            s.to_string()
-        } else {
-            return Err(err());
-        };
-        let mut octets = [0u8; 6];
-        for (i, octet) in octets.iter_mut().enumerate() {
-            *octet = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(err)?, 16).map_err(|_| err())?;
-        }
-        Ok(Self(octets))
-    }
-}
-
-impl TryFrom<String> for MacAddr {
-    type Error = ParseMacError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<MacAddr> for String {
-    fn from(mac: MacAddr) -> String {
-        mac.to_string()
-    }
+    let octets: [u8; 6] = msg.chaddr().try_into().ok()?;
+    Some(MacAddr(octets))
 }
 
 #[cfg(test)]
@@ -98,39 +25,21 @@ mod tests {
     use dhcproto::{Decodable, Encodable};
 
     #[test]
-    fn parses_the_usual_spellings() {
-        let want = MacAddr([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]);
-        for s in ["52:54:00:ab:cd:ef", "52-54-00-AB-CD-EF", "525400abcdef"] {
-            assert_eq!(s.parse::<MacAddr>().unwrap(), want, "{s}");
-        }
-        assert_eq!(want.to_string(), "52:54:00:ab:cd:ef");
-        assert_eq!(want.hyphenated(), "52-54-00-ab-cd-ef");
-    }
-
-    #[test]
     fn reads_only_ethernet_hardware_addresses_from_dhcp_messages() {
         let mac = [0x52, 0x54, 0x00, 0xab, 0xcd, 0xef];
         let mut msg = Message::default();
         msg.set_chaddr(&mac);
-        assert_eq!(MacAddr::of_dhcp_client(&msg), Some(MacAddr(mac)));
+        assert_eq!(of_dhcp_client(&msg), Some(MacAddr(mac)));
         msg.set_htype(HType::IEEE802);
-        assert_eq!(MacAddr::of_dhcp_client(&msg), None, "not Ethernet");
+        assert_eq!(of_dhcp_client(&msg), None, "not Ethernet");
         msg.set_htype(HType::Eth).set_chaddr(&[1, 2, 3, 4, 5, 6, 7, 8]);
-        assert_eq!(MacAddr::of_dhcp_client(&msg), None, "hlen 8");
+        assert_eq!(of_dhcp_client(&msg), None, "hlen 8");
         // hlen over 16 cannot be set through dhcproto's setters, only decoded from a datagram.
         let mut raw = Message::default().set_chaddr(&mac).to_vec().unwrap();
         for hlen in [17, 255] {
             raw[2] = hlen;
             let decoded = Message::from_bytes(&raw).unwrap();
-            assert_eq!(MacAddr::of_dhcp_client(&decoded), None, "hlen {hlen}");
-        }
-    }
-
-    #[test]
-    fn refuses_everything_else() {
-        for s in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:eg", "52:54-00:ab:cd:ef", "52.54.00.ab.cd.ef", "5254:00ab:cdef"]
-        {
-            assert!(s.parse::<MacAddr>().is_err(), "{s}");
+            assert_eq!(of_dhcp_client(&decoded), None, "hlen {hlen}");
         }
     }
 }

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
-use crate::mac::MacAddr;
+use oasis_proto::MacAddr;
 
 /// RFC 4578 option 93 values oasis knows a boot file for. The numbers are IANA's registry.
 pub mod arch {
@@ -55,7 +55,7 @@ impl BootClient {
     /// Reads a message's boot-related options. `None` for anything that is not a network boot
     /// client (an OS's DHCP client, a phone on the rack network): those get addresses only.
     pub fn from_message(msg: &Message) -> Option<Self> {
-        let mac = MacAddr::of_dhcp_client(msg)?;
+        let mac = crate::mac::of_dhcp_client(msg)?;
         let opts = msg.opts();
         let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
             Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),

@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 
-use crate::mac::MacAddr;
+use oasis_proto::MacAddr;
 
 /// How many times the boot script tries to fetch and boot before it gives up.
 pub const BOOT_ATTEMPTS: u32 = 3;

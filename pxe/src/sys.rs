@@ -1,3 +1,6 @@
+// The ARP and reactor helpers serve the DHCP server only; boot_root uses the rest.
+#![cfg_attr(not(feature = "serve"), allow(dead_code))]
+
 //! The raw system calls pxe needs and the standard library lacks: a packet socket for ARP, and
 //! opening files beneath a directory descriptor without following symlinks (`openat2`, `openat`).
 //! Every `unsafe` block of the crate lives here, except the one `setsockopt` that turns on UDP
@@ -108,6 +111,7 @@ pub fn arp_receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Registers a socket that owns its descriptor with the tokio reactor.
+#[cfg(feature = "serve")]
 pub fn register<T: AsRawFd + IntoOwned>(socket: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
     // SAFETY: `T: IntoOwned` is implemented only for types that own their descriptor, so it stays
     // open and unchanged until the AsyncFd (which then owns `socket`) is dropped.
@@ -117,6 +121,7 @@ pub fn register<T: AsRawFd + IntoOwned>(socket: T) -> io::Result<tokio::io::unix
 /// Marks types that own their file descriptor outright.
 pub trait IntoOwned {}
 impl IntoOwned for OwnedFd {}
+#[cfg(feature = "serve")]
 impl IntoOwned for socket2::Socket {}
 
 /// `openat2(2)` of the relative `name` beneath the directory `dir`, with `flags` (plus

@@ -8,13 +8,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
+use oasis_proto::MacAddr;
 use oasis_pxe::boot_root::BootRoot;
 use oasis_pxe::conn::{Guard, Listener, Timeouts};
 use oasis_pxe::conn_limit::Caps;
 use oasis_pxe::http::{
     router, serve, BootTarget, HttpBoot, MachineDirectory, ScriptRefusal, StaticDirectory, CHUNK_SIZE,
 };
-use oasis_pxe::mac::MacAddr;
 use oasis_pxe::metrics::{ErrorKind, Metrics};
 use oasis_pxe::script::{BootProfile, ScriptRenderer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

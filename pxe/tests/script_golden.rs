@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use oasis_pxe::mac::MacAddr;
+use oasis_proto::MacAddr;
 use oasis_pxe::script::{BootProfile, ScriptRenderer};
 
 const MAC: &str = "52:54:00:12:34:56";

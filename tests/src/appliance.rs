@@ -16,7 +16,7 @@ pub fn oasis_bin() -> PathBuf {
     let mut builds: Vec<PathBuf> =
         ["release", "debug"].iter().map(|p| target.join(p).join("oasis")).filter(|p| p.exists()).collect();
     builds.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    builds.pop().expect("no oasis binary: run `cargo build --release -p oasis-appliance` (scripts/test does)")
+    builds.pop().expect("no oasis binary: run `cargo build --release -p oasis` (scripts/test does)")
 }
 
 /// The `oasis-tftp` client built beside the `oasis` binary.
@@ -215,9 +215,9 @@ impl Drop for Appliance {
 /// Reads the appliance's identity from its store, making it on a first start, so call it before
 /// [`Appliance::start`] or while the appliance is stopped: a running `oasis serve` holds the store.
 pub fn join_args(config: &Path) -> oasis_proto::KernelArgs {
-    use oasis_appliance::config::Config;
     use oasis_appliance::identity::Identity;
     use oasis_appliance::store::Store;
+    use oasis_core::config::Config;
     let config = Config::load(config).unwrap_or_else(|e| panic!("{e}"));
     let store = Store::open(&config.data_dir)
         .unwrap_or_else(|e| panic!("{e}: read the join token before Appliance::start or after Appliance::stop"));

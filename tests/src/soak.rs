@@ -527,7 +527,7 @@ impl Machine {
         // its new boot registers with a new key; a linked machine that came back sooner would be
         // refused as the impostor of a live one (registry::LINK_SILENCE_SECS).
         if linked {
-            tokio::time::sleep(Duration::from_secs(oasis_appliance::registry::LINK_SILENCE_SECS + 2)).await;
+            tokio::time::sleep(Duration::from_secs(oasis_core::registry::LINK_SILENCE_SECS + 2)).await;
         }
         result
     }

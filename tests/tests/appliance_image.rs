@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use oasis_appliance::usb::signature;
+use oasis_boot::usb::signature;
 use oasis_e2e::appliance_vm::{appliance_disk, appliance_image, ApplianceVm, ApplianceVmSpec};
 use oasis_e2e::{oasis_bin, Firmware, Machine, MachineSpec, Netns};
 use oasis_image::usb_stick;

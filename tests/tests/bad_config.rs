@@ -8,7 +8,7 @@ use std::process::Output;
 use oasis_e2e::appliance::oasis;
 use oasis_e2e::{appliance, Netns};
 
-/// Exit code for a configuration the operator must fix (see appliance/src/lib.rs).
+/// Exit code for a configuration the operator must fix (see appliance/src/exit.rs).
 const EXIT_CONFIG: i32 = 3;
 
 fn stderr(out: &Output) -> String {

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oasis_agent::client::ApiClient;
-use oasis_appliance::config::Config;
 use oasis_appliance::limits::plan;
+use oasis_core::config::Config;
 use oasis_e2e::appliance::{boot_root, join_args, write_config, Appliance};
 use oasis_e2e::{assets, Netns};
 use oasis_proto::{Inventory, RegisterRequest, System};

@@ -19,7 +19,7 @@ use oasis_proto::{Inventory, RegisterRequest, RegisterResponse, System};
 
 const API: &str = "https://10.0.0.1:9443";
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-/// `oasis`'s exit code for a store that needs its operator (appliance/src/lib.rs).
+/// `oasis`'s exit code for a store that needs its operator (appliance/src/exit.rs).
 const EXIT_STORE: i32 = 5;
 const DHCP_FULL: &str = "range = [\"10.0.0.100\", \"10.0.0.199\"]\nconflict_check = \"off\"";
 const MAC_A: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x01];

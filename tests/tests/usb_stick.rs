@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use oasis_agent::client::ApiClient;
-use oasis_appliance::usb::{self, signature, Acceptance, FsType, Offer, Outcome, Scanner};
+use oasis_boot::usb::{self, signature, Acceptance, FsType, Offer, Outcome, Scanner};
 use oasis_e2e::appliance::{agent_args, oasis, write_config, Appliance};
 use oasis_e2e::Netns;
 use oasis_proto::{Inventory, MachineState, Nic, RegisterRequest, System};

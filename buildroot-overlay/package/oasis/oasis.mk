@@ -28,7 +28,7 @@ OASIS_PRE_BUILD_HOOKS += OASIS_CARGO_VENDOR
 
 # The workspace root is a virtual manifest: build the chosen members only.
 OASIS_CRATES = \
-	$(if $(BR2_PACKAGE_OASIS_APPLIANCE),oasis-appliance) \
+	$(if $(BR2_PACKAGE_OASIS_APPLIANCE),oasis) \
 	$(if $(BR2_PACKAGE_OASIS_AGENT),oasis-agent)
 OASIS_BINS = \
 	$(if $(BR2_PACKAGE_OASIS_APPLIANCE),oasis) \

@@ -20,8 +20,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
-use crate::mac::MacAddr;
 use crate::sys;
+use oasis_proto::MacAddr;
 
 /// What probing an address found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

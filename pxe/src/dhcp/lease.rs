@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use crate::mac::MacAddr;
+use oasis_proto::MacAddr;
 
 /// How long an OFFER holds its address for the client that was offered it.
 pub const OFFER_HOLD_SECS: u64 = 60;

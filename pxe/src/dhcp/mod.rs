@@ -8,17 +8,20 @@
 //! - [`ratelimit`]: per-client token buckets.
 //! - [`store`]: what the server needs from persistent storage.
 
+#[cfg(feature = "serve")]
 pub mod conflict;
 pub mod lease;
 pub mod ratelimit;
 pub mod reply;
+#[cfg(feature = "serve")]
 pub mod server;
 pub mod store;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "serve"))]
 mod tests;
 
 pub use lease::{Lease, LeaseState, Pool};
 pub use reply::NetworkOptions;
+#[cfg(feature = "serve")]
 pub use server::{DhcpConfig, DhcpError, DhcpServer, DhcpService, Mode, Outgoing, Port};
 pub use store::{LeaseStore, MemoryStore, Sighting};

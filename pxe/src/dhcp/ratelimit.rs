@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::mac::MacAddr;
+use oasis_proto::MacAddr;
 
 /// Most clients tracked at once; past this, the oldest-idle are forgotten first.
 const MAX_TRACKED: usize = 100_000;

@@ -4,8 +4,8 @@ use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
 
-use crate::mac::MacAddr;
 use crate::policy::{BootClient, BootFile, ClientKind};
+use oasis_proto::MacAddr;
 
 /// The size of the BOOTP `file` field; longer names go in option 67 only.
 const FILE_FIELD_LEN: usize = 128;
@@ -25,7 +25,7 @@ pub struct NetworkOptions {
 }
 
 /// A reply of type `kind` to `req` from `server`: same transaction, flags and relay address, the
-/// client's hardware address `mac` (read from `req` by [`MacAddr::of_dhcp_client`], never by
+/// client's hardware address `mac` (read from `req` by [`crate::mac::of_dhcp_client`], never by
 /// dhcproto's unchecked `chaddr`); relay agent information (option 82) echoed as RFC 3046
 /// requires.
 pub fn base(req: &Message, mac: MacAddr, kind: MessageType, server: Ipv4Addr) -> Message {

@@ -19,10 +19,10 @@ use super::lease::{DeclineRefused, LeaseTable, OfferError, Pool, RequestKind, Re
 use super::ratelimit::RateLimiter;
 use super::reply::{self, NetworkOptions};
 use super::store::{LeaseStore, Sighting, StoreError};
-use crate::mac::MacAddr;
 use crate::metrics::{DhcpKind, ErrorKind, Metrics};
 use crate::policy::{BootClient, BootPolicy};
 use crate::tftp::log_limit::LogLimit;
+use oasis_proto::MacAddr;
 
 /// How often the leases-in-use gauge is recomputed.
 const GAUGE_PERIOD: Duration = Duration::from_secs(1);
@@ -267,7 +267,7 @@ impl DhcpService {
         }
         let kind = message_kind(&msg);
         self.metrics.dhcp_received(kind);
-        let Some(mac) = MacAddr::of_dhcp_client(&msg) else {
+        let Some(mac) = crate::mac::of_dhcp_client(&msg) else {
             // Not a 6-byte Ethernet address; an `hlen` over 16 lands here too.
             self.metrics.error(ErrorKind::DhcpMalformed);
             return vec![];

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 
 use super::lease::Lease;
-use crate::mac::MacAddr;
+use oasis_proto::MacAddr;
 
 /// A store failure, boxed so the DHCP server does not depend on the store's error type.
 pub type StoreError = Box<dyn std::error::Error + Send + Sync>;

@@ -15,9 +15,9 @@ use super::conflict::{ConflictCheck, NoCheck, Probe};
 use super::server::decode;
 use super::store::{Commit, LeaseStore, MemoryStore, Sighting, StoreError};
 use super::*;
-use crate::mac::MacAddr;
 use crate::metrics::{ErrorKind, Metrics};
 use crate::policy::BootPolicy;
+use oasis_proto::MacAddr;
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);

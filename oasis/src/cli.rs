@@ -1,0 +1,259 @@
+//! The command line: clap's definitions of every subcommand and its arguments. What each does
+//! is in `commands/`, one file per subcommand.
+
+//! The `oasis` command line: argument definitions and the commands that read state.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use oasis_proto::MacAddr;
+
+use oasis_core::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "oasis", version, about = "Network boot and self-assembly for disconnected racks", after_help = oasis_appliance::exit::EXIT_CODES_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the appliance image: prepares its disk, finds the configuration (USB stick, saved, or
+    /// console questions), runs `oasis serve` and the console. Started by the image's /init.
+    Boot,
+    /// Run DHCP, TFTP and HTTP boot on the configured interface until stopped.
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// If the store is damaged, or missing where one existed, start afresh with a new one
+        /// (a new identity, no leases or machines) instead of refusing to start. What was there
+        /// is moved aside (`oasis.redb.old-TIME`, `admin-token.old-TIME`), never deleted. A
+        /// sound store is kept whatever this says.
+        #[arg(long)]
+        new_store: bool,
+    },
+    /// Check and sign configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// List DHCP leases.
+    Leases(StateArgs),
+    /// List machines: what their network boots showed and, once their agent registered, their
+    /// state, inventory and management link.
+    Machines(StateArgs),
+    /// Show recent events.
+    Events {
+        #[command(flatten)]
+        state: StateArgs,
+        /// How many of the newest events to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Act on one machine.
+    #[command(subcommand)]
+    Machine(MachineCommand),
+    /// Build what the appliance serves.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// The cluster the rack assembles into.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Roles, etcd members, mesh links, and what assembly is doing or waiting for.
+    Status(StateArgs),
+    /// Print the admin kubeconfig (images built with a k3s bundle).
+    Kubeconfig(StateArgs),
+    /// Read one etcd key through the member on machine VIA.
+    Get {
+        key: String,
+        #[arg(long)]
+        via: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Write one etcd key through the member on machine VIA.
+    Put {
+        key: String,
+        value: String,
+        #[arg(long)]
+        via: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Parse and check FILE; print what it configures.
+    Check { file: PathBuf },
+    /// Make a key pair for signing USB configurations: DIR/oasis-config.key (private, keep it
+    /// off the appliance) and DIR/oasis-config.pub (build it into the appliance image).
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Check FILE and sign it with a private key from `oasis config keygen`: writes FILE.sig.
+    Sign {
+        #[arg(long, value_name = "PRIVATE")]
+        key: PathBuf,
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCommand {
+    /// Accept a pending machine (by id, id prefix or boot MAC): it gets its credential and its
+    /// management link on its next registration.
+    Accept {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Reject a machine: it stays refused until removed.
+    Reject {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Forget a machine; it registers as new the next time it boots.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Tell a machine to boot from the network (the boot profile) or from its local disk.
+    Boot {
+        mac: MacAddr,
+        #[arg(value_enum)]
+        target: BootArg,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BootArg {
+    Network,
+    Local,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build artifacts from Debian packages (downloaded with apt-get, never installed).
+    #[command(subcommand)]
+    Build(BuildCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// The iPXE builds (undionly.kpxe, ipxe.efi, snponly.efi) and their SHA256SUMS.
+    Ipxe(BuildArgs),
+    /// A test payload: Debian's kernel and a busybox initramfs that prints a marker and powers off.
+    TestPayload(BuildArgs),
+    /// The node image: Debian's kernel and an initramfs with busybox, NIC and WireGuard modules and
+    /// the node agent; beside it etcd (and k3s with --k3s-bundle), listed in artifacts.json.
+    Node(NodeBuildArgs),
+    /// The appliance's bootable disk image (BIOS and UEFI): GRUB, Debian's kernel, an initramfs
+    /// that runs `oasis boot`, and the node image and iPXE builds it serves to the rack.
+    Appliance(ApplianceBuildArgs),
+    /// A USB stick image (an MBR and a FAT partition labelled OASIS) carrying oasis.toml and,
+    /// with --key (or a FILE.sig beside it), oasis.toml.sig. Write it to a stick with `dd`.
+    UsbStick(UsbStickArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplianceBuildArgs {
+    /// The node image directory (`oasis image build node`).
+    #[arg(long, value_name = "DIR")]
+    pub node: PathBuf,
+    /// The iPXE directory (`oasis image build ipxe`).
+    #[arg(long, value_name = "DIR")]
+    pub ipxe: PathBuf,
+    /// A public key (`oasis config keygen`): the appliance then applies only USB configurations
+    /// signed with its private key.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_key: Option<PathBuf>,
+    /// The oasis binary to ship. Default: this one.
+    #[arg(long, value_name = "FILE")]
+    pub oasis: Option<PathBuf>,
+    /// The root filesystem overlay (`buildroot-overlay/rootfs-overlay` of the oasis sources).
+    #[arg(long, default_value = oasis_image::node::DEFAULT_OVERLAY)]
+    pub overlay: PathBuf,
+    /// The appliance's overlay, applied over the other (`buildroot-overlay/appliance-overlay`).
+    #[arg(long, default_value = oasis_image::appliance::DEFAULT_APPLIANCE_OVERLAY)]
+    pub appliance_overlay: PathBuf,
+    /// The disk image to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Where downloaded packages are kept between builds.
+    #[arg(long, default_value = "/var/cache/oasis/debian")]
+    pub cache: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UsbStickArgs {
+    /// The configuration to put on the stick; it is checked first.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Sign it with this private key (`oasis config keygen`). Without it, FILE.sig is taken if
+    /// it is beside FILE.
+    #[arg(long, value_name = "PRIVATE")]
+    pub key: Option<PathBuf>,
+    /// The image file to write.
+    #[arg(long, value_name = "IMAGE")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = oasis_image::usb_stick::DEFAULT_SIZE_MIB)]
+    pub size_mib: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeBuildArgs {
+    /// The node agent binary (`target/release/oasis-agent`).
+    #[arg(long)]
+    pub agent: PathBuf,
+    /// The root filesystem overlay (`buildroot-overlay/rootfs-overlay` of the oasis sources).
+    #[arg(long, default_value = oasis_image::node::DEFAULT_OVERLAY)]
+    pub overlay: PathBuf,
+    /// A directory with the `k3s` binary and k3s-airgap-images-amd64.tar(.gz|.zst) from one k3s
+    /// release: servers then run k3s on oasis's etcd. Without it the cluster is etcd only.
+    #[arg(long, value_name = "DIR")]
+    pub k3s_bundle: Option<PathBuf>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Where to write the artifacts.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Where downloaded packages are kept between builds.
+    #[arg(long, default_value = "/var/cache/oasis/debian")]
+    pub cache: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The appliance's configuration (its data_dir is used).
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
+    pub config: Option<PathBuf>,
+    /// The appliance's data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl StateArgs {
+    pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(match (&self.config, &self.data_dir) {
+            (Some(file), _) => Config::load(file)?.data_dir,
+            (None, Some(dir)) => dir.clone(),
+            (None, None) => PathBuf::from("/var/lib/oasis"),
+        })
+    }
+}

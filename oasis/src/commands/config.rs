@@ -1,0 +1,60 @@
+//! `oasis config check|keygen|sign`: an `oasis.toml` checked as `oasis serve` would, and the
+//! keys that sign configurations for USB sticks.
+
+use std::path::Path;
+
+use oasis_core::config::Config;
+
+pub fn check(file: &Path) -> anyhow::Result<()> {
+    let c = Config::load(file)?;
+    println!("{}: ok", file.display());
+    println!("  interface {} address {}/{}", c.interface, c.address, u32::from(c.netmask).leading_ones());
+    match &c.dhcp {
+        None => println!("  DHCP off"),
+        Some(d) => match &d.full {
+            Some((pool, _, _)) => println!(
+                "  DHCP full: {} to {}, {} reservations, lease {} s, conflict check {:?}",
+                pool.start,
+                pool.end,
+                pool.reservations.len(),
+                pool.lease_secs,
+                d.conflict_check
+            ),
+            None => println!("  DHCP proxy (boot information only)"),
+        },
+    }
+    match &c.tftp {
+        Some((port, _)) => println!("  TFTP on port {port}"),
+        None => println!("  TFTP off"),
+    }
+    println!("  HTTP on port {}", c.http_port);
+    println!("  boot root {} (iPXE in {}/)", c.boot_root.display(), c.ipxe_dir);
+    println!(
+        "  profile: kernel {} initrd {} cmdline {:?}",
+        c.profile.kernel,
+        c.profile.initrd.as_deref().unwrap_or("-"),
+        c.profile.cmdline
+    );
+    println!("  data dir {}", c.data_dir.display());
+    Ok(())
+}
+
+/// `oasis config keygen --out DIR`.
+pub fn keygen(dir: &Path) -> anyhow::Result<()> {
+    let (private, public, key) = oasis_boot::usb::signature::keygen(dir)?;
+    println!("key {}", oasis_boot::usb::signature::key_id(&key));
+    println!(
+        "  private: {} (keep it secret; sign with `oasis config sign --key {} oasis.toml`)",
+        private.display(),
+        private.display()
+    );
+    println!("  public:  {} (build it into the appliance image as its trusted key)", public.display());
+    Ok(())
+}
+
+/// `oasis config sign --key PRIVATE FILE`.
+pub fn sign(key: &Path, file: &Path) -> anyhow::Result<()> {
+    let sig = oasis_boot::usb::signature::sign_file(key, file)?;
+    println!("{}: signed, signature in {}", file.display(), sig.display());
+    Ok(())
+}

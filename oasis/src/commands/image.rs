@@ -1,0 +1,129 @@
+//! `oasis image build ...`: the appliance's disk image, USB sticks, iPXE, node images.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use oasis_core::config::Config;
+
+use crate::cli::{ApplianceBuildArgs, BuildCommand, NodeBuildArgs, UsbStickArgs};
+
+/// `oasis image build KIND`: builds it and prints what is in it (for the manifests, each entry's
+/// sha256 and name).
+pub fn build(build: &BuildCommand) -> anyhow::Result<()> {
+    let manifest = match build {
+        BuildCommand::Appliance(a) => return appliance(a),
+        BuildCommand::UsbStick(a) => return usb_stick(a),
+        BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,
+        BuildCommand::TestPayload(a) => oasis_image::payload::build_test_payload(&a.cache, &a.out)?,
+        BuildCommand::Node(a) => node(a)?,
+    };
+    for entry in manifest.entries() {
+        println!("{}  {}", entry.sha256, entry.name);
+    }
+    Ok(())
+}
+
+/// `oasis image build node`: the node image, its kernel, initramfs and artifacts.
+fn node(a: &NodeBuildArgs) -> anyhow::Result<oasis_image::manifest::Manifest> {
+    let image = oasis_image::node::build_node_image(
+        &a.build.cache,
+        &a.agent,
+        &a.overlay,
+        a.k3s_bundle.as_deref(),
+        &a.build.out,
+    )?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "kernel {} {:.1} MiB; initramfs {:.1} MiB compressed, {:.1} MiB uncompressed; {} modules",
+        image.kernel_version,
+        mib(image.kernel_bytes),
+        mib(image.initrd_bytes),
+        mib(image.initrd_uncompressed_bytes),
+        image.modules.len()
+    );
+    for artifact in &image.artifacts {
+        let version = artifact.version.as_deref().unwrap_or("version not recorded");
+        println!("artifact {} ({version}) {:.1} MiB", artifact.name, mib(artifact.size));
+    }
+    if image.artifacts.iter().all(|a| a.name != oasis_image::k3s_bundle::K3S_ARTIFACT) {
+        println!("kubernetes: not bundled (give --k3s-bundle DIR for k3s)");
+    }
+    Ok(image.manifest)
+}
+
+/// `oasis image build appliance`: writes the disk image and says what is in it.
+fn appliance(a: &ApplianceBuildArgs) -> anyhow::Result<()> {
+    let oasis = match &a.oasis {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?,
+    };
+    if let Some(key) = &a.trusted_key {
+        // Refuse a key the appliance could not read, before building anything.
+        oasis_boot::usb::signature::load_trusted_key(key)?;
+    }
+    let inputs = oasis_image::appliance::ApplianceInputs {
+        oasis,
+        node: a.node.clone(),
+        ipxe: a.ipxe.clone(),
+        overlay: a.overlay.clone(),
+        appliance_overlay: a.appliance_overlay.clone(),
+        trusted_key: a.trusted_key.clone(),
+    };
+    let image = oasis_image::appliance::build_appliance_image(&a.cache, &inputs, &a.out)?;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "{}: {:.1} MiB (EFI system partition {:.1} MiB); kernel {}, GRUB {}; initramfs {:.1} MiB compressed, {:.1} MiB uncompressed",
+        image.path.display(),
+        mib(image.bytes),
+        mib(image.esp_bytes),
+        image.kernel_version,
+        image.grub_version,
+        mib(image.initrd_bytes),
+        mib(image.initrd_uncompressed_bytes),
+    );
+    println!(
+        "signed USB configurations: {}",
+        if a.trusted_key.is_some() { "required" } else { "not required (no --trusted-key)" }
+    );
+    for (path, sha256) in &image.esp_files {
+        println!("{sha256}  {path}");
+    }
+    Ok(())
+}
+
+/// `oasis image build usb-stick`.
+fn usb_stick(args: &UsbStickArgs) -> anyhow::Result<()> {
+    use oasis_boot::usb::signature;
+    use oasis_image::usb_stick::{CONFIG_FILE, SIGNATURE_FILE};
+    let bytes = std::fs::read(&args.config).with_context(|| format!("cannot read {}", args.config.display()))?;
+    Config::parse(&String::from_utf8_lossy(&bytes), &args.config)?;
+    let mut sig_beside = args.config.as_os_str().to_owned();
+    sig_beside.push(".sig");
+    let sig_beside = PathBuf::from(sig_beside);
+    let (signature, signed_how) = match &args.key {
+        Some(key) => {
+            let key = signature::load_private_key(key)?;
+            let id = signature::key_id(&key.verifying_key());
+            (Some(signature::signature_file(&key, &bytes)), format!("signed with key {id}"))
+        }
+        None if sig_beside.exists() => {
+            let text = std::fs::read_to_string(&sig_beside)
+                .with_context(|| format!("cannot read {}", sig_beside.display()))?;
+            signature::parse_signature(&text, &sig_beside)?;
+            (Some(text), format!("signature from {}", sig_beside.display()))
+        }
+        None => (None, "unsigned (an appliance with a trusted key refuses it)".to_string()),
+    };
+    let mut files: Vec<(&str, &[u8])> = vec![(CONFIG_FILE, &bytes)];
+    if let Some(sig) = &signature {
+        files.push((SIGNATURE_FILE, sig.as_bytes()));
+    }
+    oasis_image::usb_stick::build_usb_stick(&files, &args.out, args.size_mib)?;
+    println!(
+        "{}: {} MiB USB stick, FAT partition labelled {} with {CONFIG_FILE}, {signed_how}",
+        args.out.display(),
+        args.size_mib,
+        oasis_image::usb_stick::LABEL
+    );
+    Ok(())
+}
