@@ -10,7 +10,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use libfuzzer_sys::fuzz_target;
-use oasis_boot::supervisor::disk::plan_data_partition;
+use oasis_boot::disk::plan_data_partition;
 use oasis_fuzz::SparseDisk;
 use oasis_image::appliance::{DATA_NAME, ESP_NAME};
 use oasis_image::gpt::{Gpt, SECTOR};

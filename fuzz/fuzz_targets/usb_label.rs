@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     }
     // The data partition's label, read at an offset into the disk as `oasis boot` does.
     let offset = 2048;
-    let windowed = oasis_boot::supervisor::disk::ext_label(&mut disk.shifted(offset), offset * SECTOR as u64)
+    let windowed = oasis_boot::disk::ext_label(&mut disk.shifted(offset), offset * SECTOR as u64)
         .expect("reading memory does not fail");
     if let Some(volume) = volume.filter(|v| v.fs == FsType::Ext4) {
         assert_eq!(windowed, volume.label, "the window reads what the whole device reads");
