@@ -27,7 +27,7 @@ use crate::admin::{self, ClusterHandle, MachineEntry};
 use crate::api::{self, Api, MachineView};
 use crate::assembly::status::ClusterStatus;
 use crate::etcd::EtcdError;
-use crate::registry::{AuthError, DecideError, FindError, Happening, MachineRecord, PoolExhausted, RefusalKind};
+use crate::registry::{AuthError, DecideError, FindError, Happening, MachineRecord, RefusalKind};
 use crate::store::{BootMode, Event, StoreError};
 
 /// An operator's accept or reject.
@@ -126,10 +126,10 @@ pub enum Answer {
 pub enum ActionError {
     #[error(transparent)]
     Find(#[from] FindError),
+    /// An accept or reject the registry cannot make (an unknown machine, no free overlay
+    /// address, back to pending).
     #[error(transparent)]
-    PoolExhausted(#[from] PoolExhausted),
-    #[error("a machine cannot be set back to pending: accept it, reject it, or remove it")]
-    BackToPending,
+    Decide(#[from] DecideError),
     #[error("no decision {0:?}: accept or reject")]
     NoDecision(String),
     #[error("{0:?} is not a MAC address")]
@@ -173,13 +173,12 @@ pub enum ActionError {
     Artifact { path: PathBuf, source: std::io::Error },
 }
 
-impl From<DecideError> for ActionError {
-    fn from(e: DecideError) -> Self {
-        match e {
-            DecideError::Find(e) => e.into(),
-            DecideError::PoolExhausted(e) => e.into(),
-            DecideError::BackToPending => ActionError::BackToPending,
-        }
+/// The status for a machine name the registry cannot resolve: unknown is 404; ambiguous is 409
+/// (the name is fine, the appliance cannot tell which: the message lists them).
+fn find_status(e: &FindError) -> StatusCode {
+    match e {
+        FindError::Unknown(_) => StatusCode::NOT_FOUND,
+        FindError::Ambiguous { .. } => StatusCode::CONFLICT,
     }
 }
 
@@ -207,13 +206,10 @@ impl ActionError {
     pub fn status(&self) -> StatusCode {
         use ActionError::*;
         match self {
-            Find(FindError::Unknown(_)) | NoDecision(_) | NoKey(_) | NoKubeconfig | NoArtifact(_) => {
-                StatusCode::NOT_FOUND
-            }
-            // The name is fine, the appliance cannot tell which: the message lists them.
-            Find(FindError::Ambiguous { .. }) => StatusCode::CONFLICT,
+            NoDecision(_) | NoKey(_) | NoKubeconfig | NoArtifact(_) => StatusCode::NOT_FOUND,
+            Find(e) | Decide(DecideError::Find(e)) => find_status(e),
             // Nothing the request can fix: the operator widens the prefix (the message says so).
-            PoolExhausted(_) | BackToPending | NotAccepted(_) => StatusCode::CONFLICT,
+            Decide(DecideError::PoolExhausted(_) | DecideError::BackToPending) | NotAccepted(_) => StatusCode::CONFLICT,
             BadMac(_) | BadBootMode(_) => StatusCode::BAD_REQUEST,
             Etcd { .. } => StatusCode::BAD_GATEWAY,
             NoCluster => StatusCode::NOT_IMPLEMENTED,

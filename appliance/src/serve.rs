@@ -82,8 +82,8 @@ pub enum ServeError {
     ClusterCa(#[source] crate::pki::PkiError),
     #[error("cluster assembly cannot start: no etcd client")]
     Etcd(#[source] crate::pki::PkiError),
-    #[error("cluster assembly cannot start: {0}")]
-    Kubernetes(String),
+    #[error("cluster assembly cannot start: the cluster's Kubernetes secrets are unusable")]
+    Kubernetes(#[source] crate::assembly::error::KubernetesError),
     #[error("the API's TLS setup failed")]
     Tls(#[from] rustls::Error),
 }
@@ -391,7 +391,6 @@ impl Launch<'_> {
         let kubernetes = match k3s_bundle {
             Some(artifacts) => Some(
                 Kubernetes::load_or_create(&self.store, &ca, &self.config.cluster.name, artifacts)
-                    .await
                     .map_err(ServeError::Kubernetes)?,
             ),
             None => None,

@@ -841,6 +841,33 @@ impl Store {
         Ok(value)
     }
 
+    /// [`Store::secret_or_try_create`] for a secret kept as JSON: read back, or made by `make`
+    /// and committed before it is used (a maker that fails commits nothing). A stored value
+    /// this oasis cannot read is damage ([`StoreError::Record`]).
+    pub fn kept_secret<T: Serialize + DeserializeOwned, E: From<StoreError>>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut made = None;
+        let bytes = self.secret_or_try_create(name, || {
+            let value = make()?;
+            let bytes = serde_json::to_vec(&value).map_err(StoreError::from)?;
+            made = Some(value);
+            Ok::<_, E>(bytes)
+        })?;
+        if let Some(value) = made {
+            return Ok(value);
+        }
+        let damaged = |e: serde_json::Error| StoreError::Record {
+            path: self.shared.path.clone(),
+            table: "secrets",
+            key: name.to_string(),
+            fault: format!("not a secret this oasis reads: {e}"),
+        };
+        Ok(serde_json::from_slice(&bytes).map_err(|e| self.shared.read_failed(damaged(e)))?)
+    }
+
     /// A secret, if the store has it.
     pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|txn| match txn.open_table(SECRETS)?.get(name)? {

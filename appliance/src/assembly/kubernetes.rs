@@ -13,7 +13,7 @@ use crate::pki::ClusterCa;
 use crate::store::Store;
 
 use super::desired::{MeshPlan, Placed};
-use super::kept_secret;
+use super::error::KubernetesError;
 
 /// What stays the same for the life of the cluster, made once and kept in the store
 /// ([`Kubernetes::load_or_create`]).
@@ -29,25 +29,24 @@ impl Kubernetes {
     /// The cluster's Kubernetes secrets from the store, made at the first start with a bundle:
     /// the root and k3s's CAs, the admin credential, the join token, and k3s's etcd client
     /// certificate from the cluster CA.
-    pub async fn load_or_create(
+    pub fn load_or_create(
         store: &Store,
         ca: &ClusterCa,
         cluster: &str,
         artifacts: K3sArtifacts,
-    ) -> Result<(Kubernetes, ClientCert), String> {
-        let cas: K3sCas = kept_secret(store, "k3s-cas", || {
-            let root = k3s::kubernetes_root_ca(cluster).map_err(|e| e.to_string())?;
-            K3sCas::issue(&root).map_err(|e| e.to_string())
-        })
-        .await?;
+    ) -> Result<(Kubernetes, ClientCert), KubernetesError> {
+        let k3s = |what| move |source| KubernetesError::K3s { what, source };
+        let cas: K3sCas = store.kept_secret("k3s-cas", || {
+            let root = k3s::kubernetes_root_ca(cluster).map_err(k3s("Kubernetes root CA"))?;
+            K3sCas::issue(&root).map_err(k3s("k3s CAs"))
+        })?;
         let admin: ClientCert =
-            kept_secret(store, "k3s-admin", || k3s::admin_credential(&cas).map_err(|e| e.to_string())).await?;
-        let token: String = kept_secret(store, "k3s-token", || Ok(crate::identity::random_token())).await?;
-        let (cert_pem, key_pem): (String, String) = kept_secret(store, "k3s-etcd-client", || {
-            let issued = ca.issue("k3s", &[]).map_err(|e| e.to_string())?;
-            Ok((issued.cert_pem, issued.key_pem))
-        })
-        .await?;
+            store.kept_secret("k3s-admin", || k3s::admin_credential(&cas).map_err(k3s("k3s admin credential")))?;
+        let token: String = store.kept_secret("k3s-token", || Ok::<_, KubernetesError>(crate::identity::random_token()))?;
+        let (cert_pem, key_pem): (String, String) = store.kept_secret("k3s-etcd-client", || {
+            let issued = ca.issue("k3s", &[]).map_err(KubernetesError::EtcdClient)?;
+            Ok::<_, KubernetesError>((issued.cert_pem, issued.key_pem))
+        })?;
         let etcd_tls = EtcdClientTls { ca_pem: ca.ca_pem().to_string(), cert_pem, key_pem };
         Ok((Kubernetes { artifacts, token, cas, etcd_tls }, admin))
     }
@@ -140,8 +139,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let ca = ClusterCa::load_or_create(&store).unwrap();
         let artifacts = || kubernetes().artifacts;
-        let (first, admin) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).await.unwrap();
-        let (again, admin_again) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).await.unwrap();
+        let (first, admin) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).unwrap();
+        let (again, admin_again) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).unwrap();
         assert_eq!(
             (first.token, first.cas, first.etcd_tls, admin),
             (again.token, again.cas, again.etcd_tls, admin_again)
