@@ -442,6 +442,26 @@ mod tests {
     use crate::admin::AdminError;
     use crate::registry::Policy;
 
+    /// A decision the registry refuses keeps its own message (once) and its row of the table.
+    #[test]
+    fn decide_errors_keep_their_message_and_status() {
+        use crate::registry::PoolExhausted;
+        let cases = [
+            (DecideError::Find(FindError::Unknown("m9".into())), StatusCode::NOT_FOUND),
+            (DecideError::Find(FindError::Ambiguous { what: "m".into(), ids: vec![] }), StatusCode::CONFLICT),
+            (DecideError::PoolExhausted(PoolExhausted { prefix_len: 30 }), StatusCode::CONFLICT),
+            (DecideError::BackToPending, StatusCode::CONFLICT),
+        ];
+        for (decide, status) in cases {
+            let text = decide.to_string();
+            let e = ActionError::from(decide);
+            assert_eq!((e.status(), oasis_proto::error_chain(&e)), (status, text));
+            assert_eq!(e.exit_code(), 2);
+        }
+        let find = ActionError::from(FindError::Unknown("m9".into()));
+        assert_eq!(find.status(), StatusCode::NOT_FOUND);
+    }
+
     /// Every action a client says goes through the admin socket's router to the handler, and
     /// its refusals come back with the table's status.
     #[test]

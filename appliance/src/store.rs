@@ -298,7 +298,6 @@ enum Write {
     /// An event caused by an unauthenticated client at this address: tallied.
     Untrusted(IpAddr, Happening),
     Assembly(Box<Assembly>, Vec<Happening>, Reply),
-    Secret(String, Vec<u8>, Reply),
     BootToken(MacAddr, BootToken, Reply),
     /// Write what the tally holds now (before a shutdown).
     Flush(Reply),
@@ -312,7 +311,6 @@ impl Write {
             | Write::Record(_, _, reply)
             | Write::RemoveRecord(_, _, reply)
             | Write::Assembly(_, _, reply)
-            | Write::Secret(_, _, reply)
             | Write::BootToken(_, _, reply)
             | Write::Flush(reply) => {
                 let _ = reply.send(result);
@@ -811,8 +809,9 @@ impl Store {
         self.secret_or_try_create(name, || Ok::<_, StoreError>(make()))
     }
 
-    /// The secret `name`, or the one `make` makes, committed before it is returned. The way to
-    /// keep every secret made once: a maker that fails commits nothing (no empty secret that
+    /// The secret `name`, or the one `make` makes, committed before it is returned. The one way
+    /// to keep every secret made once (the identity, the cluster CA, the controller's certificates
+    /// and k3s's secrets; a first write blocks for its commit): a maker that fails commits nothing (no empty secret that
     /// every later start would find unreadable), and the next start makes it again.
     pub fn secret_or_try_create<E: From<StoreError>>(
         &self,
@@ -918,11 +917,6 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.writes.send(Write::BootToken(mac, token, tx)).map_err(|_| StoreError::WriterGone)?;
         self.outcome(rx.blocking_recv().map_err(|_| StoreError::WriterGone)?)
-    }
-
-    /// Commits a secret (replacing one of that name); resolves once durable.
-    pub async fn save_secret(&self, name: String, value: Vec<u8>) -> Result<(), StoreError> {
-        self.send(|reply| Write::Secret(name, value, reply)).await
     }
 
     /// The controller's persisted state; the default before the first assembly step.
@@ -1244,7 +1238,6 @@ struct Tables<'t> {
     events: redb::Table<'t, u64, &'static [u8]>,
     registry: redb::Table<'t, &'static str, &'static [u8]>,
     assembly: redb::Table<'t, &'static str, &'static [u8]>,
-    secrets: redb::Table<'t, &'static str, &'static [u8]>,
     boot_tokens: redb::Table<'t, &'static str, &'static [u8]>,
     meta: redb::Table<'t, &'static str, u64>,
     next_seq: u64,
@@ -1270,7 +1263,6 @@ impl<'t> Tables<'t> {
             events,
             registry: txn.open_table(REGISTRY)?,
             assembly: txn.open_table(ASSEMBLY)?,
-            secrets: txn.open_table(SECRETS)?,
             boot_tokens: txn.open_table(BOOT_TOKENS)?,
             meta,
             next_seq,
@@ -1324,9 +1316,6 @@ impl<'t> Tables<'t> {
             Write::Assembly(a, happenings, _) => {
                 put(&mut self.assembly, ASSEMBLY_KEY, &serde_json::to_vec(a)?)?;
                 self.happenings(happenings)?;
-            }
-            Write::Secret(name, value, _) => {
-                put(&mut self.secrets, name.as_str(), value)?;
             }
             Write::BootToken(mac, token, _) => {
                 put(&mut self.boot_tokens, mac.to_string().as_str(), &serde_json::to_vec(token)?)?;

@@ -42,7 +42,8 @@ impl Kubernetes {
         })?;
         let admin: ClientCert =
             store.kept_secret("k3s-admin", || k3s::admin_credential(&cas).map_err(k3s("k3s admin credential")))?;
-        let token: String = store.kept_secret("k3s-token", || Ok::<_, KubernetesError>(crate::identity::random_token()))?;
+        let token: String =
+            store.kept_secret("k3s-token", || Ok::<_, KubernetesError>(crate::identity::random_token()))?;
         let (cert_pem, key_pem): (String, String) = store.kept_secret("k3s-etcd-client", || {
             let issued = ca.issue("k3s", &[]).map_err(KubernetesError::EtcdClient)?;
             Ok::<_, KubernetesError>((issued.cert_pem, issued.key_pem))
@@ -133,8 +134,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_secrets_are_made_once_and_kept() {
+    #[test]
+    fn the_secrets_are_made_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let ca = ClusterCa::load_or_create(&store).unwrap();
@@ -145,6 +146,35 @@ mod tests {
             (first.token, first.cas, first.etcd_tls, admin),
             (again.token, again.cas, again.etcd_tls, admin_again)
         );
+    }
+
+    #[test]
+    fn a_damaged_secret_is_store_damage_that_names_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ca = ClusterCa::load_or_create(&store).unwrap();
+        store.secret_or_create("k3s-cas", || b"not json".to_vec()).unwrap();
+        let err = Kubernetes::load_or_create(&store, &ca, "rack", kubernetes().artifacts)
+            .map_err(crate::serve::ServeError::Kubernetes)
+            .unwrap_err();
+        // `oasis serve` exits 5 and says how to recover, as for any other damaged record.
+        assert_eq!(crate::exit::Exit::of(&err), crate::exit::Exit::StoreDamaged);
+        let text = oasis_proto::error_chain(&err);
+        assert!(text.contains("secrets record k3s-cas") && text.contains("--new-store"), "{text}");
+    }
+
+    #[test]
+    fn a_secret_whose_maker_fails_is_not_kept_and_the_cause_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let failing =
+            || Err::<String, _>(KubernetesError::K3s { what: "k3s CAs", source: K3sError::Input("bad input".into()) });
+        let err = store.kept_secret("k3s-token", failing).unwrap_err();
+        assert_eq!(oasis_proto::error_chain(&err), "cannot make the k3s CAs: cannot configure k3s: bad input");
+        assert_eq!(store.secret("k3s-token").unwrap(), None, "nothing committed");
+        let kept: String = store.kept_secret("k3s-token", || Ok::<_, KubernetesError>("made".into())).unwrap();
+        let again: String = store.kept_secret("k3s-token", || Ok::<_, KubernetesError>("other".into())).unwrap();
+        assert_eq!((kept.as_str(), again.as_str()), ("made", "made"));
     }
 
     #[test]

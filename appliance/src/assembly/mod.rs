@@ -497,9 +497,10 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             self.api.store.kept_secret(&format!("etcd-member/{}", s.record.id), || {
                 let overlay = s.record.overlay.expect("accepted");
                 let ips = [IpAddr::V4(self.mesh_ip(s)), IpAddr::V4(overlay)];
-                let issued = self.ca.issue(&s.record.id, &ips).map_err(|source| {
-                    ControllerError::MemberCertificate { machine: s.record.id.clone(), source }
-                })?;
+                let issued = self
+                    .ca
+                    .issue(&s.record.id, &ips)
+                    .map_err(|source| ControllerError::MemberCertificate { machine: s.record.id.clone(), source })?;
                 Ok::<_, ControllerError>((issued.cert_pem, issued.key_pem))
             })?;
         Ok(MemberTls { ca: self.ca.ca_pem().to_string(), cert, key })
