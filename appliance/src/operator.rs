@@ -245,8 +245,8 @@ pub fn exit_code_of(status: StatusCode) -> i32 {
 impl IntoResponse for ActionError {
     fn into_response(self) -> Response {
         match &self {
-            ActionError::NotRecorded(e) => tracing::error!("store commit failed: {e}"),
-            ActionError::NotRead(e) => tracing::error!("store read failed: {e}"),
+            ActionError::NotRecorded(e) => tracing::error!("store commit failed: {}", oasis_proto::error_chain(e)),
+            ActionError::NotRead(e) => tracing::error!("store read failed: {}", oasis_proto::error_chain(e)),
             _ => {}
         }
         (self.status(), Json(ErrorBody { error: oasis_proto::error_chain(&self) })).into_response()

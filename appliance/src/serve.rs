@@ -140,7 +140,7 @@ fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
     }
     match oasis_image::manifest::verify(&root.path().join(&config.ipxe_dir)) {
         Ok(_) => {}
-        Err(e) => tracing::warn!("iPXE builds not verified: {e}"),
+        Err(e) => tracing::warn!("iPXE builds not verified: {}", oasis_proto::error_chain(&e)),
     }
     Ok(root)
 }
@@ -163,7 +163,7 @@ fn load_node_artifacts(config: &Config) -> (HashMap<String, (Artifact, PathBuf)>
             (by_name, bundle)
         }
         Err(e) => {
-            tracing::warn!("no node artifacts (etcd, k3s) to serve: {e}");
+            tracing::warn!("no node artifacts (etcd, k3s) to serve: {}", oasis_proto::error_chain(&e));
             (HashMap::new(), None)
         }
     }
@@ -184,7 +184,7 @@ async fn start_management(
     for record in records.iter().filter(|r| r.state == oasis_proto::MachineState::Accepted) {
         if let Some(overlay) = record.overlay {
             if let Err(e) = interface.add_peer(&record.wireguard_key, overlay) {
-                tracing::error!(machine = %record.id, "WireGuard peer not restored: {e}");
+                tracing::error!(machine = %record.id, "WireGuard peer not restored: {}", oasis_proto::error_chain(&e));
             }
         }
     }

@@ -344,7 +344,7 @@ async fn boot_file(State(state): State<Arc<HttpBoot>>, request: Request) -> Resp
             } else if status == StatusCode::NOT_FOUND {
                 tracing::debug!(%peer, "file not served: {err}");
             } else {
-                tracing::error!(%peer, "cannot serve a boot file: {err}");
+                tracing::error!(%peer, "cannot serve a boot file: {}", oasis_proto::error_chain(&err));
             }
             return status.into_response();
         }

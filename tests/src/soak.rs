@@ -242,22 +242,22 @@ impl Counters {
     }
 
     /// Counts `result`; `Err(())` (already counted) when it failed.
-    fn record<T, E: std::fmt::Display>(&self, op: Op, who: &str, result: Result<T, E>) -> Result<T, ()> {
+    fn record<T, E: Into<Box<dyn std::error::Error>>>(&self, op: Op, who: &str, result: Result<T, E>) -> Result<T, ()> {
         match result {
             Ok(value) => {
                 self.ok(op);
                 Ok(value)
             }
             Err(e) => {
-                self.failed(op, format!("{who}: {e}"));
+                self.failed(op, format!("{who}: {}", chain(e)));
                 Err(())
             }
         }
     }
 
     /// Counts `result` only if it failed: for a step of an operation counted elsewhere.
-    fn check<T, E: std::fmt::Display>(&self, op: Op, who: &str, result: Result<T, E>) -> Result<T, ()> {
-        result.map_err(|e| self.failed(op, format!("{who}: {e}")))
+    fn check<T, E: Into<Box<dyn std::error::Error>>>(&self, op: Op, who: &str, result: Result<T, E>) -> Result<T, ()> {
+        result.map_err(|e| self.failed(op, format!("{who}: {}", chain(e))))
     }
 
     /// (succeeded, failed).
@@ -550,7 +550,7 @@ impl Machine {
             Ok(mut dhcp) => dhcp.dora(role).await,
             Err(e) => Err(e),
         }
-        .map_err(|e| format!("as {role:?}: {e}"));
+        .map_err(|e| format!("as {role:?}: {}", chain(e)));
         let lease = shared.counters.record(Op::Dhcp, &self.who(), lease)?;
         self.use_address(shared, &lease)?;
         Ok(lease)
@@ -576,7 +576,7 @@ impl Machine {
             ..oasis_pxe::tftp::ClientOptions::default()
         };
         let server = SocketAddr::V4(SocketAddrV4::new(server, 69));
-        let got = oasis_pxe::tftp::fetch(server, name.as_bytes(), &options).await.map_err(|e| format!("{name}: {e}"));
+        let got = oasis_pxe::tftp::fetch(server, name.as_bytes(), &options).await.map_err(|e| format!("{name}: {}", chain(e)));
         let got = got.and_then(|(data, _)| match shared.files.get(name) {
             Some(expected) if *expected == data => Ok(()),
             _ => Err(format!("{name}: {} bytes that are not the boot root's file", data.len())),
@@ -631,7 +631,7 @@ impl Machine {
                 ..Inventory::default()
             },
         };
-        let accepted = client.register(&request).await.map_err(|e| e.to_string()).and_then(|r| {
+        let accepted = client.register(&request).await.map_err(chain).and_then(|r| {
             match (r.state, r.credential, r.link) {
                 (MachineState::Accepted, Some(credential), Some(link)) => Ok((credential, link)),
                 (state, ..) => Err(format!("registration answered {state:?}: {}", r.message)),
@@ -646,6 +646,12 @@ impl Machine {
         };
         Ok(Booted { lease, client, credential, link, wireguard })
     }
+}
+
+/// A failure as the soak's report shows it: an error with each of its causes once
+/// ([`oasis_proto::error_chain`]), or a text as it is.
+fn chain(error: impl Into<Box<dyn std::error::Error>>) -> String {
+    oasis_proto::error_chain(&*error.into())
 }
 
 /// The kernel URL, the initrd URLs and the agent's arguments from an oasis boot script.
