@@ -212,9 +212,14 @@ impl ApiClient {
         body: Bytes,
     ) -> Result<Response<Incoming>, ApiError> {
         let unreachable = |stage: &'static str| {
-            move |e: Box<dyn std::error::Error + Send + Sync>| ApiError::Unreachable { url: url.to_string(), stage, source: e }
+            move |e: Box<dyn std::error::Error + Send + Sync>| ApiError::Unreachable {
+                url: url.to_string(),
+                stage,
+                source: e,
+            }
         };
-        let tcp = TcpStream::connect((at.host.as_str(), at.port)).await.map_err(|e| unreachable("connecting")(e.into()))?;
+        let tcp =
+            TcpStream::connect((at.host.as_str(), at.port)).await.map_err(|e| unreachable("connecting")(e.into()))?;
         let name = ServerName::try_from(at.host.clone()).map_err(|e| unreachable("naming the server")(e.into()))?;
         let tls = self.tls.connect(name, tcp).await.map_err(|e| match pin_mismatch_in(&e) {
             Some(found) => ApiError::PinMismatch { url: url.to_string(), expected: self.pin.clone(), found },
@@ -234,8 +239,7 @@ impl ApiClient {
             request = request.header(AUTHORIZATION, format!("Bearer {credential}"));
         }
         let request = request.body(Full::new(body)).map_err(|e| unreachable("making the request")(e.into()))?;
-        let response =
-            sender.send_request(request).await.map_err(|e| unreachable("sending the request")(e.into()))?;
+        let response = sender.send_request(request).await.map_err(|e| unreachable("sending the request")(e.into()))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);

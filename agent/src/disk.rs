@@ -156,9 +156,8 @@ fn mount(device: &Path, target: &Path) -> Result<(), DiskError> {
         return Ok(());
     }
     std::fs::create_dir_all(target).map_err(|source| DiskError::MountPoint { path: target.to_path_buf(), source })?;
-    nix::mount::mount(Some(device), target, Some("ext4"), nix::mount::MsFlags::MS_NOATIME, None::<&str>).map_err(
-        |source| DiskError::Mount { device: device.to_path_buf(), target: target.to_path_buf(), source },
-    )
+    nix::mount::mount(Some(device), target, Some("ext4"), nix::mount::MsFlags::MS_NOATIME, None::<&str>)
+        .map_err(|source| DiskError::Mount { device: device.to_path_buf(), target: target.to_path_buf(), source })
 }
 
 #[cfg(test)]

@@ -42,7 +42,9 @@ const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 pub enum EtcdError {
     /// No answer from `endpoint`: `stage` is where the exchange broke ("connecting", "TLS
     /// handshake", ...), `source` what failed there.
-    #[error("cannot reach etcd at https://{endpoint} ({stage}); check that the member is running and its address is right")]
+    #[error(
+        "cannot reach etcd at https://{endpoint} ({stage}); check that the member is running and its address is right"
+    )]
     Unreachable { endpoint: SocketAddr, stage: &'static str, source: Option<Box<dyn std::error::Error + Send + Sync>> },
     #[error("etcd did not answer within {} s; the member may be overloaded or cut off", CALL_TIMEOUT.as_secs())]
     Timeout,
@@ -215,8 +217,7 @@ impl EtcdClient {
         match answer.kvs.into_iter().next() {
             None => Ok(None),
             Some(kv) => {
-                let value =
-                    b64.decode(kv.value).map_err(EtcdError::NotBase64)?;
+                let value = b64.decode(kv.value).map_err(EtcdError::NotBase64)?;
                 Ok(Some(value))
             }
         }
@@ -261,7 +262,8 @@ impl EtcdClient {
             .body(Full::new(Bytes::from(request.to_string())))
             .map_err(|e| unreachable("making the request")(e.into()))?;
         let answer = async move {
-            let response = sender.send_request(request).await.map_err(|e| unreachable("sending the request")(e.into()))?;
+            let response =
+                sender.send_request(request).await.map_err(|e| unreachable("sending the request")(e.into()))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()

@@ -576,7 +576,9 @@ impl Machine {
             ..oasis_pxe::tftp::ClientOptions::default()
         };
         let server = SocketAddr::V4(SocketAddrV4::new(server, 69));
-        let got = oasis_pxe::tftp::fetch(server, name.as_bytes(), &options).await.map_err(|e| format!("{name}: {}", chain(e)));
+        let got = oasis_pxe::tftp::fetch(server, name.as_bytes(), &options)
+            .await
+            .map_err(|e| format!("{name}: {}", chain(e)));
         let got = got.and_then(|(data, _)| match shared.files.get(name) {
             Some(expected) if *expected == data => Ok(()),
             _ => Err(format!("{name}: {} bytes that are not the boot root's file", data.len())),
@@ -631,12 +633,11 @@ impl Machine {
                 ..Inventory::default()
             },
         };
-        let accepted = client.register(&request).await.map_err(chain).and_then(|r| {
-            match (r.state, r.credential, r.link) {
+        let accepted =
+            client.register(&request).await.map_err(chain).and_then(|r| match (r.state, r.credential, r.link) {
                 (MachineState::Accepted, Some(credential), Some(link)) => Ok((credential, link)),
                 (state, ..) => Err(format!("registration answered {state:?}: {}", r.message)),
-            }
-        });
+            });
         let (credential, link) = counters.record(Op::Registration, &who, accepted)?;
         let wireguard = if self.linked {
             let up = UserspaceLink::up(&self.ns, LINK_NAME, key.as_bytes(), &link);

@@ -92,7 +92,11 @@ impl FakeEtcd {
 
 impl Etcd for FakeEtcd {
     async fn status(&self, ep: SocketAddr) -> Result<MemberStatus, EtcdError> {
-        let m = self.answering(ep).ok_or_else(|| EtcdError::Unreachable { endpoint: ep, stage: "connecting", source: None })?;
+        let m = self.answering(ep).ok_or_else(|| EtcdError::Unreachable {
+            endpoint: ep,
+            stage: "connecting",
+            source: None,
+        })?;
         let leader = self.sim().members.iter().filter(|v| v.up && !v.learner).map(|v| v.id).min().unwrap_or(0);
         Ok(MemberStatus {
             member_id: m.id,
