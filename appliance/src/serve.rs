@@ -226,7 +226,7 @@ fn connection_caps(config: &Config) -> limits::Plan {
         }
         Err(e) => {
             // The caps are then sized for the kernel's default soft limit.
-            tracing::warn!("{e}: {}; sizing the connection caps for 1024 descriptors", e.0);
+            tracing::warn!("{}; sizing the connection caps for 1024 descriptors", oasis_proto::error_chain(&e));
             1024
         }
     };
