@@ -810,13 +810,27 @@ impl Store {
     }
 
     /// The secret `name`, or the one `make` makes, committed before it is returned. The one way
-    /// to keep every secret made once (the identity, the cluster CA, the controller's certificates
-    /// and k3s's secrets; a first write blocks for its commit): a maker that fails commits nothing (no empty secret that
-    /// every later start would find unreadable), and the next start makes it again.
+    /// to keep every secret made once (the identity, the cluster CA, and through
+    /// [`Store::kept_secret`] the controller's certificates and k3s's secrets; a first write
+    /// blocks for its commit): a maker that fails commits nothing (no empty secret that every
+    /// later start would find unreadable), and the next start makes it again. A secret missing
+    /// from a store that existed before this start is warned about: the appliance's own keys are
+    /// made at its first start.
     pub fn secret_or_try_create<E: From<StoreError>>(
         &self,
         name: &str,
         make: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Vec<u8>, E> {
+        self.secret_or_make(name, make, true)
+    }
+
+    /// [`Store::secret_or_try_create`]; `first_start` says the secret is made at the store's
+    /// first start, so that its absence from an older store is worth a warning.
+    fn secret_or_make<E: From<StoreError>>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<Vec<u8>, E>,
+        first_start: bool,
     ) -> Result<Vec<u8>, E> {
         if let Some(value) = self.secret(name)? {
             return Ok(value);
@@ -824,7 +838,7 @@ impl Store {
         if self.is_full() {
             return Err(StoreError::Full { dir: self.shared.data_dir.clone() }.into());
         }
-        if !self.is_new() {
+        if first_start && !self.is_new() {
             tracing::warn!("the store {} had no secret {name:?}: made a new one", self.shared.path.display());
         }
         let value = make()?;
@@ -842,19 +856,21 @@ impl Store {
 
     /// [`Store::secret_or_try_create`] for a secret kept as JSON: read back, or made by `make`
     /// and committed before it is used (a maker that fails commits nothing). A stored value
-    /// this oasis cannot read is damage ([`StoreError::Record`]).
+    /// this oasis cannot read is damage ([`StoreError::Record`]). For secrets made while the
+    /// appliance runs (the cluster's), so one made on a store from an earlier start is no news.
     pub fn kept_secret<T: Serialize + DeserializeOwned, E: From<StoreError>>(
         &self,
         name: &str,
         make: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
         let mut made = None;
-        let bytes = self.secret_or_try_create(name, || {
+        let make_json = || {
             let value = make()?;
             let bytes = serde_json::to_vec(&value).map_err(StoreError::from)?;
             made = Some(value);
             Ok::<_, E>(bytes)
-        })?;
+        };
+        let bytes = self.secret_or_make(name, make_json, false)?;
         if let Some(value) = made {
             return Ok(value);
         }
