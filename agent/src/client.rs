@@ -58,8 +58,16 @@ pub enum ApiError {
          from the current appliance"
     )]
     PinMismatch { url: String, expected: String, found: String },
-    #[error("cannot reach the appliance at {url}: {reason}")]
-    Unreachable { url: String, reason: String },
+    /// No answer from `url`: `stage` is where the exchange broke ("connecting", "TLS
+    /// handshake", ...), `source` what failed there.
+    #[error("cannot reach the appliance at {url} ({stage})")]
+    Unreachable { url: String, stage: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+    /// `oasis.api=` is not an address the agent can call.
+    #[error("cannot reach the appliance at {url}: {detail}; the kernel command line needs oasis.api=https://ADDRESS:{API_PORT}")]
+    BadUrl { url: String, detail: &'static str },
+    /// An artifact's download stopped part way.
+    #[error("the download from {url} broke off after {received} bytes")]
+    BrokeOff { url: String, received: u64, source: hyper::Error },
     #[error("the appliance at {url} did not answer within {} s", .after.as_secs())]
     Timeout { url: String, after: Duration },
     #[error("the appliance refused the request (HTTP {status}): {message}")]
@@ -81,10 +89,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Reads `https://HOST[:PORT]` (as [`oasis_proto::KernelArgs::api`] holds it).
     pub fn parse(url: &str) -> Result<Endpoint, ApiError> {
-        let bad = |detail: &str| ApiError::Unreachable {
-            url: url.to_string(),
-            reason: format!("{detail}; the kernel command line needs oasis.api=https://ADDRESS:{API_PORT}"),
-        };
+        let bad = |detail: &'static str| ApiError::BadUrl { url: url.to_string(), detail };
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
         if uri.scheme_str() != Some("https") {
             return Err(bad("not an https:// URL"));
@@ -206,16 +211,23 @@ impl ApiClient {
         bearer: Option<&str>,
         body: Bytes,
     ) -> Result<Response<Incoming>, ApiError> {
-        let unreachable = |reason: String| ApiError::Unreachable { url: url.to_string(), reason };
-        let tcp = TcpStream::connect((at.host.as_str(), at.port)).await.map_err(|e| unreachable(e.to_string()))?;
-        let name = ServerName::try_from(at.host.clone()).map_err(|e| unreachable(e.to_string()))?;
+        let unreachable = |stage: &'static str| {
+            move |e: Box<dyn std::error::Error + Send + Sync>| ApiError::Unreachable {
+                url: url.to_string(),
+                stage,
+                source: e,
+            }
+        };
+        let tcp =
+            TcpStream::connect((at.host.as_str(), at.port)).await.map_err(|e| unreachable("connecting")(e.into()))?;
+        let name = ServerName::try_from(at.host.clone()).map_err(|e| unreachable("naming the server")(e.into()))?;
         let tls = self.tls.connect(name, tcp).await.map_err(|e| match pin_mismatch_in(&e) {
             Some(found) => ApiError::PinMismatch { url: url.to_string(), expected: self.pin.clone(), found },
-            None => unreachable(format!("TLS handshake failed: {e}", e = oasis_proto::error_chain(&e))),
+            None => unreachable("TLS handshake")(e.into()),
         })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable("HTTP handshake")(e.into()))?;
         // Drives the connection; it ends when the request, the response and `sender` are done.
         tokio::spawn(connection);
         let mut request = Request::builder()
@@ -226,8 +238,8 @@ impl ApiClient {
         if let Some(credential) = bearer {
             request = request.header(AUTHORIZATION, format!("Bearer {credential}"));
         }
-        let request = request.body(Full::new(body)).map_err(|e| unreachable(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
+        let request = request.body(Full::new(body)).map_err(|e| unreachable("making the request")(e.into()))?;
+        let response = sender.send_request(request).await.map_err(|e| unreachable("sending the request")(e.into()))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -274,11 +286,7 @@ impl ApiClient {
             let frame = match tokio::time::timeout(ARTIFACT_IDLE_TIMEOUT, body.frame()).await {
                 Err(_) => return Err(timeout(ARTIFACT_IDLE_TIMEOUT).into()),
                 Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    let reason =
-                        format!("the download broke off after {received} bytes: {e}", e = oasis_proto::error_chain(&e));
-                    return Err(ApiError::Unreachable { url, reason }.into());
-                }
+                Ok(Some(Err(source))) => return Err(ApiError::BrokeOff { url, received, source }.into()),
                 Ok(Some(Ok(frame))) => frame,
             };
             let Ok(data) = frame.into_data() else { continue };

@@ -81,6 +81,7 @@ impl LocalDisks {
             (Content::Blank, _) | (Content::Other, true) => {
                 tracing::warn!(device = %device.display(), "formatting the data disk ({DATA_DISK_LABEL})");
                 if let Err(e) = run(Command::new("mke2fs").args(["-q", "-F", "-L", DATA_DISK_LABEL]).arg(&device)) {
+                    let e = oasis_proto::error_chain(&e);
                     status.message = Some(format!("formatting {} failed: {e}", device.display()));
                     return status;
                 }
@@ -96,7 +97,7 @@ impl LocalDisks {
         }
         match mount(&device, Path::new(DATA_DISK_MOUNT)) {
             Ok(()) => status.mounted = true,
-            Err(e) => status.message = Some(format!("mounting {} failed: {e}", device.display())),
+            Err(e) => status.message = Some(oasis_proto::error_chain(&e)),
         }
         status
     }
@@ -124,29 +125,56 @@ impl DataDisks for LocalDisks {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| e.to_string())?;
+/// Why preparing the data disk failed; the heartbeat's message is its chain.
+#[derive(Debug, thiserror::Error)]
+enum DiskError {
+    #[error("cannot run {program}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("{program} {status}: {stderr}")]
+    Failed { program: String, status: std::process::ExitStatus, stderr: String },
+    #[error("cannot create the mount point {}", path.display())]
+    MountPoint { path: PathBuf, source: std::io::Error },
+    #[error("mounting {} at {} failed", device.display(), target.display())]
+    Mount { device: PathBuf, target: PathBuf, source: nix::Error },
+}
+
+fn run(cmd: &mut Command) -> Result<(), DiskError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|source| DiskError::Spawn { program: program.clone(), source })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(DiskError::Failed { program, status: out.status, stderr })
     }
 }
 
 /// Mounts `device` (ext2, through the ext4 driver) at `target`, unless something is mounted there.
-fn mount(device: &Path, target: &Path) -> Result<(), String> {
+fn mount(device: &Path, target: &Path) -> Result<(), DiskError> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     if mounts.lines().any(|l| l.split_whitespace().nth(1) == target.to_str()) {
         return Ok(());
     }
-    std::fs::create_dir_all(target).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(target).map_err(|source| DiskError::MountPoint { path: target.to_path_buf(), source })?;
     nix::mount::mount(Some(device), target, Some("ext4"), nix::mount::MsFlags::MS_NOATIME, None::<&str>)
-        .map_err(|e| e.to_string())
+        .map_err(|source| DiskError::Mount { device: device.to_path_buf(), target: target.to_path_buf(), source })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command that fails says which, how, and what it printed; one that cannot start keeps
+    /// the OS error as its cause.
+    #[test]
+    fn a_failed_command_is_named_with_its_status_and_stderr() {
+        let failed = run(Command::new("sh").args(["-c", "echo nope >&2; exit 3"])).unwrap_err();
+        assert_eq!(oasis_proto::error_chain(&failed), "sh exit status: 3: nope");
+        let missing = run(&mut Command::new("/nonexistent/mke2fs")).unwrap_err();
+        let io = std::error::Error::source(&missing).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound), "{missing:?}");
+        assert!(oasis_proto::error_chain(&missing).starts_with("cannot run /nonexistent/mke2fs: "));
+    }
 
     fn ext_with_label(label: &str) -> Vec<u8> {
         let mut head = vec![0u8; PROBE_BYTES];

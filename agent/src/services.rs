@@ -367,8 +367,9 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
                 if let Err(error) = self.prepare(&spec).await {
                     // What runs is not what is wanted.
                     self.stop().await;
-                    tracing::warn!(service = %self.name, generation = spec.generation, "cannot prepare: {error}");
-                    self.set(spec.generation, ServiceState::Failed, Some(oasis_proto::error_chain(&error)));
+                    let text = oasis_proto::error_chain(&error);
+                    tracing::warn!(service = %self.name, generation = spec.generation, "cannot prepare: {text}");
+                    self.set(spec.generation, ServiceState::Failed, Some(text));
                     // A refused spec fails the same way until the appliance changes it.
                     let retry = !matches!(
                         error,
@@ -409,8 +410,9 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
                         self.set(spec.generation, ServiceState::Running, None);
                     }
                     Err(error) => {
-                        tracing::warn!(service = %self.name, "{error}");
-                        self.set(spec.generation, ServiceState::Failed, Some(oasis_proto::error_chain(&error)));
+                        let text = oasis_proto::error_chain(&error);
+                        tracing::warn!(service = %self.name, "{text}");
+                        self.set(spec.generation, ServiceState::Failed, Some(text));
                         self.pause(&mut delay).await;
                         if self.closed() {
                             return;

@@ -166,6 +166,21 @@ async fn a_closed_port_is_unreachable() {
     assert!(matches!(client.register(&request()).await, Err(ApiError::Unreachable { .. })));
 }
 
+/// The OS error stays the typed cause, and the heartbeat's text says it once after the stage.
+#[tokio::test]
+async fn an_unreachable_appliance_keeps_the_os_error_as_the_cause() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let client = ApiClient::new(&url, &pin_of(b"k")).unwrap();
+    let err = client.register(&request()).await.unwrap_err();
+    let io = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::ConnectionRefused), "{err:?}");
+    let text = oasis_proto::error_chain(&err);
+    assert!(text.starts_with(&format!("cannot reach the appliance at {url}/v1/register (connecting): ")), "{text}");
+    assert_eq!(text.matches(&io.unwrap().to_string()).count(), 1, "{text}");
+}
+
 #[tokio::test]
 async fn agent_calls_carry_the_credential() {
     let mut server = server("200 OK", r#"{"revision":7,"role":"unassigned"}"#).await;

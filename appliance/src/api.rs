@@ -197,12 +197,12 @@ impl PeerQueue {
 fn apply_peer_change(device: &dyn PeerDevice, change: &PeerChange) {
     for key in &change.remove {
         if let Err(e) = device.remove_peer(key) {
-            tracing::warn!(machine = %change.id, "WireGuard peer not removed: {e}");
+            tracing::warn!(machine = %change.id, "WireGuard peer not removed: {}", oasis_proto::error_chain(&e));
         }
     }
     if let Some((key, overlay)) = &change.add {
         if let Err(e) = device.add_peer(key, *overlay) {
-            tracing::error!(machine = %change.id, "WireGuard peer not added: {e}");
+            tracing::error!(machine = %change.id, "WireGuard peer not added: {}", oasis_proto::error_chain(&e));
         }
     }
 }

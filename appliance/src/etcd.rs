@@ -41,8 +41,12 @@ const MAX_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("cannot reach etcd at {0}; check that the member is running and its address is right")]
-    Unreachable(String),
+    /// No answer from `endpoint`: `stage` is where the exchange broke ("connecting", "TLS
+    /// handshake", ...), `source` what failed there.
+    #[error(
+        "cannot reach etcd at https://{endpoint} ({stage}); check that the member is running and its address is right"
+    )]
+    Unreachable { endpoint: SocketAddr, stage: &'static str, source: Option<Box<dyn std::error::Error + Send + Sync>> },
     #[error("etcd did not answer within {} s; the member may be overloaded or cut off", CALL_TIMEOUT.as_secs())]
     Timeout,
     #[error("etcd already has a learner; promote or remove it, then add the next member")]
@@ -72,6 +76,11 @@ pub enum EtcdError {
     Refused { code: Option<i32>, message: String },
     #[error("etcd's answer is not what etcd 3.4 sends: {0}")]
     BadAnswer(String),
+    /// An answer to `path` that does not decode.
+    #[error("etcd's answer to {path} is not what etcd 3.4 sends")]
+    Undecodable { path: String, source: serde_json::Error },
+    #[error("etcd's answer holds a value that is not base64")]
+    NotBase64(#[source] base64::DecodeError),
 }
 
 /// A cluster member (`/v3/cluster/member/list`).
@@ -190,8 +199,7 @@ impl EtcdClient {
         match answer.kvs.into_iter().next() {
             None => Ok(None),
             Some(kv) => {
-                let value =
-                    b64.decode(kv.value).map_err(|e| EtcdError::BadAnswer(format!("a value is not base64: {e}")))?;
+                let value = b64.decode(kv.value).map_err(EtcdError::NotBase64)?;
                 Ok(Some(value))
             }
         }
@@ -207,37 +215,44 @@ impl EtcdClient {
             Ok(answer) => answer?,
             Err(_) => return Err(EtcdError::Timeout),
         };
-        serde_json::from_slice(&body).map_err(|e| EtcdError::BadAnswer(format!("{path}: {e}")))
+        serde_json::from_slice(&body).map_err(|source| EtcdError::Undecodable { path: path.to_string(), source })
     }
 
     /// One request on its own connection; the body of a 2xx answer, or the error in any other.
     async fn exchange(&self, ep: SocketAddr, path: &str, request: serde_json::Value) -> Result<Bytes, EtcdError> {
-        let unreachable = |reason: String| EtcdError::Unreachable(format!("https://{ep}: {reason}"));
-        let tcp = TcpStream::connect(ep).await.map_err(|e| unreachable(e.to_string()))?;
+        let unreachable = |stage: &'static str| {
+            move |e: Box<dyn std::error::Error + Send + Sync>| EtcdError::Unreachable {
+                endpoint: ep,
+                stage,
+                source: Some(e),
+            }
+        };
+        let tcp = TcpStream::connect(ep).await.map_err(|e| unreachable("connecting")(e.into()))?;
         let tls = self
             .tls
             .connect(ServerName::IpAddress(ep.ip().into()), tcp)
             .await
-            .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+            .map_err(|e| unreachable("TLS handshake")(e.into()))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable("HTTP handshake")(e.into()))?;
         let request = Request::builder()
             .method(Method::POST)
             .uri(path)
             .header(HOST, ep.to_string())
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(request.to_string())))
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable("making the request")(e.into()))?;
         let answer = async move {
-            let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
+            let response =
+                sender.send_request(request).await.map_err(|e| unreachable("sending the request")(e.into()))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
                 .map_err(|e| match e.is::<LengthLimitError>() {
                     true => EtcdError::BadAnswer(format!("{path}: an answer over {MAX_ANSWER_BYTES} bytes")),
-                    false => unreachable(format!("reading the answer: {e}")),
+                    false => unreachable("reading the answer")(e),
                 })?
                 .to_bytes();
             Ok::<_, EtcdError>((status, body))
@@ -249,7 +264,7 @@ impl EtcdClient {
             biased;
             answer = &mut answer => answer?,
             ended = &mut connection => match ended {
-                Err(e) => return Err(unreachable(e.to_string())),
+                Err(e) => return Err(unreachable("the connection")(e.into())),
                 // Closed cleanly: whatever answer arrived is handed over (or its reading fails).
                 Ok(()) => answer.await?,
             },
@@ -444,6 +459,21 @@ mod tests {
         let refused = EtcdClient::with_certificate("not a certificate", &cert).unwrap_err();
         assert!(matches!(refused, PkiError::NotPem(_)), "{refused:?}");
         assert!(EtcdClient::with_certificate(ca.ca_pem(), &cert).is_ok());
+    }
+
+    /// The OS error stays the cause, typed, and the chain says it once after the endpoint.
+    #[tokio::test]
+    async fn an_endpoint_that_refuses_keeps_the_os_error_as_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::load_or_create(&crate::store::Store::open(dir.path()).unwrap()).unwrap();
+        let client = EtcdClient::new(&ca).unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let err = client.status(closed).await.unwrap_err();
+        let io = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::ConnectionRefused), "{err:?}");
+        let text = oasis_proto::error_chain(&err);
+        assert!(text.starts_with(&format!("cannot reach etcd at https://{closed} (connecting)")), "{text}");
+        assert_eq!(text.matches(&io.unwrap().to_string()).count(), 1, "{text}");
     }
 
     #[test]

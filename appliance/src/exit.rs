@@ -7,6 +7,7 @@
 use std::error::Error;
 
 use crate::admin::AdminError;
+use crate::controller::error::KubernetesError;
 use crate::identity::IdentityError;
 use crate::pki::PkiError;
 use crate::serve::ServeError;
@@ -94,6 +95,9 @@ fn classify(error: &(dyn Error + 'static)) -> Option<Exit> {
         return of_store(e);
     }
     if let Some(PkiError::Store(e)) = error.downcast_ref::<PkiError>() {
+        return of_store(e);
+    }
+    if let Some(KubernetesError::Store(e)) = error.downcast_ref::<KubernetesError>() {
         return of_store(e);
     }
     None

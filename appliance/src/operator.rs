@@ -29,7 +29,7 @@ use crate::api::{self, Api, MachineView};
 use crate::etcd::EtcdError;
 use crate::store::{BootMode, Event, StoreError};
 use oasis_core::assembly::status::ClusterStatus;
-use oasis_core::registry::{AuthError, DecideError, FindError, Happening, MachineRecord, PoolExhausted, RefusalKind};
+use oasis_core::registry::{AuthError, DecideError, FindError, Happening, MachineRecord, RefusalKind};
 
 /// An operator's accept or reject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,10 +127,10 @@ pub enum Answer {
 pub enum ActionError {
     #[error(transparent)]
     Find(#[from] FindError),
+    /// An accept or reject the registry cannot make (an unknown machine, no free overlay
+    /// address, back to pending).
     #[error(transparent)]
-    PoolExhausted(#[from] PoolExhausted),
-    #[error("a machine cannot be set back to pending: accept it, reject it, or remove it")]
-    BackToPending,
+    Decide(#[from] DecideError),
     #[error("no decision {0:?}: accept or reject")]
     NoDecision(String),
     #[error("{0:?} is not a MAC address")]
@@ -174,13 +174,12 @@ pub enum ActionError {
     Artifact { path: PathBuf, source: std::io::Error },
 }
 
-impl From<DecideError> for ActionError {
-    fn from(e: DecideError) -> Self {
-        match e {
-            DecideError::Find(e) => e.into(),
-            DecideError::PoolExhausted(e) => e.into(),
-            DecideError::BackToPending => ActionError::BackToPending,
-        }
+/// The status for a machine name the registry cannot resolve: unknown is 404; ambiguous is 409
+/// (the name is fine, the appliance cannot tell which: the message lists them).
+fn find_status(e: &FindError) -> StatusCode {
+    match e {
+        FindError::Unknown(_) => StatusCode::NOT_FOUND,
+        FindError::Ambiguous { .. } => StatusCode::CONFLICT,
     }
 }
 
@@ -203,13 +202,10 @@ impl ActionError {
     pub fn status(&self) -> StatusCode {
         use ActionError::*;
         match self {
-            Find(FindError::Unknown(_)) | NoDecision(_) | NoKey(_) | NoKubeconfig | NoArtifact(_) => {
-                StatusCode::NOT_FOUND
-            }
-            // The name is fine, the appliance cannot tell which: the message lists them.
-            Find(FindError::Ambiguous { .. }) => StatusCode::CONFLICT,
+            NoDecision(_) | NoKey(_) | NoKubeconfig | NoArtifact(_) => StatusCode::NOT_FOUND,
+            Find(e) | Decide(DecideError::Find(e)) => find_status(e),
             // Nothing the request can fix: the operator widens the prefix (the message says so).
-            PoolExhausted(_) | BackToPending | NotAccepted(_) => StatusCode::CONFLICT,
+            Decide(DecideError::PoolExhausted(_) | DecideError::BackToPending) | NotAccepted(_) => StatusCode::CONFLICT,
             BadMac(_) | BadBootMode(_) => StatusCode::BAD_REQUEST,
             Etcd { .. } => StatusCode::BAD_GATEWAY,
             NoCluster => StatusCode::NOT_IMPLEMENTED,
@@ -245,8 +241,8 @@ pub fn exit_code_of(status: StatusCode) -> i32 {
 impl IntoResponse for ActionError {
     fn into_response(self) -> Response {
         match &self {
-            ActionError::NotRecorded(e) => tracing::error!("store commit failed: {e}"),
-            ActionError::NotRead(e) => tracing::error!("store read failed: {e}"),
+            ActionError::NotRecorded(e) => tracing::error!("store commit failed: {}", oasis_proto::error_chain(e)),
+            ActionError::NotRead(e) => tracing::error!("store read failed: {}", oasis_proto::error_chain(e)),
             _ => {}
         }
         (self.status(), Json(ErrorBody { error: oasis_proto::error_chain(&self) })).into_response()
@@ -441,6 +437,26 @@ mod tests {
     use super::*;
     use crate::admin::AdminError;
     use oasis_core::registry::Policy;
+
+    /// A decision the registry refuses keeps its own message (once) and its row of the table.
+    #[test]
+    fn decide_errors_keep_their_message_and_status() {
+        use oasis_core::registry::PoolExhausted;
+        let cases = [
+            (DecideError::Find(FindError::Unknown("m9".into())), StatusCode::NOT_FOUND),
+            (DecideError::Find(FindError::Ambiguous { what: "m".into(), ids: vec![] }), StatusCode::CONFLICT),
+            (DecideError::PoolExhausted(PoolExhausted { prefix_len: 30 }), StatusCode::CONFLICT),
+            (DecideError::BackToPending, StatusCode::CONFLICT),
+        ];
+        for (decide, status) in cases {
+            let text = decide.to_string();
+            let e = ActionError::from(decide);
+            assert_eq!((e.status(), oasis_proto::error_chain(&e)), (status, text));
+            assert_eq!(e.exit_code(), 2);
+        }
+        let find = ActionError::from(FindError::Unknown("m9".into()));
+        assert_eq!(find.status(), StatusCode::NOT_FOUND);
+    }
 
     /// Every action a client says goes through the admin socket's router to the handler, and
     /// its refusals come back with the table's status.

@@ -82,8 +82,8 @@ pub enum ServeError {
     ClusterCa(#[source] crate::pki::PkiError),
     #[error("cluster assembly cannot start: no etcd client")]
     Etcd(#[source] crate::pki::PkiError),
-    #[error("cluster assembly cannot start: {0}")]
-    Kubernetes(String),
+    #[error("cluster assembly cannot start: the cluster's Kubernetes secrets are unusable")]
+    Kubernetes(#[source] crate::controller::error::KubernetesError),
     #[error("the API's TLS setup failed")]
     Tls(#[from] rustls::Error),
 }
@@ -140,7 +140,7 @@ fn check_boot_root(config: &Config) -> Result<BootRoot, ServeError> {
     }
     match oasis_image::manifest::verify(&root.path().join(&config.ipxe_dir)) {
         Ok(_) => {}
-        Err(e) => tracing::warn!("iPXE builds not verified: {e}"),
+        Err(e) => tracing::warn!("iPXE builds not verified: {}", oasis_proto::error_chain(&e)),
     }
     Ok(root)
 }
@@ -163,7 +163,7 @@ fn load_node_artifacts(config: &Config) -> (HashMap<String, (Artifact, PathBuf)>
             (by_name, bundle)
         }
         Err(e) => {
-            tracing::warn!("no node artifacts (etcd, k3s) to serve: {e}");
+            tracing::warn!("no node artifacts (etcd, k3s) to serve: {}", oasis_proto::error_chain(&e));
             (HashMap::new(), None)
         }
     }
@@ -184,7 +184,7 @@ async fn start_management(
     for record in records.iter().filter(|r| r.state == oasis_proto::MachineState::Accepted) {
         if let Some(overlay) = record.overlay {
             if let Err(e) = interface.add_peer(&record.wireguard_key, overlay) {
-                tracing::error!(machine = %record.id, "WireGuard peer not restored: {e}");
+                tracing::error!(machine = %record.id, "WireGuard peer not restored: {}", oasis_proto::error_chain(&e));
             }
         }
     }
@@ -226,7 +226,7 @@ fn connection_caps(config: &Config) -> limits::Plan {
         }
         Err(e) => {
             // The caps are then sized for the kernel's default soft limit.
-            tracing::warn!("{e}: {}; sizing the connection caps for 1024 descriptors", e.0);
+            tracing::warn!("{}; sizing the connection caps for 1024 descriptors", oasis_proto::error_chain(&e));
             1024
         }
     };
@@ -391,7 +391,6 @@ impl Launch<'_> {
         let kubernetes = match k3s_bundle {
             Some(artifacts) => Some(
                 Kubernetes::load_or_create(&self.store, &ca, &self.config.cluster.name, artifacts)
-                    .await
                     .map_err(ServeError::Kubernetes)?,
             ),
             None => None,

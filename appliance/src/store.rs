@@ -248,7 +248,6 @@ enum Write {
     /// An event caused by an unauthenticated client at this address: tallied.
     Untrusted(IpAddr, Happening),
     Assembly(Box<Assembly>, Vec<Happening>, Reply),
-    Secret(String, Vec<u8>, Reply),
     BootToken(MacAddr, BootToken, Reply),
     /// Write what the tally holds now (before a shutdown).
     Flush(Reply),
@@ -262,7 +261,6 @@ impl Write {
             | Write::Record(_, _, reply)
             | Write::RemoveRecord(_, _, reply)
             | Write::Assembly(_, _, reply)
-            | Write::Secret(_, _, reply)
             | Write::BootToken(_, _, reply)
             | Write::Flush(reply) => {
                 let _ = reply.send(result);
@@ -761,13 +759,28 @@ impl Store {
         self.secret_or_try_create(name, || Ok::<_, StoreError>(make()))
     }
 
-    /// The secret `name`, or the one `make` makes, committed before it is returned. The way to
-    /// keep every secret made once: a maker that fails commits nothing (no empty secret that
-    /// every later start would find unreadable), and the next start makes it again.
+    /// The secret `name`, or the one `make` makes, committed before it is returned. The one way
+    /// to keep every secret made once (the identity, the cluster CA, and through
+    /// [`Store::kept_secret`] the controller's certificates and k3s's secrets; a first write
+    /// blocks for its commit): a maker that fails commits nothing (no empty secret that every
+    /// later start would find unreadable), and the next start makes it again. A secret missing
+    /// from a store that existed before this start is warned about: the appliance's own keys are
+    /// made at its first start.
     pub fn secret_or_try_create<E: From<StoreError>>(
         &self,
         name: &str,
         make: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Vec<u8>, E> {
+        self.secret_or_make(name, make, true)
+    }
+
+    /// [`Store::secret_or_try_create`]; `first_start` says the secret is made at the store's
+    /// first start, so that its absence from an older store is worth a warning.
+    fn secret_or_make<E: From<StoreError>>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<Vec<u8>, E>,
+        first_start: bool,
     ) -> Result<Vec<u8>, E> {
         if let Some(value) = self.secret(name)? {
             return Ok(value);
@@ -775,7 +788,7 @@ impl Store {
         if self.is_full() {
             return Err(StoreError::Full { dir: self.shared.data_dir.clone() }.into());
         }
-        if !self.is_new() {
+        if first_start && !self.is_new() {
             tracing::warn!("the store {} had no secret {name:?}: made a new one", self.shared.path.display());
         }
         let value = make()?;
@@ -789,6 +802,35 @@ impl Store {
         };
         commit()?;
         Ok(value)
+    }
+
+    /// [`Store::secret_or_try_create`] for a secret kept as JSON: read back, or made by `make`
+    /// and committed before it is used (a maker that fails commits nothing). A stored value
+    /// this oasis cannot read is damage ([`StoreError::Record`]). For secrets made while the
+    /// appliance runs (the cluster's), so one made on a store from an earlier start is no news.
+    pub fn kept_secret<T: serde::Serialize + DeserializeOwned, E: From<StoreError>>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut made = None;
+        let make_json = || {
+            let value = make()?;
+            let bytes = serde_json::to_vec(&value).map_err(StoreError::from)?;
+            made = Some(value);
+            Ok::<_, E>(bytes)
+        };
+        let bytes = self.secret_or_make(name, make_json, false)?;
+        if let Some(value) = made {
+            return Ok(value);
+        }
+        let damaged = |e: serde_json::Error| StoreError::Record {
+            path: self.shared.path.clone(),
+            table: "secrets",
+            key: name.to_string(),
+            fault: format!("not a secret this oasis reads: {e}"),
+        };
+        Ok(serde_json::from_slice(&bytes).map_err(|e| self.shared.read_failed(damaged(e)))?)
     }
 
     /// A secret, if the store has it.
@@ -841,11 +883,6 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.writes.send(Write::BootToken(mac, token, tx)).map_err(|_| StoreError::WriterGone)?;
         self.outcome(rx.blocking_recv().map_err(|_| StoreError::WriterGone)?)
-    }
-
-    /// Commits a secret (replacing one of that name); resolves once durable.
-    pub async fn save_secret(&self, name: String, value: Vec<u8>) -> Result<(), StoreError> {
-        self.send(|reply| Write::Secret(name, value, reply)).await
     }
 
     /// The controller's persisted state; the default before the first assembly step.
@@ -1167,7 +1204,6 @@ struct Tables<'t> {
     events: redb::Table<'t, u64, &'static [u8]>,
     registry: redb::Table<'t, &'static str, &'static [u8]>,
     assembly: redb::Table<'t, &'static str, &'static [u8]>,
-    secrets: redb::Table<'t, &'static str, &'static [u8]>,
     boot_tokens: redb::Table<'t, &'static str, &'static [u8]>,
     meta: redb::Table<'t, &'static str, u64>,
     next_seq: u64,
@@ -1193,7 +1229,6 @@ impl<'t> Tables<'t> {
             events,
             registry: txn.open_table(REGISTRY)?,
             assembly: txn.open_table(ASSEMBLY)?,
-            secrets: txn.open_table(SECRETS)?,
             boot_tokens: txn.open_table(BOOT_TOKENS)?,
             meta,
             next_seq,
@@ -1247,9 +1282,6 @@ impl<'t> Tables<'t> {
             Write::Assembly(a, happenings, _) => {
                 put(&mut self.assembly, ASSEMBLY_KEY, &serde_json::to_vec(a)?)?;
                 self.happenings(happenings)?;
-            }
-            Write::Secret(name, value, _) => {
-                put(&mut self.secrets, name.as_str(), value)?;
             }
             Write::BootToken(mac, token, _) => {
                 put(&mut self.boot_tokens, mac.to_string().as_str(), &serde_json::to_vec(token)?)?;

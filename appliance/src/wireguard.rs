@@ -25,8 +25,8 @@ use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerC
 pub enum WireguardError {
     #[error("{0:?} is not a usable interface name (at most 15 characters)")]
     Name(String),
-    #[error("cannot create the WireGuard interface {name}: the kernel has no WireGuard ({kernel}) and the userspace implementation failed too ({userspace})")]
-    Create { name: String, kernel: std::io::Error, userspace: String },
+    #[error("cannot create the WireGuard interface {name}: the kernel has no WireGuard ({kernel}) and the userspace implementation failed too")]
+    Create { name: String, kernel: std::io::Error, source: UserspaceError },
     #[error("cannot configure the WireGuard interface {name}")]
     Configure { name: String, source: std::io::Error },
     #[error("cannot set the address of {name}: {what} failed")]
@@ -35,6 +35,16 @@ pub enum WireguardError {
     Vanished { name: String },
     #[error("{0} is not a WireGuard public key")]
     Key(String),
+}
+
+/// Why the embedded userspace WireGuard (boringtun) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum UserspaceError {
+    #[error("cannot {what}")]
+    Io { what: &'static str, source: std::io::Error },
+    /// boringtun's own error, which has no `Display`.
+    #[error("boringtun cannot create the device: {0}")]
+    Device(String),
 }
 
 /// Which implementation carries the interface.
@@ -146,7 +156,7 @@ impl ManagementInterface {
             Ok(()) => Control::Kernel(iface),
             Err(kernel) => {
                 tracing::info!("no kernel WireGuard ({kernel}); using the embedded userspace implementation");
-                let failed = |userspace: String| WireguardError::Create { name: name.to_string(), kernel, userspace };
+                let failed = |source| WireguardError::Create { name: name.to_string(), kernel, source };
                 Self::start_boringtun(name, private, port).map_err(failed)?
             }
         };
@@ -154,8 +164,9 @@ impl ManagementInterface {
         Ok(ManagementInterface { name: name.to_string(), control, peers: Mutex::new(HashMap::new()) })
     }
 
-    fn start_boringtun(name: &str, private: &[u8; 32], port: u16) -> Result<Control, String> {
-        let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    fn start_boringtun(name: &str, private: &[u8; 32], port: u16) -> Result<Control, UserspaceError> {
+        let io = |what| move |source| UserspaceError::Io { what, source };
+        let (ours, theirs) = UnixStream::pair().map_err(io("make the control socket pair"))?;
         let config = boringtun::device::DeviceConfig {
             n_threads: 2,
             use_connected_socket: true,
@@ -163,13 +174,14 @@ impl ManagementInterface {
             // boringtun owns this descriptor from here on.
             uapi_fd: theirs.into_raw_fd(),
         };
-        let device = boringtun::device::DeviceHandle::new(name, config).map_err(|e| format!("{e:?}"))?;
+        let device =
+            boringtun::device::DeviceHandle::new(name, config).map_err(|e| UserspaceError::Device(format!("{e:?}")))?;
         let mut uapi = BufReader::new(ours);
-        uapi.get_mut().set_read_timeout(Some(UAPI_TIMEOUT)).map_err(|e| e.to_string())?;
-        uapi.get_mut().set_write_timeout(Some(UAPI_TIMEOUT)).map_err(|e| e.to_string())?;
+        uapi.get_mut().set_read_timeout(Some(UAPI_TIMEOUT)).map_err(io("set the control socket's timeouts"))?;
+        uapi.get_mut().set_write_timeout(Some(UAPI_TIMEOUT)).map_err(io("set the control socket's timeouts"))?;
         let request =
             format!("set=1\nprivate_key={}\nlisten_port={port}\nreplace_peers=true\n\n", hex::encode(private));
-        uapi_exchange(&mut uapi, &request).map_err(|e| e.to_string())?;
+        uapi_exchange(&mut uapi, &request).map_err(io("set the key and port through the control socket"))?;
         Ok(Control::Boringtun { uapi: Mutex::new(uapi), _device: device })
     }
 

@@ -58,12 +58,20 @@ pub enum K3sError {
     #[error("cannot make the k3s certificates")]
     Certificate(#[from] rcgen::Error),
     /// A CA given as PEM cannot be used.
-    #[error("the {what} is not a usable PEM certificate and key ({reason}); it comes from the appliance's store, which may be damaged")]
+    #[error(
+        "the {what} is not a usable PEM certificate and key; it comes from the appliance's store, which may be damaged"
+    )]
     BadCa {
         /// Which CA.
         what: &'static str,
         /// What failed.
-        reason: String,
+        source: rcgen::Error,
+    },
+    /// A CA given as PEM holds no certificate.
+    #[error("the {what} holds no PEM certificate; it comes from the appliance's store, which may be damaged")]
+    NoCaCertificate {
+        /// Which CA.
+        what: &'static str,
     },
     /// The k3s CAs chain to the CA etcd trusts.
     #[error("the k3s CAs chain to the etcd CA: every certificate k3s signs (kubelets on workers too) would be a full etcd client; issue them from a separate root (kubernetes_root_ca)")]
@@ -181,7 +189,7 @@ fn ca_params(common_name: &str) -> CertificateParams {
 }
 
 fn issuer_of<'a>(ca: &CaPem, what: &'static str) -> Result<Issuer<'a, KeyPair>, K3sError> {
-    let bad = |e: rcgen::Error| K3sError::BadCa { what, reason: e.to_string() };
+    let bad = |source| K3sError::BadCa { what, source };
     let key = KeyPair::from_pem(&ca.key_pem).map_err(bad)?;
     Issuer::from_ca_cert_pem(&ca.cert_pem, key).map_err(bad)
 }
@@ -191,8 +199,8 @@ impl K3sCas {
     /// [`kubernetes_root_ca`]). Each may sign only leaf certificates (path length 0).
     pub fn issue(root: &CaPem) -> Result<K3sCas, K3sError> {
         let issuer = issuer_of(root, "Kubernetes root CA")?;
-        let root_cert = first_pem_block(&root.cert_pem)
-            .ok_or(K3sError::BadCa { what: "Kubernetes root CA", reason: "no certificate".into() })?;
+        let root_cert =
+            first_pem_block(&root.cert_pem).ok_or(K3sError::NoCaCertificate { what: "Kubernetes root CA" })?;
         let one = |name: &str| -> Result<CaPem, K3sError> {
             let key = KeyPair::generate()?;
             let mut params = ca_params(name);
@@ -494,6 +502,18 @@ mod tests {
 
     fn golden(name: &str, actual: &str) {
         oasis_testkit::assert_golden(Path::new(GOLDEN_DIR).join(name), actual);
+    }
+
+    /// A CA from the store that is not PEM keeps rcgen's error as the cause.
+    #[test]
+    fn a_ca_that_is_not_pem_keeps_rcgens_error() {
+        let root = CaPem { cert_pem: "not a certificate".into(), key_pem: "not a key".into() };
+        let err = K3sCas::issue(&root).unwrap_err();
+        let cause = std::error::Error::source(&err).and_then(|c| c.downcast_ref::<rcgen::Error>());
+        assert!(cause.is_some(), "{err:?}");
+        let text = oasis_proto::error_chain(&err);
+        assert!(text.starts_with("the Kubernetes root CA is not a usable PEM certificate and key; "), "{text}");
+        assert!(text.ends_with(&format!(": {}", cause.unwrap())), "{text}");
     }
 
     #[test]

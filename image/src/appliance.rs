@@ -166,8 +166,8 @@ pub enum ApplianceImageError {
         max: u64,
     },
     /// The FAT filesystem could not be written.
-    #[error("writing the EFI system partition: {0}")]
-    Fat(String),
+    #[error("cannot write the EFI system partition")]
+    Fat(#[source] io::Error),
 }
 
 /// What the appliance image is made of, on the build host.
@@ -319,7 +319,7 @@ fn write_esp(
     sectors: u64,
     files: &[(String, EspSource)],
 ) -> Result<(), ApplianceImageError> {
-    let fat = |e: io::Error| ApplianceImageError::Fat(e.to_string());
+    let fat = ApplianceImageError::Fat;
     let mut region = Slice::new(file, first * SECTOR, sectors * SECTOR);
     let mut label = [b' '; 11];
     label[..grub::ESP_LABEL.len()].copy_from_slice(grub::ESP_LABEL.as_bytes());

@@ -25,9 +25,20 @@ pub enum GptError {
     /// Reading or writing the disk failed.
     #[error("reading or writing the disk failed")]
     Io(#[from] io::Error),
-    /// No valid GPT header at sector 1 (or at the end).
-    #[error("no GUID partition table: {0}")]
-    NoTable(String),
+    /// No valid GPT header at sector 1, nor at the end (`backup`: `None` when the disk has no
+    /// sector to hold one).
+    #[error(
+        "no GUID partition table: the primary header is unusable ({}); {}",
+        oasis_proto::error_chain(primary),
+        if backup.is_some() { "so is the backup at the disk's end" } else { "no backup: the disk has no sectors" }
+    )]
+    NoTable {
+        /// Why the primary header at sector 1 is unusable.
+        primary: HeaderError,
+        /// Why the backup header is.
+        #[source]
+        backup: Option<HeaderError>,
+    },
     /// The disk is too small for what was asked.
     #[error("the disk has {sectors} sectors of 512 bytes, too few: {what}")]
     TooSmall {
@@ -261,48 +272,72 @@ impl Gpt {
             Ok(found) => Ok(found),
             Err(primary) => {
                 let Some(last) = sectors.checked_sub(1) else {
-                    return Err(GptError::NoTable(format!("primary: {primary}; no backup: the disk has no sectors")));
+                    return Err(GptError::NoTable { primary, backup: None });
                 };
-                read_at(disk, last).map_err(|backup| {
-                    GptError::NoTable(format!("primary: {primary}; backup at the disk's end: {backup}"))
-                })
+                read_at(disk, last).map_err(|backup| GptError::NoTable { primary, backup: Some(backup) })
             }
         }
     }
 }
 
+/// Why the GPT header at one sector, or its entries, cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    /// Sectors as large as the fields allow lie past any disk; their byte offsets overflow.
+    #[error("the {what} at sector {lba} lie past the end of any disk")]
+    PastTheEnd {
+        /// The header or its entries.
+        what: &'static str,
+        /// Where they would be.
+        lba: u64,
+    },
+    /// Reading the header or its entries failed.
+    #[error("cannot read the {what} at sector {lba}")]
+    Read {
+        /// The header or its entries.
+        what: &'static str,
+        /// Where they are.
+        lba: u64,
+        /// The disk's error.
+        source: io::Error,
+    },
+    /// Anything else wrong in the header or the entries.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Reads the header at `lba` and its entries; returns the table and the other header's sector.
-fn read_at(disk: &mut (impl Read + Seek), lba: u64) -> Result<(Gpt, u64), String> {
-    // Sectors as large as the fields allow lie past any disk; their byte offsets overflow.
-    let past_the_end = |what: &str, lba: u64| format!("{what} at sector {lba}, past the end of any disk");
+fn read_at(disk: &mut (impl Read + Seek), lba: u64) -> Result<(Gpt, u64), HeaderError> {
+    let past_the_end = |what, lba| HeaderError::PastTheEnd { what, lba };
+    let read = |what, lba| move |source| HeaderError::Read { what, lba, source };
     let mut h = [0u8; SECTOR as usize];
     let at = lba.checked_mul(SECTOR).ok_or_else(|| past_the_end("header", lba))?;
-    disk.seek(SeekFrom::Start(at)).map_err(|e| e.to_string())?;
-    disk.read_exact(&mut h).map_err(|e| e.to_string())?;
+    disk.seek(SeekFrom::Start(at)).map_err(read("header", lba))?;
+    disk.read_exact(&mut h).map_err(read("header", lba))?;
     if &h[0..8] != b"EFI PART" {
-        return Err(format!("no GPT signature at sector {lba}"));
+        return Err(HeaderError::Invalid(format!("no GPT signature at sector {lba}")));
     }
     let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap_or_default());
     let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap_or_default());
     let size = u32_at(12) as usize;
     if !(92..=SECTOR as usize).contains(&size) {
-        return Err(format!("header size {size} at sector {lba}"));
+        return Err(HeaderError::Invalid(format!("header size {size} at sector {lba}")));
     }
     let mut zeroed = h;
     zeroed[16..20].fill(0);
     if crc32(&zeroed[..size]) != u32_at(16) {
-        return Err(format!("header checksum mismatch at sector {lba}"));
+        return Err(HeaderError::Invalid(format!("header checksum mismatch at sector {lba}")));
     }
     let (count, entry_size) = (u32_at(80) as usize, u32_at(84) as usize);
     if count == 0 || count > 1024 || !(128..=1024).contains(&entry_size) || entry_size % 8 != 0 {
-        return Err(format!("{count} entries of {entry_size} bytes"));
+        return Err(HeaderError::Invalid(format!("{count} entries of {entry_size} bytes")));
     }
     let mut entries = vec![0u8; count * entry_size];
     let entries_at = u64_at(72).checked_mul(SECTOR).ok_or_else(|| past_the_end("partition entries", u64_at(72)))?;
-    disk.seek(SeekFrom::Start(entries_at)).map_err(|e| e.to_string())?;
-    disk.read_exact(&mut entries).map_err(|e| e.to_string())?;
+    disk.seek(SeekFrom::Start(entries_at)).map_err(read("partition entries", u64_at(72)))?;
+    disk.read_exact(&mut entries).map_err(read("partition entries", u64_at(72)))?;
     if crc32(&entries) != u32_at(88) {
-        return Err("partition entries checksum mismatch".into());
+        return Err(HeaderError::Invalid("partition entries checksum mismatch".into()));
     }
     let mut gpt = Gpt::new(Guid(h[56..72].try_into().unwrap_or_default()));
     gpt.partitions = vec![None; count.max(ENTRIES)];
@@ -411,9 +446,41 @@ mod tests {
     #[test]
     fn gpt_read_of_a_disk_without_sectors_is_an_error_not_a_panic() {
         let err = Gpt::read(&mut Cursor::new(Vec::new()), 0).unwrap_err();
-        assert!(matches!(err, GptError::NoTable(_)), "{err}");
+        assert!(matches!(err, GptError::NoTable { .. }), "{err}");
         let err = Gpt::read(&mut Cursor::new(vec![0; 100]), 0).unwrap_err();
         assert!(err.to_string().contains("no backup"), "{err}");
+    }
+
+    /// A disk that cannot be read keeps the disk's error as the cause of the backup's failure,
+    /// and says the primary's once.
+    #[test]
+    fn an_unreadable_disk_keeps_its_read_error() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::from_raw_os_error(5))
+            }
+        }
+        impl Seek for Broken {
+            fn seek(&mut self, _: SeekFrom) -> io::Result<u64> {
+                Ok(0)
+            }
+        }
+        let err = Gpt::read(&mut Broken, 100).unwrap_err();
+        let eio = io::Error::from_raw_os_error(5).to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause.filter(|c| !c.is::<io::Error>()) {
+            cause = c.source();
+        }
+        assert_eq!(cause.map(ToString::to_string), Some(eio.clone()), "{err:?}");
+        let text = oasis_proto::error_chain(&err);
+        assert_eq!(
+            text,
+            format!(
+                "no GUID partition table: the primary header is unusable (cannot read the header at sector 1: \
+                 {eio}); so is the backup at the disk's end: cannot read the header at sector 99: {eio}"
+            )
+        );
     }
 
     /// Sets field `at` of the header at `lba` and makes its checksum right again.

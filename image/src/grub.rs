@@ -63,7 +63,15 @@ pub enum GrubError {
     /// Fetching a GRUB package failed.
     #[error(transparent)]
     Debian(#[from] DebianError),
-    /// grub-mkimage is missing or failed.
+    /// grub-mkimage is missing: install it with `apt-get install grub-common`.
+    #[error("cannot run grub-mkimage ({format}); install it with `apt-get install grub-common` (it installs no bootloader on this machine)")]
+    NoMkimage {
+        /// The image format.
+        format: &'static str,
+        /// Why it could not be started.
+        source: std::io::Error,
+    },
+    /// grub-mkimage failed.
     #[error("grub-mkimage ({format}) failed: {reason}; install it with `apt-get install grub-common` (it installs no bootloader on this machine)")]
     Mkimage {
         /// The image format.
@@ -148,7 +156,7 @@ pub fn build(cache: &DebianCache, work: &Path) -> Result<GrubImages, GrubError> 
             .args(COMMON_MODULES)
             .args(extra)
             .output()
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|source| GrubError::NoMkimage { format, source })?;
         if !output.status.success() {
             return Err(failed(String::from_utf8_lossy(&output.stderr).trim().to_string()));
         }

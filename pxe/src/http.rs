@@ -342,9 +342,9 @@ async fn boot_file(State(state): State<Arc<HttpBoot>>, request: Request) -> Resp
                     tracing::warn!(%peer, "refused a file name to keep the request inside the boot root: {err}");
                 }
             } else if status == StatusCode::NOT_FOUND {
-                tracing::debug!(%peer, "file not served: {err}");
+                tracing::debug!(%peer, "file not served: {}", oasis_proto::error_chain(&err));
             } else {
-                tracing::error!(%peer, "cannot serve a boot file: {err}");
+                tracing::error!(%peer, "cannot serve a boot file: {}", oasis_proto::error_chain(&err));
             }
             return status.into_response();
         }

@@ -242,22 +242,22 @@ impl Counters {
     }
 
     /// Counts `result`; `Err(())` (already counted) when it failed.
-    fn record<T, E: std::fmt::Display>(&self, op: Op, who: &str, result: Result<T, E>) -> Result<T, ()> {
+    fn record<T, E: Into<Box<dyn std::error::Error>>>(&self, op: Op, who: &str, result: Result<T, E>) -> Result<T, ()> {
         match result {
             Ok(value) => {
                 self.ok(op);
                 Ok(value)
             }
             Err(e) => {
-                self.failed(op, format!("{who}: {e}"));
+                self.failed(op, format!("{who}: {}", chain(e)));
                 Err(())
             }
         }
     }
 
     /// Counts `result` only if it failed: for a step of an operation counted elsewhere.
-    fn check<T, E: std::fmt::Display>(&self, op: Op, who: &str, result: Result<T, E>) -> Result<T, ()> {
-        result.map_err(|e| self.failed(op, format!("{who}: {e}")))
+    fn check<T, E: Into<Box<dyn std::error::Error>>>(&self, op: Op, who: &str, result: Result<T, E>) -> Result<T, ()> {
+        result.map_err(|e| self.failed(op, format!("{who}: {}", chain(e))))
     }
 
     /// (succeeded, failed).
@@ -550,7 +550,7 @@ impl Machine {
             Ok(mut dhcp) => dhcp.dora(role).await,
             Err(e) => Err(e),
         }
-        .map_err(|e| format!("as {role:?}: {e}"));
+        .map_err(|e| format!("as {role:?}: {}", chain(e)));
         let lease = shared.counters.record(Op::Dhcp, &self.who(), lease)?;
         self.use_address(shared, &lease)?;
         Ok(lease)
@@ -576,7 +576,9 @@ impl Machine {
             ..oasis_pxe::tftp::ClientOptions::default()
         };
         let server = SocketAddr::V4(SocketAddrV4::new(server, 69));
-        let got = oasis_pxe::tftp::fetch(server, name.as_bytes(), &options).await.map_err(|e| format!("{name}: {e}"));
+        let got = oasis_pxe::tftp::fetch(server, name.as_bytes(), &options)
+            .await
+            .map_err(|e| format!("{name}: {}", chain(e)));
         let got = got.and_then(|(data, _)| match shared.files.get(name) {
             Some(expected) if *expected == data => Ok(()),
             _ => Err(format!("{name}: {} bytes that are not the boot root's file", data.len())),
@@ -631,12 +633,11 @@ impl Machine {
                 ..Inventory::default()
             },
         };
-        let accepted = client.register(&request).await.map_err(|e| e.to_string()).and_then(|r| {
-            match (r.state, r.credential, r.link) {
+        let accepted =
+            client.register(&request).await.map_err(chain).and_then(|r| match (r.state, r.credential, r.link) {
                 (MachineState::Accepted, Some(credential), Some(link)) => Ok((credential, link)),
                 (state, ..) => Err(format!("registration answered {state:?}: {}", r.message)),
-            }
-        });
+            });
         let (credential, link) = counters.record(Op::Registration, &who, accepted)?;
         let wireguard = if self.linked {
             let up = UserspaceLink::up(&self.ns, LINK_NAME, key.as_bytes(), &link);
@@ -646,6 +647,12 @@ impl Machine {
         };
         Ok(Booted { lease, client, credential, link, wireguard })
     }
+}
+
+/// A failure as the soak's report shows it: an error with each of its causes once
+/// ([`oasis_proto::error_chain`]), or a text as it is.
+fn chain(error: impl Into<Box<dyn std::error::Error>>) -> String {
+    oasis_proto::error_chain(&*error.into())
 }
 
 /// The kernel URL, the initrd URLs and the agent's arguments from an oasis boot script.
@@ -836,12 +843,56 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
         .enable_all()
         .build()
         .map_err(|source| HarnessError::Io { path: PathBuf::from("(tokio runtime)"), source })?;
-    let (mut int, mut term) = {
+    let signals = {
         use tokio::signal::unix::{signal, SignalKind};
         let _entered = runtime.enter();
         let caught = |source| HarnessError::Io { path: PathBuf::from("(SIGINT and SIGTERM handlers)"), source };
         (signal(SignalKind::interrupt()).map_err(caught)?, signal(SignalKind::terminate()).map_err(caught)?)
     };
+    let (files, config) = write_boot_root(settings)?;
+    let rack = Netns::create(&format!("{}-rack", settings.ns_prefix))?;
+    rack.add_bridge("br0", Some(&format!("{SERVER}/16")))?;
+    let log = settings.dir.join("oasis.log");
+    // The level the appliance ships with.
+    let mut appliance = Appliance::start_logging(&rack, &config, &log, "info");
+    let pid = appliance.pid().expect("a started appliance has a process");
+    raise_descriptor_limit();
+    print_banner(settings, pid);
+
+    let setup = Instant::now();
+    let namespaces = machine_namespaces(&rack, settings)?;
+    println!("   {} machine namespaces in {:.1} s", namespaces.len(), setup.elapsed().as_secs_f64());
+    let counters = Arc::new(Counters::default());
+    let shared = Arc::new(Shared {
+        counters: counters.clone(),
+        files,
+        reboot_mean: settings.reboot_mean,
+        started: Instant::now(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let threads = start_machines(settings, &namespaces, &shared, &stop_rx);
+    let watched = runtime.block_on(watch_appliance(settings, &mut appliance, &shared, signals));
+
+    // Stop the machines, bounded, before anything else.
+    let _ = stop_tx.send(true);
+    let stuck = stop_machines(threads, &counters);
+    let metrics = if watched.died.is_none() { metrics(&rack) } else { None };
+    appliance.stop();
+    let log_text = appliance.log();
+
+    let report = report(settings, &watched.samples, &counters, metrics.as_deref(), &log_text, stuck);
+    print!("{report}");
+    let outcome = verdict(settings, &watched, &counters, metrics.as_deref(), &log_text, stuck);
+    // Machines' namespaces go before the rack's (their veths are in it).
+    drop(namespaces);
+    drop(rack);
+    Ok(outcome)
+}
+
+/// Writes the boot root (the boot files, the iPXE builds' manifest) and the appliance's
+/// configuration into the work directory: the boot files' bytes by name, and the configuration's
+/// path.
+fn write_boot_root(settings: &Settings) -> crate::Result<(HashMap<String, Vec<u8>>, PathBuf)> {
     let dir = &settings.dir;
     let root = dir.join("boot");
     let mut files = HashMap::new();
@@ -862,15 +913,11 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
     std::fs::write(&manifest, sums).map_err(io_error(&manifest))?;
     let config = dir.join("oasis.toml");
     std::fs::write(&config, config_text(settings)).map_err(io_error(&config))?;
+    Ok((files, config))
+}
 
-    let rack = Netns::create(&format!("{}-rack", settings.ns_prefix))?;
-    rack.add_bridge("br0", Some(&format!("{SERVER}/16")))?;
-    let log = dir.join("oasis.log");
-    // The level the appliance ships with.
-    let mut appliance = Appliance::start_logging(&rack, &config, &log, "info");
-    let pid = appliance.pid().expect("a started appliance has a process");
-    raise_descriptor_limit();
-    let linked_every = settings.machines.checked_div(settings.linked).unwrap_or(usize::MAX);
+/// What the soak runs, against which appliance, printed before it starts.
+fn print_banner(settings: &Settings, pid: u32) {
     println!(
         "== oasis soak: {} machines ({} with a management link) for {:.1} min against {} (pid {pid})",
         settings.machines,
@@ -886,21 +933,18 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
         settings.reboot_mean.as_secs_f64() / 60.0,
         settings.sample_every.as_secs_f64(),
         settings.warmup.as_secs(),
-        dir.display()
+        settings.dir.display()
     );
+}
 
-    let setup = Instant::now();
-    let namespaces = machine_namespaces(&rack, settings)?;
-    println!("   {} machine namespaces in {:.1} s", namespaces.len(), setup.elapsed().as_secs_f64());
-
-    let counters = Arc::new(Counters::default());
-    let shared = Arc::new(Shared {
-        counters: counters.clone(),
-        files,
-        reboot_mean: settings.reboot_mean,
-        started: Instant::now(),
-    });
-    let (stop_tx, stop_rx) = watch::channel(false);
+/// One thread per machine, each inside its namespace on its own runtime, until `stop` says so.
+fn start_machines(
+    settings: &Settings,
+    namespaces: &[Netns],
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let linked_every = settings.machines.checked_div(settings.linked).unwrap_or(usize::MAX);
     let mut threads = Vec::new();
     for (i, ns) in namespaces.iter().enumerate() {
         let machine = Machine {
@@ -911,7 +955,7 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
             linked: linked_every != usize::MAX && i % linked_every == 0 && i / linked_every < settings.linked,
             start_after: settings.stagger.mul_f64(i as f64 / settings.machines as f64),
         };
-        let (shared, stop) = (shared.clone(), stop_rx.clone());
+        let (shared, stop) = (shared.clone(), stop.clone());
         threads.push(ns.spawn_inside(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match runtime {
@@ -920,48 +964,66 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
             }
         }));
     }
+    threads
+}
 
-    // Sample until the end, an interruption or the appliance's death.
+/// What [`watch_appliance`] saw: the samples, and how the watch ended.
+struct Watched {
+    samples: Vec<Sample>,
+    /// The appliance died (with this status, if known).
+    died: Option<Option<std::process::ExitStatus>>,
+    /// SIGINT or SIGTERM ended the soak early.
+    interrupted: bool,
+}
+
+/// Samples the appliance until the end, an interruption or the appliance's death, printing a row
+/// now and then and the appliance's stacks if registrations stall.
+async fn watch_appliance(
+    settings: &Settings,
+    appliance: &mut Appliance,
+    shared: &Shared,
+    (mut int, mut term): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) -> Watched {
+    let pid = appliance.pid().expect("a started appliance has a process");
+    let counters = &shared.counters;
     let total = (settings.duration.as_secs_f64() / settings.sample_every.as_secs_f64()).ceil() as usize;
     let stride = total.div_ceil(40).max(1);
     println!(
         "\n{:>7} {:>8} {:>5} {:>7} {:>9} {:>7} | {:>6} {:>8} {:>8} {:>10} {:>6}",
         "time", "RSS MiB", "fds", "threads", "store MiB", "events", "DHCP", "renewals", "regs", "heartbeats", "failed"
     );
-    let mut samples: Vec<Sample> = Vec::new();
-    let mut died = None;
-    let mut interrupted = false;
-    runtime.block_on(async {
-        let mut tick = tokio::time::interval(settings.sample_every);
-        let mut stall = StallWatch::default();
-        for n in 0..=total {
-            tokio::select! {
-                _ = int.recv() => { interrupted = true; break }
-                _ = term.recv() => { interrupted = true; break }
-                _ = tick.tick() => {}
-            }
-            let at = shared.started.elapsed();
-            let Some(s) = sample(pid, &appliance.data_dir, at) else {
-                died = Some(appliance.exited());
-                break;
-            };
-            if n % stride == 0 || n == total {
-                println!("{}", row(&s, &counters));
-            }
-            if stall.stalled(counters.get(Op::Registration), at) {
-                let file = dir.join("appliance-stacks.txt");
-                println!(
-                    "== registrations stopped {} s ago while machines kept trying; the appliance's threads: {}",
-                    STALL.as_secs(),
-                    dump_stacks(pid, &file)
-                );
-            }
-            samples.push(s);
+    let mut watched = Watched { samples: Vec::new(), died: None, interrupted: false };
+    let mut tick = tokio::time::interval(settings.sample_every);
+    let mut stall = StallWatch::default();
+    for n in 0..=total {
+        tokio::select! {
+            _ = int.recv() => { watched.interrupted = true; break }
+            _ = term.recv() => { watched.interrupted = true; break }
+            _ = tick.tick() => {}
         }
-    });
+        let at = shared.started.elapsed();
+        let Some(s) = sample(pid, &appliance.data_dir, at) else {
+            watched.died = Some(appliance.exited());
+            break;
+        };
+        if n % stride == 0 || n == total {
+            println!("{}", row(&s, counters));
+        }
+        if stall.stalled(counters.get(Op::Registration), at) {
+            let file = settings.dir.join("appliance-stacks.txt");
+            println!(
+                "== registrations stopped {} s ago while machines kept trying; the appliance's threads: {}",
+                STALL.as_secs(),
+                dump_stacks(pid, &file)
+            );
+        }
+        watched.samples.push(s);
+    }
+    watched
+}
 
-    // Stop the machines, bounded, before anything else.
-    let _ = stop_tx.send(true);
+/// Waits, bounded, for the machines' threads (already told to stop); how many are stuck.
+fn stop_machines(threads: Vec<std::thread::JoinHandle<()>>, counters: &Counters) -> usize {
     let deadline = Instant::now() + STOP_WAIT;
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
@@ -972,36 +1034,39 @@ pub fn run(settings: &Settings) -> crate::Result<Outcome> {
             counters.failed(Op::Dhcp, "a machine's thread panicked".into());
         }
     }
-    let metrics = if died.is_none() { metrics(&rack) } else { None };
-    appliance.stop();
-    let log_text = appliance.log();
+    stuck
+}
 
-    let report = report(settings, &samples, &counters, metrics.as_deref(), &log_text, stuck);
-    print!("{report}");
-    let outcome = if interrupted {
-        println!("== interrupted: the figures above cover {:.0} s", samples.last().map_or(0.0, |s| s.at.as_secs_f64()));
+/// The soak's outcome, printed as its last line.
+fn verdict(
+    settings: &Settings,
+    watched: &Watched,
+    counters: &Counters,
+    metrics: Option<&str>,
+    log_text: &str,
+    stuck: usize,
+) -> Outcome {
+    if watched.interrupted {
+        let covered = watched.samples.last().map_or(0.0, |s| s.at.as_secs_f64());
+        println!("== interrupted: the figures above cover {covered:.0} s");
         Outcome::Interrupted
-    } else if let Some(status) = died {
+    } else if let Some(status) = watched.died {
         println!(
             "== FAILED: the appliance died ({}); its log ends:\n{}",
             status.map_or("exit status unknown".into(), |s| s.to_string()),
-            crate::tail(&log_text, 30)
+            crate::tail(log_text, 30)
         );
         Outcome::Failed
     } else {
-        let problems = problems(settings, &counters, metrics.as_deref(), stuck);
+        let problems = problems(settings, counters, metrics, stuck);
         if problems.is_empty() {
             println!("== PASSED");
             Outcome::Passed
         } else {
-            println!("== FAILED: {}\nthe appliance's log ends:\n{}", problems.join("; "), crate::tail(&log_text, 20));
+            println!("== FAILED: {}\nthe appliance's log ends:\n{}", problems.join("; "), crate::tail(log_text, 20));
             Outcome::Failed
         }
-    };
-    // Machines' namespaces go before the rack's (their veths are in it).
-    drop(namespaces);
-    drop(rack);
-    Ok(outcome)
+    }
 }
 
 fn row(s: &Sample, counters: &Counters) -> String {

@@ -25,8 +25,11 @@ const MTU: &str = "1420";
 /// Why the link is not up.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
+    /// boringtun's own error, which has no `Display`.
     #[error("cannot create the userspace WireGuard device {name}: {reason}")]
     Device { name: String, reason: String },
+    #[error("cannot set up the control socket of the userspace WireGuard device {name}")]
+    Control { name: String, source: std::io::Error },
     #[error("the WireGuard device {name} refused its configuration")]
     Configure { name: String, source: std::io::Error },
     #[error("the appliance's WireGuard key {0:?} is not 32 bytes of base64")]
@@ -68,13 +71,13 @@ impl UserspaceLink {
     /// namespace `ns` (see [`crate::Netns::spawn_inside`]): the device, its UDP socket and its
     /// thread are made where the caller is.
     pub fn up(ns: &str, name: &str, private: &[u8], config: &LinkConfig) -> Result<UserspaceLink, LinkError> {
-        let failed = |reason: String| LinkError::Device { name: name.to_string(), reason };
+        let control = |source| LinkError::Control { name: name.to_string(), source };
         let appliance = base64::engine::general_purpose::STANDARD
             .decode(&config.appliance_key)
             .ok()
             .filter(|k| k.len() == 32)
             .ok_or_else(|| LinkError::Key(config.appliance_key.clone()))?;
-        let (ours, theirs) = UnixStream::pair().map_err(|e| failed(e.to_string()))?;
+        let (ours, theirs) = UnixStream::pair().map_err(control)?;
         let device_config = boringtun::device::DeviceConfig {
             n_threads: 1,
             use_connected_socket: true,
@@ -82,8 +85,9 @@ impl UserspaceLink {
             // boringtun owns this descriptor from here on.
             uapi_fd: theirs.into_raw_fd(),
         };
-        let device = boringtun::device::DeviceHandle::new(name, device_config).map_err(|e| failed(format!("{e:?}")))?;
-        ours.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| failed(e.to_string()))?;
+        let device = boringtun::device::DeviceHandle::new(name, device_config)
+            .map_err(|e| LinkError::Device { name: name.to_string(), reason: format!("{e:?}") })?;
+        ours.set_read_timeout(Some(Duration::from_secs(5))).map_err(control)?;
         let mut link = UserspaceLink {
             ns: ns.to_string(),
             name: name.to_string(),

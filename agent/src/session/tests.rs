@@ -279,7 +279,8 @@ fn answer(state: MachineState, link: Option<LinkConfig>) -> Result<RegisterRespo
 }
 
 fn unreachable() -> ApiError {
-    ApiError::Unreachable { url: "https://10.0.0.1:9443".into(), reason: "connection refused".into() }
+    let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    ApiError::Unreachable { url: "https://10.0.0.1:9443".into(), stage: "connecting", source: refused.into() }
 }
 
 fn within(d: Duration, secs: f64) -> bool {

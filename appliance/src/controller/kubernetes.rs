@@ -12,7 +12,7 @@ use crate::pki::ClusterCa;
 use crate::store::Store;
 use oasis_core::k3s::{self, ClientCert, EtcdClientTls, K3sArtifacts, K3sCas, K3sError, NodeInputs, ServerInputs};
 
-use super::kept_secret;
+use super::error::KubernetesError;
 use oasis_core::assembly::desired::{MeshPlan, Placed};
 
 /// What stays the same for the life of the cluster, made once and kept in the store
@@ -29,25 +29,25 @@ impl Kubernetes {
     /// The cluster's Kubernetes secrets from the store, made at the first start with a bundle:
     /// the root and k3s's CAs, the admin credential, the join token, and k3s's etcd client
     /// certificate from the cluster CA.
-    pub async fn load_or_create(
+    pub fn load_or_create(
         store: &Store,
         ca: &ClusterCa,
         cluster: &str,
         artifacts: K3sArtifacts,
-    ) -> Result<(Kubernetes, ClientCert), String> {
-        let cas: K3sCas = kept_secret(store, "k3s-cas", || {
-            let root = k3s::kubernetes_root_ca(cluster).map_err(|e| e.to_string())?;
-            K3sCas::issue(&root).map_err(|e| e.to_string())
-        })
-        .await?;
+    ) -> Result<(Kubernetes, ClientCert), KubernetesError> {
+        let k3s = |what| move |source| KubernetesError::K3s { what, source };
+        let cas: K3sCas = store.kept_secret("k3s-cas", || {
+            let root = k3s::kubernetes_root_ca(cluster).map_err(k3s("Kubernetes root CA"))?;
+            K3sCas::issue(&root).map_err(k3s("k3s CAs"))
+        })?;
         let admin: ClientCert =
-            kept_secret(store, "k3s-admin", || k3s::admin_credential(&cas).map_err(|e| e.to_string())).await?;
-        let token: String = kept_secret(store, "k3s-token", || Ok(crate::identity::random_token())).await?;
-        let (cert_pem, key_pem): (String, String) = kept_secret(store, "k3s-etcd-client", || {
-            let issued = ca.issue("k3s", &[]).map_err(|e| e.to_string())?;
-            Ok((issued.cert_pem, issued.key_pem))
-        })
-        .await?;
+            store.kept_secret("k3s-admin", || k3s::admin_credential(&cas).map_err(k3s("k3s admin credential")))?;
+        let token: String =
+            store.kept_secret("k3s-token", || Ok::<_, KubernetesError>(crate::identity::random_token()))?;
+        let (cert_pem, key_pem): (String, String) = store.kept_secret("k3s-etcd-client", || {
+            let issued = ca.issue("k3s", &[]).map_err(KubernetesError::EtcdClient)?;
+            Ok::<_, KubernetesError>((issued.cert_pem, issued.key_pem))
+        })?;
         let etcd_tls = EtcdClientTls { ca_pem: ca.ca_pem().to_string(), cert_pem, key_pem };
         Ok((Kubernetes { artifacts, token, cas, etcd_tls }, admin))
     }
@@ -134,18 +134,47 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_secrets_are_made_once_and_kept() {
+    #[test]
+    fn the_secrets_are_made_once_and_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let ca = ClusterCa::load_or_create(&store).unwrap();
         let artifacts = || kubernetes().artifacts;
-        let (first, admin) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).await.unwrap();
-        let (again, admin_again) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).await.unwrap();
+        let (first, admin) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).unwrap();
+        let (again, admin_again) = Kubernetes::load_or_create(&store, &ca, "rack", artifacts()).unwrap();
         assert_eq!(
             (first.token, first.cas, first.etcd_tls, admin),
             (again.token, again.cas, again.etcd_tls, admin_again)
         );
+    }
+
+    #[test]
+    fn a_damaged_secret_is_store_damage_that_names_the_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ca = ClusterCa::load_or_create(&store).unwrap();
+        store.secret_or_create("k3s-cas", || b"not json".to_vec()).unwrap();
+        let err = Kubernetes::load_or_create(&store, &ca, "rack", kubernetes().artifacts)
+            .map_err(crate::serve::ServeError::Kubernetes)
+            .unwrap_err();
+        // `oasis serve` exits 5 and says how to recover, as for any other damaged record.
+        assert_eq!(crate::exit::Exit::of(&err), crate::exit::Exit::StoreDamaged);
+        let text = oasis_proto::error_chain(&err);
+        assert!(text.contains("secrets record k3s-cas") && text.contains("--new-store"), "{text}");
+    }
+
+    #[test]
+    fn a_secret_whose_maker_fails_is_not_kept_and_the_cause_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let failing =
+            || Err::<String, _>(KubernetesError::K3s { what: "k3s CAs", source: K3sError::Input("bad input".into()) });
+        let err = store.kept_secret("k3s-token", failing).unwrap_err();
+        assert_eq!(oasis_proto::error_chain(&err), "cannot make the k3s CAs: cannot configure k3s: bad input");
+        assert_eq!(store.secret("k3s-token").unwrap(), None, "nothing committed");
+        let kept: String = store.kept_secret("k3s-token", || Ok::<_, KubernetesError>("made".into())).unwrap();
+        let again: String = store.kept_secret("k3s-token", || Ok::<_, KubernetesError>("other".into())).unwrap();
+        assert_eq!((kept.as_str(), again.as_str()), ("made", "made"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! with its reason) and publishes every machine's desired state. Nothing it knows lives only in
 //! memory: a restarted appliance picks up where it was.
 
+pub mod error;
 pub mod kubernetes;
 pub mod world;
 
@@ -30,6 +31,7 @@ use tokio::sync::watch;
 use crate::api::{Api, Published};
 use crate::etcd::{EtcdClient, EtcdError};
 use crate::pki::ClusterCa;
+pub use error::ControllerError;
 use kubernetes::Kubernetes;
 use oasis_core::assembly::bookkeeping::{apply_step, Context, Outcome};
 use oasis_core::assembly::desired::{MemberTls, MeshPlan, Placed};
@@ -51,22 +53,6 @@ const RECONNECT_GRACE_SECS: u64 = 30;
 /// A mesh handshake older than this does not prove the path (WireGuard renews every 2 minutes
 /// while traffic or keepalives flow).
 const MESH_FRESH_SECS: u64 = 180;
-
-/// A secret kept in the store as JSON: read back, or made by `make` and committed before it is
-/// used. Made before it is stored, so a failure stores nothing.
-pub async fn kept_secret<T: serde::Serialize + serde::de::DeserializeOwned>(
-    store: &crate::store::Store,
-    name: &str,
-    make: impl FnOnce() -> Result<T, String>,
-) -> Result<T, String> {
-    if let Some(bytes) = store.secret(name).map_err(|e| e.to_string())? {
-        return serde_json::from_slice(&bytes).map_err(|e| format!("secret {name} is damaged: {e}"));
-    }
-    let value = make()?;
-    let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-    store.save_secret(name.to_string(), bytes).await.map_err(|e| e.to_string())?;
-    Ok(value)
-}
 
 /// Whether the machine's agent reports its data disk mounted (in this boot).
 fn disk_mounted(s: &Seen) -> bool {
@@ -218,7 +204,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
     pub async fn run(mut self) {
         loop {
             if let Err(e) = self.tick().await {
-                tracing::warn!("assembly tick failed: {e}");
+                tracing::warn!("assembly tick failed: {}", oasis_proto::error_chain(&e));
             }
             tokio::time::sleep(TICK).await;
         }
@@ -351,10 +337,10 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         voters.iter().find(|(_, s)| s.leader == s.member_id).or_else(|| voters.first()).and_then(|(id, _)| ep(id))
     }
 
-    async fn tick(&mut self) -> Result<(), String> {
+    async fn tick(&mut self) -> Result<(), ControllerError> {
         let now = self.clock.now();
         let seen = self.accepted().await;
-        let mut assembly = self.api.store.assembly().map_err(|e| e.to_string())?;
+        let mut assembly = self.api.store.assembly()?;
 
         let mut endpoints_changed = false;
         for s in &seen {
@@ -366,7 +352,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             }
         }
         if endpoints_changed {
-            self.api.store.save_assembly(assembly.clone(), vec![]).await.map_err(|e| e.to_string())?;
+            self.api.store.save_assembly(assembly.clone(), vec![]).await?;
         }
 
         for s in &seen {
@@ -378,7 +364,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                 }
             }
         }
-        let told_before = self.etcd_specs(&seen, &self.placed(&seen, &assembly), &assembly).await?;
+        let told_before = self.etcd_specs(&seen, &self.placed(&seen, &assembly), &assembly)?;
         let nodes = self.nodes(&seen, now, &told_before);
         let observation = self.observe(&seen, &assembly).await;
         let members: Option<Vec<Member>> = observation.members.as_ref().map(|list| {
@@ -408,10 +394,10 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         let failed = self.execute(&step, &mut assembly, &seen, &observation, now).await.err();
         if failed.is_some() {
             // What was changed in memory may not be committed: publish only what the store holds.
-            assembly = self.api.store.assembly().map_err(|e| e.to_string())?;
+            assembly = self.api.store.assembly()?;
         }
         let progress = match &failed {
-            Some(e) => format!("{step} failed (retrying): {e}"),
+            Some(e) => format!("{step} failed (retrying): {}", oasis_proto::error_chain(e)),
             None => step.to_string(),
         };
         if progress != self.last_progress {
@@ -431,11 +417,11 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         Ok(())
     }
 
-    async fn save(&self, assembly: &Assembly, happenings: Vec<Happening>) -> Result<(), String> {
+    async fn save(&self, assembly: &Assembly, happenings: Vec<Happening>) -> Result<(), ControllerError> {
         for h in &happenings {
             tracing::info!(kind = h.kind, "{}", h.message);
         }
-        self.api.store.save_assembly(assembly.clone(), happenings).await.map_err(|e| e.to_string())
+        Ok(self.api.store.save_assembly(assembly.clone(), happenings).await?)
     }
 
     /// Makes the step's etcd call, if it has one, then records what it changed.
@@ -446,7 +432,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         seen: &[Seen],
         observation: &Observation,
         now: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), ControllerError> {
         let Some(outcome) = self.call_etcd(step, seen, observation).await? else {
             return Ok(());
         };
@@ -470,8 +456,8 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         step: &Step,
         seen: &[Seen],
         observation: &Observation,
-    ) -> Result<Option<Outcome>, String> {
-        let change_ep = || self.change_endpoint(seen, observation).ok_or_else(|| "no etcd voter answers".to_string());
+    ) -> Result<Option<Outcome>, ControllerError> {
+        let change_ep = || self.change_endpoint(seen, observation).ok_or(ControllerError::NoVoter);
         let (what, answer) = match step {
             Step::AddLearner { machine, peer_url } => {
                 let answer = self.etcd.add_learner(change_ep()?, peer_url).await;
@@ -493,33 +479,35 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         match answer {
             Ok(outcome) => Ok(Some(outcome)),
             Err(e) if retried(&e) => {
-                tracing::info!("{what} again next tick: {e}");
+                tracing::info!("{what} again next tick: {}", oasis_proto::error_chain(&e));
                 Ok(None)
             }
-            Err(e) => Err(format!("{what}: {e}")),
+            Err(source) => Err(ControllerError::Etcd { what, source }),
         }
     }
 
     /// The TLS material of a control-plane machine's etcd: issued once, kept in the store.
-    async fn member_tls(&self, s: &Seen) -> Result<MemberTls, String> {
+    fn member_tls(&self, s: &Seen) -> Result<MemberTls, ControllerError> {
         let (cert, key): (String, String) =
-            kept_secret(&self.api.store, &format!("etcd-member/{}", s.record.id), || {
+            self.api.store.kept_secret(&format!("etcd-member/{}", s.record.id), || {
                 let overlay = s.record.overlay.expect("accepted");
                 let ips = [IpAddr::V4(self.mesh_ip(s)), IpAddr::V4(overlay)];
-                let issued = self.ca.issue(&s.record.id, &ips).map_err(|e| e.to_string())?;
-                Ok((issued.cert_pem, issued.key_pem))
-            })
-            .await?;
+                let issued = self
+                    .ca
+                    .issue(&s.record.id, &ips)
+                    .map_err(|source| ControllerError::MemberCertificate { machine: s.record.id.clone(), source })?;
+                Ok::<_, ControllerError>((issued.cert_pem, issued.key_pem))
+            })?;
         Ok(MemberTls { ca: self.ca.ca_pem().to_string(), cert, key })
     }
 
     /// The etcd service each control-plane machine is told to run for `assembly`.
-    async fn etcd_specs(
+    fn etcd_specs(
         &self,
         seen: &[Seen],
         placed: &[Placed],
         assembly: &Assembly,
-    ) -> Result<BTreeMap<String, ServiceSpec>, String> {
+    ) -> Result<BTreeMap<String, ServiceSpec>, ControllerError> {
         let mut specs = BTreeMap::new();
         let Some(etcd) = &self.etcd_artifact else { return Ok(specs) };
         for (s, p) in seen.iter().zip(placed) {
@@ -531,7 +519,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             // its disk, the member simply starts again.
             let plan =
                 assembly.members.get(&s.record.id).filter(|plan| plan.boot == s.record.wireguard_key || p.disk_mounted);
-            let tls = self.member_tls(s).await?;
+            let tls = self.member_tls(s)?;
             let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan);
             specs.insert(s.record.id.clone(), spec);
         }
@@ -554,11 +542,15 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
 
     /// Computes every machine's desired state and publishes it when anything changed; says which
     /// etcd spec (generation, runs) each machine is told.
-    async fn publish(&self, seen: &[Seen], assembly: &Assembly) -> Result<BTreeMap<String, (u64, bool)>, String> {
+    async fn publish(
+        &self,
+        seen: &[Seen],
+        assembly: &Assembly,
+    ) -> Result<BTreeMap<String, (u64, bool)>, ControllerError> {
         let placed = self.placed(seen, assembly);
         let mut told = BTreeMap::new();
         let mut services: BTreeMap<String, Vec<ServiceSpec>> = BTreeMap::new();
-        for (id, spec) in self.etcd_specs(seen, &placed, assembly).await? {
+        for (id, spec) in self.etcd_specs(seen, &placed, assembly)? {
             told.insert(id.clone(), (spec.generation, spec.run));
             services.entry(id).or_default().push(spec);
         }
@@ -570,7 +562,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             let first_running = first_server
                 .is_some_and(|f| service_state(seen, &f.id, k3s::SERVICE_NAME) == Some(ServiceState::Running));
             let k3s = kubernetes::k3s_services(kubernetes, &placed, &members, &rack, &self.mesh, first_running)
-                .map_err(|e| format!("k3s cannot be configured: {e}"))?;
+                .map_err(ControllerError::K3s)?;
             for (id, spec) in k3s {
                 services.entry(id).or_default().push(spec);
             }

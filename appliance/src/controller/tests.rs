@@ -93,7 +93,11 @@ impl FakeEtcd {
 
 impl Etcd for FakeEtcd {
     async fn status(&self, ep: SocketAddr) -> Result<MemberStatus, EtcdError> {
-        let m = self.answering(ep).ok_or_else(|| EtcdError::Unreachable(ep.to_string()))?;
+        let m = self.answering(ep).ok_or_else(|| EtcdError::Unreachable {
+            endpoint: ep,
+            stage: "connecting",
+            source: None,
+        })?;
         let leader = self.sim().members.iter().filter(|v| v.up && !v.learner).map(|v| v.id).min().unwrap_or(0);
         Ok(MemberStatus {
             member_id: m.id,
@@ -110,7 +114,7 @@ impl Etcd for FakeEtcd {
     }
 
     async fn members(&self, ep: SocketAddr) -> Result<Vec<crate::etcd::Member>, EtcdError> {
-        self.answering(ep).ok_or_else(|| EtcdError::Unreachable(ep.to_string()))?;
+        self.answering(ep).ok_or_else(|| EtcdError::Unreachable { endpoint: ep, stage: "connecting", source: None })?;
         Ok(self
             .sim()
             .members

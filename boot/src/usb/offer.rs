@@ -92,7 +92,7 @@ pub fn check(bytes: &[u8], signature_text: Option<&str>, acceptance: &Acceptance
              `oasis config sign --key PRIVATE-KEY {CONFIG_FILE}` and copy {SIGNATURE_FILE} beside it"
         )),
         (Some(key), Some(text)) => match signature::parse_signature(text, Path::new(SIGNATURE_FILE)) {
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(oasis_proto::error_chain(&e)),
             Ok(sig) if signature::verify(key, bytes, &sig) => Ok(true),
             Ok(_) => Err(format!(
                 "signature does not match the trusted key (key {}): {CONFIG_FILE} changed after it was signed, or \

@@ -53,15 +53,10 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// What is wrong, without the path: the causes, joined by ": ".
+    /// What is wrong, without the path: the causes, each once, joined by ": "
+    /// ([`oasis_proto::error_chain`] of the source).
     pub fn problem(&self) -> String {
-        let mut parts = Vec::new();
-        let mut next = self.source();
-        while let Some(e) = next {
-            parts.push(e.to_string());
-            next = e.source();
-        }
-        parts.join(": ")
+        self.source().map(oasis_proto::error_chain).unwrap_or_default()
     }
 }
 

@@ -15,6 +15,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use oasis_proto::error_chain;
 use oasis_pxe::boot_root::BootRoot;
 use oasis_pxe::metrics::Metrics;
 use oasis_pxe::tftp::{fetch_into, ClientOptions, Stats, TftpConfig, TftpServer};
@@ -71,16 +72,16 @@ fn parse_serve(mut args: impl Iterator<Item = String>) -> Result<Command, String
             _ => return Err(format!("unknown option {flag}")),
         }
     }
-    config.check().map_err(|e| e.to_string())?;
+    config.check().map_err(|e| error_chain(&e))?;
     Ok(Command::Serve { addr, dir, config })
 }
 
 async fn serve(addr: SocketAddr, dir: String, config: TftpConfig) -> Result<(), String> {
-    let root = BootRoot::new(&dir).map_err(|e| format!("cannot serve {dir}: {e}"))?;
+    let root = BootRoot::new(&dir).map_err(|e| format!("cannot serve {dir}: {}", error_chain(&e)))?;
     let server = TftpServer::bind(addr, root, config, std::sync::Arc::new(Metrics::default()))
         .await
-        .map_err(|e| e.to_string())?;
-    let local = server.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|e| error_chain(&e))?;
+    let local = server.local_addr().map_err(|e| error_chain(&e))?;
     println!("serving {dir} on {local}");
     server.run().await;
     Ok(())
@@ -146,7 +147,7 @@ async fn one(args: &Args, copy: usize) -> Result<Stats, String> {
             fetch_into(args.server, name, &args.options, &mut writer).await
         }
     };
-    result.map_err(|e| format!("fetching {} from {}: {e}", args.file, args.server))
+    result.map_err(|e| format!("fetching {} from {}: {}", args.file, args.server, error_chain(&e)))
 }
 
 async fn run(args: Args) -> Result<(), String> {

@@ -414,7 +414,7 @@ impl DhcpService {
                         let ip = lease.ip;
                         if let Err(e) = self.store.save_lease(lease).await {
                             self.metrics.error(ErrorKind::StoreWrite);
-                            tracing::error!(%mac, %ip, "lease not committed, ACK withheld: {e}");
+                            tracing::error!(%mac, %ip, "lease not committed, ACK withheld: {}", oasis_proto::error_chain(&*e));
                             return vec![];
                         }
                         let mut ack = reply::base(msg, mac, MessageType::Ack, self.config.server);
@@ -578,7 +578,7 @@ impl DhcpService {
         let ip = lease.ip;
         if let Err(e) = self.store.save_lease(lease).await {
             self.metrics.error(ErrorKind::StoreWrite);
-            tracing::error!(%ip, "lease change not committed: {e}");
+            tracing::error!(%ip, "lease change not committed: {}", oasis_proto::error_chain(&*e));
         }
     }
 }
