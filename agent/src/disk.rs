@@ -18,8 +18,6 @@ use oasis_proto::{DataDisk, DataDiskStatus, DATA_DISK_LABEL, DATA_DISK_MOUNT};
 /// Bytes read to judge a disk: the ext superblock sits at 1024..2048; partition tables and most
 /// filesystem signatures lie within the first 64 KiB.
 const PROBE_BYTES: usize = 64 * 1024;
-const EXT_MAGIC_OFFSET: usize = 1024 + 56;
-const EXT_LABEL_OFFSET: usize = 1024 + 120;
 
 /// What a disk holds, judged from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +30,8 @@ pub enum Content {
 
 /// Judges a disk by its first [`PROBE_BYTES`].
 pub fn content_of(head: &[u8]) -> Content {
-    let magic = head.get(EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2);
-    let label = head.get(EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + 16);
-    if let (Some([0x53, 0xef]), Some(label)) = (magic, label) {
-        let label = label.split(|b| *b == 0).next().unwrap_or_default();
-        if label == DATA_DISK_LABEL.as_bytes() {
-            return Content::Oasis;
-        }
+    if oasis_host::ext::label_in(head).flatten().as_deref() == Some(DATA_DISK_LABEL) {
+        return Content::Oasis;
     }
     if head.iter().all(|b| *b == 0) {
         Content::Blank
@@ -80,8 +73,10 @@ impl LocalDisks {
             (Content::Oasis, _) => {}
             (Content::Blank, _) | (Content::Other, true) => {
                 tracing::warn!(device = %device.display(), "formatting the data disk ({DATA_DISK_LABEL})");
-                if let Err(e) = run(Command::new("mke2fs").args(["-q", "-F", "-L", DATA_DISK_LABEL]).arg(&device)) {
-                    status.message = Some(format!("formatting {} failed: {e}", device.display()));
+                if let Err(e) = oasis_host::command::run(
+                    Command::new("mke2fs").args(["-q", "-F", "-L", DATA_DISK_LABEL]).arg(&device),
+                ) {
+                    status.message = Some(oasis_proto::error_chain(&e));
                     return status;
                 }
                 status.formatted = true;
@@ -124,24 +119,14 @@ impl DataDisks for LocalDisks {
     }
 }
 
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd.output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 /// Mounts `device` (ext2, through the ext4 driver) at `target`, unless something is mounted there.
 fn mount(device: &Path, target: &Path) -> Result<(), String> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == target.to_str()) {
+    use oasis_host::mount;
+    if mount::is_mount_point(&mount::mount_table(), target) {
         return Ok(());
     }
     std::fs::create_dir_all(target).map_err(|e| e.to_string())?;
-    nix::mount::mount(Some(device), target, Some("ext4"), nix::mount::MsFlags::MS_NOATIME, None::<&str>)
-        .map_err(|e| e.to_string())
+    mount::mount(device, target, "ext4", mount::MsFlags::MS_NOATIME, "").map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -149,9 +134,10 @@ mod tests {
     use super::*;
 
     fn ext_with_label(label: &str) -> Vec<u8> {
+        // The superblock at 1024: its magic at 56, its label at 120.
         let mut head = vec![0u8; PROBE_BYTES];
-        head[EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2].copy_from_slice(&[0x53, 0xef]);
-        head[EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + label.len()].copy_from_slice(label.as_bytes());
+        head[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
+        head[1024 + 120..1024 + 120 + label.len()].copy_from_slice(label.as_bytes());
         head
     }
 
