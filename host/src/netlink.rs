@@ -5,6 +5,7 @@
 //! equals `IFA_LOCAL` otherwise. So an address is known by its `IFA_LOCAL` ([`local_ipv4`]);
 //! `IFA_ADDRESS` alone answers only when the kernel sent no `IFA_LOCAL`.
 
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
@@ -210,11 +211,37 @@ pub async fn set_only_ipv4(interface: &str, net: Ipv4Net) -> Result<(), NetlinkE
     netlink.link_up(index, interface).await
 }
 
-/// [`set_only_ipv4`] for synchronous callers (outside any tokio runtime): runs it on a
-/// current-thread runtime of its own, in the calling thread.
+/// Sets the link called `interface` up, on a connection of its own.
+pub async fn link_up(interface: &str) -> Result<(), NetlinkError> {
+    let netlink = Netlink::connect()?;
+    let index = netlink.link_index(interface).await?;
+    netlink.link_up(index, interface).await
+}
+
+/// [`set_only_ipv4`] for synchronous code (see [`block_on`]).
 pub fn set_only_ipv4_blocking(interface: &str, net: Ipv4Net) -> Result<(), NetlinkError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NetlinkError::Socket)?;
-    runtime.block_on(set_only_ipv4(interface, net))
+    block_on(set_only_ipv4(interface, net))
+}
+
+/// [`link_up`] for synchronous code (see [`block_on`]).
+pub fn link_up_blocking(interface: &str) -> Result<(), NetlinkError> {
+    block_on(link_up(interface))
+}
+
+/// Runs `request` to its end on a current-thread runtime of its own, on a thread of its own
+/// (which starts in the caller's network namespace), so that synchronous code may call it
+/// whether or not it runs on a tokio runtime's thread (`spawn_blocking` included).
+fn block_on<T: Send>(request: impl Future<Output = Result<T, NetlinkError>> + Send) -> Result<T, NetlinkError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(NetlinkError::Socket)?;
+                runtime.block_on(request)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 #[cfg(test)]

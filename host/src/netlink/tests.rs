@@ -105,3 +105,16 @@ fn a_missing_link_and_a_refusal_say_which_and_keep_the_errno() {
     assert_eq!(refused.to_string(), "setting the link up on ghost failed");
     assert_eq!(refused.errno(), Some(libc::ENODEV), "{refused:?}");
 }
+
+#[test]
+fn synchronous_callers_set_addresses_from_a_runtime_s_blocking_thread_too() {
+    let shown = in_fresh_netns(async || {
+        tokio::task::spawn_blocking(|| {
+            set_only_ipv4_blocking("v1", "192.168.7.1/24".parse().unwrap()).unwrap();
+            ip(&["-o", "-4", "addr", "show", "dev", "v1"])
+        })
+        .await
+        .unwrap()
+    });
+    assert!(shown.contains("inet 192.168.7.1/24"), "{shown}");
+}
