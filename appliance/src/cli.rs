@@ -498,7 +498,8 @@ pub async fn machine_boot(mac: MacAddr, target: BootArg, state: &StateArgs) -> a
 pub fn config_check(file: &Path) -> anyhow::Result<()> {
     let c = Config::load(file)?;
     println!("{}: ok", file.display());
-    println!("  interface {} address {}/{}", c.interface, c.address, u32::from(c.netmask).leading_ones());
+    let prefix = ipnet::ipv4_mask_to_prefix(c.netmask).unwrap_or(32);
+    println!("  interface {} address {}/{prefix}", c.interface, c.address);
     match &c.dhcp {
         None => println!("  DHCP off"),
         Some(d) => match &d.full {
