@@ -498,8 +498,7 @@ pub async fn machine_boot(mac: MacAddr, target: BootArg, state: &StateArgs) -> a
 pub fn config_check(file: &Path) -> anyhow::Result<()> {
     let c = Config::load(file)?;
     println!("{}: ok", file.display());
-    let prefix = ipnet::ipv4_mask_to_prefix(c.netmask).unwrap_or(32);
-    println!("  interface {} address {}/{prefix}", c.interface, c.address);
+    println!("  interface {} address {}", c.interface, c.rack_net());
     match &c.dhcp {
         None => println!("  DHCP off"),
         Some(d) => match &d.full {

@@ -335,8 +335,7 @@ impl Supervisor {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = text.to_string();
         let config = Config::load(&path)?;
         let interface = &config.interface;
-        let cidr = oasis_host::prefix::with_netmask(config.address, config.netmask)
-            .with_context(|| format!("the netmask {} is not a prefix", config.netmask))?;
+        let cidr = config.rack_net();
         // A previous configuration's address goes: the rack interface has exactly one.
         oasis_host::netlink::set_only_ipv4_blocking(interface, cidr)?;
         say(&format!("oasis boot: rack interface {interface} has {cidr}"));
