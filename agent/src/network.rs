@@ -15,7 +15,7 @@ use futures::TryStreamExt;
 use oasis_host::netlink::NetlinkError;
 use oasis_host::Ipv4Net;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+use rtnetlink::RouteMessageBuilder;
 
 use crate::dhcp::Lease;
 
@@ -161,8 +161,7 @@ impl Netlink {
 
     /// Sets a link up.
     pub async fn set_up(&self, link: &Link) -> Result<(), NetworkError> {
-        let message = LinkUnspec::new_with_index(link.index).up().build();
-        self.handle.link().set(message).execute().await.map_err(nl(format!("setting {} up", link.name)))
+        Ok(self.host.link_up(link.index, &link.name).await?)
     }
 
     /// The IPv4 addresses on a link, with prefix lengths: each its local side (`IFA_LOCAL`), also
