@@ -35,7 +35,9 @@ pub fn label_in(head: &[u8]) -> Option<Option<String>> {
 /// [`label_of_superblock`]); a device too short for a superblock holds none.
 pub fn label<R: Read + Seek>(dev: &mut R, offset: u64) -> io::Result<Option<Option<String>>> {
     let mut superblock = [0u8; SUPERBLOCK_BYTES];
-    dev.seek(SeekFrom::Start(offset + SUPERBLOCK_OFFSET))?;
+    // Past the largest offset there is no device, and so no filesystem.
+    let Some(at) = offset.checked_add(SUPERBLOCK_OFFSET) else { return Ok(None) };
+    dev.seek(SeekFrom::Start(at))?;
     match dev.read_exact(&mut superblock) {
         Ok(()) => Ok(label_of_superblock(&superblock)),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
@@ -67,6 +69,7 @@ mod tests {
         assert_eq!(label(&mut file, 4096).unwrap(), Some(Some("oasis-data".into())));
         assert_eq!(label(&mut file, 0).unwrap(), None, "no superblock at the start");
         assert_eq!(label(&mut file, 1 << 20).unwrap(), None, "past the end: nothing");
+        assert_eq!(label(&mut file, u64::MAX - 10).unwrap(), None, "past any device: nothing, not a panic");
     }
 
     #[test]
