@@ -96,11 +96,7 @@ pub enum Event {
     Nak,
 }
 
-fn prefix_of(mask: Ipv4Addr) -> Option<u8> {
-    let bits = u32::from(mask);
-    let prefix = bits.leading_ones();
-    (bits.checked_shl(prefix).unwrap_or(0) == 0).then_some(prefix as u8)
-}
+use oasis_host::prefix::prefix_len as prefix_of;
 
 impl Event {
     /// Reads an event from udhcpc's argument and environment (`interface`, `ip`, `subnet` or

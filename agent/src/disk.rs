@@ -18,8 +18,6 @@ use oasis_proto::{DataDisk, DataDiskStatus, DATA_DISK_LABEL, DATA_DISK_MOUNT};
 /// Bytes read to judge a disk: the ext superblock sits at 1024..2048; partition tables and most
 /// filesystem signatures lie within the first 64 KiB.
 const PROBE_BYTES: usize = 64 * 1024;
-const EXT_MAGIC_OFFSET: usize = 1024 + 56;
-const EXT_LABEL_OFFSET: usize = 1024 + 120;
 
 /// What a disk holds, judged from its first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +30,8 @@ pub enum Content {
 
 /// Judges a disk by its first [`PROBE_BYTES`].
 pub fn content_of(head: &[u8]) -> Content {
-    let magic = head.get(EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2);
-    let label = head.get(EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + 16);
-    if let (Some([0x53, 0xef]), Some(label)) = (magic, label) {
-        let label = label.split(|b| *b == 0).next().unwrap_or_default();
-        if label == DATA_DISK_LABEL.as_bytes() {
-            return Content::Oasis;
-        }
+    if oasis_host::ext::label_in(head).flatten().as_deref() == Some(DATA_DISK_LABEL) {
+        return Content::Oasis;
     }
     if head.iter().all(|b| *b == 0) {
         Content::Blank
@@ -80,7 +73,9 @@ impl LocalDisks {
             (Content::Oasis, _) => {}
             (Content::Blank, _) | (Content::Other, true) => {
                 tracing::warn!(device = %device.display(), "formatting the data disk ({DATA_DISK_LABEL})");
-                if let Err(e) = run(Command::new("mke2fs").args(["-q", "-F", "-L", DATA_DISK_LABEL]).arg(&device)) {
+                if let Err(e) = oasis_host::command::run(
+                    Command::new("mke2fs").args(["-q", "-F", "-L", DATA_DISK_LABEL]).arg(&device),
+                ) {
                     let e = oasis_proto::error_chain(&e);
                     status.message = Some(format!("formatting {} failed: {e}", device.display()));
                     return status;
@@ -125,61 +120,38 @@ impl DataDisks for LocalDisks {
     }
 }
 
-/// Why preparing the data disk failed; the heartbeat's message is its chain.
+/// Why mounting the data disk failed; the heartbeat's message is its chain.
 #[derive(Debug, thiserror::Error)]
 enum DiskError {
-    #[error("cannot run {program}")]
-    Spawn { program: String, source: std::io::Error },
-    #[error("{program} {status}: {stderr}")]
-    Failed { program: String, status: std::process::ExitStatus, stderr: String },
     #[error("cannot create the mount point {}", path.display())]
     MountPoint { path: PathBuf, source: std::io::Error },
     #[error("mounting {} at {} failed", device.display(), target.display())]
-    Mount { device: PathBuf, target: PathBuf, source: nix::Error },
-}
-
-fn run(cmd: &mut Command) -> Result<(), DiskError> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(|source| DiskError::Spawn { program: program.clone(), source })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        Err(DiskError::Failed { program, status: out.status, stderr })
-    }
+    Mount { device: PathBuf, target: PathBuf, source: std::io::Error },
 }
 
 /// Mounts `device` (ext2, through the ext4 driver) at `target`, unless something is mounted there.
 fn mount(device: &Path, target: &Path) -> Result<(), DiskError> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == target.to_str()) {
+    use oasis_host::mount;
+    if mount::is_mount_point(&mount::mount_table(), target) {
         return Ok(());
     }
     std::fs::create_dir_all(target).map_err(|source| DiskError::MountPoint { path: target.to_path_buf(), source })?;
-    nix::mount::mount(Some(device), target, Some("ext4"), nix::mount::MsFlags::MS_NOATIME, None::<&str>)
-        .map_err(|source| DiskError::Mount { device: device.to_path_buf(), target: target.to_path_buf(), source })
+    mount::mount(device, target, "ext4", mount::MsFlags::MS_NOATIME, "").map_err(|source| DiskError::Mount {
+        device: device.to_path_buf(),
+        target: target.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A command that fails says which, how, and what it printed; one that cannot start keeps
-    /// the OS error as its cause.
-    #[test]
-    fn a_failed_command_is_named_with_its_status_and_stderr() {
-        let failed = run(Command::new("sh").args(["-c", "echo nope >&2; exit 3"])).unwrap_err();
-        assert_eq!(oasis_proto::error_chain(&failed), "sh exit status: 3: nope");
-        let missing = run(&mut Command::new("/nonexistent/mke2fs")).unwrap_err();
-        let io = std::error::Error::source(&missing).and_then(|s| s.downcast_ref::<std::io::Error>());
-        assert_eq!(io.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound), "{missing:?}");
-        assert!(oasis_proto::error_chain(&missing).starts_with("cannot run /nonexistent/mke2fs: "));
-    }
-
     fn ext_with_label(label: &str) -> Vec<u8> {
+        // The superblock at 1024: its magic at 56, its label at 120.
         let mut head = vec![0u8; PROBE_BYTES];
-        head[EXT_MAGIC_OFFSET..EXT_MAGIC_OFFSET + 2].copy_from_slice(&[0x53, 0xef]);
-        head[EXT_LABEL_OFFSET..EXT_LABEL_OFFSET + label.len()].copy_from_slice(label.as_bytes());
+        head[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xef]);
+        head[1024 + 120..1024 + 120 + label.len()].copy_from_slice(label.as_bytes());
         head
     }
 

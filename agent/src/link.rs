@@ -10,10 +10,9 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
-use futures::TryStreamExt;
+use oasis_host::netlink::NetlinkError;
+use oasis_host::Ipv4Net;
 use oasis_proto::LinkConfig;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::LinkUnspec;
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
 /// The management link's interface name.
@@ -35,6 +34,8 @@ pub enum LinkError {
     BadPrefix(u8),
     #[error("{what} on {interface} failed: {reason}")]
     Netlink { interface: String, what: &'static str, reason: String },
+    #[error(transparent)]
+    Address(#[from] NetlinkError),
 }
 
 /// The management link as the session sees it.
@@ -107,65 +108,9 @@ impl WireGuardLink {
     }
 
     async fn apply_address(&self, config: &LinkConfig) -> Result<(), LinkError> {
-        let failed = |what: &'static str| {
-            let interface = self.name_text.clone();
-            move |e: rtnetlink::Error| LinkError::Netlink { interface, what, reason: e.to_string() }
-        };
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| LinkError::Netlink {
-            interface: self.name_text.clone(),
-            what: "opening a netlink socket",
-            reason: e.to_string(),
-        })?;
-        let connection = tokio::spawn(connection);
-        let result = async {
-            let link = handle
-                .link()
-                .get()
-                .match_name(self.name_text.clone())
-                .execute()
-                .try_next()
-                .await
-                .map_err(failed("finding the interface"))?
-                .ok_or_else(|| LinkError::Netlink {
-                    interface: self.name_text.clone(),
-                    what: "finding the interface",
-                    reason: "it does not exist".into(),
-                })?;
-            let index = link.header.index;
-            let wanted = IpAddr::V4(config.address);
-            let mut present = false;
-            let mut addresses = handle.address().get().set_link_index_filter(index).execute();
-            let mut stale = Vec::new();
-            while let Some(message) = addresses.try_next().await.map_err(failed("listing addresses"))? {
-                let is_wanted = message.header.prefix_len == config.prefix_len
-                    && message.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == wanted));
-                if is_wanted {
-                    present = true;
-                } else {
-                    stale.push(message);
-                }
-            }
-            for message in stale {
-                handle.address().del(message).execute().await.map_err(failed("removing an old address"))?;
-            }
-            if !present {
-                handle
-                    .address()
-                    .add(index, wanted, config.prefix_len)
-                    .execute()
-                    .await
-                    .map_err(failed("adding the overlay address"))?;
-            }
-            handle
-                .link()
-                .set(LinkUnspec::new_with_index(index).up().build())
-                .execute()
-                .await
-                .map_err(failed("setting the link up"))
-        }
-        .await;
-        connection.abort();
-        result
+        let net =
+            Ipv4Net::new(config.address, config.prefix_len).map_err(|_| LinkError::BadPrefix(config.prefix_len))?;
+        Ok(oasis_host::netlink::set_only_ipv4(&self.name_text, net).await?)
     }
 }
 
@@ -184,11 +129,8 @@ impl Link for WireGuardLink {
 
 /// The network address of `address/prefix_len`, as WireGuard's allowed IPs want it.
 fn overlay_network(address: Ipv4Addr, prefix_len: u8) -> Result<Ipv4Addr, LinkError> {
-    if prefix_len > 32 {
-        return Err(LinkError::BadPrefix(prefix_len));
-    }
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
-    Ok(Ipv4Addr::from(u32::from(address) & mask))
+    let net = Ipv4Net::new(address, prefix_len).map_err(|_| LinkError::BadPrefix(prefix_len))?;
+    Ok(net.network())
 }
 
 #[cfg(test)]

@@ -6,14 +6,16 @@
 //! that link has carrier; otherwise the first physical link with carrier. [`Netlink::apply_lease`]
 //! and [`Netlink::clear_ipv4`] set and remove the address and default route a DHCP lease gives.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use oasis_host::netlink::NetlinkError;
+use oasis_host::Ipv4Net;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+use rtnetlink::RouteMessageBuilder;
 
 use crate::dhcp::Lease;
 
@@ -30,6 +32,17 @@ pub enum NetworkError {
         what: String,
         /// The kernel's answer.
         source: rtnetlink::Error,
+    },
+    /// Reading or setting a link's addresses failed.
+    #[error(transparent)]
+    Address(#[from] NetlinkError),
+    /// An address with a prefix length past 32.
+    #[error("{address}/{prefix} is not an IPv4 prefix; the prefix length must be at most 32")]
+    BadPrefix {
+        /// The address.
+        address: Ipv4Addr,
+        /// The prefix length.
+        prefix: u8,
     },
     /// No physical link got carrier.
     #[error("no network link has carrier after {waited:?} (links seen: {seen}); check the cable and the switch port, or that the image has a driver for this NIC (`unmatched` devices in the log)")]
@@ -99,9 +112,10 @@ fn format_mac(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// A connection to the kernel's routing netlink.
+/// A connection to the kernel's routing netlink; addresses are set through `oasis_host::netlink`.
 #[derive(Debug, Clone)]
 pub struct Netlink {
+    host: Arc<oasis_host::netlink::Netlink>,
     handle: rtnetlink::Handle,
 }
 
@@ -113,9 +127,9 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError 
 impl Netlink {
     /// Opens the socket; the connection runs as a task on the current tokio runtime.
     pub fn connect() -> Result<Netlink, NetworkError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetworkError::Socket)?;
-        tokio::spawn(connection);
-        Ok(Netlink { handle })
+        let host = oasis_host::netlink::Netlink::connect()?;
+        let handle = host.handle().clone();
+        Ok(Netlink { host: Arc::new(host), handle })
     }
 
     /// Every link.
@@ -147,63 +161,19 @@ impl Netlink {
 
     /// Sets a link up.
     pub async fn set_up(&self, link: &Link) -> Result<(), NetworkError> {
-        let message = LinkUnspec::new_with_index(link.index).up().build();
-        self.handle.link().set(message).execute().await.map_err(nl(format!("setting {} up", link.name)))
+        Ok(self.host.link_up(link.index, &link.name).await?)
     }
 
-    /// Every address message of a link.
-    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>, NetworkError> {
-        self.handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl(format!("listing addresses of link {index}")))
-    }
-
-    /// The IPv4 addresses on a link, with prefix lengths.
+    /// The IPv4 addresses on a link, with prefix lengths: each its local side (`IFA_LOCAL`), also
+    /// on a point-to-point link.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetworkError> {
-        let messages = self.address_messages(index).await?;
-        Ok(messages
-            .into_iter()
-            .filter_map(|m| {
-                let prefix = m.header.prefix_len;
-                m.attributes.into_iter().find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) => {
-                        Some((ip, prefix))
-                    }
-                    _ => None,
-                })
-            })
-            .collect())
+        let nets = self.host.ipv4_addresses(index, &format!("link {index}")).await?;
+        Ok(nets.into_iter().map(|n| (n.addr(), n.prefix_len())).collect())
     }
 
     /// Removes every IPv4 address of a link (and with them the routes through it).
     pub async fn clear_ipv4(&self, index: u32) -> Result<(), NetworkError> {
-        self.remove_ipv4_except(index, None).await
-    }
-
-    async fn remove_ipv4_except(&self, index: u32, keep: Option<(Ipv4Addr, u8)>) -> Result<(), NetworkError> {
-        let messages = self.address_messages(index).await?;
-        for message in messages {
-            let v4 = message.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            let Some(ip) = v4 else { continue };
-            if keep == Some((ip, message.header.prefix_len)) {
-                continue;
-            }
-            self.handle
-                .address()
-                .del(message)
-                .execute()
-                .await
-                .map_err(nl(format!("removing {ip} from link {index}")))?;
-        }
-        Ok(())
+        Ok(self.host.clear_ipv4(index, &format!("link {index}")).await?)
     }
 
     /// The link called `name`, if there is one.
@@ -224,14 +194,8 @@ impl Netlink {
         address: Ipv4Addr,
         prefix: u8,
     ) -> Result<(), NetworkError> {
-        self.remove_ipv4_except(index, Some((address, prefix))).await?;
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(address), prefix)
-            .replace()
-            .execute()
-            .await
-            .map_err(nl(format!("adding address {address}/{prefix} on {name}")))
+        let net = Ipv4Net::new(address, prefix).map_err(|_| NetworkError::BadPrefix { address, prefix })?;
+        Ok(self.host.set_only_ipv4(index, name, net).await?)
     }
 
     /// Gives the link the lease's address (replacing any other IPv4 address) and, if the lease names

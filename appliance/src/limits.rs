@@ -67,22 +67,13 @@ impl fmt::Display for DescriptorLimit {
 pub struct LimitError(#[source] pub io::Error);
 
 fn get_nofile() -> io::Result<DescriptorLimit> {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit(2) writes one rlimit into the valid, exclusively borrowed `limit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(DescriptorLimit { soft: limit.rlim_cur, hard: limit.rlim_max })
+    let (soft, hard) = oasis_host::sys::nofile_limit()?;
+    Ok(DescriptorLimit { soft, hard })
 }
 
 fn set_nofile(soft: u64, hard: u64) -> io::Result<()> {
-    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-    // SAFETY: setrlimit(2) only reads the valid `limit`; the limit is the process's, which is
-    // what `serve` means to change.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // The limit is the process's, which is what `serve` means to change.
+    oasis_host::sys::set_nofile_limit(soft, hard)
 }
 
 /// What the kernel allows a hard limit to be raised to (`fs.nr_open`).

@@ -101,7 +101,7 @@ fn check_host(config: &Config) -> Result<[u8; 6], ServeError> {
     if StdUdpSocket::bind(SocketAddrV4::new(config.address, 0)).is_err() {
         return Err(ServeError::NoAddress {
             address: config.address,
-            prefix: u32::from(config.netmask).leading_ones(),
+            prefix: config.rack_net().prefix_len().into(),
             interface: config.interface.clone(),
         });
     }

@@ -18,7 +18,6 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use futures::TryStreamExt;
 use wireguard_control::{Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +28,10 @@ pub enum WireguardError {
     Create { name: String, kernel: std::io::Error, source: UserspaceError },
     #[error("cannot configure the WireGuard interface {name}")]
     Configure { name: String, source: std::io::Error },
-    #[error("cannot set the address of {name}: {what} failed")]
-    Address { name: String, what: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
-    #[error("cannot set the address of {name}: the interface vanished")]
-    Vanished { name: String },
+    #[error(transparent)]
+    Address(#[from] oasis_host::netlink::NetlinkError),
+    #[error("{address}/{prefix_len} is not an IPv4 prefix; check wireguard.prefix in the configuration")]
+    Prefix { address: Ipv4Addr, prefix_len: u8 },
     #[error("{0} is not a WireGuard public key")]
     Key(String),
 }
@@ -160,7 +159,10 @@ impl ManagementInterface {
                 Self::start_boringtun(name, private, port).map_err(failed)?
             }
         };
-        set_address(name, address, prefix_len).await?;
+        let net = oasis_host::Ipv4Net::new(address, prefix_len)
+            .map_err(|_| WireguardError::Prefix { address, prefix_len })?;
+        // Replaces whatever address a previous run left, and sets the interface up.
+        oasis_host::netlink::set_only_ipv4(name, net).await?;
         Ok(ManagementInterface { name: name.to_string(), control, peers: Mutex::new(HashMap::new()) })
     }
 
@@ -303,43 +305,6 @@ fn boringtun_handshake_ages(answer: &[(String, String)]) -> HashMap<String, Dura
         }
     }
     out
-}
-
-/// Gives the interface its address and brings it up, through rtnetlink.
-async fn set_address(name: &str, address: Ipv4Addr, prefix_len: u8) -> Result<(), WireguardError> {
-    let fail = |what: &'static str| {
-        move |e: rtnetlink::Error| WireguardError::Address { name: name.to_string(), what, source: Box::new(e) }
-    };
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(|e| WireguardError::Address {
-        name: name.to_string(),
-        what: "opening a netlink socket",
-        source: Box::new(e),
-    })?;
-    tokio::spawn(connection);
-    let link = handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-        .map_err(fail("finding the interface"))?
-        .ok_or_else(|| WireguardError::Vanished { name: name.to_string() })?;
-    let index = link.header.index;
-    // Replace whatever address a previous run left.
-    let mut existing = handle.address().get().set_link_index_filter(index).execute();
-    while let Some(addr) = existing.try_next().await.map_err(fail("listing its addresses"))? {
-        let _ = handle.address().del(addr).execute().await;
-    }
-    let add = handle.address().add(index, IpAddr::V4(address), prefix_len).execute().await;
-    add.map_err(fail("adding the address"))?;
-    handle
-        .link()
-        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(fail("bringing the interface up"))?;
-    Ok(())
 }
 
 #[cfg(test)]

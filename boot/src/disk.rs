@@ -10,14 +10,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use oasis_host::command::CommandError;
+use oasis_host::mount::MsFlags;
 use std::time::{Duration, Instant};
 
 use oasis_image::appliance::{DATA_FIRST, DATA_NAME, ESP_NAME};
 use oasis_image::gpt::{self, Gpt, Guid, Partition, SECTOR};
-use oasis_image::partition::Slice;
 
 /// Errors finding or preparing the disk.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +53,17 @@ pub enum DiskError {
         source: gpt::GptError,
     },
     /// A command failed.
-    #[error("`{command}` failed: {output}")]
-    Command {
-        /// The command line.
-        command: String,
-        /// Its output.
-        output: String,
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// A filesystem could not be mounted.
+    #[error("cannot mount {device} on {target}")]
+    Mount {
+        /// The device (or, for a bind mount, the directory).
+        device: PathBuf,
+        /// The mount point.
+        target: PathBuf,
+        /// The kernel's answer.
+        source: io::Error,
     },
     /// A device or file could not be used.
     #[error("cannot use {path}")]
@@ -191,26 +197,16 @@ pub fn plan_data_partition(
 /// The ext4 (or ext2/3) volume label of the filesystem starting at byte `offset`, if any: the
 /// superblock read as the USB stick scan reads it, on a window of the disk from `offset`.
 pub fn ext_label(dev: &mut (impl Read + Seek), offset: u64) -> io::Result<Option<String>> {
-    let mut window = Slice::new(dev, offset, u64::MAX - offset);
-    Ok(crate::usb::label::ext_label(&mut window)?.flatten())
+    Ok(oasis_host::ext::label(dev, offset)?.flatten())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<std::process::Output, DiskError> {
-    let command = format!("{program} {}", args.join(" "));
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| DiskError::Command { command: command.clone(), output: e.to_string() })?;
-    Ok(output)
+    Ok(oasis_host::command::output(Command::new(program).args(args))?)
 }
 
 fn run_ok(program: &str, args: &[&str]) -> Result<(), DiskError> {
-    let output = run(program, args)?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    Err(DiskError::Command { command: format!("{program} {}", args.join(" ")), output: text.trim().to_string() })
+    oasis_host::command::run(Command::new(program).args(args))?;
+    Ok(())
 }
 
 /// What [`prepare_data_partition`] did, for the console and the events.
@@ -282,13 +278,7 @@ pub fn prepare_data_partition(disk: &BootDisk) -> Result<DataPartition, DiskErro
 
 /// Asks the kernel to re-read the disk's partition table (BLKRRPART).
 fn reread_partitions(dev: &File, path: &Path) -> Result<(), DiskError> {
-    const BLKRRPART: libc::c_ulong = 0x125F;
-    // SAFETY: BLKRRPART takes no argument; the descriptor is open for the duration of the call.
-    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), BLKRRPART as _) };
-    if rc != 0 {
-        return Err(DiskError::Io { path: path.to_path_buf(), source: io::Error::last_os_error() });
-    }
-    Ok(())
+    oasis_host::sys::reread_partitions(dev).map_err(io_err(path))
 }
 
 fn wait_for(path: &Path, timeout: Duration) -> Result<(), DiskError> {
@@ -304,18 +294,25 @@ fn wait_for(path: &Path, timeout: Duration) -> Result<(), DiskError> {
 
 /// Whether `path` is in the mount table as a mount point (`field` 1) or a device (`field` 0).
 fn in_mount_table(path: &Path, field: usize) -> bool {
-    let table = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    table.lines().any(|l| l.split_whitespace().nth(field) == Some(&*path.to_string_lossy()))
+    let table = oasis_host::mount::mount_table();
+    match field {
+        0 => oasis_host::mount::is_mounted_device(&table, path),
+        _ => oasis_host::mount::is_mount_point(&table, path),
+    }
 }
 
-/// Mounts `device` (of filesystem `fstype`) at `target` with `options`, creating `target`. Already
+/// Mounts `device` (of filesystem `fstype`) at `target` with `flags`, creating `target`. Already
 /// mounted there (`oasis boot` started again after an error): nothing to do.
-pub fn mount(device: &Path, target: &Path, fstype: &str, options: &str) -> Result<(), DiskError> {
+pub fn mount(device: &Path, target: &Path, fstype: &str, flags: MsFlags) -> Result<(), DiskError> {
     if in_mount_table(target, 1) {
         return Ok(());
     }
     fs::create_dir_all(target).map_err(io_err(target))?;
-    run_ok("mount", &["-t", fstype, "-o", options, &device.to_string_lossy(), &target.to_string_lossy()])
+    oasis_host::mount::mount(device, target, fstype, flags, "").map_err(|source| DiskError::Mount {
+        device: device.into(),
+        target: target.into(),
+        source,
+    })
 }
 
 /// Bind-mounts `source` over `target`, read-only (unless it is already).
@@ -324,9 +321,11 @@ pub fn bind_read_only(source: &Path, target: &Path) -> Result<(), DiskError> {
         return Ok(());
     }
     fs::create_dir_all(target).map_err(io_err(target))?;
-    let (s, t) = (source.to_string_lossy(), target.to_string_lossy());
-    run_ok("mount", &["-o", "bind", &s, &t])?;
-    run_ok("mount", &["-o", "remount,bind,ro", &t])
+    oasis_host::mount::bind_read_only(source, target).map_err(|source_error| DiskError::Mount {
+        device: source.into(),
+        target: target.into(),
+        source: source_error,
+    })
 }
 
 #[cfg(test)]

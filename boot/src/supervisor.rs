@@ -27,6 +27,8 @@ use ed25519_dalek::VerifyingKey;
 
 use oasis_appliance::identity::ADMIN_TOKEN_FILE;
 use oasis_core::config::Config;
+use oasis_host::mount::MsFlags;
+use oasis_host::sys::RebootMode;
 use oasis_image::appliance::ESP_BOOT_ROOT;
 
 use crate::console::{self, ApplianceActions, Consoles};
@@ -69,9 +71,9 @@ pub fn run() -> anyhow::Result<()> {
     } else if data.grown {
         say(&format!("oasis boot: grew the data partition {} to {gib:.1} GiB", data.device.display()));
     }
-    disk::mount(&boot_disk.esp, Path::new(ESP_MOUNT), "vfat", "ro")?;
+    disk::mount(&boot_disk.esp, Path::new(ESP_MOUNT), "vfat", MsFlags::MS_RDONLY)?;
     let data_dir = PathBuf::from(DATA_DIR);
-    disk::mount(&data.device, &data_dir, "ext4", "noatime")?;
+    disk::mount(&data.device, &data_dir, "ext4", MsFlags::MS_NOATIME)?;
     disk::bind_read_only(&Path::new(ESP_MOUNT).join(ESP_BOOT_ROOT), &data_dir.join("boot"))?;
 
     let trusted_key = usb::signature::load_trusted_key(Path::new(usb::signature::TRUSTED_KEY_PATH))?;
@@ -177,8 +179,8 @@ fn sticks_at_boot() -> Vec<Stick> {
 }
 
 fn stop_child(child: &mut Child) {
-    // SAFETY: kill(2) on our own child's pid; a stale pid cannot be reused before we wait on it.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    // Our own child: its pid cannot be reused before we wait on it.
+    let _ = oasis_host::sys::terminate(child.id());
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -316,7 +318,7 @@ impl Supervisor {
         // Links up first: the questions show each NIC's carrier, and the DHCP probe sends on one.
         let nics = console::list_nics(Path::new("/sys/class/net"));
         for nic in &nics {
-            let _ = run_ip(&["link", "set", &nic.name, "up"]);
+            let _ = oasis_host::netlink::link_up_blocking(&nic.name);
         }
         if !nics.is_empty() {
             std::thread::sleep(Duration::from_secs(3));
@@ -332,13 +334,10 @@ impl Supervisor {
         oasis_image::manifest::write_atomic(&path, text.as_bytes())?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = text.to_string();
         let config = Config::load(&path)?;
-        let prefix = u32::from(config.netmask).leading_ones();
         let interface = &config.interface;
-        let cidr = format!("{}/{prefix}", config.address);
+        let cidr = config.rack_net();
         // A previous configuration's address goes: the rack interface has exactly one.
-        run_ip(&["addr", "flush", "dev", interface])?;
-        run_ip(&["addr", "add", &cidr, "dev", interface])?;
-        run_ip(&["link", "set", interface, "up"])?;
+        oasis_host::netlink::set_only_ipv4_blocking(interface, cidr)?;
         say(&format!("oasis boot: rack interface {interface} has {cidr}"));
         Ok(())
     }
@@ -467,23 +466,20 @@ impl ApplianceActions for Supervisor {
     }
 
     fn reboot(&self) {
-        shutdown(libc::RB_AUTOBOOT);
+        shutdown(RebootMode::RB_AUTOBOOT);
     }
 
     fn power_off(&self) {
-        shutdown(libc::RB_POWER_OFF);
+        shutdown(RebootMode::RB_POWER_OFF);
     }
 }
 
 /// Syncs the disks and reboots or powers off.
-fn shutdown(how: libc::c_int) {
+fn shutdown(how: RebootMode) {
     say("oasis boot: syncing the disks");
-    // SAFETY: sync(2) and reboot(2) take no pointers; reboot needs CAP_SYS_BOOT, which PID 1's
-    // children have on the appliance.
-    unsafe {
-        libc::sync();
-        libc::reboot(how);
-    }
+    // reboot(2) needs CAP_SYS_BOOT, which PID 1's children have on the appliance.
+    let refused = oasis_host::sys::sync_and_reboot(how);
+    say(&format!("oasis boot: the kernel refused to {how:?}: {refused}"));
 }
 
 /// The last `error: ` line of `serve`'s log (how `oasis` reports the error it stopped on).
@@ -496,14 +492,6 @@ fn last_error(log: &Path) -> Option<String> {
     file.read_to_end(&mut tail).ok()?;
     let tail = String::from_utf8_lossy(&tail);
     tail.lines().rev().find_map(|l| l.strip_prefix("error: ")).map(str::to_string)
-}
-
-fn run_ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
-    if !out.status.success() {
-        anyhow::bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -253,14 +253,11 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    fn network(&self) -> u32 {
-        u32::from(self.appliance) & (u32::MAX << (32 - self.prefix_len))
-    }
-
     fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let size = 1u32 << (32 - self.prefix_len);
-        let network = self.network();
-        (1..size.saturating_sub(1)).map(move |i| Ipv4Addr::from(network + i))
+        // Every address but the network's and the broadcast's (none left on a /31 or /32).
+        let net = ipnet::Ipv4Net::new(self.appliance, self.prefix_len.min(32)).unwrap_or_default();
+        let (first, last) = (u32::from(net.network()).saturating_add(1), u32::from(net.broadcast()));
+        (first..last).map(Ipv4Addr::from)
     }
 
     fn link(&self, address: Ipv4Addr) -> LinkConfig {

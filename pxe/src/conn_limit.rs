@@ -23,28 +23,17 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ipnet::Ipv4Net;
 use tokio::sync::Notify;
 
 /// An IPv4 prefix: the addresses whose connections may use the reserved slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Prefix {
-    network: Ipv4Addr,
-    len: u8,
-}
+pub struct Prefix(Ipv4Net);
 
 impl Prefix {
     /// The prefix `address/len`; host bits in `address` are ignored. `len` above 32 is taken as 32.
     pub fn new(address: Ipv4Addr, len: u8) -> Self {
-        let len = len.min(32);
-        Self { network: Ipv4Addr::from(u32::from(address) & Self::mask(len)), len }
-    }
-
-    fn mask(len: u8) -> u32 {
-        if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len))
-        }
+        Self(Ipv4Net::new(address, len.min(32)).unwrap_or_default().trunc())
     }
 
     /// Whether `ip` lies inside (an IPv4-mapped IPv6 address counts as its IPv4 address).
@@ -56,13 +45,13 @@ impl Prefix {
                 None => return false,
             },
         };
-        u32::from(v4) & Self::mask(self.len) == u32::from(self.network)
+        self.0.contains(&v4)
     }
 }
 
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.len)
+        self.0.fmt(f)
     }
 }
 

@@ -44,16 +44,9 @@ pub enum HarnessError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A command ran and failed.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Failed {
-        /// The command line.
-        command: String,
-        /// How it exited.
-        status: std::process::ExitStatus,
-        /// What it printed on stderr.
-        stderr: String,
-    },
+    /// A command did not start, or ran and failed (with its command line, status and stderr).
+    #[error(transparent)]
+    Command(#[from] oasis_host::command::CommandError),
     /// A file operation failed.
     #[error("cannot use {path}")]
     Io {
@@ -101,26 +94,12 @@ pub type Result<T> = std::result::Result<T, HarnessError>;
 
 /// Runs `cmd` to completion; errors carry the command line and its stderr.
 pub fn run(cmd: &mut std::process::Command) -> Result<String> {
-    let command = command_line(cmd);
-    let out = cmd.output().map_err(|source| HarnessError::Spawn { command: command.clone(), source })?;
-    if !out.status.success() {
-        return Err(HarnessError::Failed {
-            command,
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
+    let out = oasis_host::command::run(cmd)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The command line of `cmd`, for messages.
-pub fn command_line(cmd: &std::process::Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
+pub use oasis_host::command::command_line;
 
 /// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {

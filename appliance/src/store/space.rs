@@ -52,17 +52,7 @@ impl DataPartition {
 
 impl Partition for DataPartition {
     fn available(&self) -> io::Result<u64> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the data directory's path"))?;
-        // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
-        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: statvfs(3) reads the NUL-terminated path and writes only into `stats`, which
-        // outlives the call.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
+        oasis_host::sys::available_bytes(&self.dir)
     }
 
     fn reserve_present(&self) -> bool {
@@ -98,13 +88,7 @@ impl Partition for DataPartition {
 /// Gives `file` `len` bytes of real blocks (not a sparse length): fallocate(2), or zeros written
 /// where the filesystem has no fallocate.
 fn allocate(file: &std::fs::File, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fallocate(2) on a descriptor `file` keeps open for the call; it takes no pointers.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
+    let Err(err) = oasis_host::sys::allocate(file, len) else { return Ok(()) };
     if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
         return Err(err);
     }

@@ -5,6 +5,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use super::nics::{Link, Nic};
@@ -40,24 +41,25 @@ pub struct Answers {
     pub allow: Vec<String>,
 }
 
-fn mask(prefix_len: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)
+/// `ip/prefix_len` (a length past 32 is taken as 32).
+fn net(ip: Ipv4Addr, prefix_len: u8) -> Ipv4Net {
+    Ipv4Net::new(ip, prefix_len.min(32)).unwrap_or_default()
 }
 
 fn netmask(prefix_len: u8) -> Ipv4Addr {
-    Ipv4Addr::from(mask(prefix_len))
+    net(Ipv4Addr::UNSPECIFIED, prefix_len).netmask()
 }
 
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix_len: u8) -> bool {
-    u32::from(a) & mask(prefix_len) == u32::from(b) & mask(prefix_len)
+    net(a, prefix_len).contains(&b)
 }
 
 /// The network or broadcast address of the subnet, which no host may have.
 fn not_a_host(ip: Ipv4Addr, prefix_len: u8) -> Option<&'static str> {
-    let host = u32::from(ip) & !mask(prefix_len);
-    if host == 0 {
+    let subnet = net(ip, prefix_len);
+    if ip == subnet.network() {
         Some("the network address")
-    } else if host == !mask(prefix_len) {
+    } else if ip == subnet.broadcast() {
         Some("the broadcast address")
     } else {
         None
@@ -77,8 +79,8 @@ pub fn default_range(address: Ipv4Addr, prefix_len: u8) -> (Ipv4Addr, Ipv4Addr) 
             .unwrap_or((100, 199));
         return (Ipv4Addr::from(base + start), Ipv4Addr::from(base + end));
     }
-    let net = ip & mask(prefix_len);
-    let (first, last) = (net + 1, (net | !mask(prefix_len)) - 1);
+    let subnet = net(address, prefix_len);
+    let (first, last) = (u32::from(subnet.network()) + 1, u32::from(subnet.broadcast()) - 1);
     let middle = first + (last - first) / 2;
     if ip <= middle {
         (Ipv4Addr::from(middle + 1), Ipv4Addr::from(last))
@@ -151,7 +153,7 @@ fn parse_range(answer: &str, address: Ipv4Addr, prefix_len: u8) -> Result<(Ipv4A
     let [first, last] = parts[..] else { return Err(bad()) };
     let first: Ipv4Addr = first.trim().parse().map_err(|_| bad())?;
     let last: Ipv4Addr = last.trim().parse().map_err(|_| bad())?;
-    let subnet = Ipv4Addr::from(u32::from(address) & mask(prefix_len));
+    let subnet = net(address, prefix_len).network();
     for ip in [first, last] {
         if !same_subnet(ip, address, prefix_len) {
             return Err(format!("{ip} is not on the rack network {subnet}/{prefix_len}"));

@@ -64,7 +64,7 @@ pub fn fetch(data_dir: &Path) -> View {
         (Err(e), _) | (_, Err(e)) => Serve::Failed(e),
     };
     let rack_address = match Config::load(&data_dir.join(CONFIG_FILE)) {
-        Ok(c) => format!("{}/{} on {}", c.address, u32::from(c.netmask).leading_ones(), c.interface),
+        Ok(c) => format!("{} on {}", c.rack_net(), c.interface),
         Err(e) => format!("unknown ({e})", e = oasis_proto::error_chain(&e)),
     };
     let admin_token = match token_fingerprint(data_dir) {

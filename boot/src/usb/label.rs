@@ -200,11 +200,7 @@ fn volume_entry(dir: &[u8]) -> DirScan {
 
 /// `Some(label)` when the ext superblock's magic is there.
 pub fn ext_label<R: Read + Seek>(dev: &mut R) -> io::Result<Option<Option<String>>> {
-    let mut sb = [0u8; 136];
-    if !read_at(dev, 1024, &mut sb)? || u16_at(&sb, 56) != 0xEF53 {
-        return Ok(None);
-    }
-    Ok(Some(label_text(&sb[120..136])))
+    oasis_host::ext::label(dev, 0)
 }
 
 /// `Some(label)` when an ISO 9660 volume descriptor set holds a primary volume descriptor.

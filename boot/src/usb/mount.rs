@@ -1,13 +1,12 @@
-//! Mounting a stick and unmounting it again, flushed, before anyone pulls it: the only raw
-//! syscalls of the USB module (mount(2), umount2(2), syncfs(2)).
+//! Mounting a stick and unmounting it again, flushed, before anyone pulls it (through
+//! `oasis_host::mount`).
 //!
 //! The filesystem's kernel module (vfat, ext4, iso9660) must be loaded: the boot supervisor
 //! loads them, since the initramfs has no modprobe for the kernel to call.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use oasis_host::mount::MsFlags;
 
 use super::devices::Stick;
 use super::label::FsType;
@@ -33,11 +32,6 @@ pub struct Mounted {
     made_target: bool,
 }
 
-fn c_path(path: &Path) -> std::io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path with a NUL byte"))
-}
-
 /// Mounts `stick` on `target` (created if missing): without devices, set-uid or executables;
 /// read-only for ISO 9660, which then takes no report.
 pub fn mount(stick: &Stick, target: &Path) -> Result<Mounted, MountError> {
@@ -54,19 +48,14 @@ pub fn mount(stick: &Stick, target: &Path) -> Result<Mounted, MountError> {
         };
         MountError::Mount { device: stick.device.clone(), fs: stick.fs, target: target.into(), source, hint }
     };
-    let device = c_path(&stick.device).map_err(fail)?;
-    let dir = c_path(target).map_err(fail)?;
-    let fstype = CString::new(stick.fs.mount_type()).expect("no NUL in a type name");
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     if stick.fs.read_only() {
-        flags |= libc::MS_RDONLY;
+        flags |= MsFlags::MS_RDONLY;
     }
     // vfat: write metadata out early, for sticks pulled without warning.
-    let options = CString::new(if stick.fs == FsType::Vfat { "flush" } else { "" }).expect("no NUL");
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let rc = unsafe { libc::mount(device.as_ptr(), dir.as_ptr(), fstype.as_ptr(), flags, options.as_ptr().cast()) };
-    if rc != 0 {
-        let err = fail(std::io::Error::last_os_error());
+    let options = if stick.fs == FsType::Vfat { "flush" } else { "" };
+    if let Err(source) = oasis_host::mount::mount(&stick.device, target, stick.fs.mount_type(), flags, options) {
+        let err = fail(source);
         if made_target {
             let _ = std::fs::remove_dir(target);
         }
@@ -109,19 +98,8 @@ impl Drop for Mounted {
 }
 
 fn unmount(target: &Path, remove_target: bool) -> Result<(), MountError> {
-    let fail = |source| MountError::Unmount { target: target.into(), source };
-    // syncfs before umount: an error writing back is reported here rather than lost.
-    let dir = std::fs::File::open(target).map_err(fail)?;
-    // SAFETY: the descriptor is open for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
-    drop(dir);
-    let path = c_path(target).map_err(fail)?;
-    // SAFETY: a NUL-terminated path that outlives the call.
-    if unsafe { libc::umount2(path.as_ptr(), 0) } != 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
+    // Flushed before the unmount: an error writing back is reported rather than lost.
+    oasis_host::mount::unmount(target).map_err(|source| MountError::Unmount { target: target.into(), source })?;
     if remove_target {
         let _ = std::fs::remove_dir(target);
     }

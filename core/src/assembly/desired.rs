@@ -27,8 +27,8 @@ pub struct MeshPlan {
 
 impl MeshPlan {
     pub fn address_of(&self, overlay: Ipv4Addr) -> Ipv4Addr {
-        let host_mask = u32::MAX >> self.prefix_len;
-        Ipv4Addr::from(u32::from(self.network) | (u32::from(overlay) & host_mask))
+        let host_mask = ipnet::Ipv4Net::new(self.network, self.prefix_len.min(32)).unwrap_or_default().hostmask();
+        Ipv4Addr::from(u32::from(self.network) | (u32::from(overlay) & u32::from(host_mask)))
     }
 }
 

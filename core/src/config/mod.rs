@@ -170,6 +170,11 @@ pub struct DhcpSettings {
 }
 
 impl Config {
+    /// The rack address with its prefix, e.g. `10.0.0.1/24` (the netmask was checked on load).
+    pub fn rack_net(&self) -> ipnet::Ipv4Net {
+        ipnet::Ipv4Net::with_netmask(self.address, self.netmask).unwrap_or_else(|_| self.address.into())
+    }
+
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;

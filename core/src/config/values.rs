@@ -4,6 +4,8 @@
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+
 /// Why a network interface name cannot be one (the kernel's rules, `dev_valid_name`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -30,12 +32,7 @@ pub struct NetmaskError(pub Ipv4Addr);
 
 /// A netmask's prefix length, if it is a contiguous run of ones.
 pub fn netmask_len(netmask: Ipv4Addr) -> Result<u8, NetmaskError> {
-    let bits = u32::from(netmask);
-    if bits.leading_ones() + bits.trailing_zeros() == 32 {
-        Ok(bits.leading_ones() as u8)
-    } else {
-        Err(NetmaskError(netmask))
-    }
+    ipnet::ipv4_mask_to_prefix(netmask).map_err(|_| NetmaskError(netmask))
 }
 
 /// Why a DHCP range cannot be the pool.
@@ -114,17 +111,23 @@ impl Prefix {
         let (addr, len) = text.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let len: u8 = len.parse().ok().filter(|l| (8..=30).contains(l)).ok_or_else(bad)?;
-        Ok(Prefix { network: Ipv4Addr::from(u32::from(addr) & (u32::MAX << (32 - len))), len })
+        let net = Ipv4Net::new(addr, len).map_err(|_| bad())?;
+        Ok(Prefix { network: net.network(), len })
+    }
+
+    /// The network as an [`Ipv4Net`].
+    pub fn net(self) -> Ipv4Net {
+        Ipv4Net::new(self.network, self.len.min(32)).unwrap_or_default()
     }
 
     /// Whether the two networks share an address.
     pub fn overlaps(self, other: Prefix) -> bool {
-        let mask = u32::MAX << (32 - self.len.min(other.len));
-        u32::from(self.network) & mask == u32::from(other.network) & mask
+        let (a, b) = (self.net(), other.net());
+        a.contains(&b.network()) || b.contains(&a.network())
     }
 
     /// Whether `address` is in this network.
     pub fn contains(self, address: Ipv4Addr) -> bool {
-        u32::from(address) & (u32::MAX << (32 - self.len)) == u32::from(self.network)
+        self.net().contains(&address)
     }
 }

@@ -8,7 +8,7 @@ use oasis_core::config::Config;
 pub fn check(file: &Path) -> anyhow::Result<()> {
     let c = Config::load(file)?;
     println!("{}: ok", file.display());
-    println!("  interface {} address {}/{}", c.interface, c.address, u32::from(c.netmask).leading_ones());
+    println!("  interface {} address {}", c.interface, c.rack_net());
     match &c.dhcp {
         None => println!("  DHCP off"),
         Some(d) => match &d.full {
