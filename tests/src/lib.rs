@@ -84,6 +84,9 @@ pub enum HarnessError {
         /// The end of the relevant log.
         tail: String,
     },
+    /// Making or using a network namespace failed.
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
     /// The boot assets are missing or damaged.
     #[error(
         "boot assets in {dir} are not usable: {reason}; build them with `oasis image build` as scripts/test does (or set OASIS_ASSETS)"
