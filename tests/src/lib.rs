@@ -21,6 +21,7 @@ pub mod appliance_vm;
 pub mod assets;
 pub mod dhcp_client;
 pub mod dnsmasq;
+pub mod interrupt;
 pub mod json;
 pub mod netns;
 pub mod qemu;
