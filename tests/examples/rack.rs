@@ -23,11 +23,9 @@ use oasis_e2e::json::{voters, MachineEntry, MachineState};
 use oasis_e2e::{tail, Firmware, Machine, MachineSpec, Netns};
 
 /// Why the rack stopped before the end.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 enum Stop {
-    #[error("interrupted")]
     Interrupted,
-    #[error("{0}")]
     Failed(String),
 }
 
@@ -266,6 +264,8 @@ fn main() -> ExitCode {
     let outcome = run(count, work.path()); // the rack is removed when `run` returns
     match outcome {
         Ok(()) => {
+            // The boot root is a copy of the assets; the logs are what is worth keeping.
+            let _ = std::fs::remove_dir_all(work.path().join("boot"));
             println!("== rack removed (logs kept in {})", work.keep().display());
             ExitCode::SUCCESS
         }
