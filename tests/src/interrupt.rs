@@ -38,5 +38,10 @@ mod tests {
         // SAFETY: raise(3) sends the signal to this thread; the handler above only sets the flag.
         assert_eq!(unsafe { libc::raise(libc::SIGINT) }, 0);
         assert!(interrupted(), "the handler ran and the process is still here");
+        // Ctrl-C ends the rest of this test binary as usual.
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: restores the default disposition.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
     }
 }
