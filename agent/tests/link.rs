@@ -8,9 +8,7 @@ use std::process::Command;
 
 use oasis_agent::link::{Link, LinkError, WireGuardLink};
 use oasis_proto::LinkConfig;
-
-mod common;
-use common::in_fresh_netns;
+use oasis_testkit::netns::Netns;
 
 #[test]
 fn the_real_link_configures_or_says_the_kernel_lacks_wireguard() {
@@ -22,7 +20,7 @@ fn the_real_link_configures_or_says_the_kernel_lacks_wireguard() {
         appliance_address: "10.99.0.1".parse().unwrap(),
         keepalive_secs: 15,
     };
-    let (result, ip_addr) = in_fresh_netns(move || {
+    let (result, ip_addr) = Netns::create("oa-link").unwrap().run_inside(move || {
         let link = WireGuardLink::new("oasis0").unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let result = runtime.block_on(link.configure(&config)).map(|()| link.handshake_age());

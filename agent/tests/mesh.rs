@@ -11,10 +11,8 @@ use std::process::Command;
 use oasis_agent::link::WireGuardLink;
 use oasis_agent::mesh::{Mesh, MeshError, MeshReport, WireGuardMesh};
 use oasis_proto::{MeshConfig, MeshPeer, MESH_INTERFACE};
+use oasis_testkit::netns::Netns;
 use wireguard_control::{Backend, Device};
-
-mod common;
-use common::in_fresh_netns;
 
 fn ip(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().unwrap();
@@ -49,7 +47,7 @@ fn the_real_mesh_converges_or_says_the_kernel_lacks_wireguard() {
     };
     let moved = MeshPeer { endpoint: "10.0.1.7:51821".parse().unwrap(), ..b.clone() };
     let second = MeshConfig { peers: vec![moved, c.clone()], ..first.clone() };
-    let seen = in_fresh_netns(move || {
+    let seen = Netns::create("oa-mesh").unwrap().run_inside(move || {
         ip(&["link", "add", "boot0", "type", "veth", "peer", "name", "boot1"]);
         ip(&["addr", "add", "10.0.0.5/24", "dev", "boot0"]);
         ip(&["link", "set", "boot0", "up"]);

@@ -5,68 +5,14 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oasis_boot::console::{run_status, ApplianceActions, DhcpProbe, Input, Terminal, UdpDhcpProbe};
-
-/// A network namespace that is deleted, with everything in it, when dropped.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(prefix: &str) -> Netns {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["ip", "-n", &self.name];
-        all.extend(args);
-        sh(&all);
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-
-    /// Runs `f` on a thread inside the namespace.
-    fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        let thread = std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: setns(2) with a descriptor that stays open for the call; it changes only
-            // this thread's network namespace.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns into {path}: {}", io::Error::last_os_error());
-            f()
-        });
-        thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
-    }
-}
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+use oasis_testkit::netns::Netns;
 
 /// A child process killed when dropped; its log shown if the test fails.
 struct Running {
@@ -109,12 +55,10 @@ impl Drop for Running {
 
 #[test]
 fn the_probe_finds_a_dhcp_server_on_the_segment_and_nothing_without_one() {
-    let client = Netns::create("oc-probe");
-    let server = Netns::create("oc-dhcp");
-    client.ip(&["link", "add", "rack0", "type", "veth", "peer", "name", "site0", "netns", &server.name]);
-    client.ip(&["link", "set", "rack0", "up"]);
-    server.ip(&["addr", "add", "192.168.77.1/24", "dev", "site0"]);
-    server.ip(&["link", "set", "site0", "up"]);
+    let client = Netns::create("oc-probe").unwrap();
+    let server = Netns::create("oc-dhcp").unwrap();
+    client.add_veth_to("rack0", &server, "site0").unwrap();
+    server.add_address("site0", "192.168.77.1/24").unwrap();
     let probe = UdpDhcpProbe::default();
 
     let p = probe.clone();
@@ -245,10 +189,8 @@ interface = "ocw{pid}"
 
 #[test]
 fn the_status_menu_against_a_running_appliance() {
-    let ns = Netns::create("oc-serve");
-    ns.ip(&["link", "add", "rack0", "type", "bridge"]);
-    ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "rack0"]);
-    ns.ip(&["link", "set", "rack0", "up"]);
+    let ns = Netns::create("oc-serve").unwrap();
+    ns.add_bridge("rack0", Some("10.0.0.1/24")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let data_dir = config.parent().unwrap().to_path_buf();

@@ -1,7 +1,10 @@
-//! What the workspace's tests share. Today: golden files, compared byte for byte, blessed with
-//! one environment variable for every crate ([`BLESS_VAR`]).
+//! What the workspace's tests share: golden files, compared byte for byte, blessed with one
+//! environment variable for every crate ([`BLESS_VAR`]); network namespaces that remove
+//! everything in them when dropped ([`netns::Netns`]).
 
 use std::path::Path;
+
+pub mod netns;
 
 /// Set to `1` to write every golden file a test compares against from what the code makes
 /// now: `OASIS_UPDATE_GOLDEN=1 cargo test ...`, then review the diff.

@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use oasis_e2e::json::{Event, Health};
 use oasis_e2e::rack::{healthy_with, Rack};
-use serde_json::Value;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -19,14 +19,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Seconds from each "added to etcd as learner" event to the same machine's "is a voter" event.
-fn join_times(events: &[Value]) -> Vec<f64> {
+fn join_times(events: &[Event]) -> Vec<f64> {
     let mut added = std::collections::HashMap::new();
     let mut times = Vec::new();
-    let mut in_order: Vec<&Value> = events.iter().collect();
-    in_order.sort_by_key(|e| e["seq"].as_u64());
+    let mut in_order: Vec<&Event> = events.iter().collect();
+    in_order.sort_by_key(|e| e.seq);
     for e in in_order {
-        let msg = e["message"].as_str().unwrap_or("");
-        let at = e["at"].as_u64().unwrap_or(0);
+        let (msg, at) = (e.message.as_str(), e.at);
         let machine = msg.split_whitespace().next().unwrap_or("").to_string();
         if msg.contains("added to etcd as learner") {
             added.insert(machine, at);
@@ -58,14 +57,13 @@ fn main() {
             let members: Vec<usize> = (0..voters).collect();
             rack.wait(Duration::from_secs(1800), "cluster healthy", |s| healthy_with(s, &members));
             let t = start.elapsed().as_secs_f64();
-            let events: Vec<Value> =
-                serde_json::from_str(&rack.appliance.cli(&["events", "--json", "--limit", "1000"])).unwrap();
+            let events = rack.appliance.events(1000);
             let j = join_times(&events);
             // Power-cycle the last voter: off until degraded, on until healthy again.
             let victim = voters - 1;
             let recovery = if voters >= 3 {
                 rack.power_off(victim);
-                rack.wait(Duration::from_secs(600), "degraded", |s| s["health"] == "degraded");
+                rack.wait(Duration::from_secs(600), "degraded", |s| s.health == Health::Degraded);
                 let back = Instant::now();
                 rack.power_on(victim);
                 rack.wait(Duration::from_secs(1800), "healthy again", |s| healthy_with(s, &members));

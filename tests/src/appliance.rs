@@ -177,17 +177,12 @@ impl Appliance {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// The leases as JSON values.
-    pub fn leases(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str(&self.cli(&["leases", "--json"])).unwrap()
-    }
-
     /// The bound address of `mac`, if any.
     pub fn address_of(&self, mac: &str) -> Option<String> {
         self.leases()
             .into_iter()
-            .find(|l| l["mac"] == mac && l["state"] == "bound")
-            .map(|l| l["ip"].as_str().unwrap().to_string())
+            .find(|l| l.mac.to_string() == mac && l.state == crate::json::LeaseState::Bound)
+            .map(|l| l.ip.to_string())
     }
 
     /// Stops the server with SIGTERM and waits for it.
@@ -234,4 +229,24 @@ pub fn agent_args(ns: &Netns, mac: &str) -> oasis_proto::KernelArgs {
     let script = ns.exec(&["busybox", "wget", "-q", "-O", "-", &url]).expect("the appliance serves a boot script");
     let line = script.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("no kernel line:\n{script}"));
     oasis_proto::KernelArgs::parse(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// A registration as a test machine's agent would send it: join `token`, SMBIOS `uuid` and serial
+/// `SN-KEY`, boot `mac`, the WireGuard key `[key; 32]` in base64, and `nonce` as 32 hex digits.
+pub fn register_request(token: &str, uuid: &str, mac: &str, key: u8, nonce: u32) -> oasis_proto::RegisterRequest {
+    use base64::Engine as _;
+    use oasis_proto::{Inventory, RegisterRequest, System};
+    RegisterRequest {
+        token: token.into(),
+        nonce: format!("{nonce:032x}"),
+        boot_mac: mac.into(),
+        wireguard_key: base64::engine::general_purpose::STANDARD.encode([key; 32]),
+        agent_version: "test".into(),
+        inventory: Inventory {
+            system: System { uuid: Some(uuid.into()), serial: Some(format!("SN-{key}")), ..Default::default() },
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            ..Default::default()
+        },
+    }
 }

@@ -21,6 +21,8 @@ pub mod appliance_vm;
 pub mod assets;
 pub mod dhcp_client;
 pub mod dnsmasq;
+pub mod interrupt;
+pub mod json;
 pub mod netns;
 pub mod qemu;
 pub mod rack;
@@ -77,6 +79,9 @@ pub enum HarnessError {
         /// The end of the relevant log.
         tail: String,
     },
+    /// Making or using a network namespace failed.
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
     /// The boot assets are missing or damaged.
     #[error(
         "boot assets in {dir} are not usable: {reason}; build them with `oasis image build` as scripts/test does (or set OASIS_ASSETS)"

@@ -200,6 +200,11 @@ impl Machine {
         out
     }
 
+    /// How QEMU exited, if it has (the guest powered off, or QEMU died).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.poll_exit()
+    }
+
     fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = self.child.try_wait().ok().flatten();

@@ -7,9 +7,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::appliance::{join_args, node_boot_root, write_config, Appliance};
+use crate::json::{ClusterStatus, Health};
 use crate::{tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
 
 /// A simulated rack: a namespace with the rack bridge, the appliance, and machines that can be
@@ -107,8 +106,8 @@ impl Rack {
         self.appliance = Appliance::start(&self.ns, &self.config, &self.work.path().join("oasis.log"));
     }
 
-    pub fn status(&self) -> Value {
-        serde_json::from_str(&self.appliance.cli(&["cluster", "status", "--json"])).unwrap()
+    pub fn status(&self) -> ClusterStatus {
+        self.appliance.cluster_status()
     }
 
     /// The id of machine `i` (its UUID, lowercase).
@@ -117,7 +116,7 @@ impl Rack {
     }
 
     /// Waits until `ok` holds for the cluster status, or fails with everything worth reading.
-    pub fn wait(&self, timeout: Duration, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait(&self, timeout: Duration, what: &str, ok: impl Fn(&ClusterStatus) -> bool) -> ClusterStatus {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status();
@@ -154,35 +153,17 @@ impl Drop for Rack {
     }
 }
 
-/// The machines of the voting etcd members, sorted.
-pub fn voters(status: &Value) -> Vec<String> {
-    let mut v: Vec<String> = status["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["learner"] == false)
-        .filter_map(|m| m["machine"].as_str().map(String::from))
-        .collect();
-    v.sort();
-    v
-}
+pub use crate::json::voters;
 
 /// Machine `i`'s role.
-pub fn role(status: &Value, i: usize) -> String {
+pub fn role(status: &ClusterStatus, i: usize) -> String {
     let id = Rack::id(i);
-    status["machines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == id.as_str())
-        .map_or(String::new(), |m| m["role"].as_str().unwrap().to_string())
+    status.machines.iter().find(|m| m.id == id).map_or(String::new(), |m| m.role.clone())
 }
 
 /// Healthy, with exactly these machines as voters, every member healthy.
-pub fn healthy_with(status: &Value, machines: &[usize]) -> bool {
+pub fn healthy_with(status: &ClusterStatus, machines: &[usize]) -> bool {
     let mut want: Vec<String> = machines.iter().map(|i| Rack::id(*i)).collect();
     want.sort();
-    status["health"] == "healthy"
-        && voters(status) == want
-        && status["members"].as_array().unwrap().iter().all(|m| m["healthy"] == true)
+    status.health == Health::Healthy && voters(status) == want && status.members.iter().all(|m| m.healthy)
 }

@@ -330,8 +330,8 @@ fn sample(pid: u32, data_dir: &Path, at: Duration) -> Option<Sample> {
 /// `oasis events --json --limit 1` through the admin socket: the newest event's number.
 fn newest_event(data_dir: &Path) -> Option<u64> {
     let out = crate::oasis(&["events", "--json", "--limit", "1", "--data-dir", data_dir.to_str()?]);
-    let events: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    events.as_array()?.last().map_or(Some(0), |e| e["seq"].as_u64())
+    let events: Vec<crate::json::Event> = serde_json::from_slice(&out.stdout).ok()?;
+    Some(events.last().map_or(0, |e| e.seq))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use oasis_boot::usb::signature;
 use oasis_e2e::appliance_vm::{appliance_disk, appliance_image, ApplianceVm, ApplianceVmSpec};
+use oasis_e2e::json::{parse, MachineView};
 use oasis_e2e::{oasis_bin, Firmware, Machine, MachineSpec, Netns};
 use oasis_image::usb_stick;
 
@@ -66,15 +67,10 @@ fn machines_via_api(ns: &Netns, token: &str) -> Vec<(String, String)> {
         .arg("https://10.0.0.1:9443/v1/machines")
         .output()
         .unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("admin API answer: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let body: Vec<MachineView> = parse("GET /v1/machines", &String::from_utf8_lossy(&out.stdout));
     let mut machines: Vec<(String, String)> = body
-        .as_array()
-        .unwrap()
         .iter()
-        .map(|m| {
-            (m["id"].as_str().unwrap_or_default().to_string(), format!("{} {}", m["first_registered"], m["overlay"]))
-        })
+        .map(|m| (m.record.id.clone(), format!("{} {:?}", m.record.first_registered, m.record.overlay)))
         .collect();
     machines.sort();
     machines

@@ -21,6 +21,7 @@ use dhcproto::v4::{DhcpOption, MessageType};
 use dhcproto::Encodable;
 use oasis_e2e::appliance::write_config;
 use oasis_e2e::dhcp_client::{mac_text, message as request, DhcpClient, Role};
+use oasis_e2e::json::LeaseState;
 use oasis_e2e::{Appliance, Netns};
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -116,10 +117,10 @@ fn error_count(rack: &Rack, kind: &str) -> u64 {
 }
 
 /// The address's lease record, as `oasis leases --json` lists it.
-fn lease_of(appliance: &Appliance, ip: Ipv4Addr) -> (String, String) {
+fn lease_of(appliance: &Appliance, ip: Ipv4Addr) -> (String, LeaseState) {
     let leases = appliance.leases();
-    let lease = leases.iter().find(|l| l["ip"] == ip.to_string()).unwrap_or_else(|| panic!("no lease of {ip}"));
-    (lease["mac"].as_str().unwrap().to_string(), lease["state"].as_str().unwrap().to_string())
+    let lease = leases.iter().find(|l| l.ip == ip).unwrap_or_else(|| panic!("no lease of {ip}"));
+    (lease.mac.to_string(), lease.state)
 }
 
 #[test]
@@ -151,7 +152,7 @@ fn spoofed_declines_and_releases_do_not_take_a_lease_away() {
 
     // Each is handled on its own task: wait until the metrics say all three were ignored, or
     // the lease changed.
-    let bound = (mac_text(CLIENT_MAC), "bound".to_string());
+    let bound = (mac_text(CLIENT_MAC), LeaseState::Bound);
     let deadline = Instant::now() + Duration::from_secs(20);
     while error_count(&rack, "dhcp_decline_ignored") < 2 || error_count(&rack, "dhcp_release_ignored") < 1 {
         if lease_of(&rack.appliance, ip) != bound {

@@ -21,6 +21,7 @@ use boringtun::device::{DeviceConfig, DeviceHandle};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use oasis_agent::client::{ApiClient, ApiError, Endpoint};
 use oasis_e2e::appliance::{join_args, write_config, Appliance};
+use oasis_e2e::json::MachineView;
 use oasis_e2e::Netns;
 use oasis_proto::{
     Heartbeat, Inventory, KernelArgs, LinkConfig, MachineState, RegisterRequest, RegisterResponse, System,
@@ -171,10 +172,8 @@ fn link_up(host: &Host, private: [u8; 32], link: &LinkConfig) -> LinkEnd {
     end
 }
 
-fn registration(appliance: &Appliance) -> serde_json::Value {
-    let machines: Vec<serde_json::Value> = serde_json::from_str(&appliance.cli(&["machines", "--json"])).unwrap();
-    machines.into_iter().find(|m| m["registration"]["id"] == UUID).expect("the victim is registered")["registration"]
-        .clone()
+fn registration(appliance: &Appliance) -> MachineView {
+    appliance.registrations().into_iter().find(|r| r.record.id == UUID).expect("the victim is registered")
 }
 
 #[test]
@@ -243,8 +242,8 @@ fn an_impostor_cannot_take_over_a_live_machine() {
     // The victim keeps its key, its address and its credential; its next heartbeat works.
     victim.heartbeat(&args.pin, &credential, link.appliance_address).expect("the victim's heartbeat");
     let record = registration(&appliance);
-    assert_eq!(record["wireguard_key"], victim_key.as_str());
-    assert_eq!(record["overlay"], link.address.to_string());
+    assert_eq!(record.record.wireguard_key, victim_key);
+    assert_eq!(record.record.overlay, Some(link.address));
     let events = appliance.cli(&["events", "--limit", "200"]);
     for kind in ["registration-refused", "rekey-refused"] {
         assert!(events.contains(kind), "event {kind} missing:\n{events}");
@@ -277,7 +276,7 @@ fn an_impostor_cannot_take_over_a_live_machine() {
         "right after the link went down the key was still refused: {attempts:#?}"
     );
     assert_eq!((answer.state, answer.link.unwrap().address), (MachineState::Accepted, link.address));
-    assert_eq!(registration(&appliance)["wireguard_key"], new_key.as_str());
+    assert_eq!(registration(&appliance).record.wireguard_key, new_key);
     assert!(appliance.cli(&["events", "--limit", "200"]).contains("machine-rekeyed"));
     assert!(!appliance.log().contains(&join.token), "no log line shows the join token");
 }

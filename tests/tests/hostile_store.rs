@@ -9,13 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use dhcproto::v4::MessageType;
 use oasis_agent::client::{ApiClient, ApiError};
-use oasis_e2e::appliance::{agent_args, boot_root, join_args, oasis, oasis_bin, write_config, Appliance};
+use oasis_e2e::appliance::{
+    agent_args, boot_root, join_args, oasis, oasis_bin, register_request as request, write_config, Appliance,
+};
 use oasis_e2e::dhcp_client::{DhcpClient, Role};
+use oasis_e2e::json::{parse, Event};
 use oasis_e2e::{tail, Netns};
-use oasis_proto::{Inventory, RegisterRequest, RegisterResponse, System};
+use oasis_proto::{RegisterRequest, RegisterResponse};
 
 const API: &str = "https://10.0.0.1:9443";
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -56,22 +58,6 @@ fn wait_for_log(appliance: &Appliance, what: &str) {
 
 // ---- registrations ----
 
-fn request(token: &str, uuid: &str, mac: &str, key: u8, nonce: u32) -> RegisterRequest {
-    RegisterRequest {
-        token: token.into(),
-        nonce: format!("{nonce:032x}"),
-        boot_mac: mac.into(),
-        wireguard_key: base64::engine::general_purpose::STANDARD.encode([key; 32]),
-        agent_version: "test".into(),
-        inventory: Inventory {
-            system: System { uuid: Some(uuid.into()), serial: Some(format!("SN-{key}")), ..Default::default() },
-            cpus: 2,
-            memory_bytes: 1 << 30,
-            ..Default::default()
-        },
-    }
-}
-
 /// Sends each request from inside `ns`; the status of each refusal, `None` for an answer.
 fn register_all(ns: &Netns, pin: &str, requests: Vec<RegisterRequest>) -> Vec<Result<RegisterResponse, u16>> {
     let pin = pin.to_string();
@@ -92,9 +78,9 @@ fn register_all(ns: &Netns, pin: &str, requests: Vec<RegisterRequest>) -> Vec<Re
     })
 }
 
-fn events_json(out: &Output) -> Vec<serde_json::Value> {
+fn events_json(out: &Output) -> Vec<Event> {
     assert!(out.status.success(), "oasis events failed: {}", stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    parse("oasis events --json", &String::from_utf8_lossy(&out.stdout))
 }
 
 #[test]
@@ -146,12 +132,8 @@ fn refused_registrations_in_bulk_cost_a_few_events_and_lose_nothing() {
     assert!(after <= before + (1 << 20), "the store grew from {before} to {after} bytes");
     let data_dir = appliance.data_dir.to_str().unwrap().to_string();
     let running = events_json(&oasis(&["events", "--json", "--limit", "1000", "--data-dir", &data_dir]));
-    let refusals = |events: &[serde_json::Value]| -> Vec<String> {
-        events
-            .iter()
-            .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("registration-")))
-            .map(|e| e["message"].as_str().unwrap().to_string())
-            .collect()
+    let refusals = |events: &[Event]| -> Vec<String> {
+        events.iter().filter(|e| e.kind.starts_with("registration-")).map(|e| e.message.clone()).collect()
     };
     assert_eq!(refusals(&running).len(), 2, "one event per source and kind: {:?}", refusals(&running));
 
@@ -162,14 +144,14 @@ fn refused_registrations_in_bulk_cost_a_few_events_and_lose_nothing() {
     assert_eq!(messages.len(), 4, "{messages:?}");
     assert!(messages.iter().any(|m| m.starts_with("399 more like this from 10.0.0.1")), "{messages:?}");
     assert!(messages.iter().any(|m| m.starts_with("99 more like this from 10.0.0.1")), "{messages:?}");
-    assert!(stopped.iter().all(|e| e["message"].as_str().unwrap().len() < 400), "no event quotes the flood");
+    assert!(stopped.iter().all(|e| e.message.len() < 400), "no event quotes the flood");
     let text = appliance.log();
     assert!(!text.contains(&"A".repeat(100)), "the log does not quote the flood either");
     assert!(text.len() < 64 << 10, "the log stays small: {} bytes", text.len());
 
     let appliance = Appliance::start(&ns, &config, &log);
-    let machines: Vec<serde_json::Value> = serde_json::from_str(&appliance.cli(&["machines", "--json"])).unwrap();
-    assert_eq!(machines.iter().filter(|m| !m["registration"].is_null()).count(), 2, "{machines:?}");
+    let machines = appliance.machines();
+    assert_eq!(machines.iter().filter(|m| m.registration.is_some()).count(), 2, "{machines:?}");
 }
 
 // ---- DHCP, from a client namespace ----

@@ -72,9 +72,9 @@ fn bios_machine_boots_the_profile_from_oasis_in_full_mode() {
 
     let address = appliance.address_of(mac).expect("a bound lease for the machine");
     assert!(address.starts_with("10.0.0.1"), "{address}");
-    let machines: Vec<serde_json::Value> = serde_json::from_str(&appliance.cli(&["machines", "--json"])).unwrap();
-    let machine = machines.iter().find(|m| m["mac"] == mac).expect("the machine is in the inventory");
-    assert!(machine["boot_count"].as_u64().unwrap() >= 1, "{machine}");
+    let machines = appliance.machines();
+    let machine = machines.iter().find(|m| m.netboot.mac.to_string() == mac).expect("the machine is in the inventory");
+    assert!(machine.netboot.boot_count >= 1, "{machine:?}");
     let table = appliance.cli(&["leases"]);
     assert!(table.contains(mac) && table.contains("bound"), "{table}");
     let log = appliance.log();
@@ -89,9 +89,9 @@ fn uefi_machine_chains_ipxe_efi_over_oasis_tftp() {
     let mac = "52:54:00:0b:00:02";
     let cmdline = boot(&ns, &appliance, work.path(), Firmware::Uefi, mac, "tap0");
     assert_booted_by_oasis(&cmdline, mac);
-    let machines: Vec<serde_json::Value> = serde_json::from_str(&appliance.cli(&["machines", "--json"])).unwrap();
-    let machine = machines.iter().find(|m| m["mac"] == mac).unwrap();
-    assert_eq!(machine["arch"], 7, "OVMF's PXE client identifies as x86-64 UEFI: {machine}");
+    let machines = appliance.machines();
+    let machine = machines.iter().find(|m| m.netboot.mac.to_string() == mac).unwrap();
+    assert_eq!(machine.netboot.arch, Some(7), "OVMF's PXE client identifies as x86-64 UEFI: {machine:?}");
 }
 
 #[test]

@@ -6,12 +6,17 @@
 use std::time::{Duration, Instant};
 
 use oasis_e2e::appliance::{join_args, node_boot_root, write_config, Appliance};
+use oasis_e2e::json::{MachineState, MachineView};
 use oasis_e2e::{tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
-use serde_json::Value;
+use oasis_proto::BootMode;
 
-fn registrations(appliance: &Appliance) -> Vec<Value> {
-    let machines: Vec<Value> = serde_json::from_str(&appliance.cli(&["machines", "--json"])).unwrap();
-    machines.into_iter().filter_map(|m| (!m["registration"].is_null()).then(|| m["registration"].clone())).collect()
+fn registrations(appliance: &Appliance) -> Vec<MachineView> {
+    appliance.registrations()
+}
+
+/// The registration's boot MAC, as text.
+fn mac(r: &MachineView) -> String {
+    r.record.boot_mac.to_string()
 }
 
 /// Waits until `ok` holds for the registrations, or fails with the machines' consoles.
@@ -20,8 +25,8 @@ fn wait_until(
     machines: &[Machine],
     timeout: Duration,
     what: &str,
-    ok: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
+    ok: impl Fn(&[MachineView]) -> bool,
+) -> Vec<MachineView> {
     let deadline = Instant::now() + timeout;
     loop {
         let regs = registrations(appliance);
@@ -40,10 +45,10 @@ fn wait_until(
     }
 }
 
-fn linked(r: &Value) -> bool {
-    r["state"] == "accepted"
-        && r["handshake_age_secs"].as_u64().is_some_and(|a| a < 180)
-        && !r["last_heartbeat"].is_null()
+fn linked(r: &MachineView) -> bool {
+    r.record.state == MachineState::Accepted
+        && r.handshake_age_secs.is_some_and(|a| a < 180)
+        && r.last_heartbeat.is_some()
 }
 
 #[test]
@@ -74,16 +79,16 @@ fn three_machines_netboot_register_link_and_reconnect_after_a_restart() {
         regs.len() == 3 && regs.iter().all(linked)
     });
     for (mac, _, _) in guests {
-        let r = regs.iter().find(|r| r["boot_mac"] == mac).unwrap_or_else(|| panic!("{mac} not registered"));
-        assert!(r["inventory"]["memory_bytes"].as_u64().unwrap() > 256 << 20, "{r}");
-        assert!(r["inventory"]["nics"].as_array().is_some_and(|n| !n.is_empty()), "{r}");
+        let r = regs.iter().find(|r| self::mac(r) == mac).unwrap_or_else(|| panic!("{mac} not registered"));
+        assert!(r.record.inventory.memory_bytes > 256 << 20, "{r:?}");
+        assert!(!r.record.inventory.nics.is_empty(), "{r:?}");
         // The overlay carries traffic: the appliance reaches the machine inside its link.
-        let overlay = r["overlay"].as_str().unwrap();
-        ns.exec(&["busybox", "ping", "-c", "2", "-W", "5", overlay])
+        let overlay = r.record.overlay.expect("an accepted machine has an overlay address").to_string();
+        ns.exec(&["busybox", "ping", "-c", "2", "-W", "5", &overlay])
             .unwrap_or_else(|e| panic!("{overlay} does not answer over the management link: {e}"));
     }
-    let uefi = regs.iter().find(|r| r["boot_mac"] == guests[2].0).unwrap();
-    assert_eq!(uefi["inventory"]["boot_mode"], "uefi", "{uefi}");
+    let uefi = regs.iter().find(|r| mac(r) == guests[2].0).unwrap();
+    assert_eq!(uefi.record.inventory.boot_mode, BootMode::Uefi, "{uefi:?}");
 
     // Restart the appliance: every machine reconnects, with no new records.
     appliance.stop();
@@ -91,8 +96,7 @@ fn three_machines_netboot_register_link_and_reconnect_after_a_restart() {
     let appliance = Appliance::start(&ns, &config, &work.path().join("oasis.log"));
     let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let regs = wait_until(&appliance, &machines, Duration::from_secs(180), "reconnect after restart", |regs| {
-        regs.len() == 3
-            && regs.iter().all(|r| linked(r) && r["last_heartbeat"]["at"].as_u64().is_some_and(|t| t >= after))
+        regs.len() == 3 && regs.iter().all(|r| linked(r) && r.last_heartbeat.as_ref().is_some_and(|h| h.at >= after))
     });
     eprintln!("all 3 machines back on their links {:.1} s after the restart", restarted.elapsed().as_secs_f64());
     let events = appliance.cli(&["events", "--limit", "500"]);
@@ -134,9 +138,9 @@ fn a_wrong_token_never_joins_and_manual_acceptance_waits_for_an_operator() {
     }
 
     let regs = wait_until(&appliance, &machines, Duration::from_secs(300), "the right-token machine pending", |regs| {
-        regs.iter().any(|r| r["boot_mac"] == "52:54:00:0d:00:01" && r["state"] == "pending")
+        regs.iter().any(|r| mac(r) == "52:54:00:0d:00:01" && r.record.state == MachineState::Pending)
     });
-    assert!(regs.iter().all(|r| r["boot_mac"] != "52:54:00:0d:00:02"), "a wrong token makes no record: {regs:#?}");
+    assert!(regs.iter().all(|r| mac(r) != "52:54:00:0d:00:02"), "a wrong token makes no record: {regs:#?}");
     // The wrong-token machine keeps being refused, and says why on its console.
     let deadline = Instant::now() + Duration::from_secs(120);
     // The agent's own words: a bare "401" also matches a kernel timestamp such as [    1.401234].
@@ -156,12 +160,15 @@ fn a_wrong_token_never_joins_and_manual_acceptance_waits_for_an_operator() {
     }
     std::thread::sleep(Duration::from_secs(10));
     let still = registrations(&appliance);
-    assert!(still.iter().all(|r| r["state"] == "pending"), "nothing is accepted without an operator: {still:#?}");
+    assert!(
+        still.iter().all(|r| r.record.state == MachineState::Pending),
+        "nothing is accepted without an operator: {still:#?}"
+    );
 
-    let id = still[0]["id"].as_str().unwrap().to_string();
+    let id = still[0].record.id.clone();
     appliance.cli(&["machine", "accept", &id]);
     wait_until(&appliance, &machines, Duration::from_secs(180), "accepted machine linked", |regs| {
-        regs.iter().any(|r| r["id"] == id && linked(r))
+        regs.iter().any(|r| r.record.id == id && linked(r))
     });
-    assert!(registrations(&appliance).iter().all(|r| r["boot_mac"] != "52:54:00:0d:00:02"));
+    assert!(registrations(&appliance).iter().all(|r| mac(r) != "52:54:00:0d:00:02"));
 }

@@ -8,27 +8,11 @@ use std::path::Path;
 
 use base64::Engine;
 use oasis_agent::client::{ApiClient, ApiError, Endpoint};
-use oasis_e2e::appliance::{agent_args, boot_root, join_args, write_config, Appliance};
+use oasis_e2e::appliance::{agent_args, boot_root, join_args, register_request as request, write_config, Appliance};
 use oasis_e2e::Netns;
-use oasis_proto::{Heartbeat, Inventory, MachineState, RegisterRequest, RegisterResponse, System};
+use oasis_proto::{Heartbeat, MachineState, RegisterRequest, RegisterResponse};
 
 const API: &str = "https://10.0.0.1:9443";
-
-fn request(token: &str, uuid: &str, mac: &str, key: u8, nonce: u32) -> RegisterRequest {
-    RegisterRequest {
-        token: token.into(),
-        nonce: format!("{nonce:032x}"),
-        boot_mac: mac.into(),
-        wireguard_key: base64::engine::general_purpose::STANDARD.encode([key; 32]),
-        agent_version: "test".into(),
-        inventory: Inventory {
-            system: System { uuid: Some(uuid.into()), serial: Some(format!("SN-{key}")), ..Default::default() },
-            cpus: 2,
-            memory_bytes: 1 << 30,
-            ..Default::default()
-        },
-    }
-}
 
 fn register(ns: &Netns, pin: &str, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
     let pin = pin.to_string();
@@ -164,12 +148,12 @@ fn registration_follows_its_rules_and_survives_a_restart() {
     let mut appliance = Appliance::start(&ns, &config, &dir.path().join("oasis.log"));
     let again = register(&ns, &pin, request(&token, uuid, "52:54:00:00:00:01", 2, 6)).unwrap();
     assert_eq!((again.state, again.link.unwrap().address), (MachineState::Accepted, link.address));
-    let machines: Vec<serde_json::Value> = serde_json::from_str(&appliance.cli(&["machines", "--json"])).unwrap();
-    let registered: Vec<_> = machines.iter().filter(|m| !m["registration"].is_null()).collect();
+    let machines = appliance.machines();
+    let registered: Vec<_> = machines.iter().filter_map(|m| m.registration.as_ref()).collect();
     assert_eq!(registered.len(), 1, "{machines:?}");
-    let r = &registered[0]["registration"];
-    assert_eq!((r["state"].as_str(), r["overlay"].as_str()), (Some("accepted"), Some("10.99.0.2")));
-    assert_eq!(r["inventory"]["cpus"], 2);
-    assert!(r.get("credential_sha256").is_none_or(|v| v.is_null()), "no credential hash leaves the appliance");
+    let r = &registered[0].record;
+    assert_eq!((r.state, r.overlay), (MachineState::Accepted, Some("10.99.0.2".parse().unwrap())));
+    assert_eq!(r.inventory.cpus, 2);
+    assert!(r.credential_sha256.is_none(), "no credential hash leaves the appliance");
     appliance.stop();
 }
