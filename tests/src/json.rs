@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 
 pub use oasis_appliance::admin::MachineEntry;
 pub use oasis_appliance::api::MachineView;
-pub use oasis_core::assembly::status::{ClusterStatus, Health, MachineRole, MemberView, MeshPair};
 pub use oasis_appliance::store::Event;
+pub use oasis_core::assembly::status::{ClusterStatus, Health, MachineRole, MemberView, MeshPair};
 pub use oasis_proto::MachineState;
 pub use oasis_pxe::dhcp::{Lease, LeaseState};
 
