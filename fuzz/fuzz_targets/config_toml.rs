@@ -12,11 +12,11 @@ use std::sync::{Arc, OnceLock};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use libfuzzer_sys::fuzz_target;
-use oasis_core::config::Config;
 use oasis_boot::usb::offer::{check, Acceptance, Offer};
+use oasis_core::config::Config;
+use oasis_proto::MacAddr;
 use oasis_pxe::dhcp::conflict::NoCheck;
 use oasis_pxe::dhcp::{DhcpConfig, DhcpService, MemoryStore, Mode};
-use oasis_proto::MacAddr;
 use oasis_pxe::metrics::Metrics;
 use oasis_pxe::policy::BootPolicy;
 use oasis_pxe::script::ScriptRenderer;

@@ -16,8 +16,8 @@ use libfuzzer_sys::fuzz_target;
 use oasis_core::registry::{
     credential_hash, BootToken, Leases, MachineRecord, Overlay, Policy, RefusalKind, Registration, Registry, Wire,
 };
-use oasis_proto::{Heartbeat, Inventory, MachineState, RegisterRequest, RegisterResponse, System};
 use oasis_proto::MacAddr;
+use oasis_proto::{Heartbeat, Inventory, MachineState, RegisterRequest, RegisterResponse, System};
 
 /// The join token; the seeds carry it.
 const TOKEN: &str = "fuzz-join-token";
