@@ -262,11 +262,23 @@ pub fn build_node_image(
     k3s_bundle: Option<&Path>,
     out: &Path,
 ) -> Result<NodeImage, NodeImageError> {
+    build_node_image_from(&DebianCache::new(cache)?, agent, overlay, k3s_bundle, out)
+}
+
+/// [`build_node_image`] from the packages of `cache`'s suite ([`DebianCache::with_suite`]): the
+/// kernel, its modules, busybox and etcd all come from that suite; the agent and the libraries it
+/// links come from the build host, and etcd must run on those (checked).
+pub fn build_node_image_from(
+    cache: &DebianCache,
+    agent: &Path,
+    overlay: &Path,
+    k3s_bundle: Option<&Path>,
+    out: &Path,
+) -> Result<NodeImage, NodeImageError> {
     // Check the local inputs before fetching anything.
     fs::File::open(agent).map_err(|source| NodeImageError::Agent { path: agent.to_path_buf(), source })?;
     fs::read_dir(overlay).map_err(|source| NodeImageError::Overlay { path: overlay.to_path_buf(), source })?;
     let bundle = k3s_bundle.map(k3s_bundle::validate).transpose()?;
-    let cache = DebianCache::new(cache)?;
     let kernel_package = cache.resolve_dependency(KERNEL_METAPACKAGE, "linux-image-")?;
     let kernel = cache.fetch(&kernel_package)?;
     let busybox = cache.fetch(BUSYBOX_PACKAGE)?;
