@@ -297,6 +297,7 @@ pub fn build_node_image_from(
     let (archive, modules) = node_initramfs(&parts)?;
     let etcd_program = etcd.file(ETCD_PROGRAM)?;
     elf::check_carried(&etcd_program, archive.paths())?;
+    elf::check_versions(&etcd_program, &elf::runtime_files(agent, elf::HOST_LIBRARY_DIRS)?)?;
 
     copy_atomic(&kernel.file(&format!("/boot/{vmlinuz}"))?, &out.join(KERNEL), 0o644)?;
     let uncompressed = archive.to_bytes().len() as u64;
