@@ -462,6 +462,34 @@ mod tests {
     }
 
     #[test]
+    fn the_hosts_suite_keeps_no_apt_state_and_another_suite_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = DebianCache::with_suite(dir.path(), None).unwrap();
+        assert_eq!(host.suite(), None);
+        assert!(!dir.path().join("apt").exists());
+        assert!(host.apt("etcd-server", "apt-cache").unwrap().get_args().next().is_none(), "the host's apt as it is");
+
+        let trixie = DebianCache::with_suite(dir.path(), Some("trixie")).unwrap();
+        assert_eq!(trixie.suite(), Some("trixie"));
+        assert!(dir.path().join("apt/trixie/etc/sources.list").is_file());
+        // Lists already fetched: the command is built without going to the network.
+        let lists = dir.path().join("apt/trixie/state/lists");
+        fs::write(lists.join("deb.debian.org_debian_dists_trixie_InRelease"), "").unwrap();
+        let cmd = trixie.apt("etcd-server", "apt-get").unwrap();
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(
+            args.contains(&format!(
+                "Dir::State={}",
+                fs::canonicalize(dir.path()).unwrap().join("apt/trixie/state").display()
+            )),
+            "{args:?}"
+        );
+        assert!(cmd.get_envs().any(|(k, _)| k == "APT_CONFIG"));
+        let bad = DebianCache::with_suite(dir.path(), Some("../../etc")).unwrap_err();
+        assert!(matches!(bad, DebianError::BadSuite { .. }), "{bad}");
+    }
+
+    #[test]
     fn unknown_package_error_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let cache = DebianCache::new(dir.path()).unwrap();
