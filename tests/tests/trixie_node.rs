@@ -65,6 +65,7 @@ fn a_machine_on_the_debian_13_generation_registers_and_runs_etcd_3_5_on_its_disk
     eprintln!("trixie machine booted, registered and etcd healthy in {:.0} s", started.elapsed().as_secs_f64());
     assert_eq!(role(&status, 0), "control-plane");
     assert!(status["machines"][0]["data_disk"].as_str().is_some_and(|d| d.contains("mounted")), "{status:#}");
+    assert_eq!(status["members"][0]["version"], "3.5.16", "the member runs trixie's etcd: {status:#}");
     rack.put("/oasis/generation", "debian-13", 0);
     assert_eq!(rack.get("/oasis/generation", 0), "debian-13");
 
