@@ -54,6 +54,14 @@ pub enum DebianError {
         /// The package.
         package: String,
     },
+    /// Another suite (with its package lists fetched) has no such package.
+    #[error("Debian {suite} has no package {package}; check the package name at https://packages.debian.org/{suite}/")]
+    NotInSuite {
+        /// The package.
+        package: String,
+        /// The suite.
+        suite: String,
+    },
     /// A metapackage does not depend on a package with the expected prefix.
     #[error("package {package} depends on no package named {prefix}*; run `apt-get update` or name the real package")]
     Unresolved {
@@ -223,6 +231,7 @@ impl DebianCache {
     /// `trixie`) with apt state of its own under `dir/apt/SUITE/`; `None` is the host's suite,
     /// as [`DebianCache::new`]. The suite's package lists are fetched on first use.
     pub fn with_suite(dir: impl Into<PathBuf>, suite: Option<&str>) -> Result<DebianCache, DebianError> {
+        suite.map(private_apt::check_suite).transpose()?;
         let mut cache = DebianCache::new(dir)?;
         if let Some(suite) = suite {
             cache.apt = Some(PrivateApt::create(&cache.dir, suite)?);
@@ -262,7 +271,10 @@ impl DebianCache {
             .map(str::trim)
             .find(|v| !v.is_empty() && *v != "(none)")
             .map(str::to_string)
-            .ok_or_else(|| DebianError::NoCandidate { package: package.to_string() })
+            .ok_or_else(|| match self.suite() {
+                None => DebianError::NoCandidate { package: package.to_string() },
+                Some(suite) => DebianError::NotInSuite { package: package.to_string(), suite: suite.to_string() },
+            })
     }
 
     /// The first package that the candidate version of `package` depends on whose name starts with
@@ -485,8 +497,9 @@ mod tests {
             "{args:?}"
         );
         assert!(cmd.get_envs().any(|(k, _)| k == "APT_CONFIG"));
-        let bad = DebianCache::with_suite(dir.path(), Some("../../etc")).unwrap_err();
+        let bad = DebianCache::with_suite(dir.path().join("new"), Some("../../etc")).unwrap_err();
         assert!(matches!(bad, DebianError::BadSuite { .. }), "{bad}");
+        assert!(!dir.path().join("new").exists(), "a bad suite creates nothing");
     }
 
     #[test]

@@ -36,12 +36,7 @@ pub struct PrivateApt {
 impl PrivateApt {
     /// Creates (or reuses) the state for `suite` under `cache/apt/SUITE/` (`cache` must exist).
     pub fn create(cache: &Path, suite: &str) -> Result<PrivateApt, DebianError> {
-        let valid = !suite.is_empty()
-            && suite.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !suite.starts_with('-');
-        if !valid {
-            return Err(DebianError::BadSuite { suite: suite.to_string() });
-        }
+        check_suite(suite)?;
         if !Path::new(ARCHIVE_KEYRING).is_file() {
             return Err(DebianError::NoKeyring { path: PathBuf::from(ARCHIVE_KEYRING) });
         }
@@ -138,6 +133,18 @@ impl PrivateApt {
             "check that Debian's archive (deb.debian.org) is reachable and the suite name is right",
         )
         .map(drop)
+    }
+}
+
+/// Refuses a suite name that is no Debian codename (lowercase letters, digits, dashes).
+pub fn check_suite(suite: &str) -> Result<(), DebianError> {
+    let valid = !suite.is_empty()
+        && suite.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !suite.starts_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(DebianError::BadSuite { suite: suite.to_string() })
     }
 }
 
