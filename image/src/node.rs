@@ -5,7 +5,12 @@
 //! ([`crate::artifacts`]) and `SHA256SUMS` of everything. The artifacts are `etcd` (Debian's
 //! `etcd-server`, for control-plane nodes) and, with a k3s bundle ([`crate::k3s_bundle`]), `k3s` and
 //! its airgap images tarball. They stay out of the initramfs: every node boots it, few need them.
-//! etcd must run on the libraries the initramfs carries for the agent; the build checks that.
+//! etcd must run on the libraries the initramfs carries for the agent; the build checks that, down
+//! to the C library's symbol versions ([`elf::check_versions`]).
+//!
+//! The Debian parts come from the build host's suite, or from another one (`--suite trixie`: a
+//! second node generation, kernel 6.12 and etcd 3.5) through [`build_node_image_from`] with a
+//! [`DebianCache::with_suite`]; the agent and its libraries always come from the build host.
 //!
 //! The initramfs holds:
 //!

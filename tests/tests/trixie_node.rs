@@ -76,7 +76,9 @@ fn a_machine_on_the_debian_13_generation_registers_and_runs_etcd_3_5_on_its_disk
         kernel.starts_with("6.12.") && kernel.contains("deb13"),
         "the agent heartbeats from trixie's kernel: {reg:#}"
     );
-    // The kernel that runs is trixie's, and the agent loaded its drivers from that kernel's modules.
+    // The kernel that runs is trixie's. Its modules are the image's: the data disk (virtio_blk,
+    // ext4) mounted and the management link (wireguard) is up, and a kernel refuses a module built
+    // for another version.
     let console = std::fs::read_to_string(rack.work.path().join("machine0.log")).unwrap();
     let booted = console.lines().find(|l| l.contains("Linux version")).unwrap_or_else(|| panic!("{console}"));
     assert!(booted.contains(&format!("Linux version {kernel} ")), "{booted}");
