@@ -487,6 +487,7 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                         mesh: mesh.peers,
                         services,
                         data_disk: cluster.disks.status(),
+                        kernel: kernel_release(),
                     };
                     let result = api.heartbeat(appliance, credential, &heartbeat).await;
                     let handshake_age = self.link.handshake_age();
@@ -589,6 +590,11 @@ impl<S: Console> Reporter<S> {
 
 #[cfg(test)]
 mod tests;
+
+/// The running kernel's release, as `uname -r` prints it.
+fn kernel_release() -> Option<String> {
+    nix::sys::utsname::uname().ok().map(|u| u.release().to_string_lossy().into_owned())
+}
 
 /// This process's resident memory (`VmRSS` in `/proc/self/status`).
 fn own_rss_bytes() -> Option<u64> {

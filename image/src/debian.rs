@@ -6,6 +6,11 @@
 //! a temporary name first and are renamed into place, so an interrupted run or two runs at once never
 //! leave a half-written package behind. Metapackages such as `linux-image-amd64` are resolved to the
 //! real package with [`DebianCache::resolve_dependency`].
+//!
+//! A cache reads the host's apt sources (the host's Debian suite) unless it is opened for another
+//! suite with [`DebianCache::with_suite`]: then it keeps apt's whole state for that suite under
+//! `CACHE/apt/SUITE/` ([`PrivateApt`]) and never reads or writes the host's `/etc/apt` or
+//! `/var/lib/apt`.
 
 use std::fs;
 use std::io;
@@ -14,6 +19,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::manifest::{sha256_file, ManifestError};
+
+mod private_apt;
+pub use private_apt::{PrivateApt, ARCHIVE_KEYRING, DEBIAN_MIRROR, DEBIAN_SECURITY_MIRROR};
 
 /// Errors fetching or unpacking a Debian package.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +53,14 @@ pub enum DebianError {
     NoCandidate {
         /// The package.
         package: String,
+    },
+    /// Another suite (with its package lists fetched) has no such package.
+    #[error("Debian {suite} has no package {package}; check the package name at https://packages.debian.org/{suite}/")]
+    NotInSuite {
+        /// The package.
+        package: String,
+        /// The suite.
+        suite: String,
     },
     /// A metapackage does not depend on a package with the expected prefix.
     #[error("package {package} depends on no package named {prefix}*; run `apt-get update` or name the real package")]
@@ -80,6 +96,18 @@ pub enum DebianError {
         /// The OS error.
         source: io::Error,
     },
+    /// The suite name is not one apt could be given.
+    #[error("{suite:?} is not a Debian suite name; give a codename such as trixie")]
+    BadSuite {
+        /// The name given.
+        suite: String,
+    },
+    /// The keys Debian's archive is signed with are missing.
+    #[error("{path} is missing, so packages of another Debian suite cannot be checked; install the debian-archive-keyring package")]
+    NoKeyring {
+        /// The keyring expected.
+        path: PathBuf,
+    },
     /// Hashing the downloaded package failed.
     #[error(transparent)]
     Hash(#[from] ManifestError),
@@ -107,13 +135,25 @@ pub struct UnpackedPackage {
 impl UnpackedPackage {
     /// The path of `path` (as the package would install it, e.g. `/usr/lib/ipxe/ipxe.efi`) inside the
     /// unpacked root, following symlinks as if the root were `/`: Debian's `ipxe` ships
-    /// `/usr/lib/ipxe/ipxe.efi` as a link to `/boot/ipxe.efi`. Errors if the file is missing.
+    /// `/usr/lib/ipxe/ipxe.efi` as a link to `/boot/ipxe.efi`. As on a merged-`/usr` system
+    /// (Debian 13's packages ship only `/usr/bin`, `/usr/lib`), a path under `/bin`, `/sbin`,
+    /// `/lib` or `/lib64` that the package lacks is looked up under `/usr`. Errors if the file is
+    /// missing.
     pub fn file(&self, path: &str) -> Result<PathBuf, DebianError> {
         let missing = || DebianError::MissingPath { package: self.name.clone(), path: path.to_string() };
         let mut rel = clean(Path::new(path)).ok_or_else(missing)?;
         for _ in 0..40 {
             let full = self.root.join(&rel);
-            let meta = fs::symlink_metadata(&full).map_err(|_| missing())?;
+            let meta = match fs::symlink_metadata(&full) {
+                Ok(meta) => meta,
+                Err(_) => match merged_usr(&rel) {
+                    Some(usr) if self.root.join(&usr).symlink_metadata().is_ok() => {
+                        rel = usr;
+                        continue;
+                    }
+                    _ => return Err(missing()),
+                },
+            };
             if !meta.file_type().is_symlink() {
                 return Ok(full);
             }
@@ -138,6 +178,13 @@ impl UnpackedPackage {
     }
 }
 
+/// `usr/PATH` for a relative `PATH` under `bin`, `sbin`, `lib` or `lib64`, which a merged-`/usr`
+/// system links into `/usr`.
+fn merged_usr(rel: &Path) -> Option<PathBuf> {
+    let first = rel.components().next()?.as_os_str();
+    ["bin", "sbin", "lib", "lib64"].iter().any(|d| first == *d).then(|| Path::new("usr").join(rel))
+}
+
 /// Resolves `.` and `..` lexically, relative to a root; `None` if the path climbs above it.
 fn clean(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
@@ -159,6 +206,8 @@ fn clean(path: &Path) -> Option<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct DebianCache {
     dir: PathBuf,
+    /// apt state of its own for a suite other than the host's; `None` uses the host's apt.
+    apt: Option<PrivateApt>,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -175,7 +224,19 @@ impl DebianCache {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
-        Ok(DebianCache { dir })
+        Ok(DebianCache { dir, apt: None })
+    }
+
+    /// Opens (creating if needed) a cache in `dir` that fetches from Debian suite `suite` (e.g.
+    /// `trixie`) with apt state of its own under `dir/apt/SUITE/`; `None` is the host's suite,
+    /// as [`DebianCache::new`]. The suite's package lists are fetched on first use.
+    pub fn with_suite(dir: impl Into<PathBuf>, suite: Option<&str>) -> Result<DebianCache, DebianError> {
+        suite.map(private_apt::check_suite).transpose()?;
+        let mut cache = DebianCache::new(dir)?;
+        if let Some(suite) = suite {
+            cache.apt = Some(PrivateApt::create(&cache.dir, suite)?);
+        }
+        Ok(cache)
     }
 
     /// The cache directory.
@@ -183,15 +244,37 @@ impl DebianCache {
         &self.dir
     }
 
+    /// The suite this cache fetches from, `None` for the host's.
+    pub fn suite(&self) -> Option<&str> {
+        self.apt.as_ref().map(|a| a.suite.as_str())
+    }
+
+    /// `program` (`apt-get`, `apt-cache`) set up for this cache's suite: as it is for the host's,
+    /// with the private apt state for another suite (whose package lists are fetched first if
+    /// they never were).
+    fn apt(&self, package: &str, program: &str) -> Result<Command, DebianError> {
+        match &self.apt {
+            None => Ok(Command::new(program)),
+            Some(apt) => {
+                apt.ensure_lists(package)?;
+                Ok(apt.command(program))
+            }
+        }
+    }
+
     /// The version apt would install of `package` (`apt-cache policy`'s Candidate).
     pub fn candidate_version(&self, package: &str) -> Result<String, DebianError> {
-        let out = run(package, Command::new("apt-cache").args(["policy", "--", package]), "run `apt-get update`")?;
+        let out =
+            run(package, self.apt(package, "apt-cache")?.args(["policy", "--", package]), "run `apt-get update`")?;
         out.lines()
             .filter_map(|l| l.trim().strip_prefix("Candidate:"))
             .map(str::trim)
             .find(|v| !v.is_empty() && *v != "(none)")
             .map(str::to_string)
-            .ok_or_else(|| DebianError::NoCandidate { package: package.to_string() })
+            .ok_or_else(|| match self.suite() {
+                None => DebianError::NoCandidate { package: package.to_string() },
+                Some(suite) => DebianError::NotInSuite { package: package.to_string(), suite: suite.to_string() },
+            })
     }
 
     /// The first package that the candidate version of `package` depends on whose name starts with
@@ -200,7 +283,7 @@ impl DebianCache {
     pub fn resolve_dependency(&self, package: &str, prefix: &str) -> Result<String, DebianError> {
         let out = run(
             package,
-            Command::new("apt-cache").args(["show", "--no-all-versions", "--", package]),
+            self.apt(package, "apt-cache")?.args(["show", "--no-all-versions", "--", package]),
             "run `apt-get update`, or check the package name",
         )?;
         let depends = out.lines().find_map(|l| l.strip_prefix("Depends:")).unwrap_or("");
@@ -212,10 +295,22 @@ impl DebianCache {
             .ok_or_else(|| DebianError::Unresolved { package: package.to_string(), prefix: prefix.to_string() })
     }
 
-    /// Downloads (unless already cached) and unpacks the candidate version of `package`.
+    /// Downloads (unless already cached) and unpacks the candidate version of `package`. For a
+    /// suite of its own, a failure is tried once more after fetching the package lists again:
+    /// the mirror drops versions that a newer one replaced.
     pub fn fetch(&self, package: &str) -> Result<UnpackedPackage, DebianError> {
-        let version = self.candidate_version(package)?;
-        let deb = self.download(package, &version)?;
+        let candidate = |cache: &DebianCache| {
+            let version = cache.candidate_version(package)?;
+            let deb = cache.download(package, &version)?;
+            Ok::<_, DebianError>((version, deb))
+        };
+        let (version, deb) = match (candidate(self), &self.apt) {
+            (Err(_), Some(apt)) => {
+                apt.update(package)?;
+                candidate(self)?
+            }
+            (result, _) => result?,
+        };
         let deb_sha256 = sha256_file(&deb)?;
         let root = self.dir.join("unpacked").join(format!("{package}_{}", escape_version(&version)));
         if !root.is_dir() {
@@ -252,14 +347,12 @@ impl DebianCache {
         if let Some(found) = find_deb(&debs, &prefix)? {
             return Ok(found);
         }
+        let mut apt_get = self.apt(package, "apt-get")?;
         let tmp = debs.join(format!(".download-{}", unique_suffix()));
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         let result = run(
             package,
-            Command::new("apt-get")
-                .args(["download", "-q", "--"])
-                .arg(format!("{package}={version}"))
-                .current_dir(&tmp),
+            apt_get.args(["download", "-q", "--"]).arg(format!("{package}={version}")).current_dir(&tmp),
             "run `apt-get update` and check that the Debian mirror is reachable",
         )
         .and_then(|_| {
@@ -352,6 +445,61 @@ mod tests {
         assert!(matches!(pkg.file("/usr/lib/ipxe/escape"), Err(DebianError::MissingPath { .. })));
         assert!(matches!(pkg.file("/usr/lib/ipxe/none"), Err(DebianError::MissingPath { .. })));
         assert_eq!(pkg.list("/boot", "ipxe").unwrap(), ["ipxe.efi"]);
+    }
+
+    #[test]
+    fn a_merged_usr_package_is_found_by_its_root_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        fs::create_dir_all(root.join("usr/lib/modules/6.12.0-1-amd64")).unwrap();
+        fs::create_dir_all(root.join("lib/firmware")).unwrap();
+        fs::write(root.join("usr/bin/busybox"), "bb").unwrap();
+        fs::write(root.join("usr/bin/tool"), "usr").unwrap();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::write(root.join("bin/tool"), "root").unwrap();
+        let pkg = UnpackedPackage {
+            name: "busybox-static".into(),
+            version: "1".into(),
+            deb_sha256: String::new(),
+            deb: PathBuf::new(),
+            root: root.to_path_buf(),
+        };
+        assert_eq!(pkg.file("/bin/busybox").unwrap(), root.join("usr/bin/busybox"));
+        assert_eq!(pkg.file("/bin/tool").unwrap(), root.join("bin/tool"), "what the package ships at / wins");
+        assert_eq!(pkg.list("/lib/modules", "").unwrap(), ["6.12.0-1-amd64"]);
+        assert!(matches!(pkg.file("/etc/busybox"), Err(DebianError::MissingPath { .. })));
+        assert!(matches!(pkg.file("/lib/firmware/none"), Err(DebianError::MissingPath { .. })));
+        assert!(matches!(pkg.file("/sbin/none"), Err(DebianError::MissingPath { .. })));
+    }
+
+    #[test]
+    fn the_hosts_suite_keeps_no_apt_state_and_another_suite_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = DebianCache::with_suite(dir.path(), None).unwrap();
+        assert_eq!(host.suite(), None);
+        assert!(!dir.path().join("apt").exists());
+        assert!(host.apt("etcd-server", "apt-cache").unwrap().get_args().next().is_none(), "the host's apt as it is");
+
+        let trixie = DebianCache::with_suite(dir.path(), Some("trixie")).unwrap();
+        assert_eq!(trixie.suite(), Some("trixie"));
+        assert!(dir.path().join("apt/trixie/etc/sources.list").is_file());
+        // Lists already fetched: the command is built without going to the network.
+        let lists = dir.path().join("apt/trixie/state/lists");
+        fs::write(lists.join("deb.debian.org_debian_dists_trixie_InRelease"), "").unwrap();
+        let cmd = trixie.apt("etcd-server", "apt-get").unwrap();
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(
+            args.contains(&format!(
+                "Dir::State={}",
+                fs::canonicalize(dir.path()).unwrap().join("apt/trixie/state").display()
+            )),
+            "{args:?}"
+        );
+        assert!(cmd.get_envs().any(|(k, _)| k == "APT_CONFIG"));
+        let bad = DebianCache::with_suite(dir.path().join("new"), Some("../../etc")).unwrap_err();
+        assert!(matches!(bad, DebianError::BadSuite { .. }), "{bad}");
+        assert!(!dir.path().join("new").exists(), "a bad suite creates nothing");
     }
 
     #[test]

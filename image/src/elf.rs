@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+mod symver;
+pub use symver::{check_versions, defined_versions, needed_versions};
+
 /// Where glibc's loader looks on Debian x86-64, in its order.
 pub const HOST_LIBRARY_DIRS: &[&str] =
     &["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"];
@@ -51,6 +54,18 @@ pub enum ElfError {
         library: String,
         /// The library names the image carries.
         carried: String,
+    },
+    /// A program served beside the image needs a symbol version its library in the image lacks.
+    #[error("{program} needs {library} with version {version}, but the one the node initramfs carries defines versions up to {newest}, so it would not start on a node; use a build of it for an older C library, or build the node image on a host whose libraries are as new")]
+    VersionNotCarried {
+        /// The program.
+        program: PathBuf,
+        /// The library's soname.
+        library: String,
+        /// The version it lacks.
+        version: String,
+        /// The newest version the carried library defines.
+        newest: String,
     },
 }
 

@@ -75,14 +75,16 @@ fn module_file_name(file: &str) -> Option<(String, &'static str)> {
 }
 
 /// The modules of `modules_dir` (a `lib/modules/VERSION` directory) named in `wanted`, with every
-/// dependency, sorted by name.
+/// dependency, sorted by name. A module this kernel has built in (listed in `modules.builtin`,
+/// as Debian 13's kernel has virtio_pci) needs no file and is left out.
 pub fn resolve(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<KernelModule>, KmodError> {
     let index = index_files(modules_dir)?;
+    let builtin = builtin_modules(modules_dir)?;
     let mut done: BTreeMap<String, KernelModule> = BTreeMap::new();
     let mut queue: Vec<(String, String)> =
         wanted.iter().map(|w| (normalize(w), "the node image".to_string())).collect();
     while let Some((name, needed_by)) = queue.pop() {
-        if done.contains_key(&name) {
+        if done.contains_key(&name) || builtin.contains(&name) {
             continue;
         }
         let Some(rel) = index.get(&name) else {
@@ -95,6 +97,22 @@ pub fn resolve(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<KernelModule>,
         done.insert(name, module);
     }
     Ok(done.into_values().collect())
+}
+
+/// The names of the modules in `modules_dir/modules.builtin` (none when the file is absent).
+fn builtin_modules(modules_dir: &Path) -> Result<BTreeSet<String>, KmodError> {
+    let path = modules_dir.join("modules.builtin");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(source) => return Err(KmodError::Io { path, source }),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().rsplit('/').next())
+        .filter_map(module_file_name)
+        .map(|(name, _)| name)
+        .collect())
 }
 
 /// Every module file under `modules_dir/kernel`, by normalised name, as relative paths.
@@ -348,6 +366,24 @@ mod tests {
             modules_dep(&modules),
             "kernel/lib/lib-a.ko: kernel/lib/libb.ko\nkernel/lib/libb.ko:\nkernel/drivers/net/my-nic.ko: kernel/lib/lib-a.ko kernel/lib/libb.ko\n"
         );
+    }
+
+    #[test]
+    fn a_built_in_module_needs_no_file_and_nothing_else_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fake_module(root, "kernel/drivers/net/nic.ko", &["depends=virtio-pci"]);
+        fs::write(
+            root.join("modules.builtin"),
+            "kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_pci.ko
+",
+        )
+        .unwrap();
+        let modules = resolve(root, &["virtio_pci", "nic"]).unwrap();
+        assert_eq!(modules.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["nic"]);
+        let err = resolve(root, &["virtio_net"]).unwrap_err();
+        assert!(matches!(err, KmodError::Missing { .. }), "{err}");
     }
 
     #[test]

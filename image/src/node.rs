@@ -5,7 +5,12 @@
 //! ([`crate::artifacts`]) and `SHA256SUMS` of everything. The artifacts are `etcd` (Debian's
 //! `etcd-server`, for control-plane nodes) and, with a k3s bundle ([`crate::k3s_bundle`]), `k3s` and
 //! its airgap images tarball. They stay out of the initramfs: every node boots it, few need them.
-//! etcd must run on the libraries the initramfs carries for the agent; the build checks that.
+//! etcd must run on the libraries the initramfs carries for the agent; the build checks that, down
+//! to the C library's symbol versions ([`elf::check_versions`]).
+//!
+//! The Debian parts come from the build host's suite, or from another one (`--suite trixie`: a
+//! second node generation, kernel 6.12 and etcd 3.5) through [`build_node_image_from`] with a
+//! [`DebianCache::with_suite`]; the agent and its libraries always come from the build host.
 //!
 //! The initramfs holds:
 //!
@@ -262,11 +267,23 @@ pub fn build_node_image(
     k3s_bundle: Option<&Path>,
     out: &Path,
 ) -> Result<NodeImage, NodeImageError> {
+    build_node_image_from(&DebianCache::new(cache)?, agent, overlay, k3s_bundle, out)
+}
+
+/// [`build_node_image`] from the packages of `cache`'s suite ([`DebianCache::with_suite`]): the
+/// kernel, its modules, busybox and etcd all come from that suite; the agent and the libraries it
+/// links come from the build host, and etcd must run on those (checked).
+pub fn build_node_image_from(
+    cache: &DebianCache,
+    agent: &Path,
+    overlay: &Path,
+    k3s_bundle: Option<&Path>,
+    out: &Path,
+) -> Result<NodeImage, NodeImageError> {
     // Check the local inputs before fetching anything.
     fs::File::open(agent).map_err(|source| NodeImageError::Agent { path: agent.to_path_buf(), source })?;
     fs::read_dir(overlay).map_err(|source| NodeImageError::Overlay { path: overlay.to_path_buf(), source })?;
     let bundle = k3s_bundle.map(k3s_bundle::validate).transpose()?;
-    let cache = DebianCache::new(cache)?;
     let kernel_package = cache.resolve_dependency(KERNEL_METAPACKAGE, "linux-image-")?;
     let kernel = cache.fetch(&kernel_package)?;
     let busybox = cache.fetch(BUSYBOX_PACKAGE)?;
@@ -285,6 +302,7 @@ pub fn build_node_image(
     let (archive, modules) = node_initramfs(&parts)?;
     let etcd_program = etcd.file(ETCD_PROGRAM)?;
     elf::check_carried(&etcd_program, archive.paths())?;
+    elf::check_versions(&etcd_program, &elf::runtime_files(agent, elf::HOST_LIBRARY_DIRS)?)?;
 
     copy_atomic(&kernel.file(&format!("/boot/{vmlinuz}"))?, &out.join(KERNEL), 0o644)?;
     let uncompressed = archive.to_bytes().len() as u64;

@@ -221,6 +221,11 @@ pub struct NodeBuildArgs {
     /// release: servers then run k3s on oasis's etcd. Without it the cluster is etcd only.
     #[arg(long, value_name = "DIR")]
     pub k3s_bundle: Option<PathBuf>,
+    /// The Debian suite the kernel, its modules, busybox and etcd come from (e.g. `trixie` for
+    /// Debian 13), with apt state of its own in the cache; the host's apt is left alone. Default:
+    /// the build host's suite, through its apt sources.
+    #[arg(long, value_name = "CODENAME")]
+    pub suite: Option<String>,
     #[command(flatten)]
     pub build: BuildArgs,
 }

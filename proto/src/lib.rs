@@ -263,6 +263,10 @@ pub struct Heartbeat {
     /// The data disk the desired state asked for.
     #[serde(default)]
     pub data_disk: Option<DataDiskStatus>,
+    /// The running kernel's release (`uname -r`, e.g. `6.12.118+deb13-amd64`): which node
+    /// generation's kernel the machine booted. Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

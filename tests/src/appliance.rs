@@ -90,10 +90,14 @@ interface = "{wg}"
 /// A boot root with the iPXE builds, the test payload and the node image (with its artifacts)
 /// under `node/`.
 pub fn node_boot_root(dir: &Path) -> PathBuf {
+    node_boot_root_from(dir, &crate::node_image().unwrap_or_else(|e| panic!("{e}")))
+}
+
+/// [`node_boot_root`] with the node image in `node` (another generation's).
+pub fn node_boot_root_from(dir: &Path, node: &Path) -> PathBuf {
     let root = boot_root(dir);
-    let node = crate::node_image().unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(root.join("node")).unwrap();
-    for entry in std::fs::read_dir(&node).unwrap() {
+    for entry in std::fs::read_dir(node).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), root.join("node").join(entry.file_name())).unwrap();
     }

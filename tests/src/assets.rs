@@ -43,6 +43,16 @@ pub fn node_image() -> Result<PathBuf> {
     Ok(node)
 }
 
+/// The second node generation, built from Debian 13 (trixie) parts, in `$OASIS_ASSETS/node-trixie`
+/// (or `.cache/assets/node-trixie`), checked against its `SHA256SUMS`. Build it with `oasis image
+/// build node --suite trixie --agent target/release/oasis-agent --out DIR/node-trixie`.
+pub fn trixie_node_image() -> Result<PathBuf> {
+    let dir = assets_dir();
+    let node = dir.join("node-trixie");
+    check(&dir, &node, &["vmlinuz", "initrd.img", "etcd", "artifacts.json"])?;
+    Ok(node)
+}
+
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()

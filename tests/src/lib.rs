@@ -30,7 +30,7 @@ pub mod soak;
 pub mod wireguard;
 
 pub use appliance::{oasis, oasis_bin, Appliance};
-pub use assets::{assets, node_image, workspace_root, Assets};
+pub use assets::{assets, node_image, trixie_node_image, workspace_root, Assets};
 pub use dnsmasq::{Dnsmasq, DnsmasqConfig};
 pub use netns::Netns;
 pub use qemu::{DirectKernel, Firmware, Machine, MachineSpec};

@@ -4,10 +4,10 @@
 //! and on again. Each machine has an SMBIOS serial (`SN-1`, `SN-2`, …) to be ordered by and a
 //! real UUID to be identified by, as a real board has.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::appliance::{join_args, node_boot_root, write_config, Appliance};
+use crate::appliance::{join_args, node_boot_root_from, write_config, Appliance};
 use crate::json::{ClusterStatus, Health};
 use crate::{tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
 
@@ -44,10 +44,16 @@ impl Rack {
 
     /// A rack like [`Rack::new`] where the machines in `disks` have a blank local disk.
     pub fn with_disks(name: &str, count: usize, cluster: &str, disks: &[usize]) -> Rack {
+        Rack::with_node(name, count, cluster, disks, &crate::node_image().unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// A rack like [`Rack::with_disks`] whose machines boot the node image in `node` (e.g.
+    /// [`crate::trixie_node_image`]).
+    pub fn with_node(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path) -> Rack {
         let ns = Netns::create(name).unwrap();
         ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
         let work = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().unwrap();
-        let root = node_boot_root(work.path());
+        let root = node_boot_root_from(work.path(), node);
         let config = write_config(work.path(), "range = [\"10.0.0.100\", \"10.0.0.199\"]", &root, cluster);
         // The machines boot the node image directly, as from boot media: with the join token.
         let args = join_args(&config);

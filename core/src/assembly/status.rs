@@ -152,6 +152,9 @@ pub struct MemberView {
     pub db_size: Option<u64>,
     pub revision: Option<u64>,
     pub raft_index: Option<u64>,
+    /// The etcd version the member runs (e.g. `3.5.16`), when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// One mesh link as one of its ends reports it.
@@ -244,6 +247,7 @@ fn member_views(o: &Observed<'_>) -> Vec<MemberView> {
                 db_size: st.map(|s| s.db_size),
                 revision: st.map(|s| s.revision),
                 raft_index: st.map(|s| s.raft_index),
+                version: st.map(|s| s.version.clone()),
             }
         })
         .collect()

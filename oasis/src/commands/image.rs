@@ -25,14 +25,13 @@ pub fn build(build: &BuildCommand) -> anyhow::Result<()> {
 
 /// `oasis image build node`: the node image, its kernel, initramfs and artifacts.
 fn node(a: &NodeBuildArgs) -> anyhow::Result<oasis_image::manifest::Manifest> {
-    let image = oasis_image::node::build_node_image(
-        &a.build.cache,
-        &a.agent,
-        &a.overlay,
-        a.k3s_bundle.as_deref(),
-        &a.build.out,
-    )?;
+    let cache = oasis_image::debian::DebianCache::with_suite(&a.build.cache, a.suite.as_deref())?;
+    let image =
+        oasis_image::node::build_node_image_from(&cache, &a.agent, &a.overlay, a.k3s_bundle.as_deref(), &a.build.out)?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    if let Some(suite) = &a.suite {
+        println!("Debian suite {suite} (apt state in {})", cache.dir().join("apt").join(suite).display());
+    }
     println!(
         "kernel {} {:.1} MiB; initramfs {:.1} MiB compressed, {:.1} MiB uncompressed; {} modules",
         image.kernel_version,
