@@ -27,3 +27,4 @@ pub mod events;
 pub mod k3s;
 pub mod records;
 pub mod registry;
+pub mod update;

@@ -256,7 +256,8 @@ fn another_product_architecture_or_a_bad_member_list_is_refused() {
     let err = read(&arm).unwrap_err().to_string();
     assert!(err.contains("aarch64") && err.contains("x86_64"), "{err}");
 
-    let cases: [(fn(&mut BundleManifest), &str); 5] = [
+    type Change = fn(&mut BundleManifest);
+    let cases: [(Change, &str); 5] = [
         (|m| m.members[0].name = "../vmlinuz".into(), "not a plain file name"),
         (|m| m.members[1].sha256 = "AB".repeat(32), "64 lowercase hex"),
         (|m| m.members[1].role = Role::Kernel, "repeats a name or role"),
