@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::artifacts::{self, ArtifactsError};
+use crate::artifacts::{self, ArtifactEntry, ArtifactsError};
 use crate::k3s_bundle::{AIRGAP_ARTIFACT, K3S_ARTIFACT};
 use crate::manifest::{sha256_file, write_atomic_with, ManifestError};
 use crate::node::ETCD_FILE;
@@ -142,6 +142,27 @@ impl BundleManifest {
     /// The sum of the member sizes; `None` if it overflows.
     pub fn total_size(&self) -> Option<u64> {
         self.members.iter().try_fold(0u64, |sum, m| sum.checked_add(m.size))
+    }
+
+    /// The `artifacts.json` entries of the members a node image lists there (etcd, k3s and its
+    /// airgap images), so a staging directory becomes a node image directory.
+    pub fn artifact_entries(&self) -> Vec<ArtifactEntry> {
+        let version = |role| match role {
+            Role::Etcd => Some(self.changes.etcd.clone()),
+            Role::K3s => self.changes.k3s.clone(),
+            _ => None,
+        };
+        self.members
+            .iter()
+            .filter(|m| matches!(m.role, Role::Etcd | Role::K3s | Role::K3sAirgapImages))
+            .map(|m| ArtifactEntry {
+                name: m.role.as_str().into(),
+                file: m.name.clone(),
+                sha256: m.sha256.clone(),
+                size: m.size,
+                version: version(m.role),
+            })
+            .collect()
     }
 
     /// One line saying what the bundle is.

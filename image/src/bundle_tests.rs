@@ -123,6 +123,9 @@ fn a_bundle_round_trips_into_its_staging_directory() {
             let mode = fs::metadata(staging.join(&member.name)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode == 0o755, member.role.executable(), "{}", member.name);
         }
+        // The staging directory becomes a node image directory.
+        artifacts::write(&staging, &verified.manifest.artifact_entries()).unwrap();
+        assert_eq!(artifacts::verify(&staging).unwrap(), artifacts::read(node.path()).unwrap());
         // Verifying only copies nothing.
         assert!(read_bundle(&bytes[..], &options, &accept_all, Sink::Discard).is_ok());
         assert!(manifest.summary().starts_with("oasis 0.16.0 (sequence 7, x86_64): kernel 6.1.0-28-amd64"));
