@@ -13,6 +13,8 @@ use crate::pki::PkiError;
 use crate::serve::ServeError;
 use crate::store::StoreError;
 use oasis_core::config::ConfigError;
+use oasis_core::update::UpdateRefusal;
+use oasis_image::bundle::BundleError;
 
 /// What `oasis` exits with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +74,12 @@ impl Exit {
 /// What one error says about the exit, looking through its `transparent` variants (whose inner
 /// error is not in the `source()` chain: they forward to the inner error's own source).
 fn classify(error: &(dyn Error + 'static)) -> Option<Exit> {
-    if error.is::<ConfigError>() {
+    if error.is::<ConfigError>() || error.is::<UpdateRefusal>() {
         return Some(Exit::Config);
+    }
+    if let Some(e) = error.downcast_ref::<BundleError>() {
+        // A bad bundle is a bad file; failing to read or stage a good one is not.
+        return e.is_input().then_some(Exit::Config);
     }
     if let Some(e) = error.downcast_ref::<StoreError>() {
         return of_store(e);
@@ -140,6 +146,16 @@ mod tests {
         let asked = anyhow::Error::from(refused(axum::http::StatusCode::NOT_FOUND)).context("accepting m9");
         assert_eq!(Exit::of(asked.as_ref()), Exit::Usage);
         assert_eq!(Exit::of(&refused(axum::http::StatusCode::SERVICE_UNAVAILABLE)), Exit::Failure);
+    }
+
+    #[test]
+    fn a_refused_bundle_is_3_and_failing_to_read_one_1() {
+        let refused = anyhow::Error::from(BundleError::Unsigned).context("verifying u.bundle");
+        assert_eq!(Exit::of(refused.as_ref()), Exit::Config);
+        let rule = UpdateRefusal::NotNewer { installed: 5, offered: 5, version: "0.16.0".into() };
+        assert_eq!(Exit::of(&BundleError::Refused(Box::new(rule))), Exit::Config);
+        let unreadable = BundleError::Read(std::io::Error::other("disk gone"));
+        assert_eq!(Exit::of(&unreadable), Exit::Failure);
     }
 
     #[test]

@@ -20,6 +20,9 @@
 //!    records what each step changed; [`assembly::desired`] is what each machine is told to run,
 //!    with [`k3s`] rendering Kubernetes on top when a bundle is given; [`assembly::status`] is
 //!    the cluster as the operator sees it.
+//! 6. **Update.** A signed update bundle (`oasis_image::bundle`) is installed only if
+//!    [`update`] allows it over what runs: a newer sequence, the rack's product and architecture,
+//!    etcd one minor version up at most and never down across minors.
 
 pub mod assembly;
 pub mod config;
@@ -27,3 +30,4 @@ pub mod events;
 pub mod k3s;
 pub mod records;
 pub mod registry;
+pub mod update;

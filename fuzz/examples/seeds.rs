@@ -152,7 +152,47 @@ fn config_seeds() {
     write("config_toml", "docs-oasis-toml-signed", &[&text[..], oasis_fuzz::SEPARATOR, sig.as_bytes()].concat());
 }
 
+/// Update bundles of a small node image (with and without k3s) signed with the fuzz key, and the
+/// same manifests in the target's odd form (the JSON, the separator, the members).
+fn bundle_seeds() {
+    use oasis_image::artifacts::{self, ArtifactEntry};
+    use oasis_image::bundle::{write_bundle, BundleOptions, HEADER_BYTES};
+    let key = signature::SigningKey::from_bytes(&[7; 32]);
+    for k3s in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path();
+        std::fs::write(p.join("vmlinuz"), b"kernel ".repeat(40)).expect("write");
+        std::fs::write(p.join("initrd.img"), b"initramfs ".repeat(30)).expect("write");
+        std::fs::write(p.join("etcd"), b"etcd ".repeat(20)).expect("write");
+        let mut entries = vec![ArtifactEntry::of_file(p, "etcd", "etcd", Some("3.5.16-4".into())).expect("etcd")];
+        if k3s {
+            std::fs::write(p.join("k3s"), b"k3s").expect("write");
+            std::fs::write(p.join("k3s-airgap-images-amd64.tar.zst"), b"images").expect("write");
+            entries.push(ArtifactEntry::of_file(p, "k3s", "k3s", None).expect("k3s"));
+            let images = "k3s-airgap-images-amd64.tar.zst";
+            entries.push(ArtifactEntry::of_file(p, "k3s-airgap-images", images, None).expect("images"));
+        }
+        artifacts::write(p, &entries).expect("artifacts.json");
+        let options = BundleOptions {
+            version: "0.16.0".into(),
+            sequence: 2,
+            kernel_version: Some("6.12.9-amd64".into()),
+            k3s_version: k3s.then(|| "v1.31.4+k3s1".into()),
+            ..BundleOptions::default()
+        };
+        let out = p.join("seed.bundle");
+        write_bundle(p, &options, &key, &out).expect("bundle");
+        let bytes = std::fs::read(&out).expect("read");
+        let name = if k3s { "node-k3s" } else { "node" };
+        write("bundle_read", &format!("{name}-bundle"), &[&[0u8][..], &bytes].concat());
+        let end = HEADER_BYTES + u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
+        let split = [&[1u8][..], &bytes[HEADER_BYTES..end], oasis_fuzz::SEPARATOR, &bytes[end..]].concat();
+        write("bundle_read", &format!("{name}-manifest-and-members"), &split);
+    }
+}
+
 fn main() {
+    bundle_seeds();
     label_seeds();
     gpt_seeds();
     config_seeds();

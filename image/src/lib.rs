@@ -12,12 +12,16 @@
 //! written without mounting. Every output directory carries a `SHA256SUMS`
 //! manifest ([`manifest`]), and every file is written aside, fsynced and renamed into place.
 //!
+//! Update bundles ([`bundle`]) carry a node generation in one signed file; the keys that sign
+//! them and USB configurations are [`signing`]'s.
+//!
 //! [`buildroot_tree`] checks `buildroot-overlay/`, the Buildroot br2-external tree that builds the
 //! same appliance from source, including its genimage disk layout ([`genimage_cfg`]).
 
 pub mod appliance;
 pub mod artifacts;
 pub mod buildroot_tree;
+pub mod bundle;
 pub mod cpio;
 pub mod debian;
 pub mod elf;
@@ -31,6 +35,7 @@ pub mod manifest;
 pub mod node;
 pub mod partition;
 pub mod payload;
+pub mod signing;
 pub mod usb_stick;
 
 pub use debian::{DebianCache, DebianError, UnpackedPackage};

@@ -58,6 +58,33 @@ pub enum Command {
     /// The cluster the rack assembles into.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Update bundles: signed node generations.
+    #[command(subcommand)]
+    Update(UpdateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Verify a bundle completely (header, signature, every member's size and SHA-256) without
+    /// installing anything, and with --installed-sequence and --installed-etcd whether it may be
+    /// installed over them; prints its summary or why it is refused (exit 3).
+    Verify(UpdateVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateVerifyArgs {
+    /// The bundle (`oasis image build bundle`).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// A public key bundles may be signed with (`oasis config keygen`); repeat for several.
+    #[arg(long, value_name = "PUB", required = true)]
+    pub trusted_key: Vec<PathBuf>,
+    /// The sequence number of the installed generation.
+    #[arg(long, value_name = "N", requires = "installed_etcd")]
+    pub installed_sequence: Option<u64>,
+    /// The installed etcd version (`3.4.23` or Debian's `3.4.23-4+b4`).
+    #[arg(long, value_name = "V", requires = "installed_sequence")]
+    pub installed_etcd: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +189,37 @@ pub enum BuildCommand {
     /// A USB stick image (an MBR and a FAT partition labelled OASIS) carrying oasis.toml and,
     /// with --key (or a FILE.sig beside it), oasis.toml.sig. Write it to a stick with `dd`.
     UsbStick(UsbStickArgs),
+    /// An update bundle: the node image (kernel, initramfs, etcd, k3s when it has it) in one
+    /// file with a manifest signed by --key, for `oasis update`.
+    Bundle(BundleBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BundleBuildArgs {
+    /// The node image directory (`oasis image build node`).
+    #[arg(long, value_name = "DIR")]
+    pub node: PathBuf,
+    /// The product version the bundle installs.
+    #[arg(long, value_name = "V")]
+    pub version: String,
+    /// Its sequence number: appliances refuse a bundle whose number is not above the installed one.
+    #[arg(long, value_name = "N")]
+    pub sequence: u64,
+    /// The private key to sign with (`oasis config keygen`).
+    #[arg(long, value_name = "PRIVATE")]
+    pub key: PathBuf,
+    /// The bundle file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// The kernel version; read from the kernel's header when not given.
+    #[arg(long, value_name = "V")]
+    pub kernel_version: Option<String>,
+    /// The node agent's version; the --version when not given.
+    #[arg(long, value_name = "V")]
+    pub agent_version: Option<String>,
+    /// The k3s version, recorded when the node image carries k3s.
+    #[arg(long, value_name = "V")]
+    pub k3s_version: Option<String>,
 }
 
 #[derive(Debug, Args)]

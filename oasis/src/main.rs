@@ -8,8 +8,8 @@ mod commands;
 
 use clap::Parser;
 
-use cli::{Cli, ClusterCommand, Command, ConfigCommand, ImageCommand, MachineCommand};
-use commands::{boot, cluster, config, events, image, leases, machine, machines, serve};
+use cli::{Cli, ClusterCommand, Command, ConfigCommand, ImageCommand, MachineCommand, UpdateCommand};
+use commands::{boot, cluster, config, events, image, leases, machine, machines, serve, update};
 use oasis_appliance::operator::Decision;
 
 fn main() {
@@ -53,5 +53,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cluster::kv(&key, Some(&value), &via, &state)
         }
         Command::Image(ImageCommand::Build(build)) => image::build(&build),
+        Command::Update(UpdateCommand::Verify(args)) => update::verify(&args),
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use oasis_core::config::Config;
 
-use crate::cli::{ApplianceBuildArgs, BuildCommand, NodeBuildArgs, UsbStickArgs};
+use crate::cli::{ApplianceBuildArgs, BuildCommand, BundleBuildArgs, NodeBuildArgs, UsbStickArgs};
 
 /// `oasis image build KIND`: builds it and prints what is in it (for the manifests, each entry's
 /// sha256 and name).
@@ -13,6 +13,7 @@ pub fn build(build: &BuildCommand) -> anyhow::Result<()> {
     let manifest = match build {
         BuildCommand::Appliance(a) => return appliance(a),
         BuildCommand::UsbStick(a) => return usb_stick(a),
+        BuildCommand::Bundle(a) => return bundle(a),
         BuildCommand::Ipxe(a) => oasis_image::ipxe::build_ipxe(&a.cache, &a.out)?,
         BuildCommand::TestPayload(a) => oasis_image::payload::build_test_payload(&a.cache, &a.out)?,
         BuildCommand::Node(a) => node(a)?,
@@ -124,5 +125,30 @@ fn usb_stick(args: &UsbStickArgs) -> anyhow::Result<()> {
         args.size_mib,
         oasis_image::usb_stick::LABEL
     );
+    Ok(())
+}
+
+/// `oasis image build bundle`: signs the node image into one update bundle.
+fn bundle(a: &BundleBuildArgs) -> anyhow::Result<()> {
+    let key = oasis_image::signing::load_private_key(&a.key)?;
+    let options = oasis_image::bundle::BundleOptions {
+        version: a.version.clone(),
+        sequence: a.sequence,
+        kernel_version: a.kernel_version.clone(),
+        agent_version: a.agent_version.clone(),
+        k3s_version: a.k3s_version.clone(),
+    };
+    let manifest = oasis_image::bundle::write_bundle(&a.node, &options, &key, &a.out)?;
+    let bytes = std::fs::metadata(&a.out).with_context(|| format!("cannot read {}", a.out.display()))?.len();
+    println!(
+        "{}: {:.1} MiB, signed with key {}",
+        a.out.display(),
+        bytes as f64 / (1024.0 * 1024.0),
+        oasis_image::signing::key_id(&key.verifying_key())
+    );
+    println!("{}", manifest.summary());
+    for member in &manifest.members {
+        println!("{}  {} ({}, {} bytes)", member.sha256, member.name, member.role, member.size);
+    }
     Ok(())
 }

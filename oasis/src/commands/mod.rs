@@ -12,6 +12,7 @@ pub mod machine;
 pub mod machines;
 pub mod serve;
 mod table;
+pub mod update;
 
 use std::path::Path;
 
