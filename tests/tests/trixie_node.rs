@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use oasis_e2e::json::MachineState;
 use oasis_e2e::rack::{healthy_with, role, Rack};
 use oasis_e2e::trixie_node_image;
 use oasis_image::artifacts::ArtifactEntry;
-use oasis_e2e::json::MachineState;
 
 /// Every path under the host's apt directories with its modification time and size.
 fn host_apt_state() -> BTreeMap<String, (std::time::SystemTime, u64)> {
