@@ -18,16 +18,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use oasis_e2e::appliance::{node_boot_root, oasis, oasis_bin, write_config, Appliance};
-use oasis_e2e::interrupt;
+use oasis_e2e::interrupt::{self, failed, Stop};
 use oasis_e2e::json::{voters, MachineEntry, MachineState};
 use oasis_e2e::{tail, Firmware, Machine, MachineSpec, Netns};
-
-/// Why the rack stopped before the end.
-#[derive(Debug)]
-enum Stop {
-    Interrupted,
-    Failed(String),
-}
 
 /// The rack while it runs; dropped (machines, then the appliance, then the namespace) on any end.
 struct Rack {
@@ -37,11 +30,6 @@ struct Rack {
     work: std::path::PathBuf,
     // Last: the namespace goes after everything that runs in it.
     _ns: Netns,
-}
-
-/// A failure while `what`, with its cause.
-fn failed<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Stop + '_ {
-    move |e| Stop::Failed(format!("{what}: {e}"))
 }
 
 fn mac(i: usize) -> String {
@@ -104,11 +92,7 @@ impl Rack {
                 Some(format!("machine {} (QEMU) exited ({status}):\n{}\n{}", i + 1, tail(&m.serial(), 20), stderr))
             })
         };
-        match dead {
-            _ if interrupt::interrupted() => Err(Stop::Interrupted),
-            Some(message) => Err(Stop::Failed(message)),
-            None => Ok(()),
-        }
+        interrupt::stop_if_dead(dead)
     }
 
     /// Sleeps `d`, checking every 200 ms that everything is alive and no Ctrl-C came.
@@ -250,13 +234,9 @@ fn run(count: usize, work: &Path) -> Result<(), Stop> {
 }
 
 fn main() -> ExitCode {
-    let count: usize = match std::env::args().nth(1).map(|a| a.parse()) {
-        None => 3,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            eprintln!("usage: rack [MACHINES]   (a number of machines, at least 1)");
-            return ExitCode::from(2);
-        }
+    let count = match interrupt::machine_count("rack") {
+        Ok(count) => count,
+        Err(usage) => return usage,
     };
     interrupt::catch();
     let _ = oasis_bin(); // fails here, before anything is made, if there is no oasis binary

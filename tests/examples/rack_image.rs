@@ -21,20 +21,8 @@ use std::time::{Duration, Instant};
 
 use oasis_e2e::appliance::oasis;
 use oasis_e2e::appliance_vm::{appliance_disk, appliance_image, ApplianceVm, ApplianceVmSpec};
-use oasis_e2e::interrupt;
+use oasis_e2e::interrupt::{self, failed, Stop};
 use oasis_e2e::{tail, Firmware, Machine, MachineSpec, Netns};
-
-/// Why the rack stopped before the end.
-#[derive(Debug)]
-enum Stop {
-    Interrupted,
-    Failed(String),
-}
-
-/// A failure while `what`, with its cause.
-fn failed<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Stop + '_ {
-    move |e| Stop::Failed(format!("{what}: {e}"))
-}
 
 /// The appliance's own console lines, as the script showed them.
 fn console_line(line: &str) -> bool {
@@ -88,11 +76,7 @@ impl Rack {
                 ))
             })
         };
-        match dead {
-            _ if interrupt::interrupted() => Err(Stop::Interrupted),
-            Some(message) => Err(Stop::Failed(message)),
-            None => Ok(()),
-        }
+        interrupt::stop_if_dead(dead)
     }
 
     /// Shows the console until `done` holds for it; fails with `what` after `limit` from `since`.
@@ -260,13 +244,9 @@ fn run(count: usize, work: &Path) -> Result<(), Stop> {
 }
 
 fn main() -> ExitCode {
-    let count: usize = match std::env::args().nth(1).map(|a| a.parse()) {
-        None => 3,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            eprintln!("usage: rack_image [MACHINES]   (a number of machines, at least 1)");
-            return ExitCode::from(2);
-        }
+    let count = match interrupt::machine_count("rack_image") {
+        Ok(count) => count,
+        Err(usage) => return usage,
     };
     interrupt::catch();
     let _ = appliance_image(); // fails here, before anything is made, if there is no image

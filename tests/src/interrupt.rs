@@ -3,6 +3,7 @@
 //! (namespaces, taps, QEMU, `oasis serve`, the work directory) is removed once, by the owners'
 //! `Drop`s, before it exits. A second Ctrl-C while that runs changes nothing.
 
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -25,6 +26,42 @@ pub fn catch() {
 /// Whether SIGINT or SIGTERM came since [`catch`].
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Why a long-running example stopped before its end.
+#[derive(Debug)]
+pub enum Stop {
+    Interrupted,
+    Failed(String),
+}
+
+/// A failure while `what`, with its cause.
+pub fn failed<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Stop + '_ {
+    move |e| Stop::Failed(format!("{what}: {e}"))
+}
+
+/// The end of an example's liveness check: stopped by Ctrl-C (which also reaches its children,
+/// so a child that just died is no failure then), failed with `dead` when a child is gone, else
+/// going on.
+pub fn stop_if_dead(dead: Option<String>) -> Result<(), Stop> {
+    match dead {
+        _ if interrupted() => Err(Stop::Interrupted),
+        Some(message) => Err(Stop::Failed(message)),
+        None => Ok(()),
+    }
+}
+
+/// The example's one argument, a number of machines (3 when absent); a usage line and exit code 2
+/// for anything else.
+pub fn machine_count(program: &str) -> Result<usize, ExitCode> {
+    match std::env::args().nth(1).map(|a| a.parse()) {
+        None => Ok(3),
+        Some(Ok(n)) if n > 0 => Ok(n),
+        Some(_) => {
+            eprintln!("usage: {program} [MACHINES]   (a number of machines, at least 1)");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 #[cfg(test)]
