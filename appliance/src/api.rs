@@ -57,6 +57,8 @@ pub struct Api {
     pub full_dhcp: bool,
     /// Peer changes of committed records, in commit order, off the registry lock.
     pub peers: PeerQueue,
+    /// The node generations installed from update bundles.
+    pub generations: Arc<crate::generations::NodeGenerations>,
 }
 
 /// Desired states as the controller last published them. The revision moves whenever any
@@ -687,8 +689,15 @@ pub fn test_api(dir: &std::path::Path, policy: oasis_core::registry::Policy) -> 
         keepalive_secs: 15,
     };
     let (desired, _) = watch::channel(Arc::default());
+    let generations = Arc::new(crate::generations::NodeGenerations::new(
+        store.clone(),
+        dir,
+        &dir.join("boot/node"),
+        crate::generations::UpdateKeys::default(),
+    ));
     Arc::new(Api {
         registry: Mutex::new(Registry::new(policy, overlay, vec![])),
+        generations,
         store,
         identity,
         wireguard: None,

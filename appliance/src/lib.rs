@@ -25,6 +25,7 @@ pub mod api;
 pub mod controller;
 pub mod etcd;
 pub mod exit;
+pub mod generations;
 pub mod identity;
 pub mod limits;
 pub mod netboot;

@@ -29,6 +29,7 @@ use crate::controller::kubernetes::Kubernetes;
 use crate::controller::world::SystemClock;
 use crate::controller::{Controller, Outputs, Provisions, World};
 use crate::etcd::EtcdClient;
+use crate::generations::{GenerationsError, NodeGenerations, UpdateKeys};
 use crate::identity::Identity;
 use crate::limits;
 use crate::netboot::NetbootDirectory;
@@ -41,6 +42,8 @@ use oasis_core::registry::{Overlay, Policy, Registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("the node generations on the data partition cannot be checked")]
+    Generations(#[source] GenerationsError),
     #[error("network interface {0:?} does not exist on this machine: check network.interface (`ip link` lists them)")]
     NoInterface(String),
     #[error("cannot read the hardware address of {interface} from {path}")]
@@ -204,7 +207,9 @@ async fn start_management(
     };
     let (desired, _) = tokio::sync::watch::channel(Arc::default());
     let interface = Arc::new(interface);
+    let generations = node_generations(config, store)?;
     Ok(Arc::new(Api {
+        generations,
         registry: tokio::sync::Mutex::new(Registry::new(policy, overlay, records)),
         store: store.clone(),
         identity,
@@ -214,6 +219,17 @@ async fn start_management(
         full_dhcp: full_dhcp(config),
         peers: PeerQueue::new(Some(interface as Arc<dyn PeerDevice>)),
     }))
+}
+
+/// The node generations on the data partition, with what a crash left behind removed.
+fn node_generations(config: &Config, store: &Store) -> Result<Arc<NodeGenerations>, ServeError> {
+    let keys = UpdateKeys {
+        image_key: Some(PathBuf::from(oasis_image::appliance::TRUSTED_KEY_PATH)),
+        configured: config.update_trusted_keys.clone(),
+    };
+    let generations = NodeGenerations::new(store.clone(), &config.data_dir, &config.boot_root.join("node"), keys);
+    generations.reconcile().map_err(ServeError::Generations)?;
+    Ok(Arc::new(generations))
 }
 
 /// Raises the descriptor limit and sizes the listeners' connection caps to fit in it.
