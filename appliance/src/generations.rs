@@ -44,7 +44,7 @@ const STAGING_PREFIX: &str = ".staging-";
 #[derive(Debug, thiserror::Error)]
 pub enum GenerationsError {
     #[error(transparent)]
-    Bundle(#[from] BundleError),
+    Bundle(Box<BundleError>),
     #[error("no key to verify update bundles with: this appliance image has no trusted key and oasis.toml names none; add `[update] trusted_keys = [\"PUBLIC_KEY_FILE\"]` and restart oasis serve")]
     NoTrustedKey,
     #[error(
@@ -56,15 +56,27 @@ pub enum GenerationsError {
     #[error("cannot open the bundle {path}; give the path of a bundle file on the appliance")]
     Open { path: PathBuf, source: io::Error },
     #[error("cannot read the shipped node image's etcd version from {path}: the rules for a bundle need it; check the boot root")]
-    Shipped { path: PathBuf, source: Option<ArtifactsError> },
+    Shipped { path: PathBuf, source: Option<Box<ArtifactsError>> },
     #[error("cannot install the generation in {path}; free space on the data partition and apply the bundle again")]
     Install { path: PathBuf, source: io::Error },
     #[error("cannot write {path}; free space on the data partition and apply the bundle again")]
-    Write { path: PathBuf, source: ManifestError },
+    Write { path: PathBuf, source: Box<ManifestError> },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(Box<StoreError>),
     #[error("the installer stopped unexpectedly; apply the bundle again")]
     Stopped,
+}
+
+impl From<BundleError> for GenerationsError {
+    fn from(e: BundleError) -> Self {
+        GenerationsError::Bundle(Box::new(e))
+    }
+}
+
+impl From<StoreError> for GenerationsError {
+    fn from(e: StoreError) -> Self {
+        GenerationsError::Store(Box::new(e))
+    }
 }
 
 impl GenerationsError {
@@ -243,7 +255,7 @@ impl NodeGenerations {
     /// The etcd package version of the shipped node image.
     fn shipped_etcd(&self) -> Result<String, GenerationsError> {
         let entries = artifacts::read(&self.shipped)
-            .map_err(|e| GenerationsError::Shipped { path: self.shipped.clone(), source: Some(e) })?;
+            .map_err(|e| GenerationsError::Shipped { path: self.shipped.clone(), source: Some(Box::new(e)) })?;
         artifacts::find(&entries, ETCD_FILE)
             .and_then(|e| e.version.clone())
             .ok_or_else(|| GenerationsError::Shipped { path: self.shipped.clone(), source: None })
@@ -363,12 +375,12 @@ fn stage(
     let manifest = verified.manifest;
     let complete = || -> Result<PathBuf, GenerationsError> {
         artifacts::write(&staging, &manifest.artifact_entries()).map_err(|e| match e {
-            ArtifactsError::Io(source) => GenerationsError::Write { path: staging.clone(), source },
+            ArtifactsError::Io(source) => GenerationsError::Write { path: staging.clone(), source: Box::new(source) },
             other => GenerationsError::Install { path: staging.clone(), source: io::Error::other(other.to_string()) },
         })?;
         let text = serde_json::to_vec_pretty(&manifest).expect("a bundle manifest serializes");
         let path = staging.join(MANIFEST_FILE);
-        write_atomic(&path, &text).map_err(|source| GenerationsError::Write { path, source })?;
+        write_atomic(&path, &text).map_err(|source| GenerationsError::Write { path, source: Box::new(source) })?;
         let target = dir.join(manifest.sequence.to_string());
         if target.exists() {
             // Not in the record (its sequence is above every installed one): a crash's leftover.
