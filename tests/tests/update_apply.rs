@@ -1,0 +1,122 @@
+//! Node generations delivered to a running `oasis serve` (the real binary in a namespace, no VM):
+//! bundles of the real node images (`$OASIS_ASSETS/node`, Debian 12, and `node-trixie`, Debian
+//! 13) applied through `oasis update apply`, seen in `oasis update status`, refused ones changing
+//! nothing, and the older generations pruned.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use oasis_e2e::appliance::{self, oasis, Appliance};
+use oasis_e2e::{node_image, trixie_node_image, Netns};
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `oasis image build bundle` of the node image in `node`.
+fn bundle(node: &Path, sequence: u64, key: &Path, out: &Path) {
+    let (node, key, out_text, seq) =
+        (node.to_str().unwrap(), key.to_str().unwrap(), out.to_str().unwrap(), sequence.to_string());
+    let version = format!("0.15.{sequence}");
+    let args = ["image", "build", "bundle", "--node", node, "--version", &version, "--sequence", &seq];
+    let built = oasis(&[&args[..], &["--key", key, "--out", out_text]].concat());
+    assert!(built.status.success(), "building the bundle: {}", stderr(&built));
+}
+
+/// The generations on the data partition.
+fn on_disk(data: &Path) -> BTreeSet<String> {
+    match std::fs::read_dir(data.join("generations")) {
+        Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+fn apply(appliance: &Appliance, file: &Path) -> Output {
+    let data = appliance.data_dir.to_str().unwrap();
+    oasis(&["update", "apply", file.to_str().unwrap(), "--data-dir", data])
+}
+
+/// `oasis update status --json`: (sequence, state) of each generation.
+fn generations(appliance: &Appliance) -> Vec<(u64, String)> {
+    let json: serde_json::Value = serde_json::from_str(&appliance.cli(&["update", "status", "--json"])).unwrap();
+    json["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["sequence"].as_u64().unwrap(), g["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn bundles_become_generations_refused_ones_change_nothing_and_old_ones_are_pruned() {
+    let node = node_image().unwrap_or_else(|e| panic!("{e}"));
+    let trixie = trixie_node_image().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let keygen = oasis(&["config", "keygen", "--out", keys.to_str().unwrap()]);
+    assert!(keygen.status.success(), "{}", stderr(&keygen));
+    let (private, public) = (keys.join("oasis-config.key"), keys.join("oasis-config.pub"));
+    let first: PathBuf = dir.path().join("first.bundle");
+    let second: PathBuf = dir.path().join("second.bundle");
+    bundle(&node, 1, &private, &first);
+    bundle(&trixie, 2, &private, &second);
+
+    let ns = Netns::create("oasis-update").unwrap();
+    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
+    let root = appliance::node_boot_root(dir.path());
+    let extra = format!("[update]\ntrusted_keys = [\"{}\"]\n", public.display());
+    let config = appliance::write_config(dir.path(), "range = [\"10.0.0.100\", \"10.0.0.199\"]", &root, &extra);
+    let checked = oasis(&["config", "check", config.to_str().unwrap()]);
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("update bundles may be signed by key"));
+    let rack = Appliance::start(&ns, &config, &dir.path().join("serve.log"));
+    let data = rack.data_dir.clone();
+    assert_eq!(generations(&rack), vec![(0, "current".to_string())], "only the shipped generation");
+
+    let out = apply(&rack, &first);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), rack.log());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("installed as node generation 1"));
+    assert_eq!(on_disk(&data), BTreeSet::from(["1".to_string()]));
+    assert_eq!(generations(&rack), vec![(0, "current".into()), (1, "available".into())]);
+    let human = rack.cli(&["update", "status"]);
+    assert!(human.contains("available") && human.contains("0.15.1"), "{human}");
+
+    // The same bundle again: refused by its sequence, exit 3, nothing changed.
+    let out = apply(&rack, &first);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not above the installed sequence 1"), "{}", stderr(&out));
+
+    // A tampered copy of the newer one: refused, nothing written.
+    let mut bytes = std::fs::read(&second).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let tampered = dir.path().join("tampered.bundle");
+    std::fs::write(&tampered, bytes).unwrap();
+    let out = apply(&rack, &tampered);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damaged or altered"), "{}", stderr(&out));
+    assert_eq!(on_disk(&data), BTreeSet::from(["1".to_string()]), "no staging directory left");
+    assert_eq!(generations(&rack), vec![(0, "current".into()), (1, "available".into())]);
+
+    // The newer one: installed, and generation 1 (never run anywhere) pruned: two kept.
+    let out = apply(&rack, &second);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), rack.log());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed generations no longer kept: 1"));
+    assert_eq!(on_disk(&data), BTreeSet::from(["2".to_string()]));
+    assert_eq!(generations(&rack), vec![(0, "current".into()), (2, "available".into())]);
+    let installed = data.join("generations/2");
+    for file in ["vmlinuz", "initrd.img", "etcd", "artifacts.json", "bundle-manifest.json"] {
+        assert!(installed.join(file).is_file(), "{file} in {}", installed.display());
+    }
+    assert_eq!(std::fs::read(installed.join("vmlinuz")).unwrap(), std::fs::read(trixie.join("vmlinuz")).unwrap());
+
+    // A restart keeps the record, and removes what an interrupted install left.
+    let mut rack = rack;
+    rack.stop();
+    std::fs::create_dir(data.join("generations/.staging-1-2")).unwrap();
+    std::fs::create_dir(data.join("generations/7")).unwrap();
+    let rack = Appliance::start(&ns, &config, &dir.path().join("serve2.log"));
+    assert_eq!(on_disk(&data), BTreeSet::from(["2".to_string()]));
+    assert_eq!(generations(&rack), vec![(0, "current".into()), (2, "available".into())]);
+}
