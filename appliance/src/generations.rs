@@ -210,6 +210,11 @@ impl NodeGenerations {
         self
     }
 
+    /// The largest upload a bundle can be: its header, the largest manifest and the members.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_total_bytes + bundle::HEADER_BYTES as u64 + u64::from(bundle::MAX_MANIFEST_BYTES)
+    }
+
     /// The directory of generation `sequence`.
     pub fn path_of(&self, sequence: u64) -> PathBuf {
         match sequence {
@@ -399,4 +404,4 @@ fn stage(
 
 #[cfg(test)]
 #[path = "generations_tests.rs"]
-mod tests;
+pub(crate) mod tests;

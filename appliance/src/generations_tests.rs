@@ -30,16 +30,16 @@ fn node_dir(dir: &Path, kernel: &str, etcd_version: &str) {
     artifacts::write(dir, &entries).unwrap();
 }
 
-struct Rack {
-    dir: tempfile::TempDir,
-    rt: tokio::runtime::Runtime,
-    store: Store,
-    generations: NodeGenerations,
-    key: SigningKey,
+pub(crate) struct Rack {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) store: Store,
+    pub(crate) generations: NodeGenerations,
+    pub(crate) key: SigningKey,
 }
 
 impl Rack {
-    fn new() -> Rack {
+    pub(crate) fn new() -> Rack {
         let dir = tempfile::tempdir().unwrap();
         let shipped = dir.path().join("boot/node");
         node_dir(&shipped, "6.1.0-28-amd64", SHIPPED_ETCD);
@@ -54,7 +54,7 @@ impl Rack {
     }
 
     /// A bundle of sequence `sequence` with etcd `etcd`, signed with `key`.
-    fn bundle(&self, sequence: u64, etcd: &str, key: &SigningKey) -> PathBuf {
+    pub(crate) fn bundle(&self, sequence: u64, etcd: &str, key: &SigningKey) -> PathBuf {
         let node = self.dir.path().join(format!("node-{sequence}-{etcd}"));
         node_dir(&node, "6.12.0-1-amd64", etcd);
         let out = self.dir.path().join(format!("{sequence}-{etcd}.bundle"));
@@ -68,7 +68,7 @@ impl Rack {
     }
 
     /// The names in `DATA_DIR/generations`.
-    fn on_disk(&self) -> BTreeSet<String> {
+    pub(crate) fn on_disk(&self) -> BTreeSet<String> {
         match fs::read_dir(self.dir.path().join("data/generations")) {
             Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
             Err(_) => BTreeSet::new(),
