@@ -1,7 +1,7 @@
 //! Node generations delivered to a running `oasis serve` (the real binary in a namespace, no VM):
 //! bundles of the real node images (`$OASIS_ASSETS/node`, Debian 12, and `node-trixie`, Debian
 //! 13) applied through `oasis update apply`, seen in `oasis update status`, refused ones changing
-//! nothing, and the older generations pruned.
+//! nothing, the older generations pruned, and a bundle uploaded over the HTTPS admin API.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,24 @@ fn generations(appliance: &Appliance) -> Vec<(u64, String)> {
         .iter()
         .map(|g| (g["sequence"].as_u64().unwrap(), g["state"].as_str().unwrap().to_string()))
         .collect()
+}
+
+/// `POST /v1/admin/update` of `file` with curl inside `ns`: the status and the body.
+fn upload(ns: &Netns, file: &Path, token: Option<&str>, work: &Path) -> (String, String) {
+    let out_file = work.join("upload.out");
+    let mut cmd = ns.command("curl");
+    cmd.args(["-sk", "-o", out_file.to_str().unwrap(), "-w", "%{http_code}", "-X", "POST"]);
+    if let Some(token) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    let data = format!("@{}", file.display());
+    let out = cmd
+        .args(["-H", "Content-Type: application/octet-stream", "--data-binary", &data])
+        .arg(format!("https://10.0.0.1:{}/v1/admin/update", oasis_proto::API_PORT))
+        .output()
+        .unwrap();
+    let body = std::fs::read_to_string(&out_file).unwrap_or_default();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), body)
 }
 
 #[test]
@@ -111,12 +129,25 @@ fn bundles_become_generations_refused_ones_change_nothing_and_old_ones_are_prune
     }
     assert_eq!(std::fs::read(installed.join("vmlinuz")).unwrap(), std::fs::read(trixie.join("vmlinuz")).unwrap());
 
+    // The HTTPS admin upload, streamed into the same installer: the admin token is required.
+    let third = dir.path().join("third.bundle");
+    bundle(&trixie, 3, &private, &third);
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let (status, _) = upload(&ns, &third, None, dir.path());
+    assert_eq!(status, "401");
+    let (status, body) = upload(&ns, &third, Some(token.trim()), dir.path());
+    assert_eq!(status, "200", "{body}\n{}", rack.log());
+    assert!(body.contains("\"sequence\":3") && body.contains("\"pruned\":[2]"), "{body}");
+    assert_eq!(on_disk(&data), BTreeSet::from(["3".to_string()]));
+    let (status, body) = upload(&ns, &third, Some(token.trim()), dir.path());
+    assert_eq!(status, "422", "the same bundle again: {body}");
+
     // A restart keeps the record, and removes what an interrupted install left.
     let mut rack = rack;
     rack.stop();
     std::fs::create_dir(data.join("generations/.staging-1-2")).unwrap();
     std::fs::create_dir(data.join("generations/7")).unwrap();
     let rack = Appliance::start(&ns, &config, &dir.path().join("serve2.log"));
-    assert_eq!(on_disk(&data), BTreeSet::from(["2".to_string()]));
-    assert_eq!(generations(&rack), vec![(0, "current".into()), (2, "available".into())]);
+    assert_eq!(on_disk(&data), BTreeSet::from(["3".to_string()]));
+    assert_eq!(generations(&rack), vec![(0, "current".into()), (3, "available".into())]);
 }
