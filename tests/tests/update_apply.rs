@@ -7,8 +7,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use oasis_appliance::store::Store;
+use oasis_core::generations::MachineGenerations;
 use oasis_e2e::appliance::{self, oasis, Appliance};
 use oasis_e2e::{node_image, trixie_node_image, Netns};
+use oasis_proto::MacAddr;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -84,7 +87,8 @@ fn bundles_become_generations_refused_ones_change_nothing_and_old_ones_are_prune
     ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
     let root = appliance::node_boot_root(dir.path());
     let extra = format!("[update]\ntrusted_keys = [\"{}\"]\n", public.display());
-    let config = appliance::write_config(dir.path(), "range = [\"10.0.0.100\", \"10.0.0.199\"]", &root, &extra);
+    // Proxy DHCP: boot scripts go to any peer, so this test can fetch them itself.
+    let config = appliance::write_config(dir.path(), "mode = \"proxy\"", &root, &extra);
     let checked = oasis(&["config", "check", config.to_str().unwrap()]);
     assert!(checked.status.success(), "{}", stderr(&checked));
     assert!(String::from_utf8_lossy(&checked.stdout).contains("update bundles may be signed by key"));
@@ -147,7 +151,47 @@ fn bundles_become_generations_refused_ones_change_nothing_and_old_ones_are_prune
     rack.stop();
     std::fs::create_dir(data.join("generations/.staging-1-2")).unwrap();
     std::fs::create_dir(data.join("generations/7")).unwrap();
+    // While it is stopped, the controller's part (a later step) is played by hand: one machine
+    // is to run generation 3.
+    let upgraded: MacAddr = "52:54:00:00:00:03".parse().unwrap();
+    {
+        let store = Store::open(&data).unwrap();
+        let mut record = store.generations().unwrap();
+        record.machines.insert(upgraded, MachineGenerations { desired: Some(3), ..Default::default() });
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(store.save_generations(record, vec![])).unwrap();
+    }
     let rack = Appliance::start(&ns, &config, &dir.path().join("serve2.log"));
     assert_eq!(on_disk(&data), BTreeSet::from(["3".to_string()]));
     assert_eq!(generations(&rack), vec![(0, "current".into()), (3, "available".into())]);
+
+    // Its boot script names generation 3's files, served from the data partition; every other
+    // machine's still names the shipped node image, as before.
+    let script = http_get(&ns, &format!("/boot.ipxe?mac={}", upgraded.hyphenated()), dir.path());
+    let script = String::from_utf8(script).unwrap();
+    assert!(
+        script.contains("/boot/generations/3/vmlinuz") && script.contains("/boot/generations/3/initrd.img"),
+        "{script}"
+    );
+    let other = String::from_utf8(http_get(&ns, "/boot.ipxe?mac=52-54-00-00-00-04", dir.path())).unwrap();
+    assert!(other.contains("/boot/node/vmlinuz") && !other.contains("generations"), "{other}");
+    let kernel = http_get(&ns, "/boot/generations/3/vmlinuz", dir.path());
+    assert_eq!(kernel, std::fs::read(trixie.join("vmlinuz")).unwrap());
+    let status: serde_json::Value = serde_json::from_str(&rack.cli(&["update", "status", "--json"])).unwrap();
+    let machines = status["machines"].as_array().unwrap();
+    let seen = machines.iter().find(|m| m["mac"] == upgraded.to_string()).expect("the machine that fetched a script");
+    assert_eq!((seen["served"].as_u64(), seen["desired"].as_u64()), (Some(3), Some(3)), "{status:#}");
+}
+
+/// GET `path` from the appliance's HTTP boot service with curl inside `ns`: the body (200 only).
+fn http_get(ns: &Netns, path: &str, work: &Path) -> Vec<u8> {
+    let out_file = work.join("http.out");
+    let out = ns
+        .command("curl")
+        .args(["-s", "-o", out_file.to_str().unwrap(), "-w", "%{http_code}"])
+        .arg(format!("http://10.0.0.1{path}"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "GET {path}");
+    std::fs::read(&out_file).unwrap()
 }
