@@ -116,6 +116,11 @@ struct KvQuery {
     value: Option<String>,
 }
 
+#[derive(Debug, serde::Deserialize)]
+struct UpdateQuery {
+    path: PathBuf,
+}
+
 /// The admin socket's routes: each parses its request into an [`Action`] for the one
 /// [`Operator`] and renders the [`Answer`] (JSON, or text for a kubeconfig or an etcd value).
 pub fn router(api: Arc<Api>, cluster: ClusterHandle) -> Router {
@@ -137,6 +142,13 @@ pub fn router(api: Arc<Api>, cluster: ClusterHandle) -> Router {
             }),
         )
         .route("/v1/leases", get(|State(op): State<Operator>| run(op, Ok(Action::Leases))))
+        .route("/v1/update", get(|State(op): State<Operator>| run(op, Ok(Action::UpdateStatus))))
+        .route(
+            "/v1/update/apply",
+            post(|State(op): State<Operator>, Query(q): Query<UpdateQuery>| {
+                run(op, Ok(Action::UpdateApply { path: q.path }))
+            }),
+        )
         .route("/v1/machines", get(|State(op): State<Operator>| run(op, Ok(Action::Machines))))
         .route(
             "/v1/events",

@@ -95,7 +95,11 @@ fn classify(error: &(dyn Error + 'static)) -> Option<Exit> {
         };
     }
     if let Some(e) = error.downcast_ref::<AdminError>() {
-        return (e.exit_code() == Exit::Usage.code()).then_some(Exit::Usage);
+        return match e.exit_code() {
+            2 => Some(Exit::Usage),
+            3 => Some(Exit::Config),
+            _ => None,
+        };
     }
     if let Some(IdentityError::Store(e)) = error.downcast_ref::<IdentityError>() {
         return of_store(e);

@@ -25,6 +25,7 @@ pub mod api;
 pub mod controller;
 pub mod etcd;
 pub mod exit;
+pub mod generations;
 pub mod identity;
 pub mod limits;
 pub mod netboot;
@@ -32,6 +33,7 @@ pub mod operator;
 pub mod pki;
 pub mod serve;
 pub mod store;
+pub mod upload;
 pub mod wireguard;
 
 /// Exit code of a store that needs its operator: damaged, or missing where one existed.

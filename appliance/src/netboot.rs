@@ -11,15 +11,35 @@
 //!   between the script and the registration loses nothing, and a registration for `M` is accepted
 //!   with the token of `M`'s newest script (see [`oasis_core::registry`]). The join token goes on no
 //!   script.
+//! - **Node generations**: a machine's network boot script names the kernel and initramfs of the
+//!   generation chosen for it ([`Generations::served`]), served from `DATA_DIR/generations/` under
+//!   `/boot/generations/`; the shipped generation (0) is the profile's. A record it cannot read
+//!   gets a 503 (the machine asks again), never another generation's files.
 
 use std::net::IpAddr;
 
 use oasis_proto::MacAddr;
 use oasis_pxe::http::{BootTarget, MachineDirectory, ScriptRefusal};
+use oasis_pxe::script::BootFiles;
 
 use crate::identity::random_token;
 use crate::store::Store;
+use oasis_core::generations::{Generations, SHIPPED};
 use oasis_core::registry::{credential_hash, BootToken};
+
+/// Where generation directories are served, beneath `/boot/`.
+pub const GENERATIONS_MOUNT: &str = "generations";
+
+/// The boot files of generation `sequence` for `mac` under `record`; `None`: the profile's.
+pub fn boot_files_of(record: &Generations, mac: MacAddr) -> Option<BootFiles> {
+    match record.served(mac) {
+        SHIPPED => None,
+        n => Some(BootFiles {
+            kernel: format!("{GENERATIONS_MOUNT}/{n}/{}", oasis_image::payload::KERNEL),
+            initrd: Some(format!("{GENERATIONS_MOUNT}/{n}/{}", oasis_image::payload::INITRD)),
+        }),
+    }
+}
 
 /// The directory `oasis serve` gives HTTP boot.
 #[derive(Debug, Clone)]
@@ -109,6 +129,20 @@ impl MachineDirectory for NetbootDirectory {
         })?;
         Ok(format!("oasis.token={token}"))
     }
+
+    fn boot_files(&self, mac: MacAddr) -> Result<Option<BootFiles>, ScriptRefusal> {
+        if !self.issue_tokens {
+            // A custom profile is not a node image: generations do not apply.
+            return Ok(None);
+        }
+        let record = self.store.generations().map_err(|e| {
+            ScriptRefusal::Unavailable(format!(
+                "the node generations record is unreadable: {e}",
+                e = oasis_proto::error_chain(&e)
+            ))
+        })?;
+        Ok(boot_files_of(&record, mac))
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +159,36 @@ mod tests {
         let lease = Lease { ip, mac: MAC, state: LeaseState::Bound, expires: now() + 3600, updated: now() };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(store.save_lease(lease)).unwrap();
+    }
+
+    #[test]
+    fn a_machine_boots_the_generation_chosen_for_it_and_the_shipped_one_is_the_profile() {
+        use oasis_core::generations::{Generation, MachineGenerations};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let directory = NetbootDirectory::new(store.clone(), false, true);
+        assert_eq!(directory.boot_files(MAC).unwrap(), None, "a rack with only generation 0 boots the profile");
+        let generation = Generation {
+            sequence: 3,
+            version: "0.15.3".into(),
+            kernel: "6.12".into(),
+            agent: "a".into(),
+            etcd: "3.5.16".into(),
+            k3s: None,
+            key_id: "k".into(),
+            installed_at: 1,
+            failed: false,
+        };
+        let (mut record, _) = Generations::default().with_installed(generation);
+        record.machines.insert(MAC, MachineGenerations { desired: Some(3), ..Default::default() });
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(store.save_generations(record, vec![])).unwrap();
+        let files = directory.boot_files(MAC).unwrap().unwrap();
+        assert_eq!(files.kernel, "generations/3/vmlinuz");
+        assert_eq!(files.initrd.as_deref(), Some("generations/3/initrd.img"));
+        assert_eq!(directory.boot_files(MacAddr([2; 6])).unwrap(), None, "others stay on the current one");
+        let custom = NetbootDirectory::new(store, false, false);
+        assert_eq!(custom.boot_files(MAC).unwrap(), None, "a custom profile is not a node image");
     }
 
     #[test]

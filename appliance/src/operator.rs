@@ -27,6 +27,7 @@ use oasis_pxe::dhcp::Lease;
 use crate::admin::{self, ClusterHandle, MachineEntry};
 use crate::api::{self, Api, MachineView};
 use crate::etcd::EtcdError;
+use crate::generations::{Applied, GenerationsError, UpdateStatus};
 use crate::store::{BootMode, Event, StoreError};
 use oasis_core::assembly::status::ClusterStatus;
 use oasis_core::registry::{AuthError, DecideError, FindError, Happening, MachineRecord, RefusalKind};
@@ -103,6 +104,13 @@ pub enum Action {
         key: String,
         value: String,
     },
+    /// Install the update bundle in this file on the appliance as a node generation (streamed,
+    /// verified before anything of it is used).
+    UpdateApply {
+        path: PathBuf,
+    },
+    /// The node generations installed, which is current, and what each machine is served.
+    UpdateStatus,
 }
 
 /// What an action answers.
@@ -119,6 +127,9 @@ pub enum Answer {
     Cluster(Box<ClusterStatus>),
     /// Text as it is (a kubeconfig, an etcd value).
     Text(String),
+    /// The generation a bundle became.
+    Applied(Box<Applied>),
+    Update(Box<UpdateStatus>),
 }
 
 /// Why an action (or an agent's request to the HTTPS API) was not done. Each variant's row in
@@ -172,6 +183,22 @@ pub enum ActionError {
     NoArtifact(String),
     #[error("artifact {path} unreadable")]
     Artifact { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Update(#[from] GenerationsError),
+    #[error("the bundle path {0:?} is not absolute: give the full path of the file on the appliance")]
+    RelativePath(PathBuf),
+}
+
+/// The status for an update that was not installed: the bundle refused (or the appliance has no
+/// key to check it with, a configuration to fix) is 422, which the CLI exits 3 for.
+fn update_status(e: &GenerationsError) -> StatusCode {
+    use GenerationsError::*;
+    match e {
+        e if e.is_refusal() => StatusCode::UNPROCESSABLE_ENTITY,
+        NoTrustedKey | KeyMissing { .. } | Key(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Store(e) => store_status(e),
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 /// The status for a machine name the registry cannot resolve: unknown is 404; ambiguous is 409
@@ -206,7 +233,8 @@ impl ActionError {
             Find(e) | Decide(DecideError::Find(e)) => find_status(e),
             // Nothing the request can fix: the operator widens the prefix (the message says so).
             Decide(DecideError::PoolExhausted(_) | DecideError::BackToPending) | NotAccepted(_) => StatusCode::CONFLICT,
-            BadMac(_) | BadBootMode(_) => StatusCode::BAD_REQUEST,
+            BadMac(_) | BadBootMode(_) | RelativePath(_) => StatusCode::BAD_REQUEST,
+            Update(e) => update_status(e),
             Etcd { .. } => StatusCode::BAD_GATEWAY,
             NoCluster => StatusCode::NOT_IMPLEMENTED,
             Store(e) | NotRecorded(e) | NotRead(e) => store_status(e),
@@ -225,12 +253,15 @@ impl ActionError {
     }
 }
 
-/// The CLI's exit code for a door's answer: 2 when what was asked must change (4xx: an unknown
-/// or ambiguous machine, a machine not accepted, a prefix to widen), 1 when the appliance failed
-/// (5xx), 0 for success.
+/// The CLI's exit code for a door's answer: 3 for a refused update bundle (422: a file or a
+/// configuration to fix), 2 when what was asked must change (other 4xx: an unknown or ambiguous
+/// machine, a machine not accepted, a prefix to widen), 1 when the appliance failed (5xx), 0 for
+/// success.
 pub fn exit_code_of(status: StatusCode) -> i32 {
     if status.is_success() {
         0
+    } else if status == StatusCode::UNPROCESSABLE_ENTITY {
+        3
     } else if status.is_client_error() {
         2
     } else {
@@ -260,6 +291,8 @@ impl IntoResponse for Answer {
             Answer::Done => StatusCode::NO_CONTENT.into_response(),
             Answer::Cluster(s) => Json(s).into_response(),
             Answer::Text(t) => (StatusCode::OK, t).into_response(),
+            Answer::Applied(a) => Json(a).into_response(),
+            Answer::Update(s) => Json(s).into_response(),
         }
     }
 }
@@ -295,6 +328,13 @@ impl Operator {
             }
             Action::KvGet { via, key } => Answer::Text(self.kv(&via, &key, None).await?),
             Action::KvPut { via, key, value } => Answer::Text(self.kv(&via, &key, Some(value)).await?),
+            Action::UpdateApply { path } => {
+                if !path.is_absolute() {
+                    return Err(ActionError::RelativePath(path));
+                }
+                Answer::Applied(Box::new(self.api.generations.apply_file(&path).await?))
+            }
+            Action::UpdateStatus => Answer::Update(Box::new(self.api.generations.status()?)),
         })
     }
 
@@ -412,6 +452,10 @@ impl Action {
             Action::KvGet { via, key } => {
                 ("GET", format!("/v1/cluster/kv?via={}&key={}", query_value(via), query_value(key)))
             }
+            Action::UpdateApply { path } => {
+                ("POST", format!("/v1/update/apply?path={}", query_value(&path.to_string_lossy())))
+            }
+            Action::UpdateStatus => ("GET", "/v1/update".into()),
             Action::KvPut { via, key, value } => (
                 "POST",
                 format!(
@@ -496,6 +540,20 @@ mod tests {
         assert_eq!(status, 404, "{message}");
         let (status, message) = refused(Action::KvGet { via: "nobody".into(), key: "k".into() });
         assert_eq!(status, 404, "{message}");
+        let status = ask(dir.path(), &Action::UpdateStatus).unwrap().unwrap();
+        let status: UpdateStatus = serde_json::from_slice(&status).unwrap();
+        assert_eq!((status.current, status.generations.len()), (0, 1), "only the shipped generation");
+        let (status, message) = refused(Action::UpdateApply { path: "relative.bundle".into() });
+        assert_eq!(status, 400, "{message}");
+        let (status, message) = refused(Action::UpdateApply { path: dir.path().join("no.bundle") });
+        assert_eq!(status, 422, "{message}");
+        assert!(message.contains("cannot open the bundle"), "{message}");
+        let e = admin::request(dir.path(), "POST", &Action::UpdateApply { path: dir.path().join("x") }.request().1);
+        assert_eq!(e.unwrap_err().exit_code(), 3, "a refused bundle exits 3");
+        std::fs::write(dir.path().join("some.bundle"), b"OASISBDL").unwrap();
+        let (status, message) = refused(Action::UpdateApply { path: dir.path().join("some.bundle") });
+        assert_eq!(status, 422, "{message}");
+        assert!(message.contains("[update] trusted_keys"), "no key to check it with: {message}");
         // A path no client makes, through the same table.
         let e = admin::request(dir.path(), "PUT", "/v1/machines/not-a-mac/boot/local").unwrap_err();
         assert_eq!((e.exit_code(), e.to_string()), (2, "\"not-a-mac\" is not a MAC address".to_string()));

@@ -29,6 +29,7 @@ use crate::controller::kubernetes::Kubernetes;
 use crate::controller::world::SystemClock;
 use crate::controller::{Controller, Outputs, Provisions, World};
 use crate::etcd::EtcdClient;
+use crate::generations::{GenerationsError, NodeGenerations, UpdateKeys};
 use crate::identity::Identity;
 use crate::limits;
 use crate::netboot::NetbootDirectory;
@@ -41,6 +42,10 @@ use oasis_core::registry::{Overlay, Policy, Registry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("cannot serve the node generations in {path}; check the data directory and its permissions")]
+    GenerationsRoot { path: PathBuf, source: oasis_pxe::boot_root::PathError },
+    #[error("the node generations on the data partition cannot be checked")]
+    Generations(#[source] GenerationsError),
     #[error("network interface {0:?} does not exist on this machine: check network.interface (`ip link` lists them)")]
     NoInterface(String),
     #[error("cannot read the hardware address of {interface} from {path}")]
@@ -204,7 +209,9 @@ async fn start_management(
     };
     let (desired, _) = tokio::sync::watch::channel(Arc::default());
     let interface = Arc::new(interface);
+    let generations = node_generations(config, store)?;
     Ok(Arc::new(Api {
+        generations,
         registry: tokio::sync::Mutex::new(Registry::new(policy, overlay, records)),
         store: store.clone(),
         identity,
@@ -214,6 +221,25 @@ async fn start_management(
         full_dhcp: full_dhcp(config),
         peers: PeerQueue::new(Some(interface as Arc<dyn PeerDevice>)),
     }))
+}
+
+/// `DATA_DIR/generations`, made if missing, as a root the HTTP boot serves beneath.
+fn generations_root(config: &Config) -> Result<BootRoot, ServeError> {
+    let path = config.data_dir.join(crate::generations::GENERATIONS_DIR);
+    let made = std::fs::create_dir_all(&path)
+        .map_err(|source| oasis_pxe::boot_root::PathError::Io { path: path.clone(), source });
+    made.and_then(|()| BootRoot::new(&path)).map_err(|source| ServeError::GenerationsRoot { path, source })
+}
+
+/// The node generations on the data partition, with what a crash left behind removed.
+fn node_generations(config: &Config, store: &Store) -> Result<Arc<NodeGenerations>, ServeError> {
+    let keys = UpdateKeys {
+        image_key: Some(PathBuf::from(oasis_image::appliance::TRUSTED_KEY_PATH)),
+        configured: config.update_trusted_keys.clone(),
+    };
+    let generations = NodeGenerations::new(store.clone(), &config.data_dir, &config.boot_root.join("node"), keys);
+    generations.reconcile().map_err(ServeError::Generations)?;
+    Ok(Arc::new(generations))
 }
 
 /// Raises the descriptor limit and sizes the listeners' connection caps to fit in it.
@@ -370,7 +396,10 @@ impl Launch<'_> {
         })?;
         let scripts = ScriptRenderer::new(self.policy.base_url(), profile);
         let directory = NetbootDirectory::new(self.store.clone(), full_dhcp(config), config.profile_is_node);
-        let boot = HttpBoot::new(self.root.clone(), scripts, Arc::new(directory), self.metrics.clone());
+        let mut boot = HttpBoot::new(self.root.clone(), scripts, Arc::new(directory), self.metrics.clone());
+        if config.profile_is_node {
+            boot = boot.with_mount(crate::netboot::GENERATIONS_MOUNT, generations_root(config)?);
+        }
         let guard = Guard::new(Listener::HttpBoot, self.caps.http.clone(), Timeouts::default(), self.metrics.clone());
         self.services.spawn("HTTP", http::serve(listener, http::router(boot), guard));
         tracing::info!(%addr, "HTTP boot serving");

@@ -7,7 +7,9 @@
 //! - `registry`: machine id → [`MachineRecord`] as JSON (registered machines; version 2);
 //! - `secrets`: name → bytes (the appliance's keys and tokens, made at first start; version 2);
 //! - `assembly`: `"assembly"` → the controller's [`Assembly`] as JSON (version 3);
-//! - `boot_tokens`: MAC (text) → the [`BootToken`] its last boot script carried, as JSON (version 4).
+//! - `boot_tokens`: MAC (text) → the [`BootToken`] its last boot script carried, as JSON (version 4);
+//! - `generations`: `"generations"` → the node [`Generations`] installed and each machine's, as
+//!   JSON (version 5).
 //!
 //! Since version 4 every value is sealed ([`seal`]): a checksum of its key and bytes, checked at
 //! every read. Older stores are upgraded when opened: the newer tables made, every value sealed.
@@ -52,10 +54,11 @@ pub use oasis_core::records::{BootMode, Event, Machine};
 use space::{Change, DataPartition, Partition, Space};
 
 use oasis_core::assembly::planner::Assembly;
+use oasis_core::generations::Generations;
 use oasis_core::registry::{BootToken, Happening, MachineRecord};
 
 /// The version of the table layout and record formats this build reads and writes.
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
@@ -66,6 +69,8 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 const ASSEMBLY: TableDefinition<&str, &[u8]> = TableDefinition::new("assembly");
 const ASSEMBLY_KEY: &str = "assembly";
 const BOOT_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("boot_tokens");
+const GENERATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("generations");
+const GENERATIONS_KEY: &str = "generations";
 /// `meta` keys beside the schema version: the bytes of the event records (kept so pruning by
 /// size needs no scan) and the next event's sequence number (kept when pruning empties the table).
 const EVENTS_BYTES: &str = "events_bytes";
@@ -249,6 +254,7 @@ enum Write {
     Untrusted(IpAddr, Happening),
     Assembly(Box<Assembly>, Vec<Happening>, Reply),
     BootToken(MacAddr, BootToken, Reply),
+    Generations(Box<Generations>, Vec<Happening>, Reply),
     /// Write what the tally holds now (before a shutdown).
     Flush(Reply),
 }
@@ -262,6 +268,7 @@ impl Write {
             | Write::RemoveRecord(_, _, reply)
             | Write::Assembly(_, _, reply)
             | Write::BootToken(_, _, reply)
+            | Write::Generations(_, _, reply)
             | Write::Flush(reply) => {
                 let _ = reply.send(result);
             }
@@ -415,6 +422,7 @@ fn scan(db: &Database, path: &Path) -> Result<Found, StoreError> {
                 (SECRETS, "secrets"),
                 (ASSEMBLY, "assembly"),
                 (BOOT_TOKENS, "boot_tokens"),
+                (GENERATIONS, "generations"),
             ] {
                 verify_seals::<&str>(&txn, table, name, path, &mut |e| Err(e))?;
             }
@@ -495,6 +503,7 @@ fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(SECRETS)?;
     txn.open_table(ASSEMBLY)?;
     txn.open_table(BOOT_TOKENS)?;
+    txn.open_table(GENERATIONS)?;
     Ok(())
 }
 
@@ -893,6 +902,25 @@ impl Store {
         })
     }
 
+    /// The node generations record; the default (only the shipped generation) before the first
+    /// bundle is installed.
+    pub fn generations(&self) -> Result<Generations, StoreError> {
+        self.read(|txn| match txn.open_table(GENERATIONS)?.get(GENERATIONS_KEY)? {
+            Some(v) => decode::<&str, _>(&self.shared.path, "generations", &GENERATIONS_KEY, v.value()),
+            None => Ok(Generations::default()),
+        })
+    }
+
+    /// Commits the node generations record and the events explaining the change; resolves once
+    /// durable.
+    pub async fn save_generations(
+        &self,
+        generations: Generations,
+        happenings: Vec<Happening>,
+    ) -> Result<(), StoreError> {
+        self.send(|reply| Write::Generations(Box::new(generations), happenings, reply)).await
+    }
+
     /// Commits the controller's state and the events explaining the change; resolves once durable.
     pub async fn save_assembly(&self, assembly: Assembly, happenings: Vec<Happening>) -> Result<(), StoreError> {
         self.send(|reply| Write::Assembly(Box::new(assembly), happenings, reply)).await
@@ -1205,6 +1233,7 @@ struct Tables<'t> {
     registry: redb::Table<'t, &'static str, &'static [u8]>,
     assembly: redb::Table<'t, &'static str, &'static [u8]>,
     boot_tokens: redb::Table<'t, &'static str, &'static [u8]>,
+    generations: redb::Table<'t, &'static str, &'static [u8]>,
     meta: redb::Table<'t, &'static str, u64>,
     next_seq: u64,
     /// Bytes of the events added.
@@ -1230,6 +1259,7 @@ impl<'t> Tables<'t> {
             registry: txn.open_table(REGISTRY)?,
             assembly: txn.open_table(ASSEMBLY)?,
             boot_tokens: txn.open_table(BOOT_TOKENS)?,
+            generations: txn.open_table(GENERATIONS)?,
             meta,
             next_seq,
             added: 0,
@@ -1285,6 +1315,10 @@ impl<'t> Tables<'t> {
             }
             Write::BootToken(mac, token, _) => {
                 put(&mut self.boot_tokens, mac.to_string().as_str(), &serde_json::to_vec(token)?)?;
+            }
+            Write::Generations(g, happenings, _) => {
+                put(&mut self.generations, GENERATIONS_KEY, &serde_json::to_vec(g)?)?;
+                self.happenings(happenings)?;
             }
         }
         Ok(true)

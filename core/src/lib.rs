@@ -27,6 +27,7 @@
 pub mod assembly;
 pub mod config;
 pub mod events;
+pub mod generations;
 pub mod k3s;
 pub mod records;
 pub mod registry;

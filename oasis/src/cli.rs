@@ -69,6 +69,19 @@ pub enum UpdateCommand {
     /// installing anything, and with --installed-sequence and --installed-etcd whether it may be
     /// installed over them; prints its summary or why it is refused (exit 3).
     Verify(UpdateVerifyArgs),
+    /// Install a bundle on the running appliance as a node generation: it is verified as it is
+    /// read (signed by a trusted key, newer than what is installed, etcd one minor version up at
+    /// most, every member intact) before anything is used; a refused bundle changes nothing
+    /// (exit 3). Keeps the current generation and the one before it, and prunes older ones.
+    Apply {
+        /// The bundle, a file on the appliance.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// The node generations installed, which one the rack runs, and what each machine is served.
+    Status(StateArgs),
 }
 
 #[derive(Debug, Args)]

@@ -54,5 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image(ImageCommand::Build(build)) => image::build(&build),
         Command::Update(UpdateCommand::Verify(args)) => update::verify(&args),
+        Command::Update(UpdateCommand::Apply { file, state }) => update::apply(&file, &state),
+        Command::Update(UpdateCommand::Status(state)) => update::status(&state),
     }
 }

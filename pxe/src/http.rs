@@ -35,7 +35,7 @@ use tokio::net::TcpListener;
 use crate::boot_root::{BootRoot, PathError};
 use crate::conn::{self, Guard};
 use crate::metrics::{ErrorKind, Metrics};
-use crate::script::ScriptRenderer;
+use crate::script::{BootFiles, ScriptRenderer};
 use oasis_proto::MacAddr;
 
 /// Bytes read from a file per chunk handed to the connection. Large enough that the per-chunk
@@ -87,6 +87,12 @@ pub trait MachineDirectory: Send + Sync + 'static {
         let _ = (mac, peer);
         Ok(String::new())
     }
+    /// The kernel and initramfs `mac`'s network boot script names instead of the profile's (the
+    /// node generation chosen for it); `None`, the default: the profile's.
+    fn boot_files(&self, mac: MacAddr) -> Result<Option<BootFiles>, ScriptRefusal> {
+        let _ = mac;
+        Ok(None)
+    }
 }
 
 /// A [`MachineDirectory`] in memory: every machine boots from the network unless marked. For tests,
@@ -136,6 +142,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Everything the HTTP boot service serves from.
 pub struct HttpBoot {
     root: BootRoot,
+    /// Other directories served beneath `/boot/NAME/`, each opened beneath its own descriptor.
+    mounts: Vec<(String, BootRoot)>,
     scripts: ScriptRenderer,
     machines: Arc<dyn MachineDirectory>,
     metrics: Arc<Metrics>,
@@ -149,7 +157,31 @@ impl HttpBoot {
         machines: Arc<dyn MachineDirectory>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { root, scripts, machines, metrics, warn_limit: LogLimit::new(10, Duration::from_secs(10)) }
+        Self {
+            root,
+            mounts: vec![],
+            scripts,
+            machines,
+            metrics,
+            warn_limit: LogLimit::new(10, Duration::from_secs(10)),
+        }
+    }
+
+    /// Serves the files beneath `root` as `/boot/NAME/...` (`NAME` one plain path component),
+    /// in place of whatever the boot root holds under `NAME`.
+    pub fn with_mount(mut self, name: &str, root: BootRoot) -> Self {
+        self.mounts.push((name.to_string(), root));
+        self
+    }
+
+    /// The root `name` is opened beneath, and its name there.
+    fn root_of(&self, name: Vec<u8>) -> (BootRoot, Vec<u8>) {
+        for (mount, root) in &self.mounts {
+            if let Some(rest) = name.strip_prefix(mount.as_bytes()).and_then(|r| r.strip_prefix(b"/")) {
+                return (root.clone(), rest.to_vec());
+            }
+        }
+        (self.root.clone(), name)
     }
 }
 
@@ -237,14 +269,14 @@ async fn boot_script(State(state): State<Arc<HttpBoot>>, request: Request) -> Re
         machines.admit(mac, from)?;
         let target = machines.boot_target(mac);
         machines.record_boot(mac);
-        let args = match target {
-            BootTarget::Network => machines.boot_args(mac, from)?,
-            BootTarget::LocalDisk => String::new(),
+        let (args, files) = match target {
+            BootTarget::Network => (machines.boot_args(mac, from)?, machines.boot_files(mac)?),
+            BootTarget::LocalDisk => (String::new(), None),
         };
-        Ok::<_, ScriptRefusal>((target, args))
+        Ok::<_, ScriptRefusal>((target, args, files))
     })
     .await;
-    let (target, args) = match decided {
+    let (target, args, files) = match decided {
         Ok(Ok(decided)) => decided,
         Ok(Err(ScriptRefusal::Forbidden(why))) => {
             // Anyone can send this: counted, and logged at a limited rate.
@@ -265,7 +297,7 @@ async fn boot_script(State(state): State<Arc<HttpBoot>>, request: Request) -> Re
     };
     tracing::info!(%mac, peer = %peer(&request), ?target, "serving boot script");
     match target {
-        BootTarget::Network => match state.scripts.render_boot_with(mac, &args) {
+        BootTarget::Network => match state.scripts.render_boot_files(mac, &args, files.as_ref()) {
             Ok(script) => script_response(script),
             Err(e) => {
                 tracing::error!(%mac, "the boot script's per-boot arguments are unusable: {e}", e = oasis_proto::error_chain(&e));
@@ -322,7 +354,7 @@ async fn boot_file(State(state): State<Arc<HttpBoot>>, request: Request) -> Resp
         tracing::debug!(%peer, path = raw, "refused a file name with a malformed percent escape");
         return StatusCode::NOT_FOUND.into_response();
     };
-    let root = state.root.clone();
+    let (root, name) = state.root_of(name);
     let opened = match tokio::task::spawn_blocking(move || open_in_root(&root, &name)).await {
         Ok(opened) => opened,
         Err(e) => {

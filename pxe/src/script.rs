@@ -41,6 +41,14 @@ pub struct BootProfile {
     pub cmdline: String,
 }
 
+/// The kernel and initramfs one machine boots instead of the profile's (another node
+/// generation's), as paths in the boot URL space; the profile's kernel arguments stay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootFiles {
+    pub kernel: String,
+    pub initrd: Option<String>,
+}
+
 /// Why a [`BootProfile`] cannot be rendered into a script.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProfileError {
@@ -145,24 +153,39 @@ impl ScriptRenderer {
 
     /// The script that boots `mac` over HTTP, retrying a bounded number of times.
     pub fn render_boot(&self, mac: MacAddr) -> String {
-        self.render(mac, "")
+        self.render(mac, "", None)
     }
 
     /// [`render_boot`](Self::render_boot) with `args` added to the profile's kernel arguments: what
     /// this one boot of this one machine gets (a per-boot token, say). `args` is held to the rules of
     /// [`BootProfile::validate`], and the command line with it to [`MAX_CMDLINE_LEN`].
     pub fn render_boot_with(&self, mac: MacAddr, args: &str) -> Result<String, ProfileError> {
+        self.render_boot_files(mac, args, None)
+    }
+
+    /// [`ScriptRenderer::render_boot_with`] booting `files` instead of the profile's kernel and
+    /// initramfs, when given.
+    pub fn render_boot_files(
+        &self,
+        mac: MacAddr,
+        args: &str,
+        files: Option<&BootFiles>,
+    ) -> Result<String, ProfileError> {
         check_cmdline(args)?;
         let len = self.profile.cmdline.len() + 1 + args.len();
         if len > MAX_CMDLINE_LEN {
             return Err(ProfileError::CmdlineTooLong { len });
         }
-        Ok(self.render(mac, args))
+        Ok(self.render(mac, args, files))
     }
 
-    fn render(&self, mac: MacAddr, args: &str) -> String {
+    fn render(&self, mac: MacAddr, args: &str, files: Option<&BootFiles>) -> String {
         let base = &self.base_url;
-        let kernel = encode_path(&self.profile.kernel);
+        let (kernel, initrd) = match files {
+            Some(files) => (&files.kernel, &files.initrd),
+            None => (&self.profile.kernel, &self.profile.initrd),
+        };
+        let kernel = encode_path(kernel);
         let mut out = String::with_capacity(1024);
         out.push_str("#!ipxe\n");
         let _ = writeln!(out, "# oasis: network boot for {mac}");
@@ -170,7 +193,7 @@ impl ScriptRenderer {
         out.push_str(":retry\n");
         out.push_str("inc attempt\n");
         out.push_str("imgfree ||\n");
-        let initrd_arg = if self.profile.initrd.is_some() { " initrd=initrd.img" } else { "" };
+        let initrd_arg = if initrd.is_some() { " initrd=initrd.img" } else { "" };
         let mut cmdline = String::new();
         for part in [self.profile.cmdline.as_str(), args] {
             if !part.is_empty() {
@@ -183,7 +206,7 @@ impl ScriptRenderer {
             "kernel {base}/boot/{kernel}{initrd_arg}{cmdline} BOOTIF=01-{} || goto failed",
             mac.hyphenated()
         );
-        if let Some(initrd) = &self.profile.initrd {
+        if let Some(initrd) = initrd {
             let _ = writeln!(out, "initrd --name initrd.img {base}/boot/{} || goto failed", encode_path(initrd));
         }
         out.push_str("boot || goto failed\n");

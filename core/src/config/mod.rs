@@ -152,6 +152,9 @@ pub struct Config {
     pub api_port: u16,
     pub cluster: ClusterSettings,
     pub events: EventLimits,
+    /// Public key files an update bundle may be signed with (`[update] trusted_keys`), besides
+    /// the appliance image's trusted key; read when a bundle is applied and by `oasis config check`.
+    pub update_trusted_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +228,7 @@ impl Config {
             api_port: *raw.api.port.get_ref(),
             cluster,
             events,
+            update_trusted_keys: raw.update.trusted_keys.iter().map(|p| base.join(p)).collect(),
         })
     }
 }

@@ -45,6 +45,8 @@ pub struct RawConfig {
     pub cluster: RawCluster,
     #[serde(default)]
     pub events: RawEvents,
+    #[serde(default)]
+    pub update: RawUpdate,
 }
 
 fn default_version() -> Spanned<u32> {
@@ -325,4 +327,12 @@ impl Default for RawEvents {
             max_mib: unplaced(d.max_bytes >> 20),
         }
     }
+}
+
+/// Update bundles: the public keys (files `oasis config keygen` writes) a bundle may be signed
+/// with, besides the appliance image's own trusted key. Relative paths are relative to the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpdate {
+    pub trusted_keys: Vec<PathBuf>,
 }

@@ -231,3 +231,15 @@ fn a_file_that_cannot_be_read_names_its_cause_once() {
     assert_eq!(printed.matches(&bad.display().to_string()).count(), 1, "{printed}");
     assert_eq!(printed.matches("invalid").count(), 1, "{printed}");
 }
+
+#[test]
+fn update_trusted_keys_are_relative_to_the_file_and_optional() {
+    assert!(parse(GOOD).unwrap().update_trusted_keys.is_empty());
+    let text = format!("{GOOD}\n[update]\ntrusted_keys = [\"keys/update.pub\", \"/srv/other.pub\"]\n");
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.update_trusted_keys,
+        vec![PathBuf::from("/etc/oasis/keys/update.pub"), PathBuf::from("/srv/other.pub")]
+    );
+    assert!(failure(&format!("{GOOD}\n[update]\ntrusted_key = \"x\"\n")).contains("trusted_key"));
+}

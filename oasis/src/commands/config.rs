@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use oasis_core::config::Config;
 
 pub fn check(file: &Path) -> anyhow::Result<()> {
@@ -36,6 +37,12 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
         c.profile.cmdline
     );
     println!("  data dir {}", c.data_dir.display());
+    for path in &c.update_trusted_keys {
+        let key = oasis_image::signing::load_trusted_key(path)?.with_context(|| {
+            format!("{}: [update] trusted_keys names {}, which does not exist; give the public key `oasis config keygen` wrote", file.display(), path.display())
+        })?;
+        println!("  update bundles may be signed by key {} ({})", oasis_image::signing::key_id(&key), path.display());
+    }
     Ok(())
 }
 

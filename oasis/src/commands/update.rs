@@ -1,5 +1,6 @@
 //! `oasis update ...`: update bundles. `verify` runs the same streaming verifier and rules the
-//! appliance runs before it installs a bundle, and installs nothing.
+//! appliance runs before it installs a bundle, and installs nothing; `apply` and `status` ask the
+//! running appliance (`oasis_appliance::generations`).
 
 use std::io::BufReader;
 use std::path::Path;
@@ -9,7 +10,14 @@ use oasis_core::update::{self, EtcdChange, Installed};
 use oasis_image::bundle::{self, BundleManifest, Sink, VerifyOptions};
 use oasis_image::signing::{self, VerifyingKey};
 
-use crate::cli::UpdateVerifyArgs;
+use oasis_appliance::admin;
+use oasis_appliance::generations::{Applied, UpdateStatus};
+use oasis_appliance::operator::Action;
+
+use crate::cli::{StateArgs, UpdateVerifyArgs};
+
+/// How long an install may take: the bundle is read, hashed and written once on the appliance.
+const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// `oasis update verify FILE --trusted-key PUB [--installed-sequence N --installed-etcd V]`.
 pub fn verify(args: &UpdateVerifyArgs) -> anyhow::Result<()> {
@@ -64,4 +72,71 @@ pub fn verify(args: &UpdateVerifyArgs) -> anyhow::Result<()> {
 fn trusted_key(path: &Path) -> anyhow::Result<VerifyingKey> {
     signing::load_trusted_key(path)?
         .with_context(|| format!("{} does not exist; give the public key `oasis config keygen` wrote", path.display()))
+}
+
+/// `oasis update apply FILE`: installs the bundle on the running appliance.
+pub fn apply(file: &Path, state: &StateArgs) -> anyhow::Result<()> {
+    let data_dir = state.data_dir()?;
+    let path = std::fs::canonicalize(file)
+        .with_context(|| format!("cannot find {}; give the path of a bundle file on this appliance", file.display()))?;
+    let (method, request) = Action::UpdateApply { path: path.clone() }.request();
+    let Some(body) = admin::request_within(&data_dir, method, &request, APPLY_TIMEOUT).context("asking oasis serve")?
+    else {
+        anyhow::bail!("oasis serve is not running on {}: start it, then apply the bundle", data_dir.display());
+    };
+    let applied: Applied = serde_json::from_slice(&body).context("reading the answer of oasis serve")?;
+    if state.json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(());
+    }
+    println!("{}: installed as node generation {}", path.display(), applied.generation.sequence);
+    println!("{}", applied.summary);
+    if !applied.pruned.is_empty() {
+        let list: Vec<String> = applied.pruned.iter().map(u64::to_string).collect();
+        println!("removed generations no longer kept: {}", list.join(", "));
+    }
+    Ok(())
+}
+
+/// `oasis update status [--json]`.
+pub fn status(state: &StateArgs) -> anyhow::Result<()> {
+    let data_dir = state.data_dir()?;
+    let body = super::ask_running(&data_dir, &Action::UpdateStatus, ": start it to see its node generations")?;
+    if state.json {
+        println!("{}", String::from_utf8_lossy(&body));
+        return Ok(());
+    }
+    let status: UpdateStatus = serde_json::from_slice(&body).context("reading the answer of oasis serve")?;
+    println!("node generations (current {}, highest sequence {}):", status.current, status.highest_sequence);
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    for g in &status.generations {
+        println!(
+            "  {:>4}  {:<9}  {:<12}  kernel {}  etcd {}{}  {}",
+            g.sequence,
+            g.state.to_string(),
+            g.version,
+            dash(&g.kernel),
+            dash(&g.etcd),
+            g.k3s.as_ref().map(|k| format!("  k3s {k}")).unwrap_or_default(),
+            g.path.display()
+        );
+    }
+    if !status.machines.is_empty() {
+        println!("machines:");
+    }
+    for m in &status.machines {
+        let gen = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |n| n.to_string());
+        let failed: Vec<String> = m.generations.failed.iter().map(u64::to_string).collect();
+        println!(
+            "  {}  served {}  desired {}  attempted {} ({}x)  confirmed {}  failed {}",
+            m.mac,
+            m.served,
+            gen(m.generations.desired),
+            gen(m.generations.attempted),
+            m.generations.attempts,
+            gen(m.generations.confirmed),
+            if failed.is_empty() { "-".to_string() } else { failed.join(",") }
+        );
+    }
+    Ok(())
 }

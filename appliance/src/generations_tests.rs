@@ -1,0 +1,236 @@
+use std::collections::BTreeSet;
+
+use oasis_image::artifacts::ArtifactEntry;
+use oasis_image::bundle::{write_bundle, BundleOptions};
+use oasis_image::payload::{INITRD, KERNEL};
+use oasis_image::signing::SigningKey;
+
+use super::*;
+
+const SHIPPED_ETCD: &str = "3.4.23-4+b4";
+
+/// A bzImage-shaped kernel whose setup header names `version`.
+fn fake_kernel(version: &str) -> Vec<u8> {
+    let mut image = vec![0u8; 0x1000];
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x20e..0x210].copy_from_slice(&0x0400u16.to_le_bytes());
+    let text = format!("{version} (debian-kernel@lists.debian.org) #1 SMP\0");
+    image[0x600..0x600 + text.len()].copy_from_slice(text.as_bytes());
+    image
+}
+
+/// A node image directory at `dir` with etcd `etcd_version`.
+fn node_dir(dir: &Path, kernel: &str, etcd_version: &str) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join(KERNEL), fake_kernel(kernel)).unwrap();
+    fs::write(dir.join(INITRD), format!("initramfs of {kernel}").repeat(50)).unwrap();
+    fs::write(dir.join("etcd"), format!("etcd {etcd_version}").repeat(20)).unwrap();
+    let entries = vec![ArtifactEntry::of_file(dir, "etcd", "etcd", Some(etcd_version.into())).unwrap()];
+    artifacts::write(dir, &entries).unwrap();
+}
+
+pub(crate) struct Rack {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) store: Store,
+    pub(crate) generations: NodeGenerations,
+    pub(crate) key: SigningKey,
+}
+
+impl Rack {
+    pub(crate) fn new() -> Rack {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = dir.path().join("boot/node");
+        node_dir(&shipped, "6.1.0-28-amd64", SHIPPED_ETCD);
+        let (private, public, _) = signing::keygen(&dir.path().join("keys")).unwrap();
+        let key = signing::load_private_key(&private).unwrap();
+        let data = dir.path().join("data");
+        let store = Store::open(&data).unwrap();
+        let keys = UpdateKeys { image_key: Some(dir.path().join("no-image-key.pub")), configured: vec![public] };
+        let generations = NodeGenerations::new(store.clone(), &data, &shipped, keys);
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        Rack { dir, rt, store, generations, key }
+    }
+
+    /// A bundle of sequence `sequence` with etcd `etcd`, signed with `key`.
+    pub(crate) fn bundle(&self, sequence: u64, etcd: &str, key: &SigningKey) -> PathBuf {
+        let node = self.dir.path().join(format!("node-{sequence}-{etcd}"));
+        node_dir(&node, "6.12.0-1-amd64", etcd);
+        let out = self.dir.path().join(format!("{sequence}-{etcd}.bundle"));
+        let options = BundleOptions { version: format!("0.{sequence}.0"), sequence, ..BundleOptions::default() };
+        write_bundle(&node, &options, key, &out).unwrap();
+        out
+    }
+
+    fn apply(&self, path: &Path) -> Result<Applied, GenerationsError> {
+        self.rt.block_on(self.generations.apply_file(path))
+    }
+
+    /// The names in `DATA_DIR/generations`.
+    pub(crate) fn on_disk(&self) -> BTreeSet<String> {
+        match fs::read_dir(self.dir.path().join("data/generations")) {
+            Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => BTreeSet::new(),
+        }
+    }
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn a_bundle_becomes_a_generation_on_disk_and_in_the_store() {
+    let rack = Rack::new();
+    let applied = rack.apply(&rack.bundle(1, "3.5.16-4", &rack.key)).unwrap();
+    assert_eq!((applied.generation.sequence, applied.pruned.clone()), (1, vec![]));
+    assert_eq!(rack.on_disk(), names(&["1"]));
+    let dir = rack.generations.path_of(1);
+    let entries = artifacts::verify(&dir).unwrap();
+    assert_eq!(artifacts::find(&entries, "etcd").unwrap().version.as_deref(), Some("3.5.16-4"));
+    assert!(dir.join(KERNEL).is_file() && dir.join(INITRD).is_file() && dir.join(MANIFEST_FILE).is_file());
+    let record = rack.store.generations().unwrap();
+    assert_eq!((record.highest_sequence, record.current), (1, SHIPPED));
+    let status = rack.generations.status().unwrap();
+    let states: Vec<_> = status.generations.iter().map(|g| (g.sequence, g.state)).collect();
+    assert_eq!(states, vec![(0, GenerationState::Current), (1, GenerationState::Available)]);
+    assert_eq!(status.generations[0].etcd.as_deref(), Some(SHIPPED_ETCD));
+    assert_eq!(status.generations[0].kernel.as_deref(), Some("6.1.0-28-amd64"));
+    assert_eq!(status.generations[1].kernel.as_deref(), Some("6.12.0-1-amd64"));
+    let events = rack.store.events(10).unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == "generation-installed" && e.message.contains("generation 1")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn refused_bundles_change_nothing() {
+    let rack = Rack::new();
+    let good = rack.bundle(1, "3.5.16-4", &rack.key);
+    rack.apply(&good).unwrap();
+    let before = (rack.on_disk(), rack.store.generations().unwrap());
+
+    let again = rack.apply(&good).unwrap_err();
+    assert!(again.is_refusal(), "{again}");
+    assert!(
+        oasis_proto::error_chain(&again).contains("not above the installed sequence 1"),
+        "{}",
+        oasis_proto::error_chain(&again)
+    );
+
+    let mut bytes = fs::read(rack.bundle(2, "3.5.16-4", &rack.key)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    let tampered = rack.dir.path().join("tampered.bundle");
+    fs::write(&tampered, bytes).unwrap();
+    let e = rack.apply(&tampered).unwrap_err();
+    assert!(matches!(&e, GenerationsError::Bundle(b) if matches!(**b, BundleError::MemberMismatch { .. })), "{e}");
+
+    let stranger = rack.bundle(3, "3.5.16-4", &SigningKey::from_bytes(&[9; 32]));
+    let e = rack.apply(&stranger).unwrap_err();
+    assert!(matches!(&e, GenerationsError::Bundle(b) if matches!(**b, BundleError::UnknownKey { .. })), "{e}");
+
+    let skips = rack.bundle(4, "3.6.0-1", &rack.key);
+    let e = rack.apply(&skips).unwrap_err();
+    assert!(e.is_refusal() && oasis_proto::error_chain(&e).contains("skips a minor version"), "{e}");
+
+    let missing = rack.apply(&rack.dir.path().join("nothing.bundle")).unwrap_err();
+    assert!(missing.is_refusal(), "{missing}");
+
+    assert_eq!((rack.on_disk(), rack.store.generations().unwrap()), before, "nothing changed, no staging left");
+}
+
+#[test]
+fn a_newer_bundle_prunes_what_is_no_longer_kept() {
+    let rack = Rack::new();
+    rack.apply(&rack.bundle(1, "3.5.16-4", &rack.key)).unwrap();
+    let applied = rack.apply(&rack.bundle(2, "3.5.16-4", &rack.key)).unwrap();
+    assert_eq!(applied.pruned, vec![1]);
+    assert_eq!(rack.on_disk(), names(&["2"]));
+    let record = rack.store.generations().unwrap();
+    assert_eq!(record.installed.iter().map(|g| g.sequence).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(record.highest_sequence, 2);
+    // A pruned generation's sequence stays refused.
+    let e = rack.apply(&rack.bundle(1, "3.5.17-1", &rack.key)).unwrap_err();
+    assert!(e.is_refusal(), "{e}");
+}
+
+#[test]
+fn without_any_trusted_key_a_bundle_is_refused_with_what_to_do() {
+    let rack = Rack::new();
+    let data = rack.dir.path().join("data");
+    let none =
+        NodeGenerations::new(rack.store.clone(), &data, &rack.dir.path().join("boot/node"), UpdateKeys::default());
+    let e = rack.rt.block_on(none.apply_file(&rack.bundle(1, "3.5.16-4", &rack.key))).unwrap_err();
+    assert!(matches!(e, GenerationsError::NoTrustedKey), "{e}");
+    assert!(e.to_string().contains("[update] trusted_keys"), "{e}");
+    let missing = UpdateKeys { image_key: None, configured: vec![rack.dir.path().join("gone.pub")] };
+    let e = NodeGenerations::new(rack.store.clone(), &data, &rack.dir.path().join("boot/node"), missing);
+    assert!(matches!(e.keys.load(), Err(GenerationsError::KeyMissing { .. })));
+}
+
+/// A crash after the staging (step 1) or after the rename (step 2): the old set at the next start.
+#[test]
+fn a_crash_before_the_commit_leaves_the_old_set() {
+    let rack = Rack::new();
+    rack.apply(&rack.bundle(1, "3.5.16-4", &rack.key)).unwrap();
+    let before = rack.store.generations().unwrap();
+    // Killed while staging: a staging directory with part of a member.
+    let staging = rack.dir.path().join("data/generations/.staging-1234-5678");
+    fs::create_dir(&staging).unwrap();
+    fs::write(staging.join(KERNEL), b"half a kernel").unwrap();
+    // Killed after the rename, before the commit: a whole generation nobody recorded.
+    let rules = before.installed_for_check(SHIPPED_ETCD);
+    let file = fs::File::open(rack.bundle(2, "3.5.16-4", &rack.key)).unwrap();
+    let trusted = [rack.key.verifying_key()];
+    stage(&rack.dir.path().join("data/generations"), file, &trusted, u64::MAX, &rules).unwrap();
+    assert_eq!(rack.on_disk(), names(&["1", "2", ".staging-1234-5678"]));
+
+    let removed = rack.generations.reconcile().unwrap();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert_eq!(rack.on_disk(), names(&["1"]));
+    assert_eq!(rack.store.generations().unwrap(), before);
+    // And the bundle that was interrupted installs afterwards.
+    rack.apply(&rack.bundle(2, "3.5.16-4", &rack.key)).unwrap();
+    assert_eq!(rack.on_disk(), names(&["2"]));
+}
+
+/// A crash after the commit (step 3), before the prune: the new set at the next start.
+#[test]
+fn a_crash_after_the_commit_leaves_the_new_set() {
+    let rack = Rack::new();
+    rack.apply(&rack.bundle(1, "3.5.16-4", &rack.key)).unwrap();
+    let record = rack.store.generations().unwrap();
+    let rules = record.installed_for_check(SHIPPED_ETCD);
+    let file = fs::File::open(rack.bundle(2, "3.5.16-4", &rack.key)).unwrap();
+    let trusted = [rack.key.verifying_key()];
+    let (manifest, key_id) =
+        stage(&rack.dir.path().join("data/generations"), file, &trusted, u64::MAX, &rules).unwrap();
+    let (next, pruned) = record.with_installed(Generation::of(&manifest, &key_id, 1));
+    assert_eq!(pruned, vec![1]);
+    rack.rt.block_on(rack.store.save_generations(next.clone(), vec![])).unwrap();
+    assert_eq!(rack.on_disk(), names(&["1", "2"]), "killed before the prune");
+
+    rack.generations.reconcile().unwrap();
+    assert_eq!(rack.on_disk(), names(&["2"]));
+    assert_eq!(rack.store.generations().unwrap(), next);
+}
+
+#[test]
+fn the_record_survives_a_restart() {
+    let rack = Rack::new();
+    rack.apply(&rack.bundle(1, "3.5.16-4", &rack.key)).unwrap();
+    let Rack { dir, rt, store, generations, .. } = rack;
+    let saved = store.generations().unwrap();
+    drop((generations, store, rt));
+    let reopened = loop {
+        match Store::open(&dir.path().join("data")) {
+            Ok(s) => break s,
+            Err(StoreError::InUse { .. }) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(reopened.generations().unwrap(), saved);
+}

@@ -1,0 +1,134 @@
+//! `POST /v1/admin/update` on the HTTPS API (admin token): an update bundle uploaded as the
+//! request body, streamed into the same verifier and installer as `oasis update apply`
+//! ([`crate::generations::NodeGenerations::apply`]), never held in memory.
+//!
+//! The size is bounded twice: a `Content-Length` over [`NodeGenerations::max_upload_bytes`] is
+//! refused (413) before a byte is read, and the verifier itself reads no more than the header, a
+//! bounded manifest and the member sizes it declares (within the same limit), plus one byte to
+//! see that nothing follows.
+
+use std::io::{self, Read};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::generations::{Applied, NodeGenerations};
+use crate::operator::ActionError;
+
+/// How many body chunks wait for the verifier at most.
+const QUEUE: usize = 8;
+
+/// A blocking reader of a request body's chunks, for the verifier on the blocking pool.
+struct BodyReader {
+    chunks: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// A reader of `body`, fed by a task that stops when the reader is dropped.
+fn reader_of(body: Body) -> BodyReader {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| io::Error::other(format!("the upload broke off: {e}")));
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    BodyReader { chunks: rx, current: Bytes::new() }
+}
+
+/// Installs the bundle uploaded as `body` (authorised by the caller).
+pub async fn apply_upload(
+    generations: &NodeGenerations,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Applied, ActionError> {
+    let limit = generations.max_upload_bytes();
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = length.filter(|&l| l > limit) {
+        return Err(ActionError::Body {
+            too_large: true,
+            text: format!("the upload is {length} bytes, over this appliance's limit of {limit} for an update bundle"),
+        });
+    }
+    Ok(generations.apply(reader_of(body)).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_of_many_chunks_reads_back_whole() {
+        let chunks: Vec<Result<Bytes, io::Error>> =
+            (0..50u8).map(|i| Ok(Bytes::from(vec![i; 1000 + i as usize]))).collect();
+        let expected: Vec<u8> = (0..50u8).flat_map(|i| vec![i; 1000 + i as usize]).collect();
+        let body = Body::from_stream(futures::stream::iter(chunks));
+        let mut reader = reader_of(body);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut all = vec![];
+            let mut small = [0u8; 333];
+            loop {
+                let n = reader.read(&mut small).unwrap();
+                if n == 0 {
+                    break all;
+                }
+                all.extend_from_slice(&small[..n]);
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(read, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_upload_is_an_error_not_a_short_file() {
+        let chunks: Vec<Result<Bytes, io::Error>> =
+            vec![Ok(Bytes::from_static(b"OASIS")), Err(io::Error::other("reset"))];
+        let mut reader = reader_of(Body::from_stream(futures::stream::iter(chunks)));
+        let e = tokio::task::spawn_blocking(move || reader.read_to_end(&mut vec![])).await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("broke off"), "{e}");
+    }
+
+    /// A bundle uploaded in chunks, through the real verifier and installer.
+    #[test]
+    fn an_uploaded_bundle_is_installed_and_a_tampered_one_changes_nothing() {
+        let rack = crate::generations::tests::Rack::new();
+        let upload = |bytes: Vec<u8>| {
+            let chunks: Vec<Result<Bytes, io::Error>> =
+                bytes.chunks(4096).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            let body = Body::from_stream(futures::stream::iter(chunks));
+            rack.rt.block_on(apply_upload(&rack.generations, &HeaderMap::new(), body))
+        };
+        let bytes = std::fs::read(rack.bundle(1, "3.5.16-4", &rack.key)).unwrap();
+        let mut tampered = bytes.clone();
+        let middle = tampered.len() / 2;
+        tampered[middle] ^= 1;
+        let e = upload(tampered).unwrap_err();
+        assert_eq!(e.status(), axum::http::StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+        assert!(rack.on_disk().is_empty(), "{:?}", rack.on_disk());
+        let applied = upload(bytes).unwrap();
+        assert_eq!(applied.generation.sequence, 1);
+        assert_eq!(rack.on_disk().into_iter().collect::<Vec<_>>(), vec!["1".to_string()]);
+    }
+}
