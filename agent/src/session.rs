@@ -488,6 +488,7 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                         services,
                         data_disk: cluster.disks.status(),
                         kernel: kernel_release(),
+                        generation: running_generation(),
                     };
                     let result = api.heartbeat(appliance, credential, &heartbeat).await;
                     let handshake_age = self.link.handshake_age();
@@ -590,6 +591,18 @@ impl<S: Console> Reporter<S> {
 
 #[cfg(test)]
 mod tests;
+
+/// The node generation this boot runs, as the boot script put it on the kernel command line.
+fn running_generation() -> Option<u64> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    generation_of(&cmdline)
+}
+
+/// `oasis.generation=N` of a kernel command line; the last one wins, as the kernel's own do.
+fn generation_of(cmdline: &str) -> Option<u64> {
+    let prefix = format!("{}=", oasis_proto::GENERATION_ARG);
+    cmdline.split_whitespace().filter_map(|arg| arg.strip_prefix(&prefix)?.parse().ok()).next_back()
+}
 
 /// The running kernel's release, as `uname -r` prints it.
 fn kernel_release() -> Option<String> {

@@ -267,7 +267,15 @@ pub struct Heartbeat {
     /// generation's kernel the machine booted. Absent from older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// The node generation this boot runs, as the boot script named it on the kernel command
+    /// line ([`GENERATION_ARG`]). Absent from older agents and from boots without the argument.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
+
+/// The kernel command-line argument that names the node generation a boot runs:
+/// `oasis.generation=N`.
+pub const GENERATION_ARG: &str = "oasis.generation";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataDiskStatus {
@@ -336,6 +344,27 @@ pub struct DesiredState {
     /// A local disk for service data, mounted at [`DATA_DISK_MOUNT`] before services start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_disk: Option<DataDisk>,
+    /// Boot into another node generation. Absent from appliances before node rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<RebootRequest>,
+}
+
+/// Asks one boot of a machine to boot again into a node generation: its services are stopped,
+/// its data disk unmounted, then the machine reboots through the network boot path (whose script
+/// now names `generation`) or, with `kexec`, loads that script's kernel and initramfs itself and
+/// jumps into them.
+///
+/// Addressed to one boot (`boot`, the WireGuard key the machine made in that boot): the boot that
+/// follows has another key and ignores it, so a desired state published again after the reboot
+/// never reboots the machine a second time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebootRequest {
+    pub generation: u64,
+    /// The WireGuard public key of the boot that is to reboot.
+    pub boot: String,
+    /// Jump into the new kernel without the firmware (kexec); on failure the agent falls back
+    /// to a reboot.
+    pub kexec: bool,
 }
 
 /// A disk the agent makes into its data disk: it mounts one that already has the

@@ -457,6 +457,7 @@ fn cluster_state(revision: u64) -> DesiredState {
             run: true,
         }],
         data_disk: None,
+        reboot: None,
     }
 }
 
@@ -541,4 +542,11 @@ fn backoff_doubles_to_its_cap_with_bounded_jitter() {
     assert!(within(backoff.next_delay(&mut rng), 1.0));
     let delays: std::collections::HashSet<_> = (0..20).map(|_| jitter(Duration::from_secs(10), &mut rng)).collect();
     assert!(delays.len() > 1, "jitter must vary");
+}
+
+#[test]
+fn the_generation_is_read_from_the_kernel_command_line() {
+    assert_eq!(generation_of("console=ttyS0 oasis.token=abc oasis.generation=7 quiet"), Some(7));
+    assert_eq!(generation_of("oasis.generation=1 oasis.generation=2"), Some(2), "the last one wins");
+    assert_eq!(generation_of("console=ttyS0 oasis.generations=3 oasis.generation=x"), None);
 }

@@ -131,6 +131,7 @@ mod tests {
             mesh_endpoint: None,
             data_disk: None,
             disk_mounted: false,
+            reboot: None,
         }
     }
 

@@ -536,6 +536,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                 mesh_endpoint: assembly.endpoints.get(&s.record.id).copied(),
                 data_disk: self.data_disk_for(s, assembly),
                 disk_mounted: disk_mounted(s),
+                reboot: None,
             })
             .collect()
     }

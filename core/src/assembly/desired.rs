@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use oasis_proto::{
-    Artifact, DataDisk, DesiredState, FileSpec, MeshConfig, MeshPeer, Role, ServiceSpec, DATA_DISK_MOUNT,
-    ETCD_CLIENT_PORT, ETCD_PEER_PORT, NODE_STATE_DIR,
+    Artifact, DataDisk, DesiredState, FileSpec, MeshConfig, MeshPeer, RebootRequest, Role, ServiceSpec,
+    DATA_DISK_MOUNT, ETCD_CLIENT_PORT, ETCD_PEER_PORT, NODE_STATE_DIR,
 };
 
 use sha2::{Digest, Sha256};
@@ -44,6 +44,8 @@ pub struct Placed {
     pub data_disk: Option<DataDisk>,
     /// Its agent reports that disk mounted: etcd's data goes there and survives a power cycle.
     pub disk_mounted: bool,
+    /// A node rollout asks this boot of it to boot into another generation.
+    pub reboot: Option<RebootRequest>,
 }
 
 /// A member's TLS material, PEM.
@@ -188,6 +190,7 @@ pub fn desired_states(
                     mesh: Some(mesh_config(m, placed, mesh)),
                     services: services.get(&m.id).cloned().unwrap_or_default(),
                     data_disk: m.data_disk.clone(),
+                    reboot: m.reboot.clone(),
                 }
             };
             (m.id.clone(), state)
@@ -210,6 +213,7 @@ mod tests {
             mesh_endpoint: Some(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100 + n), 51821)),
             data_disk: None,
             disk_mounted: false,
+            reboot: None,
         }
     }
 
