@@ -16,6 +16,7 @@ use oasis_image::bundle::{BundleManifest, ARCHITECTURE};
 use oasis_proto::MacAddr;
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::Rollout;
 use crate::update::Installed;
 
 /// The generation the appliance shipped with: the boot root's node image, never pruned.
@@ -123,6 +124,9 @@ pub struct Generations {
     pub installed: Vec<Generation>,
     /// Per boot MAC.
     pub machines: BTreeMap<MacAddr, MachineGenerations>,
+    /// The last rollout, running or ended (`crate::rollout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
 }
 
 impl Default for Generations {
@@ -134,6 +138,7 @@ impl Default for Generations {
             previous: None,
             installed: vec![],
             machines: BTreeMap::new(),
+            rollout: None,
         }
     }
 }

@@ -22,7 +22,10 @@
 //!    the cluster as the operator sees it.
 //! 6. **Update.** A signed update bundle (`oasis_image::bundle`) is installed only if
 //!    [`update`] allows it over what runs: a newer sequence, the rack's product and architecture,
-//!    etcd one minor version up at most and never down across minors.
+//!    etcd one minor version up at most and never down across minors; [`generations`] says
+//!    which node generations are kept and which one each machine's boot script serves.
+//! 7. **Roll out.** [`rollout`] moves the machines to the newest generation one at a time,
+//!    behind health gates, and sends a machine that fails them back.
 
 pub mod assembly;
 pub mod config;
@@ -31,4 +34,5 @@ pub mod generations;
 pub mod k3s;
 pub mod records;
 pub mod registry;
+pub mod rollout;
 pub mod update;
