@@ -32,7 +32,7 @@ pub use raw::{
 };
 use sections::{
     Allowlist, ClusterError, DhcpError, DhcpIn, EventsError, In, Line, Lines, NetworkError, NetworkSettings,
-    ProfileSectionError, ProfileSettings, RegistrationError, TftpError, TftpSettings, WireguardError,
+    ProfileSectionError, ProfileSettings, RegistrationError, TftpError, TftpSettings, UpdateError, WireguardError,
 };
 
 use crate::events::EventLimits;
@@ -95,6 +95,8 @@ pub enum Invalid {
     #[error(transparent)]
     Events(#[from] EventsError),
     #[error(transparent)]
+    Update(#[from] UpdateError),
+    #[error(transparent)]
     Across(#[from] across::AcrossError),
 }
 
@@ -155,6 +157,40 @@ pub struct Config {
     /// Public key files an update bundle may be signed with (`[update] trusted_keys`), besides
     /// the appliance image's trusted key; read when a bundle is applied and by `oasis config check`.
     pub update_trusted_keys: Vec<PathBuf>,
+    pub rollout: RolloutConfig,
+}
+
+/// How node rollouts go (`[update]`), checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutConfig {
+    pub timeout: Duration,
+    pub workers_at_once: usize,
+    pub kexec: bool,
+    /// Machine ids that always reboot through the firmware.
+    pub no_kexec: std::collections::BTreeSet<String>,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            timeout: Duration::from_secs(1800),
+            workers_at_once: 1,
+            kexec: true,
+            no_kexec: Default::default(),
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// The core rollout's settings.
+    pub fn settings(&self) -> crate::rollout::RolloutSettings {
+        crate::rollout::RolloutSettings { timeout_secs: self.timeout.as_secs(), workers_at_once: self.workers_at_once }
+    }
+
+    /// Whether machine `id` boots new generations by kexec.
+    pub fn kexec_for(&self, id: &str) -> bool {
+        self.kexec && !self.no_kexec.contains(id)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +242,7 @@ impl Config {
         let wireguard = WireguardSettings::try_from(In { raw: &raw.wireguard, lines })?;
         let cluster = ClusterSettings::try_from(In { raw: &raw.cluster, lines })?;
         let events = EventLimits::try_from(In { raw: &raw.events, lines })?;
+        let rollout = RolloutConfig::try_from(In { raw: &raw.update, lines })?;
         across::check(raw, lines, &network, &wireguard, &cluster)?;
         let data_dir = base.join(raw.data_dir.get_ref());
         let boot_root = raw.boot.root.as_ref().map(|r| base.join(r)).unwrap_or_else(|| data_dir.join("boot"));
@@ -229,6 +266,7 @@ impl Config {
             cluster,
             events,
             update_trusted_keys: raw.update.trusted_keys.iter().map(|p| base.join(p)).collect(),
+            rollout,
         })
     }
 }

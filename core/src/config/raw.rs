@@ -330,9 +330,31 @@ impl Default for RawEvents {
 }
 
 /// Update bundles: the public keys (files `oasis config keygen` writes) a bundle may be signed
-/// with, besides the appliance image's own trusted key. Relative paths are relative to the file.
-#[derive(Debug, Default, Deserialize)]
+/// with, besides the appliance image's own trusted key (relative paths are relative to the
+/// file), and how node rollouts go.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawUpdate {
     pub trusted_keys: Vec<PathBuf>,
+    /// How long a machine has to pass its gates once told to boot its new generation.
+    pub rollout_timeout_secs: Spanned<u64>,
+    /// Workers moved at the same time.
+    pub workers_at_once: Spanned<usize>,
+    /// Boot new generations by kexec where the kernel allows it.
+    pub kexec: bool,
+    /// Machines (ids) that always reboot through the firmware: kexec hangs on some hardware.
+    pub no_kexec: Vec<String>,
+}
+
+impl Default for RawUpdate {
+    fn default() -> Self {
+        RawUpdate {
+            trusted_keys: vec![],
+            // Real servers can take minutes in their firmware, then etcd catches up.
+            rollout_timeout_secs: unplaced(1800),
+            workers_at_once: unplaced(1),
+            kexec: true,
+            no_kexec: vec![],
+        }
+    }
 }

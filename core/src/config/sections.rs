@@ -15,11 +15,11 @@ use oasis_pxe::tftp::TftpConfig;
 use toml::Spanned;
 
 use super::raw::{
-    DhcpMode, RawCluster, RawDhcp, RawEvents, RawNetwork, RawProfile, RawRegistration, RawTftp, RawWireguard,
+    DhcpMode, RawCluster, RawDhcp, RawEvents, RawNetwork, RawProfile, RawRegistration, RawTftp, RawUpdate, RawWireguard,
 };
 use super::values::{self, ClusterNameError, ControlPlaneError, InterfaceNameError, NetmaskError, Prefix};
 use super::values::{PrefixError, RangeError};
-use super::{ClusterSettings, DhcpSettings, WireguardSettings, NODE_INITRD, NODE_KERNEL};
+use super::{ClusterSettings, DhcpSettings, RolloutConfig, WireguardSettings, NODE_INITRD, NODE_KERNEL};
 use crate::events::EventLimits;
 
 /// Where a value is in the file, shown as " (line N)"; nothing for a default, which is in no line.
@@ -383,6 +383,37 @@ impl TryFrom<In<'_, RawCluster>> for ClusterSettings {
             mesh_keepalive: c.mesh_keepalive,
             dead_after: Duration::from_secs(dead_after_secs),
             data_disk: c.data_disk,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error(
+        "update.rollout_timeout_secs{at} is {secs}; use 60 to 86400 (a machine must be able to reboot and catch up)"
+    )]
+    Timeout { at: Line, secs: u64 },
+    #[error("update.workers_at_once{at} is {value}; use 1 to 100")]
+    WorkersAtOnce { at: Line, value: usize },
+}
+
+impl TryFrom<In<'_, RawUpdate>> for RolloutConfig {
+    type Error = UpdateError;
+
+    fn try_from(In { raw: u, lines }: In<'_, RawUpdate>) -> Result<Self, UpdateError> {
+        let secs = *u.rollout_timeout_secs.get_ref();
+        if !(60..=86_400).contains(&secs) {
+            return Err(UpdateError::Timeout { at: lines.of(&u.rollout_timeout_secs), secs });
+        }
+        let value = *u.workers_at_once.get_ref();
+        if !(1..=100).contains(&value) {
+            return Err(UpdateError::WorkersAtOnce { at: lines.of(&u.workers_at_once), value });
+        }
+        Ok(RolloutConfig {
+            timeout: Duration::from_secs(secs),
+            workers_at_once: value,
+            kexec: u.kexec,
+            no_kexec: u.no_kexec.iter().cloned().collect(),
         })
     }
 }

@@ -243,3 +243,18 @@ fn update_trusted_keys_are_relative_to_the_file_and_optional() {
     );
     assert!(failure(&format!("{GOOD}\n[update]\ntrusted_key = \"x\"\n")).contains("trusted_key"));
 }
+
+#[test]
+fn rollouts_default_to_one_worker_kexec_and_a_timeout_for_real_hardware_and_bad_values_name_their_line() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.rollout, RolloutConfig::default());
+    assert_eq!(c.rollout.timeout.as_secs(), 1800);
+    let text = format!("{GOOD}\n[update]\nrollout_timeout_secs = 300\nworkers_at_once = 2\nno_kexec = [\"m-1\"]\n");
+    let c = parse(&text).unwrap();
+    assert_eq!((c.rollout.timeout.as_secs(), c.rollout.workers_at_once), (300, 2));
+    assert!(!c.rollout.kexec_for("m-1") && c.rollout.kexec_for("m-2"));
+    let lines = GOOD.lines().count();
+    let bad = failure(&format!("{GOOD}\n[update]\nrollout_timeout_secs = 5\n"));
+    assert!(bad.contains("update.rollout_timeout_secs") && bad.contains(&format!("line {}", lines + 3)), "{bad}");
+    assert!(failure(&format!("{GOOD}\n[update]\nworkers_at_once = 0\n")).contains("use 1 to 100"));
+}
