@@ -360,9 +360,18 @@ async fn artifact(
     Path(sha256): Path<String>,
 ) -> Result<Response, ActionError> {
     agent(&api, &headers, from).await?;
-    let path = api.artifacts.get(&sha256).ok_or(ActionError::NoArtifact(sha256))?;
+    // The shipped node image's, else an installed generation's.
+    let path = match api.artifacts.get(&sha256) {
+        Some(path) => path.clone(),
+        None => {
+            let generations = api.generations.clone();
+            let wanted = sha256.clone();
+            let found = tokio::task::spawn_blocking(move || generations.artifact_file(&wanted)).await.ok().flatten();
+            found.ok_or(ActionError::NoArtifact(sha256))?
+        }
+    };
     let file =
-        tokio::fs::File::open(path).await.map_err(|source| ActionError::Artifact { path: path.clone(), source })?;
+        tokio::fs::File::open(&path).await.map_err(|source| ActionError::Artifact { path: path.clone(), source })?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
     Ok(([(axum::http::header::CONTENT_LENGTH, len.to_string())], body).into_response())

@@ -185,6 +185,13 @@ impl EtcdClient {
         Ok(answer.members.into_iter().map(Member::from).collect())
     }
 
+    /// Hands leadership to member `to`; `ep` must be the leader's (others answer "not leader").
+    pub async fn move_leader(&self, ep: SocketAddr, to: u64) -> Result<(), EtcdError> {
+        let request = json!({ "targetID": to.to_string() });
+        let _: wire::Ignored = self.call(ep, "/v3/maintenance/transfer-leadership", request).await?;
+        Ok(())
+    }
+
     /// Writes `value` at `key`.
     pub async fn put(&self, ep: SocketAddr, key: &[u8], value: &[u8]) -> Result<(), EtcdError> {
         let request = json!({ "key": base64_of(key), "value": base64_of(value) });

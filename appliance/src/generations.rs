@@ -29,7 +29,7 @@ use oasis_image::bundle::{self, BundleError, BundleManifest, Sink, VerifyOptions
 use oasis_image::manifest::{write_atomic, ManifestError};
 use oasis_image::node::ETCD_FILE;
 use oasis_image::signing::{self, SigningError, VerifyingKey};
-use oasis_proto::MacAddr;
+use oasis_proto::{Artifact, MacAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
@@ -65,6 +65,8 @@ pub enum GenerationsError {
     Store(Box<StoreError>),
     #[error("the installer stopped unexpectedly; apply the bundle again")]
     Stopped,
+    #[error("cannot read the artifacts of node generation {sequence} in {path}; apply its bundle again")]
+    Artifacts { sequence: u64, path: PathBuf, source: Box<ArtifactsError> },
 }
 
 impl From<BundleError> for GenerationsError {
@@ -162,6 +164,9 @@ pub struct UpdateStatus {
     pub highest_sequence: u64,
     pub generations: Vec<GenerationView>,
     pub machines: Vec<MachineView>,
+    /// The last rollout, running or ended.
+    #[serde(default)]
+    pub rollout: Option<oasis_core::rollout::Rollout>,
 }
 
 /// The node generations of one appliance.
@@ -284,25 +289,31 @@ impl NodeGenerations {
             .map_err(|_| GenerationsError::Stopped)??;
         let (manifest, key_id) = staged;
         let generation = Generation::of(&manifest, &key_id, now());
-        let (next, pruned) = record.with_installed(generation.clone());
-        let happening = Happening {
-            kind: "generation-installed",
-            mac: None,
-            message: format!(
-                "node generation {} installed from a bundle signed by key {key_id}: {}{}",
-                manifest.sequence,
-                manifest.summary(),
+        // Installed into the record as it is when written: a rollout step since it was read
+        // stays.
+        let pruned_by_install = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (installed, summary, pruned_out) = (generation.clone(), manifest.summary(), pruned_by_install.clone());
+        let change = move |record: &mut oasis_core::generations::Generations| {
+            let (next, pruned) = record.with_installed(installed.clone());
+            *record = next;
+            let message = format!(
+                "node generation {} installed from a bundle signed by key {}: {summary}{}",
+                installed.sequence,
+                installed.key_id,
                 match pruned.is_empty() {
                     true => String::new(),
                     false => format!("; removed generations no longer kept: {pruned:?}"),
                 }
-            ),
+            );
+            *pruned_out.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pruned;
+            vec![Happening { kind: "generation-installed", mac: None, message }]
         };
-        if let Err(e) = self.store.save_generations(next, vec![happening]).await {
+        if let Err(e) = self.store.update_generations(change).await {
             // Not recorded: the old set stays; the directory goes (or at the next start).
             let _ = fs::remove_dir_all(self.path_of(manifest.sequence));
             return Err(e.into());
         }
+        let pruned = std::mem::take(&mut *pruned_by_install.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         for sequence in &pruned {
             let path = self.path_of(*sequence);
             if let Err(e) = fs::remove_dir_all(&path) {
@@ -353,6 +364,33 @@ impl NodeGenerations {
             highest_sequence: record.highest_sequence,
             generations,
             machines,
+            rollout: record.rollout,
+        })
+    }
+
+    /// The artifact called `name` (e.g. `etcd`) of generation `sequence` as agents fetch it, with
+    /// its file; `None` when the generation carries none. Read from its `artifacts.json`,
+    /// verified when it was installed (and the agent checks every file's hash).
+    pub fn artifact(&self, sequence: u64, name: &str) -> Result<Option<(Artifact, PathBuf)>, GenerationsError> {
+        let dir = self.path_of(sequence);
+        let entries = artifacts::read(&dir).map_err(|source| GenerationsError::Artifacts {
+            sequence,
+            path: dir.clone(),
+            source: Box::new(source),
+        })?;
+        Ok(artifacts::find(&entries, name).map(|e| {
+            let artifact = Artifact { sha256: e.sha256.clone(), size: e.size, path: e.file.clone(), mode: 0o644 };
+            (artifact, dir.join(&e.file))
+        }))
+    }
+
+    /// The file of an installed generation's artifact with this SHA-256, if any.
+    pub fn artifact_file(&self, sha256: &str) -> Option<PathBuf> {
+        let record = self.store.generations().ok()?;
+        record.installed.iter().find_map(|g| {
+            let dir = self.path_of(g.sequence);
+            let entries = artifacts::read(&dir).ok()?;
+            entries.into_iter().find(|e| e.sha256 == sha256).map(|e| dir.join(e.file))
         })
     }
 }

@@ -242,6 +242,10 @@ enum Refused {
 
 type Reply = oneshot::Sender<Result<(), Refused>>;
 
+/// A change of the node generations record and the events explaining it. `Fn`, not `FnOnce`: a
+/// batch that fails to commit is written again one write at a time, from the record as it is.
+type GenerationsChange = Box<dyn Fn(&mut Generations) -> Vec<Happening> + Send>;
+
 enum Write {
     Lease(Lease, Reply),
     Sighting(Sighting),
@@ -255,6 +259,8 @@ enum Write {
     Assembly(Box<Assembly>, Vec<Happening>, Reply),
     BootToken(MacAddr, BootToken, Reply),
     Generations(Box<Generations>, Vec<Happening>, Reply),
+    /// Change the node generations record as it is in the write's own transaction.
+    UpdateGenerations(GenerationsChange, Reply),
     /// Write what the tally holds now (before a shutdown).
     Flush(Reply),
 }
@@ -269,6 +275,7 @@ impl Write {
             | Write::Assembly(_, _, reply)
             | Write::BootToken(_, _, reply)
             | Write::Generations(_, _, reply)
+            | Write::UpdateGenerations(_, reply)
             | Write::Flush(reply) => {
                 let _ = reply.send(result);
             }
@@ -921,6 +928,16 @@ impl Store {
         self.send(|reply| Write::Generations(Box::new(generations), happenings, reply)).await
     }
 
+    /// Changes the node generations record as it is when the write happens (not as it was read
+    /// earlier: an install and a rollout step never undo each other) and commits it with the
+    /// events `change` returns; resolves once durable.
+    pub async fn update_generations(
+        &self,
+        change: impl Fn(&mut Generations) -> Vec<Happening> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.send(|reply| Write::UpdateGenerations(Box::new(change), reply)).await
+    }
+
     /// Commits the controller's state and the events explaining the change; resolves once durable.
     pub async fn save_assembly(&self, assembly: Assembly, happenings: Vec<Happening>) -> Result<(), StoreError> {
         self.send(|reply| Write::Assembly(Box::new(assembly), happenings, reply)).await
@@ -1319,6 +1336,15 @@ impl<'t> Tables<'t> {
             Write::Generations(g, happenings, _) => {
                 put(&mut self.generations, GENERATIONS_KEY, &serde_json::to_vec(g)?)?;
                 self.happenings(happenings)?;
+            }
+            Write::UpdateGenerations(change, _) => {
+                let mut record = match self.generations.get(GENERATIONS_KEY)? {
+                    Some(v) => decode::<&str, Generations>(self.path, "generations", &GENERATIONS_KEY, v.value())?,
+                    None => Generations::default(),
+                };
+                let happenings = change(&mut record);
+                put(&mut self.generations, GENERATIONS_KEY, &serde_json::to_vec(&record)?)?;
+                self.happenings(&happenings)?;
             }
         }
         Ok(true)

@@ -220,6 +220,18 @@ async fn membership_grows_one_learner_at_a_time_and_shrinks_on_real_etcd() {
     assert!(!b_status.is_learner, "{b_status:?}");
     assert_ne!(b_status.leader, 0, "{b_status:?}");
 
+    // Leadership moves to B (asked of the leader) and back to A, as a rollout does before it
+    // reboots a leader.
+    let leader_ep = |id: u64| if id == a_id { a.client() } else { b.client() };
+    for to in [learner.id, a_id] {
+        let from = client.status(a.client()).await.unwrap().leader;
+        if from != to {
+            retry_while("move the leader", settling, || client.move_leader(leader_ep(from), to)).await.unwrap();
+        }
+        let leader = client.status(b.client()).await.unwrap().leader;
+        assert_eq!(leader, to, "leadership moved");
+    }
+
     // The errors the planner acts on.
     let voter = client.promote(a.client(), a_id).await.unwrap_err();
     assert!(matches!(voter, EtcdError::NotLearner), "{voter:?}");

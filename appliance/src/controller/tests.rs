@@ -17,6 +17,7 @@ enum Call {
     AddLearner(SocketAddr, String),
     Promote(SocketAddr, u64),
     Remove(SocketAddr, u64),
+    MoveLeader(SocketAddr, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +37,25 @@ struct EtcdSim {
     /// What the next membership changes answer instead of doing them.
     refusals: VecDeque<EtcdError>,
     next_id: u64,
+    /// The leader a move handed leadership to, while it is up.
+    moved_to: Option<u64>,
+}
+
+impl EtcdSim {
+    /// The member that leads: the one leadership moved to while it is up, else the lowest id up.
+    fn leader(&self) -> u64 {
+        let up = |id: u64| self.members.iter().any(|v| v.id == id && v.up && !v.learner);
+        match self.moved_to {
+            Some(id) if up(id) => id,
+            _ => self.members.iter().filter(|v| v.up && !v.learner).map(|v| v.id).min().unwrap_or(0),
+        }
+    }
+
+    fn has_quorum(&self) -> bool {
+        let voters = self.members.iter().filter(|v| !v.learner);
+        let (all, up) = voters.fold((0, 0), |(all, up), v| (all + 1, up + usize::from(v.up)));
+        up > all / 2
+    }
 }
 
 /// A recording fake of etcd's membership API. Members are found by client address: the
@@ -98,7 +118,7 @@ impl Etcd for FakeEtcd {
             stage: "connecting",
             source: None,
         })?;
-        let leader = self.sim().members.iter().filter(|v| v.up && !v.learner).map(|v| v.id).min().unwrap_or(0);
+        let leader = self.sim().leader();
         Ok(MemberStatus {
             member_id: m.id,
             cluster_id: 1,
@@ -161,6 +181,26 @@ impl Etcd for FakeEtcd {
             return Err(EtcdError::MemberNotFound);
         }
         Ok(())
+    }
+
+    async fn move_leader(&self, ep: SocketAddr, to: u64) -> Result<(), EtcdError> {
+        self.change(Call::MoveLeader(ep, to))?;
+        let mut sim = self.sim();
+        let leader = sim.leader();
+        if sim.members.iter().all(|m| m.id != leader || client_of(&m.peer_url) != ep) {
+            return Err(EtcdError::Refused { code: Some(9), message: "etcdserver: not leader".into() });
+        }
+        sim.moved_to = Some(to);
+        Ok(())
+    }
+
+    async fn quorum_read(&self, ep: SocketAddr) -> Result<(), EtcdError> {
+        self.answering(ep).ok_or(EtcdError::Timeout)?;
+        if self.sim().has_quorum() {
+            Ok(())
+        } else {
+            Err(EtcdError::Timeout)
+        }
     }
 }
 

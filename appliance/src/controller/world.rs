@@ -24,6 +24,10 @@ pub trait Etcd: Send + Sync {
     fn promote(&self, ep: SocketAddr, id: u64) -> impl Future<Output = Result<(), EtcdError>> + Send;
     /// Removes member `id`.
     fn remove(&self, ep: SocketAddr, id: u64) -> impl Future<Output = Result<(), EtcdError>> + Send;
+    /// Hands leadership to member `to`; `ep` is the leader's.
+    fn move_leader(&self, ep: SocketAddr, to: u64) -> impl Future<Output = Result<(), EtcdError>> + Send;
+    /// A linearizable read through the member at `ep` (it asks the leader, which needs a quorum).
+    fn quorum_read(&self, ep: SocketAddr) -> impl Future<Output = Result<(), EtcdError>> + Send;
 }
 
 impl Etcd for EtcdClient {
@@ -46,7 +50,18 @@ impl Etcd for EtcdClient {
     async fn remove(&self, ep: SocketAddr, id: u64) -> Result<(), EtcdError> {
         EtcdClient::remove(self, ep, id).await.map(drop)
     }
+
+    fn move_leader(&self, ep: SocketAddr, to: u64) -> impl Future<Output = Result<(), EtcdError>> + Send {
+        EtcdClient::move_leader(self, ep, to)
+    }
+
+    async fn quorum_read(&self, ep: SocketAddr) -> Result<(), EtcdError> {
+        EtcdClient::get(self, ep, QUORUM_READ_KEY).await.map(drop)
+    }
 }
+
+/// The key the rollout's quorum read asks for (it need not exist).
+const QUORUM_READ_KEY: &[u8] = b"oasis/rollout/quorum-read";
 
 /// Unix time in seconds.
 pub trait Clock: Send + Sync {
