@@ -429,7 +429,8 @@ impl Launch<'_> {
             World { api: api.clone(), etcd: etcd.clone(), clock: SystemClock },
             Provisions { ca, etcd_artifact: node_artifacts.get("etcd").map(|(a, _)| a.clone()), kubernetes },
             Outputs { status: cluster_status, kubeconfig: kubeconfig_tx },
-        );
+        )
+        .with_rollout(self.config.rollout.clone());
         self.services.spawn("assembly", controller.run());
         Ok(admin::ClusterHandle { status, etcd, kubeconfig })
     }

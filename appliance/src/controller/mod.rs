@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod kubernetes;
+mod rollout;
 pub mod world;
 
 #[cfg(test)]
@@ -35,13 +36,15 @@ pub use error::ControllerError;
 use kubernetes::Kubernetes;
 use oasis_core::assembly::bookkeeping::{apply_step, Context, Outcome};
 use oasis_core::assembly::desired::{MemberTls, MeshPlan, Placed};
-use oasis_core::assembly::planner::{Assembly, Member, Node, Settings, Step};
+use oasis_core::assembly::planner::{Assembly, Member, MemberPlan, Node, Settings, Step};
 use oasis_core::assembly::status::MemberStatus;
 use oasis_core::assembly::status::{ClusterStatus, MachineSeen, Observed};
 use oasis_core::assembly::{desired, order, planner};
-use oasis_core::config::{ClusterSettings, DataDiskPolicy};
+use oasis_core::config::{ClusterSettings, DataDiskPolicy, RolloutConfig};
+use oasis_core::generations::Generations;
 use oasis_core::k3s::{self, ClientCert};
 use oasis_core::registry::{Happening, LastHeartbeat, MachineRecord};
+use rollout::RolloutInputs;
 use world::{Clock, Etcd, SystemClock};
 
 /// Time between two reconcile ticks.
@@ -106,11 +109,17 @@ pub struct Controller<E: Etcd = EtcdClient, C: Clock = SystemClock> {
     status: watch::Sender<Arc<ClusterStatus>>,
     /// The last step's description, to log changes only.
     last_progress: String,
+    /// The last rollout step's, likewise.
+    last_rollout: String,
     /// Boots (machine, key) whose disk formatting is already an event.
     formatted: std::collections::HashSet<(String, String)>,
     /// When this controller started: heartbeats are kept in memory only, so until a full
     /// `dead_after` has passed, a machine not heard from yet is not taken for dead.
     started_at: u64,
+    /// How node rollouts go.
+    rollout: RolloutConfig,
+    /// The etcd of each installed generation, read once (`None`: it carries none).
+    generation_etcd: HashMap<u64, Option<Artifact>>,
 }
 
 impl<E: Etcd, C: Clock> std::fmt::Debug for Controller<E, C> {
@@ -166,6 +175,14 @@ struct TickSeen<'a> {
     told: &'a BTreeMap<String, (u64, bool)>,
 }
 
+/// What machines are told because of the generation they run or go to.
+struct Told {
+    /// The etcd each machine runs, by id.
+    etcd: HashMap<String, Artifact>,
+    /// The reboot a machine in flight is asked for, by id.
+    reboots: HashMap<String, oasis_proto::RebootRequest>,
+}
+
 /// One accepted machine with what the registry last heard from it.
 struct Seen {
     record: MachineRecord,
@@ -195,9 +212,18 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             kubeconfig,
             status,
             last_progress: String::new(),
+            last_rollout: String::new(),
             formatted: Default::default(),
             started_at,
+            rollout: RolloutConfig::default(),
+            generation_etcd: HashMap::new(),
         }
+    }
+
+    /// Node rollouts as `[update]` configures them (the default otherwise).
+    pub fn with_rollout(mut self, rollout: RolloutConfig) -> Self {
+        self.rollout = rollout;
+        self
     }
 
     /// Reconciles until the process ends; a failed tick is logged and the next one tries again.
@@ -364,7 +390,10 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                 }
             }
         }
-        let told_before = self.etcd_specs(&seen, &self.placed(&seen, &assembly), &assembly)?;
+        let record = self.api.store.generations()?;
+        let generations = self.told(&seen, &record);
+        let placed = self.placed(&seen, &assembly, &generations);
+        let told_before = self.etcd_specs(&seen, &placed, &assembly, &generations)?;
         let nodes = self.nodes(&seen, now, &told_before);
         let observation = self.observe(&seen, &assembly).await;
         let members: Option<Vec<Member>> = observation.members.as_ref().map(|list| {
@@ -404,7 +433,23 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             tracing::info!(cluster = %self.settings.name, "assembly: {progress}");
             self.last_progress = progress.clone();
         }
-        let told = self.publish(&seen, &assembly).await?;
+        let inputs = RolloutInputs {
+            seen: &seen,
+            nodes: &nodes,
+            assembly: &assembly,
+            observation: &observation,
+            settled: step == Step::Settled,
+        };
+        let (record, rollout) = match self.roll(&inputs, now).await {
+            Ok(rolled) => (rolled.record, rolled.progress),
+            Err(e) => (record, format!("rollout step failed (asked again): {}", oasis_proto::error_chain(&e))),
+        };
+        if rollout != self.last_rollout {
+            tracing::info!(cluster = %self.settings.name, "rollout: {rollout}");
+            self.last_rollout = rollout.clone();
+        }
+        let generations = self.told(&seen, &record);
+        let told = self.publish(&seen, &assembly, &generations).await?;
         let tick = TickSeen {
             seen: &seen,
             nodes: &nodes,
@@ -413,8 +458,13 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             members: members.as_deref(),
             told: &told,
         };
-        self.publish_status(tick, &step, progress);
+        self.publish_status(tick, &step, progress, rollout);
         Ok(())
+    }
+
+    /// What machines are told because of their generations.
+    fn told(&mut self, seen: &[Seen], record: &Generations) -> Told {
+        Told { etcd: self.etcd_by_machine(seen, record), reboots: self.reboot_requests(seen, record) }
     }
 
     async fn save(&self, assembly: &Assembly, happenings: Vec<Happening>) -> Result<(), ControllerError> {
@@ -501,32 +551,37 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         Ok(MemberTls { ca: self.ca.ca_pem().to_string(), cert, key })
     }
 
-    /// The etcd service each control-plane machine is told to run for `assembly`.
+    /// The etcd service each control-plane machine is told to run for `assembly`, with the etcd
+    /// of the generation it runs (`told`).
     fn etcd_specs(
         &self,
         seen: &[Seen],
         placed: &[Placed],
         assembly: &Assembly,
+        told: &Told,
     ) -> Result<BTreeMap<String, ServiceSpec>, ControllerError> {
         let mut specs = BTreeMap::new();
-        let Some(etcd) = &self.etcd_artifact else { return Ok(specs) };
         for (s, p) in seen.iter().zip(placed) {
-            if p.role != Role::ControlPlane {
-                continue;
-            }
+            let Some(etcd) = told.etcd.get(&s.record.id).filter(|_| p.role == Role::ControlPlane) else { continue };
             // A plan made in another boot of a machine whose data was in memory cannot run:
             // the planner removes that member and adds the machine again. With the data on
             // its disk, the member simply starts again.
             let plan =
                 assembly.members.get(&s.record.id).filter(|plan| plan.boot == s.record.wireguard_key || p.disk_mounted);
+            // A machine on an installed generation runs that generation's etcd, whatever etcd
+            // its member was planned with: it came with the boot.
+            let plan = plan.map(|plan| match Some(etcd) != self.etcd_artifact.as_ref() {
+                true => MemberPlan { etcd: Some(etcd.clone()), ..plan.clone() },
+                false => plan.clone(),
+            });
             let tls = self.member_tls(s)?;
-            let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan);
+            let spec = desired::etcd_service(p, &self.mesh, etcd, &tls, assembly.token.as_deref(), plan.as_ref());
             specs.insert(s.record.id.clone(), spec);
         }
         Ok(specs)
     }
 
-    fn placed(&self, seen: &[Seen], assembly: &Assembly) -> Vec<Placed> {
+    fn placed(&self, seen: &[Seen], assembly: &Assembly, told: &Told) -> Vec<Placed> {
         seen.iter()
             .map(|s| Placed {
                 id: s.record.id.clone(),
@@ -536,7 +591,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                 mesh_endpoint: assembly.endpoints.get(&s.record.id).copied(),
                 data_disk: self.data_disk_for(s, assembly),
                 disk_mounted: disk_mounted(s),
-                reboot: None,
+                reboot: told.reboots.get(&s.record.id).cloned(),
             })
             .collect()
     }
@@ -547,11 +602,12 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         &self,
         seen: &[Seen],
         assembly: &Assembly,
+        generations: &Told,
     ) -> Result<BTreeMap<String, (u64, bool)>, ControllerError> {
-        let placed = self.placed(seen, assembly);
+        let placed = self.placed(seen, assembly, generations);
         let mut told = BTreeMap::new();
         let mut services: BTreeMap<String, Vec<ServiceSpec>> = BTreeMap::new();
-        for (id, spec) in self.etcd_specs(seen, &placed, assembly)? {
+        for (id, spec) in self.etcd_specs(seen, &placed, assembly, generations)? {
             told.insert(id.clone(), (spec.generation, spec.run));
             services.entry(id).or_default().push(spec);
         }
@@ -591,7 +647,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
     }
 
     /// Publishes the status of what this tick observed and told the machines.
-    fn publish_status(&self, tick: TickSeen<'_>, step: &Step, progress: String) {
+    fn publish_status(&self, tick: TickSeen<'_>, step: &Step, progress: String, rollout: String) {
         let TickSeen { seen, nodes, assembly, observation, members, told } = tick;
         let machines = seen
             .iter()
@@ -620,6 +676,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             etcd_bundled: self.etcd_artifact.is_some(),
             kubernetes_bundled: self.kubernetes.is_some(),
         };
-        self.status.send_replace(Arc::new(ClusterStatus::observe(&observed)));
+        let status = ClusterStatus { rollout, ..ClusterStatus::observe(&observed) };
+        self.status.send_replace(Arc::new(status));
     }
 }

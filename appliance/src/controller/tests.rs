@@ -225,6 +225,10 @@ struct Rack {
     clock: FakeClock,
     controller: Controller<FakeEtcd, FakeClock>,
     status: watch::Receiver<Arc<ClusterStatus>>,
+    /// The node generation each machine's agent reports (none: the agent says nothing).
+    running: HashMap<String, u64>,
+    /// Agents report their data disk mounted.
+    disks: bool,
 }
 
 fn settings() -> ClusterSettings {
@@ -288,7 +292,7 @@ impl Rack {
             Provisions { ca, etcd_artifact: Some(etcd_artifact()), kubernetes: None },
             Outputs { status: status_tx, kubeconfig },
         );
-        let rack = Rack { _dir: dir, api, etcd, clock, controller, status };
+        let rack = Rack { _dir: dir, api, etcd, clock, controller, status, running: Default::default(), disks: false };
         for n in 1..=count {
             rack.heartbeat(&format!("m{n}")).await;
         }
@@ -324,6 +328,13 @@ impl Rack {
         let heartbeat = Heartbeat {
             mesh: keys.into_iter().map(|key| MeshPeerStatus { key, handshake_age_secs: Some(5) }).collect(),
             services,
+            generation: self.running.get(machine).copied(),
+            data_disk: self.disks.then(|| oasis_proto::DataDiskStatus {
+                device: "vdb".into(),
+                mounted: true,
+                formatted: false,
+                message: None,
+            }),
             ..Heartbeat::default()
         };
         registry.record_heartbeat(machine, heartbeat, self.clock.now());
@@ -701,7 +712,7 @@ fn a_restart_waits_for_a_quorum_without_the_member() {
         etcd_current: current,
     };
     let old = Some(etcd_artifact());
-    let plan = |serial| planner::MemberPlan {
+    let plan = |serial| MemberPlan {
         boot: "b".into(),
         state: planner::InitialState::Existing,
         initial_cluster: String::new(),
@@ -760,3 +771,5 @@ async fn a_machine_not_heard_from_since_the_appliance_started_is_alive_for_the_g
     rack.tick().await;
     assert!(!rack.status.borrow().machines[0].alive, "not heard from for longer than the grace");
 }
+
+mod rollout;

@@ -332,6 +332,7 @@ mod tests {
                 mesh_address: None,
                 data_disk: None,
                 etcd: None,
+                generation: None,
             }],
             ..Default::default()
         }

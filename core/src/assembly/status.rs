@@ -126,6 +126,10 @@ pub struct ClusterStatus {
     pub assembled_at: Option<u64>,
     /// Warnings for the operator (volatile etcd data, a missing artifact).
     pub warnings: Vec<String>,
+    /// What the node rollout did last or waits for (`crate::rollout`); empty before the
+    /// controller's first tick.
+    #[serde(default)]
+    pub rollout: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +143,9 @@ pub struct MachineRole {
     pub data_disk: Option<String>,
     /// The etcd service's state as its agent reports it.
     pub etcd: Option<String>,
+    /// The node generation its agent reports running.
+    #[serde(default)]
+    pub generation: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +188,7 @@ impl ClusterStatus {
             mesh: mesh(&o.machines),
             assembled_at: o.assembly.assembled_at,
             warnings: warnings(o),
+            rollout: String::new(),
         }
     }
 
@@ -190,6 +198,9 @@ impl ClusterStatus {
             "cluster {}: {}\nprogress: {}\nkubernetes: {}\ncontrol plane: {} place(s)\n",
             self.name, self.health, self.progress, self.kubernetes, self.control_plane_target
         );
+        if !self.rollout.is_empty() {
+            out += &format!("rollout: {}\n", self.rollout);
+        }
         for w in &self.warnings {
             out += &format!("warning: {w}\n");
         }
@@ -318,6 +329,7 @@ fn machine_row(m: &MachineSeen<'_>, etcd_answered: bool) -> MachineRole {
             None => d.device.clone(),
         }),
         etcd: etcd_column(etcd_report, m.etcd_told, etcd_answered),
+        generation: m.heartbeat.and_then(|h| h.generation),
     }
 }
 
