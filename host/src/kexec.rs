@@ -59,7 +59,8 @@ mod tests {
         let initrd = tempfile::tempfile().unwrap();
         let error = load(&kernel, Some(&initrd), "console=ttyS0").unwrap_err();
         assert!(
-            [libc::EPERM, libc::ENOEXEC, libc::EINVAL, libc::ENOSYS, libc::EBADMSG].contains(&error.raw_os_error().unwrap()),
+            [libc::EPERM, libc::ENOEXEC, libc::EINVAL, libc::ENOSYS, libc::EBADMSG]
+                .contains(&error.raw_os_error().unwrap()),
             "{error}"
         );
         assert_eq!(load(&kernel, None, "a\0b").unwrap_err().kind(), io::ErrorKind::InvalidInput);
