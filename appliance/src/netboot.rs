@@ -216,6 +216,12 @@ mod tests {
         assert_eq!(files.kernel, "generations/3/vmlinuz");
         let others = directory.boot_args(MacAddr([2; 6]), None).unwrap();
         assert!(others.ends_with(" oasis.generation=0"), "{others}");
+        // One read per script: a record changed between the arguments and the files does not
+        // split the script between two generations.
+        assert!(directory.boot_args(MAC, None).unwrap().ends_with(" oasis.generation=3"));
+        rt.block_on(store.save_generations(Generations::default(), vec![])).unwrap();
+        assert_eq!(directory.boot_files(MAC).unwrap().unwrap().kernel, "generations/3/vmlinuz");
+        assert_eq!(directory.boot_files(MAC).unwrap(), None, "the next script reads the record again");
         assert_eq!(files.initrd.as_deref(), Some("generations/3/initrd.img"));
         assert_eq!(directory.boot_files(MacAddr([2; 6])).unwrap(), None, "others stay on the current one");
         let custom = NetbootDirectory::new(store, false, false);
