@@ -35,6 +35,9 @@ pub const KEXEC_DIR: &str = "/run/oasis-kexec";
 /// How long connecting, or waiting for the next bytes of a download, may take.
 pub const FETCH_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most a download may bring: the root it lands on is memory.
+pub const FETCH_MAX_BYTES: u64 = 1 << 30;
+
 /// A future the [`Power`] trait returns (boxed: the trait is used as an object).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -123,6 +126,8 @@ pub enum FetchError {
     Status { url: String, status: u16 },
     #[error("{url} sent nothing for {} s", .after.as_secs())]
     Timeout { url: String, after: Duration },
+    #[error("{url} sent more than {max} bytes; stopped, as the download lands in memory")]
+    TooLarge { url: String, max: u64 },
     #[error("cannot write {}", .path.display())]
     Write { path: PathBuf, source: io::Error },
 }
@@ -250,8 +255,13 @@ impl Power for HostPower {
 }
 
 /// `GET url` over plain HTTP/1.1, the body streamed into `dest` (its directory is created);
-/// returns the bytes written.
+/// returns the bytes written. At most [`FETCH_MAX_BYTES`].
 pub async fn http_get(url: &str, dest: &Path) -> Result<u64, FetchError> {
+    http_get_at_most(url, dest, FETCH_MAX_BYTES).await
+}
+
+/// [`http_get`] of at most `max` bytes.
+async fn http_get_at_most(url: &str, dest: &Path, max: u64) -> Result<u64, FetchError> {
     let uri: Uri = url.parse().map_err(|_| FetchError::BadUrl { url: url.to_string() })?;
     let host = uri.host().filter(|_| uri.scheme_str() == Some("http"));
     let host = host.ok_or_else(|| FetchError::BadUrl { url: url.to_string() })?.to_string();
@@ -299,8 +309,11 @@ pub async fn http_get(url: &str, dest: &Path) -> Result<u64, FetchError> {
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else { continue };
-        file.write_all(&data).await.map_err(write)?;
         written += data.len() as u64;
+        if written > max {
+            return Err(FetchError::TooLarge { url: url.to_string(), max });
+        }
+        file.write_all(&data).await.map_err(write)?;
     }
     file.flush().await.map_err(write)?;
     Ok(written)

@@ -152,6 +152,11 @@ async fn an_empty_kernel_a_missing_file_or_no_server_is_an_error_not_a_load() {
     assert!(matches!(&error, KexecError::Empty { what: "kernel", .. }), "{error:?}");
     assert!(power.loaded.lock().unwrap().is_none());
 
+    let url = format!("http://{addr}/boot/generations/3/initrd.img");
+    let big = http_get_at_most(&url, &dir.path().join("big"), 10).await.unwrap_err();
+    assert!(matches!(big, FetchError::TooLarge { max: 10, .. }), "{big:?}");
+    assert_eq!(http_get_at_most(&url, &dir.path().join("fits"), 25).await.unwrap(), 25);
+
     let missing = http_get(&format!("http://{addr}/boot/nothing"), &dir.path().join("n")).await.unwrap_err();
     assert!(matches!(missing, FetchError::Status { status: 404, .. }), "{missing:?}");
     // A port nothing listens on (bound, then closed).
