@@ -46,6 +46,9 @@ pub trait DataDisks: Send + Sync {
     /// data is never unmounted under a running service).
     fn apply(&self, wanted: Option<&DataDisk>);
     fn status(&self) -> Option<DataDiskStatus>;
+    /// Flushes and unmounts the data disk if it is mounted (its services are stopped: the
+    /// machine reboots). A later [`apply`](Self::apply) mounts it again.
+    fn release(&self) -> Result<(), DiskError>;
 }
 
 /// The real disks, under `/dev`.
@@ -118,15 +121,31 @@ impl DataDisks for LocalDisks {
     fn status(&self) -> Option<DataDiskStatus> {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    fn release(&self) -> Result<(), DiskError> {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let target = Path::new(DATA_DISK_MOUNT);
+        if oasis_host::mount::is_mount_point(&oasis_host::mount::mount_table(), target) {
+            oasis_host::mount::unmount(target)
+                .map_err(|source| DiskError::Unmount { target: target.to_path_buf(), source })?;
+            tracing::info!("data disk unmounted from {DATA_DISK_MOUNT}");
+        }
+        if let Some(status) = status.as_mut() {
+            status.mounted = false;
+        }
+        Ok(())
+    }
 }
 
-/// Why mounting the data disk failed; the heartbeat's message is its chain.
+/// Why mounting or unmounting the data disk failed; the heartbeat's message is its chain.
 #[derive(Debug, thiserror::Error)]
-enum DiskError {
+pub enum DiskError {
     #[error("cannot create the mount point {}", path.display())]
     MountPoint { path: PathBuf, source: std::io::Error },
     #[error("mounting {} at {} failed", device.display(), target.display())]
     Mount { device: PathBuf, target: PathBuf, source: std::io::Error },
+    #[error("unmounting the data disk at {} failed; something still uses it", target.display())]
+    Unmount { target: PathBuf, source: std::io::Error },
 }
 
 /// Mounts `device` (ext2, through the ext4 driver) at `target`, unless something is mounted there.

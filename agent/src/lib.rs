@@ -5,7 +5,7 @@
 //! boot link through rtnetlink ([`network`]) and its DHCP lease ([`dhcp`]). Then [`run`] registers
 //! the machine and keeps its management link, for the life of the machine ([`session`]), and
 //! makes it what the appliance wants: a member of the cluster mesh ([`mesh`]) running the
-//! cluster's services ([`services`]).
+//! cluster's services ([`services`]), booted into the node generation it names ([`reboot`]).
 
 pub mod boot;
 pub mod client;
@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod link;
 pub mod mesh;
 pub mod network;
+pub mod reboot;
 pub mod services;
 pub mod session;
 pub mod status;
@@ -86,6 +87,12 @@ pub async fn run(args: KernelArgs, boot: BootInfo, roots: Roots) -> ! {
         mesh: WireGuardMesh::new(link.private_key(), &boot.interface),
         services: Supervisor::new("/".into(), client.clone(), Spawner),
         disks: std::sync::Arc::new(disk::LocalDisks::default()),
+        reboot: reboot::Rebooter::new(
+            std::sync::Arc::new(reboot::HostPower),
+            &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+            &boot.mac,
+            reboot::KEXEC_DIR.into(),
+        ),
     };
     let screen = session::Screen { console: ConsoleFile(console.to_path_buf()), address: boot.describe() };
     Session::new(client, link, cluster, SystemClock::default(), identity, screen).run().await

@@ -157,6 +157,10 @@ pub trait Services: Send + Sync {
     fn apply(&self, specs: &[ServiceSpec]);
     /// The status of every listed service, in list order.
     fn status(&self) -> Vec<ServiceStatus>;
+    /// Stops every service (the same stop as for a removed one: SIGTERM, SIGKILL after
+    /// [`STOP_GRACE`]) and returns once each has exited, keeping their files and data: what the
+    /// machine does before it reboots. A later [`apply`](Self::apply) starts them afresh.
+    fn halt(&self) -> impl Future<Output = ()> + Send;
 }
 
 /// The real [`Services`]: one worker task per service. See the module comment.
@@ -200,6 +204,8 @@ enum Wanted {
     Remove {
         keep: Arc<BTreeSet<String>>,
     },
+    /// Stop the process and end, keeping every file and directory (the machine reboots).
+    Halt,
 }
 
 /// Without the files' contents: they may be secrets (TLS keys).
@@ -208,6 +214,7 @@ impl std::fmt::Debug for Wanted {
         match self {
             Wanted::Run(spec) => write!(f, "Run({} generation {})", spec.name, spec.generation),
             Wanted::Remove { keep } => f.debug_struct("Remove").field("keep", keep).finish(),
+            Wanted::Halt => f.write_str("Halt"),
         }
     }
 }
@@ -297,6 +304,24 @@ impl<F: Fetcher, L: Launcher> Services for Supervisor<F, L> {
             .map(|w| w.status.lock().unwrap_or_else(|e| e.into_inner()).clone())
             .collect()
     }
+
+    async fn halt(&self) {
+        let tasks: Vec<(String, JoinHandle<()>)> = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let running = std::mem::take(&mut state.running);
+            state.order.clear();
+            let halting = running.into_iter().map(|(name, worker)| {
+                worker.wanted.send_replace(Wanted::Halt);
+                (name, worker.task)
+            });
+            halting.chain(state.stopping.drain()).collect()
+        };
+        for (name, task) in tasks {
+            if let Err(e) = task.await {
+                tracing::warn!(service = %name, "its worker ended abnormally while stopping: {e}");
+            }
+        }
+    }
 }
 
 /// Every path a spec owns, artifacts and files and data dirs, as the appliance wrote them.
@@ -356,6 +381,11 @@ impl<F: Fetcher, L: Launcher> ServiceRun<F, L> {
                 Wanted::Remove { keep } => {
                     self.stop().await;
                     self.remove(&keep);
+                    return;
+                }
+                Wanted::Halt => {
+                    self.stop().await;
+                    tracing::info!(service = %self.name, "stopped for a reboot");
                     return;
                 }
                 Wanted::Run(spec) => spec,

@@ -1,7 +1,8 @@
 //! The agent's life once its network is up: register until accepted, bring up the management
 //! link, then heartbeat and watch desired state through it; when the appliance stops answering,
 //! register again over the rack network with the same key and follow the link to wherever the
-//! appliance now is. It never reboots and never makes a second identity.
+//! appliance now is. It never makes a second identity, and reboots only when the appliance asks
+//! this very boot to (a [`RebootRequest`] carrying this boot's key; see [`crate::reboot`]).
 //!
 //! Each desired state is applied as it arrives: the cluster mesh first, then the services. What
 //! fails is reported (heartbeat `last_error`, the console) and tried again at every heartbeat; it
@@ -21,15 +22,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use oasis_proto::{
-    DesiredState, Heartbeat, Inventory, LinkConfig, MachineState, RegisterRequest, RegisterResponse, Role,
-    ServiceState, HEARTBEAT_SECS,
+    DesiredState, Heartbeat, Inventory, LinkConfig, MachineState, RebootRequest, RegisterRequest, RegisterResponse,
+    Role, ServiceState, ServiceStatus, HEARTBEAT_SECS,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::client::{ApiClient, ApiError, Endpoint};
 use crate::link::Link;
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, MeshReport};
+use crate::reboot::Rebooter;
 use crate::services::{Access, Services};
 use crate::status::{self, Status};
 
@@ -167,13 +169,18 @@ fn jitter(base: Duration, rng: &mut impl Rng) -> Duration {
 enum LinkLost {
     HeartbeatsFailing,
     CredentialRefused,
+    /// Not lost: the appliance asked this boot to boot again (the desired state carrying the
+    /// request is pending, applied if the reboot is refused).
+    RebootAsked(RebootRequest),
 }
 
-/// What makes a machine part of the cluster: its mesh, its services and its data disk.
+/// What makes a machine part of the cluster: its mesh, its services and its data disk, and how
+/// it boots again into another node generation.
 pub struct Cluster<M, V> {
     pub mesh: M,
     pub services: V,
     pub disks: std::sync::Arc<dyn crate::disk::DataDisks>,
+    pub reboot: Rebooter,
 }
 
 impl<M: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Cluster<M, V> {
@@ -287,10 +294,15 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
         loop {
             let (credential, config) = self.register_until_accepted().await;
             self.configure_link(&config).await;
-            let lost = self.stay_linked(&credential, &config).await;
-            let why = match lost {
-                LinkLost::HeartbeatsFailing => "the appliance stopped answering heartbeats",
-                LinkLost::CredentialRefused => "the appliance no longer accepts this machine's credential",
+            let why = loop {
+                match self.stay_linked(&credential, &config).await {
+                    LinkLost::HeartbeatsFailing => break "the appliance stopped answering heartbeats",
+                    LinkLost::CredentialRefused => break "the appliance no longer accepts this machine's credential",
+                    // Returns only when the kernel refused: the session goes on.
+                    LinkLost::RebootAsked(request) => {
+                        self.reboot(&request, &credential, config.appliance_address).await
+                    }
+                }
             };
             tracing::warn!("{why}: registering again over the rack network with the same key");
             self.reporter.update(self.clock.uptime(), |s| s.state = "re-registering".into());
@@ -441,7 +453,11 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                             if desired.revision != self.applied.seen_revision {
                                 tracing::info!("desired state revision {}: role {}", desired.revision, desired.role);
                                 self.applied.seen_revision = desired.revision;
+                                let ours = self.addressed_to_us(desired.reboot.as_ref());
                                 self.applied.pending = Some(desired);
+                                if let Some(request) = ours {
+                                    return LinkLost::RebootAsked(request);
+                                }
                                 let role = cluster.apply(&mut self.applied).await;
                                 let error = self.applied.error.clone();
                                 self.reporter.update(clock.uptime(), |s| {
@@ -477,19 +493,7 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                         s.mesh = (!mesh.peers.is_empty()).then(|| mesh.peers_up());
                         s.services = services.iter().map(|v| (v.name.clone(), describe(v.state, v.restarts))).collect();
                     });
-                    let heartbeat = Heartbeat {
-                        phase: "linked".into(),
-                        uptime_secs: clock.uptime().as_secs(),
-                        last_error: self.reporter.status.last_error.clone(),
-                        applied_revision: self.applied.revision,
-                        rss_bytes: own_rss_bytes(),
-                        mesh_endpoint: mesh.endpoint,
-                        mesh: mesh.peers,
-                        services,
-                        data_disk: cluster.disks.status(),
-                        kernel: kernel_release(),
-                        generation: running_generation(),
-                    };
+                    let heartbeat = self.heartbeat("linked", mesh, services);
                     let result = api.heartbeat(appliance, credential, &heartbeat).await;
                     let handshake_age = self.link.handshake_age();
                     match result {
@@ -526,6 +530,90 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                     }
                 }
             }
+        }
+    }
+}
+
+impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, M, V, C, S> {
+    /// A heartbeat saying `phase`, with what the session knows now.
+    fn heartbeat(&self, phase: &str, mesh: MeshReport, services: Vec<ServiceStatus>) -> Heartbeat {
+        Heartbeat {
+            phase: phase.into(),
+            uptime_secs: self.clock.uptime().as_secs(),
+            last_error: self.reporter.status.last_error.clone(),
+            applied_revision: self.applied.revision,
+            rss_bytes: own_rss_bytes(),
+            mesh_endpoint: mesh.endpoint,
+            mesh: mesh.peers,
+            services,
+            data_disk: self.cluster.disks.status(),
+            kernel: kernel_release(),
+            generation: running_generation(),
+        }
+    }
+
+    /// `request`, if it is addressed to this boot (the key this agent registered with); a
+    /// request for an earlier boot is what the appliance has not taken back yet, and is ignored.
+    fn addressed_to_us(&self, request: Option<&RebootRequest>) -> Option<RebootRequest> {
+        let request = request?;
+        if request.boot == self.identity.wireguard_key {
+            return Some(request.clone());
+        }
+        tracing::debug!(generation = request.generation, "a reboot request for an earlier boot: ignored");
+        None
+    }
+
+    /// Boots again into generation `request.generation`: says so (console, heartbeat), stops
+    /// the services and waits for them, unmounts the data disk, then jumps into the new kernel
+    /// (`kexec`) or reboots through the firmware. Returns only when the kernel refused to reboot;
+    /// the pending desired state then starts everything again at the next heartbeat.
+    async fn reboot(&mut self, request: &RebootRequest, credential: &str, appliance: Ipv4Addr) {
+        let generation = request.generation;
+        let phase = format!("rebooting into generation {generation}");
+        let how = if request.kexec { "with kexec" } else { "through the firmware" };
+        tracing::warn!("the appliance asked this boot to boot again into generation {generation}, {how}");
+        self.reporter.update(self.clock.uptime(), |s| s.state = phase.clone());
+        let mesh = self.cluster.mesh.report().await;
+        let heartbeat = self.heartbeat(&phase, mesh, self.cluster.services.status());
+        if let Err(e) = self.api.heartbeat(appliance, credential, &heartbeat).await {
+            tracing::warn!("could not tell the appliance: {}; rebooting anyway", oasis_proto::error_chain(&e));
+        }
+        self.cluster.services.halt().await;
+        if let Err(e) = self.cluster.disks.release() {
+            // Synced already; the filesystem's journal covers the rest at the next mount.
+            tracing::warn!("{}; rebooting anyway", oasis_proto::error_chain(&e));
+        }
+        if request.kexec {
+            let error = match self.cluster.reboot.load().await {
+                Ok(image) => {
+                    tracing::info!("jumping into {} with arguments {:?}", image.kernel, image.cmdline);
+                    self.cluster.reboot.jump()
+                }
+                Err(error) => error,
+            };
+            let error = format!(
+                "kexec into generation {generation} failed, rebooting through the firmware instead: {}",
+                oasis_proto::error_chain(&error)
+            );
+            tracing::warn!("{error}");
+            self.reporter.update(self.clock.uptime(), |s| s.last_error = Some(error));
+        }
+        let refused = self.cluster.reboot.reboot();
+        let error = format!(
+            "the kernel refused to reboot into generation {generation}: {}; the services start again, \
+             power-cycle this machine to boot it",
+            oasis_proto::error_chain(&refused)
+        );
+        tracing::error!("{error}");
+        self.reporter.update(self.clock.uptime(), |s| {
+            s.state = "linked".into();
+            s.last_error = Some(error);
+        });
+        // Told at once: re-applying the desired state at the next heartbeat clears the error.
+        let mesh = self.cluster.mesh.report().await;
+        let heartbeat = self.heartbeat(&format!("reboot into generation {generation} refused"), mesh, Vec::new());
+        if let Err(e) = self.api.heartbeat(appliance, credential, &heartbeat).await {
+            tracing::warn!("could not tell the appliance: {}", oasis_proto::error_chain(&e));
         }
     }
 }

@@ -13,10 +13,13 @@
 //!   script.
 //! - **Node generations**: a machine's network boot script names the kernel and initramfs of the
 //!   generation chosen for it ([`Generations::served`]), served from `DATA_DIR/generations/` under
-//!   `/boot/generations/`; the shipped generation (0) is the profile's. A record it cannot read
+//!   `/boot/generations/`; the shipped generation (0) is the profile's. The script also carries
+//!   `oasis.generation=N`, so the agent reports which generation it runs. A record it cannot read
 //!   gets a 503 (the machine asks again), never another generation's files.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use oasis_proto::MacAddr;
 use oasis_pxe::http::{BootTarget, MachineDirectory, ScriptRefusal};
@@ -32,7 +35,12 @@ pub const GENERATIONS_MOUNT: &str = "generations";
 
 /// The boot files of generation `sequence` for `mac` under `record`; `None`: the profile's.
 pub fn boot_files_of(record: &Generations, mac: MacAddr) -> Option<BootFiles> {
-    match record.served(mac) {
+    generation_files(record.served(mac))
+}
+
+/// The boot files of generation `n`; `None` for the shipped one: the profile's.
+fn generation_files(n: u64) -> Option<BootFiles> {
+    match n {
         SHIPPED => None,
         n => Some(BootFiles {
             kernel: format!("{GENERATIONS_MOUNT}/{n}/{}", oasis_image::payload::KERNEL),
@@ -49,6 +57,14 @@ pub struct NetbootDirectory {
     check_leases: bool,
     /// The profile boots the node agent: scripts carry per-boot tokens.
     issue_tokens: bool,
+    /// The generation [`boot_args`](MachineDirectory::boot_args) put on a script being made, for
+    /// its [`boot_files`](MachineDirectory::boot_files): one read of the record per script, so
+    /// the files a script names and the `oasis.generation=` it carries always agree.
+    serving: Arc<Mutex<HashMap<MacAddr, u64>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now() -> u64 {
@@ -63,7 +79,18 @@ impl NetbootDirectory {
     /// `check_leases` when this appliance's DHCP hands out the rack's addresses (full mode);
     /// `issue_tokens` when the boot profile is the node image, whose agent registers.
     pub fn new(store: Store, check_leases: bool, issue_tokens: bool) -> Self {
-        Self { store, check_leases, issue_tokens }
+        Self { store, check_leases, issue_tokens, serving: Arc::default() }
+    }
+
+    /// The generation `mac` boots now, from the store's record.
+    fn served(&self, mac: MacAddr) -> Result<u64, ScriptRefusal> {
+        let record = self.store.generations().map_err(|e| {
+            ScriptRefusal::Unavailable(format!(
+                "the node generations record is unreadable: {e}",
+                e = oasis_proto::error_chain(&e)
+            ))
+        })?;
+        Ok(record.served(mac))
     }
 }
 
@@ -115,6 +142,7 @@ impl MachineDirectory for NetbootDirectory {
         if !self.issue_tokens {
             return Ok(String::new());
         }
+        let generation = self.served(mac)?;
         let token = random_token();
         let issued_to = match peer {
             Some(IpAddr::V4(v4)) => Some(v4),
@@ -127,7 +155,8 @@ impl MachineDirectory for NetbootDirectory {
                 e = oasis_proto::error_chain(&e)
             ))
         })?;
-        Ok(format!("oasis.token={token}"))
+        lock(&self.serving).insert(mac, generation);
+        Ok(format!("oasis.token={token} {}={generation}", oasis_proto::GENERATION_ARG))
     }
 
     fn boot_files(&self, mac: MacAddr) -> Result<Option<BootFiles>, ScriptRefusal> {
@@ -135,13 +164,11 @@ impl MachineDirectory for NetbootDirectory {
             // A custom profile is not a node image: generations do not apply.
             return Ok(None);
         }
-        let record = self.store.generations().map_err(|e| {
-            ScriptRefusal::Unavailable(format!(
-                "the node generations record is unreadable: {e}",
-                e = oasis_proto::error_chain(&e)
-            ))
-        })?;
-        Ok(boot_files_of(&record, mac))
+        let generation = match lock(&self.serving).remove(&mac) {
+            Some(generation) => generation,
+            None => self.served(mac)?,
+        };
+        Ok(generation_files(generation))
     }
 }
 
@@ -183,8 +210,18 @@ mod tests {
         record.machines.insert(MAC, MachineGenerations { desired: Some(3), ..Default::default() });
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(store.save_generations(record, vec![])).unwrap();
+        let args = directory.boot_args(MAC, None).unwrap();
+        assert!(args.ends_with(" oasis.generation=3"), "the script names the generation it boots: {args}");
         let files = directory.boot_files(MAC).unwrap().unwrap();
         assert_eq!(files.kernel, "generations/3/vmlinuz");
+        let others = directory.boot_args(MacAddr([2; 6]), None).unwrap();
+        assert!(others.ends_with(" oasis.generation=0"), "{others}");
+        // One read per script: a record changed between the arguments and the files does not
+        // split the script between two generations.
+        assert!(directory.boot_args(MAC, None).unwrap().ends_with(" oasis.generation=3"));
+        rt.block_on(store.save_generations(Generations::default(), vec![])).unwrap();
+        assert_eq!(directory.boot_files(MAC).unwrap().unwrap().kernel, "generations/3/vmlinuz");
+        assert_eq!(directory.boot_files(MAC).unwrap(), None, "the next script reads the record again");
         assert_eq!(files.initrd.as_deref(), Some("generations/3/initrd.img"));
         assert_eq!(directory.boot_files(MacAddr([2; 6])).unwrap(), None, "others stay on the current one");
         let custom = NetbootDirectory::new(store, false, false);
@@ -226,7 +263,8 @@ mod tests {
             let first = directory.boot_args(MAC, peer).unwrap();
             let second = directory.boot_args(MAC, peer).unwrap();
             assert_ne!(first, second);
-            let token = second.strip_prefix("oasis.token=").unwrap();
+            assert!(second.ends_with(" oasis.generation=0"), "the shipped generation: {second}");
+            let token = second.strip_prefix("oasis.token=").unwrap().split(' ').next().unwrap();
             assert_eq!(token.len(), 32);
             let stored = store.boot_token(MAC).unwrap().unwrap();
             assert_eq!(stored.sha256, credential_hash(token), "the newest script's token is the one kept");
@@ -245,7 +283,7 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         };
-        let token = newest.strip_prefix("oasis.token=").unwrap();
+        let token = newest.strip_prefix("oasis.token=").unwrap().split(' ').next().unwrap();
         assert_eq!(store.boot_token(MAC).unwrap().unwrap().sha256, credential_hash(token));
 
         let custom = NetbootDirectory::new(store, false, false);

@@ -469,14 +469,13 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     let store = Store::open_with(&config.data_dir, options)?;
     let identity = Identity::load_or_create(&store, &config.data_dir)?;
     tracing::info!(pin = %identity.pin, admin_token = %identity.admin_token_fingerprint(), "appliance identity loaded");
+    let policy = BootPolicy { server: config.address, http_port: config.http_port, ipxe_dir: config.ipxe_dir.clone() };
     let mut profile = config.profile.clone();
     if config.profile_is_node {
-        profile.cmdline =
-            format!("{} {}", profile.cmdline, identity.agent_kernel_args(config.address, config.api_port))
-                .trim()
-                .to_string();
+        let agent = identity.agent_kernel_args(config.address, config.api_port);
+        let boot = format!("{}={}", oasis_proto::BOOT_URL_ARG, policy.base_url());
+        profile.cmdline = format!("{} {agent} {boot}", profile.cmdline).trim().to_string();
     }
-    let policy = BootPolicy { server: config.address, http_port: config.http_port, ipxe_dir: config.ipxe_dir.clone() };
     let mut launch =
         Launch { config: &config, store: store.clone(), metrics, root, policy, caps, services: Services::default() };
     launch.start_dhcp(our_mac)?;

@@ -4,6 +4,7 @@
 //!   IPv4 address, then set the link up"), right on broadcast and point-to-point links alike;
 //! - [`mount`]: mounting, bind-mounting read-only, unmounting (flushed first), the mount table;
 //! - [`ext`]: the volume label in an ext2/3/4 superblock;
+//! - [`kexec`]: loading a kernel with `kexec_file_load(2)` and jumping into it;
 //! - [`command`]: running a program with its command line, status and stderr kept in the error;
 //! - [`sys`]: every other raw syscall and ioctl (each `unsafe` with its SAFETY comment);
 //! - [`prefix`]: IPv4 prefixes, as `ipnet::Ipv4Net`.
@@ -12,6 +13,7 @@
 
 pub mod command;
 pub mod ext;
+pub mod kexec;
 pub mod mount;
 pub mod netlink;
 pub mod prefix;

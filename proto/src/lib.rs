@@ -277,6 +277,11 @@ pub struct Heartbeat {
 /// `oasis.generation=N`.
 pub const GENERATION_ARG: &str = "oasis.generation";
 
+/// The kernel command-line argument that names where the appliance serves boot scripts over HTTP,
+/// `oasis.boot=http://ADDRESS[:PORT]`: an agent asked to kexec fetches its own script from
+/// `BASE/boot.ipxe?mac=M` the way the firmware does.
+pub const BOOT_URL_ARG: &str = "oasis.boot";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataDiskStatus {
     pub device: String,

@@ -9,7 +9,9 @@
 //! The serial console goes to a file. Under BIOS, SeaBIOS's serial console (`etc/sercon-port`) mirrors
 //! the text screen there too, so the log shows SeaBIOS's and iPXE's messages before the kernel's;
 //! OVMF writes its console to serial by itself. [`Machine::wait_for_serial`] polls it. `-no-reboot` makes a
-//! guest's reboot or poweroff end QEMU. Dropping a [`Machine`] kills QEMU.
+//! guest's reboot or poweroff end QEMU, unless [`MachineSpec::reboots`]: then a guest's reboot resets
+//! the machine, which boots again as at power-on (the network first when it netboots). A kexec never
+//! reaches QEMU either way. Dropping a [`Machine`] kills QEMU.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
@@ -56,6 +58,8 @@ pub struct MachineSpec<'a> {
     /// Boot from the network (true, the default) or from the disks in `extra_args` (the NIC then
     /// has no boot ROM).
     pub netboot: bool,
+    /// A guest's reboot resets the machine (false, the default: it ends QEMU, `-no-reboot`).
+    pub reboots: bool,
     /// Also accept input for the serial console on this Unix socket (the log still goes to
     /// `serial_log`): see [`SerialPort`].
     pub serial_socket: Option<PathBuf>,
@@ -86,6 +90,7 @@ impl<'a> MachineSpec<'a> {
             nic_model: "virtio-net-pci".into(),
             direct_kernel: None,
             netboot: true,
+            reboots: false,
             serial_socket: None,
         }
     }
@@ -116,7 +121,10 @@ impl Machine {
 
         let mut cmd = spec.netns.command("qemu-system-x86_64");
         cmd.args(["-accel", "tcg", "-cpu", "max", "-m", &spec.memory_mb.to_string()]);
-        cmd.args(["-display", "none", "-monitor", "none", "-nic", "none", "-no-reboot"]);
+        cmd.args(["-display", "none", "-monitor", "none", "-nic", "none"]);
+        if !spec.reboots {
+            cmd.arg("-no-reboot");
+        }
         cmd.args(["-boot", if spec.netboot { "n" } else { "c" }]);
         match &spec.serial_socket {
             None => {

@@ -441,3 +441,22 @@ fn access_never_shows_the_credential() {
     let access = Access { appliance: Ipv4Addr::new(10, 99, 0, 1), credential: "secret-credential".into() };
     assert!(!format!("{access:?}").contains("secret"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn halting_stops_every_process_waits_for_its_exit_and_keeps_the_files() {
+    let rig = Rig::new();
+    *rig.launcher.ignores_sigterm.lock().unwrap() = true;
+    rig.supervisor.apply(&[rig.spec("etcd", 1), rig.spec("k3s", 1)]);
+    until("both started", || rig.launches() == 2).await;
+    rig.supervisor.halt().await;
+    for index in 0..2 {
+        assert_eq!(rig.signals(index), [Signal::SIGTERM, Signal::SIGKILL], "halt returned only after the exit");
+    }
+    assert!(rig.supervisor.status().is_empty());
+    assert!(rig.path("/var/lib/oasis/etcd/data").is_dir(), "data stays for the next boot");
+    assert!(rig.path("/var/lib/oasis/etcd/tls/key.pem").exists());
+    // A reboot the kernel refused: the next apply starts them again, from the files in place.
+    rig.supervisor.apply(&[rig.spec("etcd", 1)]);
+    until("started again", || rig.launches() == 3).await;
+    assert_eq!(rig.fetcher.fetched.lock().unwrap().len(), 2, "nothing fetched again");
+}

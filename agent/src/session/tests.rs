@@ -154,6 +154,11 @@ impl Services for Arc<FakeServices> {
         *self.listed.lock().unwrap() = specs.to_vec();
     }
 
+    async fn halt(&self) {
+        self.calls.lock().unwrap().push("services halt".into());
+        self.listed.lock().unwrap().clear();
+    }
+
     fn status(&self) -> Vec<ServiceStatus> {
         let listed = self.listed.lock().unwrap();
         listed
@@ -167,6 +172,72 @@ impl Services for Arc<FakeServices> {
                 volatile_data: true,
             })
             .collect()
+    }
+}
+
+/// A data disk that records its release in the shared call list.
+#[derive(Default)]
+struct FakeDisks {
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl crate::disk::DataDisks for FakeDisks {
+    fn apply(&self, wanted: Option<&oasis_proto::DataDisk>) {
+        if wanted.is_some() {
+            self.calls.lock().unwrap().push("disk apply".into());
+        }
+    }
+
+    fn status(&self) -> Option<oasis_proto::DataDiskStatus> {
+        None
+    }
+
+    fn release(&self) -> Result<(), crate::disk::DiskError> {
+        self.calls.lock().unwrap().push("disk release".into());
+        Ok(())
+    }
+}
+
+/// The kernel, initramfs and command line a load got.
+type Loaded = (Vec<u8>, Option<Vec<u8>>, String);
+
+/// Serves files by URL and records downloads, loads and reboots in the shared call list; every
+/// reboot is refused (EPERM), so the session goes on and shows what it did.
+#[derive(Default)]
+struct FakePower {
+    calls: Arc<Mutex<Vec<String>>>,
+    files: Mutex<std::collections::HashMap<String, Vec<u8>>>,
+    /// The kernel, initramfs and command line loaded.
+    loaded: Mutex<Option<Loaded>>,
+}
+
+impl crate::reboot::Power for FakePower {
+    fn fetch<'a>(
+        &'a self,
+        url: &'a str,
+        dest: &'a std::path::Path,
+    ) -> crate::reboot::BoxFuture<'a, Result<u64, crate::reboot::FetchError>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push(format!("fetch {url}"));
+            let Some(bytes) = self.files.lock().unwrap().get(url).cloned() else {
+                return Err(crate::reboot::FetchError::Status { url: url.into(), status: 404 });
+            };
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::write(dest, &bytes).unwrap();
+            Ok(bytes.len() as u64)
+        })
+    }
+
+    fn load(&self, kernel: &std::path::Path, initrd: Option<&std::path::Path>, cmdline: &str) -> std::io::Result<()> {
+        self.calls.lock().unwrap().push("kexec load".into());
+        let initrd = initrd.map(|p| std::fs::read(p).unwrap());
+        *self.loaded.lock().unwrap() = Some((std::fs::read(kernel).unwrap(), initrd, cmdline.into()));
+        Ok(())
+    }
+
+    fn reboot(&self, kexec: bool) -> std::io::Error {
+        self.calls.lock().unwrap().push(if kexec { "reboot kexec" } else { "reboot firmware" }.into());
+        std::io::Error::from_raw_os_error(libc::EPERM)
     }
 }
 
@@ -204,6 +275,11 @@ struct Fakes {
     services: Arc<FakeServices>,
     clock: Arc<FakeClock>,
     console: Arc<FakeConsole>,
+    disks: Arc<FakeDisks>,
+    power: Arc<FakePower>,
+    /// The kernel command line the session's [`Rebooter`] reads `oasis.boot=` from.
+    cmdline: String,
+    downloads: tempfile::TempDir,
 }
 
 impl Fakes {
@@ -216,9 +292,13 @@ impl Fakes {
             api: Arc::new(api),
             link: Arc::default(),
             mesh: Arc::new(FakeMesh { calls: calls.clone(), ..FakeMesh::default() }),
-            services: Arc::new(FakeServices { calls, ..FakeServices::default() }),
+            services: Arc::new(FakeServices { calls: calls.clone(), ..FakeServices::default() }),
             clock: Arc::default(),
             console: Arc::default(),
+            disks: Arc::new(FakeDisks { calls: calls.clone() }),
+            power: Arc::new(FakePower { calls, ..FakePower::default() }),
+            cmdline: String::new(),
+            downloads: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -236,7 +316,13 @@ impl Fakes {
             Cluster {
                 mesh: self.mesh.clone(),
                 services: self.services.clone(),
-                disks: Arc::new(crate::disk::LocalDisks::default()),
+                disks: self.disks.clone(),
+                reboot: Rebooter::new(
+                    self.power.clone(),
+                    &self.cmdline,
+                    "52:54:00:12:34:56",
+                    self.downloads.path().to_path_buf(),
+                ),
             },
             self.clock.clone(),
             identity,
@@ -549,4 +635,119 @@ fn the_generation_is_read_from_the_kernel_command_line() {
     assert_eq!(generation_of("console=ttyS0 oasis.token=abc oasis.generation=7 quiet"), Some(7));
     assert_eq!(generation_of("oasis.generation=1 oasis.generation=2"), Some(2), "the last one wins");
     assert_eq!(generation_of("console=ttyS0 oasis.generations=3 oasis.generation=x"), None);
+}
+
+fn reboot_state(revision: u64, boot: &str, kexec: bool) -> DesiredState {
+    DesiredState { reboot: Some(RebootRequest { generation: 2, boot: boot.into(), kexec }), ..cluster_state(revision) }
+}
+
+fn calls(fakes: &Fakes) -> Vec<String> {
+    fakes.mesh.calls.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_reboot_request_for_another_boot_is_ignored() {
+    let fakes = Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(()), Ok(())]);
+    *fakes.api.desired.lock().unwrap() = vec![Ok(reboot_state(4, "an-earlier-boot", false))].into();
+    fakes.run().await;
+    assert_eq!(calls(&fakes), ["mesh Some(1)", "services 1"], "applied like any desired state");
+    assert!(fakes.api.heartbeats().iter().all(|h| h.2.phase == "linked"));
+}
+
+#[tokio::test]
+async fn a_reboot_stops_the_services_before_the_disk_is_released_before_the_machine_reboots() {
+    let fakes =
+        Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(()), Ok(()), Ok(())]);
+    *fakes.api.desired.lock().unwrap() = vec![Ok(reboot_state(4, "machine-key", false))].into();
+    fakes.run().await;
+    let heartbeats = fakes.api.heartbeats();
+    assert_eq!(heartbeats[0].2.phase, "rebooting into generation 2", "said before anything is stopped");
+    assert_eq!(
+        calls(&fakes),
+        ["services halt", "disk release", "reboot firmware", "mesh Some(1)", "services 1"],
+        "nothing of the state is applied before the reboot; the refused reboot leaves it to the next heartbeat"
+    );
+    assert_eq!(heartbeats[1].2.phase, "reboot into generation 2 refused");
+    assert!(heartbeats[1].2.last_error.as_deref().unwrap().contains("the kernel refused to reboot into generation 2"));
+    assert!(heartbeats[1].2.services.is_empty(), "stopped");
+    assert_eq!((heartbeats[2].2.phase.as_str(), heartbeats[2].2.applied_revision), ("linked", 4));
+    let console = fakes.console();
+    assert!(console.contains("rebooting into generation 2"), "{console}");
+}
+
+/// A boot script as the appliance serves it for this machine, with a fresh token and the
+/// generation it boots.
+fn served_script(initrd: bool) -> String {
+    let profile = oasis_pxe::script::BootProfile {
+        kernel: "node/vmlinuz".into(),
+        initrd: Some("node/initrd.img".into()),
+        cmdline: "console=ttyS0 oasis.api=https://10.0.0.1:9443 oasis.pin=sha256:00 oasis.boot=http://10.0.0.1:8080"
+            .into(),
+    };
+    let files = oasis_pxe::script::BootFiles {
+        kernel: "generations/2/vmlinuz".into(),
+        initrd: initrd.then(|| "generations/2/initrd.img".into()),
+    };
+    let renderer = oasis_pxe::script::ScriptRenderer::new("http://10.0.0.1:8080".into(), profile);
+    let mac = oasis_proto::MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+    renderer.render_boot_files(mac, "oasis.token=fresh oasis.generation=2", Some(&files)).unwrap()
+}
+
+fn kexec_fakes(kernel: &[u8]) -> Fakes {
+    let mut fakes =
+        Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(()), Ok(()), Ok(())]);
+    fakes.cmdline = "console=ttyS0 oasis.generation=1 oasis.boot=http://10.0.0.1:8080".into();
+    let served = [
+        ("http://10.0.0.1:8080/boot.ipxe?mac=52-54-00-12-34-56", served_script(true).into_bytes()),
+        ("http://10.0.0.1:8080/boot/generations/2/vmlinuz", kernel.to_vec()),
+        ("http://10.0.0.1:8080/boot/generations/2/initrd.img", b"initramfs 2".to_vec()),
+    ];
+    *fakes.power.files.lock().unwrap() = served.into_iter().map(|(u, b)| (u.to_string(), b)).collect();
+    *fakes.api.desired.lock().unwrap() = vec![Ok(reboot_state(4, "machine-key", true))].into();
+    fakes
+}
+
+#[tokio::test]
+async fn kexec_loads_what_the_boot_script_names_and_a_refused_jump_falls_back_to_a_reboot() {
+    let fakes = kexec_fakes(b"kernel 2");
+    fakes.run().await;
+    assert_eq!(
+        calls(&fakes)[..8],
+        [
+            "services halt",
+            "disk release",
+            "fetch http://10.0.0.1:8080/boot.ipxe?mac=52-54-00-12-34-56",
+            "fetch http://10.0.0.1:8080/boot/generations/2/vmlinuz",
+            "fetch http://10.0.0.1:8080/boot/generations/2/initrd.img",
+            "kexec load",
+            "reboot kexec",
+            "reboot firmware",
+        ]
+    );
+    let (kernel, initrd, cmdline) = fakes.power.loaded.lock().unwrap().clone().unwrap();
+    assert_eq!((kernel.as_slice(), initrd.as_deref()), (&b"kernel 2"[..], Some(&b"initramfs 2"[..])));
+    assert!(cmdline.starts_with("initrd=initrd.img console=ttyS0 "), "{cmdline}");
+    assert!(cmdline.ends_with(" oasis.token=fresh oasis.generation=2 BOOTIF=01-52-54-00-12-34-56"), "{cmdline}");
+    assert!(
+        fakes.console().contains(
+            "kexec into generation 2 failed, rebooting through the firmware instead: the kernel refused the jump"
+        ),
+        "{}",
+        fakes.console()
+    );
+}
+
+#[tokio::test]
+async fn an_empty_kernel_or_no_boot_url_falls_back_to_a_reboot_with_the_reason_kept() {
+    let fakes = kexec_fakes(b"");
+    fakes.run().await;
+    let done = calls(&fakes);
+    assert_eq!(done[3..5], ["fetch http://10.0.0.1:8080/boot/generations/2/vmlinuz", "reboot firmware"], "{done:?}");
+    assert!(fakes.console().contains("is empty"), "{}", fakes.console());
+
+    let mut fakes = kexec_fakes(b"kernel 2");
+    fakes.cmdline = "console=ttyS0".into();
+    fakes.run().await;
+    assert_eq!(calls(&fakes)[..3], ["services halt", "disk release", "reboot firmware"]);
+    assert!(fakes.console().contains("no oasis.boot="), "{}", fakes.console());
 }
