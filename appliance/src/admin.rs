@@ -149,6 +149,10 @@ pub fn router(api: Arc<Api>, cluster: ClusterHandle) -> Router {
                 run(op, Ok(Action::UpdateApply { path: q.path }))
             }),
         )
+        .route(
+            "/v1/update/{command}",
+            post(|State(op): State<Operator>, UrlPath(word): UrlPath<String>| run(op, operator::rollout(&word))),
+        )
         .route("/v1/machines", get(|State(op): State<Operator>| run(op, Ok(Action::Machines))))
         .route(
             "/v1/events",

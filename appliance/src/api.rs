@@ -236,6 +236,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/machines/{id}/{decision}", post(decide))
         .route("/v1/machines/{id}", delete(remove))
         .route("/v1/admin/update", post(upload_update).layer(DefaultBodyLimit::disable()))
+        .route("/v1/admin/update/{command}", post(rollout_command))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api)
 }
@@ -432,6 +433,16 @@ pub async fn machine_views(api: &Api) -> Vec<MachineView> {
 /// The HTTPS door's operator: no cluster assembly behind it.
 fn operator(api: &Arc<Api>) -> Operator {
     Operator { api: api.clone(), cluster: None }
+}
+
+/// `POST /v1/admin/update/{pause|resume|cancel}`: the rollout commands, with the admin token.
+async fn rollout_command(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(word): Path<String>,
+) -> Result<Answer, ActionError> {
+    admin(&api, &headers)?;
+    operator(&api).handle(crate::operator::rollout(&word)?).await
 }
 
 async fn list_machines(State(api): State<Arc<Api>>, headers: HeaderMap) -> Result<Answer, ActionError> {

@@ -167,6 +167,10 @@ pub struct UpdateStatus {
     /// The last rollout, running or ended.
     #[serde(default)]
     pub rollout: Option<oasis_core::rollout::Rollout>,
+    /// What the rollout did last or waits for, as the controller last said (empty where the
+    /// controller does not run).
+    #[serde(default)]
+    pub progress: String,
 }
 
 /// The node generations of one appliance.
@@ -365,6 +369,7 @@ impl NodeGenerations {
             generations,
             machines,
             rollout: record.rollout,
+            progress: String::new(),
         })
     }
 

@@ -98,7 +98,8 @@ pub enum Action {
         via: String,
         key: String,
     },
-    /// Write one etcd key through the member on machine `via`.
+    /// Write one etcd key through the member on machine `via` ([`ANY_MEMBER`]: the leader, or
+    /// another healthy voter).
     KvPut {
         via: String,
         key: String,
@@ -111,7 +112,12 @@ pub enum Action {
     },
     /// The node generations installed, which is current, and what each machine is served.
     UpdateStatus,
+    /// Pause, resume or cancel the node rollout.
+    Rollout(oasis_core::rollout::Command),
 }
+
+/// The `via` of a key read or write that lets the appliance choose the member.
+pub const ANY_MEMBER: &str = "any";
 
 /// What an action answers.
 #[derive(Debug)]
@@ -148,12 +154,20 @@ pub enum ActionError {
     BadMac(String),
     #[error("boot mode {0:?} is not network or local")]
     BadBootMode(String),
+    #[error("{0:?} is not pause, resume or cancel")]
+    BadRolloutCommand(String),
     #[error("{0} has no management address: it is not accepted (`oasis machine accept {0}`)")]
     NotAccepted(String),
     #[error("no key {0:?}")]
     NoKey(String),
     #[error("etcd on {via} did not answer")]
     Etcd { via: String, source: EtcdError },
+    #[error(transparent)]
+    Rollout(#[from] oasis_core::rollout::CommandError),
+    #[error(
+        "no etcd member is healthy now (oasis cluster status says why); name a machine with --via to ask it anyway"
+    )]
+    NoHealthyMember,
     #[error("no kubeconfig: the node image has no k3s bundle, or no k3s server is up yet (oasis cluster status)")]
     NoKubeconfig,
     #[error("this door does not reach cluster assembly: ask the admin socket (`oasis cluster ...` on the appliance)")]
@@ -233,9 +247,10 @@ impl ActionError {
             Find(e) | Decide(DecideError::Find(e)) => find_status(e),
             // Nothing the request can fix: the operator widens the prefix (the message says so).
             Decide(DecideError::PoolExhausted(_) | DecideError::BackToPending) | NotAccepted(_) => StatusCode::CONFLICT,
-            BadMac(_) | BadBootMode(_) | RelativePath(_) => StatusCode::BAD_REQUEST,
+            BadMac(_) | BadBootMode(_) | BadRolloutCommand(_) | RelativePath(_) => StatusCode::BAD_REQUEST,
             Update(e) => update_status(e),
-            Etcd { .. } => StatusCode::BAD_GATEWAY,
+            Etcd { .. } | NoHealthyMember => StatusCode::BAD_GATEWAY,
+            Rollout(_) => StatusCode::CONFLICT,
             NoCluster => StatusCode::NOT_IMPLEMENTED,
             Store(e) | NotRecorded(e) | NotRead(e) => store_status(e),
             Refused { kind, .. } => refusal_status(*kind),
@@ -334,8 +349,39 @@ impl Operator {
                 }
                 Answer::Applied(Box::new(self.api.generations.apply_file(&path).await?))
             }
-            Action::UpdateStatus => Answer::Update(Box::new(self.api.generations.status()?)),
+            Action::UpdateStatus => {
+                let mut status = self.api.generations.status()?;
+                if let Some(cluster) = &self.cluster {
+                    status.progress = cluster.status.borrow().rollout.clone();
+                }
+                Answer::Update(Box::new(status))
+            }
+            Action::Rollout(command) => Answer::Text(self.rollout(command).await?),
         })
+    }
+
+    /// A rollout command, checked on the record as it is and then carried out in the store's own
+    /// transaction (so a step the controller records in between is not undone).
+    async fn rollout(&self, command: oasis_core::rollout::Command) -> Result<String, ActionError> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut record = self.api.store.generations()?;
+        let said = oasis_core::rollout::command(&mut record, command, now)?;
+        let done = Arc::new(std::sync::Mutex::new(None));
+        let outcome = done.clone();
+        self.api
+            .store
+            .update_generations(move |record| {
+                let result = oasis_core::rollout::command(record, command, now);
+                let events = result.iter().cloned().collect();
+                *outcome.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(result);
+                events
+            })
+            .await?;
+        let result = done.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        match result {
+            Some(result) => Ok(result?.message),
+            None => Ok(said.message),
+        }
     }
 
     fn cluster(&self) -> Result<&ClusterHandle, ActionError> {
@@ -385,6 +431,18 @@ impl Operator {
     /// One etcd read or write through the member on machine `via`: the value read or written.
     async fn kv(&self, via: &str, key: &str, value: Option<String>) -> Result<String, ActionError> {
         let cluster = self.cluster()?;
+        let via = match via {
+            // The member the last status saw leading, else any healthy voter: what an etcd client
+            // given every member's endpoint would use.
+            ANY_MEMBER => {
+                let status = cluster.status.borrow().clone();
+                let healthy = status.members.iter().filter(|m| m.healthy && !m.learner);
+                let chosen = healthy.clone().find(|m| m.leader).or_else(|| healthy.clone().next());
+                chosen.and_then(|m| m.machine.clone()).ok_or(ActionError::NoHealthyMember)?
+            }
+            named => named.to_string(),
+        };
+        let via = via.as_str();
         let overlay = self.api.registry.lock().await.find(via)?.overlay;
         let overlay = overlay.ok_or_else(|| ActionError::NotAccepted(via.to_string()))?;
         let ep = std::net::SocketAddr::from((overlay, oasis_proto::ETCD_CLIENT_PORT));
@@ -403,6 +461,26 @@ impl Operator {
         };
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
+}
+
+/// The path word of a rollout command.
+pub fn rollout_word(command: oasis_core::rollout::Command) -> &'static str {
+    use oasis_core::rollout::Command;
+    match command {
+        Command::Pause => "pause",
+        Command::Resume => "resume",
+        Command::Cancel => "cancel",
+    }
+}
+
+/// Parses `/v1/update/{pause|resume|cancel}`.
+pub fn rollout(word: &str) -> Result<Action, ActionError> {
+    use oasis_core::rollout::Command;
+    let command = [Command::Pause, Command::Resume, Command::Cancel]
+        .into_iter()
+        .find(|c| rollout_word(*c) == word)
+        .ok_or_else(|| ActionError::BadRolloutCommand(word.to_string()))?;
+    Ok(Action::Rollout(command))
 }
 
 /// Parses the words of a boot path (`/v1/machines/{mac}/boot/{mode}`).
@@ -456,6 +534,7 @@ impl Action {
                 ("POST", format!("/v1/update/apply?path={}", query_value(&path.to_string_lossy())))
             }
             Action::UpdateStatus => ("GET", "/v1/update".into()),
+            Action::Rollout(command) => ("POST", format!("/v1/update/{}", rollout_word(*command))),
             Action::KvPut { via, key, value } => (
                 "POST",
                 format!(

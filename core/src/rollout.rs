@@ -564,12 +564,19 @@ pub fn apply(generations: &mut Generations, step: &RolloutStep, now: u64) -> Vec
     match step {
         RolloutStep::Idle(_) | RolloutStep::Wait { .. } | RolloutStep::MoveLeader { .. } => vec![],
         RolloutStep::Start { target, from, announce } => {
+            // Machines a stopped rollout to the same target left on it need not move again.
+            let done = generations
+                .machines
+                .iter()
+                .filter(|(_, m)| m.desired == Some(*target) && m.confirmed == Some(*target))
+                .map(|(mac, _)| *mac)
+                .collect();
             generations.rollout = Some(Rollout {
                 target: *target,
                 from: *from,
                 started_at: now,
                 state: RolloutState::Running,
-                done: BTreeSet::new(),
+                done,
                 in_flight: vec![],
                 failure: None,
                 finished_at: None,
@@ -646,6 +653,80 @@ pub fn apply(generations: &mut Generations, step: &RolloutStep, now: u64) -> Vec
                 format!("rollout cancelled: every machine is back on node generation {from}"),
             )]
         }
+    }
+}
+
+/// What an operator asks of the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Command {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+/// Why an operator's command does nothing: said, never silently ignored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("no rollout is running to pause (oasis update status shows the last one)")]
+    NothingToPause,
+    #[error("no rollout is paused, cancelled or stopped to resume (oasis update status shows the last one)")]
+    NothingToResume,
+    #[error("no rollout is running or paused to cancel (oasis update status shows the last one)")]
+    NothingToCancel,
+    #[error("node generation {target} failed its gates on {machine} and is never tried again; install a newer bundle")]
+    GenerationFailed { target: u64, machine: String },
+}
+
+/// Carries out an operator's `command` on the rollout in `generations`: the event to record, or
+/// why it does nothing. Pause and cancel act on the next step (the machine in flight finishes its
+/// gates); resume continues a paused rollout, or starts a cancelled or stopped one again from
+/// where the rack is, unless its generation failed.
+pub fn command(generations: &mut Generations, command: Command, now: u64) -> Result<Happening, CommandError> {
+    let event = |kind: &'static str, message: String| Happening { kind, mac: None, message };
+    let target_failed =
+        generations.rollout.as_ref().is_some_and(|r| generations.get(r.target).is_some_and(|g| g.failed));
+    let rollout = generations.rollout.as_mut();
+    match (command, rollout) {
+        (Command::Pause, Some(r)) if r.state == RolloutState::Running => {
+            r.state = RolloutState::Paused;
+            let flying: Vec<&str> = r.in_flight.iter().map(|f| f.machine.as_str()).collect();
+            let finishing = match flying.as_slice() {
+                [] => String::new(),
+                list => format!("; {} finishes its gates first", list.join(", ")),
+            };
+            Ok(event("rollout-paused", format!("the rollout to generation {} is paused{finishing}", r.target)))
+        }
+        (Command::Pause, _) => Err(CommandError::NothingToPause),
+        (Command::Cancel, Some(r)) if matches!(r.state, RolloutState::Running | RolloutState::Paused) => {
+            r.state = RolloutState::Cancelling;
+            let moved = r.done.len();
+            Ok(event(
+                "rollout-cancelling",
+                format!(
+                    "the rollout to generation {} is cancelled: {moved} machine(s) already moved go back to generation {}, last first",
+                    r.target, r.from
+                ),
+            ))
+        }
+        (Command::Cancel, _) => Err(CommandError::NothingToCancel),
+        (Command::Resume, Some(r)) if r.state == RolloutState::Paused => {
+            r.state = RolloutState::Running;
+            Ok(event("rollout-resumed", format!("the rollout to generation {} goes on", r.target)))
+        }
+        (Command::Resume, Some(r))
+            if matches!(r.state, RolloutState::Cancelled | RolloutState::Failed) && r.in_flight.is_empty() =>
+        {
+            let target = r.target;
+            if let Some(failure) = r.failure.as_ref().filter(|_| target_failed) {
+                return Err(CommandError::GenerationFailed { target, machine: failure.machine.clone() });
+            }
+            // Forgotten: the next tick starts a rollout to the target from where the rack is.
+            generations.rollout = None;
+            let _ = now;
+            Ok(event("rollout-resumed", format!("the rollout to generation {target} starts again")))
+        }
+        (Command::Resume, _) => Err(CommandError::NothingToResume),
     }
 }
 

@@ -80,8 +80,16 @@ pub enum UpdateCommand {
         #[command(flatten)]
         state: StateArgs,
     },
-    /// The node generations installed, which one the rack runs, and what each machine is served.
+    /// The node generations installed, which one the rack runs, what each machine is served,
+    /// and the rollout: which machine it moves and the gate that holds it.
     Status(StateArgs),
+    /// Pause the node rollout before its next machine (the one in flight finishes its gates).
+    Pause(StateArgs),
+    /// Resume a paused rollout, or start a cancelled or stopped one again (not a generation that
+    /// failed its gates: install a newer bundle).
+    Resume(StateArgs),
+    /// Cancel the node rollout: no machine starts, and those already moved go back, last first.
+    Cancel(StateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -106,19 +114,21 @@ pub enum ClusterCommand {
     Status(StateArgs),
     /// Print the admin kubeconfig (images built with a k3s bundle).
     Kubeconfig(StateArgs),
-    /// Read one etcd key through the member on machine VIA.
+    /// Read one etcd key through the member on machine VIA (by default the leader, or another
+    /// healthy voter).
     Get {
         key: String,
-        #[arg(long)]
+        #[arg(long, default_value = oasis_appliance::operator::ANY_MEMBER)]
         via: String,
         #[command(flatten)]
         state: StateArgs,
     },
-    /// Write one etcd key through the member on machine VIA.
+    /// Write one etcd key through the member on machine VIA (by default the leader, or another
+    /// healthy voter).
     Put {
         key: String,
         value: String,
-        #[arg(long)]
+        #[arg(long, default_value = oasis_appliance::operator::ANY_MEMBER)]
         via: String,
         #[command(flatten)]
         state: StateArgs,

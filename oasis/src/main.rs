@@ -11,6 +11,7 @@ use clap::Parser;
 use cli::{Cli, ClusterCommand, Command, ConfigCommand, ImageCommand, MachineCommand, UpdateCommand};
 use commands::{boot, cluster, config, events, image, leases, machine, machines, serve, update};
 use oasis_appliance::operator::Decision;
+use oasis_core::rollout::Command as RolloutCommand;
 
 fn main() {
     let cli = Cli::parse();
@@ -56,5 +57,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Update(UpdateCommand::Verify(args)) => update::verify(&args),
         Command::Update(UpdateCommand::Apply { file, state }) => update::apply(&file, &state),
         Command::Update(UpdateCommand::Status(state)) => update::status(&state),
+        Command::Update(UpdateCommand::Pause(state)) => update::rollout(RolloutCommand::Pause, &state),
+        Command::Update(UpdateCommand::Resume(state)) => update::rollout(RolloutCommand::Resume, &state),
+        Command::Update(UpdateCommand::Cancel(state)) => update::rollout(RolloutCommand::Cancel, &state),
     }
 }

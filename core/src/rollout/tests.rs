@@ -296,10 +296,13 @@ fn a_generation_whose_etcd_never_starts_fails_on_the_first_member_which_goes_bac
     assert!(sim.machines.iter().all(|m| m.generation == 0 && m.up), "the others were never touched");
     assert!(sim.generations.get(1).unwrap().failed);
     assert_eq!(sim.generations.current, 0);
-    // Nothing starts again by itself, even after a restart.
+    // Nothing starts again by itself, even after a restart, nor when asked.
     sim.restart();
     let view = sim.view();
     assert!(matches!(next(&sim.generations, &view, &SETTINGS, sim.now), RolloutStep::Idle(_)));
+    let refused = command(&mut sim.generations, Command::Resume, sim.now).unwrap_err();
+    assert_eq!(refused, CommandError::GenerationFailed { target: 1, machine: "m1".into() });
+    assert!(refused.to_string().contains("install a newer bundle"));
 }
 
 #[test]
@@ -339,14 +342,16 @@ fn pause_holds_before_the_next_machine_and_cancel_sends_the_moved_ones_back_last
     while sim.rollout_done_count() < 1 {
         sim.tick(false);
     }
-    sim.generations.rollout.as_mut().unwrap().state = RolloutState::Paused;
+    let paused = command(&mut sim.generations, Command::Pause, sim.now).unwrap();
+    assert!(paused.message.contains("paused"), "{paused:?}");
+    assert_eq!(command(&mut sim.generations, Command::Pause, sim.now), Err(CommandError::NothingToPause));
     for _ in 0..20 {
         sim.tick(false);
     }
     assert_eq!(sim.rollout_done_count(), 1, "nothing moved while paused");
     let held = next(&sim.generations, &sim.view(), &SETTINGS, sim.now);
     assert!(matches!(&held, RolloutStep::Wait { message, .. } if message.contains("paused")));
-    sim.generations.rollout.as_mut().unwrap().state = RolloutState::Cancelling;
+    command(&mut sim.generations, Command::Cancel, sim.now).unwrap();
     sim.run(200);
     assert_eq!(sim.rollout().state, RolloutState::Cancelled);
     assert!(sim.machines.iter().all(|m| m.generation == 0 && m.up));
@@ -354,6 +359,12 @@ fn pause_holds_before_the_next_machine_and_cancel_sends_the_moved_ones_back_last
     assert!(!sim.generations.get(1).unwrap().failed, "a cancelled generation did not fail");
     let view = sim.view();
     assert!(matches!(next(&sim.generations, &view, &SETTINGS, sim.now), RolloutStep::Idle(m) if m.contains("resume")));
+    assert_eq!(command(&mut sim.generations, Command::Cancel, sim.now), Err(CommandError::NothingToCancel));
+    // Resumed, it starts again from where the rack is, and goes through.
+    command(&mut sim.generations, Command::Resume, sim.now).unwrap();
+    sim.run(300);
+    assert_eq!(sim.rollout().state, RolloutState::Done);
+    assert!(sim.machines.iter().all(|m| m.generation == 1));
 }
 
 impl Sim {
@@ -438,16 +449,17 @@ proptest! {
                         disrupted = true;
                     }
                     Fault::Pause | Fault::Resume | Fault::Cancel => {
-                        if let Some(r) = sim.generations.rollout.as_mut().filter(|r| r.active()) {
-                            r.state = match (f, r.state) {
-                                (Fault::Pause, RolloutState::Running) => RolloutState::Paused,
-                                (Fault::Resume, RolloutState::Paused) => RolloutState::Running,
-                                (Fault::Cancel, RolloutState::Running | RolloutState::Paused) => {
-                                    cancelled = true;
-                                    RolloutState::Cancelling
-                                }
-                                (_, s) => s,
-                            };
+                        let asked = match f {
+                            Fault::Pause => Command::Pause,
+                            Fault::Resume => Command::Resume,
+                            _ => Command::Cancel,
+                        };
+                        let was_active = sim.generations.rollout.as_ref().is_some_and(Rollout::active);
+                        // Refused commands say why and change nothing.
+                        let before = sim.generations.clone();
+                        match command(&mut sim.generations, asked, sim.now) {
+                            Ok(_) => cancelled |= asked == Command::Cancel && was_active,
+                            Err(_) => prop_assert_eq!(&sim.generations, &before),
                         }
                     }
                 }
@@ -455,8 +467,8 @@ proptest! {
             sim.tick(lost);
         }
         // The operator resumes a paused rollout; then nothing else happens.
-        if let Some(r) = sim.generations.rollout.as_mut().filter(|r| r.state == RolloutState::Paused) {
-            r.state = RolloutState::Running;
+        if sim.generations.rollout.as_ref().is_some_and(|r| r.state == RolloutState::Paused) {
+            command(&mut sim.generations, Command::Resume, sim.now).unwrap();
         }
         sim.run(600);
         // Machines that lost power after the end come back (on the generation their script names).

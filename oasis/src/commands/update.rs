@@ -98,6 +98,14 @@ pub fn apply(file: &Path, state: &StateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `oasis update pause|resume|cancel`: prints what the appliance did, or why it did nothing.
+pub fn rollout(command: oasis_core::rollout::Command, state: &StateArgs) -> anyhow::Result<()> {
+    let data_dir = state.data_dir()?;
+    let body = super::ask_running(&data_dir, &Action::Rollout(command), ": start it to act on the rollout")?;
+    println!("{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
 /// `oasis update status [--json]`.
 pub fn status(state: &StateArgs) -> anyhow::Result<()> {
     let data_dir = state.data_dir()?;
@@ -120,6 +128,29 @@ pub fn status(state: &StateArgs) -> anyhow::Result<()> {
             g.k3s.as_ref().map(|k| format!("  k3s {k}")).unwrap_or_default(),
             g.path.display()
         );
+    }
+    match &status.rollout {
+        None => println!("rollout: none yet"),
+        Some(r) => {
+            println!("rollout: generation {} to {}: {} ({} machine(s) done)", r.from, r.target, r.state, r.done.len());
+            if !status.progress.is_empty() {
+                println!("  now: {}", status.progress);
+            }
+            for f in &r.in_flight {
+                println!("  in flight: {} to generation {}, {:?} since {}", f.machine, f.to, f.phase, f.since);
+            }
+            if let Some(f) = &r.failure {
+                let back = match (f.back, f.back_failed) {
+                    (_, true) => "it did not come back either: repair it",
+                    (true, _) => "it is back on its previous generation",
+                    _ => "it is on its way back",
+                };
+                println!("  failed: {} at gate '{}': {}; {back}", f.machine, f.gate, f.detail);
+                if let Some(e) = &f.last_error {
+                    println!("  its agent's last error: {e}");
+                }
+            }
+        }
     }
     if !status.machines.is_empty() {
         println!("machines:");
