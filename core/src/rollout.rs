@@ -228,7 +228,13 @@ pub struct MachineView {
     /// kexec is allowed on it.
     pub kexec: bool,
     pub last_error: Option<String>,
+    /// A service of its current boot that keeps exiting ([`CRASH_LOOP_RESTARTS`] times or
+    /// more), with what it said: its generation fails at once, without waiting for the timeout.
+    pub crash_loop: Option<String>,
 }
+
+/// Restarts of a service in one boot after which it is crash-looping.
+pub const CRASH_LOOP_RESTARTS: u32 = 3;
 
 /// The rack as observed this tick, machines in choice order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -503,6 +509,11 @@ fn in_flight(f: &InFlight, rollout_target: u64, rack: &RackView, settings: &Roll
             }
         }
         Phase::Checking => match after(m, f) {
+            // Conclusive: waiting out the timeout would only delay going back.
+            Some(_) if m.crash_loop.is_some() && m.generation == Some(f.to) => fail(
+                Gate::Services,
+                format!("{} on {} keeps exiting", m.crash_loop.as_deref().unwrap_or_default(), m.id),
+            ),
             None => RolloutStep::Confirm { mac: f.mac },
             Some((gate, detail)) if timed_out => fail(gate, format!("{detail} {}", within(settings.timeout_secs))),
             Some((gate, detail)) => wait(gate, detail),

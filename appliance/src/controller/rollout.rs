@@ -66,6 +66,18 @@ fn last_error(s: &Seen) -> Option<String> {
     })
 }
 
+/// A service of the machine's current boot that keeps exiting, with what it last said.
+fn crash_loop(s: &Seen) -> Option<String> {
+    let h = s.heartbeat.as_ref().filter(|h| h.at >= s.record.last_registered)?;
+    let looping = h.heartbeat.services.iter().find(|x| {
+        x.restarts >= rollout::CRASH_LOOP_RESTARTS && matches!(x.state, ServiceState::Exited | ServiceState::Failed)
+    })?;
+    Some(match &looping.message {
+        Some(m) => format!("{} ({m})", looping.name),
+        None => looping.name.clone(),
+    })
+}
+
 impl<E: Etcd, C: Clock> Controller<E, C> {
     /// One rollout step: observe, ask, carry it out, record it.
     pub(super) async fn roll(&mut self, inputs: &RolloutInputs<'_>, now: u64) -> Result<RolloutTick, ControllerError> {
@@ -141,6 +153,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                     data_on_disk: super::disk_mounted(s),
                     kexec: self.rollout.kexec_for(id),
                     last_error: last_error(s),
+                    crash_loop: crash_loop(s),
                 }
             })
             .collect();

@@ -40,6 +40,8 @@ struct Sim {
     settings: RolloutSettings,
     /// Every step taken, for the checks and for failures' messages.
     steps: Vec<RolloutStep>,
+    /// A bad generation's etcd crash-loops on every machine (else on every other one).
+    crash_loops: bool,
 }
 
 fn generation(sequence: u64) -> Generation {
@@ -80,6 +82,7 @@ impl Sim {
             now: 1_000,
             settings: SETTINGS,
             steps: vec![],
+            crash_loops: false,
         }
     }
 
@@ -127,6 +130,9 @@ impl Sim {
                 data_on_disk: m.data_on_disk,
                 kexec: i % 2 == 0,
                 last_error: (!self.healthy(i) && m.up).then(|| "etcd exited with status 1".to_string()),
+                // A bad generation's etcd crash-loops on half the machines; on the others it
+                // just never answers (the timeout catches it).
+                crash_loop: (!self.healthy(i) && m.up && (self.crash_loops || i % 2 == 1)).then(|| "etcd".to_string()),
             })
             .collect();
         RackView { machines, learner_pending: false, settled: true }
@@ -303,6 +309,19 @@ fn a_generation_whose_etcd_never_starts_fails_on_the_first_member_which_goes_bac
     let refused = command(&mut sim.generations, Command::Resume, sim.now).unwrap_err();
     assert_eq!(refused, CommandError::GenerationFailed { target: 1, machine: "m1".into() });
     assert!(refused.to_string().contains("install a newer bundle"));
+}
+
+#[test]
+fn a_crash_looping_service_fails_the_generation_at_once_without_waiting_for_the_timeout() {
+    let mut sim = Sim::new(3, 0, true);
+    sim.crash_loops = true;
+    let started = sim.now;
+    sim.run(300);
+    let failure = sim.rollout().failure.clone().expect("failed");
+    assert_eq!((failure.machine.as_str(), failure.gate), ("m1", Gate::Services));
+    assert!(failure.detail.contains("keeps exiting"), "{failure:?}");
+    assert!(failure.at - started < SETTINGS.timeout_secs, "failed before the timeout: {failure:?}");
+    assert!(failure.back);
 }
 
 #[test]
