@@ -189,6 +189,14 @@ impl Appliance {
             .map(|l| l.ip.to_string())
     }
 
+    /// Kills the server with SIGKILL, as a power cut or a crash would, and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the server with SIGTERM and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

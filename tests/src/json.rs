@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 
 pub use oasis_appliance::admin::MachineEntry;
 pub use oasis_appliance::api::MachineView;
+pub use oasis_appliance::generations::UpdateStatus;
 pub use oasis_appliance::store::Event;
 pub use oasis_core::assembly::status::{ClusterStatus, Health, MachineRole, MemberView, MeshPair};
 pub use oasis_proto::MachineState;
@@ -38,6 +39,11 @@ impl Appliance {
     /// `oasis cluster status --json`.
     pub fn cluster_status(&self) -> ClusterStatus {
         parse("oasis cluster status --json", &self.cli(&["cluster", "status", "--json"]))
+    }
+
+    /// `oasis update status --json`.
+    pub fn update_status(&self) -> UpdateStatus {
+        parse("oasis update status --json", &self.cli(&["update", "status", "--json"]))
     }
 
     /// `oasis events --json --limit LIMIT`: the last `limit` events.

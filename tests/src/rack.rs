@@ -23,6 +23,9 @@ pub struct Rack {
     machines: Vec<Option<Machine>>,
     /// Machines with a local disk (a sparse 2 GiB raw image, kept across power cycles).
     disks: Vec<usize>,
+    /// The machines boot from the network through their firmware, and a reboot boots them
+    /// again that way (what a node rollout needs), instead of QEMU loading the node image.
+    netboot: bool,
 }
 
 /// Machine `i`'s MAC address.
@@ -50,6 +53,17 @@ impl Rack {
     /// A rack like [`Rack::with_disks`] whose machines boot the node image in `node` (e.g.
     /// [`crate::trixie_node_image`]).
     pub fn with_node(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path) -> Rack {
+        Rack::build(name, count, cluster, disks, node, false)
+    }
+
+    /// A rack like [`Rack::with_node`] whose machines boot from the network through their
+    /// firmware (BIOS and iPXE), each boot from its own boot script, and boot again that way when
+    /// they reboot.
+    pub fn netbooted(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path) -> Rack {
+        Rack::build(name, count, cluster, disks, node, true)
+    }
+
+    fn build(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path, netboot: bool) -> Rack {
         let ns = Netns::create(name).unwrap();
         ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
         let work = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().unwrap();
@@ -71,6 +85,7 @@ impl Rack {
             append,
             machines: (0..count).map(|_| None).collect(),
             disks: disks.to_vec(),
+            netboot,
         };
         for i in 0..count {
             rack.power_on(i);
@@ -95,16 +110,31 @@ impl Rack {
             }
             spec.extra_args.extend(["-drive".into(), format!("file={},if=virtio,format=raw", disk.display())]);
         }
-        spec.direct_kernel = Some(DirectKernel {
-            kernel: self.node().join("vmlinuz"),
-            initrd: self.node().join("initrd.img"),
-            append: self.append.clone(),
-        });
+        if self.netboot {
+            spec.reboots = true;
+        } else {
+            spec.direct_kernel = Some(DirectKernel {
+                kernel: self.node().join("vmlinuz"),
+                initrd: self.node().join("initrd.img"),
+                append: self.append.clone(),
+            });
+        }
         self.machines[i] = Some(Machine::start(spec).unwrap());
     }
 
     pub fn power_off(&mut self, i: usize) {
         self.machines[i] = None;
+    }
+
+    /// Kills the appliance (SIGKILL) and starts it again on the same store.
+    pub fn kill_and_restart_appliance(&mut self) {
+        self.appliance.kill();
+        self.appliance = Appliance::start(&self.ns, &self.config, &self.work.path().join("oasis.log"));
+    }
+
+    /// The console of machine `i` so far (every boot of it).
+    pub fn console(&self, i: usize) -> String {
+        std::fs::read_to_string(self.work.path().join(format!("machine{i}.log"))).unwrap_or_default()
     }
 
     pub fn restart_appliance(&mut self) {

@@ -1,6 +1,7 @@
-//! The second node generation, built from Debian 13 (trixie) parts on this Debian 12 host: its
-//! kernel 6.12 boots, the agent (built here, carrying this host's libraries) registers and
-//! heartbeats, and the machine runs trixie's etcd 3.5 as a single-member cluster on its disk.
+//! The second node generation, built from Debian 13 (trixie) parts on this Debian 12 host: a
+//! single-member cluster shipped on Debian 12 is upgraded to it in place, its kernel 6.12 boots,
+//! the agent (built here, carrying this host's libraries) registers and heartbeats, and the
+//! machine runs trixie's etcd 3.5 on its disk, with the data it had.
 //! Needs root, QEMU and the image in `$OASIS_ASSETS/node-trixie` (scripts/test builds it with
 //! `oasis image build node --suite trixie`); the apt test needs Debian's archive.
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use oasis_e2e::json::MachineState;
 use oasis_e2e::rack::{healthy_with, role, Rack};
-use oasis_e2e::trixie_node_image;
+use oasis_e2e::{bundles, node_image, trixie_node_image};
 use oasis_image::artifacts::ArtifactEntry;
 
 /// Every path under the host's apt directories with its modification time and size.
@@ -45,22 +46,58 @@ fn another_suite_is_fetched_without_touching_the_hosts_apt() {
     assert_eq!(host_apt_state(), before, "the host's /etc/apt, /var/lib/apt or /var/cache/apt changed");
 }
 
+/// A single-member cluster with its data on a disk, shipped on Debian 12, takes the Debian 13
+/// bundle: the rollout announces the downtime, the machine boots the new generation (by kexec),
+/// runs trixie's kernel and etcd 3.5, and its member comes back with the same id and its data.
 #[test]
-fn a_machine_on_the_debian_13_generation_registers_and_runs_etcd_3_5_on_its_disk() {
+fn a_single_node_cluster_with_a_data_disk_is_upgraded_to_debian_13_and_keeps_its_data() {
     let node = trixie_node_image().unwrap_or_else(|e| panic!("{e}"));
     let artifacts: Vec<ArtifactEntry> =
         serde_json::from_slice(&std::fs::read(node.join("artifacts.json")).unwrap()).unwrap();
     let etcd = artifacts.iter().find(|a| a.name == "etcd").expect("the image lists etcd");
     assert!(etcd.version.as_deref().is_some_and(|v| v.starts_with("3.5.16")), "{etcd:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = bundles::keygen(dir.path());
+    let bundle = dir.path().join("debian13.bundle");
+    bundles::build(&node, 1, &private, &bundle);
 
     let started = Instant::now();
-    let cluster = "[cluster]\nsettle_secs = 2\ndead_after_secs = 30\n";
-    let rack = Rack::with_node("oasis-trixie", 1, cluster, &[0], &node);
-    let status = rack.wait(Duration::from_secs(900), "a single healthy member on trixie", |s| healthy_with(s, &[0]));
-    eprintln!("trixie machine booted, registered and etcd healthy in {:.0} s", started.elapsed().as_secs_f64());
+    let cluster = format!(
+        "[cluster]\nsettle_secs = 2\ndead_after_secs = 30\n\n[update]\ntrusted_keys = [\"{}\"]\nrollout_timeout_secs = 900\n",
+        public.display()
+    );
+    let rack = Rack::netbooted("oasis-single", 1, &cluster, &[0], &node_image().unwrap());
+    let status = rack.wait(Duration::from_secs(900), "a single healthy member", |s| healthy_with(s, &[0]));
+    eprintln!("single machine on Debian 12 in {:.0} s", started.elapsed().as_secs_f64());
     assert_eq!(role(&status, 0), "control-plane");
     assert!(status.machines[0].data_disk.as_deref().is_some_and(|d| d.contains("mounted")), "{status:#?}");
+    let member = status.members[0].id.clone();
+    rack.put("/oasis/generation", "debian-12", 0);
+
+    let upgrade = Instant::now();
+    let applied = rack.appliance.cli(&["update", "apply", bundle.to_str().unwrap()]);
+    assert!(applied.contains("installed as node generation 1"), "{applied}");
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    loop {
+        let update = rack.appliance.update_status();
+        if update.rollout.as_ref().is_some_and(|r| !r.active()) {
+            assert_eq!(update.current, 1, "{}", rack.appliance.cli(&["update", "status"]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "not upgraded:\n{}", rack.appliance.cli(&["update", "status"]));
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let status = rack.wait(Duration::from_secs(300), "the member back on Debian 13", |s| healthy_with(s, &[0]));
+    eprintln!("single machine upgraded to Debian 13 in {:.0} s", upgrade.elapsed().as_secs_f64());
+    let events = rack.appliance.cli(&["events", "--limit", "200"]);
+    assert!(
+        events.contains("single-member cluster: etcd is unavailable while"),
+        "the downtime is announced:\n{events}"
+    );
+    assert_eq!(status.members[0].id, member, "the same member, its data kept");
     assert_eq!(status.members[0].version.as_deref(), Some("3.5.16"), "the member runs trixie's etcd: {status:#?}");
+    assert_eq!(status.machines[0].generation, Some(1));
+    assert_eq!(rack.get("/oasis/generation", 0), "debian-12", "written before the upgrade, read after it");
     rack.put("/oasis/generation", "debian-13", 0);
     assert_eq!(rack.get("/oasis/generation", 0), "debian-13");
 
@@ -74,13 +111,7 @@ fn a_machine_on_the_debian_13_generation_registers_and_runs_etcd_3_5_on_its_disk
     // The kernel that runs is trixie's. Its modules are the image's: the data disk (virtio_blk,
     // ext4) mounted and the management link (wireguard) is up, and a kernel refuses a module built
     // for another version.
-    let console = std::fs::read_to_string(rack.work.path().join("machine0.log")).unwrap();
-    let booted = console.lines().find(|l| l.contains("Linux version")).unwrap_or_else(|| panic!("{console}"));
+    let console = rack.console(0);
+    let booted = console.lines().rfind(|l| l.contains("Linux version")).unwrap_or_else(|| panic!("{console}"));
     assert!(booted.contains(&format!("Linux version {kernel} ")), "{booted}");
-    let served = rack.node();
-    assert_eq!(
-        std::fs::read(served.join("etcd")).unwrap(),
-        std::fs::read(node.join("etcd")).unwrap(),
-        "the etcd served to the machine is trixie's"
-    );
 }

@@ -10,21 +10,12 @@ use std::process::Output;
 use oasis_appliance::store::Store;
 use oasis_core::generations::MachineGenerations;
 use oasis_e2e::appliance::{self, oasis, Appliance};
+use oasis_e2e::bundles;
 use oasis_e2e::{node_image, trixie_node_image, Netns};
 use oasis_proto::MacAddr;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `oasis image build bundle` of the node image in `node`.
-fn bundle(node: &Path, sequence: u64, key: &Path, out: &Path) {
-    let (node, key, out_text, seq) =
-        (node.to_str().unwrap(), key.to_str().unwrap(), out.to_str().unwrap(), sequence.to_string());
-    let version = format!("0.15.{sequence}");
-    let args = ["image", "build", "bundle", "--node", node, "--version", &version, "--sequence", &seq];
-    let built = oasis(&[&args[..], &["--key", key, "--out", out_text]].concat());
-    assert!(built.status.success(), "building the bundle: {}", stderr(&built));
 }
 
 /// The generations on the data partition.
@@ -74,14 +65,11 @@ fn bundles_become_generations_refused_ones_change_nothing_and_old_ones_are_prune
     let node = node_image().unwrap_or_else(|e| panic!("{e}"));
     let trixie = trixie_node_image().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    let keygen = oasis(&["config", "keygen", "--out", keys.to_str().unwrap()]);
-    assert!(keygen.status.success(), "{}", stderr(&keygen));
-    let (private, public) = (keys.join("oasis-config.key"), keys.join("oasis-config.pub"));
+    let (private, public) = bundles::keygen(dir.path());
     let first: PathBuf = dir.path().join("first.bundle");
     let second: PathBuf = dir.path().join("second.bundle");
-    bundle(&node, 1, &private, &first);
-    bundle(&trixie, 2, &private, &second);
+    bundles::build(&node, 1, &private, &first);
+    bundles::build(&trixie, 2, &private, &second);
 
     let ns = Netns::create("oasis-update").unwrap();
     ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
@@ -135,7 +123,7 @@ fn bundles_become_generations_refused_ones_change_nothing_and_old_ones_are_prune
 
     // The HTTPS admin upload, streamed into the same installer: the admin token is required.
     let third = dir.path().join("third.bundle");
-    bundle(&trixie, 3, &private, &third);
+    bundles::build(&trixie, 3, &private, &third);
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     let (status, _) = upload(&ns, &third, None, dir.path());
     assert_eq!(status, "401");
