@@ -29,6 +29,7 @@ pub mod qemu;
 pub mod rack;
 pub mod soak;
 pub mod wireguard;
+pub mod writer;
 
 pub use appliance::{oasis, oasis_bin, Appliance};
 pub use assets::{assets, node_image, trixie_node_image, workspace_root, Assets};

@@ -10,9 +10,6 @@
 //! `node-trixie` (scripts/test builds both).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -20,59 +17,8 @@ use oasis_core::rollout::{Gate, RolloutState};
 use oasis_e2e::appliance::oasis;
 use oasis_e2e::json::UpdateStatus;
 use oasis_e2e::rack::{healthy_with, Rack};
+use oasis_e2e::writer::{longest_outage, Write, Writer};
 use oasis_e2e::{bundles, node_image, tail, trixie_node_image};
-
-/// One write of the writer: when it was sent, its key number, and whether etcd took it.
-#[derive(Debug, Clone, Copy)]
-struct Write {
-    at: Instant,
-    n: u64,
-    ok: bool,
-}
-
-/// Puts `/rollout/N` every 200 ms through the cluster (the member the appliance sees leading)
-/// until stopped.
-struct Writer {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Write>>,
-}
-
-impl Writer {
-    fn start(data_dir: &Path) -> Writer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (flag, data) = (stop.clone(), data_dir.to_str().unwrap().to_string());
-        let thread = std::thread::spawn(move || {
-            let mut writes = vec![];
-            let mut n = 0;
-            while !flag.load(Ordering::SeqCst) {
-                let at = Instant::now();
-                let (key, value) = (format!("/rollout/{n}"), n.to_string());
-                let out = oasis(&["cluster", "put", &key, &value, "--data-dir", &data]);
-                writes.push(Write { at, n, ok: out.status.success() });
-                n += 1;
-                std::thread::sleep(Duration::from_millis(200).saturating_sub(at.elapsed()));
-            }
-            writes
-        });
-        Writer { stop, thread }
-    }
-
-    fn finish(self) -> Vec<Write> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap()
-    }
-}
-
-/// The longest time without a successful write among `writes`, leaving out `excluded` (the
-/// appliance's own restart, when no write can reach etcd through it).
-fn longest_outage(writes: &[Write], excluded: Option<(Instant, Instant)>) -> Duration {
-    let ok: Vec<Instant> = writes.iter().filter(|w| w.ok).map(|w| w.at).collect();
-    ok.windows(2)
-        .filter(|pair| excluded.is_none_or(|(from, to)| pair[1] < from || pair[0] > to))
-        .map(|pair| pair[1] - pair[0])
-        .max()
-        .unwrap_or_default()
-}
 
 fn update_status(rack: &Rack) -> UpdateStatus {
     rack.appliance.update_status()

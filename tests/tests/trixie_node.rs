@@ -47,7 +47,8 @@ fn another_suite_is_fetched_without_touching_the_hosts_apt() {
 }
 
 /// A single-member cluster with its data on a disk, shipped on Debian 12, takes the Debian 13
-/// bundle: the rollout announces the downtime, the machine boots the new generation (by kexec),
+/// bundle: the rollout announces the downtime, the machine boots the new generation (through its
+/// firmware's network boot: `kexec = false`, the path for hardware where kexec hangs),
 /// runs trixie's kernel and etcd 3.5, and its member comes back with the same id and its data.
 #[test]
 fn a_single_node_cluster_with_a_data_disk_is_upgraded_to_debian_13_and_keeps_its_data() {
@@ -63,7 +64,7 @@ fn a_single_node_cluster_with_a_data_disk_is_upgraded_to_debian_13_and_keeps_its
 
     let started = Instant::now();
     let cluster = format!(
-        "[cluster]\nsettle_secs = 2\ndead_after_secs = 30\n\n[update]\ntrusted_keys = [\"{}\"]\nrollout_timeout_secs = 900\n",
+        "[cluster]\nsettle_secs = 2\ndead_after_secs = 30\n\n[update]\ntrusted_keys = [\"{}\"]\nrollout_timeout_secs = 900\nkexec = false\n",
         public.display()
     );
     let rack = Rack::netbooted("oasis-single", 1, &cluster, &[0], &node_image().unwrap());
@@ -94,6 +95,7 @@ fn a_single_node_cluster_with_a_data_disk_is_upgraded_to_debian_13_and_keeps_its
         events.contains("single-member cluster: etcd is unavailable while"),
         "the downtime is announced:\n{events}"
     );
+    assert!(events.contains("by a reboot through the network boot path"), "{events}");
     assert_eq!(status.members[0].id, member, "the same member, its data kept");
     assert_eq!(status.members[0].version.as_deref(), Some("3.5.16"), "the member runs trixie's etcd: {status:#?}");
     assert_eq!(status.machines[0].generation, Some(1));
