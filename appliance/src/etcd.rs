@@ -185,6 +185,18 @@ impl EtcdClient {
         Ok(answer.members.into_iter().map(Member::from).collect())
     }
 
+    /// The cluster version the member at `ep` reports (`3.4.0`, `3.5.0`): what every member
+    /// agrees to speak, raised only once all run the newer etcd.
+    pub async fn cluster_version(&self, ep: SocketAddr) -> Result<String, EtcdError> {
+        let body = match tokio::time::timeout(CALL_TIMEOUT, self.exchange(ep, "/version", None)).await {
+            Ok(answer) => answer?,
+            Err(_) => return Err(EtcdError::Timeout),
+        };
+        let answer: wire::Version = serde_json::from_slice(&body)
+            .map_err(|source| EtcdError::Undecodable { path: "/version".into(), source })?;
+        Ok(answer.etcdcluster)
+    }
+
     /// Hands leadership to member `to`; `ep` must be the leader's (others answer "not leader").
     pub async fn move_leader(&self, ep: SocketAddr, to: u64) -> Result<(), EtcdError> {
         let request = json!({ "targetID": to.to_string() });
@@ -218,15 +230,21 @@ impl EtcdClient {
         path: &str,
         request: serde_json::Value,
     ) -> Result<T, EtcdError> {
-        let body = match tokio::time::timeout(CALL_TIMEOUT, self.exchange(ep, path, request)).await {
+        let body = match tokio::time::timeout(CALL_TIMEOUT, self.exchange(ep, path, Some(request))).await {
             Ok(answer) => answer?,
             Err(_) => return Err(EtcdError::Timeout),
         };
         serde_json::from_slice(&body).map_err(|source| EtcdError::Undecodable { path: path.to_string(), source })
     }
 
-    /// One request on its own connection; the body of a 2xx answer, or the error in any other.
-    async fn exchange(&self, ep: SocketAddr, path: &str, request: serde_json::Value) -> Result<Bytes, EtcdError> {
+    /// One request on its own connection (a POST of `request`, or a GET without one); the body
+    /// of a 2xx answer, or the error in any other.
+    async fn exchange(
+        &self,
+        ep: SocketAddr,
+        path: &str,
+        request: Option<serde_json::Value>,
+    ) -> Result<Bytes, EtcdError> {
         let unreachable = |stage: &'static str| {
             move |e: Box<dyn std::error::Error + Send + Sync>| EtcdError::Unreachable {
                 endpoint: ep,
@@ -243,13 +261,15 @@ impl EtcdClient {
         let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
             .await
             .map_err(|e| unreachable("HTTP handshake")(e.into()))?;
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(HOST, ep.to_string())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(request.to_string())))
-            .map_err(|e| unreachable("making the request")(e.into()))?;
+        let builder = Request::builder().uri(path).header(HOST, ep.to_string());
+        let request = match request {
+            Some(json) => builder
+                .method(Method::POST)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(json.to_string()))),
+            None => builder.method(Method::GET).body(Full::new(Bytes::new())),
+        }
+        .map_err(|e| unreachable("making the request")(e.into()))?;
         let answer = async move {
             let response =
                 sender.send_request(request).await.map_err(|e| unreachable("sending the request")(e.into()))?;
@@ -357,6 +377,13 @@ mod wire {
         #[serde(alias = "memberId")]
         pub member_id: U64,
         pub revision: U64,
+    }
+
+    /// `GET /version`.
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default)]
+    pub struct Version {
+        pub etcdcluster: String,
     }
 
     #[derive(Debug, Default, Deserialize)]

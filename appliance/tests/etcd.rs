@@ -220,6 +220,10 @@ async fn membership_grows_one_learner_at_a_time_and_shrinks_on_real_etcd() {
     assert!(!b_status.is_learner, "{b_status:?}");
     assert_ne!(b_status.leader, 0, "{b_status:?}");
 
+    // The cluster version, from the plain `GET /version` (3.4 here: Debian 12's etcd).
+    let cluster_version = client.cluster_version(a.client()).await.unwrap();
+    assert!(cluster_version.starts_with("3.4."), "{cluster_version}");
+
     // Leadership moves to B (asked of the leader) and back to A, as a rollout does before it
     // reboots a leader.
     let leader_ep = |id: u64| if id == a_id { a.client() } else { b.client() };

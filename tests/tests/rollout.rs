@@ -100,6 +100,7 @@ fn a_rack_rolls_from_debian_12_to_13_one_machine_at_a_time_and_a_failing_bundle_
     rack.wait(Duration::from_secs(1200), "three members on Debian 12", |s| healthy_with(s, &[0, 1, 2]));
     eprintln!("assembled on Debian 12 in {:.0} s", started.elapsed().as_secs_f64());
     let ids = member_ids(&rack);
+    assert!(rack.status().cluster_version.is_some_and(|v| v.starts_with("3.4.")));
     assert!(rack.status().members.iter().all(|m| m.version.as_deref().is_some_and(|v| v.starts_with("3.4."))));
     for n in 0..10 {
         rack.put(&format!("/before/{n}"), &n.to_string(), 0);
@@ -129,6 +130,10 @@ fn a_rack_rolls_from_debian_12_to_13_one_machine_at_a_time_and_a_failing_bundle_
     let status = rack.wait(Duration::from_secs(300), "healthy on Debian 13", |s| healthy_with(s, &[0, 1, 2]));
     assert!(status.machines.iter().all(|m| m.generation == Some(1)), "{status:#?}");
     assert!(status.members.iter().all(|m| m.version.as_deref() == Some("3.5.16")), "{status:#?}");
+    // The cluster speaks 3.5 once every member runs it (etcd raises it by itself).
+    rack.wait(Duration::from_secs(120), "cluster version 3.5", |s| {
+        s.cluster_version.as_deref().is_some_and(|v| v.starts_with("3.5."))
+    });
     assert_eq!(member_ids(&rack), ids, "the same etcd members came back with their data");
     let told = reboots(&rack);
     assert_eq!(told.len(), 3, "every machine: {told:?}");

@@ -89,6 +89,8 @@ struct Observation {
     status: HashMap<String, MemberStatus>,
     /// The member list, from a member that answered.
     members: Option<Vec<crate::etcd::Member>>,
+    /// The cluster version, from the same member.
+    cluster_version: Option<String>,
 }
 
 /// The assembly controller, with etcd and the clock chosen at construction.
@@ -346,6 +348,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         for (_, ep) in askable {
             if let Ok(members) = self.etcd.members(*ep).await {
                 observation.members = Some(members);
+                observation.cluster_version = self.etcd.cluster_version(*ep).await.ok();
                 break;
             }
         }
@@ -676,7 +679,11 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             etcd_bundled: self.etcd_artifact.is_some(),
             kubernetes_bundled: self.kubernetes.is_some(),
         };
-        let status = ClusterStatus { rollout, ..ClusterStatus::observe(&observed) };
+        let status = ClusterStatus {
+            rollout,
+            cluster_version: observation.cluster_version.clone(),
+            ..ClusterStatus::observe(&observed)
+        };
         self.status.send_replace(Arc::new(status));
     }
 }

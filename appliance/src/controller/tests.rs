@@ -194,6 +194,11 @@ impl Etcd for FakeEtcd {
         Ok(())
     }
 
+    async fn cluster_version(&self, ep: SocketAddr) -> Result<String, EtcdError> {
+        self.answering(ep).ok_or(EtcdError::Timeout)?;
+        Ok("3.4.0".into())
+    }
+
     async fn quorum_read(&self, ep: SocketAddr) -> Result<(), EtcdError> {
         self.answering(ep).ok_or(EtcdError::Timeout)?;
         if self.sim().has_quorum() {

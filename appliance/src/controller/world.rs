@@ -26,6 +26,8 @@ pub trait Etcd: Send + Sync {
     fn remove(&self, ep: SocketAddr, id: u64) -> impl Future<Output = Result<(), EtcdError>> + Send;
     /// Hands leadership to member `to`; `ep` is the leader's.
     fn move_leader(&self, ep: SocketAddr, to: u64) -> impl Future<Output = Result<(), EtcdError>> + Send;
+    /// The cluster version the member at `ep` reports.
+    fn cluster_version(&self, ep: SocketAddr) -> impl Future<Output = Result<String, EtcdError>> + Send;
     /// A linearizable read through the member at `ep` (it asks the leader, which needs a quorum).
     fn quorum_read(&self, ep: SocketAddr) -> impl Future<Output = Result<(), EtcdError>> + Send;
 }
@@ -53,6 +55,10 @@ impl Etcd for EtcdClient {
 
     fn move_leader(&self, ep: SocketAddr, to: u64) -> impl Future<Output = Result<(), EtcdError>> + Send {
         EtcdClient::move_leader(self, ep, to)
+    }
+
+    fn cluster_version(&self, ep: SocketAddr) -> impl Future<Output = Result<String, EtcdError>> + Send {
+        EtcdClient::cluster_version(self, ep)
     }
 
     async fn quorum_read(&self, ep: SocketAddr) -> Result<(), EtcdError> {

@@ -130,6 +130,9 @@ pub struct ClusterStatus {
     /// controller's first tick.
     #[serde(default)]
     pub rollout: String,
+    /// The version every etcd member agrees to speak (`3.5.0` once all run 3.5).
+    #[serde(default)]
+    pub cluster_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +192,7 @@ impl ClusterStatus {
             assembled_at: o.assembly.assembled_at,
             warnings: warnings(o),
             rollout: String::new(),
+            cluster_version: None,
         }
     }
 
@@ -200,6 +204,9 @@ impl ClusterStatus {
         );
         if !self.rollout.is_empty() {
             out += &format!("rollout: {}\n", self.rollout);
+        }
+        if let Some(version) = &self.cluster_version {
+            out += &format!("etcd cluster version: {version}\n");
         }
         for w in &self.warnings {
             out += &format!("warning: {w}\n");
