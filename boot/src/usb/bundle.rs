@@ -69,8 +69,9 @@ pub struct Verified {
 /// The one bundle at the root of the stick mounted at `root`: `Ok(None)` when there is none;
 /// an error (the reason) when there are several or the root cannot be listed.
 pub fn find_bundle(root: &Path) -> Result<Option<PathBuf>, String> {
-    let entries = fs::read_dir(root)
-        .map_err(|e| format!("cannot list the stick: {e}; the stick may be damaged", e = oasis_proto::error_chain(&e)))?;
+    let entries = fs::read_dir(root).map_err(|e| {
+        format!("cannot list the stick: {e}; the stick may be damaged", e = oasis_proto::error_chain(&e))
+    })?;
     let mut found: Vec<PathBuf> = entries
         .flatten()
         .map(|e| e.path())
@@ -113,12 +114,12 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 /// and renamed); the copy is removed on any error.
 pub fn verify_and_copy(path: &Path, trusted: &[VerifyingKey], copy: &Path) -> Result<Verified, String> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let file = fs::File::open(path)
-        .map_err(|e| format!("{name} cannot be read: {e}; the stick may be damaged", e = oasis_proto::error_chain(&e)))?;
-    let partial = copy.with_extension("partial");
-    let out = fs::File::create(&partial).map_err(|e| {
-        format!("cannot copy {name} to {}: {e}", partial.display(), e = oasis_proto::error_chain(&e))
+    let file = fs::File::open(path).map_err(|e| {
+        format!("{name} cannot be read: {e}; the stick may be damaged", e = oasis_proto::error_chain(&e))
     })?;
+    let partial = copy.with_extension("partial");
+    let out = fs::File::create(&partial)
+        .map_err(|e| format!("cannot copy {name} to {}: {e}", partial.display(), e = oasis_proto::error_chain(&e)))?;
     let options =
         VerifyOptions { trusted, architecture: bundle::ARCHITECTURE, max_total_bytes: bundle::DEFAULT_MAX_TOTAL_BYTES };
     let mut tee = Tee { reader: io::BufReader::new(file), copy: io::BufWriter::new(out) };
@@ -195,8 +196,8 @@ pub fn install(verified: &Verified, installer: &dyn Installer) -> BundleOutcome 
     outcome
 }
 
-/// What the supervisor does with a stick's bundle: take it, then install it at once when
-/// `at_once`, else leave it pending (returned) for the console to confirm.
+/// What the supervisor does with a stick's bundle: [`take_bundle`] (while the stick is mounted),
+/// then [`settle`].
 pub fn offer(
     root: &Path,
     trusted: Result<Vec<VerifyingKey>, String>,
@@ -204,11 +205,21 @@ pub fn offer(
     at_once: bool,
     installer: &dyn Installer,
 ) -> Option<(BundleOutcome, Option<Verified>)> {
-    Some(match take_bundle(root, trusted, copy)? {
+    Some(settle(take_bundle(root, trusted, copy)?, at_once, installer))
+}
+
+/// A taken bundle installed at once when `at_once`, else left pending (returned) for the
+/// console to confirm.
+pub fn settle(
+    taken: Result<Verified, String>,
+    at_once: bool,
+    installer: &dyn Installer,
+) -> (BundleOutcome, Option<Verified>) {
+    match taken {
         Err(reason) => (BundleOutcome::Refused { reason }, None),
         Ok(verified) if at_once => (install(&verified, installer), None),
         Ok(verified) => (BundleOutcome::Pending { summary: verified.summary.clone() }, Some(verified)),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -176,3 +176,54 @@ fn a_tampered_or_foreign_bundle_is_refused_and_nothing_is_installed() {
     assert_eq!(reason(no_keys), "rack.bundle: no key");
     assert_eq!(rack.installs.load(Ordering::SeqCst), 0);
 }
+
+/// The console's side: the menu's [u] over a bundle taken from a stick.
+struct Console<'a> {
+    rack: &'a Rack,
+    pending: std::sync::Mutex<Option<Verified>>,
+}
+
+impl crate::console::ApplianceActions for Console<'_> {
+    fn export_report(&self) -> Result<String, String> {
+        Err("no stick".into())
+    }
+    fn start_afresh(&self) -> Result<String, String> {
+        Err("not here".into())
+    }
+    fn pending_bundle(&self) -> Option<String> {
+        self.pending.lock().unwrap().as_ref().map(|v| v.summary.clone())
+    }
+    fn install_bundle(&self) -> Result<String, String> {
+        let verified = self.pending.lock().unwrap().take().ok_or("none")?;
+        match install(&verified, self.rack) {
+            BundleOutcome::Installed { sequence, .. } => Ok(format!("installed as node generation {sequence}")),
+            other => Err(other.line()),
+        }
+    }
+    fn reboot(&self) {}
+    fn power_off(&self) {}
+}
+
+#[test]
+fn a_pending_bundle_is_installed_from_the_console_menu_once_confirmed() {
+    use crate::console::terminal::ScriptedTerminal;
+    let rack = Rack::new();
+    rack.put_bundle("rack.bundle", 6, &rack.key);
+    let (_, pending) = rack.offer(false).unwrap();
+    let console = Console { rack: &rack, pending: std::sync::Mutex::new(pending) };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut term = ScriptedTerminal::new(&["u", "no", ""]);
+    term.on_exhausted = Some(stop.clone());
+    crate::console::run_status(&mut term, &rack.dir.path().join("data"), &console, &stop).unwrap();
+    assert!(term.output.contains("[u] installs it"), "{}", term.output);
+    assert_eq!(rack.installed(), Vec::<u64>::new(), "declined: nothing installed");
+    assert!(rack.copy().exists(), "still pending");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut term = ScriptedTerminal::new(&["u", "yes"]);
+    term.on_exhausted = Some(stop.clone());
+    crate::console::run_status(&mut term, &rack.dir.path().join("data"), &console, &stop).unwrap();
+    assert!(term.output.contains("oasis: installed as node generation 6"), "{}", term.output);
+    assert_eq!(rack.installed(), [6]);
+    assert!(!rack.copy().exists());
+}

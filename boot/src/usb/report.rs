@@ -427,7 +427,10 @@ mod tests {
         assert!(
             result.contains("when: 1970-01-01 00:00:00 UTC") && result.contains("note: oasis serve is not running")
         );
-        assert!(result.contains("\nbundle: refused, nothing installed: two.bundle: cut short\n     again\nwhen: "), "{result}");
+        assert!(
+            result.contains("\nbundle: refused, nothing installed: two.bundle: cut short\n     again\nwhen: "),
+            "{result}"
+        );
         assert!(!dir.join(APPLIED_FILE).exists() && !dir.join(INVENTORY_FILE).exists());
         assert_eq!(std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).unwrap(), "t\n");
         let leftovers: Vec<_> = std::fs::read_dir(&dir)
