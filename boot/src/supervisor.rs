@@ -281,9 +281,17 @@ impl Supervisor {
     /// configuration says `[update] apply_from_stick = true` (after a stick's configuration was
     /// applied, that is the stick's), else left for the console's [u].
     fn take_bundle(&self, stick: &Stick) {
-        if !matches!(oasis_appliance::admin::request(&self.data_dir, "GET", "/v1/machines"), Ok(Some(_))) {
-            say("oasis boot: oasis serve is not running: an update bundle on the stick is not read; plug the stick in again once it runs");
+        let Ok(mounted) = usb::mount(stick, Path::new(STICK_MOUNT)) else {
+            return; // `read_stick` said why.
+        };
+        if matches!(usb::bundle::find_bundle(mounted.root()), Ok(None)) {
+            let _ = mounted.unmount();
             return;
+        }
+        if !matches!(oasis_appliance::admin::request(&self.data_dir, "GET", "/v1/machines"), Ok(Some(_))) {
+            let _ = mounted.unmount();
+            let reason = format!("oasis serve is not running, so the bundle was not read: see {DATA_DIR}/{SERVE_LOG}, then plug the stick in again");
+            return self.bundle_taken(stick, &usb::BundleOutcome::Refused { reason });
         }
         let current = self.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let config = Config::parse(&current, &self.config_path()).ok();
@@ -293,9 +301,6 @@ impl Supervisor {
             configured: config.map(|c| c.update_trusted_keys).unwrap_or_default(),
         };
         let trusted = keys.load().map_err(|e| oasis_proto::error_chain(&e));
-        let Ok(mounted) = usb::mount(stick, Path::new(STICK_MOUNT)) else {
-            return; // `read_stick` said why.
-        };
         let taken = usb::bundle::take_bundle(mounted.root(), trusted, &self.data_dir.join(usb::bundle::PENDING_FILE));
         let _ = mounted.unmount();
         let Some(taken) = taken else { return };
