@@ -26,6 +26,7 @@ use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
 
 use oasis_appliance::identity::ADMIN_TOKEN_FILE;
+use oasis_appliance::operator::{self, Action};
 use oasis_core::config::Config;
 use oasis_host::mount::MsFlags;
 use oasis_host::sys::RebootMode;
@@ -84,7 +85,7 @@ pub fn run() -> anyhow::Result<()> {
     let mut consoles = Consoles::open_appliance().context("opening the consoles")?;
 
     // A bundle copied off a stick and never confirmed before the last shutdown is not asked about again.
-    let _ = fs::remove_file(data_dir.join(usb::bundle::PENDING_FILE));
+    usb::bundle::remove_copies(&data_dir);
     let supervisor = Supervisor::new(data_dir.clone(), trusted_key, first_boot);
     // The sticks there now were read (or are being read) for this boot; the watcher reports the
     // ones that come after, including any plugged in while the console asked its questions.
@@ -301,7 +302,12 @@ impl Supervisor {
             configured: config.map(|c| c.update_trusted_keys).unwrap_or_default(),
         };
         let trusted = keys.load().map_err(|e| oasis_proto::error_chain(&e));
-        let taken = usb::bundle::take_bundle(mounted.root(), trusted, &self.data_dir.join(usb::bundle::PENDING_FILE));
+        let installed = match operator::ask(&self.data_dir, &Action::UpdateStatus) {
+            Ok(Some(body)) => serde_json::from_slice(&body).map(|s| usb::bundle::installed_of(&s)).unwrap_or_default(),
+            _ => vec![],
+        };
+        let copy = usb::bundle::copy_path(&self.data_dir);
+        let taken = usb::bundle::take_bundle(mounted.root(), trusted, &installed, &copy);
         let _ = mounted.unmount();
         let Some(taken) = taken else { return };
         if let Ok(verified) = &taken {
@@ -316,7 +322,11 @@ impl Supervisor {
         let installer = usb::bundle::AdminInstaller { data_dir: self.data_dir.clone() };
         let (outcome, pending) = usb::bundle::settle(taken, at_once, &installer);
         if let Some(verified) = pending {
-            *self.pending_bundle.lock().unwrap_or_else(|e| e.into_inner()) = Some((stick.clone(), verified));
+            let replaced =
+                self.pending_bundle.lock().unwrap_or_else(|e| e.into_inner()).replace((stick.clone(), verified));
+            if let Some((_, older)) = replaced {
+                let _ = fs::remove_file(older.copy);
+            }
         }
         self.bundle_taken(stick, &outcome);
     }

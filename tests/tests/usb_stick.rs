@@ -165,8 +165,8 @@ fn an_ext4_stick_is_found_read_and_answered_with_the_report_of_a_running_applian
     // socket of the running `oasis serve` (`[update] apply_from_stick = true`).
     let keys = UpdateKeys { image_key: None, configured: vec![public.clone()] }.load().map_err(|e| e.to_string());
     let installer = usb::bundle::AdminInstaller { data_dir: appliance.data_dir.clone() };
-    let copy = appliance.data_dir.join(usb::bundle::PENDING_FILE);
-    let (bundle, pending) = usb::bundle::offer(mounted.root(), keys, &copy, true, &installer).expect("a bundle");
+    let copy = usb::bundle::copy_path(&appliance.data_dir);
+    let (bundle, pending) = usb::bundle::offer(mounted.root(), keys, &[], &copy, true, &installer).expect("a bundle");
     assert!(matches!(&bundle, usb::BundleOutcome::Installed { sequence: 1, .. }), "{bundle:?}");
     assert!(pending.is_none() && !copy.exists(), "installed, its copy removed");
     assert!(appliance.data_dir.join("generations/1/bundle-manifest.json").exists());

@@ -15,15 +15,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oasis_appliance::admin;
-use oasis_appliance::generations::Applied;
+use oasis_appliance::generations::{Applied, UpdateStatus};
 use oasis_appliance::operator::Action;
+use oasis_core::update::{self, Installed};
 use oasis_image::bundle::{self, Sink, VerifyOptions};
 use oasis_image::signing::VerifyingKey;
 
 /// What a bundle file on the stick is called: `NAME.bundle`.
 pub const BUNDLE_SUFFIX: &str = ".bundle";
-/// The verified copy on the data partition, waiting to be installed.
-pub const PENDING_FILE: &str = "stick-update.bundle";
+/// The verified copies on the data partition waiting to be installed are `PENDING_PREFIX*.bundle`
+/// (each its own file: one being installed is never overwritten by the next stick's).
+pub const PENDING_PREFIX: &str = "stick-update-";
 /// How long `oasis serve` may take to install a bundle (it streams and hashes gigabytes).
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
@@ -110,9 +112,43 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// Verifies the bundle at `path` with `trusted` while copying it to `copy` (written aside, synced
+/// What the running appliance has installed, as the rules of a bundle see it (`oasis_core::update`):
+/// a bundle they refuse is refused before the operator is asked. `oasis serve` checks again,
+/// against its rollout's target too.
+pub fn installed_of(status: &UpdateStatus) -> Vec<Installed> {
+    let etcd = status.generations.iter().find(|g| g.sequence == status.current).and_then(|g| g.etcd.clone());
+    etcd.map(|etcd_version| Installed {
+        sequence: status.highest_sequence,
+        etcd_version,
+        architecture: bundle::ARCHITECTURE.into(),
+    })
+    .into_iter()
+    .collect()
+}
+
+/// A new path for a copy in `data_dir`.
+pub fn copy_path(data_dir: &Path) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    data_dir.join(format!("{PENDING_PREFIX}{nanos}{BUNDLE_SUFFIX}"))
+}
+
+/// Removes the copies (and partial copies) in `data_dir`: at boot, none is pending any more.
+pub fn remove_copies(data_dir: &Path) {
+    for entry in fs::read_dir(data_dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(PENDING_PREFIX) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Verifies the bundle at `path` with `trusted` (and the rules against each of `installed`) while copying it to `copy` (written aside, synced
 /// and renamed); the copy is removed on any error.
-pub fn verify_and_copy(path: &Path, trusted: &[VerifyingKey], copy: &Path) -> Result<Verified, String> {
+pub fn verify_and_copy(
+    path: &Path,
+    trusted: &[VerifyingKey],
+    installed: &[Installed],
+    copy: &Path,
+) -> Result<Verified, String> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let file = fs::File::open(path).map_err(|e| {
         format!("{name} cannot be read: {e}; the stick may be damaged", e = oasis_proto::error_chain(&e))
@@ -123,7 +159,13 @@ pub fn verify_and_copy(path: &Path, trusted: &[VerifyingKey], copy: &Path) -> Re
     let options =
         VerifyOptions { trusted, architecture: bundle::ARCHITECTURE, max_total_bytes: bundle::DEFAULT_MAX_TOTAL_BYTES };
     let mut tee = Tee { reader: io::BufReader::new(file), copy: io::BufWriter::new(out) };
-    let verified = bundle::read_bundle(&mut tee, &options, &|_| Ok(()), Sink::Discard)
+    let accept = |manifest: &bundle::BundleManifest| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        for rules in installed {
+            update::check_update(rules, manifest)?;
+        }
+        Ok(())
+    };
+    let verified = bundle::read_bundle(&mut tee, &options, &accept, Sink::Discard)
         .map_err(|e| format!("{name}: {e}", e = oasis_proto::error_chain(&e)));
     let copied = verified.and_then(|v| {
         let file = tee.copy.into_inner().map_err(|e| e.into_error().to_string())?;
@@ -146,10 +188,11 @@ pub fn verify_and_copy(path: &Path, trusted: &[VerifyingKey], copy: &Path) -> Re
 }
 
 /// The stick's bundle, if it has one: verified with `trusted` (or the reason there are no keys)
-/// and copied to `copy`; the reason when it is refused.
+/// and against `installed`, and copied to `copy`; the reason when it is refused.
 pub fn take_bundle(
     root: &Path,
     trusted: Result<Vec<VerifyingKey>, String>,
+    installed: &[Installed],
     copy: &Path,
 ) -> Option<Result<Verified, String>> {
     let path = match find_bundle(root) {
@@ -158,7 +201,9 @@ pub fn take_bundle(
         Err(reason) => return Some(Err(reason)),
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Some(trusted.map_err(|why| format!("{name}: {why}")).and_then(|keys| verify_and_copy(&path, &keys, copy)))
+    Some(
+        trusted.map_err(|why| format!("{name}: {why}")).and_then(|keys| verify_and_copy(&path, &keys, installed, copy)),
+    )
 }
 
 /// Installs a bundle file on the running appliance.
@@ -201,11 +246,12 @@ pub fn install(verified: &Verified, installer: &dyn Installer) -> BundleOutcome 
 pub fn offer(
     root: &Path,
     trusted: Result<Vec<VerifyingKey>, String>,
+    installed: &[Installed],
     copy: &Path,
     at_once: bool,
     installer: &dyn Installer,
 ) -> Option<(BundleOutcome, Option<Verified>)> {
-    Some(settle(take_bundle(root, trusted, copy)?, at_once, installer))
+    Some(settle(take_bundle(root, trusted, installed, copy)?, at_once, installer))
 }
 
 /// A taken bundle installed at once when `at_once`, else left pending (returned) for the

@@ -53,7 +53,7 @@ impl Rack {
     }
 
     fn copy(&self) -> PathBuf {
-        self.dir.path().join("data").join(PENDING_FILE)
+        self.dir.path().join("data").join(format!("{PENDING_PREFIX}test{BUNDLE_SUFFIX}"))
     }
 
     /// Writes a bundle of `sequence` signed with `key` onto the stick as `name`.
@@ -72,7 +72,8 @@ impl Rack {
     }
 
     fn offer(&self, at_once: bool) -> Option<(BundleOutcome, Option<Verified>)> {
-        offer(&self.stick(), Ok(vec![self.trusted]), &self.copy(), at_once, self)
+        let installed = installed_of(&self.generations.status().unwrap());
+        offer(&self.stick(), Ok(vec![self.trusted]), &installed, &self.copy(), at_once, self)
     }
 
     fn installed(&self) -> Vec<u64> {
@@ -115,10 +116,25 @@ fn with_apply_from_stick_a_bundle_is_installed_at_once_and_its_copy_removed() {
     assert!(!rack.copy().exists(), "the copy is removed once installed");
     assert!(outcome.line().starts_with("bundle: installed as node generation 7: "), "{}", outcome.line());
 
-    // The same bundle again: authentic, but serve refuses a sequence already installed.
-    let (again, _) = rack.offer(true).unwrap();
-    assert!(reason(again).starts_with("update-7.BUNDLE: "));
-    assert_eq!(rack.installed(), [7]);
+    // The same bundle again: authentic, but refused by the rules against what is installed,
+    // before anything is copied or installed.
+    let (again, _) = rack.offer(false).unwrap();
+    let why = reason(again);
+    assert!(why.starts_with("update-7.BUNDLE: the bundle is authentic but cannot be installed here: "), "{why}");
+    assert!(why.contains("sequence 7 (version 0.7.0) is not above the installed sequence 7"), "{why}");
+    assert_eq!((rack.installs.load(Ordering::SeqCst), rack.installed()), (1, vec![7]));
+    assert!(!rack.copy().exists());
+    // Installed behind the stick's back (or by another stick) while one waits: serve refuses it.
+    rack.put_bundle("update-7.BUNDLE", 8, &rack.key);
+    let (_, pending) = rack.offer(false).unwrap();
+    rack.put_bundle("update-7.BUNDLE", 9, &rack.key);
+    let newer = rack.dir.path().join("newer.bundle");
+    fs::rename(rack.stick().join("update-7.BUNDLE"), &newer).unwrap();
+    rack.install(&newer).unwrap();
+    let late = install(&pending.unwrap(), &rack);
+    assert!(reason(late).contains("cannot be installed here"));
+    let installed = rack.installed();
+    assert!(installed.contains(&9) && !installed.contains(&8), "{installed:?}");
 }
 
 #[test]
@@ -172,7 +188,7 @@ fn a_tampered_or_foreign_bundle_is_refused_and_nothing_is_installed() {
     fs::write(&path, b"hello").unwrap();
     assert!(reason(rack.offer(false).unwrap().0).contains("not an oasis update bundle"));
 
-    let no_keys = offer(&rack.stick(), Err("no key".into()), &rack.copy(), true, &rack).unwrap().0;
+    let no_keys = offer(&rack.stick(), Err("no key".into()), &[], &rack.copy(), true, &rack).unwrap().0;
     assert_eq!(reason(no_keys), "rack.bundle: no key");
     assert_eq!(rack.installs.load(Ordering::SeqCst), 0);
 }
