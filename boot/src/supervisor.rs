@@ -26,6 +26,7 @@ use anyhow::Context;
 use ed25519_dalek::VerifyingKey;
 
 use oasis_appliance::identity::ADMIN_TOKEN_FILE;
+use oasis_appliance::operator::{self, Action};
 use oasis_core::config::Config;
 use oasis_host::mount::MsFlags;
 use oasis_host::sys::RebootMode;
@@ -83,6 +84,8 @@ pub fn run() -> anyhow::Result<()> {
     let first_boot = !data_dir.join(ADMIN_TOKEN_FILE).exists();
     let mut consoles = Consoles::open_appliance().context("opening the consoles")?;
 
+    // A bundle copied off a stick and never confirmed before the last shutdown is not asked about again.
+    usb::bundle::remove_copies(&data_dir);
     let supervisor = Supervisor::new(data_dir.clone(), trusted_key, first_boot);
     // The sticks there now were read (or are being read) for this boot; the watcher reports the
     // ones that come after, including any plugged in while the console asked its questions.
@@ -93,6 +96,7 @@ pub fn run() -> anyhow::Result<()> {
     supervisor.wait_for_serve(&mut serve, Duration::from_secs(60));
     say(&format!("oasis boot: serving; {:.0} s since oasis boot started", started.elapsed().as_secs_f64()));
     if let Some((stick, outcome)) = offered {
+        supervisor.take_bundle(&stick);
         supervisor.report_to(&stick, outcome);
     }
 
@@ -151,6 +155,7 @@ pub fn run() -> anyhow::Result<()> {
                     actions.apply(&text)?;
                     serve = actions.start_serve(false)?;
                     actions.wait_for_serve(&mut serve, Duration::from_secs(60));
+                    actions.take_bundle(&stick);
                     actions.report_to(&stick, Outcome::Applied { text, signed });
                 }
             }
@@ -208,6 +213,11 @@ pub struct Supervisor {
     store_refused: Mutex<Option<String>>,
     /// The console asked to start afresh with a new store.
     afresh: AtomicBool,
+    /// The verified update bundle from a stick, copied to the data partition, waiting for the
+    /// console's confirmation.
+    pending_bundle: Mutex<Option<(Stick, usb::Verified)>>,
+    /// The stick whose update bundle was last taken, and what became of it (for its reports).
+    last_bundle: Mutex<Option<(Stick, usb::BundleOutcome)>>,
 }
 
 impl Supervisor {
@@ -220,6 +230,8 @@ impl Supervisor {
             last_offer: Mutex::new(None),
             store_refused: Mutex::new(None),
             afresh: AtomicBool::new(false),
+            pending_bundle: Mutex::new(None),
+            last_bundle: Mutex::new(None),
         }
     }
 
@@ -265,11 +277,87 @@ impl Supervisor {
         offer
     }
 
+    /// The stick's update bundle, if it has one, with `serve` running: verified while copied to
+    /// the data partition (the stick unmounted after), then installed at once when the running
+    /// configuration says `[update] apply_from_stick = true` (after a stick's configuration was
+    /// applied, that is the stick's), else left for the console's [u].
+    fn take_bundle(&self, stick: &Stick) {
+        let Ok(mounted) = usb::mount(stick, Path::new(STICK_MOUNT)) else {
+            return; // `read_stick` said why.
+        };
+        if matches!(usb::bundle::find_bundle(mounted.root()), Ok(None)) {
+            let _ = mounted.unmount();
+            return;
+        }
+        if !matches!(oasis_appliance::admin::request(&self.data_dir, "GET", "/v1/machines"), Ok(Some(_))) {
+            let _ = mounted.unmount();
+            let reason = format!("oasis serve is not running, so the bundle was not read: see {DATA_DIR}/{SERVE_LOG}, then plug the stick in again");
+            return self.bundle_taken(stick, &usb::BundleOutcome::Refused { reason });
+        }
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let config = Config::parse(&current, &self.config_path()).ok();
+        let at_once = config.as_ref().is_some_and(|c| c.apply_from_stick);
+        let keys = oasis_appliance::generations::UpdateKeys {
+            image_key: Some(PathBuf::from(usb::signature::TRUSTED_KEY_PATH)),
+            configured: config.map(|c| c.update_trusted_keys).unwrap_or_default(),
+        };
+        let trusted = keys.load().map_err(|e| oasis_proto::error_chain(&e));
+        let installed = match operator::ask(&self.data_dir, &Action::UpdateStatus) {
+            Ok(Some(body)) => serde_json::from_slice(&body).map(|s| usb::bundle::installed_of(&s)).unwrap_or_default(),
+            _ => vec![],
+        };
+        let copy = usb::bundle::copy_path(&self.data_dir);
+        let taken = usb::bundle::take_bundle(mounted.root(), trusted, &installed, &copy);
+        let _ = mounted.unmount();
+        let Some(taken) = taken else { return };
+        if let Ok(verified) = &taken {
+            say(&format!(
+                "oasis boot: update bundle {} on the USB stick verified: {}",
+                verified.name, verified.summary
+            ));
+            if at_once {
+                say("oasis boot: installing it ([update] apply_from_stick = true)");
+            }
+        }
+        let installer = usb::bundle::AdminInstaller { data_dir: self.data_dir.clone() };
+        let (outcome, pending) = usb::bundle::settle(taken, at_once, &installer);
+        if let Some(verified) = pending {
+            let replaced =
+                self.pending_bundle.lock().unwrap_or_else(|e| e.into_inner()).replace((stick.clone(), verified));
+            if let Some((_, older)) = replaced {
+                let _ = fs::remove_file(older.copy);
+            }
+        }
+        self.bundle_taken(stick, &outcome);
+    }
+
+    /// Says what became of a stick's bundle on the console and keeps it for the stick's reports.
+    fn bundle_taken(&self, stick: &Stick, outcome: &usb::BundleOutcome) {
+        match outcome {
+            usb::BundleOutcome::Installed { sequence, .. } => say(&format!(
+                "oasis boot: installed as node generation {sequence}; the rollout to it starts by itself (`oasis update status`)"
+            )),
+            usb::BundleOutcome::Pending { .. } => {
+                say("oasis boot: choose [u] on the menu to install it (or set [update] apply_from_stick = true)")
+            }
+            usb::BundleOutcome::Refused { reason } => {
+                say(&format!("oasis boot: the update bundle on the USB stick was REFUSED, nothing installed: {reason}"))
+            }
+        }
+        *self.last_bundle.lock().unwrap_or_else(|e| e.into_inner()) = Some((stick.clone(), outcome.clone()));
+    }
+
     /// A stick plugged in while running: returns the new configuration to apply (and whether it
     /// was signed), if it brings one that differs from the running one; otherwise writes its
     /// report now.
     fn take_stick(&self, stick: &Stick) -> Option<(String, bool)> {
-        match self.read_stick(stick) {
+        let offer = self.read_stick(stick);
+        if !matches!(&offer, Some(Offer::Accepted { text, .. }) if *text != *self.current.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            // Not restarting `serve`: its bundle now (else once `serve` runs the new configuration).
+            self.take_bundle(stick);
+        }
+        match offer {
             Some(Offer::Accepted { text, signed })
                 if text != *self.current.lock().unwrap_or_else(|e| e.into_inner()) =>
             {
@@ -422,6 +510,10 @@ impl Supervisor {
             }
         };
         drop(last_offer);
+        report.bundle = match &*self.last_bundle.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((s, outcome)) if s == stick => Some(outcome.clone()),
+            _ => None,
+        };
         let mut token_pending = self.token_for_report.lock().unwrap_or_else(|e| e.into_inner());
         if *token_pending {
             report.admin_token = fs::read_to_string(self.data_dir.join(ADMIN_TOKEN_FILE)).ok();
@@ -448,6 +540,32 @@ impl Supervisor {
 }
 
 impl ApplianceActions for Supervisor {
+    fn pending_bundle(&self) -> Option<String> {
+        let pending = self.pending_bundle.lock().unwrap_or_else(|e| e.into_inner());
+        pending.as_ref().map(|(_, verified)| format!("{}: {}", verified.name, verified.summary))
+    }
+
+    fn install_bundle(&self) -> Result<String, String> {
+        let taken = self.pending_bundle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((stick, verified)) = taken else {
+            return Err("no update bundle is waiting".into());
+        };
+        let installer = usb::bundle::AdminInstaller { data_dir: self.data_dir.clone() };
+        let outcome = usb::bundle::install(&verified, &installer);
+        self.bundle_taken(&stick, &outcome);
+        // To the stick it came from, if it is still plugged in.
+        if usb::scan().contains(&stick) {
+            self.report_to(&stick, Outcome::ReportOnly);
+        }
+        match outcome {
+            usb::BundleOutcome::Installed { sequence, summary } => {
+                Ok(format!("installed as node generation {sequence}: {summary}"))
+            }
+            usb::BundleOutcome::Refused { reason } => Err(reason),
+            usb::BundleOutcome::Pending { summary } => Err(format!("still pending: {summary}")),
+        }
+    }
+
     fn start_afresh(&self) -> Result<String, String> {
         let answering = matches!(oasis_appliance::admin::request(&self.data_dir, "GET", "/v1/machines"), Ok(Some(_)));
         if answering || self.store_refused.lock().unwrap_or_else(|e| e.into_inner()).is_none() {

@@ -286,6 +286,11 @@ pub struct UsbStickArgs {
     /// The image file to write.
     #[arg(long, value_name = "IMAGE")]
     pub out: PathBuf,
+    /// Put this update bundle (`oasis image build bundle`) on the stick too: the appliance
+    /// verifies it and installs it when confirmed on its console, or at once with
+    /// `[update] apply_from_stick = true`.
+    #[arg(long, value_name = "BUNDLE")]
+    pub bundle: Option<PathBuf>,
     #[arg(long, default_value_t = oasis_image::usb_stick::DEFAULT_SIZE_MIB)]
     pub size_mib: u64,
 }

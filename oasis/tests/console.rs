@@ -139,6 +139,12 @@ impl ApplianceActions for Actions {
     fn start_afresh(&self) -> Result<String, String> {
         panic!("not asked for")
     }
+    fn pending_bundle(&self) -> Option<String> {
+        None
+    }
+    fn install_bundle(&self) -> Result<String, String> {
+        panic!("not asked for: no bundle is pending")
+    }
     fn reboot(&self) {
         self.reboots.fetch_add(1, Ordering::SeqCst);
     }

@@ -17,6 +17,9 @@ const STOP_CHECK: Duration = Duration::from_millis(500);
 /// Events shown by `e`.
 const EVENTS_SHOWN: usize = 10;
 
+/// The line shown above the menu while a bundle from a stick waits for confirmation.
+pub const PENDING_BUNDLE: &str = "update bundle from the USB stick, verified";
+
 pub const MENU: &str = "menu: [a] accept pending  [e] events  [x] export report to USB  [n] new store  [r] reboot  \
                         [p] power off\nChoice: ";
 
@@ -27,6 +30,11 @@ pub trait ApplianceActions {
     /// Restarts `oasis serve` with a new store, the refused one kept aside; what happens, or why
     /// not (only a store `serve` refuses is replaced).
     fn start_afresh(&self) -> Result<String, String>;
+    /// The summary of the verified update bundle from a USB stick waiting for the operator's
+    /// confirmation, if there is one.
+    fn pending_bundle(&self) -> Option<String>;
+    /// Installs that bundle through `oasis serve`; what it became, or why not.
+    fn install_bundle(&self) -> Result<String, String>;
     fn reboot(&self);
     fn power_off(&self);
 }
@@ -44,7 +52,10 @@ pub fn run_status(
     let mut next_read = Instant::now();
     while !stop.load(Ordering::SeqCst) {
         if Instant::now() >= next_read {
-            let block = status::render(&status::fetch(data_dir));
+            let mut block = status::render(&status::fetch(data_dir));
+            if let Some(summary) = actions.pending_bundle() {
+                block += &format!("{PENDING_BUNDLE}: {summary} ([u] installs it)\n");
+            }
             if shown.as_ref() != Some(&block) {
                 term.write(&format!("\n{block}{MENU}"))?;
                 shown = Some(block);
@@ -114,6 +125,7 @@ fn run_choice(
             }
             Ok(())
         }
+        "u" => install_bundle(term, actions),
         "r" => {
             if confirm(term, "Reboot the appliance")? {
                 say(term, "oasis: rebooting")?;
@@ -128,7 +140,31 @@ fn run_choice(
             }
             Ok(())
         }
-        other => say(term, &format!("error: {other:?} is not on the menu: type a, e, x, n, r or p, then Enter")),
+        other => say(
+            term,
+            &format!(
+                "error: {other:?} is not on the menu: type a, e, x, n, r or p (u with an update bundle), then Enter"
+            ),
+        ),
+    }
+}
+
+/// `u`: the pending update bundle, installed once confirmed.
+fn install_bundle(term: &mut dyn Terminal, actions: &dyn ApplianceActions) -> io::Result<()> {
+    let Some(summary) = actions.pending_bundle() else {
+        return say(
+            term,
+            "oasis: no update bundle is waiting: plug in a USB stick labelled OASIS with one *.bundle file at its root",
+        );
+    };
+    say(term, &format!("oasis: {PENDING_BUNDLE}: {summary}"))?;
+    if !confirm(term, "Install it as a new node generation (the rollout to it then starts by itself)")? {
+        return say(term, "oasis: not installed; it stays here until [u] installs it or another stick replaces it");
+    }
+    say(term, "oasis: installing the update bundle (verified again as it is installed)")?;
+    match actions.install_bundle() {
+        Ok(what) => say(term, &format!("oasis: {what}")),
+        Err(why) => say(term, &format!("oasis: not installed: {why}")),
     }
 }
 
@@ -225,6 +261,8 @@ mod tests {
         power_offs: AtomicUsize,
         afresh: AtomicUsize,
         export_fails: bool,
+        bundle: std::sync::Mutex<Option<String>>,
+        installs: AtomicUsize,
     }
 
     impl ApplianceActions for Recorder {
@@ -239,6 +277,14 @@ mod tests {
         fn start_afresh(&self) -> Result<String, String> {
             self.afresh.fetch_add(1, Ordering::SeqCst);
             Err("the store is sound: oasis serve uses it".into())
+        }
+        fn pending_bundle(&self) -> Option<String> {
+            self.bundle.lock().unwrap().clone()
+        }
+        fn install_bundle(&self) -> Result<String, String> {
+            self.installs.fetch_add(1, Ordering::SeqCst);
+            let summary = self.bundle.lock().unwrap().take().ok_or("nothing pending")?;
+            Ok(format!("installed as node generation 5: {summary}"))
         }
         fn reboot(&self) {
             self.reboots.fetch_add(1, Ordering::SeqCst);
@@ -370,6 +416,21 @@ mod tests {
 
         let out = run_in(dir.path(), &["a"], &Recorder::default());
         assert!(out.contains("oasis: no machine is waiting for acceptance"), "{out}");
+    }
+
+    #[test]
+    fn a_pending_bundle_is_shown_and_installed_only_once_confirmed() {
+        let actions = Recorder { bundle: std::sync::Mutex::new(Some("oasis 0.5.0".into())), ..Recorder::default() };
+        let out = run(&["u", "", "u", "yes", "u"], &actions);
+        assert_eq!(actions.installs.load(Ordering::SeqCst), 1, "{out}");
+        let first_block = out.split(MENU).next().unwrap();
+        assert!(first_block.contains(&format!("{PENDING_BUNDLE}: oasis 0.5.0 ([u] installs it)")), "{first_block}");
+        assert_eq!(out.matches("Install it as a new node generation").count(), 2, "{out}");
+        assert!(out.contains("oasis: not installed; it stays here"), "{out}");
+        assert!(out.contains("oasis: installed as node generation 5: oasis 0.5.0"), "{out}");
+        let after = out.rsplit("oasis: installed as").next().unwrap();
+        assert!(!after.contains("[u] installs it"), "no longer shown once installed: {after}");
+        assert!(after.contains("oasis: no update bundle is waiting"), "{after}");
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! 3. [`read_offer`]: `oasis.toml` checked against the schema of `--config` and, when the image
 //!    carries a trusted key ([`signature::TRUSTED_KEY_PATH`]), against `oasis.toml.sig`: an
 //!    [`Offer`], accepted with the exact text or refused with a reason an operator can act on;
-//! 4. [`gather`] (the running `oasis serve`'s machines, cluster status and kubeconfig, through
+//! 4. with `oasis serve` running, [`bundle::offer`]: the one `*.bundle` at the stick's root,
+//!    verified while copied to the data partition, then installed through the admin socket at
+//!    once (`[update] apply_from_stick`) or once confirmed on the console;
+//! 5. [`gather`] (the running `oasis serve`'s machines, cluster status and kubeconfig, through
 //!    its admin socket), then [`write_report`] into `oasis-report/` on the stick.
 //!
 //! ```no_run
@@ -38,6 +41,7 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod bundle;
 pub mod devices;
 pub mod label;
 pub mod mount;
@@ -49,6 +53,7 @@ pub mod watch;
 #[cfg(test)]
 mod fake_system;
 
+pub use bundle::{BundleOutcome, Verified};
 pub use devices::{scan, Scanner, Stick};
 pub use label::FsType;
 pub use mount::{mount, MountError, Mounted};

@@ -2,7 +2,7 @@
 //!
 //! | file | when |
 //! |---|---|
-//! | `result.txt` | always: applied, refused (why, with line numbers) or report only; when; what else is here |
+//! | `result.txt` | always: applied, refused (why, with line numbers) or report only; the update bundle's fate; when; what else is here |
 //! | `applied.toml` | a configuration was applied: exactly the text applied |
 //! | `inventory.txt` | machines: id, serial, MACs, CPUs, memory, disks, state, role |
 //! | `admin-token` | the supervisor passes it (first boot only); never removed by a later report |
@@ -53,6 +53,8 @@ pub struct Report {
     pub cluster: Option<ClusterStatus>,
     pub kubeconfig: Option<String>,
     pub admin_token: Option<String>,
+    /// What became of the stick's update bundle, if it has one.
+    pub bundle: Option<super::bundle::BundleOutcome>,
     /// What could not be gathered, and why.
     pub notes: Vec<String>,
 }
@@ -157,6 +159,10 @@ impl Report {
             ),
             Outcome::ReportOnly => "report: this stick offered no oasis.toml; the appliance's state follows\n".into(),
         };
+        if let Some(bundle) = &self.bundle {
+            out += &bundle.line();
+            out.push('\n');
+        }
         out += &format!("when: {} (unix time {})\n", utc(self.at), self.at);
         if let Some(status) = &self.cluster {
             out += &format!("cluster: {} ({})\n", status.health, status.progress);
@@ -264,6 +270,7 @@ pub fn write_report(stick_root: &Path, report: &Report) -> Result<(), ReportErro
 
 #[cfg(test)]
 mod tests {
+    use super::super::bundle::BundleOutcome;
     use super::*;
     use oasis_appliance::api::MachineView;
     use oasis_appliance::store::{BootMode, Machine};
@@ -348,6 +355,7 @@ mod tests {
             cluster: Some(cluster()),
             kubeconfig: Some("apiVersion: v1\n".into()),
             admin_token: Some("secret-token".into()),
+            bundle: None,
             notes: vec![],
         };
         write_report(stick.path(), &report).unwrap();
@@ -408,6 +416,7 @@ mod tests {
             },
             at: 0,
             notes: vec!["oasis serve is not running".into()],
+            bundle: Some(BundleOutcome::Refused { reason: "two.bundle: cut short\nagain".into() }),
             ..Report::default()
         };
         write_report(stick.path(), &refused).unwrap();
@@ -417,6 +426,10 @@ mod tests {
         assert!(result.contains("why: oasis.toml is not valid: unknown field `rnage` (line 6)\n     more"), "{result}");
         assert!(
             result.contains("when: 1970-01-01 00:00:00 UTC") && result.contains("note: oasis serve is not running")
+        );
+        assert!(
+            result.contains("\nbundle: refused, nothing installed: two.bundle: cut short\n     again\nwhen: "),
+            "{result}"
         );
         assert!(!dir.join(APPLIED_FILE).exists() && !dir.join(INVENTORY_FILE).exists());
         assert_eq!(std::fs::read_to_string(dir.join(ADMIN_TOKEN_FILE)).unwrap(), "t\n");

@@ -157,6 +157,9 @@ pub struct Config {
     /// Public key files an update bundle may be signed with (`[update] trusted_keys`), besides
     /// the appliance image's trusted key; read when a bundle is applied and by `oasis config check`.
     pub update_trusted_keys: Vec<PathBuf>,
+    /// `[update] apply_from_stick`: a verified bundle on the OASIS USB stick is installed at once
+    /// rather than waiting for the console's confirmation.
+    pub apply_from_stick: bool,
     pub rollout: RolloutConfig,
 }
 
@@ -266,6 +269,7 @@ impl Config {
             cluster,
             events,
             update_trusted_keys: raw.update.trusted_keys.iter().map(|p| base.join(p)).collect(),
+            apply_from_stick: raw.update.apply_from_stick,
             rollout,
         })
     }

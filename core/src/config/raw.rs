@@ -344,6 +344,8 @@ pub struct RawUpdate {
     pub kexec: bool,
     /// Machines (ids) that always reboot through the firmware: kexec hangs on some hardware.
     pub no_kexec: Vec<String>,
+    /// Install an update bundle found on the OASIS USB stick without asking on the console.
+    pub apply_from_stick: bool,
 }
 
 impl Default for RawUpdate {
@@ -355,6 +357,7 @@ impl Default for RawUpdate {
             workers_at_once: unplaced(1),
             kexec: true,
             no_kexec: vec![],
+            apply_from_stick: false,
         }
     }
 }

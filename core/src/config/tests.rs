@@ -258,3 +258,11 @@ fn rollouts_default_to_one_worker_kexec_and_a_timeout_for_real_hardware_and_bad_
     assert!(bad.contains("update.rollout_timeout_secs") && bad.contains(&format!("line {}", lines + 3)), "{bad}");
     assert!(failure(&format!("{GOOD}\n[update]\nworkers_at_once = 0\n")).contains("use 1 to 100"));
 }
+
+#[test]
+fn bundles_on_the_stick_wait_for_the_console_unless_the_config_says_apply_from_stick() {
+    assert!(!parse(GOOD).unwrap().apply_from_stick);
+    assert!(parse(&format!("{GOOD}\n[update]\napply_from_stick = true\n")).unwrap().apply_from_stick);
+    let bad = failure(&format!("{GOOD}\n[update]\napply_from_stick = \"yes\"\n"));
+    assert!(bad.contains("apply_from_stick") || bad.contains("boolean"), "{bad}");
+}

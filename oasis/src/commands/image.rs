@@ -1,6 +1,6 @@
 //! `oasis image build ...`: the appliance's disk image, USB sticks, iPXE, node images.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use oasis_core::config::Config;
@@ -118,14 +118,39 @@ fn usb_stick(args: &UsbStickArgs) -> anyhow::Result<()> {
     if let Some(sig) = &signature {
         files.push((SIGNATURE_FILE, sig.as_bytes()));
     }
+    let bundle = args.bundle.as_deref().map(stick_bundle).transpose()?;
+    if let Some((name, bytes)) = &bundle {
+        files.push((name.as_str(), bytes.as_slice()));
+    }
     oasis_image::usb_stick::build_usb_stick(&files, &args.out, args.size_mib)?;
     println!(
-        "{}: {} MiB USB stick, FAT partition labelled {} with {CONFIG_FILE}, {signed_how}",
+        "{}: {} MiB USB stick, FAT partition labelled {} with {CONFIG_FILE}, {signed_how}{}",
         args.out.display(),
         args.size_mib,
-        oasis_image::usb_stick::LABEL
+        oasis_image::usb_stick::LABEL,
+        match &bundle {
+            Some((name, _)) => format!("; and the update bundle {name} (verified by the appliance)"),
+            None => String::new(),
+        }
     );
     Ok(())
+}
+
+/// The name on the stick (the file's, ending in `.bundle`) and bytes of an update bundle.
+fn stick_bundle(path: &Path) -> anyhow::Result<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read {}; give the file `oasis image build bundle` wrote", path.display()))?;
+    if !bytes.starts_with(oasis_image::bundle::MAGIC) {
+        anyhow::bail!(
+            "{} is not an oasis update bundle; give the file `oasis image build bundle` wrote",
+            path.display()
+        );
+    }
+    let suffix = oasis_boot::usb::bundle::BUNDLE_SUFFIX;
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    // FAT names are case-insensitive: the appliance takes `*.bundle` in any case.
+    Ok((if name.to_lowercase().ends_with(suffix) { name } else { format!("{stem}{suffix}") }, bytes))
 }
 
 /// `oasis image build bundle`: signs the node image into one update bundle.
