@@ -46,6 +46,8 @@ struct Rollout {
     /// Each machine's `rollout-reboot` to its `rollout-confirmed`, in seconds, in the order they moved.
     per_node: Vec<f64>,
     outage: f64,
+    /// Of the rollout's `rollout-reboot` events, those that say "by kexec", and all of them.
+    by_kexec: (usize, usize),
     writes: usize,
     refused: usize,
 }
@@ -127,10 +129,12 @@ fn per_node(events: &[Event]) -> Vec<f64> {
     times
 }
 
-fn config(public: &Path, kexec: bool) -> String {
+/// Every machine an etcd voter (`control_plane` = the rack's size), so each machine's time is
+/// that of a member moving and the racks compare.
+fn config(public: &Path, count: usize, kexec: bool) -> String {
     format!(
-        "[cluster]\nsettle_secs = 2\ndead_after_secs = 30\n\n[update]\ntrusted_keys = [\"{}\"]\n\
-         rollout_timeout_secs = 900\nkexec = {kexec}\n",
+        "[cluster]\ncontrol_plane = {count}\nmin_machines = {count}\nsettle_secs = 2\ndead_after_secs = 30\n\n\
+         [update]\ntrusted_keys = [\"{}\"]\nrollout_timeout_secs = 900\nkexec = {kexec}\n",
         public.display()
     )
 }
@@ -167,13 +171,16 @@ fn roll(rack: &Rack, bundle: &Path, target: u64, timeout: Duration) -> Result<(U
     let status = status?;
     let finished = status.rollout.as_ref().and_then(|r| r.finished_at);
     let whole = finished.map_or(started.elapsed().as_secs_f64(), |at| at.saturating_sub(applied_at) as f64);
+    let events = events_after(rack, since);
+    let reboots: Vec<&Event> = events.iter().filter(|e| e.kind == "rollout-reboot").collect();
     let rollout = Rollout {
         name: String::new(),
         machines: 0,
         assembled: 0.0,
         whole,
-        per_node: per_node(&events_after(rack, since)),
+        per_node: per_node(&events),
         outage: longest_outage(&writes, None).as_secs_f64(),
+        by_kexec: (reboots.iter().filter(|e| e.message.contains("by kexec")).count(), reboots.len()),
         writes: writes.len(),
         refused: writes.iter().filter(|w| !w.ok).count(),
     };
@@ -191,7 +198,7 @@ fn scenario(
 ) -> Result<(Rollout, Option<Failback>), Stop> {
     let label = format!("{count} machines, {}", if kexec { "kexec" } else { "firmware reboot" });
     println!("== {label}");
-    let (rack, assembled) = assemble(name, count, &config(&bundles.public, kexec))?;
+    let (rack, assembled) = assemble(name, count, &config(&bundles.public, count, kexec))?;
     let timeout = Duration::from_secs(600 * count as u64);
     let (status, mut rollout) = roll(&rack, &bundles.debian13, 1, timeout)?;
     if status.rollout.as_ref().is_none_or(|r| r.state != RolloutState::Done) {
@@ -250,7 +257,7 @@ fn max(values: &[f64]) -> f64 {
 
 fn print_table(rollouts: &[Rollout], failback: Option<&Failback>, command: &str) {
     println!(
-        "\n== node rollouts, Debian 12 -> 13 (QEMU TCG, BIOS iPXE netboot, 512 MiB, data disks; a writer every 200 ms)"
+        "\n== node rollouts, Debian 12 -> 13 (QEMU TCG, BIOS iPXE netboot, 512 MiB, data disks, every machine an etcd voter; a writer every 200 ms)"
     );
     println!(
         "{:<28} {:>9} {:>9} {:>13} {:>9} {:>9}  {:<24} {:>15}",
@@ -259,7 +266,7 @@ fn print_table(rollouts: &[Rollout], failback: Option<&Failback>, command: &str)
     for r in rollouts {
         let each: Vec<String> = r.per_node.iter().map(|t| format!("{t:.0}")).collect();
         println!(
-            "{:<28} {:>7.0} s {:>7.0} s {:>11.0} s {:>7.0} s {:>7.0} s  {:<24} {:>13.1} s   ({} writes, {} refused)",
+            "{:<28} {:>7.0} s {:>7.0} s {:>11.0} s {:>7.0} s {:>7.0} s  {:<24} {:>13.1} s   ({} writes, {} refused; {} of {} boots by kexec)",
             r.name,
             r.assembled,
             r.whole,
@@ -269,7 +276,9 @@ fn print_table(rollouts: &[Rollout], failback: Option<&Failback>, command: &str)
             each.join(", "),
             r.outage,
             r.writes,
-            r.refused
+            r.refused,
+            r.by_kexec.0,
+            r.by_kexec.1
         );
     }
     if let Some(f) = failback {
