@@ -273,9 +273,9 @@ pub enum RolloutStep {
     /// from now on.
     Reboot { mac: MacAddr, machine: String, to: u64, kexec: bool, boot: String },
     /// `mac` is back on its new generation: check its gates.
-    Rebooted { mac: MacAddr },
+    Rebooted { mac: MacAddr, machine: String },
     /// `mac` passed every gate on its new generation.
-    Confirm { mac: MacAddr },
+    Confirm { mac: MacAddr, machine: String },
     /// `mac` did not pass `gate` in time; `boot` is the boot it is in now (the one told to go
     /// back when it was going forward).
     Fail { mac: MacAddr, gate: Gate, detail: String, last_error: Option<String>, boot: String },
@@ -298,8 +298,8 @@ impl std::fmt::Display for RolloutStep {
             RolloutStep::Reboot { machine, to, kexec, .. } => {
                 write!(f, "{machine} boots generation {to} ({})", if *kexec { "kexec" } else { "reboot" })
             }
-            RolloutStep::Rebooted { mac } => write!(f, "{mac} is back: checking its gates"),
-            RolloutStep::Confirm { mac } => write!(f, "{mac} passed its gates"),
+            RolloutStep::Rebooted { machine, .. } => write!(f, "{machine} is back: checking its gates"),
+            RolloutStep::Confirm { machine, .. } => write!(f, "{machine} passed its gates"),
             RolloutStep::Fail { gate, detail, .. } => write!(f, "gate '{gate}' failed: {detail}"),
             RolloutStep::Finish => f.write_str("every machine runs the new generation"),
             RolloutStep::Cancelled => f.write_str("cancelled: every machine is back"),
@@ -320,7 +320,7 @@ pub fn next(generations: &Generations, rack: &RackView, settings: &RolloutSettin
     // what holds the rollout.
     let mut waiting = None;
     for f in &rollout.in_flight {
-        match in_flight(f, rollout.target, rack, settings, now) {
+        match in_flight(f, rollout, rack, settings, now) {
             step @ RolloutStep::Wait { .. } => {
                 waiting.get_or_insert(step);
             }
@@ -468,7 +468,7 @@ fn before(m: &MachineView, rack: &RackView) -> Option<RolloutStep> {
 }
 
 /// A machine in flight: its next phase, its failure, or what it waits for.
-fn in_flight(f: &InFlight, rollout_target: u64, rack: &RackView, settings: &RolloutSettings, now: u64) -> RolloutStep {
+fn in_flight(f: &InFlight, rollout: &Rollout, rack: &RackView, settings: &RolloutSettings, now: u64) -> RolloutStep {
     let timed_out = now.saturating_sub(f.since) > settings.timeout_secs;
     let Some(m) = rack.machine(f.mac) else {
         // Removed from the rack while in flight: nothing to move, nothing to check.
@@ -491,15 +491,15 @@ fn in_flight(f: &InFlight, rollout_target: u64, rack: &RackView, settings: &Roll
     match f.phase {
         // The gates before it are checked again right before it goes: the rack may have changed
         // since it started. Waiting here costs nothing and does not time out.
-        Phase::MovingLeader if f.to == rollout_target => match before(m, rack) {
+        Phase::MovingLeader if f.to == rollout.target => match before(m, rack) {
             Some(held) => held,
-            None => leave(f, m, rack),
+            None => leave(f, m, rack, &rollout.done),
         },
-        Phase::MovingLeader => leave(f, m, rack),
+        Phase::MovingLeader => leave(f, m, rack, &rollout.done),
         Phase::Rebooting => {
             let new_boot = m.alive && m.boot != f.boot;
             match m.generation {
-                Some(g) if new_boot && g == f.to => RolloutStep::Rebooted { mac: f.mac },
+                Some(g) if new_boot && g == f.to => RolloutStep::Rebooted { mac: f.mac, machine: m.id.clone() },
                 Some(g) if new_boot => fail(Gate::Booted, format!("{} booted generation {g}, not {}", m.id, f.to)),
                 _ if timed_out => fail(
                     Gate::Booted,
@@ -514,24 +514,27 @@ fn in_flight(f: &InFlight, rollout_target: u64, rack: &RackView, settings: &Roll
                 Gate::Services,
                 format!("{} on {} keeps exiting", m.crash_loop.as_deref().unwrap_or_default(), m.id),
             ),
-            None => RolloutStep::Confirm { mac: f.mac },
+            None => RolloutStep::Confirm { mac: f.mac, machine: m.id.clone() },
             Some((gate, detail)) if timed_out => fail(gate, format!("{detail} {}", within(settings.timeout_secs))),
             Some((gate, detail)) => wait(gate, detail),
         },
     }
 }
 
-/// Leadership off `m` first (to the voter most in sync), then the reboot.
-fn leave(f: &InFlight, m: &MachineView, rack: &RackView) -> RolloutStep {
+/// Leadership off `m` first, then the reboot. It goes to a healthy voter already moved when
+/// there is one (so the machines after this one need no move: one election fewer each), the
+/// one most in sync among them.
+fn leave(f: &InFlight, m: &MachineView, rack: &RackView, done: &BTreeSet<MacAddr>) -> RolloutStep {
     match &m.member {
         Some(own) if own.leader => {
             let to = rack
                 .machines
                 .iter()
                 .filter(|x| x.mac != m.mac)
-                .filter_map(|x| x.member.as_ref())
-                .filter(|v| v.voter && v.healthy)
-                .min_by_key(|v| v.lag.unwrap_or(u64::MAX));
+                .filter_map(|x| Some((x.mac, x.member.as_ref()?)))
+                .filter(|(_, v)| v.voter && v.healthy)
+                .min_by_key(|(mac, v)| (!done.contains(mac), v.lag.unwrap_or(u64::MAX)))
+                .map(|(_, v)| v);
             match to {
                 Some(to) => RolloutStep::MoveLeader { machine: m.id.clone(), from: own.id, to: to.id },
                 // A single member leads alone.
@@ -624,13 +627,13 @@ pub fn apply(generations: &mut Generations, step: &RolloutStep, now: u64) -> Vec
             let how = if *kexec { "by kexec" } else { "by a reboot through the network boot path" };
             vec![event("rollout-reboot", Some(*mac), format!("{machine} boots node generation {to} {how}"))]
         }
-        RolloutStep::Rebooted { mac } => {
+        RolloutStep::Rebooted { mac, .. } => {
             let Some(f) = flight(generations, *mac) else { return vec![] };
             f.phase = Phase::Checking;
             let message = format!("{} is back on node generation {}", f.machine, f.to);
             vec![event("rollout-booted", Some(*mac), message)]
         }
-        RolloutStep::Confirm { mac } => confirm(generations, *mac, now),
+        RolloutStep::Confirm { mac, .. } => confirm(generations, *mac, now),
         RolloutStep::Fail { mac, gate, detail, last_error, boot } => {
             fail(generations, *mac, (*gate, detail), (last_error, boot), now)
         }

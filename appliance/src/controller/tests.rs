@@ -234,6 +234,12 @@ struct Rack {
     running: HashMap<String, u64>,
     /// Agents report their data disk mounted.
     disks: bool,
+    /// The node image carries k3s (agents report a rack address).
+    kubernetes: bool,
+    /// Machines whose k3s is still starting (reported fetching), for so many more ticks.
+    starting: HashMap<String, u32>,
+    /// The rollout's progress lines as they changed.
+    progress_log: Vec<String>,
 }
 
 fn settings() -> ClusterSettings {
@@ -265,6 +271,16 @@ fn ep(machine: &str) -> SocketAddr {
 
 impl Rack {
     async fn new(count: u8) -> Rack {
+        Rack::build(count, false).await
+    }
+
+    /// `count` machines whose node image carries a k3s bundle: servers on the control plane,
+    /// agents on the others. Their agents report a rack address, which k3s needs.
+    async fn with_kubernetes(count: u8) -> Rack {
+        Rack::build(count, true).await
+    }
+
+    async fn build(count: u8, kubernetes: bool) -> Rack {
         let dir = tempfile::tempdir().unwrap();
         let api = crate::api::test_api(dir.path(), Policy::Auto);
         {
@@ -287,6 +303,21 @@ impl Rack {
             }
         }
         let ca = ClusterCa::load_or_create(&api.store).unwrap();
+        let kubernetes_on = kubernetes;
+        let kubernetes = kubernetes.then(|| {
+            let entry = |name: &str, file: &str| oasis_image::artifacts::ArtifactEntry {
+                name: name.into(),
+                file: file.into(),
+                sha256: "cd".repeat(32),
+                size: 1,
+                version: Some("v1.31.4+k3s1".into()),
+            };
+            let artifacts = k3s::K3sArtifacts {
+                k3s: entry("k3s", "k3s"),
+                airgap_images: entry("k3s-airgap-images", oasis_image::k3s_bundle::AIRGAP_FILES[0]),
+            };
+            Kubernetes::load_or_create(&api.store, &ca, "rack", artifacts).unwrap()
+        });
         let etcd = FakeEtcd::default();
         let clock = FakeClock(Arc::new(AtomicU64::new(START)));
         let (status_tx, status) = watch::channel(Arc::default());
@@ -294,14 +325,32 @@ impl Rack {
         let controller = Controller::new(
             settings(),
             World { api: api.clone(), etcd: etcd.clone(), clock: clock.clone() },
-            Provisions { ca, etcd_artifact: Some(etcd_artifact()), kubernetes: None },
+            Provisions { ca, etcd_artifact: Some(etcd_artifact()), kubernetes },
             Outputs { status: status_tx, kubeconfig },
         );
-        let rack = Rack { _dir: dir, api, etcd, clock, controller, status, running: Default::default(), disks: false };
+        let rack = Rack {
+            _dir: dir,
+            api,
+            etcd,
+            clock,
+            controller,
+            status,
+            running: Default::default(),
+            disks: false,
+            kubernetes: kubernetes_on,
+            starting: HashMap::new(),
+            progress_log: vec![],
+        };
         for n in 1..=count {
             rack.heartbeat(&format!("m{n}")).await;
         }
         rack
+    }
+
+    /// Every service the machine is told to run now.
+    fn told_services(&self, machine: &str) -> Vec<ServiceSpec> {
+        let published = self.api.desired.borrow();
+        published.states.get(machine).map(|(_, state)| state.services.clone()).unwrap_or_default()
     }
 
     /// The etcd spec the machine is told to run now, if any.
@@ -318,22 +367,33 @@ impl Rack {
         let mut keys: Vec<String> =
             registry.records().filter(|r| r.id != machine).map(|r| r.wireguard_key.clone()).collect();
         keys.sort();
-        let services = self
-            .etcd_spec(machine)
+        // Every service it is told: etcd prepared or running as told; k3s running unless this
+        // machine's k3s is still starting.
+        let told = self.told_services(machine);
+        let services = told
+            .into_iter()
             .map(|spec| ServiceStatus {
-                name: "etcd".into(),
+                state: match spec.name.as_str() {
+                    "etcd" if !spec.run => ServiceState::Prepared,
+                    "etcd" => ServiceState::Running,
+                    _ if self.starting.contains_key(machine) => ServiceState::Fetching,
+                    _ => ServiceState::Running,
+                },
+                name: spec.name,
                 generation: spec.generation,
-                state: if spec.run { ServiceState::Running } else { ServiceState::Prepared },
                 restarts: 0,
                 message: None,
                 volatile_data: true,
             })
-            .into_iter()
             .collect();
+        let n: u8 = machine[1..].parse().unwrap_or(0);
+        let mesh_endpoint =
+            self.kubernetes.then(|| std::net::SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100 + n), 51821));
         let heartbeat = Heartbeat {
             mesh: keys.into_iter().map(|key| MeshPeerStatus { key, handshake_age_secs: Some(5) }).collect(),
             services,
             generation: self.running.get(machine).copied(),
+            mesh_endpoint,
             data_disk: self.disks.then(|| oasis_proto::DataDiskStatus {
                 device: "vdb".into(),
                 mounted: true,

@@ -28,12 +28,17 @@ impl Rack {
     /// Three members with their data on disks, assembled, every agent on the shipped generation,
     /// and generation 1 installed.
     async fn assembled_with_generation_1() -> Rack {
-        let mut rack = Rack::new(3).await;
-        rack.disks = true;
-        for m in ["m1", "m2", "m3"] {
-            rack.running.insert(m.into(), 0);
+        let rack = Rack::new(3).await;
+        rack.on_generation_1().await
+    }
+
+    async fn on_generation_1(mut self) -> Rack {
+        self.disks = true;
+        for m in self.ids().await {
+            self.running.insert(m, 0);
         }
-        rack.assemble().await;
+        self.assemble().await;
+        let rack = self;
         rack.api
             .store
             .update_generations(|g| {
@@ -61,9 +66,19 @@ impl Rack {
         state.reboot.clone().filter(|r| r.boot == key && *told_key == key)
     }
 
+    async fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.api.registry.lock().await.records().map(|r| r.id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
     /// The machine boots again: a new key (registered now), the generation its boot script
-    /// names, its member down until its agent starts etcd again.
+    /// names, its member down until its agent starts etcd again; with `starting_k3s`, its k3s
+    /// takes a while to run.
     async fn reboot(&mut self, machine: &str) {
+        if self.kubernetes {
+            self.starting.insert(machine.to_string(), 3);
+        }
         self.etcd.set_up(&peer_url(machine), false);
         let served = self.generations().served(mac(machine));
         let now = self.clock.now();
@@ -81,26 +96,32 @@ impl Rack {
     /// `bad` never start etcd. Returns the machines rebooted, in order.
     async fn roll(&mut self, ticks: usize, bad: &[u64]) -> Vec<String> {
         let mut rebooted = vec![];
+        let ids = self.ids().await;
         for _ in 0..ticks {
-            for m in ["m1", "m2", "m3"] {
+            for m in &ids {
                 if self.reboot_asked(m).await.is_some() {
                     self.reboot(m).await;
                     rebooted.push(m.to_string());
                 }
             }
-            let down = ["m1", "m2", "m3"].iter().filter(|m| self.etcd.answering(ep(m)).is_none()).count();
+            let members = self.assembly().members;
+            let down = members.keys().filter(|m| self.etcd.answering(ep(m)).is_none()).count();
             assert!(down <= 1, "never two members down at once");
-            for m in ["m1", "m2", "m3"] {
-                if bad.contains(&self.running[m]) {
-                    self.heartbeat(m).await;
-                } else {
-                    if self.etcd_spec(m).is_some_and(|s| s.run) {
-                        self.etcd.start(m, &peer_url(m));
-                    }
-                    self.heartbeat(m).await;
+            for m in &ids {
+                if !bad.contains(&self.running[m]) && self.etcd_spec(m).is_some_and(|s| s.run) {
+                    self.etcd.start(m, &peer_url(m));
                 }
+                self.heartbeat(m).await;
             }
             self.tick().await;
+            self.starting.retain(|_, ticks| {
+                *ticks -= 1;
+                *ticks > 0
+            });
+            let progress = self.rollout_progress();
+            if self.progress_log.last() != Some(&progress) {
+                self.progress_log.push(progress);
+            }
             let record = self.generations();
             if record.rollout.as_ref().is_some_and(|r| !r.active()) {
                 break;
@@ -180,4 +201,27 @@ async fn a_generation_whose_etcd_never_starts_fails_its_gate_and_the_machine_goe
         "{}",
         rack.rollout_progress()
     );
+}
+
+#[tokio::test]
+async fn with_k3s_the_servers_go_first_then_the_agents_each_once_its_k3s_runs_again() {
+    let mut rack = Rack::with_kubernetes(4).await.on_generation_1().await;
+    // k3s runs everywhere before the rollout starts: three servers, one agent.
+    for _ in 0..20 {
+        if ["m1", "m2", "m3", "m4"].iter().all(|m| rack.told_services(m).iter().any(|s| s.name == "k3s")) {
+            break;
+        }
+        rack.agents_act().await;
+        rack.tick().await;
+    }
+    let k3s_args = |m: &str| rack.told_services(m).into_iter().find(|s| s.name == "k3s").map(|s| s.args.join(" "));
+    assert!(k3s_args("m1").is_some_and(|a| a.starts_with("server")), "{:?}", k3s_args("m1"));
+    assert!(k3s_args("m4").is_some_and(|a| a.starts_with("agent")), "{:?}", k3s_args("m4"));
+    rack.progress_log.clear();
+    let rebooted = rack.roll(300, &[]).await;
+    assert_eq!(rebooted, ["m1", "m2", "m3", "m4"], "servers first, then the agent");
+    assert_eq!(rack.generations().rollout.unwrap().state, RolloutState::Done);
+    let log = rack.progress_log.join("\n") + "\n";
+    assert!(log.contains("the services on m1 to run"), "each waits for its k3s to run again:\n{log}");
+    golden("rollout-k3s.txt", &log);
 }
