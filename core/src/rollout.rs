@@ -348,12 +348,26 @@ pub fn next(generations: &Generations, rack: &RackView, settings: &RolloutSettin
 /// No rollout is active: start one when there is a target.
 fn start(generations: &Generations, rack: &RackView) -> RolloutStep {
     let Some(target) = generations.target().map(|g| g.sequence) else {
-        let last = generations.rollout.as_ref().map(|r| format!(" (last rollout: {} to {})", r.state, r.target));
-        return RolloutStep::Idle(format!(
-            "no newer node generation to roll out: the rack runs generation {}{}",
-            generations.current,
-            last.unwrap_or_default()
-        ));
+        let current = generations.current;
+        return RolloutStep::Idle(match generations.rollout.as_ref() {
+            Some(r) if r.state == RolloutState::Failed => {
+                let (machine, gate, back) = match &r.failure {
+                    Some(f) if f.back_failed => (f.machine.as_str(), f.gate, "; it did not come back: repair it"),
+                    Some(f) if f.back => (f.machine.as_str(), f.gate, "; it is back"),
+                    Some(f) => (f.machine.as_str(), f.gate, ""),
+                    None => ("a machine", Gate::Booted, ""),
+                };
+                format!(
+                    "the rack runs generation {current}; generation {} failed on {machine} (gate '{gate}'){back}",
+                    r.target
+                )
+            }
+            Some(r) => format!(
+                "no newer node generation to roll out: the rack runs generation {current} (last rollout: {} to {})",
+                r.state, r.target
+            ),
+            None => format!("no newer node generation to roll out: the rack runs generation {current}"),
+        });
     };
     if let Some(last) = generations.rollout.as_ref().filter(|r| r.target == target) {
         // A stopped rollout is never started again by itself.

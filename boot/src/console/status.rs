@@ -134,6 +134,9 @@ pub fn render(view: &View) -> String {
             if !cluster.progress.is_empty() {
                 lines.push(format!("progress: {}", cluster.progress));
             }
+            if !cluster.rollout.is_empty() {
+                lines.push(format!("rollout: {}", cluster.rollout));
+            }
             lines.push(machines_line(machines, cluster));
             let pending = pending(machines);
             for entry in pending.iter().take(LISTED) {
@@ -194,6 +197,10 @@ mod tests {
         let text = render(&view);
         golden("status-healthy.txt", &text);
         assert!(text.starts_with("oasis status: cluster rack-7 healthy\n"), "{text}");
+        assert!(
+            text.contains("rollout: generation 2 failed on m2 (gate 'its services running'); back on generation 1"),
+            "{text}"
+        );
         assert!(text
             .contains("machines: 4 registered (3 accepted, 1 pending, 0 rejected), 3 up; 1 booted but not registered"));
         assert!(text.contains("pending: 4c4c4544-0044-3910-8052-b4c04f4d3334 (52:54:00:00:00:04, serial SN-4)"));
