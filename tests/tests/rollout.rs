@@ -2,8 +2,8 @@
 //! BIOS network boot, a data disk each) assembled on the Debian 12 node generation (kernel 6.1,
 //! etcd 3.4), a writer putting a key every 200 ms through the cluster, and the Debian 13 bundle
 //! (kernel 6.12, etcd 3.5) applied: the machines move one at a time, the appliance is killed with
-//! SIGKILL in the middle and resumes, and all three end on Debian 13 with the same etcd members
-//! and every key. Then a properly signed bundle whose etcd cannot start: the first machine fails
+//! SIGKILL in the middle and resumes, the rollout is paused (nothing moves) and resumed, and all
+//! three end on Debian 13 with the same etcd members and every key. Then a properly signed bundle whose etcd cannot start: the first machine fails
 //! its gate and goes back, the others are never touched, and it is not tried again.
 //!
 //! One booted rack serves every check in sequence. Needs root, QEMU and `$OASIS_ASSETS/node` and
@@ -118,6 +118,21 @@ fn a_rack_rolls_from_debian_12_to_13_one_machine_at_a_time_and_a_failing_bundle_
     let killed = Instant::now();
     rack.kill_and_restart_appliance();
     let back = Instant::now();
+    // Paused: the machine in flight finishes its gates, and no other starts until resumed.
+    let paused = rack.appliance.cli(&["update", "pause"]);
+    assert!(paused.contains("paused"), "{paused}");
+    let held = wait_rollout(&rack, Duration::from_secs(900), "the machine in flight to finish", |s| {
+        s.rollout.as_ref().is_some_and(|r| r.in_flight.is_empty())
+    });
+    let done_when_paused = held.rollout.as_ref().unwrap().done.len();
+    std::thread::sleep(Duration::from_secs(20));
+    let still = update_status(&rack);
+    let rollout = still.rollout.as_ref().unwrap();
+    assert_eq!(rollout.state, RolloutState::Paused);
+    assert!(rollout.in_flight.is_empty() && rollout.done.len() == done_when_paused, "nothing moved while paused");
+    assert!(still.progress.contains("paused by the operator"), "{}", still.progress);
+    let resumed = rack.appliance.cli(&["update", "resume"]);
+    assert!(resumed.contains("goes on"), "{resumed}");
     let done = wait_rollout(&rack, Duration::from_secs(1800), "every machine on Debian 13", |s| {
         s.rollout.as_ref().is_some_and(|r| r.state != RolloutState::Running)
     });
