@@ -4,7 +4,8 @@
 //! (kernel 6.12, etcd 3.5) applied: the machines move one at a time, the appliance is killed with
 //! SIGKILL in the middle and resumes, the rollout is paused (nothing moves) and resumed, and all
 //! three end on Debian 13 with the same etcd members and every key. Then a properly signed bundle whose etcd cannot start: the first machine fails
-//! its gate and goes back, the others are never touched, and it is not tried again.
+//! its gate and goes back, the others are never touched, and it is not tried again. Last, a good
+//! bundle cancelled after its first machine: the machines that moved go back.
 //!
 //! One booted rack serves every check in sequence. Needs root, QEMU and `$OASIS_ASSETS/node` and
 //! `node-trixie` (scripts/test builds both).
@@ -90,6 +91,8 @@ fn a_rack_rolls_from_debian_12_to_13_one_machine_at_a_time_and_a_failing_bundle_
     let (debian13, broken) = (dir.path().join("debian13.bundle"), dir.path().join("broken.bundle"));
     bundles::build(&trixie, 1, &private, &debian13);
     bundles::build(&bundles::with_broken_etcd(&trixie, dir.path()), 2, &private, &broken);
+    let again = dir.path().join("again.bundle");
+    bundles::build(&trixie, 3, &private, &again);
 
     let config = format!(
         "[cluster]\nsettle_secs = 2\ndead_after_secs = 30\n\n[update]\ntrusted_keys = [\"{}\"]\nrollout_timeout_secs = 900\n",
@@ -213,4 +216,37 @@ fn a_rack_rolls_from_debian_12_to_13_one_machine_at_a_time_and_a_failing_bundle_
         failure.gate,
         back_in.as_secs_f64()
     );
+
+    // A good bundle, cancelled once its first machine is through: the machines that moved go
+    // back, last first, and the rack ends where it was.
+    let before_cancel = reboots(&rack);
+    let applied = rack.appliance.cli(&["update", "apply", again.to_str().unwrap()]);
+    assert!(applied.contains("installed as node generation 3"), "{applied}");
+    wait_rollout(&rack, Duration::from_secs(900), "the first machine on generation 3", |s| {
+        s.rollout.as_ref().is_some_and(|r| r.target == 3 && !r.done.is_empty())
+    });
+    let cancelled = rack.appliance.cli(&["update", "cancel"]);
+    assert!(cancelled.contains("go back"), "{cancelled}");
+    let ended = wait_rollout(&rack, Duration::from_secs(1200), "every machine back on generation 1", |s| {
+        s.rollout.as_ref().is_some_and(|r| r.target == 3 && !r.active())
+    });
+    assert_eq!(
+        ended.rollout.as_ref().unwrap().state,
+        RolloutState::Cancelled,
+        "{}",
+        rack.appliance.cli(&["update", "status"])
+    );
+    assert_eq!(ended.current, 1);
+    let status = rack
+        .wait(Duration::from_secs(300), "healthy on generation 1 after the cancel", |s| healthy_with(s, &[0, 1, 2]));
+    assert!(status.machines.iter().all(|m| m.generation == Some(1)), "{status:#?}");
+    assert_eq!(member_ids(&rack), ids);
+    let moved: Vec<usize> = reboots(&rack)
+        .iter()
+        .map(|(mac, n)| n - before_cancel.get(mac).copied().unwrap_or(0))
+        .filter(|n| *n > 0)
+        .collect();
+    assert!(!moved.is_empty() && moved.iter().all(|n| *n == 2), "each machine that went came back, once: {moved:?}");
+    let refused = oasis(&["update", "cancel", "--data-dir", rack.appliance.data_dir.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2), "nothing to cancel is said, not ignored: {refused:?}");
 }
