@@ -459,7 +459,12 @@ fn slow_clients_from_the_rack_do_not_take_the_appliance_down() {
         [("http", "header_timeout", caps.http.per_source), ("api", "handshake_timeout", caps.api.per_source)]
     {
         assert!(delta(&conn(listener, "refused_per_source")) >= 8, "{listener}: one address held more than its cap");
-        assert!(delta(&conn(listener, timeout)) >= per_source as u64, "{listener}: slow connections not timed out");
+        // A slow connection ends by its timeout or, at the cap, evicted for a newcomer: which of
+        // the two takes more of them depends on the machine's speed, so the timer is required to
+        // fire and the two together to end at least one address's worth.
+        let (timed_out, evicted) = (delta(&conn(listener, timeout)), delta(&conn(listener, "evicted")));
+        assert!(timed_out > 0, "{listener}: slow connections never timed out");
+        assert!(timed_out + evicted >= per_source as u64, "{listener}: slow connections neither timed out nor evicted");
     }
     assert!(delta(&conn("http", "evicted")) > 0 && delta(&conn("api", "evicted")) > 0);
     assert!((fds_peak as u64) <= caps.need(tftp), "more descriptors than the caps allow for: {fds_peak}");
