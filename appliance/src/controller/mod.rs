@@ -443,7 +443,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             observation: &observation,
             settled: step == Step::Settled,
         };
-        let (record, rollout) = match self.roll(&inputs, now).await {
+        let (record, rollout) = match self.roll(&inputs, record.clone(), now).await {
             Ok(rolled) => (rolled.record, rolled.progress),
             Err(e) => (record, format!("rollout step failed (asked again): {}", oasis_proto::error_chain(&e))),
         };

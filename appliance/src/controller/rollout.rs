@@ -35,11 +35,16 @@ fn client_endpoint(s: &Seen) -> Option<SocketAddr> {
     Some(SocketAddr::new(IpAddr::V4(s.record.overlay?), ETCD_CLIENT_PORT))
 }
 
+/// The machine's last heartbeat if it came from its current boot (the one before a
+/// registration is another boot's).
+fn this_boot(s: &Seen) -> Option<&oasis_proto::Heartbeat> {
+    s.heartbeat.as_ref().filter(|h| h.at >= s.record.last_registered).map(|h| &h.heartbeat)
+}
+
 /// The generation the machine's agent reports running in its current boot: `None` before this
-/// boot's first heartbeat (the one before is another boot's).
+/// boot's first heartbeat.
 pub(super) fn running_generation(s: &Seen) -> Option<u64> {
-    let h = s.heartbeat.as_ref().filter(|h| h.at >= s.record.last_registered)?;
-    h.heartbeat.generation
+    this_boot(s)?.generation
 }
 
 /// The generation a machine's services are made for: the one it reports running, else the one
@@ -68,8 +73,7 @@ fn last_error(s: &Seen) -> Option<String> {
 
 /// A service of the machine's current boot that keeps exiting, with what it last said.
 fn crash_loop(s: &Seen) -> Option<String> {
-    let h = s.heartbeat.as_ref().filter(|h| h.at >= s.record.last_registered)?;
-    let looping = h.heartbeat.services.iter().find(|x| {
+    let looping = this_boot(s)?.services.iter().find(|x| {
         x.restarts >= rollout::CRASH_LOOP_RESTARTS && matches!(x.state, ServiceState::Exited | ServiceState::Failed)
     })?;
     Some(match &looping.message {
@@ -80,8 +84,13 @@ fn crash_loop(s: &Seen) -> Option<String> {
 
 impl<E: Etcd, C: Clock> Controller<E, C> {
     /// One rollout step: observe, ask, carry it out, record it.
-    pub(super) async fn roll(&mut self, inputs: &RolloutInputs<'_>, now: u64) -> Result<RolloutTick, ControllerError> {
-        let record = self.api.store.generations()?;
+    /// `record` is the generations record as the tick read it.
+    pub(super) async fn roll(
+        &mut self,
+        inputs: &RolloutInputs<'_>,
+        record: Generations,
+        now: u64,
+    ) -> Result<RolloutTick, ControllerError> {
         let reads = self.quorum_reads(inputs.seen, &record).await;
         let view = self.rack_view(inputs, &reads);
         let step = rollout::next(&record, &view, &self.rollout.settings(), now);
@@ -100,11 +109,13 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             };
             return Ok(RolloutTick { record, progress });
         }
-        if !matches!(step, RolloutStep::Idle(_) | RolloutStep::Wait { .. }) {
-            let (recorded, at) = (step.clone(), now);
-            self.api.store.update_generations(move |g| rollout::apply(g, &recorded, at)).await?;
-            tracing::info!("rollout: {step}");
+        if matches!(step, RolloutStep::Idle(_) | RolloutStep::Wait { .. }) {
+            return Ok(RolloutTick { record, progress: step.to_string() });
         }
+        let (recorded, at) = (step.clone(), now);
+        self.api.store.update_generations(move |g| rollout::apply(g, &recorded, at)).await?;
+        tracing::info!("rollout: {step}");
+        // As committed: an install or an operator's command may have landed beside the step.
         let record = self.api.store.generations()?;
         Ok(RolloutTick { record, progress: step.to_string() })
     }
