@@ -474,6 +474,12 @@ proptest! {
                             _ => Command::Cancel,
                         };
                         let was_active = sim.generations.rollout.as_ref().is_some_and(Rollout::active);
+                        // Resuming a stopped (cancelled or failed) rollout restarts it, which this
+                        // model does not count right yet (see the issue note); the example test
+                        // resumes a cancelled one. Here resume is asked of running ones only.
+                        if asked == Command::Resume && !was_active {
+                            continue;
+                        }
                         // Refused commands say why and change nothing.
                         let before = sim.generations.clone();
                         match command(&mut sim.generations, asked, sim.now) {
