@@ -592,23 +592,7 @@ pub fn apply(generations: &mut Generations, step: &RolloutStep, now: u64) -> Vec
     match step {
         RolloutStep::Idle(_) | RolloutStep::Wait { .. } | RolloutStep::MoveLeader { .. } => vec![],
         RolloutStep::Start { target, from, announce } => {
-            // Machines a stopped rollout to the same target left on it need not move again.
-            let done = generations
-                .machines
-                .iter()
-                .filter(|(_, m)| m.desired == Some(*target) && m.confirmed == Some(*target))
-                .map(|(mac, _)| *mac)
-                .collect();
-            generations.rollout = Some(Rollout {
-                target: *target,
-                from: *from,
-                started_at: now,
-                state: RolloutState::Running,
-                done,
-                in_flight: vec![],
-                failure: None,
-                finished_at: None,
-            });
+            generations.rollout = Some(fresh(generations, *target, *from, now));
             let mut message = format!("rolling the rack out from node generation {from} to {target}");
             if let Some(announce) = announce {
                 message.push_str(&format!(": {announce}"));
@@ -652,15 +636,9 @@ pub fn apply(generations: &mut Generations, step: &RolloutStep, now: u64) -> Vec
             fail(generations, *mac, (*gate, detail), (last_error, boot), now)
         }
         RolloutStep::Finish => {
-            let Some(rollout) = generations.rollout.as_mut() else { return vec![] };
-            rollout.state = RolloutState::Done;
-            rollout.finished_at = Some(now);
-            let (target, from) = (rollout.target, rollout.from);
+            let Some((target, from)) = end(generations, RolloutState::Done, now) else { return vec![] };
             generations.previous = Some(from);
             generations.current = target;
-            for m in generations.machines.values_mut() {
-                m.desired = None;
-            }
             vec![event(
                 "rollout-done",
                 None,
@@ -668,13 +646,7 @@ pub fn apply(generations: &mut Generations, step: &RolloutStep, now: u64) -> Vec
             )]
         }
         RolloutStep::Cancelled => {
-            let Some(rollout) = generations.rollout.as_mut() else { return vec![] };
-            rollout.state = RolloutState::Cancelled;
-            rollout.finished_at = Some(now);
-            let from = rollout.from;
-            for m in generations.machines.values_mut() {
-                m.desired = None;
-            }
+            let Some((_, from)) = end(generations, RolloutState::Cancelled, now) else { return vec![] };
             vec![event(
                 "rollout-cancelled",
                 None,
@@ -682,6 +654,40 @@ pub fn apply(generations: &mut Generations, step: &RolloutStep, now: u64) -> Vec
             )]
         }
     }
+}
+
+/// A rollout to `target` starting now. Machines a stopped rollout to the same target left on it
+/// (desired and confirmed there) count as done: they need not move again.
+fn fresh(generations: &Generations, target: u64, from: u64, now: u64) -> Rollout {
+    let done = generations
+        .machines
+        .iter()
+        .filter(|(_, m)| m.desired == Some(target) && m.confirmed == Some(target))
+        .map(|(mac, _)| *mac)
+        .collect();
+    Rollout {
+        target,
+        from,
+        started_at: now,
+        state: RolloutState::Running,
+        done,
+        in_flight: vec![],
+        failure: None,
+        finished_at: None,
+    }
+}
+
+/// Ends the rollout in `state` (every machine where it should be, so none is desired anywhere
+/// any more): its (target, from).
+fn end(generations: &mut Generations, state: RolloutState, now: u64) -> Option<(u64, u64)> {
+    let rollout = generations.rollout.as_mut()?;
+    rollout.state = state;
+    rollout.finished_at = Some(now);
+    let ends = (rollout.target, rollout.from);
+    for m in generations.machines.values_mut() {
+        m.desired = None;
+    }
+    Some(ends)
 }
 
 /// What an operator asks of the rollout.
@@ -745,13 +751,13 @@ pub fn command(generations: &mut Generations, command: Command, now: u64) -> Res
         (Command::Resume, Some(r))
             if matches!(r.state, RolloutState::Cancelled | RolloutState::Failed) && r.in_flight.is_empty() =>
         {
-            let target = r.target;
+            let (target, from) = (r.target, r.from);
             if let Some(failure) = r.failure.as_ref().filter(|_| target_failed) {
                 return Err(CommandError::GenerationFailed { target, machine: failure.machine.clone() });
             }
-            // Forgotten: the next tick starts a rollout to the target from where the rack is.
-            generations.rollout = None;
-            let _ = now;
+            // Started again from where the rack is, in the same write: the machines a stopped
+            // rollout left on the target stay named by a rollout (and served the target).
+            generations.rollout = Some(fresh(generations, target, from, now));
             Ok(event("rollout-resumed", format!("the rollout to generation {target} starts again")))
         }
         (Command::Resume, _) => Err(CommandError::NothingToResume),
