@@ -21,7 +21,8 @@ address = "10.0.0.1"
 range = ["10.0.0.100", "10.0.0.199"]
 "#;
 
-fn stick(work: &Path, name: &str, config: &str, key: Option<&Path>) -> std::path::PathBuf {
+/// A stick built by `oasis image build usb-stick`: `config`, signed with `key`, and `bundle` beside it.
+fn stick(work: &Path, name: &str, config: &str, key: Option<&Path>, bundle: Option<&Path>) -> std::path::PathBuf {
     let config_path = work.join(format!("{name}.toml"));
     std::fs::write(&config_path, config).unwrap();
     let out = work.join(format!("{name}.img"));
@@ -29,6 +30,9 @@ fn stick(work: &Path, name: &str, config: &str, key: Option<&Path>) -> std::path
     cmd.args(["image", "build", "usb-stick", "--config"]).arg(&config_path).arg("--out").arg(&out);
     if let Some(key) = key {
         cmd.arg("--key").arg(key);
+    }
+    if let Some(bundle) = bundle {
+        cmd.arg("--bundle").arg(bundle).args(["--size-mib", "128"]);
     }
     let output = cmd.output().unwrap();
     assert!(output.status.success(), "building the stick: {}", String::from_utf8_lossy(&output.stderr));
@@ -88,7 +92,7 @@ fn stick_configured_appliance_assembles_the_rack_and_keeps_it_across_a_reboot_an
     ns.add_tap("tap0", "br0").unwrap();
     let work = tempfile::Builder::new().prefix("oasis-img-").tempdir().unwrap();
     let config = format!("{RACK_CONFIG}\n[cluster]\ncontrol_plane = 3\nmin_machines = 3\nsettle_secs = 5\n");
-    let stick = stick(work.path(), "stick", &config, None);
+    let stick = stick(work.path(), "stick", &config, None, None);
     let disk = work.path().join("appliance-disk.img");
     appliance_disk(&appliance_image(), &disk, 4);
     let spec = ApplianceVmSpec {
@@ -149,7 +153,10 @@ fn stick_configured_appliance_assembles_the_rack_and_keeps_it_across_a_reboot_an
 /// and the operator answers them over the serial port; one machine netboots and becomes a
 /// single-node cluster. Then sticks are plugged in: a malformed config (signed) is refused with
 /// its line, an unsigned one is refused as unsigned, each with the reason on the console and on
-/// the stick; a signed one is applied.
+/// the stick; a signed one is applied. Last, a stick with an update bundle signed by the same key:
+/// verified and shown on the console, installed once the menu's `[u]` is confirmed, its fate in
+/// the stick's report; the single member has no data disk, so the rollout says that is what holds
+/// it rather than reboot the only copy of the cluster's data.
 #[test]
 fn console_setup_and_refused_then_signed_usb_configs() {
     let ns = Netns::create("oasis-con").unwrap();
@@ -226,7 +233,7 @@ fn console_setup_and_refused_then_signed_usb_configs() {
 
     // An unsigned config is refused, a signed one applied (and serve restarted).
     let config = format!("{RACK_CONFIG}\n[cluster]\nname = \"desert\"\ncontrol_plane = 1\n");
-    let unsigned = stick(work.path(), "unsigned", &config, None);
+    let unsigned = stick(work.path(), "unsigned", &config, None, None);
     let id = appliance.plug(&unsigned);
     let refused = appliance.expect("keeping the last good configuration", Duration::from_secs(60));
     assert!(refused.contains("REFUSED") && refused.contains("unsigned"), "{refused}");
@@ -235,9 +242,27 @@ fn console_setup_and_refused_then_signed_usb_configs() {
     let result = report_file(&unsigned, "result.txt").unwrap();
     assert!(result.contains("refused") && result.contains("unsigned"), "{result}");
 
-    let signed = stick(work.path(), "signed", &config, Some(&private));
+    let signed = stick(work.path(), "signed", &config, Some(&private), None);
     appliance.plug(&signed);
     appliance.expect("configuration is valid and signed", Duration::from_secs(60));
     appliance.expect("report written to the USB stick", Duration::from_secs(120));
     assert_eq!(report_file(&signed, "applied.toml").as_deref(), Some(config.as_str()));
+
+    let bundle = work.path().join("node-1.bundle");
+    oasis_e2e::bundles::build(&assets.node, 1, &private, &bundle);
+    let with_bundle = stick(work.path(), "with-bundle", &config, Some(&private), Some(&bundle));
+    let id = appliance.plug(&with_bundle);
+    appliance.expect("update bundle node-1.bundle on the USB stick verified", Duration::from_secs(120));
+    appliance.expect("choose [u] on the menu to install it", t);
+    appliance.expect("report written to the USB stick", t);
+    let result = report_file(&with_bundle, "result.txt").unwrap();
+    assert!(result.contains("bundle: verified, waiting for confirmation"), "{result}");
+    appliance.type_line("u");
+    appliance.answer("Install it as a new node generation", "yes", t);
+    // The report is rewritten (to the stick it came from) before the menu says what happened.
+    appliance.expect("oasis: installed as node generation 1", Duration::from_secs(120));
+    appliance.unplug(&id);
+    let result = report_file(&with_bundle, "result.txt").unwrap();
+    assert!(result.contains("bundle: installed as node generation 1"), "{result}");
+    appliance.machine.wait_for_serial("a data disk on", Duration::from_secs(120)).unwrap();
 }
