@@ -28,6 +28,7 @@ pub mod elf;
 pub mod genimage_cfg;
 pub mod gpt;
 pub mod grub;
+pub mod grubenv;
 pub mod ipxe;
 pub mod k3s_bundle;
 pub mod kmod;
