@@ -329,6 +329,7 @@ mod tests {
                 k3s: None,
             },
             members: vec![],
+            appliance: None,
         };
         let passes = |g: &Generations, m: &BundleManifest| {
             g.installed_for_check("3.4.23-4+b4").iter().map(|i| check_update(i, m)).collect::<Result<Vec<_>, _>>()

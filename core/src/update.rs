@@ -83,6 +83,10 @@ pub enum UpdateRefusal {
     EtcdMajorChange { installed: String, offered: String },
     #[error("cannot read the {which} etcd version {version:?} as MAJOR.MINOR.PATCH; {what_to_do}")]
     EtcdVersion { which: &'static str, version: String, what_to_do: &'static str },
+    // Until the appliance writes its inactive boot slot from a bundle (issue 16's next step), a
+    // bundle that carries one is refused whole rather than half applied.
+    #[error("the bundle also updates the appliance itself (to {version}), which this appliance cannot apply yet; build the bundle without --appliance")]
+    ApplianceUpdate { version: String },
 }
 
 /// Whether the bundle with `manifest` may be installed over `installed`; if so, what it does to etcd.
@@ -102,6 +106,9 @@ pub fn check_update(installed: &Installed, manifest: &BundleManifest) -> Result<
             offered: manifest.sequence,
             version: manifest.version.clone(),
         });
+    }
+    if let Some(appliance) = &manifest.appliance {
+        return Err(UpdateRefusal::ApplianceUpdate { version: appliance.version.clone() });
     }
     etcd_change(&installed.etcd_version, &manifest.changes.etcd)
 }
@@ -160,6 +167,7 @@ mod tests {
             architecture: ARCHITECTURE.into(),
             changes: Changes { kernel: "6.12.9-amd64".into(), agent: "0.16.0".into(), etcd: etcd.into(), k3s: None },
             members: Vec::new(),
+            appliance: None,
         }
     }
 
@@ -233,6 +241,11 @@ mod tests {
         arm.architecture = "aarch64".into();
         let text = check_update(&installed(), &arm).unwrap_err().to_string();
         assert!(text.contains("aarch64") && text.contains("x86_64"), "{text}");
+        let mut with_appliance = manifest(6, "3.4.23");
+        with_appliance.appliance =
+            Some(oasis_image::bundle_appliance::ApplianceChanges { version: "0.16.1".into(), slot_bytes: 1 << 30 });
+        let err = check_update(&installed(), &with_appliance).unwrap_err();
+        assert_eq!(err, UpdateRefusal::ApplianceUpdate { version: "0.16.1".into() });
         // The etcd rules apply to a newer bundle too.
         let err = check_update(&installed(), &manifest(9, "3.6.1")).unwrap_err();
         assert!(matches!(err, UpdateRefusal::EtcdMinorSkipped { next_minor: 5, .. }), "{err:?}");

@@ -19,7 +19,8 @@
 //! size the manifest declares, then the caller's own rules (`oasis_core::update`), and only then
 //! copies each member into a staging directory, hashing it on the way. It returns the manifest
 //! only when every byte matched; on any error the staging directory is gone. [`write_bundle`]
-//! makes a bundle from the directory `oasis image build node` writes.
+//! makes a bundle from the directory `oasis image build node` writes, and with
+//! [`BundleOptions::appliance`] adds the appliance's own slot ([`crate::bundle_appliance`]).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::artifacts::{self, ArtifactEntry, ArtifactsError};
+use crate::bundle_appliance::{slot_image, ApplianceChanges, SlotImageError, SLOT_MEMBER};
 use crate::k3s_bundle::{AIRGAP_ARTIFACT, K3S_ARTIFACT};
 use crate::manifest::{sha256_file, write_atomic_with, ManifestError};
 use crate::node::ETCD_FILE;
@@ -67,6 +69,10 @@ pub struct BundleManifest {
     pub changes: Changes,
     /// The members, in the order their bytes follow the manifest.
     pub members: Vec<Member>,
+    /// The appliance's own update, when the bundle carries one (its [`Role::ApplianceSlot`]
+    /// member). Absent from node-only bundles, which older appliances read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appliance: Option<ApplianceChanges>,
 }
 
 /// The versions of what a bundle installs.
@@ -107,6 +113,8 @@ pub enum Role {
     Etcd,
     K3s,
     K3sAirgapImages,
+    /// The appliance's boot slot, as its filesystem image.
+    ApplianceSlot,
 }
 
 impl Role {
@@ -118,6 +126,7 @@ impl Role {
             Role::Etcd => "etcd",
             Role::K3s => K3S_ARTIFACT,
             Role::K3sAirgapImages => AIRGAP_ARTIFACT,
+            Role::ApplianceSlot => "appliance-slot",
         }
     }
 
@@ -182,6 +191,9 @@ impl BundleManifest {
         } else if self.member(Role::K3s).is_some() {
             line.push_str(", k3s (version not recorded)");
         }
+        if let Some(appliance) = &self.appliance {
+            line.push_str(&format!("; appliance {}", appliance.version));
+        }
         line
     }
 }
@@ -245,6 +257,8 @@ pub enum BundleWriteError {
     EtcdVersion { path: PathBuf },
     #[error("the manifest is {size} bytes, over the limit of {MAX_MANIFEST_BYTES}")]
     ManifestTooLarge { size: usize },
+    #[error("the appliance image cannot be bundled")]
+    Appliance(#[from] SlotImageError),
 }
 
 /// What [`write_bundle`] is told beyond the node image.
@@ -260,6 +274,9 @@ pub struct BundleOptions {
     pub agent_version: Option<String>,
     /// The k3s version, when the node image carries k3s.
     pub k3s_version: Option<String>,
+    /// An appliance disk image (`oasis image build appliance`) whose slot the bundle carries, so
+    /// the appliance updates itself too; its version is the bundle's.
+    pub appliance: Option<PathBuf>,
 }
 
 /// Who signed a verified bundle, and what it holds.
@@ -302,13 +319,16 @@ pub fn write_bundle(
     key: &SigningKey,
     out: &Path,
 ) -> Result<BundleManifest, BundleWriteError> {
-    let manifest = manifest_of(node_dir, options)?;
+    let (manifest, slot) = manifest_of(node_dir, options)?;
     let head = encode_head(&manifest, Some(key))?;
     write_atomic_with(out, |file| {
         let mut buffered = io::BufWriter::new(file);
         buffered.write_all(&head)?;
         for member in &manifest.members {
-            copy_member(&node_dir.join(&member.name), member, &mut buffered)?;
+            match (&slot, member.role) {
+                (Some(slot), Role::ApplianceSlot) => copy_member(&slot.path, Some(slot.offset), member, &mut buffered)?,
+                _ => copy_member(&node_dir.join(&member.name), None, member, &mut buffered)?,
+            }
         }
         buffered.flush()
     })?;
@@ -337,8 +357,12 @@ pub fn encode_head(manifest: &BundleManifest, key: Option<&SigningKey>) -> Resul
     Ok(head)
 }
 
-/// The manifest of the node image in `dir`, its files checked against `artifacts.json`.
-fn manifest_of(dir: &Path, options: &BundleOptions) -> Result<BundleManifest, BundleWriteError> {
+/// The manifest of the node image in `dir`, its files checked against `artifacts.json`, and of the
+/// appliance's slot when one is given (with where its bytes lie).
+fn manifest_of(
+    dir: &Path,
+    options: &BundleOptions,
+) -> Result<(BundleManifest, Option<crate::bundle_appliance::SlotImage>), BundleWriteError> {
     let entries = artifacts::verify(dir)?;
     let mut members = Vec::new();
     for (file, role) in [(KERNEL, Role::Kernel), (INITRD, Role::Initrd)] {
@@ -369,7 +393,13 @@ fn manifest_of(dir: &Path, options: &BundleOptions) -> Result<BundleManifest, Bu
         }
     };
     let has_k3s = members.iter().any(|m| m.role == Role::K3s);
-    Ok(BundleManifest {
+    let slot = options.appliance.as_deref().map(slot_image).transpose()?;
+    let appliance = slot.as_ref().map(|slot| {
+        let (name, size, sha256) = (SLOT_MEMBER.to_string(), slot.size, slot.sha256.clone());
+        members.push(Member { name, role: Role::ApplianceSlot, size, sha256 });
+        ApplianceChanges { version: options.version.clone(), slot_bytes: slot.slot_bytes }
+    });
+    let manifest = BundleManifest {
         product: PRODUCT.into(),
         version: options.version.clone(),
         sequence: options.sequence,
@@ -381,18 +411,24 @@ fn manifest_of(dir: &Path, options: &BundleOptions) -> Result<BundleManifest, Bu
             k3s: options.k3s_version.clone().filter(|_| has_k3s),
         },
         members,
-    })
+        appliance,
+    };
+    Ok((manifest, slot))
 }
 
-/// Copies `path` into `out`, checking on the way that it is still what `member` says.
-fn copy_member(path: &Path, member: &Member, out: &mut impl Write) -> io::Result<()> {
-    let file = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+/// Copies `member` from `path` into `out`, checking on the way that it is still what `member`
+/// says: the whole file, or with `offset` the region of a disk image it starts at (a slot).
+fn copy_member(path: &Path, offset: Option<u64>, member: &Member, out: &mut impl Write) -> io::Result<()> {
+    let mut file = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(offset.unwrap_or(0)))?;
     let mut hashing = HashingWriter { inner: out, hasher: Sha256::new(), written: 0 };
-    io::copy(&mut file.take(member.size + 1), &mut hashing)?;
+    io::copy(&mut (&mut file).take(member.size), &mut hashing)?;
+    // A whole file must end where the manifest says; a region goes on in its image.
+    let grown = offset.is_none() && file.read(&mut [0u8; 1])? != 0;
     let sha256 = hex::encode(hashing.hasher.finalize());
-    if hashing.written != member.size || sha256 != member.sha256 {
+    if grown || hashing.written != member.size || sha256 != member.sha256 {
         return Err(io::Error::other(format!(
-            "{} changed while it was bundled; rebuild the node image and the bundle",
+            "{} changed while it was bundled; rebuild the image and the bundle",
             path.display()
         )));
     }
@@ -562,6 +598,11 @@ fn check_manifest(manifest: &BundleManifest, options: &VerifyOptions<'_>) -> Res
     }
     if manifest.member(Role::K3s).is_some() != manifest.member(Role::K3sAirgapImages).is_some() {
         return malformed("k3s and its airgap images come together or not at all".into());
+    }
+    if manifest.member(Role::ApplianceSlot).is_some() != manifest.appliance.is_some() {
+        return malformed(
+            "an appliance slot member and the appliance's description come together or not at all".into(),
+        );
     }
     match manifest.total_size() {
         Some(total) if total <= options.max_total_bytes => Ok(()),

@@ -343,3 +343,43 @@ fn the_kernel_version_comes_from_the_bzimage_header() {
     past_end[0x20e..0x210].copy_from_slice(&0xfff0u16.to_le_bytes());
     assert_eq!(bzimage_version_of(&past_end), None);
 }
+
+#[test]
+fn an_appliance_slot_rides_along_verified_like_any_member() {
+    let node = node_dir(false);
+    let mut slot = b"FAT of slot A".repeat(100);
+    slot.resize((1 << 20) + 3, 0);
+    slot.push(1);
+    let image = crate::bundle_appliance::test_image(node.path(), crate::bundle_appliance::IMAGE_SLOT, &slot);
+    let out = node.path().join("with-appliance.bundle");
+    let options = BundleOptions { appliance: Some(image), ..options() };
+    let manifest = write_bundle(node.path(), &options, &key(), &out).unwrap();
+    let appliance = manifest.appliance.clone().expect("the appliance is described");
+    assert_eq!((appliance.version.as_str(), appliance.slot_bytes), ("0.16.0", 4 << 20));
+    let member = manifest.member(Role::ApplianceSlot).expect("the slot is a member").clone();
+    assert_eq!((member.name.as_str(), member.size), (SLOT_MEMBER, 2 << 20));
+    assert!(manifest.summary().ends_with("; appliance 0.16.0"), "{}", manifest.summary());
+
+    let bytes = fs::read(&out).unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let staging = parent.path().join("staging");
+    let verify =
+        VerifyOptions { trusted: &[key().verifying_key()], architecture: ARCHITECTURE, max_total_bytes: 8 << 20 };
+    let verified = read_bundle(&bytes[..], &verify, &accept_all, Sink::Staging(&staging)).unwrap();
+    assert_eq!(verified.manifest, manifest);
+    let mut carried = slot.clone();
+    carried.resize(2 << 20, 0);
+    assert_eq!(fs::read(staging.join(&member.name)).unwrap(), carried, "the slot up to its last used MiB");
+    // The slot is not a node artifact.
+    assert!(verified.manifest.artifact_entries().iter().all(|e| e.file != member.name));
+
+    // The member and its description come together; a node-only reader's bundle has neither.
+    let refusal =
+        |bytes: &[u8]| read_bundle(bytes, &verify, &accept_all, Sink::Discard).map(|_| ()).unwrap_err().to_string();
+    let err = refusal(&reseal(&bytes, |m| m.appliance = None, Some(&key())));
+    assert!(err.contains("come together"), "{err}");
+    let (node_only, _, _node) = bundle(false);
+    let end = head_len(&node_only);
+    let json = String::from_utf8(node_only[HEADER_BYTES..end].to_vec()).unwrap();
+    assert!(!json.contains("appliance"), "{json}");
+}

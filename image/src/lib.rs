@@ -22,6 +22,7 @@ pub mod appliance;
 pub mod artifacts;
 pub mod buildroot_tree;
 pub mod bundle;
+pub mod bundle_appliance;
 pub mod cpio;
 pub mod debian;
 pub mod elf;

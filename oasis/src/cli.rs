@@ -243,6 +243,10 @@ pub struct BundleBuildArgs {
     /// The k3s version, recorded when the node image carries k3s.
     #[arg(long, value_name = "V")]
     pub k3s_version: Option<String>,
+    /// An appliance disk image (`oasis image build appliance`): the bundle then updates the
+    /// appliance itself too, into its other boot slot.
+    #[arg(long, value_name = "IMAGE")]
+    pub appliance: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -162,6 +162,7 @@ fn bundle(a: &BundleBuildArgs) -> anyhow::Result<()> {
         kernel_version: a.kernel_version.clone(),
         agent_version: a.agent_version.clone(),
         k3s_version: a.k3s_version.clone(),
+        appliance: a.appliance.clone(),
     };
     let manifest = oasis_image::bundle::write_bundle(&a.node, &options, &key, &a.out)?;
     let bytes = std::fs::metadata(&a.out).with_context(|| format!("cannot read {}", a.out.display()))?.len();
