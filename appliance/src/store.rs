@@ -30,6 +30,7 @@
 //! commit and everything else is refused with [`StoreError::Full`] until space returns.
 
 mod check;
+pub mod schema_copy;
 mod seal;
 pub mod space;
 
@@ -618,7 +619,23 @@ impl Store {
     ) -> Result<Self, StoreError> {
         create_private_dir(data_dir)?;
         let path = data_dir.join(STORE_FILE);
-        let found = match inspect(data_dir, &path) {
+        // A store too new for this oasis, beside the copy made before a newer oasis upgraded it:
+        // that version did not stay (its update fell back), and the copy is taken back.
+        let mut taken_back = None;
+        let inspected = match inspect(data_dir, &path) {
+            Err(StoreError::TooNew { found, .. }) => {
+                match schema_copy::take_back(data_dir, &path, found, SCHEMA_VERSION)? {
+                    Some(message) => {
+                        tracing::warn!("{message}");
+                        taken_back = Some(message);
+                        inspect(data_dir, &path)
+                    }
+                    None => Err(StoreError::TooNew { path: path.clone(), found }),
+                }
+            }
+            other => other,
+        };
+        let found = match inspected {
             Err(refused @ (StoreError::Damaged { .. } | StoreError::Lost { .. } | StoreError::Record { .. }))
                 if options.new_store =>
             {
@@ -649,6 +666,13 @@ impl Store {
                 db
             }
             Found::Existing { schema, damaged_events } => {
+                if let Some(older) = schema.filter(|s| *s != SCHEMA_VERSION) {
+                    let copy = schema_copy::keep_before_upgrade(data_dir, &path, older)?;
+                    tracing::info!(
+                        "the store of schema version {older} is kept as {} before its upgrade",
+                        copy.display()
+                    );
+                }
                 let db = Database::open(&path).map_err(open_err)?;
                 if schema != Some(SCHEMA_VERSION) {
                     upgrade(&db, &path, schema)?;
@@ -686,7 +710,11 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || writer.run(queue))
             .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
-        Ok(Self { writes, _writer: Arc::new(WriterThread(Some(thread))), shared })
+        let store = Self { writes, _writer: Arc::new(WriterThread(Some(thread))), shared };
+        if let Some(message) = taken_back {
+            store.record_event(Happening { kind: "store-taken-back", mac: None, message });
+        }
+        Ok(store)
     }
 
     /// The store file.
@@ -2085,6 +2113,50 @@ mod tests {
         let seqs: Vec<u64> = store.events(10).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [7, 8]);
         assert!(dir.path().join(STORE_MARKER).exists());
+        // The store as it was before the upgrade is kept beside it, for an older oasis to take back.
+        let copy = Database::open(dir.path().join(schema_copy::copy_name(3))).unwrap();
+        let txn = copy.begin_read().unwrap();
+        assert_eq!(txn.open_table(META).unwrap().get("schema_version").unwrap().unwrap().value(), 3);
+    }
+
+    /// Issue 16: a newer oasis upgraded the store's schema, then its update fell back; this oasis
+    /// takes back the copy kept before the upgrade and keeps the newer store aside.
+    #[tokio::test]
+    async fn a_store_upgraded_by_a_version_that_fell_back_is_taken_back_from_its_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.save_lease(lease(100, 1, LeaseState::Bound)).await.unwrap();
+        }
+        let path = dir.path().join(STORE_FILE);
+        // What the newer oasis did: a copy before its upgrade, then writes in the newer schema.
+        std::fs::copy(&path, dir.path().join(schema_copy::copy_name(SCHEMA_VERSION))).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.save_lease(lease(101, 2, LeaseState::Bound)).await.unwrap();
+        }
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("schema_version", SCHEMA_VERSION + 1).unwrap();
+            txn.commit().unwrap();
+        }
+        let newer = sha(&path);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.leases().unwrap(), vec![lease(100, 1, LeaseState::Bound)], "the copy's records");
+        store.flush().await.unwrap();
+        let events = store.events(10).unwrap();
+        let said = events.iter().find(|e| e.kind == "store-taken-back").expect("an event says so");
+        assert!(said.message.contains(&format!("schema version {}", SCHEMA_VERSION + 1)), "{}", said.message);
+        let aside: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".from-schema-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the newer store is kept aside");
+        assert_eq!(sha(&aside[0]), newer);
+        assert!(said.message.contains(&aside[0].display().to_string()), "{}", said.message);
+        assert!(!dir.path().join(schema_copy::copy_name(SCHEMA_VERSION)).exists(), "the copy is the store now");
     }
 
     #[tokio::test]
