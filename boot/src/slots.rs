@@ -11,24 +11,8 @@
 //! | `A_OK`, `B_OK` | `"1"`: the slot is committed good; any other value: it is not | `A_OK=1`, `B_OK=0` |
 //! | `A_LEFT`, `B_LEFT` | boot tries left for an uncommitted slot, one `t` each (GRUB script has no arithmetic) | empty |
 //!
-//! The script `grub.cfg` runs, which [`grub_choice`] mirrors (keep the two in step):
-//!
-//! ```text
-//! set ORDER="A B"; set A_OK=1; set B_OK=0; set A_LEFT=; set B_LEFT=
-//! load_env --file $envfile ORDER A_OK B_OK A_LEFT B_LEFT   # only these names; a missing one keeps its default
-//! set oasis_slot=
-//! for s in $ORDER; do                                      # words split on spaces; words not A or B are skipped
-//!   if [ -z "$oasis_slot" -a "$s" = A ]; then
-//!     if [ "$A_OK" = 1 ]; then set oasis_slot=A; set oasis_trial=0          # exactly "1" is OK
-//!     elif regexp --set=1:A_LEFT '^t(.*)$' "$A_LEFT"; then                 # a leading t is a try left:
-//!       save_env --file $envfile A_LEFT; set oasis_slot=A; set oasis_trial=1 #   strip it, save, trial boot
-//!     fi
-//!   fi
-//!   (the same for B)
-//! done
-//! if [ -z "$oasis_slot" ]; then set oasis_slot=A; set oasis_trial=0; fi    # nothing bootable: slot A
-//! linux ($oasis_slot)/oasis/vmlinuz ... oasis.slot=$oasis_slot oasis.trial=$oasis_trial
-//! ```
+//! The script `grub.cfg` runs is [`GRUB_CHOICE_SCRIPT`]; [`grub_choice`] mirrors it, and a test
+//! runs the script in GRUB itself (`grub-emu`) against the mirror.
 //!
 //! So a slot's tries left are its `LEFT`'s leading `t`s (`"ttx"`: two), and a slot is taken by the
 //! first word of `ORDER` naming it that finds it OK or with a try left.
@@ -53,7 +37,54 @@ pub mod trial;
 pub use trial::{fallback_reason, TrialError, TrialRecord, TrialVerdict};
 
 #[cfg(test)]
+mod grub_emu;
+#[cfg(test)]
 mod tests;
+
+/// The part of `grub.cfg` that chooses the slot, with `envfile` set to the environment block
+/// (`($root)/boot/grub/grubenv`): it leaves the slot in `oasis_slot` and `0` or `1` in
+/// `oasis_trial`, for the kernel command line's `oasis.slot=$oasis_slot oasis.trial=$oasis_trial`.
+/// [`grub_choice`] mirrors it; keep the two in step (the test `grub_runs_the_script_as_modelled`
+/// runs it in `grub-emu`).
+///
+/// - Defaults first, then `load_env` of the five names only: a missing one keeps its default.
+/// - `for s in $ORDER`: the words of `ORDER` (split on spaces), in order; words other than `A`
+///   and `B` are skipped.
+/// - A slot is taken when its `OK` is exactly `1` (a normal boot), or else when its `LEFT`
+///   starts with `t` (a trial boot: the `t` is stripped and saved before booting).
+/// - Nothing taken: slot A, not a trial.
+pub const GRUB_CHOICE_SCRIPT: &str = r#"set ORDER="A B"
+set A_OK=1
+set B_OK=0
+set A_LEFT=
+set B_LEFT=
+load_env --file $envfile ORDER A_OK B_OK A_LEFT B_LEFT
+set oasis_slot=
+set oasis_trial=0
+for s in $ORDER; do
+  if [ -z "$oasis_slot" -a "$s" = A ]; then
+    if [ "$A_OK" = 1 ]; then
+      set oasis_slot=A
+    elif regexp --set=1:A_LEFT '^t(.*)$' "$A_LEFT"; then
+      save_env --file $envfile A_LEFT
+      set oasis_slot=A
+      set oasis_trial=1
+    fi
+  fi
+  if [ -z "$oasis_slot" -a "$s" = B ]; then
+    if [ "$B_OK" = 1 ]; then
+      set oasis_slot=B
+    elif regexp --set=1:B_LEFT '^t(.*)$' "$B_LEFT"; then
+      save_env --file $envfile B_LEFT
+      set oasis_slot=B
+      set oasis_trial=1
+    fi
+  fi
+done
+if [ -z "$oasis_slot" ]; then
+  set oasis_slot=A
+fi
+"#;
 
 /// The most boot tries [`SlotEnv::arm`] gives a slot.
 pub const MAX_TRIES: u8 = 3;
@@ -317,7 +348,7 @@ pub fn after_boot(boot: Boot, env: &SlotEnv) -> BootVerdict {
 }
 
 /// What GRUB's `grub.cfg` boots from `env`, and the environment it leaves (a trial boot strips
-/// one `t` and saves it). Mirrors the script in the module's documentation.
+/// one `t` and saves it). Mirrors [`GRUB_CHOICE_SCRIPT`].
 pub fn grub_choice(env: &SlotEnv) -> (Boot, SlotEnv) {
     for slot in env.order() {
         if env.ok(slot) {
