@@ -15,5 +15,6 @@
 
 pub mod console;
 pub mod disk;
+pub mod slots;
 pub mod supervisor;
 pub mod usb;
