@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use oasis_image::grubenv::{self, GrubEnv, GrubEnvError};
 use serde::{Deserialize, Serialize};
 
+pub mod install;
 pub mod trial;
 pub use trial::{fallback_reason, TrialError, TrialRecord, TrialVerdict};
 
