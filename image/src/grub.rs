@@ -12,7 +12,8 @@
 //!
 //! Both carry every module they need and an early configuration that finds the EFI system
 //! partition by its label ([`ESP_LABEL`]), whatever disk number the firmware gives it, and reads
-//! `/boot/grub/grub.cfg` there ([`grub_cfg`]). Not signed: machines with Secure Boot enabled
+//! `/boot/grub/grub.cfg` there ([`grub_cfg`]), which chooses a boot slot from `grubenv` and loads
+//! the kernel from that slot's partition on the same disk. Not signed: machines with Secure Boot enabled
 //! must have it turned off (a shim signed by a vendor key is out of reach here).
 
 use std::fs;
@@ -29,7 +30,7 @@ pub const BIOS_PACKAGE: &str = "grub-pc-bin";
 pub const EFI_PACKAGE: &str = "grub-efi-amd64-bin";
 /// Where `grub.cfg` lives on the EFI system partition.
 pub const CFG_PATH: &str = "boot/grub/grub.cfg";
-/// The kernel and initramfs on the EFI system partition.
+/// The kernel and initramfs in a slot.
 pub const KERNEL_PATH: &str = "oasis/vmlinuz";
 /// See [`KERNEL_PATH`].
 pub const INITRD_PATH: &str = "oasis/initrd.img";
@@ -175,10 +176,12 @@ fn choose_slot() -> String {
          \x20   if [ \"$oasis_saved\" = 1 ]; then\n\
          \x20       echo \"oasis: booting slot $oasis_slot (trial, tries left: $left)\"\n\
          \x20   else\n\
-         \x20       echo \"oasis: booting slot $oasis_slot (trial, tries left: $left) but grubenv could not be written: this try is not counted\"\n\
+         \x20       echo \"oasis: booting slot $oasis_slot (trial; grubenv not writable, try not counted)\"\n\
          \x20   fi\n\
+         elif [ -n \"$oasis_skipped\" ]; then\n\
+         \x20   echo \"oasis: booting slot $oasis_slot (good; fell back from$oasis_skipped: not good, no tries left)\"\n\
          else\n\
-         \x20   echo \"oasis: booting slot $oasis_slot (committed good; skipped:$oasis_skipped)\"\n\
+         \x20   echo \"oasis: booting slot $oasis_slot (committed good)\"\n\
          fi\n",
         save_a = save("A"),
         save_b = save("B"),

@@ -332,7 +332,8 @@ fn slots_fall_back(firmware: Firmware, prefix: &str) {
     appliance_disk(&appliance_image(), &disk, 4);
     let spec = ApplianceVmSpec { disk: disk.clone(), stick: None, firmware, mac: "52:54:00:0a:00:03".into() };
 
-    let first = boot_once(&ns, &spec, work.path(), "boot-a", "booting slot A (committed good", "running slot A");
+    let first =
+        boot_once(&ns, &spec, work.path(), "boot-a", "oasis: booting slot A (committed good)", "running slot A");
     assert!(!first.contains("a trial boot"), "{first}");
     assert!(first.contains("oasis.slot=A oasis.trial=0"), "the kernel command line names the slot:\n{first}");
 
@@ -370,7 +371,7 @@ fn slots_fall_back(firmware: Firmware, prefix: &str) {
         &spec,
         work.path(),
         "boot-back",
-        "booting slot A (committed good; skipped: B)",
+        "booting slot A (good; fell back from B: not good, no tries left)",
         "running slot A",
     );
     assert!(!back.contains("a trial boot") && back.contains("oasis.slot=A oasis.trial=0"), "{back}");
