@@ -1,4 +1,5 @@
-//! The appliance's own disk: the EFI system partition it booted from, and the data partition
+//! The appliance's own disk: the EFI system partition GRUB booted from, the slot holding the
+//! running system's files ([`running_slot`], [`BootDisk::boot_files`]), and the data partition
 //! where the store lives.
 //!
 //! The image ([`oasis_image::appliance`]) has no data partition; the first boot adds it from
@@ -17,7 +18,7 @@ use oasis_host::command::CommandError;
 use oasis_host::mount::MsFlags;
 use std::time::{Duration, Instant};
 
-use oasis_image::appliance::{DATA_FIRST, DATA_NAME, ESP_NAME};
+use oasis_image::appliance::{Slot, DATA_FIRST, DATA_NAME, ESP_NAME};
 use oasis_image::gpt::{self, Gpt, Guid, Partition, SECTOR};
 
 /// Errors finding or preparing the disk.
@@ -88,6 +89,38 @@ pub struct BootDisk {
     pub sectors: u64,
     /// The EFI system partition's device.
     pub esp: PathBuf,
+    /// The devices of slots A and B (by GPT name), when the table has them: an image made before
+    /// the two slots has neither, and its EFI system partition holds what a slot does.
+    pub slots: [Option<PathBuf>; 2],
+}
+
+impl BootDisk {
+    /// The device of `slot`'s partition, if the table has it.
+    pub fn slot(&self, slot: Slot) -> Option<&Path> {
+        self.slots[slot as usize].as_deref()
+    }
+
+    /// What to mount to get the running slot's files: its partition, or the EFI system partition
+    /// of an image made before the two slots (which boots the same files as slot A).
+    pub fn boot_files(&self, slot: Slot) -> &Path {
+        self.slot(slot).unwrap_or(&self.esp)
+    }
+}
+
+/// The slot the running system booted from and whether it is a trial boot, from the kernel
+/// command line (`oasis.slot=A|B`, `oasis.trial=0|1`, set by GRUB). An image made before the two
+/// slots passes neither: slot A, not a trial.
+pub fn running_slot(cmdline: &str) -> (Slot, bool) {
+    let mut slot = Slot::A;
+    let mut trial = false;
+    for word in cmdline.split_whitespace() {
+        if let Some(letter) = word.strip_prefix("oasis.slot=") {
+            slot = Slot::from_letter(letter).unwrap_or(Slot::A);
+        } else if let Some(value) = word.strip_prefix("oasis.trial=") {
+            trial = value == "1";
+        }
+    }
+    (slot, trial)
 }
 
 /// The device of partition `number` (1-based) of disk `name`: `vda3`, `nvme0n1p3`.
@@ -118,7 +151,9 @@ pub fn find_boot_disk(sys_block: &Path, timeout: Duration) -> Result<BootDisk, D
                 if size != SECTOR {
                     return Err(DiskError::SectorSize { disk: name, size });
                 }
-                return Ok(BootDisk { esp: partition_device(&name, slot + 1), name, sectors });
+                let slots =
+                    Slot::ALL.map(|s| table.find(s.partition_name()).map(|(i, _)| partition_device(&name, i + 1)));
+                return Ok(BootDisk { esp: partition_device(&name, slot + 1), name, sectors, slots });
             }
         }
         if start.elapsed() > timeout {
@@ -346,6 +381,23 @@ mod tests {
             name: ESP_NAME.into(),
         });
         t
+    }
+
+    #[test]
+    fn the_running_slot_comes_from_the_command_line_and_defaults_to_a() {
+        assert_eq!(running_slot("console=ttyS0 oasis.slot=B oasis.trial=1 panic=10"), (Slot::B, true));
+        assert_eq!(running_slot("oasis.slot=A oasis.trial=0"), (Slot::A, false));
+        assert_eq!(running_slot("console=ttyS0,115200 panic=10\n"), (Slot::A, false));
+        assert_eq!(running_slot("oasis.slot=Z"), (Slot::A, false));
+    }
+
+    #[test]
+    fn an_old_image_boots_its_files_from_the_esp_and_a_new_one_from_its_slot() {
+        let mut disk = BootDisk { name: "vda".into(), sectors: SECTORS, esp: "/dev/vda2".into(), slots: [None, None] };
+        assert_eq!(disk.boot_files(Slot::A), Path::new("/dev/vda2"));
+        disk.slots = [Some("/dev/vda4".into()), Some("/dev/vda5".into())];
+        assert_eq!(disk.boot_files(Slot::B), Path::new("/dev/vda5"));
+        assert_eq!(disk.slot(Slot::A), Some(Path::new("/dev/vda4")));
     }
 
     #[test]

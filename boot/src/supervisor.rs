@@ -38,7 +38,8 @@ use crate::usb::{self, Acceptance, Offer, Outcome, Stick};
 
 /// Where the data partition is mounted: the store, the saved configuration, logs.
 pub const DATA_DIR: &str = "/var/lib/oasis";
-/// Where the EFI system partition is mounted, read-only.
+/// Where the running slot's partition is mounted, read-only (the EFI system partition of an image
+/// made before the two slots).
 pub const ESP_MOUNT: &str = "/run/oasis/boot-disk";
 /// Where a stick is mounted while it is read or written.
 pub const STICK_MOUNT: &str = "/run/oasis/stick";
@@ -72,7 +73,12 @@ pub fn run() -> anyhow::Result<()> {
     } else if data.grown {
         say(&format!("oasis boot: grew the data partition {} to {gib:.1} GiB", data.device.display()));
     }
-    disk::mount(&boot_disk.esp, Path::new(ESP_MOUNT), "vfat", MsFlags::MS_RDONLY)?;
+    // The running slot's files (kernel, initramfs, the boot files served to the rack), read-only
+    // where the EFI system partition was before the two slots; the ESP itself stays unmounted.
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let (slot, trial) = disk::running_slot(&cmdline);
+    say(&format!("oasis boot: running slot {slot}{}", if trial { " (a trial boot)" } else { "" }));
+    disk::mount(boot_disk.boot_files(slot), Path::new(ESP_MOUNT), "vfat", MsFlags::MS_RDONLY)?;
     let data_dir = PathBuf::from(DATA_DIR);
     disk::mount(&data.device, &data_dir, "ext4", MsFlags::MS_NOATIME)?;
     disk::bind_read_only(&Path::new(ESP_MOUNT).join(ESP_BOOT_ROOT), &data_dir.join("boot"))?;

@@ -1,15 +1,24 @@
 //! The appliance disk image: what the appliance machine boots, under BIOS or UEFI.
 //!
 //! [`build_appliance_image`] writes one raw disk image (write it to the appliance's disk, or boot
-//! it in a VM) laid out as:
+//! it in a VM) laid out as (layout v2, two boot slots):
 //!
 //! | sectors (512 B) | partition | contents |
 //! |---|---|---|
 //! | 0 | (MBR) | GRUB's boot.img and the GPT's protective record |
 //! | 1..=33 | (GPT) | the partition table |
-//! | [`BIOS_BOOT_FIRST`].. (1 MiB) | 1, BIOS boot | GRUB's core.img |
-//! | [`ESP_FIRST`].. (as large as needed) | 2, EFI system, FAT32 labelled `OASIS-BOOT` | GRUB for UEFI, `grub.cfg`, the kernel and initramfs, the boot files served to the rack under `oasis/boot/` |
-//! | [`DATA_FIRST`]..end of disk | 3, `oasis-store` | not in the image: the appliance creates it on first boot |
+//! | [`BIOS_BOOT_FIRST`].. (1 MiB, 1 MiB long) | 1, BIOS boot | GRUB's core.img |
+//! | [`ESP_FIRST`].. (2 MiB, [`ESP_SECTORS`]: 64 MiB) | 2, EFI system, FAT32 labelled `OASIS-BOOT` | GRUB for UEFI, `grub.cfg`, and `grubenv` ([`GRUBENV_PATH`]), which chooses the slot |
+//! | [`SLOT_A_FIRST`].. (512 MiB, [`SLOT_SECTORS`]: 736 MiB) | 4, `oasis-a`, FAT32 labelled `OASIS-A` | slot A: the kernel and initramfs, the boot files served to the rack under `oasis/boot/`, `oasis/slot.json` |
+//! | [`SLOT_B_FIRST`].. (1248 MiB, 736 MiB) | 5, `oasis-b`, FAT32 labelled `OASIS-B` | slot B: formatted empty in a new image (never bootable until written) |
+//! | [`DATA_FIRST`]..end of disk (2 GiB) | 3, `oasis-store` | not in the image: the appliance creates it on first boot |
+//!
+//! GRUB reads `grubenv` and boots the first slot in its `ORDER` that is committed good or has
+//! tries left ([`grub::grub_cfg`]); the kernel gets `oasis.slot=A|B` and `oasis.trial=0|1`. A
+//! slot holds what the single EFI system partition held before layout v2; [`write_slot`] writes
+//! one slot's filesystem into any region (the running appliance writes slot B on its own disk).
+//! Slot A starts at 512 MiB, beyond the end of any single-slot image's EFI system partition, so
+//! such a disk can be converted in place.
 //!
 //! The data partition starts at a fixed sector beyond any image, so writing a newer image over the
 //! disk (an update) leaves the store where it was: the new table lacks partition 3 and the
@@ -20,11 +29,11 @@
 //! needs ([`MODULES`], loaded in dependency order by `/init` from [`MODULE_ORDER_FILE`]), the
 //! trusted key for signed USB configurations when one is given, and the files of
 //! `buildroot-overlay/appliance-overlay` (its `/init` runs `oasis boot`) over those of
-//! `buildroot-overlay/rootfs-overlay`. The bulky boot files stay on the EFI system partition, which
-//! the appliance mounts read-only, so GRUB loads a small initramfs.
+//! `buildroot-overlay/rootfs-overlay`. The bulky boot files stay in the slot, which the appliance
+//! mounts read-only, so GRUB loads a small initramfs.
 
 use std::fs;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -46,8 +55,130 @@ pub const BIOS_BOOT_FIRST: u64 = 2048;
 pub const BIOS_BOOT_SECTORS: u64 = 2048;
 /// First sector of the EFI system partition (2 MiB).
 pub const ESP_FIRST: u64 = BIOS_BOOT_FIRST + BIOS_BOOT_SECTORS;
-/// First sector of the data partition (2 GiB): the EFI system partition must end before it.
+/// The EFI system partition's length: 64 MiB, only GRUB and its files.
+pub const ESP_SECTORS: u64 = 64 * 1024 * 1024 / SECTOR;
+/// First sector of the data partition (2 GiB): both slots end before it.
 pub const DATA_FIRST: u64 = 2 * 1024 * 1024 * 1024 / SECTOR;
+/// First sector of slot A (512 MiB).
+pub const SLOT_A_FIRST: u64 = 512 * 1024 * 1024 / SECTOR;
+/// Each slot's length (736 MiB).
+pub const SLOT_SECTORS: u64 = 736 * 1024 * 1024 / SECTOR;
+/// First sector of slot B, right after slot A (1248 MiB); it ends at 1984 MiB.
+pub const SLOT_B_FIRST: u64 = SLOT_A_FIRST + SLOT_SECTORS;
+/// Slot A's GPT name; see [`Slot`].
+pub const SLOT_A_NAME: &str = "oasis-a";
+/// Slot B's GPT name.
+pub const SLOT_B_NAME: &str = "oasis-b";
+/// Slot A's FAT label.
+pub const SLOT_A_LABEL: &str = "OASIS-A";
+/// Slot B's FAT label.
+pub const SLOT_B_LABEL: &str = "OASIS-B";
+/// GRUB's environment block on the EFI system partition ([`crate::grubenv`]): which slot boots.
+pub const GRUBENV_PATH: &str = "boot/grub/grubenv";
+/// What a slot holds about itself: [`SlotInfo`] as JSON.
+pub const SLOT_INFO_PATH: &str = "oasis/slot.json";
+
+const _: () = assert!(ESP_FIRST + ESP_SECTORS <= SLOT_A_FIRST && SLOT_B_FIRST + SLOT_SECTORS <= DATA_FIRST);
+
+/// One of the appliance disk's two boot slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    /// Partition 4, filled in a new image.
+    A,
+    /// Partition 5, empty in a new image.
+    B,
+}
+
+impl Slot {
+    /// Both, in partition order.
+    pub const ALL: [Slot; 2] = [Slot::A, Slot::B];
+
+    /// Its letter, as on the kernel command line (`oasis.slot=A`) and in `grubenv`.
+    pub fn letter(self) -> &'static str {
+        match self {
+            Slot::A => "A",
+            Slot::B => "B",
+        }
+    }
+
+    /// The slot of a letter (`A` or `B`).
+    pub fn from_letter(letter: &str) -> Option<Slot> {
+        Slot::ALL.into_iter().find(|s| s.letter() == letter)
+    }
+
+    /// Its GPT partition name.
+    pub fn partition_name(self) -> &'static str {
+        match self {
+            Slot::A => SLOT_A_NAME,
+            Slot::B => SLOT_B_NAME,
+        }
+    }
+
+    /// Its FAT volume label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Slot::A => SLOT_A_LABEL,
+            Slot::B => SLOT_B_LABEL,
+        }
+    }
+
+    /// Its partition number in a new image (1-based: `gpt4`, `/dev/vda4`).
+    pub fn partition_number(self) -> usize {
+        match self {
+            Slot::A => 4,
+            Slot::B => 5,
+        }
+    }
+
+    /// Its first sector.
+    pub fn first_sector(self) -> u64 {
+        match self {
+            Slot::A => SLOT_A_FIRST,
+            Slot::B => SLOT_B_FIRST,
+        }
+    }
+
+    /// The other slot.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// Its FAT volume id (fixed, so that the same files give the same bytes).
+    fn volume_id(self) -> u32 {
+        match self {
+            Slot::A => 0x0A515A0A,
+            Slot::B => 0x0A515A0B,
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.letter())
+    }
+}
+
+/// What a slot holds about itself ([`SLOT_INFO_PATH`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotInfo {
+    /// The appliance version (of the `oasis` that built it).
+    pub version: String,
+    /// Every other file of the slot, by path, with its SHA-256 (hex).
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+/// The variables of a new image's `grubenv`: slot A committed good and first, slot B not good
+/// and with no tries left.
+pub fn initial_grubenv() -> Result<Vec<u8>, crate::grubenv::GrubEnvError> {
+    let mut env = crate::grubenv::GrubEnv::default();
+    for (name, value) in [("ORDER", "A B"), ("A_OK", "1"), ("B_OK", "0"), ("A_LEFT", ""), ("B_LEFT", "")] {
+        env.set(name, value)?;
+    }
+    env.render()
+}
 /// The data partition's GPT name and ext4 label.
 pub const DATA_NAME: &str = "oasis-store";
 /// The EFI system partition's GPT name (its FAT label is [`grub::ESP_LABEL`] too).
@@ -157,17 +288,22 @@ pub enum ApplianceImageError {
         /// The OS error.
         source: io::Error,
     },
-    /// The EFI system partition would reach the data partition.
-    #[error("the boot files need {mib} MiB, more than the {max} MiB before the data partition; leave out what the rack does not need")]
+    /// The files do not fit in their partition.
+    #[error("the {what} need {mib} MiB, more than the {max} MiB there is; leave out what the rack does not need")]
     TooLarge {
+        /// Which files.
+        what: &'static str,
         /// What is needed.
         mib: u64,
         /// What fits.
         max: u64,
     },
-    /// The FAT filesystem could not be written.
-    #[error("cannot write the EFI system partition")]
+    /// A FAT filesystem (the EFI system partition or a slot) could not be written.
+    #[error("cannot write a FAT filesystem of the appliance disk")]
     Fat(#[source] io::Error),
+    /// The GRUB environment block could not be made (a bug).
+    #[error(transparent)]
+    GrubEnv(#[from] crate::grubenv::GrubEnvError),
 }
 
 /// What the appliance image is made of, on the build host.
@@ -204,8 +340,10 @@ pub struct ApplianceImage {
     pub kernel_version: String,
     /// The GRUB version.
     pub grub_version: String,
-    /// Every file on the EFI system partition with its SHA-256, sorted by path.
+    /// Every file on the EFI system partition with its SHA-256 (GRUB's).
     pub esp_files: Vec<(String, String)>,
+    /// Every file in slot A with its SHA-256, sorted by path (but `oasis/slot.json`, which lists them).
+    pub slot_files: Vec<(String, String)>,
 }
 
 /// The parts of the initramfs, on the build host.
@@ -268,68 +406,112 @@ pub fn appliance_initramfs(parts: &ApplianceParts, inputs: &ApplianceInputs) -> 
     Ok(a)
 }
 
-/// A file to put on the EFI system partition.
+/// A file to put on the EFI system partition or in a slot.
 #[derive(Debug, Clone)]
-pub enum EspSource {
+pub enum FileSource {
     /// Copied from the build host.
     File(PathBuf),
     /// These bytes.
     Bytes(Vec<u8>),
 }
 
-impl EspSource {
+impl FileSource {
     fn len(&self) -> Result<u64, ApplianceImageError> {
         match self {
-            EspSource::File(p) => fs::metadata(p)
+            FileSource::File(p) => fs::metadata(p)
                 .map(|m| m.len())
                 .map_err(|source| ApplianceImageError::Input { path: p.clone(), source }),
-            EspSource::Bytes(b) => Ok(b.len() as u64),
+            FileSource::Bytes(b) => Ok(b.len() as u64),
+        }
+    }
+
+    /// Its SHA-256, in hex.
+    pub fn sha256(&self) -> Result<String, ApplianceImageError> {
+        match self {
+            FileSource::File(p) => {
+                let input = |source| ApplianceImageError::Input { path: p.clone(), source };
+                let mut file = fs::File::open(p).map_err(input)?;
+                let mut hasher = Sha256::new();
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = file.read(&mut buf).map_err(input)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                Ok(hex::encode(hasher.finalize()))
+            }
+            FileSource::Bytes(b) => Ok(hex::encode(Sha256::digest(b))),
         }
     }
 }
 
 /// Every file of a boot directory (its SHA256SUMS checked first), under `esp_dir` on the ESP.
-fn boot_dir_files(dir: &Path, esp_dir: &str) -> Result<Vec<(String, EspSource)>, ApplianceImageError> {
+fn boot_dir_files(dir: &Path, esp_dir: &str) -> Result<Vec<(String, FileSource)>, ApplianceImageError> {
     let manifest =
         manifest::verify(dir).map_err(|source| ApplianceImageError::BootDir { dir: dir.to_path_buf(), source })?;
-    let mut files: Vec<(String, EspSource)> = manifest
+    let mut files: Vec<(String, FileSource)> = manifest
         .entries()
         .iter()
-        .map(|e| (format!("{esp_dir}/{}", e.name), EspSource::File(dir.join(&e.name))))
+        .map(|e| (format!("{esp_dir}/{}", e.name), FileSource::File(dir.join(&e.name))))
         .collect();
-    files.push((format!("{esp_dir}/{}", manifest::MANIFEST_NAME), EspSource::File(manifest.path())));
+    files.push((format!("{esp_dir}/{}", manifest::MANIFEST_NAME), FileSource::File(manifest.path())));
     Ok(files)
 }
 
-/// The EFI system partition's size for these files: room for FAT32's minimum, the files (in 4 KiB
-/// clusters) and a quarter more, in whole MiB.
-fn esp_sectors(files: &[(String, EspSource)]) -> Result<u64, ApplianceImageError> {
-    let mut bytes = 0u64;
+/// Refuses `files` when they do not fit in `sectors` (in 4 KiB clusters, with 16 MiB for FAT32's
+/// own tables and some room).
+fn check_fits(what: &'static str, files: &[(String, FileSource)], sectors: u64) -> Result<(), ApplianceImageError> {
+    let mut bytes = 16u64 << 20;
     for (_, source) in files {
         bytes += source.len()?.div_ceil(4096) * 4096 + 4096;
     }
-    let mib = (bytes + bytes / 4).div_ceil(1 << 20) + 40;
-    Ok(mib * (1 << 20) / SECTOR)
+    let max = sectors * SECTOR;
+    if bytes > max {
+        return Err(ApplianceImageError::TooLarge { what, mib: bytes.div_ceil(1 << 20), max: max >> 20 });
+    }
+    Ok(())
 }
 
-/// Writes the FAT32 filesystem with `files` into the partition at `first` sectors.
-fn write_esp(
-    file: &mut fs::File,
-    first: u64,
-    sectors: u64,
-    files: &[(String, EspSource)],
+/// `files` with the slot's [`SlotInfo`] added ([`SLOT_INFO_PATH`]: `version` and each file's
+/// SHA-256), sorted by path; and that info.
+pub fn with_slot_info(
+    mut files: Vec<(String, FileSource)>,
+    version: &str,
+) -> Result<(Vec<(String, FileSource)>, SlotInfo), ApplianceImageError> {
+    files.retain(|(path, _)| path != SLOT_INFO_PATH);
+    let mut info = SlotInfo { version: version.to_string(), files: Default::default() };
+    for (path, source) in &files {
+        info.files.insert(path.clone(), source.sha256()?);
+    }
+    let json = serde_json::to_vec_pretty(&info).unwrap_or_default();
+    files.push((SLOT_INFO_PATH.to_string(), FileSource::Bytes(json)));
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((files, info))
+}
+
+/// Formats all of `region` as FAT32 labelled `label` and writes `files` into it, in their order,
+/// each in one go: on a fresh filesystem every file is contiguous.
+fn write_fat<R: Read + Write + Seek>(
+    region: &mut R,
+    label: &str,
+    volume_id: u32,
+    bytes_per_cluster: u32,
+    files: &[(String, FileSource)],
 ) -> Result<(), ApplianceImageError> {
     let fat = ApplianceImageError::Fat;
-    let mut region = Slice::new(file, first * SECTOR, sectors * SECTOR);
-    let mut label = [b' '; 11];
-    label[..grub::ESP_LABEL.len()].copy_from_slice(grub::ESP_LABEL.as_bytes());
+    let mut label_bytes = [b' '; 11];
+    label_bytes[..label.len()].copy_from_slice(label.as_bytes());
     let options = fatfs::FormatVolumeOptions::new()
         .fat_type(fatfs::FatType::Fat32)
-        .volume_label(label)
-        .volume_id(0x0A515B00)
-        .bytes_per_cluster(4096);
-    fatfs::format_volume(&mut region, options).map_err(fat)?;
-    let fs = fatfs::FileSystem::new(&mut region, fatfs::FsOptions::new().time_provider(&FIXED_TIME)).map_err(fat)?;
+        .volume_label(label_bytes)
+        .volume_id(volume_id)
+        .bytes_per_cluster(bytes_per_cluster);
+    region.seek(SeekFrom::Start(0)).map_err(fat)?;
+    fatfs::format_volume(&mut *region, options).map_err(fat)?;
+    region.seek(SeekFrom::Start(0)).map_err(fat)?;
+    let fs = fatfs::FileSystem::new(&mut *region, fatfs::FsOptions::new().time_provider(&FIXED_TIME)).map_err(fat)?;
     for (path, source) in files {
         let root = fs.root_dir();
         let (dir, name) = match path.rsplit_once('/') {
@@ -348,17 +530,39 @@ fn write_esp(
         let mut out = dir.create_file(name).map_err(fat)?;
         out.truncate().map_err(fat)?;
         match source {
-            EspSource::File(p) => {
+            FileSource::File(p) => {
                 let mut input =
                     fs::File::open(p).map_err(|source| ApplianceImageError::Input { path: p.clone(), source })?;
                 io::copy(&mut input, &mut out).map_err(fat)?;
             }
-            EspSource::Bytes(b) => out.write_all(b).map_err(fat)?,
+            FileSource::Bytes(b) => out.write_all(b).map_err(fat)?,
         }
         out.flush().map_err(fat)?;
     }
     fs.unmount().map_err(fat)?;
     Ok(())
+}
+
+/// Writes the EFI system partition's filesystem (FAT32 labelled [`grub::ESP_LABEL`]) with
+/// `files` over all of `region`. Its clusters are 512 bytes, as 64 MiB holds too few 4 KiB
+/// clusters for FAT32.
+pub fn write_esp<R: Read + Write + Seek>(
+    region: &mut R,
+    files: &[(String, FileSource)],
+) -> Result<(), ApplianceImageError> {
+    write_fat(region, grub::ESP_LABEL, 0x0A515B00, 512, files)
+}
+
+/// Writes slot `slot`'s filesystem (FAT32 labelled [`Slot::label`]) with `files` (see
+/// [`with_slot_info`]) over all of `region`: a slot's partition in an image file, or on the
+/// running appliance's disk. The region's length (where it seeks to at its end) is the
+/// filesystem's size; what it held is lost. The same files give the same bytes.
+pub fn write_slot<R: Read + Write + Seek>(
+    region: &mut R,
+    slot: Slot,
+    files: &[(String, FileSource)],
+) -> Result<(), ApplianceImageError> {
+    write_fat(region, slot.label(), slot.volume_id(), 4096, files)
 }
 
 /// A GUID derived from the image's contents, so the same inputs give the same image.
@@ -370,43 +574,50 @@ fn derived_guid(seed: &[u8], what: &str) -> Guid {
     Guid::from_display_bytes(d)
 }
 
-/// Writes the disk image `out` with GRUB and `files` on its EFI system partition.
+/// The partition type of the slots: Microsoft basic data, the usual type of a FAT partition
+/// that is not an EFI system partition (firmware looks for bootloaders on the ESP only).
+pub const SLOT_TYPE: Guid = Guid::parse("EBD0A0A2-B9E5-4433-87C0-68B6B72699C7");
+
+/// The partition table of an image whose files give `seed`.
+fn image_table(seed: &[u8]) -> Gpt {
+    let mut table = Gpt::new(derived_guid(seed, "disk"));
+    let mut add = |index: usize, type_guid, first_lba, sectors, name: &str| {
+        table.partitions[index] = Some(Partition {
+            type_guid,
+            unique_guid: derived_guid(seed, name),
+            first_lba,
+            last_lba: first_lba + sectors - 1,
+            attributes: 0,
+            name: name.into(),
+        });
+    };
+    add(0, gpt::BIOS_BOOT, BIOS_BOOT_FIRST, BIOS_BOOT_SECTORS, "BIOS boot");
+    add(1, gpt::EFI_SYSTEM, ESP_FIRST, ESP_SECTORS, ESP_NAME);
+    // Index 2 (partition 3) is the data partition's, added by the appliance.
+    for slot in Slot::ALL {
+        add(slot.partition_number() - 1, SLOT_TYPE, slot.first_sector(), SLOT_SECTORS, slot.partition_name());
+    }
+    table
+}
+
+/// Writes the disk image `out`: GRUB, `esp_files` on the EFI system partition, `slot_files` in
+/// slot A, slot B empty. Returns the image's size in bytes.
 pub fn write_disk(
     out: &Path,
     grub: &GrubImages,
-    files: &[(String, EspSource)],
-) -> Result<(u64, u64), ApplianceImageError> {
-    let esp = esp_sectors(files)?;
-    if ESP_FIRST + esp > DATA_FIRST {
-        return Err(ApplianceImageError::TooLarge {
-            mib: (esp * SECTOR) >> 20,
-            max: ((DATA_FIRST - ESP_FIRST) * SECTOR) >> 20,
-        });
-    }
-    let sectors = ESP_FIRST + esp + gpt::FIRST_USABLE - 1;
+    esp_files: &[(String, FileSource)],
+    slot_files: &[(String, FileSource)],
+) -> Result<u64, ApplianceImageError> {
+    check_fits("files of the EFI system partition", esp_files, ESP_SECTORS)?;
+    check_fits("files of the boot slot", slot_files, SLOT_SECTORS)?;
+    let sectors = SLOT_B_FIRST + SLOT_SECTORS + gpt::FIRST_USABLE - 1;
     let mut seed = Vec::new();
-    for (path, source) in files {
+    for (path, source) in esp_files.iter().chain(slot_files) {
         seed.extend_from_slice(path.as_bytes());
         seed.extend_from_slice(&source.len()?.to_le_bytes());
     }
     seed.extend_from_slice(&grub.efi_img);
-    let mut table = Gpt::new(derived_guid(&seed, "disk"));
-    table.partitions[0] = Some(Partition {
-        type_guid: gpt::BIOS_BOOT,
-        unique_guid: derived_guid(&seed, "bios"),
-        first_lba: BIOS_BOOT_FIRST,
-        last_lba: BIOS_BOOT_FIRST + BIOS_BOOT_SECTORS - 1,
-        attributes: 0,
-        name: "BIOS boot".into(),
-    });
-    table.partitions[1] = Some(Partition {
-        type_guid: gpt::EFI_SYSTEM,
-        unique_guid: derived_guid(&seed, "esp"),
-        first_lba: ESP_FIRST,
-        last_lba: ESP_FIRST + esp - 1,
-        attributes: 0,
-        name: ESP_NAME.into(),
-    });
+    let table = image_table(&seed);
 
     let mut core = grub.core_img.clone();
     if core.len() as u64 > BIOS_BOOT_SECTORS * SECTOR {
@@ -424,16 +635,32 @@ pub fn write_disk(
     let tmp = out.with_extension("img.tmp");
     let mut file =
         fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).map_err(output)?;
+    // Sparse: the slots' free space takes no room on the build host.
     file.set_len(sectors * SECTOR).map_err(output)?;
     file.write_all(&boot_sector[..grub::BOOT_CODE_END]).map_err(output)?;
     table.write(&mut file, sectors)?;
     file.seek(SeekFrom::Start(BIOS_BOOT_FIRST * SECTOR)).map_err(output)?;
     file.write_all(&core).map_err(output)?;
-    write_esp(&mut file, ESP_FIRST, esp, files)?;
+    write_esp(&mut Slice::new(&mut file, ESP_FIRST * SECTOR, ESP_SECTORS * SECTOR), esp_files)?;
+    for (slot, files) in [(Slot::A, slot_files), (Slot::B, &[][..])] {
+        let mut region = Slice::new(&mut file, slot.first_sector() * SECTOR, SLOT_SECTORS * SECTOR);
+        write_slot(&mut region, slot, files)?;
+    }
     file.sync_all().map_err(output)?;
     drop(file);
     fs::rename(&tmp, out).map_err(output)?;
-    Ok((sectors * SECTOR, esp * SECTOR))
+    Ok(sectors * SECTOR)
+}
+
+/// The EFI system partition's files: GRUB for UEFI, its menu and its environment block (last, so
+/// that GRUB's `save_env` finds it in one piece: written in one go on a fresh filesystem, it is
+/// contiguous, and GRUB rewrites it in place through its block list without moving it).
+fn esp_files(grub: &GrubImages) -> Result<Vec<(String, FileSource)>, ApplianceImageError> {
+    Ok(vec![
+        ("EFI/BOOT/BOOTX64.EFI".into(), FileSource::Bytes(grub.efi_img.clone())),
+        (grub::CFG_PATH.into(), FileSource::Bytes(grub::grub_cfg(CMDLINE).into_bytes())),
+        (GRUBENV_PATH.into(), FileSource::Bytes(initial_grubenv()?)),
+    ])
 }
 
 /// Fetches Debian's kernel, busybox, e2fsprogs and GRUB through the cache at `cache` and writes
@@ -476,32 +703,26 @@ pub fn build_appliance_image(
     let grub = grub::build(&cache, &work);
     let _ = fs::remove_dir_all(&work);
     let grub = grub?;
-    files.push(("EFI/BOOT/BOOTX64.EFI".into(), EspSource::Bytes(grub.efi_img.clone())));
-    files.push((grub::CFG_PATH.into(), EspSource::Bytes(grub::grub_cfg(CMDLINE).into_bytes())));
-    files.push((grub::KERNEL_PATH.into(), EspSource::File(kernel.file(&format!("/boot/{vmlinuz}"))?)));
-    files.push((grub::INITRD_PATH.into(), EspSource::Bytes(initrd)));
-    files.sort_by(|a, b| a.0.cmp(&b.0));
+    files.push((grub::KERNEL_PATH.into(), FileSource::File(kernel.file(&format!("/boot/{vmlinuz}"))?)));
+    files.push((grub::INITRD_PATH.into(), FileSource::Bytes(initrd)));
+    let (slot_files, info) = with_slot_info(files, env!("CARGO_PKG_VERSION"))?;
+    let esp = esp_files(&grub)?;
 
-    let (bytes, esp_bytes) = write_disk(out, &grub, &files)?;
-    let mut esp_files = Vec::new();
-    for (path, source) in &files {
-        let digest = match source {
-            EspSource::File(p) => {
-                manifest::sha256_file(p).map_err(|source| ApplianceImageError::BootDir { dir: p.clone(), source })?
-            }
-            EspSource::Bytes(b) => hex::encode(Sha256::digest(b)),
-        };
-        esp_files.push((path.clone(), digest));
+    let bytes = write_disk(out, &grub, &esp, &slot_files)?;
+    let mut esp_digests = Vec::new();
+    for (path, source) in &esp {
+        esp_digests.push((path.clone(), source.sha256()?));
     }
     Ok(ApplianceImage {
         path: out.to_path_buf(),
         bytes,
-        esp_bytes,
+        esp_bytes: ESP_SECTORS * SECTOR,
         initrd_bytes,
         initrd_uncompressed_bytes,
         kernel_version: version,
         grub_version: grub.version,
-        esp_files,
+        esp_files: esp_digests,
+        slot_files: info.files.into_iter().collect(),
     })
 }
 
@@ -510,46 +731,133 @@ mod tests {
     use std::io::Read;
 
     use super::*;
+    use crate::grubenv::GrubEnv;
 
-    #[test]
-    fn the_disk_is_reproducible_and_its_esp_holds_the_files() {
-        let dir = tempfile::tempdir().unwrap();
+    fn fake_grub() -> GrubImages {
         let mut core_img = vec![0u8; 1024];
         core_img[508..510].copy_from_slice(&1u16.to_le_bytes());
-        let grub = GrubImages { boot_img: vec![0xEB; 512], core_img, efi_img: vec![1; 100], version: "test".into() };
-        let files = vec![
-            ("EFI/BOOT/BOOTX64.EFI".to_string(), EspSource::Bytes(vec![1; 100])),
-            ("oasis/boot/node/initrd.img".to_string(), EspSource::Bytes(vec![7; 300_000])),
-        ];
-        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
-        write_disk(&a, &grub, &files).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2100)); // FAT times have 2 s steps
-        write_disk(&b, &grub, &files).unwrap();
-        assert!(fs::read(&a).unwrap() == fs::read(&b).unwrap(), "two builds of the same inputs differ");
+        GrubImages { boot_img: vec![0xEB; 512], core_img, efi_img: vec![1; 100], version: "test".into() }
+    }
 
-        let bytes = fs::read(&a).unwrap();
-        assert_eq!(bytes[0], 0xEB, "boot code");
-        assert_eq!(&bytes[0x5c..0x64], &BIOS_BOOT_FIRST.to_le_bytes());
-        let core = (BIOS_BOOT_FIRST * SECTOR) as usize;
-        assert_eq!(&bytes[core + 500..core + 508], &(BIOS_BOOT_FIRST + 1).to_le_bytes());
-        let mut file = fs::File::open(&a).unwrap();
-        let sectors = bytes.len() as u64 / SECTOR;
-        let (table, _) = Gpt::read(&mut file, sectors).unwrap();
-        let (slot, esp) = table.find(ESP_NAME).unwrap();
-        assert_eq!((slot, esp.first_lba, esp.type_guid), (1, ESP_FIRST, gpt::EFI_SYSTEM));
-        let region = Slice::new(file, esp.first_lba * SECTOR, esp.sectors() * SECTOR);
-        let fat = fatfs::FileSystem::new(region, fatfs::FsOptions::new()).unwrap();
-        assert_eq!(fat.volume_label().trim_end(), grub::ESP_LABEL);
+    /// Whether two (large, sparse) files hold the same bytes, compared a chunk at a time.
+    fn same_bytes(a: &Path, b: &Path) -> bool {
+        let (mut a, mut b) = (fs::File::open(a).unwrap(), fs::File::open(b).unwrap());
+        let (mut x, mut y) = (vec![0u8; 16 << 20], vec![0u8; 16 << 20]);
+        loop {
+            let n = a.read(&mut x).unwrap();
+            b.read_exact(&mut y[..n]).unwrap();
+            if x[..n] != y[..n] {
+                return false;
+            }
+            if n == 0 {
+                return b.read(&mut y).unwrap() == 0;
+            }
+        }
+    }
+
+    fn read_fat_file(disk: &Path, first: u64, sectors: u64, path: &str) -> (String, Vec<u8>) {
+        let file = fs::File::open(disk).unwrap();
+        let fat = fatfs::FileSystem::new(Slice::new(file, first * SECTOR, sectors * SECTOR), fatfs::FsOptions::new())
+            .unwrap();
         let mut data = Vec::new();
-        fat.root_dir().open_file("oasis/boot/node/initrd.img").unwrap().read_to_end(&mut data).unwrap();
-        assert_eq!(data, vec![7; 300_000]);
+        if !path.is_empty() {
+            fat.root_dir().open_file(path).unwrap().read_to_end(&mut data).unwrap();
+        }
+        assert_eq!(fat.fat_type(), fatfs::FatType::Fat32);
+        (fat.volume_label().trim_end().to_string(), data)
     }
 
     #[test]
-    fn esp_leaves_room_and_is_fat32_sized() {
-        let files = vec![("a".to_string(), EspSource::Bytes(vec![0; 10 << 20]))];
-        let sectors = esp_sectors(&files).unwrap();
-        assert!(sectors * SECTOR >= 50 << 20, "{sectors}");
-        assert_eq!(sectors * SECTOR % (1 << 20), 0);
+    fn the_disk_is_reproducible_with_grub_on_the_esp_slot_a_filled_and_slot_b_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let grub = fake_grub();
+        let esp = esp_files(&grub).unwrap();
+        let files = vec![
+            ("oasis/vmlinuz".to_string(), FileSource::Bytes(vec![3; 5000])),
+            ("oasis/boot/node/initrd.img".to_string(), FileSource::Bytes(vec![7; 300_000])),
+        ];
+        let (slot, info) = with_slot_info(files, "9.9.9").unwrap();
+        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+        write_disk(&a, &grub, &esp, &slot).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2100)); // FAT times have 2 s steps
+        write_disk(&b, &grub, &esp, &slot).unwrap();
+        assert!(same_bytes(&a, &b), "two builds of the same inputs differ");
+
+        let mut file = fs::File::open(&a).unwrap();
+        let mut head = vec![0u8; (BIOS_BOOT_FIRST * SECTOR) as usize + 1024];
+        file.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], 0xEB, "boot code");
+        assert_eq!(&head[0x5c..0x64], &BIOS_BOOT_FIRST.to_le_bytes());
+        let core = (BIOS_BOOT_FIRST * SECTOR) as usize;
+        assert_eq!(&head[core + 500..core + 508], &(BIOS_BOOT_FIRST + 1).to_le_bytes());
+
+        let sectors = fs::metadata(&a).unwrap().len() / SECTOR;
+        assert_eq!(sectors, SLOT_B_FIRST + SLOT_SECTORS + 33);
+        let (table, _) = Gpt::read(&mut file, sectors).unwrap();
+        let (index, p) = table.find(ESP_NAME).unwrap();
+        assert_eq!((index, p.first_lba, p.sectors(), p.type_guid), (1, ESP_FIRST, ESP_SECTORS, gpt::EFI_SYSTEM));
+        assert!(table.partitions[2].is_none(), "partition 3 is the data partition's");
+        for s in Slot::ALL {
+            let (index, p) = table.find(s.partition_name()).unwrap();
+            assert_eq!(
+                (index + 1, p.first_lba, p.sectors(), p.type_guid),
+                (s.partition_number(), s.first_sector(), SLOT_SECTORS, SLOT_TYPE)
+            );
+        }
+        assert_eq!(SLOT_A_FIRST * SECTOR, 512 << 20);
+        assert_eq!((SLOT_B_FIRST + SLOT_SECTORS) * SECTOR, 1984 << 20);
+
+        let (label, env) = read_fat_file(&a, ESP_FIRST, ESP_SECTORS, GRUBENV_PATH);
+        assert_eq!(label, grub::ESP_LABEL);
+        let env = GrubEnv::parse(&env).unwrap();
+        let vars: Vec<_> = ["ORDER", "A_OK", "B_OK", "A_LEFT", "B_LEFT"].iter().map(|n| env.get(n).unwrap()).collect();
+        assert_eq!(vars, ["A B", "1", "0", "", ""]);
+        let (_, cfg) = read_fat_file(&a, ESP_FIRST, ESP_SECTORS, grub::CFG_PATH);
+        assert!(String::from_utf8(cfg).unwrap().contains("load_env"));
+
+        let (label, data) = read_fat_file(&a, SLOT_A_FIRST, SLOT_SECTORS, "oasis/boot/node/initrd.img");
+        assert_eq!((label.as_str(), data), (SLOT_A_LABEL, vec![7; 300_000]));
+        let (_, json) = read_fat_file(&a, SLOT_A_FIRST, SLOT_SECTORS, SLOT_INFO_PATH);
+        let read: SlotInfo = serde_json::from_slice(&json).unwrap();
+        assert_eq!(read, info);
+        assert_eq!(read.version, "9.9.9");
+        assert_eq!(read.files["oasis/vmlinuz"], hex::encode(Sha256::digest(vec![3u8; 5000])));
+        assert_eq!(read.files.len(), 2);
+
+        let (label, _) = read_fat_file(&a, SLOT_B_FIRST, SLOT_SECTORS, "");
+        assert_eq!(label, SLOT_B_LABEL);
+        let file = fs::File::open(&a).unwrap();
+        let fat = fatfs::FileSystem::new(
+            Slice::new(file, SLOT_B_FIRST * SECTOR, SLOT_SECTORS * SECTOR),
+            fatfs::FsOptions::new(),
+        )
+        .unwrap();
+        assert_eq!(fat.root_dir().iter().count(), 0, "slot B is empty");
+    }
+
+    #[test]
+    fn a_slot_is_written_into_any_region_and_too_much_is_refused() {
+        let mut region = io::Cursor::new(vec![0u8; 300 << 20]);
+        let files = vec![("oasis/vmlinuz".to_string(), FileSource::Bytes(b"kernel".to_vec()))];
+        write_slot(&mut region, Slot::B, &files).unwrap();
+        region.set_position(0);
+        let fat = fatfs::FileSystem::new(&mut region, fatfs::FsOptions::new()).unwrap();
+        assert_eq!(fat.volume_label().trim_end(), "OASIS-B");
+        let mut data = String::new();
+        fat.root_dir().open_file("oasis/vmlinuz").unwrap().read_to_string(&mut data).unwrap();
+        assert_eq!(data, "kernel");
+
+        let big = vec![("a".to_string(), FileSource::Bytes(vec![0; 60 << 20]))];
+        let err = check_fits("files of the EFI system partition", &big, ESP_SECTORS).unwrap_err();
+        assert!(err.to_string().contains("need 77 MiB, more than the 64 MiB"), "{err}");
+    }
+
+    #[test]
+    fn slots_have_their_names_labels_and_letters() {
+        assert_eq!(Slot::from_letter("B"), Some(Slot::B));
+        assert_eq!(Slot::from_letter("C"), None);
+        assert_eq!((Slot::A.partition_name(), Slot::A.label(), Slot::A.other()), ("oasis-a", "OASIS-A", Slot::B));
+        assert_eq!(Slot::B.first_sector(), SLOT_A_FIRST + SLOT_SECTORS);
+        assert_eq!(initial_grubenv().unwrap().len(), crate::grubenv::SIZE);
     }
 }

@@ -12,7 +12,8 @@
 //!
 //! Both carry every module they need and an early configuration that finds the EFI system
 //! partition by its label ([`ESP_LABEL`]), whatever disk number the firmware gives it, and reads
-//! `/boot/grub/grub.cfg` there ([`grub_cfg`]). Not signed: machines with Secure Boot enabled
+//! `/boot/grub/grub.cfg` there ([`grub_cfg`]), which chooses a boot slot from `grubenv` and loads
+//! the kernel from that slot's partition on the same disk. Not signed: machines with Secure Boot enabled
 //! must have it turned off (a shim signed by a vendor key is out of reach here).
 
 use std::fs;
@@ -29,7 +30,7 @@ pub const BIOS_PACKAGE: &str = "grub-pc-bin";
 pub const EFI_PACKAGE: &str = "grub-efi-amd64-bin";
 /// Where `grub.cfg` lives on the EFI system partition.
 pub const CFG_PATH: &str = "boot/grub/grub.cfg";
-/// The kernel and initramfs on the EFI system partition.
+/// The kernel and initramfs in a slot.
 pub const KERNEL_PATH: &str = "oasis/vmlinuz";
 /// See [`KERNEL_PATH`].
 pub const INITRD_PATH: &str = "oasis/initrd.img";
@@ -51,6 +52,8 @@ const COMMON_MODULES: &[&str] = &[
     "sleep",
     "reboot",
     "halt",
+    "loadenv",
+    "regexp",
 ];
 /// Modules only the BIOS image needs.
 const BIOS_MODULES: &[&str] = &["biosdisk"];
@@ -116,7 +119,80 @@ fn early_cfg() -> String {
     format!("search --no-floppy --set=root --label {ESP_LABEL}\nset prefix=($root)/boot/grub\nconfigfile ($root)/{CFG_PATH}\n")
 }
 
-/// The menu: one entry, on the serial port (115200 8N1) and the screen, booting after 2 s.
+/// Where GRUB's environment block lies on the EFI system partition (from `/`); see
+/// [`crate::appliance::GRUBENV_PATH`].
+const ENV_FILE: &str = "/boot/grub/grubenv";
+
+/// The choice of slot, RAUC-style, from the environment block: for each slot in `ORDER`, the
+/// first that is committed good (`X_OK=1`) boots; one that is not but has tries left (`X_LEFT`, a
+/// string of `t`s) boots as a trial, after one `t` is taken off and the block saved (GRUB's
+/// `save_env` rewrites the file in place through its block list: the file was written in one
+/// piece on a fresh filesystem and is never moved). No slot: slot A. Sets `oasis_slot`,
+/// `oasis_trial` and prints the choice and why on the console.
+fn choose_slot() -> String {
+    let save = |x: &str| {
+        format!(
+            "        regexp --set=1:{x}_LEFT '^t(.*)$' \"${x}_LEFT\"\n\
+             \x20       if save_env -f \"$oasis_env\" {x}_LEFT; then\n\
+             \x20           set oasis_saved=1\n\
+             \x20       fi\n"
+        )
+    };
+    format!(
+        "set ORDER=\"A B\"\nset A_OK=1\nset B_OK=0\nset A_LEFT=\nset B_LEFT=\n\
+         set oasis_env=\"($root){ENV_FILE}\"\n\
+         if [ -f \"$oasis_env\" ]; then\n\
+         \x20   load_env -f \"$oasis_env\" ORDER A_OK B_OK A_LEFT B_LEFT\n\
+         else\n\
+         \x20   echo \"oasis: no boot/grub/grubenv on the boot partition: the defaults choose\"\n\
+         fi\n\
+         set oasis_slot=\n\
+         set oasis_trial=0\n\
+         set oasis_skipped=\n\
+         for s in $ORDER; do\n\
+         \x20   if [ -z \"$oasis_slot\" ]; then\n\
+         \x20       set ok=\n\
+         \x20       set left=\n\
+         \x20       if [ \"$s\" = A ]; then set ok=\"$A_OK\"; set left=\"$A_LEFT\"; fi\n\
+         \x20       if [ \"$s\" = B ]; then set ok=\"$B_OK\"; set left=\"$B_LEFT\"; fi\n\
+         \x20       if [ \"$ok\" = 1 ]; then\n\
+         \x20           set oasis_slot=\"$s\"\n\
+         \x20       elif [ -n \"$left\" ]; then\n\
+         \x20           set oasis_slot=\"$s\"\n\
+         \x20           set oasis_trial=1\n\
+         \x20       else\n\
+         \x20           set oasis_skipped=\"$oasis_skipped $s\"\n\
+         \x20       fi\n\
+         \x20   fi\n\
+         done\n\
+         if [ -z \"$oasis_slot\" ]; then\n\
+         \x20   set oasis_slot=A\n\
+         \x20   echo \"oasis: booting slot A (no slot in ORDER=$ORDER is good or has tries left)\"\n\
+         elif [ \"$oasis_trial\" = 1 ]; then\n\
+         \x20   set oasis_saved=0\n\
+         \x20   if [ \"$oasis_slot\" = A ]; then\n{save_a}\
+         \x20   else\n{save_b}\
+         \x20   fi\n\
+         \x20   if [ \"$oasis_saved\" = 1 ]; then\n\
+         \x20       echo \"oasis: booting slot $oasis_slot (trial, tries left: $left)\"\n\
+         \x20   else\n\
+         \x20       echo \"oasis: booting slot $oasis_slot (trial; grubenv not writable, try not counted)\"\n\
+         \x20   fi\n\
+         elif [ -n \"$oasis_skipped\" ]; then\n\
+         \x20   echo \"oasis: booting slot $oasis_slot (good; fell back from$oasis_skipped: not good, no tries left)\"\n\
+         else\n\
+         \x20   echo \"oasis: booting slot $oasis_slot (committed good)\"\n\
+         fi\n",
+        save_a = save("A"),
+        save_b = save("B"),
+    )
+}
+
+/// The menu: the slot chosen from the environment block ([`choose_slot`]), then one entry, on
+/// the serial port (115200 8N1) and the screen, booting after 2 s. The slot is partition 4 (A) or
+/// 5 (B) of the disk GRUB found the EFI system partition on (by its label): the same disk, even
+/// when a stick with another appliance image is plugged in. The kernel gets
+/// `oasis.slot=A|B oasis.trial=0|1` after `cmdline`.
 pub fn grub_cfg(cmdline: &str) -> String {
     format!(
         "# oasis appliance: written by `oasis image build appliance`.\n\
@@ -125,11 +201,17 @@ pub fn grub_cfg(cmdline: &str) -> String {
          terminal_output serial console\n\
          set timeout=2\n\
          set default=0\n\
-         menuentry \"oasis appliance\" {{\n\
-         \x20   echo \"oasis: loading the appliance kernel and initramfs\"\n\
-         \x20   linux /{KERNEL_PATH} {cmdline}\n\
-         \x20   initrd /{INITRD_PATH}\n\
-         }}\n"
+         {choice}\
+         regexp --set=1:oasis_disk '^(.*),gpt[0-9]+$' \"$root\"\n\
+         if [ \"$oasis_slot\" = B ]; then set oasis_part=gpt5; else set oasis_part=gpt4; fi\n\
+         set oasis_dev=\"($oasis_disk,$oasis_part)\"\n\
+         export oasis_dev oasis_slot oasis_trial\n\
+         menuentry \"oasis appliance (slot $oasis_slot)\" {{\n\
+         \x20   echo \"oasis: loading the appliance kernel and initramfs from slot $oasis_slot ($oasis_dev)\"\n\
+         \x20   linux $oasis_dev/{KERNEL_PATH} {cmdline} oasis.slot=$oasis_slot oasis.trial=$oasis_trial\n\
+         \x20   initrd $oasis_dev/{INITRD_PATH}\n\
+         }}\n",
+        choice = choose_slot(),
     )
 }
 
@@ -217,6 +299,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn grub_parses_the_menu() {
+        // grub-script-check (package grub-common, which the image builds need anyway) parses
+        // with GRUB's own parser: an `elif` or a quote GRUB does not take fails here, not at boot.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grub.cfg");
+        fs::write(&path, grub_cfg("console=ttyS0")).unwrap();
+        let out = Command::new("grub-script-check").arg(&path).output();
+        let out = out.expect("grub-script-check (apt-get install grub-common)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
     fn boot_sector_points_at_core_and_skips_the_drive_check() {
         let boot = vec![0xEEu8; 512];
         let sector = bios_boot_sector(&boot, 2048);
@@ -238,8 +332,15 @@ mod tests {
     #[test]
     fn menu_boots_the_appliance_on_serial_and_screen() {
         let cfg = grub_cfg("console=tty0 console=ttyS0,115200");
-        assert!(cfg.contains("linux /oasis/vmlinuz console=tty0 console=ttyS0,115200\n"), "{cfg}");
-        assert!(cfg.contains("initrd /oasis/initrd.img\n"), "{cfg}");
+        assert!(
+            cfg.contains(
+                "linux $oasis_dev/oasis/vmlinuz console=tty0 console=ttyS0,115200 oasis.slot=$oasis_slot oasis.trial=$oasis_trial\n"
+            ),
+            "{cfg}"
+        );
+        assert!(cfg.contains("initrd $oasis_dev/oasis/initrd.img\n"), "{cfg}");
+        assert!(cfg.contains("load_env -f \"$oasis_env\" ORDER A_OK B_OK A_LEFT B_LEFT\n"), "{cfg}");
+        assert!(cfg.contains("save_env -f \"$oasis_env\" B_LEFT;"), "{cfg}");
         assert!(cfg.contains("terminal_output serial console"), "{cfg}");
         assert!(early_cfg().contains("--label OASIS-BOOT"));
     }

@@ -11,6 +11,9 @@ use oasis_boot::usb::signature;
 use oasis_e2e::appliance_vm::{appliance_disk, appliance_image, ApplianceVm, ApplianceVmSpec};
 use oasis_e2e::json::{parse, MachineView};
 use oasis_e2e::{oasis_bin, Firmware, Machine, MachineSpec, Netns};
+use oasis_image::appliance;
+use oasis_image::gpt::SECTOR;
+use oasis_image::partition::Slice;
 use oasis_image::usb_stick;
 
 const RACK_CONFIG: &str = r#"[network]
@@ -265,4 +268,125 @@ fn console_setup_and_refused_then_signed_usb_configs() {
     let result = report_file(&with_bundle, "result.txt").unwrap();
     assert!(result.contains("bundle: installed as node generation 1"), "{result}");
     appliance.machine.wait_for_serial("a data disk on", Duration::from_secs(120)).unwrap();
+}
+
+/// Reads GRUB's environment block from the EFI system partition of the disk file `disk`.
+fn read_grubenv(disk: &Path) -> oasis_image::grubenv::GrubEnv {
+    use std::io::Read;
+    let file = std::fs::File::open(disk).unwrap();
+    let esp = Slice::new(file, appliance::ESP_FIRST * SECTOR, appliance::ESP_SECTORS * SECTOR);
+    let fat = fatfs::FileSystem::new(esp, fatfs::FsOptions::new()).unwrap();
+    let mut bytes = Vec::new();
+    fat.root_dir().open_file(appliance::GRUBENV_PATH).unwrap().read_to_end(&mut bytes).unwrap();
+    oasis_image::grubenv::GrubEnv::parse(&bytes).unwrap()
+}
+
+/// Rewrites GRUB's environment block in place (same size, same clusters), as the appliance will.
+fn write_grubenv(disk: &Path, vars: &[(&str, &str)]) {
+    use std::io::{Seek, Write};
+    let mut env = read_grubenv(disk);
+    for (name, value) in vars {
+        env.set(name, value).unwrap();
+    }
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(disk).unwrap();
+    let esp = Slice::new(file, appliance::ESP_FIRST * SECTOR, appliance::ESP_SECTORS * SECTOR);
+    let fat = fatfs::FileSystem::new(esp, fatfs::FsOptions::new()).unwrap();
+    let mut f = fat.root_dir().open_file(appliance::GRUBENV_PATH).unwrap();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.write_all(&env.render().unwrap()).unwrap();
+    f.flush().unwrap();
+    drop(f);
+    fat.unmount().unwrap();
+}
+
+/// Boots the appliance disk once, up to its setup questions (its slot's files are mounted by
+/// then), and powers it off (QEMU's `quit`: a power cut after QEMU has written what the guest
+/// wrote). Returns the console.
+fn boot_once(
+    ns: &Netns,
+    spec: &ApplianceVmSpec,
+    work: &Path,
+    name: &str,
+    expect_grub: &str,
+    expect_boot: &str,
+) -> String {
+    let mut vm = ApplianceVm::start(ns, "tap0", spec, work, name);
+    vm.expect(expect_grub, Duration::from_secs(240));
+    vm.expect(expect_boot, Duration::from_secs(240));
+    vm.expect("no configuration yet: answer the questions", Duration::from_secs(120));
+    vm.monitor("quit");
+    vm.machine.wait_exit(Duration::from_secs(60)).unwrap();
+    vm.serial()
+}
+
+/// GRUB's choice of slot on the real image: slot A boots; with slot A copied into slot B and
+/// grubenv armed for one trial of B (ORDER="B A", B_OK=0, B_LEFT=t), GRUB boots slot B as a
+/// trial and spends the try in grubenv (save_env, in place); never committed, the next boot
+/// falls back to slot A.
+fn slots_fall_back(firmware: Firmware, prefix: &str) {
+    let ns = Netns::create(prefix).unwrap();
+    ns.add_bridge("br0", None).unwrap();
+    ns.add_tap("tap0", "br0").unwrap();
+    let work = tempfile::Builder::new().prefix(&format!("{prefix}-")).tempdir().unwrap();
+    let disk = work.path().join("appliance-disk.img");
+    appliance_disk(&appliance_image(), &disk, 4);
+    let spec = ApplianceVmSpec { disk: disk.clone(), stick: None, firmware, mac: "52:54:00:0a:00:03".into() };
+
+    let first =
+        boot_once(&ns, &spec, work.path(), "boot-a", "oasis: booting slot A (committed good)", "running slot A");
+    assert!(!first.contains("a trial boot"), "{first}");
+    assert!(first.contains("oasis.slot=A oasis.trial=0"), "the kernel command line names the slot:\n{first}");
+
+    // With the VM off: slot A's bytes over slot B's partition, and grubenv armed for one try of B.
+    let mib = |sectors: u64| (sectors * SECTOR) >> 20;
+    let status = Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", disk.display()))
+        .arg("bs=1M")
+        .arg(format!("skip={}", mib(appliance::SLOT_A_FIRST)))
+        .arg(format!("seek={}", mib(appliance::SLOT_B_FIRST)))
+        .arg(format!("count={}", mib(appliance::SLOT_SECTORS)))
+        .args(["conv=notrunc", "status=none"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying slot A over slot B");
+    write_grubenv(&disk, &[("ORDER", "B A"), ("B_OK", "0"), ("B_LEFT", "t")]);
+
+    let trial = boot_once(
+        &ns,
+        &spec,
+        work.path(),
+        "boot-b",
+        "oasis: booting slot B (trial, tries left: t)",
+        "oasis boot: running slot B (a trial boot)",
+    );
+    assert!(trial.contains("oasis.slot=B oasis.trial=1"), "{trial}");
+    let env = read_grubenv(&disk);
+    assert_eq!(env.get("B_LEFT").unwrap_or(""), "", "GRUB spent the try in grubenv: {env:?}");
+    assert_eq!((env.get("ORDER"), env.get("B_OK"), env.get("A_OK")), (Some("B A"), Some("0"), Some("1")));
+
+    // Not committed, no tries left: back to slot A, by itself.
+    let back = boot_once(
+        &ns,
+        &spec,
+        work.path(),
+        "boot-back",
+        "booting slot A (good; fell back from B: not good, no tries left)",
+        "running slot A",
+    );
+    assert!(!back.contains("a trial boot") && back.contains("oasis.slot=A oasis.trial=0"), "{back}");
+    let env = read_grubenv(&disk);
+    assert_eq!((env.get("ORDER"), env.get("B_LEFT").unwrap_or("")), (Some("B A"), ""), "{env:?}");
+}
+
+/// [`slots_fall_back`] under UEFI (OVMF).
+#[test]
+fn grub_boots_a_trial_slot_once_then_falls_back_uefi() {
+    slots_fall_back(Firmware::Uefi, "oasis-slu");
+}
+
+/// [`slots_fall_back`] under BIOS (SeaBIOS).
+#[test]
+fn grub_boots_a_trial_slot_once_then_falls_back_bios() {
+    slots_fall_back(Firmware::Bios, "oasis-slb");
 }

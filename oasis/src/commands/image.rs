@@ -85,7 +85,12 @@ fn appliance(a: &ApplianceBuildArgs) -> anyhow::Result<()> {
         "signed USB configurations: {}",
         if a.trusted_key.is_some() { "required" } else { "not required (no --trusted-key)" }
     );
+    println!("EFI system partition (GRUB, grub.cfg, grubenv):");
     for (path, sha256) in &image.esp_files {
+        println!("{sha256}  {path}");
+    }
+    println!("slot A (slot B is empty until the appliance writes an update there):");
+    for (path, sha256) in &image.slot_files {
         println!("{sha256}  {path}");
     }
     Ok(())
