@@ -1,6 +1,6 @@
 //! The appliance's own disk: the EFI system partition GRUB booted from, the slot holding the
-//! running system's files ([`running_slot`], [`BootDisk::boot_files`]), and the data partition
-//! where the store lives.
+//! running system's files ([`BootDisk::boot_files`]; which slot runs is `crate::slots::Boot`),
+//! and the data partition where the store lives.
 //!
 //! The image ([`oasis_image::appliance`]) has no data partition; the first boot adds it from
 //! [`DATA_FIRST`] to the end of the disk and formats it ext4 (label [`DATA_NAME`]). Later boots
@@ -105,22 +105,6 @@ impl BootDisk {
     pub fn boot_files(&self, slot: Slot) -> &Path {
         self.slot(slot).unwrap_or(&self.esp)
     }
-}
-
-/// The slot the running system booted from and whether it is a trial boot, from the kernel
-/// command line (`oasis.slot=A|B`, `oasis.trial=0|1`, set by GRUB). An image made before the two
-/// slots passes neither: slot A, not a trial.
-pub fn running_slot(cmdline: &str) -> (Slot, bool) {
-    let mut slot = Slot::A;
-    let mut trial = false;
-    for word in cmdline.split_whitespace() {
-        if let Some(letter) = word.strip_prefix("oasis.slot=") {
-            slot = Slot::from_letter(letter).unwrap_or(Slot::A);
-        } else if let Some(value) = word.strip_prefix("oasis.trial=") {
-            trial = value == "1";
-        }
-    }
-    (slot, trial)
 }
 
 /// The device of partition `number` (1-based) of disk `name`: `vda3`, `nvme0n1p3`.
@@ -381,14 +365,6 @@ mod tests {
             name: ESP_NAME.into(),
         });
         t
-    }
-
-    #[test]
-    fn the_running_slot_comes_from_the_command_line_and_defaults_to_a() {
-        assert_eq!(running_slot("console=ttyS0 oasis.slot=B oasis.trial=1 panic=10"), (Slot::B, true));
-        assert_eq!(running_slot("oasis.slot=A oasis.trial=0"), (Slot::A, false));
-        assert_eq!(running_slot("console=ttyS0,115200 panic=10\n"), (Slot::A, false));
-        assert_eq!(running_slot("oasis.slot=Z"), (Slot::A, false));
     }
 
     #[test]

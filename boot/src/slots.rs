@@ -31,7 +31,6 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use oasis_image::grubenv::{self, GrubEnv, GrubEnvError};
-use serde::{Deserialize, Serialize};
 
 pub mod install;
 pub mod trial;
@@ -42,110 +41,28 @@ mod grub_emu;
 #[cfg(test)]
 mod tests;
 
-/// The part of `grub.cfg` that chooses the slot, with `envfile` set to the environment block
-/// (`($root)/boot/grub/grubenv`): it leaves the slot in `oasis_slot` and `0` or `1` in
-/// `oasis_trial`, for the kernel command line's `oasis.slot=$oasis_slot oasis.trial=$oasis_trial`.
-/// [`grub_choice`] mirrors it; keep the two in step (the test `grub_runs_the_script_as_modelled`
-/// runs it in `grub-emu`).
-///
-/// - Defaults first, then `load_env` of the five names only: a missing one keeps its default.
-/// - `for s in $ORDER`: the words of `ORDER` (split on spaces), in order; words other than `A`
-///   and `B` are skipped.
-/// - A slot is taken when its `OK` is exactly `1` (a normal boot), or else when its `LEFT`
-///   starts with `t` (a trial boot: the `t` is stripped and saved before booting).
-/// - Nothing taken: slot A, not a trial.
-pub const GRUB_CHOICE_SCRIPT: &str = r#"set ORDER="A B"
-set A_OK=1
-set B_OK=0
-set A_LEFT=
-set B_LEFT=
-load_env --file $envfile ORDER A_OK B_OK A_LEFT B_LEFT
-set oasis_slot=
-set oasis_trial=0
-for s in $ORDER; do
-  if [ -z "$oasis_slot" -a "$s" = A ]; then
-    if [ "$A_OK" = 1 ]; then
-      set oasis_slot=A
-    elif regexp --set=1:A_LEFT '^t(.*)$' "$A_LEFT"; then
-      save_env --file $envfile A_LEFT
-      set oasis_slot=A
-      set oasis_trial=1
-    fi
-  fi
-  if [ -z "$oasis_slot" -a "$s" = B ]; then
-    if [ "$B_OK" = 1 ]; then
-      set oasis_slot=B
-    elif regexp --set=1:B_LEFT '^t(.*)$' "$B_LEFT"; then
-      save_env --file $envfile B_LEFT
-      set oasis_slot=B
-      set oasis_trial=1
-    fi
-  fi
-done
-if [ -z "$oasis_slot" ]; then
-  set oasis_slot=A
-fi
-"#;
+/// The script `grub.cfg` runs to choose the slot (with `envfile` set to the block), which
+/// [`grub_choice`] mirrors: the test `grub_runs_the_script_as_modelled` runs it in `grub-emu`.
+pub use oasis_image::grub::SLOT_CHOICE_SCRIPT as GRUB_CHOICE_SCRIPT;
 
 /// The most boot tries [`SlotEnv::arm`] gives a slot.
 pub const MAX_TRIES: u8 = 3;
 
-/// One of the two boot slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Slot {
-    /// The first slot (partition 4); the one a new image fills.
-    A,
-    /// The second slot (partition 5).
-    B,
-}
+pub use oasis_image::appliance::Slot;
 
-impl Slot {
-    /// Both slots, A first.
-    pub const ALL: [Slot; 2] = [Slot::A, Slot::B];
-
-    /// The other slot.
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-
-    /// Its letter, as in `ORDER` and on the kernel command line.
-    pub fn letter(self) -> &'static str {
-        match self {
-            Slot::A => "A",
-            Slot::B => "B",
-        }
-    }
-
-    /// The slot a letter names.
-    pub fn from_letter(letter: &str) -> Option<Slot> {
-        match letter {
-            "A" => Some(Slot::A),
-            "B" => Some(Slot::B),
-            _ => None,
-        }
-    }
-
-    fn ok_var(self) -> &'static str {
-        match self {
-            Slot::A => "A_OK",
-            Slot::B => "B_OK",
-        }
-    }
-
-    fn left_var(self) -> &'static str {
-        match self {
-            Slot::A => "A_LEFT",
-            Slot::B => "B_LEFT",
-        }
+/// A slot's `OK` variable in the block.
+fn ok_var(slot: Slot) -> &'static str {
+    match slot {
+        Slot::A => "A_OK",
+        Slot::B => "B_OK",
     }
 }
 
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.letter())
+/// A slot's `LEFT` variable (tries left) in the block.
+fn left_var(slot: Slot) -> &'static str {
+    match slot {
+        Slot::A => "A_LEFT",
+        Slot::B => "B_LEFT",
     }
 }
 
@@ -259,12 +176,12 @@ impl SlotEnv {
     /// Committed good: exactly `"1"` (defaults: A yes, B no).
     pub fn ok(&self, slot: Slot) -> bool {
         let default = if slot == Slot::A { "1" } else { "0" };
-        self.env.get(slot.ok_var()).unwrap_or(default) == "1"
+        self.env.get(ok_var(slot)).unwrap_or(default) == "1"
     }
 
     /// The slot's `LEFT` as GRUB sees it (default empty).
     fn left_text(&self, slot: Slot) -> &str {
-        self.env.get(slot.left_var()).unwrap_or("")
+        self.env.get(left_var(slot)).unwrap_or("")
     }
 
     /// Boot tries left: the leading `t`s of its `LEFT`.
@@ -297,7 +214,7 @@ impl SlotEnv {
     /// comes first, so a half-written slot is never chosen.
     pub fn prepare_write(&self, inactive: Slot, running: Slot) -> Result<SlotEnv, TransitionError> {
         self.check_running(inactive, running)?;
-        Ok(self.clone().with(inactive.ok_var(), "0").with(inactive.left_var(), "").with_first(running))
+        Ok(self.clone().with(ok_var(inactive), "0").with(left_var(inactive), "").with_first(running))
     }
 
     /// Once `slot` is written and verified: it comes first, not OK, with `tries` boots to prove
@@ -308,26 +225,26 @@ impl SlotEnv {
         }
         self.check_running(slot, running)?;
         let left = "t".repeat(usize::from(tries));
-        Ok(self.clone().with(slot.ok_var(), "0").with(slot.left_var(), &left).with_first(slot))
+        Ok(self.clone().with(ok_var(slot), "0").with(left_var(slot), &left).with_first(slot))
     }
 
     /// The running slot proved healthy: committed and first. The other slot's OK stays as it is
     /// (committed, it remains the fallback).
     pub fn commit(&self, running: Slot) -> SlotEnv {
-        self.clone().with(running.ok_var(), "1").with(running.left_var(), "").with_first(running)
+        self.clone().with(ok_var(running), "1").with(left_var(running), "").with_first(running)
     }
 
     /// A trial boot that failed its health check gives up its remaining tries, so the next boot
     /// falls back at once instead of trying a slot that will fail the same way.
     pub fn abandon(&self, running: Slot) -> SlotEnv {
-        self.clone().with(running.left_var(), "")
+        self.clone().with(left_var(running), "")
     }
 
     /// After a [`BootVerdict::FellBack`] is reported: the running slot first, the failed one not
     /// OK, so the fallback is not reported twice.
     pub fn acknowledge_fallback(&self, running: Slot) -> SlotEnv {
         let failed = running.other();
-        self.clone().with(failed.ok_var(), "0").with(failed.left_var(), "").with_first(running)
+        self.clone().with(ok_var(failed), "0").with(left_var(failed), "").with_first(running)
     }
 }
 
@@ -357,7 +274,7 @@ pub fn grub_choice(env: &SlotEnv) -> (Boot, SlotEnv) {
         }
         if let Some(rest) = env.left_text(slot).strip_prefix('t') {
             let rest = rest.to_string();
-            return (Boot { slot, trial: true }, env.clone().with(slot.left_var(), &rest));
+            return (Boot { slot, trial: true }, env.clone().with(left_var(slot), &rest));
         }
     }
     (Boot { slot: Slot::A, trial: false }, env.clone())

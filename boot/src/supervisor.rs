@@ -76,9 +76,12 @@ pub fn run() -> anyhow::Result<()> {
     // The running slot's files (kernel, initramfs, the boot files served to the rack), read-only
     // where the EFI system partition was before the two slots; the ESP itself stays unmounted.
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    let (slot, trial) = disk::running_slot(&cmdline);
-    say(&format!("oasis boot: running slot {slot}{}", if trial { " (a trial boot)" } else { "" }));
-    disk::mount(boot_disk.boot_files(slot), Path::new(ESP_MOUNT), "vfat", MsFlags::MS_RDONLY)?;
+    let boot = crate::slots::Boot::parse(&cmdline).unwrap_or_else(|e| {
+        say(&format!("oasis boot: {e}; taking slot A"));
+        crate::slots::Boot { slot: crate::slots::Slot::A, trial: false }
+    });
+    say(&format!("oasis boot: running slot {}{}", boot.slot, if boot.trial { " (a trial boot)" } else { "" }));
+    disk::mount(boot_disk.boot_files(boot.slot), Path::new(ESP_MOUNT), "vfat", MsFlags::MS_RDONLY)?;
     let data_dir = PathBuf::from(DATA_DIR);
     disk::mount(&data.device, &data_dir, "ext4", MsFlags::MS_NOATIME)?;
     disk::bind_read_only(&Path::new(ESP_MOUNT).join(ESP_BOOT_ROOT), &data_dir.join("boot"))?;

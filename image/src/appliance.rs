@@ -80,8 +80,8 @@ pub const SLOT_INFO_PATH: &str = "oasis/slot.json";
 
 const _: () = assert!(ESP_FIRST + ESP_SECTORS <= SLOT_A_FIRST && SLOT_B_FIRST + SLOT_SECTORS <= DATA_FIRST);
 
-/// One of the appliance disk's two boot slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// One of the appliance disk's two boot slots (in JSON, its letter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Slot {
     /// Partition 4, filled in a new image.
     A,

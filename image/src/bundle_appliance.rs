@@ -20,7 +20,7 @@ use crate::gpt::{Gpt, GptError, SECTOR};
 /// The name of the slot image member in a bundle.
 pub const SLOT_MEMBER: &str = "appliance-slot.img";
 /// The GPT name of the slot a freshly built appliance image fills.
-pub const IMAGE_SLOT: &str = "oasis-a";
+pub const IMAGE_SLOT: &str = crate::appliance::SLOT_A_NAME;
 /// The slot image is carried up to a multiple of this.
 const TRIM_UNIT: u64 = 1 << 20;
 

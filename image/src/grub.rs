@@ -123,72 +123,78 @@ fn early_cfg() -> String {
 /// [`crate::appliance::GRUBENV_PATH`].
 const ENV_FILE: &str = "/boot/grub/grubenv";
 
-/// The choice of slot, RAUC-style, from the environment block: for each slot in `ORDER`, the
-/// first that is committed good (`X_OK=1`) boots; one that is not but has tries left (`X_LEFT`, a
-/// string of `t`s) boots as a trial, after one `t` is taken off and the block saved (GRUB's
-/// `save_env` rewrites the file in place through its block list: the file was written in one
-/// piece on a fresh filesystem and is never moved). No slot: slot A. Sets `oasis_slot`,
-/// `oasis_trial` and prints the choice and why on the console.
-fn choose_slot() -> String {
-    let save = |x: &str| {
-        format!(
-            "        regexp --set=1:{x}_LEFT '^t(.*)$' \"${x}_LEFT\"\n\
-             \x20       if save_env -f \"$oasis_env\" {x}_LEFT; then\n\
-             \x20           set oasis_saved=1\n\
-             \x20       fi\n"
-        )
-    };
-    format!(
-        "set ORDER=\"A B\"\nset A_OK=1\nset B_OK=0\nset A_LEFT=\nset B_LEFT=\n\
-         set oasis_env=\"($root){ENV_FILE}\"\n\
-         if [ -f \"$oasis_env\" ]; then\n\
-         \x20   load_env -f \"$oasis_env\" ORDER A_OK B_OK A_LEFT B_LEFT\n\
-         else\n\
-         \x20   echo \"oasis: no boot/grub/grubenv on the boot partition: the defaults choose\"\n\
-         fi\n\
-         set oasis_slot=\n\
-         set oasis_trial=0\n\
-         set oasis_skipped=\n\
-         for s in $ORDER; do\n\
-         \x20   if [ -z \"$oasis_slot\" ]; then\n\
-         \x20       set ok=\n\
-         \x20       set left=\n\
-         \x20       if [ \"$s\" = A ]; then set ok=\"$A_OK\"; set left=\"$A_LEFT\"; fi\n\
-         \x20       if [ \"$s\" = B ]; then set ok=\"$B_OK\"; set left=\"$B_LEFT\"; fi\n\
-         \x20       if [ \"$ok\" = 1 ]; then\n\
-         \x20           set oasis_slot=\"$s\"\n\
-         \x20       elif [ -n \"$left\" ]; then\n\
-         \x20           set oasis_slot=\"$s\"\n\
-         \x20           set oasis_trial=1\n\
-         \x20       else\n\
-         \x20           set oasis_skipped=\"$oasis_skipped $s\"\n\
-         \x20       fi\n\
-         \x20   fi\n\
-         done\n\
-         if [ -z \"$oasis_slot\" ]; then\n\
-         \x20   set oasis_slot=A\n\
-         \x20   echo \"oasis: booting slot A (no slot in ORDER=$ORDER is good or has tries left)\"\n\
-         elif [ \"$oasis_trial\" = 1 ]; then\n\
-         \x20   set oasis_saved=0\n\
-         \x20   if [ \"$oasis_slot\" = A ]; then\n{save_a}\
-         \x20   else\n{save_b}\
-         \x20   fi\n\
-         \x20   if [ \"$oasis_saved\" = 1 ]; then\n\
-         \x20       echo \"oasis: booting slot $oasis_slot (trial, tries left: $left)\"\n\
-         \x20   else\n\
-         \x20       echo \"oasis: booting slot $oasis_slot (trial; grubenv not writable, try not counted)\"\n\
-         \x20   fi\n\
-         elif [ -n \"$oasis_skipped\" ]; then\n\
-         \x20   echo \"oasis: booting slot $oasis_slot (good; fell back from$oasis_skipped: not good, no tries left)\"\n\
-         else\n\
-         \x20   echo \"oasis: booting slot $oasis_slot (committed good)\"\n\
-         fi\n",
-        save_a = save("A"),
-        save_b = save("B"),
-    )
-}
+/// The choice of slot, RAUC-style, from the environment block at `$envfile`: the one script
+/// `grub.cfg` runs, and the one the appliance's model of it (`oasis_boot::slots::grub_choice`) is
+/// tested against in GRUB itself (`grub-emu`, `boot/src/slots/grub_emu.rs`). Keep the two in step.
+///
+/// - Defaults, then `load_env` of the five names only (when the file exists): a missing one keeps
+///   its default (`ORDER="A B"`, `A_OK=1`, `B_OK=0`, no tries).
+/// - `for s in $ORDER`: its words in order; words other than `A` and `B` are skipped.
+/// - A slot is taken when its `OK` is exactly `1` (a normal boot), or else when its `LEFT`
+///   starts with `t` and the block saved with one `t` fewer (a trial boot). GRUB's `save_env`
+///   rewrites the file in place through its block list (it was written in one piece on a fresh
+///   filesystem and is never moved); a trial that cannot be counted is never booted, so an
+///   unwritable block can never loop on a bad slot.
+/// - Nothing taken: slot A, not a trial.
+///
+/// It leaves `oasis_slot` (`A` or `B`) and `oasis_trial` (`0` or `1`), and says on the console
+/// which slot boots and why.
+pub const SLOT_CHOICE_SCRIPT: &str = r#"set ORDER="A B"
+set A_OK=1
+set B_OK=0
+set A_LEFT=
+set B_LEFT=
+if [ -f "$envfile" ]; then
+  load_env --file "$envfile" ORDER A_OK B_OK A_LEFT B_LEFT
+else
+  echo "oasis: no boot/grub/grubenv on the boot partition: the defaults choose"
+fi
+set oasis_slot=
+set oasis_trial=0
+set oasis_skipped=
+for s in $ORDER; do
+  if [ -z "$oasis_slot" -a "$s" = A ]; then
+    if [ "$A_OK" = 1 ]; then
+      set oasis_slot=A
+    elif regexp --set=1:A_LEFT '^t(.*)$' "$A_LEFT"; then
+      if save_env --file "$envfile" A_LEFT; then
+        set oasis_slot=A
+        set oasis_trial=1
+        echo "oasis: booting slot A (trial, tries left: $A_LEFT)"
+      else
+        echo "oasis: slot A has a try left, but grubenv is not writable: not tried"
+      fi
+    fi
+    if [ -z "$oasis_slot" ]; then set oasis_skipped="$oasis_skipped A"; fi
+  fi
+  if [ -z "$oasis_slot" -a "$s" = B ]; then
+    if [ "$B_OK" = 1 ]; then
+      set oasis_slot=B
+    elif regexp --set=1:B_LEFT '^t(.*)$' "$B_LEFT"; then
+      if save_env --file "$envfile" B_LEFT; then
+        set oasis_slot=B
+        set oasis_trial=1
+        echo "oasis: booting slot B (trial, tries left: $B_LEFT)"
+      else
+        echo "oasis: slot B has a try left, but grubenv is not writable: not tried"
+      fi
+    fi
+    if [ -z "$oasis_slot" ]; then set oasis_skipped="$oasis_skipped B"; fi
+  fi
+done
+if [ -z "$oasis_slot" ]; then
+  set oasis_slot=A
+  echo "oasis: booting slot A (no slot in ORDER=$ORDER is good or has tries left)"
+elif [ "$oasis_trial" = 0 ]; then
+  if [ -n "$oasis_skipped" ]; then
+    echo "oasis: booting slot $oasis_slot (good; fell back from$oasis_skipped: not good, no tries left)"
+  else
+    echo "oasis: booting slot $oasis_slot (committed good)"
+  fi
+fi
+"#;
 
-/// The menu: the slot chosen from the environment block ([`choose_slot`]), then one entry, on
+/// The menu: the slot chosen from the environment block ([`SLOT_CHOICE_SCRIPT`]), then one entry, on
 /// the serial port (115200 8N1) and the screen, booting after 2 s. The slot is partition 4 (A) or
 /// 5 (B) of the disk GRUB found the EFI system partition on (by its label): the same disk, even
 /// when a stick with another appliance image is plugged in. The kernel gets
@@ -201,7 +207,8 @@ pub fn grub_cfg(cmdline: &str) -> String {
          terminal_output serial console\n\
          set timeout=2\n\
          set default=0\n\
-         {choice}\
+         set envfile=\"($root){ENV_FILE}\"\n\
+         {SLOT_CHOICE_SCRIPT}\
          regexp --set=1:oasis_disk '^(.*),gpt[0-9]+$' \"$root\"\n\
          if [ \"$oasis_slot\" = B ]; then set oasis_part=gpt5; else set oasis_part=gpt4; fi\n\
          set oasis_dev=\"($oasis_disk,$oasis_part)\"\n\
@@ -211,7 +218,6 @@ pub fn grub_cfg(cmdline: &str) -> String {
          \x20   linux $oasis_dev/{KERNEL_PATH} {cmdline} oasis.slot=$oasis_slot oasis.trial=$oasis_trial\n\
          \x20   initrd $oasis_dev/{INITRD_PATH}\n\
          }}\n",
-        choice = choose_slot(),
     )
 }
 
@@ -339,8 +345,8 @@ mod tests {
             "{cfg}"
         );
         assert!(cfg.contains("initrd $oasis_dev/oasis/initrd.img\n"), "{cfg}");
-        assert!(cfg.contains("load_env -f \"$oasis_env\" ORDER A_OK B_OK A_LEFT B_LEFT\n"), "{cfg}");
-        assert!(cfg.contains("save_env -f \"$oasis_env\" B_LEFT;"), "{cfg}");
+        assert!(cfg.contains("set envfile=\"($root)/boot/grub/grubenv\"\n"), "{cfg}");
+        assert!(cfg.contains(SLOT_CHOICE_SCRIPT), "{cfg}");
         assert!(cfg.contains("terminal_output serial console"), "{cfg}");
         assert!(early_cfg().contains("--label OASIS-BOOT"));
     }

@@ -23,7 +23,7 @@ pub const TRIES: u8 = 2;
 
 /// The slot image an update brings, as its signed manifest describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotImage {
+pub struct UpdateImage {
     /// The image file (the bundle's staged member).
     pub path: PathBuf,
     pub size: u64,
@@ -70,7 +70,7 @@ pub enum InstallError {
 
 /// Installs `image` into the slot that is not running and arms it: see the module documentation.
 /// Returns the slot armed; the caller reboots (now or when the operator chose).
-pub fn install(image: &SlotImage, target: &Target, now: u64) -> Result<Slot, InstallError> {
+pub fn install(image: &UpdateImage, target: &Target, now: u64) -> Result<Slot, InstallError> {
     let slot = target.running.other();
     let found = device_bytes(&target.device).map_err(|source| write_error(slot, &target.device, source))?;
     if found != image.slot_bytes {
@@ -113,7 +113,7 @@ fn device_bytes(path: &Path) -> io::Result<u64> {
 }
 
 /// Writes the image over the start of `device` without truncating it, and syncs.
-fn copy_image(image: &SlotImage, device: &Path) -> io::Result<()> {
+fn copy_image(image: &UpdateImage, device: &Path) -> io::Result<()> {
     let mut input = File::open(&image.path)?.take(image.size);
     let mut out = OpenOptions::new().write(true).open(device)?;
     let copied = io::copy(&mut input, &mut out)?;
@@ -139,7 +139,7 @@ mod tests {
     struct Rig {
         dir: tempfile::TempDir,
         target: Target,
-        image: SlotImage,
+        image: UpdateImage,
     }
 
     /// Slot A running and committed (a fresh image's block), slot B a 64 KiB "device" of old
@@ -157,7 +157,7 @@ mod tests {
         let bytes: Vec<u8> = (0..40u32 << 10).map(|i| (i % 251) as u8).collect();
         let path = dir.path().join("appliance-slot.img");
         std::fs::write(&path, &bytes).unwrap();
-        let image = SlotImage {
+        let image = UpdateImage {
             path,
             size: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(&bytes)),
