@@ -56,9 +56,9 @@ pub fn say(line: &str) {
     }
 }
 
-/// Runs the appliance. Returns only on an error it cannot go on from (init runs it again).
-pub fn run() -> anyhow::Result<()> {
-    let started = Instant::now();
+/// Finds the appliance disk, prepares its data partition, and mounts the running slot's files
+/// and the data partition: the data directory, and what GRUB booted.
+fn mount_disks() -> anyhow::Result<(PathBuf, crate::slots::Boot)> {
     say("oasis boot: looking for the appliance disk");
     let boot_disk = disk::find_boot_disk(Path::new("/sys/block"), Duration::from_secs(60))?;
     let data = disk::prepare_data_partition(&boot_disk)?;
@@ -85,6 +85,13 @@ pub fn run() -> anyhow::Result<()> {
     let data_dir = PathBuf::from(DATA_DIR);
     disk::mount(&data.device, &data_dir, "ext4", MsFlags::MS_NOATIME)?;
     disk::bind_read_only(&Path::new(ESP_MOUNT).join(ESP_BOOT_ROOT), &data_dir.join("boot"))?;
+    Ok((data_dir, boot))
+}
+
+/// Runs the appliance. Returns only on an error it cannot go on from (init runs it again).
+pub fn run() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (data_dir, _boot) = mount_disks()?;
 
     let trusted_key = usb::signature::load_trusted_key(Path::new(usb::signature::TRUSTED_KEY_PATH))?;
     if let Some(key) = &trusted_key {
