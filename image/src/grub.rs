@@ -160,7 +160,11 @@ for s in $ORDER; do
       if save_env --file "$envfile" A_LEFT; then
         set oasis_slot=A
         set oasis_trial=1
-        echo "oasis: booting slot A (trial, tries left: $A_LEFT)"
+        if [ -z "$A_LEFT" ]; then
+          echo "oasis: booting slot A (trial, its last try)"
+        else
+          echo "oasis: booting slot A (trial; tries left after this one: $A_LEFT)"
+        fi
       else
         echo "oasis: slot A has a try left, but grubenv is not writable: not tried"
       fi
@@ -174,7 +178,11 @@ for s in $ORDER; do
       if save_env --file "$envfile" B_LEFT; then
         set oasis_slot=B
         set oasis_trial=1
-        echo "oasis: booting slot B (trial, tries left: $B_LEFT)"
+        if [ -z "$B_LEFT" ]; then
+          echo "oasis: booting slot B (trial, its last try)"
+        else
+          echo "oasis: booting slot B (trial; tries left after this one: $B_LEFT)"
+        fi
       else
         echo "oasis: slot B has a try left, but grubenv is not writable: not tried"
       fi

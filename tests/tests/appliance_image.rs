@@ -357,7 +357,7 @@ fn slots_fall_back(firmware: Firmware, prefix: &str) {
         &spec,
         work.path(),
         "boot-b",
-        "oasis: booting slot B (trial, tries left: t)",
+        "oasis: booting slot B (trial, its last try)",
         "oasis boot: running slot B (a trial boot)",
     );
     assert!(trial.contains("oasis.slot=B oasis.trial=1"), "{trial}");
