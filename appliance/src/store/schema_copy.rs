@@ -16,8 +16,11 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use oasis_image::manifest::ManifestError;
 
 use super::{StoreError, STORE_FILE};
 
@@ -26,16 +29,19 @@ pub fn copy_name(schema: u64) -> String {
     format!("{STORE_FILE}.schema-{schema}")
 }
 
-/// Copies the store at `path` (schema `schema`) to its copy before it is upgraded: written aside,
-/// synced, renamed into place, the directory synced. A crash leaves no copy or the whole one.
+/// Copies the store at `path` (schema `schema`) to its copy before it is upgraded, crash-safely
+/// and with the store's own permissions ([`oasis_image::manifest::copy_atomic`]): a crash leaves
+/// no copy or the whole one.
 pub(super) fn keep_before_upgrade(data_dir: &Path, path: &Path, schema: u64) -> Result<PathBuf, StoreError> {
     let copy = data_dir.join(copy_name(schema));
-    let partial = data_dir.join(format!("{}.partial", copy_name(schema)));
-    let failed = |source| StoreError::DataDir { path: copy.clone(), source };
-    fs::copy(path, &partial).map_err(failed)?;
-    File::open(&partial).and_then(|f| f.sync_all()).map_err(failed)?;
-    fs::rename(&partial, &copy).map_err(failed)?;
-    sync_dir(data_dir).map_err(failed)?;
+    let mode = fs::metadata(path)
+        .map_err(|source| StoreError::Access { path: path.to_path_buf(), source })?
+        .permissions()
+        .mode();
+    oasis_image::manifest::copy_atomic(path, &copy, mode).map_err(|e| match e {
+        ManifestError::Io { path, source } => StoreError::DataDir { path, source },
+        other => StoreError::DataDir { path: copy.clone(), source: io::Error::other(other.to_string()) },
+    })?;
     Ok(copy)
 }
 
