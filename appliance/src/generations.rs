@@ -39,6 +39,9 @@ pub const GENERATIONS_DIR: &str = "generations";
 /// The verified bundle manifest, kept beside a generation's files.
 pub const MANIFEST_FILE: &str = "bundle-manifest.json";
 const STAGING_PREFIX: &str = ".staging-";
+/// What `oasis boot` says of the appliance disk (`oasis_core::update::ApplianceHere`), in the
+/// data directory.
+pub const APPLIANCE_FILE: &str = "appliance.json";
 
 /// Why a bundle was not installed, or the generations not read.
 #[derive(Debug, thiserror::Error)]
@@ -281,13 +284,25 @@ impl NodeGenerations {
         self.apply(file).await
     }
 
+    /// The appliance disk this `oasis serve` runs from, as `oasis boot` wrote it at boot
+    /// ([`APPLIANCE_FILE`] in the data directory); none off an appliance. An unreadable file is
+    /// treated as none (a bundle's appliance part is then refused) and said in the log.
+    fn appliance_here(&self) -> Option<update::ApplianceHere> {
+        let path = self.dir.parent()?.join(APPLIANCE_FILE);
+        let bytes = fs::read(&path).ok()?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| tracing::warn!("{} cannot be read ({e}); appliance updates are refused", path.display()))
+            .ok()
+    }
+
     /// Installs the bundle read from `reader` (see the module documentation).
     pub async fn apply(&self, reader: impl Read + Send + 'static) -> Result<Applied, GenerationsError> {
         let _one = self.installing.lock().await;
         let trusted = self.keys.load()?;
         let record = self.store.generations()?;
         let shipped_etcd = self.shipped_etcd()?;
-        let (dir, limit, rules) = (self.dir.clone(), self.max_total_bytes, record.installed_for_check(&shipped_etcd));
+        let rules = Rules { installed: record.installed_for_check(&shipped_etcd), appliance: self.appliance_here() };
+        let (dir, limit) = (self.dir.clone(), self.max_total_bytes);
         let staged = tokio::task::spawn_blocking(move || stage(&dir, reader, &trusted, limit, &rules))
             .await
             .map_err(|_| GenerationsError::Stopped)??;
@@ -402,21 +417,29 @@ impl NodeGenerations {
 
 /// Step 1 and 2: verifies the bundle from `reader` into a staging directory under `dir`, checked
 /// against each of `rules`, completes it as a node image directory and renames it into place.
+/// What a bundle is checked against: each installed generation a machine may run, and the
+/// appliance disk `oasis serve` runs from (for a bundle's appliance part).
+struct Rules {
+    installed: Vec<update::Installed>,
+    appliance: Option<update::ApplianceHere>,
+}
+
 fn stage(
     dir: &Path,
     reader: impl Read,
     trusted: &[VerifyingKey],
     max_total_bytes: u64,
-    rules: &[update::Installed],
+    rules: &Rules,
 ) -> Result<(BundleManifest, String), GenerationsError> {
     fs::create_dir_all(dir).map_err(install_error(dir))?;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let staging = dir.join(format!("{STAGING_PREFIX}{}-{nanos}", std::process::id()));
     let options = VerifyOptions { trusted, architecture: bundle::ARCHITECTURE, max_total_bytes };
     let accept = |manifest: &BundleManifest| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        for installed in rules {
+        for installed in &rules.installed {
             update::check_update(installed, manifest)?;
         }
+        update::check_appliance(manifest, rules.appliance.as_ref())?;
         Ok(())
     };
     let verified = bundle::read_bundle(BufReader::new(reader), &options, &accept, Sink::Staging(&staging))?;

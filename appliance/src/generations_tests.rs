@@ -182,7 +182,7 @@ fn a_crash_before_the_commit_leaves_the_old_set() {
     fs::create_dir(&staging).unwrap();
     fs::write(staging.join(KERNEL), b"half a kernel").unwrap();
     // Killed after the rename, before the commit: a whole generation nobody recorded.
-    let rules = before.installed_for_check(SHIPPED_ETCD);
+    let rules = Rules { installed: before.installed_for_check(SHIPPED_ETCD), appliance: None };
     let file = fs::File::open(rack.bundle(2, "3.5.16-4", &rack.key)).unwrap();
     let trusted = [rack.key.verifying_key()];
     stage(&rack.dir.path().join("data/generations"), file, &trusted, u64::MAX, &rules).unwrap();
@@ -203,7 +203,7 @@ fn a_crash_after_the_commit_leaves_the_new_set() {
     let rack = Rack::new();
     rack.apply(&rack.bundle(1, "3.5.16-4", &rack.key)).unwrap();
     let record = rack.store.generations().unwrap();
-    let rules = record.installed_for_check(SHIPPED_ETCD);
+    let rules = Rules { installed: record.installed_for_check(SHIPPED_ETCD), appliance: None };
     let file = fs::File::open(rack.bundle(2, "3.5.16-4", &rack.key)).unwrap();
     let trusted = [rack.key.verifying_key()];
     let (manifest, key_id) =
@@ -233,4 +233,58 @@ fn the_record_survives_a_restart() {
         }
     };
     assert_eq!(reopened.generations().unwrap(), saved);
+}
+
+/// A disk image under `dir` whose slot A (4 MiB at sector 64) holds `data`.
+fn appliance_image(dir: &Path, data: &[u8]) -> PathBuf {
+    use oasis_image::gpt::{Gpt, Guid, Partition, SECTOR};
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join("appliance.img");
+    let sectors = 64 + 8192 + 64;
+    let mut file = fs::File::create(&path).unwrap();
+    file.set_len(sectors * SECTOR).unwrap();
+    let mut table = Gpt::new(Guid::from_display_bytes([1; 16]));
+    table.partitions[3] = Some(Partition {
+        type_guid: Guid::from_display_bytes([2; 16]),
+        unique_guid: Guid::from_display_bytes([3; 16]),
+        first_lba: 64,
+        last_lba: 64 + 8191,
+        attributes: 0,
+        name: oasis_image::appliance::SLOT_A_NAME.into(),
+    });
+    table.write(&mut file, sectors).unwrap();
+    file.seek(SeekFrom::Start(64 * SECTOR)).unwrap();
+    file.write_all(data).unwrap();
+    path
+}
+
+#[test]
+fn an_appliance_part_is_installed_only_on_a_committed_appliance_with_slots_of_its_size() {
+    let rack = Rack::new();
+    let node = rack.dir.path().join("node-appliance");
+    node_dir(&node, "6.12.0-1-amd64", SHIPPED_ETCD);
+    let image = appliance_image(rack.dir.path(), &b"slot A".repeat(1000));
+    let out = rack.dir.path().join("with-appliance.bundle");
+    let options =
+        BundleOptions { version: "0.16.1".into(), sequence: 1, appliance: Some(image), ..BundleOptions::default() };
+    write_bundle(&node, &options, &rack.key, &out).unwrap();
+    let refused = |what: &str| {
+        let err = oasis_proto::error_chain(&rack.apply(&out).unwrap_err());
+        assert!(err.contains(what), "{err}");
+        assert!(rack.on_disk().iter().all(|n| n.starts_with('.')) || rack.on_disk().is_empty(), "nothing installed");
+    };
+    // Off an appliance (no word from `oasis boot`): refused, whole.
+    refused("does not run from an appliance disk");
+    let here = |committed: bool, slot_bytes: u64| {
+        let text = format!(r#"{{"running":"A","version":"0.16.0","committed":{committed},"slot_bytes":{slot_bytes}}}"#);
+        fs::write(rack.dir.path().join("data").join(APPLIANCE_FILE), text).unwrap();
+    };
+    here(true, 8 << 20);
+    refused("its disk layout differs");
+    here(false, 4 << 20);
+    refused("on trial (slot A)");
+    here(true, 4 << 20);
+    rack.apply(&out).unwrap();
+    let slot = rack.dir.path().join("data/generations/1").join(oasis_image::bundle_appliance::SLOT_MEMBER);
+    assert!(fs::read(slot).unwrap().starts_with(b"slot Aslot A"), "the slot image kept with its generation");
 }

@@ -9,6 +9,7 @@
 //!   major version. Patch changes, up or down, are allowed.
 
 use oasis_image::bundle::{BundleManifest, PRODUCT};
+use serde::{Deserialize, Serialize};
 
 /// What the rack runs now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +84,41 @@ pub enum UpdateRefusal {
     EtcdMajorChange { installed: String, offered: String },
     #[error("cannot read the {which} etcd version {version:?} as MAJOR.MINOR.PATCH; {what_to_do}")]
     EtcdVersion { which: &'static str, version: String, what_to_do: &'static str },
-    // Until the appliance writes its inactive boot slot from a bundle (issue 16's next step), a
-    // bundle that carries one is refused whole rather than half applied.
-    #[error("the bundle also updates the appliance itself (to {version}), which this appliance cannot apply yet; build the bundle without --appliance")]
-    ApplianceUpdate { version: String },
+    #[error("the bundle also updates the appliance itself (to {version}), but this oasis serve does not run from an appliance disk with two boot slots; apply it on the appliance, or build the bundle without --appliance")]
+    NotAnAppliance { version: String },
+    #[error("the bundle's appliance slot is for a slot of {offered} bytes, this appliance's slots are {here}: its disk layout differs; write the new appliance image over its disk instead (its data is kept)")]
+    SlotSize { offered: u64, here: u64 },
+    #[error("the appliance runs an update on trial (slot {slot}): wait until it commits or falls back, then apply the bundle again")]
+    TrialRunning { slot: String },
+}
+
+/// What `oasis serve` knows of the appliance disk it runs from, as the supervisor wrote it at
+/// boot; none off an appliance (a development host, an image from before the two slots).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplianceHere {
+    /// The slot running (`A` or `B`).
+    pub running: String,
+    /// The appliance version running.
+    pub version: String,
+    /// Whether the running slot is committed (not an update on trial).
+    pub committed: bool,
+    /// The size of each slot partition, in bytes.
+    pub slot_bytes: u64,
+}
+
+/// Whether the appliance part of the bundle with `manifest`, if it has one, may be installed
+/// on the appliance `here` describes.
+pub fn check_appliance(manifest: &BundleManifest, here: Option<&ApplianceHere>) -> Result<(), UpdateRefusal> {
+    let Some(part) = &manifest.appliance else { return Ok(()) };
+    let Some(here) = here else { return Err(UpdateRefusal::NotAnAppliance { version: part.version.clone() }) };
+    if part.slot_bytes != here.slot_bytes {
+        return Err(UpdateRefusal::SlotSize { offered: part.slot_bytes, here: here.slot_bytes });
+    }
+    if !here.committed {
+        return Err(UpdateRefusal::TrialRunning { slot: here.running.clone() });
+    }
+    Ok(())
 }
 
 /// Whether the bundle with `manifest` may be installed over `installed`; if so, what it does to etcd.
@@ -106,9 +138,6 @@ pub fn check_update(installed: &Installed, manifest: &BundleManifest) -> Result<
             offered: manifest.sequence,
             version: manifest.version.clone(),
         });
-    }
-    if let Some(appliance) = &manifest.appliance {
-        return Err(UpdateRefusal::ApplianceUpdate { version: appliance.version.clone() });
     }
     etcd_change(&installed.etcd_version, &manifest.changes.etcd)
 }
@@ -241,13 +270,29 @@ mod tests {
         arm.architecture = "aarch64".into();
         let text = check_update(&installed(), &arm).unwrap_err().to_string();
         assert!(text.contains("aarch64") && text.contains("x86_64"), "{text}");
-        let mut with_appliance = manifest(6, "3.4.23");
-        with_appliance.appliance =
-            Some(oasis_image::bundle_appliance::ApplianceChanges { version: "0.16.1".into(), slot_bytes: 1 << 30 });
-        let err = check_update(&installed(), &with_appliance).unwrap_err();
-        assert_eq!(err, UpdateRefusal::ApplianceUpdate { version: "0.16.1".into() });
         // The etcd rules apply to a newer bundle too.
         let err = check_update(&installed(), &manifest(9, "3.6.1")).unwrap_err();
         assert!(matches!(err, UpdateRefusal::EtcdMinorSkipped { next_minor: 5, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_appliance_part_goes_only_to_a_committed_appliance_with_slots_of_its_size() {
+        let node_only = manifest(6, "3.4.23");
+        assert_eq!(check_appliance(&node_only, None), Ok(()), "a node-only bundle needs no appliance");
+        let mut with = manifest(6, "3.4.23");
+        with.appliance =
+            Some(oasis_image::bundle_appliance::ApplianceChanges { version: "0.16.1".into(), slot_bytes: 1 << 30 });
+        let here =
+            ApplianceHere { running: "A".into(), version: "0.16.0".into(), committed: true, slot_bytes: 1 << 30 };
+        assert_eq!(check_appliance(&with, Some(&here)), Ok(()));
+        let err = check_appliance(&with, None).unwrap_err();
+        assert!(err.to_string().contains("without --appliance"), "{err}");
+        let other = ApplianceHere { slot_bytes: 1 << 29, ..here.clone() };
+        assert_eq!(
+            check_appliance(&with, Some(&other)),
+            Err(UpdateRefusal::SlotSize { offered: 1 << 30, here: 1 << 29 })
+        );
+        let trial = ApplianceHere { running: "B".into(), committed: false, ..here };
+        assert_eq!(check_appliance(&with, Some(&trial)), Err(UpdateRefusal::TrialRunning { slot: "B".into() }));
     }
 }
