@@ -174,6 +174,10 @@ pub struct UpdateStatus {
     /// controller does not run).
     #[serde(default)]
     pub progress: String,
+    /// The current generation's appliance part, if it has one, and where the appliance's own
+    /// update to it stands.
+    #[serde(default)]
+    pub appliance: Option<crate::appliance_update::ApplianceUpdateView>,
 }
 
 /// The node generations of one appliance.
@@ -188,6 +192,8 @@ pub struct NodeGenerations {
     max_total_bytes: u64,
     /// One install at a time.
     installing: tokio::sync::Mutex<()>,
+    /// What `oasis boot` last said of the appliance, as announced in the events.
+    pub(crate) announced: std::sync::Mutex<Option<update::ApplianceHere>>,
 }
 
 fn now() -> u64 {
@@ -213,6 +219,7 @@ impl NodeGenerations {
             keys,
             max_total_bytes: bundle::DEFAULT_MAX_TOTAL_BYTES,
             installing: tokio::sync::Mutex::new(()),
+            announced: std::sync::Mutex::new(None),
         }
     }
 
@@ -225,6 +232,11 @@ impl NodeGenerations {
     /// The largest upload a bundle can be: its header, the largest manifest and the members.
     pub fn max_upload_bytes(&self) -> u64 {
         self.max_total_bytes + bundle::HEADER_BYTES as u64 + u64::from(bundle::MAX_MANIFEST_BYTES)
+    }
+
+    /// The store the generations are recorded in.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The directory of generation `sequence`.
@@ -287,7 +299,7 @@ impl NodeGenerations {
     /// The appliance disk this `oasis serve` runs from, as `oasis boot` wrote it at boot
     /// ([`APPLIANCE_FILE`] in the data directory); none off an appliance. An unreadable file is
     /// treated as none (a bundle's appliance part is then refused) and said in the log.
-    fn appliance_here(&self) -> Option<update::ApplianceHere> {
+    pub(crate) fn appliance_here(&self) -> Option<update::ApplianceHere> {
         let path = self.dir.parent()?.join(APPLIANCE_FILE);
         let bytes = fs::read(&path).ok()?;
         serde_json::from_slice(&bytes)
@@ -385,6 +397,7 @@ impl NodeGenerations {
             machines,
             rollout: record.rollout,
             progress: String::new(),
+            appliance: self.appliance_update(),
         })
     }
 

@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod appliance_update;
 pub mod controller;
 pub mod etcd;
 pub mod exit;

@@ -239,6 +239,7 @@ fn node_generations(config: &Config, store: &Store) -> Result<Arc<NodeGeneration
     };
     let generations = NodeGenerations::new(store.clone(), &config.data_dir, &config.boot_root.join("node"), keys);
     generations.reconcile().map_err(ServeError::Generations)?;
+    generations.announce_last_trial();
     Ok(Arc::new(generations))
 }
 

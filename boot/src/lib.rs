@@ -12,9 +12,12 @@
 //! - [`console`]: the serial and video consoles: first-boot questions, status view, menu.
 //! - [`usb`]: configuration from a stick labelled `OASIS`, its signature, and the report written
 //!   back to it.
+//! - [`slots`]: the two boot slots and GRUB's environment block; [`self_update`]: the appliance
+//!   writing an update into the other slot, its trial boot and health check, commit or fallback.
 
 pub mod console;
 pub mod disk;
+pub mod self_update;
 pub mod slots;
 pub mod supervisor;
 pub mod usb;

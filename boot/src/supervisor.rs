@@ -30,10 +30,11 @@ use oasis_appliance::operator::{self, Action};
 use oasis_core::config::Config;
 use oasis_host::mount::MsFlags;
 use oasis_host::sys::RebootMode;
-use oasis_image::appliance::ESP_BOOT_ROOT;
+use oasis_image::appliance::{ESP_BOOT_ROOT, TEST_FAILING_SERVE_PATH};
 
 use crate::console::{self, ApplianceActions, Consoles};
 use crate::disk;
+use crate::self_update::SelfUpdate;
 use crate::usb::{self, Acceptance, Offer, Outcome, Stick};
 
 /// Where the data partition is mounted: the store, the saved configuration, logs.
@@ -47,6 +48,8 @@ pub const STICK_MOUNT: &str = "/run/oasis/stick";
 pub const CONFIG_FILE: &str = "oasis.toml";
 /// `oasis serve`'s log, in [`DATA_DIR`] (the previous boot's is kept as `serve.log.1`).
 pub const SERVE_LOG: &str = "serve.log";
+/// How often a committed appliance asks `serve` whether an update to itself is waiting.
+const UPDATE_POLL: Duration = Duration::from_secs(5);
 
 /// Prints a line on the console (serial and screen): the supervisor's own messages.
 pub fn say(line: &str) {
@@ -58,7 +61,7 @@ pub fn say(line: &str) {
 
 /// Finds the appliance disk, prepares its data partition, and mounts the running slot's files
 /// and the data partition: the data directory, and what GRUB booted.
-fn mount_disks() -> anyhow::Result<(PathBuf, crate::slots::Boot)> {
+fn mount_disks() -> anyhow::Result<(PathBuf, disk::BootDisk, crate::slots::Boot)> {
     say("oasis boot: looking for the appliance disk");
     let boot_disk = disk::find_boot_disk(Path::new("/sys/block"), Duration::from_secs(60))?;
     let data = disk::prepare_data_partition(&boot_disk)?;
@@ -85,13 +88,14 @@ fn mount_disks() -> anyhow::Result<(PathBuf, crate::slots::Boot)> {
     let data_dir = PathBuf::from(DATA_DIR);
     disk::mount(&data.device, &data_dir, "ext4", MsFlags::MS_NOATIME)?;
     disk::bind_read_only(&Path::new(ESP_MOUNT).join(ESP_BOOT_ROOT), &data_dir.join("boot"))?;
-    Ok((data_dir, boot))
+    Ok((data_dir, boot_disk, boot))
 }
 
 /// Runs the appliance. Returns only on an error it cannot go on from (init runs it again).
 pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
-    let (data_dir, _boot) = mount_disks()?;
+    let (data_dir, boot_disk, boot) = mount_disks()?;
+    let self_update = SelfUpdate::at_boot(&boot_disk, boot, Path::new(ESP_MOUNT), &data_dir).map(Arc::new);
 
     let trusted_key = usb::signature::load_trusted_key(Path::new(usb::signature::TRUSTED_KEY_PATH))?;
     if let Some(key) = &trusted_key {
@@ -109,6 +113,17 @@ pub fn run() -> anyhow::Result<()> {
     let (config_text, offered) = supervisor.choose_config(&boot_sticks, &mut consoles)?;
     supervisor.apply(&config_text)?;
     let mut serve = supervisor.start_serve(false)?;
+    // Set when the appliance must reboot: a trial that failed, an update armed.
+    let reboot_now = Arc::new(AtomicBool::new(false));
+    if let Some(update) = self_update.clone().filter(|u| u.on_trial()) {
+        let (config, reboot_now) = (Config::load(&supervisor.config_path()), reboot_now.clone());
+        std::thread::spawn(move || {
+            let result = config.map_err(|e| format!("{e:#}")).and_then(|c| update.health_check(&c));
+            if update.finish_trial(result) {
+                reboot_now.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
     supervisor.wait_for_serve(&mut serve, Duration::from_secs(60));
     say(&format!("oasis boot: serving; {:.0} s since oasis boot started", started.elapsed().as_secs_f64()));
     if let Some((stick, outcome)) = offered {
@@ -144,7 +159,23 @@ pub fn run() -> anyhow::Result<()> {
     let mut reported_healthy = false;
     // When `serve` has exited: when to start it again.
     let mut restart_at: Option<Instant> = None;
+    let mut update_checked = Instant::now();
     loop {
+        if let Some(update) = &self_update {
+            if restart_at.is_none() && update_checked.elapsed() >= UPDATE_POLL {
+                update_checked = Instant::now();
+                if update.install_waiting() {
+                    reboot_now.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        if reboot_now.load(std::sync::atomic::Ordering::SeqCst) {
+            if restart_at.is_none() {
+                stop_child(&mut serve);
+            }
+            shutdown(RebootMode::RB_AUTOBOOT);
+            reboot_now.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         if restart_at.is_none() {
             if let Ok(Some(status)) = serve.try_wait() {
                 restart_at = Some(Instant::now() + actions.serve_exited(status));
@@ -480,6 +511,7 @@ impl Supervisor {
             .arg("--config")
             .arg(self.config_path())
             .args(new_store.then_some("--new-store"))
+            .args(Path::new(ESP_MOUNT).join(TEST_FAILING_SERVE_PATH).exists().then_some("--test-refuse-start"))
             .env("OASIS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -105,6 +105,64 @@ pub struct ApplianceHere {
     pub committed: bool,
     /// The size of each slot partition, in bytes.
     pub slot_bytes: u64,
+    /// The last update the appliance tried on itself, and how its trial ended; none before the
+    /// first.
+    #[serde(default)]
+    pub last_trial: Option<LastTrial>,
+}
+
+/// How the appliance's last update to itself went, as `oasis boot` recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastTrial {
+    /// The version written to the other slot and tried.
+    pub version: String,
+    /// The version it was to replace.
+    pub from_version: String,
+    /// Why its trial failed and the appliance fell back; none while on trial or once committed.
+    #[serde(default)]
+    pub fell_back: Option<String>,
+}
+
+/// Where the appliance part of the installed bundle has got to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ApplianceUpdateState {
+    /// Waiting for `oasis boot` to write it into the other slot and reboot into it.
+    Waiting,
+    /// Running on trial: it commits itself once its health check passes.
+    OnTrial,
+    /// Running and committed.
+    Committed,
+    /// Its trial failed and the appliance went back to the version before; never tried again.
+    FellBack { reason: String },
+}
+
+impl std::fmt::Display for ApplianceUpdateState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplianceUpdateState::Waiting => f.write_str("waiting to be written to the other boot slot"),
+            ApplianceUpdateState::OnTrial => f.write_str("running on trial, until its health check passes"),
+            ApplianceUpdateState::Committed => f.write_str("committed"),
+            ApplianceUpdateState::FellBack { reason } => write!(f, "fell back to the version before: {reason}"),
+        }
+    }
+}
+
+/// Where the appliance update to `version` stands on the appliance `here`.
+pub fn appliance_update_state(version: &str, here: &ApplianceHere) -> ApplianceUpdateState {
+    if here.version == version {
+        return match here.committed {
+            true => ApplianceUpdateState::Committed,
+            false => ApplianceUpdateState::OnTrial,
+        };
+    }
+    match &here.last_trial {
+        Some(LastTrial { version: tried, fell_back: Some(reason), .. }) if tried == version => {
+            ApplianceUpdateState::FellBack { reason: reason.clone() }
+        }
+        _ => ApplianceUpdateState::Waiting,
+    }
 }
 
 /// Whether the appliance part of the bundle with `manifest`, if it has one, may be installed
@@ -282,8 +340,13 @@ mod tests {
         let mut with = manifest(6, "3.4.23");
         with.appliance =
             Some(oasis_image::bundle_appliance::ApplianceChanges { version: "0.16.1".into(), slot_bytes: 1 << 30 });
-        let here =
-            ApplianceHere { running: "A".into(), version: "0.16.0".into(), committed: true, slot_bytes: 1 << 30 };
+        let here = ApplianceHere {
+            running: "A".into(),
+            version: "0.16.0".into(),
+            committed: true,
+            slot_bytes: 1 << 30,
+            last_trial: None,
+        };
         assert_eq!(check_appliance(&with, Some(&here)), Ok(()));
         let err = check_appliance(&with, None).unwrap_err();
         assert!(err.to_string().contains("without --appliance"), "{err}");
@@ -294,5 +357,26 @@ mod tests {
         );
         let trial = ApplianceHere { running: "B".into(), committed: false, ..here };
         assert_eq!(check_appliance(&with, Some(&trial)), Err(UpdateRefusal::TrialRunning { slot: "B".into() }));
+    }
+
+    #[test]
+    fn an_appliance_update_is_waiting_on_trial_committed_or_fallen_back() {
+        let here = |version: &str, committed: bool, last_trial: Option<LastTrial>| ApplianceHere {
+            running: "A".into(),
+            version: version.into(),
+            committed,
+            slot_bytes: 1,
+            last_trial,
+        };
+        assert_eq!(appliance_update_state("2", &here("1", true, None)), ApplianceUpdateState::Waiting);
+        assert_eq!(appliance_update_state("2", &here("2", false, None)), ApplianceUpdateState::OnTrial);
+        assert_eq!(appliance_update_state("2", &here("2", true, None)), ApplianceUpdateState::Committed);
+        let failed = LastTrial { version: "2".into(), from_version: "1".into(), fell_back: Some("no DHCP".into()) };
+        assert_eq!(
+            appliance_update_state("2", &here("1", true, Some(failed.clone()))),
+            ApplianceUpdateState::FellBack { reason: "no DHCP".into() }
+        );
+        // An older failure of another version is not this one's.
+        assert_eq!(appliance_update_state("3", &here("1", true, Some(failed))), ApplianceUpdateState::Waiting);
     }
 }

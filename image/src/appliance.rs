@@ -321,7 +321,16 @@ pub struct ApplianceInputs {
     pub appliance_overlay: PathBuf,
     /// A public key: USB configurations must then be signed by its private key.
     pub trusted_key: Option<PathBuf>,
+    /// The version the slot says it holds ([`SlotInfo::version`]); `None`: this `oasis`'s own.
+    pub version: Option<String>,
+    /// For tests of the appliance's update: the slot's `oasis serve` refuses to start
+    /// ([`TEST_FAILING_SERVE_PATH`]), so a trial boot of it fails its health check.
+    pub test_failing_serve: bool,
 }
+
+/// In a slot built with [`ApplianceInputs::test_failing_serve`]: `oasis boot` then starts `oasis
+/// serve` in a mode where it refuses to start.
+pub const TEST_FAILING_SERVE_PATH: &str = "oasis/test-failing-serve";
 
 /// What was built.
 #[derive(Debug, Clone)]
@@ -705,7 +714,12 @@ pub fn build_appliance_image(
     let grub = grub?;
     files.push((grub::KERNEL_PATH.into(), FileSource::File(kernel.file(&format!("/boot/{vmlinuz}"))?)));
     files.push((grub::INITRD_PATH.into(), FileSource::Bytes(initrd)));
-    let (slot_files, info) = with_slot_info(files, env!("CARGO_PKG_VERSION"))?;
+    if inputs.test_failing_serve {
+        let why = "built with --test-failing-serve: oasis serve refuses to start in this slot\n";
+        files.push((TEST_FAILING_SERVE_PATH.into(), FileSource::Bytes(why.as_bytes().to_vec())));
+    }
+    let slot_version = inputs.version.as_deref().unwrap_or(env!("CARGO_PKG_VERSION"));
+    let (slot_files, info) = with_slot_info(files, slot_version)?;
     let esp = esp_files(&grub)?;
 
     let bytes = write_disk(out, &grub, &esp, &slot_files)?;

@@ -32,6 +32,10 @@ pub enum Command {
         /// sound store is kept whatever this says.
         #[arg(long)]
         new_store: bool,
+        /// For tests of the appliance's update (an image built with --test-failing-serve):
+        /// refuse to start.
+        #[arg(long, hide = true)]
+        test_refuse_start: bool,
     },
     /// Check and sign configuration files.
     #[command(subcommand)]
@@ -276,6 +280,14 @@ pub struct ApplianceBuildArgs {
     /// Where downloaded packages are kept between builds.
     #[arg(long, default_value = "/var/cache/oasis/debian")]
     pub cache: PathBuf,
+    /// The version the image's boot slot says it holds (what the appliance reports and an update
+    /// bundle names). Default: this oasis's version. For patched builds and tests.
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
+    /// For tests only: the image's `oasis serve` refuses to start, so an appliance update to it
+    /// fails its health check and the appliance falls back.
+    #[arg(long, hide = true)]
+    pub test_failing_serve: bool,
 }
 
 #[derive(Debug, Args)]

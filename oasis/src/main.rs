@@ -36,7 +36,12 @@ fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Boot => boot::run().await,
-        Command::Serve { config, new_store } => serve::run(&config, new_store).await,
+        Command::Serve { config, new_store, test_refuse_start } => {
+            if test_refuse_start {
+                anyhow::bail!("this appliance slot was built with --test-failing-serve: oasis serve refuses to start");
+            }
+            serve::run(&config, new_store).await
+        }
         Command::Config(ConfigCommand::Check { file }) => config::check(&file),
         Command::Config(ConfigCommand::Keygen { out }) => config::keygen(&out),
         Command::Config(ConfigCommand::Sign { key, file }) => config::sign(&key, &file),

@@ -91,6 +91,10 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         record: Generations,
         now: u64,
     ) -> Result<RolloutTick, ControllerError> {
+        self.api.generations.announce_last_trial();
+        if let Some(held) = self.api.generations.appliance_hold() {
+            return Ok(RolloutTick { record, progress: held });
+        }
         let reads = self.quorum_reads(inputs.seen, &record).await;
         let view = self.rack_view(inputs, &reads);
         let step = rollout::next(&record, &view, &self.rollout.settings(), now);

@@ -47,6 +47,8 @@ pub struct Target {
     pub grubenv: PathBuf,
     /// The data directory (for the trial record).
     pub data_dir: PathBuf,
+    /// The machines linked now, which the trial's health check waits for.
+    pub linked: Vec<String>,
 }
 
 /// Why an update was not installed. Every step before arming leaves the running slot chosen.
@@ -94,6 +96,8 @@ pub fn install(image: &UpdateImage, target: &Target, now: u64) -> Result<Slot, I
         armed_at: now,
         tries: TRIES,
         verdict: None,
+        linked: target.linked.clone(),
+        fell_back: None,
     };
     record.write(&target.data_dir)?;
     // Read again: nothing else writes the block, but the arm must build on what is on disk.
@@ -108,7 +112,7 @@ fn write_error(slot: Slot, path: &Path, source: io::Error) -> InstallError {
 
 /// The size of a block device or file: its end, as seeking finds it (a block device's metadata
 /// says 0).
-fn device_bytes(path: &Path) -> io::Result<u64> {
+pub(crate) fn device_bytes(path: &Path) -> io::Result<u64> {
     File::open(path)?.seek(SeekFrom::End(0))
 }
 
@@ -166,7 +170,8 @@ mod tests {
         };
         let data_dir = dir.path().join("data");
         std::fs::create_dir(&data_dir).unwrap();
-        let target = Target { running: Slot::A, running_version: "0.16.0".into(), device, grubenv, data_dir };
+        let target =
+            Target { running: Slot::A, running_version: "0.16.0".into(), device, grubenv, data_dir, linked: vec![] };
         Rig { dir, target, image }
     }
 

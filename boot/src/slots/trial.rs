@@ -38,6 +38,14 @@ pub struct TrialRecord {
     /// Written by the trial boot before it gives up; none if it never got that far.
     #[serde(default)]
     pub verdict: Option<TrialVerdict>,
+    /// The machines whose management links were up when it was armed (their ids): the trial's
+    /// health check waits for each to heartbeat again.
+    #[serde(default)]
+    pub linked: Vec<String>,
+    /// Set by the appliance that came back to the other slot (or never armed this one): why this
+    /// version is not running. A version that fell back is never written again by itself.
+    #[serde(default)]
+    pub fell_back: Option<String>,
 }
 
 /// Why a trial boot gave up.
@@ -158,6 +166,8 @@ mod tests {
             armed_at: 1_800_000_000,
             tries: 2,
             verdict: None,
+            linked: vec![],
+            fell_back: None,
         }
     }
 

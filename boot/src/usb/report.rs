@@ -55,6 +55,9 @@ pub struct Report {
     pub admin_token: Option<String>,
     /// What became of the stick's update bundle, if it has one.
     pub bundle: Option<super::bundle::BundleOutcome>,
+    /// The appliance's own version and slot, and its last update to itself (`oasis boot`'s
+    /// `appliance.json`); none off a two-slot appliance.
+    pub appliance: Option<oasis_core::update::ApplianceHere>,
     /// What could not be gathered, and why.
     pub notes: Vec<String>,
 }
@@ -73,6 +76,9 @@ fn now() -> u64 {
 /// machines, cluster status and kubeconfig, as much as it answers. Blocking (a Unix socket).
 pub fn gather(data_dir: &Path) -> Report {
     let mut report = Report { at: now(), ..Report::default() };
+    report.appliance = std::fs::read(data_dir.join(oasis_appliance::generations::APPLIANCE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let ask = |path: &str| admin::request(data_dir, "GET", path);
     match ask("/v1/machines") {
         Ok(Some(body)) => match serde_json::from_slice(&body) {
@@ -104,6 +110,23 @@ pub fn gather(data_dir: &Path) -> Report {
         report.kubeconfig = Some(String::from_utf8_lossy(&body).into_owned());
     }
     report
+}
+
+/// The report's lines on the appliance itself: what runs, and how its last update went.
+fn appliance_lines(here: &oasis_core::update::ApplianceHere) -> String {
+    let state = if here.committed { "committed" } else { "on trial, not yet committed" };
+    let mut out = format!("appliance: oasis {} in boot slot {} ({state})\n", here.version, here.running);
+    match &here.last_trial {
+        Some(t) if t.fell_back.is_some() => {
+            let reason = t.fell_back.as_deref().unwrap_or_default();
+            out += &format!("appliance update: to oasis {} FELL BACK: {reason}\n", t.version);
+        }
+        Some(t) if t.version == here.version && here.committed => {
+            out += &format!("appliance update: from oasis {} to {}, committed\n", t.from_version, t.version);
+        }
+        _ => {}
+    }
+    out
 }
 
 /// UTC `YYYY-MM-DD HH:MM:SS` of a Unix time (the appliance has no time zone data).
@@ -159,6 +182,9 @@ impl Report {
             ),
             Outcome::ReportOnly => "report: this stick offered no oasis.toml; the appliance's state follows\n".into(),
         };
+        if let Some(here) = &self.appliance {
+            out += &appliance_lines(here);
+        }
         if let Some(bundle) = &self.bundle {
             out += &bundle.line();
             out.push('\n');
@@ -356,6 +382,17 @@ mod tests {
             kubeconfig: Some("apiVersion: v1\n".into()),
             admin_token: Some("secret-token".into()),
             bundle: None,
+            appliance: Some(oasis_core::update::ApplianceHere {
+                running: "B".into(),
+                version: "0.17.0".into(),
+                committed: true,
+                slot_bytes: 1 << 30,
+                last_trial: Some(oasis_core::update::LastTrial {
+                    version: "0.17.0".into(),
+                    from_version: "0.16.0".into(),
+                    fell_back: None,
+                }),
+            }),
             notes: vec![],
         };
         write_report(stick.path(), &report).unwrap();
@@ -367,6 +404,8 @@ mod tests {
             "{result}"
         );
         assert!(result.contains("when: 2025-11-26 00:00:00 UTC"), "{result}");
+        assert!(result.contains("appliance: oasis 0.17.0 in boot slot B (committed)"), "{result}");
+        assert!(result.contains("appliance update: from oasis 0.16.0 to 0.17.0, committed"), "{result}");
         assert!(result.contains("cluster: healthy") && result.contains("machines: 2"), "{result}");
         assert_eq!(read(APPLIED_FILE), "[network]\n");
         assert_eq!(read(ADMIN_TOKEN_FILE), "secret-token\n");
@@ -417,6 +456,17 @@ mod tests {
             at: 0,
             notes: vec!["oasis serve is not running".into()],
             bundle: Some(BundleOutcome::Refused { reason: "two.bundle: cut short\nagain".into() }),
+            appliance: Some(oasis_core::update::ApplianceHere {
+                running: "A".into(),
+                version: "0.16.0".into(),
+                committed: true,
+                slot_bytes: 1 << 30,
+                last_trial: Some(oasis_core::update::LastTrial {
+                    version: "0.17.0".into(),
+                    from_version: "0.16.0".into(),
+                    fell_back: Some("it did not pass its health check".into()),
+                }),
+            }),
             ..Report::default()
         };
         write_report(stick.path(), &refused).unwrap();
@@ -429,6 +479,10 @@ mod tests {
         );
         assert!(
             result.contains("\nbundle: refused, nothing installed: two.bundle: cut short\n     again\nwhen: "),
+            "{result}"
+        );
+        assert!(
+            result.contains("appliance update: to oasis 0.17.0 FELL BACK: it did not pass its health check\n"),
             "{result}"
         );
         assert!(!dir.join(APPLIED_FILE).exists() && !dir.join(INVENTORY_FILE).exists());

@@ -129,7 +129,11 @@ pub fn status(state: &StateArgs) -> anyhow::Result<()> {
             g.path.display()
         );
     }
+    if let Some(a) = &status.appliance {
+        println!("appliance: runs {}; its update to {} (generation {}): {}", a.running, a.version, a.sequence, a.state);
+    }
     match &status.rollout {
+        None if !status.progress.is_empty() => println!("rollout: none yet; {}", status.progress),
         None => println!("rollout: none yet"),
         Some(r) => {
             println!("rollout: generation {} to {}: {} ({} machine(s) done)", r.from, r.target, r.state, r.done.len());
