@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::generations::{NodeGenerations, MANIFEST_FILE};
 
-/// The current generation's appliance part and where it stands.
+/// The newest generation's appliance part and where it stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplianceUpdateView {
     /// The generation whose bundle carried it.
@@ -36,11 +36,12 @@ pub struct ApplianceUpdateView {
 }
 
 impl NodeGenerations {
-    /// The appliance part of the current generation, where it stands on this appliance; `None`
-    /// when the current generation carries none, or off an appliance.
+    /// The appliance part of the newest installed generation, where it stands on this appliance;
+    /// `None` when that generation carries none, or off an appliance.
     pub fn appliance_update(&self) -> Option<ApplianceUpdateView> {
         let here = self.appliance_here()?;
-        let sequence = self.store().generations().ok()?.current;
+        // The newest installed generation: the last bundle applied, which the rollout goes to.
+        let sequence = self.store().generations().ok()?.installed.iter().map(|g| g.sequence).max()?;
         let dir = self.path_of(sequence);
         let text = std::fs::read(dir.join(MANIFEST_FILE)).ok()?;
         let manifest: BundleManifest = match serde_json::from_slice(&text) {
@@ -64,7 +65,7 @@ impl NodeGenerations {
         })
     }
 
-    /// Why the node rollout must wait for the appliance, if it must: the current generation
+    /// Why the node rollout must wait for the appliance, if it must: the newest generation
     /// updates the appliance too, and the appliance has not committed that update.
     pub fn appliance_hold(&self) -> Option<String> {
         let view = self.appliance_update()?;

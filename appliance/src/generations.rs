@@ -174,7 +174,7 @@ pub struct UpdateStatus {
     /// controller does not run).
     #[serde(default)]
     pub progress: String,
-    /// The current generation's appliance part, if it has one, and where the appliance's own
+    /// The newest generation's appliance part, if it has one, and where the appliance's own
     /// update to it stands.
     #[serde(default)]
     pub appliance: Option<crate::appliance_update::ApplianceUpdateView>,

@@ -286,5 +286,38 @@ fn an_appliance_part_is_installed_only_on_a_committed_appliance_with_slots_of_it
     here(true, 4 << 20);
     rack.apply(&out).unwrap();
     let slot = rack.dir.path().join("data/generations/1").join(oasis_image::bundle_appliance::SLOT_MEMBER);
-    assert!(fs::read(slot).unwrap().starts_with(b"slot Aslot A"), "the slot image kept with its generation");
+    assert!(fs::read(&slot).unwrap().starts_with(b"slot Aslot A"), "the slot image kept with its generation");
+
+    // Waiting for `oasis boot` to write it: the rollout holds; the status says where it is.
+    let view = rack.generations.appliance_update().expect("the current generation has an appliance part");
+    assert_eq!((view.sequence, view.version.as_str(), view.running.as_str()), (1, "0.16.1", "0.16.0"));
+    assert_eq!((&view.image, &view.state), (&slot, &update::ApplianceUpdateState::Waiting));
+    assert_eq!(rack.generations.status().unwrap().appliance, Some(view));
+    let held = rack.generations.appliance_hold().expect("the node rollout waits");
+    assert!(held.contains("waits for the appliance's own update to 0.16.1 (generation 1)"), "{held}");
+    let write = |text: &str| fs::write(rack.dir.path().join("data").join(APPLIANCE_FILE), text).unwrap();
+    let events = |kind: &str| rack.store.events(100).unwrap().into_iter().filter(|e| e.kind == kind).count();
+    // Fell back: held, with the reason, said once in the events however often it is looked at.
+    write(
+        r#"{"running":"A","version":"0.16.0","committed":true,"slot_bytes":4194304,
+            "last_trial":{"version":"0.16.1","from_version":"0.16.0","fell_back":"no DHCP"}}"#,
+    );
+    let held = rack.generations.appliance_hold().unwrap();
+    assert!(held.contains("is held") && held.contains("fell back to 0.16.0 (no DHCP)"), "{held}");
+    for _ in 0..3 {
+        rack.generations.announce_last_trial();
+    }
+    rack.rt.block_on(rack.store.flush()).unwrap();
+    assert_eq!(events("appliance-fell-back"), 1);
+    // On trial, then committed: the rollout goes once it is committed.
+    write(r#"{"running":"B","version":"0.16.1","committed":false,"slot_bytes":4194304}"#);
+    assert!(rack.generations.appliance_hold().unwrap().contains("running on trial"));
+    write(
+        r#"{"running":"B","version":"0.16.1","committed":true,"slot_bytes":4194304,
+            "last_trial":{"version":"0.16.1","from_version":"0.16.0"}}"#,
+    );
+    assert_eq!(rack.generations.appliance_hold(), None);
+    rack.generations.announce_last_trial();
+    rack.rt.block_on(rack.store.flush()).unwrap();
+    assert_eq!(events("appliance-committed"), 1);
 }

@@ -21,3 +21,4 @@ pub mod self_update;
 pub mod slots;
 pub mod supervisor;
 pub mod usb;
+pub mod watchdog;

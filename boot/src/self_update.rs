@@ -27,7 +27,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use oasis_appliance::api::MachineView;
@@ -36,11 +36,12 @@ use oasis_appliance::operator::{self, Action};
 use oasis_core::config::Config;
 use oasis_core::update::{ApplianceHere, ApplianceUpdateState, LastTrial};
 use oasis_host::mount::MsFlags;
-use oasis_image::appliance::{SlotInfo, GRUBENV_PATH, SLOT_INFO_PATH};
+use oasis_image::appliance::{SlotInfo, TestFault, GRUBENV_PATH, SLOT_INFO_PATH};
 
 use crate::disk::{self, BootDisk};
 use crate::slots::{self, install, Boot, BootVerdict, Slot, SlotEnv, TrialRecord, TrialVerdict};
 use crate::supervisor::say;
+use crate::watchdog::{self, Watchdog};
 
 /// Where the EFI system partition is mounted while the environment block is rewritten.
 pub const ESP_RW_MOUNT: &str = "/run/oasis/esp";
@@ -48,6 +49,15 @@ pub const ESP_RW_MOUNT: &str = "/run/oasis/esp";
 pub const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the machines linked before the update have to heartbeat again.
 pub const LINKS_TIMEOUT: Duration = Duration::from_secs(300);
+/// The hardware watchdog's timeout during a trial boot.
+pub const WATCHDOG_SECS: u32 = 30;
+/// How often the watchdog is fed.
+const WATCHDOG_FEED: Duration = Duration::from_secs(5);
+/// How many times `oasis boot` may start in one trial boot (init restarts it when it stops)
+/// before the trial is given up as a crash loop.
+const MAX_TRIAL_STARTS: u32 = 3;
+/// Counts `oasis boot`'s starts in this boot (on a tmpfs: each boot starts at zero).
+const STARTS_FILE: &str = "/run/oasis/boot-starts";
 /// A machine that heartbeated this recently when the update is armed counts as linked.
 const LINKED_WITHIN_SECS: u64 = 60;
 
@@ -70,6 +80,8 @@ pub struct SelfUpdate {
     booted_at: u64,
     /// A trial boot whose health check has not passed yet.
     on_trial: Mutex<bool>,
+    /// The running slot was built to hang its trial (a test of the watchdog).
+    hangs_its_trial: bool,
 }
 
 impl SelfUpdate {
@@ -108,6 +120,7 @@ impl SelfUpdate {
             data_dir: data_dir.to_path_buf(),
             booted_at: now(),
             on_trial: Mutex::new(false),
+            hangs_its_trial: slot_files.join(TestFault::HangingTrial.path()).exists(),
         };
         if let Err(e) = update.settle_boot(boot) {
             say(&format!(
@@ -117,6 +130,16 @@ impl SelfUpdate {
             return None;
         }
         update.write_here();
+        if update.on_trial() {
+            let starts = count_start(Path::new(STARTS_FILE));
+            if starts > MAX_TRIAL_STARTS {
+                let reason = format!("oasis boot stopped {} times during this trial boot", starts - 1);
+                if update.finish_trial(Err(reason)) {
+                    let refused = oasis_host::sys::sync_and_reboot(oasis_host::sys::RebootMode::RB_AUTOBOOT);
+                    say(&format!("oasis boot: the kernel refused to reboot: {refused}"));
+                }
+            }
+        }
         Some(update)
     }
 
@@ -199,8 +222,45 @@ impl SelfUpdate {
         }
     }
 
+    /// During a trial: arms the hardware watchdog and feeds it from a thread of its own until the
+    /// trial ends ([`crate::watchdog`]). Without a watchdog, says what that means.
+    pub fn watch_trial(self: &Arc<Self>) {
+        let mut dog = match Watchdog::arm(Path::new(watchdog::DEVICE), WATCHDOG_SECS) {
+            Ok(dog) => dog,
+            Err(e) => {
+                say(&format!("oasis boot: no hardware watchdog ({}: {e}): if this trial hangs, a power cycle makes GRUB fall back", watchdog::DEVICE));
+                return;
+            }
+        };
+        let secs = dog.timeout_secs.map_or_else(|| "its driver's default timeout".to_string(), |s| format!("{s} s"));
+        say(&format!("oasis boot: the watchdog is armed for the trial ({secs})"));
+        if self.hangs_its_trial {
+            say("oasis boot: this slot was built to hang its trial (a test): no health check, and the watchdog is not fed");
+            // Never fed, never closed: the watchdog resets the machine.
+            std::mem::forget(dog);
+            return;
+        }
+        let update = self.clone();
+        std::thread::spawn(move || loop {
+            if !update.on_trial() {
+                match dog.disarm() {
+                    Ok(()) => say("oasis boot: the watchdog is disarmed"),
+                    Err(e) => say(&format!("oasis boot: cannot disarm the watchdog: {e}")),
+                }
+                return;
+            }
+            if let Err(e) = dog.feed() {
+                say(&format!("oasis boot: cannot feed the watchdog: {e}"));
+            }
+            std::thread::sleep(WATCHDOG_FEED);
+        });
+    }
+
     /// The trial boot's health check (see the module documentation); `Err` says what failed.
     pub fn health_check(&self, config: &Config) -> Result<(), String> {
+        while self.hangs_its_trial {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
         let deadline = Instant::now() + SERVE_TIMEOUT;
         let mut last = String::from("oasis serve does not answer on its admin socket");
         loop {
@@ -352,6 +412,16 @@ impl SelfUpdate {
     }
 }
 
+/// Adds one to the count of starts in `path` and returns it.
+fn count_start(path: &Path) -> u32 {
+    let starts = fs::read_to_string(path).ok().and_then(|s| s.trim().parse::<u32>().ok()).unwrap_or(0) + 1;
+    if let Some(dir) = path.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    let _ = fs::write(path, format!("{starts}\n"));
+    starts
+}
+
 /// The ids of the machines whose last heartbeat is at or after `since` (Unix seconds).
 fn heartbeats_since(data_dir: &Path, since: u64) -> Vec<String> {
     let Ok(Some(body)) = operator::ask(data_dir, &Action::Registrations) else { return vec![] };
@@ -418,6 +488,13 @@ mod tests {
         assert!(udp_table_has_port(table, 69));
         assert!(!udp_table_has_port(table, 68));
         assert!(!udp_table_has_port("  sl  local_address\n", 67), "the header is not a socket");
+    }
+
+    #[test]
+    fn starts_are_counted_from_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/boot-starts");
+        assert_eq!((count_start(&path), count_start(&path), count_start(&path)), (1, 2, 3));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use oasis_appliance::operator::{self, Action};
 use oasis_core::config::Config;
 use oasis_host::mount::MsFlags;
 use oasis_host::sys::RebootMode;
-use oasis_image::appliance::{ESP_BOOT_ROOT, TEST_FAILING_SERVE_PATH};
+use oasis_image::appliance::{TestFault, ESP_BOOT_ROOT};
 
 use crate::console::{self, ApplianceActions, Consoles};
 use crate::disk;
@@ -116,6 +116,7 @@ pub fn run() -> anyhow::Result<()> {
     // Set when the appliance must reboot: a trial that failed, an update armed.
     let reboot_now = Arc::new(AtomicBool::new(false));
     if let Some(update) = self_update.clone().filter(|u| u.on_trial()) {
+        update.watch_trial();
         let (config, reboot_now) = (Config::load(&supervisor.config_path()), reboot_now.clone());
         std::thread::spawn(move || {
             let result = config.map_err(|e| format!("{e:#}")).and_then(|c| update.health_check(&c));
@@ -511,7 +512,7 @@ impl Supervisor {
             .arg("--config")
             .arg(self.config_path())
             .args(new_store.then_some("--new-store"))
-            .args(Path::new(ESP_MOUNT).join(TEST_FAILING_SERVE_PATH).exists().then_some("--test-refuse-start"))
+            .args(Path::new(ESP_MOUNT).join(TestFault::FailingServe.path()).exists().then_some("--test-refuse-start"))
             .env("OASIS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

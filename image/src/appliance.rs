@@ -228,6 +228,10 @@ pub const MODULES: &[&str] = &[
     "nls_cp437",
     "nls_utf8",
     "nls_ascii",
+    // Hardware watchdogs, armed during a trial boot of an update: QEMU's, Intel's, AMD's.
+    "i6300esb",
+    "iTCO_wdt",
+    "sp5100_tco",
     "isofs",
 ];
 
@@ -323,14 +327,41 @@ pub struct ApplianceInputs {
     pub trusted_key: Option<PathBuf>,
     /// The version the slot says it holds ([`SlotInfo::version`]); `None`: this `oasis`'s own.
     pub version: Option<String>,
-    /// For tests of the appliance's update: the slot's `oasis serve` refuses to start
-    /// ([`TEST_FAILING_SERVE_PATH`]), so a trial boot of it fails its health check.
-    pub test_failing_serve: bool,
+    /// For tests of the appliance's update: a fault the slot has on purpose.
+    pub test_fault: Option<TestFault>,
 }
 
-/// In a slot built with [`ApplianceInputs::test_failing_serve`]: `oasis boot` then starts `oasis
-/// serve` in a mode where it refuses to start.
-pub const TEST_FAILING_SERVE_PATH: &str = "oasis/test-failing-serve";
+/// A fault an appliance slot is built with, for tests of the appliance's update: a file in the
+/// slot ([`TestFault::path`]) that `oasis boot` looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestFault {
+    /// `oasis serve` refuses to start: a trial boot fails its health check.
+    FailingServe,
+    /// A trial boot hangs: no health check, and the watchdog is not fed.
+    HangingTrial,
+}
+
+impl std::str::FromStr for TestFault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TestFault, String> {
+        match s {
+            "failing-serve" => Ok(TestFault::FailingServe),
+            "hanging-trial" => Ok(TestFault::HangingTrial),
+            other => Err(format!("{other:?} is not a test fault: failing-serve or hanging-trial")),
+        }
+    }
+}
+
+impl TestFault {
+    /// The file in the slot that says so.
+    pub fn path(self) -> &'static str {
+        match self {
+            TestFault::FailingServe => "oasis/test-fault-failing-serve",
+            TestFault::HangingTrial => "oasis/test-fault-hanging-trial",
+        }
+    }
+}
 
 /// What was built.
 #[derive(Debug, Clone)]
@@ -714,9 +745,9 @@ pub fn build_appliance_image(
     let grub = grub?;
     files.push((grub::KERNEL_PATH.into(), FileSource::File(kernel.file(&format!("/boot/{vmlinuz}"))?)));
     files.push((grub::INITRD_PATH.into(), FileSource::Bytes(initrd)));
-    if inputs.test_failing_serve {
-        let why = "built with --test-failing-serve: oasis serve refuses to start in this slot\n";
-        files.push((TEST_FAILING_SERVE_PATH.into(), FileSource::Bytes(why.as_bytes().to_vec())));
+    if let Some(fault) = inputs.test_fault {
+        let why = format!("built with --test-fault {fault:?}, for tests of the appliance's update\n");
+        files.push((fault.path().into(), FileSource::Bytes(why.into_bytes())));
     }
     let slot_version = inputs.version.as_deref().unwrap_or(env!("CARGO_PKG_VERSION"));
     let (slot_files, info) = with_slot_info(files, slot_version)?;

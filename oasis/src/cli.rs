@@ -284,10 +284,11 @@ pub struct ApplianceBuildArgs {
     /// bundle names). Default: this oasis's version. For patched builds and tests.
     #[arg(long, value_name = "VERSION")]
     pub version: Option<String>,
-    /// For tests only: the image's `oasis serve` refuses to start, so an appliance update to it
-    /// fails its health check and the appliance falls back.
-    #[arg(long, hide = true)]
-    pub test_failing_serve: bool,
+    /// For tests only: a fault the image's boot slot has on purpose (`failing-serve`: `oasis
+    /// serve` refuses to start; `hanging-trial`: a trial boot hangs), so that an appliance update
+    /// to it falls back.
+    #[arg(long, hide = true, value_name = "FAULT")]
+    pub test_fault: Option<oasis_image::appliance::TestFault>,
 }
 
 #[derive(Debug, Args)]

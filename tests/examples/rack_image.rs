@@ -133,6 +133,7 @@ fn power_on(work: &Path) -> Result<Rack, Stop> {
         stick: Some(work.join("stick.img")),
         firmware: if uefi { Firmware::Uefi } else { Firmware::Bios },
         mac: "52:54:00:0a:00:01".into(),
+        reboots: false,
     };
     let appliance = ApplianceVm::start(&ns, "tap0", &spec, work, "appliance");
     println!(

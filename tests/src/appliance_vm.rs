@@ -21,6 +21,20 @@ pub fn appliance_image() -> PathBuf {
     image
 }
 
+/// Builds an appliance image at `out` with `oasis image build appliance` from the test assets,
+/// trusting `trusted_key` (a public key) if given, with `extra` arguments (`--version V`, ...).
+pub fn build_image(out: &Path, trusted_key: Option<&Path>, extra: &[&str]) {
+    let assets = crate::assets().unwrap_or_else(|e| panic!("{e}"));
+    let cache = std::env::var("OASIS_DEBIAN_CACHE").unwrap_or_else(|_| "/var/cache/oasis/debian".into());
+    let mut cmd = std::process::Command::new(crate::oasis_bin());
+    cmd.args(["image", "build", "appliance", "--node"]).arg(&assets.node).arg("--ipxe").arg(&assets.ipxe);
+    if let Some(key) = trusted_key {
+        cmd.arg("--trusted-key").arg(key);
+    }
+    let built = cmd.args(["--cache", &cache, "--out"]).arg(out).args(extra).output().unwrap();
+    assert!(built.status.success(), "building the image {}: {}", out.display(), String::from_utf8_lossy(&built.stderr));
+}
+
 /// Makes the appliance VM's disk: a sparse copy of `image`, `gib` GiB large (the data partition
 /// fills what the image leaves).
 pub fn appliance_disk(image: &Path, disk: &Path, gib: u64) {
@@ -40,6 +54,9 @@ pub struct ApplianceVmSpec {
     pub firmware: Firmware,
     /// The rack NIC's MAC.
     pub mac: String,
+    /// A reboot by the guest restarts it (true), or ends QEMU (false: the test powers it on
+    /// again).
+    pub reboots: bool,
 }
 
 /// A running appliance VM.
@@ -73,6 +90,7 @@ impl ApplianceVm {
         let mut m = MachineSpec::new(ns, tap, &spec.mac, spec.firmware, log);
         m.memory_mb = 1024;
         m.netboot = false;
+        m.reboots = spec.reboots;
         m.serial_socket = Some(socket.clone());
         m.extra_args = vec![
             "-drive".into(),
@@ -81,6 +99,9 @@ impl ApplianceVm {
             "virtio-blk-pci,drive=disk,bootindex=0".into(),
             "-device".into(),
             "qemu-xhci,id=xhci".into(),
+            // The watchdog a trial boot arms (its expiry resets the VM).
+            "-device".into(),
+            "i6300esb".into(),
             "-chardev".into(),
             format!("socket,id=mon,path={},server=on,wait=off", monitor.display()),
             "-mon".into(),
@@ -127,6 +148,29 @@ impl ApplianceVm {
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits for the first of `markers` to appear after what earlier waits consumed; consumes up to
+    /// its end and returns which one it was (its index) and the text up to there.
+    pub fn expect_any(&mut self, markers: &[&str], timeout: Duration) -> (usize, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.machine.serial();
+            let rest = log.get(self.seen..).unwrap_or("");
+            let first = markers.iter().enumerate().filter_map(|(n, m)| rest.find(m).map(|i| (i + m.len(), n))).min();
+            if let Some((end, n)) = first {
+                let text = rest[..end].to_string();
+                self.seen += end;
+                return (n, text);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "none of {markers:?} appeared on the appliance's console within {timeout:?}; console:\n{}",
+                    tail(log.get(self.seen.saturating_sub(2000)..).unwrap_or(&log), 60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

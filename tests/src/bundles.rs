@@ -45,3 +45,14 @@ pub fn with_broken_etcd(node: &Path, dir: &Path) -> PathBuf {
     oasis_image::artifacts::write(&copy, &entries).unwrap();
     copy
 }
+
+/// `oasis image build bundle` of the node image in `node` and the appliance image `appliance`
+/// (its boot slot becomes the bundle's appliance part), version `0.15.SEQUENCE`.
+pub fn build_with_appliance(node: &Path, appliance: &Path, sequence: u64, key: &Path, out: &Path) {
+    let (node, appliance, key, out) =
+        (node.to_str().unwrap(), appliance.to_str().unwrap(), key.to_str().unwrap(), out.to_str().unwrap());
+    let (version, seq) = (format!("0.15.{sequence}"), sequence.to_string());
+    let args = ["image", "build", "bundle", "--node", node, "--appliance", appliance, "--version", &version];
+    let built = oasis(&[&args[..], &["--sequence", &seq, "--key", key, "--out", out]].concat());
+    assert!(built.status.success(), "building the bundle: {}", String::from_utf8_lossy(&built.stderr));
+}

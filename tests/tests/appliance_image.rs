@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use oasis_boot::usb::signature;
-use oasis_e2e::appliance_vm::{appliance_disk, appliance_image, ApplianceVm, ApplianceVmSpec};
+use oasis_e2e::appliance_vm::{appliance_disk, appliance_image, build_image, ApplianceVm, ApplianceVmSpec};
 use oasis_e2e::json::{parse, MachineView};
 use oasis_e2e::{oasis_bin, Firmware, Machine, MachineSpec, Netns};
 use oasis_image::appliance;
@@ -35,7 +35,7 @@ fn stick(work: &Path, name: &str, config: &str, key: Option<&Path>, bundle: Opti
         cmd.arg("--key").arg(key);
     }
     if let Some(bundle) = bundle {
-        cmd.arg("--bundle").arg(bundle).args(["--size-mib", "128"]);
+        cmd.arg("--bundle").arg(bundle).args(["--size-mib", "256"]);
     }
     let output = cmd.output().unwrap();
     assert!(output.status.success(), "building the stick: {}", String::from_utf8_lossy(&output.stderr));
@@ -83,10 +83,16 @@ fn machines_via_api(ns: &Netns, token: &str) -> Vec<(String, String)> {
     machines
 }
 
+/// The versions the self-update steps build their appliance images with.
+const NEXT: &str = "9.0.0-next";
+const BROKEN: &str = "9.0.0-broken";
+
 /// A stick configures the appliance at first boot; three machines netboot from it and form a
 /// cluster; the stick gets the report (applied config, inventory, admin token, cluster status).
 /// Rebooted from its console, updated (the image written over its disk) and its disk grown, the
-/// appliance comes back from its data partition: same machines, none new, healthy.
+/// appliance comes back from its data partition: same machines, none new, healthy. Then it
+/// updates itself from sticks with bundles, on its two boot slots (see
+/// [`updates_itself_from_sticks`]).
 #[test]
 fn stick_configured_appliance_assembles_the_rack_and_keeps_it_across_a_reboot_and_an_update() {
     let ns = Netns::create("oasis-img").unwrap();
@@ -94,15 +100,23 @@ fn stick_configured_appliance_assembles_the_rack_and_keeps_it_across_a_reboot_an
     ns.add_bridge("br0", Some("10.0.0.254/24")).unwrap();
     ns.add_tap("tap0", "br0").unwrap();
     let work = tempfile::Builder::new().prefix("oasis-img-").tempdir().unwrap();
-    let config = format!("{RACK_CONFIG}\n[cluster]\ncontrol_plane = 3\nmin_machines = 3\nsettle_secs = 5\n");
-    let stick = stick(work.path(), "stick", &config, None, None);
+    let (private, public) = oasis_e2e::bundles::keygen(work.path());
+    let image = work.path().join("appliance-signed.img");
+    build_image(&image, Some(&public), &[]);
+    let config = format!(
+        "{RACK_CONFIG}\n[cluster]\ncontrol_plane = 3\nmin_machines = 3\nsettle_secs = 5\n\n[update]\napply_from_stick = true\n"
+    );
+    let stick = stick(work.path(), "stick", &config, Some(&private), None);
+    // Built before anything boots, so that a build that fails fails first.
+    let sticks = UpdateSticks::build(work.path(), &config, &private, &public);
     let disk = work.path().join("appliance-disk.img");
-    appliance_disk(&appliance_image(), &disk, 4);
+    appliance_disk(&image, &disk, 4);
     let spec = ApplianceVmSpec {
         disk: disk.clone(),
         stick: Some(stick.clone()),
         firmware: Firmware::Bios,
         mac: "52:54:00:0a:00:01".into(),
+        reboots: false,
     };
     let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance");
     appliance.expect("oasis boot: created the data partition", Duration::from_secs(180));
@@ -116,6 +130,7 @@ fn stick_configured_appliance_assembles_the_rack_and_keeps_it_across_a_reboot_an
 
     let result = report_file(&stick, "result.txt").expect("result.txt on the stick");
     assert!(result.contains("applied"), "{result}");
+    assert!(result.contains("appliance: oasis ") && result.contains(" in boot slot A (committed)"), "{result}");
     assert_eq!(report_file(&stick, "applied.toml").as_deref(), Some(config.as_str()));
     let inventory = report_file(&stick, "inventory.txt").expect("inventory.txt");
     for i in 1..=3 {
@@ -136,20 +151,210 @@ fn stick_configured_appliance_assembles_the_rack_and_keeps_it_across_a_reboot_an
     appliance.machine.wait_exit(Duration::from_secs(120)).unwrap();
     drop(appliance);
     let status = Command::new("dd")
-        .arg(format!("if={}", appliance_image().display()))
+        .arg(format!("if={}", image.display()))
         .arg(format!("of={}", disk.display()))
         .args(["bs=1M", "conv=notrunc", "status=none"])
         .status()
         .unwrap();
     assert!(status.success(), "writing the image over the disk");
     std::fs::OpenOptions::new().write(true).open(&disk).unwrap().set_len(6 << 30).unwrap();
-    let spec = ApplianceVmSpec { stick: None, ..spec };
+    // From here the VM reboots in place, as hardware does.
+    let spec = ApplianceVmSpec { stick: None, reboots: true, ..spec };
     let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance-updated");
     let boot = appliance.expect("oasis boot: serving", Duration::from_secs(300));
     assert!(!boot.contains("created the data partition"), "formatted again:\n{boot}");
     assert!(boot.contains("found the store of an earlier image on /dev/vda3 and kept it (4.0 GiB)"), "{boot}");
     appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(300));
     assert_eq!(machines_via_api(&ns, &token), before, "machines changed across the reboot");
+
+    updates_itself_from_sticks(&mut appliance, &sticks, &|| {
+        assert_eq!(machines_via_api(&ns, &token), before, "a machine registered anew or went");
+    });
+}
+
+/// Sticks with the same configuration as the running one and a bundle each: one whose appliance
+/// part cannot start `oasis serve` (version [`BROKEN`]), one with a working new version ([`NEXT`]).
+struct UpdateSticks {
+    broken: std::path::PathBuf,
+    next: std::path::PathBuf,
+}
+
+impl UpdateSticks {
+    fn build(work: &Path, config: &str, private: &Path, public: &Path) -> UpdateSticks {
+        let node = oasis_e2e::assets().unwrap().node;
+        let mut made = vec![];
+        for (sequence, version, name) in [(1, BROKEN, "broken"), (2, NEXT, "next")] {
+            let image = work.join(format!("appliance-{name}.img"));
+            let mut extra = vec!["--version", version];
+            if version == BROKEN {
+                extra.extend(["--test-fault", "failing-serve"]);
+            }
+            build_image(&image, Some(public), &extra);
+            let bundle = work.join(format!("{name}.bundle"));
+            oasis_e2e::bundles::build_with_appliance(&node, &image, sequence, private, &bundle);
+            made.push(stick(work, name, config, Some(private), Some(&bundle)));
+        }
+        let next = made.pop().unwrap();
+        UpdateSticks { broken: made.pop().unwrap(), next }
+    }
+}
+
+/// Plugs `stick` in, waits for its report, and pulls it out; returns the report's `result.txt`.
+fn report_via(appliance: &mut ApplianceVm, stick: &Path) -> String {
+    let id = appliance.plug(stick);
+    appliance.expect("report written to the USB stick", Duration::from_secs(180));
+    appliance.unplug(&id);
+    report_file(stick, "result.txt").expect("result.txt on the stick")
+}
+
+/// The appliance (committed on slot A, its rack healthy) updates itself from sticks:
+/// 1. a bundle whose appliance's `oasis serve` refuses to start: installed as a generation, its
+///    slot written to B while the rack is served, a trial boot of B fails its health check, and
+///    the appliance falls back to A by itself and says why (console, stick); the node rollout
+///    to that generation is held;
+/// 2. a bundle with a working new appliance: written to B, booted on trial, committed once the
+///    rack's services answer and the three machines are linked again; the stick's report names
+///    the version. `same_machines` checks no machine registered anew, after each.
+fn updates_itself_from_sticks(appliance: &mut ApplianceVm, sticks: &UpdateSticks, same_machines: &dyn Fn()) {
+    let t = Duration::from_secs(300);
+    let id = appliance.plug(&sticks.broken);
+    let applied = std::time::Instant::now();
+    appliance.expect("installed as node generation 1", t);
+    appliance.expect("report written to the USB stick", t);
+    appliance.unplug(&id);
+    let written = appliance.expect(&format!("rebooting into oasis {BROKEN} now"), t);
+    assert!(written.contains(&format!("writing oasis {BROKEN} (generation 1) to slot B")), "{written}");
+    let failing = appliance.expect(&format!("slot B (oasis {BROKEN}) is on trial"), t);
+    assert!(failing.contains("oasis: booting slot B (trial"), "{failing}");
+    let failed = appliance.expect("FAILED its health check: ", t);
+    let failed_at = std::time::Instant::now();
+    appliance.expect("rebooting into the slot before", t);
+    let back = appliance.expect("oasis boot: serving", t);
+    let (fallback_secs, broken_secs) = (failed_at.elapsed().as_secs(), applied.elapsed().as_secs());
+    assert!(back.contains("oasis: booting slot A (good; fell back from B"), "{back}");
+    assert!(
+        back.contains("THE APPLIANCE UPDATE FELL BACK: ") && back.contains("did not pass its health check"),
+        "{back}"
+    );
+    assert!(!failed.contains("oasis boot: serving"), "the broken slot's serve never served:\n{failed}");
+    appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(600));
+    appliance.machine.wait_for_serial("rollout: the node rollout is held", t).unwrap();
+    same_machines();
+    let result = report_via(appliance, &sticks.broken);
+    assert!(result.contains(&format!("appliance update: to oasis {BROKEN} FELL BACK: ")), "{result}");
+    assert!(result.contains("in boot slot A (committed)"), "{result}");
+
+    let id = appliance.plug(&sticks.next);
+    let applied_next = std::time::Instant::now();
+    appliance.expect("installed as node generation 2", t);
+    appliance.expect("report written to the USB stick", t);
+    appliance.unplug(&id);
+    appliance.expect(&format!("rebooting into oasis {NEXT} now"), t);
+    let rebooting = std::time::Instant::now();
+    appliance.expect(&format!("slot B (oasis {NEXT}) is on trial"), t);
+    appliance.expect("oasis boot: serving", t);
+    let outage_secs = rebooting.elapsed().as_secs();
+    appliance.expect(&format!("slot B (oasis {NEXT}) passed its health check: committed"), Duration::from_secs(600));
+    let commit_secs = applied_next.elapsed().as_secs();
+    same_machines();
+    let result = report_via(appliance, &sticks.next);
+    assert!(result.contains(&format!("appliance: oasis {NEXT} in boot slot B (committed)")), "{result}");
+    assert!(result.contains(&format!(" to {NEXT}, committed")), "{result}");
+    println!(
+        "figures: the failing update from plugging its stick to serving again on slot A: {broken_secs} s; from its failed health check to serving on slot A: {fallback_secs} s; the good update from plugging its stick to committed: {commit_secs} s; the rack services' outage (serve stopped to serving again): {outage_secs} s"
+    );
+}
+
+/// The appliance's update survives power cuts and a hang (UEFI, no machines):
+/// 1. a bundle whose appliance hangs its trial boot: written to slot B and armed; each trial boot
+///    arms the watchdog (QEMU's i6300esb) and hangs, the watchdog resets the VM, GRUB spends a
+///    try each time and then falls back to slot A by itself, which says why;
+/// 2. a bundle with a working appliance: QEMU is killed (a power cut) at 10 random moments while
+///    slot B is written, the first right as the write starts (the environment block is rewritten
+///    then); every time the appliance comes back on a working slot with its store (serving, its
+///    generations kept) and starts the write again; left alone, it commits slot B.
+#[test]
+fn appliance_update_survives_power_cuts_and_falls_back_from_a_hang() {
+    let ns = Netns::create("oasis-cut").unwrap();
+    ns.add_bridge("br0", None).unwrap();
+    ns.add_tap("tap0", "br0").unwrap();
+    let work = tempfile::Builder::new().prefix("oasis-cut-").tempdir().unwrap();
+    let (private, public) = oasis_e2e::bundles::keygen(work.path());
+    let node = oasis_e2e::assets().unwrap().node;
+    let image = work.path().join("appliance-signed.img");
+    build_image(&image, Some(&public), &[]);
+    let config = format!("{RACK_CONFIG}\n[cluster]\ncontrol_plane = 1\n\n[update]\napply_from_stick = true\n");
+    let mut bundles = vec![];
+    for (sequence, version, fault) in [(1, "9.0.0-hang", Some("hanging-trial")), (2, NEXT, None)] {
+        let slot_image = work.path().join(format!("appliance-{version}.img"));
+        let mut extra = vec!["--version", version];
+        extra.extend(fault.map(|f| ["--test-fault", f]).into_iter().flatten());
+        build_image(&slot_image, Some(&public), &extra);
+        let bundle = work.path().join(format!("{version}.bundle"));
+        oasis_e2e::bundles::build_with_appliance(&node, &slot_image, sequence, &private, &bundle);
+        bundles.push(stick(work.path(), version, &config, Some(&private), Some(&bundle)));
+    }
+    let disk = work.path().join("appliance-disk.img");
+    appliance_disk(&image, &disk, 4);
+    let t = Duration::from_secs(300);
+    let spec = ApplianceVmSpec {
+        disk: disk.clone(),
+        stick: Some(bundles[0].clone()),
+        firmware: Firmware::Uefi,
+        mac: "52:54:00:0a:00:04".into(),
+        reboots: true,
+    };
+    let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance");
+    appliance.expect("installed as node generation 1", t);
+    appliance.expect("rebooting into oasis 9.0.0-hang now", t);
+    for try_text in ["trial; tries left after this one: t", "trial, its last try"] {
+        appliance.expect(&format!("oasis: booting slot B ({try_text})"), t);
+        appliance.expect("the watchdog is armed for the trial (30 s)", t);
+        appliance.expect("built to hang its trial", t);
+    }
+    let back = appliance.expect("oasis boot: serving", t);
+    assert!(back.contains("oasis: booting slot A (good; fell back from B: not good, no tries left)"), "{back}");
+    assert!(
+        back.contains(
+            "THE APPLIANCE UPDATE FELL BACK: the update to oasis 9.0.0-hang in slot B did not finish booting"
+        ),
+        "{back}"
+    );
+    let report = report_file(&bundles[0], "result.txt").unwrap();
+    assert!(report.contains("bundle: installed as node generation 1"), "{report}");
+
+    // The working update, cut short by power cuts while slot B is written.
+    let id = appliance.plug(&bundles[1]);
+    appliance.expect("installed as node generation 2", t);
+    appliance.unplug(&id);
+    let spec = ApplianceVmSpec { stick: None, ..spec };
+    let mut rng = rand::rng();
+    for cut in 0..10 {
+        appliance.expect(&format!("writing oasis {NEXT} (generation 2) to slot B"), t);
+        if cut > 0 {
+            std::thread::sleep(Duration::from_millis(rand::Rng::random_range(&mut rng, 0..2500)));
+        }
+        drop(appliance);
+        let env = read_grubenv(&disk);
+        assert_eq!(env.get("A_OK"), Some("1"), "slot A stays committed: {env:?}");
+        appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), &format!("cut-{cut}"));
+        let (armed, text) = appliance.expect_any(&["oasis boot: running slot A\n", "running slot B (a trial boot)"], t);
+        if armed == 1 {
+            // Cut after the slot was armed: the trial runs and commits below.
+            println!("power cut {cut} came after slot B was armed");
+            break;
+        }
+        assert!(text.contains("booting slot A (committed good)"), "{text}");
+        let serving = appliance.expect("oasis boot: serving", t);
+        assert!(
+            !serving.contains("created the data partition") && !serving.contains("cannot use its store"),
+            "{serving}"
+        );
+    }
+    appliance.expect(&format!("slot B (oasis {NEXT}) passed its health check: committed"), Duration::from_secs(600));
+    appliance.expect("the watchdog is disarmed", t);
+    let env = read_grubenv(&disk);
+    assert_eq!((env.get("ORDER"), env.get("B_OK")), (Some("B A"), Some("1")), "{env:?}");
 }
 
 /// An image built with a trusted key boots (UEFI) with no stick: the console asks its questions
@@ -171,20 +376,8 @@ fn console_setup_and_refused_then_signed_usb_configs() {
     assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
     let (private, public) = (keys.join("oasis-config.key"), keys.join("oasis-config.pub"));
     let image = work.path().join("appliance-signed.img");
+    build_image(&image, Some(&public), &[]);
     let assets = oasis_e2e::assets().unwrap();
-    let cache = std::env::var("OASIS_DEBIAN_CACHE").unwrap_or_else(|_| "/var/cache/oasis/debian".into());
-    let out = Command::new(oasis_bin())
-        .args(["image", "build", "appliance", "--node"])
-        .arg(&assets.node)
-        .arg("--ipxe")
-        .arg(&assets.ipxe)
-        .arg("--trusted-key")
-        .arg(&public)
-        .args(["--cache", &cache, "--out"])
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "building the image: {}", String::from_utf8_lossy(&out.stderr));
 
     // Signed, so that what is refused is the file itself; written without `oasis image build
     // usb-stick`, which checks a configuration before putting it on a stick.
@@ -200,7 +393,13 @@ fn console_setup_and_refused_then_signed_usb_configs() {
     .unwrap();
     let disk = work.path().join("appliance-disk.img");
     appliance_disk(&image, &disk, 4);
-    let spec = ApplianceVmSpec { disk, stick: None, firmware: Firmware::Uefi, mac: "52:54:00:0a:00:02".into() };
+    let spec = ApplianceVmSpec {
+        disk,
+        stick: None,
+        firmware: Firmware::Uefi,
+        mac: "52:54:00:0a:00:02".into(),
+        reboots: false,
+    };
     let mut appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), "appliance");
     appliance.expect("no configuration yet: answer the questions", Duration::from_secs(240));
 
@@ -330,7 +529,8 @@ fn slots_fall_back(firmware: Firmware, prefix: &str) {
     let work = tempfile::Builder::new().prefix(&format!("{prefix}-")).tempdir().unwrap();
     let disk = work.path().join("appliance-disk.img");
     appliance_disk(&appliance_image(), &disk, 4);
-    let spec = ApplianceVmSpec { disk: disk.clone(), stick: None, firmware, mac: "52:54:00:0a:00:03".into() };
+    let spec =
+        ApplianceVmSpec { disk: disk.clone(), stick: None, firmware, mac: "52:54:00:0a:00:03".into(), reboots: false };
 
     let first =
         boot_once(&ns, &spec, work.path(), "boot-a", "oasis: booting slot A (committed good)", "running slot A");

@@ -69,7 +69,7 @@ fn appliance(a: &ApplianceBuildArgs) -> anyhow::Result<()> {
         appliance_overlay: a.appliance_overlay.clone(),
         trusted_key: a.trusted_key.clone(),
         version: a.version.clone(),
-        test_failing_serve: a.test_failing_serve,
+        test_fault: a.test_fault,
     };
     let image = oasis_image::appliance::build_appliance_image(&a.cache, &inputs, &a.out)?;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
