@@ -284,6 +284,21 @@ fn an_appliance_part_is_installed_only_on_a_committed_appliance_with_slots_of_it
     here(false, 4 << 20);
     refused("on trial (slot A)");
     here(true, 4 << 20);
+    // Tampered inside the slot image, or signed by a key the appliance does not trust: refused
+    // before anything is kept.
+    let mut bytes = fs::read(&out).unwrap();
+    let at = bytes.windows(12).position(|w| w == b"slot Aslot A").expect("the slot image is in the bundle");
+    bytes[at] ^= 0xff;
+    let tampered = rack.dir.path().join("tampered-appliance.bundle");
+    fs::write(&tampered, bytes).unwrap();
+    let e = rack.apply(&tampered).unwrap_err();
+    assert!(matches!(&e, GenerationsError::Bundle(b) if matches!(**b, BundleError::MemberMismatch { .. })), "{e}");
+    let stranger = rack.dir.path().join("stranger-appliance.bundle");
+    write_bundle(&node, &options, &SigningKey::from_bytes(&[9; 32]), &stranger).unwrap();
+    let e = rack.apply(&stranger).unwrap_err();
+    assert!(matches!(&e, GenerationsError::Bundle(b) if matches!(**b, BundleError::UnknownKey { .. })), "{e}");
+    assert!(rack.on_disk().iter().all(|n| n.starts_with('.')) || rack.on_disk().is_empty(), "nothing installed");
+    assert_eq!(rack.generations.appliance_update(), None);
     rack.apply(&out).unwrap();
     let slot = rack.dir.path().join("data/generations/1").join(oasis_image::bundle_appliance::SLOT_MEMBER);
     assert!(fs::read(&slot).unwrap().starts_with(b"slot Aslot A"), "the slot image kept with its generation");

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use oasis_appliance::api::MachineView;
+use oasis_appliance::admin::MachineEntry;
 use oasis_appliance::generations::{UpdateStatus, APPLIANCE_FILE};
 use oasis_appliance::operator::{self, Action};
 use oasis_core::config::Config;
@@ -258,8 +258,11 @@ impl SelfUpdate {
 
     /// The trial boot's health check (see the module documentation); `Err` says what failed.
     pub fn health_check(&self, config: &Config) -> Result<(), String> {
-        while self.hangs_its_trial {
-            std::thread::sleep(Duration::from_secs(3600));
+        if self.hangs_its_trial {
+            // The test's hang: this never returns, and the watchdog is not fed.
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
         let deadline = Instant::now() + SERVE_TIMEOUT;
         let mut last = String::from("oasis serve does not answer on its admin socket");
@@ -424,10 +427,11 @@ fn count_start(path: &Path) -> u32 {
 
 /// The ids of the machines whose last heartbeat is at or after `since` (Unix seconds).
 fn heartbeats_since(data_dir: &Path, since: u64) -> Vec<String> {
-    let Ok(Some(body)) = operator::ask(data_dir, &Action::Registrations) else { return vec![] };
-    let machines: Vec<MachineView> = serde_json::from_slice(&body).unwrap_or_default();
+    let Ok(Some(body)) = operator::ask(data_dir, &Action::Machines) else { return vec![] };
+    let machines: Vec<MachineEntry> = serde_json::from_slice(&body).unwrap_or_default();
     machines
         .into_iter()
+        .filter_map(|m| m.registration)
         .filter(|m| m.last_heartbeat.as_ref().is_some_and(|h| h.at >= since))
         .map(|m| m.record.id)
         .collect()

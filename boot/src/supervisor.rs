@@ -116,17 +116,11 @@ pub fn run() -> anyhow::Result<()> {
     // Set when the appliance must reboot: a trial that failed, an update armed.
     let reboot_now = Arc::new(AtomicBool::new(false));
     if let Some(update) = self_update.clone().filter(|u| u.on_trial()) {
-        update.watch_trial();
-        let (config, reboot_now) = (Config::load(&supervisor.config_path()), reboot_now.clone());
-        std::thread::spawn(move || {
-            let result = config.map_err(|e| format!("{e:#}")).and_then(|c| update.health_check(&c));
-            if update.finish_trial(result) {
-                reboot_now.store(true, std::sync::atomic::Ordering::SeqCst);
-            }
-        });
+        start_trial(update, &supervisor.config_path(), reboot_now.clone());
     }
-    supervisor.wait_for_serve(&mut serve, Duration::from_secs(60));
-    say(&format!("oasis boot: serving; {:.0} s since oasis boot started", started.elapsed().as_secs_f64()));
+    if supervisor.wait_for_serve(&mut serve, Duration::from_secs(60)) {
+        say(&format!("oasis boot: serving; {:.0} s since oasis boot started", started.elapsed().as_secs_f64()));
+    }
     if let Some((stick, outcome)) = offered {
         supervisor.take_bundle(&stick);
         supervisor.report_to(&stick, outcome);
@@ -162,12 +156,10 @@ pub fn run() -> anyhow::Result<()> {
     let mut restart_at: Option<Instant> = None;
     let mut update_checked = Instant::now();
     loop {
-        if let Some(update) = &self_update {
-            if restart_at.is_none() && update_checked.elapsed() >= UPDATE_POLL {
+        if let Some(update) = self_update.as_ref().filter(|_| restart_at.is_none()) {
+            if update_checked.elapsed() >= UPDATE_POLL {
                 update_checked = Instant::now();
-                if update.install_waiting() {
-                    reboot_now.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
+                reboot_now.fetch_or(update.install_waiting(), std::sync::atomic::Ordering::SeqCst);
             }
         }
         if reboot_now.load(std::sync::atomic::Ordering::SeqCst) {
@@ -217,6 +209,19 @@ pub fn run() -> anyhow::Result<()> {
             let _ = actions.export_report();
         }
     }
+}
+
+/// A trial boot: the watchdog armed, and the health check run beside `serve`, which commits the
+/// slot or gives it up; then `reboot_now` is set if the appliance must go back.
+fn start_trial(update: Arc<SelfUpdate>, config_path: &Path, reboot_now: Arc<AtomicBool>) {
+    update.watch_trial();
+    let config = Config::load(config_path);
+    std::thread::spawn(move || {
+        let result = config.map_err(|e| format!("{e:#}")).and_then(|c| update.health_check(&c));
+        if update.finish_trial(result) {
+            reboot_now.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
 }
 
 /// The sticks plugged in at power-on: USB storage needs a few seconds to enumerate after its

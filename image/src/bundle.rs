@@ -397,7 +397,9 @@ fn manifest_of(
     let appliance = slot.as_ref().map(|slot| {
         let (name, size, sha256) = (SLOT_MEMBER.to_string(), slot.size, slot.sha256.clone());
         members.push(Member { name, role: Role::ApplianceSlot, size, sha256 });
-        ApplianceChanges { version: options.version.clone(), slot_bytes: slot.slot_bytes }
+        // The slot's own version (what the appliance will say it runs); the bundle's otherwise.
+        let version = slot.version.clone().unwrap_or_else(|| options.version.clone());
+        ApplianceChanges { version, slot_bytes: slot.slot_bytes }
     });
     let manifest = BundleManifest {
         product: PRODUCT.into(),

@@ -45,6 +45,8 @@ pub struct SlotImage {
     /// The whole partition's size.
     pub slot_bytes: u64,
     pub sha256: String,
+    /// The appliance version the slot says it holds (its `oasis/slot.json`), if it says one.
+    pub version: Option<String>,
 }
 
 /// Why an appliance image cannot give its slot.
@@ -74,7 +76,18 @@ pub fn slot_image(path: &Path) -> Result<SlotImage, SlotImageError> {
         return Err(SlotImageError::Empty { path: path.to_path_buf() });
     }
     let sha256 = sha256_of(&mut file, offset, size).map_err(read)?;
-    Ok(SlotImage { path: path.to_path_buf(), offset, size, slot_bytes, sha256 })
+    let version = slot_version(file, offset, slot_bytes);
+    Ok(SlotImage { path: path.to_path_buf(), offset, size, slot_bytes, sha256, version })
+}
+
+/// The version in the slot's [`SLOT_INFO_PATH`](crate::appliance::SLOT_INFO_PATH), read through
+/// its FAT filesystem; `None` when there is no such file to read.
+fn slot_version(file: File, offset: u64, slot_bytes: u64) -> Option<String> {
+    let fat =
+        fatfs::FileSystem::new(crate::partition::Slice::new(file, offset, slot_bytes), fatfs::FsOptions::new()).ok()?;
+    let mut json = Vec::new();
+    fat.root_dir().open_file(crate::appliance::SLOT_INFO_PATH).ok()?.read_to_end(&mut json).ok()?;
+    serde_json::from_slice::<crate::appliance::SlotInfo>(&json).ok().map(|info| info.version)
 }
 
 /// The bytes of the region `offset..offset + len` of `file` up to the end of its last
