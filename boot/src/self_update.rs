@@ -383,9 +383,10 @@ impl SelfUpdate {
         match written {
             Ok(slot) => {
                 say(&format!(
-                    "oasis boot: slot {slot} written and read back; armed for {} trial boots; {} machine(s) linked must come back; rebooting into oasis {} now",
+                    "oasis boot: slot {slot} written and read back; armed for {} trial boots; {} machine(s) linked must come back ({}); rebooting into oasis {} now",
                     install::TRIES,
                     linked.len(),
+                    linked.join(", "),
                     view.version
                 ));
                 true

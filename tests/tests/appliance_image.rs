@@ -167,9 +167,7 @@ fn stick_configured_appliance_assembles_the_rack_and_keeps_it_across_a_reboot_an
     appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(300));
     assert_eq!(machines_via_api(&ns, &token), before, "machines changed across the reboot");
 
-    updates_itself_from_sticks(&mut appliance, &sticks, &|| {
-        assert_eq!(machines_via_api(&ns, &token), before, "a machine registered anew or went");
-    });
+    updates_itself_from_sticks(&mut appliance, &sticks, &Rack { ns: &ns, token: &token, machines: &before });
 }
 
 /// Sticks with the same configuration as the running one and a bundle each: one whose appliance
@@ -199,6 +197,44 @@ impl UpdateSticks {
     }
 }
 
+/// What the self-update steps check the rack with: its namespace, the admin token, and the
+/// machines it had.
+struct Rack<'a> {
+    ns: &'a Netns,
+    token: &'a str,
+    machines: &'a [(String, String)],
+}
+
+impl Rack<'_> {
+    /// The same machines as before: none registered anew, none gone.
+    fn same_machines(&self) {
+        assert_eq!(machines_via_api(self.ns, self.token), self.machines, "a machine registered anew or went");
+    }
+
+    /// Waits until every machine has heartbeated within the last 20 s (by this host's clock,
+    /// which the appliance VM's follows).
+    fn all_heartbeating(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let out = self
+                .ns
+                .command("curl")
+                .args(["-sk", "--max-time", "10", "-H", &format!("Authorization: Bearer {}", self.token.trim())])
+                .arg("https://10.0.0.1:9443/v1/machines")
+                .output()
+                .unwrap();
+            let views: Vec<MachineView> = parse("GET /v1/machines", &String::from_utf8_lossy(&out.stdout));
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let fresh = views.iter().filter(|m| m.last_heartbeat.as_ref().is_some_and(|h| h.at + 20 >= now)).count();
+            if fresh == self.machines.len() {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{fresh} of {} machines heartbeat", self.machines.len());
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
 /// Plugs `stick` in, waits for its report, and pulls it out; returns the report's `result.txt`.
 fn report_via(appliance: &mut ApplianceVm, stick: &Path) -> String {
     let id = appliance.plug(stick);
@@ -214,8 +250,8 @@ fn report_via(appliance: &mut ApplianceVm, stick: &Path) -> String {
 ///    to that generation is held;
 /// 2. a bundle with a working new appliance: written to B, booted on trial, committed once the
 ///    rack's services answer and the three machines are linked again; the stick's report names
-///    the version. `same_machines` checks no machine registered anew, after each.
-fn updates_itself_from_sticks(appliance: &mut ApplianceVm, sticks: &UpdateSticks, same_machines: &dyn Fn()) {
+///    the version. After each, the rack has the same machines (none registered anew).
+fn updates_itself_from_sticks(appliance: &mut ApplianceVm, sticks: &UpdateSticks, rack: &Rack<'_>) {
     let t = Duration::from_secs(300);
     let id = appliance.plug(&sticks.broken);
     let applied = std::time::Instant::now();
@@ -239,24 +275,27 @@ fn updates_itself_from_sticks(appliance: &mut ApplianceVm, sticks: &UpdateSticks
     assert!(!failed.contains("oasis boot: serving"), "the broken slot's serve never served:\n{failed}");
     appliance.expect("oasis boot: the cluster is healthy", Duration::from_secs(600));
     appliance.machine.wait_for_serial("rollout: the node rollout is held", t).unwrap();
-    same_machines();
+    rack.same_machines();
     let result = report_via(appliance, &sticks.broken);
     assert!(result.contains(&format!("appliance update: to oasis {BROKEN} FELL BACK: ")), "{result}");
     assert!(result.contains("in boot slot A (committed)"), "{result}");
 
+    // Every machine is linked again before the next update is armed, which waits for them all.
+    rack.all_heartbeating();
     let id = appliance.plug(&sticks.next);
     let applied_next = std::time::Instant::now();
     appliance.expect("installed as node generation 2", t);
     appliance.expect("report written to the USB stick", t);
     appliance.unplug(&id);
-    appliance.expect(&format!("rebooting into oasis {NEXT} now"), t);
+    let armed = appliance.expect(&format!("rebooting into oasis {NEXT} now"), t);
     let rebooting = std::time::Instant::now();
+    assert!(armed.contains("3 machine(s) linked must come back"), "{armed}");
     appliance.expect(&format!("slot B (oasis {NEXT}) is on trial"), t);
     appliance.expect("oasis boot: serving", t);
     let outage_secs = rebooting.elapsed().as_secs();
     appliance.expect(&format!("slot B (oasis {NEXT}) passed its health check: committed"), Duration::from_secs(600));
     let commit_secs = applied_next.elapsed().as_secs();
-    same_machines();
+    rack.same_machines();
     let result = report_via(appliance, &sticks.next);
     assert!(result.contains(&format!("appliance: oasis {NEXT} in boot slot B (committed)")), "{result}");
     assert!(result.contains(&format!(" to {NEXT}, committed")), "{result}");
@@ -312,16 +351,19 @@ fn appliance_update_survives_power_cuts_and_falls_back_from_a_hang() {
         appliance.expect("the watchdog is armed for the trial (30 s)", t);
         appliance.expect("built to hang its trial", t);
     }
+    appliance.expect("oasis: booting slot A (good; fell back from B: not good, no tries left)", t);
     let back = appliance.expect("oasis boot: serving", t);
-    assert!(back.contains("oasis: booting slot A (good; fell back from B: not good, no tries left)"), "{back}");
     assert!(
         back.contains(
             "THE APPLIANCE UPDATE FELL BACK: the update to oasis 9.0.0-hang in slot B did not finish booting"
         ),
         "{back}"
     );
+    // The stick, still plugged in, gets this boot's report: it says why the update fell back.
+    appliance.expect("report written to the USB stick", t);
     let report = report_file(&bundles[0], "result.txt").unwrap();
-    assert!(report.contains("bundle: installed as node generation 1"), "{report}");
+    assert!(report.contains("appliance update: to oasis 9.0.0-hang FELL BACK: "), "{report}");
+    assert!(report.contains("in boot slot A (committed)"), "{report}");
 
     // The working update, cut short by power cuts while slot B is written.
     let id = appliance.plug(&bundles[1]);
@@ -338,7 +380,7 @@ fn appliance_update_survives_power_cuts_and_falls_back_from_a_hang() {
         let env = read_grubenv(&disk);
         assert_eq!(env.get("A_OK"), Some("1"), "slot A stays committed: {env:?}");
         appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), &format!("cut-{cut}"));
-        let (armed, text) = appliance.expect_any(&["oasis boot: running slot A\n", "running slot B (a trial boot)"], t);
+        let (armed, text) = appliance.expect_any(&["oasis boot: running slot A\r", "running slot B (a trial boot)"], t);
         if armed == 1 {
             // Cut after the slot was armed: the trial runs and commits below.
             println!("power cut {cut} came after slot B was armed");
