@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use oasis_appliance::admin::MachineEntry;
 use oasis_appliance::generations::{UpdateStatus, APPLIANCE_FILE};
 use oasis_appliance::operator::{self, Action};
-use oasis_core::config::Config;
+use oasis_core::config::{Config, TimeOfDay};
 use oasis_core::update::{ApplianceHere, ApplianceUpdateState, LastTrial};
 use oasis_host::mount::MsFlags;
 use oasis_image::appliance::{SlotInfo, TestFault, GRUBENV_PATH, SLOT_INFO_PATH};
@@ -147,7 +147,7 @@ impl SelfUpdate {
     fn settle_boot(&self, boot: Boot) -> anyhow::Result<()> {
         let env = self.with_esp(|grubenv| Ok(slots::read(grubenv)?))?;
         match slots::after_boot(boot, &env) {
-            BootVerdict::Committed => {}
+            BootVerdict::Committed => self.forget_unarmed(&env),
             BootVerdict::Trial { tries_left } => {
                 say(&format!(
                     "oasis boot: slot {} (oasis {}) is on trial: it is committed once its health check passes ({tries_left} more boot(s) are tried before GRUB falls back)",
@@ -173,6 +173,32 @@ impl SelfUpdate {
             }
         }
         Ok(())
+    }
+
+    /// A trial record of the other slot that GRUB's block does not arm (nor fell back from): the
+    /// power went after the record and before the arm. It goes, so the update is written again.
+    fn forget_unarmed(&self, env: &SlotEnv) {
+        let other = self.running.other();
+        let Ok(Some(record)) = TrialRecord::read(&self.data_dir) else { return };
+        if record.slot == other && record.fell_back.is_none() && record.verdict.is_none() && env.tries(other) == 0 {
+            say(&format!(
+                "oasis boot: the update to oasis {} was written to slot {other} but never armed (the power went): writing it again",
+                record.version
+            ));
+            let _ = fs::remove_file(TrialRecord::path(&self.data_dir));
+        }
+    }
+
+    /// The update armed in the other slot, waiting for its reboot, if any.
+    fn armed(&self) -> Option<TrialRecord> {
+        let record = TrialRecord::read(&self.data_dir).ok().flatten()?;
+        let armed = record.slot == self.running.other() && record.fell_back.is_none() && record.verdict.is_none();
+        (armed && record.version != self.version && !self.on_trial()).then_some(record)
+    }
+
+    /// Whether the armed update's reboot is due at `now` (Unix seconds).
+    pub fn reboot_due(&self, now: u64) -> bool {
+        self.armed().is_some_and(|r| r.reboot_at.is_none_or(|at| now >= at))
     }
 
     /// Mounts the EFI system partition read-write, runs `f` on its environment block, unmounts.
@@ -208,6 +234,7 @@ impl SelfUpdate {
             committed: !self.on_trial(),
             slot_bytes: self.slot_bytes,
             last_trial,
+            reboot_at: self.armed().and_then(|r| r.reboot_at),
         }
     }
 
@@ -347,8 +374,9 @@ impl SelfUpdate {
     }
 
     /// While committed: writes and arms the appliance update `oasis update status` says is
-    /// waiting, if any. Returns whether to reboot into it.
-    pub fn install_waiting(&self) -> bool {
+    /// waiting, if any. Returns whether to reboot into it now; with `reboot_at` (`[update]
+    /// appliance_reboot_at`) the reboot waits for that time ([`SelfUpdate::reboot_due`]).
+    pub fn install_waiting(&self, reboot_at: Option<TimeOfDay>) -> bool {
         if self.on_trial() {
             return false;
         }
@@ -382,14 +410,16 @@ impl SelfUpdate {
         });
         match written {
             Ok(slot) => {
+                let when = self.schedule(reboot_at);
                 say(&format!(
-                    "oasis boot: slot {slot} written and read back; armed for {} trial boots; {} machine(s) linked must come back ({}); rebooting into oasis {} now",
+                    "oasis boot: slot {slot} written and read back; armed for {} trial boots; {} machine(s) linked must come back ({}); rebooting into oasis {} {when}",
                     install::TRIES,
                     linked.len(),
                     linked.join(", "),
                     view.version
                 ));
-                true
+                self.write_here();
+                reboot_at.is_none()
             }
             Err(e) => {
                 let reason = format!("slot {other} was not written: {e:#}");
@@ -405,6 +435,7 @@ impl SelfUpdate {
                     verdict: None,
                     linked,
                     fell_back: Some(reason),
+                    reboot_at: None,
                 };
                 if let Err(e) = record.write(&self.data_dir) {
                     say(&format!("oasis boot: {e}"));
@@ -413,6 +444,24 @@ impl SelfUpdate {
                 false
             }
         }
+    }
+}
+
+impl SelfUpdate {
+    /// Records when the armed update's reboot is (`at`, the next such time of day; none: now);
+    /// says when, for the console.
+    fn schedule(&self, at: Option<TimeOfDay>) -> String {
+        let Some(at) = at else { return "now".into() };
+        let reboot_at = at.next_after(now());
+        let recorded = TrialRecord::read(&self.data_dir)
+            .ok()
+            .flatten()
+            .map(|r| TrialRecord { reboot_at: Some(reboot_at), ..r }.write(&self.data_dir));
+        if let Some(Err(e)) = recorded {
+            say(&format!("oasis boot: {e}; the reboot is not scheduled, so it happens now"));
+            return "now".into();
+        }
+        format!("at {at} ([update] appliance_reboot_at)")
     }
 }
 
@@ -493,6 +542,54 @@ mod tests {
         assert!(udp_table_has_port(table, 69));
         assert!(!udp_table_has_port(table, 68));
         assert!(!udp_table_has_port("  sl  local_address\n", 67), "the header is not a socket");
+    }
+
+    fn on_slot_a(data_dir: &Path) -> SelfUpdate {
+        SelfUpdate {
+            esp: PathBuf::from("/nonexistent"),
+            other: PathBuf::from("/nonexistent"),
+            running: Slot::A,
+            version: "1.0.0".into(),
+            slot_bytes: 1 << 30,
+            data_dir: data_dir.to_path_buf(),
+            booted_at: 0,
+            on_trial: Mutex::new(false),
+            hangs_its_trial: false,
+        }
+    }
+
+    fn armed(reboot_at: Option<u64>) -> TrialRecord {
+        TrialRecord {
+            format: slots::trial::FORMAT,
+            slot: Slot::B,
+            version: "2.0.0".into(),
+            from_version: "1.0.0".into(),
+            armed_at: 100,
+            tries: install::TRIES,
+            verdict: None,
+            linked: vec!["m1".into()],
+            fell_back: None,
+            reboot_at,
+        }
+    }
+
+    #[test]
+    fn an_armed_update_reboots_now_or_at_its_time_and_a_given_up_one_never() {
+        let data = tempfile::tempdir().unwrap();
+        let update = on_slot_a(data.path());
+        assert!(!update.reboot_due(1000), "nothing armed");
+        armed(None).write(data.path()).unwrap();
+        assert!(update.reboot_due(0), "armed to reboot at once");
+        let state = oasis_core::update::appliance_update_state("2.0.0", &update.here());
+        assert_eq!(state, ApplianceUpdateState::Armed { reboot_at: None });
+        armed(Some(5000)).write(data.path()).unwrap();
+        assert!(!update.reboot_due(4999) && update.reboot_due(5000));
+        assert_eq!(update.here().reboot_at, Some(5000));
+        TrialRecord { fell_back: Some("no".into()), ..armed(None) }.write(data.path()).unwrap();
+        assert!(!update.reboot_due(9999), "a version given up is not booted");
+        armed(None).write(data.path()).unwrap();
+        *update.on_trial.lock().unwrap() = true;
+        assert!(!update.reboot_due(9999), "a trial boot runs the armed slot already");
     }
 
     #[test]

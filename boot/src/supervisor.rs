@@ -159,7 +159,9 @@ pub fn run() -> anyhow::Result<()> {
         if let Some(update) = self_update.as_ref().filter(|_| restart_at.is_none()) {
             if update_checked.elapsed() >= UPDATE_POLL {
                 update_checked = Instant::now();
-                reboot_now.fetch_or(update.install_waiting(), std::sync::atomic::Ordering::SeqCst);
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let due = update.reboot_due(now) || update.install_waiting(actions.appliance_reboot_at());
+                reboot_now.fetch_or(due, std::sync::atomic::Ordering::SeqCst);
             }
         }
         if reboot_now.load(std::sync::atomic::Ordering::SeqCst) {
@@ -290,6 +292,12 @@ impl Supervisor {
 
     fn config_path(&self) -> PathBuf {
         self.data_dir.join(CONFIG_FILE)
+    }
+
+    /// `[update] appliance_reboot_at` of the running configuration.
+    fn appliance_reboot_at(&self) -> Option<oasis_core::config::TimeOfDay> {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Config::parse(&current, &self.config_path()).ok().and_then(|c| c.rollout.appliance_reboot_at)
     }
 
     /// Reads a stick's offer. The reason of a refusal goes to the console (and later the stick).

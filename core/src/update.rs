@@ -109,6 +109,10 @@ pub struct ApplianceHere {
     /// first.
     #[serde(default)]
     pub last_trial: Option<LastTrial>,
+    /// When the appliance reboots into the update written to its other slot (Unix seconds), if
+    /// one is armed and the reboot is scheduled (`[update] appliance_reboot_at`).
+    #[serde(default)]
+    pub reboot_at: Option<u64>,
 }
 
 /// How the appliance's last update to itself went, as `oasis boot` recorded it.
@@ -130,6 +134,9 @@ pub struct LastTrial {
 pub enum ApplianceUpdateState {
     /// Waiting for `oasis boot` to write it into the other slot and reboot into it.
     Waiting,
+    /// Written to the other slot and armed: the appliance boots it at `reboot_at` (Unix
+    /// seconds), or now.
+    Armed { reboot_at: Option<u64> },
     /// Running on trial: it commits itself once its health check passes.
     OnTrial,
     /// Running and committed.
@@ -142,6 +149,15 @@ impl std::fmt::Display for ApplianceUpdateState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApplianceUpdateState::Waiting => f.write_str("waiting to be written to the other boot slot"),
+            ApplianceUpdateState::Armed { reboot_at: None } => {
+                f.write_str("written to the other boot slot; the appliance reboots into it now")
+            }
+            ApplianceUpdateState::Armed { reboot_at: Some(at) } => write!(
+                f,
+                "written to the other boot slot; the appliance reboots into it at {:02}:{:02} UTC ([update] appliance_reboot_at)",
+                at % 86_400 / 3600,
+                at % 3600 / 60
+            ),
             ApplianceUpdateState::OnTrial => f.write_str("running on trial, until its health check passes"),
             ApplianceUpdateState::Committed => f.write_str("committed"),
             ApplianceUpdateState::FellBack { reason } => write!(f, "fell back to the version before: {reason}"),
@@ -160,6 +176,9 @@ pub fn appliance_update_state(version: &str, here: &ApplianceHere) -> ApplianceU
     match &here.last_trial {
         Some(LastTrial { version: tried, fell_back: Some(reason), .. }) if tried == version => {
             ApplianceUpdateState::FellBack { reason: reason.clone() }
+        }
+        Some(LastTrial { version: tried, fell_back: None, .. }) if tried == version => {
+            ApplianceUpdateState::Armed { reboot_at: here.reboot_at }
         }
         _ => ApplianceUpdateState::Waiting,
     }
@@ -346,6 +365,7 @@ mod tests {
             committed: true,
             slot_bytes: 1 << 30,
             last_trial: None,
+            reboot_at: None,
         };
         assert_eq!(check_appliance(&with, Some(&here)), Ok(()));
         let err = check_appliance(&with, None).unwrap_err();
@@ -367,6 +387,7 @@ mod tests {
             committed,
             slot_bytes: 1,
             last_trial,
+            reboot_at: None,
         };
         assert_eq!(appliance_update_state("2", &here("1", true, None)), ApplianceUpdateState::Waiting);
         assert_eq!(appliance_update_state("2", &here("2", false, None)), ApplianceUpdateState::OnTrial);
@@ -378,5 +399,11 @@ mod tests {
         );
         // An older failure of another version is not this one's.
         assert_eq!(appliance_update_state("3", &here("1", true, Some(failed))), ApplianceUpdateState::Waiting);
+        // Written and armed, the reboot scheduled.
+        let armed = LastTrial { version: "2".into(), from_version: "1".into(), fell_back: None };
+        let scheduled = ApplianceHere { reboot_at: Some(20_000 * 86_400 + 9000), ..here("1", true, Some(armed)) };
+        let state = appliance_update_state("2", &scheduled);
+        assert_eq!(state, ApplianceUpdateState::Armed { reboot_at: Some(20_000 * 86_400 + 9000) });
+        assert!(state.to_string().contains("reboots into it at 02:30 UTC"), "{state}");
     }
 }

@@ -98,6 +98,7 @@ pub fn install(image: &UpdateImage, target: &Target, now: u64) -> Result<Slot, I
         verdict: None,
         linked: target.linked.clone(),
         fell_back: None,
+        reboot_at: None,
     };
     record.write(&target.data_dir)?;
     // Read again: nothing else writes the block, but the arm must build on what is on disk.

@@ -46,6 +46,10 @@ pub struct TrialRecord {
     /// version is not running. A version that fell back is never written again by itself.
     #[serde(default)]
     pub fell_back: Option<String>,
+    /// When the appliance reboots into the armed slot (Unix seconds; `[update]
+    /// appliance_reboot_at`); none: at once.
+    #[serde(default)]
+    pub reboot_at: Option<u64>,
 }
 
 /// Why a trial boot gave up.
@@ -168,6 +172,7 @@ mod tests {
             verdict: None,
             linked: vec![],
             fell_back: None,
+            reboot_at: None,
         }
     }
 

@@ -392,6 +392,7 @@ mod tests {
                     from_version: "0.16.0".into(),
                     fell_back: None,
                 }),
+                reboot_at: None,
             }),
             notes: vec![],
         };
@@ -466,6 +467,7 @@ mod tests {
                     from_version: "0.16.0".into(),
                     fell_back: Some("it did not pass its health check".into()),
                 }),
+                reboot_at: None,
             }),
             ..Report::default()
         };

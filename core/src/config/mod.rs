@@ -171,6 +171,47 @@ pub struct RolloutConfig {
     pub kexec: bool,
     /// Machine ids that always reboot through the firmware.
     pub no_kexec: std::collections::BTreeSet<String>,
+    /// When the appliance reboots into its own update once written; `None`: at once.
+    pub appliance_reboot_at: Option<TimeOfDay>,
+}
+
+/// A time of day in UTC (`[update] appliance_reboot_at = "HH:MM"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeOfDay {
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl std::str::FromStr for TimeOfDay {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<TimeOfDay, ()> {
+        let (h, m) = s.split_once(':').ok_or(())?;
+        let digits =
+            |t: &str| (t.len() == 2 && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse::<u8>().ok()).flatten();
+        match (digits(h).ok_or(())?, digits(m).ok_or(())?) {
+            (hour @ 0..=23, minute @ 0..=59) => Ok(TimeOfDay { hour, minute }),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for TimeOfDay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02} UTC", self.hour, self.minute)
+    }
+}
+
+impl TimeOfDay {
+    /// The first moment at this time of day at or after `now` (Unix seconds).
+    pub fn next_after(self, now: u64) -> u64 {
+        let at = (now / 86_400) * 86_400 + u64::from(self.hour) * 3600 + u64::from(self.minute) * 60;
+        if at >= now {
+            at
+        } else {
+            at + 86_400
+        }
+    }
 }
 
 impl Default for RolloutConfig {
@@ -180,6 +221,7 @@ impl Default for RolloutConfig {
             workers_at_once: 1,
             kexec: true,
             no_kexec: Default::default(),
+            appliance_reboot_at: None,
         }
     }
 }

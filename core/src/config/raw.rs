@@ -346,6 +346,9 @@ pub struct RawUpdate {
     pub no_kexec: Vec<String>,
     /// Install an update bundle found on the OASIS USB stick without asking on the console.
     pub apply_from_stick: bool,
+    /// When the appliance reboots into its own update once written ("HH:MM", UTC); at once
+    /// without it.
+    pub appliance_reboot_at: Option<Spanned<String>>,
 }
 
 impl Default for RawUpdate {
@@ -358,6 +361,7 @@ impl Default for RawUpdate {
             kexec: true,
             no_kexec: vec![],
             apply_from_stick: false,
+            appliance_reboot_at: None,
         }
     }
 }

@@ -19,7 +19,7 @@ use super::raw::{
 };
 use super::values::{self, ClusterNameError, ControlPlaneError, InterfaceNameError, NetmaskError, Prefix};
 use super::values::{PrefixError, RangeError};
-use super::{ClusterSettings, DhcpSettings, RolloutConfig, WireguardSettings, NODE_INITRD, NODE_KERNEL};
+use super::{ClusterSettings, DhcpSettings, RolloutConfig, TimeOfDay, WireguardSettings, NODE_INITRD, NODE_KERNEL};
 use crate::events::EventLimits;
 
 /// Where a value is in the file, shown as " (line N)"; nothing for a default, which is in no line.
@@ -395,6 +395,8 @@ pub enum UpdateError {
     Timeout { at: Line, secs: u64 },
     #[error("update.workers_at_once{at} is {value}; use 1 to 100")]
     WorkersAtOnce { at: Line, value: usize },
+    #[error("update.appliance_reboot_at{at} is {value:?}; give a time of day as \"HH:MM\", in UTC (the appliance has no time zone), e.g. \"02:30\"")]
+    RebootAt { at: Line, value: String },
 }
 
 impl TryFrom<In<'_, RawUpdate>> for RolloutConfig {
@@ -409,11 +411,20 @@ impl TryFrom<In<'_, RawUpdate>> for RolloutConfig {
         if !(1..=100).contains(&value) {
             return Err(UpdateError::WorkersAtOnce { at: lines.of(&u.workers_at_once), value });
         }
+        let appliance_reboot_at = match &u.appliance_reboot_at {
+            None => None,
+            Some(text) => Some(
+                text.get_ref()
+                    .parse::<TimeOfDay>()
+                    .map_err(|()| UpdateError::RebootAt { at: lines.of(text), value: text.get_ref().clone() })?,
+            ),
+        };
         Ok(RolloutConfig {
             timeout: Duration::from_secs(secs),
             workers_at_once: value,
             kexec: u.kexec,
             no_kexec: u.no_kexec.iter().cloned().collect(),
+            appliance_reboot_at,
         })
     }
 }

@@ -266,3 +266,20 @@ fn bundles_on_the_stick_wait_for_the_console_unless_the_config_says_apply_from_s
     let bad = failure(&format!("{GOOD}\n[update]\napply_from_stick = \"yes\"\n"));
     assert!(bad.contains("apply_from_stick") || bad.contains("boolean"), "{bad}");
 }
+
+#[test]
+fn the_appliance_reboots_into_its_update_at_once_or_at_a_time_of_day_in_utc() {
+    assert_eq!(parse(GOOD).unwrap().rollout.appliance_reboot_at, None);
+    let at =
+        parse(&format!("{GOOD}\n[update]\nappliance_reboot_at = \"02:30\"\n")).unwrap().rollout.appliance_reboot_at;
+    let at = at.expect("a time");
+    assert_eq!((at.hour, at.minute, at.to_string()), (2, 30, "02:30 UTC".to_string()));
+    let day = 20_000 * 86_400;
+    assert_eq!(at.next_after(day), day + 9000, "later that day");
+    assert_eq!(at.next_after(day + 9000), day + 9000, "that very minute");
+    assert_eq!(at.next_after(day + 9001), day + 86_400 + 9000, "else the next day");
+    for bad in ["2:30", "24:00", "02:60", "0230", "02:30:00", "noon"] {
+        let text = failure(&format!("{GOOD}\n[update]\nappliance_reboot_at = \"{bad}\"\n"));
+        assert!(text.contains("update.appliance_reboot_at") && text.contains("HH:MM"), "{bad}: {text}");
+    }
+}
