@@ -61,7 +61,8 @@ const STARTS_FILE: &str = "/run/oasis/boot-starts";
 /// A machine that heartbeated this recently when the update is armed counts as linked.
 const LINKED_WITHIN_SECS: u64 = 60;
 
-fn now() -> u64 {
+/// Now, in Unix seconds.
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -165,11 +166,11 @@ impl SelfUpdate {
                 if let Some(record) = record.filter(|r| r.slot == from) {
                     TrialRecord { fell_back: Some(reason), ..record }.write(&self.data_dir)?;
                 }
-                self.write_env(&env.acknowledge_fallback(self.running))?;
+                self.change_env(|env| env.acknowledge_fallback(self.running))?;
             }
             BootVerdict::LastResort => {
                 say("oasis boot: GRUB found no committed slot and none with tries left, and booted slot A as its last resort; committing it, since it is what runs");
-                self.write_env(&env.commit(self.running))?;
+                self.change_env(|env| env.commit(self.running))?;
             }
         }
         Ok(())
@@ -212,8 +213,9 @@ impl SelfUpdate {
         Ok(value)
     }
 
-    fn write_env(&self, env: &SlotEnv) -> anyhow::Result<()> {
-        self.with_esp(|grubenv| Ok(slots::write_in_place(grubenv, env)?))
+    /// Rewrites the environment block with `change` applied to what is on disk now.
+    fn change_env(&self, change: impl FnOnce(&SlotEnv) -> SlotEnv) -> anyhow::Result<()> {
+        self.with_esp(|grubenv| Ok(slots::write_in_place(grubenv, &change(&slots::read(grubenv)?))?))
     }
 
     /// Whether this is a trial boot not yet committed.
@@ -331,9 +333,7 @@ impl SelfUpdate {
     /// failed and gives it up. Returns whether to reboot (into the slot before).
     pub fn finish_trial(&self, result: Result<(), String>) -> bool {
         match result {
-            Ok(()) => match self
-                .with_esp(|grubenv| Ok(slots::write_in_place(grubenv, &slots::read(grubenv)?.commit(self.running))?))
-            {
+            Ok(()) => match self.change_env(|env| env.commit(self.running)) {
                 Ok(()) => {
                     *self.on_trial.lock().unwrap_or_else(|e| e.into_inner()) = false;
                     self.write_here();
@@ -361,9 +361,7 @@ impl SelfUpdate {
                 if let Err(e) = TrialRecord::record_verdict(&self.data_dir, verdict) {
                     say(&format!("oasis boot: {e}"));
                 }
-                let given_up = self.with_esp(|grubenv| {
-                    Ok(slots::write_in_place(grubenv, &slots::read(grubenv)?.abandon(self.running))?)
-                });
+                let given_up = self.change_env(|env| env.abandon(self.running));
                 if let Err(e) = given_up {
                     say(&format!("oasis boot: cannot give slot {} up in GRUB's block ({e:#}); GRUB falls back once its tries are spent", self.running));
                 }

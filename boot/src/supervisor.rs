@@ -159,8 +159,8 @@ pub fn run() -> anyhow::Result<()> {
         if let Some(update) = self_update.as_ref().filter(|_| restart_at.is_none()) {
             if update_checked.elapsed() >= UPDATE_POLL {
                 update_checked = Instant::now();
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let due = update.reboot_due(now) || update.install_waiting(actions.appliance_reboot_at());
+                let due = update.reboot_due(crate::self_update::now())
+                    || update.install_waiting(actions.appliance_reboot_at());
                 reboot_now.fetch_or(due, std::sync::atomic::Ordering::SeqCst);
             }
         }

@@ -65,16 +65,21 @@ fn node(ns: &Netns, work: &Path, i: usize) -> Machine {
     Machine::start(spec).unwrap()
 }
 
-/// The machines the appliance knows, by id, with when each first registered and its overlay address, through its HTTPS
-/// admin API with the token from the stick's report.
-fn machines_via_api(ns: &Netns, token: &str) -> Vec<(String, String)> {
+/// `GET /v1/machines` of the appliance's HTTPS admin API, with the admin `token`.
+fn machine_views(ns: &Netns, token: &str) -> Vec<MachineView> {
     let out = ns
         .command("curl")
         .args(["-sk", "--max-time", "10", "-H", &format!("Authorization: Bearer {}", token.trim())])
         .arg("https://10.0.0.1:9443/v1/machines")
         .output()
         .unwrap();
-    let body: Vec<MachineView> = parse("GET /v1/machines", &String::from_utf8_lossy(&out.stdout));
+    parse("GET /v1/machines", &String::from_utf8_lossy(&out.stdout))
+}
+
+/// The machines the appliance knows, by id, with when each first registered and its overlay address, through its HTTPS
+/// admin API with the token from the stick's report.
+fn machines_via_api(ns: &Netns, token: &str) -> Vec<(String, String)> {
+    let body = machine_views(ns, token);
     let mut machines: Vec<(String, String)> = body
         .iter()
         .map(|m| (m.record.id.clone(), format!("{} {:?}", m.record.first_registered, m.record.overlay)))
@@ -216,14 +221,7 @@ impl Rack<'_> {
     fn all_heartbeating(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(300);
         loop {
-            let out = self
-                .ns
-                .command("curl")
-                .args(["-sk", "--max-time", "10", "-H", &format!("Authorization: Bearer {}", self.token.trim())])
-                .arg("https://10.0.0.1:9443/v1/machines")
-                .output()
-                .unwrap();
-            let views: Vec<MachineView> = parse("GET /v1/machines", &String::from_utf8_lossy(&out.stdout));
+            let views = machine_views(self.ns, self.token);
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
             let fresh = views.iter().filter(|m| m.last_heartbeat.as_ref().is_some_and(|h| h.at + 20 >= now)).count();
             if fresh == self.machines.len() {
