@@ -43,8 +43,8 @@ use crate::slots::{self, install, Boot, BootVerdict, Slot, SlotEnv, TrialRecord,
 use crate::supervisor::say;
 use crate::watchdog::{self, Watchdog};
 
-/// Where the EFI system partition is mounted while the environment block is rewritten.
-pub const ESP_RW_MOUNT: &str = "/run/oasis/esp";
+/// Where the EFI system partition is mounted while the environment block is read or rewritten.
+pub const GRUBENV_MOUNT: &str = "/run/oasis/esp";
 /// How long a trial boot's `serve` has to answer and listen on the rack.
 pub const SERVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the machines linked before the update have to heartbeat again.
@@ -83,6 +83,8 @@ pub struct SelfUpdate {
     on_trial: Mutex<bool>,
     /// The running slot was built to hang its trial (a test of the watchdog).
     hangs_its_trial: bool,
+    /// The running slot was built to pause inside the arm's write (a test of a power cut there).
+    pauses_mid_arm: bool,
 }
 
 impl SelfUpdate {
@@ -122,6 +124,7 @@ impl SelfUpdate {
             booted_at: now(),
             on_trial: Mutex::new(false),
             hangs_its_trial: slot_files.join(TestFault::HangingTrial.path()).exists(),
+            pauses_mid_arm: slot_files.join(TestFault::SlowSlotArm.path()).exists(),
         };
         if let Err(e) = update.settle_boot(boot) {
             say(&format!(
@@ -146,7 +149,7 @@ impl SelfUpdate {
 
     /// Acts on GRUB's choice for this boot.
     fn settle_boot(&self, boot: Boot) -> anyhow::Result<()> {
-        let env = self.with_esp(|grubenv| Ok(slots::read(grubenv)?))?;
+        let env = self.with_esp(false, |grubenv| Ok(slots::read(grubenv)?))?;
         match slots::after_boot(boot, &env) {
             BootVerdict::Committed => self.forget_unarmed(&env),
             BootVerdict::Trial { tries_left } => {
@@ -202,10 +205,12 @@ impl SelfUpdate {
         self.armed().is_some_and(|r| r.reboot_at.is_none_or(|at| now >= at))
     }
 
-    /// Mounts the EFI system partition read-write, runs `f` on its environment block, unmounts.
-    fn with_esp<T>(&self, f: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        let mount = Path::new(ESP_RW_MOUNT);
-        disk::mount(&self.esp, mount, "vfat", MsFlags::MS_NOATIME)?;
+    /// Mounts the EFI system partition (read-write only when `writes`), runs `f` on its
+    /// environment block, unmounts.
+    fn with_esp<T>(&self, writes: bool, f: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let mount = Path::new(GRUBENV_MOUNT);
+        let flags = if writes { MsFlags::MS_NOATIME } else { MsFlags::MS_NOATIME | MsFlags::MS_RDONLY };
+        disk::mount(&self.esp, mount, "vfat", flags)?;
         let result = f(&mount.join(GRUBENV_PATH));
         let unmounted = oasis_host::mount::unmount(mount);
         let value = result?;
@@ -215,7 +220,7 @@ impl SelfUpdate {
 
     /// Rewrites the environment block with `change` applied to what is on disk now.
     fn change_env(&self, change: impl FnOnce(&SlotEnv) -> SlotEnv) -> anyhow::Result<()> {
-        self.with_esp(|grubenv| Ok(slots::write_in_place(grubenv, &change(&slots::read(grubenv)?))?))
+        self.with_esp(true, |grubenv| Ok(slots::write_in_place(grubenv, &change(&slots::read(grubenv)?))?))
     }
 
     /// Whether this is a trial boot not yet committed.
@@ -395,7 +400,7 @@ impl SelfUpdate {
         };
         let mut linked: Vec<String> = heartbeats_since(&self.data_dir, now().saturating_sub(LINKED_WITHIN_SECS));
         linked.sort();
-        let written = self.with_esp(|grubenv| {
+        let written = self.with_esp(true, |grubenv| {
             let target = install::Target {
                 running: self.running,
                 running_version: self.version.clone(),
@@ -403,6 +408,7 @@ impl SelfUpdate {
                 grubenv: grubenv.to_path_buf(),
                 data_dir: self.data_dir.clone(),
                 linked: linked.clone(),
+                pause_mid_arm: self.pauses_mid_arm,
             };
             Ok(install::install(&image, &target, now())?)
         });
@@ -553,6 +559,7 @@ mod tests {
             booted_at: 0,
             on_trial: Mutex::new(false),
             hangs_its_trial: false,
+            pauses_mid_arm: false,
         }
     }
 

@@ -346,9 +346,23 @@ pub fn read(path: &Path) -> Result<SlotEnv, EnvFileError> {
 /// [`grubenv::SIZE`] bytes (GRUB writes it through its blocklist, so it is never resized or
 /// replaced), and is synced before this returns.
 pub fn write_in_place(path: &Path, env: &SlotEnv) -> Result<(), EnvFileError> {
+    write_in_place_pausing(path, env, None)
+}
+
+/// [`write_in_place`]; with `pause`, the block's first 512-byte sector is written and synced, then
+/// `pause` runs, then the rest is written: a test fault, so that a power cut can land inside the
+/// write (every variable GRUB reads is in the first sector, so either sector may be old or new).
+pub fn write_in_place_pausing(path: &Path, env: &SlotEnv, pause: Option<&dyn Fn()>) -> Result<(), EnvFileError> {
     let bytes = env.env.render().map_err(|source| EnvFileError::Render { path: path.to_path_buf(), source })?;
     let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
     check_size(path, &file)?;
-    file.write_all_at(&bytes, 0).map_err(io_error(path))?;
+    let mut from = 0;
+    if let Some(pause) = pause {
+        from = 512;
+        file.write_all_at(&bytes[..from], 0).map_err(io_error(path))?;
+        file.sync_all().map_err(io_error(path))?;
+        pause();
+    }
+    file.write_all_at(&bytes[from..], from as u64).map_err(io_error(path))?;
     file.sync_all().map_err(io_error(path))
 }

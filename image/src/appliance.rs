@@ -338,6 +338,9 @@ pub enum TestFault {
     FailingServe,
     /// A trial boot hangs: no health check, and the watchdog is not fed.
     HangingTrial,
+    /// Arming the other slot writes GRUB's block in two halves, 5 s apart, so that a test can cut
+    /// the power inside that write.
+    SlowSlotArm,
 }
 
 impl std::str::FromStr for TestFault {
@@ -347,7 +350,8 @@ impl std::str::FromStr for TestFault {
         match s {
             "failing-serve" => Ok(TestFault::FailingServe),
             "hanging-trial" => Ok(TestFault::HangingTrial),
-            other => Err(format!("{other:?} is not a test fault: failing-serve or hanging-trial")),
+            "slow-slot-arm" => Ok(TestFault::SlowSlotArm),
+            other => Err(format!("{other:?} is not a test fault: failing-serve, hanging-trial or slow-slot-arm")),
         }
     }
 }
@@ -358,6 +362,7 @@ impl TestFault {
         match self {
             TestFault::FailingServe => "oasis/test-fault-failing-serve",
             TestFault::HangingTrial => "oasis/test-fault-hanging-trial",
+            TestFault::SlowSlotArm => "oasis/test-fault-slow-slot-arm",
         }
     }
 }

@@ -154,6 +154,17 @@ impl ApplianceVm {
     /// Waits for the first of `markers` to appear after what earlier waits consumed; consumes up to
     /// its end and returns which one it was (its index) and the text up to there.
     pub fn expect_any(&mut self, markers: &[&str], timeout: Duration) -> (usize, String) {
+        self.wait_any(markers, timeout).unwrap_or_else(|| {
+            let log = self.machine.serial();
+            panic!(
+                "none of {markers:?} appeared on the appliance's console within {timeout:?}; console:\n{}",
+                tail(log.get(self.seen.saturating_sub(2000)..).unwrap_or(&log), 60)
+            )
+        })
+    }
+
+    /// [`ApplianceVm::expect_any`], or `None` once `timeout` has passed without any of them.
+    pub fn wait_any(&mut self, markers: &[&str], timeout: Duration) -> Option<(usize, String)> {
         let deadline = Instant::now() + timeout;
         loop {
             let log = self.machine.serial();
@@ -162,13 +173,10 @@ impl ApplianceVm {
             if let Some((end, n)) = first {
                 let text = rest[..end].to_string();
                 self.seen += end;
-                return (n, text);
+                return Some((n, text));
             }
             if Instant::now() > deadline {
-                panic!(
-                    "none of {markers:?} appeared on the appliance's console within {timeout:?}; console:\n{}",
-                    tail(log.get(self.seen.saturating_sub(2000)..).unwrap_or(&log), 60)
-                );
+                return None;
             }
             std::thread::sleep(Duration::from_millis(100));
         }

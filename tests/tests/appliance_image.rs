@@ -302,6 +302,9 @@ fn updates_itself_from_sticks(appliance: &mut ApplianceVm, sticks: &UpdateSticks
     );
 }
 
+/// What the test fault `slow-slot-arm` says between the two sectors of the arm's write.
+const HALF_WRITTEN_ARM: &str = "the arm of slot B is half written in GRUB's block";
+
 /// The appliance's update survives power cuts and a hang (UEFI, no machines):
 /// 1. a bundle whose appliance hangs its trial boot: written to slot B and armed; each trial boot
 ///    arms the watchdog (QEMU's i6300esb) and hangs, the watchdog resets the VM, GRUB spends a
@@ -309,7 +312,9 @@ fn updates_itself_from_sticks(appliance: &mut ApplianceVm, sticks: &UpdateSticks
 /// 2. a bundle with a working appliance: QEMU is killed (a power cut) at 10 random moments while
 ///    slot B is written, the first right as the write starts (the environment block is rewritten
 ///    then); every time the appliance comes back on a working slot with its store (serving, its
-///    generations kept) and starts the write again; left alone, it commits slot B.
+///    generations kept) and starts the write again; then once more inside the write of GRUB's
+///    block that arms slot B, between its two sectors (the image is built with the test fault
+///    `slow-slot-arm`, which pauses there): slot B boots as a trial; it passes and commits.
 #[test]
 fn appliance_update_survives_power_cuts_and_falls_back_from_a_hang() {
     let ns = Netns::create("oasis-cut").unwrap();
@@ -319,7 +324,7 @@ fn appliance_update_survives_power_cuts_and_falls_back_from_a_hang() {
     let (private, public) = oasis_e2e::bundles::keygen(work.path());
     let node = oasis_e2e::assets().unwrap().node;
     let image = work.path().join("appliance-signed.img");
-    build_image(&image, Some(&public), &[]);
+    build_image(&image, Some(&public), &["--test-fault", "slow-slot-arm"]);
     let config = format!("{RACK_CONFIG}\n[cluster]\ncontrol_plane = 1\n\n[update]\napply_from_stick = true\n");
     let mut bundles = vec![];
     for (sequence, version, fault) in [(1, "9.0.0-hang", Some("hanging-trial")), (2, NEXT, None)] {
@@ -369,21 +374,37 @@ fn appliance_update_survives_power_cuts_and_falls_back_from_a_hang() {
     appliance.unplug(&id);
     let spec = ApplianceVmSpec { stick: None, ..spec };
     let mut rng = rand::rng();
-    for cut in 0..10 {
+    // Ten cuts at random moments of the write, then one inside the write of GRUB's block that
+    // arms slot B (this image pauses 5 s between the block's two sectors: `slow-slot-arm`).
+    let (mut cuts_in_write, mut cut_in_arm) = (0, false);
+    let mut cut_log = work.path().join("appliance.log");
+    for boot in 0.. {
         appliance.expect(&format!("writing oasis {NEXT} (generation 2) to slot B"), t);
-        if cut > 0 {
-            std::thread::sleep(Duration::from_millis(rand::Rng::random_range(&mut rng, 0..2500)));
+        let until = match cuts_in_write {
+            0 => Duration::ZERO,
+            1..10 => Duration::from_millis(rand::Rng::random_range(&mut rng, 0..2500)),
+            _ => t,
+        };
+        match appliance.wait_any(&[HALF_WRITTEN_ARM], until) {
+            Some(_) => cut_in_arm = true,
+            None => cuts_in_write += 1,
         }
         drop(appliance);
         let env = read_grubenv(&disk);
         assert_eq!(env.get("A_OK"), Some("1"), "slot A stays committed: {env:?}");
-        appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), &format!("cut-{cut}"));
+        let cut_text = std::fs::read_to_string(&cut_log).unwrap_or_default();
+        appliance = ApplianceVm::start(&ns, "tap0", &spec, work.path(), &format!("cut-{boot}"));
+        cut_log = work.path().join(format!("cut-{boot}.log"));
         let (armed, text) = appliance.expect_any(&["oasis boot: running slot A\r", "running slot B (a trial boot)"], t);
         if armed == 1 {
-            // Cut after the slot was armed: the trial runs and commits below.
-            println!("power cut {cut} came after slot B was armed");
+            // The arm reached the block's first sector before the cut: only a cut inside the
+            // arm's pause gets here (its message on the console, if perhaps after the last look).
+            assert!(cut_in_arm || cut_text.contains(HALF_WRITTEN_ARM), "{env:?}");
+            assert_eq!((env.get("ORDER"), env.get("B_LEFT")), (Some("B A"), Some("tt")), "{env:?}");
+            println!("power cut {boot} came inside the arm's write, after {cuts_in_write} cut(s) in the slot's write");
             break;
         }
+        assert!(!cut_in_arm, "a cut inside the arm's write finds slot B armed: {env:?}");
         assert!(text.contains("booting slot A (committed good)"), "{text}");
         let serving = appliance.expect("oasis boot: serving", t);
         assert!(
@@ -391,6 +412,7 @@ fn appliance_update_survives_power_cuts_and_falls_back_from_a_hang() {
             "{serving}"
         );
     }
+    assert_eq!(cuts_in_write, 10, "every cut in the slot's write left slot B unarmed");
     appliance.expect(&format!("slot B (oasis {NEXT}) passed its health check: committed"), Duration::from_secs(600));
     appliance.expect("the watchdog is disarmed", t);
     let env = read_grubenv(&disk);

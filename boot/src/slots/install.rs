@@ -16,10 +16,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{read, write_in_place, EnvFileError, Slot, TransitionError, TrialError, TrialRecord};
+use super::{
+    read, write_in_place, write_in_place_pausing, EnvFileError, Slot, TransitionError, TrialError, TrialRecord,
+};
 
 /// The boots a new slot is given to prove itself (a power cut during the first is forgiven).
 pub const TRIES: u8 = 2;
+
+/// How long the test fault `slow-slot-arm` pauses inside the arm's write.
+const PAUSE_MID_ARM: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The slot image an update brings, as its signed manifest describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +54,9 @@ pub struct Target {
     pub data_dir: PathBuf,
     /// The machines linked now, which the trial's health check waits for.
     pub linked: Vec<String>,
+    /// A test fault: the arm is written in two halves with a pause between
+    /// ([`write_in_place_pausing`]).
+    pub pause_mid_arm: bool,
 }
 
 /// Why an update was not installed. Every step before arming leaves the running slot chosen.
@@ -103,7 +111,16 @@ pub fn install(image: &UpdateImage, target: &Target, now: u64) -> Result<Slot, I
     record.write(&target.data_dir)?;
     // Read again: nothing else writes the block, but the arm must build on what is on disk.
     let env = read(&target.grubenv)?;
-    write_in_place(&target.grubenv, &env.arm(slot, TRIES, target.running)?)?;
+    let pause = || {
+        // The serial console only (stderr): a test reads it there.
+        eprintln!(
+            "oasis boot: (a test fault) the arm of slot {slot} is half written in GRUB's block; the rest in {} s",
+            PAUSE_MID_ARM.as_secs()
+        );
+        std::thread::sleep(PAUSE_MID_ARM);
+    };
+    let pause: Option<&dyn Fn()> = if target.pause_mid_arm { Some(&pause) } else { None };
+    write_in_place_pausing(&target.grubenv, &env.arm(slot, TRIES, target.running)?, pause)?;
     Ok(slot)
 }
 
@@ -171,9 +188,48 @@ mod tests {
         };
         let data_dir = dir.path().join("data");
         std::fs::create_dir(&data_dir).unwrap();
-        let target =
-            Target { running: Slot::A, running_version: "0.16.0".into(), device, grubenv, data_dir, linked: vec![] };
+        let target = Target {
+            running: Slot::A,
+            running_version: "0.16.0".into(),
+            device,
+            grubenv,
+            data_dir,
+            linked: vec![],
+            pause_mid_arm: false,
+        };
         Rig { dir, target, image }
+    }
+
+    /// The test fault `slow-slot-arm`: a power cut in its pause finds the first sector written
+    /// and the second not, and that block already arms the slot (every variable is in the first
+    /// sector), so GRUB reads one valid choice; afterwards the block is exactly the plain write's.
+    #[test]
+    fn an_arm_cut_between_its_two_sectors_leaves_a_valid_block() {
+        let plain = rig();
+        let rig = rig();
+        install(&plain.image, &plain.target, 1000).unwrap();
+        let target = Target { pause_mid_arm: true, ..rig.target.clone() };
+        let before = std::fs::read(&target.grubenv).unwrap();
+        let (grubenv, device) = (target.grubenv.clone(), target.device.clone());
+        let watcher = std::thread::spawn(move || {
+            // The arm's pause is the only time the block's first sector differs from what it
+            // was after the slot was prepared while the second does not.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let now = std::fs::read(&grubenv).unwrap();
+                let armed = read(&grubenv).is_ok_and(|env| env.tries(Slot::B) > 0);
+                if armed {
+                    return (now, read(&grubenv).unwrap());
+                }
+                assert!(std::time::Instant::now() < deadline, "the arm never came; device {device:?}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        install(&rig.image, &target, 1000).unwrap();
+        let (torn, env) = watcher.join().unwrap();
+        assert_eq!(&torn[512..], &before[512..], "the second sector is still the old one");
+        assert_eq!(grub_choice(&env).0, Boot { slot: Slot::B, trial: true }, "the half-written block arms the slot");
+        assert_eq!(std::fs::read(&target.grubenv).unwrap(), std::fs::read(&plain.target.grubenv).unwrap());
     }
 
     #[test]
