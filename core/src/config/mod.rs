@@ -10,6 +10,7 @@
 //! repository documents every key with its default.
 
 pub mod across;
+pub mod power;
 mod raw;
 pub mod sections;
 pub mod values;
@@ -97,6 +98,8 @@ pub enum Invalid {
     #[error(transparent)]
     Update(#[from] UpdateError),
     #[error(transparent)]
+    Power(#[from] power::PowerConfigError),
+    #[error(transparent)]
     Across(#[from] across::AcrossError),
 }
 
@@ -161,6 +164,8 @@ pub struct Config {
     /// rather than waiting for the console's confirmation.
     pub apply_from_stick: bool,
     pub rollout: RolloutConfig,
+    /// `[power]`: the machines' BMCs.
+    pub power: power::PowerSettings,
 }
 
 /// How node rollouts go (`[update]`), checked.
@@ -288,6 +293,7 @@ impl Config {
         let cluster = ClusterSettings::try_from(In { raw: &raw.cluster, lines })?;
         let events = EventLimits::try_from(In { raw: &raw.events, lines })?;
         let rollout = RolloutConfig::try_from(In { raw: &raw.update, lines })?;
+        let power = power::PowerSettings::try_from(In { raw: &raw.power, lines })?;
         across::check(raw, lines, &network, &wireguard, &cluster)?;
         let data_dir = base.join(raw.data_dir.get_ref());
         let boot_root = raw.boot.root.as_ref().map(|r| base.join(r)).unwrap_or_else(|| data_dir.join("boot"));
@@ -313,6 +319,7 @@ impl Config {
             update_trusted_keys: raw.update.trusted_keys.iter().map(|p| base.join(p)).collect(),
             apply_from_stick: raw.update.apply_from_stick,
             rollout,
+            power,
         })
     }
 }

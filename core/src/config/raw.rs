@@ -47,6 +47,8 @@ pub struct RawConfig {
     pub events: RawEvents,
     #[serde(default)]
     pub update: RawUpdate,
+    #[serde(default)]
+    pub power: super::power::RawPower,
 }
 
 fn default_version() -> Spanned<u32> {

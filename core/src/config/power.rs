@@ -1,0 +1,313 @@
+//! `[power]`: the BMCs of a prepared rack, each tied to a machine by its boot MAC, and whether the
+//! appliance powers the rack on when it comes up.
+//!
+//! The credentials come from the file (a platform engineer prepared it back at base, and a USB
+//! stick's config is signed) and are kept in the running config only; [`Secret`] never shows them
+//! in `Debug` output or in an error.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use oasis_proto::MacAddr;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::sections::{In, Line, Lines};
+
+/// `[power]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPower {
+    /// Power on, one at a time in the list's order, every machine whose BMC says it is off when
+    /// the appliance has come up.
+    pub power_on_at_start: bool,
+    pub bmc: Vec<Spanned<RawBmc>>,
+}
+
+/// One `[[power.bmc]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBmc {
+    /// The machine's boot MAC.
+    pub machine: Spanned<String>,
+    /// An IPMI-over-LAN BMC: `HOST` or `HOST:PORT` (623).
+    pub ipmi: Option<Spanned<String>>,
+    /// A Redfish BMC: `https://HOST[:PORT]`.
+    pub redfish: Option<Spanned<String>>,
+    pub user: Spanned<String>,
+    pub password: Secret,
+    /// Redfish: the SHA-256 of the BMC's certificate (hex, colons allowed). Without it the first
+    /// certificate seen is trusted and kept for the appliance's run.
+    pub fingerprint: Option<Spanned<String>>,
+}
+
+/// A password: shown nowhere.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// `[power]`, checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PowerSettings {
+    pub power_on_at_start: bool,
+    /// In the file's order (the order machines are powered on).
+    pub bmcs: Vec<BmcSettings>,
+}
+
+impl PowerSettings {
+    /// The BMC of the machine with this boot MAC, if the config names one.
+    pub fn bmc_of(&self, mac: MacAddr) -> Option<&BmcSettings> {
+        self.bmcs.iter().find(|b| b.machine == mac)
+    }
+}
+
+/// One machine's BMC, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BmcSettings {
+    pub machine: MacAddr,
+    pub endpoint: BmcEndpoint,
+    pub user: String,
+    pub password: Secret,
+}
+
+/// How a BMC is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BmcEndpoint {
+    Ipmi { address: String },
+    Redfish { url: String, fingerprint: Option<[u8; 32]> },
+}
+
+impl BmcEndpoint {
+    /// Where it is, for messages and to find two machines given one BMC.
+    pub fn address(&self) -> &str {
+        match self {
+            BmcEndpoint::Ipmi { address } => address,
+            BmcEndpoint::Redfish { url, .. } => url,
+        }
+    }
+
+    /// `ipmi` or `redfish`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BmcEndpoint::Ipmi { .. } => "ipmi",
+            BmcEndpoint::Redfish { .. } => "redfish",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PowerConfigError {
+    #[error("power.bmc.machine = {found:?}{at} is not a MAC address: name the machine by its boot MAC")]
+    Machine { at: Line, found: String },
+    #[error("the [[power.bmc]] of {machine}{at} gives both ipmi and redfish: a BMC is reached one way, keep one")]
+    BothProtocols { at: Line, machine: MacAddr },
+    #[error("the [[power.bmc]] of {machine}{at} gives neither ipmi = \"HOST\" nor redfish = \"https://HOST\"")]
+    NoProtocol { at: Line, machine: MacAddr },
+    #[error("power.bmc.ipmi = {found:?}{at} is not HOST or HOST:PORT")]
+    IpmiAddress { at: Line, found: String },
+    #[error(
+        "power.bmc.redfish = {found:?}{at} is not https://HOST[:PORT]: BMC passwords never cross the rack unencrypted"
+    )]
+    RedfishUrl { at: Line, found: String },
+    #[error("power.bmc.fingerprint{at} is not a SHA-256 in hex (64 digits, colons allowed)")]
+    Fingerprint { at: Line },
+    #[error("power.bmc.fingerprint{at} is for a Redfish BMC's certificate; IPMI has none")]
+    FingerprintWithoutRedfish { at: Line },
+    #[error("power.bmc.user{at} is empty")]
+    User { at: Line },
+    #[error("{machine} has two [[power.bmc]] entries{at}: keep one")]
+    TwoBmcs { at: Line, machine: MacAddr },
+    #[error(
+        "the BMC {address}{at} is given to both {first} and {second}: a BMC controls one machine; fix the address"
+    )]
+    SharedBmc { at: Line, address: String, first: MacAddr, second: MacAddr },
+}
+
+impl TryFrom<In<'_, RawPower>> for PowerSettings {
+    type Error = PowerConfigError;
+
+    fn try_from(In { raw, lines }: In<'_, RawPower>) -> Result<Self, PowerConfigError> {
+        let mut bmcs: Vec<BmcSettings> = vec![];
+        let mut by_address: HashMap<String, MacAddr> = HashMap::new();
+        for entry in &raw.bmc {
+            let at = lines.of(entry);
+            let bmc = check_bmc(entry.get_ref(), at, lines)?;
+            if bmcs.iter().any(|b| b.machine == bmc.machine) {
+                return Err(PowerConfigError::TwoBmcs { at, machine: bmc.machine });
+            }
+            let address = bmc.endpoint.address().to_ascii_lowercase();
+            if let Some(first) = by_address.insert(address.clone(), bmc.machine) {
+                return Err(PowerConfigError::SharedBmc { at, address, first, second: bmc.machine });
+            }
+            bmcs.push(bmc);
+        }
+        Ok(PowerSettings { power_on_at_start: raw.power_on_at_start, bmcs })
+    }
+}
+
+/// One entry; `at` is its `[[power.bmc]]` line, a value's own line is named where one is wrong.
+fn check_bmc(raw: &RawBmc, at: Line, lines: Lines<'_>) -> Result<BmcSettings, PowerConfigError> {
+    let machine = raw
+        .machine
+        .get_ref()
+        .parse::<MacAddr>()
+        .map_err(|_| PowerConfigError::Machine { at: lines.of(&raw.machine), found: raw.machine.get_ref().clone() })?;
+    let endpoint = match (&raw.ipmi, &raw.redfish) {
+        (Some(_), Some(_)) => return Err(PowerConfigError::BothProtocols { at, machine }),
+        (None, None) => return Err(PowerConfigError::NoProtocol { at, machine }),
+        (Some(ipmi), None) => {
+            if let Some(fingerprint) = &raw.fingerprint {
+                return Err(PowerConfigError::FingerprintWithoutRedfish { at: lines.of(fingerprint) });
+            }
+            let address = ipmi.get_ref().trim();
+            if !valid_host_port(address) {
+                return Err(PowerConfigError::IpmiAddress { at: lines.of(ipmi), found: address.into() });
+            }
+            BmcEndpoint::Ipmi { address: address.into() }
+        }
+        (None, Some(written)) => {
+            let url = written.get_ref().trim().trim_end_matches('/');
+            if !url.strip_prefix("https://").is_some_and(valid_host_port) {
+                return Err(PowerConfigError::RedfishUrl { at: lines.of(written), found: url.into() });
+            }
+            let fingerprint = match &raw.fingerprint {
+                None => None,
+                Some(text) => Some(
+                    parse_fingerprint(text.get_ref()).ok_or(PowerConfigError::Fingerprint { at: lines.of(text) })?,
+                ),
+            };
+            BmcEndpoint::Redfish { url: url.into(), fingerprint }
+        }
+    };
+    let user = raw.user.get_ref().trim();
+    if user.is_empty() {
+        return Err(PowerConfigError::User { at: lines.of(&raw.user) });
+    }
+    Ok(BmcSettings { machine, endpoint, user: user.into(), password: raw.password.clone() })
+}
+
+/// `HOST` or `HOST:PORT`: a name or IPv4 address of sane characters, a port 1-65535.
+fn valid_host_port(text: &str) -> bool {
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    host_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// A SHA-256 in hex, colons or spaces between the bytes allowed.
+fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let digits: String = text.chars().filter(|c| !matches!(c, ':' | ' ')).collect();
+    let bytes = hex::decode(digits).ok()?;
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::sections::Lines;
+
+    fn check(text: &str) -> Result<PowerSettings, PowerConfigError> {
+        #[derive(Deserialize)]
+        struct File {
+            power: RawPower,
+        }
+        let file: File = toml::from_str(text).unwrap();
+        PowerSettings::try_from(In { raw: &file.power, lines: Lines(text) })
+    }
+
+    #[test]
+    fn bmcs_are_read_in_order_with_their_passwords_hidden() {
+        let text = r#"
+[power]
+power_on_at_start = true
+[[power.bmc]]
+machine = "52:54:00:00:00:02"
+ipmi = "10.0.1.2"
+user = "admin"
+password = "hunter2"
+[[power.bmc]]
+machine = "52:54:00:00:00:01"
+redfish = "https://bmc-1.rack:8443/"
+user = "root"
+password = "calvin"
+fingerprint = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89"
+"#;
+        let power = check(text).unwrap();
+        assert!(power.power_on_at_start);
+        assert_eq!(power.bmcs.len(), 2);
+        assert_eq!(power.bmcs[0].endpoint, BmcEndpoint::Ipmi { address: "10.0.1.2".into() });
+        let first: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let redfish = power.bmc_of(first).unwrap();
+        assert!(matches!(&redfish.endpoint, BmcEndpoint::Redfish { url, fingerprint: Some(f) }
+            if url == "https://bmc-1.rack:8443" && f[0] == 0xAB));
+        assert_eq!(redfish.password.expose(), "calvin");
+        let shown = format!("{power:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("calvin"), "{shown}");
+    }
+
+    #[test]
+    fn each_mistake_is_named_with_its_line() {
+        let entry = |body: &str| format!("[power]\n[[power.bmc]]\n{body}\nuser = \"u\"\npassword = \"p\"\n");
+        let cases = [
+            (entry("machine = \"rack-1\"\nipmi = \"10.0.1.2\""), "is not a MAC address", 3),
+            (entry("machine = \"52:54:00:00:00:01\""), "gives neither ipmi", 2),
+            (
+                entry("machine = \"52:54:00:00:00:01\"\nipmi = \"a\"\nredfish = \"https://b\""),
+                "both ipmi and redfish",
+                2,
+            ),
+            (entry("machine = \"52:54:00:00:00:01\"\nipmi = \"10.0.1.2:0\""), "is not HOST or HOST:PORT", 4),
+            (entry("machine = \"52:54:00:00:00:01\"\nipmi = \"10.0.1.2;reboot\""), "is not HOST or HOST:PORT", 4),
+            (entry("machine = \"52:54:00:00:00:01\"\nredfish = \"http://10.0.1.2\""), "never cross the rack", 4),
+            (
+                entry("machine = \"52:54:00:00:00:01\"\nredfish = \"https://b\"\nfingerprint = \"00\""),
+                "not a SHA-256",
+                5,
+            ),
+            (entry("machine = \"52:54:00:00:00:01\"\nipmi = \"b\"\nfingerprint = \"00\""), "IPMI has none", 5),
+        ];
+        for (text, says, line) in cases {
+            let error = check(&text).unwrap_err().to_string();
+            assert!(error.contains(says) && error.contains(&format!("(line {line})")), "{text}: {error}");
+        }
+        let blank_user =
+            "[power]\n[[power.bmc]]\nmachine = \"52:54:00:00:00:01\"\nipmi = \"b\"\nuser = \" \"\npassword = \"p\"\n";
+        assert!(check(blank_user).unwrap_err().to_string().contains("user (line 5) is empty"));
+    }
+
+    #[test]
+    fn a_machine_has_one_bmc_and_a_bmc_one_machine() {
+        let two = |a: &str, b: &str, c: &str, d: &str| {
+            format!(
+                "[power]\n[[power.bmc]]\nmachine = \"{a}\"\nipmi = \"{b}\"\nuser = \"u\"\npassword = \"p\"\n\
+                 [[power.bmc]]\nmachine = \"{c}\"\nipmi = \"{d}\"\nuser = \"u\"\npassword = \"p\"\n"
+            )
+        };
+        let twice = check(&two("52:54:00:00:00:01", "10.0.1.1", "52:54:00:00:00:01", "10.0.1.2")).unwrap_err();
+        assert!(twice.to_string().contains("has two [[power.bmc]] entries (line 7)"), "{twice}");
+        let shared = check(&two("52:54:00:00:00:01", "10.0.1.1", "52:54:00:00:00:02", "10.0.1.1")).unwrap_err();
+        assert!(shared.to_string().contains("is given to both 52:54:00:00:00:01 and 52:54:00:00:00:02"), "{shared}");
+        assert!(check("[power]\n").unwrap().bmcs.is_empty());
+    }
+}
