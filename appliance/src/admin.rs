@@ -173,6 +173,12 @@ pub fn router(api: Arc<Api>, cluster: ClusterHandle) -> Router {
             }),
         )
         .route(
+            "/v1/machines/{id}/power/{op}",
+            post(|State(op): State<Operator>, UrlPath((id, word)): UrlPath<(String, String)>| {
+                run(op, operator::power(&id, &word))
+            }),
+        )
+        .route(
             "/v1/machines/{id}",
             delete(|State(op): State<Operator>, UrlPath(id): UrlPath<String>| {
                 run(op, Ok(Action::Remove { machine: id }))

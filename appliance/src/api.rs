@@ -60,6 +60,8 @@ pub struct Api {
     pub peers: PeerQueue,
     /// The node generations installed from update bundles.
     pub generations: Arc<crate::generations::NodeGenerations>,
+    /// The machines' BMCs (`[power]`).
+    pub power: Arc<crate::power::PowerControl>,
 }
 
 /// Desired states as the controller last published them. The revision moves whenever any
@@ -735,6 +737,7 @@ pub fn test_api(dir: &std::path::Path, policy: oasis_core::registry::Policy) -> 
         artifacts: HashMap::new(),
         full_dhcp: false,
         peers: PeerQueue::new(None),
+        power: Arc::default(),
     })
 }
 

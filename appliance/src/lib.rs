@@ -36,6 +36,7 @@ pub mod limits;
 pub mod netboot;
 pub mod operator;
 pub mod pki;
+pub mod power;
 pub mod serve;
 pub mod store;
 pub mod upload;

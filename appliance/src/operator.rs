@@ -28,6 +28,7 @@ use crate::admin::{self, ClusterHandle, MachineEntry};
 use crate::api::{self, Api, MachineView};
 use crate::etcd::EtcdError;
 use crate::generations::{Applied, GenerationsError, UpdateStatus};
+use crate::power::{PowerOp, PowerReport};
 use crate::store::{BootMode, Event, StoreError};
 use oasis_core::assembly::status::ClusterStatus;
 use oasis_core::registry::{AuthError, DecideError, FindError, Happening, MachineRecord, RefusalKind};
@@ -114,6 +115,22 @@ pub enum Action {
     UpdateStatus,
     /// Pause, resume or cancel the node rollout.
     Rollout(oasis_core::rollout::Command),
+    /// A power action through the BMC of a machine named by id, unique id prefix or boot MAC
+    /// (a machine that never booted is named by the MAC its `[[power.bmc]]` gives), or of every
+    /// machine with a BMC ([`ALL_MACHINES`]).
+    Power {
+        machine: String,
+        op: PowerOp,
+    },
+}
+
+/// The `machine` of [`Action::Power`] that means every machine with a BMC.
+pub const ALL_MACHINES: &str = "all";
+
+/// Parses a power action's words.
+pub fn power(machine: &str, op: &str) -> Result<Action, ActionError> {
+    let op = PowerOp::parse(op).ok_or_else(|| ActionError::BadPowerOp(op.to_string()))?;
+    Ok(Action::Power { machine: machine.to_string(), op })
 }
 
 /// The `via` of a key read or write that lets the appliance choose the member.
@@ -136,6 +153,8 @@ pub enum Answer {
     /// The generation a bundle became.
     Applied(Box<Applied>),
     Update(Box<UpdateStatus>),
+    /// What each power action came to.
+    Power(Vec<PowerReport>),
 }
 
 /// Why an action (or an agent's request to the HTTPS API) was not done. Each variant's row in
@@ -201,6 +220,10 @@ pub enum ActionError {
     Update(#[from] GenerationsError),
     #[error("the bundle path {0:?} is not absolute: give the full path of the file on the appliance")]
     RelativePath(PathBuf),
+    #[error("{0:?} is not a power action: status, on, off, cycle or pxe")]
+    BadPowerOp(String),
+    #[error("{0} has no BMC: give it a [[power.bmc]] with its boot MAC in the config")]
+    NoBmc(String),
 }
 
 /// The status for an update that was not installed: the bundle refused (or the appliance has no
@@ -243,11 +266,13 @@ impl ActionError {
     pub fn status(&self) -> StatusCode {
         use ActionError::*;
         match self {
-            NoDecision(_) | NoKey(_) | NoKubeconfig | NoArtifact(_) => StatusCode::NOT_FOUND,
+            NoDecision(_) | NoKey(_) | NoKubeconfig | NoArtifact(_) | NoBmc(_) => StatusCode::NOT_FOUND,
             Find(e) | Decide(DecideError::Find(e)) => find_status(e),
             // Nothing the request can fix: the operator widens the prefix (the message says so).
             Decide(DecideError::PoolExhausted(_) | DecideError::BackToPending) | NotAccepted(_) => StatusCode::CONFLICT,
-            BadMac(_) | BadBootMode(_) | BadRolloutCommand(_) | RelativePath(_) => StatusCode::BAD_REQUEST,
+            BadMac(_) | BadBootMode(_) | BadRolloutCommand(_) | RelativePath(_) | BadPowerOp(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Update(e) => update_status(e),
             Etcd { .. } | NoHealthyMember => StatusCode::BAD_GATEWAY,
             Rollout(_) => StatusCode::CONFLICT,
@@ -308,6 +333,7 @@ impl IntoResponse for Answer {
             Answer::Text(t) => (StatusCode::OK, t).into_response(),
             Answer::Applied(a) => Json(a).into_response(),
             Answer::Update(s) => Json(s).into_response(),
+            Answer::Power(r) => Json(r).into_response(),
         }
     }
 }
@@ -357,6 +383,7 @@ impl Operator {
                 Answer::Update(Box::new(status))
             }
             Action::Rollout(command) => Answer::Text(self.rollout(command).await?),
+            Action::Power { machine, op } => Answer::Power(self.power(&machine, op).await?),
         })
     }
 
@@ -406,6 +433,34 @@ impl Operator {
         let (turn, record) = peer;
         turn.await;
         Ok(record)
+    }
+
+    /// One power action on one machine, or on every machine with a BMC, one after another in
+    /// the config's order (a rack is not powered on all at once).
+    async fn power(&self, machine: &str, op: PowerOp) -> Result<Vec<PowerReport>, ActionError> {
+        let api = &self.api;
+        let targets: Vec<(MacAddr, Option<String>)> = {
+            let registry = api.registry.lock().await;
+            let id_of = |mac: MacAddr| registry.records().find(|r| r.boot_mac == mac).map(|r| r.id.clone());
+            if machine == ALL_MACHINES {
+                api.power.machines().into_iter().map(|mac| (mac, id_of(mac))).collect()
+            } else {
+                let mac = match registry.find(machine) {
+                    Ok(record) => record.boot_mac,
+                    Err(e @ FindError::Unknown(_)) => machine.parse::<MacAddr>().map_err(|_| e)?,
+                    Err(e) => return Err(e.into()),
+                };
+                if !api.power.has(mac) {
+                    return Err(ActionError::NoBmc(machine.to_string()));
+                }
+                vec![(mac, id_of(mac))]
+            }
+        };
+        let mut reports = vec![];
+        for (mac, id) in targets {
+            reports.push(api.power.act(&api.store, mac, id, op, "an operator").await);
+        }
+        Ok(reports)
     }
 
     async fn remove(&self, machine: &str) -> Result<MachineRecord, ActionError> {
@@ -535,6 +590,7 @@ impl Action {
             }
             Action::UpdateStatus => ("GET", "/v1/update".into()),
             Action::Rollout(command) => ("POST", format!("/v1/update/{}", rollout_word(*command))),
+            Action::Power { machine, op } => ("POST", format!("/v1/machines/{}/power/{op}", query_value(machine))),
             Action::KvPut { via, key, value } => (
                 "POST",
                 format!(

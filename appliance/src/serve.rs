@@ -220,6 +220,7 @@ async fn start_management(
         artifacts,
         full_dhcp: full_dhcp(config),
         peers: PeerQueue::new(Some(interface as Arc<dyn PeerDevice>)),
+        power: Arc::new(crate::power::PowerControl::new(&config.power)),
     }))
 }
 

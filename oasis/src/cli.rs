@@ -186,6 +186,31 @@ pub enum MachineCommand {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Power control through a machine's BMC (its `[[power.bmc]]` in the config): status, on,
+    /// off, cycle (off then on), pxe (the next boot only from the network). Each action waits
+    /// until the BMC reads back the state asked, and is an event.
+    Power {
+        #[arg(value_enum)]
+        op: PowerArg,
+        /// The machine: id, id prefix or boot MAC (a machine that never booted: the MAC of its
+        /// `[[power.bmc]]`).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every machine with a BMC, one after another in the config's order.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PowerArg {
+    Status,
+    On,
+    Off,
+    Cycle,
+    Pxe,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -1,11 +1,12 @@
-//! `oasis machine boot|accept|reject|remove`: what the operator decides about one machine.
+//! `oasis machine boot|accept|reject|remove|power`: what the operator decides about one machine.
 
 use anyhow::{bail, Context};
 use oasis_appliance::operator::{self, Action, Decision};
 use oasis_appliance::store::Store;
 use oasis_proto::MacAddr;
 
-use crate::cli::{BootArg, StateArgs};
+use crate::cli::{BootArg, PowerArg, StateArgs};
+use oasis_appliance::power::{PowerOp, PowerReport};
 
 /// `oasis machine accept|reject|remove ID`, through the running appliance.
 pub fn decide(id: &str, decision: Option<Decision>, state: &StateArgs) -> anyhow::Result<()> {
@@ -38,5 +39,46 @@ pub async fn boot(mac: MacAddr, target: BootArg, state: &StateArgs) -> anyhow::R
         store.set_boot_mode(mac, mode).await?;
     }
     println!("{mac} will boot from {}", if word == "local" { "its local disk" } else { "the network" });
+    Ok(())
+}
+
+/// `oasis machine power OP ID|--all`, through the running appliance (which holds the BMCs'
+/// credentials): a line per machine; an error when any action failed.
+pub fn power(op: PowerArg, id: Option<&str>, state: &StateArgs) -> anyhow::Result<()> {
+    let data_dir = state.data_dir()?;
+    let op = match op {
+        PowerArg::Status => PowerOp::Status,
+        PowerArg::On => PowerOp::On,
+        PowerArg::Off => PowerOp::Off,
+        PowerArg::Cycle => PowerOp::Cycle,
+        PowerArg::Pxe => PowerOp::Pxe,
+    };
+    let machine = id.unwrap_or(operator::ALL_MACHINES).to_string();
+    let Some(body) = operator::ask(&data_dir, &Action::Power { machine, op }).context("asking oasis serve")? else {
+        bail!("oasis serve is not running on {}: it holds the BMCs' credentials; start it, then try again", data_dir.display());
+    };
+    let reports: Vec<PowerReport> = serde_json::from_slice(&body).context("reading oasis serve's answer")?;
+    if state.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        let rows = reports
+            .iter()
+            .map(|r| {
+                vec![
+                    r.id.clone().unwrap_or_else(|| r.machine.to_string()),
+                    r.bmc.clone(),
+                    r.op.to_string(),
+                    r.state.map_or("-".into(), |s| s.to_string()),
+                    format!("{:.1}s", r.millis as f64 / 1000.0),
+                    r.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        super::table::table(&["MACHINE", "BMC", "ACTION", "STATE", "TOOK", "ERROR"], rows);
+    }
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        bail!("{failed} of {} power action(s) failed (the ERROR column says why)", reports.len());
+    }
     Ok(())
 }

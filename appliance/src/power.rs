@@ -1,0 +1,270 @@
+//! Power control through the machines' BMCs (`[power]` in the config, issue 17).
+//!
+//! One driver per configured BMC, made once and kept for the run: a Redfish BMC with no pinned
+//! fingerprint is trusted on its first certificate and stays pinned to it. Each action is one
+//! request on tokio's blocking pool (drivers are blocking, with their own deadline), followed by
+//! reading the state back until it is what was asked ([`oasis_power::confirm`]); nothing is
+//! retried here. Every action that changes something is an event with its reason and outcome.
+//! Credentials stay in the drivers: no report, event or error carries them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oasis_core::config::power::{BmcEndpoint, BmcSettings, PowerSettings};
+use oasis_core::registry::Happening;
+use oasis_power::ipmi::IpmiLan;
+use oasis_power::redfish::{Redfish, RedfishConfig, Tls};
+use oasis_power::{PowerAction, PowerDriver, PowerState};
+use oasis_proto::MacAddr;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+
+/// How long one request to a BMC may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a machine has to reach the state asked (BMCs apply power changes asynchronously).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
+
+/// What an operator (or the controller) asks of a machine's power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerOp {
+    Status,
+    On,
+    Off,
+    Cycle,
+    /// The next boot, only the next, from the network.
+    Pxe,
+}
+
+impl PowerOp {
+    pub fn word(self) -> &'static str {
+        match self {
+            PowerOp::Status => "status",
+            PowerOp::On => "on",
+            PowerOp::Off => "off",
+            PowerOp::Cycle => "cycle",
+            PowerOp::Pxe => "pxe",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<PowerOp> {
+        [PowerOp::Status, PowerOp::On, PowerOp::Off, PowerOp::Cycle, PowerOp::Pxe].into_iter().find(|op| op.word() == word)
+    }
+}
+
+impl fmt::Display for PowerOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// What one power action on one machine came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerReport {
+    /// The machine's boot MAC (its BMC is configured by it).
+    pub machine: MacAddr,
+    /// The machine's id, once it has registered.
+    pub id: Option<String>,
+    /// The BMC: `ipmi 10.0.1.2` or `redfish https://...`.
+    pub bmc: String,
+    pub op: PowerOp,
+    /// The state read last (after the action, once it was confirmed or the wait ran out).
+    pub state: Option<PowerState>,
+    /// Set when the action was not done, or not confirmed: what went wrong and what to do.
+    pub error: Option<String>,
+    /// From the request to the state confirmed (or the error), in milliseconds.
+    pub millis: u64,
+}
+
+/// The configured BMCs and their drivers.
+#[derive(Debug, Default)]
+pub struct PowerControl {
+    bmcs: Vec<Bmc>,
+}
+
+#[derive(Debug)]
+struct Bmc {
+    machine: MacAddr,
+    /// `kind address`, for reports and events.
+    name: String,
+    /// A driver, or why none could be made from the config.
+    driver: Result<Arc<dyn PowerDriver>, String>,
+}
+
+impl PowerControl {
+    /// Makes a driver for each BMC of `settings` (nothing is sent yet).
+    pub fn new(settings: &PowerSettings) -> PowerControl {
+        let bmcs = settings
+            .bmcs
+            .iter()
+            .map(|b| Bmc {
+                machine: b.machine,
+                name: format!("{} {}", b.endpoint.kind(), b.endpoint.address()),
+                driver: driver(b),
+            })
+            .collect();
+        PowerControl { bmcs }
+    }
+
+    /// The machines with a BMC, in the config's order.
+    pub fn machines(&self) -> Vec<MacAddr> {
+        self.bmcs.iter().map(|b| b.machine).collect()
+    }
+
+    /// Whether `mac` has a BMC.
+    pub fn has(&self, mac: MacAddr) -> bool {
+        self.bmcs.iter().any(|b| b.machine == mac)
+    }
+
+    /// Runs `op` on the machine `mac` (which must have a BMC: [`PowerControl::has`]) and records
+    /// what it did as an event, `reason` saying who or what asked.
+    pub async fn act(&self, store: &Store, mac: MacAddr, id: Option<String>, op: PowerOp, reason: &str) -> PowerReport {
+        let Some(bmc) = self.bmcs.iter().find(|b| b.machine == mac) else {
+            return PowerReport {
+                machine: mac,
+                id,
+                bmc: String::new(),
+                op,
+                state: None,
+                error: Some(format!("{mac} has no BMC in the config's [power]")),
+                millis: 0,
+            };
+        };
+        let started = Instant::now();
+        let outcome = match &bmc.driver {
+            Err(why) => Err(why.clone()),
+            Ok(driver) => {
+                let driver = Arc::clone(driver);
+                tokio::task::spawn_blocking(move || run(driver.as_ref(), op))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the power request stopped: {e}")))
+            }
+        };
+        let millis = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
+        let (state, error) = match outcome {
+            Ok(state) => (state, None),
+            Err(error) => (None, Some(error)),
+        };
+        let report = PowerReport { machine: mac, id, bmc: bmc.name.clone(), op, state, error, millis };
+        if op != PowerOp::Status {
+            store.record_event(event(&report, reason));
+        }
+        report
+    }
+}
+
+/// A driver for one configured BMC, or why the config cannot make one.
+fn driver(bmc: &BmcSettings) -> Result<Arc<dyn PowerDriver>, String> {
+    match &bmc.endpoint {
+        BmcEndpoint::Ipmi { address } => {
+            IpmiLan::new(address, &bmc.user, bmc.password.expose(), REQUEST_TIMEOUT)
+                .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
+                .map_err(|e| e.to_string())
+        }
+        BmcEndpoint::Redfish { url, fingerprint } => Redfish::new(RedfishConfig {
+            url: url.clone(),
+            user: bmc.user.clone(),
+            password: bmc.password.expose().to_string(),
+            timeout: REQUEST_TIMEOUT,
+            system: None,
+            tls: fingerprint.map_or(Tls::TrustOnFirstUse, Tls::Pinned),
+            accept_continuous_pxe: false,
+        })
+        .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
+        .map_err(|e| e.to_string()),
+    }
+}
+
+/// One action, then its state read back until it is what was asked (or the wait runs out,
+/// which is an error: the BMC accepted and did not do it).
+fn run(driver: &dyn PowerDriver, op: PowerOp) -> Result<Option<PowerState>, String> {
+    let chain = |e: oasis_power::PowerError| oasis_proto::error_chain(&e);
+    let (action, want) = match op {
+        PowerOp::Status => return driver.status().map(Some).map_err(chain),
+        PowerOp::Pxe => {
+            driver.pxe_once().map_err(chain)?;
+            return driver.status().map(Some).map_err(chain);
+        }
+        PowerOp::On => (PowerAction::On, PowerState::On),
+        PowerOp::Off => (PowerAction::Off, PowerState::Off),
+        PowerOp::Cycle => (PowerAction::Cycle, PowerState::On),
+    };
+    driver.power(action).map_err(chain)?;
+    let state = oasis_power::confirm(driver, want, CONFIRM_TIMEOUT, CONFIRM_EVERY).map_err(chain)?;
+    if state != want {
+        return Err(format!(
+            "the BMC {} accepted power {action} but the machine is still {state} after {} s: look at the machine",
+            driver.address(),
+            CONFIRM_TIMEOUT.as_secs()
+        ));
+    }
+    Ok(Some(state))
+}
+
+/// The event of a power action: `power-on`, `power-off`, `power-cycle`, `power-pxe`, or
+/// `power-failed`.
+fn event(report: &PowerReport, reason: &str) -> Happening {
+    let who = report.id.as_deref().map_or_else(|| report.machine.to_string(), str::to_string);
+    match &report.error {
+        None => Happening {
+            kind: match report.op {
+                PowerOp::On => "power-on",
+                PowerOp::Off => "power-off",
+                PowerOp::Cycle => "power-cycle",
+                PowerOp::Pxe | PowerOp::Status => "power-pxe",
+            },
+            mac: Some(report.machine),
+            message: match report.op {
+                PowerOp::Pxe => format!("{who} boots from the network next, once, through {} ({reason})", report.bmc),
+                op => format!(
+                    "{who} power {op} through {} ({reason}): {} after {:.1} s",
+                    report.bmc,
+                    report.state.map_or("unknown".into(), |s| s.to_string()),
+                    report.millis as f64 / 1000.0
+                ),
+            },
+        },
+        Some(error) => Happening {
+            kind: "power-failed",
+            mac: Some(report.machine),
+            message: format!("{who} power {} through {} ({reason}) failed: {error}", report.op, report.bmc),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_read_and_write_their_words() {
+        for op in [PowerOp::Status, PowerOp::On, PowerOp::Off, PowerOp::Cycle, PowerOp::Pxe] {
+            assert_eq!(PowerOp::parse(op.word()), Some(op));
+        }
+        assert_eq!(PowerOp::parse("reboot"), None);
+    }
+
+    #[test]
+    fn events_say_what_was_done_and_failures_why_without_credentials() {
+        let machine: MacAddr = "52:54:00:00:00:01".parse().unwrap();
+        let mut report = PowerReport {
+            machine,
+            id: Some("m1".into()),
+            bmc: "ipmi 10.0.1.2".into(),
+            op: PowerOp::Off,
+            state: Some(PowerState::Off),
+            error: None,
+            millis: 1500,
+        };
+        let done = event(&report, "an operator");
+        assert_eq!((done.kind, done.mac), ("power-off", Some(machine)));
+        assert_eq!(done.message, "m1 power off through ipmi 10.0.1.2 (an operator): off after 1.5 s");
+        report.error = Some("the BMC at 10.0.1.2 did not answer".into());
+        let failed = event(&report, "an operator");
+        assert_eq!(failed.kind, "power-failed");
+        assert!(failed.message.ends_with("failed: the BMC at 10.0.1.2 did not answer"), "{}", failed.message);
+    }
+}
