@@ -8,6 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub mod ipmi;
+
 /// Whether a machine's power is on, as its BMC reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -52,7 +54,9 @@ impl fmt::Display for PowerAction {
 #[derive(Debug, thiserror::Error)]
 pub enum PowerError {
     /// Nothing answered within the driver's deadline.
-    #[error("the BMC at {address} did not answer within {timeout:?}: check that it is powered, cabled and at that address")]
+    #[error(
+        "the BMC at {address} did not answer within {timeout:?}: check that it is powered, cabled and at that address"
+    )]
     Unreachable { address: String, timeout: Duration },
     /// The BMC answered and refused the user name or password.
     #[error("the BMC at {address} refused the credentials for user {user:?}: set the right ones in the config, or let the agent create oasis's own user")]
