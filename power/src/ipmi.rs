@@ -7,9 +7,10 @@
 //! RAKP-HMAC-MD5, -SHA256 or none, `state.rs`; `unwrap()` on a RAKP message 4 that is not RMCP+,
 //! `v2_0/mod.rs`), it accepts the BMC's choice of weaker algorithms (no encryption) without
 //! checking it against what was asked, falls back to IPMI 1.5 (MD5 or plain password) when the
-//! BMC says it lacks 2.0, turns a user name over 16 bytes into the anonymous user, never closes a
-//! session (a BMC has a handful of slots), and has no chassis commands. Cipher suite 3 needs only
-//! four messages and two MACs, built on the same RustCrypto crates it uses.
+//! BMC says it lacks 2.0, truncates a user name over 16 characters and makes one with a non-ASCII
+//! character the anonymous user, never closes a session (a BMC has a handful of slots), and
+//! neither it nor `ipmi-rs-core` has chassis, session-privilege or close-session commands. Cipher
+//! suite 3 needs only six messages and two MACs, built on the RustCrypto crates it also uses.
 //!
 //! What each power action sends: status is Get Chassis Status; on, off and cycle are Chassis
 //! Control power up, power down (a hard off) and power cycle. A power cycle of a machine that is
@@ -263,5 +264,43 @@ mod tests {
             "the BMC at 10.0.0.9:623 refused to power cycle: Chassis Control answered completion code 0xd5: ..."
         );
         assert!(matches!(error(Fault::NotApplied("y".into())), PowerError::NotApplied { found, .. } if found == "y"));
+    }
+
+    /// A valid protected packet of session 0x11223344 with the keys of `sik` [7; 20].
+    fn protected() -> (packet::SessionKeys, Vec<u8>) {
+        let keys = packet::SessionKeys::from_sik(&[7; 20]);
+        let message = message::encode_request(&message::get_chassis_status(), 1);
+        let packet = packet::encode_protected(&keys, 0x1122_3344, 1, &message, [3; 16]);
+        (keys, packet)
+    }
+
+    proptest::proptest! {
+        /// Whatever comes back from the network, every decoder answers with a value or an
+        /// error, never a panic.
+        #[test]
+        fn nothing_a_bmc_sends_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), tag: u8, session: u32) {
+            let _ = packet::decode_unprotected(&bytes, packet::PAYLOAD_OPEN_SESSION_RESPONSE);
+            let _ = rakp::open_session_response(&bytes, tag, session);
+            let _ = rakp::parse_rakp2(&bytes, tag, session);
+            let _ = rakp::parse_rakp4(&bytes, tag, session);
+            let _ = message::decode_response(&bytes, &message::get_boot_flags(), tag);
+            let _ = message::boot_flags(&bytes);
+            let _ = message::power_state(&bytes);
+            let (keys, _) = protected();
+            let _ = packet::decode_protected(&keys, session, &bytes);
+        }
+
+        /// A protected packet with any byte changed (but RMCP's reserved byte and sequence
+        /// number, which carry nothing) or any length cut is refused.
+        #[test]
+        fn a_damaged_session_packet_is_refused(at: proptest::sample::Index, flip in 1u8.., cut: proptest::sample::Index) {
+            let (keys, packet) = protected();
+            let mut damaged = packet.clone();
+            let at = at.index(packet.len());
+            proptest::prop_assume!(!(1..3).contains(&at));
+            damaged[at] ^= flip;
+            proptest::prop_assert!(packet::decode_protected(&keys, 0x1122_3344, &damaged).is_err());
+            proptest::prop_assert!(packet::decode_protected(&keys, 0x1122_3344, &packet[..cut.index(packet.len())]).is_err());
+        }
     }
 }

@@ -99,7 +99,8 @@ fn parse(datagram: &[u8]) -> Result<Parsed, String> {
     if datagram.len() < RMCP_HEADER.len() + SESSION_HEADER_LEN {
         return Err(format!("a datagram of {} bytes, too short for RMCP+", datagram.len()));
     }
-    if datagram[0] != RMCP_HEADER[0] || datagram[3] & 0x1F != RMCP_HEADER[3] {
+    // The reserved byte and the RMCP sequence number are not checked: nothing depends on them.
+    if datagram[0] != RMCP_HEADER[0] || datagram[3] != RMCP_HEADER[3] {
         return Err(format!("a datagram that is not RMCP carrying IPMI (it starts {:02x?})", &datagram[..4]));
     }
     let header = &datagram[RMCP_HEADER.len()..];
