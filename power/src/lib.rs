@@ -8,6 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub mod ipmi;
+
 /// Whether a machine's power is on, as its BMC reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -23,6 +23,7 @@ pub mod bundles;
 pub mod dhcp_client;
 pub mod dnsmasq;
 pub mod interrupt;
+pub mod ipmi_sim;
 pub mod json;
 pub mod netns;
 pub mod qemu;
