@@ -23,6 +23,7 @@ pub struct IpmiSim {
     dir: tempfile::TempDir,
     child: Child,
     port: u16,
+    vm_port: u16,
 }
 
 /// A way a real chassis misbehaves, simulated on demand.
@@ -126,15 +127,15 @@ impl IpmiSim {
         let child = command.stdin(Stdio::null()).stdout(log).stderr(stderr).spawn().map_err(|source| {
             HarnessError::Spawn { command: format!("{command:?} (Debian package openipmi)"), source }
         })?;
-        let mut sim = IpmiSim { dir, child, port };
-        sim.wait_listening(vm_port)?;
+        let mut sim = IpmiSim { dir, child, port, vm_port };
+        sim.wait_listening()?;
         Ok(sim)
     }
 
-    fn wait_listening(&mut self, vm_port: u16) -> Result<()> {
+    fn wait_listening(&mut self) -> Result<()> {
         let timeout = Duration::from_secs(10);
         let start = Instant::now();
-        while !(bound("udp", self.port) && bound("tcp", vm_port)) {
+        while !(bound("udp", self.port) && bound("tcp", self.vm_port)) {
             if let Some(status) = self.child.try_wait().map_err(io(self.dir.path()))? {
                 let what = "ipmi_sim".to_string();
                 return Err(HarnessError::Exited {
@@ -151,6 +152,18 @@ impl IpmiSim {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Whether the machine's simulated BMC device (`ipmi-bmc-extern`) is connected to ipmi_sim:
+    /// `/proc/net/tcp` holds an established connection to the VM port.
+    pub fn machine_connected(&self) -> bool {
+        let local = format!("0100007F:{:04X}", self.vm_port);
+        std::fs::read_to_string("/proc/net/tcp").is_ok_and(|text| {
+            text.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"01")
+            })
+        })
     }
 
     /// Where the BMC answers: `127.0.0.1:port`.

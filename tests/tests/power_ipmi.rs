@@ -59,6 +59,11 @@ fn ipmi_sim_powers_a_qemu_machine_on_off_and_cycles_it_into_a_network_boot() {
     on.unwrap();
     let on_confirmed = confirmed(&driver, PowerState::On);
     let first = sim.machine().expect("on: QEMU runs");
+    let linked = Instant::now();
+    while !sim.machine_connected() {
+        assert!(linked.elapsed() < Duration::from_secs(10), "QEMU's BMC device never connected to ipmi_sim");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!first.args.iter().any(|a| a == "once=n"), "{:?}", first.args);
 
     let (pxe, pxe_took) = timed(|| driver.pxe_once());
