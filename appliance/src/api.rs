@@ -7,7 +7,7 @@
 //! - `POST /v1/agent/heartbeat`, `GET /v1/agent/desired?after=N`: the machine's credential as
 //!   bearer token, and only from the machine's own overlay address (inside its WireGuard link).
 //! - `GET /v1/machines`, `POST /v1/machines/{id}/accept|reject`, `DELETE /v1/machines/{id}`,
-//!   `POST /v1/admin/update` (an update bundle as the body, streamed: [`crate::upload`]): the
+//!   `POST /v1/machines/{id}/power/{status|on|off|cycle|pxe}`, `POST /v1/admin/update` (an update bundle as the body, streamed: [`crate::upload`]): the
 //!   admin token as bearer token.
 //!
 //! Every refusal is an [`oasis_proto::ErrorBody`] with a status that says which kind: 400
@@ -236,6 +236,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(&format!("{}/{{sha256}}", oasis_proto::ARTIFACTS_PATH), get(artifact))
         .route("/v1/machines", get(list_machines))
         .route("/v1/machines/{id}/{decision}", post(decide))
+        .route("/v1/machines/{id}/power/{op}", post(power))
         .route("/v1/machines/{id}", delete(remove))
         .route("/v1/admin/update", post(upload_update).layer(DefaultBodyLimit::disable()))
         .route("/v1/admin/update/{command}", post(rollout_command))
@@ -459,6 +460,16 @@ async fn decide(
 ) -> Result<Answer, ActionError> {
     admin(&api, &headers)?;
     operator(&api).handle(crate::operator::decide(&id, &decision)?).await
+}
+
+/// `POST /v1/machines/{id}/power/{status|on|off|cycle|pxe}` (`all` for every machine with a BMC).
+async fn power(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path((id, op)): Path<(String, String)>,
+) -> Result<Answer, ActionError> {
+    admin(&api, &headers)?;
+    operator(&api).handle(crate::operator::power(&id, &op)?).await
 }
 
 async fn remove(

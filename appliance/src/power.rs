@@ -51,7 +51,9 @@ impl PowerOp {
     }
 
     pub fn parse(word: &str) -> Option<PowerOp> {
-        [PowerOp::Status, PowerOp::On, PowerOp::Off, PowerOp::Cycle, PowerOp::Pxe].into_iter().find(|op| op.word() == word)
+        [PowerOp::Status, PowerOp::On, PowerOp::Off, PowerOp::Cycle, PowerOp::Pxe]
+            .into_iter()
+            .find(|op| op.word() == word)
     }
 }
 
@@ -156,14 +158,50 @@ impl PowerControl {
     }
 }
 
+impl PowerControl {
+    /// `[power] power_on_at_start`: once the appliance serves, every machine with a BMC that
+    /// reads off is powered on, one after another in the config's order. A machine an operator
+    /// powered off (its newest power event is `power-off`) stays off: a restart of the appliance
+    /// does not undo what an operator did.
+    pub async fn power_on_rack(&self, store: &Store) {
+        const REASON: &str = "the appliance came up; [power] power_on_at_start";
+        let kept_off = operator_kept_off(store);
+        for mac in self.machines() {
+            if kept_off.contains(&mac) {
+                tracing::info!(%mac, "left off at start: an operator powered it off");
+                continue;
+            }
+            let status = self.act(store, mac, None, PowerOp::Status, REASON).await;
+            match status.state {
+                Some(PowerState::Off) => {
+                    self.act(store, mac, None, PowerOp::On, REASON).await;
+                }
+                Some(PowerState::On) => {}
+                None => store.record_event(event(&status, REASON)),
+            }
+        }
+    }
+}
+
+/// The machines whose newest power event is an operator's `power-off`.
+fn operator_kept_off(store: &Store) -> Vec<MacAddr> {
+    let Ok(events) = store.events(usize::MAX) else { return vec![] };
+    let mut newest: std::collections::HashMap<MacAddr, bool> = std::collections::HashMap::new();
+    for e in events.iter().filter(|e| e.kind.starts_with("power-") && e.kind != "power-failed") {
+        if let Some(mac) = e.mac {
+            // Oldest first: the newest overwrites.
+            newest.insert(mac, e.kind == "power-off" && e.message.contains("(an operator)"));
+        }
+    }
+    newest.into_iter().filter_map(|(mac, off)| off.then_some(mac)).collect()
+}
+
 /// A driver for one configured BMC, or why the config cannot make one.
 fn driver(bmc: &BmcSettings) -> Result<Arc<dyn PowerDriver>, String> {
     match &bmc.endpoint {
-        BmcEndpoint::Ipmi { address } => {
-            IpmiLan::new(address, &bmc.user, bmc.password.expose(), REQUEST_TIMEOUT)
-                .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
-                .map_err(|e| e.to_string())
-        }
+        BmcEndpoint::Ipmi { address } => IpmiLan::new(address, &bmc.user, bmc.password.expose(), REQUEST_TIMEOUT)
+            .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
+            .map_err(|e| e.to_string()),
         BmcEndpoint::Redfish { url, fingerprint } => Redfish::new(RedfishConfig {
             url: url.clone(),
             user: bmc.user.clone(),

@@ -490,6 +490,11 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     let cluster = launch.start_assembly(&api, &node_artifacts, k3s_bundle).await?;
     launch.start_api(&api).await?;
     launch.start_admin(&api, cluster)?;
+    if config.power.power_on_at_start {
+        // Once, not a service: it ends when every machine has been looked at.
+        let api = api.clone();
+        tokio::spawn(async move { api.power.power_on_rack(&api.store).await });
+    }
     let mut services = launch.services;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

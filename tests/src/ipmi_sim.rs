@@ -83,10 +83,11 @@ set_working_mc 0x20
 const EMU: &str =
     "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n";
 
-/// Whether `/proc/net/{udp,tcp}` lists a socket bound to 127.0.0.1:`port`.
-fn bound(table: &str, port: u16) -> bool {
+/// Whether process `pid`'s network namespace (`/proc/PID/net/{udp,tcp}`) has a socket bound to
+/// 127.0.0.1:`port`.
+fn bound(pid: u32, table: &str, port: u16) -> bool {
     let local = format!("0100007F:{port:04X}");
-    std::fs::read_to_string(format!("/proc/net/{table}"))
+    std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
         .map(|text| text.lines().any(|line| line.split_whitespace().nth(1) == Some(local.as_str())))
         .unwrap_or(false)
 }
@@ -96,6 +97,12 @@ impl IpmiSim {
     /// `machine` (plus the BMC device and `-pidfile … -daemonize`, so no `-nographic`). The
     /// machine starts off.
     pub fn start(user: &str, password: &str, machine: &[&str]) -> Result<IpmiSim> {
+        IpmiSim::start_in(None, user, password, machine)
+    }
+
+    /// [`IpmiSim::start`] inside network namespace `ns` (its loopback), where an `oasis serve`
+    /// in that namespace reaches it.
+    pub fn start_in(ns: Option<&crate::Netns>, user: &str, password: &str, machine: &[&str]) -> Result<IpmiSim> {
         let dir = tempfile::Builder::new().prefix("oasis-ipmi-sim-").tempdir().map_err(io(Path::new("/tmp")))?;
         let path = dir.path();
         let (port, vm_port) = free_ports().map_err(io(Path::new("127.0.0.1")))?;
@@ -114,7 +121,7 @@ impl IpmiSim {
         let state = path.join("state");
         std::fs::create_dir(&state).map_err(io(&state))?;
         let log = std::fs::File::create(path.join("ipmi_sim.log")).map_err(io(&path.join("ipmi_sim.log")))?;
-        let mut command = Command::new("ipmi_sim");
+        let mut command = ns.map_or_else(|| Command::new("ipmi_sim"), |ns| ns.command("ipmi_sim"));
         command
             .arg("-c")
             .arg(path.join("lan.conf"))
@@ -135,7 +142,9 @@ impl IpmiSim {
     fn wait_listening(&mut self) -> Result<()> {
         let timeout = Duration::from_secs(10);
         let start = Instant::now();
-        while !(bound("udp", self.port) && bound("tcp", self.vm_port)) {
+        // `ip netns exec` runs ipmi_sim in its own process: its pid sees its namespace.
+        let pid = self.child.id();
+        while !(bound(pid, "udp", self.port) && bound(pid, "tcp", self.vm_port)) {
             if let Some(status) = self.child.try_wait().map_err(io(self.dir.path()))? {
                 let what = "ipmi_sim".to_string();
                 return Err(HarnessError::Exited {
@@ -155,10 +164,10 @@ impl IpmiSim {
     }
 
     /// Whether the machine's simulated BMC device (`ipmi-bmc-extern`) is connected to ipmi_sim:
-    /// `/proc/net/tcp` holds an established connection to the VM port.
+    /// ipmi_sim's `/proc/PID/net/tcp` holds an established connection to the VM port.
     pub fn machine_connected(&self) -> bool {
         let local = format!("0100007F:{:04X}", self.vm_port);
-        std::fs::read_to_string("/proc/net/tcp").is_ok_and(|text| {
+        std::fs::read_to_string(format!("/proc/{}/net/tcp", self.child.id())).is_ok_and(|text| {
             text.lines().any(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"01")

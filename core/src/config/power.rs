@@ -132,6 +132,8 @@ pub enum PowerConfigError {
     FingerprintWithoutRedfish { at: Line },
     #[error("power.bmc.user{at} is empty")]
     User { at: Line },
+    #[error("the IPMI {what}{at} is longer than {most} bytes, the most IPMI 2.0 allows: use a shorter one on the BMC")]
+    IpmiLength { at: Line, what: &'static str, most: usize },
     #[error("{machine} has two [[power.bmc]] entries{at}: keep one")]
     TwoBmcs { at: Line, machine: MacAddr },
     #[error(
@@ -200,8 +202,20 @@ fn check_bmc(raw: &RawBmc, at: Line, lines: Lines<'_>) -> Result<BmcSettings, Po
     if user.is_empty() {
         return Err(PowerConfigError::User { at: lines.of(&raw.user) });
     }
+    if matches!(endpoint, BmcEndpoint::Ipmi { .. }) {
+        if user.len() > IPMI_MOST_USER {
+            return Err(PowerConfigError::IpmiLength { at: lines.of(&raw.user), what: "user", most: IPMI_MOST_USER });
+        }
+        if raw.password.expose().len() > IPMI_MOST_PASSWORD {
+            return Err(PowerConfigError::IpmiLength { at, what: "password", most: IPMI_MOST_PASSWORD });
+        }
+    }
     Ok(BmcSettings { machine, endpoint, user: user.into(), password: raw.password.clone() })
 }
+
+/// The longest user name and password IPMI 2.0 carries (RAKP's fields).
+const IPMI_MOST_USER: usize = 16;
+const IPMI_MOST_PASSWORD: usize = 20;
 
 /// `HOST` or `HOST:PORT`: a name or IPv4 address of sane characters, a port 1-65535.
 fn valid_host_port(text: &str) -> bool {
@@ -294,6 +308,10 @@ fingerprint = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45
         let blank_user =
             "[power]\n[[power.bmc]]\nmachine = \"52:54:00:00:00:01\"\nipmi = \"b\"\nuser = \" \"\npassword = \"p\"\n";
         assert!(check(blank_user).unwrap_err().to_string().contains("user (line 5) is empty"));
+        let long = "[power]\n[[power.bmc]]\nmachine = \"52:54:00:00:00:01\"\nipmi = \"b\"\nuser = \"u\"\npassword = \"123456789012345678901\"\n";
+        let error = check(long).unwrap_err().to_string();
+        assert!(error.contains("IPMI password (line 2) is longer than 20 bytes"), "{error}");
+        assert!(!error.contains("123456789"), "{error}");
     }
 
     #[test]

@@ -55,7 +55,10 @@ pub fn power(op: PowerArg, id: Option<&str>, state: &StateArgs) -> anyhow::Resul
     };
     let machine = id.unwrap_or(operator::ALL_MACHINES).to_string();
     let Some(body) = operator::ask(&data_dir, &Action::Power { machine, op }).context("asking oasis serve")? else {
-        bail!("oasis serve is not running on {}: it holds the BMCs' credentials; start it, then try again", data_dir.display());
+        bail!(
+            "oasis serve is not running on {}: it holds the BMCs' credentials; start it, then try again",
+            data_dir.display()
+        );
     };
     let reports: Vec<PowerReport> = serde_json::from_slice(&body).context("reading oasis serve's answer")?;
     if state.json {

@@ -1,0 +1,163 @@
+//! Power control through the one operator interface: a real `oasis serve` in a namespace of its
+//! own, with a machine's BMC (OpenIPMI's `ipmi_sim`, whose chassis power is a QEMU process in the
+//! same namespace) in its config's `[[power.bmc]]`, driven by the CLI (`oasis machine power`),
+//! the admin socket's route, with events; bad names are refused in words, and the BMC's password
+//! is in no output, log or event.
+
+use std::process::Output;
+
+use oasis_e2e::appliance::{self, oasis, Appliance};
+use oasis_e2e::ipmi_sim::IpmiSim;
+use oasis_e2e::Netns;
+
+const USER: &str = "oasis";
+const PASSWORD: &str = "rack-7-bmc-secret";
+/// A machine that costs nothing while on: TCG, 64 MiB, CPUs stopped (`-S`).
+const MACHINE: &[&str] = &["-accel", "tcg", "-display", "none", "-nodefaults", "-m", "64", "-S"];
+/// The machine's boot MAC: it never booted, so the operator names it by the MAC its
+/// `[[power.bmc]]` gives.
+const MAC: &str = "52:54:00:0e:00:01";
+
+fn power(app: &Appliance, args: &[&str]) -> Output {
+    let data = app.data_dir.to_str().unwrap().to_string();
+    let mut all = vec!["machine", "power"];
+    all.extend(args);
+    all.extend(["--data-dir", &data]);
+    oasis(&all)
+}
+
+/// `oasis events` once it lists every one of `kinds` (the store's writer records events a
+/// moment after the action answered).
+fn events_with(app: &Appliance, kinds: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let events = app.cli(&["events"]);
+        if kinds.iter().all(|k| events.contains(k)) || std::time::Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn oasis_machine_power_drives_a_bmc_from_the_config_through_serve() {
+    let ns = Netns::create("oasis-pwr").unwrap();
+    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
+    let sim = IpmiSim::start_in(Some(&ns), USER, PASSWORD, MACHINE).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_bmc(dir.path(), &sim, PASSWORD);
+    let check = oasis(&["config", "check", config.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", text(&check));
+    let mut app = Appliance::start(&ns, &config, &dir.path().join("serve.log"));
+
+    // `power_on_at_start`: the machine, off, is powered on once serve is up.
+    let events = events_with(&app, &["power-on"]);
+    assert!(events.contains("the appliance came up; [power] power_on_at_start"), "{events}");
+    let first = sim.machine().expect("powered on at start").pid;
+    let out = power(&app, &["status", MAC]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains(MAC) && said.contains(&format!("ipmi {}", sim.address())) && said.contains(" on "), "{said}");
+    assert_eq!(sim.machine().map(|m| m.pid), Some(first), "status changed nothing");
+
+    // The HTTPS admin API has the same action, behind the admin token.
+    let token = std::fs::read_to_string(app.data_dir.join("admin-token")).unwrap();
+    let url = format!("https://10.0.0.1:{}/v1/machines/{MAC}/power/status", oasis_proto::API_PORT);
+    let https = |token: &str| {
+        let auth = format!("Authorization: Bearer {}", token.trim());
+        ns.exec(&["curl", "-sk", "-X", "POST", "-w", "\n%{http_code}", "-H", &auth, &url]).unwrap()
+    };
+    let answer = https(&token);
+    assert!(answer.ends_with("\n200") && answer.contains("\"state\":\"on\""), "{answer}");
+    assert!(https("guess").ends_with("\n401"), "a wrong token is refused");
+
+    // The next boot from the network, then a cycle into it: a new process, booting from the network.
+    let out = power(&app, &["pxe", MAC]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sim.boot_device(), "pxe");
+    let out = power(&app, &["cycle", "--all", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports.as_array().map(Vec::len), Some(1), "{reports}");
+    assert_eq!((reports[0]["op"].as_str(), reports[0]["state"].as_str()), (Some("cycle"), Some("on")), "{reports}");
+    let second = sim.machine().expect("a cycle leaves it on");
+    assert_ne!(second.pid, first, "a cycle starts the machine afresh");
+    assert!(second.args.iter().any(|a| a == "once=n"), "{:?}", second.args);
+
+    // Off, and on again; the CLI returns once the BMC reads the state back.
+    for (op, running) in [("off", false), ("on", true), ("off", false)] {
+        let out = power(&app, &[op, MAC]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains(&format!(" {op} ")), "{}", text(&out));
+        assert_eq!(sim.machine().is_some(), running, "after power {op}");
+    }
+
+    // Every action is an event with its reason; the password is nowhere.
+    let events = events_with(&app, &["power-pxe", "power-cycle", "power-off"]);
+    for kind in ["power-on", "power-pxe", "power-cycle", "power-off"] {
+        assert!(events.contains(kind), "{kind} in:\n{events}");
+    }
+    assert!(events.contains("(an operator)"), "{events}");
+
+    // Refusals in words, with the usage exit code, and nothing changed.
+    let out = power(&app, &["on", "52:54:00:0e:00:99"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("has no BMC: give it a [[power.bmc]]"), "{}", text(&out));
+    let out = power(&app, &["on", "nobody"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no machine \"nobody\""), "{}", text(&out));
+    assert!(sim.machine().is_none(), "a refused action changes nothing");
+
+    // A restart does not undo the operator's off.
+    app.stop();
+    let app = Appliance::start(&ns, &config, &dir.path().join("serve-2.log"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !app.log().contains("left off at start: an operator powered it off") {
+        assert!(std::time::Instant::now() < deadline, "{}", app.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(sim.machine().is_none(), "still off");
+
+    let logs = [app.log(), std::fs::read_to_string(dir.path().join("serve.log")).unwrap()];
+    for (what, said) in [("the events", &events), ("serve's log", &logs[0]), ("serve's first log", &logs[1])] {
+        assert!(!said.contains(PASSWORD), "the BMC password is in {what}");
+    }
+}
+
+/// `DIR/oasis.toml` with the test rack and `sim` as the BMC of [`MAC`], powered on at start.
+fn config_with_bmc(dir: &std::path::Path, sim: &IpmiSim, password: &str) -> std::path::PathBuf {
+    let extra = format!(
+        "[profile]\nkernel = \"payload/vmlinuz\"\ninitrd = \"payload/initrd.img\"\n\n\
+         [power]\npower_on_at_start = true\n[[power.bmc]]\nmachine = \"{MAC}\"\nipmi = \"{}\"\n\
+         user = \"{USER}\"\npassword = \"{password}\"\n",
+        sim.address()
+    );
+    appliance::write_config(dir, "range = [\"10.0.0.100\", \"10.0.0.199\"]", &appliance::boot_root(dir), &extra)
+}
+
+/// A BMC that refuses the config's credentials: a clear status, nothing else disturbed (serve
+/// keeps answering, the machine stays as it was), and `power-failed` events saying so.
+#[test]
+fn a_bmc_refusing_the_credentials_is_a_clear_failure() {
+    let ns = Netns::create("oasis-pwr2").unwrap();
+    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
+    let sim = IpmiSim::start_in(Some(&ns), USER, PASSWORD, MACHINE).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_bmc(dir.path(), &sim, "wrong-password");
+    let app = Appliance::start(&ns, &config, &dir.path().join("serve.log"));
+    // Powering on at start failed, said once as an event; the operator's try says why.
+    let events = events_with(&app, &["power-failed"]);
+    assert!(events.contains("refused the credentials"), "{events}");
+    let out = power(&app, &["on", MAC]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("refused the credentials for user \"oasis\""), "{}", text(&out));
+    assert!(sim.machine().is_none());
+    let events = events_with(&app, &["power-failed"]);
+    assert!(events.contains("power-failed"), "{events}");
+    assert!(!events.contains(PASSWORD), "{events}");
+    app.cli(&["machines"]);
+}
