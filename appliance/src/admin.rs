@@ -70,13 +70,16 @@ pub struct MachineEntry {
     #[serde(flatten)]
     pub netboot: Machine,
     pub registration: Option<MachineView>,
+    /// Its power as its BMC read last (`[[power.bmc]]`); `None` without a BMC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<crate::power::PowerSeen>,
 }
 
 /// Joins netboot records and registrations by boot MAC; registrations without a netboot record
 /// (a store from before a wipe) get an empty one.
 pub fn machine_entries(netboots: Vec<Machine>, registrations: Vec<MachineView>) -> Vec<MachineEntry> {
     let mut entries: Vec<MachineEntry> =
-        netboots.into_iter().map(|netboot| MachineEntry { netboot, registration: None }).collect();
+        netboots.into_iter().map(|netboot| MachineEntry { netboot, registration: None, power: None }).collect();
     for view in registrations {
         let mac = view.record.boot_mac;
         match entries.iter_mut().find(|e| e.netboot.mac == mac) {
@@ -93,10 +96,35 @@ pub fn machine_entries(netboots: Vec<Machine>, registrations: Vec<MachineView>) 
                     boot: BootMode::Network,
                 },
                 registration: Some(view),
+                power: None,
             }),
         }
     }
     entries.sort_by_key(|e| e.netboot.first_seen);
+    entries
+}
+
+/// Adds each machine's power as its BMC read last; a machine with a BMC that never booted
+/// (powered off since the rack arrived) is listed too, at the end.
+pub fn with_power(mut entries: Vec<MachineEntry>, power: &crate::power::PowerControl) -> Vec<MachineEntry> {
+    for entry in &mut entries {
+        entry.power = power.seen(entry.netboot.mac);
+    }
+    for mac in power.machines() {
+        if !entries.iter().any(|e| e.netboot.mac == mac) {
+            let netboot = Machine {
+                mac,
+                arch: None,
+                vendor_class: None,
+                first_seen: 0,
+                last_seen: 0,
+                boot_count: 0,
+                last_ip: None,
+                boot: BootMode::Network,
+            };
+            entries.push(MachineEntry { netboot, registration: None, power: power.seen(mac) });
+        }
+    }
     entries
 }
 

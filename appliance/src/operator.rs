@@ -352,7 +352,7 @@ impl Operator {
         Ok(match action {
             Action::Machines => {
                 let views = api::machine_views(&self.api).await;
-                Answer::Machines(admin::machine_entries(store.machines()?, views))
+                Answer::Machines(admin::with_power(admin::machine_entries(store.machines()?, views), &self.api.power))
             }
             Action::Registrations => Answer::Registrations(api::machine_views(&self.api).await),
             Action::Leases => Answer::Leases(store.leases()?),

@@ -81,10 +81,25 @@ pub struct PowerReport {
     pub millis: u64,
 }
 
+/// How often serve reads every BMC's power state ([`PowerControl::watch`]).
+pub const WATCH_EVERY: Duration = Duration::from_secs(30);
+
 /// The configured BMCs and their drivers.
 #[derive(Debug, Default)]
 pub struct PowerControl {
     bmcs: Vec<Bmc>,
+    /// The state each BMC read last, by machine.
+    seen: std::sync::Mutex<std::collections::HashMap<MacAddr, PowerSeen>>,
+}
+
+/// A machine's power as its BMC read last: shown in `oasis machines`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerSeen {
+    /// `None` when the BMC could not be read: then `error` says why.
+    pub state: Option<PowerState>,
+    pub error: Option<String>,
+    /// When (Unix seconds).
+    pub at: u64,
 }
 
 #[derive(Debug)]
@@ -108,7 +123,43 @@ impl PowerControl {
                 driver: driver(b),
             })
             .collect();
-        PowerControl { bmcs }
+        PowerControl { bmcs, seen: Default::default() }
+    }
+
+    /// The power state `mac`'s BMC read last, if it has a BMC and was read.
+    pub fn seen(&self, mac: MacAddr) -> Option<PowerSeen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).get(&mac).cloned()
+    }
+
+    /// Keeps what a report read; returns what was seen before.
+    fn remember(&self, report: &PowerReport) -> Option<PowerSeen> {
+        let seen = PowerSeen { state: report.state, error: report.error.clone(), at: crate::store::now() };
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(report.machine, seen)
+    }
+
+    /// Reads every BMC's power state every [`WATCH_EVERY`], for `oasis machines`; a machine
+    /// whose power changed without oasis asking (a button, a power cut, a BMC of its own mind)
+    /// is an event, `power-changed`. Runs until serve stops.
+    pub async fn watch(&self, store: &Store) {
+        loop {
+            for mac in self.machines() {
+                let report = self.run_on(mac, None, PowerOp::Status).await;
+                let before = self.remember(&report).and_then(|s| s.state);
+                if let (Some(before), Some(now)) = (before, report.state) {
+                    if before != now {
+                        store.record_event(Happening {
+                            kind: "power-changed",
+                            mac: Some(mac),
+                            message: format!(
+                                "{mac} is {now}, was {before}, and oasis did not ask: its button, a power cut, or its BMC ({})",
+                                report.bmc
+                            ),
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
     }
 
     /// The machines with a BMC, in the config's order.
@@ -124,6 +175,16 @@ impl PowerControl {
     /// Runs `op` on the machine `mac` (which must have a BMC: [`PowerControl::has`]) and records
     /// what it did as an event, `reason` saying who or what asked.
     pub async fn act(&self, store: &Store, mac: MacAddr, id: Option<String>, op: PowerOp, reason: &str) -> PowerReport {
+        let report = self.run_on(mac, id, op).await;
+        self.remember(&report);
+        if op != PowerOp::Status {
+            store.record_event(event(&report, reason));
+        }
+        report
+    }
+
+    /// Runs `op` through `mac`'s BMC, on the blocking pool.
+    async fn run_on(&self, mac: MacAddr, id: Option<String>, op: PowerOp) -> PowerReport {
         let Some(bmc) = self.bmcs.iter().find(|b| b.machine == mac) else {
             return PowerReport {
                 machine: mac,
@@ -150,11 +211,7 @@ impl PowerControl {
             Ok(state) => (state, None),
             Err(error) => (None, Some(error)),
         };
-        let report = PowerReport { machine: mac, id, bmc: bmc.name.clone(), op, state, error, millis };
-        if op != PowerOp::Status {
-            store.record_event(event(&report, reason));
-        }
-        report
+        PowerReport { machine: mac, id, bmc: bmc.name.clone(), op, state, error, millis }
     }
 }
 

@@ -495,6 +495,10 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
         let api = api.clone();
         tokio::spawn(async move { api.power.power_on_rack(&api.store).await });
     }
+    if !config.power.bmcs.is_empty() {
+        let api = api.clone();
+        launch.services.spawn("power watch", async move { api.power.watch(&api.store).await });
+    }
     let mut services = launch.services;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

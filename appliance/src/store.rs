@@ -165,7 +165,7 @@ macro_rules! db_err {
 }
 db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

@@ -29,7 +29,8 @@ fn power(app: &Appliance, args: &[&str]) -> Output {
 /// `oasis events` once it lists every one of `kinds` (the store's writer records events a
 /// moment after the action answered).
 fn events_with(app: &Appliance, kinds: &[&str]) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // The power watch reads every 30 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(75);
     loop {
         let events = app.cli(&["events"]);
         if kinds.iter().all(|k| events.contains(k)) || std::time::Instant::now() > deadline {
@@ -37,6 +38,12 @@ fn events_with(app: &Appliance, kinds: &[&str]) -> String {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// Kills process `pid` (the machine's QEMU) as a power cut would end it.
+fn pull_the_plug(pid: u32) {
+    let out = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).output().unwrap();
+    assert!(out.status.success(), "kill {pid}: {}", text(&out));
 }
 
 fn text(out: &Output) -> String {
@@ -111,6 +118,23 @@ fn oasis_machine_power_drives_a_bmc_from_the_config_through_serve() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("no machine \"nobody\""), "{}", text(&out));
     assert!(sim.machine().is_none(), "a refused action changes nothing");
+
+    // `oasis machines` lists the machine, which never booted, with its power.
+    let machines = app.cli(&["machines"]);
+    let row = machines.lines().find(|l| l.starts_with(MAC)).unwrap_or_else(|| panic!("{MAC} in:\n{machines}"));
+    assert!(row.split_whitespace().nth(1) == Some("off"), "{machines}");
+
+    // On again, then the machine dies without oasis asking (its QEMU killed: a crash, a cut):
+    // the watch reads it off and says so.
+    let out = power(&app, &["on", MAC]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = sim.machine().expect("on").pid;
+    pull_the_plug(pid);
+    let events = events_with(&app, &["power-changed"]);
+    assert!(events.contains("is off, was on, and oasis did not ask"), "{events}");
+    // The operator keeps it off (its newest power event is theirs again).
+    let out = power(&app, &["off", MAC]);
+    assert!(out.status.success(), "{}", text(&out));
 
     // A restart does not undo the operator's off.
     app.stop();

@@ -33,8 +33,13 @@ fn machines_table(entries: &[MachineEntry]) -> String {
         .iter()
         .map(|e| {
             let m = &e.netboot;
+            let power = match &e.power {
+                None => "-".to_string(),
+                Some(seen) => seen.state.map_or_else(|| "unknown".into(), |s| s.to_string()),
+            };
             let mut row = vec![
                 m.mac.to_string(),
+                power,
                 m.firmware().into(),
                 m.last_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into()),
                 m.boot_count.to_string(),
@@ -67,7 +72,19 @@ fn machines_table(entries: &[MachineEntry]) -> String {
         })
         .collect();
     render_table(
-        &["MAC", "FIRMWARE", "ADDRESS", "BOOTS", "ID", "STATE", "INVENTORY", "OVERLAY", "HEARTBEAT", "HANDSHAKE"],
+        &[
+            "MAC",
+            "POWER",
+            "FIRMWARE",
+            "ADDRESS",
+            "BOOTS",
+            "ID",
+            "STATE",
+            "INVENTORY",
+            "OVERLAY",
+            "HEARTBEAT",
+            "HANDSHAKE",
+        ],
         rows,
     )
 }
