@@ -350,7 +350,7 @@ mod tests {
             last_heartbeat: None,
             handshake_age_secs: None,
         });
-        MachineEntry { netboot, registration }
+        MachineEntry { netboot, registration, power: None }
     }
 
     fn cluster() -> ClusterStatus {
