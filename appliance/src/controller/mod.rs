@@ -272,6 +272,13 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         s.heartbeat.is_none() && now.saturating_sub(self.started_at) <= dead_after + RECONNECT_GRACE_SECS
     }
 
+    /// Whether the machine is given up: silent past `[cluster] replace_after_secs` (0: never).
+    fn given_up(&self, s: &Seen, now: u64) -> bool {
+        let after = self.settings.replace_after.as_secs();
+        let heard = s.heartbeat.as_ref().map_or(0, |h| h.at).max(s.record.last_registered);
+        after > 0 && now.saturating_sub(heard) > after && !self.alive(s, now)
+    }
+
     /// `running` holds the etcd spec each machine is told for the stored assembly.
     fn nodes(&self, seen: &[Seen], now: u64, running: &BTreeMap<String, ServiceSpec>) -> Vec<Node> {
         let by_key: HashMap<&str, &str> =
@@ -305,6 +312,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                         e.state == ServiceState::Running
                             && running.get(&s.record.id).is_some_and(|spec| spec.generation == e.generation)
                     }),
+                    given_up: self.given_up(s, now),
                 }
             })
             .collect()

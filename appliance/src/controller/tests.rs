@@ -253,6 +253,7 @@ fn settings() -> ClusterSettings {
         mesh_prefix_len: 16,
         mesh_keepalive: 15,
         dead_after: Duration::from_secs(30),
+        replace_after: Duration::from_secs(600),
         data_disk: DataDiskPolicy::Off,
     }
 }
@@ -586,6 +587,45 @@ async fn a_voter_down_is_waited_for_and_reported_degraded() {
     assert!(rack.etcd.calls().is_empty(), "a voter is not removed for being down");
 }
 
+/// Silent past `replace_after`, a voter's machine is given up: the member is removed (with an
+/// event saying why) and the spare takes its place, so three voters are healthy again.
+#[tokio::test]
+async fn a_voter_silent_past_replace_after_is_replaced_by_the_spare() {
+    let mut rack = Rack::new(4).await;
+    rack.assemble().await;
+    let voters: Vec<String> = rack.assembly().members.keys().cloned().collect();
+    assert_eq!(voters.len(), 3);
+    let gone = voters[2].clone();
+    let spare = ["m1", "m2", "m3", "m4"].into_iter().find(|m| !voters.iter().any(|v| v == m)).unwrap();
+    rack.etcd.set_up(&peer_url(&gone), false);
+    // Degraded, not replaced, while within replace_after.
+    let alive: Vec<String> = ["m1", "m2", "m3", "m4"].iter().filter(|m| **m != gone).map(|m| m.to_string()).collect();
+    rack.clock.0.fetch_add(settings().dead_after.as_secs() + 60, Ordering::SeqCst);
+    for id in &alive {
+        rack.heartbeat(id).await;
+    }
+    let progress = rack.tick().await;
+    assert!(progress.starts_with("waiting for the voters that are down"), "{progress}");
+    // Past replace_after: removed, the spare joins and is promoted.
+    rack.clock.0.fetch_add(settings().replace_after.as_secs(), Ordering::SeqCst);
+    for _ in 0..40 {
+        for id in &alive {
+            if rack.etcd_spec(id).is_some_and(|s| s.run) {
+                rack.etcd.start(id, &peer_url(id));
+            }
+            rack.heartbeat(id).await;
+        }
+        if rack.tick().await == "assembled" {
+            break;
+        }
+    }
+    let members: Vec<String> = rack.assembly().members.keys().cloned().collect();
+    assert!(members.contains(&spare.to_string()) && !members.contains(&gone), "{members:?}");
+    assert!(rack.assembly().passed_over.contains_key(&gone));
+    let events = rack.api.store.events(1000).unwrap();
+    assert!(events.iter().any(|e| e.message.contains(&format!("voter {gone} was given up"))), "{events:?}");
+}
+
 #[test]
 fn pass_over_records_the_machines_boot() {
     let mut assembly = Assembly::default();
@@ -775,6 +815,7 @@ fn a_restart_waits_for_a_quorum_without_the_member() {
         volatile: false,
         meshed_with: ["m1", "m2", "m3"].map(String::from).into(),
         etcd_current: current,
+        given_up: false,
     };
     let old = Some(etcd_artifact());
     let plan = |serial| MemberPlan {

@@ -15,8 +15,11 @@
 //!   most one learner; quorum checked before every change.
 //! - A learner whose machine dies is removed and its machine passed over (a worker until it boots
 //!   again): its place goes to the next machine. A voter is never removed for being down (that is
-//!   "degraded", and quorum holds); a voter whose machine came back with its data gone (volatile
-//!   storage, new boot) is removed and joins again as a learner.
+//!   "degraded", and quorum holds) - until the controller gives its machine up (fenced off, or
+//!   silent too long): then it is removed and its machine passed over, and the open place goes
+//!   to a spare, so the cluster is back to full strength by itself; the machine, if it returns,
+//!   is a spare. A voter whose machine came back with its data gone (volatile storage, new boot)
+//!   is removed and joins again as a learner.
 //! - More voters than `K` (a learner died and the pool shrank): the newest voter leaves. So the
 //!   cluster never settles with an even number of voters.
 //! - A node image with another etcd reaches the members by restarts, one member at a time: the
@@ -47,6 +50,9 @@ pub struct Node {
     pub meshed_with: BTreeSet<String>,
     /// Its agent reports etcd running the spec it is told (no restart under way).
     pub etcd_current: bool,
+    /// The controller gave the machine up while it is dead: fenced off through its BMC, or
+    /// silent past `[cluster] replace_after_secs`. A voter on it is replaced by a spare.
+    pub given_up: bool,
 }
 
 /// One etcd member as observed this tick.
@@ -419,6 +425,7 @@ fn membership(rack: &Rack<'_>) -> Option<Step> {
             })
         })
         .or_else(|| lost_voter(rack))
+        .or_else(|| given_up_voter(rack))
         .or_else(|| shrink(rack))
         .or_else(|| grow(rack))
 }
@@ -510,6 +517,26 @@ fn lost_voter(rack: &Rack<'_>) -> Option<Step> {
         }
     }
     None
+}
+
+/// A voter on a machine the controller gave up: removed (quorum kept), its machine passed over,
+/// so that `grow` gives the place to a spare.
+fn given_up_voter(rack: &Rack<'_>) -> Option<Step> {
+    let (voters, healthy_voters) = (rack.voters(), rack.healthy_voters());
+    let (v, machine) = voters.iter().find_map(|v| {
+        let machine = rack.machine_of(v)?;
+        rack.node(&machine).is_some_and(|n| n.given_up && !n.alive).then_some((v, machine))
+    })?;
+    let healthy_after = healthy_voters - usize::from(v.healthy);
+    if rack.has_quorum() && voters.len() > 1 && healthy_after >= quorum(voters.len() - 1) {
+        return Some(Step::Remove {
+            member_id: v.id,
+            machine: Some(machine.clone()),
+            pass_over: true,
+            reason: format!("voter {machine} was given up (fenced off, or silent too long): a spare takes its place"),
+        });
+    }
+    Some(Step::Wait(format!("quorum to replace the given-up voter {machine}")))
 }
 
 /// Too many voters: the newest leaves (the plan serials say who is newest).

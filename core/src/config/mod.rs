@@ -116,6 +116,8 @@ pub struct ClusterSettings {
     pub mesh_prefix_len: u8,
     pub mesh_keepalive: u16,
     pub dead_after: Duration,
+    /// Silent this long, a machine is given up and a voter on it replaced (zero: never).
+    pub replace_after: Duration,
     pub data_disk: DataDiskPolicy,
 }
 

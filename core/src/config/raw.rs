@@ -280,6 +280,8 @@ pub struct RawCluster {
     pub mesh_prefix: Spanned<String>,
     pub mesh_keepalive: u16,
     pub dead_after_secs: Spanned<u64>,
+    /// A machine silent this long is given up: a voter on it is replaced by a spare (0: never).
+    pub replace_after_secs: Spanned<u64>,
     pub data_disk: DataDiskPolicy,
 }
 
@@ -294,6 +296,7 @@ impl Default for RawCluster {
             mesh_prefix: unplaced("10.98.0.0/16".into()),
             mesh_keepalive: 15,
             dead_after_secs: unplaced(30),
+            replace_after_secs: unplaced(1800),
             data_disk: DataDiskPolicy::Blank,
         }
     }

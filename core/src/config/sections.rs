@@ -347,6 +347,8 @@ pub enum ClusterError {
     Prefer { at: Line, source: PreferenceError },
     #[error("cluster.mesh_prefix{at}")]
     MeshPrefix { at: Line, source: PrefixError },
+    #[error("cluster.replace_after_secs{at} is {secs}; use 0 (never replace) or at least {least}: a machine rebooting is not gone")]
+    ReplaceAfter { at: Line, secs: u64, least: u64 },
     #[error("cluster.dead_after_secs{at} is {secs}; use at least {} (three heartbeats)", 3 * oasis_proto::HEARTBEAT_SECS)]
     DeadAfter { at: Line, secs: u64 },
 }
@@ -372,6 +374,14 @@ impl TryFrom<In<'_, RawCluster>> for ClusterSettings {
         if dead_after_secs < 3 * oasis_proto::HEARTBEAT_SECS {
             return Err(ClusterError::DeadAfter { at: lines.of(&c.dead_after_secs), secs: dead_after_secs });
         }
+        let replace_after_secs = *c.replace_after_secs.get_ref();
+        if replace_after_secs != 0 && replace_after_secs < (dead_after_secs * 2).max(MIN_REPLACE_AFTER_SECS) {
+            return Err(ClusterError::ReplaceAfter {
+                at: lines.of(&c.replace_after_secs),
+                secs: replace_after_secs,
+                least: (dead_after_secs * 2).max(MIN_REPLACE_AFTER_SECS),
+            });
+        }
         Ok(ClusterSettings {
             name: c.name.get_ref().clone(),
             control_plane: *c.control_plane.get_ref(),
@@ -382,10 +392,15 @@ impl TryFrom<In<'_, RawCluster>> for ClusterSettings {
             mesh_prefix_len: mesh.len,
             mesh_keepalive: c.mesh_keepalive,
             dead_after: Duration::from_secs(dead_after_secs),
+            replace_after: Duration::from_secs(replace_after_secs),
             data_disk: c.data_disk,
         })
     }
 }
+
+/// The shortest `[cluster] replace_after_secs` other than 0: a real server's firmware alone can
+/// take minutes to boot.
+const MIN_REPLACE_AFTER_SECS: u64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {

@@ -75,6 +75,7 @@ fn nonsense_values_are_explained() {
         (format!("{GOOD}\n[cluster]\nmesh_prefix = \"10.99.0.0/24\"\n"), "is smaller than"),
         (format!("{GOOD}\n[cluster]\nmesh_prefix = \"10.0.0.0/8\"\n"), "overlaps"),
         (format!("{GOOD}\n[cluster]\ndead_after_secs = 5\n"), "three heartbeats"),
+        (format!("{GOOD}\n[cluster]\nreplace_after_secs = 100\n"), "use 0 (never replace) or at least 300"),
         (format!("{GOOD}\n[events]\nmax_count = 10\n"), "events.max_count"),
         (format!("{GOOD}\n[events]\nmax_age_days = 0\n"), "events.max_age_days"),
         (format!("{GOOD}\n[events]\nmax_mib = 0\n"), "events.max_mib"),

@@ -42,6 +42,8 @@ struct World {
     /// The etcd the node image carries.
     image: Artifact,
     powered_off_since_tick: bool,
+    /// Machines the controller gave up (dead, fenced or silent too long).
+    given_up: BTreeSet<usize>,
 }
 
 fn image(version: u32) -> Artifact {
@@ -65,6 +67,7 @@ impl World {
             clock: 0,
             image: image(0),
             powered_off_since_tick: false,
+            given_up: BTreeSet::new(),
         }
     }
 
@@ -99,6 +102,7 @@ impl World {
                 volatile: true,
                 meshed_with: if m.powered { alive.clone() } else { BTreeSet::new() },
                 etcd_current: self.etcd_current(i),
+                given_up: self.given_up.contains(&i),
             })
             .collect()
     }
@@ -379,6 +383,43 @@ fn a_voter_down_is_degraded_and_rejoins_when_it_returns_without_its_data() {
 }
 
 #[test]
+fn a_given_up_voter_is_replaced_by_the_spare_and_comes_back_as_a_spare() {
+    let mut w = World::new(4, 3);
+    assert_eq!(w.run(100), Step::Settled);
+    let voters = w.voter_machines();
+    let gone = w.machines.iter().position(|m| voters.contains(&m.id)).unwrap();
+    w.machines[gone].powered = false;
+    let step = w.run(20);
+    assert!(matches!(&step, Step::Wait(m) if m.contains("degraded: 2 of 3")), "{step:?}");
+    // The controller gives it up: the spare joins, the cluster is whole again.
+    w.given_up.insert(gone);
+    assert_eq!(w.run(100), Step::Settled);
+    assert_eq!((w.voters(), w.healthy_voters()), (3, 3));
+    let spare = w.machines.iter().position(|m| !voters.contains(&m.id)).unwrap();
+    assert!(w.voter_machines().contains(&w.machines[spare].id), "the spare is a voter");
+    // It comes back (a new boot): a spare, the voters unchanged.
+    w.machines[gone].powered = true;
+    w.machines[gone].boot += 1;
+    w.given_up.remove(&gone);
+    assert_eq!(w.run(100), Step::Settled);
+    assert!(!w.voter_machines().contains(&w.machines[gone].id));
+    assert_eq!(w.assembly.roles.get(&w.machines[gone].id), Some(&Role::Worker));
+}
+
+#[test]
+fn a_given_up_voter_without_a_quorum_left_waits() {
+    let mut w = World::new(3, 3);
+    assert_eq!(w.run(100), Step::Settled);
+    w.machines[1].powered = false;
+    w.machines[2].powered = false;
+    w.given_up.extend([1, 2]);
+    let changes = w.changes;
+    let step = w.run(20);
+    assert!(matches!(&step, Step::Wait(_)), "{step:?}");
+    assert_eq!(w.changes, changes, "nothing is removed without a quorum");
+}
+
+#[test]
 fn a_learner_the_appliance_forgot_to_record_is_started_not_added_twice() {
     let mut w = World::new(3, 3);
     loop {
@@ -419,6 +460,8 @@ enum Event {
     InterruptedTick,
     PowerOff(usize),
     PowerOn(usize),
+    /// The controller gives a dead machine up.
+    GiveUp(usize),
     /// The appliance comes back with a node image that carries another etcd.
     NewImage,
 }
@@ -429,6 +472,7 @@ fn event(count: usize) -> impl Strategy<Value = Event> {
         1 => Just(Event::InterruptedTick),
         1 => (0..count).prop_map(Event::PowerOff),
         1 => (0..count).prop_map(Event::PowerOn),
+        1 => (0..count).prop_map(Event::GiveUp),
         1 => Just(Event::NewImage),
     ]
 }
@@ -457,6 +501,10 @@ proptest! {
                 Event::PowerOn(i) => if !w.machines[i].powered {
                     w.machines[i].powered = true;
                     w.machines[i].boot += 1;
+                    w.given_up.remove(&i);
+                },
+                Event::GiveUp(i) => if !w.machines[i].powered {
+                    w.given_up.insert(i);
                 },
             }
         }
@@ -466,6 +514,7 @@ proptest! {
                 m.boot += 1;
             }
         }
+        w.given_up.clear();
         let majority_lost = w.voters() > 0 && !w.has_quorum();
         let changes_before = w.changes;
         let last = w.run(400);
