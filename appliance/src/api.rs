@@ -722,6 +722,16 @@ mod slow_client_tests {
 /// (here, and the console's menu in `oasis-boot` through the `test-support` feature).
 #[cfg(any(test, feature = "test-support"))]
 pub fn test_api(dir: &std::path::Path, policy: oasis_core::registry::Policy) -> Arc<Api> {
+    test_api_with_power(dir, policy, crate::power::PowerControl::default())
+}
+
+/// [`test_api`] with these BMCs.
+#[cfg(any(test, feature = "test-support"))]
+pub fn test_api_with_power(
+    dir: &std::path::Path,
+    policy: oasis_core::registry::Policy,
+    power: crate::power::PowerControl,
+) -> Arc<Api> {
     let store = Store::open(dir).unwrap();
     let identity = Identity::load_or_create(&store, dir).unwrap();
     let overlay = oasis_core::registry::Overlay {
@@ -748,7 +758,7 @@ pub fn test_api(dir: &std::path::Path, policy: oasis_core::registry::Policy) -> 
         artifacts: HashMap::new(),
         full_dhcp: false,
         peers: PeerQueue::new(None),
-        power: Arc::default(),
+        power: Arc::new(power),
     })
 }
 

@@ -88,6 +88,8 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 pub struct PowerControl {
     bmcs: Vec<Bmc>,
+    /// `[power]`'s fencing of silent control-plane machines.
+    fence: Option<oasis_core::config::power::FencePolicy>,
     /// The state each BMC read last, by machine.
     seen: std::sync::Mutex<std::collections::HashMap<MacAddr, PowerSeen>>,
 }
@@ -123,7 +125,22 @@ impl PowerControl {
                 driver: driver(b),
             })
             .collect();
-        PowerControl { bmcs, seen: Default::default() }
+        PowerControl { bmcs, fence: settings.fence, seen: Default::default() }
+    }
+
+    /// With drivers given (a fake BMC in the controller's tests): `(machine, name, driver)`.
+    pub fn with_drivers(
+        drivers: Vec<(MacAddr, String, Arc<dyn PowerDriver>)>,
+        fence: Option<oasis_core::config::power::FencePolicy>,
+    ) -> PowerControl {
+        let bmcs =
+            drivers.into_iter().map(|(machine, name, driver)| Bmc { machine, name, driver: Ok(driver) }).collect();
+        PowerControl { bmcs, fence, seen: Default::default() }
+    }
+
+    /// When silent control-plane machines are fenced; `None`: never.
+    pub fn fence_policy(&self) -> Option<oasis_core::config::power::FencePolicy> {
+        self.fence
     }
 
     /// The power state `mac`'s BMC read last, if it has a BMC and was read.

@@ -12,6 +12,7 @@
 //! memory: a restarted appliance picks up where it was.
 
 pub mod error;
+mod fence;
 pub mod kubernetes;
 mod rollout;
 pub mod world;
@@ -265,22 +266,32 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
     /// says nothing about this one).
     fn alive(&self, s: &Seen, now: u64) -> bool {
         let dead_after = self.settings.dead_after.as_secs();
-        let heard = s.heartbeat.as_ref().map_or(0, |h| h.at).max(s.record.last_registered);
+        let heard = fence::heard_at(s);
         if now.saturating_sub(heard) <= dead_after {
             return true;
         }
         s.heartbeat.is_none() && now.saturating_sub(self.started_at) <= dead_after + RECONNECT_GRACE_SECS
     }
 
-    /// Whether the machine is given up: silent past `[cluster] replace_after_secs` (0: never).
-    fn given_up(&self, s: &Seen, now: u64) -> bool {
+    /// Whether the machine is given up: fenced off through its BMC, or silent past `[cluster]
+    /// replace_after_secs` (0: never).
+    fn given_up(&self, s: &Seen, now: u64, assembly: &Assembly) -> bool {
+        if self.alive(s, now) {
+            return false;
+        }
         let after = self.settings.replace_after.as_secs();
-        let heard = s.heartbeat.as_ref().map_or(0, |h| h.at).max(s.record.last_registered);
-        after > 0 && now.saturating_sub(heard) > after && !self.alive(s, now)
+        let fenced = assembly.fencing.get(&s.record.id).is_some_and(oasis_core::assembly::fence::Fence::given_up);
+        fenced || (after > 0 && now.saturating_sub(fence::heard_at(s)) > after)
     }
 
     /// `running` holds the etcd spec each machine is told for the stored assembly.
-    fn nodes(&self, seen: &[Seen], now: u64, running: &BTreeMap<String, ServiceSpec>) -> Vec<Node> {
+    fn nodes(
+        &self,
+        seen: &[Seen],
+        now: u64,
+        running: &BTreeMap<String, ServiceSpec>,
+        assembly: &Assembly,
+    ) -> Vec<Node> {
         let by_key: HashMap<&str, &str> =
             seen.iter().map(|s| (s.record.wireguard_key.as_str(), s.record.id.as_str())).collect();
         seen.iter()
@@ -312,7 +323,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                         e.state == ServiceState::Running
                             && running.get(&s.record.id).is_some_and(|spec| spec.generation == e.generation)
                     }),
-                    given_up: self.given_up(s, now),
+                    given_up: self.given_up(s, now, assembly),
                 }
             })
             .collect()
@@ -405,7 +416,8 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         let generations = self.told(&seen, &record);
         let placed = self.placed(&seen, &assembly, &generations);
         let told_before = self.etcd_specs(&seen, &placed, &assembly, &generations)?;
-        let nodes = self.nodes(&seen, now, &told_before);
+        self.fence(&seen, &mut assembly, now).await?;
+        let nodes = self.nodes(&seen, now, &told_before, &assembly);
         let observation = self.observe(&seen, &assembly).await;
         let members: Option<Vec<Member>> = observation.members.as_ref().map(|list| {
             list.iter()

@@ -282,8 +282,26 @@ impl Rack {
     }
 
     async fn build(count: u8, kubernetes: bool) -> Rack {
+        Rack::build_with_power(count, kubernetes, crate::power::PowerControl::default()).await
+    }
+
+    /// Machines `m1`..`mN` whose BMCs are `bmcs` (by machine number), fenced as `settings` says.
+    async fn with_bmcs(count: u8, bmcs: &[(u8, Arc<FakeBmc>)]) -> Rack {
+        let drivers = bmcs
+            .iter()
+            .map(|(n, bmc)| {
+                let driver: Arc<dyn oasis_power::PowerDriver> = bmc.clone();
+                (oasis_proto::MacAddr([2, 0, 0, 0, 0, *n]), format!("fake bmc-m{n}"), driver)
+            })
+            .collect();
+        let policy =
+            oasis_core::config::power::FencePolicy { after: Duration::from_secs(120), boot: Duration::from_secs(600) };
+        Rack::build_with_power(count, false, crate::power::PowerControl::with_drivers(drivers, Some(policy))).await
+    }
+
+    async fn build_with_power(count: u8, kubernetes: bool, power: crate::power::PowerControl) -> Rack {
         let dir = tempfile::tempdir().unwrap();
-        let api = crate::api::test_api(dir.path(), Policy::Auto);
+        let api = crate::api::test_api_with_power(dir.path(), Policy::Auto, power);
         {
             let mut registry = api.registry.lock().await;
             for n in 1..=count {
@@ -624,6 +642,131 @@ async fn a_voter_silent_past_replace_after_is_replaced_by_the_spare() {
     assert!(rack.assembly().passed_over.contains_key(&gone));
     let events = rack.api.store.events(1000).unwrap();
     assert!(events.iter().any(|e| e.message.contains(&format!("voter {gone} was given up"))), "{events:?}");
+}
+
+/// A BMC that does what it is told at once, and remembers what that was.
+#[derive(Debug)]
+struct FakeBmc {
+    on: Mutex<bool>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeBmc {
+    fn new() -> Arc<FakeBmc> {
+        Arc::new(FakeBmc { on: Mutex::new(true), calls: Default::default() })
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl oasis_power::PowerDriver for FakeBmc {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn address(&self) -> String {
+        "fake".into()
+    }
+    fn status(&self) -> Result<oasis_power::PowerState, oasis_power::PowerError> {
+        Ok(if *self.on.lock().unwrap() { oasis_power::PowerState::On } else { oasis_power::PowerState::Off })
+    }
+    fn power(&self, action: oasis_power::PowerAction) -> Result<(), oasis_power::PowerError> {
+        self.calls.lock().unwrap().push(action.to_string());
+        *self.on.lock().unwrap() = action != oasis_power::PowerAction::Off;
+        Ok(())
+    }
+    fn pxe_once(&self) -> Result<(), oasis_power::PowerError> {
+        self.calls.lock().unwrap().push("pxe".into());
+        Ok(())
+    }
+}
+
+/// The rack of four with a BMC each, assembled; `gone` (a voter) stops answering and
+/// heartbeating. Returns the rack, the voters and `gone`'s BMC.
+async fn fenced_rack() -> (Rack, Vec<String>, String, Arc<FakeBmc>) {
+    let bmcs: Vec<(u8, Arc<FakeBmc>)> = (1..=4).map(|n| (n, FakeBmc::new())).collect();
+    let mut rack = Rack::with_bmcs(4, &bmcs).await;
+    rack.assemble().await;
+    let voters: Vec<String> = rack.assembly().members.keys().cloned().collect();
+    let gone = voters[2].clone();
+    let bmc = bmcs[gone[1..].parse::<usize>().unwrap() - 1].1.clone();
+    rack.etcd.set_up(&peer_url(&gone), false);
+    (rack, voters, gone, bmc)
+}
+
+/// Heartbeats from every machine but `silent`, with etcd started where told, then `secs` later a
+/// tick.
+async fn after(rack: &mut Rack, secs: u64, silent: &str) -> String {
+    rack.clock.0.fetch_add(secs, Ordering::SeqCst);
+    let ids: Vec<String> = (1..=4).map(|n| format!("m{n}")).filter(|m| m != silent).collect();
+    for id in &ids {
+        if rack.etcd_spec(id).is_some_and(|s| s.run) {
+            rack.etcd.start(id, &peer_url(id));
+        }
+        rack.heartbeat(id).await;
+    }
+    rack.tick().await
+}
+
+/// Fencing: a voter silent past `fence_after` is power-cycled once into a network boot; not
+/// back within its boot time, it is powered off and given up, and the spare takes its place.
+#[tokio::test]
+async fn a_silent_voter_is_cycled_once_then_fenced_and_replaced_by_the_spare() {
+    let (mut rack, voters, gone, bmc) = fenced_rack().await;
+    after(&mut rack, 60, &gone).await;
+    assert!(bmc.calls().is_empty(), "not before fence_after: {:?}", bmc.calls());
+    after(&mut rack, 70, &gone).await;
+    assert_eq!(bmc.calls(), ["pxe", "cycle"]);
+    assert!(rack.assembly().fencing.contains_key(&gone));
+    for _ in 0..3 {
+        after(&mut rack, 100, &gone).await;
+    }
+    assert_eq!(bmc.calls(), ["pxe", "cycle"], "cycled once, given its boot time");
+    after(&mut rack, 400, &gone).await;
+    assert_eq!(bmc.calls(), ["pxe", "cycle", "off"]);
+    for _ in 0..40 {
+        if after(&mut rack, 1, &gone).await == "assembled" {
+            break;
+        }
+    }
+    let members: Vec<String> = rack.assembly().members.keys().cloned().collect();
+    let spare = (1..=4).map(|n| format!("m{n}")).find(|m| !voters.contains(m)).unwrap();
+    assert!(members.contains(&spare) && !members.contains(&gone), "{members:?}");
+    let kinds = rack.event_kinds();
+    for kind in ["machine-fenced", "power-pxe", "power-cycle", "power-off", "machine-given-up"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+    assert_eq!(bmc.calls().len(), 3, "nothing more once given up");
+}
+
+/// A voter that comes back after its cycle is not powered off; falling silent again within the
+/// hour, it is not cycled again (said once).
+#[tokio::test]
+async fn a_voter_back_from_its_cycle_stays_and_is_not_cycled_in_a_loop() {
+    let (mut rack, voters, gone, bmc) = fenced_rack().await;
+    after(&mut rack, 130, &gone).await;
+    assert_eq!(bmc.calls(), ["pxe", "cycle"]);
+    // Back: heartbeats again (the fake etcd member answers again too).
+    rack.etcd.set_up(&peer_url(&gone), true);
+    after(&mut rack, 200, "none").await;
+    assert!(rack.assembly().fencing.get(&gone).is_some_and(|f| f.back_at.is_some()));
+    rack.etcd.set_up(&peer_url(&gone), false);
+    for _ in 0..4 {
+        after(&mut rack, 100, &gone).await;
+    }
+    assert_eq!(bmc.calls(), ["pxe", "cycle"], "not cycled again within the hour");
+    assert!(rack.event_kinds().iter().filter(|k| *k == "machine-fenced").count() == 2, "{:?}", rack.event_kinds());
+    let members: Vec<String> = rack.assembly().members.keys().cloned().collect();
+    assert_eq!(members, voters, "not given up by fencing");
+    // Past replace_after (600 s here) it is given up like a machine without a BMC.
+    for _ in 0..40 {
+        if after(&mut rack, 30, &gone).await == "assembled" && !rack.assembly().members.contains_key(&gone) {
+            break;
+        }
+    }
+    assert!(!rack.assembly().members.contains_key(&gone), "{:?}", rack.assembly().members.keys());
+    assert_eq!(bmc.calls(), ["pxe", "cycle"], "and never powered off by fencing");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! - [`planner`]: the next step (membership change, restart, settle), in phases, with its safety
 //!   rules.
 //! - [`order`]: which machines get control-plane places first.
+//! - [`fence`]: power-cycling a silent control-plane machine through its BMC, then giving it up.
 //! - [`desired`]: each machine's desired state (role, mesh, etcd's command line).
 //! - [`status`]: the cluster as `oasis cluster status` shows it, built from one tick's observation.
 //! - [`bookkeeping`]: what each step changes in the persisted assembly, as one pure function
@@ -11,6 +12,7 @@
 
 pub mod bookkeeping;
 pub mod desired;
+pub mod fence;
 pub mod order;
 pub mod planner;
 pub mod status;

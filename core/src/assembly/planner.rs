@@ -111,6 +111,8 @@ pub struct Assembly {
     pub endpoints: BTreeMap<String, std::net::SocketAddrV4>,
     /// Unix time the cluster first settled.
     pub assembled_at: Option<u64>,
+    /// Control-plane machines power-cycled through their BMC for falling silent, by id.
+    pub fencing: BTreeMap<String, super::fence::Fence>,
 }
 
 /// The settings the planner needs.

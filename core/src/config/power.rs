@@ -15,13 +15,28 @@ use toml::Spanned;
 use super::sections::{In, Line, Lines};
 
 /// `[power]` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawPower {
     /// Power on, one at a time in the list's order, every machine whose BMC says it is off when
     /// the appliance has come up.
     pub power_on_at_start: bool,
+    /// A control-plane machine with a BMC silent this long is power-cycled once (0: never).
+    pub fence_after_secs: Spanned<u64>,
+    /// After that cycle, how long it has to heartbeat again before it is powered off and given up.
+    pub fence_boot_secs: Spanned<u64>,
     pub bmc: Vec<Spanned<RawBmc>>,
+}
+
+impl Default for RawPower {
+    fn default() -> Self {
+        RawPower {
+            power_on_at_start: false,
+            fence_after_secs: Spanned::new(0..0, 120),
+            fence_boot_secs: Spanned::new(0..0, 600),
+            bmc: vec![],
+        }
+    }
 }
 
 /// One `[[power.bmc]]` entry as written.
@@ -67,8 +82,19 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PowerSettings {
     pub power_on_at_start: bool,
+    /// Fencing a silent control-plane machine through its BMC; `None`: never.
+    pub fence: Option<FencePolicy>,
     /// In the file's order (the order machines are powered on).
     pub bmcs: Vec<BmcSettings>,
+}
+
+/// When a silent control-plane machine is power-cycled, and how long it then has to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FencePolicy {
+    /// Silent this long: power-cycled once (its next boot from the network).
+    pub after: std::time::Duration,
+    /// Not back this long after the cycle: powered off and given up.
+    pub boot: std::time::Duration,
 }
 
 impl PowerSettings {
@@ -134,6 +160,8 @@ pub enum PowerConfigError {
     User { at: Line },
     #[error("the IPMI {what}{at} is longer than {most} bytes, the most IPMI 2.0 allows: use a shorter one on the BMC")]
     IpmiLength { at: Line, what: &'static str, most: usize },
+    #[error("power.{key}{at} is {secs}; use {allowed}")]
+    Fence { at: Line, key: &'static str, secs: u64, allowed: &'static str },
     #[error("{machine} has two [[power.bmc]] entries{at}: keep one")]
     TwoBmcs { at: Line, machine: MacAddr },
     #[error(
@@ -160,8 +188,31 @@ impl TryFrom<In<'_, RawPower>> for PowerSettings {
             }
             bmcs.push(bmc);
         }
-        Ok(PowerSettings { power_on_at_start: raw.power_on_at_start, bmcs })
+        Ok(PowerSettings { power_on_at_start: raw.power_on_at_start, fence: fence_policy(raw, lines)?, bmcs })
     }
+}
+
+/// `fence_after_secs` (0 or at least 60: a heartbeat or two lost is no reason to cut the power)
+/// and `fence_boot_secs` (at least 60: firmware and a netboot take that long at the very least).
+fn fence_policy(raw: &RawPower, lines: Lines<'_>) -> Result<Option<FencePolicy>, PowerConfigError> {
+    let (after, boot) = (*raw.fence_after_secs.get_ref(), *raw.fence_boot_secs.get_ref());
+    if after != 0 && after < 60 {
+        let at = lines.of(&raw.fence_after_secs);
+        return Err(PowerConfigError::Fence {
+            at,
+            key: "fence_after_secs",
+            secs: after,
+            allowed: "0 (never) or at least 60",
+        });
+    }
+    if boot < 60 {
+        let at = lines.of(&raw.fence_boot_secs);
+        return Err(PowerConfigError::Fence { at, key: "fence_boot_secs", secs: boot, allowed: "at least 60" });
+    }
+    Ok((after != 0).then(|| FencePolicy {
+        after: std::time::Duration::from_secs(after),
+        boot: std::time::Duration::from_secs(boot),
+    }))
 }
 
 /// One entry; `at` is its `[[power.bmc]]` line, a value's own line is named where one is wrong.
