@@ -8,6 +8,8 @@
 use std::fmt;
 use std::time::Duration;
 
+pub mod redfish;
+
 /// Whether a machine's power is on, as its BMC reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -68,6 +70,10 @@ pub enum PowerError {
     /// The request was accepted but reading back shows something else.
     #[error("the BMC at {address} accepted {action} but reads back {found}: it ignored the request; power-cycle it by hand or check its firmware")]
     NotApplied { address: String, action: String, found: String },
+    /// The BMC's TLS certificate is not the one pinned for it: the handshake was stopped before
+    /// any request (or credential) was sent.
+    #[error("the BMC at {address} presented a certificate with SHA-256 fingerprint {found}, not the pinned {pinned}; nothing was sent to it. If its certificate was replaced on purpose, pin the new fingerprint; otherwise check what answers at that address")]
+    Certificate { address: String, found: String, pinned: String },
     /// This driver cannot do that at all (an agent cannot power a machine on).
     #[error("{0}")]
     Unsupported(String),
