@@ -28,6 +28,7 @@ pub mod netns;
 pub mod qemu;
 pub mod rack;
 pub mod soak;
+pub mod sushy;
 pub mod wireguard;
 pub mod writer;
 
