@@ -302,6 +302,15 @@ mod tests {
     }
 
     #[test]
+    fn a_caller_inside_a_tokio_runtime_gets_an_answer_not_a_panic() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Redfish::new(config(&format!("https://127.0.0.1:{port}"), Tls::TrustOnFirstUse)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let result = runtime.block_on(async { driver.status() });
+        assert!(matches!(result, Err(PowerError::Unreachable { .. })), "{result:?}");
+    }
+
+    #[test]
     fn action_targets_given_as_urls_become_paths() {
         assert_eq!(
             path_of("/redfish/v1/Systems/1/Actions/ComputerSystem.Reset"),

@@ -293,9 +293,19 @@ mod tests {
         assert_eq!(error_message(ERROR_501).unwrap(), "Power state PowerCycle is not supported");
         assert_eq!(error_message(ERROR_401).unwrap(), "Incorrect username or password");
         assert_eq!(error_message(ERROR_404).unwrap(), "Fake system nope was not found");
-        let extended = br#"{"error":{"code":"Base.1.0.GeneralError","message":"See ExtendedInfo",
-            "@Message.ExtendedInfo":[{"MessageId":"Base.1.8.ActionNotSupported","Message":"The action is not supported."}]}}"#;
-        assert_eq!(error_message(extended).unwrap(), "The action is not supported.");
+        // sushy's errors carry no ExtendedInfo messages; BMCs that follow the Redfish
+        // specification's error example (DSP0266, "Error responses") put theirs there.
+        let extended = br##"{"error": {"code": "Base.1.8.GeneralError",
+            "message": "A general error has occurred. See ExtendedInfo for more information.",
+            "@Message.ExtendedInfo": [{"@odata.type": "#Message.v1_0_0.Message",
+                "MessageId": "Base.1.8.PropertyValueNotInList", "RelatedProperties": ["#/IndicatorLED"],
+                "Message": "The value Red for the property IndicatorLED is not in the list of acceptable values",
+                "MessageArgs": ["RED", "IndicatorLED"], "Severity": "Warning",
+                "Resolution": "Remove the property from the request body and resubmit the request if the operation failed"}]}}"##;
+        assert_eq!(
+            error_message(extended).unwrap(),
+            "The value Red for the property IndicatorLED is not in the list of acceptable values"
+        );
         assert_eq!(error_message(b"not json"), None);
         assert_eq!(error_message(br#"{"error":{}}"#), None);
         let long = format!(r#"{{"error":{{"message":"{}\nnext"}}}}"#, "x".repeat(1000));
