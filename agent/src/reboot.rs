@@ -50,6 +50,8 @@ pub trait Power: Send + Sync {
     /// Syncs, then reboots: into the loaded image with `kexec`, else through the firmware.
     /// Returns only when the kernel refused.
     fn reboot(&self, kexec: bool) -> io::Error;
+    /// Syncs, then powers the machine off. Returns only when the kernel refused.
+    fn power_off(&self) -> io::Error;
 }
 
 /// What a network boot script boots.
@@ -222,6 +224,11 @@ impl Rebooter {
     pub fn reboot(&self) -> io::Error {
         self.power.reboot(false)
     }
+
+    /// Powers the machine off; returns only when refused.
+    pub fn power_off(&self) -> io::Error {
+        self.power.power_off()
+    }
 }
 
 /// `oasis.boot=BASE` of a kernel command line; the last one wins.
@@ -251,6 +258,10 @@ impl Power for HostPower {
         } else {
             oasis_host::sys::sync_and_reboot(oasis_host::sys::RebootMode::RB_AUTOBOOT)
         }
+    }
+
+    fn power_off(&self) -> io::Error {
+        oasis_host::sys::sync_and_reboot(oasis_host::sys::RebootMode::RB_POWER_OFF)
     }
 }
 

@@ -552,6 +552,40 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
         }
     }
 
+    /// Powers this machine off (an operator asked, through the appliance, for a machine without
+    /// a BMC): says so, stops the services, unmounts the data disk, powers off. Returns only when
+    /// the kernel refused; the services then start again at the next heartbeat.
+    async fn power_off(&mut self, credential: &str, appliance: Ipv4Addr) {
+        let phase = "powering off (asked by an operator)";
+        tracing::warn!("the appliance asked this boot to power off");
+        self.reporter.update(self.clock.uptime(), |s| s.state = phase.into());
+        let mesh = self.cluster.mesh.report().await;
+        let heartbeat = self.heartbeat(phase, mesh, self.cluster.services.status());
+        if let Err(e) = self.api.heartbeat(appliance, credential, &heartbeat).await {
+            tracing::warn!("could not tell the appliance: {}; powering off anyway", oasis_proto::error_chain(&e));
+        }
+        self.cluster.services.halt().await;
+        if let Err(e) = self.cluster.disks.release() {
+            tracing::warn!("{}; powering off anyway", oasis_proto::error_chain(&e));
+        }
+        let refused = self.cluster.reboot.power_off();
+        let error = format!(
+            "the kernel refused to power off: {}; the services start again",
+            oasis_proto::error_chain(&refused)
+        );
+        tracing::error!("{error}");
+        self.reporter.update(self.clock.uptime(), |s| {
+            s.state = "linked".into();
+            s.last_error = Some(error);
+        });
+        // Told at once: re-applying the desired state at the next heartbeat clears the error.
+        let mesh = self.cluster.mesh.report().await;
+        let heartbeat = self.heartbeat("power off refused", mesh, Vec::new());
+        if let Err(e) = self.api.heartbeat(appliance, credential, &heartbeat).await {
+            tracing::warn!("could not tell the appliance: {}", oasis_proto::error_chain(&e));
+        }
+    }
+
     /// `request`, if it is addressed to this boot (the key this agent registered with); a
     /// request for an earlier boot is what the appliance has not taken back yet, and is ignored.
     fn addressed_to_us(&self, request: Option<&RebootRequest>) -> Option<RebootRequest> {
@@ -568,6 +602,9 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
     /// (`kexec`) or reboots through the firmware. Returns only when the kernel refused to reboot;
     /// the pending desired state then starts everything again at the next heartbeat.
     async fn reboot(&mut self, request: &RebootRequest, credential: &str, appliance: Ipv4Addr) {
+        if request.power_off {
+            return self.power_off(credential, appliance).await;
+        }
         let generation = request.generation;
         let phase = format!("rebooting into generation {generation}");
         let how = if request.kexec { "with kexec" } else { "through the firmware" };

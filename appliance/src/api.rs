@@ -62,6 +62,8 @@ pub struct Api {
     pub generations: Arc<crate::generations::NodeGenerations>,
     /// The machines' BMCs (`[power]`).
     pub power: Arc<crate::power::PowerControl>,
+    /// Power asked of machines without a BMC, through their agents.
+    pub agent_power: crate::agent_power::AgentPower,
 }
 
 /// Desired states as the controller last published them. The revision moves whenever any
@@ -759,6 +761,7 @@ pub fn test_api_with_power(
         full_dhcp: false,
         peers: PeerQueue::new(None),
         power: Arc::new(power),
+        agent_power: Default::default(),
     })
 }
 

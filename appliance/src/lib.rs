@@ -25,6 +25,7 @@
 //! kept) and [`limits`] (the descriptor limit and the connection caps sized to fit in it).
 
 pub mod admin;
+pub mod agent_power;
 pub mod api;
 pub mod appliance_update;
 pub mod controller;

@@ -222,7 +222,7 @@ pub enum ActionError {
     RelativePath(PathBuf),
     #[error("{0:?} is not a power action: status, on, off, cycle or pxe")]
     BadPowerOp(String),
-    #[error("{0} has no BMC: give it a [[power.bmc]] with its boot MAC in the config")]
+    #[error("{0} has no BMC and no link to its agent: give it a [[power.bmc]] with its boot MAC in the config, or accept it")]
     NoBmc(String),
 }
 
@@ -436,7 +436,8 @@ impl Operator {
     }
 
     /// One power action on one machine, or on every machine with a BMC, one after another in
-    /// the config's order (a rack is not powered on all at once).
+    /// the config's order (a rack is not powered on all at once). A machine without a BMC is
+    /// asked through its agent ([`crate::agent_power`]).
     async fn power(&self, machine: &str, op: PowerOp) -> Result<Vec<PowerReport>, ActionError> {
         let api = &self.api;
         let targets: Vec<(MacAddr, Option<String>)> = {
@@ -445,13 +446,19 @@ impl Operator {
             if machine == ALL_MACHINES {
                 api.power.machines().into_iter().map(|mac| (mac, id_of(mac))).collect()
             } else {
-                let mac = match registry.find(machine) {
-                    Ok(record) => record.boot_mac,
-                    Err(e @ FindError::Unknown(_)) => machine.parse::<MacAddr>().map_err(|_| e)?,
+                let record = match registry.find(machine) {
+                    Ok(record) => Some(record),
+                    Err(FindError::Unknown(_)) if machine.parse::<MacAddr>().is_ok() => None,
                     Err(e) => return Err(e.into()),
                 };
+                let mac = record.map_or_else(|| machine.parse::<MacAddr>().expect("parsed above"), |r| r.boot_mac);
                 if !api.power.has(mac) {
-                    return Err(ActionError::NoBmc(machine.to_string()));
+                    let linked = record.filter(|r| r.state == MachineState::Accepted && r.overlay.is_some());
+                    let Some(record) = linked else {
+                        return Err(ActionError::NoBmc(machine.to_string()));
+                    };
+                    let heartbeat = registry.heartbeat_of(&record.id);
+                    return Ok(vec![api.agent_power.act(api, record, heartbeat, op, crate::store::now())]);
                 }
                 vec![(mac, id_of(mac))]
             }

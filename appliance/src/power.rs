@@ -106,6 +106,9 @@ pub struct PowerSeen {
 
 #[derive(Debug)]
 struct Bmc {
+    /// Held from a request to its state remembered (and its event): the watch never reads a
+    /// state half-way through an action and takes it for a change nobody asked for.
+    turn: tokio::sync::Mutex<()>,
     machine: MacAddr,
     /// `kind address`, for reports and events.
     name: String,
@@ -120,6 +123,7 @@ impl PowerControl {
             .bmcs
             .iter()
             .map(|b| Bmc {
+                turn: tokio::sync::Mutex::new(()),
                 machine: b.machine,
                 name: format!("{} {}", b.endpoint.kind(), b.endpoint.address()),
                 driver: driver(b),
@@ -133,8 +137,10 @@ impl PowerControl {
         drivers: Vec<(MacAddr, String, Arc<dyn PowerDriver>)>,
         fence: Option<oasis_core::config::power::FencePolicy>,
     ) -> PowerControl {
-        let bmcs =
-            drivers.into_iter().map(|(machine, name, driver)| Bmc { machine, name, driver: Ok(driver) }).collect();
+        let bmcs = drivers
+            .into_iter()
+            .map(|(machine, name, driver)| Bmc { turn: tokio::sync::Mutex::new(()), machine, name, driver: Ok(driver) })
+            .collect();
         PowerControl { bmcs, fence, seen: Default::default() }
     }
 
@@ -160,6 +166,7 @@ impl PowerControl {
     pub async fn watch(&self, store: &Store) {
         loop {
             for mac in self.machines() {
+                let _turn = self.turn_of(mac).await;
                 let report = self.run_on(mac, None, PowerOp::Status).await;
                 let before = self.remember(&report).and_then(|s| s.state);
                 if let (Some(before), Some(now)) = (before, report.state) {
@@ -192,12 +199,21 @@ impl PowerControl {
     /// Runs `op` on the machine `mac` (which must have a BMC: [`PowerControl::has`]) and records
     /// what it did as an event, `reason` saying who or what asked.
     pub async fn act(&self, store: &Store, mac: MacAddr, id: Option<String>, op: PowerOp, reason: &str) -> PowerReport {
+        let _turn = self.turn_of(mac).await;
         let report = self.run_on(mac, id, op).await;
         self.remember(&report);
         if op != PowerOp::Status {
             store.record_event(event(&report, reason));
         }
         report
+    }
+
+    /// `mac`'s BMC to itself until the guard drops (nothing, for a machine without one).
+    async fn turn_of(&self, mac: MacAddr) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.bmcs.iter().find(|b| b.machine == mac) {
+            Some(bmc) => Some(bmc.turn.lock().await),
+            None => None,
+        }
     }
 
     /// Runs `op` through `mac`'s BMC, on the blocking pool.

@@ -221,6 +221,7 @@ async fn start_management(
         full_dhcp: full_dhcp(config),
         peers: PeerQueue::new(Some(interface as Arc<dyn PeerDevice>)),
         power: Arc::new(crate::power::PowerControl::new(&config.power)),
+        agent_power: Default::default(),
     }))
 }
 

@@ -370,6 +370,10 @@ pub struct RebootRequest {
     /// Jump into the new kernel without the firmware (kexec); on failure the agent falls back
     /// to a reboot.
     pub kexec: bool,
+    /// Power the machine off instead of booting it again (an operator's `oasis machine power off`
+    /// of a machine without a BMC). Absent from appliances before power control.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub power_off: bool,
 }
 
 /// A disk the agent makes into its data disk: it mounts one that already has the

@@ -89,6 +89,10 @@ impl Power for Recorder {
     fn reboot(&self, _kexec: bool) -> io::Error {
         io::Error::from_raw_os_error(libc::EPERM)
     }
+
+    fn power_off(&self) -> io::Error {
+        io::Error::from_raw_os_error(libc::EPERM)
+    }
 }
 
 /// Generation 3 for every machine, each script with a per-boot token, as the appliance does.

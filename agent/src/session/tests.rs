@@ -235,6 +235,11 @@ impl crate::reboot::Power for FakePower {
         Ok(())
     }
 
+    fn power_off(&self) -> std::io::Error {
+        self.calls.lock().unwrap().push("power off".into());
+        std::io::Error::from_raw_os_error(libc::EPERM)
+    }
+
     fn reboot(&self, kexec: bool) -> std::io::Error {
         self.calls.lock().unwrap().push(if kexec { "reboot kexec" } else { "reboot firmware" }.into());
         std::io::Error::from_raw_os_error(libc::EPERM)
@@ -638,7 +643,10 @@ fn the_generation_is_read_from_the_kernel_command_line() {
 }
 
 fn reboot_state(revision: u64, boot: &str, kexec: bool) -> DesiredState {
-    DesiredState { reboot: Some(RebootRequest { generation: 2, boot: boot.into(), kexec }), ..cluster_state(revision) }
+    DesiredState {
+        reboot: Some(RebootRequest { generation: 2, boot: boot.into(), kexec, power_off: false }),
+        ..cluster_state(revision)
+    }
 }
 
 fn calls(fakes: &Fakes) -> Vec<String> {
@@ -673,6 +681,25 @@ async fn a_reboot_stops_the_services_before_the_disk_is_released_before_the_mach
     assert_eq!((heartbeats[2].2.phase.as_str(), heartbeats[2].2.applied_revision), ("linked", 4));
     let console = fakes.console();
     assert!(console.contains("rebooting into generation 2"), "{console}");
+}
+
+#[tokio::test]
+async fn a_power_off_request_stops_the_services_and_the_disk_then_powers_off() {
+    let fakes =
+        Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(()), Ok(()), Ok(())]);
+    let mut state = reboot_state(4, "machine-key", false);
+    state.reboot.as_mut().unwrap().power_off = true;
+    *fakes.api.desired.lock().unwrap() = vec![Ok(state)].into();
+    fakes.run().await;
+    let heartbeats = fakes.api.heartbeats();
+    assert_eq!(heartbeats[0].2.phase, "powering off (asked by an operator)", "said before anything is stopped");
+    assert_eq!(
+        calls(&fakes),
+        ["services halt", "disk release", "power off", "mesh Some(1)", "services 1"],
+        "a refused power-off leaves the state to the next heartbeat"
+    );
+    assert_eq!(heartbeats[1].2.phase, "power off refused");
+    assert!(heartbeats[1].2.last_error.as_deref().unwrap().contains("the kernel refused to power off"));
 }
 
 /// A boot script as the appliance serves it for this machine, with a fresh token and the

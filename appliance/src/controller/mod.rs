@@ -487,7 +487,14 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
 
     /// What machines are told because of their generations.
     fn told(&mut self, seen: &[Seen], record: &Generations) -> Told {
-        Told { etcd: self.etcd_by_machine(seen, record), reboots: self.reboot_requests(seen, record) }
+        let mut reboots = self.reboot_requests(seen, record);
+        // An operator's power request through a machine's agent, unless a rollout reboots it.
+        for s in seen {
+            if let Some(request) = self.api.agent_power.request_for(&s.record.id, &s.record.wireguard_key) {
+                reboots.entry(s.record.id.clone()).or_insert(request);
+            }
+        }
+        Told { etcd: self.etcd_by_machine(seen, record), reboots }
     }
 
     async fn save(&self, assembly: &Assembly, happenings: Vec<Happening>) -> Result<(), ControllerError> {
