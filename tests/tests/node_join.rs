@@ -72,6 +72,9 @@ fn three_machines_netboot_register_link_and_reconnect_after_a_restart() {
         let mut spec = MachineSpec::new(&ns, &tap, mac, *firmware, work.path().join(format!("machine{i}.log")));
         spec.nic_model = nic.to_string();
         spec.memory_mb = 512;
+        // The first is power-cycled through its agent at the end: its reboot resets it, as
+        // hardware does.
+        spec.reboots = i == 0;
         machines.push(Machine::start(spec).unwrap());
     }
 
@@ -102,6 +105,43 @@ fn three_machines_netboot_register_link_and_reconnect_after_a_restart() {
     let events = appliance.cli(&["events", "--limit", "500"]);
     assert_eq!(events.matches("machine-registered").count(), 3, "no machine registered twice:\n{events}");
     assert_eq!(regs.len(), 3);
+
+    power_through_agents(&appliance, &mut machines, &regs, &guests.map(|g| g.0));
+}
+
+/// Machines without a BMC: `oasis machine power cycle` reboots the first through its agent (it
+/// comes back, the same machine, in a new boot), `off` powers the second off (its QEMU ends),
+/// `on` and `pxe` are refused in words.
+fn power_through_agents(appliance: &Appliance, machines: &mut [Machine], regs: &[MachineView], macs: &[&str]) {
+    let id_of = |mac: &str| regs.iter().find(|r| self::mac(r) == mac).unwrap().record.id.clone();
+    let (first, second) = (id_of(macs[0]), id_of(macs[1]));
+    let old_key = regs.iter().find(|r| r.record.id == first).unwrap().record.wireguard_key.clone();
+    let power = |op: &str, id: &str| {
+        let data = appliance.data_dir.to_str().unwrap().to_string();
+        oasis_e2e::oasis(&["machine", "power", op, id, "--data-dir", &data])
+    };
+    let out = power("cycle", &first);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("agent (no BMC)"), "{out:?}");
+    let regs = wait_until(appliance, machines, Duration::from_secs(300), "the cycled machine back", |regs| {
+        regs.iter().any(|r| r.record.id == first && r.record.wireguard_key != old_key && linked(r))
+    });
+    assert_eq!(regs.len(), 3, "the same machine, not a new one");
+    assert!(machines[0].serial().contains("rebooting into generation"), "its agent rebooted it");
+
+    let out = power("off", &second);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    machines[1].wait_exit(Duration::from_secs(120)).expect("the machine powers off");
+    assert!(machines[1].serial().contains("powering off"), "{}", tail(&machines[1].serial(), 20));
+
+    for (op, says) in [("on", "press its power button"), ("pxe", "its next boot is what its firmware boots first")] {
+        let out = power(op, &first);
+        assert!(!out.status.success(), "{op}");
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains(says), "{op}: {said}");
+    }
+    let events = appliance.cli(&["events", "--limit", "500"]);
+    assert!(events.contains("asked through its agent (no BMC) to power off (an operator)"), "{events}");
 }
 
 #[test]
