@@ -76,6 +76,19 @@ pub struct Published {
 }
 
 impl Published {
+    /// Nothing published yet, at a revision no earlier run of `serve` used: revisions start at
+    /// the time `serve` starts (milliseconds). An agent applies a state whose revision differs
+    /// from the one it last saw; counting from 0 again after a restart could hand it a new
+    /// state under the very number it saw before, which it would then ignore (found when agents
+    /// kept "unassigned" after a restart until the next change).
+    pub fn at_start() -> Published {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2))
+            .unwrap_or(0);
+        Published { revision: millis, states: BTreeMap::new() }
+    }
+
     /// The state for a machine in its current boot. A state computed for an earlier boot (the
     /// machine rebooted since the controller's last tick) is not served: it may start etcd as a
     /// member whose data this boot does not have. The machine gets nothing until the next tick.

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use oasis_proto::Artifact;
 
 use crate::admin;
-use crate::api::{self, Api, PeerDevice, PeerQueue};
+use crate::api::{self, Api, PeerDevice, PeerQueue, Published};
 use crate::controller::kubernetes::Kubernetes;
 use crate::controller::world::SystemClock;
 use crate::controller::{Controller, Outputs, Provisions, World};
@@ -207,7 +207,7 @@ async fn start_management(
         appliance_key: wireguard::public_key(&identity.wireguard_private),
         keepalive_secs: w.keepalive,
     };
-    let (desired, _) = tokio::sync::watch::channel(Arc::default());
+    let (desired, _) = tokio::sync::watch::channel(Arc::new(Published::at_start()));
     let interface = Arc::new(interface);
     let generations = node_generations(config, store)?;
     Ok(Arc::new(Api {

@@ -181,7 +181,8 @@ pub fn desired_states(
         .iter()
         .map(|m| {
             let state = if m.role == Role::Unassigned {
-                DesiredState::default()
+                // Nothing to run yet; an operator's power request through its agent still goes.
+                DesiredState { reboot: m.reboot.clone(), ..DesiredState::default() }
             } else {
                 DesiredState {
                     revision: 0,
@@ -239,6 +240,11 @@ mod tests {
         assert_eq!(m2.peers.iter().map(|p| p.machine_id.as_str()).collect::<Vec<_>>(), ["m3"]);
         assert_eq!(m2.peers[0].address, Ipv4Addr::new(10, 98, 0, 3));
         assert_eq!(states["m4"], DesiredState::default());
+        // An operator's power request reaches an unassigned machine's agent all the same.
+        let request = RebootRequest { generation: 0, boot: "key4".into(), kexec: false, power_off: true };
+        let asked = vec![Placed { reboot: Some(request.clone()), ..placed(4, Role::Unassigned) }];
+        let states = desired_states("rack", &asked, &MESH, &BTreeMap::new());
+        assert_eq!(states["m4"], DesiredState { reboot: Some(request), ..DesiredState::default() });
     }
 
     #[test]
