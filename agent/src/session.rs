@@ -556,31 +556,44 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
     /// a BMC): says so, stops the services, unmounts the data disk, powers off. Returns only when
     /// the kernel refused; the services then start again at the next heartbeat.
     async fn power_off(&mut self, credential: &str, appliance: Ipv4Addr) {
-        let phase = "powering off (asked by an operator)";
         tracing::warn!("the appliance asked this boot to power off");
-        self.reporter.update(self.clock.uptime(), |s| s.state = phase.into());
-        let mesh = self.cluster.mesh.report().await;
-        let heartbeat = self.heartbeat(phase, mesh, self.cluster.services.status());
-        if let Err(e) = self.api.heartbeat(appliance, credential, &heartbeat).await {
-            tracing::warn!("could not tell the appliance: {}; powering off anyway", oasis_proto::error_chain(&e));
-        }
-        self.cluster.services.halt().await;
-        if let Err(e) = self.cluster.disks.release() {
-            tracing::warn!("{}; powering off anyway", oasis_proto::error_chain(&e));
-        }
+        self.wind_down("powering off (asked by an operator)", "powering off", credential, appliance).await;
         let refused = self.cluster.reboot.power_off();
         let error = format!(
             "the kernel refused to power off: {}; the services start again",
             oasis_proto::error_chain(&refused)
         );
+        self.refused(error, "power off refused", credential, appliance).await;
+    }
+
+    /// What comes before a reboot or a power-off: `phase` said (console, heartbeat), the
+    /// services stopped and waited for, the data disk unmounted. `going` ends the warnings of
+    /// what could not be done ("rebooting" anyway).
+    async fn wind_down(&mut self, phase: &str, going: &str, credential: &str, appliance: Ipv4Addr) {
+        self.reporter.update(self.clock.uptime(), |s| s.state = phase.into());
+        let mesh = self.cluster.mesh.report().await;
+        let heartbeat = self.heartbeat(phase, mesh, self.cluster.services.status());
+        if let Err(e) = self.api.heartbeat(appliance, credential, &heartbeat).await {
+            tracing::warn!("could not tell the appliance: {}; {going} anyway", oasis_proto::error_chain(&e));
+        }
+        self.cluster.services.halt().await;
+        if let Err(e) = self.cluster.disks.release() {
+            // Synced already; the filesystem's journal covers the rest at the next mount.
+            tracing::warn!("{}; {going} anyway", oasis_proto::error_chain(&e));
+        }
+    }
+
+    /// The kernel refused a reboot or power-off: `error` on the console and told to the
+    /// appliance at once (heartbeat phase `phase`); re-applying the desired state at the next
+    /// heartbeat starts the services again and clears the error.
+    async fn refused(&mut self, error: String, phase: &str, credential: &str, appliance: Ipv4Addr) {
         tracing::error!("{error}");
         self.reporter.update(self.clock.uptime(), |s| {
             s.state = "linked".into();
             s.last_error = Some(error);
         });
-        // Told at once: re-applying the desired state at the next heartbeat clears the error.
         let mesh = self.cluster.mesh.report().await;
-        let heartbeat = self.heartbeat("power off refused", mesh, Vec::new());
+        let heartbeat = self.heartbeat(phase, mesh, Vec::new());
         if let Err(e) = self.api.heartbeat(appliance, credential, &heartbeat).await {
             tracing::warn!("could not tell the appliance: {}", oasis_proto::error_chain(&e));
         }
@@ -606,20 +619,9 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
             return self.power_off(credential, appliance).await;
         }
         let generation = request.generation;
-        let phase = format!("rebooting into generation {generation}");
         let how = if request.kexec { "with kexec" } else { "through the firmware" };
         tracing::warn!("the appliance asked this boot to boot again into generation {generation}, {how}");
-        self.reporter.update(self.clock.uptime(), |s| s.state = phase.clone());
-        let mesh = self.cluster.mesh.report().await;
-        let heartbeat = self.heartbeat(&phase, mesh, self.cluster.services.status());
-        if let Err(e) = self.api.heartbeat(appliance, credential, &heartbeat).await {
-            tracing::warn!("could not tell the appliance: {}; rebooting anyway", oasis_proto::error_chain(&e));
-        }
-        self.cluster.services.halt().await;
-        if let Err(e) = self.cluster.disks.release() {
-            // Synced already; the filesystem's journal covers the rest at the next mount.
-            tracing::warn!("{}; rebooting anyway", oasis_proto::error_chain(&e));
-        }
+        self.wind_down(&format!("rebooting into generation {generation}"), "rebooting", credential, appliance).await;
         if request.kexec {
             let error = match self.cluster.reboot.load().await {
                 Ok(image) => {
@@ -641,17 +643,7 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
              power-cycle this machine to boot it",
             oasis_proto::error_chain(&refused)
         );
-        tracing::error!("{error}");
-        self.reporter.update(self.clock.uptime(), |s| {
-            s.state = "linked".into();
-            s.last_error = Some(error);
-        });
-        // Told at once: re-applying the desired state at the next heartbeat clears the error.
-        let mesh = self.cluster.mesh.report().await;
-        let heartbeat = self.heartbeat(&format!("reboot into generation {generation} refused"), mesh, Vec::new());
-        if let Err(e) = self.api.heartbeat(appliance, credential, &heartbeat).await {
-            tracing::warn!("could not tell the appliance: {}", oasis_proto::error_chain(&e));
-        }
+        self.refused(error, &format!("reboot into generation {generation} refused"), credential, appliance).await;
     }
 }
 
