@@ -446,12 +446,11 @@ impl Operator {
             if machine == ALL_MACHINES {
                 api.power.machines().into_iter().map(|mac| (mac, id_of(mac))).collect()
             } else {
-                let record = match registry.find(machine) {
-                    Ok(record) => Some(record),
-                    Err(FindError::Unknown(_)) if machine.parse::<MacAddr>().is_ok() => None,
+                let (mac, record) = match registry.find(machine) {
+                    Ok(record) => (record.boot_mac, Some(record)),
+                    Err(e @ FindError::Unknown(_)) => (machine.parse::<MacAddr>().map_err(|_| e)?, None),
                     Err(e) => return Err(e.into()),
                 };
-                let mac = record.map_or_else(|| machine.parse::<MacAddr>().expect("parsed above"), |r| r.boot_mac);
                 if !api.power.has(mac) {
                     let linked = record.filter(|r| r.state == MachineState::Accepted && r.overlay.is_some());
                     let Some(record) = linked else {
