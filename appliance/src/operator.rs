@@ -363,7 +363,11 @@ impl Operator {
                 store.set_boot_mode(mac, mode).await?;
                 Answer::Done
             }
-            Action::ClusterStatus => Answer::Cluster(Box::new(self.cluster()?.status.borrow().as_ref().clone())),
+            Action::ClusterStatus => {
+                let mut status = self.cluster()?.status.borrow().as_ref().clone();
+                self.with_power(&mut status).await;
+                Answer::Cluster(Box::new(status))
+            }
             Action::Kubeconfig => {
                 Answer::Text(self.cluster()?.kubeconfig.borrow().clone().ok_or(ActionError::NoKubeconfig)?)
             }
@@ -438,6 +442,15 @@ impl Operator {
     /// One power action on one machine, or on every machine with a BMC, one after another in
     /// the config's order (a rack is not powered on all at once). A machine without a BMC is
     /// asked through its agent ([`crate::agent_power`]).
+    /// Each machine's power in `status`, as its BMC read last.
+    async fn with_power(&self, status: &mut ClusterStatus) {
+        let registry = self.api.registry.lock().await;
+        for m in &mut status.machines {
+            let seen = registry.records().find(|r| r.id == m.id).and_then(|r| self.api.power.seen(r.boot_mac));
+            m.power = seen.map(|s| s.state.map_or_else(|| "unknown".to_string(), |s| s.to_string()));
+        }
+    }
+
     async fn power(&self, machine: &str, op: PowerOp) -> Result<Vec<PowerReport>, ActionError> {
         let api = &self.api;
         let targets: Vec<(MacAddr, Option<String>)> = {
@@ -464,7 +477,7 @@ impl Operator {
         };
         let mut reports = vec![];
         for (mac, id) in targets {
-            reports.push(api.power.act(&api.store, mac, id, op, "an operator").await);
+            reports.push(api.power.act(&api.store, mac, id, op, crate::power::OPERATOR).await);
         }
         Ok(reports)
     }

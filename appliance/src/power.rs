@@ -92,7 +92,13 @@ pub struct PowerControl {
     fence: Option<oasis_core::config::power::FencePolicy>,
     /// The state each BMC read last, by machine.
     seen: std::sync::Mutex<std::collections::HashMap<MacAddr, PowerSeen>>,
+    /// Machines an operator powered off, and nobody on since: oasis leaves them off (no power on
+    /// at start, no fencing).
+    kept_off: std::sync::Mutex<std::collections::HashSet<MacAddr>>,
 }
+
+/// The reason of an action an operator asked for (the CLI, the admin API), as its event says.
+pub const OPERATOR: &str = "an operator";
 
 /// A machine's power as its BMC read last: shown in `oasis machines`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +135,7 @@ impl PowerControl {
                 driver: driver(b),
             })
             .collect();
-        PowerControl { bmcs, fence: settings.fence, seen: Default::default() }
+        PowerControl { bmcs, fence: settings.fence, seen: Default::default(), kept_off: Default::default() }
     }
 
     /// With drivers given (a fake BMC in the controller's tests): `(machine, name, driver)`.
@@ -141,7 +147,7 @@ impl PowerControl {
             .into_iter()
             .map(|(machine, name, driver)| Bmc { turn: tokio::sync::Mutex::new(()), machine, name, driver: Ok(driver) })
             .collect();
-        PowerControl { bmcs, fence, seen: Default::default() }
+        PowerControl { bmcs, fence, seen: Default::default(), kept_off: Default::default() }
     }
 
     /// When silent control-plane machines are fenced; `None`: never.
@@ -171,6 +177,10 @@ impl PowerControl {
                 let before = self.remember(&report).and_then(|s| s.state);
                 if let (Some(before), Some(now)) = (before, report.state) {
                     if before != now {
+                        if now == PowerState::On {
+                            // Someone switched it on by hand: it is no longer kept off.
+                            self.kept_off.lock().unwrap_or_else(|e| e.into_inner()).remove(&mac);
+                        }
                         store.record_event(Happening {
                             kind: "power-changed",
                             mac: Some(mac),
@@ -184,6 +194,18 @@ impl PowerControl {
             }
             tokio::time::sleep(WATCH_EVERY).await;
         }
+    }
+
+    /// Whether an operator powered `mac` off and nobody has powered it on since: oasis itself
+    /// leaves it off.
+    pub fn kept_off(&self, mac: MacAddr) -> bool {
+        self.kept_off.lock().unwrap_or_else(|e| e.into_inner()).contains(&mac)
+    }
+
+    /// Reads from the stored events which machines an operator left off, so that a restarted
+    /// appliance does not undo it. At start, before anything acts on a BMC.
+    pub fn recall(&self, store: &Store) {
+        *self.kept_off.lock().unwrap_or_else(|e| e.into_inner()) = operator_kept_off(store);
     }
 
     /// The machines with a BMC, in the config's order.
@@ -202,6 +224,14 @@ impl PowerControl {
         let _turn = self.turn_of(mac).await;
         let report = self.run_on(mac, id, op).await;
         self.remember(&report);
+        if report.error.is_none() {
+            let mut kept_off = self.kept_off.lock().unwrap_or_else(|e| e.into_inner());
+            match op {
+                PowerOp::Off if reason == OPERATOR => kept_off.insert(mac),
+                PowerOp::On | PowerOp::Cycle => kept_off.remove(&mac),
+                _ => false,
+            };
+        }
         if op != PowerOp::Status {
             store.record_event(event(&report, reason));
         }
@@ -255,9 +285,8 @@ impl PowerControl {
     /// does not undo what an operator did.
     pub async fn power_on_rack(&self, store: &Store) {
         const REASON: &str = "the appliance came up; [power] power_on_at_start";
-        let kept_off = operator_kept_off(store);
         for mac in self.machines() {
-            if kept_off.contains(&mac) {
+            if self.kept_off(mac) {
                 tracing::info!(%mac, "left off at start: an operator powered it off");
                 continue;
             }
@@ -273,9 +302,10 @@ impl PowerControl {
     }
 }
 
-/// The machines whose newest power event is an operator's `power-off`.
-fn operator_kept_off(store: &Store) -> Vec<MacAddr> {
-    let Ok(events) = store.events(usize::MAX) else { return vec![] };
+/// The machines whose newest power event is an operator's `power-off`. The store keeps the
+/// newest 10 000 events, which bounds this read.
+fn operator_kept_off(store: &Store) -> std::collections::HashSet<MacAddr> {
+    let Ok(events) = store.events(usize::MAX) else { return Default::default() };
     let mut newest: std::collections::HashMap<MacAddr, bool> = std::collections::HashMap::new();
     for e in events.iter().filter(|e| e.kind.starts_with("power-") && e.kind != "power-failed") {
         if let Some(mac) = e.mac {

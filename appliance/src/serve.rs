@@ -488,6 +488,7 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     let served: HashMap<String, PathBuf> =
         node_artifacts.values().map(|(a, path)| (a.sha256.clone(), path.clone())).collect();
     let api = start_management(&config, &store, identity, served).await?;
+    api.power.recall(&api.store);
     let cluster = launch.start_assembly(&api, &node_artifacts, k3s_bundle).await?;
     launch.start_api(&api).await?;
     launch.start_admin(&api, cluster)?;

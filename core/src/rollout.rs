@@ -134,6 +134,9 @@ pub struct InFlight {
     /// The boot it was in when it started, then when it was told to reboot (its WireGuard key);
     /// the reboot request is addressed to that boot only.
     pub boot: String,
+    /// Power-cycled through its BMC because it never heard its reboot request (once per flight).
+    #[serde(default)]
+    pub power_cycled: bool,
 }
 
 /// Why a rollout stopped.
@@ -228,6 +231,10 @@ pub struct MachineView {
     /// kexec is allowed on it.
     pub kexec: bool,
     pub last_error: Option<String>,
+    /// It has a BMC the appliance can power-cycle it through.
+    pub bmc: bool,
+    /// When it was last heard from (a heartbeat or a registration; Unix seconds).
+    pub heard_at: u64,
     /// A service of its current boot that keeps exiting ([`CRASH_LOOP_RESTARTS`] times or
     /// more), with what it said: its generation fails at once, without waiting for the timeout.
     pub crash_loop: Option<String>,
@@ -276,6 +283,10 @@ pub enum RolloutStep {
     Rebooted { mac: MacAddr, machine: String },
     /// `mac` passed every gate on its new generation.
     Confirm { mac: MacAddr, machine: String },
+    /// `mac` never heard its request to boot generation `to` (silent since before it was asked):
+    /// power-cycle it through its BMC into a network boot, which boots what its boot script
+    /// names, `to`.
+    PowerCycle { mac: MacAddr, machine: String, to: u64 },
     /// `mac` did not pass `gate` in time; `boot` is the boot it is in now (the one told to go
     /// back when it was going forward).
     Fail { mac: MacAddr, gate: Gate, detail: String, last_error: Option<String>, boot: String },
@@ -299,6 +310,9 @@ impl std::fmt::Display for RolloutStep {
                 write!(f, "{machine} boots generation {to} ({})", if *kexec { "kexec" } else { "reboot" })
             }
             RolloutStep::Rebooted { machine, .. } => write!(f, "{machine} is back: checking its gates"),
+            RolloutStep::PowerCycle { machine, to, .. } => {
+                write!(f, "{machine} does not answer: power-cycled through its BMC to boot generation {to}")
+            }
             RolloutStep::Confirm { machine, .. } => write!(f, "{machine} passed its gates"),
             RolloutStep::Fail { gate, detail, .. } => write!(f, "gate '{gate}' failed: {detail}"),
             RolloutStep::Finish => f.write_str("every machine runs the new generation"),
@@ -512,6 +526,9 @@ fn in_flight(f: &InFlight, rollout: &Rollout, rack: &RackView, settings: &Rollou
         Phase::MovingLeader => leave(f, m, rack, &rollout.done),
         Phase::Rebooting => {
             let new_boot = m.alive && m.boot != f.boot;
+            if unreachable_by_its_agent(f, m, now) {
+                return RolloutStep::PowerCycle { mac: f.mac, machine: m.id.clone(), to: f.to };
+            }
             match m.generation {
                 Some(g) if new_boot && g == f.to => RolloutStep::Rebooted { mac: f.mac, machine: m.id.clone() },
                 Some(g) if new_boot => fail(Gate::Booted, format!("{} booted generation {g}, not {}", m.id, f.to)),
@@ -533,6 +550,21 @@ fn in_flight(f: &InFlight, rollout: &Rollout, rack: &RackView, settings: &Rollou
             Some((gate, detail)) => wait(gate, detail),
         },
     }
+}
+
+/// Seconds after its reboot request that a machine silent since before it is power-cycled.
+pub const POWER_CYCLE_AFTER_SECS: u64 = 60;
+
+/// Whether `m`, told to reboot by flight `f`, cannot hear it: silent since before the request,
+/// still silent [`POWER_CYCLE_AFTER_SECS`] later (a machine hung in a generation that failed
+/// it, or dead in its reboot). With a BMC it is power-cycled, once per flight: a machine that
+/// misses its gate on the way out goes back this way, into the generation it came from.
+fn unreachable_by_its_agent(f: &InFlight, m: &MachineView, now: u64) -> bool {
+    m.bmc
+        && !m.alive
+        && !f.power_cycled
+        && m.heard_at < f.since
+        && now.saturating_sub(f.since) >= POWER_CYCLE_AFTER_SECS
 }
 
 /// Leadership off `m` first, then the reboot. It goes to a healthy voter already moved when
@@ -608,6 +640,7 @@ pub fn apply(generations: &mut Generations, step: &RolloutStep, now: u64) -> Vec
                 phase: Phase::MovingLeader,
                 since: now,
                 boot: boot.clone(),
+                power_cycled: false,
             });
             vec![event("rollout-machine", Some(*mac), format!("{machine} starts moving to node generation {to}"))]
         }
@@ -630,6 +663,15 @@ pub fn apply(generations: &mut Generations, step: &RolloutStep, now: u64) -> Vec
             f.phase = Phase::Checking;
             let message = format!("{} is back on node generation {}", f.machine, f.to);
             vec![event("rollout-booted", Some(*mac), message)]
+        }
+        RolloutStep::PowerCycle { mac, machine, to } => {
+            let Some(f) = flight(generations, *mac) else { return vec![] };
+            f.power_cycled = true;
+            let message = format!(
+                "{machine} did not answer its request to boot node generation {to}: power-cycled through its \
+                 BMC into a network boot of generation {to} (once)"
+            );
+            vec![event("rollout-power-cycle", Some(*mac), message)]
         }
         RolloutStep::Confirm { mac, .. } => confirm(generations, *mac, now),
         RolloutStep::Fail { mac, gate, detail, last_error, boot } => {
@@ -851,6 +893,7 @@ fn fail(
             other.to = from;
             other.phase = Phase::MovingLeader;
             other.since = now;
+            other.power_cycled = false;
         }
         if other.to == from {
             rollout.in_flight.push(other);
@@ -865,6 +908,7 @@ fn fail(
         phase: Phase::MovingLeader,
         since: now,
         boot: boot.clone(),
+        power_cycled: false,
     });
     if let Some(g) = generations.installed.iter_mut().find(|g| g.sequence == target) {
         g.failed = true;

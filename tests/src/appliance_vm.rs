@@ -2,7 +2,7 @@
 //! with an operator at its serial console (expect-style: wait for a prompt, type the answer) and
 //! USB sticks plugged in at boot or later through QEMU's monitor.
 
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -70,17 +70,6 @@ pub struct ApplianceVm {
     sticks: usize,
 }
 
-fn connect(path: &Path, timeout: Duration) -> UnixStream {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return s,
-            Err(e) if Instant::now() > deadline => panic!("cannot connect to {}: {e}", path.display()),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
 impl ApplianceVm {
     /// Powers the appliance on in `ns`, its NIC on `tap`; files go to `work`.
     pub fn start(ns: &Netns, tap: &str, spec: &ApplianceVmSpec, work: &Path, name: &str) -> ApplianceVm {
@@ -102,11 +91,8 @@ impl ApplianceVm {
             // The watchdog a trial boot arms (its expiry resets the VM).
             "-device".into(),
             "i6300esb".into(),
-            "-chardev".into(),
-            format!("socket,id=mon,path={},server=on,wait=off", monitor.display()),
-            "-mon".into(),
-            "chardev=mon,mode=readline".into(),
         ];
+        m.extra_args.extend(crate::qemu::monitor_args(&monitor));
         if let Some(stick) = &spec.stick {
             m.extra_args.extend([
                 "-drive".into(),
@@ -116,7 +102,7 @@ impl ApplianceVm {
             ]);
         }
         let machine = Machine::start(m).unwrap();
-        let serial = connect(&socket, Duration::from_secs(10));
+        let serial = crate::qemu::connect(&socket, Duration::from_secs(10));
         // QEMU also sends the console to the socket; a client that does not read it fills the
         // socket's buffer and stalls the guest's serial port. The log file keeps it all.
         let mut drain = serial.try_clone().unwrap();
@@ -197,23 +183,7 @@ impl ApplianceVm {
 
     /// Runs a QEMU monitor command and returns its output.
     pub fn monitor(&self, command: &str) -> String {
-        let mut s = connect(&self.monitor, Duration::from_secs(5));
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut reader = BufReader::new(s.try_clone().unwrap());
-        let read_prompt = |reader: &mut BufReader<UnixStream>| {
-            let mut out = Vec::new();
-            let mut byte = [0u8; 1];
-            while !out.ends_with(b"(qemu) ") {
-                match reader.read(&mut byte) {
-                    Ok(1) => out.push(byte[0]),
-                    _ => break,
-                }
-            }
-            String::from_utf8_lossy(&out).into_owned()
-        };
-        read_prompt(&mut reader);
-        s.write_all(format!("{command}\n").as_bytes()).unwrap();
-        read_prompt(&mut reader)
+        crate::qemu::monitor(&self.monitor, command)
     }
 
     /// Plugs a USB stick in; returns its id for [`ApplianceVm::unplug`].

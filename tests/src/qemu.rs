@@ -13,6 +13,8 @@
 //! the machine, which boots again as at power-on (the network first when it netboots). A kexec never
 //! reaches QEMU either way. Dropping a [`Machine`] kills QEMU.
 
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -94,6 +96,63 @@ impl<'a> MachineSpec<'a> {
             serial_socket: None,
         }
     }
+
+    /// QEMU's arguments for this machine (after `qemu-system-x86_64`), with its files (SeaBIOS's
+    /// console port, OVMF's variables) in `scratch`, which must outlive the machine. The serial
+    /// console is appended to `serial_log`, so a machine started again with the same arguments
+    /// (a power cycle through a simulated BMC) adds its boot to the earlier ones.
+    pub fn qemu_args(&self, scratch: &Path) -> Result<Vec<String>> {
+        let mut args: Vec<String> = ["-accel", "tcg", "-cpu", "max", "-m"].map(String::from).to_vec();
+        args.push(self.memory_mb.to_string());
+        args.extend(["-display", "none", "-monitor", "none", "-nic", "none"].map(String::from));
+        if !self.reboots {
+            args.push("-no-reboot".into());
+        }
+        args.extend(["-boot".into(), if self.netboot { "n" } else { "c" }.into()]);
+        let log = self.serial_log.display();
+        match &self.serial_socket {
+            None => args.extend(["-chardev".into(), format!("file,id=serial0,path={log},append=on")]),
+            Some(socket) => args.extend([
+                "-chardev".into(),
+                format!("socket,id=serial0,path={},server=on,wait=off,logfile={log},logappend=on", socket.display()),
+            ]),
+        }
+        args.extend(["-serial".into(), "chardev:serial0".into()]);
+        args.extend(["-netdev".into(), format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap)]);
+        let nic = match self.firmware {
+            Firmware::Bios => {
+                // SeaBIOS reads the serial console's I/O port (0x3f8, COM1) as a little-endian integer.
+                let sercon = scratch.join("sercon-port");
+                std::fs::write(&sercon, 0x3f8u16.to_le_bytes()).map_err(io(&sercon))?;
+                args.extend(["-fw_cfg".into(), format!("name=etc/sercon-port,file={}", sercon.display())]);
+                if self.netboot {
+                    format!("{},netdev=n0,mac={},bootindex=1", self.nic_model, self.mac)
+                } else {
+                    format!("{},netdev=n0,mac={},romfile=", self.nic_model, self.mac)
+                }
+            }
+            Firmware::Uefi => {
+                let copy = scratch.join("OVMF_VARS_4M.fd");
+                std::fs::copy(OVMF_VARS, &copy).map_err(io(Path::new(OVMF_VARS)))?;
+                args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
+                args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", copy.display())]);
+                let boot = if self.netboot { ",bootindex=1" } else { "" };
+                format!("{},netdev=n0,mac={},romfile={boot}", self.nic_model, self.mac)
+            }
+        };
+        args.extend(["-device".into(), nic]);
+        if let Some(direct) = &self.direct_kernel {
+            args.extend(["-kernel".into(), direct.kernel.display().to_string()]);
+            args.extend(["-initrd".into(), direct.initrd.display().to_string()]);
+            args.extend(["-append".into(), direct.append.clone()]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        Ok(args)
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
+    move |source| HarnessError::Io { path: path.to_path_buf(), source }
 }
 
 /// A running QEMU machine.
@@ -110,65 +169,13 @@ pub struct Machine {
 impl Machine {
     /// Starts QEMU (`-accel tcg -cpu max`, never KVM) network-booting from `spec.tap`.
     pub fn start(spec: MachineSpec<'_>) -> Result<Machine> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| HarnessError::Io { path, source }
-        };
         // An empty log now, so a reader never sees an earlier machine's output.
         std::fs::write(&spec.serial_log, b"").map_err(io(&spec.serial_log))?;
         let stderr_log = spec.serial_log.with_extension("qemu-stderr");
         let stderr = std::fs::File::create(&stderr_log).map_err(io(&stderr_log))?;
-
-        let mut cmd = spec.netns.command("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg", "-cpu", "max", "-m", &spec.memory_mb.to_string()]);
-        cmd.args(["-display", "none", "-monitor", "none", "-nic", "none"]);
-        if !spec.reboots {
-            cmd.arg("-no-reboot");
-        }
-        cmd.args(["-boot", if spec.netboot { "n" } else { "c" }]);
-        match &spec.serial_socket {
-            None => {
-                cmd.arg("-serial").arg(format!("file:{}", spec.serial_log.display()));
-            }
-            Some(socket) => {
-                cmd.arg("-chardev").arg(format!(
-                    "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
-                    socket.display(),
-                    spec.serial_log.display()
-                ));
-                cmd.args(["-serial", "chardev:serial0"]);
-            }
-        }
-        cmd.args(["-netdev", &format!("tap,id=n0,ifname={},script=no,downscript=no", spec.tap)]);
         let scratch = tempfile::Builder::new().prefix("oasis-qemu-").tempdir().map_err(io(Path::new("/tmp")))?;
-        let nic = match spec.firmware {
-            Firmware::Bios => {
-                // SeaBIOS reads the serial console's I/O port (0x3f8, COM1) as a little-endian integer.
-                let sercon = scratch.path().join("sercon-port");
-                std::fs::write(&sercon, 0x3f8u16.to_le_bytes()).map_err(io(&sercon))?;
-                cmd.args(["-fw_cfg", &format!("name=etc/sercon-port,file={}", sercon.display())]);
-                if spec.netboot {
-                    format!("{},netdev=n0,mac={},bootindex=1", spec.nic_model, spec.mac)
-                } else {
-                    format!("{},netdev=n0,mac={},romfile=", spec.nic_model, spec.mac)
-                }
-            }
-            Firmware::Uefi => {
-                let dir = &scratch;
-                let copy = dir.path().join("OVMF_VARS_4M.fd");
-                std::fs::copy(OVMF_VARS, &copy).map_err(io(Path::new(OVMF_VARS)))?;
-                cmd.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
-                cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", copy.display())]);
-                let boot = if spec.netboot { ",bootindex=1" } else { "" };
-                format!("{},netdev=n0,mac={},romfile={boot}", spec.nic_model, spec.mac)
-            }
-        };
-        cmd.args(["-device", &nic]);
-        if let Some(direct) = &spec.direct_kernel {
-            cmd.arg("-kernel").arg(&direct.kernel).arg("-initrd").arg(&direct.initrd);
-            cmd.args(["-append", &direct.append]);
-        }
-        cmd.args(&spec.extra_args);
+        let mut cmd = spec.netns.command("qemu-system-x86_64");
+        cmd.args(spec.qemu_args(scratch.path())?);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         let child = cmd.spawn().map_err(|source| HarnessError::Spawn { command: command_line(&cmd), source })?;
         Ok(Machine {
@@ -266,6 +273,50 @@ impl Machine {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Connects to a Unix socket QEMU serves (a serial port, a monitor), waiting up to `timeout` for
+/// QEMU to create it.
+pub fn connect(path: &Path, timeout: Duration) -> UnixStream {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("cannot connect to {}: {e}", path.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The arguments of a human monitor on Unix socket `path` (see [`monitor`]).
+pub fn monitor_args(path: &Path) -> [String; 4] {
+    [
+        "-chardev".into(),
+        format!("socket,id=mon,path={},server=on,wait=off", path.display()),
+        "-mon".into(),
+        "chardev=mon,mode=readline".into(),
+    ]
+}
+
+/// Runs a command on the QEMU human monitor at Unix socket `path` and returns its output.
+pub fn monitor(path: &Path, command: &str) -> String {
+    let mut s = connect(path, Duration::from_secs(5));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let read_prompt = |reader: &mut BufReader<UnixStream>| {
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        while !out.ends_with(b"(qemu) ") {
+            match reader.read(&mut byte) {
+                Ok(1) => out.push(byte[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    read_prompt(&mut reader);
+    s.write_all(format!("{command}\n").as_bytes()).unwrap();
+    read_prompt(&mut reader)
 }
 
 impl Drop for Machine {

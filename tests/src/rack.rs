@@ -3,13 +3,23 @@
 //! firmware's netboot, which the network_boot and node_join tests prove) that can be powered off
 //! and on again. Each machine has an SMBIOS serial (`SN-1`, `SN-2`, …) to be ordered by and a
 //! real UUID to be identified by, as a real board has.
+//!
+//! A rack [`Rack::with_bmcs`] has a simulated BMC per machine (OpenIPMI's `ipmi_sim` in the
+//! rack's namespace, in the appliance's `[[power.bmc]]`), whose chassis is the machine's QEMU:
+//! the machines start off, and their power is the appliance's to switch.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::appliance::{join_args, node_boot_root_from, write_config, Appliance};
+use crate::ipmi_sim::IpmiSim;
 use crate::json::{ClusterStatus, Health};
 use crate::{tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
+
+/// The user of every simulated BMC in a rack [`Rack::with_bmcs`].
+pub const BMC_USER: &str = "oasis";
+/// Its password.
+pub const BMC_PASSWORD: &str = "rack-bmc-secret";
 
 /// A simulated rack: a namespace with the rack bridge, the appliance, and machines that can be
 /// powered off and on again (same MAC, serial and UUID; a new boot).
@@ -26,6 +36,9 @@ pub struct Rack {
     /// The machines boot from the network through their firmware, and a reboot boots them
     /// again that way (what a node rollout needs), instead of QEMU loading the node image.
     netboot: bool,
+    /// Each machine's BMC, when the rack has them (then `machines` stays empty: their power is
+    /// the BMC's).
+    bmcs: Vec<IpmiSim>,
 }
 
 /// Machine `i`'s MAC address.
@@ -53,30 +66,56 @@ impl Rack {
     /// A rack like [`Rack::with_disks`] whose machines boot the node image in `node` (e.g.
     /// [`crate::trixie_node_image`]).
     pub fn with_node(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path) -> Rack {
-        Rack::build(name, count, cluster, disks, node, false)
+        Rack::build(name, count, cluster, disks, node, Boot::Direct)
     }
 
     /// A rack like [`Rack::with_node`] whose machines boot from the network through their
     /// firmware (BIOS and iPXE), each boot from its own boot script, and boot again that way when
     /// they reboot.
     pub fn netbooted(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path) -> Rack {
-        Rack::build(name, count, cluster, disks, node, true)
+        Rack::build(name, count, cluster, disks, node, Boot::Netboot)
     }
 
-    fn build(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path, netboot: bool) -> Rack {
+    /// A rack like [`Rack::netbooted`] whose machines are off, each with a simulated BMC in the
+    /// appliance's config (`[[power.bmc]]` appended to `cluster`, which may hold a `[power]`
+    /// table): they run when the appliance powers them on.
+    pub fn with_bmcs(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path) -> Rack {
+        Rack::build(name, count, cluster, disks, node, Boot::Bmc)
+    }
+
+    fn build(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path, boot: Boot) -> Rack {
         let ns = Netns::create(name).unwrap();
         ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
         let work = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().unwrap();
+        for i in 0..count {
+            ns.add_tap(&format!("tap{i}"), "br0").unwrap();
+        }
+        let mut bmcs = vec![];
+        let mut cluster = cluster.to_string();
+        if boot == Boot::Bmc {
+            for i in 0..count {
+                let spec = machine_spec(&ns, work.path(), i, disks.contains(&i), None);
+                let scratch = work.path().join(format!("machine{i}"));
+                std::fs::create_dir_all(&scratch).unwrap();
+                let mut args = spec.qemu_args(&scratch).unwrap();
+                args.extend(crate::qemu::monitor_args(&monitor_path(work.path(), i)));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let sim = IpmiSim::start_in(Some(&ns), BMC_USER, BMC_PASSWORD, &args).unwrap();
+                cluster += &format!(
+                    "\n[[power.bmc]]\nmachine = \"{}\"\nipmi = \"{}\"\nuser = \"{BMC_USER}\"\npassword = \"{BMC_PASSWORD}\"\n",
+                    mac(i),
+                    sim.address()
+                );
+                bmcs.push(sim);
+            }
+        }
         let root = node_boot_root_from(work.path(), node);
-        let config = write_config(work.path(), "range = [\"10.0.0.100\", \"10.0.0.199\"]", &root, cluster);
+        let config = write_config(work.path(), "range = [\"10.0.0.100\", \"10.0.0.199\"]", &root, &cluster);
         // The machines boot the node image directly, as from boot media: with the join token.
         let args = join_args(&config);
         let appliance = Appliance::start(&ns, &config, &work.path().join("oasis.log"));
         let append =
             format!("console=ttyS0 panic=-1 oasis.api={} oasis.token={} oasis.pin={}", args.api, args.token, args.pin);
-        for i in 0..count {
-            ns.add_tap(&format!("tap{i}"), "br0").unwrap();
-        }
         let mut rack = Rack {
             ns,
             work,
@@ -85,10 +124,13 @@ impl Rack {
             append,
             machines: (0..count).map(|_| None).collect(),
             disks: disks.to_vec(),
-            netboot,
+            netboot: boot != Boot::Direct,
+            bmcs,
         };
-        for i in 0..count {
-            rack.power_on(i);
+        if boot != Boot::Bmc {
+            for i in 0..count {
+                rack.power_on(i);
+            }
         }
         rack
     }
@@ -97,29 +139,27 @@ impl Rack {
         self.work.path().join("boot/node")
     }
 
+    /// Starts machine `i`'s QEMU (not in a rack with BMCs: there the appliance does).
     pub fn power_on(&mut self, i: usize) {
-        let log = self.work.path().join(format!("machine{i}.log"));
-        let mut spec = MachineSpec::new(&self.ns, &format!("tap{i}"), &mac(i), Firmware::Bios, log);
-        spec.memory_mb = 512;
-        // A serial to order by and a real UUID to be identified by, as a real board has.
-        spec.extra_args = vec!["-smbios".into(), format!("type=1,serial=SN-{}", i + 1), "-uuid".into(), uuid(i)];
-        if self.disks.contains(&i) {
-            let disk = self.work.path().join(format!("disk{i}.img"));
-            if !disk.exists() {
-                std::fs::File::create(&disk).unwrap().set_len(2 << 30).unwrap();
-            }
-            spec.extra_args.extend(["-drive".into(), format!("file={},if=virtio,format=raw", disk.display())]);
-        }
-        if self.netboot {
-            spec.reboots = true;
-        } else {
-            spec.direct_kernel = Some(DirectKernel {
-                kernel: self.node().join("vmlinuz"),
-                initrd: self.node().join("initrd.img"),
-                append: self.append.clone(),
-            });
-        }
+        assert!(self.bmcs.is_empty(), "a machine with a BMC is powered on through it (`oasis machine power on`)");
+        let direct = (!self.netboot).then(|| DirectKernel {
+            kernel: self.node().join("vmlinuz"),
+            initrd: self.node().join("initrd.img"),
+            append: self.append.clone(),
+        });
+        let spec = machine_spec(&self.ns, self.work.path(), i, self.disks.contains(&i), direct);
         self.machines[i] = Some(Machine::start(spec).unwrap());
+    }
+
+    /// Machine `i`'s simulated BMC (a rack [`Rack::with_bmcs`]).
+    pub fn bmc(&self, i: usize) -> &IpmiSim {
+        &self.bmcs[i]
+    }
+
+    /// Runs a command on machine `i`'s QEMU monitor (a rack [`Rack::with_bmcs`]): `stop` hangs
+    /// it (its CPU stops, its BMC still answers), `quit` ends it as a power supply dying would.
+    pub fn monitor(&self, i: usize, command: &str) -> String {
+        crate::qemu::monitor(&monitor_path(self.work.path(), i), command)
     }
 
     pub fn power_off(&mut self, i: usize) {
@@ -160,7 +200,8 @@ impl Rack {
                 return status;
             }
             if Instant::now() > deadline {
-                let consoles: Vec<String> = self.machines.iter().flatten().map(|m| tail(&m.serial(), 30)).collect();
+                let consoles: Vec<String> =
+                    (0..self.machines.len()).map(|i| format!("machine {i}:\n{}", tail(&self.console(i), 30))).collect();
                 panic!(
                     "{what}: not within {timeout:?}\nstatus:\n{}\n--- events ---\n{}\n--- consoles ---\n{}\n--- appliance ---\n{}",
                     self.appliance.cli(&["cluster", "status"]),
@@ -181,6 +222,42 @@ impl Rack {
     pub fn get(&self, key: &str, via: usize) -> String {
         self.appliance.cli(&["cluster", "get", key, "--via", &Self::id(via)]).trim().to_string()
     }
+}
+
+/// How a rack's machines boot and are powered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Boot {
+    /// QEMU loads the node image; the test switches QEMU.
+    Direct,
+    /// Firmware network boot; the test switches QEMU.
+    Netboot,
+    /// Firmware network boot; each machine's BMC switches QEMU.
+    Bmc,
+}
+
+/// Machine `i` of a rack: a BIOS machine on `tap{i}`, its console in `work/machine{i}.log`, with
+/// an SMBIOS serial to order by and a real UUID to be identified by (as a real board has), and
+/// a sparse 2 GiB local disk kept across power cycles when `disk`. It netboots unless `direct`
+/// gives the kernel; a netbooted machine's reboot resets it, so it netboots again.
+fn machine_spec<'a>(ns: &'a Netns, work: &Path, i: usize, disk: bool, direct: Option<DirectKernel>) -> MachineSpec<'a> {
+    let log = work.join(format!("machine{i}.log"));
+    let mut spec = MachineSpec::new(ns, &format!("tap{i}"), &mac(i), Firmware::Bios, log);
+    spec.memory_mb = 512;
+    spec.extra_args = vec!["-smbios".into(), format!("type=1,serial=SN-{}", i + 1), "-uuid".into(), uuid(i)];
+    if disk {
+        let disk = work.join(format!("disk{i}.img"));
+        if !disk.exists() {
+            std::fs::File::create(&disk).unwrap().set_len(2 << 30).unwrap();
+        }
+        spec.extra_args.extend(["-drive".into(), format!("file={},if=virtio,format=raw", disk.display())]);
+    }
+    spec.reboots = direct.is_none();
+    spec.direct_kernel = direct;
+    spec
+}
+
+fn monitor_path(work: &Path, i: usize) -> PathBuf {
+    work.join(format!("machine{i}.monitor"))
 }
 
 impl Drop for Rack {

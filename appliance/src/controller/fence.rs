@@ -10,16 +10,33 @@ use oasis_core::registry::Happening;
 use super::world::{Clock, Etcd};
 use super::{Controller, ControllerError, Seen};
 use crate::power::PowerOp;
+use oasis_power::PowerState;
 
 impl<E: Etcd, C: Clock> Controller<E, C> {
     /// One fencing step for each member's machine that needs one (see the module comment).
-    pub(super) async fn fence(&self, seen: &[Seen], assembly: &mut Assembly, now: u64) -> Result<(), ControllerError> {
+    /// Machines `in_rollout` are the rollout's: a reboot there is silent on purpose, and one that
+    /// never comes back is the rollout's to fail and power-cycle.
+    pub(super) async fn fence(
+        &self,
+        seen: &[Seen],
+        assembly: &mut Assembly,
+        in_rollout: &[oasis_proto::MacAddr],
+        now: u64,
+    ) -> Result<(), ControllerError> {
         let power = &self.api.power;
         let Some(policy) = power.fence_policy() else { return Ok(()) };
         for s in seen {
             let (id, mac) = (&s.record.id, s.record.boot_mac);
             let fenced_before = assembly.fencing.contains_key(id);
             if !power.has(mac) || !(assembly.members.contains_key(id) || fenced_before) {
+                continue;
+            }
+            if in_rollout.contains(&mac) && !fenced_before {
+                continue;
+            }
+            if power.kept_off(mac) {
+                // An operator powered it off: oasis does not power it back on behind their back.
+                // Silent, it is given up after `[cluster] replace_after_secs` like any machine.
                 continue;
             }
             let heard = Heard { alive: self.alive(s, now), silent_secs: now.saturating_sub(heard_at(s)) };
@@ -36,7 +53,24 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                     // The network boot first: a machine that hung in its OS starts afresh from the
                     // appliance. A BMC that refuses it still gets the cycle.
                     power.act(&self.api.store, mac, Some(id.clone()), PowerOp::Pxe, &why).await;
-                    power.act(&self.api.store, mac, Some(id.clone()), PowerOp::Cycle, &why).await;
+                    let cycle = power.act(&self.api.store, mac, Some(id.clone()), PowerOp::Cycle, &why).await;
+                    if let Some(error) = cycle.error {
+                        // A machine its BMC could not power on and that reads off will not come
+                        // back by itself: waiting `fence_boot_secs` for it would only keep the
+                        // cluster short of a voter for longer.
+                        let status = power.act(&self.api.store, mac, Some(id.clone()), PowerOp::Status, &why).await;
+                        if status.state == Some(PowerState::Off) {
+                            if let Some(f) = assembly.fencing.get_mut(id) {
+                                f.fenced_at = Some(now);
+                            }
+                            let message = format!(
+                                "{id} could not be powered on by its BMC ({error}) and is off: given up now; a spare \
+                                 takes its place"
+                            );
+                            let said = happening("machine-given-up", message);
+                            self.api.store.save_assembly(assembly.clone(), vec![said]).await?;
+                        }
+                    }
                 }
                 FenceStep::Back => {
                     if let Some(f) = assembly.fencing.get_mut(id) {

@@ -416,7 +416,9 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         let generations = self.told(&seen, &record);
         let placed = self.placed(&seen, &assembly, &generations);
         let told_before = self.etcd_specs(&seen, &placed, &assembly, &generations)?;
-        self.fence(&seen, &mut assembly, now).await?;
+        let in_rollout: Vec<oasis_proto::MacAddr> =
+            record.rollout.iter().flat_map(|r| &r.in_flight).map(|f| f.mac).collect();
+        self.fence(&seen, &mut assembly, &in_rollout, now).await?;
         let nodes = self.nodes(&seen, now, &told_before, &assembly);
         let observation = self.observe(&seen, &assembly).await;
         let members: Option<Vec<Member>> = observation.members.as_ref().map(|list| {

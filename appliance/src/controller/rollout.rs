@@ -12,6 +12,7 @@ use oasis_proto::{Artifact, RebootRequest, ServiceState, ETCD_CLIENT_PORT};
 
 use super::world::{Clock, Etcd};
 use super::{Controller, ControllerError, Observation, Seen};
+use crate::power::PowerOp;
 
 /// What the rollout saw and did in one tick.
 pub(super) struct RolloutTick {
@@ -119,6 +120,13 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         let (recorded, at) = (step.clone(), now);
         self.api.store.update_generations(move |g| rollout::apply(g, &recorded, at)).await?;
         tracing::info!("rollout: {step}");
+        if let RolloutStep::PowerCycle { mac, machine, .. } = &step {
+            // Recorded first, so a restarted appliance does not cycle it twice.
+            let why = format!("rollout: {step}");
+            let id = Some(machine.clone());
+            self.api.power.act(&self.api.store, *mac, id.clone(), PowerOp::Pxe, &why).await;
+            self.api.power.act(&self.api.store, *mac, id, PowerOp::Cycle, &why).await;
+        }
         // As committed: an install or an operator's command may have landed beside the step.
         let record = self.api.store.generations()?;
         Ok(RolloutTick { record, progress: step.to_string() })
@@ -168,6 +176,8 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                     data_on_disk: super::disk_mounted(s),
                     kexec: self.rollout.kexec_for(id),
                     last_error: last_error(s),
+                    bmc: self.api.power.has(s.record.boot_mac),
+                    heard_at: super::fence::heard_at(s),
                     crash_loop: crash_loop(s),
                 }
             })

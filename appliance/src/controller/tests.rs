@@ -649,11 +649,13 @@ async fn a_voter_silent_past_replace_after_is_replaced_by_the_spare() {
 struct FakeBmc {
     on: Mutex<bool>,
     calls: Mutex<Vec<String>>,
+    /// Power on (and the on of a cycle) fails, as with a dead power supply.
+    dead_supply: std::sync::atomic::AtomicBool,
 }
 
 impl FakeBmc {
     fn new() -> Arc<FakeBmc> {
-        Arc::new(FakeBmc { on: Mutex::new(true), calls: Default::default() })
+        Arc::new(FakeBmc { on: Mutex::new(true), calls: Default::default(), dead_supply: Default::default() })
     }
 
     fn calls(&self) -> Vec<String> {
@@ -673,7 +675,17 @@ impl oasis_power::PowerDriver for FakeBmc {
     }
     fn power(&self, action: oasis_power::PowerAction) -> Result<(), oasis_power::PowerError> {
         self.calls.lock().unwrap().push(action.to_string());
-        *self.on.lock().unwrap() = action != oasis_power::PowerAction::Off;
+        let on = action != oasis_power::PowerAction::Off;
+        if on && self.dead_supply.load(Ordering::SeqCst) {
+            *self.on.lock().unwrap() = false;
+            let detail = "unspecified error".to_string();
+            return Err(oasis_power::PowerError::Refused {
+                address: "fake".into(),
+                action: action.to_string(),
+                detail,
+            });
+        }
+        *self.on.lock().unwrap() = on;
         Ok(())
     }
     fn pxe_once(&self) -> Result<(), oasis_power::PowerError> {
@@ -767,6 +779,43 @@ async fn a_voter_back_from_its_cycle_stays_and_is_not_cycled_in_a_loop() {
     }
     assert!(!rack.assembly().members.contains_key(&gone), "{:?}", rack.assembly().members.keys());
     assert_eq!(bmc.calls(), ["pxe", "cycle"], "and never powered off by fencing");
+}
+
+/// A voter whose BMC cannot power it on again (and that reads off) is given up at its cycle,
+/// without waiting its boot time, and the spare takes its place.
+#[tokio::test]
+async fn a_voter_its_bmc_cannot_power_on_is_given_up_at_its_cycle() {
+    let (mut rack, voters, gone, bmc) = fenced_rack().await;
+    bmc.dead_supply.store(true, Ordering::SeqCst);
+    after(&mut rack, 130, &gone).await;
+    assert_eq!(bmc.calls(), ["pxe", "cycle"]);
+    assert!(rack.assembly().fencing[&gone].given_up(), "{:?}", rack.assembly().fencing);
+    for _ in 0..40 {
+        if after(&mut rack, 1, &gone).await == "assembled" {
+            break;
+        }
+    }
+    let members: Vec<String> = rack.assembly().members.keys().cloned().collect();
+    let spare = (1..=4).map(|n| format!("m{n}")).find(|m| !voters.contains(m)).unwrap();
+    assert!(members.contains(&spare) && !members.contains(&gone), "{members:?}");
+    let events = rack.api.store.events(1000).unwrap();
+    assert!(events.iter().any(|e| e.kind == "machine-given-up" && e.message.contains("could not be powered on")));
+    assert_eq!(bmc.calls(), ["pxe", "cycle"], "nothing more once given up");
+}
+
+/// A voter an operator powered off is not fenced: oasis does not power it on behind their back.
+#[tokio::test]
+async fn a_voter_an_operator_powered_off_is_left_off() {
+    let (mut rack, _, gone, bmc) = fenced_rack().await;
+    let mac = oasis_proto::MacAddr([2, 0, 0, 0, 0, gone[1..].parse().unwrap()]);
+    let op = crate::power::PowerOp::Off;
+    let off = rack.api.power.act(&rack.api.store, mac, Some(gone.clone()), op, crate::power::OPERATOR).await;
+    assert_eq!(off.error, None);
+    for _ in 0..4 {
+        after(&mut rack, 100, &gone).await;
+    }
+    assert_eq!(bmc.calls(), ["off"], "never cycled");
+    assert!(!rack.assembly().fencing.contains_key(&gone));
 }
 
 #[test]

@@ -110,6 +110,38 @@ fn machines_line(machines: &[MachineEntry], cluster: &ClusterStatus) -> String {
     )
 }
 
+/// The machines with a BMC by power state, and which are off (they do not come back by
+/// themselves); `None` when no machine has a BMC.
+fn power_line(machines: &[MachineEntry]) -> Option<String> {
+    let powered: Vec<(&MachineEntry, Option<oasis_power::PowerState>)> =
+        machines.iter().filter_map(|m| m.power.as_ref().map(|p| (m, p.state))).collect();
+    if powered.is_empty() {
+        return None;
+    }
+    let count = |state| powered.iter().filter(|(_, s)| *s == state).count();
+    let mut line = format!(
+        "power: {} on, {} off, {} not read (of {} with a BMC)",
+        count(Some(oasis_power::PowerState::On)),
+        count(Some(oasis_power::PowerState::Off)),
+        count(None),
+        powered.len()
+    );
+    let off: Vec<String> = powered
+        .iter()
+        .filter(|(_, s)| *s == Some(oasis_power::PowerState::Off))
+        .map(|(m, _)| m.registration.as_ref().map_or_else(|| m.netboot.mac.to_string(), |r| r.record.id.clone()))
+        .collect();
+    if !off.is_empty() {
+        let more = off.len().saturating_sub(LISTED);
+        let listed = off.into_iter().take(LISTED).collect::<Vec<_>>().join(", ");
+        line += &format!("; off: {listed}");
+        if more > 0 {
+            line += &format!(" and {more} more");
+        }
+    }
+    Some(line)
+}
+
 fn control_plane_line(cluster: &ClusterStatus) -> String {
     let placed = cluster.machines.iter().filter(|m| m.role == oasis_proto::Role::ControlPlane.to_string()).count();
     let workers = cluster.machines.iter().filter(|m| m.role == oasis_proto::Role::Worker.to_string()).count();
@@ -145,6 +177,7 @@ pub fn render(view: &View) -> String {
             if pending.len() > LISTED {
                 lines.push(format!("pending: and {} more", pending.len() - LISTED));
             }
+            lines.extend(power_line(machines));
             lines.push(control_plane_line(cluster));
             if !cluster.kubernetes.is_empty() {
                 lines.push(format!("kubernetes: {}", cluster.kubernetes));
@@ -211,6 +244,20 @@ mod tests {
         assert!(text.lines().count() <= 15, "a short block:\n{text}");
         let Serve::Answering { machines, .. } = &view.serve else { unreachable!() };
         assert_eq!(pending(machines).len(), 1);
+    }
+
+    #[test]
+    fn machines_with_a_bmc_are_counted_by_power_and_those_off_named() {
+        let mut view = view("machines.json", "cluster-healthy.json");
+        assert!(!render(&view).contains("power:"), "no line without a BMC");
+        let Serve::Answering { machines, .. } = &mut view.serve else { unreachable!() };
+        let seen = |state| Some(oasis_appliance::power::PowerSeen { state, error: None, at: 1 });
+        machines[0].power = seen(Some(oasis_power::PowerState::On));
+        machines[1].power = seen(Some(oasis_power::PowerState::Off));
+        machines[2].power = seen(None);
+        let off = machines[1].registration.as_ref().map(|r| r.record.id.clone()).unwrap();
+        let text = render(&view);
+        assert!(text.contains(&format!("power: 1 on, 1 off, 1 not read (of 3 with a BMC); off: {off}\n")), "{text}");
     }
 
     #[test]

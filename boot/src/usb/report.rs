@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `result.txt` | always: applied, refused (why, with line numbers) or report only; the update bundle's fate; when; what else is here |
 //! | `applied.toml` | a configuration was applied: exactly the text applied |
-//! | `inventory.txt` | machines: id, serial, MACs, CPUs, memory, disks, state, role |
+//! | `inventory.txt` | machines: id, serial, MACs, CPUs, memory, disks, state, role, power |
 //! | `admin-token` | the supervisor passes it (first boot only); never removed by a later report |
 //! | `cluster-status.txt` | `oasis serve` answers with a cluster status |
 //! | `kubeconfig` | the cluster has one (a k3s bundle and a k3s server up) |
@@ -208,8 +208,13 @@ impl Report {
 
 /// The machines as `inventory.txt` lists them: a table, one machine per line.
 fn inventory(machines: &[MachineEntry], cluster: Option<&ClusterStatus>) -> String {
-    let header = ["ID", "SERIAL", "MACS", "CPUS", "MEMORY", "DISKS", "STATE", "ROLE"];
+    let header = ["ID", "SERIAL", "MACS", "CPUS", "MEMORY", "DISKS", "STATE", "ROLE", "POWER"];
     let gib = |bytes: u64| format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64);
+    // As its BMC read it last; `-` without a BMC.
+    let power = |entry: &MachineEntry| match &entry.power {
+        None => "-".to_string(),
+        Some(seen) => seen.state.map_or_else(|| "unknown".into(), |s| s.to_string()),
+    };
     let rows: Vec<Vec<String>> = machines
         .iter()
         .map(|entry| match &entry.registration {
@@ -222,6 +227,7 @@ fn inventory(machines: &[MachineEntry], cluster: Option<&ClusterStatus>) -> Stri
                 "-".into(),
                 "not registered (netbooted only)".into(),
                 "-".into(),
+                power(entry),
             ],
             Some(view) => {
                 let r = &view.record;
@@ -246,6 +252,7 @@ fn inventory(machines: &[MachineEntry], cluster: Option<&ClusterStatus>) -> Stri
                     if disks.is_empty() { "-".into() } else { disks.join(",") },
                     r.state.to_string(),
                     role,
+                    power(entry),
                 ]
             }
         })
@@ -353,6 +360,13 @@ mod tests {
         MachineEntry { netboot, registration, power: None }
     }
 
+    /// `entry` with a BMC that read it on.
+    fn powered(mut entry: MachineEntry) -> MachineEntry {
+        let state = Some(oasis_power::PowerState::On);
+        entry.power = Some(oasis_appliance::power::PowerSeen { state, error: None, at: 1 });
+        entry
+    }
+
     fn cluster() -> ClusterStatus {
         ClusterStatus {
             name: "rack".into(),
@@ -366,6 +380,7 @@ mod tests {
                 data_disk: None,
                 etcd: None,
                 generation: None,
+                power: Some("on".into()),
             }],
             ..Default::default()
         }
@@ -377,7 +392,10 @@ mod tests {
         let report = Report {
             outcome: Outcome::Applied { text: "[network]\n".into(), signed: true },
             at: 1_764_115_200,
-            machines: Some(vec![machine("m1", "52:54:00:00:00:01", true), machine("", "52:54:00:00:00:02", false)]),
+            machines: Some(vec![
+                powered(machine("m1", "52:54:00:00:00:01", true)),
+                machine("", "52:54:00:00:00:02", false),
+            ]),
             cluster: Some(cluster()),
             kubeconfig: Some("apiVersion: v1\n".into()),
             admin_token: Some("secret-token".into()),
@@ -415,7 +433,7 @@ mod tests {
         let inventory = read(INVENTORY_FILE);
         let lines: Vec<&str> = inventory.lines().collect();
         let header: Vec<&str> = lines[0].split_whitespace().collect();
-        assert_eq!(header, ["ID", "SERIAL", "MACS", "CPUS", "MEMORY", "DISKS", "STATE", "ROLE"]);
+        assert_eq!(header, ["ID", "SERIAL", "MACS", "CPUS", "MEMORY", "DISKS", "STATE", "ROLE", "POWER"]);
         let m1: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             m1,
@@ -427,7 +445,8 @@ mod tests {
                 "8.0G",
                 "vda:20.0G",
                 "accepted",
-                "control-plane"
+                "control-plane",
+                "on"
             ]
         );
         assert!(lines[2].contains("52:54:00:00:00:02") && lines[2].contains("not registered"), "{inventory}");

@@ -149,6 +149,10 @@ pub struct MachineRole {
     /// The node generation its agent reports running.
     #[serde(default)]
     pub generation: Option<u64>,
+    /// Its power as its BMC read last (`on`, `off`, `unknown` when the BMC did not answer);
+    /// `None` without a BMC. The appliance fills it in when it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,13 +215,14 @@ impl ClusterStatus {
         for w in &self.warnings {
             out += &format!("warning: {w}\n");
         }
-        out += "\nMACHINE                          ROLE           UP   MESH ADDRESS     DATA DISK     ETCD\n";
+        out += "\nMACHINE                          ROLE           UP   POWER   MESH ADDRESS     DATA DISK     ETCD\n";
         for m in &self.machines {
             out += &format!(
-                "{:<32} {:<14} {:<4} {:<16} {:<13} {}\n",
+                "{:<32} {:<14} {:<4} {:<7} {:<16} {:<13} {}\n",
                 m.id,
                 m.role,
                 if m.alive { "yes" } else { "no" },
+                m.power.as_deref().unwrap_or("-"),
                 m.mesh_address.as_deref().unwrap_or("-"),
                 m.data_disk.as_deref().unwrap_or("-"),
                 m.etcd.as_deref().unwrap_or("-")
@@ -337,6 +342,7 @@ fn machine_row(m: &MachineSeen<'_>, etcd_answered: bool) -> MachineRole {
         }),
         etcd: etcd_column(etcd_report, m.etcd_told, etcd_answered),
         generation: m.heartbeat.and_then(|h| h.generation),
+        power: None,
     }
 }
 

@@ -26,6 +26,10 @@ struct Machine {
     generation: u64,
     /// Ticks until it is up again after a reboot or a power loss.
     down_for: u32,
+    /// Hung in a boot that never comes up, until it is power-cycled.
+    hung: bool,
+    /// When it last heartbeated.
+    heard_at: u64,
 }
 
 /// A rack of machines, the appliance's record, and etcd's leader.
@@ -47,6 +51,10 @@ struct Sim {
     failures: Failures,
     /// A failure on the way to the target was ever recorded: the target is never tried again.
     target_failed: bool,
+    /// Every machine has a BMC.
+    bmcs: bool,
+    /// A generation whose boot hangs before its agent starts (the machine stays silent).
+    hangs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -82,6 +90,8 @@ impl Sim {
                 boot: 1,
                 generation: 0,
                 down_for: 0,
+                hung: false,
+                heard_at: 1_000,
             })
             .collect();
         let (generations, _) = Generations::default().with_installed(generation(1));
@@ -96,6 +106,8 @@ impl Sim {
             crash_loops: false,
             failures: Failures::default(),
             target_failed: false,
+            bmcs: false,
+            hangs: None,
         }
     }
 
@@ -143,6 +155,8 @@ impl Sim {
                 data_on_disk: m.data_on_disk,
                 kexec: i % 2 == 0,
                 last_error: (!self.healthy(i) && m.up).then(|| "etcd exited with status 1".to_string()),
+                bmc: self.bmcs,
+                heard_at: m.heard_at,
                 // A bad generation's etcd crash-loops on half the machines; on the others it
                 // just never answers (the timeout catches it).
                 crash_loop: (!self.healthy(i) && m.up && (self.crash_loops || i % 2 == 1)).then(|| "etcd".to_string()),
@@ -158,13 +172,17 @@ impl Sim {
         for i in 0..self.machines.len() {
             let served = self.generations.served(self.machines[i].mac);
             let m = &mut self.machines[i];
-            if !m.up {
+            if !m.up && !m.hung {
                 m.down_for = m.down_for.saturating_sub(1);
                 if m.down_for == 0 {
-                    m.up = true;
                     m.boot += 1;
                     m.generation = served;
+                    m.hung = self.hangs == Some(served);
+                    m.up = !m.hung;
                 }
+            }
+            if m.up {
+                m.heard_at = self.now;
             }
         }
         for (mac, _, boot) in reboots(&self.generations) {
@@ -193,6 +211,10 @@ impl Sim {
             if self.healthy(to) {
                 self.leader = Some(to);
             }
+        }
+        if let RolloutStep::PowerCycle { mac, .. } = &step {
+            let m = self.machines.iter_mut().find(|m| m.mac == *mac).expect("in the rack");
+            (m.up, m.hung, m.down_for) = (false, false, 2);
         }
         if !lost {
             self.count(&step);
@@ -339,6 +361,31 @@ fn a_generation_whose_etcd_never_starts_fails_on_the_first_member_which_goes_bac
     let refused = command(&mut sim.generations, Command::Resume, sim.now).unwrap_err();
     assert_eq!(refused, CommandError::GenerationFailed { target: 1, machine: "m1".into() });
     assert!(refused.to_string().contains("install a newer bundle"));
+}
+
+/// A machine that hangs booting the new generation never hears that it should go back: with a
+/// BMC it is power-cycled, once, and boots the generation it came from; without one it stays
+/// silent and the rollout stops for an operator.
+#[test]
+fn a_machine_hung_in_a_failed_generation_is_power_cycled_back_once_through_its_bmc() {
+    let mut sim = Sim::new(3, 0, false);
+    (sim.bmcs, sim.hangs) = (true, Some(1));
+    sim.run(300);
+    let rollout = sim.rollout().clone();
+    assert_eq!(rollout.state, RolloutState::Failed);
+    let failure = rollout.failure.expect("a failure");
+    assert_eq!((failure.machine.as_str(), failure.gate), ("m1", Gate::Booted));
+    assert!(failure.back, "m1 is back on its previous generation: {:#?}", sim.last_steps());
+    assert!(sim.machines.iter().all(|m| m.generation == 0 && m.up), "{:#?}", sim.machines);
+    let cycles: Vec<&RolloutStep> = sim.steps.iter().filter(|s| matches!(s, RolloutStep::PowerCycle { .. })).collect();
+    assert_eq!(cycles, [&RolloutStep::PowerCycle { mac: sim.machines[0].mac, machine: "m1".into(), to: 0 }]);
+
+    let mut sim = Sim::new(3, 0, false);
+    sim.hangs = Some(1);
+    sim.run(300);
+    assert!(!sim.steps.iter().any(|s| matches!(s, RolloutStep::PowerCycle { .. })), "no BMC, no cycle");
+    assert!(!sim.machines[0].up, "still hung");
+    assert!(!sim.rollout().failure.as_ref().expect("a failure").back, "{:#?}", sim.last_steps());
 }
 
 #[test]
