@@ -105,6 +105,14 @@ impl Sushy {
         Ok(sushy)
     }
 
+    /// [`Sushy::start`] inside network namespace `ns`: the emulator, its webhook and the QEMU
+    /// it powers live there, where an `oasis serve` in that namespace reaches them on loopback.
+    pub fn start_in(ns: &crate::Netns) -> Result<Sushy> {
+        ns.spawn_inside(Sushy::start)
+            .join()
+            .map_err(|_| anyhow::anyhow!("starting sushy-emulator inside {} panicked", ns.name()))?
+    }
+
     fn wait_listening(&mut self, port: u16) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
