@@ -20,6 +20,9 @@ pub const WIREGUARD: &str = "wireguard";
 /// the crc32c implementation ext4 asks the crypto API for (a soft dependency: without it every
 /// ext4 mount fails with ENOENT).
 pub const FILESYSTEM: &[&str] = &["crc32c_generic", "ext4"];
+/// The driver of a BMC's system interface and its character device (`/dev/ipmi0`), loaded when
+/// SMBIOS lists an IPMI device ([`crate::bmc::listed_in_smbios`]).
+pub const IPMI: &[&str] = &["ipmi_si", "ipmi_devintf"];
 /// Buses whose devices get drivers.
 pub const BUSES: &[&str] = &["pci", "virtio"];
 
@@ -309,6 +312,18 @@ pub fn load_drivers(sys: &Path, index: &ModuleIndex, loader: &mut impl ModuleLoa
             let e = error_chain(&e);
             tracing::warn!("{e}; the management link will need a userspace WireGuard");
             report.failed.push(format!("{WIREGUARD}: {e}"));
+        }
+    }
+    if crate::bmc::listed_in_smbios(sys) {
+        for module in IPMI {
+            match load_with_dependencies(index, module, loader, &mut loaded) {
+                Ok(()) => report.drivers.push((*module).to_string()),
+                Err(e) => {
+                    let e = error_chain(&e);
+                    tracing::warn!("{e}; this machine's BMC cannot be read from here");
+                    report.failed.push(format!("{module}: {e}"));
+                }
+            }
         }
     }
     for module in FILESYSTEM.iter().filter(|m| index.load_order(m).is_ok()) {

@@ -55,6 +55,7 @@ pub fn read(roots: &Roots) -> Inventory {
         disks: disks(&roots.sys),
         nics: nics(&roots.sys),
         boot_mode: if roots.sys.join("firmware/efi").is_dir() { BootMode::Uefi } else { BootMode::Bios },
+        bmc: None,
     }
 }
 

@@ -7,6 +7,7 @@
 //! makes it what the appliance wants: a member of the cluster mesh ([`mesh`]) running the
 //! cluster's services ([`services`]), booted into the node generation it names ([`reboot`]).
 
+pub mod bmc;
 pub mod boot;
 pub mod client;
 pub mod dhcp;
@@ -77,12 +78,14 @@ pub async fn run(args: KernelArgs, boot: BootInfo, roots: Roots) -> ! {
         Ok(link) => link,
         Err(e) => halt(console, &oasis_proto::error_chain(&e)).await,
     };
-    let identity = Identity {
-        token: args.token,
-        boot_mac: boot.mac.clone(),
-        wireguard_key: link.public_key(),
-        inventory: inventory::read(&roots),
-    };
+    let mut inventory = inventory::read(&roots);
+    let sys = roots.sys.clone();
+    inventory.bmc = tokio::task::spawn_blocking(move || bmc::read(&sys, Path::new(bmc::DEVICE))).await.unwrap_or(None);
+    if let Some(found) = &inventory.bmc {
+        tracing::info!(?found, "this machine's BMC, through its system interface");
+    }
+    let identity =
+        Identity { token: args.token, boot_mac: boot.mac.clone(), wireguard_key: link.public_key(), inventory };
     let cluster = Cluster {
         mesh: WireGuardMesh::new(link.private_key(), &boot.interface),
         services: Supervisor::new("/".into(), client.clone(), Spawner),

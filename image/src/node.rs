@@ -41,7 +41,7 @@ use crate::payload::{BUSYBOX_PACKAGE, INITRD, KERNEL, KERNEL_METAPACKAGE};
 
 /// The kernel modules the node image carries (dependencies are added): NIC drivers for the
 /// hardware racks have, the virtio transport, WireGuard for the management link and the mesh,
-/// and disk drivers with ext4 for the data disk.
+/// disk drivers with ext4 for the data disk, and IPMI's system interface for the machine's BMC.
 pub const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
@@ -58,6 +58,8 @@ pub const MODULES: &[&str] = &[
     "sd_mod",
     "crc32c_generic",
     "ext4",
+    "ipmi_si",
+    "ipmi_devintf",
 ];
 
 /// busybox applets in `/bin`.

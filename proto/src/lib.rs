@@ -136,6 +136,32 @@ pub struct Inventory {
     pub disks: Vec<Disk>,
     pub nics: Vec<Nic>,
     pub boot_mode: BootMode,
+    /// The machine's own BMC, when its kernel sees one (`/dev/ipmi0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<LocalBmc>,
+}
+
+/// A machine's BMC as its agent reads it through the kernel's IPMI driver (the system interface,
+/// no credentials needed): who it is and where it answers on the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalBmc {
+    /// The IPMI version it speaks (`2.0`).
+    pub ipmi_version: String,
+    /// Its IANA manufacturer number (Get Device ID).
+    pub manufacturer: u32,
+    /// Its firmware revision (`9.8`).
+    pub firmware: String,
+    /// The channel of its LAN interface (802.3), if it has one.
+    pub lan_channel: Option<u8>,
+    /// The IPv4 address it answers on there; `None` when it has none (0.0.0.0).
+    pub address: Option<Ipv4Addr>,
+    /// How it got that address: `static`, `dhcp`, `bios`, `other`, `unspecified`.
+    pub address_source: Option<String>,
+    /// Its LAN MAC address, `aa:bb:cc:dd:ee:ff`; `None` when it reports none (all zero).
+    pub mac: Option<String>,
+    /// What could not be read, when something could not (the rest is still reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// SMBIOS identity (`/sys/class/dmi/id`). Each is `None` when absent, unreadable or a

@@ -8,7 +8,7 @@
 //! the boot flags said PXE), power off ends it, status is whether it runs. ipmi_sim's power cycle
 //! is off, one second, on: a new QEMU process.
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,7 +22,8 @@ const CHASSIS_SCRIPT: &str = include_str!("ipmi_sim/chassis.sh");
 pub struct IpmiSim {
     dir: tempfile::TempDir,
     child: Child,
-    port: u16,
+    /// Where its LAN channel answers.
+    lan: SocketAddrV4,
     vm_port: u16,
 }
 
@@ -58,13 +59,14 @@ fn free_ports() -> std::io::Result<(u16, u16)> {
 
 /// ipmi_sim's configuration (ipmi_lan(5)): one LAN channel on loopback, one user of `user` with
 /// administrator privilege, the chassis program, and the VM's serial interface.
-fn lan_conf(dir: &Path, port: u16, vm_port: u16, user: &str, password: &str) -> String {
+fn lan_conf(dir: &Path, lan: SocketAddrV4, vm_port: u16, user: &str, password: &str) -> String {
     let dir = dir.display();
+    let (address, port) = (lan.ip(), lan.port());
     format!(
         r#"name "oasis-sim"
 set_working_mc 0x20
   startlan 1
-    addr 127.0.0.1 {port}
+    addr {address} {port}
     priv_limit admin
     allowed_auths_callback md5
     allowed_auths_user md5
@@ -84,9 +86,9 @@ const EMU: &str =
     "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n";
 
 /// Whether process `pid`'s network namespace (`/proc/PID/net/{udp,tcp}`) has a socket bound to
-/// 127.0.0.1:`port`.
-fn bound(pid: u32, table: &str, port: u16) -> bool {
-    let local = format!("0100007F:{port:04X}");
+/// `address`.
+fn bound(pid: u32, table: &str, address: SocketAddrV4) -> bool {
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(address.ip().octets()), address.port());
     std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
         .map(|text| text.lines().any(|line| line.split_whitespace().nth(1) == Some(local.as_str())))
         .unwrap_or(false)
@@ -103,13 +105,26 @@ impl IpmiSim {
     /// [`IpmiSim::start`] inside network namespace `ns` (its loopback), where an `oasis serve`
     /// in that namespace reaches it.
     pub fn start_in(ns: Option<&crate::Netns>, user: &str, password: &str, machine: &[&str]) -> Result<IpmiSim> {
+        let (port, _) = free_ports().map_err(io(Path::new("127.0.0.1")))?;
+        IpmiSim::start_on(ns, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), user, password, machine)
+    }
+
+    /// [`IpmiSim::start_in`] with its LAN channel on `lan` (an address of the namespace: a BMC
+    /// of its own address on port 623, as a rack has them).
+    pub fn start_on(
+        ns: Option<&crate::Netns>,
+        lan: SocketAddrV4,
+        user: &str,
+        password: &str,
+        machine: &[&str],
+    ) -> Result<IpmiSim> {
         let dir = tempfile::Builder::new().prefix("oasis-ipmi-sim-").tempdir().map_err(io(Path::new("/tmp")))?;
         let path = dir.path();
-        let (port, vm_port) = free_ports().map_err(io(Path::new("127.0.0.1")))?;
+        let (_, vm_port) = free_ports().map_err(io(Path::new("127.0.0.1")))?;
         let script = path.join("chassis.sh");
         std::fs::write(&script, CHASSIS_SCRIPT).map_err(io(&script))?;
         let files = [
-            ("lan.conf", lan_conf(path, port, vm_port, user, password)),
+            ("lan.conf", lan_conf(path, lan, vm_port, user, password)),
             ("bmc.emu", EMU.to_string()),
             ("machine.args", machine.join("\n") + "\n"),
             ("vmport", vm_port.to_string()),
@@ -134,7 +149,7 @@ impl IpmiSim {
         let child = command.stdin(Stdio::null()).stdout(log).stderr(stderr).spawn().map_err(|source| {
             HarnessError::Spawn { command: format!("{command:?} (Debian package openipmi)"), source }
         })?;
-        let mut sim = IpmiSim { dir, child, port, vm_port };
+        let mut sim = IpmiSim { dir, child, lan, vm_port };
         sim.wait_listening()?;
         Ok(sim)
     }
@@ -144,7 +159,8 @@ impl IpmiSim {
         let start = Instant::now();
         // `ip netns exec` runs ipmi_sim in its own process: its pid sees its namespace.
         let pid = self.child.id();
-        while !(bound(pid, "udp", self.port) && bound(pid, "tcp", self.vm_port)) {
+        let vm = SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.vm_port);
+        while !(bound(pid, "udp", self.lan) && bound(pid, "tcp", vm)) {
             if let Some(status) = self.child.try_wait().map_err(io(self.dir.path()))? {
                 let what = "ipmi_sim".to_string();
                 return Err(HarnessError::Exited {
@@ -155,7 +171,7 @@ impl IpmiSim {
                 });
             }
             if start.elapsed() > timeout {
-                let what = format!("ipmi_sim listening on 127.0.0.1:{}", self.port);
+                let what = format!("ipmi_sim listening on {}", self.lan);
                 return Err(HarnessError::Timeout { what, timeout, tail: tail(&self.log(), 20) });
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -175,9 +191,34 @@ impl IpmiSim {
         })
     }
 
-    /// Where the BMC answers: `127.0.0.1:port`.
+    /// Where the BMC answers: `ADDRESS:PORT`.
     pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.lan.to_string()
+    }
+
+    /// Sets what the BMC says of its LAN channel 1 (a static address and a MAC), as a rack's
+    /// BMCs are configured, with Debian's `ipmitool` over the LAN (run in `ns`, as ipmi_sim).
+    pub fn configure_lan(&self, ns: Option<&crate::Netns>, user: &str, password: &str, mac: &str) -> Result<()> {
+        let (host, port) = (self.lan.ip().to_string(), self.lan.port().to_string());
+        let address = self.lan.ip().to_string();
+        for set in [&["ipsrc", "static"][..], &["ipaddr", &address], &["macaddr", mac]] {
+            let mut command = ns.map_or_else(|| Command::new("ipmitool"), |ns| ns.command("ipmitool"));
+            command.args(["-I", "lanplus", "-C", "3", "-H", &host, "-p", &port, "-U", user, "-P", password]);
+            command.args(["lan", "set", "1"]).args(set);
+            let out = command.output().map_err(|source| HarnessError::Spawn {
+                command: "ipmitool (Debian package ipmitool)".into(),
+                source,
+            })?;
+            if !out.status.success() {
+                return Err(HarnessError::Exited {
+                    what: format!("ipmitool lan set 1 {}", set.join(" ")),
+                    status: out.status,
+                    awaited: "success".into(),
+                    tail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn read(&self, name: &str) -> String {

@@ -46,6 +46,16 @@ pub fn mac(i: usize) -> String {
     format!("52:54:00:0e:00:{:02x}", i + 1)
 }
 
+/// Machine `i`'s BMC address (a rack [`Rack::with_bmcs`]).
+pub fn bmc_address(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 0, 2, i as u8 + 1)
+}
+
+/// Machine `i`'s BMC MAC address (a rack [`Rack::with_bmcs`]).
+pub fn bmc_mac(i: usize) -> String {
+    format!("52:54:00:0b:00:{:02x}", i + 1)
+}
+
 /// Machine `i`'s SMBIOS UUID, which is its machine id.
 pub fn uuid(i: usize) -> String {
     format!("6f3c2a10-0000-4000-8000-{:012x}", i + 1)
@@ -100,7 +110,12 @@ impl Rack {
                 let mut args = spec.qemu_args(&scratch).unwrap();
                 args.extend(crate::qemu::monitor_args(&monitor_path(work.path(), i)));
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let sim = IpmiSim::start_in(Some(&ns), BMC_USER, BMC_PASSWORD, &args).unwrap();
+                // Each BMC at its own address, as in a rack, which it also reports on its LAN
+                // channel: what the machine's agent reads through its system interface.
+                ns.ip(&["addr", "add", &format!("{}/32", bmc_address(i)), "dev", "lo"]).unwrap();
+                let lan = std::net::SocketAddrV4::new(bmc_address(i), 623);
+                let sim = IpmiSim::start_on(Some(&ns), lan, BMC_USER, BMC_PASSWORD, &args).unwrap();
+                sim.configure_lan(Some(&ns), BMC_USER, BMC_PASSWORD, &bmc_mac(i)).unwrap();
                 cluster += &format!(
                     "\n[[power.bmc]]\nmachine = \"{}\"\nipmi = \"{}\"\nuser = \"{BMC_USER}\"\npassword = \"{BMC_PASSWORD}\"\n",
                     mac(i),

@@ -8,6 +8,8 @@
 //! three healthy voters again. Powered on later, it rejoins as a spare; powered off by an
 //! operator, the status says so.
 //!
+//! Each machine's agent reads its BMC's network address through the system interface.
+//!
 //! One booted rack serves every check in sequence. Needs root, QEMU, `ipmi_sim` (Debian package
 //! `openipmi`) and `$OASIS_ASSETS/node` (scripts/test builds it).
 
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use oasis_e2e::ipmi_sim::SimFault;
 use oasis_e2e::json::{ClusterStatus, Health};
 use oasis_e2e::node_image;
-use oasis_e2e::rack::{healthy_with, role, Rack};
+use oasis_e2e::rack::{bmc_address, bmc_mac, healthy_with, role, Rack};
 
 const CONFIG: &str = "[cluster]\nname = \"rack\"\nmin_machines = 4\nsettle_secs = 2\ndead_after_secs = 15\n\n\
                       [power]\npower_on_at_start = true\nfence_after_secs = 60\nfence_boot_secs = 420\n";
@@ -58,6 +60,17 @@ fn the_appliance_powers_on_its_rack_fences_a_hung_voter_and_replaces_a_dead_one(
     let on = events(&rack, "power-on");
     assert_eq!(on.len(), 4, "each machine powered on once: {on:#?}");
     assert!(on.iter().all(|m| m.contains("power_on_at_start")), "{on:#?}");
+    // Each agent read its machine's BMC through the system interface (`/dev/ipmi0`, no
+    // credentials): where it answers on the network, as its LAN channel says.
+    for r in rack.appliance.registrations() {
+        let i = (0..4).find(|i| Rack::id(*i) == r.record.id).expect("a machine of the rack");
+        let bmc = r.record.inventory.bmc.unwrap_or_else(|| panic!("machine {i} reported no BMC:\n{}", rack.console(i)));
+        assert_eq!((bmc.lan_channel, bmc.address, bmc.mac), (Some(1), Some(bmc_address(i)), Some(bmc_mac(i))), "{i}");
+        assert_eq!(
+            (bmc.ipmi_version.as_str(), bmc.address_source.as_deref(), bmc.error),
+            ("2.0", Some("static"), None)
+        );
+    }
     rack.put("/oasis/power", "written-before-the-hang", 0);
 
     // A voter hangs: silent, fenced (a network boot, a power cycle), back as the same member.
