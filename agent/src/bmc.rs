@@ -64,9 +64,11 @@ pub fn read(sys: &Path, device: &Path) -> Option<LocalBmc> {
     Some(discover(&mut |netfn, cmd, data| interface.request(netfn, cmd, data)))
 }
 
-/// What the BMC answers to the three requests, through `request` (netfn, command, data →
-/// the answer's bytes, completion code first).
-pub fn discover(request: &mut dyn FnMut(u8, u8, &[u8]) -> io::Result<Vec<u8>>) -> LocalBmc {
+/// One request to a BMC: netfn, command and data to the answer's bytes, completion code first.
+pub type Request<'a> = dyn FnMut(u8, u8, &[u8]) -> io::Result<Vec<u8>> + 'a;
+
+/// What the BMC answers to the three requests, through `request`.
+pub fn discover(request: &mut Request<'_>) -> LocalBmc {
     let mut bmc = LocalBmc::default();
     let mut errors = vec![];
     match request(NETFN_APP, GET_DEVICE_ID, &[]).and_then(|a| device_id(&a)) {
