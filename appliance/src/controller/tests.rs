@@ -721,6 +721,19 @@ async fn after(rack: &mut Rack, secs: u64, silent: &str) -> String {
     rack.tick().await
 }
 
+/// Ticks until assembly is done again, then checks that the spare (the machine that was not a
+/// voter) has a member and `gone` has none.
+async fn spare_takes_the_place_of(rack: &mut Rack, voters: &[String], gone: &str) {
+    for _ in 0..40 {
+        if after(rack, 1, gone).await == "assembled" {
+            break;
+        }
+    }
+    let members: Vec<String> = rack.assembly().members.keys().cloned().collect();
+    let spare = (1..=4).map(|n| format!("m{n}")).find(|m| !voters.contains(m)).unwrap();
+    assert!(members.contains(&spare) && !members.contains(&gone.to_string()), "{members:?}");
+}
+
 /// Fencing: a voter silent past `fence_after` is power-cycled once into a network boot; not
 /// back within its boot time, it is powered off and given up, and the spare takes its place.
 #[tokio::test]
@@ -737,14 +750,7 @@ async fn a_silent_voter_is_cycled_once_then_fenced_and_replaced_by_the_spare() {
     assert_eq!(bmc.calls(), ["pxe", "cycle"], "cycled once, given its boot time");
     after(&mut rack, 400, &gone).await;
     assert_eq!(bmc.calls(), ["pxe", "cycle", "off"]);
-    for _ in 0..40 {
-        if after(&mut rack, 1, &gone).await == "assembled" {
-            break;
-        }
-    }
-    let members: Vec<String> = rack.assembly().members.keys().cloned().collect();
-    let spare = (1..=4).map(|n| format!("m{n}")).find(|m| !voters.contains(m)).unwrap();
-    assert!(members.contains(&spare) && !members.contains(&gone), "{members:?}");
+    spare_takes_the_place_of(&mut rack, &voters, &gone).await;
     let kinds = rack.event_kinds();
     for kind in ["machine-fenced", "power-pxe", "power-cycle", "power-off", "machine-given-up"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
@@ -790,14 +796,7 @@ async fn a_voter_its_bmc_cannot_power_on_is_given_up_at_its_cycle() {
     after(&mut rack, 130, &gone).await;
     assert_eq!(bmc.calls(), ["pxe", "cycle"]);
     assert!(rack.assembly().fencing[&gone].given_up(), "{:?}", rack.assembly().fencing);
-    for _ in 0..40 {
-        if after(&mut rack, 1, &gone).await == "assembled" {
-            break;
-        }
-    }
-    let members: Vec<String> = rack.assembly().members.keys().cloned().collect();
-    let spare = (1..=4).map(|n| format!("m{n}")).find(|m| !voters.contains(m)).unwrap();
-    assert!(members.contains(&spare) && !members.contains(&gone), "{members:?}");
+    spare_takes_the_place_of(&mut rack, &voters, &gone).await;
     let events = rack.api.store.events(1000).unwrap();
     assert!(events.iter().any(|e| e.kind == "machine-given-up" && e.message.contains("could not be powered on")));
     assert_eq!(bmc.calls(), ["pxe", "cycle"], "nothing more once given up");
