@@ -439,18 +439,18 @@ impl Operator {
         Ok(record)
     }
 
-    /// One power action on one machine, or on every machine with a BMC, one after another in
-    /// the config's order (a rack is not powered on all at once). A machine without a BMC is
-    /// asked through its agent ([`crate::agent_power`]).
     /// Each machine's power in `status`, as its BMC read last.
     async fn with_power(&self, status: &mut ClusterStatus) {
         let registry = self.api.registry.lock().await;
         for m in &mut status.machines {
             let seen = registry.records().find(|r| r.id == m.id).and_then(|r| self.api.power.seen(r.boot_mac));
-            m.power = seen.map(|s| s.state.map_or_else(|| "unknown".to_string(), |s| s.to_string()));
+            m.power = seen.map(|s| s.word());
         }
     }
 
+    /// One power action on one machine, or on every machine with a BMC, one after another in
+    /// the config's order (a rack is not powered on all at once). A machine without a BMC is
+    /// asked through its agent ([`crate::agent_power`]).
     async fn power(&self, machine: &str, op: PowerOp) -> Result<Vec<PowerReport>, ActionError> {
         let api = &self.api;
         let targets: Vec<(MacAddr, Option<String>)> = {

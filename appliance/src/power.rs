@@ -110,6 +110,13 @@ pub struct PowerSeen {
     pub at: u64,
 }
 
+impl PowerSeen {
+    /// The state as a word for a table (`on`, `off`), `unknown` when the BMC could not be read.
+    pub fn word(&self) -> String {
+        self.state.map_or_else(|| "unknown".into(), |s| s.to_string())
+    }
+}
+
 #[derive(Debug)]
 struct Bmc {
     /// Held from a request to its state remembered (and its event): the watch never reads a

@@ -211,10 +211,7 @@ fn inventory(machines: &[MachineEntry], cluster: Option<&ClusterStatus>) -> Stri
     let header = ["ID", "SERIAL", "MACS", "CPUS", "MEMORY", "DISKS", "STATE", "ROLE", "POWER"];
     let gib = |bytes: u64| format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64);
     // As its BMC read it last; `-` without a BMC.
-    let power = |entry: &MachineEntry| match &entry.power {
-        None => "-".to_string(),
-        Some(seen) => seen.state.map_or_else(|| "unknown".into(), |s| s.to_string()),
-    };
+    let power = |entry: &MachineEntry| entry.power.as_ref().map_or_else(|| "-".to_string(), |seen| seen.word());
     let rows: Vec<Vec<String>> = machines
         .iter()
         .map(|entry| match &entry.registration {

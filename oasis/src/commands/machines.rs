@@ -33,10 +33,7 @@ fn machines_table(entries: &[MachineEntry]) -> String {
         .iter()
         .map(|e| {
             let m = &e.netboot;
-            let power = match &e.power {
-                None => "-".to_string(),
-                Some(seen) => seen.state.map_or_else(|| "unknown".into(), |s| s.to_string()),
-            };
+            let power = e.power.as_ref().map_or_else(|| "-".to_string(), |seen| seen.word());
             let mut row = vec![
                 m.mac.to_string(),
                 power,
