@@ -308,32 +308,31 @@ pub fn load_drivers(sys: &Path, index: &ModuleIndex, loader: &mut impl ModuleLoa
     }
     match load_with_dependencies(index, WIREGUARD, loader, &mut loaded) {
         Ok(()) => report.wireguard = true,
-        Err(e) => {
-            let e = error_chain(&e);
-            tracing::warn!("{e}; the management link will need a userspace WireGuard");
-            report.failed.push(format!("{WIREGUARD}: {e}"));
-        }
+        Err(e) => report.failure(WIREGUARD, &e, "the management link will need a userspace WireGuard"),
     }
     if crate::bmc::listed_in_smbios(sys) {
         for module in IPMI {
             match load_with_dependencies(index, module, loader, &mut loaded) {
                 Ok(()) => report.drivers.push((*module).to_string()),
-                Err(e) => {
-                    let e = error_chain(&e);
-                    tracing::warn!("{e}; this machine's BMC cannot be read from here");
-                    report.failed.push(format!("{module}: {e}"));
-                }
+                Err(e) => report.failure(module, &e, "this machine's BMC cannot be read from here"),
             }
         }
     }
     for module in FILESYSTEM.iter().filter(|m| index.load_order(m).is_ok()) {
         if let Err(e) = load_with_dependencies(index, module, loader, &mut loaded) {
-            let e = error_chain(&e);
-            tracing::warn!("{e}; a data disk cannot be used");
-            report.failed.push(format!("{module}: {e}"));
+            report.failure(module, &e, "a data disk cannot be used");
         }
     }
     report
+}
+
+impl DriverReport {
+    /// `module` did not load: logged with what that costs the machine, and reported.
+    fn failure(&mut self, module: &str, e: &DriverError, costs: &str) {
+        let e = error_chain(e);
+        tracing::warn!("{e}; {costs}");
+        self.failed.push(format!("{module}: {e}"));
+    }
 }
 
 fn load_with_dependencies(
