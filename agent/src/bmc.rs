@@ -124,9 +124,9 @@ fn completed(answer: &[u8]) -> io::Result<&[u8]> {
     }
 }
 
-/// Get Device ID's answer: the IPMI version (BCD, minor in the high nibble's... IPMI 2.0 table
-/// 20-2: byte 5, `0x02` is 2.0), the manufacturer (3 bytes, little-endian) and the firmware
-/// revision (major 7 bits, minor BCD).
+/// Get Device ID's answer (IPMI 2.0, table 20-2): the IPMI version (its fifth byte: major in
+/// the low nibble, minor in the high one, so `0x02` is 2.0), the manufacturer (3 bytes,
+/// little-endian, 20 bits) and the firmware revision (major in 7 bits, minor in BCD).
 fn device_id(answer: &[u8]) -> io::Result<(String, u32, String)> {
     let data = completed(answer)?;
     if data.len() < 9 {

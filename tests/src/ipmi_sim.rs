@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{tail, HarnessError, Result};
+use crate::{io_error, tail, HarnessError, Result};
 
 const CHASSIS_SCRIPT: &str = include_str!("ipmi_sim/chassis.sh");
 
@@ -46,15 +46,14 @@ pub struct SimMachine {
     pub args: Vec<String>,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
-    move |source| HarnessError::Io { path: path.to_path_buf(), source }
+/// A free UDP port on loopback, for a LAN channel.
+fn free_udp_port() -> std::io::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A free UDP port for the LAN channel and a free TCP port for the VM's connection, on loopback.
-fn free_ports() -> std::io::Result<(u16, u16)> {
-    let udp = UdpSocket::bind("127.0.0.1:0")?;
-    let tcp = TcpListener::bind("127.0.0.1:0")?;
-    Ok((udp.local_addr()?.port(), tcp.local_addr()?.port()))
+/// A free TCP port on loopback, for the VM's connection.
+fn free_tcp_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// ipmi_sim's configuration (ipmi_lan(5)): one LAN channel on loopback, one user of `user` with
@@ -105,7 +104,7 @@ impl IpmiSim {
     /// [`IpmiSim::start`] inside network namespace `ns` (its loopback), where an `oasis serve`
     /// in that namespace reaches it.
     pub fn start_in(ns: Option<&crate::Netns>, user: &str, password: &str, machine: &[&str]) -> Result<IpmiSim> {
-        let (port, _) = free_ports().map_err(io(Path::new("127.0.0.1")))?;
+        let port = free_udp_port().map_err(io_error(Path::new("127.0.0.1")))?;
         IpmiSim::start_on(ns, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), user, password, machine)
     }
 
@@ -118,11 +117,11 @@ impl IpmiSim {
         password: &str,
         machine: &[&str],
     ) -> Result<IpmiSim> {
-        let dir = tempfile::Builder::new().prefix("oasis-ipmi-sim-").tempdir().map_err(io(Path::new("/tmp")))?;
+        let dir = tempfile::Builder::new().prefix("oasis-ipmi-sim-").tempdir().map_err(io_error(Path::new("/tmp")))?;
         let path = dir.path();
-        let (_, vm_port) = free_ports().map_err(io(Path::new("127.0.0.1")))?;
+        let vm_port = free_tcp_port().map_err(io_error(Path::new("127.0.0.1")))?;
         let script = path.join("chassis.sh");
-        std::fs::write(&script, CHASSIS_SCRIPT).map_err(io(&script))?;
+        std::fs::write(&script, CHASSIS_SCRIPT).map_err(io_error(&script))?;
         let files = [
             ("lan.conf", lan_conf(path, lan, vm_port, user, password)),
             ("bmc.emu", EMU.to_string()),
@@ -130,12 +129,13 @@ impl IpmiSim {
             ("vmport", vm_port.to_string()),
         ];
         for (name, text) in files {
-            std::fs::write(path.join(name), text).map_err(io(&path.join(name)))?;
+            std::fs::write(path.join(name), text).map_err(io_error(&path.join(name)))?;
         }
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(io(&script))?;
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(io_error(&script))?;
         let state = path.join("state");
-        std::fs::create_dir(&state).map_err(io(&state))?;
-        let log = std::fs::File::create(path.join("ipmi_sim.log")).map_err(io(&path.join("ipmi_sim.log")))?;
+        std::fs::create_dir(&state).map_err(io_error(&state))?;
+        let log = std::fs::File::create(path.join("ipmi_sim.log")).map_err(io_error(&path.join("ipmi_sim.log")))?;
         let mut command = ns.map_or_else(|| Command::new("ipmi_sim"), |ns| ns.command("ipmi_sim"));
         command
             .arg("-c")
@@ -145,7 +145,7 @@ impl IpmiSim {
             .arg("-s")
             .arg(&state)
             .arg("-n");
-        let stderr = log.try_clone().map_err(io(&path.join("ipmi_sim.log")))?;
+        let stderr = log.try_clone().map_err(io_error(&path.join("ipmi_sim.log")))?;
         let child = command.stdin(Stdio::null()).stdout(log).stderr(stderr).spawn().map_err(|source| {
             HarnessError::Spawn { command: format!("{command:?} (Debian package openipmi)"), source }
         })?;
@@ -161,7 +161,7 @@ impl IpmiSim {
         let pid = self.child.id();
         let vm = SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.vm_port);
         while !(bound(pid, "udp", self.lan) && bound(pid, "tcp", vm)) {
-            if let Some(status) = self.child.try_wait().map_err(io(self.dir.path()))? {
+            if let Some(status) = self.child.try_wait().map_err(io_error(self.dir.path()))? {
                 let what = "ipmi_sim".to_string();
                 return Err(HarnessError::Exited {
                     what,
@@ -199,11 +199,10 @@ impl IpmiSim {
     /// Sets what the BMC says of its LAN channel 1 (a static address and a MAC), as a rack's
     /// BMCs are configured, with Debian's `ipmitool` over the LAN (run in `ns`, as ipmi_sim).
     pub fn configure_lan(&self, ns: Option<&crate::Netns>, user: &str, password: &str, mac: &str) -> Result<()> {
-        let (host, port) = (self.lan.ip().to_string(), self.lan.port().to_string());
-        let address = self.lan.ip().to_string();
+        let (address, port) = (self.lan.ip().to_string(), self.lan.port().to_string());
         for set in [&["ipsrc", "static"][..], &["ipaddr", &address], &["macaddr", mac]] {
             let mut command = ns.map_or_else(|| Command::new("ipmitool"), |ns| ns.command("ipmitool"));
-            command.args(["-I", "lanplus", "-C", "3", "-H", &host, "-p", &port, "-U", user, "-P", password]);
+            command.args(["-I", "lanplus", "-C", "3", "-H", &address, "-p", &port, "-U", user, "-P", password]);
             command.args(["lan", "set", "1"]).args(set);
             let out = command.output().map_err(|source| HarnessError::Spawn {
                 command: "ipmitool (Debian package ipmitool)".into(),
@@ -255,7 +254,7 @@ impl IpmiSim {
             Some(SimFault::RefusePowerOn) => "refuse-power-on",
             Some(SimFault::IgnoreBootDevice) => "ignore-boot-device",
         };
-        std::fs::write(&path, text).map_err(io(&path))
+        std::fs::write(&path, text).map_err(io_error(&path))
     }
 
     fn pidfile(&self) -> PathBuf {

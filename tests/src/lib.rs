@@ -110,6 +110,11 @@ pub fn run(cmd: &mut std::process::Command) -> Result<String> {
 /// The command line of `cmd`, for messages.
 pub use oasis_host::command::command_line;
 
+/// Turns an I/O error on `path` into a [`HarnessError::Io`] naming it: `.map_err(io_error(&path))`.
+pub(crate) fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
+    move |source| HarnessError::Io { path: path.to_path_buf(), source }
+}
+
 /// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();

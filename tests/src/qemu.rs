@@ -20,7 +20,7 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::netns::Netns;
-use crate::{command_line, tail, HarnessError, Result};
+use crate::{command_line, io_error, tail, HarnessError, Result};
 
 /// OVMF's code, mapped read-only.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -123,7 +123,7 @@ impl<'a> MachineSpec<'a> {
             Firmware::Bios => {
                 // SeaBIOS reads the serial console's I/O port (0x3f8, COM1) as a little-endian integer.
                 let sercon = scratch.join("sercon-port");
-                std::fs::write(&sercon, 0x3f8u16.to_le_bytes()).map_err(io(&sercon))?;
+                std::fs::write(&sercon, 0x3f8u16.to_le_bytes()).map_err(io_error(&sercon))?;
                 args.extend(["-fw_cfg".into(), format!("name=etc/sercon-port,file={}", sercon.display())]);
                 if self.netboot {
                     format!("{},netdev=n0,mac={},bootindex=1", self.nic_model, self.mac)
@@ -133,7 +133,7 @@ impl<'a> MachineSpec<'a> {
             }
             Firmware::Uefi => {
                 let copy = scratch.join("OVMF_VARS_4M.fd");
-                std::fs::copy(OVMF_VARS, &copy).map_err(io(Path::new(OVMF_VARS)))?;
+                std::fs::copy(OVMF_VARS, &copy).map_err(io_error(Path::new(OVMF_VARS)))?;
                 args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}")]);
                 args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", copy.display())]);
                 let boot = if self.netboot { ",bootindex=1" } else { "" };
@@ -151,10 +151,6 @@ impl<'a> MachineSpec<'a> {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
-    move |source| HarnessError::Io { path: path.to_path_buf(), source }
-}
-
 /// A running QEMU machine.
 #[derive(Debug)]
 pub struct Machine {
@@ -170,10 +166,10 @@ impl Machine {
     /// Starts QEMU (`-accel tcg -cpu max`, never KVM) network-booting from `spec.tap`.
     pub fn start(spec: MachineSpec<'_>) -> Result<Machine> {
         // An empty log now, so a reader never sees an earlier machine's output.
-        std::fs::write(&spec.serial_log, b"").map_err(io(&spec.serial_log))?;
+        std::fs::write(&spec.serial_log, b"").map_err(io_error(&spec.serial_log))?;
         let stderr_log = spec.serial_log.with_extension("qemu-stderr");
-        let stderr = std::fs::File::create(&stderr_log).map_err(io(&stderr_log))?;
-        let scratch = tempfile::Builder::new().prefix("oasis-qemu-").tempdir().map_err(io(Path::new("/tmp")))?;
+        let stderr = std::fs::File::create(&stderr_log).map_err(io_error(&stderr_log))?;
+        let scratch = tempfile::Builder::new().prefix("oasis-qemu-").tempdir().map_err(io_error(Path::new("/tmp")))?;
         let mut cmd = spec.netns.command("qemu-system-x86_64");
         cmd.args(spec.qemu_args(scratch.path())?);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);

@@ -56,7 +56,7 @@ use tokio::sync::watch;
 
 use crate::dhcp_client::{mac_text, DhcpClient, Lease, Role};
 use crate::wireguard::UserspaceLink;
-use crate::{Appliance, HarnessError, Netns};
+use crate::{io_error, Appliance, HarnessError, Netns};
 
 /// The appliance's address on the rack network.
 pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -775,10 +775,6 @@ pub enum Outcome {
     Passed,
     Failed,
     Interrupted,
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
-    move |source| HarnessError::Io { path: path.to_path_buf(), source }
 }
 
 /// Makes the machines' namespaces, each with `eth0` (its MAC) on a veth into the rack's bridge;
