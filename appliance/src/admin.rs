@@ -73,13 +73,19 @@ pub struct MachineEntry {
     /// Its power as its BMC read last (`[[power.bmc]]`); `None` without a BMC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<crate::power::PowerSeen>,
+    /// Its BMC: the config's (`ipmi 10.0.2.3`), and what its agent read from its own BMC when
+    /// that differs; `None` when neither knows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<String>,
 }
 
 /// Joins netboot records and registrations by boot MAC; registrations without a netboot record
 /// (a store from before a wipe) get an empty one.
 pub fn machine_entries(netboots: Vec<Machine>, registrations: Vec<MachineView>) -> Vec<MachineEntry> {
-    let mut entries: Vec<MachineEntry> =
-        netboots.into_iter().map(|netboot| MachineEntry { netboot, registration: None, power: None }).collect();
+    let mut entries: Vec<MachineEntry> = netboots
+        .into_iter()
+        .map(|netboot| MachineEntry { netboot, registration: None, power: None, bmc: None })
+        .collect();
     for view in registrations {
         let mac = view.record.boot_mac;
         match entries.iter_mut().find(|e| e.netboot.mac == mac) {
@@ -97,6 +103,7 @@ pub fn machine_entries(netboots: Vec<Machine>, registrations: Vec<MachineView>) 
                 },
                 registration: Some(view),
                 power: None,
+                bmc: None,
             }),
         }
     }
@@ -109,6 +116,8 @@ pub fn machine_entries(netboots: Vec<Machine>, registrations: Vec<MachineView>) 
 pub fn with_power(mut entries: Vec<MachineEntry>, power: &crate::power::PowerControl) -> Vec<MachineEntry> {
     for entry in &mut entries {
         entry.power = power.seen(entry.netboot.mac);
+        let own = entry.registration.as_ref().and_then(|v| v.record.inventory.bmc.as_ref());
+        entry.bmc = power.link(entry.netboot.mac, own);
     }
     for mac in power.machines() {
         if !entries.iter().any(|e| e.netboot.mac == mac) {
@@ -122,7 +131,12 @@ pub fn with_power(mut entries: Vec<MachineEntry>, power: &crate::power::PowerCon
                 last_ip: None,
                 boot: BootMode::Network,
             };
-            entries.push(MachineEntry { netboot, registration: None, power: power.seen(mac) });
+            entries.push(MachineEntry {
+                netboot,
+                registration: None,
+                power: power.seen(mac),
+                bmc: power.link(mac, None),
+            });
         }
     }
     entries

@@ -8,6 +8,7 @@
 //! Credentials stay in the drivers: no report, event or error carries them.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,9 @@ struct Bmc {
     machine: MacAddr,
     /// `kind address`, for reports and events.
     name: String,
+    /// Its address, when the config gives one: a machine whose agent reads this address from its
+    /// own BMC owns it.
+    ipv4: Option<Ipv4Addr>,
     /// A driver, or why none could be made from the config.
     driver: Result<Arc<dyn PowerDriver>, String>,
 }
@@ -139,20 +143,28 @@ impl PowerControl {
                 turn: tokio::sync::Mutex::new(()),
                 machine: b.machine,
                 name: format!("{} {}", b.endpoint.kind(), b.endpoint.address()),
+                ipv4: b.endpoint.ipv4(),
                 driver: driver(b),
             })
             .collect();
         PowerControl { bmcs, fence: settings.fence, seen: Default::default(), kept_off: Default::default() }
     }
 
-    /// With drivers given (a fake BMC in the controller's tests): `(machine, name, driver)`.
+    /// With drivers given (a fake BMC in the controller's tests): `(machine, name, driver)`, the
+    /// name `kind address` as the config's are.
     pub fn with_drivers(
         drivers: Vec<(MacAddr, String, Arc<dyn PowerDriver>)>,
         fence: Option<oasis_core::config::power::FencePolicy>,
     ) -> PowerControl {
         let bmcs = drivers
             .into_iter()
-            .map(|(machine, name, driver)| Bmc { turn: tokio::sync::Mutex::new(()), machine, name, driver: Ok(driver) })
+            .map(|(machine, name, driver)| Bmc {
+                turn: tokio::sync::Mutex::new(()),
+                machine,
+                ipv4: name.rsplit(' ').next().and_then(|address| address.parse().ok()),
+                name,
+                driver: Ok(driver),
+            })
             .collect();
         PowerControl { bmcs, fence, seen: Default::default(), kept_off: Default::default() }
     }
@@ -178,9 +190,10 @@ impl PowerControl {
     /// is an event, `power-changed`. Runs until serve stops.
     pub async fn watch(&self, store: &Store) {
         loop {
+            let owners = BmcOwners::read(store);
             for mac in self.machines() {
                 let _turn = self.turn_of(mac).await;
-                let report = self.run_on(mac, None, PowerOp::Status).await;
+                let report = self.run_on(&owners, mac, None, PowerOp::Status).await;
                 let before = self.remember(&report).and_then(|s| s.state);
                 if let (Some(before), Some(now)) = (before, report.state) {
                     if before != now {
@@ -220,6 +233,21 @@ impl PowerControl {
         self.bmcs.iter().map(|b| b.machine).collect()
     }
 
+    /// How machine `mac` and a BMC are linked, for `oasis machines`: the config's BMC (`ipmi
+    /// 10.0.2.3`), with what its agent read from its own BMC when that differs, or only what its
+    /// agent read (an address, no credentials to use it).
+    pub fn link(&self, mac: MacAddr, own: Option<&oasis_proto::LocalBmc>) -> Option<String> {
+        let read = own.and_then(|b| b.address);
+        match (self.bmcs.iter().find(|b| b.machine == mac), read) {
+            (Some(bmc), Some(read)) if bmc.ipv4.is_some_and(|configured| configured != read) => {
+                Some(format!("{} (its own reads {read})", bmc.name))
+            }
+            (Some(bmc), _) => Some(bmc.name.clone()),
+            (None, Some(read)) => Some(format!("{read} (its own; no credentials)")),
+            (None, None) => None,
+        }
+    }
+
     /// Whether `mac` has a BMC.
     pub fn has(&self, mac: MacAddr) -> bool {
         self.bmcs.iter().any(|b| b.machine == mac)
@@ -229,7 +257,7 @@ impl PowerControl {
     /// what it did as an event, `reason` saying who or what asked.
     pub async fn act(&self, store: &Store, mac: MacAddr, id: Option<String>, op: PowerOp, reason: &str) -> PowerReport {
         let _turn = self.turn_of(mac).await;
-        let report = self.run_on(mac, id, op).await;
+        let report = self.run_on(&BmcOwners::read(store), mac, id, op).await;
         self.remember(&report);
         if report.error.is_none() {
             let mut kept_off = self.kept_off.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,8 +281,9 @@ impl PowerControl {
         }
     }
 
-    /// Runs `op` through `mac`'s BMC, on the blocking pool.
-    async fn run_on(&self, mac: MacAddr, id: Option<String>, op: PowerOp) -> PowerReport {
+    /// Runs `op` through `mac`'s BMC, on the blocking pool; not at all when another machine reads
+    /// that BMC as its own (`owners`).
+    async fn run_on(&self, owners: &BmcOwners, mac: MacAddr, id: Option<String>, op: PowerOp) -> PowerReport {
         let Some(bmc) = self.bmcs.iter().find(|b| b.machine == mac) else {
             return PowerReport {
                 machine: mac,
@@ -267,9 +296,15 @@ impl PowerControl {
             };
         };
         let started = Instant::now();
-        let outcome = match &bmc.driver {
-            Err(why) => Err(why.clone()),
-            Ok(driver) => {
+        let outcome = match (&bmc.driver, owners.other_than(mac, bmc.ipv4)) {
+            (_, Some(owner)) => Err(format!(
+                "not done: {} is the BMC that machine {} reads as its own, yet the config's [[power.bmc]] \
+                 gives it to {mac}; through it oasis would power the wrong machine. Give that [[power.bmc]] \
+                 the boot MAC of the machine it belongs to ({}), or {mac}'s own BMC, and restart oasis",
+                bmc.name, owner.id, owner.boot_mac
+            )),
+            (Err(why), None) => Err(why.clone()),
+            (Ok(driver), None) => {
                 let driver = Arc::clone(driver);
                 tokio::task::spawn_blocking(move || run(driver.as_ref(), op))
                     .await
@@ -282,6 +317,40 @@ impl PowerControl {
             Err(error) => (None, Some(error)),
         };
         PowerReport { machine: mac, id, bmc: bmc.name.clone(), op, state, error, millis }
+    }
+}
+
+/// Which registered machine reads which BMC address as its own (its agent asks the BMC through
+/// the kernel: [`oasis_proto::LocalBmc`]), read from the store once per round of actions.
+#[derive(Debug, Default)]
+struct BmcOwners(std::collections::HashMap<Ipv4Addr, BmcOwner>);
+
+#[derive(Debug, Clone)]
+struct BmcOwner {
+    id: String,
+    boot_mac: MacAddr,
+}
+
+impl BmcOwners {
+    fn read(store: &Store) -> BmcOwners {
+        let records = store.records().unwrap_or_else(|error| {
+            tracing::warn!(%error, "the machines' own BMC addresses could not be read: none is checked");
+            vec![]
+        });
+        BmcOwners(
+            records
+                .into_iter()
+                .filter_map(|r| {
+                    let address = r.inventory.bmc.as_ref()?.address?;
+                    Some((address, BmcOwner { id: r.id, boot_mac: r.boot_mac }))
+                })
+                .collect(),
+        )
+    }
+
+    /// The machine other than `mac` whose own BMC answers at `address`.
+    fn other_than(&self, mac: MacAddr, address: Option<Ipv4Addr>) -> Option<&BmcOwner> {
+        self.0.get(&address?).filter(|owner| owner.boot_mac != mac)
     }
 }
 

@@ -243,6 +243,21 @@ pub fn agent_args(ns: &Netns, mac: &str) -> oasis_proto::KernelArgs {
     oasis_proto::KernelArgs::parse(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
+/// Sends `req` to the appliance at 10.0.0.1 as a machine's agent would, from inside `ns`, with
+/// the appliance's certificate pinned to `pin` (`join_args(..).pin`).
+pub fn register(
+    ns: &Netns,
+    pin: &str,
+    req: oasis_proto::RegisterRequest,
+) -> Result<oasis_proto::RegisterResponse, oasis_agent::client::ApiError> {
+    let pin = pin.to_string();
+    let api = format!("https://10.0.0.1:{}", oasis_proto::API_PORT);
+    ns.run_inside(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { oasis_agent::client::ApiClient::new(&api, &pin)?.register(&req).await })
+    })
+}
+
 /// A registration as a test machine's agent would send it: join `token`, SMBIOS `uuid` and serial
 /// `SN-KEY`, boot `mac`, the WireGuard key `[key; 32]` in base64, and `nonce` as 32 hex digits.
 pub fn register_request(token: &str, uuid: &str, mac: &str, key: u8, nonce: u32) -> oasis_proto::RegisterRequest {

@@ -18,6 +18,8 @@ const MACHINE: &[&str] = &["-accel", "tcg", "-display", "none", "-nodefaults", "
 /// The machine's boot MAC: it never booted, so the operator names it by the MAC its
 /// `[[power.bmc]]` gives.
 const MAC: &str = "52:54:00:0e:00:01";
+/// The test rack's DHCP: full, this range.
+const RANGE: &str = "range = [\"10.0.0.100\", \"10.0.0.199\"]";
 
 fn power(app: &Appliance, args: &[&str]) -> Output {
     let data = app.data_dir.to_str().unwrap().to_string();
@@ -57,7 +59,7 @@ fn oasis_machine_power_drives_a_bmc_from_the_config_through_serve() {
     ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
     let sim = IpmiSim::start_in(Some(&ns), USER, PASSWORD, MACHINE).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with_bmc(dir.path(), &sim, PASSWORD);
+    let config = config_with_bmc(dir.path(), RANGE, &sim, PASSWORD);
     let check = oasis(&["config", "check", config.to_str().unwrap()]);
     assert!(check.status.success(), "{}", text(&check));
     let mut app = Appliance::start(&ns, &config, &dir.path().join("serve.log"));
@@ -154,15 +156,16 @@ fn oasis_machine_power_drives_a_bmc_from_the_config_through_serve() {
     }
 }
 
-/// `DIR/oasis.toml` with the test rack and `sim` as the BMC of [`MAC`], powered on at start.
-fn config_with_bmc(dir: &std::path::Path, sim: &IpmiSim, password: &str) -> std::path::PathBuf {
+/// `DIR/oasis.toml` with the test rack (`dhcp`: its `[dhcp]` lines) and `sim` as the BMC of
+/// [`MAC`], powered on at start.
+fn config_with_bmc(dir: &std::path::Path, dhcp: &str, sim: &IpmiSim, password: &str) -> std::path::PathBuf {
     let extra = format!(
         "[profile]\nkernel = \"payload/vmlinuz\"\ninitrd = \"payload/initrd.img\"\n\n\
          [power]\npower_on_at_start = true\n[[power.bmc]]\nmachine = \"{MAC}\"\nipmi = \"{}\"\n\
          user = \"{USER}\"\npassword = \"{password}\"\n",
         sim.address()
     );
-    appliance::write_config(dir, "range = [\"10.0.0.100\", \"10.0.0.199\"]", &appliance::boot_root(dir), &extra)
+    appliance::write_config(dir, dhcp, &appliance::boot_root(dir), &extra)
 }
 
 /// A BMC that refuses the config's credentials: a clear status, nothing else disturbed (serve
@@ -173,7 +176,7 @@ fn a_bmc_refusing_the_credentials_is_a_clear_failure() {
     ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
     let sim = IpmiSim::start_in(Some(&ns), USER, PASSWORD, MACHINE).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = config_with_bmc(dir.path(), &sim, "wrong-password");
+    let config = config_with_bmc(dir.path(), RANGE, &sim, "wrong-password");
     let app = Appliance::start(&ns, &config, &dir.path().join("serve.log"));
     // Powering on at start failed, said once as an event; the operator's try says why.
     let events = events_with(&app, &["power-failed"]);
@@ -186,6 +189,44 @@ fn a_bmc_refusing_the_credentials_is_a_clear_failure() {
     assert!(events.contains("power-failed"), "{events}");
     assert!(!events.contains(PASSWORD), "{events}");
     app.cli(&["machines"]);
+}
+
+/// A BMC that another machine's agent reads as its own (the config gave it to the wrong machine):
+/// no action goes through it, each says whose it is, and the machine behind it is left as it
+/// was; `oasis machines` shows both machines' links.
+#[test]
+fn a_bmc_another_machine_reads_as_its_own_is_refused() {
+    let ns = Netns::create("oasis-pwr4").unwrap();
+    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
+    let sim = IpmiSim::start_in(Some(&ns), USER, PASSWORD, MACHINE).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // No DHCP: a registration is then taken from any address, so this test can send one itself.
+    let config = config_with_bmc(dir.path(), "mode = \"off\"", &sim, PASSWORD);
+    let args = appliance::join_args(&config);
+    let app = Appliance::start(&ns, &config, &dir.path().join("serve.log"));
+    events_with(&app, &["power-on"]);
+    let running = sim.machine().expect("powered on at start").pid;
+
+    // Another machine registers; its agent read the BMC's address from its own BMC.
+    let other = "52:54:00:0e:00:02";
+    let mut request = appliance::register_request(&args.token, "4c4c4544-0000-0000-0000-00000e000002", other, 2, 1);
+    let address: std::net::Ipv4Addr = sim.address().split(':').next().unwrap().parse().unwrap();
+    request.inventory.bmc = Some(oasis_proto::LocalBmc { address: Some(address), ..Default::default() });
+    appliance::register(&ns, &args.pin, request).expect("registered");
+
+    for op in ["off", "cycle", "status"] {
+        let out = power(&app, &[op, MAC]);
+        assert_eq!(out.status.code(), Some(1), "{op}: {}", text(&out));
+        let said = text(&out);
+        assert!(said.contains("reads as its own") && said.contains(other), "{op}: {said}");
+    }
+    assert_eq!(sim.machine().map(|m| m.pid), Some(running), "the machine behind it was left as it was");
+    let machines = app.cli(&["machines"]);
+    let row = |mac: &str| machines.lines().find(|l| l.starts_with(mac)).map(str::to_string).unwrap_or_default();
+    assert!(row(MAC).contains(&format!("ipmi {}", sim.address())), "{machines}");
+    assert!(row(other).contains(&format!("{address} (its own; no credentials)")), "{machines}");
+    let events = events_with(&app, &["power-failed"]);
+    assert!(events.contains("reads as its own"), "{events}");
 }
 
 /// Redfish through `serve`: sushy-tools' emulator in serve's namespace as a machine's

@@ -62,6 +62,12 @@ fn the_appliance_powers_on_its_rack_fences_a_hung_voter_and_replaces_a_dead_one(
     assert!(on.iter().all(|m| m.contains("power_on_at_start")), "{on:#?}");
     // Each agent read its machine's BMC through the system interface (`/dev/ipmi0`, no
     // credentials): where it answers on the network, as its LAN channel says.
+    // The config's BMC and the one each machine reads as its own agree: each machine is linked
+    // to its BMC.
+    for entry in rack.appliance.machines() {
+        let link = entry.bmc.unwrap_or_default();
+        assert!(link.starts_with("ipmi 10.0.2.") && !link.contains("its own"), "{}: {link}", entry.netboot.mac);
+    }
     for r in rack.appliance.registrations() {
         let i = (0..4).find(|i| Rack::id(*i) == r.record.id).expect("a machine of the rack");
         let bmc = r.record.inventory.bmc.unwrap_or_else(|| panic!("machine {i} reported no BMC:\n{}", rack.console(i)));

@@ -8,19 +8,13 @@ use std::path::Path;
 
 use base64::Engine;
 use oasis_agent::client::{ApiClient, ApiError, Endpoint};
-use oasis_e2e::appliance::{agent_args, boot_root, join_args, register_request as request, write_config, Appliance};
+use oasis_e2e::appliance::{
+    agent_args, boot_root, join_args, register, register_request as request, write_config, Appliance,
+};
 use oasis_e2e::Netns;
-use oasis_proto::{Heartbeat, MachineState, RegisterRequest, RegisterResponse};
+use oasis_proto::{Heartbeat, MachineState, RegisterResponse};
 
 const API: &str = "https://10.0.0.1:9443";
-
-fn register(ns: &Netns, pin: &str, req: RegisterRequest) -> Result<RegisterResponse, ApiError> {
-    let pin = pin.to_string();
-    ns.run_inside(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async { ApiClient::new(API, &pin)?.register(&req).await })
-    })
-}
 
 fn heartbeat_from_rack(ns: &Netns, pin: &str, credential: &str) -> Result<(), ApiError> {
     let (pin, credential) = (pin.to_string(), credential.to_string());

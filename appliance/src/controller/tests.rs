@@ -817,6 +817,42 @@ async fn a_voter_an_operator_powered_off_is_left_off() {
     assert!(!rack.assembly().fencing.contains_key(&gone));
 }
 
+/// A BMC that another machine's agent reads as its own BMC is not acted through (the config gave
+/// it to the wrong machine: a cycle would hit a healthy machine); the refusal says whose it is.
+/// Once that machine reads another address, it is used again.
+#[tokio::test]
+async fn a_bmc_another_machine_reads_as_its_own_is_not_used() {
+    let bmc = FakeBmc::new();
+    let driver: Arc<dyn oasis_power::PowerDriver> = bmc.clone();
+    let m1 = oasis_proto::MacAddr([2, 0, 0, 0, 0, 1]);
+    let power = crate::power::PowerControl::with_drivers(vec![(m1, "ipmi 10.0.2.7".into(), driver)], None);
+    let rack = Rack::build_with_power(2, false, power).await;
+    let own_bmc = |address: [u8; 4]| {
+        let mut m2 = rack.api.registry.try_lock().unwrap().get("m2").unwrap().clone();
+        m2.inventory.bmc = Some(oasis_proto::LocalBmc { address: Some(address.into()), ..Default::default() });
+        m2
+    };
+    let cycle = crate::power::PowerOp::Cycle;
+
+    rack.api.store.save_record(own_bmc([10, 0, 2, 7]), vec![]).await.unwrap();
+    let refused = rack.api.power.act(&rack.api.store, m1, Some("m1".into()), cycle, crate::power::OPERATOR).await;
+    let why = refused.error.unwrap_or_default();
+    assert!(why.contains("machine m2 reads as its own") && why.contains("02:00:00:00:00:02"), "{why}");
+    assert!(bmc.calls().is_empty(), "nothing was sent: {:?}", bmc.calls());
+    let m2 = own_bmc([10, 0, 2, 7]);
+    assert_eq!(rack.api.power.link(m1, None).as_deref(), Some("ipmi 10.0.2.7"));
+    assert_eq!(rack.api.power.link(m1, m2.inventory.bmc.as_ref()).as_deref(), Some("ipmi 10.0.2.7"));
+    let m2_link = rack.api.power.link(m2.boot_mac, m2.inventory.bmc.as_ref());
+    assert_eq!(m2_link.as_deref(), Some("10.0.2.7 (its own; no credentials)"));
+    let elsewhere = oasis_proto::LocalBmc { address: Some([10, 0, 2, 9].into()), ..Default::default() };
+    assert_eq!(rack.api.power.link(m1, Some(&elsewhere)).as_deref(), Some("ipmi 10.0.2.7 (its own reads 10.0.2.9)"));
+
+    rack.api.store.save_record(own_bmc([10, 0, 2, 8]), vec![]).await.unwrap();
+    let done = rack.api.power.act(&rack.api.store, m1, Some("m1".into()), cycle, crate::power::OPERATOR).await;
+    assert_eq!(done.error, None);
+    assert_eq!(bmc.calls(), ["cycle"]);
+}
+
 #[test]
 fn pass_over_records_the_machines_boot() {
     let mut assembly = Assembly::default();

@@ -354,7 +354,7 @@ mod tests {
             last_heartbeat: None,
             handshake_age_secs: None,
         });
-        MachineEntry { netboot, registration, power: None }
+        MachineEntry { netboot, registration, power: None, bmc: None }
     }
 
     /// `entry` with a BMC that read it on.

@@ -129,6 +129,17 @@ impl BmcEndpoint {
         }
     }
 
+    /// The BMC's IPv4 address, when the config names it by address (not by a host name): what
+    /// a machine's agent reads from its own BMC is compared with it.
+    pub fn ipv4(&self) -> Option<std::net::Ipv4Addr> {
+        let host_port = match self {
+            BmcEndpoint::Ipmi { address } => address.as_str(),
+            BmcEndpoint::Redfish { url, .. } => url.strip_prefix("https://")?,
+        };
+        let host = host_port.rsplit_once(':').map_or(host_port, |(host, _)| host);
+        host.parse().ok()
+    }
+
     /// `ipmi` or `redfish`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -363,6 +374,19 @@ fingerprint = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45
         let error = check(long).unwrap_err().to_string();
         assert!(error.contains("IPMI password (line 2) is longer than 20 bytes"), "{error}");
         assert!(!error.contains("123456789"), "{error}");
+    }
+
+    #[test]
+    fn a_bmc_named_by_address_has_that_address() {
+        let ipmi = |a: &str| BmcEndpoint::Ipmi { address: a.into() };
+        let redfish = |u: &str| BmcEndpoint::Redfish { url: u.into(), fingerprint: None };
+        let at = |a: &str| Some(a.parse::<std::net::Ipv4Addr>().unwrap());
+        assert_eq!(ipmi("10.0.2.3").ipv4(), at("10.0.2.3"));
+        assert_eq!(ipmi("10.0.2.3:6230").ipv4(), at("10.0.2.3"));
+        assert_eq!(redfish("https://10.0.2.4:8443").ipv4(), at("10.0.2.4"));
+        assert_eq!(redfish("https://10.0.2.4").ipv4(), at("10.0.2.4"));
+        assert_eq!(ipmi("bmc-7.rack").ipv4(), None, "a name is not resolved");
+        assert_eq!(redfish("https://bmc-7.rack:443").ipv4(), None);
     }
 
     #[test]

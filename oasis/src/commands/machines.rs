@@ -37,6 +37,7 @@ fn machines_table(entries: &[MachineEntry]) -> String {
             let mut row = vec![
                 m.mac.to_string(),
                 power,
+                e.bmc.clone().unwrap_or_else(|| "-".into()),
                 m.firmware().into(),
                 m.last_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into()),
                 m.boot_count.to_string(),
@@ -72,6 +73,7 @@ fn machines_table(entries: &[MachineEntry]) -> String {
         &[
             "MAC",
             "POWER",
+            "BMC",
             "FIRMWARE",
             "ADDRESS",
             "BOOTS",
