@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use oasis_proto::LocalBmc;
 
+mod user;
+pub use user::{BmcUsers, SystemInterface};
+
 /// Where the kernel puts the first IPMI interface.
 pub const DEVICE: &str = "/dev/ipmi0";
 /// How long `ipmi_si` may take to bring the interface up after it is loaded.

@@ -96,6 +96,7 @@ pub async fn run(args: KernelArgs, boot: BootInfo, roots: Roots) -> ! {
             &boot.mac,
             reboot::KEXEC_DIR.into(),
         ),
+        bmc_users: std::sync::Arc::new(bmc::SystemInterface(bmc::DEVICE.into())),
     };
     let screen = session::Screen { console: ConsoleFile(console.to_path_buf()), address: boot.describe() };
     Session::new(client, link, cluster, SystemClock::default(), identity, screen).run().await

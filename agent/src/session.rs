@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use oasis_proto::{
-    DesiredState, Heartbeat, Inventory, LinkConfig, MachineState, RebootRequest, RegisterRequest, RegisterResponse,
-    Role, ServiceState, ServiceStatus, HEARTBEAT_SECS,
+    BmcAccount, BmcPassword, DesiredState, Heartbeat, Inventory, LinkConfig, MachineState, RebootRequest,
+    RegisterRequest, RegisterResponse, Role, ServiceState, ServiceStatus, HEARTBEAT_SECS,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -181,6 +181,8 @@ pub struct Cluster<M, V> {
     pub services: V,
     pub disks: std::sync::Arc<dyn crate::disk::DataDisks>,
     pub reboot: Rebooter,
+    /// This machine's BMC, for the user a registration may ask for.
+    pub bmc_users: std::sync::Arc<dyn crate::bmc::BmcUsers>,
 }
 
 impl<M: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for Cluster<M, V> {
@@ -262,6 +264,18 @@ pub struct Session<A, L, M, V, C, S> {
     applied: Applied,
     /// The config the link was last configured with.
     configured: Option<LinkConfig>,
+    /// The BMC user a registration asked for, made once per boot.
+    bmc_account: BmcAccountStep,
+}
+
+/// Where making the appliance's user on this machine's BMC stands, in this boot.
+#[derive(Debug, Default)]
+enum BmcAccountStep {
+    #[default]
+    NotAsked,
+    /// Made (or failed), sent in every heartbeat until one is answered.
+    ToReport(BmcAccount),
+    Reported,
 }
 
 /// Where the session shows its status block.
@@ -286,6 +300,7 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
             rng: StdRng::from_os_rng(),
             applied: Applied::default(),
             configured: None,
+            bmc_account: BmcAccountStep::NotAsked,
         }
     }
 
@@ -315,30 +330,38 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
         loop {
             let request = self.request();
             let delay = match self.api.register(&request).await {
-                Ok(RegisterResponse { state: MachineState::Accepted, machine_id, credential, link, message }) => {
-                    match (credential, link) {
-                        (Some(credential), Some(link)) => {
-                            tracing::info!("accepted as {machine_id}: {message}");
-                            self.reporter.update(self.clock.uptime(), |s| {
-                                s.machine_id = Some(machine_id);
-                                s.state = "accepted".into();
-                                s.appliance_reachable = Some(true);
-                                s.last_error = None;
-                            });
-                            return (credential, link);
+                Ok(RegisterResponse {
+                    state: MachineState::Accepted,
+                    machine_id,
+                    credential,
+                    link,
+                    message,
+                    bmc_user,
+                }) => match (credential, link) {
+                    (Some(credential), Some(link)) => {
+                        tracing::info!("accepted as {machine_id}: {message}");
+                        if let Some(user) = bmc_user {
+                            self.make_bmc_user(user).await;
                         }
-                        _ => {
-                            let error = "the appliance accepted this machine without a credential or link \
-                                         configuration; the appliance may be a different version";
-                            tracing::warn!("{error}");
-                            self.reporter.update(self.clock.uptime(), |s| {
-                                s.appliance_reachable = Some(true);
-                                s.last_error = Some(error.into());
-                            });
-                            backoff.next_delay(&mut self.rng)
-                        }
+                        self.reporter.update(self.clock.uptime(), |s| {
+                            s.machine_id = Some(machine_id);
+                            s.state = "accepted".into();
+                            s.appliance_reachable = Some(true);
+                            s.last_error = None;
+                        });
+                        return (credential, link);
                     }
-                }
+                    _ => {
+                        let error = "the appliance accepted this machine without a credential or link \
+                                         configuration; the appliance may be a different version";
+                        tracing::warn!("{error}");
+                        self.reporter.update(self.clock.uptime(), |s| {
+                            s.appliance_reachable = Some(true);
+                            s.last_error = Some(error.into());
+                        });
+                        backoff.next_delay(&mut self.rng)
+                    }
+                },
                 Ok(RegisterResponse { state: MachineState::Pending, machine_id, message, .. }) => {
                     let delay = backoff.next_delay(&mut self.rng);
                     tracing::info!("pending as {machine_id}: {message}; asking again in {} s", delay.as_secs());
@@ -499,6 +522,9 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                     match result {
                         Ok(()) => {
                             failures = 0;
+                            if matches!(self.bmc_account, BmcAccountStep::ToReport(_)) {
+                                self.bmc_account = BmcAccountStep::Reported;
+                            }
                             self.reporter.update(clock.uptime(), |s| {
                                 s.appliance_reachable = Some(true);
                                 s.handshake_age = handshake_age;
@@ -549,7 +575,42 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
             data_disk: self.cluster.disks.status(),
             kernel: kernel_release(),
             generation: running_generation(),
+            bmc_account: match &self.bmc_account {
+                BmcAccountStep::ToReport(account) => Some(account.clone()),
+                _ => None,
+            },
         }
+    }
+
+    /// Makes the user the appliance asked for on this machine's BMC, once in this boot (never
+    /// again after a failure: the failure is reported, in words); what came of it goes in the
+    /// heartbeats until one is answered.
+    async fn make_bmc_user(&mut self, user: String) {
+        if !matches!(self.bmc_account, BmcAccountStep::NotAsked) {
+            return;
+        }
+        let own = self.identity.inventory.bmc.as_ref();
+        let address = own.and_then(|b| b.address);
+        let outcome = match own.and_then(|b| b.lan_channel) {
+            None => Err("this machine's BMC has no LAN channel".to_string()),
+            Some(channel) => {
+                let (users, name) = (std::sync::Arc::clone(&self.cluster.bmc_users), user.clone());
+                tokio::task::spawn_blocking(move || users.make(channel, &name))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("making it stopped: {e}")))
+            }
+        };
+        let (password, error) = match outcome {
+            Ok(password) => {
+                tracing::info!("made user {user:?} on this machine's BMC for the appliance");
+                (Some(BmcPassword(password)), None)
+            }
+            Err(error) => {
+                tracing::warn!("could not make user {user:?} on this machine's BMC for the appliance: {error}");
+                (None, Some(error))
+            }
+        };
+        self.bmc_account = BmcAccountStep::ToReport(BmcAccount { user, address, password, error });
     }
 
     /// Powers this machine off (an operator asked, through the appliance, for a machine without

@@ -114,6 +114,7 @@ async fn the_pinned_appliance_is_trusted() {
             message: "waiting for an operator".into(),
             credential: None,
             link: None,
+            bmc_user: None,
         }
     );
     let Seen::Request(seen) = server.seen.recv().await.unwrap() else { panic!("handshake failed") };

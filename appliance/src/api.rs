@@ -282,7 +282,10 @@ async fn register(
                 }
                 return Err(ActionError::Refused { kind, message });
             }
-            Registration::Answer { record, response, old_key, happenings } => {
+            Registration::Answer { record, mut response, old_key, happenings } => {
+                if response.credential.is_some() {
+                    response.bmc_user = api.power.user_for_agent(record.boot_mac, record.inventory.bmc.as_ref());
+                }
                 for h in &happenings {
                     tracing::info!(%from, "{}", h.message);
                 }
@@ -345,7 +348,21 @@ async fn heartbeat(
     body: Result<Json<Heartbeat>, JsonRejection>,
 ) -> Result<Json<DesiredState>, ActionError> {
     let (id, key) = agent(&api, &headers, from).await?;
-    let Json(beat) = body?;
+    let Json(mut beat) = body?;
+    // A BMC user its agent made: the password goes to the store's secrets, never with the
+    // heartbeat (which `oasis machines` shows); answered only once it is committed.
+    if let Some(account) = beat.bmc_account.take() {
+        let mac = api.registry.lock().await.get(&id).map(|r| r.boot_mac);
+        // (None: removed since its credential was checked; nothing to keep.)
+        let Some(mac) = mac else { return Err(ActionError::NoCredential) };
+        if api.power.adopt(&api.store, mac, &id, account).await.map_err(ActionError::NotRecorded)? {
+            let (api, id) = (Arc::clone(&api), id.clone());
+            // Its power read at once, for `oasis machines`, without holding up the answer.
+            tokio::spawn(async move {
+                api.power.act(&api.store, mac, Some(id), crate::power::PowerOp::Status, "its BMC user was made").await
+            });
+        }
+    }
     api.registry.lock().await.record_heartbeat(&id, beat, now());
     let state = api.desired.borrow().state_of(&id, &key);
     Ok(Json(state))

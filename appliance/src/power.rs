@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::Store;
 
+mod agent_user;
+pub use agent_user::AGENT_USER;
+use agent_user::{AgentAccount, AGENT_ACCOUNT};
+
 /// How long one request to a BMC may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a machine has to reach the state asked (BMCs apply power changes asynchronously).
@@ -88,7 +92,10 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(30);
 /// The configured BMCs and their drivers.
 #[derive(Debug, Default)]
 pub struct PowerControl {
-    bmcs: Vec<Bmc>,
+    /// The config's, then those machines' agents made users on, added as they report them.
+    bmcs: std::sync::RwLock<Vec<Arc<Bmc>>>,
+    /// `[power] agent_creates_user`.
+    agent_creates_user: bool,
     /// `[power]`'s fencing of silent control-plane machines.
     fence: Option<oasis_core::config::power::FencePolicy>,
     /// The state each BMC read last, by machine.
@@ -122,7 +129,7 @@ impl PowerSeen {
 struct Bmc {
     /// Held from a request to its state remembered (and its event): the watch never reads a
     /// state half-way through an action and takes it for a change nobody asked for.
-    turn: tokio::sync::Mutex<()>,
+    turn: Arc<tokio::sync::Mutex<()>>,
     machine: MacAddr,
     /// `kind address`, for reports and events.
     name: String,
@@ -131,6 +138,8 @@ struct Bmc {
     ipv4: Option<Ipv4Addr>,
     /// A driver, or why none could be made from the config.
     driver: Result<Arc<dyn PowerDriver>, String>,
+    /// Made by the machine's agent (`[power] agent_creates_user`), not from the config.
+    made_by_agent: bool,
 }
 
 impl PowerControl {
@@ -139,15 +148,24 @@ impl PowerControl {
         let bmcs = settings
             .bmcs
             .iter()
-            .map(|b| Bmc {
-                turn: tokio::sync::Mutex::new(()),
-                machine: b.machine,
-                name: format!("{} {}", b.endpoint.kind(), b.endpoint.address()),
-                ipv4: b.endpoint.ipv4(),
-                driver: driver(b),
+            .map(|b| {
+                Arc::new(Bmc {
+                    turn: Default::default(),
+                    machine: b.machine,
+                    name: format!("{} {}", b.endpoint.kind(), b.endpoint.address()),
+                    ipv4: b.endpoint.ipv4(),
+                    driver: driver(b),
+                    made_by_agent: false,
+                })
             })
             .collect();
-        PowerControl { bmcs, fence: settings.fence, seen: Default::default(), kept_off: Default::default() }
+        PowerControl {
+            bmcs: std::sync::RwLock::new(bmcs),
+            agent_creates_user: settings.agent_creates_user,
+            fence: settings.fence,
+            seen: Default::default(),
+            kept_off: Default::default(),
+        }
     }
 
     /// With drivers given (a fake BMC in the controller's tests): `(machine, name, driver)`, the
@@ -158,15 +176,24 @@ impl PowerControl {
     ) -> PowerControl {
         let bmcs = drivers
             .into_iter()
-            .map(|(machine, name, driver)| Bmc {
-                turn: tokio::sync::Mutex::new(()),
-                machine,
-                ipv4: name.rsplit(' ').next().and_then(|address| address.parse().ok()),
-                name,
-                driver: Ok(driver),
+            .map(|(machine, name, driver)| {
+                Arc::new(Bmc {
+                    turn: Default::default(),
+                    machine,
+                    ipv4: name.rsplit(' ').next().and_then(|address| address.parse().ok()),
+                    name,
+                    driver: Ok(driver),
+                    made_by_agent: false,
+                })
             })
             .collect();
-        PowerControl { bmcs, fence, seen: Default::default(), kept_off: Default::default() }
+        PowerControl {
+            bmcs: std::sync::RwLock::new(bmcs),
+            agent_creates_user: false,
+            fence,
+            seen: Default::default(),
+            kept_off: Default::default(),
+        }
     }
 
     /// When silent control-plane machines are fenced; `None`: never.
@@ -222,15 +249,36 @@ impl PowerControl {
         self.kept_off.lock().unwrap_or_else(|e| e.into_inner()).contains(&mac)
     }
 
-    /// Reads from the stored events which machines an operator left off, so that a restarted
-    /// appliance does not undo it. At start, before anything acts on a BMC.
+    /// Reads from the store which machines an operator left off, so that a restarted appliance
+    /// does not undo it, and the BMC users agents made. At start, before anything acts on a BMC.
     pub fn recall(&self, store: &Store) {
         *self.kept_off.lock().unwrap_or_else(|e| e.into_inner()) = operator_kept_off(store);
+        match store.secrets_under(AGENT_ACCOUNT) {
+            Err(error) => tracing::warn!(%error, "the BMC users agents made could not be read: not used"),
+            Ok(accounts) => {
+                for (name, bytes) in accounts {
+                    let mac = name.strip_prefix(AGENT_ACCOUNT).and_then(|m| m.parse().ok());
+                    match (mac, serde_json::from_slice::<AgentAccount>(&bytes)) {
+                        (Some(mac), Ok(account)) => self.install(mac, &account),
+                        _ => tracing::warn!(name, "a BMC user an agent made is not one this oasis reads: not used"),
+                    }
+                }
+            }
+        }
     }
 
-    /// The machines with a BMC, in the config's order.
+    /// The machines with a BMC: the config's in its order, then those agents made users on.
     pub fn machines(&self) -> Vec<MacAddr> {
-        self.bmcs.iter().map(|b| b.machine).collect()
+        self.all().iter().map(|b| b.machine).collect()
+    }
+
+    fn all(&self) -> Vec<Arc<Bmc>> {
+        self.bmcs.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `mac`'s BMC, if it has one.
+    fn bmc(&self, mac: MacAddr) -> Option<Arc<Bmc>> {
+        self.bmcs.read().unwrap_or_else(|e| e.into_inner()).iter().find(|b| b.machine == mac).cloned()
     }
 
     /// How machine `mac` and a BMC are linked, for `oasis machines`: the config's BMC (`ipmi
@@ -238,10 +286,11 @@ impl PowerControl {
     /// agent read (an address, no credentials to use it).
     pub fn link(&self, mac: MacAddr, own: Option<&oasis_proto::LocalBmc>) -> Option<String> {
         let read = own.and_then(|b| b.address);
-        match (self.bmcs.iter().find(|b| b.machine == mac), read) {
+        match (self.bmc(mac), read) {
             (Some(bmc), Some(read)) if bmc.ipv4.is_some_and(|configured| configured != read) => {
                 Some(format!("{} (its own reads {read})", bmc.name))
             }
+            (Some(bmc), _) if bmc.made_by_agent => Some(format!("{} (user made by its agent)", bmc.name)),
             (Some(bmc), _) => Some(bmc.name.clone()),
             (None, Some(read)) => Some(format!("{read} (its own; no credentials)")),
             (None, None) => None,
@@ -250,7 +299,7 @@ impl PowerControl {
 
     /// Whether `mac` has a BMC.
     pub fn has(&self, mac: MacAddr) -> bool {
-        self.bmcs.iter().any(|b| b.machine == mac)
+        self.bmc(mac).is_some()
     }
 
     /// Runs `op` on the machine `mac` (which must have a BMC: [`PowerControl::has`]) and records
@@ -274,17 +323,15 @@ impl PowerControl {
     }
 
     /// `mac`'s BMC to itself until the guard drops (nothing, for a machine without one).
-    async fn turn_of(&self, mac: MacAddr) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.bmcs.iter().find(|b| b.machine == mac) {
-            Some(bmc) => Some(bmc.turn.lock().await),
-            None => None,
-        }
+    async fn turn_of(&self, mac: MacAddr) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let turn = Arc::clone(&self.bmc(mac)?.turn);
+        Some(turn.lock_owned().await)
     }
 
     /// Runs `op` through `mac`'s BMC, on the blocking pool; not at all when another machine reads
     /// that BMC as its own (`owners`).
     async fn run_on(&self, owners: &BmcOwners, mac: MacAddr, id: Option<String>, op: PowerOp) -> PowerReport {
-        let Some(bmc) = self.bmcs.iter().find(|b| b.machine == mac) else {
+        let Some(bmc) = self.bmc(mac) else {
             return PowerReport {
                 machine: mac,
                 id,

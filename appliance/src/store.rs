@@ -877,6 +877,37 @@ impl Store {
         Ok(serde_json::from_slice(&bytes).map_err(|e| self.shared.read_failed(damaged(e)))?)
     }
 
+    /// Sets the secret `name` to `value`, committed before it returns: for a secret that changes
+    /// while the appliance runs (a BMC user a machine's agent made). Blocks for the commit.
+    pub fn replace_secret(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        if self.is_full() {
+            return Err(StoreError::Full { dir: self.shared.data_dir.clone() });
+        }
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
+        txn.set_two_phase_commit(true);
+        put(&mut txn.open_table(SECRETS)?, name, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The secrets whose names start with `prefix`, with their names.
+    pub fn secrets_under(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(SECRETS)?;
+            let mut out = Vec::new();
+            for row in table.range(prefix..)? {
+                let (k, v) = row?;
+                let name = k.value();
+                if !name.starts_with(prefix) {
+                    break;
+                }
+                out.push((name.to_string(), unseal::<&str>(&self.shared.path, "secrets", &name, v.value())?.to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     /// A secret, if the store has it.
     pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|txn| match txn.open_table(SECRETS)?.get(name)? {

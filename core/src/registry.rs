@@ -464,8 +464,15 @@ impl Registry {
             _ => (None, None),
         };
         debug_assert_eq!(record.boot_mac, mac);
-        let response =
-            RegisterResponse { machine_id: id, state: record.state, message: record.reason.clone(), credential, link };
+        let response = RegisterResponse {
+            machine_id: id,
+            state: record.state,
+            message: record.reason.clone(),
+            credential,
+            link,
+            // The appliance's power control decides.
+            bmc_user: None,
+        };
         Registration::Answer { record: Box::new(record), response, old_key, happenings }
     }
 

@@ -245,6 +245,36 @@ pub struct RegisterResponse {
     pub credential: Option<String>,
     /// Only when accepted.
     pub link: Option<LinkConfig>,
+    /// Only when accepted, and only when the appliance has no way to this machine's BMC yet and
+    /// its config allows it (`[power] agent_creates_user`): the user name the agent is to make
+    /// on its BMC, with a password of its own choosing, reported in a heartbeat
+    /// ([`Heartbeat::bmc_account`]). Absent from appliances before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc_user: Option<String>,
+}
+
+/// What came of making the user a registration asked for ([`RegisterResponse::bmc_user`]) on
+/// the machine's BMC. Sent in heartbeats until one is answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BmcAccount {
+    pub user: String,
+    /// The BMC's LAN address, where it answers IPMI (port 623).
+    pub address: Option<Ipv4Addr>,
+    /// Set when the user was made, its password tested by the BMC.
+    pub password: Option<BmcPassword>,
+    /// Set when it was not: what went wrong.
+    pub error: Option<String>,
+}
+
+/// A BMC password: shown in no `Debug` output, so no log line carries it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BmcPassword(pub String);
+
+impl std::fmt::Debug for BmcPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BmcPassword(..)")
+    }
 }
 
 /// The machine's side of its WireGuard management link.
@@ -297,6 +327,10 @@ pub struct Heartbeat {
     /// line ([`GENERATION_ARG`]). Absent from older agents and from boots without the argument.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The user made on this machine's BMC, once, when a registration asked for one; the
+    /// appliance takes it out before it keeps the heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc_account: Option<BmcAccount>,
 }
 
 /// The kernel command-line argument that names the node generation a boot runs:
@@ -600,6 +634,7 @@ mod tests {
             message: String::new(),
             credential: None,
             link: None,
+            bmc_user: None,
         };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains(r#""state":"pending""#), "{json}");

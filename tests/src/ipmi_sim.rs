@@ -199,25 +199,32 @@ impl IpmiSim {
     /// Sets what the BMC says of its LAN channel 1 (a static address and a MAC), as a rack's
     /// BMCs are configured, with Debian's `ipmitool` over the LAN (run in `ns`, as ipmi_sim).
     pub fn configure_lan(&self, ns: Option<&crate::Netns>, user: &str, password: &str, mac: &str) -> Result<()> {
-        let (address, port) = (self.lan.ip().to_string(), self.lan.port().to_string());
+        let address = self.lan.ip().to_string();
         for set in [&["ipsrc", "static"][..], &["ipaddr", &address], &["macaddr", mac]] {
-            let mut command = ns.map_or_else(|| Command::new("ipmitool"), |ns| ns.command("ipmitool"));
-            command.args(["-I", "lanplus", "-C", "3", "-H", &address, "-p", &port, "-U", user, "-P", password]);
-            command.args(["lan", "set", "1"]).args(set);
-            let out = command.output().map_err(|source| HarnessError::Spawn {
-                command: "ipmitool (Debian package ipmitool)".into(),
-                source,
-            })?;
-            if !out.status.success() {
-                return Err(HarnessError::Exited {
-                    what: format!("ipmitool lan set 1 {}", set.join(" ")),
-                    status: out.status,
-                    awaited: "success".into(),
-                    tail: String::from_utf8_lossy(&out.stderr).into_owned(),
-                });
-            }
+            self.ipmitool(ns, user, password, &[&["lan", "set", "1"][..], set].concat())?;
         }
         Ok(())
+    }
+
+    /// `ipmitool ARGS` against this BMC over the LAN as `user` (run in `ns`, as ipmi_sim): its
+    /// output.
+    pub fn ipmitool(&self, ns: Option<&crate::Netns>, user: &str, password: &str, args: &[&str]) -> Result<String> {
+        let (address, port) = (self.lan.ip().to_string(), self.lan.port().to_string());
+        let mut command = ns.map_or_else(|| Command::new("ipmitool"), |ns| ns.command("ipmitool"));
+        command.args(["-I", "lanplus", "-C", "3", "-H", &address, "-p", &port, "-U", user, "-P", password]);
+        command.args(args);
+        let out = command
+            .output()
+            .map_err(|source| HarnessError::Spawn { command: "ipmitool (Debian package ipmitool)".into(), source })?;
+        if !out.status.success() {
+            return Err(HarnessError::Exited {
+                what: format!("ipmitool {}", args.join(" ")),
+                status: out.status,
+                awaited: "success".into(),
+                tail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn read(&self, name: &str) -> String {

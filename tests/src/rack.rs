@@ -20,6 +20,9 @@ use crate::{tail, DirectKernel, Firmware, Machine, MachineSpec, Netns};
 pub const BMC_USER: &str = "oasis";
 /// Its password.
 pub const BMC_PASSWORD: &str = "rack-bmc-secret";
+/// The one user of a BMC the config does not name, as it left the factory.
+pub const FACTORY_USER: &str = "admin";
+pub const FACTORY_PASSWORD: &str = "factory-secret";
 
 /// A simulated rack: a namespace with the rack bridge, the appliance, and machines that can be
 /// powered off and on again (same MAC, serial and UUID; a new boot).
@@ -88,12 +91,21 @@ impl Rack {
 
     /// A rack like [`Rack::netbooted`] whose machines are off, each with a simulated BMC in the
     /// appliance's config (`[[power.bmc]]` appended to `cluster`, which may hold a `[power]`
-    /// table): they run when the appliance powers them on.
-    pub fn with_bmcs(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path) -> Rack {
-        Rack::build(name, count, cluster, disks, node, Boot::Bmc)
+    /// table) for the machines of `in_config`: they run when the appliance powers them on. The
+    /// others' BMCs have only a factory user ([`FACTORY_USER`]), and the harness powers them on
+    /// through it once the appliance is up, as a technician would press their buttons.
+    pub fn with_bmcs(
+        name: &str,
+        count: usize,
+        cluster: &str,
+        disks: &[usize],
+        in_config: &[usize],
+        node: &Path,
+    ) -> Rack {
+        Rack::build(name, count, cluster, disks, node, Boot::Bmc(in_config))
     }
 
-    fn build(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path, boot: Boot) -> Rack {
+    fn build(name: &str, count: usize, cluster: &str, disks: &[usize], node: &Path, boot: Boot<'_>) -> Rack {
         let ns = Netns::create(name).unwrap();
         ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
         let work = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir().unwrap();
@@ -102,7 +114,7 @@ impl Rack {
         }
         let mut bmcs = vec![];
         let mut cluster = cluster.to_string();
-        if boot == Boot::Bmc {
+        if let Boot::Bmc(in_config) = boot {
             for i in 0..count {
                 let spec = machine_spec(&ns, work.path(), i, disks.contains(&i), None);
                 let scratch = work.path().join(format!("machine{i}"));
@@ -114,13 +126,17 @@ impl Rack {
                 // channel: what the machine's agent reads through its system interface.
                 ns.ip(&["addr", "add", &format!("{}/32", bmc_address(i)), "dev", "lo"]).unwrap();
                 let lan = std::net::SocketAddrV4::new(bmc_address(i), 623);
-                let sim = IpmiSim::start_on(Some(&ns), lan, BMC_USER, BMC_PASSWORD, &args).unwrap();
-                sim.configure_lan(Some(&ns), BMC_USER, BMC_PASSWORD, &bmc_mac(i)).unwrap();
-                cluster += &format!(
-                    "\n[[power.bmc]]\nmachine = \"{}\"\nipmi = \"{}\"\nuser = \"{BMC_USER}\"\npassword = \"{BMC_PASSWORD}\"\n",
-                    mac(i),
-                    sim.address()
-                );
+                let (user, password) =
+                    if in_config.contains(&i) { (BMC_USER, BMC_PASSWORD) } else { (FACTORY_USER, FACTORY_PASSWORD) };
+                let sim = IpmiSim::start_on(Some(&ns), lan, user, password, &args).unwrap();
+                sim.configure_lan(Some(&ns), user, password, &bmc_mac(i)).unwrap();
+                if in_config.contains(&i) {
+                    cluster += &format!(
+                        "\n[[power.bmc]]\nmachine = \"{}\"\nipmi = \"{}\"\nuser = \"{user}\"\npassword = \"{password}\"\n",
+                        mac(i),
+                        sim.address()
+                    );
+                }
                 bmcs.push(sim);
             }
         }
@@ -139,12 +155,20 @@ impl Rack {
             append,
             machines: (0..count).map(|_| None).collect(),
             disks: disks.to_vec(),
-            netboot: boot != Boot::Direct,
+            netboot: !matches!(boot, Boot::Direct),
             bmcs,
         };
-        if boot != Boot::Bmc {
-            for i in 0..count {
-                rack.power_on(i);
+        match boot {
+            Boot::Bmc(in_config) => {
+                for (i, sim) in rack.bmcs.iter().enumerate().filter(|(i, _)| !in_config.contains(i)) {
+                    let on = sim.ipmitool(Some(&rack.ns), FACTORY_USER, FACTORY_PASSWORD, &["chassis", "power", "on"]);
+                    on.unwrap_or_else(|e| panic!("machine {i}'s power button: {e}"));
+                }
+            }
+            _ => {
+                for i in 0..count {
+                    rack.power_on(i);
+                }
             }
         }
         rack
@@ -241,13 +265,14 @@ impl Rack {
 
 /// How a rack's machines boot and are powered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Boot {
+enum Boot<'a> {
     /// QEMU loads the node image; the test switches QEMU.
     Direct,
     /// Firmware network boot; the test switches QEMU.
     Netboot,
-    /// Firmware network boot; each machine's BMC switches QEMU.
-    Bmc,
+    /// Firmware network boot; each machine's BMC switches QEMU, those of the machines listed
+    /// being in the config.
+    Bmc(&'a [usize]),
 }
 
 /// Machine `i` of a rack: a BIOS machine on `tap{i}`, its console in `work/machine{i}.log`, with

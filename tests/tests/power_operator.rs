@@ -55,10 +55,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn oasis_machine_power_drives_a_bmc_from_the_config_through_serve() {
-    let ns = Netns::create("oasis-pwr").unwrap();
-    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
-    let sim = IpmiSim::start_in(Some(&ns), USER, PASSWORD, MACHINE).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ns, sim, dir) = rack_with_bmc("oasis-pwr");
     let config = config_with_bmc(dir.path(), RANGE, &sim, PASSWORD);
     let check = oasis(&["config", "check", config.to_str().unwrap()]);
     assert!(check.status.success(), "{}", text(&check));
@@ -156,6 +153,15 @@ fn oasis_machine_power_drives_a_bmc_from_the_config_through_serve() {
     }
 }
 
+/// A namespace `name` with the rack bridge, and in it `ipmi_sim` as the BMC of a machine that
+/// is off; a directory for serve's config and store.
+fn rack_with_bmc(name: &str) -> (Netns, IpmiSim, tempfile::TempDir) {
+    let ns = Netns::create(name).unwrap();
+    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
+    let sim = IpmiSim::start_in(Some(&ns), USER, PASSWORD, MACHINE).unwrap();
+    (ns, sim, tempfile::tempdir().unwrap())
+}
+
 /// `DIR/oasis.toml` with the test rack (`dhcp`: its `[dhcp]` lines) and `sim` as the BMC of
 /// [`MAC`], powered on at start.
 fn config_with_bmc(dir: &std::path::Path, dhcp: &str, sim: &IpmiSim, password: &str) -> std::path::PathBuf {
@@ -172,10 +178,7 @@ fn config_with_bmc(dir: &std::path::Path, dhcp: &str, sim: &IpmiSim, password: &
 /// keeps answering, the machine stays as it was), and `power-failed` events saying so.
 #[test]
 fn a_bmc_refusing_the_credentials_is_a_clear_failure() {
-    let ns = Netns::create("oasis-pwr2").unwrap();
-    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
-    let sim = IpmiSim::start_in(Some(&ns), USER, PASSWORD, MACHINE).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ns, sim, dir) = rack_with_bmc("oasis-pwr2");
     let config = config_with_bmc(dir.path(), RANGE, &sim, "wrong-password");
     let app = Appliance::start(&ns, &config, &dir.path().join("serve.log"));
     // Powering on at start failed, said once as an event; the operator's try says why.
@@ -196,10 +199,7 @@ fn a_bmc_refusing_the_credentials_is_a_clear_failure() {
 /// was; `oasis machines` shows both machines' links.
 #[test]
 fn a_bmc_another_machine_reads_as_its_own_is_refused() {
-    let ns = Netns::create("oasis-pwr4").unwrap();
-    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
-    let sim = IpmiSim::start_in(Some(&ns), USER, PASSWORD, MACHINE).unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (ns, sim, dir) = rack_with_bmc("oasis-pwr4");
     // No DHCP: a registration is then taken from any address, so this test can send one itself.
     let config = config_with_bmc(dir.path(), "mode = \"off\"", &sim, PASSWORD);
     let args = appliance::join_args(&config);

@@ -285,6 +285,26 @@ struct Fakes {
     /// The kernel command line the session's [`Rebooter`] reads `oasis.boot=` from.
     cmdline: String,
     downloads: tempfile::TempDir,
+    /// The machine's BMC as its inventory says, and its users.
+    own_bmc: Option<oasis_proto::LocalBmc>,
+    bmc_users: Arc<FakeBmcUsers>,
+}
+
+/// A BMC whose users are made at once (or refused), each call recorded.
+#[derive(Debug, Default)]
+struct FakeBmcUsers {
+    made: Mutex<Vec<(u8, String)>>,
+    refuse: Option<String>,
+}
+
+impl crate::bmc::BmcUsers for FakeBmcUsers {
+    fn make(&self, channel: u8, user: &str) -> Result<String, String> {
+        self.made.lock().unwrap().push((channel, user.to_string()));
+        match &self.refuse {
+            Some(why) => Err(why.clone()),
+            None => Ok("pw-0123456789abc".into()),
+        }
+    }
 }
 
 impl Fakes {
@@ -304,6 +324,8 @@ impl Fakes {
             power: Arc::new(FakePower { calls, ..FakePower::default() }),
             cmdline: String::new(),
             downloads: tempfile::tempdir().unwrap(),
+            own_bmc: None,
+            bmc_users: Arc::default(),
         }
     }
 
@@ -313,7 +335,7 @@ impl Fakes {
             token: "join".into(),
             boot_mac: "52:54:00:12:34:56".into(),
             wireguard_key: "machine-key".into(),
-            inventory: Inventory::default(),
+            inventory: Inventory { bmc: self.own_bmc.clone(), ..Inventory::default() },
         };
         let session = Session::new(
             self.api.clone(),
@@ -328,6 +350,7 @@ impl Fakes {
                     "52:54:00:12:34:56",
                     self.downloads.path().to_path_buf(),
                 ),
+                bmc_users: self.bmc_users.clone(),
             },
             self.clock.clone(),
             identity,
@@ -366,6 +389,7 @@ fn answer(state: MachineState, link: Option<LinkConfig>) -> Result<RegisterRespo
         message: format!("you are {state}"),
         credential: link.as_ref().map(|_| "cred".to_string()),
         link,
+        bmc_user: None,
     })
 }
 
@@ -777,4 +801,58 @@ async fn an_empty_kernel_or_no_boot_url_falls_back_to_a_reboot_with_the_reason_k
     fakes.run().await;
     assert_eq!(calls(&fakes)[..3], ["services halt", "disk release", "reboot firmware"]);
     assert!(fakes.console().contains("no oasis.boot="), "{}", fakes.console());
+}
+
+/// Asked for a BMC user when accepted: made once on the BMC's LAN channel, its password sent in
+/// heartbeats until one is answered, then no more; asked again by a later registration of the
+/// same boot, it is not made again.
+#[tokio::test]
+async fn a_bmc_user_asked_for_is_made_once_and_reported_until_answered() {
+    let asked = || {
+        let mut accepted = answer(MachineState::Accepted, Some(config("10.0.0.1:51820")));
+        if let Ok(response) = &mut accepted {
+            response.bmc_user = Some("oasis".into());
+        }
+        accepted
+    };
+    let mut fakes = Fakes::new(
+        vec![asked(), asked()],
+        vec![Err(unreachable()), Ok(()), Ok(()), Err(ApiError::Refused { status: 401, message: "who".into() }), Ok(())],
+    );
+    let address = Some(Ipv4Addr::new(10, 0, 2, 9));
+    fakes.own_bmc = Some(oasis_proto::LocalBmc { lan_channel: Some(1), address, ..Default::default() });
+    fakes.run().await;
+    assert_eq!(*fakes.bmc_users.made.lock().unwrap(), [(1, "oasis".to_string())], "made once");
+    let accounts: Vec<Option<BmcAccount>> = fakes.api.heartbeats().into_iter().map(|h| h.2.bmc_account).collect();
+    let made = BmcAccount {
+        user: "oasis".into(),
+        address,
+        password: Some(BmcPassword("pw-0123456789abc".into())),
+        error: None,
+    };
+    // (The last heartbeat is the one the script ends on.)
+    assert_eq!(accounts, [Some(made.clone()), Some(made), None, None, None, None], "until a heartbeat is answered");
+    assert!(!format!("{:?}", fakes.api.heartbeats()).contains("pw-0123456789abc"), "no Debug output shows it");
+}
+
+/// A BMC that refuses is reported once, in words, and not asked again in this boot.
+#[tokio::test]
+async fn a_bmc_user_that_cannot_be_made_is_reported_not_retried() {
+    let mut accepted = answer(MachineState::Accepted, Some(config("10.0.0.1:51820")));
+    if let Ok(response) = &mut accepted {
+        response.bmc_user = Some("oasis".into());
+    }
+    let mut fakes = Fakes::new(vec![accepted], vec![Ok(()), Ok(())]);
+    fakes.own_bmc = Some(oasis_proto::LocalBmc { lan_channel: Some(1), ..Default::default() });
+    fakes.bmc_users =
+        Arc::new(FakeBmcUsers { refuse: Some("Set User Access: code 0xd4".into()), ..Default::default() });
+    fakes.run().await;
+    let accounts: Vec<Option<BmcAccount>> = fakes.api.heartbeats().into_iter().map(|h| h.2.bmc_account).collect();
+    let failed = BmcAccount {
+        user: "oasis".into(),
+        address: None,
+        password: None,
+        error: Some("Set User Access: code 0xd4".into()),
+    };
+    assert_eq!(accounts, [Some(failed), None, None]);
 }

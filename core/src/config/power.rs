@@ -25,6 +25,10 @@ pub struct RawPower {
     pub fence_after_secs: Spanned<u64>,
     /// After that cycle, how long it has to heartbeat again before it is powered off and given up.
     pub fence_boot_secs: Spanned<u64>,
+    /// A machine without a `[[power.bmc]]` whose agent finds a BMC with a LAN address makes an
+    /// `oasis` user on it with a random password and gives it to the appliance, which then
+    /// powers that machine through it.
+    pub agent_creates_user: bool,
     pub bmc: Vec<Spanned<RawBmc>>,
 }
 
@@ -34,6 +38,7 @@ impl Default for RawPower {
             power_on_at_start: false,
             fence_after_secs: Spanned::new(0..0, 120),
             fence_boot_secs: Spanned::new(0..0, 600),
+            agent_creates_user: false,
             bmc: vec![],
         }
     }
@@ -84,6 +89,8 @@ pub struct PowerSettings {
     pub power_on_at_start: bool,
     /// Fencing a silent control-plane machine through its BMC; `None`: never.
     pub fence: Option<FencePolicy>,
+    /// Agents make a user on their machine's BMC when the config has none for it.
+    pub agent_creates_user: bool,
     /// In the file's order (the order machines are powered on).
     pub bmcs: Vec<BmcSettings>,
 }
@@ -199,7 +206,12 @@ impl TryFrom<In<'_, RawPower>> for PowerSettings {
             }
             bmcs.push(bmc);
         }
-        Ok(PowerSettings { power_on_at_start: raw.power_on_at_start, fence: fence_policy(raw, lines)?, bmcs })
+        Ok(PowerSettings {
+            power_on_at_start: raw.power_on_at_start,
+            fence: fence_policy(raw, lines)?,
+            agent_creates_user: raw.agent_creates_user,
+            bmcs,
+        })
     }
 }
 
