@@ -49,6 +49,10 @@ pub trait DataDisks: Send + Sync {
     /// Flushes and unmounts the data disk if it is mounted (its services are stopped: the
     /// machine reboots). A later [`apply`](Self::apply) mounts it again.
     fn release(&self) -> Result<(), DiskError>;
+    /// Wipes the released data disk (`oasis machine reprovision`): its first and last MiB
+    /// zeroed and flushed, so the next boot finds it blank. Returns the device wiped, `None`
+    /// when this boot has no data disk.
+    fn wipe(&self) -> Result<Option<String>, DiskError>;
 }
 
 /// The real disks, under `/dev`.
@@ -135,6 +139,38 @@ impl DataDisks for LocalDisks {
         }
         Ok(())
     }
+
+    fn wipe(&self) -> Result<Option<String>, DiskError> {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        // Only a disk this boot made its data disk (no message): never one it left alone.
+        let Some(status) = status.as_ref().filter(|s| s.message.is_none()) else {
+            return Ok(None);
+        };
+        if status.mounted {
+            return Err(DiskError::StillMounted { device: status.device.clone() });
+        }
+        let device = PathBuf::from("/dev").join(&status.device);
+        wipe_ends(&device).map_err(|source| DiskError::Wipe { device: device.clone(), source })?;
+        tracing::warn!(device = %device.display(), "data disk wiped");
+        Ok(Some(status.device.clone()))
+    }
+}
+
+/// How much of each end of a disk a wipe zeroes: every filesystem's and partition table's
+/// signatures live there (ext's superblock at 1 KiB, GPT's backup header in the last sector).
+const WIPE_BYTES: u64 = 1 << 20;
+
+/// Zeroes the first and last [`WIPE_BYTES`] of `device` (a whole disk or a file) and flushes.
+pub fn wipe_ends(device: &Path) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut disk = std::fs::OpenOptions::new().write(true).open(device)?;
+    let size = disk.seek(SeekFrom::End(0))?;
+    let zeros = vec![0u8; WIPE_BYTES.min(size) as usize];
+    disk.seek(SeekFrom::Start(0))?;
+    disk.write_all(&zeros)?;
+    disk.seek(SeekFrom::Start(size - zeros.len() as u64))?;
+    disk.write_all(&zeros)?;
+    disk.sync_all()
 }
 
 /// Why mounting or unmounting the data disk failed; the heartbeat's message is its chain.
@@ -146,6 +182,10 @@ pub enum DiskError {
     Mount { device: PathBuf, target: PathBuf, source: std::io::Error },
     #[error("unmounting the data disk at {} failed; something still uses it", target.display())]
     Unmount { target: PathBuf, source: std::io::Error },
+    #[error("the data disk {device} is still mounted: it is not wiped under a filesystem")]
+    StillMounted { device: String },
+    #[error("wiping the data disk {} failed", device.display())]
+    Wipe { device: PathBuf, source: std::io::Error },
 }
 
 /// Mounts `device` (ext2, through the ext4 driver) at `target`, unless something is mounted there.
@@ -191,5 +231,32 @@ mod tests {
         let status = disks.status().unwrap();
         assert!(!status.mounted && !status.formatted);
         assert!(status.message.unwrap().contains("not a disk name"));
+    }
+
+    #[test]
+    fn a_wipe_zeroes_both_ends_and_leaves_a_blank_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        let mut bytes = ext_with_label(DATA_DISK_LABEL);
+        bytes.resize(4 << 20, 0xff);
+        std::fs::write(&disk, &bytes).unwrap();
+        wipe_ends(&disk).unwrap();
+        let after = std::fs::read(&disk).unwrap();
+        assert_eq!(after.len(), 4 << 20, "nothing added or cut");
+        assert_eq!(content_of(&after[..PROBE_BYTES]), Content::Blank);
+        assert!(after[..1 << 20].iter().chain(&after[3 << 20..]).all(|b| *b == 0));
+        assert!(after[1 << 20..3 << 20].iter().all(|b| *b == 0xff), "the middle is left");
+        let small = dir.path().join("small");
+        std::fs::write(&small, [0xffu8; 1000]).unwrap();
+        wipe_ends(&small).unwrap();
+        assert_eq!(std::fs::read(&small).unwrap(), [0u8; 1000]);
+    }
+
+    #[test]
+    fn a_disk_left_alone_or_never_prepared_is_not_wiped() {
+        let disks = LocalDisks::default();
+        assert!(disks.wipe().unwrap().is_none(), "no data disk in this boot");
+        disks.apply(Some(&DataDisk { device: "../sda".into(), wipe: true }));
+        assert!(disks.wipe().unwrap().is_none(), "a disk it refused");
     }
 }

@@ -266,6 +266,8 @@ pub struct Session<A, L, M, V, C, S> {
     configured: Option<LinkConfig>,
     /// The BMC user a registration asked for, made once per boot.
     bmc_account: BmcAccountStep,
+    /// This boot wiped its data disk, as a reboot request asked: said in every heartbeat.
+    data_disk_wiped: bool,
 }
 
 /// Where making the appliance's user on this machine's BMC stands, in this boot.
@@ -301,6 +303,7 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
             applied: Applied::default(),
             configured: None,
             bmc_account: BmcAccountStep::NotAsked,
+            data_disk_wiped: false,
         }
     }
 
@@ -579,6 +582,7 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
                 BmcAccountStep::ToReport(account) => Some(account.clone()),
                 _ => None,
             },
+            data_disk_wiped: self.data_disk_wiped,
         }
     }
 
@@ -671,6 +675,42 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
         None
     }
 
+    /// Wipes the released data disk (an operator's `oasis machine reprovision`) and tells the
+    /// appliance before the reboot, asking up to three times: the appliance counts the
+    /// reprovision done only when it heard this. Whether it was wiped; when not, the reboot is
+    /// called off (the error on the console and to the appliance) and the services start again.
+    async fn wipe_data_disk(&mut self, credential: &str, appliance: Ipv4Addr) -> bool {
+        match self.cluster.disks.wipe() {
+            Ok(wiped) => {
+                tracing::warn!("data disk {} wiped, as the appliance asked", wiped.as_deref().unwrap_or("(none)"));
+                self.data_disk_wiped = true;
+                let mesh = self.cluster.mesh.report().await;
+                let heartbeat = self.heartbeat("data disk wiped; rebooting", mesh, Vec::new());
+                for attempt in 1..=3 {
+                    match self.api.heartbeat(appliance, credential, &heartbeat).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(
+                                "could not tell the appliance ({attempt} of 3): {}",
+                                oasis_proto::error_chain(&e)
+                            );
+                            self.clock.sleep(Duration::from_secs(2)).await;
+                        }
+                    }
+                }
+                true
+            }
+            Err(error) => {
+                let error = format!(
+                    "the data disk could not be wiped: {}; not rebooting, the services start again",
+                    oasis_proto::error_chain(&error)
+                );
+                self.refused(error, "wipe refused", credential, appliance).await;
+                false
+            }
+        }
+    }
+
     /// Boots again into generation `request.generation`: says so (console, heartbeat), stops
     /// the services and waits for them, unmounts the data disk, then jumps into the new kernel
     /// (`kexec`) or reboots through the firmware. Returns only when the kernel refused to reboot;
@@ -683,6 +723,9 @@ impl<A: Api, L: Link, M: Mesh, V: Services, C: Clock, S: Console> Session<A, L, 
         let how = if request.kexec { "with kexec" } else { "through the firmware" };
         tracing::warn!("the appliance asked this boot to boot again into generation {generation}, {how}");
         self.wind_down(&format!("rebooting into generation {generation}"), "rebooting", credential, appliance).await;
+        if request.wipe_data && !self.wipe_data_disk(credential, appliance).await {
+            return;
+        }
         if request.kexec {
             let error = match self.cluster.reboot.load().await {
                 Ok(image) => {

@@ -19,7 +19,7 @@ use crate::api::Api;
 use crate::power::{PowerOp, PowerReport};
 
 /// Heard from within this long, a machine's agent can act (three heartbeats).
-const ALIVE_WITHIN_SECS: u64 = 3 * oasis_proto::HEARTBEAT_SECS;
+pub const ALIVE_WITHIN_SECS: u64 = 3 * oasis_proto::HEARTBEAT_SECS;
 
 /// The power requests operators made through agents, by machine id.
 #[derive(Debug, Default)]
@@ -102,6 +102,7 @@ impl AgentPower {
             boot: record.wireguard_key.clone(),
             kexec: false,
             power_off: op == PowerOp::Off,
+            wipe_data: false,
         };
         self.requests.lock().unwrap_or_else(|e| e.into_inner()).insert(record.id.clone(), request);
         report.state = None;
@@ -138,7 +139,8 @@ mod tests {
     #[test]
     fn a_request_is_for_one_boot_and_goes_once_the_machine_booted_again() {
         let power = AgentPower::default();
-        let request = RebootRequest { generation: 0, boot: "key-1".into(), kexec: false, power_off: true };
+        let request =
+            RebootRequest { generation: 0, boot: "key-1".into(), kexec: false, power_off: true, wipe_data: false };
         power.requests.lock().unwrap().insert("m1".into(), request.clone());
         assert_eq!(power.request_for("m1", "key-1"), Some(request));
         assert_eq!(power.request_for("m2", "key-1"), None);

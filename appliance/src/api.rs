@@ -363,9 +363,31 @@ async fn heartbeat(
             });
         }
     }
+    if beat.data_disk_wiped {
+        reprovision_wiped(&api, &id, &key).await?;
+    }
     api.registry.lock().await.record_heartbeat(&id, beat, now());
     let state = api.desired.borrow().state_of(&id, &key);
     Ok(Json(state))
+}
+
+/// Boot `key` of machine `id` wiped its data disk for its reprovisioning: kept, so that its
+/// next boot ends the reprovisioning (a boot that was not wiped is wiped in turn).
+async fn reprovision_wiped(api: &Api, id: &str, key: &str) -> Result<(), ActionError> {
+    let mut registry = api.registry.lock().await;
+    let Some(mut record) = registry.get(id).cloned() else { return Ok(()) };
+    match record.reprovision.as_mut() {
+        Some(asked) if asked.boot == key && !asked.wiped => asked.wiped = true,
+        _ => return Ok(()),
+    }
+    let happening = oasis_core::registry::Happening {
+        kind: "machine-wiped",
+        mac: Some(record.boot_mac),
+        message: format!("{id} wiped its data disk for its reprovisioning and reboots"),
+    };
+    api.store.save_record(record.clone(), vec![happening]).await.map_err(ActionError::NotRecorded)?;
+    registry.apply(record);
+    Ok(())
 }
 
 #[derive(Deserialize)]

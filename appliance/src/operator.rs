@@ -38,6 +38,9 @@ use oasis_core::registry::{AuthError, DecideError, FindError, Happening, Machine
 pub enum Decision {
     Accept,
     Reject,
+    /// Take an accepted machine out of the cluster (quorum kept), wipe its data disk through its
+    /// agent and boot it again as a fresh spare.
+    Reprovision,
 }
 
 impl Decision {
@@ -46,6 +49,7 @@ impl Decision {
         match self {
             Decision::Accept => "accept",
             Decision::Reject => "reject",
+            Decision::Reprovision => "reprovision",
         }
     }
 
@@ -54,6 +58,10 @@ impl Decision {
         match self {
             Decision::Accept => "accepted",
             Decision::Reject => "rejected",
+            Decision::Reprovision => {
+                "is being reprovisioned: its member leaves, its data disk is wiped, it boots again \
+                                      as a spare (oasis events, oasis cluster status)"
+            }
         }
     }
 
@@ -61,6 +69,7 @@ impl Decision {
         match word {
             "accept" => Ok(Decision::Accept),
             "reject" => Ok(Decision::Reject),
+            "reprovision" => Ok(Decision::Reprovision),
             other => Err(ActionError::NoDecision(other.to_string())),
         }
     }
@@ -167,10 +176,12 @@ pub enum ActionError {
     /// address, back to pending).
     #[error(transparent)]
     Decide(#[from] DecideError),
-    #[error("no decision {0:?}: accept or reject")]
+    #[error("no decision {0:?}: accept, reject or reprovision")]
     NoDecision(String),
     #[error("{0:?} is not a MAC address")]
     BadMac(String),
+    #[error("{0}")]
+    CannotReprovision(String),
     #[error("boot mode {0:?} is not network or local")]
     BadBootMode(String),
     #[error("{0:?} is not pause, resume or cancel")]
@@ -269,7 +280,9 @@ impl ActionError {
             NoDecision(_) | NoKey(_) | NoKubeconfig | NoArtifact(_) | NoBmc(_) => StatusCode::NOT_FOUND,
             Find(e) | Decide(DecideError::Find(e)) => find_status(e),
             // Nothing the request can fix: the operator widens the prefix (the message says so).
-            Decide(DecideError::PoolExhausted(_) | DecideError::BackToPending) | NotAccepted(_) => StatusCode::CONFLICT,
+            Decide(DecideError::PoolExhausted(_) | DecideError::BackToPending)
+            | NotAccepted(_)
+            | CannotReprovision(_) => StatusCode::CONFLICT,
             BadMac(_) | BadBootMode(_) | BadRolloutCommand(_) | RelativePath(_) | BadPowerOp(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -425,6 +438,7 @@ impl Operator {
         let state = match decision {
             Decision::Accept => MachineState::Accepted,
             Decision::Reject => MachineState::Rejected,
+            Decision::Reprovision => return self.reprovision(machine).await,
         };
         let api = &self.api;
         let peer = {
@@ -436,6 +450,47 @@ impl Operator {
         };
         let (turn, record) = peer;
         turn.await;
+        Ok(record)
+    }
+
+    /// `oasis machine reprovision`: kept in the machine's record (the controller takes its member
+    /// out, then has its agent wipe its data disk and reboot; its next registration ends it).
+    /// Only an accepted machine whose agent is heard now: the agent does the wipe.
+    async fn reprovision(&self, machine: &str) -> Result<MachineRecord, ActionError> {
+        let api = &self.api;
+        let now = crate::store::now();
+        let mut registry = api.registry.lock().await;
+        let mut record = registry.find(machine)?.clone();
+        if record.state != MachineState::Accepted {
+            return Err(ActionError::CannotReprovision(format!("{} is {}, not accepted", record.id, record.state)));
+        }
+        if record.reprovision.as_ref().is_some_and(|r| r.boot == record.wireguard_key) {
+            return Ok(record);
+        }
+        let heard = registry.heartbeat_of(&record.id).map(|h| h.at);
+        if heard.is_none_or(|at| now.saturating_sub(at) > crate::agent_power::ALIVE_WITHIN_SECS) {
+            let since =
+                heard.map_or("never heard from".into(), |at| format!("silent for {} s", now.saturating_sub(at)));
+            return Err(ActionError::CannotReprovision(format!(
+                "{} is {since}: its agent wipes its disk, so it must be up; power it on (oasis machine power on) \
+                 and try again",
+                record.id
+            )));
+        }
+        let boot = record.wireguard_key.clone();
+        record.reprovision =
+            Some(oasis_core::registry::Reprovision { asked_at: now, boot, wiped: false, passed_on: false });
+        let happening = Happening {
+            kind: "machine-reprovision",
+            mac: Some(record.boot_mac),
+            message: format!(
+                "{} to be reprovisioned (an operator): its member leaves, its data disk is wiped, it boots again as a \
+                 spare",
+                record.id
+            ),
+        };
+        api.store.save_record(record.clone(), vec![happening]).await?;
+        registry.apply(record.clone());
         Ok(record)
     }
 

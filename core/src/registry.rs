@@ -109,6 +109,26 @@ pub struct MachineRecord {
     /// Why the machine is in its state, for people.
     pub reason: String,
     pub recent_nonces: Vec<String>,
+    /// An operator's `oasis machine reprovision` under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprovision: Option<Reprovision>,
+}
+
+/// A machine an operator wants clean: its member leaves the cluster (quorum kept), its agent
+/// wipes its data disk and reboots it through the network, and it comes back as a fresh spare.
+/// Kept in the machine's record, so an appliance restarted in between carries on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reprovision {
+    /// Unix seconds.
+    pub asked_at: u64,
+    /// The boot (its WireGuard key) that is to leave, be wiped and reboot.
+    pub boot: String,
+    /// That boot said its data disk is wiped (it reboots next).
+    pub wiped: bool,
+    /// Passed on once already from a boot that went down without its wipe: not again (an agent
+    /// that cannot wipe must not reboot the machine in a loop).
+    #[serde(default)]
+    pub passed_on: bool,
 }
 
 /// Why an agent's call is not answered.
@@ -439,6 +459,31 @@ impl Registry {
                 Err(Refused { kind, message, happening }) => return Registration::Refuse { kind, message, happening },
             };
         let id = record.id.clone();
+        if let Some(asked) = record.reprovision.take() {
+            match (asked.boot == req.wireguard_key, asked.wiped) {
+                // The same boot registering again: still under way.
+                (true, _) => record.reprovision = Some(asked),
+                (false, true) => happenings.push(Happening {
+                    kind: "machine-reprovisioned",
+                    mac: Some(mac),
+                    message: format!("{id} booted again with its data disk wiped: a fresh spare"),
+                }),
+                // It rebooted before its wipe (a crash, a power cut): this boot is wiped instead,
+                // once.
+                (false, false) if !asked.passed_on => {
+                    record.reprovision =
+                        Some(Reprovision { boot: req.wireguard_key.clone(), passed_on: true, ..asked });
+                }
+                (false, false) => happenings.push(Happening {
+                    kind: "machine-reprovision-stopped",
+                    mac: Some(mac),
+                    message: format!(
+                        "{id} booted again twice without wiping its data disk: its reprovisioning is stopped (a \
+                         spare now, its disk as it was); see its console, then ask again"
+                    ),
+                }),
+            }
+        }
         record.inventory = req.inventory.clone();
         record.agent_version = req.agent_version.clone();
         record.last_registered = now;
@@ -539,6 +584,7 @@ impl Registry {
                 last_registered: now,
                 reason: String::new(),
                 recent_nonces: vec![],
+                reprovision: None,
             };
             return Ok((mac, record, None, vec![happening]));
         };
@@ -900,6 +946,34 @@ mod tests {
         assert_eq!(old.unwrap_err(), AuthError::UnknownCredential);
         assert!(reg.authenticate("cred-2", address).is_ok());
         assert_eq!(reg.records().count(), 1, "one machine, one record");
+    }
+
+    /// A reprovisioning lasts through its boot's registrations; the next boot ends it once its
+    /// wipe was heard, and is wiped in turn when it was not (a crash before the wipe).
+    #[test]
+    fn a_reprovisioning_ends_with_the_boot_after_the_wipe() {
+        let mut reg = Registry::new(Policy::Auto, overlay(), vec![]);
+        let (first, _) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "1")).unwrap();
+        let id = first.machine_id;
+        let asking = |reg: &mut Registry, boot: u8, wiped: bool| {
+            let mut record = reg.get(&id).unwrap().clone();
+            record.reprovision = Some(Reprovision { asked_at: 100, boot: key(boot), wiped, passed_on: false });
+            reg.apply(record);
+        };
+        let under_way = |reg: &Registry| reg.get(&id).unwrap().reprovision.clone();
+        asking(&mut reg, 1, false);
+        register(&mut reg, &request(UUID, "52:54:00:00:00:01", 1, "2")).unwrap();
+        assert_eq!(under_way(&reg).map(|r| r.boot), Some(key(1)), "the same boot: still under way");
+        let (_, said) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 2, "3")).unwrap();
+        assert_eq!(under_way(&reg).map(|r| (r.boot, r.wiped)), Some((key(2), false)), "not wiped: this boot is");
+        assert!(!said.iter().any(|h| h.kind == "machine-reprovisioned"));
+        let (_, said) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 4, "5")).unwrap();
+        assert_eq!(under_way(&reg), None, "passed on once, not in a loop");
+        assert!(said.iter().any(|h| h.kind == "machine-reprovision-stopped"), "{said:?}");
+        asking(&mut reg, 4, true);
+        let (_, said) = register(&mut reg, &request(UUID, "52:54:00:00:00:01", 3, "6")).unwrap();
+        assert_eq!(under_way(&reg), None);
+        assert!(said.iter().any(|h| h.kind == "machine-reprovisioned"), "{said:?}");
     }
 
     #[test]

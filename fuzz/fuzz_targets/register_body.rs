@@ -47,6 +47,7 @@ fn record(n: u8, state: MachineState, uuid: Option<&str>) -> MachineRecord {
         last_registered: NOW - 100,
         reason: String::new(),
         recent_nonces: vec![format!("nonce-used-by-{n:0>10}")],
+        reprovision: None,
     }
 }
 

@@ -172,6 +172,14 @@ pub enum MachineCommand {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Reprovision an accepted machine an operator wants clean: its etcd member leaves (quorum
+    /// kept, a spare takes its place), its agent wipes its data disk and reboots it through the
+    /// network, and it comes back as a fresh spare. Its agent must be up.
+    Reprovision {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Forget a machine; it registers as new the next time it boots.
     Remove {
         id: String,

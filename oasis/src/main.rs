@@ -52,6 +52,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machine(MachineCommand::Accept { id, state }) => machine::decide(&id, Some(Decision::Accept), &state),
         Command::Machine(MachineCommand::Reject { id, state }) => machine::decide(&id, Some(Decision::Reject), &state),
         Command::Machine(MachineCommand::Remove { id, state }) => machine::decide(&id, None, &state),
+        Command::Machine(MachineCommand::Reprovision { id, state }) => {
+            machine::decide(&id, Some(Decision::Reprovision), &state)
+        }
         Command::Machine(MachineCommand::Power { op, id, all: _, state }) => machine::power(op, id.as_deref(), &state),
         Command::Cluster(ClusterCommand::Status(state)) => cluster::status(&state),
         Command::Cluster(ClusterCommand::Kubeconfig(state)) => cluster::kubeconfig(&state),

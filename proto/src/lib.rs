@@ -331,6 +331,10 @@ pub struct Heartbeat {
     /// appliance takes it out before it keeps the heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc_account: Option<BmcAccount>,
+    /// This boot wiped its data disk, as a reboot request asked ([`RebootRequest::wipe_data`]),
+    /// and reboots now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_disk_wiped: bool,
 }
 
 /// The kernel command-line argument that names the node generation a boot runs:
@@ -434,6 +438,11 @@ pub struct RebootRequest {
     /// of a machine without a BMC). Absent from appliances before power control.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub power_off: bool,
+    /// Wipe the data disk before rebooting (`oasis machine reprovision`): its filesystem's
+    /// first and last MiB are zeroed, so the next boot finds it blank. The agent says so in a
+    /// heartbeat ([`Heartbeat::data_disk_wiped`]) before it reboots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wipe_data: bool,
 }
 
 /// A disk the agent makes into its data disk: it mounts one that already has the

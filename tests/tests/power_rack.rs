@@ -5,8 +5,10 @@
 //! hangs (its CPU stopped through QEMU's monitor): the appliance fences it, a power cycle into a
 //! network boot, and it comes back as the same member with its data. A voter dies for good (its
 //! QEMU ends and its BMC refuses to power it on): it is given up and the spare takes its place,
-//! three healthy voters again. Powered on later, it rejoins as a spare; powered off by an
-//! operator, the status says so.
+//! three healthy voters again. Powered on later, it rejoins as a spare. An operator then
+//! reprovisions a voter: its member leaves, the spare takes its place, its agent wipes its data
+//! disk and reboots it, and it comes back as a fresh spare; powered off by an operator, the
+//! status says so.
 //!
 //! Each machine's agent reads its BMC's network address through the system interface. The
 //! fourth machine's BMC is not in the config (its only user is the factory's): the config lets
@@ -136,17 +138,45 @@ fn the_appliance_powers_on_its_rack_fences_a_hung_voter_and_replaces_a_dead_one(
     });
     assert_eq!(member(&status, 2), None);
 
-    // An operator powers the spare off: the status says so, and oasis leaves it off.
-    let out = rack.appliance.cli(&["machine", "power", "off", &Rack::id(2)]);
-    assert!(out.contains("off"), "{out}");
-    let status = rack.status();
-    assert_eq!(power(&status, 2), "off", "{}", rack.appliance.cli(&["cluster", "status"]));
-    assert!(rack.bmc(2).machine().is_none(), "its QEMU ended");
-    let text = rack.appliance.cli(&["cluster", "status"]);
-    let row = text.lines().find(|l| l.starts_with(&Rack::id(2))).unwrap_or_default();
-    assert!(row.split_whitespace().any(|w| w == "off"), "{text}");
+    // An operator reprovisions machine 3 (a voter, its BMC found by its agent): its member
+    // leaves, machine 2 takes its place, its agent wipes its data disk and reboots it through the
+    // network, and it comes back as a fresh spare.
+    let disk = rack.work.path().join("disk3.img");
+    // The ext superblock's volume label (at 1024 + 120), where the agent's mkfs put `oasis-data`.
+    let label_at = |disk: &std::path::Path| {
+        use std::os::unix::fs::FileExt;
+        let mut label = [0u8; 16];
+        std::fs::File::open(disk).and_then(|f| f.read_exact_at(&mut label, 1024 + 120)).unwrap();
+        label
+    };
+    assert!(label_at(&disk).starts_with(b"oasis-data"), "machine 3's data disk holds etcd's data");
+    let asked = Instant::now();
+    let out = rack.appliance.cli(&["machine", "reprovision", &Rack::id(3)]);
+    assert!(out.contains("is being reprovisioned"), "{out}");
+    // Its next boot's registration ends the reprovisioning.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while events(&rack, "machine-reprovisioned").is_empty() {
+        assert!(Instant::now() < deadline, "not reprovisioned: {:#?}", rack.appliance.events(50));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let status = rack.wait(Duration::from_secs(600), "machine 3 back as a spare", |s| {
+        healthy_with(s, &[0, 1, 2]) && alive(s, 3) && role(s, 3) == "worker"
+    });
+    assert_eq!(member(&status, 3), None);
+    let wiped = events(&rack, "machine-wiped");
+    assert!(wiped.iter().any(|m| m.starts_with(&Rack::id(3))), "{wiped:#?}");
+    assert!(label_at(&disk).iter().all(|b| *b == 0), "its data disk was wiped");
+    assert_eq!(rack.get("/oasis/power", 2), "written-before-the-hang", "the data is in the cluster still");
+    eprintln!("reprovision of a voter to a fresh spare: {:.0} s", asked.elapsed().as_secs_f64());
 
-    // Machine 3, now a voter, is powered through the user its agent made.
-    let out = rack.appliance.cli(&["machine", "power", "status", &Rack::id(3)]);
-    assert!(out.contains(&format!("ipmi {}:623", bmc_address(3))) && out.contains(" on "), "{out}");
+    // An operator powers the spare off, through the user its agent made: the status says so,
+    // and oasis leaves it off.
+    let out = rack.appliance.cli(&["machine", "power", "off", &Rack::id(3)]);
+    assert!(out.contains(&format!("ipmi {}:623", bmc_address(3))) && out.contains("off"), "{out}");
+    let status = rack.status();
+    assert_eq!(power(&status, 3), "off", "{}", rack.appliance.cli(&["cluster", "status"]));
+    assert!(rack.bmc(3).machine().is_none(), "its QEMU ended");
+    let text = rack.appliance.cli(&["cluster", "status"]);
+    let row = text.lines().find(|l| l.starts_with(&Rack::id(3))).unwrap_or_default();
+    assert!(row.split_whitespace().any(|w| w == "off"), "{text}");
 }

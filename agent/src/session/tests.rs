@@ -196,6 +196,11 @@ impl crate::disk::DataDisks for FakeDisks {
         self.calls.lock().unwrap().push("disk release".into());
         Ok(())
     }
+
+    fn wipe(&self) -> Result<Option<String>, crate::disk::DiskError> {
+        self.calls.lock().unwrap().push("disk wipe".into());
+        Ok(Some("vdb".into()))
+    }
 }
 
 /// The kernel, initramfs and command line a load got.
@@ -668,7 +673,7 @@ fn the_generation_is_read_from_the_kernel_command_line() {
 
 fn reboot_state(revision: u64, boot: &str, kexec: bool) -> DesiredState {
     DesiredState {
-        reboot: Some(RebootRequest { generation: 2, boot: boot.into(), kexec, power_off: false }),
+        reboot: Some(RebootRequest { generation: 2, boot: boot.into(), kexec, power_off: false, wipe_data: false }),
         ..cluster_state(revision)
     }
 }
@@ -705,6 +710,24 @@ async fn a_reboot_stops_the_services_before_the_disk_is_released_before_the_mach
     assert_eq!((heartbeats[2].2.phase.as_str(), heartbeats[2].2.applied_revision), ("linked", 4));
     let console = fakes.console();
     assert!(console.contains("rebooting into generation 2"), "{console}");
+}
+
+/// A reprovision: the services stopped, the disk released, then wiped, the wipe told to the
+/// appliance before the reboot.
+#[tokio::test]
+async fn a_wipe_request_wipes_the_released_disk_and_says_so_before_the_reboot() {
+    let fakes =
+        Fakes::new(vec![answer(MachineState::Accepted, Some(config("10.0.0.1:51820")))], vec![Ok(()), Ok(()), Ok(())]);
+    let mut state = reboot_state(4, "machine-key", false);
+    if let Some(request) = &mut state.reboot {
+        request.wipe_data = true;
+    }
+    *fakes.api.desired.lock().unwrap() = vec![Ok(state)].into();
+    fakes.run().await;
+    assert_eq!(calls(&fakes)[..4], ["services halt", "disk release", "disk wipe", "reboot firmware"]);
+    let heartbeats = fakes.api.heartbeats();
+    assert!(!heartbeats[0].2.data_disk_wiped, "not before the wipe");
+    assert_eq!((heartbeats[1].2.phase.as_str(), heartbeats[1].2.data_disk_wiped), ("data disk wiped; rebooting", true));
 }
 
 #[tokio::test]

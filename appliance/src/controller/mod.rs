@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oasis_proto::{
-    Artifact, DataDisk, MachineState, Role, ServiceSpec, ServiceState, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
+    Artifact, DataDisk, MachineState, RebootRequest, Role, ServiceSpec, ServiceState, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
 };
 use tokio::sync::watch;
 
@@ -183,7 +183,7 @@ struct Told {
     /// The etcd each machine runs, by id.
     etcd: HashMap<String, Artifact>,
     /// The reboot a machine in flight is asked for, by id.
-    reboots: HashMap<String, oasis_proto::RebootRequest>,
+    reboots: HashMap<String, RebootRequest>,
 }
 
 /// One accepted machine with what the registry last heard from it.
@@ -324,6 +324,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                             && running.get(&s.record.id).is_some_and(|spec| spec.generation == e.generation)
                     }),
                     given_up: self.given_up(s, now, assembly),
+                    leaving: reprovisioning(s),
                 }
             })
             .collect()
@@ -413,7 +414,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             }
         }
         let record = self.api.store.generations()?;
-        let generations = self.told(&seen, &record);
+        let generations = self.told(&seen, &record, &assembly);
         let placed = self.placed(&seen, &assembly, &generations);
         let told_before = self.etcd_specs(&seen, &placed, &assembly, &generations)?;
         let in_rollout: Vec<oasis_proto::MacAddr> =
@@ -473,7 +474,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             tracing::info!(cluster = %self.settings.name, "rollout: {rollout}");
             self.last_rollout = rollout.clone();
         }
-        let generations = self.told(&seen, &record);
+        let generations = self.told(&seen, &record, &assembly);
         let told = self.publish(&seen, &assembly, &generations).await?;
         let tick = TickSeen {
             seen: &seen,
@@ -487,14 +488,22 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         Ok(())
     }
 
-    /// What machines are told because of their generations.
-    fn told(&mut self, seen: &[Seen], record: &Generations) -> Told {
+    /// What machines are told because of their generations, and of operators.
+    fn told(&mut self, seen: &[Seen], record: &Generations, assembly: &Assembly) -> Told {
         let mut reboots = self.reboot_requests(seen, record);
         // An operator's power request through a machine's agent, unless a rollout reboots it.
         for s in seen {
             if let Some(request) = self.api.agent_power.request_for(&s.record.id, &s.record.wireguard_key) {
                 reboots.entry(s.record.id.clone()).or_insert(request);
             }
+        }
+        // A machine being reprovisioned, once it has no member: wipe its data disk and reboot
+        // (through the firmware: the network boot of the generation its script names).
+        for s in seen.iter().filter(|s| reprovisioning(s) && !assembly.members.contains_key(&s.record.id)) {
+            let generation = s.heartbeat.as_ref().and_then(|h| h.heartbeat.generation).unwrap_or(0);
+            let boot = s.record.wireguard_key.clone();
+            let wipe = RebootRequest { generation, boot, kexec: false, power_off: false, wipe_data: true };
+            reboots.insert(s.record.id.clone(), wipe);
         }
         Told { etcd: self.etcd_by_machine(seen, record), reboots }
     }
@@ -715,4 +724,9 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         };
         self.status.send_replace(Arc::new(status));
     }
+}
+
+/// Whether an operator asked for `s`'s current boot to be reprovisioned.
+fn reprovisioning(s: &Seen) -> bool {
+    s.record.reprovision.as_ref().is_some_and(|r| r.boot == s.record.wireguard_key)
 }

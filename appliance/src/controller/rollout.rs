@@ -219,7 +219,10 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             .filter_map(|(mac, generation, boot)| {
                 let s = seen.iter().find(|s| s.record.boot_mac == mac && s.record.wireguard_key == boot)?;
                 let kexec = self.rollout.kexec_for(&s.record.id);
-                Some((s.record.id.clone(), RebootRequest { generation, boot, kexec, power_off: false }))
+                Some((
+                    s.record.id.clone(),
+                    RebootRequest { generation, boot, kexec, power_off: false, wipe_data: false },
+                ))
             })
             .collect()
     }

@@ -318,6 +318,7 @@ impl Rack {
                     last_registered: START - 100,
                     reason: String::new(),
                     recent_nonces: vec![],
+                    reprovision: None,
                 });
             }
         }
@@ -853,6 +854,41 @@ async fn a_bmc_another_machine_reads_as_its_own_is_not_used() {
     assert_eq!(bmc.calls(), ["cycle"]);
 }
 
+/// `oasis machine reprovision` of a live voter: refused for a silent machine; asked, the voter's
+/// member leaves while it is alive (quorum kept), the spare takes its place, and only then is the
+/// machine's boot told to wipe its data disk and reboot.
+#[tokio::test]
+async fn a_voter_being_reprovisioned_leaves_then_is_told_to_wipe_and_reboot() {
+    use crate::operator::{Action, Decision, Operator};
+    let mut rack = Rack::new(4).await;
+    rack.assemble().await;
+    let voters: Vec<String> = rack.assembly().members.keys().cloned().collect();
+    let leaving = voters[0].clone();
+    let operator = Operator { api: rack.api.clone(), cluster: None };
+    let ask = |machine: &str| Action::Decide { machine: machine.into(), decision: Decision::Reprovision };
+    let wipe_told = |rack: &Rack| {
+        let published = rack.api.desired.borrow();
+        published.states.get(&leaving).and_then(|(_, s)| s.reboot.clone()).filter(|r| r.wipe_data)
+    };
+    // The operator judges silence by the wall clock, as heartbeats are stamped in service.
+    rack.clock.0.store(crate::store::now() - 100, Ordering::SeqCst);
+    after(&mut rack, 0, "none").await;
+    after(&mut rack, 100, &voters[1]).await;
+    let silent = operator.handle(ask(&voters[1])).await.unwrap_err().to_string();
+    assert!(silent.contains("silent for") && silent.contains("power it on"), "{silent}");
+
+    after(&mut rack, 1, "none").await;
+    operator.handle(ask(&leaving)).await.unwrap();
+    assert!(wipe_told(&rack).is_none(), "not before its member has left");
+    spare_takes_the_place_of(&mut rack, &voters, &leaving).await;
+    after(&mut rack, 1, "none").await;
+    let wipe = wipe_told(&rack).expect("told to wipe and reboot once its member left");
+    let key = rack.api.registry.lock().await.get(&leaving).unwrap().wireguard_key.clone();
+    assert_eq!((wipe.boot, wipe.power_off, wipe.kexec), (key, false, false));
+    let kinds = rack.event_kinds();
+    assert!(kinds.iter().any(|k| k == "machine-reprovision"), "{kinds:?}");
+}
+
 #[test]
 fn pass_over_records_the_machines_boot() {
     let mut assembly = Assembly::default();
@@ -1043,6 +1079,7 @@ fn a_restart_waits_for_a_quorum_without_the_member() {
         meshed_with: ["m1", "m2", "m3"].map(String::from).into(),
         etcd_current: current,
         given_up: false,
+        leaving: false,
     };
     let old = Some(etcd_artifact());
     let plan = |serial| MemberPlan {

@@ -350,6 +350,7 @@ mod tests {
                 last_registered: 2,
                 reason: String::new(),
                 recent_nonces: vec![],
+                reprovision: None,
             },
             last_heartbeat: None,
             handshake_age_secs: None,

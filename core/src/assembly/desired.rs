@@ -241,7 +241,8 @@ mod tests {
         assert_eq!(m2.peers[0].address, Ipv4Addr::new(10, 98, 0, 3));
         assert_eq!(states["m4"], DesiredState::default());
         // An operator's power request reaches an unassigned machine's agent all the same.
-        let request = RebootRequest { generation: 0, boot: "key4".into(), kexec: false, power_off: true };
+        let request =
+            RebootRequest { generation: 0, boot: "key4".into(), kexec: false, power_off: true, wipe_data: false };
         let asked = vec![Placed { reboot: Some(request.clone()), ..placed(4, Role::Unassigned) }];
         let states = desired_states("rack", &asked, &MESH, &BTreeMap::new());
         assert_eq!(states["m4"], DesiredState { reboot: Some(request), ..DesiredState::default() });

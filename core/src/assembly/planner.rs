@@ -53,6 +53,10 @@ pub struct Node {
     /// The controller gave the machine up while it is dead: fenced off through its BMC, or
     /// silent past `[cluster] replace_after_secs`. A voter on it is replaced by a spare.
     pub given_up: bool,
+    /// An operator asked for the machine to be reprovisioned (`oasis machine reprovision`) in
+    /// this boot: its member leaves (quorum kept) while it is alive, and it is no candidate for
+    /// a place until it has booted again.
+    pub leaving: bool,
 }
 
 /// One etcd member as observed this tick.
@@ -291,7 +295,7 @@ impl<'a> Rack<'a> {
             .filter_map(|m| by_peer(&m.peer_url).map(|n| n.id.as_str()))
             .chain(assembly.members.keys().map(String::as_str))
             .collect();
-        let passed_over = |n: &Node| assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot);
+        let passed_over = |n: &Node| n.leaving || assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot);
         let pool =
             nodes.iter().filter(|n| member_machines.contains(n.id.as_str()) || (n.alive && !passed_over(n))).count();
         let k = places(settings.control_plane, pool);
@@ -323,8 +327,10 @@ impl<'a> Rack<'a> {
         self.nodes.iter().find(|n| n.peer_url == m.peer_url).map(|n| n.id.clone())
     }
 
+    /// Passed over in this boot (it died while joining, was given up, or is leaving): no
+    /// candidate for a place until it boots again.
     fn passed_over(&self, n: &Node) -> bool {
-        self.assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot)
+        n.leaving || self.assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot)
     }
 
     fn voters(&self) -> Vec<&'a Member> {
@@ -360,6 +366,7 @@ fn roles(rack: &Rack<'_>) -> Option<Step> {
                     "control-plane place {} of {k}, next in choice order",
                     rack.control.iter().position(|c| *c == n.id).unwrap_or(0) + 1
                 ),
+                Role::Worker if n.leaving => "being reprovisioned, as an operator asked".to_string(),
                 Role::Worker if rack.passed_over(n) => {
                     "passed over: died while joining; a worker until it boots again".to_string()
                 }
@@ -464,14 +471,16 @@ fn learner(rack: &Rack<'_>) -> Option<Step> {
     let machine = rack.machine_of(learner).expect("strays handled before");
     let n = rack.node(&machine).expect("mapped by peer URL");
     let plan = rack.assembly.members.get(&machine);
-    let gone = !n.alive || plan.is_some_and(|p| p.boot != n.boot && n.volatile);
+    let gone = !n.alive || n.leaving || plan.is_some_and(|p| p.boot != n.boot && n.volatile);
     if gone {
         if has_quorum {
             return Some(Step::Remove {
                 member_id: learner.id,
                 machine: Some(machine.clone()),
-                pass_over: !n.alive,
-                reason: if n.alive {
+                pass_over: !n.alive || n.leaving,
+                reason: if n.leaving {
+                    format!("learner {machine} is being reprovisioned (an operator asked)")
+                } else if n.alive {
                     format!("learner {machine} rebooted and lost its data")
                 } else {
                     format!("learner {machine} died while joining")
@@ -521,24 +530,26 @@ fn lost_voter(rack: &Rack<'_>) -> Option<Step> {
     None
 }
 
-/// A voter on a machine the controller gave up: removed (quorum kept), its machine passed over,
-/// so that `grow` gives the place to a spare.
+/// A voter on a machine the controller gave up, or one an operator is reprovisioning: removed
+/// (quorum kept), its machine passed over, so that `grow` gives the place to a spare.
 fn given_up_voter(rack: &Rack<'_>) -> Option<Step> {
     let (voters, healthy_voters) = (rack.voters(), rack.healthy_voters());
-    let (v, machine) = voters.iter().find_map(|v| {
+    let (v, machine, leaving) = voters.iter().find_map(|v| {
         let machine = rack.machine_of(v)?;
-        rack.node(&machine).is_some_and(|n| n.given_up && !n.alive).then_some((v, machine))
+        let n = rack.node(&machine)?;
+        (n.leaving || (n.given_up && !n.alive)).then_some((v, machine, n.leaving))
     })?;
     let healthy_after = healthy_voters - usize::from(v.healthy);
     if rack.has_quorum() && voters.len() > 1 && healthy_after >= quorum(voters.len() - 1) {
-        return Some(Step::Remove {
-            member_id: v.id,
-            machine: Some(machine.clone()),
-            pass_over: true,
-            reason: format!("voter {machine} was given up (fenced off, or silent too long): a spare takes its place"),
-        });
+        let reason = if leaving {
+            format!("voter {machine} is being reprovisioned (an operator asked): a spare takes its place")
+        } else {
+            format!("voter {machine} was given up (fenced off, or silent too long): a spare takes its place")
+        };
+        return Some(Step::Remove { member_id: v.id, machine: Some(machine.clone()), pass_over: true, reason });
     }
-    Some(Step::Wait(format!("quorum to replace the given-up voter {machine}")))
+    let what = if leaving { "the voter being reprovisioned" } else { "the given-up voter" };
+    Some(Step::Wait(format!("quorum to replace {what} {machine}")))
 }
 
 /// Too many voters: the newest leaves (the plan serials say who is newest).

@@ -1,4 +1,4 @@
-//! `oasis machine boot|accept|reject|remove|power`: what the operator decides about one machine.
+//! `oasis machine boot|accept|reject|reprovision|remove|power`: what the operator decides about one machine.
 
 use anyhow::{bail, Context};
 use oasis_appliance::operator::{self, Action, Decision};
@@ -8,7 +8,7 @@ use oasis_proto::MacAddr;
 use crate::cli::{BootArg, PowerArg, StateArgs};
 use oasis_appliance::power::{PowerOp, PowerReport};
 
-/// `oasis machine accept|reject|remove ID`, through the running appliance.
+/// `oasis machine accept|reject|reprovision|remove ID`, through the running appliance.
 pub fn decide(id: &str, decision: Option<Decision>, state: &StateArgs) -> anyhow::Result<()> {
     let data_dir = state.data_dir()?;
     let machine = id.to_string();

@@ -109,6 +109,7 @@ mod tests {
             last_registered: 1,
             reason: String::new(),
             recent_nonces: vec![],
+            reprovision: None,
         }
     }
 

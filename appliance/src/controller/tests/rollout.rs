@@ -59,7 +59,7 @@ impl Rack {
     }
 
     /// The reboot a machine's desired state asks of its current boot, if any.
-    async fn reboot_asked(&self, machine: &str) -> Option<oasis_proto::RebootRequest> {
+    async fn reboot_asked(&self, machine: &str) -> Option<RebootRequest> {
         let key = self.api.registry.lock().await.records().find(|r| r.id == machine)?.wireguard_key.clone();
         let published = self.api.desired.borrow();
         let (told_key, state) = published.states.get(machine)?;

@@ -44,6 +44,8 @@ struct World {
     powered_off_since_tick: bool,
     /// Machines the controller gave up (dead, fenced or silent too long).
     given_up: BTreeSet<usize>,
+    /// Machines an operator is reprovisioning, with the boot they were asked in.
+    leaving: BTreeMap<usize, u32>,
 }
 
 fn image(version: u32) -> Artifact {
@@ -68,6 +70,7 @@ impl World {
             image: image(0),
             powered_off_since_tick: false,
             given_up: BTreeSet::new(),
+            leaving: Default::default(),
         }
     }
 
@@ -103,6 +106,7 @@ impl World {
                 meshed_with: if m.powered { alive.clone() } else { BTreeSet::new() },
                 etcd_current: self.etcd_current(i),
                 given_up: self.given_up.contains(&i),
+                leaving: self.leaving.get(&i) == Some(&m.boot),
             })
             .collect()
     }
@@ -404,6 +408,42 @@ fn a_given_up_voter_is_replaced_by_the_spare_and_comes_back_as_a_spare() {
     assert_eq!(w.run(100), Step::Settled);
     assert!(!w.voter_machines().contains(&w.machines[gone].id));
     assert_eq!(w.assembly.roles.get(&w.machines[gone].id), Some(&Role::Worker));
+}
+
+/// An operator reprovisions a live voter: its member leaves first (quorum kept), the spare takes
+/// its place, and once it has booted again (wiped) it is a spare itself.
+#[test]
+fn a_voter_being_reprovisioned_leaves_alive_and_comes_back_as_a_spare() {
+    let mut w = World::new(4, 3);
+    assert_eq!(w.run(100), Step::Settled);
+    let voters = w.voter_machines();
+    let leaving = w.machines.iter().position(|m| voters.contains(&m.id)).unwrap();
+    w.leaving.insert(leaving, w.machines[leaving].boot);
+    assert_eq!(w.run(100), Step::Settled);
+    assert_eq!((w.voters(), w.healthy_voters()), (3, 3));
+    assert!(!w.voter_machines().contains(&w.machines[leaving].id), "its member left while it was alive");
+    assert_eq!(w.assembly.roles.get(&w.machines[leaving].id), Some(&Role::Worker));
+    // Wiped, it boots again: a spare, the voters unchanged.
+    w.machines[leaving].boot += 1;
+    assert_eq!(w.run(100), Step::Settled);
+    assert!(!w.voter_machines().contains(&w.machines[leaving].id));
+    assert_eq!(w.voters(), 3);
+}
+
+/// A spare being reprovisioned is no candidate, even for a place that opens.
+#[test]
+fn a_machine_being_reprovisioned_is_not_chosen_for_a_place() {
+    let mut w = World::new(4, 3);
+    assert_eq!(w.run(100), Step::Settled);
+    let voters = w.voter_machines();
+    let spare = w.machines.iter().position(|m| !voters.contains(&m.id)).unwrap();
+    w.leaving.insert(spare, w.machines[spare].boot);
+    let gone = w.machines.iter().position(|m| voters.contains(&m.id)).unwrap();
+    w.machines[gone].powered = false;
+    w.given_up.insert(gone);
+    let step = w.run(100);
+    assert!(!w.voter_machines().contains(&w.machines[spare].id), "{step:?}");
+    assert_eq!(w.voters() % 2, 1, "an odd number of voters from the two machines left");
 }
 
 #[test]
