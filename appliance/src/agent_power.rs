@@ -19,7 +19,7 @@ use crate::api::Api;
 use crate::power::{PowerOp, PowerReport};
 
 /// Heard from within this long, a machine's agent can act (three heartbeats).
-pub const ALIVE_WITHIN_SECS: u64 = 3 * oasis_proto::HEARTBEAT_SECS;
+const ALIVE_WITHIN_SECS: u64 = 3 * oasis_proto::HEARTBEAT_SECS;
 
 /// The power requests operators made through agents, by machine id.
 #[derive(Debug, Default)]
@@ -51,8 +51,8 @@ impl AgentPower {
         op: PowerOp,
         now: u64,
     ) -> PowerReport {
-        let silent = heartbeat.map(|h| now.saturating_sub(h.at));
-        let alive = silent.is_some_and(|s| s <= ALIVE_WITHIN_SECS);
+        let silence = silence(heartbeat, now);
+        let alive = silence.is_none();
         let mut report = PowerReport {
             machine: record.boot_mac,
             id: Some(record.id.clone()),
@@ -63,7 +63,7 @@ impl AgentPower {
             millis: 0,
         };
         let refused = match op {
-            PowerOp::Status => (!alive).then(|| not_heard(silent)),
+            PowerOp::Status => silence.as_deref().map(not_heard),
             PowerOp::On => Some(
                 "it has no BMC: oasis cannot power it on; press its power button (Wake-on-LAN is not built in)".into(),
             ),
@@ -72,7 +72,7 @@ impl AgentPower {
                  netboots)"
                     .into(),
             ),
-            PowerOp::Cycle | PowerOp::Off if !alive => Some(not_heard(silent)),
+            PowerOp::Cycle | PowerOp::Off if !alive => silence.as_deref().map(not_heard),
             PowerOp::Cycle | PowerOp::Off if rebooting(api, record) => {
                 Some("a node rollout is rebooting it now: wait for `oasis update status` to move on".into())
             }
@@ -119,8 +119,18 @@ impl AgentPower {
     }
 }
 
-fn not_heard(silent: Option<u64>) -> String {
-    let since = silent.map_or("never heard from".to_string(), |s| format!("not heard from for {s} s"));
+/// How long the agent whose last heartbeat is `heartbeat` has been silent at `now`, in words
+/// (`never heard from`, `not heard from for 40 s`), once too long for it to act; `None` while it
+/// is heard.
+pub fn silence(heartbeat: Option<&LastHeartbeat>, now: u64) -> Option<String> {
+    match heartbeat.map(|h| now.saturating_sub(h.at)) {
+        Some(secs) if secs <= ALIVE_WITHIN_SECS => None,
+        Some(secs) => Some(format!("not heard from for {secs} s")),
+        None => Some("never heard from".into()),
+    }
+}
+
+fn not_heard(since: &str) -> String {
     format!("{since}: without a BMC its power cannot be read or changed from here; someone at the rack can")
 }
 

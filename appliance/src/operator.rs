@@ -467,10 +467,7 @@ impl Operator {
         if record.reprovision.as_ref().is_some_and(|r| r.boot == record.wireguard_key) {
             return Ok(record);
         }
-        let heard = registry.heartbeat_of(&record.id).map(|h| h.at);
-        if heard.is_none_or(|at| now.saturating_sub(at) > crate::agent_power::ALIVE_WITHIN_SECS) {
-            let since =
-                heard.map_or("never heard from".into(), |at| format!("silent for {} s", now.saturating_sub(at)));
+        if let Some(since) = crate::agent_power::silence(registry.heartbeat_of(&record.id), now) {
             return Err(ActionError::CannotReprovision(format!(
                 "{} is {since}: its agent wipes its disk, so it must be up; power it on (oasis machine power on) \
                  and try again",

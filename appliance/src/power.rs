@@ -142,6 +142,18 @@ struct Bmc {
     made_by_agent: bool,
 }
 
+impl Bmc {
+    fn new(
+        machine: MacAddr,
+        name: String,
+        ipv4: Option<Ipv4Addr>,
+        driver: Result<Arc<dyn PowerDriver>, String>,
+        made_by_agent: bool,
+    ) -> Arc<Bmc> {
+        Arc::new(Bmc { turn: Default::default(), machine, name, ipv4, driver, made_by_agent })
+    }
+}
+
 impl PowerControl {
     /// Makes a driver for each BMC of `settings` (nothing is sent yet).
     pub fn new(settings: &PowerSettings) -> PowerControl {
@@ -149,23 +161,11 @@ impl PowerControl {
             .bmcs
             .iter()
             .map(|b| {
-                Arc::new(Bmc {
-                    turn: Default::default(),
-                    machine: b.machine,
-                    name: format!("{} {}", b.endpoint.kind(), b.endpoint.address()),
-                    ipv4: b.endpoint.ipv4(),
-                    driver: driver(b),
-                    made_by_agent: false,
-                })
+                let name = format!("{} {}", b.endpoint.kind(), b.endpoint.address());
+                Bmc::new(b.machine, name, b.endpoint.ipv4(), driver(b), false)
             })
             .collect();
-        PowerControl {
-            bmcs: std::sync::RwLock::new(bmcs),
-            agent_creates_user: settings.agent_creates_user,
-            fence: settings.fence,
-            seen: Default::default(),
-            kept_off: Default::default(),
-        }
+        PowerControl::from_bmcs(bmcs, settings.agent_creates_user, settings.fence)
     }
 
     /// With drivers given (a fake BMC in the controller's tests): `(machine, name, driver)`, the
@@ -177,19 +177,21 @@ impl PowerControl {
         let bmcs = drivers
             .into_iter()
             .map(|(machine, name, driver)| {
-                Arc::new(Bmc {
-                    turn: Default::default(),
-                    machine,
-                    ipv4: name.rsplit(' ').next().and_then(|address| address.parse().ok()),
-                    name,
-                    driver: Ok(driver),
-                    made_by_agent: false,
-                })
+                let ipv4 = name.rsplit(' ').next().and_then(|address| address.parse().ok());
+                Bmc::new(machine, name, ipv4, Ok(driver), false)
             })
             .collect();
+        PowerControl::from_bmcs(bmcs, false, fence)
+    }
+
+    fn from_bmcs(
+        bmcs: Vec<Arc<Bmc>>,
+        agent_creates_user: bool,
+        fence: Option<oasis_core::config::power::FencePolicy>,
+    ) -> PowerControl {
         PowerControl {
             bmcs: std::sync::RwLock::new(bmcs),
-            agent_creates_user: false,
+            agent_creates_user,
             fence,
             seen: Default::default(),
             kept_off: Default::default(),

@@ -875,7 +875,7 @@ async fn a_voter_being_reprovisioned_leaves_then_is_told_to_wipe_and_reboot() {
     after(&mut rack, 0, "none").await;
     after(&mut rack, 100, &voters[1]).await;
     let silent = operator.handle(ask(&voters[1])).await.unwrap_err().to_string();
-    assert!(silent.contains("silent for") && silent.contains("power it on"), "{silent}");
+    assert!(silent.contains("not heard from for") && silent.contains("power it on"), "{silent}");
 
     after(&mut rack, 1, "none").await;
     operator.handle(ask(&leaving)).await.unwrap();

@@ -117,14 +117,7 @@ impl PowerControl {
             return;
         }
         bmcs.retain(|b| b.machine != mac);
-        bmcs.push(Arc::new(Bmc {
-            turn: Default::default(),
-            machine: mac,
-            name: format!("ipmi {endpoint}"),
-            ipv4: Some(account.address),
-            driver,
-            made_by_agent: true,
-        }));
+        bmcs.push(Bmc::new(mac, format!("ipmi {endpoint}"), Some(account.address), driver, true));
     }
 }
 

@@ -295,7 +295,7 @@ impl<'a> Rack<'a> {
             .filter_map(|m| by_peer(&m.peer_url).map(|n| n.id.as_str()))
             .chain(assembly.members.keys().map(String::as_str))
             .collect();
-        let passed_over = |n: &Node| n.leaving || assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot);
+        let passed_over = |n: &Node| passed_over(assembly, n);
         let pool =
             nodes.iter().filter(|n| member_machines.contains(n.id.as_str()) || (n.alive && !passed_over(n))).count();
         let k = places(settings.control_plane, pool);
@@ -327,10 +327,9 @@ impl<'a> Rack<'a> {
         self.nodes.iter().find(|n| n.peer_url == m.peer_url).map(|n| n.id.clone())
     }
 
-    /// Passed over in this boot (it died while joining, was given up, or is leaving): no
-    /// candidate for a place until it boots again.
+    /// [`passed_over`] in this rack's assembly.
     fn passed_over(&self, n: &Node) -> bool {
-        n.leaving || self.assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot)
+        passed_over(self.assembly, n)
     }
 
     fn voters(&self) -> Vec<&'a Member> {
@@ -345,6 +344,12 @@ impl<'a> Rack<'a> {
     fn has_quorum(&self) -> bool {
         self.healthy_voters() >= quorum(self.voters().len())
     }
+}
+
+/// Whether `n` is passed over in this boot (it died while joining, was given up, or is
+/// leaving): no candidate for a place until it boots again.
+fn passed_over(assembly: &Assembly, n: &Node) -> bool {
+    n.leaving || assembly.passed_over.get(&n.id).is_some_and(|boot| *boot == n.boot)
 }
 
 /// Roles: the control plane's places, members first, then alive machines in choice order.
