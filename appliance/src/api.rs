@@ -283,6 +283,7 @@ async fn register(
                 return Err(ActionError::Refused { kind, message });
             }
             Registration::Answer { record, mut response, old_key, happenings } => {
+                api.power.link_found(&api.store, record.boot_mac, &record.id, record.inventory.bmc.as_ref());
                 if response.credential.is_some() {
                     response.bmc_user = api.power.user_for_agent(record.boot_mac, record.inventory.bmc.as_ref());
                 }

@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::store::Store;
 
 mod agent_user;
+mod scan;
 pub use agent_user::AGENT_USER;
 use agent_user::{AgentAccount, AGENT_ACCOUNT};
+pub use scan::SCAN_EVERY;
 
 /// How long one request to a BMC may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -92,10 +94,15 @@ pub const WATCH_EVERY: Duration = Duration::from_secs(30);
 /// The configured BMCs and their drivers.
 #[derive(Debug, Default)]
 pub struct PowerControl {
-    /// The config's, then those machines' agents made users on, added as they report them.
+    /// The config's, then those machines' agents made users on or the scan found, added as they
+    /// are known.
     bmcs: std::sync::RwLock<Vec<Arc<Bmc>>>,
     /// `[power] agent_creates_user`.
     agent_creates_user: bool,
+    /// `[[power.scan]]`: subnets of BMCs that take one user.
+    scans: Vec<oasis_core::config::power::ScanSettings>,
+    /// What the scans found answering, by address.
+    found: std::sync::Mutex<std::collections::BTreeMap<Ipv4Addr, scan::Probe>>,
     /// `[power]`'s fencing of silent control-plane machines.
     fence: Option<oasis_core::config::power::FencePolicy>,
     /// The state each BMC read last, by machine.
@@ -138,8 +145,18 @@ struct Bmc {
     ipv4: Option<Ipv4Addr>,
     /// A driver, or why none could be made from the config.
     driver: Result<Arc<dyn PowerDriver>, String>,
-    /// Made by the machine's agent (`[power] agent_creates_user`), not from the config.
-    made_by_agent: bool,
+    origin: Origin,
+}
+
+/// Where oasis learnt a machine's BMC and its credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A `[[power.bmc]]`: always wins.
+    Config,
+    /// The user the machine's agent made (`[power] agent_creates_user`).
+    Agent,
+    /// A `[[power.scan]]` found it at the address the machine's agent reads from its own BMC.
+    Scan,
 }
 
 impl Bmc {
@@ -148,9 +165,9 @@ impl Bmc {
         name: String,
         ipv4: Option<Ipv4Addr>,
         driver: Result<Arc<dyn PowerDriver>, String>,
-        made_by_agent: bool,
+        origin: Origin,
     ) -> Arc<Bmc> {
-        Arc::new(Bmc { turn: Default::default(), machine, name, ipv4, driver, made_by_agent })
+        Arc::new(Bmc { turn: Default::default(), machine, name, ipv4, driver, origin })
     }
 }
 
@@ -162,10 +179,12 @@ impl PowerControl {
             .iter()
             .map(|b| {
                 let name = format!("{} {}", b.endpoint.kind(), b.endpoint.address());
-                Bmc::new(b.machine, name, b.endpoint.ipv4(), driver(b), false)
+                Bmc::new(b.machine, name, b.endpoint.ipv4(), driver(b), Origin::Config)
             })
             .collect();
-        PowerControl::from_bmcs(bmcs, settings.agent_creates_user, settings.fence)
+        let mut power = PowerControl::from_bmcs(bmcs, settings.agent_creates_user, settings.fence);
+        power.scans = settings.scans.clone();
+        power
     }
 
     /// With drivers given (a fake BMC in the controller's tests): `(machine, name, driver)`, the
@@ -178,7 +197,7 @@ impl PowerControl {
             .into_iter()
             .map(|(machine, name, driver)| {
                 let ipv4 = name.rsplit(' ').next().and_then(|address| address.parse().ok());
-                Bmc::new(machine, name, ipv4, Ok(driver), false)
+                Bmc::new(machine, name, ipv4, Ok(driver), Origin::Config)
             })
             .collect();
         PowerControl::from_bmcs(bmcs, false, fence)
@@ -192,6 +211,8 @@ impl PowerControl {
         PowerControl {
             bmcs: std::sync::RwLock::new(bmcs),
             agent_creates_user,
+            scans: vec![],
+            found: Default::default(),
             fence,
             seen: Default::default(),
             kept_off: Default::default(),
@@ -214,34 +235,50 @@ impl PowerControl {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(report.machine, seen)
     }
 
-    /// Reads every BMC's power state every [`WATCH_EVERY`], for `oasis machines`; a machine
-    /// whose power changed without oasis asking (a button, a power cut, a BMC of its own mind)
-    /// is an event, `power-changed`. Runs until serve stops.
-    pub async fn watch(&self, store: &Store) {
+    /// serve's power work, until serve stops: the scans first (`[[power.scan]]`), then the rack
+    /// powered on when `power_on_at_start`, then every [`WATCH_EVERY`] a round of
+    /// [`PowerControl::watch`], and the scans again every [`SCAN_EVERY`].
+    pub async fn run(&self, store: &Store, power_on_at_start: bool) {
+        self.scan(store).await;
+        if power_on_at_start {
+            self.power_on_rack(store).await;
+        }
+        let mut scanned = Instant::now();
         loop {
-            let owners = BmcOwners::read(store);
-            for mac in self.machines() {
-                let _turn = self.turn_of(mac).await;
-                let report = self.run_on(&owners, mac, None, PowerOp::Status).await;
-                let before = self.remember(&report).and_then(|s| s.state);
-                if let (Some(before), Some(now)) = (before, report.state) {
-                    if before != now {
-                        if now == PowerState::On {
-                            // Someone switched it on by hand: it is no longer kept off.
-                            self.kept_off.lock().unwrap_or_else(|e| e.into_inner()).remove(&mac);
-                        }
-                        store.record_event(Happening {
-                            kind: "power-changed",
-                            mac: Some(mac),
-                            message: format!(
-                                "{mac} is {now}, was {before}, and oasis did not ask: its button, a power cut, or its BMC ({})",
-                                report.bmc
-                            ),
-                        });
+            self.watch(store).await;
+            tokio::time::sleep(WATCH_EVERY).await;
+            if scanned.elapsed() >= SCAN_EVERY {
+                self.scan(store).await;
+                scanned = Instant::now();
+            }
+        }
+    }
+
+    /// Reads every BMC's power state, for `oasis machines`; a machine whose power changed
+    /// without oasis asking (a button, a power cut, a BMC of its own mind) is an event,
+    /// `power-changed`.
+    async fn watch(&self, store: &Store) {
+        let owners = BmcOwners::read(store);
+        for mac in self.machines() {
+            let _turn = self.turn_of(mac).await;
+            let report = self.run_on(&owners, mac, None, PowerOp::Status).await;
+            let before = self.remember(&report).and_then(|s| s.state);
+            if let (Some(before), Some(now)) = (before, report.state) {
+                if before != now {
+                    if now == PowerState::On {
+                        // Someone switched it on by hand: it is no longer kept off.
+                        self.kept_off.lock().unwrap_or_else(|e| e.into_inner()).remove(&mac);
                     }
+                    store.record_event(Happening {
+                        kind: "power-changed",
+                        mac: Some(mac),
+                        message: format!(
+                            "{mac} is {now}, was {before}, and oasis did not ask: its button, a power cut, or its BMC ({})",
+                            report.bmc
+                        ),
+                    });
                 }
             }
-            tokio::time::sleep(WATCH_EVERY).await;
         }
     }
 
@@ -292,7 +329,8 @@ impl PowerControl {
             (Some(bmc), Some(read)) if bmc.ipv4.is_some_and(|configured| configured != read) => {
                 Some(format!("{} (its own reads {read})", bmc.name))
             }
-            (Some(bmc), _) if bmc.made_by_agent => Some(format!("{} (user made by its agent)", bmc.name)),
+            (Some(bmc), _) if bmc.origin == Origin::Agent => Some(format!("{} (user made by its agent)", bmc.name)),
+            (Some(bmc), _) if bmc.origin == Origin::Scan => Some(format!("{} (found by the scan)", bmc.name)),
             (Some(bmc), _) => Some(bmc.name.clone()),
             (None, Some(read)) => Some(format!("{read} (its own; no credentials)")),
             (None, None) => None,
@@ -405,10 +443,11 @@ impl BmcOwners {
 
 impl PowerControl {
     /// `[power] power_on_at_start`: once the appliance serves, every machine with a BMC that
-    /// reads off is powered on, one after another in the config's order. A machine an operator
+    /// reads off is powered on, one after another in the config's order, then the BMCs the scans
+    /// found off that no machine reads as its own yet. A machine an operator
     /// powered off (its newest power event is `power-off`) stays off: a restart of the appliance
     /// does not undo what an operator did.
-    pub async fn power_on_rack(&self, store: &Store) {
+    async fn power_on_rack(&self, store: &Store) {
         const REASON: &str = "the appliance came up; [power] power_on_at_start";
         for mac in self.machines() {
             if self.kept_off(mac) {
@@ -424,6 +463,7 @@ impl PowerControl {
                 None => store.record_event(event(&status, REASON)),
             }
         }
+        self.power_on_found(store, REASON).await;
     }
 }
 

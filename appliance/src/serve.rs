@@ -492,14 +492,10 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     let cluster = launch.start_assembly(&api, &node_artifacts, k3s_bundle).await?;
     launch.start_api(&api).await?;
     launch.start_admin(&api, cluster)?;
-    if config.power.power_on_at_start {
-        // Once, not a service: it ends when every machine has been looked at.
-        let api = api.clone();
-        tokio::spawn(async move { api.power.power_on_rack(&api.store).await });
-    }
-    if !config.power.bmcs.is_empty() {
-        let api = api.clone();
-        launch.services.spawn("power watch", async move { api.power.watch(&api.store).await });
+    {
+        // Always: BMCs may come from agents or scans as well as from the config.
+        let (api, power_on_at_start) = (api.clone(), config.power.power_on_at_start);
+        launch.services.spawn("power", async move { api.power.run(&api.store, power_on_at_start).await });
     }
     let mut services = launch.services;
 

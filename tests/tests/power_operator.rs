@@ -229,6 +229,74 @@ fn a_bmc_another_machine_reads_as_its_own_is_refused() {
     assert!(events.contains("reads as its own"), "{events}");
 }
 
+/// `[[power.scan]]`: a subnet and one user instead of a list of BMCs. In serve's namespace two
+/// BMCs answer in 10.0.3.8/29, one taking the scan's user and one not; the rest of the subnet is
+/// silent. The first, off, is powered on at start though no machine is known yet; the second is
+/// said to be unusable and never acted through; a machine whose agent reads the first's address
+/// is then powered through it, one reading the second's is not.
+#[test]
+fn a_scanned_subnet_finds_the_bmcs_that_take_its_user_and_ties_them_to_the_machines_that_read_them() {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let ns = Netns::create("oasis-pwr5").unwrap();
+    ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
+    let bmc_at = |host: u8| {
+        ns.add_address("br0", &format!("10.0.3.{host}/24")).unwrap();
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 3, host), 623)
+    };
+    let (usable_at, unusable_at) = (bmc_at(10), bmc_at(11));
+    let usable = IpmiSim::start_on(Some(&ns), usable_at, USER, PASSWORD, MACHINE).unwrap();
+    let unusable = IpmiSim::start_on(Some(&ns), unusable_at, USER, "another-password", MACHINE).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[profile]\nkernel = \"payload/vmlinuz\"\ninitrd = \"payload/initrd.img\"\n\n\
+         [power]\npower_on_at_start = true\n[[power.scan]]\nipmi = \"10.0.3.8/29\"\n\
+         user = \"{USER}\"\npassword = \"{PASSWORD}\"\n"
+    );
+    // No DHCP: a registration is then taken from any address, so this test can send its own.
+    let config = appliance::write_config(dir.path(), "mode = \"off\"", &appliance::boot_root(dir.path()), &extra);
+    let args = appliance::join_args(&config);
+    let app = Appliance::start(&ns, &config, &dir.path().join("serve.log"));
+
+    // Found, and powered on at start although no machine has said it is its own.
+    let events = events_with(&app, &["bmc-found", "bmc-unusable", "power-on"]);
+    assert!(events.contains("found a BMC at 10.0.3.10 taking user \"oasis\" (power off)"), "{events}");
+    assert!(events.contains("10.0.3.11") && events.contains("refused the credentials"), "{events}");
+    assert!(events.contains("the BMC at 10.0.3.10:623, found by the scan of 10.0.3.8/29"), "{events}");
+    assert!(usable.machine().is_some(), "the usable BMC's machine was powered on");
+    assert!(unusable.machine().is_none(), "nothing done through a BMC that refused the user");
+
+    // A machine whose agent reads the first BMC's address is powered through it; one reading the
+    // second's has no BMC oasis can use.
+    let register = |mac: &str, n: u8, address: &SocketAddrV4| {
+        let uuid = format!("4c4c4544-0000-0000-0000-00000e00005{n}");
+        let mut request = appliance::register_request(&args.token, &uuid, mac, n, u32::from(n));
+        request.inventory.bmc = Some(oasis_proto::LocalBmc { address: Some(*address.ip()), ..Default::default() });
+        appliance::register(&ns, &args.pin, request).expect("registered");
+    };
+    let (linked, unlinked) = ("52:54:00:0e:00:51", "52:54:00:0e:00:52");
+    register(linked, 1, &usable_at);
+    register(unlinked, 2, &unusable_at);
+    let out = power(&app, &["status", linked]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ipmi 10.0.3.10:623") && text(&out).contains(" on "), "{}", text(&out));
+    let out = power(&app, &["off", linked]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(usable.machine().is_none(), "powered off through the BMC the scan found");
+    let out = power(&app, &["status", unlinked]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("agent (no BMC)"), "{}", text(&out));
+    let machines = app.cli(&["machines"]);
+    let row = |mac: &str| machines.lines().find(|l| l.starts_with(mac)).map(str::to_string).unwrap_or_default();
+    assert!(row(linked).contains("ipmi 10.0.3.10:623 (found by the scan)"), "{machines}");
+    assert!(row(unlinked).contains("10.0.3.11 (its own; no credentials)"), "{machines}");
+
+    let events = events_with(&app, &["bmc-linked", "power-off"]);
+    assert!(events.contains("where the scan of 10.0.3.8/29 found a BMC"), "{events}");
+    for (what, said) in [("the events", &events), ("serve's log", &app.log())] {
+        assert!(!said.contains(PASSWORD), "the BMC password is in {what}");
+    }
+}
+
 /// Redfish through `serve`: sushy-tools' emulator in serve's namespace as a machine's
 /// `[[power.bmc]]`, its certificate pinned by the config's fingerprint: on, status and off through
 /// the CLI, the QEMU behind it started and stopped; the one-time network boot that the emulator

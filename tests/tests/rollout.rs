@@ -60,27 +60,36 @@ fn reboots(rack: &Rack) -> BTreeMap<String, usize> {
     count
 }
 
-/// Every key the writer wrote, read back through the cluster (eight readers at a time).
-fn unreadable(rack: &Rack, writes: &[Write]) -> Vec<u64> {
+/// Every key the writer wrote, read back through the cluster (eight readers at a time): what is
+/// wrong with each that is not there. A read that fails (the CLI timing out on a loaded machine)
+/// is tried again, twice; a key that reads empty or another value is lost at once.
+fn unreadable(rack: &Rack, writes: &[Write]) -> Vec<String> {
     let data = rack.appliance.data_dir.to_str().unwrap().to_string();
     let numbers: Vec<u64> = writes.iter().filter(|w| w.ok).map(|w| w.n).collect();
     let chunks: Vec<Vec<u64>> = numbers.chunks(numbers.len().div_ceil(8).max(1)).map(<[u64]>::to_vec).collect();
-    let readers: Vec<JoinHandle<Vec<u64>>> = chunks
+    let readers: Vec<JoinHandle<Vec<String>>> = chunks
         .into_iter()
         .map(|chunk| {
             let data = data.clone();
-            std::thread::spawn(move || {
-                chunk
-                    .into_iter()
-                    .filter(|n| {
-                        let out = oasis(&["cluster", "get", &format!("/rollout/{n}"), "--data-dir", &data]);
-                        !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != n.to_string()
-                    })
-                    .collect()
-            })
+            std::thread::spawn(move || chunk.into_iter().filter_map(|n| wrong_key(&data, n)).collect())
         })
         .collect();
     readers.into_iter().flat_map(|r| r.join().unwrap()).collect()
+}
+
+/// What is wrong with key `/rollout/N` (`None`: it reads `N`).
+fn wrong_key(data: &str, n: u64) -> Option<String> {
+    let mut failed = String::new();
+    for _ in 0..3 {
+        let out = oasis(&["cluster", "get", &format!("/rollout/{n}"), "--data-dir", data]);
+        let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        match out.status.success() {
+            true if value == n.to_string() => return None,
+            true => return Some(format!("{n}: reads {value:?}")),
+            false => failed = String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+    }
+    Some(format!("{n}: could not be read three times: {failed}"))
 }
 
 #[test]

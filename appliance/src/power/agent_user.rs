@@ -16,7 +16,7 @@ use oasis_power::PowerDriver;
 use oasis_proto::{BmcAccount, LocalBmc, MacAddr};
 use serde::{Deserialize, Serialize};
 
-use super::{Bmc, PowerControl, REQUEST_TIMEOUT};
+use super::{Bmc, Origin, PowerControl, REQUEST_TIMEOUT};
 use crate::store::{Store, StoreError};
 
 /// The user an agent makes on its machine's BMC.
@@ -91,8 +91,10 @@ impl PowerControl {
         if !self.agent_creates_user {
             return Err("the config does not ask for it ([power] agent_creates_user)".into());
         }
-        if self.bmc(mac).is_some_and(|b| !b.made_by_agent) {
-            return Err("the config's [[power.bmc]] for it is used".into());
+        match self.bmc(mac).map(|b| b.origin) {
+            Some(Origin::Config) => return Err("the config's [[power.bmc]] for it is used".into()),
+            Some(Origin::Scan) => return Err("the BMC a [[power.scan]] found for it is used".into()),
+            Some(Origin::Agent) | None => {}
         }
         let address = report.address.ok_or("its BMC has no LAN address")?;
         let password = report.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
@@ -113,11 +115,11 @@ impl PowerControl {
             .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
             .map_err(|e| e.to_string());
         let mut bmcs = self.bmcs.write().unwrap_or_else(|e| e.into_inner());
-        if bmcs.iter().any(|b| b.machine == mac && !b.made_by_agent) {
+        if bmcs.iter().any(|b| b.machine == mac && b.origin != Origin::Agent) {
             return;
         }
         bmcs.retain(|b| b.machine != mac);
-        bmcs.push(Bmc::new(mac, format!("ipmi {endpoint}"), Some(account.address), driver, true));
+        bmcs.push(Bmc::new(mac, format!("ipmi {endpoint}"), Some(account.address), driver, Origin::Agent));
     }
 }
 

@@ -30,6 +30,7 @@ pub struct RawPower {
     /// powers that machine through it.
     pub agent_creates_user: bool,
     pub bmc: Vec<Spanned<RawBmc>>,
+    pub scan: Vec<Spanned<RawScan>>,
 }
 
 impl Default for RawPower {
@@ -40,6 +41,7 @@ impl Default for RawPower {
             fence_boot_secs: Spanned::new(0..0, 600),
             agent_creates_user: false,
             bmc: vec![],
+            scan: vec![],
         }
     }
 }
@@ -59,6 +61,16 @@ pub struct RawBmc {
     /// Redfish: the SHA-256 of the BMC's certificate (hex, colons allowed). Without it the first
     /// certificate seen is trusted and kept for the appliance's run.
     pub fingerprint: Option<Spanned<String>>,
+}
+
+/// One `[[power.scan]]` entry as written: a subnet of IPMI BMCs that share a user.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScan {
+    /// `ADDRESS/PREFIX`, IPv4, a /22 or smaller.
+    pub ipmi: Spanned<String>,
+    pub user: Spanned<String>,
+    pub password: Secret,
 }
 
 /// A password: shown nowhere.
@@ -93,6 +105,40 @@ pub struct PowerSettings {
     pub agent_creates_user: bool,
     /// In the file's order (the order machines are powered on).
     pub bmcs: Vec<BmcSettings>,
+    /// Subnets where the appliance looks for IPMI BMCs that take these credentials.
+    pub scans: Vec<ScanSettings>,
+}
+
+/// A subnet of IPMI BMCs (on port 623) that take one user: each address is tried, a BMC found is
+/// used for the machine whose agent reads that address from its own BMC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanSettings {
+    pub network: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub user: String,
+    pub password: Secret,
+}
+
+impl ScanSettings {
+    /// The addresses a BMC may have: all but the network's and broadcast's own (a /31 and a /32
+    /// have none of those).
+    pub fn addresses(&self) -> impl Iterator<Item = std::net::Ipv4Addr> {
+        let first = u32::from(self.network);
+        let size = 1u64 << (32 - self.prefix);
+        let (skip, take) = if size > 2 { (1, size - 2) } else { (0, size) };
+        (0..take).map(move |i| std::net::Ipv4Addr::from(first + (i + skip) as u32))
+    }
+
+    /// Whether `address` is in this subnet.
+    pub fn contains(&self, address: std::net::Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+        u32::from(address) & mask == u32::from(self.network)
+    }
+
+    /// `10.0.3.0/24`, for messages.
+    pub fn subnet(&self) -> String {
+        format!("{}/{}", self.network, self.prefix)
+    }
 }
 
 /// When a silent control-plane machine is power-cycled, and how long it then has to come back.
@@ -186,7 +232,22 @@ pub enum PowerConfigError {
         "the BMC {address}{at} is given to both {first} and {second}: a BMC controls one machine; fix the address"
     )]
     SharedBmc { at: Line, address: String, first: MacAddr, second: MacAddr },
+    #[error("power.scan.ipmi = {found:?}{at} is not an IPv4 subnet: write it as ADDRESS/PREFIX, e.g. \"10.0.1.0/24\"")]
+    ScanSubnet { at: Line, found: String },
+    #[error("power.scan.ipmi = {found:?}{at} has host bits set: the subnet {network}/{prefix} is meant, write that")]
+    ScanHostBits { at: Line, found: String, network: std::net::Ipv4Addr, prefix: u8 },
+    #[error(
+        "power.scan.ipmi = {found:?}{at} holds {size} addresses: scan at most a /{SCAN_WIDEST} ({} addresses), or list \
+         the BMCs in [[power.bmc]]",
+        1u32 << (32 - SCAN_WIDEST)
+    )]
+    ScanTooWide { at: Line, found: String, size: u64 },
+    #[error("the [[power.scan]] subnets {first} and {second}{at} overlap: a BMC is tried with one user; keep one")]
+    ScanOverlap { at: Line, first: String, second: String },
 }
+
+/// The widest subnet a `[[power.scan]]` may name: a /22, 1022 addresses, a few seconds' work.
+pub const SCAN_WIDEST: u8 = 22;
 
 impl TryFrom<In<'_, RawPower>> for PowerSettings {
     type Error = PowerConfigError;
@@ -206,11 +267,21 @@ impl TryFrom<In<'_, RawPower>> for PowerSettings {
             }
             bmcs.push(bmc);
         }
+        let mut scans: Vec<ScanSettings> = vec![];
+        for entry in &raw.scan {
+            let scan = check_scan(entry.get_ref(), lines)?;
+            if let Some(first) = scans.iter().find(|s| s.contains(scan.network) || scan.contains(s.network)) {
+                let (first, second) = (first.subnet(), scan.subnet());
+                return Err(PowerConfigError::ScanOverlap { at: lines.of(entry), first, second });
+            }
+            scans.push(scan);
+        }
         Ok(PowerSettings {
             power_on_at_start: raw.power_on_at_start,
             fence: fence_policy(raw, lines)?,
             agent_creates_user: raw.agent_creates_user,
             bmcs,
+            scans,
         })
     }
 }
@@ -285,6 +356,37 @@ fn check_bmc(raw: &RawBmc, at: Line, lines: Lines<'_>) -> Result<BmcSettings, Po
         }
     }
     Ok(BmcSettings { machine, endpoint, user: user.into(), password: raw.password.clone() })
+}
+
+/// One `[[power.scan]]`: an IPv4 subnet no wider than [`SCAN_WIDEST`], written without host bits,
+/// and IPMI credentials.
+fn check_scan(raw: &RawScan, lines: Lines<'_>) -> Result<ScanSettings, PowerConfigError> {
+    let (at, found) = (lines.of(&raw.ipmi), raw.ipmi.get_ref().trim().to_string());
+    let subnet = || -> Option<(std::net::Ipv4Addr, u8)> {
+        let (address, prefix) = found.split_once('/')?;
+        let prefix = prefix.parse::<u8>().ok().filter(|p| *p <= 32)?;
+        Some((address.parse().ok()?, prefix))
+    };
+    let (address, prefix) = subnet().ok_or_else(|| PowerConfigError::ScanSubnet { at, found: found.clone() })?;
+    if prefix < SCAN_WIDEST {
+        return Err(PowerConfigError::ScanTooWide { at, found, size: 1u64 << (32 - prefix) });
+    }
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    let network = std::net::Ipv4Addr::from(u32::from(address) & mask);
+    if network != address {
+        return Err(PowerConfigError::ScanHostBits { at, found, network, prefix });
+    }
+    let user = raw.user.get_ref().trim();
+    if user.is_empty() {
+        return Err(PowerConfigError::User { at: lines.of(&raw.user) });
+    }
+    if user.len() > IPMI_MOST_USER {
+        return Err(PowerConfigError::IpmiLength { at: lines.of(&raw.user), what: "user", most: IPMI_MOST_USER });
+    }
+    if raw.password.expose().len() > IPMI_MOST_PASSWORD {
+        return Err(PowerConfigError::IpmiLength { at, what: "password", most: IPMI_MOST_PASSWORD });
+    }
+    Ok(ScanSettings { network, prefix, user: user.into(), password: raw.password.clone() })
 }
 
 /// The longest user name and password IPMI 2.0 carries (RAKP's fields).
@@ -414,5 +516,37 @@ fingerprint = "AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45
         let shared = check(&two("52:54:00:00:00:01", "10.0.1.1", "52:54:00:00:00:02", "10.0.1.1")).unwrap_err();
         assert!(shared.to_string().contains("is given to both 52:54:00:00:00:01 and 52:54:00:00:00:02"), "{shared}");
         assert!(check("[power]\n").unwrap().bmcs.is_empty());
+    }
+
+    #[test]
+    fn a_scan_is_a_narrow_subnet_with_credentials() {
+        let scan = |subnet: &str| {
+            format!("[power]\n[[power.scan]]\nipmi = \"{subnet}\"\nuser = \"admin\"\npassword = \"p\"\n")
+        };
+        let power = check(&scan("10.0.3.8/29")).unwrap();
+        let one = &power.scans[0];
+        let addresses: Vec<String> = one.addresses().map(|a| a.to_string()).collect();
+        assert_eq!(addresses.first().map(String::as_str), Some("10.0.3.9"), "not the network's own address");
+        assert_eq!(addresses.last().map(String::as_str), Some("10.0.3.14"), "nor its broadcast");
+        assert_eq!(addresses.len(), 6);
+        assert!(one.contains("10.0.3.15".parse().unwrap()) && !one.contains("10.0.3.16".parse().unwrap()));
+        assert_eq!(check(&scan("10.0.3.7/32")).unwrap().scans[0].addresses().count(), 1);
+        assert_eq!(check(&scan("10.0.0.0/22")).unwrap().scans[0].addresses().count(), 1022);
+        assert!(!format!("{power:?}").contains("password = "), "the password is hidden");
+
+        for (subnet, says) in [
+            ("10.0.3.0", "is not an IPv4 subnet"),
+            ("10.0.3.0/33", "is not an IPv4 subnet"),
+            ("bmc.rack/24", "is not an IPv4 subnet"),
+            ("10.0.3.5/24", "the subnet 10.0.3.0/24 is meant"),
+            ("10.0.0.0/16", "holds 65536 addresses: scan at most a /22"),
+        ] {
+            let error = check(&scan(subnet)).unwrap_err().to_string();
+            assert!(error.contains(says) && error.contains("(line 3)"), "{subnet}: {error}");
+        }
+        let two =
+            format!("{}[[power.scan]]\nipmi = \"10.0.3.0/24\"\nuser = \"u\"\npassword = \"p\"\n", scan("10.0.3.8/29"));
+        let error = check(&two).unwrap_err().to_string();
+        assert!(error.contains("10.0.3.8/29 and 10.0.3.0/24 (line 6) overlap"), "{error}");
     }
 }
