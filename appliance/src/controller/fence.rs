@@ -1,30 +1,49 @@
 //! The controller's side of fencing ([`oasis_core::assembly::fence`] decides): for each etcd
-//! member's machine with a BMC, the next step is done through [`crate::power::PowerControl`]
-//! and recorded in the persisted assembly. A cycle is recorded before the power goes, so an
-//! appliance restarted in between never cycles a machine twice.
+//! member's machine with a BMC, the next step is recorded in the persisted assembly, then done
+//! through [`crate::power::PowerControl`]. A cycle is recorded before the power goes, so an
+//! appliance restarted in between never cycles a machine twice. The power actions run in tasks
+//! beside the ticks (a cycle waits up to a minute for the machine to read on); what one finds
+//! that changes the assembly (a machine its BMC could not power on) is handed to the next tick,
+//! which alone writes the assembly.
 
 use oasis_core::assembly::fence::{self, Fence, FenceStep, Heard};
 use oasis_core::assembly::planner::Assembly;
 use oasis_core::registry::Happening;
+
+use std::sync::Arc;
+
+use oasis_proto::MacAddr;
 
 use super::world::{Clock, Etcd};
 use super::{Controller, ControllerError, Seen};
 use crate::power::PowerOp;
 use oasis_power::PowerState;
 
+/// A fencing cycle whose power-on failed, with the machine then reading off: it cannot come
+/// back by itself.
+#[derive(Debug)]
+pub(super) struct CycleFailed {
+    id: String,
+    mac: MacAddr,
+    /// The cycle's `cycled_at`: an outcome of an older cycle changes nothing.
+    cycled_at: u64,
+    error: String,
+}
+
 impl<E: Etcd, C: Clock> Controller<E, C> {
     /// One fencing step for each member's machine that needs one (see the module comment).
     /// Machines `in_rollout` are the rollout's: a reboot there is silent on purpose, and one that
     /// never comes back is the rollout's to fail and power-cycle.
     pub(super) async fn fence(
-        &self,
+        &mut self,
         seen: &[Seen],
         assembly: &mut Assembly,
-        in_rollout: &[oasis_proto::MacAddr],
+        in_rollout: &[MacAddr],
         now: u64,
     ) -> Result<(), ControllerError> {
-        let power = &self.api.power;
-        let Some(policy) = power.fence_policy() else { return Ok(()) };
+        let Some(policy) = self.api.power.fence_policy() else { return Ok(()) };
+        self.given_up_at_their_cycle(assembly, now).await?;
+        let power = Arc::clone(&self.api.power);
         for s in seen {
             let (id, mac) = (&s.record.id, s.record.boot_mac);
             let fenced_before = assembly.fencing.contains_key(id);
@@ -49,28 +68,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                         .insert(id.clone(), Fence { cycled_at: now, back_at: None, fenced_at: None, held: false });
                     let said = happening("machine-fenced", format!("{id} {reason}"));
                     self.api.store.save_assembly(assembly.clone(), vec![said]).await?;
-                    let why = format!("fencing: {reason}");
-                    // The network boot first: a machine that hung in its OS starts afresh from the
-                    // appliance. A BMC that refuses it still gets the cycle.
-                    power.act(&self.api.store, mac, Some(id.clone()), PowerOp::Pxe, &why).await;
-                    let cycle = power.act(&self.api.store, mac, Some(id.clone()), PowerOp::Cycle, &why).await;
-                    if let Some(error) = cycle.error {
-                        // A machine its BMC could not power on and that reads off will not come
-                        // back by itself: waiting `fence_boot_secs` for it would only keep the
-                        // cluster short of a voter for longer.
-                        let status = power.act(&self.api.store, mac, Some(id.clone()), PowerOp::Status, &why).await;
-                        if status.state == Some(PowerState::Off) {
-                            if let Some(f) = assembly.fencing.get_mut(id) {
-                                f.fenced_at = Some(now);
-                            }
-                            let message = format!(
-                                "{id} could not be powered on by its BMC ({error}) and is off: given up now; a spare \
-                                 takes its place"
-                            );
-                            let said = happening("machine-given-up", message);
-                            self.api.store.save_assembly(assembly.clone(), vec![said]).await?;
-                        }
-                    }
+                    self.spawn_cycle(id, mac, now, format!("fencing: {reason}"));
                 }
                 FenceStep::Back => {
                     if let Some(f) = assembly.fencing.get_mut(id) {
@@ -80,21 +78,18 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                     self.api.store.save_assembly(assembly.clone(), vec![said]).await?;
                 }
                 FenceStep::PowerOff { reason } => {
-                    let why = format!("fencing: {reason}");
-                    let off = power.act(&self.api.store, mac, Some(id.clone()), PowerOp::Off, &why).await;
                     if let Some(f) = assembly.fencing.get_mut(id) {
                         f.fenced_at = Some(now);
                     }
-                    // Given up either way: etcd never lets a removed member back in, so a machine
-                    // that could not be powered off cannot rejoin with its old data.
-                    let message = match off.error {
-                        None => format!("{id} {reason}"),
-                        Some(e) => format!("{id} {reason} (the power-off failed: {e}; check the machine)"),
-                    };
-                    self.api
-                        .store
-                        .save_assembly(assembly.clone(), vec![happening("machine-given-up", message)])
-                        .await?;
+                    // Given up whether or not the power-off works: etcd never lets a removed
+                    // member back in, so a machine that could not be powered off cannot rejoin
+                    // with its old data (a failed power-off is its own event, `power-failed`).
+                    let said = happening("machine-given-up", format!("{id} {reason}; powering it off"));
+                    self.api.store.save_assembly(assembly.clone(), vec![said]).await?;
+                    let (api, id, why) = (Arc::clone(&self.api), Some(id.clone()), format!("fencing: {reason}"));
+                    self.power_tasks.spawn(async move {
+                        api.power.act(&api.store, mac, id, PowerOp::Off, &why).await;
+                    });
                 }
                 FenceStep::Hold { reason } => {
                     if let Some(f) = assembly.fencing.get_mut(id) {
@@ -108,6 +103,45 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
                     self.api.store.save_assembly(assembly.clone(), vec![]).await?;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl<E: Etcd, C: Clock> Controller<E, C> {
+    /// The cycle itself, in a task: the network boot first (a machine that hung in its OS starts
+    /// afresh from the appliance; a BMC that refuses it still gets the cycle), then the cycle. A
+    /// cycle that failed with the machine reading off is handed to the next tick.
+    fn spawn_cycle(&mut self, id: &str, mac: MacAddr, cycled_at: u64, why: String) {
+        let (api, outcomes, id) = (Arc::clone(&self.api), Arc::clone(&self.fence_outcomes), id.to_string());
+        self.power_tasks.spawn(async move {
+            let (power, store, named) = (&api.power, &api.store, Some(id.clone()));
+            power.act(store, mac, named.clone(), PowerOp::Pxe, &why).await;
+            let cycle = power.act(store, mac, named.clone(), PowerOp::Cycle, &why).await;
+            if let Some(error) = cycle.error {
+                if power.act(store, mac, named, PowerOp::Status, &why).await.state == Some(PowerState::Off) {
+                    let failed = CycleFailed { id, mac, cycled_at, error };
+                    outcomes.lock().unwrap_or_else(|e| e.into_inner()).push(failed);
+                }
+            }
+        });
+    }
+
+    /// Gives up the machines whose cycle could not power them on: waiting `fence_boot_secs`
+    /// for them would only keep the cluster short of a voter for longer.
+    async fn given_up_at_their_cycle(&self, assembly: &mut Assembly, now: u64) -> Result<(), ControllerError> {
+        let failed = std::mem::take(&mut *self.fence_outcomes.lock().unwrap_or_else(|e| e.into_inner()));
+        for CycleFailed { id, mac, cycled_at, error } in failed {
+            let Some(f) = assembly.fencing.get_mut(&id).filter(|f| f.cycled_at == cycled_at && f.fenced_at.is_none())
+            else {
+                continue;
+            };
+            f.fenced_at = Some(now);
+            let message = format!(
+                "{id} could not be powered on by its BMC ({error}) and is off: given up now; a spare takes its place"
+            );
+            let said = Happening { kind: "machine-given-up", mac: Some(mac), message };
+            self.api.store.save_assembly(assembly.clone(), vec![said]).await?;
         }
         Ok(())
     }

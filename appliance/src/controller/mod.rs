@@ -123,6 +123,11 @@ pub struct Controller<E: Etcd = EtcdClient, C: Clock = SystemClock> {
     rollout: RolloutConfig,
     /// The etcd of each installed generation, read once (`None`: it carries none).
     generation_etcd: HashMap<u64, Option<Artifact>>,
+    /// Power actions fencing and the rollout started (a cycle waits up to a minute for the
+    /// machine to read on): they run beside the ticks, never inside one.
+    power_tasks: tokio::task::JoinSet<()>,
+    /// What those tasks found that the next tick must act on.
+    fence_outcomes: Arc<std::sync::Mutex<Vec<fence::CycleFailed>>>,
 }
 
 impl<E: Etcd, C: Clock> std::fmt::Debug for Controller<E, C> {
@@ -220,7 +225,15 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             started_at,
             rollout: RolloutConfig::default(),
             generation_etcd: HashMap::new(),
+            power_tasks: tokio::task::JoinSet::new(),
+            fence_outcomes: Default::default(),
         }
+    }
+
+    /// Waits for the power actions under way (tests: a tick's actions done before its checks).
+    #[cfg(test)]
+    async fn power_settled(&mut self) {
+        while self.power_tasks.join_next().await.is_some() {}
     }
 
     /// Node rollouts as `[update]` configures them (the default otherwise).
@@ -388,6 +401,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
 
     async fn tick(&mut self) -> Result<(), ControllerError> {
         let now = self.clock.now();
+        while self.power_tasks.try_join_next().is_some() {}
         let seen = self.accepted().await;
         let mut assembly = self.api.store.assembly()?;
 

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use oasis_core::assembly::planner::{Assembly, Node};
 use oasis_core::generations::{Generations, SHIPPED};
@@ -121,11 +122,13 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
         self.api.store.update_generations(move |g| rollout::apply(g, &recorded, at)).await?;
         tracing::info!("rollout: {step}");
         if let RolloutStep::PowerCycle { mac, machine, .. } = &step {
-            // Recorded first, so a restarted appliance does not cycle it twice.
-            let why = format!("rollout: {step}");
-            let id = Some(machine.clone());
-            self.api.power.act(&self.api.store, *mac, id.clone(), PowerOp::Pxe, &why).await;
-            self.api.power.act(&self.api.store, *mac, id, PowerOp::Cycle, &why).await;
+            // Recorded first, so a restarted appliance does not cycle it twice. Beside the ticks:
+            // the flight waits for the machine to come back either way (each action is an event).
+            let (api, mac, id, why) = (Arc::clone(&self.api), *mac, Some(machine.clone()), format!("rollout: {step}"));
+            self.power_tasks.spawn(async move {
+                api.power.act(&api.store, mac, id.clone(), PowerOp::Pxe, &why).await;
+                api.power.act(&api.store, mac, id, PowerOp::Cycle, &why).await;
+            });
         }
         // As committed: an install or an operator's command may have landed beside the step.
         let record = self.api.store.generations()?;
