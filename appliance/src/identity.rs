@@ -153,6 +153,14 @@ impl Identity {
 
     /// The first 8 hex digits of the admin token's SHA-256: enough to tell tokens apart on a
     /// console without showing the token.
+    /// The SHA-256 of the HTTPS certificate as browsers show it (`AB:CD:...`): what a person
+    /// compares before trusting the web page.
+    pub fn certificate_fingerprint(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&self.tls_cert_der);
+        digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+    }
+
     pub fn admin_token_fingerprint(&self) -> String {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(self.admin_token.as_bytes()))[..8].to_string()

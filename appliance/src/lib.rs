@@ -41,6 +41,7 @@ pub mod power;
 pub mod serve;
 pub mod store;
 pub mod upload;
+pub mod web;
 pub mod wireguard;
 
 /// Exit code of a store that needs its operator: damaged, or missing where one existed.

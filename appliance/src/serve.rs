@@ -438,7 +438,7 @@ impl Launch<'_> {
         Ok(admin::ClusterHandle { status, etcd, kubeconfig })
     }
 
-    async fn start_api(&mut self, api: &Arc<Api>) -> Result<(), ServeError> {
+    async fn start_api(&mut self, api: &Arc<Api>, cluster: &admin::ClusterHandle) -> Result<(), ServeError> {
         let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, self.config.api_port));
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen {
             what: "API",
@@ -447,8 +447,15 @@ impl Launch<'_> {
         })?;
         let tls = api::tls_config(&api.identity)?;
         let guard = Guard::new(Listener::Api, self.caps.api.clone(), Timeouts::default(), self.metrics.clone());
-        self.services.spawn("API", api::serve(listener, tls, api::router(api.clone()), guard));
-        tracing::info!(%addr, "API serving (HTTPS)");
+        let operator = crate::operator::Operator { api: api.clone(), cluster: Some(cluster.clone()) };
+        let appliance = crate::web::Appliance {
+            version: env!("CARGO_PKG_VERSION"),
+            address: self.config.address,
+            fingerprint: api.identity.certificate_fingerprint(),
+        };
+        let router = api::router(api.clone()).merge(crate::web::router(crate::web::Web::new(operator, appliance)));
+        self.services.spawn("API", api::serve(listener, tls, router, guard));
+        tracing::info!(%addr, fingerprint = %api.identity.certificate_fingerprint(), "API and web page serving (HTTPS)");
         Ok(())
     }
 
@@ -490,7 +497,7 @@ pub async fn run(config: Config, new_store: bool) -> Result<(), ServeError> {
     let api = start_management(&config, &store, identity, served).await?;
     api.power.recall(&api.store);
     let cluster = launch.start_assembly(&api, &node_artifacts, k3s_bundle).await?;
-    launch.start_api(&api).await?;
+    launch.start_api(&api, &cluster).await?;
     launch.start_admin(&api, cluster)?;
     {
         // Always: BMCs may come from agents or scans as well as from the config.
