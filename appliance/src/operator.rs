@@ -625,8 +625,8 @@ pub fn decide(machine: &str, decision: &str) -> Result<Action, ActionError> {
     Ok(Action::Decide { machine: machine.to_string(), decision: Decision::parse(decision)? })
 }
 
-/// Percent-encodes a query parameter value.
-fn query_value(s: &str) -> String {
+/// Percent-encodes a query parameter value (or a path segment).
+pub(crate) fn query_value(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

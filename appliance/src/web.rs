@@ -11,16 +11,19 @@ pub mod session;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
+use oasis_core::assembly::status::ClusterStatus;
 use oasis_core::registry::{secrets_equal, Happening};
 use serde::Deserialize;
 
-use crate::operator::{Action, Answer, Operator};
-pub use pages::Appliance;
+use crate::admin::MachineEntry;
+use crate::operator::{Action, Answer, Decision, Operator};
+use crate::power::PowerOp;
+pub use pages::{Appliance, MachineRow};
 use session::{Refusal, Session, Sessions};
 
 /// What every response of the page carries: the browser loads scripts, styles, images and
@@ -54,6 +57,10 @@ pub fn router(web: Web) -> Router {
         .route("/", get(overview))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
+        .route("/machines", get(machines))
+        .route("/machines/{name}", get(machine))
+        .route("/machines/{name}/confirm/{action}", get(confirm))
+        .route("/machines/{name}/act", post(act))
         .route("/assets/oasis.css", get(stylesheet))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(web)
@@ -83,17 +90,148 @@ fn to_login(headers: &HeaderMap) -> Response {
 
 async fn overview(State(web): State<Web>, headers: HeaderMap) -> Response {
     let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
+    match machine_entries(&web).await {
+        Ok((machines, status)) => {
+            Html(pages::overview(&session.csrf, status.as_deref(), &machines, &web.appliance).into_string())
+                .into_response()
+        }
+        Err(page) => page,
+    }
+}
+
+/// Every machine with the cluster's view of it, or the page that says they could not be read.
+async fn machine_entries(web: &Web) -> Result<(Vec<MachineEntry>, Option<Arc<ClusterStatus>>), Response> {
     let status = web.operator.cluster.as_ref().map(|c| Arc::clone(&c.status.borrow()));
-    let machines = match web.operator.handle(Action::Machines).await {
-        Ok(Answer::Machines(machines)) => machines,
-        Ok(_) => vec![],
+    match web.operator.handle(Action::Machines).await {
+        Ok(Answer::Machines(machines)) => Ok((machines, status)),
+        Ok(_) => Ok((vec![], status)),
         Err(error) => {
             let words = format!("The machines could not be read: {error}. Try again in a moment.");
-            return (StatusCode::SERVICE_UNAVAILABLE, Html(pages::problem("Not now", &words).into_string()))
-                .into_response();
+            Err((StatusCode::SERVICE_UNAVAILABLE, Html(pages::problem("Not now", &words).into_string()))
+                .into_response())
         }
+    }
+}
+
+async fn machines(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
+    let (entries, status) = match machine_entries(&web).await {
+        Ok(found) => found,
+        Err(page) => return page,
     };
-    Html(pages::overview(&session.csrf, status.as_deref(), &machines, &web.appliance).into_string()).into_response()
+    let now = crate::store::now();
+    let rows: Vec<MachineRow> = entries.iter().map(|e| MachineRow::of(e, status.as_deref(), now)).collect();
+    Html(pages::machines(&session.csrf, &rows).into_string()).into_response()
+}
+
+/// The words said after an action was done (`?done=ACTION`): fixed, never taken from the URL.
+fn done_words(action: &str) -> Option<&'static str> {
+    Some(match action {
+        "accept" => "Accepted: it joins the rack.",
+        "reject" => "Rejected: it stays out of the rack.",
+        "reprovision" => "Reprovisioning: it leaves the cluster, then its data disk is wiped and it boots afresh.",
+        "power-on" => "Powered on.",
+        "power-off" => "Powered off.",
+        "power-cycle" => "Power cycled.",
+        _ => return None,
+    })
+}
+
+/// The page of the machine named `name`, with `notice` (or the `?done=` words) above it.
+async fn machine_page(web: &Web, csrf: &str, name: &str, notice: Option<&str>) -> Response {
+    let (entries, status) = match machine_entries(web).await {
+        Ok(found) => found,
+        Err(page) => return page,
+    };
+    let now = crate::store::now();
+    let Some(row) =
+        entries.iter().map(|e| MachineRow::of(e, status.as_deref(), now)).find(|r| r.name == name || r.mac == name)
+    else {
+        let words =
+            format!("No machine is called {name:?}: it may have been forgotten. The machines page lists them all.");
+        return (StatusCode::NOT_FOUND, Html(pages::problem("No such machine", &words).into_string())).into_response();
+    };
+    // Newest first, this machine's only.
+    let events: Vec<_> = web.operator.api.store.events(2000).unwrap_or_default();
+    let events: Vec<_> =
+        events.into_iter().rev().filter(|e| e.mac.is_some_and(|m| m.to_string() == row.mac)).take(30).collect();
+    Html(pages::machine(csrf, &row, &events, notice, now).into_string()).into_response()
+}
+
+async fn machine(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
+    let notice = query.get("done").and_then(|a| done_words(a));
+    machine_page(&web, &session.csrf, &name, notice).await
+}
+
+async fn confirm(State(web): State<Web>, headers: HeaderMap, Path((name, action)): Path<(String, String)>) -> Response {
+    let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
+    let Some((action, words, what)) = pages::MACHINE_ACTIONS.iter().find(|(a, _, _)| *a == action) else {
+        let words = format!("There is no action {action:?} for a machine.");
+        return (StatusCode::NOT_FOUND, Html(pages::problem("No such action", &words).into_string())).into_response();
+    };
+    Html(pages::confirm(&session.csrf, &name, action, words, what).into_string()).into_response()
+}
+
+/// A machine action's form: the session's form token and the action.
+#[derive(Debug, Deserialize)]
+struct ActForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+}
+
+/// The operator's action for a page's action word.
+fn machine_action(name: &str, action: &str) -> Option<Action> {
+    let machine = name.to_string();
+    let decide = |decision| Some(Action::Decide { machine: machine.clone(), decision });
+    match action {
+        "accept" => decide(Decision::Accept),
+        "reject" => decide(Decision::Reject),
+        "reprovision" => decide(Decision::Reprovision),
+        "remove" => Some(Action::Remove { machine }),
+        power => Some(Action::Power { machine, op: PowerOp::parse(power.strip_prefix("power-")?)? }),
+    }
+}
+
+async fn act(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<ActForm>,
+) -> Response {
+    let (_, session) = match change_session(&web, &headers, &ChangeForm { csrf: form.csrf.clone() }) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
+    };
+    let Some(action) = machine_action(&name, &form.action) else {
+        let words = format!("There is no action {:?} for a machine; nothing was done.", form.action);
+        return (StatusCode::NOT_FOUND, Html(pages::problem("No such action", &words).into_string())).into_response();
+    };
+    let failed = match web.operator.handle(action).await {
+        Ok(Answer::Power(reports)) => reports.into_iter().find_map(|r| r.error),
+        Ok(_) => None,
+        Err(error) => Some(error.to_string()),
+    };
+    match failed {
+        None if form.action == "remove" => Redirect::to("/machines").into_response(),
+        None => Redirect::to(&format!("/machines/{}?done={}", crate::operator::query_value(&name), form.action))
+            .into_response(),
+        Some(error) => {
+            let notice = format!("Not done: {error}");
+            let mut page = machine_page(&web, &session.csrf, &name, Some(&notice)).await;
+            if page.status() == StatusCode::OK {
+                *page.status_mut() = StatusCode::CONFLICT;
+            }
+            page
+        }
+    }
 }
 
 async fn login_page(State(web): State<Web>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
@@ -278,6 +416,85 @@ mod tests {
             assert!(overview.body.contains(words), "{words} in {}", overview.body);
         }
         assert!(!overview.body.contains(&token), "the admin token is never in a page");
+    }
+
+    /// A machine registers through the API (pending: the test API's policy is manual); its id.
+    async fn register(web: &Web) -> String {
+        let req = oasis_proto::RegisterRequest {
+            token: web.operator.api.identity.join_token.clone(),
+            nonce: format!("nonce-{:016}", 1),
+            boot_mac: "52:54:00:00:00:07".into(),
+            wireguard_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]),
+            agent_version: "0.1.0".into(),
+            inventory: oasis_proto::Inventory { cpus: 2, memory_bytes: 2 << 30, ..Default::default() },
+        };
+        let mut req = Request::builder()
+            .method("POST")
+            .uri(oasis_proto::REGISTER_PATH)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::to_vec(&req).unwrap()))
+            .unwrap();
+        req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 100], 40000))));
+        let res = crate::api::router(web.operator.api.clone()).oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        web.operator.api.registry.lock().await.records().next().unwrap().id.clone()
+    }
+
+    async fn state_of(web: &Web) -> oasis_proto::MachineState {
+        web.operator.api.registry.lock().await.records().next().unwrap().state
+    }
+
+    /// The machines page lists a pending machine; its page's accept is confirmed on a page of its
+    /// own, refused without the form token, done with it (the operator's accept), and said.
+    #[tokio::test]
+    async fn a_machine_is_accepted_from_its_page_after_a_confirmation() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = web(dir.path());
+        let id = register(&web).await;
+        let token = web.operator.api.identity.admin_token.clone();
+        let session = session_of(&send(&web, "POST", "/login", None, &format!("token={token}")).await);
+
+        let list = send(&web, "GET", "/machines", Some(&session), "").await;
+        assert_eq!(list.status, StatusCode::OK);
+        for words in [id.as_str(), "52:54:00:00:00:07", "waiting to be accepted", "2 CPUs, 2.0 GiB, 0 disks"] {
+            assert!(list.body.contains(words), "{words} in {}", list.body);
+        }
+        let page = send(&web, "GET", &format!("/machines/{id}"), Some(&session), "").await;
+        assert!(page.body.contains(&format!("/machines/{id}/confirm/accept")), "{}", page.body);
+        let confirm = send(&web, "GET", &format!("/machines/{id}/confirm/accept"), Some(&session), "").await;
+        assert!(confirm.body.contains(&format!("Accept {id}?")) && confirm.body.contains("Yes, accept"));
+        let csrf = csrf_of(&confirm);
+
+        let act = format!("/machines/{id}/act");
+        let forged = send(&web, "POST", &act, Some(&session), "action=accept&csrf=forged").await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        assert_eq!(state_of(&web).await, oasis_proto::MachineState::Pending, "nothing done");
+
+        let done = send(&web, "POST", &act, Some(&session), &format!("action=accept&csrf={csrf}")).await;
+        assert_eq!(
+            (done.status, location(&done)),
+            (StatusCode::SEE_OTHER, format!("/machines/{id}?done=accept").as_str())
+        );
+        assert_eq!(state_of(&web).await, oasis_proto::MachineState::Accepted);
+        web.operator.api.store.flush().await.unwrap();
+        let page = send(&web, "GET", location(&done), Some(&session), "").await;
+        assert!(
+            page.body.contains("Accepted: it joins the rack.") && page.body.contains(">accepted<"),
+            "{}",
+            page.body
+        );
+
+        // What cannot be done is said on the machine's page; what does not exist is a 404.
+        let off = send(&web, "POST", &act, Some(&session), &format!("action=power-off&csrf={csrf}")).await;
+        assert_eq!(off.status, StatusCode::CONFLICT, "{}", off.body);
+        assert!(off.body.contains("Not done:"), "{}", off.body);
+        let nothing = send(&web, "POST", &act, Some(&session), &format!("action=explode&csrf={csrf}")).await;
+        assert_eq!(nothing.status, StatusCode::NOT_FOUND);
+        let nobody = send(&web, "GET", "/machines/nobody", Some(&session), "").await;
+        assert_eq!(nobody.status, StatusCode::NOT_FOUND);
+        assert!(nobody.body.contains("No machine is called"), "{}", nobody.body);
+        let hostile = send(&web, "GET", "/machines/%3Cscript%3E", Some(&session), "").await;
+        assert!(!hostile.body.contains("<script>"), "names are escaped: {}", hostile.body);
     }
 
     #[tokio::test]

@@ -34,6 +34,7 @@ fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
                         a href="/" class="brand" { "oasis" }
                         @if csrf.is_some() {
                             a href="/" { "Overview" }
+                            a href="/machines" { "Machines" }
                         }
                     }
                     @if let Some(csrf) = csrf {
@@ -155,19 +156,207 @@ fn health_class(health: Health) -> &'static str {
     }
 }
 
-/// Machines by what they are to oasis: registered ones by their state, the rest as "booted".
+/// Machines counted by [`state_words`].
 fn machine_counts(machines: &[MachineEntry]) -> BTreeMap<&'static str, usize> {
     let mut counts = BTreeMap::new();
     for entry in machines {
-        let word = match entry.registration.as_ref().map(|r| r.record.state) {
-            Some(oasis_proto::MachineState::Accepted) => "accepted",
-            Some(oasis_proto::MachineState::Pending) => "waiting to be accepted",
-            Some(oasis_proto::MachineState::Rejected) => "rejected",
-            None => "booted, not registered",
-        };
-        *counts.entry(word).or_insert(0) += 1;
+        *counts.entry(state_words(entry)).or_insert(0) += 1;
     }
     counts
+}
+
+/// What a machine is to oasis, in words: registered ones by their state, the rest "booted".
+fn state_words(entry: &MachineEntry) -> &'static str {
+    match entry.registration.as_ref().map(|r| r.record.state) {
+        Some(oasis_proto::MachineState::Accepted) => "accepted",
+        Some(oasis_proto::MachineState::Pending) => "waiting to be accepted",
+        Some(oasis_proto::MachineState::Rejected) => "rejected",
+        None => "booted, not registered",
+    }
+}
+
+/// How long ago Unix time `at` was, from `now`, in a technician's words (`12 s ago`).
+pub fn ago(at: u64, now: u64) -> String {
+    let secs = now.saturating_sub(at);
+    match secs {
+        0..60 => format!("{secs} s ago"),
+        60..3600 => format!("{} min ago", secs / 60),
+        3600..86400 => format!("{} h ago", secs / 3600),
+        _ => format!("{} days ago", secs / 86400),
+    }
+}
+
+/// One machine as the pages show it: every field a word, `-` for what is not known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineRow {
+    /// What the operator names it by: its id once registered, else its boot MAC.
+    pub name: String,
+    pub mac: String,
+    pub state: String,
+    pub role: String,
+    pub power: String,
+    pub bmc: String,
+    pub address: String,
+    pub inventory: String,
+    pub heartbeat: String,
+    pub generation: String,
+    /// Its agent's last error, if it said one.
+    pub last_error: Option<String>,
+}
+
+impl MachineRow {
+    pub fn of(entry: &MachineEntry, status: Option<&ClusterStatus>, now: u64) -> MachineRow {
+        let dash = || "-".to_string();
+        let registration = entry.registration.as_ref();
+        let record = registration.map(|r| &r.record);
+        let heartbeat = registration.and_then(|r| r.last_heartbeat.as_ref());
+        let role = record
+            .and_then(|r| status?.machines.iter().find(|m| m.id == r.id))
+            .map_or_else(dash, |m| m.role.replace("control-plane", "control"));
+        MachineRow {
+            name: record.map_or_else(|| entry.netboot.mac.to_string(), |r| r.id.clone()),
+            mac: entry.netboot.mac.to_string(),
+            state: state_words(entry).into(),
+            role,
+            power: entry.power.as_ref().map_or_else(dash, |p| p.word()),
+            bmc: entry.bmc.clone().unwrap_or_else(dash),
+            address: entry.netboot.last_ip.map_or_else(dash, |ip| ip.to_string()),
+            inventory: record.map_or_else(dash, |r| {
+                let inv = &r.inventory;
+                let memory = inv.memory_bytes as f64 / f64::from(1u32 << 30);
+                format!("{} CPUs, {memory:.1} GiB, {} disks", inv.cpus, inv.disks.len())
+            }),
+            heartbeat: heartbeat.map_or_else(dash, |h| ago(h.at, now)),
+            generation: heartbeat.and_then(|h| h.heartbeat.generation).map_or_else(dash, |g| g.to_string()),
+            last_error: heartbeat.and_then(|h| h.heartbeat.last_error.clone()),
+        }
+    }
+}
+
+/// Every machine, a row each, linked to its page.
+pub fn machines(csrf: &str, rows: &[MachineRow]) -> Markup {
+    layout(
+        "Machines",
+        Some(csrf),
+        html! {
+            h1 { "Machines" }
+            @if rows.is_empty() {
+                p { "No machine has booted from the network yet." }
+            } @else {
+                div class="scroll" {
+                    table id="machines" {
+                        thead { tr {
+                            th scope="col" { "Machine" } th scope="col" { "State" } th scope="col" { "Role" }
+                            th scope="col" { "Power" } th scope="col" { "Address" } th scope="col" { "Inventory" }
+                            th scope="col" { "Last heard" } th scope="col" { "Generation" } th scope="col" { "BMC" }
+                        } }
+                        tbody {
+                            @for row in rows {
+                                tr data-mac=(row.mac) {
+                                    th scope="row" { a href={ "/machines/" (row.name) } { (row.name) } }
+                                    td data-field="state" { (row.state) }
+                                    td data-field="role" { (row.role) }
+                                    td data-field="power" { (row.power) }
+                                    td data-field="address" { (row.address) }
+                                    td data-field="inventory" { (row.inventory) }
+                                    td data-field="heartbeat" { (row.heartbeat) }
+                                    td data-field="generation" { (row.generation) }
+                                    td data-field="bmc" { (row.bmc) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// What can be done to a machine from its page: `(action, button words, what it does)`.
+pub const MACHINE_ACTIONS: &[(&str, &str, &str)] = &[
+    ("accept", "Accept", "let it join the rack"),
+    ("reject", "Reject", "keep it out of the rack"),
+    ("remove", "Forget", "forget it; it registers as new when it boots again"),
+    ("power-on", "Power on", "switch it on through its BMC"),
+    ("power-off", "Power off", "switch it off; oasis then leaves it off"),
+    ("power-cycle", "Power cycle", "switch it off and on again"),
+    ("reprovision", "Reprovision", "take it out of the cluster, wipe its data disk and boot it fresh as a spare"),
+];
+
+/// One machine: what is known of it, its events, and a button per action (each confirmed on
+/// a page of its own before anything is done).
+pub fn machine(
+    csrf: &str,
+    row: &MachineRow,
+    events: &[oasis_core::records::Event],
+    notice: Option<&str>,
+    now: u64,
+) -> Markup {
+    layout(
+        &row.name,
+        Some(csrf),
+        html! {
+            h1 { "Machine " (row.name) }
+            @if let Some(notice) = notice {
+                p class="notice" role="status" { (notice) }
+            }
+            section aria-labelledby="facts" {
+                h2 id="facts" { "What oasis knows" }
+                dl {
+                    dt { "Boot MAC" } dd { (row.mac) }
+                    dt { "State" } dd data-field="state" { (row.state) }
+                    dt { "Role" } dd { (row.role) }
+                    dt { "Power" } dd data-field="power" { (row.power) }
+                    dt { "BMC" } dd { (row.bmc) }
+                    dt { "Address" } dd { (row.address) }
+                    dt { "Inventory" } dd { (row.inventory) }
+                    dt { "Last heard" } dd { (row.heartbeat) }
+                    dt { "Generation" } dd { (row.generation) }
+                    dt { "Last error" } dd { (row.last_error.as_deref().unwrap_or("none")) }
+                }
+            }
+            section aria-labelledby="actions" {
+                h2 id="actions" { "Actions" }
+                p class="hint" { "Each asks you to confirm first." }
+                div class="actions" {
+                    @for (action, words, _) in MACHINE_ACTIONS {
+                        a class="button" href={ "/machines/" (row.name) "/confirm/" (action) } { (words) }
+                    }
+                }
+            }
+            section aria-labelledby="events" {
+                h2 id="events" { "Events" }
+                @if events.is_empty() {
+                    p { "None yet." }
+                } @else {
+                    ul class="events" {
+                        @for e in events {
+                            li { span class="age" { (ago(e.at, now)) } " " span class="kind" { (e.kind) } " " (e.message) }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The page that asks before an action is done: the one button that does it, and a way back.
+pub fn confirm(csrf: &str, name: &str, action: &str, words: &str, what: &str) -> Markup {
+    layout(
+        words,
+        Some(csrf),
+        html! {
+            h1 { (words) " " (name) "?" }
+            p { "This will " (what) "." }
+            form method="post" action={ "/machines/" (name) "/act" } class="confirm" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="action" value=(action);
+                button type="submit" autofocus { "Yes, " (words.to_lowercase()) }
+                " "
+                a href={ "/machines/" (name) } { "Cancel" }
+            }
+        },
+    )
 }
 
 /// The stylesheet, compiled in.
