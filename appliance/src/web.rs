@@ -58,6 +58,8 @@ pub fn router(web: Web) -> Router {
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/machines", get(machines))
+        .route("/cluster", get(cluster))
+        .route("/events", get(events))
         .route("/machines/{name}", get(machine))
         .route("/machines/{name}/confirm/{action}", get(confirm))
         .route("/machines/{name}/act", post(act))
@@ -122,6 +124,40 @@ async fn machines(State(web): State<Web>, headers: HeaderMap) -> Response {
     let now = crate::store::now();
     let rows: Vec<MachineRow> = entries.iter().map(|e| MachineRow::of(e, status.as_deref(), now)).collect();
     Html(pages::machines(&session.csrf, &rows).into_string()).into_response()
+}
+
+async fn cluster(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
+    let status = web.operator.cluster.as_ref().map(|c| Arc::clone(&c.status.borrow()));
+    Html(pages::cluster(&session.csrf, status.as_deref()).into_string()).into_response()
+}
+
+/// How many of the newest events the events page looks through.
+const EVENTS_SHOWN: usize = 500;
+
+async fn events(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
+    let filter = query.get("q").map(|q| q.trim().to_string()).unwrap_or_default();
+    let wanted = filter.to_lowercase();
+    let all = match web.operator.handle(Action::Events { limit: EVENTS_SHOWN }).await {
+        Ok(Answer::Events(events)) => events,
+        Ok(_) => vec![],
+        Err(error) => {
+            let words = format!("The events could not be read: {error}. Try again in a moment.");
+            return (StatusCode::SERVICE_UNAVAILABLE, Html(pages::problem("Not now", &words).into_string()))
+                .into_response();
+        }
+    };
+    let shown: Vec<_> = all
+        .into_iter()
+        .rev()
+        .filter(|e| wanted.is_empty() || e.kind.contains(&wanted) || e.message.to_lowercase().contains(&wanted))
+        .collect();
+    Html(pages::events(&session.csrf, &shown, &filter, crate::store::now()).into_string()).into_response()
 }
 
 /// The words said after an action was done (`?done=ACTION`): fixed, never taken from the URL.
@@ -495,6 +531,65 @@ mod tests {
         assert!(nobody.body.contains("No machine is called"), "{}", nobody.body);
         let hostile = send(&web, "GET", "/machines/%3Cscript%3E", Some(&session), "").await;
         assert!(!hostile.body.contains("<script>"), "names are escaped: {}", hostile.body);
+    }
+
+    /// The cluster page: members in plain words and the mesh as a matrix of ages.
+    #[test]
+    fn the_cluster_page_shows_members_and_the_mesh_matrix() {
+        use oasis_core::assembly::status::{MemberView, MeshPair};
+        let member = |id: &str, machine: &str, leader: bool, learner: bool| MemberView {
+            id: id.into(),
+            machine: Some(machine.into()),
+            learner,
+            healthy: true,
+            leader,
+            db_size: None,
+            revision: None,
+            raft_index: None,
+            version: Some("3.5.16".into()),
+        };
+        let pair = |from: &str, to: &str, age: Option<u64>| MeshPair {
+            from: from.into(),
+            to: to.into(),
+            handshake_age_secs: age,
+        };
+        let status = ClusterStatus {
+            health: oasis_core::assembly::status::Health::Degraded,
+            members: vec![member("8e9e05c52164694d", "m1", true, false), member("91bc3c398fb3c146", "m2", false, true)],
+            mesh: vec![pair("m1", "m2", Some(12)), pair("m2", "m1", None)],
+            ..Default::default()
+        };
+        let page = pages::cluster("t", Some(&status)).into_string();
+        for words in
+            ["one more failure could stop it", "8e9e05c52164694d", "not yet (catching up)", "3.5.16", "12 s", "never"]
+        {
+            assert!(page.contains(words), "{words} in {page}");
+        }
+        assert!(pages::cluster("t", None).into_string().contains("not managed by this appliance"));
+    }
+
+    /// The events page: newest first, filtered by kind or words.
+    #[tokio::test]
+    async fn the_events_page_filters_by_kind_or_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = web(dir.path());
+        let store = &web.operator.api.store;
+        for (kind, message) in
+            [("power-on", "m1 power on"), ("machine-accepted", "m2 accepted"), ("power-off", "m3 <b>off</b>")]
+        {
+            store.record_event(Happening { kind, mac: None, message: message.into() });
+        }
+        store.flush().await.unwrap();
+        let token = web.operator.api.identity.admin_token.clone();
+        let session = session_of(&send(&web, "POST", "/login", None, &format!("token={token}")).await);
+        let all = send(&web, "GET", "/events", Some(&session), "").await;
+        let (first, last) = (all.body.find("m3 &lt;b&gt;off").unwrap(), all.body.find("m1 power on").unwrap());
+        assert!(first < last, "newest first, escaped: {}", all.body);
+        let power = send(&web, "GET", "/events?q=POWER", Some(&session), "").await;
+        assert!(power.body.contains("m1 power on") && !power.body.contains("m2 accepted"), "{}", power.body);
+        let none = send(&web, "GET", "/events?q=nothing-like-it", Some(&session), "").await;
+        assert!(none.body.contains("No event matches"), "{}", none.body);
+        assert_eq!(send(&web, "GET", "/cluster", None, "").await.status, StatusCode::SEE_OTHER, "behind the login");
     }
 
     #[tokio::test]

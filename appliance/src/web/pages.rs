@@ -35,6 +35,8 @@ fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
                         @if csrf.is_some() {
                             a href="/" { "Overview" }
                             a href="/machines" { "Machines" }
+                            a href="/cluster" { "Cluster" }
+                            a href="/events" { "Events" }
                         }
                     }
                     @if let Some(csrf) = csrf {
@@ -354,6 +356,120 @@ pub fn confirm(csrf: &str, name: &str, action: &str, words: &str, what: &str) ->
                 button type="submit" autofocus { "Yes, " (words.to_lowercase()) }
                 " "
                 a href={ "/machines/" (name) } { "Cancel" }
+            }
+        },
+    )
+}
+
+/// The cluster: its health, its members (etcd's, in plain words) and the mesh between the
+/// machines as a matrix of handshake ages.
+pub fn cluster(csrf: &str, status: Option<&ClusterStatus>) -> Markup {
+    layout(
+        "Cluster",
+        Some(csrf),
+        html! {
+            h1 { "Cluster" }
+            @match status {
+                None => p { "The cluster is not managed by this appliance." },
+                Some(status) => {
+                    p class={ "health " (health_class(status.health)) } { (health_words(status.health)) }
+                    @if !status.progress.is_empty() { p { "Now: " (status.progress) } }
+                    section aria-labelledby="members" {
+                        h2 id="members" { "Members of the cluster's store" }
+                        @if status.members.is_empty() {
+                            p { "None yet: the store starts once the control machines are chosen." }
+                        } @else {
+                            div class="scroll" {
+                                table id="members" {
+                                    thead { tr {
+                                        th scope="col" { "Machine" } th scope="col" { "Member" } th scope="col" { "Votes" }
+                                        th scope="col" { "Leads" } th scope="col" { "Answers" } th scope="col" { "Version" }
+                                    } }
+                                    tbody {
+                                        @for m in &status.members {
+                                            tr {
+                                                th scope="row" { (m.machine.as_deref().unwrap_or("-")) }
+                                                td { (m.id) }
+                                                td { @if m.learner { "not yet (catching up)" } @else { "yes" } }
+                                                td { @if m.leader { "yes" } @else { "no" } }
+                                                td { @if m.healthy { "yes" } @else { "no" } }
+                                                td { (m.version.as_deref().unwrap_or("-")) }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    section aria-labelledby="mesh" {
+                        h2 id="mesh" { "Links between machines" }
+                        p class="hint" { "How long ago each machine (row) last heard from each other one (column) over the encrypted mesh." }
+                        (mesh_matrix(status))
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The mesh as a matrix: a row per machine that reports, a column per machine it reaches.
+fn mesh_matrix(status: &ClusterStatus) -> Markup {
+    let mut ends: Vec<&str> = status.mesh.iter().flat_map(|p| [p.from.as_str(), p.to.as_str()]).collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let age = |from: &str, to: &str| {
+        status.mesh.iter().find(|p| p.from == from && p.to == to).map(|p| match p.handshake_age_secs {
+            Some(secs) => format!("{secs} s"),
+            None => "never".to_string(),
+        })
+    };
+    html! {
+        @if ends.is_empty() {
+            p { "No machine has reported its links yet." }
+        } @else {
+            div class="scroll" {
+                table id="mesh" {
+                    thead { tr { td {} @for to in &ends { th scope="col" { (to) } } } }
+                    tbody {
+                        @for from in &ends {
+                            tr {
+                                th scope="row" { (from) }
+                                @for to in &ends {
+                                    td { @if from == to { "" } @else { (age(from, to).unwrap_or_else(|| "-".into())) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The newest events, newest first, those matching `filter` (in their kind or words) only.
+pub fn events(csrf: &str, events: &[oasis_core::records::Event], filter: &str, now: u64) -> Markup {
+    layout(
+        "Events",
+        Some(csrf),
+        html! {
+            h1 { "Events" }
+            form method="get" action="/events" class="filter" {
+                label for="q" { "Show only events with" }
+                input id="q" name="q" type="search" value=(filter);
+                button type="submit" { "Filter" }
+            }
+            @if events.is_empty() {
+                p { "No event matches." }
+            } @else {
+                ul class="events" id="events" {
+                    @for e in events {
+                        li {
+                            span class="age" { (ago(e.at, now)) } " "
+                            span class="kind" { (e.kind) } " "
+                            (e.message)
+                        }
+                    }
+                }
             }
         },
     )
