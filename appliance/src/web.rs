@@ -60,6 +60,9 @@ pub fn router(web: Web) -> Router {
         .route("/machines", get(machines))
         .route("/cluster", get(cluster))
         .route("/events", get(events))
+        .route("/updates", get(updates))
+        .route("/updates/confirm/{command}", get(confirm_rollout))
+        .route("/updates/command", post(rollout_command))
         .route("/machines/{name}", get(machine))
         .route("/machines/{name}/confirm/{action}", get(confirm))
         .route("/machines/{name}/act", post(act))
@@ -158,6 +161,80 @@ async fn events(
         .filter(|e| wanted.is_empty() || e.kind.contains(&wanted) || e.message.to_lowercase().contains(&wanted))
         .collect();
     Html(pages::events(&session.csrf, &shown, &filter, crate::store::now()).into_string()).into_response()
+}
+
+/// The updates page, with `notice` above it.
+async fn updates_page(web: &Web, csrf: &str, notice: Option<&str>) -> Response {
+    match web.operator.handle(Action::UpdateStatus).await {
+        Ok(Answer::Update(update)) => {
+            Html(pages::updates(csrf, &update, notice, crate::store::now()).into_string()).into_response()
+        }
+        Ok(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(error) => {
+            let words = format!("The updates could not be read: {error}. Try again in a moment.");
+            (StatusCode::SERVICE_UNAVAILABLE, Html(pages::problem("Not now", &words).into_string())).into_response()
+        }
+    }
+}
+
+async fn updates(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
+    let notice = query.get("done").and_then(|command| match command.as_str() {
+        "pause" => Some("Paused: the machine being moved finishes, no other starts."),
+        "resume" => Some("Resumed: the machines move again, one at a time."),
+        "cancel" => Some("Cancelled: the machines already moved go back, one at a time."),
+        _ => None,
+    });
+    updates_page(&web, &session.csrf, notice).await
+}
+
+async fn confirm_rollout(State(web): State<Web>, headers: HeaderMap, Path(command): Path<String>) -> Response {
+    let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
+    let Some((command, words, what)) = pages::ROLLOUT_COMMANDS.iter().find(|(c, _, _)| *c == command) else {
+        let words = format!("There is no upgrade command {command:?}.");
+        return (StatusCode::NOT_FOUND, Html(pages::problem("No such command", &words).into_string())).into_response();
+    };
+    Html(pages::confirm_rollout(&session.csrf, command, words, what).into_string()).into_response()
+}
+
+/// A rollout command's form.
+#[derive(Debug, Deserialize)]
+struct CommandForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    command: String,
+}
+
+async fn rollout_command(State(web): State<Web>, headers: HeaderMap, Form(form): Form<CommandForm>) -> Response {
+    let (_, session) = match change_session(&web, &headers, &ChangeForm { csrf: form.csrf.clone() }) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
+    };
+    let action = match crate::operator::rollout(&form.command) {
+        Ok(action) => action,
+        Err(error) => {
+            let words = format!("{error}; nothing was done.");
+            return (StatusCode::NOT_FOUND, Html(pages::problem("No such command", &words).into_string()))
+                .into_response();
+        }
+    };
+    match web.operator.handle(action).await {
+        Ok(_) => Redirect::to(&format!("/updates?done={}", form.command)).into_response(),
+        Err(error) => refused(updates_page(&web, &session.csrf, Some(&format!("Not done: {error}"))).await),
+    }
+}
+
+/// A page that says why an action was not done: 409 (unless the page itself failed).
+fn refused(mut page: Response) -> Response {
+    if page.status() == StatusCode::OK {
+        *page.status_mut() = StatusCode::CONFLICT;
+    }
+    page
 }
 
 /// The words said after an action was done (`?done=ACTION`): fixed, never taken from the URL.
@@ -259,14 +336,7 @@ async fn act(
         None if form.action == "remove" => Redirect::to("/machines").into_response(),
         None => Redirect::to(&format!("/machines/{}?done={}", crate::operator::query_value(&name), form.action))
             .into_response(),
-        Some(error) => {
-            let notice = format!("Not done: {error}");
-            let mut page = machine_page(&web, &session.csrf, &name, Some(&notice)).await;
-            if page.status() == StatusCode::OK {
-                *page.status_mut() = StatusCode::CONFLICT;
-            }
-            page
-        }
+        Some(error) => refused(machine_page(&web, &session.csrf, &name, Some(&format!("Not done: {error}"))).await),
     }
 }
 
@@ -590,6 +660,33 @@ mod tests {
         let none = send(&web, "GET", "/events?q=nothing-like-it", Some(&session), "").await;
         assert!(none.body.contains("No event matches"), "{}", none.body);
         assert_eq!(send(&web, "GET", "/cluster", None, "").await.status, StatusCode::SEE_OTHER, "behind the login");
+    }
+
+    /// The updates page: the generations and no rollout; a command is confirmed first, refused
+    /// without the form token, and one the rollout cannot take is said, not ignored.
+    #[tokio::test]
+    async fn the_updates_page_confirms_commands_and_says_why_one_is_not_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = web(dir.path());
+        let token = web.operator.api.identity.admin_token.clone();
+        let session = session_of(&send(&web, "POST", "/login", None, &format!("token={token}")).await);
+        let page = send(&web, "GET", "/updates", Some(&session), "").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        assert!(page.body.contains("No upgrade has run") && page.body.contains("(current)"), "{}", page.body);
+        let confirm = send(&web, "GET", "/updates/confirm/pause", Some(&session), "").await;
+        assert!(confirm.body.contains("Pause the upgrade?"), "{}", confirm.body);
+        let csrf = csrf_of(&confirm);
+        let forged = send(&web, "POST", "/updates/command", Some(&session), "command=pause&csrf=x").await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+        let pause = send(&web, "POST", "/updates/command", Some(&session), &format!("command=pause&csrf={csrf}")).await;
+        assert_eq!(pause.status, StatusCode::CONFLICT, "{}", pause.body);
+        assert!(pause.body.contains("Not done: no rollout is running to pause"), "{}", pause.body);
+        let odd = send(&web, "POST", "/updates/command", Some(&session), &format!("command=explode&csrf={csrf}")).await;
+        assert_eq!(odd.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            send(&web, "GET", "/updates/confirm/explode", Some(&session), "").await.status,
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[tokio::test]

@@ -37,6 +37,7 @@ fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
                             a href="/machines" { "Machines" }
                             a href="/cluster" { "Cluster" }
                             a href="/events" { "Events" }
+                            a href="/updates" { "Updates" }
                         }
                     }
                     @if let Some(csrf) = csrf {
@@ -470,6 +471,109 @@ pub fn events(csrf: &str, events: &[oasis_core::records::Event], filter: &str, n
                         }
                     }
                 }
+            }
+        },
+    )
+}
+
+/// What each rollout command does, for its confirmation: `(command, button words, what it does)`.
+pub const ROLLOUT_COMMANDS: &[(&str, &str, &str)] = &[
+    ("pause", "Pause", "let the machine being moved finish, then move no other until resumed"),
+    ("resume", "Resume", "move the remaining machines again, one at a time"),
+    ("cancel", "Cancel", "stop the upgrade and move the machines already moved back, one at a time"),
+];
+
+/// Where a machine in flight is, in words.
+fn phase_words(phase: oasis_core::rollout::Phase) -> &'static str {
+    match phase {
+        oasis_core::rollout::Phase::MovingLeader => "handing its lead to another machine",
+        oasis_core::rollout::Phase::Rebooting => "restarting into its new generation",
+        oasis_core::rollout::Phase::Checking => "back; its checks are running",
+    }
+}
+
+/// Updates: the generations installed, the rollout machine by machine, what holds it and why,
+/// and its commands (each confirmed on a page of its own).
+pub fn updates(csrf: &str, update: &crate::generations::UpdateStatus, notice: Option<&str>, now: u64) -> Markup {
+    layout(
+        "Updates",
+        Some(csrf),
+        html! {
+            h1 { "Updates" }
+            @if let Some(notice) = notice {
+                p class="notice" role="status" { (notice) }
+            }
+            section aria-labelledby="rollout" {
+                h2 id="rollout" { "Upgrade of the machines" }
+                @match &update.rollout {
+                    None => p { "No upgrade has run. Installing a newer bundle (oasis update apply) starts one." },
+                    Some(rollout) => {
+                        p id="rollout-state" { "Generation " (rollout.from) " to " (rollout.target) ": " strong { (rollout.state) } }
+                        @if !update.progress.is_empty() { p { "Now: " (update.progress) } }
+                        @if let Some(failure) = &rollout.failure {
+                            p class="notice" {
+                                (failure.machine) " failed the check '" (failure.gate) "': " (failure.detail)
+                                @if let Some(error) = &failure.last_error { " (its last error: " (error) ")" }
+                                @if failure.back { "; it is back on the generation it came from." }
+                                @else if failure.back_failed { "; going back failed too: look at the machine." }
+                                @else { "; it is going back." }
+                            }
+                        }
+                        p { (rollout.done.len()) " machines done, started " (ago(rollout.started_at, now)) "." }
+                        @if !rollout.in_flight.is_empty() {
+                            ul id="in-flight" {
+                                @for f in &rollout.in_flight {
+                                    li { (f.machine) " to generation " (f.to) ": " (phase_words(f.phase)) ", since " (ago(f.since, now)) }
+                                }
+                            }
+                        }
+                        div class="actions" {
+                            @for (command, words, _) in ROLLOUT_COMMANDS {
+                                a class="button" href={ "/updates/confirm/" (command) } { (words) }
+                            }
+                        }
+                    }
+                }
+            }
+            section aria-labelledby="generations" {
+                h2 id="generations" { "Generations installed" }
+                div class="scroll" {
+                    table id="generations" {
+                        thead { tr {
+                            th scope="col" { "Generation" } th scope="col" { "Version" } th scope="col" { "State" }
+                            th scope="col" { "Kernel" } th scope="col" { "Store" } th scope="col" { "Installed" }
+                        } }
+                        tbody {
+                            @for g in &update.generations {
+                                tr {
+                                    th scope="row" { (g.sequence) @if g.sequence == update.current { " (current)" } }
+                                    td { (g.version) } td { (g.state) }
+                                    td { (g.kernel.as_deref().unwrap_or("-")) } td { (g.etcd.as_deref().unwrap_or("-")) }
+                                    td { (g.installed_at.map_or_else(|| "-".to_string(), |at| ago(at, now))) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The page that asks before a rollout command is done.
+pub fn confirm_rollout(csrf: &str, command: &str, words: &str, what: &str) -> Markup {
+    layout(
+        words,
+        Some(csrf),
+        html! {
+            h1 { (words) " the upgrade?" }
+            p { "This will " (what) "." }
+            form method="post" action="/updates/command" class="confirm" {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="command" value=(command);
+                button type="submit" autofocus { "Yes, " (words.to_lowercase()) }
+                " "
+                a href="/updates" { "Cancel" }
             }
         },
     )
