@@ -248,11 +248,7 @@ pub fn machines(csrf: &str, rows: &[MachineRow]) -> Markup {
             } @else {
                 div class="scroll" {
                     table id="machines" {
-                        thead { tr {
-                            th scope="col" { "Machine" } th scope="col" { "State" } th scope="col" { "Role" }
-                            th scope="col" { "Power" } th scope="col" { "Address" } th scope="col" { "Inventory" }
-                            th scope="col" { "Last heard" } th scope="col" { "Generation" } th scope="col" { "BMC" }
-                        } }
+                        (head(&["Machine", "State", "Role", "Power", "Address", "Inventory", "Last heard", "Generation", "BMC"]))
                         tbody {
                             @for row in rows {
                                 tr data-mac=(row.mac) {
@@ -382,10 +378,7 @@ pub fn cluster(csrf: &str, status: Option<&ClusterStatus>) -> Markup {
                         } @else {
                             div class="scroll" {
                                 table id="members" {
-                                    thead { tr {
-                                        th scope="col" { "Machine" } th scope="col" { "Member" } th scope="col" { "Votes" }
-                                        th scope="col" { "Leads" } th scope="col" { "Answers" } th scope="col" { "Version" }
-                                    } }
+                                    (head(&["Machine", "Member", "Votes", "Leads", "Answers", "Version"]))
                                     tbody {
                                         @for m in &status.members {
                                             tr {
@@ -539,10 +532,7 @@ pub fn updates(csrf: &str, update: &crate::generations::UpdateStatus, notice: Op
                 h2 id="generations" { "Generations installed" }
                 div class="scroll" {
                     table id="generations" {
-                        thead { tr {
-                            th scope="col" { "Generation" } th scope="col" { "Version" } th scope="col" { "State" }
-                            th scope="col" { "Kernel" } th scope="col" { "Store" } th scope="col" { "Installed" }
-                        } }
+                        (head(&["Generation", "Version", "State", "Kernel", "Store", "Installed"]))
                         tbody {
                             @for g in &update.generations {
                                 tr {
@@ -577,6 +567,11 @@ pub fn confirm_rollout(csrf: &str, command: &str, words: &str, what: &str) -> Ma
             }
         },
     )
+}
+
+/// A table's head: a column header each.
+fn head(columns: &[&str]) -> Markup {
+    html! { thead { tr { @for column in columns { th scope="col" { (column) } } } } }
 }
 
 /// The stylesheet, compiled in.
