@@ -151,8 +151,6 @@ impl Identity {
         .map_err(|source| IdentityError::Write { path: path.clone(), source })
     }
 
-    /// The first 8 hex digits of the admin token's SHA-256: enough to tell tokens apart on a
-    /// console without showing the token.
     /// The SHA-256 of the HTTPS certificate as browsers show it (`AB:CD:...`): what a person
     /// compares before trusting the web page.
     pub fn certificate_fingerprint(&self) -> String {
@@ -161,6 +159,8 @@ impl Identity {
         digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
     }
 
+    /// The first 8 hex digits of the admin token's SHA-256: enough to tell tokens apart on a
+    /// console without showing the token.
     pub fn admin_token_fingerprint(&self) -> String {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(self.admin_token.as_bytes()))[..8].to_string()
