@@ -42,19 +42,28 @@ impl Read for BodyReader {
     }
 }
 
-/// A reader of `body`, fed by a task that stops when the reader is dropped.
-fn reader_of(body: Body) -> BodyReader {
+/// A reader of `body`, and the task that feeds it. When the reader is dropped before the end
+/// (the verifier refused the bundle from its first bytes), the task reads the rest and drops it,
+/// up to `limit` bytes in all: a client still sending its upload then gets the refusal, not a
+/// connection reset under it (a server that closes with unread data sends a TCP reset, and the
+/// client's kernel may throw the answer away with it).
+fn reader_of(body: Body, limit: u64) -> (BodyReader, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(async move {
+    let feeder = tokio::spawn(async move {
         let mut stream = body.into_data_stream();
+        let (mut seen, mut reader_gone) = (0u64, false);
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| io::Error::other(format!("the upload broke off: {e}")));
-            if tx.send(chunk).await.is_err() {
+            seen = seen.saturating_add(chunk.as_ref().map_or(0, |c| c.len() as u64));
+            if seen > limit || (reader_gone && chunk.is_err()) {
                 break;
+            }
+            if !reader_gone {
+                let chunk = chunk.map_err(|e| io::Error::other(format!("the upload broke off: {e}")));
+                reader_gone = tx.send(chunk).await.is_err();
             }
         }
     });
-    BodyReader { chunks: rx, current: Bytes::new() }
+    (BodyReader { chunks: rx, current: Bytes::new() }, feeder)
 }
 
 /// Installs the bundle uploaded as `body` (authorised by the caller).
@@ -71,7 +80,14 @@ pub async fn apply_upload(
             text: format!("the upload is {length} bytes, over this appliance's limit of {limit} for an update bundle"),
         });
     }
-    Ok(generations.apply(reader_of(body)).await?)
+    let (reader, feeder) = reader_of(body, limit);
+    let applied = generations.apply(reader).await;
+    if applied.is_err() {
+        // The answer waits for the rest of the upload (see `reader_of`); the connection's own
+        // body timeouts bound a client that stops sending.
+        let _ = feeder.await;
+    }
+    Ok(applied?)
 }
 
 #[cfg(test)]
@@ -84,7 +100,7 @@ mod tests {
             (0..50u8).map(|i| Ok(Bytes::from(vec![i; 1000 + i as usize]))).collect();
         let expected: Vec<u8> = (0..50u8).flat_map(|i| vec![i; 1000 + i as usize]).collect();
         let body = Body::from_stream(futures::stream::iter(chunks));
-        let mut reader = reader_of(body);
+        let (mut reader, _) = reader_of(body, u64::MAX);
         let read = tokio::task::spawn_blocking(move || {
             let mut all = vec![];
             let mut small = [0u8; 333];
@@ -101,11 +117,32 @@ mod tests {
         assert_eq!(read, expected);
     }
 
+    /// A reader dropped early (a bundle refused from its first bytes): the rest of the upload is
+    /// still read, up to the limit and no further, so that the client gets the answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_rest_of_a_refused_upload_is_read_up_to_the_limit() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for (limit, read_at_most) in [(u64::MAX, 50), (10_000, 11)] {
+            let taken = std::sync::Arc::new(AtomicUsize::new(0));
+            let counted = taken.clone();
+            let chunks = futures::stream::iter(0..50).map(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, io::Error>(Bytes::from(vec![0u8; 1000]))
+            });
+            let (mut reader, feeder) = reader_of(Body::from_stream(chunks), limit);
+            let first = tokio::task::spawn_blocking(move || reader.read(&mut [0u8; 10]).unwrap()).await.unwrap();
+            assert_eq!(first, 10);
+            feeder.await.unwrap();
+            let read = taken.load(Ordering::SeqCst);
+            assert!(read <= read_at_most && (limit != u64::MAX || read == 50), "limit {limit}: {read} chunks read");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_broken_upload_is_an_error_not_a_short_file() {
         let chunks: Vec<Result<Bytes, io::Error>> =
             vec![Ok(Bytes::from_static(b"OASIS")), Err(io::Error::other("reset"))];
-        let mut reader = reader_of(Body::from_stream(futures::stream::iter(chunks)));
+        let (mut reader, _) = reader_of(Body::from_stream(futures::stream::iter(chunks)), u64::MAX);
         let e = tokio::task::spawn_blocking(move || reader.read_to_end(&mut vec![])).await.unwrap().unwrap_err();
         assert!(e.to_string().contains("broke off"), "{e}");
     }
