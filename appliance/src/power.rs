@@ -362,6 +362,20 @@ impl PowerControl {
         report
     }
 
+    /// A power cycle into a network boot, as fencing and the rollout do it: the one-time network
+    /// boot first (a machine hung in its OS starts afresh from the appliance; a BMC that refuses
+    /// it still gets the cycle), then the cycle. What the cycle came to.
+    pub async fn cycle_from_network(
+        &self,
+        store: &Store,
+        mac: MacAddr,
+        id: Option<String>,
+        reason: &str,
+    ) -> PowerReport {
+        self.act(store, mac, id.clone(), PowerOp::Pxe, reason).await;
+        self.act(store, mac, id, PowerOp::Cycle, reason).await
+    }
+
     /// `mac`'s BMC to itself until the guard drops (nothing, for a machine without one).
     async fn turn_of(&self, mac: MacAddr) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         let turn = Arc::clone(&self.bmc(mac)?.turn);
@@ -484,9 +498,7 @@ fn operator_kept_off(store: &Store) -> std::collections::HashSet<MacAddr> {
 /// A driver for one configured BMC, or why the config cannot make one.
 fn driver(bmc: &BmcSettings) -> Result<Arc<dyn PowerDriver>, String> {
     match &bmc.endpoint {
-        BmcEndpoint::Ipmi { address } => IpmiLan::new(address, &bmc.user, bmc.password.expose(), REQUEST_TIMEOUT)
-            .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
-            .map_err(|e| e.to_string()),
+        BmcEndpoint::Ipmi { address } => ipmi_driver(address, &bmc.user, bmc.password.expose()),
         BmcEndpoint::Redfish { url, fingerprint } => Redfish::new(RedfishConfig {
             url: url.clone(),
             user: bmc.user.clone(),
@@ -499,6 +511,14 @@ fn driver(bmc: &BmcSettings) -> Result<Arc<dyn PowerDriver>, String> {
         .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
         .map_err(|e| e.to_string()),
     }
+}
+
+/// An IPMI-over-LAN driver for the BMC at `address` (`HOST[:PORT]`), or why none can be made:
+/// the config's, the users agents made and the BMCs the scans found are all driven this way.
+fn ipmi_driver(address: &str, user: &str, password: &str) -> Result<Arc<dyn PowerDriver>, String> {
+    IpmiLan::new(address, user, password, REQUEST_TIMEOUT)
+        .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
+        .map_err(|e| e.to_string())
 }
 
 /// One action, then its state read back until it is what was asked (or the wait runs out,

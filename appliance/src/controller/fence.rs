@@ -6,12 +6,11 @@
 //! that changes the assembly (a machine its BMC could not power on) is handed to the next tick,
 //! which alone writes the assembly.
 
+use std::sync::Arc;
+
 use oasis_core::assembly::fence::{self, Fence, FenceStep, Heard};
 use oasis_core::assembly::planner::Assembly;
 use oasis_core::registry::Happening;
-
-use std::sync::Arc;
-
 use oasis_proto::MacAddr;
 
 use super::world::{Clock, Etcd};
@@ -109,15 +108,13 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
 }
 
 impl<E: Etcd, C: Clock> Controller<E, C> {
-    /// The cycle itself, in a task: the network boot first (a machine that hung in its OS starts
-    /// afresh from the appliance; a BMC that refuses it still gets the cycle), then the cycle. A
-    /// cycle that failed with the machine reading off is handed to the next tick.
+    /// The cycle itself, into a network boot, in a task. A cycle that failed with the machine
+    /// reading off is handed to the next tick.
     fn spawn_cycle(&mut self, id: &str, mac: MacAddr, cycled_at: u64, why: String) {
         let (api, outcomes, id) = (Arc::clone(&self.api), Arc::clone(&self.fence_outcomes), id.to_string());
         self.power_tasks.spawn(async move {
             let (power, store, named) = (&api.power, &api.store, Some(id.clone()));
-            power.act(store, mac, named.clone(), PowerOp::Pxe, &why).await;
-            let cycle = power.act(store, mac, named.clone(), PowerOp::Cycle, &why).await;
+            let cycle = power.cycle_from_network(store, mac, named.clone(), &why).await;
             if let Some(error) = cycle.error {
                 if power.act(store, mac, named, PowerOp::Status, &why).await.state == Some(PowerState::Off) {
                     let failed = CycleFailed { id, mac, cycled_at, error };

@@ -13,7 +13,6 @@ use oasis_proto::{Artifact, RebootRequest, ServiceState, ETCD_CLIENT_PORT};
 
 use super::world::{Clock, Etcd};
 use super::{Controller, ControllerError, Observation, Seen};
-use crate::power::PowerOp;
 
 /// What the rollout saw and did in one tick.
 pub(super) struct RolloutTick {
@@ -126,8 +125,7 @@ impl<E: Etcd, C: Clock> Controller<E, C> {
             // the flight waits for the machine to come back either way (each action is an event).
             let (api, mac, id, why) = (Arc::clone(&self.api), *mac, Some(machine.clone()), format!("rollout: {step}"));
             self.power_tasks.spawn(async move {
-                api.power.act(&api.store, mac, id.clone(), PowerOp::Pxe, &why).await;
-                api.power.act(&api.store, mac, id, PowerOp::Cycle, &why).await;
+                api.power.cycle_from_network(&api.store, mac, id, &why).await;
             });
         }
         // As committed: an install or an operator's command may have landed beside the step.

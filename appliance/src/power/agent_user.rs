@@ -8,23 +8,19 @@
 //! always wins: a machine with one is never asked.
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 use oasis_core::registry::Happening;
-use oasis_power::ipmi::IpmiLan;
-use oasis_power::PowerDriver;
+use oasis_power::ipmi::DEFAULT_PORT;
 use oasis_proto::{BmcAccount, LocalBmc, MacAddr};
 use serde::{Deserialize, Serialize};
 
-use super::{Bmc, Origin, PowerControl, REQUEST_TIMEOUT};
+use super::{ipmi_driver, Bmc, Origin, PowerControl};
 use crate::store::{Store, StoreError};
 
 /// The user an agent makes on its machine's BMC.
 pub const AGENT_USER: &str = "oasis";
 /// Where the store keeps the user an agent made, by the machine's boot MAC.
 pub(super) const AGENT_ACCOUNT: &str = "bmc-account/";
-/// IPMI's port for RMCP+ (the BMC's LAN address is what its agent reads).
-const RMCP_PORT: u16 = 623;
 /// The longest user name and password IPMI 2.0 carries.
 const MOST_USER: usize = 16;
 const MOST_PASSWORD: usize = 20;
@@ -110,10 +106,9 @@ impl PowerControl {
     /// Uses `account` for machine `mac` (in place of a user its agent made before); never in
     /// place of the config's BMC.
     pub(super) fn install(&self, mac: MacAddr, account: &AgentAccount) {
-        let endpoint = format!("{}:{RMCP_PORT}", account.address);
-        let driver = IpmiLan::new(&endpoint, &account.user, &account.password, REQUEST_TIMEOUT)
-            .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
-            .map_err(|e| e.to_string());
+        // The BMC's LAN address is what its agent read; RMCP+ answers on its usual port there.
+        let endpoint = format!("{}:{DEFAULT_PORT}", account.address);
+        let driver = ipmi_driver(&endpoint, &account.user, &account.password);
         let mut bmcs = self.bmcs.write().unwrap_or_else(|e| e.into_inner());
         if bmcs.iter().any(|b| b.machine == mac && b.origin != Origin::Agent) {
             return;

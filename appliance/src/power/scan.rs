@@ -20,7 +20,7 @@ use oasis_power::ipmi::{IpmiLan, DEFAULT_PORT};
 use oasis_power::{PowerDriver, PowerError, PowerState};
 use oasis_proto::{LocalBmc, MacAddr};
 
-use super::{Bmc, BmcOwners, Origin, PowerControl, PowerOp, REQUEST_TIMEOUT};
+use super::{ipmi_driver, Bmc, BmcOwners, Origin, PowerControl, PowerOp};
 use crate::store::Store;
 
 /// How often the subnets are scanned again: a BMC cabled or powered later is found then.
@@ -171,9 +171,7 @@ fn probe(address: Ipv4Addr, scan: &ScanSettings) -> Option<Probe> {
 
 /// The driver for a BMC found by `scan` at `endpoint`.
 fn driver(endpoint: &str, scan: &ScanSettings) -> Result<Arc<dyn PowerDriver>, String> {
-    IpmiLan::new(endpoint, &scan.user, scan.password.expose(), REQUEST_TIMEOUT)
-        .map(|d| Arc::new(d) as Arc<dyn PowerDriver>)
-        .map_err(|e| e.to_string())
+    ipmi_driver(endpoint, &scan.user, scan.password.expose())
 }
 
 /// The event of an address found answering, or answering differently than before.
