@@ -54,7 +54,8 @@ fn reader_of(body: Body, limit: u64) -> (BodyReader, tokio::task::JoinHandle<()>
         let (mut seen, mut reader_gone) = (0u64, false);
         while let Some(chunk) = stream.next().await {
             seen = seen.saturating_add(chunk.as_ref().map_or(0, |c| c.len() as u64));
-            if seen > limit || (reader_gone && chunk.is_err()) {
+            // While the verifier reads, it bounds the upload itself (and says so).
+            if reader_gone && (seen > limit || chunk.is_err()) {
                 break;
             }
             if !reader_gone {
