@@ -44,6 +44,11 @@ impl Web {
         Web { operator, sessions: Arc::default(), appliance: Arc::new(appliance) }
     }
 
+    /// The cluster as the controller last published it, where this appliance manages one.
+    fn cluster_status(&self) -> Option<Arc<ClusterStatus>> {
+        self.operator.cluster.as_ref().map(|c| Arc::clone(&c.status.borrow()))
+    }
+
     /// The live session the request's cookie names.
     fn session(&self, headers: &HeaderMap) -> Option<(String, Session)> {
         let id = cookie_session(headers)?;
@@ -106,14 +111,13 @@ async fn overview(State(web): State<Web>, headers: HeaderMap) -> Response {
 
 /// Every machine with the cluster's view of it, or the page that says they could not be read.
 async fn machine_entries(web: &Web) -> Result<(Vec<MachineEntry>, Option<Arc<ClusterStatus>>), Response> {
-    let status = web.operator.cluster.as_ref().map(|c| Arc::clone(&c.status.borrow()));
+    let status = web.cluster_status();
     match web.operator.handle(Action::Machines).await {
         Ok(Answer::Machines(machines)) => Ok((machines, status)),
         Ok(_) => Ok((vec![], status)),
         Err(error) => {
             let words = format!("The machines could not be read: {error}. Try again in a moment.");
-            Err((StatusCode::SERVICE_UNAVAILABLE, Html(pages::problem("Not now", &words).into_string()))
-                .into_response())
+            Err(problem(StatusCode::SERVICE_UNAVAILABLE, "Not now", &words))
         }
     }
 }
@@ -131,7 +135,7 @@ async fn machines(State(web): State<Web>, headers: HeaderMap) -> Response {
 
 async fn cluster(State(web): State<Web>, headers: HeaderMap) -> Response {
     let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
-    let status = web.operator.cluster.as_ref().map(|c| Arc::clone(&c.status.borrow()));
+    let status = web.cluster_status();
     Html(pages::cluster(&session.csrf, status.as_deref()).into_string()).into_response()
 }
 
@@ -151,8 +155,7 @@ async fn events(
         Ok(_) => vec![],
         Err(error) => {
             let words = format!("The events could not be read: {error}. Try again in a moment.");
-            return (StatusCode::SERVICE_UNAVAILABLE, Html(pages::problem("Not now", &words).into_string()))
-                .into_response();
+            return problem(StatusCode::SERVICE_UNAVAILABLE, "Not now", &words);
         }
     };
     let shown: Vec<_> = all
@@ -172,7 +175,7 @@ async fn updates_page(web: &Web, csrf: &str, notice: Option<&str>) -> Response {
         Ok(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         Err(error) => {
             let words = format!("The updates could not be read: {error}. Try again in a moment.");
-            (StatusCode::SERVICE_UNAVAILABLE, Html(pages::problem("Not now", &words).into_string())).into_response()
+            problem(StatusCode::SERVICE_UNAVAILABLE, "Not now", &words)
         }
     }
 }
@@ -196,9 +199,17 @@ async fn confirm_rollout(State(web): State<Web>, headers: HeaderMap, Path(comman
     let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
     let Some((command, words, what)) = pages::ROLLOUT_COMMANDS.iter().find(|(c, _, _)| *c == command) else {
         let words = format!("There is no upgrade command {command:?}.");
-        return (StatusCode::NOT_FOUND, Html(pages::problem("No such command", &words).into_string())).into_response();
+        return problem(StatusCode::NOT_FOUND, "No such command", &words);
     };
-    Html(pages::confirm_rollout(&session.csrf, command, words, what).into_string()).into_response()
+    let confirmation = pages::Confirmation {
+        question: format!("{words} the upgrade?"),
+        what,
+        words,
+        post_to: "/updates/command".into(),
+        field: ("command", command),
+        back: "/updates".into(),
+    };
+    Html(pages::confirm(&session.csrf, &confirmation).into_string()).into_response()
 }
 
 /// A rollout command's form.
@@ -211,7 +222,7 @@ struct CommandForm {
 }
 
 async fn rollout_command(State(web): State<Web>, headers: HeaderMap, Form(form): Form<CommandForm>) -> Response {
-    let (_, session) = match change_session(&web, &headers, &ChangeForm { csrf: form.csrf.clone() }) {
+    let (_, session) = match change_session(&web, &headers, &form.csrf) {
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
@@ -219,14 +230,18 @@ async fn rollout_command(State(web): State<Web>, headers: HeaderMap, Form(form):
         Ok(action) => action,
         Err(error) => {
             let words = format!("{error}; nothing was done.");
-            return (StatusCode::NOT_FOUND, Html(pages::problem("No such command", &words).into_string()))
-                .into_response();
+            return problem(StatusCode::NOT_FOUND, "No such command", &words);
         }
     };
     match web.operator.handle(action).await {
         Ok(_) => Redirect::to(&format!("/updates?done={}", form.command)).into_response(),
         Err(error) => refused(updates_page(&web, &session.csrf, Some(&format!("Not done: {error}"))).await),
     }
+}
+
+/// A page for an error the visitor can do something about, with its status.
+fn problem(status: StatusCode, title: &str, words: &str) -> Response {
+    (status, Html(pages::problem(title, words).into_string())).into_response()
 }
 
 /// A page that says why an action was not done: 409 (unless the page itself failed).
@@ -262,7 +277,7 @@ async fn machine_page(web: &Web, csrf: &str, name: &str, notice: Option<&str>) -
     else {
         let words =
             format!("No machine is called {name:?}: it may have been forgotten. The machines page lists them all.");
-        return (StatusCode::NOT_FOUND, Html(pages::problem("No such machine", &words).into_string())).into_response();
+        return problem(StatusCode::NOT_FOUND, "No such machine", &words);
     };
     // Newest first, this machine's only.
     let events: Vec<_> = web.operator.api.store.events(2000).unwrap_or_default();
@@ -286,9 +301,17 @@ async fn confirm(State(web): State<Web>, headers: HeaderMap, Path((name, action)
     let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
     let Some((action, words, what)) = pages::MACHINE_ACTIONS.iter().find(|(a, _, _)| *a == action) else {
         let words = format!("There is no action {action:?} for a machine.");
-        return (StatusCode::NOT_FOUND, Html(pages::problem("No such action", &words).into_string())).into_response();
+        return problem(StatusCode::NOT_FOUND, "No such action", &words);
     };
-    Html(pages::confirm(&session.csrf, &name, action, words, what).into_string()).into_response()
+    let confirmation = pages::Confirmation {
+        question: format!("{words} {name}?"),
+        what,
+        words,
+        post_to: format!("/machines/{name}/act"),
+        field: ("action", action),
+        back: format!("/machines/{name}"),
+    };
+    Html(pages::confirm(&session.csrf, &confirmation).into_string()).into_response()
 }
 
 /// A machine action's form: the session's form token and the action.
@@ -319,13 +342,13 @@ async fn act(
     Path(name): Path<String>,
     Form(form): Form<ActForm>,
 ) -> Response {
-    let (_, session) = match change_session(&web, &headers, &ChangeForm { csrf: form.csrf.clone() }) {
+    let (_, session) = match change_session(&web, &headers, &form.csrf) {
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
     let Some(action) = machine_action(&name, &form.action) else {
         let words = format!("There is no action {:?} for a machine; nothing was done.", form.action);
-        return (StatusCode::NOT_FOUND, Html(pages::problem("No such action", &words).into_string())).into_response();
+        return problem(StatusCode::NOT_FOUND, "No such action", &words);
     };
     let failed = match web.operator.handle(action).await {
         Ok(Answer::Power(reports)) => reports.into_iter().find_map(|r| r.error),
@@ -417,25 +440,25 @@ impl IntoResponse for NotAllowed {
             NotAllowed::Forged => {
                 let words = "This request did not come from a page of this appliance (its form token is missing or \
                              wrong), so nothing was done. Reload the page and try again.";
-                (StatusCode::FORBIDDEN, Html(pages::problem("Refused", words).into_string())).into_response()
+                problem(StatusCode::FORBIDDEN, "Refused", words)
             }
         }
     }
 }
 
 /// The session of a change request, when its form token is the session's.
-fn change_session(web: &Web, headers: &HeaderMap, form: &ChangeForm) -> Result<(String, Session), Box<NotAllowed>> {
+fn change_session(web: &Web, headers: &HeaderMap, csrf: &str) -> Result<(String, Session), Box<NotAllowed>> {
     let Some((id, session)) = web.session(headers) else {
         return Err(Box::new(NotAllowed::NoSession(to_login(headers))));
     };
-    if !secrets_equal(&form.csrf, &session.csrf) {
+    if !secrets_equal(csrf, &session.csrf) {
         return Err(Box::new(NotAllowed::Forged));
     }
     Ok((id, session))
 }
 
 async fn logout(State(web): State<Web>, headers: HeaderMap, Form(form): Form<ChangeForm>) -> Response {
-    match change_session(&web, &headers, &form) {
+    match change_session(&web, &headers, &form.csrf) {
         Ok((id, _)) => {
             web.sessions.logout(&id);
             ([(header::SET_COOKIE, session::cookie_cleared())], Redirect::to("/login")).into_response()

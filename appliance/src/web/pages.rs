@@ -328,31 +328,43 @@ pub fn machine(
                 @if events.is_empty() {
                     p { "None yet." }
                 } @else {
-                    ul class="events" {
-                        @for e in events {
-                            li { span class="age" { (ago(e.at, now)) } " " span class="kind" { (e.kind) } " " (e.message) }
-                        }
-                    }
+                    (event_list(events, now))
                 }
             }
         },
     )
 }
 
+/// What a confirmation page asks, and where its one button sends the answer.
+#[derive(Debug)]
+pub struct Confirmation<'a> {
+    /// `Power off m3?`
+    pub question: String,
+    /// What it does, in a few words (`switch it off; oasis then leaves it off`).
+    pub what: &'a str,
+    /// The button's words (`Power off`).
+    pub words: &'a str,
+    /// Where the form posts, with its one field besides the form token.
+    pub post_to: String,
+    pub field: (&'a str, &'a str),
+    /// Where "Cancel" goes.
+    pub back: String,
+}
+
 /// The page that asks before an action is done: the one button that does it, and a way back.
-pub fn confirm(csrf: &str, name: &str, action: &str, words: &str, what: &str) -> Markup {
+pub fn confirm(csrf: &str, c: &Confirmation<'_>) -> Markup {
     layout(
-        words,
+        c.words,
         Some(csrf),
         html! {
-            h1 { (words) " " (name) "?" }
-            p { "This will " (what) "." }
-            form method="post" action={ "/machines/" (name) "/act" } class="confirm" {
+            h1 { (c.question) }
+            p { "This will " (c.what) "." }
+            form method="post" action=(c.post_to) class="confirm" {
                 input type="hidden" name="csrf" value=(csrf);
-                input type="hidden" name="action" value=(action);
-                button type="submit" autofocus { "Yes, " (words.to_lowercase()) }
+                input type="hidden" name=(c.field.0) value=(c.field.1);
+                button type="submit" autofocus { "Yes, " (c.words.to_lowercase()) }
                 " "
-                a href={ "/machines/" (name) } { "Cancel" }
+                a href=(c.back) { "Cancel" }
             }
         },
     )
@@ -455,15 +467,7 @@ pub fn events(csrf: &str, events: &[oasis_core::records::Event], filter: &str, n
             @if events.is_empty() {
                 p { "No event matches." }
             } @else {
-                ul class="events" id="events" {
-                    @for e in events {
-                        li {
-                            span class="age" { (ago(e.at, now)) } " "
-                            span class="kind" { (e.kind) } " "
-                            (e.message)
-                        }
-                    }
-                }
+                (event_list(events, now))
             }
         },
     )
@@ -550,23 +554,15 @@ pub fn updates(csrf: &str, update: &crate::generations::UpdateStatus, notice: Op
     )
 }
 
-/// The page that asks before a rollout command is done.
-pub fn confirm_rollout(csrf: &str, command: &str, words: &str, what: &str) -> Markup {
-    layout(
-        words,
-        Some(csrf),
-        html! {
-            h1 { (words) " the upgrade?" }
-            p { "This will " (what) "." }
-            form method="post" action="/updates/command" class="confirm" {
-                input type="hidden" name="csrf" value=(csrf);
-                input type="hidden" name="command" value=(command);
-                button type="submit" autofocus { "Yes, " (words.to_lowercase()) }
-                " "
-                a href="/updates" { "Cancel" }
+/// Events, a line each: how long ago, the kind, the words.
+fn event_list(events: &[oasis_core::records::Event], now: u64) -> Markup {
+    html! {
+        ul class="events" {
+            @for e in events {
+                li { span class="age" { (ago(e.at, now)) } " " span class="kind" { (e.kind) } " " (e.message) }
             }
-        },
-    )
+        }
+    }
 }
 
 /// A table's head: a column header each.
