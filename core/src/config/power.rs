@@ -131,8 +131,7 @@ impl ScanSettings {
 
     /// Whether `address` is in this subnet.
     pub fn contains(&self, address: std::net::Ipv4Addr) -> bool {
-        let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-        u32::from(address) & mask == u32::from(self.network)
+        u32::from(address) & prefix_mask(self.prefix) == u32::from(self.network)
     }
 
     /// `10.0.3.0/24`, for messages.
@@ -371,8 +370,7 @@ fn check_scan(raw: &RawScan, lines: Lines<'_>) -> Result<ScanSettings, PowerConf
     if prefix < SCAN_WIDEST {
         return Err(PowerConfigError::ScanTooWide { at, found, size: 1u64 << (32 - prefix) });
     }
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    let network = std::net::Ipv4Addr::from(u32::from(address) & mask);
+    let network = std::net::Ipv4Addr::from(u32::from(address) & prefix_mask(prefix));
     if network != address {
         return Err(PowerConfigError::ScanHostBits { at, found, network, prefix });
     }
@@ -387,6 +385,11 @@ fn check_scan(raw: &RawScan, lines: Lines<'_>) -> Result<ScanSettings, PowerConf
         return Err(PowerConfigError::IpmiLength { at, what: "password", most: IPMI_MOST_PASSWORD });
     }
     Ok(ScanSettings { network, prefix, user: user.into(), password: raw.password.clone() })
+}
+
+/// The netmask of a /`prefix` as a number (a /0 has none).
+fn prefix_mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
 }
 
 /// The longest user name and password IPMI 2.0 carries (RAKP's fields).
