@@ -448,14 +448,12 @@ impl Launch<'_> {
         let tls = api::tls_config(&api.identity)?;
         let guard = Guard::new(Listener::Api, self.caps.api.clone(), Timeouts::default(), self.metrics.clone());
         let operator = crate::operator::Operator { api: api.clone(), cluster: Some(cluster.clone()) };
-        let appliance = crate::web::Appliance {
-            version: env!("CARGO_PKG_VERSION"),
-            address: self.config.address,
-            fingerprint: api.identity.certificate_fingerprint(),
-        };
+        let fingerprint = api.identity.certificate_fingerprint();
+        tracing::info!(%addr, %fingerprint, "API and web page serving (HTTPS)");
+        let appliance =
+            crate::web::Appliance { version: env!("CARGO_PKG_VERSION"), address: self.config.address, fingerprint };
         let router = api::router(api.clone()).merge(crate::web::router(crate::web::Web::new(operator, appliance)));
         self.services.spawn("API", api::serve(listener, tls, router, guard));
-        tracing::info!(%addr, fingerprint = %api.identity.certificate_fingerprint(), "API and web page serving (HTTPS)");
         Ok(())
     }
 
