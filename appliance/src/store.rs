@@ -309,6 +309,8 @@ struct Shared {
     metrics: Option<Arc<Metrics>>,
     /// When an unreadable record was last logged.
     read_error_logged: Mutex<Option<Instant>>,
+    /// Counts the commits: what follows the store live (the web page) waits on it.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -700,6 +702,7 @@ impl Store {
             new,
             metrics: options.metrics.clone(),
             read_error_logged: Mutex::new(None),
+            commits: tokio::sync::watch::channel(0).0,
         });
         let writer = Writer { shared: shared.clone(), limits: options.events, tally: Tally::new(TALLY_WINDOW), space };
         if let Some(change) = change {
@@ -715,6 +718,12 @@ impl Store {
             store.record_event(Happening { kind: "store-taken-back", mac: None, message });
         }
         Ok(store)
+    }
+
+    /// Changes each time a batch of writes is committed (the number of commits so far): for
+    /// what follows the store live, without reading it again and again.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.commits.subscribe()
     }
 
     /// The store file.
@@ -1239,6 +1248,9 @@ impl<P: Partition> Writer<P> {
 
     /// Tells each caller: `result` to the applied ones, `Full` to the ones refused for space.
     fn reply(&self, writes: Vec<Write>, applied: &[bool], result: Result<(), Refused>) {
+        if result.is_ok() {
+            self.shared.commits.send_modify(|n| *n += 1);
+        }
         for (i, write) in writes.into_iter().enumerate() {
             if result.is_ok() && !applied.get(i).copied().unwrap_or(false) {
                 self.shared.count(ErrorKind::StoreFull);

@@ -5,6 +5,7 @@
 //! ([`session`]); every change a page asks for carries the session's form token, and goes
 //! through the one [`Operator`], so the page can do nothing the CLI cannot.
 
+mod live;
 mod pages;
 pub mod session;
 
@@ -71,7 +72,9 @@ pub fn router(web: Web) -> Router {
         .route("/machines/{name}", get(machine))
         .route("/machines/{name}/confirm/{action}", get(confirm))
         .route("/machines/{name}/act", post(act))
+        .route("/live", get(live))
         .route("/assets/oasis.css", get(stylesheet))
+        .route("/assets/live.js", get(script))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(web)
 }
@@ -471,6 +474,26 @@ async fn stylesheet() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], pages::STYLESHEET).into_response()
 }
 
+async fn script() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], pages::LIVE_SCRIPT).into_response()
+}
+
+/// `GET /live`: server-sent events for an open page, a `change` each time the store commits or
+/// the cluster's picture changes, at most every [`live::AT_MOST_EVERY`]; the stream ends when
+/// the session does. Without a session: 401 (the page's script then reloads into the login).
+async fn live(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some((id, _)) = web.session(&headers) else {
+        return problem(StatusCode::UNAUTHORIZED, "Log in", "Your session ended: log in again.");
+    };
+    let changes = live::Changes::new(&web, id);
+    let stream = futures::stream::unfold(changes, |mut changes| async move {
+        let seen = changes.next().await?;
+        let event = axum::response::sse::Event::default().event("change").data(seen.to_string());
+        Some((Ok::<_, std::convert::Infallible>(event), changes))
+    });
+    axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
@@ -683,6 +706,36 @@ mod tests {
         let none = send(&web, "GET", "/events?q=nothing-like-it", Some(&session), "").await;
         assert!(none.body.contains("No event matches"), "{}", none.body);
         assert_eq!(send(&web, "GET", "/cluster", None, "").await.status, StatusCode::SEE_OTHER, "behind the login");
+    }
+
+    /// `/live` tells an open page when the store commits, and only while its session lives.
+    #[tokio::test]
+    async fn an_open_page_is_told_of_each_commit_while_its_session_lives() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let web = web(dir.path());
+        assert_eq!(send(&web, "GET", "/live", None, "").await.status, StatusCode::UNAUTHORIZED);
+        let token = web.operator.api.identity.admin_token.clone();
+        let session = session_of(&send(&web, "POST", "/login", None, &format!("token={token}")).await);
+        let req = Request::get("/live")
+            .header(header::COOKIE, format!("{}={session}", session::COOKIE))
+            .body(Body::empty())
+            .unwrap();
+        let res = router(web.clone()).oneshot(req).await.unwrap();
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "text/event-stream");
+        let mut frames = res.into_body().into_data_stream();
+        let store = &web.operator.api.store;
+        store.record_event(Happening { kind: "test", mac: None, message: "a change".into() });
+        store.flush().await.unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), frames.next()).await;
+        let frame = next.expect("told within 10 s").expect("a frame").unwrap();
+        assert_eq!(String::from_utf8_lossy(&frame), "event: change\ndata: 1\n\n");
+        // Logged out: the next change ends the stream instead of telling it.
+        web.sessions.logout(&session);
+        store.record_event(Happening { kind: "test", mac: None, message: "another".into() });
+        store.flush().await.unwrap();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), frames.next()).await;
+        assert!(next.expect("ended within 10 s").is_none(), "the stream ends with the session");
     }
 
     /// The updates page: the generations and no rollout; a command is confirmed first, refused

@@ -19,6 +19,7 @@
 pub mod appliance;
 pub mod appliance_vm;
 pub mod assets;
+pub mod browser;
 pub mod bundles;
 pub mod dhcp_client;
 pub mod dnsmasq;

@@ -77,7 +77,7 @@ fn the_web_page_logs_in_with_the_admin_token_and_out_with_its_form_token() {
         Some("pending") => "waiting to be accepted",
         other => other.expect("a state"),
     };
-    assert!(row.contains(&format!("data-field=\"state\">{state}<")), "{state} in {row}");
+    assert!(row.contains(&format!("data-field=\"state\" data-label=\"State\">{state}<")), "{state} in {row}");
 
     let (code, page) = curl(&ns, &["-b", jar, "-d", "csrf=forged", &format!("{base}/logout")]);
     assert_eq!(code, 403, "{page}");

@@ -27,6 +27,9 @@ fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · oasis" }
                 link rel="stylesheet" href="/assets/oasis.css";
+                @if csrf.is_some() {
+                    script src="/assets/live.js" defer {}
+                }
             }
             body {
                 header {
@@ -64,6 +67,8 @@ pub fn login(notice: Option<&str>) -> Markup {
                 p class="notice" role="alert" { (notice) }
             }
             form method="post" action="/login" class="login" {
+                // For password managers and screen readers: the token is the admin's.
+                input type="text" name="user" value="admin" autocomplete="username" hidden;
                 label for="token" { "Admin token" }
                 input id="token" name="token" type="password" autocomplete="current-password" required autofocus;
                 p class="hint" {
@@ -82,47 +87,50 @@ pub fn overview(csrf: &str, status: Option<&ClusterStatus>, machines: &[MachineE
     layout(
         "Overview",
         Some(csrf),
-        html! {
-            h1 { "Overview" }
-            section aria-labelledby="cluster" {
-                h2 id="cluster" { "Cluster" }
-                @match status {
-                    Some(status) => {
-                        p class={ "health " (health_class(status.health)) } { (health_words(status.health)) }
-                        @if !status.progress.is_empty() {
-                            p { "Now: " (status.progress) }
+        live(
+            "overview",
+            html! {
+                h1 { "Overview" }
+                section aria-labelledby="cluster" {
+                    h2 id="cluster" { "Cluster" }
+                    @match status {
+                        Some(status) => {
+                            p class={ "health " (health_class(status.health)) } { (health_words(status.health)) }
+                            @if !status.progress.is_empty() {
+                                p { "Now: " (status.progress) }
+                            }
+                            @if !status.rollout.is_empty() {
+                                p { "Upgrade: " (status.rollout) }
+                            }
+                            @for warning in &status.warnings {
+                                p class="notice" { (warning) }
+                            }
                         }
-                        @if !status.rollout.is_empty() {
-                            p { "Upgrade: " (status.rollout) }
-                        }
-                        @for warning in &status.warnings {
-                            p class="notice" { (warning) }
-                        }
-                    }
-                    None => p { "The cluster is not managed by this appliance." }
-                }
-            }
-            section aria-labelledby="machines" {
-                h2 id="machines" { "Machines" }
-                @if counts.is_empty() {
-                    p { "No machine has booted from the network yet." }
-                } @else {
-                    dl class="counts" {
-                        @for (state, count) in &counts {
-                            dt { (state) } dd { (count) }
-                        }
+                        None => p { "The cluster is not managed by this appliance." }
                     }
                 }
-            }
-            section aria-labelledby="appliance" {
-                h2 id="appliance" { "This appliance" }
-                dl {
-                    dt { "Version" } dd { (me.version) }
-                    dt { "Address" } dd { (me.address) }
-                    dt { "Certificate" } dd class="fingerprint" { (me.fingerprint) }
+                section aria-labelledby="machines" {
+                    h2 id="machines" { "Machines" }
+                    @if counts.is_empty() {
+                        p { "No machine has booted from the network yet." }
+                    } @else {
+                        dl class="counts" {
+                            @for (state, count) in &counts {
+                                dt { (state) } dd { (count) }
+                            }
+                        }
+                    }
                 }
-            }
-        },
+                section aria-labelledby="appliance" {
+                    h2 id="appliance" { "This appliance" }
+                    dl {
+                        dt { "Version" } dd { (me.version) }
+                        dt { "Address" } dd { (me.address) }
+                        dt { "Certificate" } dd class="fingerprint" { (me.fingerprint) }
+                    }
+                }
+            },
+        ),
     )
 }
 
@@ -208,6 +216,27 @@ pub struct MachineRow {
 }
 
 impl MachineRow {
+    /// The machines table's columns: the machine's name, then [`MachineRow::cells`].
+    const COLUMNS: [&'static str; 10] =
+        ["Machine", "Boot MAC", "State", "Role", "Power", "Address", "Inventory", "Last heard", "Generation", "BMC"];
+
+    /// The row's cells after its name: `(data-field, column, value)`.
+    fn cells(&self) -> [(&'static str, &'static str, &str); 9] {
+        let [_, columns @ ..] = Self::COLUMNS;
+        let values = [
+            ("mac", &self.mac),
+            ("state", &self.state),
+            ("role", &self.role),
+            ("power", &self.power),
+            ("address", &self.address),
+            ("inventory", &self.inventory),
+            ("heartbeat", &self.heartbeat),
+            ("generation", &self.generation),
+            ("bmc", &self.bmc),
+        ];
+        std::array::from_fn(|i| (values[i].0, columns[i], values[i].1.as_str()))
+    }
+
     pub fn of(entry: &MachineEntry, status: Option<&ClusterStatus>, now: u64) -> MachineRow {
         let dash = || "-".to_string();
         let registration = entry.registration.as_ref();
@@ -241,33 +270,31 @@ pub fn machines(csrf: &str, rows: &[MachineRow]) -> Markup {
     layout(
         "Machines",
         Some(csrf),
-        html! {
-            h1 { "Machines" }
-            @if rows.is_empty() {
-                p { "No machine has booted from the network yet." }
-            } @else {
-                div class="scroll" {
-                    table id="machines" {
-                        (head(&["Machine", "State", "Role", "Power", "Address", "Inventory", "Last heard", "Generation", "BMC"]))
-                        tbody {
-                            @for row in rows {
-                                tr data-mac=(row.mac) {
+        live(
+            "machine-list",
+            html! {
+                h1 { "Machines" }
+                @if rows.is_empty() {
+                    p { "No machine has booted from the network yet." }
+                } @else {
+                    div class="scroll" {
+                        table id="machines" {
+                            (head(&MachineRow::COLUMNS))
+                            tbody {
+                                @for row in rows {
+                                    tr data-mac=(row.mac) {
                                     th scope="row" { a href={ "/machines/" (row.name) } { (row.name) } }
-                                    td data-field="state" { (row.state) }
-                                    td data-field="role" { (row.role) }
-                                    td data-field="power" { (row.power) }
-                                    td data-field="address" { (row.address) }
-                                    td data-field="inventory" { (row.inventory) }
-                                    td data-field="heartbeat" { (row.heartbeat) }
-                                    td data-field="generation" { (row.generation) }
-                                    td data-field="bmc" { (row.bmc) }
+                                    @for (field, label, value) in row.cells() {
+                                        td data-field=(field) data-label=(label) { (value) }
+                                    }
+                                    }
                                 }
                             }
                         }
                     }
                 }
-            }
-        },
+            },
+        ),
     )
 }
 
@@ -294,44 +321,47 @@ pub fn machine(
     layout(
         &row.name,
         Some(csrf),
-        html! {
-            h1 { "Machine " (row.name) }
-            @if let Some(notice) = notice {
-                p class="notice" role="status" { (notice) }
-            }
-            section aria-labelledby="facts" {
-                h2 id="facts" { "What oasis knows" }
-                dl {
-                    dt { "Boot MAC" } dd { (row.mac) }
-                    dt { "State" } dd data-field="state" { (row.state) }
-                    dt { "Role" } dd { (row.role) }
-                    dt { "Power" } dd data-field="power" { (row.power) }
-                    dt { "BMC" } dd { (row.bmc) }
-                    dt { "Address" } dd { (row.address) }
-                    dt { "Inventory" } dd { (row.inventory) }
-                    dt { "Last heard" } dd { (row.heartbeat) }
-                    dt { "Generation" } dd { (row.generation) }
-                    dt { "Last error" } dd { (row.last_error.as_deref().unwrap_or("none")) }
+        live(
+            "machine",
+            html! {
+                h1 { "Machine " (row.name) }
+                @if let Some(notice) = notice {
+                    p class="notice" role="status" { (notice) }
                 }
-            }
-            section aria-labelledby="actions" {
-                h2 id="actions" { "Actions" }
-                p class="hint" { "Each asks you to confirm first." }
-                div class="actions" {
-                    @for (action, words, _) in MACHINE_ACTIONS {
-                        a class="button" href={ "/machines/" (row.name) "/confirm/" (action) } { (words) }
+                section aria-labelledby="facts" {
+                    h2 id="facts" { "What oasis knows" }
+                    dl {
+                        dt { "Boot MAC" } dd { (row.mac) }
+                        dt { "State" } dd data-field="state" { (row.state) }
+                        dt { "Role" } dd { (row.role) }
+                        dt { "Power" } dd data-field="power" { (row.power) }
+                        dt { "BMC" } dd { (row.bmc) }
+                        dt { "Address" } dd { (row.address) }
+                        dt { "Inventory" } dd { (row.inventory) }
+                        dt { "Last heard" } dd { (row.heartbeat) }
+                        dt { "Generation" } dd { (row.generation) }
+                        dt { "Last error" } dd { (row.last_error.as_deref().unwrap_or("none")) }
                     }
                 }
-            }
-            section aria-labelledby="events" {
-                h2 id="events" { "Events" }
-                @if events.is_empty() {
-                    p { "None yet." }
-                } @else {
-                    (event_list(events, now))
+                section aria-labelledby="actions" {
+                    h2 id="actions" { "Actions" }
+                    p class="hint" { "Each asks you to confirm first." }
+                    div class="actions" {
+                        @for (action, words, _) in MACHINE_ACTIONS {
+                            a class="button" href={ "/machines/" (row.name) "/confirm/" (action) } { (words) }
+                        }
+                    }
                 }
-            }
-        },
+                section aria-labelledby="events" {
+                    h2 id="events" { "Events" }
+                    @if events.is_empty() {
+                        p { "None yet." }
+                    } @else {
+                        (event_list(events, now))
+                    }
+                }
+            },
+        ),
     )
 }
 
@@ -376,45 +406,48 @@ pub fn cluster(csrf: &str, status: Option<&ClusterStatus>) -> Markup {
     layout(
         "Cluster",
         Some(csrf),
-        html! {
-            h1 { "Cluster" }
-            @match status {
-                None => p { "The cluster is not managed by this appliance." },
-                Some(status) => {
-                    p class={ "health " (health_class(status.health)) } { (health_words(status.health)) }
-                    @if !status.progress.is_empty() { p { "Now: " (status.progress) } }
-                    section aria-labelledby="members" {
-                        h2 id="members" { "Members of the cluster's store" }
-                        @if status.members.is_empty() {
-                            p { "None yet: the store starts once the control machines are chosen." }
-                        } @else {
-                            div class="scroll" {
-                                table id="members" {
-                                    (head(&["Machine", "Member", "Votes", "Leads", "Answers", "Version"]))
-                                    tbody {
-                                        @for m in &status.members {
-                                            tr {
-                                                th scope="row" { (m.machine.as_deref().unwrap_or("-")) }
-                                                td { (m.id) }
-                                                td { @if m.learner { "not yet (catching up)" } @else { "yes" } }
-                                                td { @if m.leader { "yes" } @else { "no" } }
-                                                td { @if m.healthy { "yes" } @else { "no" } }
-                                                td { (m.version.as_deref().unwrap_or("-")) }
+        live(
+            "cluster",
+            html! {
+                h1 { "Cluster" }
+                @match status {
+                    None => p { "The cluster is not managed by this appliance." },
+                    Some(status) => {
+                        p class={ "health " (health_class(status.health)) } { (health_words(status.health)) }
+                        @if !status.progress.is_empty() { p { "Now: " (status.progress) } }
+                        section aria-labelledby="members" {
+                            h2 id="members" { "Members of the cluster's store" }
+                            @if status.members.is_empty() {
+                                p { "None yet: the store starts once the control machines are chosen." }
+                            } @else {
+                                div class="scroll" {
+                                    table id="members" {
+                                        (head(&["Machine", "Member", "Votes", "Leads", "Answers", "Version"]))
+                                        tbody {
+                                            @for m in &status.members {
+                                                tr {
+                                                    th scope="row" { (m.machine.as_deref().unwrap_or("-")) }
+                                                    td { (m.id) }
+                                                    td { @if m.learner { "not yet (catching up)" } @else { "yes" } }
+                                                    td { @if m.leader { "yes" } @else { "no" } }
+                                                    td { @if m.healthy { "yes" } @else { "no" } }
+                                                    td { (m.version.as_deref().unwrap_or("-")) }
+                                                }
                                             }
                                         }
                                     }
                                 }
                             }
                         }
-                    }
-                    section aria-labelledby="mesh" {
-                        h2 id="mesh" { "Links between machines" }
-                        p class="hint" { "How long ago each machine (row) last heard from each other one (column) over the encrypted mesh." }
-                        (mesh_matrix(status))
+                        section aria-labelledby="mesh" {
+                            h2 id="mesh" { "Links between machines" }
+                            p class="hint" { "How long ago each machine (row) last heard from each other one (column) over the encrypted mesh." }
+                            (mesh_matrix(status))
+                        }
                     }
                 }
-            }
-        },
+            },
+        ),
     )
 }
 
@@ -464,11 +497,13 @@ pub fn events(csrf: &str, events: &[oasis_core::records::Event], filter: &str, n
                 input id="q" name="q" type="search" value=(filter);
                 button type="submit" { "Filter" }
             }
-            @if events.is_empty() {
-                p { "No event matches." }
-            } @else {
-                (event_list(events, now))
-            }
+            (live("event-list", html! {
+                @if events.is_empty() {
+                    p { "No event matches." }
+                } @else {
+                    (event_list(events, now))
+                }
+            }))
         },
     )
 }
@@ -500,7 +535,7 @@ pub fn updates(csrf: &str, update: &crate::generations::UpdateStatus, notice: Op
             @if let Some(notice) = notice {
                 p class="notice" role="status" { (notice) }
             }
-            section aria-labelledby="rollout" {
+            section aria-labelledby="rollout" id="rollout-section" data-live {
                 h2 id="rollout" { "Upgrade of the machines" }
                 @match &update.rollout {
                     None => p { "No upgrade has run. Installing a newer bundle (oasis update apply) starts one." },
@@ -532,7 +567,7 @@ pub fn updates(csrf: &str, update: &crate::generations::UpdateStatus, notice: Op
                     }
                 }
             }
-            section aria-labelledby="generations" {
+            section aria-labelledby="generations" id="generations-section" data-live {
                 h2 id="generations" { "Generations installed" }
                 div class="scroll" {
                     table id="generations" {
@@ -565,6 +600,12 @@ fn event_list(events: &[oasis_core::records::Event], now: u64) -> Markup {
     }
 }
 
+/// A part of a page that is kept current while the page is open (`live.js` replaces it with
+/// the same part of the page fetched again after the appliance says something changed).
+fn live(id: &str, body: Markup) -> Markup {
+    html! { div id=(id) data-live { (body) } }
+}
+
 /// A table's head: a column header each.
 fn head(columns: &[&str]) -> Markup {
     html! { thead { tr { @for column in columns { th scope="col" { (column) } } } } }
@@ -572,3 +613,6 @@ fn head(columns: &[&str]) -> Markup {
 
 /// The stylesheet, compiled in.
 pub const STYLESHEET: &str = include_str!("oasis.css");
+
+/// The script that keeps a page current (the only script of the page), compiled in.
+pub const LIVE_SCRIPT: &str = include_str!("live.js");
