@@ -33,6 +33,7 @@ pub mod etcd;
 pub mod exit;
 pub mod generations;
 pub mod identity;
+pub mod inventory;
 pub mod limits;
 pub mod netboot;
 pub mod operator;

@@ -42,17 +42,21 @@ impl Read for BodyReader {
     }
 }
 
-/// A reader of `body`, and the task that feeds it. When the reader is dropped before the end
-/// (the verifier refused the bundle from its first bytes), the task reads the rest and drops it,
-/// up to `limit` bytes in all: a client still sending its upload then gets the refusal, not a
-/// connection reset under it (a server that closes with unread data sends a TCP reset, and the
-/// client's kernel may throw the answer away with it).
-fn reader_of(body: Body, limit: u64) -> (BodyReader, tokio::task::JoinHandle<()>) {
+/// A reader of `chunks`, and the feed that fills it (to run beside the reader). When the reader
+/// is dropped before the end (the verifier refused the bundle from its first bytes), the feed
+/// reads the rest and drops it, up to `limit` bytes in all: a client still sending its upload
+/// then gets the refusal, not a connection reset under it (a server that closes with unread
+/// data sends a TCP reset, and the client's kernel may throw the answer away with it).
+fn reader_of<S, E>(chunks: S, limit: u64) -> (BodyReader, impl std::future::Future<Output = ()>)
+where
+    S: futures::Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
     let (tx, rx) = mpsc::channel(QUEUE);
-    let feeder = tokio::spawn(async move {
-        let mut stream = body.into_data_stream();
+    let feed = async move {
+        let mut chunks = std::pin::pin!(chunks);
         let (mut seen, mut reader_gone) = (0u64, false);
-        while let Some(chunk) = stream.next().await {
+        while let Some(chunk) = chunks.next().await {
             seen = seen.saturating_add(chunk.as_ref().map_or(0, |c| c.len() as u64));
             // While the verifier reads, it bounds the upload itself (and says so).
             if reader_gone && (seen > limit || chunk.is_err()) {
@@ -63,8 +67,8 @@ fn reader_of(body: Body, limit: u64) -> (BodyReader, tokio::task::JoinHandle<()>
                 reader_gone = tx.send(chunk).await.is_err();
             }
         }
-    });
-    (BodyReader { chunks: rx, current: Bytes::new() }, feeder)
+    };
+    (BodyReader { chunks: rx, current: Bytes::new() }, feed)
 }
 
 /// Installs the bundle uploaded as `body` (authorised by the caller).
@@ -81,13 +85,19 @@ pub async fn apply_upload(
             text: format!("the upload is {length} bytes, over this appliance's limit of {limit} for an update bundle"),
         });
     }
-    let (reader, feeder) = reader_of(body, limit);
-    let applied = generations.apply(reader).await;
-    if applied.is_err() {
-        // The answer waits for the rest of the upload (see `reader_of`); the connection's own
-        // body timeouts bound a client that stops sending.
-        let _ = feeder.await;
-    }
+    apply_stream(generations, body.into_data_stream()).await
+}
+
+/// Installs the bundle read from `chunks` (a request's body, or a form's file field). The
+/// answer waits for the rest of a refused upload (see [`reader_of`]); the connection's own body
+/// timeouts bound a client that stops sending.
+pub async fn apply_stream<S, E>(generations: &NodeGenerations, chunks: S) -> Result<Applied, ActionError>
+where
+    S: futures::Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    let (reader, feed) = reader_of(chunks, generations.max_upload_bytes());
+    let (applied, ()) = tokio::join!(generations.apply(reader), feed);
     Ok(applied?)
 }
 
@@ -101,7 +111,8 @@ mod tests {
             (0..50u8).map(|i| Ok(Bytes::from(vec![i; 1000 + i as usize]))).collect();
         let expected: Vec<u8> = (0..50u8).flat_map(|i| vec![i; 1000 + i as usize]).collect();
         let body = Body::from_stream(futures::stream::iter(chunks));
-        let (mut reader, _) = reader_of(body, u64::MAX);
+        let (mut reader, feed) = reader_of(body.into_data_stream(), u64::MAX);
+        tokio::spawn(feed);
         let read = tokio::task::spawn_blocking(move || {
             let mut all = vec![];
             let mut small = [0u8; 333];
@@ -130,7 +141,8 @@ mod tests {
                 counted.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, io::Error>(Bytes::from(vec![0u8; 1000]))
             });
-            let (mut reader, feeder) = reader_of(Body::from_stream(chunks), limit);
+            let (mut reader, feed) = reader_of(chunks, limit);
+            let feeder = tokio::spawn(feed);
             let first = tokio::task::spawn_blocking(move || reader.read(&mut [0u8; 10]).unwrap()).await.unwrap();
             assert_eq!(first, 10);
             feeder.await.unwrap();
@@ -143,7 +155,8 @@ mod tests {
     async fn a_broken_upload_is_an_error_not_a_short_file() {
         let chunks: Vec<Result<Bytes, io::Error>> =
             vec![Ok(Bytes::from_static(b"OASIS")), Err(io::Error::other("reset"))];
-        let (mut reader, _) = reader_of(Body::from_stream(futures::stream::iter(chunks)), u64::MAX);
+        let (mut reader, feed) = reader_of(futures::stream::iter(chunks), u64::MAX);
+        tokio::spawn(feed);
         let e = tokio::task::spawn_blocking(move || reader.read_to_end(&mut vec![])).await.unwrap().unwrap_err();
         assert!(e.to_string().contains("broke off"), "{e}");
     }

@@ -69,6 +69,10 @@ pub fn router(web: Web) -> Router {
         .route("/updates", get(updates))
         .route("/updates/confirm/{command}", get(confirm_rollout))
         .route("/updates/command", post(rollout_command))
+        // The bundle is streamed to the verifier, bounded by its own limit (`upload`).
+        .route("/updates/upload", post(upload_bundle).layer(axum::extract::DefaultBodyLimit::disable()))
+        .route("/downloads", get(downloads))
+        .route("/downloads/{file}", get(download))
         .route("/machines/{name}", get(machine))
         .route("/machines/{name}/confirm/{action}", get(confirm))
         .route("/machines/{name}/act", post(act))
@@ -240,6 +244,84 @@ async fn rollout_command(State(web): State<Web>, headers: HeaderMap, Form(form):
         Ok(_) => Redirect::to(&format!("/updates?done={}", form.command)).into_response(),
         Err(error) => refused(updates_page(&web, &session.csrf, Some(&format!("Not done: {error}"))).await),
     }
+}
+
+/// `POST /updates/upload`: a bundle from the updates page's form (its form token first, then
+/// the file), streamed into the same verifier and installer as the API's upload; the page then
+/// says what was installed, or why nothing was.
+async fn upload_bundle(State(web): State<Web>, headers: HeaderMap, mut form: axum::extract::Multipart) -> Response {
+    let csrf = match form.next_field().await {
+        Ok(Some(field)) if field.name() == Some("csrf") => field.text().await.unwrap_or_default(),
+        _ => String::new(),
+    };
+    let (_, session) = match change_session(&web, &headers, &csrf) {
+        Ok(found) => found,
+        Err(refused) => return refused.into_response(),
+    };
+    let bundle = match form.next_field().await {
+        Ok(Some(field)) if field.name() == Some("bundle") => field,
+        Ok(_) => {
+            return refused(updates_page(&web, &session.csrf, Some("Not done: choose a bundle file first.")).await)
+        }
+        Err(error) => {
+            let words = format!("Not done: the upload broke off ({error}). Nothing was installed; try again.");
+            return refused(updates_page(&web, &session.csrf, Some(&words)).await);
+        }
+    };
+    match crate::upload::apply_stream(&web.operator.api.generations, bundle).await {
+        Ok(applied) => {
+            let words = format!(
+                "Installed as generation {}: {}. The machines move to it one at a time.",
+                applied.generation.sequence, applied.summary
+            );
+            updates_page(&web, &session.csrf, Some(&words)).await
+        }
+        Err(error) => {
+            let words = format!("Not installed: {error}. Nothing was changed.");
+            let mut page = updates_page(&web, &session.csrf, Some(&words)).await;
+            if page.status() == StatusCode::OK {
+                *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            }
+            page
+        }
+    }
+}
+
+/// The kubeconfig, when the cluster has one.
+fn kubeconfig(web: &Web) -> Option<String> {
+    web.operator.cluster.as_ref().and_then(|c| c.kubeconfig.borrow().clone())
+}
+
+async fn downloads(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some((_, session)) = web.session(&headers) else { return to_login(&headers) };
+    let page = pages::downloads(&session.csrf, kubeconfig(&web).is_some(), web.cluster_status().is_some());
+    Html(page.into_string()).into_response()
+}
+
+/// `GET /downloads/{file}`: one of [`pages::DOWNLOADS`], made now.
+async fn download(State(web): State<Web>, headers: HeaderMap, Path(file): Path<String>) -> Response {
+    if web.session(&headers).is_none() {
+        return to_login(&headers);
+    }
+    let contents = match file.as_str() {
+        "inventory.txt" => match machine_entries(&web).await {
+            Ok((machines, status)) => Some(crate::inventory::text(&machines, status.as_deref())),
+            Err(page) => return page,
+        },
+        "cluster-status.txt" => web.cluster_status().map(|s| s.render()),
+        "kubeconfig" => kubeconfig(&web),
+        _ => None,
+    };
+    let Some(contents) = contents else {
+        let words = format!("There is no {file:?} to download now; the downloads page lists what there is.");
+        return problem(StatusCode::NOT_FOUND, "Not here", &words);
+    };
+    let disposition = format!("attachment; filename=\"{file}\"");
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)],
+        contents,
+    )
+        .into_response()
 }
 
 /// A page for an error the visitor can do something about, with its status.
@@ -706,6 +788,66 @@ mod tests {
         let none = send(&web, "GET", "/events?q=nothing-like-it", Some(&session), "").await;
         assert!(none.body.contains("No event matches"), "{}", none.body);
         assert_eq!(send(&web, "GET", "/cluster", None, "").await.status, StatusCode::SEE_OTHER, "behind the login");
+    }
+
+    /// A bundle from the updates page needs the form token before the file; one that fails its
+    /// checks is said and changes nothing. The downloads are made from the store, behind the login.
+    #[tokio::test]
+    async fn a_bundle_upload_needs_its_form_token_and_the_downloads_need_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = web(dir.path());
+        let id = register(&web).await;
+        let token = web.operator.api.identity.admin_token.clone();
+        let login = send(&web, "POST", "/login", None, &format!("token={token}")).await;
+        let session = session_of(&login);
+        let csrf = send(&web, "GET", "/updates", Some(&session), "").await.body;
+        let at = csrf.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+        let csrf = csrf[at..].split('"').next().unwrap().to_string();
+        let upload = |fields: Vec<(&'static str, String)>| {
+            let web = web.clone();
+            let session = session.clone();
+            async move {
+                let mut body = String::new();
+                for (name, value) in fields {
+                    body += &format!("--XyZ\r\nContent-Disposition: form-data; name=\"{name}\"");
+                    if name == "bundle" {
+                        body += "; filename=\"n.bundle\"\r\nContent-Type: application/octet-stream";
+                    }
+                    body += &format!("\r\n\r\n{value}\r\n");
+                }
+                body += "--XyZ--\r\n";
+                let req = Request::post("/updates/upload")
+                    .header(header::COOKIE, format!("{}={session}", session::COOKIE))
+                    .header(header::CONTENT_TYPE, "multipart/form-data; boundary=XyZ")
+                    .body(Body::from(body))
+                    .unwrap();
+                let res = router(web).oneshot(req).await.unwrap();
+                let status = res.status();
+                let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        let (status, _) = upload(vec![("bundle", "OASISBDL".into()), ("csrf", csrf.clone())]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "the file before the form token");
+        let (status, page) = upload(vec![("csrf", csrf.clone()), ("bundle", "not a bundle".into())]).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{page}");
+        assert!(page.contains("Not installed:") && page.contains("Nothing was changed"), "{page}");
+        let (status, page) = upload(vec![("csrf", csrf)]).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{page}");
+        assert!(page.contains("choose a bundle file"), "{page}");
+
+        assert_eq!(send(&web, "GET", "/downloads/inventory.txt", None, "").await.status, StatusCode::SEE_OTHER);
+        let inventory = send(&web, "GET", "/downloads/inventory.txt", Some(&session), "").await;
+        assert_eq!(inventory.status, StatusCode::OK);
+        assert!(inventory.body.starts_with("ID ") && inventory.body.contains(&id), "{}", inventory.body);
+        let disposition = inventory.headers[header::CONTENT_DISPOSITION].to_str().unwrap();
+        assert_eq!(disposition, "attachment; filename=\"inventory.txt\"");
+        for missing in ["kubeconfig", "cluster-status.txt", "..%2Fadmin-token"] {
+            let page = send(&web, "GET", &format!("/downloads/{missing}"), Some(&session), "").await;
+            assert_eq!(page.status, StatusCode::NOT_FOUND, "{missing}");
+        }
+        let page = send(&web, "GET", "/downloads", Some(&session), "").await;
+        assert!(page.body.contains("kubeconfig</strong>: not here yet"), "{}", page.body);
     }
 
     /// `/live` tells an open page when the store commits, and only while its session lives.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use fantoccini::Locator;
 use oasis_e2e::appliance::{self, Appliance};
 use oasis_e2e::browser::{self, Browser, Driver};
-use oasis_e2e::{oasis, workspace_root, Netns};
+use oasis_e2e::{bundles, node_image, oasis, workspace_root, Netns};
 
 /// Three machines waiting to be accepted: A is accepted from the CLI while the page is open, B
 /// from its own page, C is rejected from the CLI while the events page is open.
@@ -23,9 +23,18 @@ fn a_technician_logs_in_follows_the_machines_live_acts_on_one_and_logs_out() {
     let ns = Netns::create("oasis-ui").unwrap();
     ns.add_bridge("br0", Some("10.0.0.1/24")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let extra = "[registration]\npolicy = \"manual\"\n\n[profile]\nkernel = \"payload/vmlinuz\"\n\
-                 initrd = \"payload/initrd.img\"\n";
-    let config = appliance::write_config(dir.path(), "mode = \"off\"", &appliance::boot_root(dir.path()), extra);
+    // A signed bundle of the node image to upload from the updates page, and a copy with one
+    // byte changed.
+    let (private, public) = bundles::keygen(dir.path());
+    let bundle = dir.path().join("node-1.bundle");
+    bundles::build(&node_image().unwrap_or_else(|e| panic!("{e}")), 1, &private, &bundle);
+    let tampered = dir.path().join("tampered.bundle");
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&tampered, bytes).unwrap();
+    let extra = format!("[registration]\npolicy = \"manual\"\n\n[update]\ntrusted_keys = [\"{}\"]\n", public.display());
+    let config = appliance::write_config(dir.path(), "mode = \"off\"", &appliance::node_boot_root(dir.path()), &extra);
     let args = appliance::join_args(&config);
     let app = Appliance::start(&ns, &config, &dir.path().join("serve.log"));
     for (i, mac) in MACS.iter().enumerate() {
@@ -37,6 +46,8 @@ fn a_technician_logs_in_follows_the_machines_live_acts_on_one_and_logs_out() {
         token: std::fs::read_to_string(app.data_dir.join("admin-token")).unwrap().trim().to_string(),
         data_dir: app.data_dir.clone(),
         shots: workspace_root().join("docs/ui"),
+        bundle,
+        tampered,
     };
     let driver = Driver::start(&ns, &dir.path().join("chromedriver.log"));
     ns.run_inside(move || {
@@ -46,11 +57,14 @@ fn a_technician_logs_in_follows_the_machines_live_acts_on_one_and_logs_out() {
     drop(app);
 }
 
-/// What the browser's walk needs: the admin token, the store (for the CLI), where shots go.
+/// What the browser's walk needs: the admin token, the store (for the CLI), where shots go, the
+/// bundles to upload.
 struct Visit {
     token: String,
     data_dir: PathBuf,
     shots: PathBuf,
+    bundle: PathBuf,
+    tampered: PathBuf,
 }
 
 /// The appliance's HTTPS port (`oasis_proto::API_PORT`, checked at the start of the walk).
@@ -78,6 +92,8 @@ impl Visit {
         self.act_from_a_machine_page(&b).await;
         self.follow_the_events(&b).await;
         self.look_at_cluster_and_updates(&b).await;
+        self.install_a_bundle(&b).await;
+        self.look_at_downloads(&b).await;
         self.forged_changes_are_refused(&b).await;
         self.the_page_agrees_with_the_cli(&b).await;
         self.log_out(&b).await;
@@ -182,6 +198,42 @@ impl Visit {
         b.client.find(Locator::Css("form.confirm button")).await.unwrap().click().await.unwrap();
         let notice = b.wait_text(".notice", |t| !t.is_empty()).await;
         assert!(notice.starts_with("Not done:"), "{notice}");
+    }
+
+    /// A bundle uploaded from the updates page: a tampered one is refused and changes nothing,
+    /// the signed one is installed as generation 1 (as `oasis update status` then says).
+    async fn install_a_bundle(&self, b: &Browser) {
+        let upload = |file: PathBuf| async move {
+            b.goto(&format!("{BASE}/updates")).await;
+            let field = b.client.wait().for_element(Locator::Id("bundle")).await.unwrap();
+            field.send_keys(file.to_str().unwrap()).await.unwrap();
+            b.client.find(Locator::Css("form.upload button")).await.unwrap().click().await.unwrap();
+            b.wait_text(".notice", |t| !t.is_empty()).await
+        };
+        let refused = upload(self.tampered.clone()).await;
+        assert!(refused.starts_with("Not installed:"), "{refused}");
+        let installed = upload(self.bundle.clone()).await;
+        assert!(installed.starts_with("Installed as generation 1"), "{installed}");
+        b.screenshot(&self.shot("updates-installed")).await;
+        let status = self.cli(&["update", "status"]);
+        assert!(status.contains("0.15.1"), "{status}");
+    }
+
+    /// The downloads: the machines as the USB report lists them; no kubeconfig without
+    /// Kubernetes. A file is fetched by the page itself (its session), as the link would.
+    async fn look_at_downloads(&self, b: &Browser) {
+        b.goto(&format!("{BASE}/downloads")).await;
+        let list = b.wait_text("ul.downloads", |t| !t.is_empty()).await;
+        assert!(list.contains("kubeconfig: not here yet"), "{list}");
+        b.screenshot(&self.shot("downloads")).await;
+        let fetch =
+            "fetch('/downloads/inventory.txt').then(r => r.text()).then(arguments[0], e => arguments[0](String(e)));";
+        let inventory = b.run_async(fetch).await;
+        let inventory = inventory.as_str().unwrap_or_default();
+        for mac in MACS {
+            assert!(inventory.contains(mac), "{mac} in {inventory}");
+        }
+        assert!(inventory.starts_with("ID "), "{inventory}");
     }
 
     /// Changes without the session's form token, sent from the page itself (so the cookie

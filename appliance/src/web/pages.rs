@@ -41,6 +41,7 @@ fn layout(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
                             a href="/cluster" { "Cluster" }
                             a href="/events" { "Events" }
                             a href="/updates" { "Updates" }
+                            a href="/downloads" { "Downloads" }
                         }
                     }
                     @if let Some(csrf) = csrf {
@@ -538,7 +539,10 @@ pub fn updates(csrf: &str, update: &crate::generations::UpdateStatus, notice: Op
             section aria-labelledby="rollout" id="rollout-section" data-live {
                 h2 id="rollout" { "Upgrade of the machines" }
                 @match &update.rollout {
-                    None => p { "No upgrade has run. Installing a newer bundle (oasis update apply) starts one." },
+                    None => {
+                        p { "No upgrade has run. Installing a newer bundle (below, or oasis update apply) starts one." }
+                        @if !update.progress.is_empty() { p { "Now: " (update.progress) } }
+                    }
                     Some(rollout) => {
                         p id="rollout-state" { "Generation " (rollout.from) " to " (rollout.target) ": " strong { (rollout.state) } }
                         @if !update.progress.is_empty() { p { "Now: " (update.progress) } }
@@ -567,6 +571,21 @@ pub fn updates(csrf: &str, update: &crate::generations::UpdateStatus, notice: Op
                     }
                 }
             }
+            section aria-labelledby="upload" {
+                h2 id="upload" { "Install a bundle" }
+                form method="post" action="/updates/upload" enctype="multipart/form-data" class="upload" {
+                    // Before the file: the server checks it before reading the bundle.
+                    input type="hidden" name="csrf" value=(csrf);
+                    label for="bundle" { "Update bundle" }
+                    input id="bundle" name="bundle" type="file" accept=".bundle" required;
+                    button type="submit" { "Upload and check" }
+                }
+                p class="hint" {
+                    "The bundle's signature and every file in it are checked before anything is installed; a bundle \
+                     that fails the checks changes nothing. A newer generation is then rolled out to the machines \
+                     one at a time."
+                }
+            }
             section aria-labelledby="generations" id="generations-section" data-live {
                 h2 id="generations" { "Generations installed" }
                 div class="scroll" {
@@ -580,6 +599,40 @@ pub fn updates(csrf: &str, update: &crate::generations::UpdateStatus, notice: Op
                                     td { (g.kernel.as_deref().unwrap_or("-")) } td { (g.etcd.as_deref().unwrap_or("-")) }
                                     td { (g.installed_at.map_or_else(|| "-".to_string(), |at| ago(at, now))) }
                                 }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// What can be downloaded: `(file, what it is)`; the kubeconfig only when the cluster has one.
+pub const DOWNLOADS: &[(&str, &str)] = &[
+    ("inventory.txt", "The machines: id, serial, network cards, CPUs, memory, disks, state, role and power, a line each (as the USB stick's report has it)."),
+    ("cluster-status.txt", "The cluster's health, its members and what it waits for (as `oasis cluster status` says it)."),
+    ("kubeconfig", "Access to the Kubernetes cluster as its administrator: keep it as safe as the admin token."),
+];
+
+/// The downloads: the rack's report files, and the kubeconfig when there is one.
+pub fn downloads(csrf: &str, kubeconfig: bool, cluster: bool) -> Markup {
+    layout(
+        "Downloads",
+        Some(csrf),
+        html! {
+            h1 { "Downloads" }
+            section aria-labelledby="files" {
+                h2 id="files" { "The rack's report" }
+                ul class="downloads" {
+                    @for (file, what) in DOWNLOADS {
+                        li {
+                            @if (*file == "kubeconfig" && !kubeconfig) || (*file == "cluster-status.txt" && !cluster) {
+                                strong { (file) } ": not here yet. "
+                                @if *file == "kubeconfig" { "There is one once the cluster runs Kubernetes (a k3s bundle)." }
+                                @else { "The cluster is not managed by this appliance." }
+                            } @else {
+                                a href={ "/downloads/" (file) } download=(file) { (file) } ": " (what)
                             }
                         }
                     }
