@@ -20,6 +20,9 @@ use crate::store::{Store, StoreError};
 
 /// The file the admin token is written to, in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The SHA-256 of the HTTPS certificate as browsers show it, for the console's status block
+/// (which cannot open the store while `oasis serve` holds it).
+pub const CERTIFICATE_FINGERPRINT_FILE: &str = "web-certificate-sha256";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -129,26 +132,9 @@ impl Identity {
             admin_token,
             wireguard_private,
         };
-        identity.write_admin_token(data_dir)?;
+        write_file(data_dir, ADMIN_TOKEN_FILE, &identity.admin_token, 0o600)?;
+        write_file(data_dir, CERTIFICATE_FINGERPRINT_FILE, &identity.certificate_fingerprint(), 0o644)?;
         Ok(identity)
-    }
-
-    /// Writes the admin token file for the operator, unless it already says the token: a start
-    /// on a full data partition must not fail for a file it does not need to change. Written
-    /// aside and renamed (mode 0600), never truncated in place.
-    fn write_admin_token(&self, data_dir: &Path) -> Result<(), IdentityError> {
-        use std::os::unix::fs::PermissionsExt;
-        let path = data_dir.join(ADMIN_TOKEN_FILE);
-        let text = format!("{}\n", self.admin_token);
-        let private = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o077 == 0);
-        if std::fs::read_to_string(&path).is_ok_and(|t| t == text) && private(&path) {
-            return Ok(());
-        }
-        oasis_image::manifest::write_atomic_with(&path, |f| {
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            std::io::Write::write_all(f, text.as_bytes())
-        })
-        .map_err(|source| IdentityError::Write { path: path.clone(), source })
     }
 
     /// The SHA-256 of the HTTPS certificate as browsers show it (`AB:CD:...`): what a person
@@ -171,6 +157,24 @@ impl Identity {
     pub fn agent_kernel_args(&self, api_host: std::net::Ipv4Addr, api_port: u16) -> String {
         format!("oasis.api=https://{api_host}:{api_port} oasis.pin={}", self.pin)
     }
+}
+
+/// Writes `text` and a line ending to `DATA_DIR/name` for the operator (mode `mode`), unless it
+/// already says it: a start on a full data partition must not fail for a file it does not need
+/// to change. Written aside and renamed, never truncated in place.
+fn write_file(data_dir: &Path, name: &str, text: &str, mode: u32) -> Result<(), IdentityError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = data_dir.join(name);
+    let text = format!("{text}\n");
+    let same_mode = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o777 == mode);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t == text) && same_mode(&path) {
+        return Ok(());
+    }
+    oasis_image::manifest::write_atomic_with(&path, |f| {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        std::io::Write::write_all(f, text.as_bytes())
+    })
+    .map_err(|source| IdentityError::Write { path: path.clone(), source })
 }
 
 #[cfg(test)]
@@ -200,6 +204,9 @@ mod tests {
         let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "only root reads the admin token");
         assert!(!format!("{first:?}").contains(&first.join_token), "Debug shows no secret");
+        let certificate = std::fs::read_to_string(dir.path().join(CERTIFICATE_FINGERPRINT_FILE)).unwrap();
+        assert_eq!(certificate.trim(), first.certificate_fingerprint(), "for the console");
+        assert_eq!(certificate.trim().len(), 95, "{certificate}");
 
         // An unchanged token file is left alone (a start on a full partition must not fail on it).
         use std::os::unix::fs::MetadataExt;

@@ -134,6 +134,10 @@ impl Visit {
         b.wait_text("h1", |t| t == "Overview").await;
         let counts = b.wait_text("dl.counts", |t| t.contains("waiting to be accepted")).await;
         assert!(counts.contains('3'), "{counts}");
+        // The certificate's fingerprint the console shows (from the file serve writes for it).
+        let console = std::fs::read_to_string(self.data_dir.join("web-certificate-sha256")).unwrap();
+        let shown = b.wait_text("dd.fingerprint", |t| !t.is_empty()).await;
+        assert_eq!(shown, console.trim());
         b.screenshot(&self.shot("overview")).await;
     }
 

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::supervisor::CONFIG_FILE;
 use oasis_appliance::admin::{self, MachineEntry};
-use oasis_appliance::identity::ADMIN_TOKEN_FILE;
+use oasis_appliance::identity::{ADMIN_TOKEN_FILE, CERTIFICATE_FINGERPRINT_FILE};
 use oasis_core::assembly::status::ClusterStatus;
 use oasis_core::config::Config;
 
@@ -37,6 +37,10 @@ pub struct View {
     pub rack_address: String,
     /// First 16 hex digits of the token's SHA-256, or why there is none.
     pub admin_token: String,
+    /// The web page's address (`https://10.0.0.1:9443`), or why it is unknown.
+    pub web: String,
+    /// The SHA-256 of its certificate as browsers show it (`AB:CD:...`), or why there is none.
+    pub certificate: String,
 }
 
 /// The first 16 hex digits of the SHA-256 of the admin token in `DATA_DIR/admin-token` (the
@@ -63,9 +67,19 @@ pub fn fetch(data_dir: &Path) -> View {
         (Ok(None), _) | (_, Ok(None)) => Serve::NotRunning,
         (Err(e), _) | (_, Err(e)) => Serve::Failed(e),
     };
-    let rack_address = match Config::load(&data_dir.join(CONFIG_FILE)) {
-        Ok(c) => format!("{} on {}", c.rack_net(), c.interface),
-        Err(e) => format!("unknown ({e})", e = oasis_proto::error_chain(&e)),
+    let (rack_address, web) = match Config::load(&data_dir.join(CONFIG_FILE)) {
+        Ok(c) => (format!("{} on {}", c.rack_net(), c.interface), format!("https://{}:{}", c.address, c.api_port)),
+        Err(e) => {
+            let unknown = format!("unknown ({e})", e = oasis_proto::error_chain(&e));
+            (unknown.clone(), unknown)
+        }
+    };
+    let certificate = match std::fs::read_to_string(data_dir.join(CERTIFICATE_FINGERPRINT_FILE)) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "none yet (oasis serve makes it when it first starts)".to_string()
+        }
+        Err(e) => format!("unreadable: {e}"),
     };
     let admin_token = match token_fingerprint(data_dir) {
         Ok(fingerprint) => format!("sha256 {fingerprint}"),
@@ -74,7 +88,7 @@ pub fn fetch(data_dir: &Path) -> View {
         }
         Err(e) => format!("unreadable: {e}", e = oasis_proto::error_chain(&e)),
     };
-    View { serve, rack_address, admin_token }
+    View { serve, rack_address, admin_token, web, certificate }
 }
 
 /// The pending machines, oldest first.
@@ -195,6 +209,9 @@ pub fn render(view: &View) -> String {
     }
     lines.push(format!("rack address: {}", view.rack_address));
     lines.push(format!("admin token: {}", view.admin_token));
+    // The fingerprint (95 characters) on a line of its own, to compare with the browser's.
+    lines.push(format!("web page: {} (log in with the admin token); its certificate's SHA-256:", view.web));
+    lines.push(format!("  {}", view.certificate));
     let mut out = lines.join("\n");
     out.push('\n');
     out
@@ -217,6 +234,9 @@ mod tests {
             serve: Serve::Answering { machines: fixture(machines), cluster: fixture(cluster) },
             rack_address: "10.0.0.1/24 on eth0".into(),
             admin_token: "sha256 0123456789abcdef".into(),
+            web: "https://10.0.0.1:9443".into(),
+            certificate:
+                "20:11:0D:01:23:4F:09:12:CA:C7:C5:74:5C:87:E3:9F:CC:3A:92:65:C5:41:1F:A6:CC:FD:52:99:9F:B1:02:DB".into(),
         }
     }
 
