@@ -166,6 +166,25 @@ impl Browser {
         panic!("chromium could not visit {url}: the network kept changing");
     }
 
+    /// Moves the focus with the Tab key, as a keyboard-only visitor does, until it is on the
+    /// link or button whose text is `text`; then Enter follows or presses it.
+    pub async fn tab_to_and_enter(&self, text: &str) {
+        const TAB: &str = "\u{E004}";
+        const ENTER: &str = "\u{E007}";
+        let mut passed = vec![];
+        for _ in 0..40 {
+            let focused = self.client.active_element().await.expect("a focused element");
+            let words = focused.text().await.unwrap_or_default();
+            if words.trim() == text {
+                focused.send_keys(ENTER).await.unwrap();
+                return;
+            }
+            passed.push(words);
+            focused.send_keys(TAB).await.unwrap();
+        }
+        panic!("Tab never reached {text:?} on {}; it passed {passed:?}", self.url().await)
+    }
+
     /// The page's address now.
     pub async fn url(&self) -> String {
         self.client.current_url().await.map(|u| u.to_string()).unwrap_or_default()

@@ -157,16 +157,19 @@ impl Visit {
         b.screenshot(&self.shot("machines")).await;
     }
 
-    /// B accepted from its page: its link, the action, the confirmation, the page saying so.
+    /// B accepted from its page with the keyboard alone: its link, the action, the
+    /// confirmation, the page saying so.
     async fn act_from_a_machine_page(&self, b: &Browser) {
         let link = format!("tr[data-mac=\"{}\"] th a", MACS[1]);
         b.client.find(Locator::Css(&link)).await.unwrap().click().await.unwrap();
         b.wait_text("h1", |t| t.starts_with("Machine ")).await;
         b.screenshot(&self.shot("machine")).await;
-        b.client.find(Locator::LinkText("Accept")).await.unwrap().click().await.unwrap();
+        // With the keyboard alone: Tab to the action, Enter; the confirmation's button has the
+        // focus, Enter again.
+        b.tab_to_and_enter("Accept").await;
         b.wait_text("h1", |t| t.starts_with("Accept ")).await;
         b.screenshot(&self.shot("confirm")).await;
-        b.client.find(Locator::Css("form.confirm button")).await.unwrap().click().await.unwrap();
+        b.tab_to_and_enter("Yes, accept").await;
         let notice = b.wait_text(".notice", |t| !t.is_empty()).await;
         assert!(notice.starts_with("Accepted"), "{notice}");
         b.wait_text("dd[data-field=\"state\"]", |t| t == "accepted").await;
