@@ -10,19 +10,20 @@
 //!    decides, the store commits before the answer, and an accepted machine gets its management
 //!    link (a WireGuard peer, added after the registry's lock is released).
 //! 3. An operator acts through one door per interface (the CLI over the [`admin`] socket, the
-//!    HTTPS admin routes, the console's menu), each parsing into one [`operator::Action`] and its
-//!    one handler; [`operator::ActionError`] maps every error to an HTTP status, an exit code
-//!    ([`exit`]) and a console line.
+//!    HTTPS admin routes, the console's menu, the [`web`] page), each parsing into one
+//!    [`operator::Action`] and its one handler; [`operator::ActionError`] maps every error to an
+//!    HTTP status, an exit code ([`exit`]) and a console line.
 //! 4. The [`controller`] turns accepted machines into a cluster: each tick it observes etcd
 //!    ([`etcd`], certified by the cluster CA in [`pki`]) and the machines' heartbeats, asks the
 //!    planner for one step, executes it, and publishes each machine's desired state on the API.
-//! 5. An update bundle (admin socket, [`upload`] over HTTPS) becomes a node generation on the data
+//! 5. An update bundle (admin socket, [`upload`] over HTTPS or from the [`web`] page) becomes a node generation on the data
 //!    partition ([`generations`]); the [`controller`] then rolls the machines onto it one at a
 //!    time (`oasis_core::rollout` decides; `controller/rollout.rs` observes and asks each machine
 //!    to reboot into it) and sends a machine that fails its gates back.
 //!
 //! Also here: [`identity`] (the appliance's TLS key, admin token and secrets, made once and
-//! kept) and [`limits`] (the descriptor limit and the connection caps sized to fit in it).
+//! kept), [`limits`] (the descriptor limit and the connection caps sized to fit in it) and
+//! [`inventory`] (the machines as text, for the USB stick's report and the web page).
 
 pub mod admin;
 pub mod agent_power;

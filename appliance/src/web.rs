@@ -1,7 +1,8 @@
 //! The rack's web page (issue 18), served on the HTTPS API port beside the API, from HTML the
-//! server renders ([`pages`]) and a stylesheet compiled into the binary: nothing is fetched from
-//! anywhere else, and the Content-Security-Policy lets the browser load nothing but the
-//! appliance's own files. Logging in takes the admin token and gives a session cookie
+//! server renders ([`pages`]), a stylesheet and one script compiled into the binary: nothing is
+//! fetched from anywhere else, and the Content-Security-Policy lets the browser load nothing but
+//! the appliance's own files. An open page follows the appliance on `/live` ([`live`]) and
+//! fetches itself again when told something changed. Logging in takes the admin token and gives a session cookie
 //! ([`session`]); every change a page asks for carries the session's form token, and goes
 //! through the one [`Operator`], so the page can do nothing the CLI cannot.
 
