@@ -16,10 +16,11 @@
 //! 4. The [`controller`] turns accepted machines into a cluster: each tick it observes etcd
 //!    ([`etcd`], certified by the cluster CA in [`pki`]) and the machines' heartbeats, asks the
 //!    planner for one step, executes it, and publishes each machine's desired state on the API.
-//! 5. An update bundle (admin socket, [`upload`] over HTTPS or from the [`web`] page) becomes a node generation on the data
-//!    partition ([`generations`]); the [`controller`] then rolls the machines onto it one at a
-//!    time (`oasis_core::rollout` decides; `controller/rollout.rs` observes and asks each machine
-//!    to reboot into it) and sends a machine that fails its gates back.
+//! 5. An update bundle (admin socket, [`upload`] over HTTPS or from the [`web`] page) becomes a
+//!    node generation on the data partition ([`generations`]); the [`controller`] then rolls the
+//!    machines onto it one at a time (`oasis_core::rollout` decides; `controller/rollout.rs`
+//!    observes and asks each machine to reboot into it) and sends a machine that fails its gates
+//!    back.
 //!
 //! Also here: [`identity`] (the appliance's TLS key, admin token and secrets, made once and
 //! kept), [`limits`] (the descriptor limit and the connection caps sized to fit in it) and
