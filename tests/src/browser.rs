@@ -148,7 +148,14 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        panic!("{css} never showed what was awaited; it showed {last:?} on {}", self.url().await)
+        // Chromium's own error page (its `errorCode`) says why a page never came.
+        let source = self.client.source().await.unwrap_or_default();
+        let error = source.split("\"errorCode\":\"").nth(1).and_then(|rest| rest.split('"').next());
+        panic!(
+            "{css} never showed what was awaited; it showed {last:?} on {}{}",
+            self.url().await,
+            error.map(|code| format!(" (chromium's error page: {code})")).unwrap_or_default()
+        )
     }
 
     /// Goes to `url`. Chromium may show its own error page for a first visit when the
