@@ -217,25 +217,20 @@ pub struct MachineRow {
 }
 
 impl MachineRow {
-    /// The machines table's columns: the machine's name, then [`MachineRow::cells`].
-    const COLUMNS: [&'static str; 10] =
-        ["Machine", "Boot MAC", "State", "Role", "Power", "Address", "Inventory", "Last heard", "Generation", "BMC"];
-
-    /// The row's cells after its name: `(data-field, column, value)`.
+    /// What is known of the machine, as the machines table's columns after its name and the
+    /// facts on its own page: `(data-field, label, value)`.
     fn cells(&self) -> [(&'static str, &'static str, &str); 9] {
-        let [_, columns @ ..] = Self::COLUMNS;
-        let values = [
-            ("mac", &self.mac),
-            ("state", &self.state),
-            ("role", &self.role),
-            ("power", &self.power),
-            ("address", &self.address),
-            ("inventory", &self.inventory),
-            ("heartbeat", &self.heartbeat),
-            ("generation", &self.generation),
-            ("bmc", &self.bmc),
-        ];
-        std::array::from_fn(|i| (values[i].0, columns[i], values[i].1.as_str()))
+        [
+            ("mac", "Boot MAC", &self.mac),
+            ("state", "State", &self.state),
+            ("role", "Role", &self.role),
+            ("power", "Power", &self.power),
+            ("address", "Address", &self.address),
+            ("inventory", "Inventory", &self.inventory),
+            ("heartbeat", "Last heard", &self.heartbeat),
+            ("generation", "Generation", &self.generation),
+            ("bmc", "BMC", &self.bmc),
+        ]
     }
 
     pub fn of(entry: &MachineEntry, status: Option<&ClusterStatus>, now: u64) -> MachineRow {
@@ -280,7 +275,8 @@ pub fn machines(csrf: &str, rows: &[MachineRow]) -> Markup {
                 } @else {
                     div class="scroll" {
                         table id="machines" {
-                            (head(&MachineRow::COLUMNS))
+                            @let labels = rows[0].cells().map(|(_, label, _)| label);
+                            (head(&[&["Machine"][..], &labels].concat()))
                             tbody {
                                 @for row in rows {
                                     tr data-mac=(row.mac) {
@@ -332,15 +328,9 @@ pub fn machine(
                 section aria-labelledby="facts" {
                     h2 id="facts" { "What oasis knows" }
                     dl {
-                        dt { "Boot MAC" } dd { (row.mac) }
-                        dt { "State" } dd data-field="state" { (row.state) }
-                        dt { "Role" } dd { (row.role) }
-                        dt { "Power" } dd data-field="power" { (row.power) }
-                        dt { "BMC" } dd { (row.bmc) }
-                        dt { "Address" } dd { (row.address) }
-                        dt { "Inventory" } dd { (row.inventory) }
-                        dt { "Last heard" } dd { (row.heartbeat) }
-                        dt { "Generation" } dd { (row.generation) }
+                        @for (field, label, value) in row.cells() {
+                            dt { (label) } dd data-field=(field) { (value) }
+                        }
                         dt { "Last error" } dd { (row.last_error.as_deref().unwrap_or("none")) }
                     }
                 }
