@@ -2,9 +2,9 @@
 //! server renders ([`pages`]), a stylesheet and one script compiled into the binary: nothing is
 //! fetched from anywhere else, and the Content-Security-Policy lets the browser load nothing but
 //! the appliance's own files. An open page follows the appliance on `/live` ([`live`]) and
-//! fetches itself again when told something changed. Logging in takes the admin token and gives a session cookie
-//! ([`session`]); every change a page asks for carries the session's form token, and goes
-//! through the one [`Operator`], so the page can do nothing the CLI cannot.
+//! fetches itself again when told something changed. Logging in takes the admin token and
+//! gives a session cookie ([`session`]); every change a page asks for carries the session's form
+//! token, and goes through the one [`Operator`], so the page can do nothing the CLI cannot.
 
 mod live;
 mod pages;
@@ -279,11 +279,7 @@ async fn upload_bundle(State(web): State<Web>, headers: HeaderMap, mut form: axu
         }
         Err(error) => {
             let words = format!("Not installed: {error}. Nothing was changed.");
-            let mut page = updates_page(&web, &session.csrf, Some(&words)).await;
-            if page.status() == StatusCode::OK {
-                *page.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-            }
-            page
+            answered_with(StatusCode::UNPROCESSABLE_ENTITY, updates_page(&web, &session.csrf, Some(&words)).await)
         }
     }
 }
@@ -331,9 +327,14 @@ fn problem(status: StatusCode, title: &str, words: &str) -> Response {
 }
 
 /// A page that says why an action was not done: 409 (unless the page itself failed).
-fn refused(mut page: Response) -> Response {
+fn refused(page: Response) -> Response {
+    answered_with(StatusCode::CONFLICT, page)
+}
+
+/// `page` with `status`, unless the page itself failed (its own status says why).
+fn answered_with(status: StatusCode, mut page: Response) -> Response {
     if page.status() == StatusCode::OK {
-        *page.status_mut() = StatusCode::CONFLICT;
+        *page.status_mut() = status;
     }
     page
 }
@@ -801,9 +802,7 @@ mod tests {
         let token = web.operator.api.identity.admin_token.clone();
         let login = send(&web, "POST", "/login", None, &format!("token={token}")).await;
         let session = session_of(&login);
-        let csrf = send(&web, "GET", "/updates", Some(&session), "").await.body;
-        let at = csrf.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
-        let csrf = csrf[at..].split('"').next().unwrap().to_string();
+        let csrf = csrf_of(&send(&web, "GET", "/updates", Some(&session), "").await);
         let upload = |fields: Vec<(&'static str, String)>| {
             let web = web.clone();
             let session = session.clone();
