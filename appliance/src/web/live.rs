@@ -42,22 +42,23 @@ impl Changes {
             tokio::time::sleep(AT_MOST_EVERY).await;
         }
         loop {
-            tokio::select! {
+            let changed = tokio::select! {
                 committed = self.commits.changed() => {
                     committed.ok()?;
-                    break;
+                    true
                 }
                 Some(picture) = cluster_changed(&mut self.cluster) => {
-                    if self.told.as_ref() != Some(&picture) {
-                        self.told = Some(picture);
-                        break;
-                    }
+                    let changed = self.told.as_ref() != Some(&picture);
+                    self.told = Some(picture);
+                    changed
                 }
-                () = tokio::time::sleep(SESSION_CHECK) => {}
-            }
+                () = tokio::time::sleep(SESSION_CHECK) => false,
+            };
             self.web.sessions.get(&self.session)?;
+            if changed {
+                break;
+            }
         }
-        self.web.sessions.get(&self.session)?;
         self.count += 1;
         Some(self.count)
     }
