@@ -15,14 +15,10 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use oasis_agent::client::ApiClient;
-use oasis_proto::{Inventory, KernelArgs, MachineState, RegisterRequest, System};
+use oasis_e2e::appliance::{simulated_mac as mac, simulated_request as request};
+use oasis_proto::{KernelArgs, MachineState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn mac(i: u32) -> String {
-    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", i >> 24, (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
-}
 
 /// The per-boot token in machine `i`'s boot script.
 async fn boot_token(boot: &str, i: u32) -> String {
@@ -35,29 +31,6 @@ async fn boot_token(boot: &str, i: u32) -> String {
     stream.read_to_string(&mut raw).await.unwrap();
     let line = raw.lines().find(|l| l.starts_with("kernel ")).unwrap_or_else(|| panic!("no boot script:\n{raw}"));
     KernelArgs::parse(line).unwrap_or_else(|e| panic!("{e}: {line}")).token
-}
-
-fn request(token: &str, i: u32, attempt: u32) -> RegisterRequest {
-    let mut key = [0u8; 32];
-    key[..4].copy_from_slice(&i.to_be_bytes());
-    key[31] = 0x40;
-    RegisterRequest {
-        token: token.to_string(),
-        nonce: format!("{i:016x}{attempt:016x}"),
-        boot_mac: mac(i),
-        wireguard_key: base64::engine::general_purpose::STANDARD.encode(key),
-        agent_version: "bench".into(),
-        inventory: Inventory {
-            system: System {
-                uuid: Some(format!("0b0b0b0b-0000-4000-8000-{i:012x}")),
-                serial: Some(format!("BENCH-{i}")),
-                ..Default::default()
-            },
-            cpus: 4,
-            memory_bytes: 8 << 30,
-            ..Default::default()
-        },
-    }
 }
 
 #[tokio::main]

@@ -86,7 +86,7 @@ impl Registrar {
         let client = std::sync::Arc::new(oasis_agent::client::ApiClient::new(BASE, &self.pin).unwrap());
         let mut tasks = tokio::task::JoinSet::new();
         for i in machines {
-            let (client, request) = (client.clone(), self.request(i));
+            let (client, request) = (client.clone(), appliance::simulated_request(&self.token, i, 0));
             tasks.spawn(async move { client.register(&request).await.map(|_| ()) });
             // A few dozen in flight: the API's per-source cap is 32 connections.
             while tasks.len() >= 24 {
@@ -96,17 +96,6 @@ impl Registrar {
         while let Some(done) = tasks.join_next().await {
             done.unwrap().expect("registered");
         }
-    }
-
-    fn request(&self, i: u32) -> oasis_proto::RegisterRequest {
-        let mac = format!("02:00:00:{:02x}:{:02x}:{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
-        let uuid = format!("0b0b0b0b-0000-4000-8000-{i:012x}");
-        let mut request = appliance::register_request(&self.token, &uuid, &mac, 0, i);
-        let mut key = [0u8; 32];
-        key[..4].copy_from_slice(&i.to_be_bytes());
-        key[31] = 0x40;
-        request.wireguard_key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
-        request
     }
 }
 

@@ -277,3 +277,35 @@ pub fn register_request(token: &str, uuid: &str, mac: &str, key: u8, nonce: u32)
         },
     }
 }
+
+/// The boot MAC of simulated machine `i` of a benchmark (`02:00:...`, locally administered).
+pub fn simulated_mac(i: u32) -> String {
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", i >> 24, (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+}
+
+/// Simulated machine `i`'s registration with join or boot `token`, its `attempt`th: its own
+/// SMBIOS UUID, serial `BENCH-I`, MAC ([`simulated_mac`]) and WireGuard key.
+pub fn simulated_request(token: &str, i: u32, attempt: u32) -> oasis_proto::RegisterRequest {
+    use base64::Engine as _;
+    use oasis_proto::{Inventory, RegisterRequest, System};
+    let mut key = [0u8; 32];
+    key[..4].copy_from_slice(&i.to_be_bytes());
+    key[31] = 0x40;
+    RegisterRequest {
+        token: token.to_string(),
+        nonce: format!("{i:016x}{attempt:016x}"),
+        boot_mac: simulated_mac(i),
+        wireguard_key: base64::engine::general_purpose::STANDARD.encode(key),
+        agent_version: "bench".into(),
+        inventory: Inventory {
+            system: System {
+                uuid: Some(format!("0b0b0b0b-0000-4000-8000-{i:012x}")),
+                serial: Some(format!("BENCH-{i}")),
+                ..Default::default()
+            },
+            cpus: 4,
+            memory_bytes: 8 << 30,
+            ..Default::default()
+        },
+    }
+}
